@@ -1,0 +1,271 @@
+// Map-state: an endpoint's policy as the kernel looks it up. For each direction the output has
+// entries {identity (0 = any), protocol (0 = any), port range} → verdict, built so that the
+// datapath's lookup gives exactly resolvePoint()'s answer:
+//
+//  1. Entries of one (direction, identity) are disjoint in (protocol, port), except that a
+//     protocol-0 entry stands for every point no protocol-specific entry covers.
+//  2. Identity-0 entries hold the resolution over wildcard entries (L4-only rules, `all`).
+//  3. An identity that some non-wildcard entry selects gets its own entries, resolved over its
+//     entries *and* the wildcard ones; where it has none, the kernel falls back to identity 0.
+//  4. Where nothing covers a point there is no entry and the direction's default applies.
+//
+// Identities selected by the same set of entries share one partition (computed once).
+
+import {
+  DIR_EGRESS,
+  DIR_INGRESS,
+  endpoints,
+  entries,
+  Entry,
+  identities,
+  identityIndex,
+} from "./model";
+import {
+  buildContext,
+  clearL7Conflict,
+  Decision,
+  entryMatchesPeer,
+  EpContext,
+  l7ConflictA,
+  l7ConflictB,
+  resolvePoint,
+} from "./resolve";
+import { selectedSlots } from "./selectors";
+import { Interval } from "./ports";
+import { VERDICT_NONE } from "./drop_reasons.generated";
+import { ST_L7_CONFLICT, ST_OK, ST_UNKNOWN_ENDPOINT, Writer } from "./wire";
+
+class Segment {
+  constructor(public proto: u8, public lo: i32, public hi: i32, public d: Decision) {}
+}
+
+function sortedUnique(a: Array<i32>): Array<i32> {
+  a.sort((x, y) => x - y);
+  const out = new Array<i32>();
+  for (let i = 0; i < a.length; i++) {
+    if (out.length == 0 || out[out.length - 1] != a[i]) out.push(a[i]);
+  }
+  return out;
+}
+
+/** Partitions the (protocol, port) space for one set of covering-candidate entries. */
+function partition(ctx: EpContext, set: Array<i32>, fallback: bool): Array<Segment> {
+  const l3 = new Array<i32>();
+  const ivs = new Array<Interval>();
+  for (let i = 0; i < set.length; i++) {
+    const ei = set[i];
+    if (entries[ei].ports.length == 0) {
+      l3.push(ei);
+      continue;
+    }
+    const list = ctx.intervals.get(ei);
+    for (let j = 0; j < list.length; j++) ivs.push(list[j]);
+  }
+  const out = new Array<Segment>();
+  const base = resolvePoint(l3, fallback);
+  if (base.verdict != VERDICT_NONE) out.push(new Segment(0, 0, 65535, base));
+  const protos = new Array<i32>();
+  for (let i = 0; i < ivs.length; i++) protos.push(<i32> ivs[i].proto);
+  const plist = sortedUnique(protos);
+  for (let pi = 0; pi < plist.length; pi++) {
+    const proto = <u8> plist[pi];
+    const bounds = new Array<i32>();
+    for (let i = 0; i < ivs.length; i++) {
+      const iv = ivs[i];
+      if (iv.proto != proto) continue;
+      bounds.push(iv.lo);
+      bounds.push(iv.hi + 1);
+    }
+    const b = sortedUnique(bounds);
+    let open: Segment | null = null;
+    for (let k = 0; k + 1 < b.length; k++) {
+      const lo = b[k];
+      const hi = b[k + 1] - 1;
+      const covering = new Array<i32>();
+      for (let i = 0; i < l3.length; i++) covering.push(l3[i]);
+      for (let i = 0; i < ivs.length; i++) {
+        const iv = ivs[i];
+        if (iv.proto == proto && iv.lo <= lo && iv.hi >= hi) covering.push(iv.entry);
+      }
+      const d = resolvePoint(sortedUnique(covering), fallback);
+      if (d.equals(base)) {
+        open = null;
+        continue;
+      }
+      if (open !== null && open.hi + 1 == lo && open.d.equals(d)) {
+        open.hi = hi;
+        continue;
+      }
+      open = new Segment(proto, lo, hi, d);
+      out.push(open);
+    }
+  }
+  return out;
+}
+
+function signature(set: Array<i32>, fallback: bool): string {
+  let s = fallback ? "h" : "-";
+  for (let i = 0; i < set.length; i++) s += "," + set[i].toString();
+  return s;
+}
+
+/** Accumulates map-state entries and the table of distinct L7 entry sets. */
+class Output {
+  w: Writer = new Writer();
+  count: i32 = 0;
+  countAt: i32 = 0;
+  l7Sets: Array<Array<i32>> = new Array<Array<i32>>();
+  l7Index: Map<string, i32> = new Map<string, i32>();
+
+  l7SetId(l7: Array<i32>): i32 {
+    if (l7.length == 0) return -1;
+    const key = signature(l7, false);
+    if (this.l7Index.has(key)) return this.l7Index.get(key);
+    const id = this.l7Sets.length;
+    this.l7Sets.push(l7);
+    this.l7Index.set(key, id);
+    return id;
+  }
+
+  emit(dir: u8, identity: u32, segs: Array<Segment>): void {
+    for (let i = 0; i < segs.length; i++) {
+      const s = segs[i];
+      this.w.u8(dir);
+      this.w.u8(s.proto);
+      this.w.u16(<u32> s.lo);
+      this.w.u16(<u32> s.hi);
+      this.w.u8(<u32> s.d.verdict);
+      this.w.u8(0);
+      this.w.u32(identity);
+      this.w.u32(s.d.cookie);
+      this.w.i32(this.l7SetId(s.d.l7));
+      this.count++;
+    }
+  }
+}
+
+function writeHeader(ctx: EpContext, w: Writer): void {
+  w.u8(ctx.ddIngress ? 1 : 0);
+  w.u8(ctx.ddEgress ? 1 : 0);
+  w.u8(ctx.enforcementOff ? 1 : 0);
+  w.u8(0);
+  w.i32(ctx.ddRuleIngress);
+  w.i32(ctx.ddRuleEgress);
+  w.u32(<u32> ctx.selecting.length);
+  for (let i = 0; i < ctx.selecting.length; i++) w.i32(ctx.selecting[i]);
+}
+
+/** Per identity slot, the non-wildcard entries that select it (ascending entry order). */
+function entriesBySlot(ctx: EpContext, dir: u8): Map<i32, Array<i32>> {
+  const bySlot = new Map<i32, Array<i32>>();
+  const list = ctx.entriesOf(dir);
+  const slots = new Array<i32>();
+  for (let i = 0; i < list.length; i++) {
+    const ei = list[i];
+    const e: Entry = entries[ei];
+    if (e.wildcard) continue;
+    slots.length = 0;
+    for (let p = 0; p < e.peers.length; p++) selectedSlots(e.peers[p], slots);
+    for (let k = 0; k < slots.length; k++) {
+      const slot = slots[k];
+      if (!identities[slot].alive || !entryMatchesPeer(ctx, e, slot)) continue;
+      if (!bySlot.has(slot)) bySlot.set(slot, new Array<i32>());
+      const l = bySlot.get(slot);
+      if (l.length == 0 || l[l.length - 1] != ei) l.push(ei);
+    }
+  }
+  return bySlot;
+}
+
+function wildcards(ctx: EpContext, dir: u8): Array<i32> {
+  const out = new Array<i32>();
+  const list = ctx.entriesOf(dir);
+  for (let i = 0; i < list.length; i++) if (entries[list[i]].wildcard) out.push(list[i]);
+  return out;
+}
+
+/** Emits one direction; `only` >= 0 restricts the output to that identity slot. */
+function emitDirection(ctx: EpContext, dir: u8, out: Output, only: i32): void {
+  const wild = wildcards(ctx, dir);
+  if (only < 0) out.emit(dir, 0, partition(ctx, wild, false));
+  const bySlot = entriesBySlot(ctx, dir);
+  const hostSlot = identityIndex.has(1) ? identityIndex.get(1) : -1;
+  if (dir == DIR_INGRESS && ctx.localhostFallback(dir, 1) && hostSlot >= 0) {
+    if (!bySlot.has(hostSlot)) bySlot.set(hostSlot, new Array<i32>());
+  }
+  const slots = bySlot.keys();
+  slots.sort((a, b) => {
+    const x = identities[a].id;
+    const y = identities[b].id;
+    return x < y ? -1 : x > y ? 1 : 0;
+  });
+  const memo = new Map<string, Array<Segment>>();
+  for (let i = 0; i < slots.length; i++) {
+    const slot = slots[i];
+    if (only >= 0 && slot != only) continue;
+    const fallback = slot == hostSlot && ctx.localhostFallback(dir, 1);
+    const merged = new Array<i32>();
+    const own = bySlot.get(slot);
+    for (let k = 0; k < own.length; k++) merged.push(own[k]);
+    for (let k = 0; k < wild.length; k++) merged.push(wild[k]);
+    const set = sortedUnique(merged);
+    const key = signature(set, fallback);
+    let segs: Array<Segment>;
+    if (memo.has(key)) segs = memo.get(key);
+    else {
+      segs = partition(ctx, set, fallback);
+      memo.set(key, segs);
+    }
+    out.emit(dir, identities[slot].id, segs);
+  }
+}
+
+function writeMapState(ctx: EpContext, only: i32): i32 {
+  clearL7Conflict();
+  const out = new Output();
+  writeHeader(ctx, out.w);
+  out.countAt = out.w.len;
+  out.w.u32(0);
+  if (!ctx.enforcementOff) {
+    emitDirection(ctx, DIR_INGRESS, out, only);
+    emitDirection(ctx, DIR_EGRESS, out, only);
+  }
+  out.w.patchU32(out.countAt, <u32> out.count);
+  out.w.u32(<u32> out.l7Sets.length);
+  for (let i = 0; i < out.l7Sets.length; i++) {
+    const set = out.l7Sets[i];
+    out.w.u32(<u32> set.length);
+    for (let k = 0; k < set.length; k++) out.w.i32(set[k]);
+  }
+  if (l7ConflictA >= 0) {
+    const w = new Writer();
+    w.i32(l7ConflictA);
+    w.i32(l7ConflictB);
+    w.flush();
+    return ST_L7_CONFLICT;
+  }
+  out.w.flush();
+  return ST_OK;
+}
+
+/** Full map-state of endpoint `epId`. */
+export function mapstateCompute(epId: u32): i32 {
+  if (!endpoints.has(epId)) return ST_UNKNOWN_ENDPOINT;
+  return writeMapState(buildContext(endpoints.get(epId)), -1);
+}
+
+/** The entries of endpoint `epId` keyed by one identity (incremental identity add). */
+export function mapstateForIdentity(epId: u32, identity: u32): i32 {
+  if (!endpoints.has(epId)) return ST_UNKNOWN_ENDPOINT;
+  const ctx = buildContext(endpoints.get(epId));
+  const slot = identityIndex.has(identity) ? identityIndex.get(identity) : -2;
+  if (slot == -2) {
+    const w = new Writer();
+    writeHeader(ctx, w);
+    w.u32(0);
+    w.u32(0);
+    w.flush();
+    return ST_OK;
+  }
+  return writeMapState(ctx, slot);
+}

@@ -1,0 +1,216 @@
+// The engine's in-memory model: interned strings, identities, selectors (with their cached
+// identity sets), rules, entries and endpoints. Loaders fill it (load.ts); the selector cache
+// (selectors.ts) and resolution (resolve.ts, query.ts) read it. No I/O.
+
+import { Regex } from "./regex/index";
+
+export const OP_IN: u8 = 0;
+export const OP_NOT_IN: u8 = 1;
+export const OP_EXISTS: u8 = 2;
+export const OP_DOES_NOT_EXIST: u8 = 3;
+
+export const SEL_LABELS: u8 = 0;
+export const SEL_CIDR: u8 = 1;
+export const SEL_ALL: u8 = 2;
+export const SEL_NONE: u8 = 3;
+
+export const DIR_INGRESS: u8 = 0;
+export const DIR_EGRESS: u8 = 1;
+
+export const L7_NONE: u8 = 0;
+export const L7_HTTP: u8 = 1;
+export const L7_KAFKA: u8 = 2;
+export const L7_DNS: u8 = 3;
+
+export const ENFORCE_DEFAULT: u8 = 0;
+export const ENFORCE_ALWAYS: u8 = 1;
+export const ENFORCE_NEVER: u8 = 2;
+
+export const PROTO_ANY: u8 = 0;
+export const PROTO_ICMP: u8 = 1;
+export const PROTO_TCP: u8 = 6;
+export const PROTO_UDP: u8 = 17;
+export const PROTO_ICMPV6: u8 = 58;
+export const PROTO_SCTP: u8 = 132;
+
+/** Reserved identity numbers (POLICY-SEMANTICS §10). */
+export const ID_HOST: u32 = 1;
+export const ID_WORLD: u32 = 2;
+
+// ---- strings --------------------------------------------------------------------------------
+
+const internMap = new Map<string, u32>();
+export const internedStrings = new Array<string>();
+
+/** Interns a string; equal strings get equal ids. Id 0 is reserved for "any" (the source). */
+export function intern(s: string): u32 {
+  if (internMap.has(s)) return internMap.get(s);
+  const id = <u32> internedStrings.length;
+  internedStrings.push(s);
+  internMap.set(s, id);
+  return id;
+}
+
+export const SRC_ANY: u32 = intern("any");
+
+// ---- prefixes -------------------------------------------------------------------------------
+
+export class Prefix {
+  family: u8 = 0; // 4, 6, or 0 for "either family, length 0" (reserved:world)
+  len: u8 = 0;
+  addr: StaticArray<u8> = new StaticArray<u8>(16);
+
+  /** True when `other` lies inside this prefix (same family, longer or equal, same leading bits). */
+  contains(other: Prefix): bool {
+    if (this.family == 0) return this.len == 0;
+    if (other.family == 0) return this.len == 0 && other.len == 0;
+    if (other.family != this.family || other.len < this.len) return false;
+    return leadingBitsEqual(this.addr, other.addr, this.len);
+  }
+}
+
+export function leadingBitsEqual(a: StaticArray<u8>, b: StaticArray<u8>, bits: i32): bool {
+  let i = 0;
+  for (; i + 8 <= bits; i += 8) {
+    if (a[i >> 3] != b[i >> 3]) return false;
+  }
+  const rest = bits - i;
+  if (rest == 0) return true;
+  const mask = <u8> (0xff << <u8> (8 - rest));
+  return (a[i >> 3] & mask) == (b[i >> 3] & mask);
+}
+
+// ---- identities -----------------------------------------------------------------------------
+
+export class Identity {
+  id: u32 = 0;
+  alive: bool = true;
+  /** Label triples (source, key, value) as interned ids, sorted by key then source. */
+  srcs: Array<u32> = new Array<u32>();
+  keys: Array<u32> = new Array<u32>();
+  vals: Array<u32> = new Array<u32>();
+  cidr: Prefix | null = null;
+}
+
+export const identities = new Array<Identity>();
+export const identityIndex = new Map<u32, i32>();
+
+// ---- selectors ------------------------------------------------------------------------------
+
+export class Requirement {
+  src: u32 = 0;
+  key: u32 = 0;
+  op: u8 = 0;
+  values: Array<u32> = new Array<u32>();
+}
+
+export class Selector {
+  kind: u8 = SEL_LABELS;
+  reqs: Array<Requirement> = new Array<Requirement>();
+  cidr: Prefix = new Prefix();
+  excepts: Array<Prefix> = new Array<Prefix>();
+  /** Selector cache: one bit per identity slot. */
+  bits: Array<u32> = new Array<u32>();
+}
+
+export const selectors = new Array<Selector>();
+
+// ---- rules and entries ----------------------------------------------------------------------
+
+export class PortSpec {
+  proto: u8 = 0;
+  port: u16 = 0;
+  endPort: u16 = 0;
+  /** Interned named port, or -1. */
+  name: i32 = -1;
+}
+
+export class HeaderRule {
+  name: string = "";
+  value: Regex | null = null;
+}
+
+export class HeaderMatch {
+  name: string = "";
+  value: string | null = null;
+  secret: bool = false;
+  mismatch: u8 = 0;
+}
+
+export class HttpRule {
+  method: Regex | null = null;
+  path: Regex | null = null;
+  host: Regex | null = null;
+  headers: Array<HeaderRule> = new Array<HeaderRule>();
+  headerMatches: Array<HeaderMatch> = new Array<HeaderMatch>();
+}
+
+export class KafkaRule {
+  apiKeys: Array<i32> = new Array<i32>();
+  apiVersion: i32 = -1;
+  clientID: string | null = null;
+  topic: string | null = null;
+}
+
+export class DnsRule {
+  name: string | null = null;
+  pattern: Regex | null = null;
+}
+
+export class Entry {
+  rule: i32 = 0;
+  cookie: u32 = 0;
+  dir: u8 = 0;
+  deny: bool = false;
+  peers: Array<i32> = new Array<i32>();
+  peerRequires: Array<bool> = new Array<bool>();
+  /** True when one peer selector selects every identity (L4-only rules, `all`). */
+  wildcard: bool = false;
+  ports: Array<PortSpec> = new Array<PortSpec>();
+  l7: u8 = L7_NONE;
+  http: Array<HttpRule> = new Array<HttpRule>();
+  kafka: Array<KafkaRule> = new Array<KafkaRule>();
+  dns: Array<DnsRule> = new Array<DnsRule>();
+}
+
+export class Rule {
+  subject: i32 = 0;
+  nodeSubject: bool = false;
+  ddIngress: bool = false;
+  ddEgress: bool = false;
+  requiresIngress: Array<i32> = new Array<i32>();
+  requiresEgress: Array<i32> = new Array<i32>();
+  entries: Array<i32> = new Array<i32>();
+}
+
+export class Options {
+  enforcement: u8 = ENFORCE_DEFAULT;
+  allowLocalhost: bool = true;
+}
+
+export let options = new Options();
+export let rules = new Array<Rule>();
+export let entries = new Array<Entry>();
+
+export function resetRules(): void {
+  options = new Options();
+  rules = new Array<Rule>();
+  entries = new Array<Entry>();
+  selectors.length = 0;
+}
+
+// ---- endpoints ------------------------------------------------------------------------------
+
+export class NamedPort {
+  name: u32 = 0;
+  port: u16 = 0;
+  proto: u8 = 0;
+}
+
+export class Endpoint {
+  id: u32 = 0;
+  identity: u32 = 0;
+  namedPorts: Array<NamedPort> = new Array<NamedPort>();
+}
+
+export const endpoints = new Map<u32, Endpoint>();

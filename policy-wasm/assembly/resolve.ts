@@ -1,0 +1,230 @@
+// Policy resolution for one subject endpoint (POLICY-SEMANTICS §5):
+//
+//  1. The rules that select the endpoint (subject selector × the endpoint's identity) apply;
+//     a direction is default-deny when any of them asks for it (enforcement "always": always;
+//     "never": nothing is enforced).
+//  2. At a point (direction, peer, protocol, port) the covering entries are the allow and deny
+//     entries whose peer selectors select the peer (endpoint selectors narrowed by every
+//     fromRequires/toRequires of the selecting rules) and whose ports contain the point; entries
+//     without ports (L3) cover every port and protocol, ICMP included.
+//  3. Deny wins: any covering deny entry drops (reason 181), whatever the allows.
+//  4. Allows form a union. If one covering allow has no L7 rules, the point is plainly allowed:
+//     L7 wildcarding is per peer, because only entries selecting this peer cover the point.
+//     Otherwise the point is redirected to the proxy with the union of the covering L7 rules.
+//  5. Host → local endpoint ingress (allow-localhost) is allowed where no rule decides.
+//  6. Nothing covers the point: the direction's default (drop with 133 when default-deny).
+//
+// resolvePoint() is the one implementation of steps 3-5; queries (query.ts) and map-state
+// computation (mapstate.ts) both call it, so a trace and the kernel's map always agree.
+
+import {
+  DIR_EGRESS,
+  DIR_INGRESS,
+  Endpoint,
+  ENFORCE_ALWAYS,
+  ENFORCE_NEVER,
+  entries,
+  Entry,
+  ID_HOST,
+  identities,
+  identityIndex,
+  options,
+  Rule,
+  rules,
+} from "./model";
+import { selects } from "./selectors";
+import { expandPorts, Interval } from "./ports";
+import {
+  VERDICT_ALLOW,
+  VERDICT_DENY,
+  VERDICT_NONE,
+  VERDICT_REDIRECT,
+} from "./drop_reasons.generated";
+
+export class Decision {
+  verdict: i32 = VERDICT_NONE;
+  cookie: u32 = 0;
+  /** The entry that decided (first deny, first plain allow, first L7 allow), or -1. */
+  entry: i32 = -1;
+  /** For REDIRECT: the entries whose L7 rules apply, ascending. */
+  l7: Array<i32> = new Array<i32>();
+  /** Allowed by the allow-localhost fallback. */
+  localhost: bool = false;
+
+  equals(o: Decision): bool {
+    if (this.verdict != o.verdict || this.cookie != o.cookie) return false;
+    if (this.l7.length != o.l7.length) return false;
+    for (let i = 0; i < this.l7.length; i++) if (this.l7[i] != o.l7[i]) return false;
+    return true;
+  }
+}
+
+/** Set when a point mixes L7 families (HTTP and Kafka on one port for one peer). */
+export let l7ConflictA: i32 = -1;
+export let l7ConflictB: i32 = -1;
+
+export function clearL7Conflict(): void {
+  l7ConflictA = -1;
+  l7ConflictB = -1;
+}
+
+/** Steps 3-5 for the covering entries (ascending indices). */
+export function resolvePoint(covering: Array<i32>, localhostFallback: bool): Decision {
+  const d = new Decision();
+  for (let i = 0; i < covering.length; i++) {
+    const e = entries[covering[i]];
+    if (e.deny) {
+      d.verdict = VERDICT_DENY;
+      d.cookie = e.cookie;
+      d.entry = covering[i];
+      return d;
+    }
+  }
+  let firstAllow = -1;
+  for (let i = 0; i < covering.length; i++) {
+    const ei = covering[i];
+    const e = entries[ei];
+    if (firstAllow < 0) firstAllow = ei;
+    if (e.l7 == 0) {
+      d.verdict = VERDICT_ALLOW;
+      d.cookie = e.cookie;
+      d.entry = ei;
+      d.l7.length = 0;
+      return d;
+    }
+    if (d.l7.length > 0 && entries[d.l7[0]].l7 != e.l7 && l7ConflictA < 0) {
+      l7ConflictA = d.l7[0];
+      l7ConflictB = ei;
+    }
+    d.l7.push(ei);
+  }
+  if (firstAllow >= 0) {
+    d.verdict = VERDICT_REDIRECT;
+    d.entry = firstAllow;
+    d.cookie = entries[firstAllow].cookie;
+    return d;
+  }
+  if (localhostFallback) {
+    d.verdict = VERDICT_ALLOW;
+    d.localhost = true;
+  }
+  return d;
+}
+
+/** What applies to one subject endpoint: selecting rules, defaults, entries per direction. */
+export class EpContext {
+  ep: Endpoint;
+  slot: i32 = -1;
+  selecting: Array<i32> = new Array<i32>();
+  enforcementOff: bool = false;
+  ddIngress: bool = false;
+  ddEgress: bool = false;
+  ddRuleIngress: i32 = -1;
+  ddRuleEgress: i32 = -1;
+  requiresIngress: Array<i32> = new Array<i32>();
+  requiresEgress: Array<i32> = new Array<i32>();
+  entriesIngress: Array<i32> = new Array<i32>();
+  entriesEgress: Array<i32> = new Array<i32>();
+  /** Port intervals of every entry in either direction, by entry index. */
+  intervals: Map<i32, Array<Interval>> = new Map<i32, Array<Interval>>();
+
+  constructor(ep: Endpoint) {
+    this.ep = ep;
+    if (identityIndex.has(ep.identity)) this.slot = identityIndex.get(ep.identity);
+  }
+
+  entriesOf(dir: u8): Array<i32> {
+    return dir == DIR_INGRESS ? this.entriesIngress : this.entriesEgress;
+  }
+
+  requiresOf(dir: u8): Array<i32> {
+    return dir == DIR_INGRESS ? this.requiresIngress : this.requiresEgress;
+  }
+
+  defaultDeny(dir: u8): bool {
+    return dir == DIR_INGRESS ? this.ddIngress : this.ddEgress;
+  }
+
+  defaultDenyRule(dir: u8): i32 {
+    return dir == DIR_INGRESS ? this.ddRuleIngress : this.ddRuleEgress;
+  }
+
+  /** Allow-localhost applies to ingress from the host identity. */
+  localhostFallback(dir: u8, peerId: u32): bool {
+    return dir == DIR_INGRESS && options.allowLocalhost && peerId == ID_HOST;
+  }
+}
+
+function addRule(ctx: EpContext, ri: i32, rule: Rule): void {
+  ctx.selecting.push(ri);
+  if (rule.ddIngress && ctx.ddRuleIngress < 0) ctx.ddRuleIngress = ri;
+  if (rule.ddEgress && ctx.ddRuleEgress < 0) ctx.ddRuleEgress = ri;
+  for (let i = 0; i < rule.requiresIngress.length; i++) {
+    ctx.requiresIngress.push(rule.requiresIngress[i]);
+  }
+  for (let i = 0; i < rule.requiresEgress.length; i++) {
+    ctx.requiresEgress.push(rule.requiresEgress[i]);
+  }
+  for (let i = 0; i < rule.entries.length; i++) {
+    const ei = rule.entries[i];
+    const e = entries[ei];
+    if (e.dir == DIR_INGRESS) ctx.entriesIngress.push(ei);
+    else if (e.dir == DIR_EGRESS) ctx.entriesEgress.push(ei);
+    const list = new Array<Interval>();
+    expandPorts(ei, e, ctx.ep, list);
+    ctx.intervals.set(ei, list);
+  }
+}
+
+export function buildContext(ep: Endpoint): EpContext {
+  const ctx = new EpContext(ep);
+  if (options.enforcement == ENFORCE_NEVER) {
+    ctx.enforcementOff = true;
+    return ctx;
+  }
+  if (ctx.slot >= 0 && identities[ctx.slot].alive) {
+    for (let ri = 0; ri < rules.length; ri++) {
+      const rule = rules[ri];
+      if (rule.nodeSubject) continue;
+      if (rule.subject >= 0 && selects(rule.subject, ctx.slot)) addRule(ctx, ri, rule);
+    }
+  }
+  ctx.entriesIngress.sort((a, b) => a - b);
+  ctx.entriesEgress.sort((a, b) => a - b);
+  ctx.ddIngress = ctx.ddRuleIngress >= 0;
+  ctx.ddEgress = ctx.ddRuleEgress >= 0;
+  if (options.enforcement == ENFORCE_ALWAYS) {
+    ctx.ddIngress = true;
+    ctx.ddEgress = true;
+  }
+  return ctx;
+}
+
+function satisfiesRequires(reqs: Array<i32>, slot: i32): bool {
+  for (let i = 0; i < reqs.length; i++) if (!selects(reqs[i], slot)) return false;
+  return true;
+}
+
+/** L3 match: does entry `e` select the peer in identity slot `slot` (-1: unknown identity)? */
+export function entryMatchesPeer(ctx: EpContext, e: Entry, slot: i32): bool {
+  if (e.wildcard) return true;
+  if (slot < 0) return false;
+  const reqs = ctx.requiresOf(e.dir);
+  for (let i = 0; i < e.peers.length; i++) {
+    if (!selects(e.peers[i], slot)) continue;
+    if (e.peerRequires[i] && !satisfiesRequires(reqs, slot)) continue;
+    return true;
+  }
+  return false;
+}
+
+/** L4 match: does entry `ei` cover (proto, port)? Entries without ports cover everything. */
+export function entryCoversPort(ctx: EpContext, ei: i32, proto: u8, port: i32): bool {
+  if (entries[ei].ports.length == 0) return true;
+  const list = ctx.intervals.get(ei);
+  for (let i = 0; i < list.length; i++) {
+    const iv = list[i];
+    if (iv.proto == proto && port >= iv.lo && port <= iv.hi) return true;
+  }
+  return false;
+}

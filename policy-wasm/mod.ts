@@ -1,0 +1,74 @@
+// The public entry of cilia's policy engine: policy language (parse, validate, translate), the
+// WASM engine, offline evaluation (simulated cluster, flows, scenarios) and explanations. Used by
+// the agent, the CLI, the browser and the npm package. This module is browser compatible.
+
+export * from "./src/ir.ts";
+export * from "./src/errors.ts";
+export {
+  type CompileOptions,
+  compilePolicies,
+  type CompileResult,
+  type PolicySource,
+  validatePolicies,
+} from "./src/policies.ts";
+export { PolicyEngine } from "./src/engine.ts";
+export type {
+  HttpRequest,
+  KafkaRequest,
+  MapState,
+  MapStateEntry,
+  QueryInput,
+  QueryResult,
+  Verdict,
+} from "./src/query_codec.ts";
+export type { IpcacheEntry } from "./src/encode.ts";
+export {
+  type EndpointInput,
+  type NamespaceInput,
+  SimCluster,
+  type SimEndpoint,
+} from "./src/cluster.ts";
+export {
+  evaluateFlow,
+  type FlowInput,
+  type FlowResult,
+  type PeerRef,
+  resolvePeer,
+} from "./src/flow.ts";
+export { entryName, explainFlow, flowReason, policyName } from "./src/explain.ts";
+export {
+  flowOf,
+  type LoadedScenario,
+  loadScenario,
+  prepareScenario,
+  type QueryOutcome,
+  runScenario,
+  type Scenario,
+  type ScenarioReport,
+  ScenarioSchema,
+} from "./src/scenario.ts";
+export {
+  cidrIdentityLabels,
+  DEFAULT_LABEL_FILTER,
+  LabelFilter,
+  LOCAL_IDENTITY_BASE,
+  podIdentityLabels,
+  RESERVED_BY_NAME,
+  RESERVED_IDENTITIES,
+} from "./src/labels.ts";
+export {
+  canonicalPrefix,
+  formatPrefix,
+  parseAddress,
+  parsePrefix,
+  prefixContains,
+} from "./src/cidr.ts";
+export { DROP_REASONS } from "./src/drop_reasons.generated.ts";
+export {
+  KAFKA_API_KEYS,
+  kafkaApiKeyName,
+  PROTOCOL_NUMBERS,
+  protocolName,
+} from "./src/protocols.ts";
+export { decodeBase64, encodeBase64, encodeBase64Url } from "./src/base64.ts";
+export { lintPolicies, type LintWarning } from "./src/lint.ts";

@@ -1,0 +1,315 @@
+// PolicyEngine: the object that owns one instance of policy.wasm and speaks its message protocol.
+// Typed methods in, typed results out; WASM statuses become typed errors. The engine keeps the
+// last accepted rules, identities, endpoints and ipcache, so a trap (a broken invariant) is
+// recovered by re-instantiating and replaying them: bad input never leaves a dead engine. This
+// module is browser compatible.
+
+import { EngineError, PolicyValidationError } from "./errors.ts";
+import type { EndpointSpec, EngineOptions, EntrySpec, IdentitySpec, PolicySpec } from "./ir.ts";
+import { DEFAULT_OPTIONS } from "./ir.ts";
+import {
+  encodeEndpoints,
+  encodeIdentities,
+  encodeIdentityRemoval,
+  encodeIpcache,
+  encodeIpLookup,
+  encodeRules,
+  type IpcacheEntry,
+} from "./encode.ts";
+import {
+  decodeMapState,
+  decodeQuery,
+  encodeQuery,
+  type MapState,
+  type QueryInput,
+  type QueryResult,
+} from "./query_codec.ts";
+import { regexErrorMessage } from "./regex_errors.ts";
+import { ByteReader } from "./wire.ts";
+import { loadPolicyWasm } from "./wasm.ts";
+
+interface Exports {
+  memory: WebAssembly.Memory;
+  input_reserve(len: number): number;
+  output_ptr(): number;
+  output_len(): number;
+  rules_load(len: number): number;
+  identities_upsert(len: number): number;
+  identities_remove(len: number): number;
+  endpoints_load(len: number): number;
+  ipcache_update(len: number): number;
+  ip_lookup(len: number): number;
+  mapstate_compute(ep: number): number;
+  mapstate_for_identity(ep: number, id: number): number;
+  query(len: number): number;
+  regex_compile(len: number, flags: number): number;
+  regex_error_offset(): number;
+  regex_release(h: number): void;
+  regex_match(h: number, len: number): number;
+}
+
+const STATUS: Record<number, string> = {
+  [-1]: "bad message header",
+  [-2]: "truncated or malformed message",
+  [-3]: "a regular expression does not compile",
+  [-4]: "unknown endpoint",
+  [-5]: "bad value",
+  [-6]: "conflicting L7 protocols on one port",
+};
+
+export class PolicyEngine {
+  #module: WebAssembly.Module;
+  #x!: Exports;
+  #rules?: Uint8Array;
+  #entries: { rule: number; entry: EntrySpec }[] = [];
+  #spec: PolicySpec = { policies: [], rules: [] };
+  #options: EngineOptions = DEFAULT_OPTIONS;
+  #identities = new Map<number, IdentitySpec>();
+  #endpoints?: Uint8Array;
+  #ipcache = new Map<string, IpcacheEntry>();
+  #closed = false;
+
+  private constructor(module: WebAssembly.Module) {
+    this.#module = module;
+    this.#instantiate();
+  }
+
+  /** Loads the embedded policy.wasm (or the given module/bytes). */
+  static async create(wasm?: WebAssembly.Module | Uint8Array): Promise<PolicyEngine> {
+    const module = wasm instanceof WebAssembly.Module
+      ? wasm
+      : await WebAssembly.compile((wasm ?? (await loadPolicyWasm())) as BufferSource);
+    return new PolicyEngine(module);
+  }
+
+  #instantiate(): void {
+    const instance = new WebAssembly.Instance(this.#module, {});
+    this.#x = instance.exports as unknown as Exports;
+  }
+
+  /** Re-instantiates and replays the accepted state after a trap. */
+  #recover(): void {
+    this.#instantiate();
+    if (this.#identities.size > 0) {
+      this.#send(encodeIdentities([...this.#identities.values()]), "identities_upsert", false);
+    }
+    if (this.#rules) this.#send(this.#rules, "rules_load", false);
+    if (this.#endpoints) this.#send(this.#endpoints, "endpoints_load", false);
+    if (this.#ipcache.size > 0) {
+      this.#send(encodeIpcache([...this.#ipcache.values()], []), "ipcache_update", false);
+    }
+  }
+
+  #write(bytes: Uint8Array): void {
+    const ptr = this.#x.input_reserve(bytes.length);
+    new Uint8Array(this.#x.memory.buffer, ptr, bytes.length).set(bytes);
+  }
+
+  #output(): Uint8Array {
+    const ptr = this.#x.output_ptr();
+    const len = this.#x.output_len();
+    return new Uint8Array(this.#x.memory.buffer, ptr, len).slice();
+  }
+
+  #call(fn: () => number, what: string, recover = true): number {
+    if (this.#closed) throw new EngineError(`Cannot ${what}: the policy engine is closed`, -100);
+    try {
+      return fn();
+    } catch (cause) {
+      if (recover) this.#recover();
+      throw new EngineError(`The policy engine trapped while trying to ${what}`, -99, { cause });
+    }
+  }
+
+  #send(
+    bytes: Uint8Array,
+    fn:
+      | "rules_load"
+      | "identities_upsert"
+      | "identities_remove"
+      | "endpoints_load"
+      | "ipcache_update"
+      | "ip_lookup"
+      | "query",
+    recover = true,
+  ): number {
+    return this.#call(
+      () => {
+        this.#write(bytes);
+        return this.#x[fn](bytes.length);
+      },
+      fn.replace("_", " "),
+      recover,
+    );
+  }
+
+  #check(status: number, what: string): void {
+    if (status < 0) {
+      throw new EngineError(`Cannot ${what}: ${STATUS[status] ?? `status ${status}`}`, status);
+    }
+  }
+
+  /** Replaces the rules. On any error the previous rules stay in force. */
+  setPolicy(spec: PolicySpec, options: EngineOptions = DEFAULT_OPTIONS): void {
+    const { bytes, entries } = encodeRules(spec, options);
+    const st = this.#send(bytes, "rules_load");
+    if (st === -3) throw this.#regexLoadError(entries, spec);
+    this.#check(st, "load the rules");
+    this.#rules = bytes;
+    this.#entries = entries;
+    this.#spec = spec;
+    this.#options = options;
+  }
+
+  #regexLoadError(
+    entries: { rule: number; entry: EntrySpec }[],
+    spec: PolicySpec,
+  ): PolicyValidationError {
+    const r = new ByteReader(this.#output());
+    const [ei, rule, field, code, offset] = [r.i32(), r.i32(), r.i32(), r.i32(), r.i32()];
+    const e = entries[ei];
+    const fieldName = ["", "method", "path", "host", "headers", "matchPattern"][field] ?? "regex";
+    const policy = e ? spec.policies[spec.rules[e.rule]!.policy] : undefined;
+    return new PolicyValidationError([{
+      message: `Invalid ${fieldName} regex: ${regexErrorMessage(code, offset)}`,
+      path: e ? `${e.entry.path}.rules[${rule}].${fieldName}` : "",
+      ...(policy?.file ? { file: policy.file } : {}),
+      ...(policy ? { policy: policy.name } : {}),
+    }]);
+  }
+
+  get spec(): PolicySpec {
+    return this.#spec;
+  }
+
+  get options(): EngineOptions {
+    return this.#options;
+  }
+
+  /** The entry behind an engine entry index (for explanations). */
+  entry(index: number): { rule: number; entry: EntrySpec } | undefined {
+    return this.#entries[index];
+  }
+
+  upsertIdentities(list: readonly IdentitySpec[]): void {
+    if (list.length === 0) return;
+    this.#check(this.#send(encodeIdentities(list), "identities_upsert"), "add identities");
+    for (const id of list) this.#identities.set(id.id, id);
+  }
+
+  removeIdentities(ids: readonly number[]): void {
+    if (ids.length === 0) return;
+    this.#check(this.#send(encodeIdentityRemoval(ids), "identities_remove"), "remove identities");
+    for (const id of ids) this.#identities.delete(id);
+  }
+
+  identity(id: number): IdentitySpec | undefined {
+    return this.#identities.get(id);
+  }
+
+  get identities(): IdentitySpec[] {
+    return [...this.#identities.values()];
+  }
+
+  setEndpoints(list: readonly EndpointSpec[]): void {
+    const bytes = encodeEndpoints(list);
+    this.#check(this.#send(bytes, "endpoints_load"), "load endpoints");
+    this.#endpoints = bytes;
+  }
+
+  updateIpcache(upserts: readonly IpcacheEntry[], deletes: readonly IpcacheEntry[] = []): void {
+    this.#check(
+      this.#send(encodeIpcache(upserts, deletes), "ipcache_update"),
+      "update the ipcache",
+    );
+    for (const d of deletes) this.#ipcache.delete(`${d.prefix}/${d.identity}`);
+    for (const u of upserts) this.#ipcache.set(`${u.prefix}/${u.identity}`, u);
+  }
+
+  /** IP → identity by longest-prefix match (reserved:world, 2, when nothing covers it). */
+  lookupIp(ip: string): number {
+    this.#check(this.#send(encodeIpLookup(ip), "ip_lookup"), `look up "${ip}"`);
+    return new ByteReader(this.#output()).u32();
+  }
+
+  computeMapState(endpointId: number): MapState {
+    return this.#mapState(
+      () => this.#x.mapstate_compute(endpointId),
+      `compute the map-state of endpoint ${endpointId}`,
+    );
+  }
+
+  /** Only the entries keyed by `identity` (after an identity was added). */
+  mapStateForIdentity(endpointId: number, identity: number): MapState {
+    return this.#mapState(
+      () => this.#x.mapstate_for_identity(endpointId, identity),
+      `compute the map-state of endpoint ${endpointId}`,
+    );
+  }
+
+  #mapState(fn: () => number, what: string): MapState {
+    const st = this.#call(fn, what);
+    if (st === -6) {
+      const r = new ByteReader(this.#output());
+      const a = this.#entries[r.i32()]?.entry.path ?? "?";
+      const b = this.#entries[r.i32()]?.entry.path ?? "?";
+      throw new EngineError(
+        `Cannot ${what}: conflicting L7 protocols on one port for the same peers: "${a}" and "${b}"`,
+        st,
+      );
+    }
+    this.#check(st, what);
+    return decodeMapState(this.#output(), this.#entries);
+  }
+
+  query(q: QueryInput): QueryResult {
+    const st = this.#send(encodeQuery(q), "query");
+    this.#check(st, `evaluate a query for endpoint ${q.endpoint}`);
+    return decodeQuery(this.#output());
+  }
+
+  /** Compiles a regex with the engine's RE2 engine; returns an error message, or undefined. */
+  checkRegex(pattern: string): string | undefined {
+    const bytes = new TextEncoder().encode(pattern);
+    const h = this.#call(() => {
+      this.#write(bytes);
+      return this.#x.regex_compile(bytes.length, 0);
+    }, "compile a regex");
+    if (h >= 0) {
+      this.#x.regex_release(h);
+      return undefined;
+    }
+    return regexErrorMessage(-h, this.#x.regex_error_offset());
+  }
+
+  /** Full-match of `input` against `pattern` with the engine's regex engine (tests, benches). */
+  regexMatcher(pattern: string): { match(input: string): boolean; release(): void } {
+    const enc = new TextEncoder();
+    const bytes = enc.encode(pattern);
+    const h = this.#call(() => {
+      this.#write(bytes);
+      return this.#x.regex_compile(bytes.length, 0);
+    }, "compile a regex");
+    if (h < 0) {
+      throw new SyntaxError(
+        `Invalid regex "${pattern}": ${regexErrorMessage(-h, this.#x.regex_error_offset())}`,
+      );
+    }
+    return {
+      match: (input: string) => {
+        const b = enc.encode(input);
+        this.#write(b);
+        return this.#x.regex_match(h, b.length) === 1;
+      },
+      release: () => this.#x.regex_release(h),
+    };
+  }
+
+  close(): void {
+    this.#closed = true;
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

@@ -1,0 +1,141 @@
+// Explanations in words: the decision chain of a flow (which policies select each side, whether
+// the direction is default-deny and why, which rule denied or allowed, the L7 outcome), in the
+// spirit of `cilium policy trace`, plus a one-line reason. The same text is printed by the CLI
+// and shown in the browser. This module is browser compatible.
+
+import type { PolicyEngine } from "./engine.ts";
+import type { FlowResult, SideResult } from "./flow.ts";
+import type { PolicyRef } from "./ir.ts";
+import { DROP_REASONS } from "./drop_reasons.generated.ts";
+import { protocolName } from "./protocols.ts";
+
+export function policyName(p: PolicyRef | undefined): string {
+  if (!p) return "?";
+  return `${p.kind} ${p.namespace !== undefined ? p.namespace + "/" : ""}${p.name}`;
+}
+
+function ruleName(engine: PolicyEngine, ruleIndex: number): string {
+  const rule = engine.spec.rules[ruleIndex];
+  if (!rule) return `rule ${ruleIndex}`;
+  return `${policyName(engine.spec.policies[rule.policy])} (${rule.path})`;
+}
+
+export function entryName(engine: PolicyEngine, entryIndex: number): string {
+  const e = engine.entry(entryIndex);
+  if (!e) return `entry ${entryIndex}`;
+  const rule = engine.spec.rules[e.rule]!;
+  return `${policyName(engine.spec.policies[rule.policy])} ${e.entry.path}`;
+}
+
+function l7Line(engine: PolicyEngine, s: SideResult): string | undefined {
+  const r = s.result;
+  if (r.verdict !== "redirect") return undefined;
+  const kind = engine.entry(r.l7Entries[0] ?? -1)?.entry.l7?.kind?.toUpperCase() ?? "L7";
+  if (r.l7.status === "not-evaluated") {
+    return `L7 ${kind} rules apply (${
+      r.l7Entries.map((e) => entryName(engine, e)).join(", ")
+    }); no request given, so only L3/L4 was judged`;
+  }
+  if (r.l7.status === "allowed") {
+    return `L7 ${kind}: the request matches ${
+      entryName(engine, r.l7.entry)
+    } rules.${kind.toLowerCase()}[${r.l7.rule}]`;
+  }
+  const detail = kind === "HTTP"
+    ? "HTTP 403 Access denied"
+    : kind === "KAFKA"
+    ? "Kafka error 29 TOPIC_AUTHORIZATION_FAILED"
+    : "DNS REFUSED";
+  return `L7 ${kind}: the request matches none of the ${kind} rules that apply → ${detail}`;
+}
+
+/** One sentence: why this side decided as it did. */
+export function sideReason(engine: PolicyEngine, s: SideResult): string {
+  const r = s.result;
+  const who = `endpoint ${s.endpoint.namespace}/${s.endpoint.name}`;
+  switch (r.decision) {
+    case "enforcement-never":
+      return "policy enforcement is disabled";
+    case "allow-localhost":
+      return `the host may always reach local endpoints (allow-localhost)`;
+    case "deny-rule":
+      return `denied by ${entryName(engine, r.entry)}`;
+    case "allow-rule":
+      return `allowed by ${entryName(engine, r.entry)}`;
+    case "redirect":
+      if (r.l7.status === "denied") {
+        return `L7 rules deny the request (${entryName(engine, r.l7Entries[0] ?? -1)})`;
+      }
+      return `allowed at L3/L4 by ${entryName(engine, r.entry)}${
+        r.l7.status === "allowed" ? " and its L7 rules" : ", L7 rules apply"
+      }`;
+    case "default-deny":
+      return `default deny: ${who} is selected by ${
+        ruleName(engine, r.defaultDenyRule)
+      } for ${s.direction} and no rule allows it`;
+    case "default-allow":
+      return r.selecting.length === 0
+        ? `no policy selects ${who}, so ${s.direction} is allowed by default`
+        : `${who} is not default-deny for ${s.direction} and no rule denies it`;
+  }
+  return r.verdict;
+}
+
+function sideLines(engine: PolicyEngine, s: SideResult): string[] {
+  const r = s.result;
+  const head = `${
+    s.direction === "egress" ? "Egress from" : "Ingress to"
+  } ${s.endpoint.namespace}/${s.endpoint.name} (identity ${s.endpoint.identity}), peer ${s.peer.display} (identity ${s.peer.identity}):`;
+  const out = [head];
+  const ind = (t: string) => out.push(`  ${t}`);
+  if (r.decision === "enforcement-never") {
+    ind("policy enforcement is disabled (mode never)");
+  } else {
+    if (r.selecting.length === 0) ind(`no policy selects this endpoint`);
+    for (const ri of r.selecting) ind(`selected by ${ruleName(engine, ri)}`);
+    ind(
+      r.defaultDeny
+        ? `${s.direction} is default-deny (because of ${ruleName(engine, r.defaultDenyRule)})`
+        : `${s.direction} is not default-deny`,
+    );
+    for (const e of r.denies) ind(`deny rule matches: ${entryName(engine, e)}`);
+    for (const e of r.allows) ind(`allow rule matches: ${entryName(engine, e)}`);
+    if (r.denies.length === 0 && r.allows.length === 0) ind("no rule matches this peer and port");
+    for (const e of r.peerOnly) ind(`(selects this peer on other ports: ${entryName(engine, e)})`);
+    const l7 = l7Line(engine, s);
+    if (l7) ind(l7);
+  }
+  const denied = r.verdict === "deny" || r.l7.status === "denied";
+  const reason = r.dropReason
+    ? ` (drop reason ${r.dropReason}: ${DROP_REASONS.get(r.dropReason)?.[1] ?? "?"})`
+    : "";
+  ind(`=> ${denied ? "DENIED" : "ALLOWED"}${reason}: ${sideReason(engine, s)}`);
+  return out;
+}
+
+/** The full decision chain of a flow, line by line. */
+export function explainFlow(engine: PolicyEngine, f: FlowResult): string[] {
+  const proto = protocolName(f.proto);
+  const port = f.proto === 1 || f.proto === 58 ? `type ${f.port}` : String(f.port);
+  const out = [`Tracing ${f.from.display} => ${f.to.display} ${proto}/${port}`];
+  if (f.egress) out.push(...sideLines(engine, f.egress));
+  else {out.push(
+      `Egress: the source ${f.from.display} is not a cilia endpoint; no egress policy applies`,
+    );}
+  if (f.ingress) out.push(...sideLines(engine, f.ingress));
+  else {out.push(
+      `Ingress: the destination ${f.to.display} is not a cilia endpoint; no ingress policy applies`,
+    );}
+  out.push(`Final verdict: ${f.allowed ? "ALLOWED" : "DENIED"}`);
+  return out;
+}
+
+/** One line: why the flow was allowed or denied. */
+export function flowReason(engine: PolicyEngine, f: FlowResult): string {
+  if (f.deniedBy === "egress" && f.egress) return sideReason(engine, f.egress);
+  if (f.deniedBy === "ingress" && f.ingress) return sideReason(engine, f.ingress);
+  const parts = [f.egress, f.ingress].filter((s): s is SideResult => !!s).map((s) =>
+    `${s.direction}: ${sideReason(engine, s)}`
+  );
+  return parts.length > 0 ? parts.join("; ") : "neither side is a cilia endpoint";
+}

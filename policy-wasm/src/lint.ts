@@ -1,0 +1,6 @@
+export interface LintWarning {
+  message: string;
+}
+export function lintPolicies(): LintWarning[] {
+  return [];
+}

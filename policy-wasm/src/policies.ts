@@ -1,0 +1,229 @@
+// Policy text → validated PolicySpec: reads YAML/JSON documents, picks the schema by apiVersion and
+// kind, validates (zod, then Cilium's cross-field rules while translating), and translates every
+// policy into IR rules. All problems are collected and thrown together as one
+// PolicyValidationError with locations; warnings come back with the result. This module is
+// browser compatible.
+
+import type { z } from "zod";
+import { expandLists, type PathPart, readDocuments, type SourceDocument } from "./documents.ts";
+import { PolicyValidationError, type ValidationIssue } from "./errors.ts";
+import { IssueSink } from "./issues.ts";
+import type { PolicyRef, PolicySpec, RuleSpec } from "./ir.ts";
+import {
+  CiliumClusterwideNetworkPolicy,
+  CiliumNetworkPolicy,
+  type CiliumPolicy,
+  KINDS,
+  NetworkPolicy,
+} from "./schema.ts";
+import { translateCiliumRule } from "./translate_cilium.ts";
+import { translateNetworkPolicy } from "./translate_k8s.ts";
+import type { RegexCheck } from "./l7_rules.ts";
+import { suggest } from "./suggest.ts";
+
+export interface PolicySource {
+  text: string;
+  file?: string;
+  /** Line/column offset of `text` inside its file (policies embedded in a scenario). */
+  offset?: { line: number; column: number };
+}
+
+export interface CompileOptions {
+  clusterName?: string;
+  /** The engine's regex compiler; without it, regexes are checked when the engine loads them. */
+  regexCheck?: RegexCheck;
+}
+
+export interface CompileResult {
+  spec: PolicySpec;
+  warnings: ValidationIssue[];
+}
+
+const SCHEMAS = {
+  CiliumNetworkPolicy,
+  CiliumClusterwideNetworkPolicy,
+  NetworkPolicy,
+} as const;
+
+function zodIssues(error: z.ZodError, sink: IssueSink): void {
+  for (const iss of error.issues) {
+    const path = iss.path.map((p) => (typeof p === "symbol" ? String(p) : p)) as PathPart[];
+    if (iss.code === "unrecognized_keys") {
+      const parts = iss.message.split("; ");
+      iss.keys.forEach((k, i) => {
+        let msg = parts[i] ?? `Unknown field "${k}"`;
+        if (k === "rules" && path.some((p) => p === "ingressDeny" || p === "egressDeny")) {
+          msg = "L7 rules are not allowed in deny rules: deny works at L3/L4 only";
+        }
+        sink.error(path, msg, k);
+      });
+      continue;
+    }
+    let msg = iss.message;
+    if (iss.code === "invalid_union") msg = unionMessage(iss);
+    if (msg.startsWith("Invalid input: expected")) msg = `Expected ${msg.slice(24)}`;
+    sink.error(path, msg);
+  }
+}
+
+function unionMessage(iss: z.core.$ZodIssueInvalidUnion): string {
+  const first = iss.errors.map((e) => e[0]?.message).filter(Boolean);
+  return first.length > 0 ? first.join(", or ") : "Invalid value";
+}
+
+function kindOf(doc: SourceDocument, sink: IssueSink): keyof typeof SCHEMAS | undefined {
+  const v = doc.value as { apiVersion?: unknown; kind?: unknown };
+  if (typeof v !== "object" || v === null || Array.isArray(v)) {
+    sink.error([], "Expected a policy object with apiVersion and kind");
+    return undefined;
+  }
+  const allKinds = Object.keys(SCHEMAS);
+  if (typeof v.kind !== "string" || !(v.kind in SCHEMAS)) {
+    const hint = typeof v.kind === "string" ? suggest(v.kind, allKinds) : undefined;
+    sink.error(
+      [],
+      `Unsupported kind ${JSON.stringify(v.kind ?? null)}${
+        hint ? `: did you mean "${hint}"?` : ""
+      }: expected ${allKinds.join(", ")}`,
+      "kind",
+    );
+    return undefined;
+  }
+  const kind = v.kind as keyof typeof SCHEMAS;
+  const want = Object.entries(KINDS).find(([, ks]) => (ks as readonly string[]).includes(kind))![0];
+  if (v.apiVersion !== want) {
+    sink.error(
+      [],
+      `Expected apiVersion "${want}" for kind ${kind}, got ${JSON.stringify(v.apiVersion ?? null)}`,
+      "apiVersion",
+    );
+    return undefined;
+  }
+  return kind;
+}
+
+function policyLabels(ref: PolicyRef, uid: string | undefined): string[] {
+  const out = [
+    `k8s:io.cilium.k8s.policy.derived-from=${ref.kind}`,
+    `k8s:io.cilium.k8s.policy.name=${ref.name}`,
+  ];
+  if (ref.namespace !== undefined) out.push(`k8s:io.cilium.k8s.policy.namespace=${ref.namespace}`);
+  if (uid !== undefined) out.push(`k8s:io.cilium.k8s.policy.uid=${uid}`);
+  return out;
+}
+
+interface Accumulator {
+  spec: PolicySpec;
+  issues: ValidationIssue[];
+  warnings: ValidationIssue[];
+  seen: Map<string, ValidationIssue | undefined>;
+}
+
+function translateDocument(doc: SourceDocument, acc: Accumulator, opts: CompileOptions): void {
+  const pre = new IssueSink(doc);
+  const kind = kindOf(doc, pre);
+  if (!kind) {
+    acc.issues.push(...pre.issues);
+    return;
+  }
+  const parsed = SCHEMAS[kind].safeParse(doc.value);
+  const name = (doc.value as { metadata?: { name?: unknown } }).metadata?.name;
+  const sink = new IssueSink(doc, typeof name === "string" ? name : undefined);
+  if (!parsed.success) {
+    zodIssues(parsed.error, sink);
+    acc.issues.push(...sink.issues);
+    return;
+  }
+  const p = parsed.data;
+  const namespace = kind === "CiliumClusterwideNetworkPolicy"
+    ? undefined
+    : (p.metadata.namespace ?? "default");
+  const ref: PolicyRef = {
+    kind,
+    name: p.metadata.name,
+    ...(namespace !== undefined ? { namespace } : {}),
+    ...(doc.file ? { file: doc.file } : {}),
+    ...(doc.locate([])?.line !== undefined ? { line: doc.locate([])!.line } : {}),
+  };
+  const id = `${kind}/${namespace ?? ""}/${ref.name}`;
+  if (acc.seen.has(id)) {
+    sink.error(
+      ["metadata"],
+      `Duplicate policy "${namespace ? namespace + "/" : ""}${ref.name}" (${kind})`,
+      "name",
+    );
+  }
+  acc.seen.set(id, undefined);
+  const policy = acc.spec.policies.length;
+  const labels = policyLabels(ref, p.metadata.uid);
+  const rules: RuleSpec[] = [];
+  if (kind === "NetworkPolicy") {
+    rules.push(
+      translateNetworkPolicy(p as z.infer<typeof NetworkPolicy>, { sink, policy, labels, id }),
+    );
+  } else {
+    const cp = p as CiliumPolicy;
+    const scope = namespace !== undefined
+      ? { kind: "namespaced" as const, namespace }
+      : { kind: "cluster" as const };
+    const ctx = {
+      sink,
+      scope,
+      clusterName: opts.clusterName ?? "default",
+      id,
+      ...(opts.regexCheck ? { check: opts.regexCheck } : {}),
+    };
+    if (!cp.spec && (!cp.specs || cp.specs.length === 0)) {
+      sink.error([], `Expected "spec" or "specs"`, "spec");
+    }
+    if (cp.spec) rules.push(translateCiliumRule(cp.spec, ctx, ["spec"], policy, labels));
+    (cp.specs ?? []).forEach((r, i) =>
+      rules.push(translateCiliumRule(r, ctx, ["specs", i], policy, labels))
+    );
+  }
+  acc.warnings.push(...sink.warnings);
+  if (sink.failed) {
+    acc.issues.push(...sink.issues);
+    return;
+  }
+  acc.spec.policies.push(ref);
+  acc.spec.rules.push(...rules);
+}
+
+/** Validates and translates every document of every source; throws PolicyValidationError. */
+export function compilePolicies(
+  sources: PolicySource | PolicySource[],
+  opts: CompileOptions = {},
+): CompileResult {
+  const list = Array.isArray(sources) ? sources : [sources];
+  const acc: Accumulator = {
+    spec: { policies: [], rules: [] },
+    issues: [],
+    warnings: [],
+    seen: new Map(),
+  };
+  for (const src of list) {
+    const { documents, issues } = readDocuments(src.text, {
+      ...(src.file ? { file: src.file } : {}),
+      ...(src.offset ? { offset: src.offset } : {}),
+    });
+    acc.issues.push(...issues);
+    for (const doc of expandLists(documents)) translateDocument(doc, acc, opts);
+  }
+  if (acc.issues.length > 0) throw new PolicyValidationError(acc.issues);
+  return { spec: acc.spec, warnings: acc.warnings };
+}
+
+/** Like compilePolicies() but returns the problems instead of throwing. */
+export function validatePolicies(
+  sources: PolicySource | PolicySource[],
+  opts: CompileOptions = {},
+): { issues: ValidationIssue[]; warnings: ValidationIssue[]; spec?: PolicySpec } {
+  try {
+    const r = compilePolicies(sources, opts);
+    return { issues: [], warnings: r.warnings, spec: r.spec };
+  } catch (e) {
+    if (e instanceof PolicyValidationError) return { issues: e.issues, warnings: [] };
+    throw e;
+  }
+}

@@ -1,0 +1,259 @@
+// Scenario files ("policy tests"): namespaces, policies, endpoints and queries with expected
+// verdicts, in YAML or JSON — the format `cilia policy test` runs and the browser imports and
+// exports. loadScenario() validates with located errors; runScenario() evaluates every query
+// with the engine. This module is browser compatible.
+
+import { isScalar, LineCounter, parseDocument } from "yaml";
+import { z } from "zod";
+import { obj } from "./schema.ts";
+import { readDocuments } from "./documents.ts";
+import { IssueSink } from "./issues.ts";
+import { PolicyValidationError } from "./errors.ts";
+import type { PathPart } from "./documents.ts";
+import { compilePolicies, type PolicySource } from "./policies.ts";
+import { SimCluster } from "./cluster.ts";
+import { evaluateFlow, type FlowInput, type FlowResult, type PeerRef } from "./flow.ts";
+import { explainFlow, flowReason } from "./explain.ts";
+import type { PolicyEngine } from "./engine.ts";
+import { DEFAULT_OPTIONS, type EngineOptions } from "./ir.ts";
+import { KAFKA_API_KEYS } from "./protocols.ts";
+import type { ValidationIssue } from "./errors.ts";
+
+const labels = z.record(z.string(), z.string());
+const peer = z.union([
+  z.string().min(1),
+  obj({ cidr: z.string() }),
+  obj({ entity: z.string() }),
+  obj({ endpoint: z.string() }),
+], { error: () => "Expected an endpoint name, {cidr: IP} or {entity: name}" });
+
+export const ScenarioSchema = obj({
+  name: z.string().optional(),
+  description: z.string().optional(),
+  namespaces: z.array(obj({ name: z.string().min(1), labels: labels.optional() })).optional(),
+  policies: z.array(z.union([z.string(), z.record(z.string(), z.unknown())])).default([]),
+  endpoints: z.array(obj({
+    name: z.string().min(1),
+    namespace: z.string().optional(),
+    labels: labels.optional(),
+    ip: z.string().optional(),
+    ipv6: z.string().optional(),
+    ports: z.array(obj({
+      name: z.string().min(1),
+      port: z.number().int().min(1).max(65535),
+      protocol: z.enum(["TCP", "UDP", "SCTP"]).default("TCP"),
+    })).optional(),
+    serviceAccount: z.string().optional(),
+  })).default([]),
+  queries: z.array(obj({
+    name: z.string().optional(),
+    from: peer,
+    to: peer,
+    port: z.number().int().min(0).max(65535).default(0),
+    protocol: z.enum(["TCP", "UDP", "SCTP", "ICMP"], {
+      error: () => "Expected protocol TCP, UDP, SCTP or ICMP",
+    }).default("TCP"),
+    icmpType: z.number().int().min(0).max(255).optional(),
+    http: obj({
+      method: z.string().default("GET"),
+      path: z.string().default("/"),
+      host: z.string().optional(),
+      headers: z.record(z.string(), z.string()).optional(),
+    }).optional(),
+    kafka: obj({
+      apiKey: z.union([z.string(), z.number().int()]),
+      apiVersion: z.number().int().optional(),
+      clientID: z.string().optional(),
+      topics: z.array(z.string()).optional(),
+      topic: z.string().optional(),
+    }).optional(),
+    expect: z.enum(["allowed", "denied"], { error: () => "Expected allowed or denied" }).optional(),
+  })).default([]),
+});
+export type Scenario = z.infer<typeof ScenarioSchema>;
+
+export interface LoadedScenario {
+  scenario: Scenario;
+  file?: string;
+  /** Policy sources with their position in the scenario file. */
+  sources: PolicySource[];
+}
+
+function policySources(text: string, scenario: Scenario, file?: string): PolicySource[] {
+  const lc = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lc });
+  return scenario.policies.map((p, i) => {
+    const where = `${file ?? "scenario"}#policies[${i}]`;
+    if (typeof p !== "string") return { text: JSON.stringify(p), file: where };
+    const node = doc.getIn(["policies", i], true);
+    if (!isScalar(node) || !node.range) return { text: p, file: file ?? "scenario" };
+    const start = lc.linePos(node.range[0]);
+    const block = node.type === "BLOCK_LITERAL" || node.type === "BLOCK_FOLDED";
+    const firstLine = text.split("\n")[start.line] ?? "";
+    const indent = block ? (firstLine.match(/^ */)?.[0].length ?? 0) : start.col - 1;
+    return {
+      text: p,
+      ...(file ? { file } : {}),
+      offset: { line: block ? start.line : start.line - 1, column: indent },
+    };
+  });
+}
+
+/** Parses and validates a scenario; throws PolicyValidationError with locations. */
+export function loadScenario(text: string, file?: string): LoadedScenario {
+  const { documents, issues } = readDocuments(text, file ? { file } : {});
+  if (issues.length > 0) throw new PolicyValidationError(issues);
+  const doc = documents[0];
+  if (!doc || documents.length > 1) {
+    throw new PolicyValidationError([{
+      message: documents.length > 1
+        ? "Expected one scenario document, got several"
+        : "Empty scenario",
+      path: "",
+      ...(file ? { file } : {}),
+    }]);
+  }
+  const parsed = ScenarioSchema.safeParse(doc.value);
+  if (!parsed.success) {
+    const sink = new IssueSink(doc);
+    for (const iss of parsed.error.issues) {
+      const path = iss.path.map((p) => (typeof p === "symbol" ? String(p) : p)) as PathPart[];
+      if (iss.code === "unrecognized_keys") {
+        iss.keys.forEach((k, i) =>
+          sink.error(path, iss.message.split("; ")[i] ?? `Unknown field "${k}"`, k)
+        );
+      } else sink.error(path, iss.message.replace(/^Invalid input: expected/, "Expected"));
+    }
+    throw new PolicyValidationError(sink.issues);
+  }
+  return {
+    scenario: parsed.data,
+    sources: policySources(text, parsed.data, file),
+    ...(file ? { file } : {}),
+  };
+}
+
+export interface QueryOutcome {
+  index: number;
+  name: string;
+  from: string;
+  to: string;
+  port: number;
+  protocol: string;
+  expect?: "allowed" | "denied";
+  verdict: "allowed" | "denied";
+  /** undefined when the query has no expectation. */
+  pass?: boolean;
+  reason: string;
+  trace: string[];
+  flow: FlowResult;
+}
+
+export interface ScenarioReport {
+  name: string;
+  file?: string;
+  passed: number;
+  failed: number;
+  warnings: ValidationIssue[];
+  results: QueryOutcome[];
+}
+
+function peerText(p: PeerRef): string {
+  if (typeof p === "string") return p;
+  if ("cidr" in p) return p.cidr;
+  if ("entity" in p) return `entity:${p.entity}`;
+  if ("endpoint" in p) return p.endpoint;
+  return `identity:${p.identity}`;
+}
+
+function kafkaKey(k: string | number): number {
+  if (typeof k === "number") return k;
+  const v = KAFKA_API_KEYS[k.toLowerCase()];
+  if (v === undefined) throw new RangeError(`Unknown Kafka apiKey "${k}"`);
+  return v;
+}
+
+export function flowOf(q: Scenario["queries"][number]): FlowInput {
+  return {
+    from: q.from,
+    to: q.to,
+    port: q.port,
+    protocol: q.protocol,
+    ...(q.icmpType !== undefined ? { icmpType: q.icmpType } : {}),
+    ...(q.http
+      ? {
+        http: {
+          method: q.http.method,
+          path: q.http.path,
+          ...(q.http.host !== undefined ? { host: q.http.host } : {}),
+          ...(q.http.headers ? { headers: q.http.headers } : {}),
+        },
+      }
+      : {}),
+    ...(q.kafka
+      ? {
+        kafka: {
+          apiKey: kafkaKey(q.kafka.apiKey),
+          ...(q.kafka.apiVersion !== undefined ? { apiVersion: q.kafka.apiVersion } : {}),
+          ...(q.kafka.clientID !== undefined ? { clientID: q.kafka.clientID } : {}),
+          topics: [...(q.kafka.topics ?? []), ...(q.kafka.topic ? [q.kafka.topic] : [])],
+        },
+      }
+      : {}),
+  };
+}
+
+/** Builds the simulated cluster and loads everything into the engine. */
+export function prepareScenario(
+  engine: PolicyEngine,
+  loaded: LoadedScenario,
+  options: EngineOptions = DEFAULT_OPTIONS,
+): { cluster: SimCluster; warnings: ValidationIssue[] } {
+  const s = loaded.scenario;
+  const compiled = compilePolicies(loaded.sources, {
+    clusterName: options.clusterName,
+    regexCheck: (p) => engine.checkRegex(p),
+  });
+  const cluster = new SimCluster({
+    ...(s.namespaces ? { namespaces: s.namespaces } : {}),
+    endpoints: s.endpoints,
+    clusterName: options.clusterName,
+  });
+  cluster.load(engine, compiled.spec, options);
+  return { cluster, warnings: compiled.warnings };
+}
+
+export function runScenario(
+  engine: PolicyEngine,
+  loaded: LoadedScenario,
+  options: EngineOptions = DEFAULT_OPTIONS,
+): ScenarioReport {
+  const { cluster, warnings } = prepareScenario(engine, loaded, options);
+  const s = loaded.scenario;
+  const results = s.queries.map((q, index): QueryOutcome => {
+    const flow = evaluateFlow(cluster, engine, flowOf(q));
+    const verdict = flow.allowed ? "allowed" : "denied";
+    const port = q.protocol === "ICMP" ? flow.port : q.port;
+    return {
+      index,
+      name: q.name ?? `${peerText(q.from)} -> ${peerText(q.to)} ${q.protocol}/${port}`,
+      from: peerText(q.from),
+      to: peerText(q.to),
+      port,
+      protocol: q.protocol,
+      ...(q.expect ? { expect: q.expect, pass: q.expect === verdict } : {}),
+      verdict,
+      reason: flowReason(engine, flow),
+      trace: explainFlow(engine, flow),
+      flow,
+    };
+  });
+  return {
+    name: s.name ?? loaded.file ?? "scenario",
+    ...(loaded.file ? { file: loaded.file } : {}),
+    passed: results.filter((r) => r.pass === true).length,
+    failed: results.filter((r) => r.pass === false).length,
+    warnings,
+    results,
+  };
+}
