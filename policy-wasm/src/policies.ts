@@ -37,6 +37,18 @@ export interface CompileOptions {
 export interface CompileResult {
   spec: PolicySpec;
   warnings: ValidationIssue[];
+  /** Line and column of a path (`spec.ingress[0]`) inside policy `policy` of the spec. */
+  locate(policy: number, path: string): { line: number; column: number; file?: string } | undefined;
+}
+
+/** `spec.ingress[0].toPorts[1]` → ["spec", "ingress", 0, "toPorts", 1]. */
+export function parsePath(path: string): PathPart[] {
+  const out: PathPart[] = [];
+  for (const m of path.matchAll(/([^.[\]]+)|\[(\d+)\]/g)) {
+    if (m[2] !== undefined) out.push(Number(m[2]));
+    else out.push(m[1]!);
+  }
+  return out;
 }
 
 const SCHEMAS = {
@@ -117,6 +129,7 @@ interface Accumulator {
   issues: ValidationIssue[];
   warnings: ValidationIssue[];
   seen: Map<string, ValidationIssue | undefined>;
+  docs: SourceDocument[];
 }
 
 function translateDocument(doc: SourceDocument, acc: Accumulator, opts: CompileOptions): void {
@@ -187,6 +200,7 @@ function translateDocument(doc: SourceDocument, acc: Accumulator, opts: CompileO
     return;
   }
   acc.spec.policies.push(ref);
+  acc.docs.push(doc);
   acc.spec.rules.push(...rules);
 }
 
@@ -201,6 +215,7 @@ export function compilePolicies(
     issues: [],
     warnings: [],
     seen: new Map(),
+    docs: [],
   };
   for (const src of list) {
     const { documents, issues } = readDocuments(src.text, {
@@ -211,7 +226,12 @@ export function compilePolicies(
     for (const doc of expandLists(documents)) translateDocument(doc, acc, opts);
   }
   if (acc.issues.length > 0) throw new PolicyValidationError(acc.issues);
-  return { spec: acc.spec, warnings: acc.warnings };
+  const locate = (policy: number, path: string) => {
+    const doc = acc.docs[policy];
+    const at = doc?.locate(parsePath(path));
+    return at && doc ? { ...at, ...(doc.file ? { file: doc.file } : {}) } : undefined;
+  };
+  return { spec: acc.spec, warnings: acc.warnings, locate };
 }
 
 /** Like compilePolicies() but returns the problems instead of throwing. */

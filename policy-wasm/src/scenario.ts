@@ -113,6 +113,17 @@ export function loadScenario(text: string, file?: string): LoadedScenario {
       ...(file ? { file } : {}),
     }]);
   }
+  const v = doc.value as Record<string, unknown>;
+  if (v && typeof v === "object" && "apiVersion" in v && "kind" in v) {
+    throw new PolicyValidationError([{
+      message: `This is a ${
+        String(v.kind)
+      } document, not a scenario: validate it with "cilia policy validate", or list it under "policies:" in a scenario file`,
+      path: "",
+      ...(doc.locate([]) ?? {}),
+      ...(file ? { file } : {}),
+    }]);
+  }
   const parsed = ScenarioSchema.safeParse(doc.value);
   if (!parsed.success) {
     const sink = new IssueSink(doc);

@@ -1,7 +1,7 @@
 // Compiles a syntax tree into a Program (Thompson construction). Counted repeats are expanded,
-// equal rune lists are stored once, and the program is capped at MAX_INSTRUCTIONS so that a
-// pattern like `(a{1000}){1000}`-sized input cannot exhaust memory. This module is browser
-// compatible; it returns null instead of throwing.
+// equal rune lists are stored once, and the program is capped at MAX_INSTRUCTIONS so that a long
+// group repeated 1000 times cannot exhaust memory. This module is browser compatible; it returns
+// null instead of throwing.
 
 import { Node, NODE_ALT, NODE_ASSERT, NODE_CLASS, NODE_CONCAT, NODE_REPEAT } from "./ast";
 import { OP_ASSERT, OP_JMP, OP_MATCH, OP_RUNE, OP_SPLIT, Program } from "./program";

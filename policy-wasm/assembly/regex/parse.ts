@@ -1,8 +1,8 @@
 // Parses an RE2 pattern (UTF-8 bytes) into a syntax tree: alternation, concatenation, repeats and
-// groups, delegating escapes and bracket classes to parse_escape.ts. Follows RE2's Perl-mode rules
-// (`a**` is an error, a `{` that is not a repeat is a literal, counts are capped at 1000) and
-// rejects what RE2 rejects (backreferences, lookaround). Never throws: errors land in the
-// ParseState. This module is browser compatible.
+// groups, delegating escapes and bracket classes to parse_escape.ts and `(?...` prefixes to
+// parse_group.ts. Follows RE2's Perl-mode rules (`a**` is an error, a `{` that is not a repeat is
+// a literal, counts are capped at 1000) and rejects what RE2 rejects (backreferences,
+// lookaround). Never throws: errors land in the ParseState. This module is browser compatible.
 
 import {
   ASSERT_BEGIN_LINE,
@@ -17,17 +17,16 @@ import {
   NODE_REPEAT,
 } from "./ast";
 import {
-  REGEX_ERR_BAD_GROUP,
   REGEX_ERR_BAD_REPEAT_OP,
   REGEX_ERR_MISSING_PAREN,
   REGEX_ERR_MISSING_REPEAT_ARG,
   REGEX_ERR_NESTING_DEPTH,
   REGEX_ERR_REPEAT_SIZE,
   REGEX_ERR_UNEXPECTED_PAREN,
-  REGEX_ERR_UNSUPPORTED,
 } from "./errors";
 import { parseClass, parseEscape } from "./parse_escape";
-import { FLAG_DOT_NL, FLAG_FOLD, FLAG_MULTI_LINE, FLAG_UNGREEDY, ParseState } from "./parse_state";
+import { parseGroupPrefix } from "./parse_group";
+import { FLAG_MULTI_LINE, ParseState } from "./parse_state";
 
 /** RE2's limit on a repeat count, and on the product of nested counts. */
 const MAX_REPEAT: i32 = 1000;
@@ -182,7 +181,7 @@ function _parseGroup(st: ParseState, items: Array<Node>): bool {
   const saved = st.flags;
   st.pos++;
   if (st.peek() == 0x3f) { // (?
-    const kind = _parseGroupPrefix(st, start);
+    const kind = parseGroupPrefix(st, start);
     if (kind < 0) return false;
     if (kind == 0) return true; // (?flags) changes the flags of the enclosing group
   }
@@ -195,86 +194,4 @@ function _parseGroup(st: ParseState, items: Array<Node>): bool {
   st.flags = saved;
   items.push(body);
   return true;
-}
-
-/**
- * Parses what follows `(?`: a name (`P<n>`, `<n>`) or flags (`i-s:`, `i)`). Returns 1 when a
- * group body follows, 0 for a flags-only group, -1 on error.
- */
-function _parseGroupPrefix(st: ParseState, start: i32): i32 {
-  const c1 = st.peek(1);
-  const c2 = st.peek(2);
-  if (c1 == 0x3d || c1 == 0x21 || c1 == 0x3e || c1 == 0x23 || c1 == 0x7c || c1 == 0x26) {
-    return _failed(st, REGEX_ERR_UNSUPPORTED, start); // = ! > # | &: lookahead, atomic, ...
-  }
-  if (c1 == 0x3c && (c2 == 0x3d || c2 == 0x21)) return _failed(st, REGEX_ERR_UNSUPPORTED, start);
-  if (c1 == 0x50 && (c2 == 0x3d || c2 == 0x3e)) return _failed(st, REGEX_ERR_UNSUPPORTED, start);
-  if (c1 == 0x28 || c1 == 0x52 || c1 == 0x2b || (c1 >= 0x30 && c1 <= 0x39)) {
-    return _failed(st, REGEX_ERR_UNSUPPORTED, start); // conditionals, recursion
-  }
-  if (c1 == 0x3c || (c1 == 0x50 && c2 == 0x3c)) return _parseName(st, start, c1 == 0x50 ? 3 : 2);
-  if (c1 == 0x50) return _failed(st, REGEX_ERR_BAD_GROUP, start);
-  return _parseFlags(st, start);
-}
-
-function _parseName(st: ParseState, start: i32, skip: i32): i32 {
-  st.pos += skip;
-  const nameStart = st.pos;
-  while (_isWordByte(st.peek())) st.pos++;
-  const len = st.pos - nameStart;
-  if (len == 0 || st.peek() != 0x3e) return _failed(st, REGEX_ERR_BAD_GROUP, start);
-  for (let i = 0; i < st.names.length; i += 2) {
-    if (st.names[i + 1] == len && _sameBytes(st, st.names[i], nameStart, len)) {
-      return _failed(st, REGEX_ERR_BAD_GROUP, start);
-    }
-  }
-  st.names.push(nameStart);
-  st.names.push(len);
-  st.pos++;
-  return 1;
-}
-
-function _parseFlags(st: ParseState, start: i32): i32 {
-  st.pos++; // ?
-  let flags = st.flags;
-  let negated = false;
-  let sawFlag = false;
-  while (true) {
-    const c = st.peek();
-    st.pos++;
-    let bit = 0;
-    if (c == 0x69) bit = FLAG_FOLD;
-    else if (c == 0x6d) bit = FLAG_MULTI_LINE;
-    else if (c == 0x73) bit = FLAG_DOT_NL;
-    else if (c == 0x55) bit = FLAG_UNGREEDY;
-    if (bit != 0) {
-      flags = negated ? flags & ~bit : flags | bit;
-      sawFlag = true;
-      continue;
-    }
-    if (c == 0x2d && !negated) { // -
-      negated = true;
-      sawFlag = false;
-      continue;
-    }
-    if ((c == 0x3a || c == 0x29) && (!negated || sawFlag)) { // : )
-      st.flags = flags;
-      return c == 0x3a ? 1 : 0;
-    }
-    return _failed(st, REGEX_ERR_BAD_GROUP, start);
-  }
-}
-
-function _failed(st: ParseState, code: i32, at: i32): i32 {
-  st.fail(code, at);
-  return -1;
-}
-
-function _isWordByte(c: i32): bool {
-  const lower = c | 0x20;
-  return (c >= 0x30 && c <= 0x39) || (lower >= 0x61 && lower <= 0x7a) || c == 0x5f;
-}
-
-function _sameBytes(st: ParseState, a: i32, b: i32, len: i32): bool {
-  return memory.compare(st.base + <usize> a, st.base + <usize> b, <usize> len) == 0;
 }

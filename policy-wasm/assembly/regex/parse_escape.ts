@@ -38,7 +38,7 @@ export function parseEscape(st: ParseState, items: Array<Node>): bool {
   if (c == 0x51) return _parseQuoted(st, items); // \Q...\E
   if (_isPerlClass(c)) {
     const set = new Ranges();
-    addPerlClass(c, set);
+    addPerlClass(c, set, (st.flags & FLAG_FOLD) != 0);
     set.normalize();
     st.pos += 2;
     items.push(classNode(set));
@@ -105,7 +105,7 @@ export function parseClass(st: ParseState): Node | null {
       if (posix > 0) continue;
     }
     if (c == 0x5c && _isPerlClass(st.peek(1))) {
-      addPerlClass(st.peek(1), set);
+      addPerlClass(st.peek(1), set, (st.flags & FLAG_FOLD) != 0);
       st.pos += 2;
       continue;
     }
@@ -160,7 +160,7 @@ function _parsePosix(st: ParseState, set: Ranges): i32 {
   }
   if (end + 1 >= st.len) return 0;
   const name = st.base + <usize> (st.pos + 2);
-  if (!addPosixClass(name, end - st.pos - 2, set)) {
+  if (!addPosixClass(name, end - st.pos - 2, set, (st.flags & FLAG_FOLD) != 0)) {
     st.fail(REGEX_ERR_BAD_CHAR_RANGE, st.pos);
     return -1;
   }

@@ -84,15 +84,18 @@ export class Ranges {
   }
 }
 
-/** Adds `\d` (`kind` 'd'), `\s` ('s') or `\w` ('w'); the upper-case kinds add the complement. */
-export function addPerlClass(kind: i32, out: Ranges): void {
+/**
+ * Adds `\d` (`kind` 'd'), `\s` ('s') or `\w` ('w'); the upper-case kinds add the complement.
+ * With `fold`, the set is case-folded before it is negated, as RE2 does (`(?i)\W` excludes `k`'s
+ * partner KELVIN SIGN).
+ */
+export function addPerlClass(kind: i32, out: Ranges, fold: bool): void {
   const set = new Ranges();
   const lower = kind | 0x20;
   if (lower == 0x64) set.add(0x30, 0x39);
-  else if (lower == 0x73) addList(set, [0x09, 0x0a, 0x0c, 0x0d, 0x20, 0x20]);
-  else addList(set, [0x30, 0x39, 0x41, 0x5a, 0x5f, 0x5f, 0x61, 0x7a]);
-  if (kind != lower) set.negate();
-  out.addRanges(set);
+  else if (lower == 0x73) _addList(set, [0x09, 0x0a, 0x0c, 0x0d, 0x20, 0x20]);
+  else _addList(set, [0x30, 0x39, 0x41, 0x5a, 0x5f, 0x5f, 0x61, 0x7a]);
+  _addGroup(set, kind != lower, fold, out);
 }
 
 const POSIX_NAMES: string[] = [
@@ -131,9 +134,9 @@ const POSIX_RANGES: i32[][] = [
 
 /**
  * Adds the POSIX class named by the `len` bytes at `name` (`alpha`, or `^alpha` for the
- * complement) to `out`; returns false when the name is unknown.
+ * complement) to `out`, case-folded first with `fold`; returns false when the name is unknown.
  */
-export function addPosixClass(name: usize, len: i32, out: Ranges): bool {
+export function addPosixClass(name: usize, len: i32, out: Ranges, fold: bool): bool {
   let negated = false;
   if (len > 0 && load<u8>(name) == 0x5e) {
     negated = true;
@@ -143,15 +146,20 @@ export function addPosixClass(name: usize, len: i32, out: Ranges): bool {
   for (let i = 0; i < POSIX_NAMES.length; i++) {
     if (!_equalsAscii(name, len, unchecked(POSIX_NAMES[i]))) continue;
     const set = new Ranges();
-    addList(set, unchecked(POSIX_RANGES[i]));
-    if (negated) set.negate();
-    out.addRanges(set);
+    _addList(set, unchecked(POSIX_RANGES[i]));
+    _addGroup(set, negated, fold, out);
     return true;
   }
   return false;
 }
 
-function addList(set: Ranges, list: i32[]): void {
+function _addGroup(set: Ranges, negated: bool, fold: bool, out: Ranges): void {
+  if (fold) set.fold();
+  if (negated) set.negate();
+  out.addRanges(set);
+}
+
+function _addList(set: Ranges, list: i32[]): void {
   for (let i = 0; i < list.length; i += 2) set.add(unchecked(list[i]), unchecked(list[i + 1]));
 }
 

@@ -1,0 +1,193 @@
+// `cilia policy trace`: one flow, judged offline by the engine against policy files, printed as
+// the decision chain in words (or `-o json|yaml`). Peers are given by labels (an ad-hoc
+// endpoint), by IP, by entity, or by name from a scenario file's endpoints.
+
+import {
+  compilePolicies,
+  type EndpointInput,
+  evaluateFlow,
+  explainFlow,
+  type FlowInput,
+  flowReason,
+  KAFKA_API_KEYS,
+  loadScenario,
+  type PeerRef,
+  PolicyEngine,
+  type PolicySource,
+  SimCluster,
+} from "@cilia/policy-wasm";
+import { readInputs } from "./files.ts";
+import { type Format, renderModel, UsageError } from "./output.ts";
+
+export interface TraceArgs {
+  policy: string[];
+  scenario?: string | undefined;
+  src: PeerArgs;
+  dst: PeerArgs;
+  dport?: string | undefined;
+  icmpType?: string | undefined;
+  http: {
+    method?: string | undefined;
+    path?: string | undefined;
+    host?: string | undefined;
+    headers: string[];
+  };
+  kafka: {
+    role?: string | undefined;
+    apiKey?: string | undefined;
+    topic: string[];
+    clientId?: string | undefined;
+    apiVersion?: string | undefined;
+  };
+}
+
+export interface PeerArgs {
+  labels?: string | undefined;
+  ip?: string | undefined;
+  entity?: string | undefined;
+  endpoint?: string | undefined;
+  namespace?: string | undefined;
+}
+
+const NS_KEY = "io.kubernetes.pod.namespace";
+
+/** "app=web,k8s:tier=1" → labels (namespace label taken out). */
+export function parseLabels(
+  text: string,
+  what: string,
+): { labels: Record<string, string>; namespace?: string } {
+  const labels: Record<string, string> = {};
+  let namespace: string | undefined;
+  for (const part of text.split(",").map((s) => s.trim()).filter(Boolean)) {
+    const eq = part.indexOf("=");
+    const key = eq < 0 ? part : part.slice(0, eq);
+    const value = eq < 0 ? "" : part.slice(eq + 1);
+    if (!key) throw new UsageError(`Invalid label "${part}" in ${what}: expected key=value`);
+    if (key.replace(/^(k8s|any):/, "") === NS_KEY) namespace = value;
+    else labels[key] = value;
+  }
+  return namespace !== undefined ? { labels, namespace } : { labels };
+}
+
+/** "80/TCP", "53/udp", "8080" (TCP), "ICMP" → [port, protocol]. */
+export function parseDport(text: string | undefined): [number, FlowInput["protocol"]] {
+  if (!text) throw new UsageError("policy trace: --dport is required, e.g. --dport 80/TCP");
+  const [p, proto = "TCP"] = text.split("/");
+  const protocol = proto.toUpperCase();
+  if (!["TCP", "UDP", "SCTP", "ICMP", "ICMPV6"].includes(protocol)) {
+    throw new UsageError(`Invalid protocol "${proto}" in --dport: expected TCP, UDP, SCTP or ICMP`);
+  }
+  if (/^icmp/i.test(p ?? "")) return [0, "ICMP"];
+  const port = Number(p);
+  if (!/^\d+$/.test(p ?? "") || port > 65535) {
+    throw new UsageError(`Invalid port "${p}" in --dport: expected 0-65535`);
+  }
+  return [port, protocol as FlowInput["protocol"]];
+}
+
+function peerOf(side: "src" | "dst", a: PeerArgs, endpoints: EndpointInput[]): PeerRef {
+  const given = [a.labels, a.ip, a.entity, a.endpoint].filter((x) => x !== undefined).length;
+  if (given !== 1) {
+    throw new UsageError(
+      `policy trace: give exactly one of --${side}-labels, --${side}-ip, --${side}-entity, --${side}-endpoint`,
+    );
+  }
+  if (a.ip !== undefined) return { cidr: a.ip };
+  if (a.entity !== undefined) return { entity: a.entity };
+  if (a.endpoint !== undefined) return a.endpoint;
+  const { labels, namespace } = parseLabels(a.labels!, `--${side}-labels`);
+  const name = `${side}{${a.labels}}`;
+  endpoints.push({ name, namespace: a.namespace ?? namespace ?? "default", labels });
+  return `${a.namespace ?? namespace ?? "default"}/${name}`;
+}
+
+function flowInput(args: TraceArgs, from: PeerRef, to: PeerRef): FlowInput {
+  const [port, protocol] = parseDport(args.dport);
+  const f: FlowInput = { from, to, port, protocol };
+  if (args.icmpType !== undefined) f.icmpType = Number(args.icmpType);
+  const h = args.http;
+  if (
+    h.method !== undefined || h.path !== undefined || h.headers.length > 0 || h.host !== undefined
+  ) {
+    const headers: Record<string, string> = {};
+    for (const line of h.headers) {
+      const c = line.indexOf(":");
+      if (c <= 0) throw new UsageError(`Invalid --http-header "${line}": expected "Name: value"`);
+      headers[line.slice(0, c).trim()] = line.slice(c + 1).trim();
+    }
+    f.http = {
+      method: h.method ?? "GET",
+      path: h.path ?? "/",
+      ...(h.host !== undefined ? { host: h.host } : {}),
+      headers,
+    };
+  }
+  const k = args.kafka;
+  if (
+    k.role !== undefined || k.apiKey !== undefined || k.topic.length > 0 || k.clientId !== undefined
+  ) {
+    const keyName = k.apiKey ?? (k.role === "consume" ? "fetch" : "produce");
+    const apiKey = /^\d+$/.test(keyName) ? Number(keyName) : KAFKA_API_KEYS[keyName.toLowerCase()];
+    if (apiKey === undefined) throw new UsageError(`Unknown Kafka API key "${keyName}"`);
+    if (k.role !== undefined && !["produce", "consume"].includes(k.role)) {
+      throw new UsageError(`Invalid --kafka-role "${k.role}": expected produce or consume`);
+    }
+    f.kafka = {
+      apiKey,
+      topics: k.topic,
+      ...(k.clientId !== undefined ? { clientID: k.clientId } : {}),
+      ...(k.apiVersion !== undefined ? { apiVersion: Number(k.apiVersion) } : {}),
+    };
+  }
+  return f;
+}
+
+export async function policyTrace(args: TraceArgs, format: Format): Promise<number> {
+  const engine = await PolicyEngine.create();
+  try {
+    const sources: PolicySource[] = (await readInputs(args.policy)).map((f) => ({
+      text: f.text,
+      file: f.path,
+    }));
+    const endpoints: EndpointInput[] = [];
+    let namespaces: { name: string; labels?: Record<string, string> | undefined }[] = [];
+    if (args.scenario) {
+      const [f] = await readInputs([args.scenario]);
+      const s = loadScenario(f!.text, f!.path);
+      sources.push(...s.sources);
+      endpoints.push(...s.scenario.endpoints);
+      namespaces = s.scenario.namespaces ?? [];
+    }
+    const from = peerOf("src", args.src, endpoints);
+    const to = peerOf("dst", args.dst, endpoints);
+    const compiled = compilePolicies(sources, { regexCheck: (p) => engine.checkRegex(p) });
+    const cluster = new SimCluster({ namespaces, endpoints });
+    cluster.load(engine, compiled.spec, engine.options);
+    const flow = evaluateFlow(cluster, engine, flowInput(args, from, to));
+    const lines = explainFlow(engine, flow);
+    if (format === "table") console.log(lines.join("\n"));
+    else {
+      console.log(renderModel({
+        allowed: flow.allowed,
+        verdict: flow.allowed ? "allowed" : "denied",
+        reason: flowReason(engine, flow),
+        from: flow.from.display,
+        fromIdentity: flow.from.identity,
+        to: flow.to.display,
+        toIdentity: flow.to.identity,
+        proto: flow.proto,
+        port: flow.port,
+        egress: flow.egress
+          ? { endpoint: flow.egress.endpoint.name, ...flow.egress.result }
+          : undefined,
+        ingress: flow.ingress
+          ? { endpoint: flow.ingress.endpoint.name, ...flow.ingress.result }
+          : undefined,
+        trace: lines,
+      }, format));
+    }
+    return 0;
+  } finally {
+    engine.close();
+  }
+}
