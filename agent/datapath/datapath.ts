@@ -1,0 +1,256 @@
+// The node's eBPF datapath as one object: builds (cached) and loads the lxc programs, pins them
+// under a bpffs root, attaches them to endpoint veths, and writes endpoints, ipcache and policy
+// as map diffs (never a program reload). Runs where the agent runs: inside the node's network
+// namespace with the node's bpffs (or, for tests and tools, from outside with `netns` set and a
+// bpffs root visible in the caller's mount namespace). It decides no policy (the engine does).
+import { BpfTool, bytesFromHex } from "./bpftool.ts";
+import { buildObject } from "./build.ts";
+import {
+  decode,
+  DIR_EGRESS,
+  encode,
+  EP_F_EGRESS_DEFAULT_DENY,
+  EP_F_ENFORCEMENT_DISABLED,
+  EP_F_INGRESS_DEFAULT_DENY,
+  LAYOUTS,
+  num,
+} from "./codecs.ts";
+import { parseIPv4, parseIPv6, parseMac, parsePrefix } from "./_addr.ts";
+import { collectConntrack, type GcResult, startConntrackGc } from "./conntrack_gc.ts";
+import { type DatapathEvent, readEvents } from "./events.ts";
+import {
+  attachEndpoint,
+  checkBpffs,
+  detachEndpoint,
+  linkIndex,
+  linkNames,
+  loadPinned,
+  type Pins,
+} from "./loader.ts";
+import {
+  decodePolicyEntry,
+  mergePolicyEntries,
+  planPolicyChanges,
+  type PolicyEntry,
+} from "./policy_map.ts";
+import { MapWriter } from "./map_writer.ts";
+
+export type { DatapathEvent, PolicyEntry };
+
+export interface DatapathOptions {
+  /** Where maps and programs are pinned; default /sys/fs/bpf/cilia. */
+  bpffsRoot?: string;
+  /** The object cache (see build.ts). */
+  buildDir: string;
+  /** The bpf/ source directory; default the repository's. */
+  sourceDir?: string;
+  /** Run tc/ip/bpftool in /run/netns/<netns>; unset when already running inside the node. */
+  netns?: string;
+  /** Run the conntrack garbage collector every N ms until close(); unset = never. */
+  conntrackGcIntervalMs?: number;
+}
+
+export interface EndpointSpec {
+  ifname: string;
+  epId: number;
+  identity: number;
+  ipv4?: string;
+  ipv6?: string;
+  mac?: string;
+  ingressDefaultDeny: boolean;
+  egressDefaultDeny: boolean;
+  /** false turns policy off for this endpoint; default true. */
+  enforcement?: boolean;
+}
+
+export interface IpcacheUpsert {
+  prefix: string;
+  identity: number;
+  tunnelEndpoint?: string;
+}
+
+export interface MetricsRow {
+  reason: number;
+  dir: "ingress" | "egress";
+  packets: bigint;
+  bytes: bigint;
+}
+
+export class Datapath implements AsyncDisposable {
+  readonly pins: Pins;
+  /** Whether open() loaded new programs (false: the pinned ones were reused). */
+  readonly loaded: boolean;
+  readonly #bpftool: BpfTool;
+  readonly #writer: MapWriter;
+  readonly #netns: string | undefined;
+  #stopGc: (() => void) | undefined;
+
+  private constructor(pins: Pins, loaded: boolean, bpftool: BpfTool, netns?: string) {
+    this.pins = pins;
+    this.loaded = loaded;
+    this.#bpftool = bpftool;
+    this.#writer = new MapWriter(bpftool);
+    this.#netns = netns;
+  }
+
+  static async open(opts: DatapathOptions): Promise<Datapath> {
+    const root = (opts.bpffsRoot ?? "/sys/fs/bpf/cilia").replace(/\/+$/, "");
+    await checkBpffs(root);
+    const obj = await buildObject({
+      buildDir: opts.buildDir,
+      ...(opts.sourceDir ? { sourceDir: opts.sourceDir } : {}),
+    });
+    const bpftool = new BpfTool({ netns: opts.netns });
+    const res = await loadPinned(bpftool, { root, object: obj.path, hash: obj.hash });
+    const dp = new Datapath(res.pins, res.loaded, bpftool, opts.netns);
+    if (res.loaded) await dp.#reattachAll();
+    for (const dir of res.stale) await Deno.remove(dir, { recursive: true }).catch(() => {});
+    if (opts.conntrackGcIntervalMs) {
+      dp.#stopGc = startConntrackGc(res.pins.maps.cilia_ct, {
+        intervalMs: opts.conntrackGcIntervalMs,
+      });
+    }
+    return dp;
+  }
+
+  /** Points every known endpoint at the current programs (after a new object was loaded). */
+  async #reattachAll(): Promise<void> {
+    const names = await linkNames(this.#netns);
+    for (const e of await this.#bpftool.mapDump(this.pins.maps.cilia_endpoints)) {
+      const ifindex = num(decode(LAYOUTS.endpointKey, bytesFromHex(e.key)).ifindex);
+      const ifname = names.get(ifindex);
+      if (ifname) await attachEndpoint(this.pins, ifname, this.#netns);
+    }
+  }
+
+  /** Writes the endpoint entry, then attaches both programs (fail closed: entry first). */
+  async upsertEndpoint(ep: EndpointSpec): Promise<void> {
+    const ifindex = await linkIndex(ep.ifname, this.#netns);
+    if (ifindex === undefined) throw new Error(`Cannot find link "${ep.ifname}"`);
+    const flags = (ep.ingressDefaultDeny ? EP_F_INGRESS_DEFAULT_DENY : 0) |
+      (ep.egressDefaultDeny ? EP_F_EGRESS_DEFAULT_DENY : 0) |
+      (ep.enforcement === false ? EP_F_ENFORCEMENT_DISABLED : 0);
+    const v4 = ep.ipv4 === undefined ? undefined : parseIPv4(ep.ipv4);
+    const v6 = ep.ipv6 === undefined ? undefined : parseIPv6(ep.ipv6);
+    if ((ep.ipv4 !== undefined && !v4) || (ep.ipv6 !== undefined && !v6)) {
+      throw new SyntaxError(`Invalid endpoint address for "${ep.ifname}": "${ep.ipv4 ?? ep.ipv6}"`);
+    }
+    const value = encode(LAYOUTS.endpointInfo, {
+      ep_id: ep.epId,
+      flags,
+      identity: ep.identity,
+      ...(v4 ? { ipv4: v4 } : {}),
+      ...(v6 ? { ipv6: v6 } : {}),
+      ...(ep.mac ? { mac: parseMac(ep.mac) } : {}),
+    });
+    const key = encode(LAYOUTS.endpointKey, { ifindex });
+    await this.#writer.apply(this.pins.maps.cilia_endpoints, [{ key, value }], []);
+    await attachEndpoint(this.pins, ep.ifname, this.#netns);
+  }
+
+  /** Deletes the endpoint entry (its veth then drops everything), detaches, drops its state. */
+  async removeEndpoint(ifname: string, epId: number): Promise<void> {
+    const keys: Uint8Array[] = [];
+    for (const e of await this.#bpftool.mapDump(this.pins.maps.cilia_endpoints)) {
+      if (e.value && num(decode(LAYOUTS.endpointInfo, bytesFromHex(e.value)).ep_id) === epId) {
+        keys.push(bytesFromHex(e.key));
+      }
+    }
+    await this.#writer.apply(this.pins.maps.cilia_endpoints, [], keys);
+    await detachEndpoint(ifname, this.#netns);
+    const stale = (await this.#policyRows()).filter((r) => r.epId === epId).map((r) => r.key);
+    await this.#writer.apply(this.pins.maps.cilia_policy, [], stale);
+    collectConntrack(this.pins.maps.cilia_ct, { remove: (k) => num(k.ep_id) === epId });
+  }
+
+  async updateIpcache(
+    upserts: readonly IpcacheUpsert[],
+    deletes: readonly string[],
+  ): Promise<void> {
+    const key = (prefix: string) => {
+      const p = parsePrefix(prefix);
+      return encode(LAYOUTS.ipcacheKey, {
+        prefixlen: 32 + p.prefixLen,
+        family: p.family,
+        addr: p.addr,
+      });
+    };
+    const updates = upserts.map((u) => {
+      const tun = u.tunnelEndpoint === undefined ? undefined : parseIPv4(u.tunnelEndpoint);
+      if (u.tunnelEndpoint !== undefined && !tun) {
+        throw new SyntaxError(`Invalid tunnel endpoint "${u.tunnelEndpoint}": expected IPv4`);
+      }
+      const tunnel = tun ? new DataView(tun.buffer).getUint32(0, false) : 0;
+      return {
+        key: key(u.prefix),
+        value: encode(LAYOUTS.ipcacheValue, { identity: u.identity, tunnel_endpoint: tunnel }),
+      };
+    });
+    await this.#writer.apply(this.pins.maps.cilia_ipcache, updates, deletes.map(key));
+  }
+
+  /** Applies a policy diff: adds first, then deletes of keys no add rewrote. */
+  async applyPolicyChanges(
+    epId: number,
+    changes: { adds: readonly PolicyEntry[]; deletes: readonly PolicyEntry[] },
+  ): Promise<void> {
+    const plan = planPolicyChanges(epId, changes);
+    await this.#writer.apply(this.pins.maps.cilia_policy, plan.updates, plan.deletes);
+  }
+
+  async #policyRows(): Promise<{ epId: number; key: Uint8Array; entry: PolicyEntry }[]> {
+    return (await this.#bpftool.mapDump(this.pins.maps.cilia_policy)).flatMap((e) => {
+      if (!e.value) return [];
+      const key = bytesFromHex(e.key);
+      const [epId, entry] = decodePolicyEntry(key, bytesFromHex(e.value));
+      return [{ epId, key, entry }];
+    });
+  }
+
+  /** The endpoint's policy entries as ranges (adjacent equal blocks merged). */
+  async dumpPolicy(epId: number): Promise<PolicyEntry[]> {
+    const rows = (await this.#policyRows()).filter((r) => r.epId === epId);
+    return mergePolicyEntries(rows.map((r) => r.entry));
+  }
+
+  /** Decoded datapath events until signal aborts (or the consumer stops iterating). */
+  events(signal?: AbortSignal): AsyncIterable<DatapathEvent> {
+    return readEvents(this.pins.maps.cilia_events, { signal });
+  }
+
+  async readMetrics(): Promise<MetricsRow[]> {
+    const rows: MetricsRow[] = [];
+    for (const e of await this.#bpftool.mapDump(this.pins.maps.cilia_metrics)) {
+      const k = decode(LAYOUTS.metricsKey, bytesFromHex(e.key));
+      let packets = 0n, bytes = 0n;
+      for (const c of e.values ?? []) {
+        const v = decode(LAYOUTS.metricsValue, bytesFromHex(c.value));
+        packets += v.packets as bigint;
+        bytes += v.bytes as bigint;
+      }
+      rows.push({
+        reason: num(k.reason),
+        dir: num(k.dir) === DIR_EGRESS ? "egress" : "ingress",
+        packets,
+        bytes,
+      });
+    }
+    return rows.sort((a, b) => a.reason - b.reason || a.dir.localeCompare(b.dir));
+  }
+
+  /** Deletes expired conntrack entries now. */
+  collectConntrack(now?: bigint): GcResult {
+    return collectConntrack(this.pins.maps.cilia_ct, now === undefined ? {} : { now });
+  }
+
+  /** Stops background work. Pins, maps and attachments stay: the datapath outlives the agent. */
+  close(): Promise<void> {
+    this.#stopGc?.();
+    this.#stopGc = undefined;
+    return Promise.resolve();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}

@@ -1,0 +1,121 @@
+// Decodes the records of the cilia_events perf event array into DatapathEvent objects and streams
+// them as an async iterable, reading the perf buffer through ffi.ts on a short poll loop on the
+// main thread. It interprets no packet bytes beyond the fixed header (the monitor does).
+import {
+  decode,
+  EVENT_DROP,
+  EVENT_HEADER_LEN,
+  EVENT_POLICY_VERDICT,
+  LAYOUTS,
+  num,
+} from "./codecs.ts";
+import { acquire, closeFd, objGet, PerfBuffer, release } from "./ffi.ts";
+
+export type Direction = "ingress" | "egress";
+export type VerdictName = "none" | "allow" | "deny" | "redirect";
+
+export interface PacketEvent {
+  type: "drop" | "policy-verdict" | "trace";
+  /** Drop reason for drops (and denied verdicts), trace point for traces, else 0. */
+  subtype: number;
+  epId: number;
+  srcIdentity: number;
+  dstIdentity: number;
+  ifindex: number;
+  direction: Direction | "unknown";
+  family: 0 | 4 | 6;
+  proto: number;
+  sport: number;
+  /** Destination port, or the ICMP type. */
+  dport: number;
+  verdict: VerdictName;
+  /** POLICY_MATCH_*: 0 default, 1 L3, 2 L4, 3 any-identity L3, 4 any-identity L4. */
+  match: number;
+  cookie: number;
+  ctState: number;
+  origLen: number;
+  capLen: number;
+  /** The first capLen bytes of the packet, from the Ethernet header on. */
+  data: Uint8Array;
+  cpu: number;
+}
+export interface LostEvent {
+  type: "lost";
+  cpu: number;
+  count: bigint;
+}
+export type DatapathEvent = PacketEvent | LostEvent;
+
+const VERDICTS: readonly VerdictName[] = ["none", "allow", "deny", "redirect"];
+
+export function decodeEvent(cpu: number, bytes: Uint8Array): PacketEvent {
+  const e = decode(LAYOUTS.event, bytes);
+  const type = num(e.type), dir = num(e.dir), family = num(e.family), capLen = num(e.cap_len);
+  return {
+    type: type === EVENT_DROP ? "drop" : type === EVENT_POLICY_VERDICT ? "policy-verdict" : "trace",
+    subtype: num(e.subtype),
+    epId: num(e.ep_id),
+    srcIdentity: num(e.src_identity),
+    dstIdentity: num(e.dst_identity),
+    ifindex: num(e.ifindex),
+    direction: dir === 1 ? "ingress" : dir === 2 ? "egress" : "unknown",
+    family: family === 4 || family === 6 ? family : 0,
+    proto: num(e.proto),
+    sport: num(e.sport),
+    dport: num(e.dport),
+    verdict: VERDICTS[num(e.verdict)] ?? "none",
+    match: num(e.match),
+    cookie: num(e.cookie),
+    ctState: num(e.ct_state),
+    origLen: num(e.orig_len),
+    capLen,
+    data: bytes.slice(EVENT_HEADER_LEN, EVENT_HEADER_LEN + capLen),
+    cpu,
+  };
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener("abort", done, { once: true });
+  });
+}
+
+/** Streams events from the pinned perf event array until signal aborts or the caller stops. */
+export async function* readEvents(
+  mapPath: string,
+  opts: { signal?: AbortSignal | undefined; pages?: number; pollMs?: number } = {},
+): AsyncGenerator<DatapathEvent> {
+  const queue: DatapathEvent[] = [];
+  acquire();
+  let fd = -1;
+  let pb: PerfBuffer | undefined;
+  try {
+    fd = objGet(mapPath);
+    pb = new PerfBuffer(fd, {
+      pages: opts.pages ?? 64,
+      onSample: (cpu, data) => {
+        if (data.length >= EVENT_HEADER_LEN) queue.push(decodeEvent(cpu, data));
+      },
+      onLost: (cpu, count) => queue.push({ type: "lost", cpu, count }),
+    });
+    while (!opts.signal?.aborted) {
+      pb.consume();
+      while (queue.length > 0) {
+        yield queue.shift()!;
+        if (opts.signal?.aborted) return;
+      }
+      await sleep(opts.pollMs ?? 2, opts.signal);
+    }
+  } finally {
+    pb?.close();
+    if (fd >= 0) closeFd(fd);
+    release();
+  }
+}

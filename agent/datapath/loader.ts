@@ -1,0 +1,203 @@
+// Loads the compiled object into the kernel and pins it under the bpffs root, reusing maps that
+// are already pinned (an agent restart keeps its maps and established connections), and attaches
+// the pinned programs to endpoint veths with tc (clsact, atomic `filter replace`). Layout:
+//   <root>/maps/<map name>          one pin per map, never replaced while it exists
+//   <root>/progs/<object hash>/<prog name>   one directory per loaded object
+// It does not write map contents (datapath.ts does).
+import type { BpfTool } from "./bpftool.ts";
+import { execCommand } from "./_exec.ts";
+
+export const MAP_NAMES = [
+  "cilia_endpoints",
+  "cilia_ipcache",
+  "cilia_policy",
+  "cilia_ct",
+  "cilia_events",
+  "cilia_metrics",
+] as const;
+export type MapName = typeof MAP_NAMES[number];
+export const PROG_FROM_CONTAINER = "cil_from_container";
+export const PROG_TO_CONTAINER = "cil_to_container";
+
+export interface Pins {
+  root: string;
+  maps: Record<MapName, string>;
+  progDir: string;
+  fromContainer: string;
+  toContainer: string;
+}
+
+export interface LoadResult {
+  pins: Pins;
+  /** True when the programs were loaded now (false: the pinned ones were current). */
+  loaded: boolean;
+  /** Maps that existed and were reused. */
+  reusedMaps: MapName[];
+  /** Program directories of older objects, to remove once endpoints use the new programs. */
+  stale: string[];
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Throws with a mount hint unless root is (inside) a bpffs. */
+export async function checkBpffs(root: string): Promise<void> {
+  const hint = `mount one first: mount -t bpf bpf /sys/fs/bpf (or a per-node directory)`;
+  try {
+    await Deno.mkdir(root, { recursive: true });
+  } catch (cause) {
+    throw new Error(`Cannot create the bpffs root "${root}": ${hint}`, { cause });
+  }
+  const res = await execCommand(["stat", "-f", "-c", "%T", root]);
+  if (res.stdout.trim() !== "bpf_fs") {
+    throw new Error(
+      `Cannot pin under "${root}": it is on "${res.stdout.trim()}", not a bpffs; ${hint}`,
+    );
+  }
+}
+
+export function pinsFor(root: string, hash: string): Pins {
+  const maps = Object.fromEntries(MAP_NAMES.map((n) => [n, `${root}/maps/${n}`])) as Record<
+    MapName,
+    string
+  >;
+  const progDir = `${root}/progs/${hash}`;
+  return {
+    root,
+    maps,
+    progDir,
+    fromContainer: `${progDir}/${PROG_FROM_CONTAINER}`,
+    toContainer: `${progDir}/${PROG_TO_CONTAINER}`,
+  };
+}
+
+/** Loads `object` (identified by `hash`) unless its programs are pinned already. */
+export async function loadPinned(
+  bpftool: BpfTool,
+  opts: { root: string; object: string; hash: string },
+): Promise<LoadResult> {
+  const pins = pinsFor(opts.root, opts.hash);
+  await Deno.mkdir(`${opts.root}/maps`, { recursive: true });
+  await Deno.mkdir(`${opts.root}/progs`, { recursive: true });
+  const reusedMaps: MapName[] = [];
+  for (const n of MAP_NAMES) if (await exists(pins.maps[n])) reusedMaps.push(n);
+  const stale: string[] = [];
+  for await (const e of Deno.readDir(`${opts.root}/progs`)) {
+    if (e.name !== opts.hash) stale.push(`${opts.root}/progs/${e.name}`);
+  }
+  const current = (await exists(pins.fromContainer)) && (await exists(pins.toContainer));
+  if (current && reusedMaps.length === MAP_NAMES.length) {
+    return { pins, loaded: false, reusedMaps, stale };
+  }
+  const tag = crypto.randomUUID().slice(0, 8);
+  const stagingProgs = `${opts.root}/progs/staging_${tag}`;
+  const stagingMaps = `${opts.root}/maps/staging_${tag}`;
+  const args = ["prog", "loadall", opts.object, stagingProgs];
+  for (const n of reusedMaps) args.push("map", "name", n, "pinned", pins.maps[n]);
+  args.push("pinmaps", stagingMaps);
+  try {
+    await bpftool.run(args, `Cannot load "${opts.object}"`);
+    for (const n of MAP_NAMES) {
+      const staged = `${stagingMaps}/${n}`;
+      if (!reusedMaps.includes(n) && await exists(staged)) await Deno.rename(staged, pins.maps[n]);
+    }
+    if (await exists(pins.progDir)) await Deno.remove(pins.progDir, { recursive: true });
+    await Deno.rename(stagingProgs, pins.progDir);
+  } finally {
+    await Deno.remove(stagingMaps, { recursive: true }).catch(() => {});
+    await Deno.remove(stagingProgs, { recursive: true }).catch(() => {});
+  }
+  return { pins, loaded: true, reusedMaps, stale };
+}
+
+async function run(argv: string[], netns: string | undefined, what: string): Promise<string> {
+  const res = await execCommand(argv, { netns });
+  if (res.code !== 0) {
+    throw new Error(`${what}: ${argv[0]} exited with status ${res.code}: ${res.stderr.trim()}`);
+  }
+  return res.stdout;
+}
+
+/** The ifindex of a link, or undefined when it does not exist. */
+export async function linkIndex(ifname: string, netns?: string): Promise<number | undefined> {
+  const res = await execCommand(["ip", "-j", "link", "show", "dev", ifname], { netns });
+  if (res.code !== 0) return undefined;
+  const links = JSON.parse(res.stdout) as { ifindex?: number }[];
+  return links[0]?.ifindex;
+}
+
+/** ifindex → name for every link of the namespace. */
+export async function linkNames(netns?: string): Promise<Map<number, string>> {
+  const out = await run(["ip", "-j", "link", "show"], netns, "Cannot list links");
+  const links = JSON.parse(out) as { ifindex: number; ifname: string }[];
+  return new Map(links.map((l) => [l.ifindex, l.ifname]));
+}
+
+/** Attaches (or atomically replaces) both programs on an endpoint's host-side veth. */
+export async function attachEndpoint(pins: Pins, ifname: string, netns?: string): Promise<void> {
+  const what = `Cannot attach to "${ifname}"`;
+  await run(["tc", "qdisc", "replace", "dev", ifname, "clsact"], netns, what);
+  for (const [hook, prog] of [["ingress", pins.fromContainer], ["egress", pins.toContainer]]) {
+    await run(
+      [
+        "tc",
+        "filter",
+        "replace",
+        "dev",
+        ifname,
+        hook!,
+        "protocol",
+        "all",
+        "pref",
+        "1",
+        "handle",
+        "1",
+      ]
+        .concat(["bpf", "direct-action", "pinned", prog!]),
+      netns,
+      what,
+    );
+  }
+}
+
+/** Removes both filters; a missing link or filter is not an error. */
+export async function detachEndpoint(ifname: string, netns?: string): Promise<void> {
+  for (const hook of ["ingress", "egress"]) {
+    await execCommand(
+      [
+        "tc",
+        "filter",
+        "del",
+        "dev",
+        ifname,
+        hook,
+        "protocol",
+        "all",
+        "pref",
+        "1",
+        "handle",
+        "1",
+        "bpf",
+      ],
+      { netns },
+    );
+  }
+}
+
+/** Names of the BPF programs attached at a hook of a link (for checks and status). */
+export async function attachedPrograms(
+  ifname: string,
+  hook: "ingress" | "egress",
+  netns?: string,
+): Promise<string[]> {
+  const res = await execCommand(["tc", "-j", "filter", "show", "dev", ifname, hook], { netns });
+  if (res.code !== 0 || res.stdout.trim() === "") return [];
+  const filters = JSON.parse(res.stdout) as { options?: { bpf_name?: string } }[];
+  return filters.flatMap((f) => f.options?.bpf_name ? [f.options.bpf_name] : []);
+}

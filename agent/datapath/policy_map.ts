@@ -1,0 +1,146 @@
+// Turns the engine's policy entries into cilia_policy LPM keys and back: port ranges become
+// prefix-aligned blocks, protocol-0 entries one 64-bit prefix. It also orders a change set so no
+// deny is ever missing while it is applied (adds before deletes). Pure: no I/O.
+import {
+  decode,
+  encode,
+  LAYOUTS,
+  num,
+  POLICY_F_L4,
+  POLICY_KEY_DATA_BITS,
+  POLICY_PREFIX_L3,
+  POLICY_PREFIX_PROTO,
+} from "./codecs.ts";
+
+export type Verdict = 1 | 2 | 3;
+
+export interface PolicyEntry {
+  egress: boolean;
+  /** Peer identity; 0 = any identity. */
+  identity: number;
+  /** IP protocol; 0 = any protocol (ports are then ignored). */
+  proto: number;
+  /** Inclusive port (ICMP: type) range. */
+  portLo: number;
+  portHi: number;
+  verdict: Verdict;
+  cookie: number;
+  proxyPort?: number;
+}
+
+export interface PortBlock {
+  port: number;
+  /** Prefix bits of the port, 0..16. */
+  bits: number;
+}
+
+/** Splits lo..hi into the fewest prefix-aligned blocks. */
+export function portBlocks(lo: number, hi: number): PortBlock[] {
+  if (!Number.isInteger(lo) || !Number.isInteger(hi) || lo < 0 || hi > 65535 || lo > hi) {
+    throw new RangeError(`Invalid port range ${lo}-${hi}: expected 0 <= lo <= hi <= 65535`);
+  }
+  const out: PortBlock[] = [];
+  let p = lo;
+  while (p <= hi) {
+    let k = 16;
+    while (k > 0 && ((p & ((1 << k) - 1)) !== 0 || p + (1 << k) - 1 > hi)) k--;
+    out.push({ port: p, bits: 16 - k });
+    p += 1 << k;
+  }
+  return out;
+}
+
+/** A key's bytes in hex: the identity of a map slot. */
+export const keyId = (key: Uint8Array): string =>
+  Array.from(key, (b) => b.toString(16).padStart(2, "0")).join("");
+
+export interface EncodedEntry {
+  key: Uint8Array;
+  value: Uint8Array;
+}
+
+/** The map entries for one policy entry of endpoint epId. */
+export function encodePolicyEntry(epId: number, e: PolicyEntry): EncodedEntry[] {
+  if (!Number.isInteger(e.proto) || e.proto < 0 || e.proto > 255) {
+    throw new RangeError(`Invalid protocol ${e.proto}: expected 0..255`);
+  }
+  if (![1, 2, 3].includes(e.verdict)) {
+    throw new RangeError(
+      `Invalid verdict ${e.verdict}: expected 1 (allow), 2 (deny), 3 (redirect)`,
+    );
+  }
+  const value = encode(LAYOUTS.policyValue, {
+    verdict: e.verdict,
+    flags: e.proto === 0 ? 0 : POLICY_F_L4,
+    proxy_port: e.proxyPort ?? 0,
+    cookie: e.cookie >>> 0,
+  });
+  const base = { ep_id: epId, egress: e.egress ? 1 : 0, identity: e.identity >>> 0 };
+  if (e.proto === 0) {
+    return [{ key: encode(LAYOUTS.policyKey, { ...base, prefixlen: POLICY_PREFIX_L3 }), value }];
+  }
+  return portBlocks(e.portLo, e.portHi).map((b) => ({
+    key: encode(LAYOUTS.policyKey, {
+      ...base,
+      prefixlen: POLICY_PREFIX_PROTO + b.bits,
+      proto: e.proto,
+      dport: b.port,
+    }),
+    value,
+  }));
+}
+
+/** Decodes one map entry into [epId, single-block PolicyEntry]. */
+export function decodePolicyEntry(key: Uint8Array, value: Uint8Array): [number, PolicyEntry] {
+  const k = decode(LAYOUTS.policyKey, key), v = decode(LAYOUTS.policyValue, value);
+  const prefixlen = num(k.prefixlen), proto = num(k.proto);
+  const size = 1 << (POLICY_KEY_DATA_BITS - Math.max(prefixlen, POLICY_PREFIX_PROTO));
+  const portLo = proto === 0 ? 0 : num(k.dport);
+  const entry: PolicyEntry = {
+    egress: num(k.egress) === 1,
+    identity: num(k.identity),
+    proto,
+    portLo,
+    portHi: proto === 0 ? 65535 : portLo + size - 1,
+    verdict: num(v.verdict) as Verdict,
+    cookie: num(v.cookie),
+  };
+  if (num(v.proxy_port) !== 0) entry.proxyPort = num(v.proxy_port);
+  return [num(k.ep_id), entry];
+}
+
+const sameButPorts = (a: PolicyEntry, b: PolicyEntry) =>
+  a.egress === b.egress && a.identity === b.identity && a.proto === b.proto &&
+  a.verdict === b.verdict && a.cookie === b.cookie && a.proxyPort === b.proxyPort;
+
+/** Sorts entries and merges adjacent blocks with equal attributes back into ranges. */
+export function mergePolicyEntries(entries: PolicyEntry[]): PolicyEntry[] {
+  const sorted = [...entries].sort((a, b) =>
+    Number(a.egress) - Number(b.egress) || a.identity - b.identity || a.proto - b.proto ||
+    a.portLo - b.portLo
+  );
+  const out: PolicyEntry[] = [];
+  for (const e of sorted) {
+    const last = out[out.length - 1];
+    if (last && sameButPorts(last, e) && last.portHi + 1 === e.portLo) last.portHi = e.portHi;
+    else out.push({ ...e });
+  }
+  return out;
+}
+
+/** Map writes for a change set: every add (update), then deletes of keys no add rewrote. */
+export function planPolicyChanges(
+  epId: number,
+  changes: { adds: readonly PolicyEntry[]; deletes: readonly PolicyEntry[] },
+): { updates: EncodedEntry[]; deletes: Uint8Array[] } {
+  const updates = changes.adds.flatMap((e) => encodePolicyEntry(epId, e));
+  const written = new Set(updates.map((u) => keyId(u.key)));
+  const deletes = new Map<string, Uint8Array>();
+  for (const e of changes.deletes) {
+    for (const { key } of encodePolicyEntry(epId, e)) {
+      const id = keyId(key);
+      if (!written.has(id)) deletes.set(id, key);
+    }
+  }
+  return { updates, deletes: [...deletes.values()] };
+}

@@ -1,0 +1,164 @@
+/* The per-packet pipeline of an endpoint's veth: parse → endpoint → source check → ipcache →
+ * conntrack → policy → pass or drop, with metrics and events. The program files only pick the
+ * direction; everything they share lives here.
+ *
+ * Invariants (fail closed):
+ * 1. Malformed or unsupported packets are dropped with their parse reason, never passed.
+ * 2. An interface without an endpoint entry drops everything, ARP included (DROP_NO_CONFIG):
+ *    the agent writes the entry before it attaches the programs and deletes it before detaching.
+ * 3. Packets leaving an endpoint must carry one of its addresses (DROP_INVALID_SIP) once the
+ *    endpoint has any address, so a pod cannot borrow another pod's identity at the receiver.
+ *    ICMPv6 ND/MLD is link-local control traffic and passes without source check or policy.
+ * 4. Replies and related ICMP errors of tracked flows pass without policy; every packet in a
+ *    flow's original direction is checked against the current policy.
+ * 5. A flow is tracked only after policy allowed its first packet.
+ */
+#pragma once
+
+#include "common.h"
+#include "parse.h"
+#include "endpoint.h"
+#include "ipcache.h"
+#include "policy.h"
+#include "conntrack.h"
+#include "events.h"
+#include "metrics.h"
+
+struct enforce_ctx {
+	struct pkt p;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u16 ep_id;
+	__u8 dir;
+	__u8 ct_state;
+};
+
+static __always_inline void event_fill(struct cilia_event *ev, const struct enforce_ctx *c,
+				       __u8 type, __u8 subtype)
+{
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->type = type;
+	ev->subtype = subtype;
+	ev->ep_id = c->ep_id;
+	ev->src_identity = c->src_identity;
+	ev->dst_identity = c->dst_identity;
+	ev->dir = c->dir;
+	ev->proto = c->p.tuple.proto;
+	ev->family = c->p.tuple.family;
+	ev->sport = c->p.event_sport;
+	ev->dport = c->p.policy_port;
+	ev->ct_state = c->ct_state;
+}
+
+static __always_inline int enforce_drop(struct __sk_buff *skb, const struct enforce_ctx *c,
+					__u8 reason)
+{
+	struct cilia_event ev;
+
+	metrics_count(reason, c->dir, skb->len);
+	event_fill(&ev, c, EVENT_DROP, reason);
+	event_send(skb, &ev);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int enforce_pass(struct __sk_buff *skb, const struct enforce_ctx *c,
+					int trace)
+{
+	metrics_count(REASON_FORWARDED, c->dir, skb->len);
+	if (trace) {
+		struct cilia_event ev;
+
+		event_fill(&ev, c, EVENT_TRACE,
+			   c->dir == DIR_EGRESS ? TRACE_FROM_ENDPOINT : TRACE_TO_ENDPOINT);
+		event_send(skb, &ev);
+	}
+	return TC_ACT_OK;
+}
+
+static __always_inline void enforce_verdict_event(struct __sk_buff *skb,
+						  const struct enforce_ctx *c,
+						  const struct policy_result *res)
+{
+	struct cilia_event ev;
+
+	event_fill(&ev, c, EVENT_POLICY_VERDICT, res->reason);
+	ev.verdict = res->verdict;
+	ev.match = res->match;
+	ev.cookie = res->cookie;
+	event_send(skb, &ev);
+}
+
+/* Invariant 3. */
+static __always_inline int enforce_source_ok(const struct endpoint_info *ep, const struct pkt *p)
+{
+	if (ep->ipv4 == 0 && addr_zero16(ep->ipv6))
+		return 1;
+	if (p->tuple.family == FAMILY_IPV4)
+		return ep->ipv4 != 0 && *(const __u32 *)p->tuple.saddr == ep->ipv4;
+	return !addr_zero16(ep->ipv6) && addr_eq16(p->tuple.saddr, ep->ipv6);
+}
+
+static __always_inline int enforce(struct __sk_buff *skb, __u8 dir)
+{
+	struct enforce_ctx c = { .dir = dir };
+	struct endpoint_info *ep = endpoint_lookup(skb->ifindex);
+	struct policy_result res;
+	struct ct_entry *ct;
+	__u32 peer;
+	__u64 now;
+	int ret, dd;
+
+	if (ep) {
+		c.ep_id = ep->ep_id;
+		c.src_identity = ep->identity;
+		c.dst_identity = ep->identity;
+	}
+	ret = parse_packet(skb, &c.p);
+	if (ret == PARSE_NOT_IP)
+		return ep ? enforce_pass(skb, &c, 0) : enforce_drop(skb, &c, DROP_NO_CONFIG);
+	if (ret != PARSE_OK)
+		return enforce_drop(skb, &c, ret);
+	if (!ep)
+		return enforce_drop(skb, &c, DROP_NO_CONFIG);
+	if (c.p.is_nd)
+		return enforce_pass(skb, &c, 0);
+	if (dir == DIR_EGRESS && !enforce_source_ok(ep, &c.p))
+		return enforce_drop(skb, &c, DROP_INVALID_SIP);
+	if (ep->flags & EP_F_ENFORCEMENT_DISABLED)
+		return enforce_pass(skb, &c, 0);
+
+	if (dir == DIR_EGRESS) {
+		peer = ipcache_identity(c.p.tuple.family, c.p.tuple.daddr);
+		c.dst_identity = peer;
+	} else {
+		peer = ipcache_identity(c.p.tuple.family, c.p.tuple.saddr);
+		c.src_identity = peer;
+	}
+
+	now = bpf_ktime_get_ns();
+	c.ct_state = ct_lookup(&c.p, c.ep_id, dir, now, &ct);
+	if (c.ct_state == CT_RELATED)
+		return enforce_pass(skb, &c, 1); /* ICMP errors are rare: trace each one */
+	if (c.ct_state == CT_REPLY) {
+		int first = !(ct->flags & CT_F_SEEN_REPLY);
+
+		ct_update(ct, &c.p, 1, skb->len, now);
+		return enforce_pass(skb, &c, first);
+	}
+
+	dd = ep->flags & (dir == DIR_EGRESS ? EP_F_EGRESS_DEFAULT_DENY : EP_F_INGRESS_DEFAULT_DENY);
+	policy_decide(&res, c.ep_id, dir == DIR_EGRESS, peer, c.p.tuple.proto, c.p.policy_port,
+		      dd);
+	if (c.ct_state == CT_NEW)
+		enforce_verdict_event(skb, &c, &res);
+	if (res.reason)
+		return enforce_drop(skb, &c, res.reason);
+	if (c.ct_state == CT_ESTABLISHED) {
+		ct_update(ct, &c.p, 0, skb->len, now);
+		return enforce_pass(skb, &c, 0);
+	}
+	ret = ct_create(&c.p, c.ep_id, dir, peer, res.verdict == VERDICT_REDIRECT, skb->len, now);
+	if (ret)
+		return enforce_drop(skb, &c, ret);
+	return enforce_pass(skb, &c, 1);
+}

@@ -1,0 +1,117 @@
+/* The per-endpoint L3/L4 policy, one LPM trie for all endpoints keyed by endpoint id. The WASM
+ * engine computes the entries; the agent splits port ranges into prefix-aligned blocks and writes
+ * them here as map diffs. This header only looks entries up: it never decides what an entry
+ * means beyond the precedence rules below.
+ */
+#pragma once
+
+#include "common.h"
+
+#define POLICY_KEY_DATA_BITS 96 /* ep_id..dport */
+#define POLICY_PREFIX_L3 64     /* ep_id, egress, pad, identity: any protocol */
+#define POLICY_PREFIX_PROTO 80  /* + proto, pad2: any port of that protocol */
+
+struct policy_key {
+	__u32 prefixlen; /* 64 (proto 0) | 80 + port prefix bits */
+	__u16 ep_id;
+	__u8 egress; /* 0 = ingress, 1 = egress */
+	__u8 pad;
+	__u32 identity; /* peer identity, 0 = any identity */
+	__u8 proto;     /* 0 = any protocol */
+	__u8 pad2;
+	__be16 dport; /* ICMP/ICMPv6: the type */
+};
+_Static_assert(sizeof(struct policy_key) == 16, "policy_key size");
+
+#define POLICY_F_L4 (1 << 0) /* the entry has a protocol (set by the agent) */
+
+struct policy_value {
+	__u8 verdict; /* VERDICT_ALLOW | VERDICT_DENY | VERDICT_REDIRECT */
+	__u8 flags;   /* POLICY_F_* */
+	__be16 proxy_port;
+	__u32 cookie;
+};
+_Static_assert(sizeof(struct policy_value) == 8, "policy_value size");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} cilia_policy SEC(".maps");
+
+/* How a verdict was reached, reported in policy-verdict events. */
+#define POLICY_MATCH_NONE 0    /* no entry: the direction's default */
+#define POLICY_MATCH_L3 1      /* a protocol-0 entry for the peer identity */
+#define POLICY_MATCH_L4 2      /* a protocol(+port) entry for the peer identity */
+#define POLICY_MATCH_ANY_L3 3  /* a protocol-0 entry for identity 0 */
+#define POLICY_MATCH_ANY_L4 4  /* a protocol(+port) entry for identity 0 */
+
+struct policy_result {
+	__u8 verdict; /* VERDICT_* */
+	__u8 reason;  /* DROP_* when the packet must be dropped, else 0 */
+	__u8 match;   /* POLICY_MATCH_* */
+	__u8 pad;
+	__u32 cookie;
+	__be16 proxy_port;
+	__u16 pad2;
+};
+
+static __always_inline struct policy_value *policy_lookup_one(__u16 ep_id, __u8 egress,
+							       __u32 identity, __u8 proto,
+							       __u16 dport)
+{
+	struct policy_key key = {
+		.prefixlen = POLICY_KEY_DATA_BITS,
+		.ep_id = ep_id,
+		.egress = egress,
+		.identity = identity,
+		.proto = proto,
+		.dport = bpf_htons(dport),
+	};
+
+	return bpf_map_lookup_elem(&cilia_policy, &key);
+}
+
+/* Precedence (the engine pre-resolves entries so that these three steps give its verdict):
+ * 1. Look up (ep, direction, peer identity, proto, dport) with a full-length key. The trie
+ *    returns the longest matching prefix, so a proto+port entry beats a proto+port-block entry,
+ *    which beats a proto-0 (L3) entry of the same identity.
+ * 2. Only if step 1 found nothing, look up the same with identity 0 ("any identity" entries).
+ * 3. Only if both found nothing, apply the direction's default: drop with DROP_POLICY when the
+ *    endpoint is default-deny in that direction, else allow.
+ * 4. An entry's verdict is final: DENY drops with DROP_POLICY_DENY, ALLOW passes, REDIRECT
+ *    passes (until the L7 proxy exists) and is reported as a redirect.
+ */
+static __always_inline void policy_decide(struct policy_result *res, __u16 ep_id, __u8 egress,
+					  __u32 identity, __u8 proto, __u16 dport,
+					  int default_deny)
+{
+	struct policy_value *v;
+	__u8 match_l3 = POLICY_MATCH_L3;
+
+	v = policy_lookup_one(ep_id, egress, identity, proto, dport);
+	if (!v && identity != IDENTITY_ANY) {
+		v = policy_lookup_one(ep_id, egress, IDENTITY_ANY, proto, dport);
+		match_l3 = POLICY_MATCH_ANY_L3;
+	}
+	res->reason = 0;
+	res->cookie = 0;
+	res->proxy_port = 0;
+	if (!v) {
+		res->match = POLICY_MATCH_NONE;
+		res->verdict = default_deny ? VERDICT_DENY : VERDICT_ALLOW;
+		res->reason = default_deny ? DROP_POLICY : 0;
+		return;
+	}
+	/* The writer marks entries that carry a protocol, so events can say what matched. */
+	res->match = match_l3 + ((v->flags & POLICY_F_L4) ? 1 : 0);
+	res->verdict = v->verdict;
+	res->cookie = v->cookie;
+	res->proxy_port = v->proxy_port;
+	if (v->verdict == VERDICT_DENY)
+		res->reason = DROP_POLICY_DENY;
+	else if (v->verdict != VERDICT_ALLOW && v->verdict != VERDICT_REDIRECT)
+		res->reason = DROP_POLICY; /* unknown verdict: fail closed */
+}

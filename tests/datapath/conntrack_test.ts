@@ -1,0 +1,117 @@
+// Connection tracking in the lxc programs: replies and related ICMP errors pass without policy,
+// the original direction is checked on every packet, and the garbage collector frees entries.
+import { monotonicNs } from "../../agent/datapath/ffi.ts";
+import { dumpConntrack } from "../../agent/datapath/conntrack_gc.ts";
+import { assert, assertEquals, assertNot, ID, nodeLab, withEvents } from "./_fixture.ts";
+
+const opts = { sanitizeOps: true, sanitizeResources: true };
+const TCP = 6, UDP = 17, ICMP = 1, ALLOW = 1 as const, DENY = 2 as const;
+const SEC = 1_000_000_000n;
+
+Deno.test(
+  "conntrack passes replies and related ICMP errors when the reverse direction is default deny",
+  opts,
+  async () => {
+    // a: ingress default deny; b: ingress and egress default deny, admits a on TCP 80, UDP 53-54, echo.
+    await using t = await nodeLab({
+      pods: 2,
+      ingressDefaultDeny: [true, true],
+      egressDefaultDeny: [false, true],
+    });
+    const [a, b] = t.pods as [typeof t.pods[0], typeof t.pods[0]];
+    const pa = t.lab.peer(a.netns), pb = t.lab.peer(b.netns);
+    await pb.listen("tcp", 80);
+    await pb.listen("udp", 53);
+    const base = { egress: false, identity: ID.a, cookie: 0, verdict: ALLOW };
+    await t.dp.applyPolicyChanges(2, {
+      adds: [
+        { ...base, proto: TCP, portLo: 80, portHi: 80 },
+        { ...base, proto: UDP, portLo: 53, portHi: 54 },
+        { ...base, proto: ICMP, portLo: 8, portHi: 8 },
+      ],
+      deletes: [],
+    });
+    assert(await pa.probe("tcp", b.ipv4, 80), "TCP replies pass b's egress and a's ingress");
+    assert(await pa.probe("udp", b.ipv4, 53), "UDP replies pass");
+    assert(await t.lab.ping(a.netns, b.ipv4), "echo replies pass");
+    assertNot(
+      await t.lab.ping(b.netns, a.ipv4, { timeoutSec: 0.3 }),
+      "b's own egress stays closed",
+    );
+    // UDP to a closed port: b answers with an ICMP port unreachable, related to a's flow.
+    const events = await withEvents(t.dp, () => pa.probe("udp", b.ipv4, 54, 300), {
+      until: (e) => e.proto === ICMP && e.epId === 1,
+    });
+    const mine = events.filter((e) => e.type === "drop" && (e.proto === ICMP || e.dport === 54));
+    assertEquals(mine.map((e) => [e.proto, e.subtype]), []);
+    const related = events.filter((e) => e.type === "trace" && e.proto === ICMP && e.ctState === 3);
+    assertEquals(related.map((e) => [e.epId, e.direction, e.dport]), [[2, "egress", 3], [
+      1,
+      "ingress",
+      3,
+    ]]);
+    const entries = dumpConntrack(t.dp.pins.maps.cilia_ct);
+    const tcp = entries.find((e) => e.key["tuple.proto"] === TCP && e.key.ep_id === 2);
+    assert(tcp, "b's ingress TCP entry");
+    assertEquals(tcp.key.dir, 1);
+    assert(Number(tcp.value.flags) & 1, "seen reply");
+  },
+);
+
+Deno.test(
+  "conntrack rechecks policy on established flows: removing an allow or adding a deny cuts them",
+  opts,
+  async (s) => {
+    await using t = await nodeLab({ pods: 2, ingressDefaultDeny: [false, true] });
+    const [a, b] = t.pods as [typeof t.pods[0], typeof t.pods[0]];
+    const pa = t.lab.peer(a.netns);
+    await t.lab.peer(b.netns).listen("tcp", 80);
+    const entry = { egress: false, identity: ID.a, proto: TCP, portLo: 80, portHi: 80, cookie: 3 };
+    const allow = { ...entry, verdict: ALLOW }, deny = { ...entry, verdict: DENY };
+    await t.dp.applyPolicyChanges(2, { adds: [allow], deletes: [] });
+
+    await s.step("removed allow", async () => {
+      assert(await pa.open("c1", b.ipv4, 80));
+      assert(await pa.send("c1", "hello"));
+      await t.dp.applyPolicyChanges(2, { adds: [], deletes: [allow] });
+      const events = await withEvents(t.dp, () => pa.send("c1", "again", 300), {
+        until: (e) => e.type === "drop",
+      });
+      assertEquals(events.find((e) => e.type === "drop")?.subtype, 133);
+    });
+    await s.step("new deny", async () => {
+      await t.dp.applyPolicyChanges(2, { adds: [allow], deletes: [] });
+      assert(await pa.open("c2", b.ipv4, 80));
+      assert(await pa.send("c2", "hello"));
+      await t.dp.applyPolicyChanges(2, { adds: [deny], deletes: [allow] });
+      assertEquals((await t.dp.dumpPolicy(2)).map((e) => e.verdict), [DENY]);
+      const events = await withEvents(t.dp, () => pa.send("c2", "again", 300), {
+        until: (e) => e.type === "drop",
+      });
+      assertEquals(events.find((e) => e.type === "drop")?.subtype, 181);
+    });
+  },
+);
+
+Deno.test("conntrack garbage collector deletes expired entries only", opts, async () => {
+  await using t = await nodeLab({ pods: 2 });
+  const [a, b] = t.pods as [typeof t.pods[0], typeof t.pods[0]];
+  const pa = t.lab.peer(a.netns);
+  await t.lab.peer(b.netns).listen("tcp", 80);
+  await t.lab.peer(b.netns).listen("udp", 53);
+  assert(await pa.open("keep", b.ipv4, 80));
+  assert(await pa.send("keep", "x"));
+  assert(await pa.probe("udp", b.ipv4, 53));
+  const map = t.dp.pins.maps.cilia_ct;
+  const count = (proto: number) =>
+    dumpConntrack(map).filter((e) => e.key["tuple.proto"] === proto).length;
+  assertEquals([count(TCP) >= 2, count(UDP)], [true, 2], "egress of a + ingress of b");
+  assertEquals(t.dp.collectConntrack().deleted, 0);
+  const now = monotonicNs();
+  const r = t.dp.collectConntrack(now + 61n * SEC);
+  assert(r.deleted >= 2, `UDP entries expired after 60 s (deleted ${r.deleted})`);
+  assertEquals(count(UDP), 0);
+  assert(count(TCP) >= 2, "established TCP lives 6 h");
+  t.dp.collectConntrack(now + 7n * 3600n * SEC);
+  assertEquals(dumpConntrack(map).length, 0);
+});

@@ -1,0 +1,246 @@
+// Policy enforcement by the lxc programs with real packets between pods of one lab node.
+import type { PacketEvent } from "../../agent/datapath/events.ts";
+import { assert, assertEquals, assertNot, ID, nodeLab, withEvents } from "./_fixture.ts";
+
+const opts = { sanitizeOps: true, sanitizeResources: true };
+const TCP = 6, UDP = 17, ICMP = 1, ALLOW = 1 as const, DENY = 2 as const;
+
+Deno.test(
+  "lxc passes traffic when there are no policy entries and no default deny",
+  opts,
+  async () => {
+    await using t = await nodeLab({ pods: 2 });
+    const [a, b] = t.pods as [typeof t.pods[0], typeof t.pods[0]];
+    await t.lab.peer(b.netns).listen("tcp", 80);
+    assert(await t.lab.ping(a.netns, b.ipv4));
+    assert(await t.lab.ping(a.netns, b.ipv6));
+    assert(await t.lab.peer(a.netns).probe("tcp", b.ipv4, 80));
+  },
+);
+
+Deno.test(
+  "lxc ingress default deny drops ping and TCP with reason 133 in the event",
+  opts,
+  async () => {
+    await using t = await nodeLab({ pods: 2, ingressDefaultDeny: [false, true] });
+    const [a, b] = t.pods as [typeof t.pods[0], typeof t.pods[0]];
+    await t.lab.peer(b.netns).listen("tcp", 80);
+    const events = await withEvents(t.dp, () => t.lab.ping(a.netns, b.ipv4, { timeoutSec: 0.3 }), {
+      until: (e) => e.type === "drop",
+    });
+    const drop = events.find((e) => e.type === "drop");
+    assert(drop, "a drop event");
+    assertEquals(
+      [drop.subtype, drop.epId, drop.srcIdentity, drop.dstIdentity, drop.direction, drop.proto],
+      [133, 2, ID.a, ID.b, "ingress", ICMP],
+    );
+    assertEquals(drop.data.length, 64);
+    assertEquals(
+      drop.data.slice(12, 14),
+      new Uint8Array([0x08, 0x00]),
+      "captured from Ethernet on",
+    );
+    assertNot(await t.lab.peer(a.netns).probe("tcp", b.ipv4, 80));
+    assert(await t.lab.ping(b.netns, a.ipv4), "b's egress is not default deny");
+  },
+);
+
+Deno.test("lxc allow entry for TCP 80 admits only TCP 80 from that identity", opts, async () => {
+  await using t = await nodeLab({ pods: 3, ingressDefaultDeny: [false, true, false] });
+  const [a, b, c] = t.pods as [typeof t.pods[0], typeof t.pods[0], typeof t.pods[0]];
+  const pb = t.lab.peer(b.netns), pa = t.lab.peer(a.netns);
+  await pb.listen("tcp", 80);
+  await pb.listen("tcp", 81);
+  const allow80 = { egress: false, identity: ID.a, proto: TCP, portLo: 80, portHi: 80 };
+  await t.dp.applyPolicyChanges(2, {
+    adds: [{ ...allow80, verdict: ALLOW, cookie: 42 }],
+    deletes: [],
+  });
+  const isVerdict = (e: PacketEvent) => e.type === "policy-verdict" && e.epId === 2;
+  const events = await withEvents(t.dp, () => pa.probe("tcp", b.ipv4, 80), { until: isVerdict });
+  const verdict = events.find(isVerdict)!;
+  assertEquals(
+    [verdict.verdict, verdict.cookie, verdict.dport, verdict.match, verdict.direction],
+    ["allow", 42, 80, 2, "ingress"],
+  );
+  assert(await pa.probe("tcp", b.ipv4, 80));
+  assertNot(await pa.probe("tcp", b.ipv4, 81));
+  assertNot(await t.lab.ping(a.netns, b.ipv4, { timeoutSec: 0.3 }));
+  assertNot(await t.lab.peer(c.netns).probe("tcp", b.ipv4, 80), "other identity");
+});
+
+Deno.test("lxc protocol-0 (L3) allow admits every protocol from that identity", opts, async () => {
+  await using t = await nodeLab({ pods: 2, ingressDefaultDeny: [false, true] });
+  const [a, b] = t.pods as [typeof t.pods[0], typeof t.pods[0]];
+  await t.lab.peer(b.netns).listen("tcp", 8080);
+  await t.lab.peer(b.netns).listen("udp", 53);
+  await t.dp.applyPolicyChanges(2, {
+    adds: [{
+      egress: false,
+      identity: ID.a,
+      proto: 0,
+      portLo: 0,
+      portHi: 65535,
+      verdict: ALLOW,
+      cookie: 1,
+    }],
+    deletes: [],
+  });
+  assert(await t.lab.ping(a.netns, b.ipv4));
+  assert(await t.lab.peer(a.netns).probe("tcp", b.ipv4, 8080));
+  assert(await t.lab.peer(a.netns).probe("udp", b.ipv4, 53));
+});
+
+Deno.test(
+  "lxc policy lookup order: identity entry, then identity 0, then default",
+  opts,
+  async (t) => {
+    await using l = await nodeLab({ pods: 3, ingressDefaultDeny: [false, true, false] });
+    const [a, b, c] = l.pods as [typeof l.pods[0], typeof l.pods[0], typeof l.pods[0]];
+    const pb = l.lab.peer(b.netns), pa = l.lab.peer(a.netns), pc = l.lab.peer(c.netns);
+    for (const port of [7999, 8000, 8042, 8080, 8081, 9000]) await pb.listen("tcp", port);
+    const range = { egress: false, proto: TCP, portLo: 8000, portHi: 8080, cookie: 5 };
+    await l.dp.applyPolicyChanges(2, {
+      adds: [
+        { ...range, identity: 0, verdict: ALLOW },
+        { ...range, identity: ID.c, verdict: DENY },
+        {
+          egress: false,
+          identity: 0,
+          proto: TCP,
+          portLo: 9000,
+          portHi: 9000,
+          verdict: ALLOW,
+          cookie: 6,
+        },
+      ],
+      deletes: [],
+    });
+    await t.step("a port range becomes prefix blocks that cover exactly 8000-8080", async () => {
+      for (
+        const [port, want] of [[7999, false], [8000, true], [8042, true], [8080, true], [
+          8081,
+          false,
+        ]]
+      ) {
+        assertEquals(await pa.probe("tcp", b.ipv4, port as number), want, `port ${port}`);
+      }
+      const dumped = (await l.dp.dumpPolicy(2)).filter((e) =>
+        e.identity === 0 && e.portLo === 8000
+      );
+      assertEquals(dumped.map((e) => [e.portLo, e.portHi]), [[8000, 8080]]);
+    });
+    await t.step("an identity-specific deny wins over the identity-0 allow", async () => {
+      const events = await withEvents(l.dp, () => pc.probe("tcp", b.ipv4, 8042, 300), {
+        until: (e) => e.type === "drop",
+      });
+      assertEquals(events.find((e) => e.type === "drop")?.subtype, 181);
+    });
+    await t.step("no entry for c on 9000: the identity-0 entry applies", async () => {
+      assert(await pc.probe("tcp", b.ipv4, 9000));
+    });
+  },
+);
+
+Deno.test("lxc enforces UDP and IPv6 policy", opts, async () => {
+  await using t = await nodeLab({ pods: 2, ingressDefaultDeny: [false, true] });
+  const [a, b] = t.pods as [typeof t.pods[0], typeof t.pods[0]];
+  const pa = t.lab.peer(a.netns), pb = t.lab.peer(b.netns);
+  await pb.listen("udp", 53);
+  await pb.listen("udp", 54);
+  await pb.listen("tcp", 443);
+  assertNot(await pa.probe("udp", b.ipv4, 53, 300));
+  await t.dp.applyPolicyChanges(2, {
+    adds: [
+      {
+        egress: false,
+        identity: ID.a,
+        proto: UDP,
+        portLo: 53,
+        portHi: 53,
+        verdict: ALLOW,
+        cookie: 0,
+      },
+      {
+        egress: false,
+        identity: ID.a,
+        proto: TCP,
+        portLo: 443,
+        portHi: 443,
+        verdict: ALLOW,
+        cookie: 0,
+      },
+      {
+        egress: false,
+        identity: ID.a,
+        proto: 58,
+        portLo: 128,
+        portHi: 128,
+        verdict: ALLOW,
+        cookie: 0,
+      },
+    ],
+    deletes: [],
+  });
+  assert(await pa.probe("udp", b.ipv4, 53));
+  assert(await pa.probe("udp", b.ipv6, 53));
+  assertNot(await pa.probe("udp", b.ipv6, 54, 300));
+  assert(await pa.probe("tcp", b.ipv6, 443));
+  assert(await t.lab.ping(a.netns, b.ipv6), "ICMPv6 echo request (type 128) allowed");
+  assertNot(await t.lab.ping(a.netns, b.ipv4, { timeoutSec: 0.3 }), "ICMPv4 is not");
+});
+
+Deno.test("lxc egress policy to a CIDR identity from the ipcache", opts, async () => {
+  await using t = await nodeLab({ pods: 1, external: true });
+  const [a] = t.pods as [typeof t.pods[0]];
+  const ext = t.ext!;
+  const pe = t.lab.peer(ext.netns), pa = t.lab.peer(a.netns);
+  await pe.listen("tcp", 443);
+  await t.dp.upsertEndpoint({
+    ifname: a.ifname,
+    epId: 1,
+    identity: ID.a,
+    ipv4: a.ipv4,
+    ipv6: a.ipv6,
+    ingressDefaultDeny: false,
+    egressDefaultDeny: true,
+  });
+  const drops = await withEvents(t.dp, () => pa.probe("tcp", ext.ipv4, 443, 300), {
+    until: (e) => e.type === "drop",
+  });
+  assertEquals(drops.find((e) => e.type === "drop")?.dstIdentity, 2, "unknown address is world");
+  await t.dp.updateIpcache([{ prefix: "203.0.113.0/24", identity: ID.cidr }], []);
+  await t.dp.applyPolicyChanges(1, {
+    adds: [{
+      egress: true,
+      identity: ID.cidr,
+      proto: TCP,
+      portLo: 443,
+      portHi: 443,
+      verdict: ALLOW,
+      cookie: 9,
+    }],
+    deletes: [],
+  });
+  assert(await pa.probe("tcp", ext.ipv4, 443));
+  assertNot(await pa.probe("tcp", ext.ipv6, 443, 300), "the IPv6 address is still world");
+  await t.dp.updateIpcache([], ["203.0.113.0/24"]);
+  assertNot(await pa.probe("tcp", ext.ipv4, 443, 300));
+});
+
+Deno.test(
+  "lxc metrics count forwarded packets and drops by reason and direction",
+  opts,
+  async () => {
+    await using t = await nodeLab({ pods: 2, ingressDefaultDeny: [false, true] });
+    const [a, b] = t.pods as [typeof t.pods[0], typeof t.pods[0]];
+    const before = await t.dp.readMetrics();
+    const count = (rows: typeof before, reason: number, dir: string) =>
+      rows.find((r) => r.reason === reason && r.dir === dir)?.packets ?? 0n;
+    for (let i = 0; i < 3; i++) await t.lab.ping(a.netns, b.ipv4, { timeoutSec: 0.2 });
+    const after = await t.dp.readMetrics();
+    assertEquals(count(after, 133, "ingress") - count(before, 133, "ingress"), 3n);
+    assert(count(after, 0, "egress") - count(before, 0, "egress") >= 3n);
+    assert((after.find((r) => r.reason === 133)?.bytes ?? 0n) >= 3n * 98n);
+  },
+);
