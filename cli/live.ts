@@ -4,6 +4,7 @@ import type { Flags } from "./main.ts";
 import { type Format, UsageError } from "./output.ts";
 
 export const LIVE_COMMANDS = new Set<string>(["status", "endpoint", "identity", "ipam", "policy"]);
+export const LIVE_POLICY = new Set<string>(["import", "get", "delete", "trace"]);
 
 export function runLive(
   cmd: string,

@@ -8,7 +8,7 @@ import { parseFormat, UsageError } from "./output.ts";
 import { policyLint, policyValidate } from "./policy_check.ts";
 import { policyTest } from "./policy_test.ts";
 import { policyTrace } from "./policy_trace.ts";
-import { LIVE_COMMANDS, runLive } from "./live.ts";
+import { LIVE_COMMANDS, LIVE_POLICY, runLive } from "./live.ts";
 
 export const HELP = `cilia — container network security: policy engine, agent and datapath
 
@@ -132,7 +132,9 @@ export async function main(argv: string[]): Promise<number> {
       },
     }, format);
   }
-  if (cmd && LIVE_COMMANDS.has(cmd)) return await runLive(cmd, sub, rest, v, format);
+  if (cmd && LIVE_COMMANDS.has(cmd) && (cmd !== "policy" || LIVE_POLICY.has(sub ?? ""))) {
+    return await runLive(cmd, sub, rest, v, format);
+  }
   throw new UsageError(`Unknown command "${pos.join(" ")}": run "cilia --help"`);
 }
 

@@ -31,6 +31,7 @@ import {
 } from "./model";
 import * as model from "./model";
 import { cacheRebuild, cacheUpdateIdentity } from "./selectors";
+import { invalidateContexts } from "./resolve";
 import { compileRegexString, lastRegexError, lastRegexErrorOffset, Regex } from "./regex/index";
 import { dnsPatternRegex } from "./dns";
 import { ipcacheRemoveIdentityPrefix, ipcacheSetIdentityPrefix } from "./ipcache";
@@ -230,6 +231,7 @@ export function loadRules(len: i32): i32 {
   model.selectors.length = 0;
   for (let i = 0; i < sels.length; i++) model.selectors.push(sels[i]);
   cacheRebuild();
+  invalidateContexts();
   return ST_OK;
 }
 
@@ -278,6 +280,7 @@ export function upsertIdentities(len: i32): i32 {
   for (let i = 0; i < n && !r.failed; i++) list.push(readIdentity(r));
   if (r.failed) return ST_TRUNCATED;
   for (let i = 0; i < list.length; i++) placeIdentity(list[i]);
+  invalidateContexts();
   return ST_OK;
 }
 
@@ -299,6 +302,7 @@ export function removeIdentities(len: i32): i32 {
     cacheUpdateIdentity(slot);
     freeSlots.push(slot);
   }
+  invalidateContexts();
   return ST_OK;
 }
 
@@ -327,5 +331,6 @@ export function loadEndpoints(len: i32): i32 {
   if (r.failed) return ST_TRUNCATED;
   endpoints.clear();
   for (let i = 0; i < list.length; i++) endpoints.set(list[i].id, list[i]);
+  invalidateContexts();
   return ST_OK;
 }

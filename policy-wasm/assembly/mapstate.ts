@@ -21,8 +21,8 @@ import {
   identityIndex,
 } from "./model";
 import {
-  buildContext,
   clearL7Conflict,
+  contextFor,
   Decision,
   entryMatchesPeer,
   EpContext,
@@ -251,13 +251,13 @@ function writeMapState(ctx: EpContext, only: i32): i32 {
 /** Full map-state of endpoint `epId`. */
 export function mapstateCompute(epId: u32): i32 {
   if (!endpoints.has(epId)) return ST_UNKNOWN_ENDPOINT;
-  return writeMapState(buildContext(endpoints.get(epId)), -1);
+  return writeMapState(contextFor(endpoints.get(epId)), -1);
 }
 
 /** The entries of endpoint `epId` keyed by one identity (incremental identity add). */
 export function mapstateForIdentity(epId: u32, identity: u32): i32 {
   if (!endpoints.has(epId)) return ST_UNKNOWN_ENDPOINT;
-  const ctx = buildContext(endpoints.get(epId));
+  const ctx = contextFor(endpoints.get(epId));
   const slot = identityIndex.has(identity) ? identityIndex.get(identity) : -2;
   if (slot == -2) {
     const w = new Writer();

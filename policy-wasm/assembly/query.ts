@@ -12,7 +12,7 @@ import {
   VERDICT_REDIRECT,
 } from "./drop_reasons.generated";
 import { endpoints, entries, identityIndex, L7_DNS, L7_HTTP, L7_KAFKA, L7_NONE } from "./model";
-import { buildContext, entryCoversPort, entryMatchesPeer, resolvePoint } from "./resolve";
+import { contextFor, entryCoversPort, entryMatchesPeer, resolvePoint } from "./resolve";
 import { MSG_QUERY } from "./messages";
 import { httpCheck, readHttpRequest } from "./http";
 import { kafkaCheck, readKafkaRequest } from "./kafka";
@@ -52,7 +52,7 @@ export function query(len: i32): i32 {
   const l7kind = r.u8();
   if (r.failed) return ST_TRUNCATED;
   if (!endpoints.has(epId)) return ST_UNKNOWN_ENDPOINT;
-  const ctx = buildContext(endpoints.get(epId));
+  const ctx = contextFor(endpoints.get(epId));
   const slot = identityIndex.has(peerId) ? identityIndex.get(peerId) : -1;
 
   const denies = new Array<i32>();

@@ -176,6 +176,24 @@ function addRule(ctx: EpContext, ri: i32, rule: Rule): void {
   }
 }
 
+let contexts = new Map<u32, EpContext>();
+
+/** Drops every cached context; called by every message that changes rules, identities or endpoints. */
+export function invalidateContexts(): void {
+  contexts = new Map<u32, EpContext>();
+}
+
+/** The (cached) context of an endpoint. */
+export function contextFor(ep: Endpoint): EpContext {
+  if (contexts.has(ep.id)) {
+    const c = contexts.get(ep.id);
+    if (c.ep == ep) return c;
+  }
+  const c = buildContext(ep);
+  contexts.set(ep.id, c);
+  return c;
+}
+
 export function buildContext(ep: Endpoint): EpContext {
   const ctx = new EpContext(ep);
   if (options.enforcement == ENFORCE_NEVER) {

@@ -88,7 +88,7 @@ export class SimCluster {
         identity,
         labels,
         ips,
-        ports: e.ports ?? [],
+        ports: (e.ports ?? []).map((p) => ({ ...p, name: p.name.toLowerCase() })),
       };
       if (this.#byName.has(`${namespace}/${e.name}`)) {
         throw new SyntaxError(`Duplicate endpoint "${namespace}/${e.name}"`);

@@ -295,11 +295,20 @@ export class PolicyEngine {
         `Invalid regex "${pattern}": ${regexErrorMessage(-h, this.#x.regex_error_offset())}`,
       );
     }
+    let view = new Uint8Array(0);
+    let at = -1;
     return {
       match: (input: string) => {
-        const b = enc.encode(input);
-        this.#write(b);
-        return this.#x.regex_match(h, b.length) === 1;
+        // Encode straight into the engine's input buffer (no intermediate copy); the buffer may
+        // have moved since the last call, so ask for it every time.
+        const need = Math.max(input.length * 3, 4096);
+        const ptr = this.#x.input_reserve(need);
+        if (ptr !== at || view.byteLength < need || view.buffer !== this.#x.memory.buffer) {
+          view = new Uint8Array(this.#x.memory.buffer, ptr, need);
+          at = ptr;
+        }
+        const { written } = enc.encodeInto(input, view);
+        return this.#x.regex_match(h, written) === 1;
       },
       release: () => this.#x.regex_release(h),
     };
@@ -307,9 +316,5 @@ export class PolicyEngine {
 
   close(): void {
     this.#closed = true;
-  }
-
-  [Symbol.dispose](): void {
-    this.close();
   }
 }

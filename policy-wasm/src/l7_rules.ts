@@ -51,7 +51,7 @@ export function translatePort(
   if (!PORT_NAME.test(raw)) {
     sink.error(
       path,
-      `Invalid port "${raw}": expected a number 0-65535 or a port name (lower-case letters, digits and "-", at most 15 characters)`,
+      `Invalid port "${raw}": expected a number 0-65535 or a port name (letters, digits and single "-", at most 15 characters)`,
       "port",
     );
     return undefined;
@@ -59,7 +59,8 @@ export function translatePort(
   if (p.endPort !== undefined && p.endPort !== null) {
     sink.warn(path, `endPort is ignored for the named port "${raw}"`, "endPort");
   }
-  return { proto, port: 0, endPort: 0, name: raw };
+  // Port names are case-insensitive (Cilium lower-cases them).
+  return { proto, port: 0, endPort: 0, name: raw.toLowerCase() };
 }
 
 function headerRule(h: string): { name: string; value?: string } {

@@ -53,7 +53,7 @@ function lintOrSplit(rules: RuleSpec[], emit: Emit): void {
       emit(
         "or-split",
         ri,
-        b.path,
+        itemOf(b.path),
         `This rule has ports but no peers, so it allows those ports from anyone; the rule before it (${e.path}) allows every port from its peers. The two are OR-ed. If you meant "these peers on these ports", remove the "-" before toPorts so both are in one rule`,
       );
     }
@@ -106,9 +106,21 @@ function coversPort(specs: PortSpec[], proto: number, port: number): boolean {
   );
 }
 
+/** Could this peer be the cluster DNS (kube-dns in kube-system, or a DNS server by IP)? */
+function mayBeDns(s: SelectorSpec): boolean {
+  if (s.kind === "all" || s.kind === "cidr") return true;
+  if (s.kind !== "labels") return false;
+  if (s.requirements.some((q) => q.source === "reserved")) return false;
+  const ns = s.requirements.find((q) => q.key === NS_LABEL && q.op === "In");
+  return !ns || ns.values.includes("kube-system");
+}
+
 function lintDns(c: CompileResult, emit: Emit): void {
   const allowsDns = c.spec.rules.some((r) =>
-    r.entries.some((e) => e.direction === "egress" && !e.deny && coversPort(e.ports, 17, 53))
+    r.entries.some((e) =>
+      e.direction === "egress" && !e.deny && coversPort(e.ports, 17, 53) &&
+      e.peers.some((p) => mayBeDns(p.selector))
+    )
   );
   if (allowsDns) return;
   const first = c.spec.rules.findIndex((r) => r.subjectKind === "endpoint" && r.defaultDeny.egress);

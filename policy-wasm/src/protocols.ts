@@ -108,5 +108,5 @@ export function protocolName(n: number): string {
   return Object.entries(PROTOCOL_NUMBERS).find(([, v]) => v === n)?.[0] ?? `proto-${n}`;
 }
 
-/** IANA service-name syntax used for named container ports. */
-export const PORT_NAME = /^(?=.*[a-z])[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$/;
+/** IANA service-name syntax of named ports: a letter somewhere, no "--", at most 15 characters. */
+export const PORT_NAME = /^(?=.*[a-zA-Z])(?!.*--)[a-zA-Z0-9]([-a-zA-Z0-9]{0,13}[a-zA-Z0-9])?$/;

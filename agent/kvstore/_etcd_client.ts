@@ -1,0 +1,176 @@
+/**
+ * A minimal client for etcd's v3 JSON gateway over `fetch`: POSTs JSON to one endpoint after
+ * another until one answers, turns gRPC error bodies into `EtcdError`, and aborts everything on
+ * `close()`. It knows the wire format (base64 bytes, int64 as strings) but no kvstore semantics.
+ */
+
+import type { KvEntry } from "./kvstore.ts";
+
+/** An error reported by etcd itself (as opposed to the network). */
+export class EtcdError extends Error {
+  constructor(readonly code: number, message: string, readonly status: number) {
+    super(message);
+  }
+}
+
+/** gRPC status `NOT_FOUND`, which etcd uses for "requested lease not found". */
+export const NOT_FOUND = 5;
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+export function b64(s: string): string {
+  return encoder.encode(s).toBase64();
+}
+
+export function unb64(s: string | undefined): Uint8Array {
+  return s === undefined ? new Uint8Array() : Uint8Array.fromBase64(s);
+}
+
+export function unb64Text(s: string | undefined): string {
+  return decoder.decode(unb64(s));
+}
+
+/** The range end that selects every key starting with `prefix` (etcd's `WithPrefix`). */
+export function prefixEnd(prefix: string): string {
+  const bytes = encoder.encode(prefix);
+  for (let i = bytes.length - 1; i >= 0; i--) {
+    if (bytes[i]! < 0xff) {
+      const end = bytes.slice(0, i + 1);
+      end[i]! += 1;
+      return end.toBase64();
+    }
+  }
+  return b64("\0"); // no upper bound: every key from the start
+}
+
+// deno-lint-ignore no-explicit-any
+export type Json = any;
+
+/** A `mvccpb.KeyValue` from the gateway as a `KvEntry`: the revision is its mod_revision. */
+export function toEntry(kv: Json): KvEntry {
+  const entry: KvEntry = {
+    key: unb64Text(kv.key),
+    value: unb64(kv.value),
+    revision: String(kv.mod_revision),
+  };
+  if (kv.lease !== undefined && kv.lease !== "0") entry.lease = String(kv.lease);
+  return entry;
+}
+
+export class EtcdClient {
+  readonly endpoints: readonly string[];
+  #current = 0;
+  #closer = new AbortController();
+  #timeoutMs: number;
+
+  constructor(endpoints: readonly string[], timeoutMs = 15_000) {
+    this.endpoints = endpoints;
+    this.#timeoutMs = timeoutMs;
+  }
+
+  get closed(): boolean {
+    return this.#closer.signal.aborted;
+  }
+
+  /** Aborts when the client is closed. */
+  get closing(): AbortSignal {
+    return this.#closer.signal;
+  }
+
+  /** One request and its whole JSON answer. */
+  async call(path: string, body: unknown): Promise<Json> {
+    const timeout = new AbortController();
+    const timer = setTimeout(
+      () => timeout.abort(new Error(`no answer within ${this.#timeoutMs} ms`)),
+      this.#timeoutMs,
+    );
+    try {
+      const res = await this.open(path, body, timeout.signal);
+      const text = await res.text();
+      const line = text.split("\n", 1)[0]!; // streaming endpoints (keepalive) answer NDJSON
+      const json = JSON.parse(line);
+      return "result" in json ? json.result : json;
+    } catch (err) {
+      throw timeout.signal.aborted ? timeout.signal.reason : err;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Sends a request to the first endpoint that accepts a connection, starting with the one
+   * that answered last, and returns the response once it is known to be a success.
+   */
+  async open(path: string, body: unknown, signal?: AbortSignal): Promise<Response> {
+    const abort = signal ? AbortSignal.any([this.#closer.signal, signal]) : this.#closer.signal;
+    let lastError: unknown;
+    for (let i = 0; i < this.endpoints.length; i++) {
+      const at = (this.#current + i) % this.endpoints.length;
+      let res: Response;
+      try {
+        res = await fetch(`http://${this.endpoints[at]}${path}`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify(body),
+          signal: abort,
+        });
+      } catch (err) {
+        if (abort.aborted) throw this.closed ? new Error("the store is closed") : err;
+        lastError = err;
+        continue;
+      }
+      this.#current = at;
+      if (res.ok) return res;
+      throw await toEtcdError(res);
+    }
+    const detail = lastError instanceof Error ? lastError.message : String(lastError);
+    throw new Error(`no endpoint accepted a connection: ${detail}`, { cause: lastError });
+  }
+
+  close(): void {
+    this.#closer.abort(new Error("the store is closed"));
+  }
+}
+
+async function toEtcdError(res: Response): Promise<EtcdError> {
+  const text = await res.text();
+  try {
+    const json = JSON.parse(text);
+    return fromJson(json, res.status);
+  } catch {
+    return new EtcdError(2, `HTTP ${res.status}: ${text.slice(0, 200)}`, res.status);
+  }
+}
+
+/**
+ * An etcd error from a gateway body: `{error: "<text>", message, code}` for unary calls, or
+ * `{error: {grpc_code, message, ...}}` inside a stream.
+ */
+export function fromJson(json: Json, status: number): EtcdError {
+  const e = typeof json.error === "object" && json.error !== null ? json.error : json;
+  const message = String(e.message ?? e.error ?? JSON.stringify(json));
+  return new EtcdError(Number(e.code ?? e.grpc_code ?? 2), message, status);
+}
+
+/** The JSON messages of an NDJSON response body, as they arrive. */
+export async function* readNdjson(body: ReadableStream<Uint8Array>): AsyncGenerator<Json> {
+  const reader = body.getReader();
+  const text = new TextDecoder();
+  let buffer = "";
+  try {
+    while (true) {
+      const { done, value } = await reader.read();
+      if (done) return;
+      buffer += text.decode(value, { stream: true });
+      let nl: number;
+      while ((nl = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, nl).trim();
+        buffer = buffer.slice(nl + 1);
+        if (line !== "") yield JSON.parse(line);
+      }
+    }
+  } finally {
+    await reader.cancel().catch(() => {});
+  }
+}

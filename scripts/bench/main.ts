@@ -1,0 +1,21 @@
+// `deno task bench <name>`: runs one benchmark. Each prints its figures and ratios against a
+// baseline measured in the same run (absolute times on shared machines are noise).
+
+const BENCHES: Record<string, string> = {
+  policy: "./policy_bench.ts",
+  identity: "./identity_bench.ts",
+  datapath: "./datapath_bench.ts",
+};
+
+const name = Deno.args[0];
+if (!name || !(name in BENCHES)) {
+  console.error(`Usage: deno task bench <${Object.keys(BENCHES).join("|")}> [flags]`);
+  Deno.exit(2);
+}
+const mod = await import(BENCHES[name]!).catch((cause) => {
+  console.error(
+    `bench: cannot load the "${name}" benchmark: ${cause instanceof Error ? cause.message : cause}`,
+  );
+  Deno.exit(1);
+});
+await mod.main(Deno.args.slice(1));
