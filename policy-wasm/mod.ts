@@ -40,6 +40,7 @@ export {
   flowOf,
   type LoadedScenario,
   loadScenario,
+  peerText,
   prepareScenario,
   type QueryOutcome,
   runScenario,

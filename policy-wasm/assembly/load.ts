@@ -3,6 +3,7 @@
 // previous state in force. The encoder is policy-wasm/src/wire.ts.
 
 import {
+  DIR_EGRESS,
   DnsRule,
   Endpoint,
   endpoints,
@@ -22,6 +23,7 @@ import {
   Options,
   PortSpec,
   Prefix,
+  rebuildNamedPorts,
   Requirement,
   Rule,
   SEL_ALL,
@@ -174,6 +176,7 @@ function readEntry(r: Reader, sels: Array<Selector>): Entry {
     p.endPort = r.u16();
     const name = r.str();
     p.name = name === null ? -1 : <i32> intern(name);
+    if (p.name >= 0 && e.dir == DIR_EGRESS) e.egressNamed = true;
     e.ports.push(p);
   }
   e.l7 = r.u8();
@@ -331,6 +334,7 @@ export function loadEndpoints(len: i32): i32 {
   if (r.failed) return ST_TRUNCATED;
   endpoints.clear();
   for (let i = 0; i < list.length; i++) endpoints.set(list[i].id, list[i]);
+  rebuildNamedPorts();
   invalidateContexts();
   return ST_OK;
 }

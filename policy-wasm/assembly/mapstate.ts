@@ -19,6 +19,7 @@ import {
   Entry,
   identities,
   identityIndex,
+  namedPortsByIdentity,
 } from "./model";
 import {
   clearL7Conflict,
@@ -26,6 +27,7 @@ import {
   Decision,
   entryMatchesPeer,
   EpContext,
+  intervalsOf,
   l7ConflictA,
   l7ConflictB,
   resolvePoint,
@@ -49,7 +51,7 @@ function sortedUnique(a: Array<i32>): Array<i32> {
 }
 
 /** Partitions the (protocol, port) space for one set of covering-candidate entries. */
-function partition(ctx: EpContext, set: Array<i32>, fallback: bool): Array<Segment> {
+function partition(ctx: EpContext, set: Array<i32>, fallback: bool, peer: u32): Array<Segment> {
   const l3 = new Array<i32>();
   const ivs = new Array<Interval>();
   for (let i = 0; i < set.length; i++) {
@@ -58,7 +60,7 @@ function partition(ctx: EpContext, set: Array<i32>, fallback: bool): Array<Segme
       l3.push(ei);
       continue;
     }
-    const list = ctx.intervals.get(ei);
+    const list = intervalsOf(ctx, ei, peer);
     for (let j = 0; j < list.length; j++) ivs.push(list[j]);
   }
   const out = new Array<Segment>();
@@ -187,11 +189,24 @@ function wildcards(ctx: EpContext, dir: u8): Array<i32> {
 /** Emits one direction; `only` >= 0 restricts the output to that identity slot. */
 function emitDirection(ctx: EpContext, dir: u8, out: Output, only: i32): void {
   const wild = wildcards(ctx, dir);
-  if (only < 0) out.emit(dir, 0, partition(ctx, wild, false));
+  if (only < 0) out.emit(dir, 0, partition(ctx, wild, false, 0));
   const bySlot = entriesBySlot(ctx, dir);
   const hostSlot = identityIndex.has(1) ? identityIndex.get(1) : -1;
   if (dir == DIR_INGRESS && ctx.localhostFallback(dir, 1) && hostSlot >= 0) {
     if (!bySlot.has(hostSlot)) bySlot.set(hostSlot, new Array<i32>());
+  }
+  // Wildcard egress entries with named ports resolve per peer: every identity that has such a
+  // port needs entries of its own (identity 0 cannot resolve a name).
+  let wildNamed = false;
+  for (let i = 0; i < wild.length; i++) if (entries[wild[i]].egressNamed) wildNamed = true;
+  if (wildNamed) {
+    const withPorts = namedPortsByIdentity.keys();
+    for (let i = 0; i < withPorts.length; i++) {
+      const id = withPorts[i];
+      if (!identityIndex.has(id)) continue;
+      const slot = identityIndex.get(id);
+      if (!bySlot.has(slot)) bySlot.set(slot, new Array<i32>());
+    }
   }
   const slots = bySlot.keys();
   slots.sort((a, b) => {
@@ -209,11 +224,14 @@ function emitDirection(ctx: EpContext, dir: u8, out: Output, only: i32): void {
     for (let k = 0; k < own.length; k++) merged.push(own[k]);
     for (let k = 0; k < wild.length; k++) merged.push(wild[k]);
     const set = sortedUnique(merged);
-    const key = signature(set, fallback);
+    const peer = identities[slot].id;
+    let named = false;
+    for (let k = 0; k < set.length; k++) if (entries[set[k]].egressNamed) named = true;
+    const key = signature(set, fallback) + (named ? "@" + peer.toString() : "");
     let segs: Array<Segment>;
     if (memo.has(key)) segs = memo.get(key);
     else {
-      segs = partition(ctx, set, fallback);
+      segs = partition(ctx, set, fallback, peer);
       memo.set(key, segs);
     }
     out.emit(dir, identities[slot].id, segs);

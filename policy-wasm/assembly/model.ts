@@ -167,6 +167,8 @@ export class Entry {
   /** True when one peer selector selects every identity (L4-only rules, `all`). */
   wildcard: bool = false;
   ports: Array<PortSpec> = new Array<PortSpec>();
+  /** An egress entry with a named port: its ports depend on the peer (resolved on the peer pod). */
+  egressNamed: bool = false;
   l7: u8 = L7_NONE;
   http: Array<HttpRule> = new Array<HttpRule>();
   kafka: Array<KafkaRule> = new Array<KafkaRule>();
@@ -214,3 +216,20 @@ export class Endpoint {
 }
 
 export const endpoints = new Map<u32, Endpoint>();
+
+/** Named ports of every endpoint, grouped by the endpoint's identity (egress named ports). */
+export let namedPortsByIdentity = new Map<u32, Array<NamedPort>>();
+
+export function rebuildNamedPorts(): void {
+  namedPortsByIdentity = new Map<u32, Array<NamedPort>>();
+  const all = endpoints.values();
+  for (let i = 0; i < all.length; i++) {
+    const ep = all[i];
+    if (ep.namedPorts.length == 0) continue;
+    if (!namedPortsByIdentity.has(ep.identity)) {
+      namedPortsByIdentity.set(ep.identity, new Array<NamedPort>());
+    }
+    const list = namedPortsByIdentity.get(ep.identity);
+    for (let j = 0; j < ep.namedPorts.length; j++) list.push(ep.namedPorts[j]);
+  }
+}

@@ -1,14 +1,14 @@
 // Expands an entry's port specs into concrete (protocol, lo, hi) intervals for one subject
 // endpoint. ANY means TCP, UDP and SCTP (never ICMP); port 0 means every port; named ports
-// resolve on the subject endpoint for ingress and on every known endpoint for egress (Cilium's
-// global named-port table); ICMP specs carry the type as the port.
+// resolve on the subject endpoint for ingress and on the peer's endpoints for egress (the
+// destination pod's container ports, as Kubernetes specifies); ICMP specs carry the type as the port.
 
 import {
   DIR_INGRESS,
   Endpoint,
-  endpoints,
   Entry,
   NamedPort,
+  namedPortsByIdentity,
   PortSpec,
   PROTO_ANY,
   PROTO_SCTP,
@@ -36,22 +36,26 @@ function pushNamed(out: Array<Interval>, spec: PortSpec, np: NamedPort, entry: i
   out.push(new Interval(np.proto, <i32> np.port, <i32> np.port, entry));
 }
 
-/** Appends the intervals of entry `ei` for subject `ep` (null: no subject, named ports unresolved). */
-export function expandPorts(ei: i32, e: Entry, ep: Endpoint | null, out: Array<Interval>): void {
+/**
+ * Appends the intervals of entry `ei` for subject `ep`; egress named ports resolve on the peer
+ * identity `peer` (the destination pod's container ports; 0 = unknown peer, nothing resolves).
+ */
+export function expandPorts(
+  ei: i32,
+  e: Entry,
+  ep: Endpoint | null,
+  peer: u32,
+  out: Array<Interval>,
+): void {
   for (let i = 0; i < e.ports.length; i++) {
     const spec = e.ports[i];
     if (spec.name >= 0) {
       if (e.dir == DIR_INGRESS) {
         if (ep === null) continue;
         for (let j = 0; j < ep.namedPorts.length; j++) pushNamed(out, spec, ep.namedPorts[j], ei);
-      } else {
-        const all = endpoints.values();
-        for (let k = 0; k < all.length; k++) {
-          const other = all[k];
-          for (let j = 0; j < other.namedPorts.length; j++) {
-            pushNamed(out, spec, other.namedPorts[j], ei);
-          }
-        }
+      } else if (peer != 0 && namedPortsByIdentity.has(peer)) {
+        const named = namedPortsByIdentity.get(peer);
+        for (let j = 0; j < named.length; j++) pushNamed(out, spec, named[j], ei);
       }
       continue;
     }

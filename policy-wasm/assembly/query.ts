@@ -64,7 +64,7 @@ export function query(len: i32): i32 {
     const ei = list[i];
     const e = entries[ei];
     if (!entryMatchesPeer(ctx, e, slot)) continue;
-    if (!entryCoversPort(ctx, ei, proto, port)) {
+    if (!entryCoversPort(ctx, ei, peerId, proto, port)) {
       peerOnly.push(ei);
       continue;
     }

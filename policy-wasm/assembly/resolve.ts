@@ -125,7 +125,7 @@ export class EpContext {
   requiresEgress: Array<i32> = new Array<i32>();
   entriesIngress: Array<i32> = new Array<i32>();
   entriesEgress: Array<i32> = new Array<i32>();
-  /** Port intervals of every entry in either direction, by entry index. */
+  /** Port intervals of every entry whose ports do not depend on the peer, by entry index. */
   intervals: Map<i32, Array<Interval>> = new Map<i32, Array<Interval>>();
 
   constructor(ep: Endpoint) {
@@ -170,8 +170,9 @@ function addRule(ctx: EpContext, ri: i32, rule: Rule): void {
     const e = entries[ei];
     if (e.dir == DIR_INGRESS) ctx.entriesIngress.push(ei);
     else if (e.dir == DIR_EGRESS) ctx.entriesEgress.push(ei);
+    if (e.egressNamed) continue;
     const list = new Array<Interval>();
-    expandPorts(ei, e, ctx.ep, list);
+    expandPorts(ei, e, ctx.ep, 0, list);
     ctx.intervals.set(ei, list);
   }
 }
@@ -236,10 +237,18 @@ export function entryMatchesPeer(ctx: EpContext, e: Entry, slot: i32): bool {
   return false;
 }
 
-/** L4 match: does entry `ei` cover (proto, port)? Entries without ports cover everything. */
-export function entryCoversPort(ctx: EpContext, ei: i32, proto: u8, port: i32): bool {
+/** The port intervals of entry `ei` for peer identity `peer` (cached unless peer-dependent). */
+export function intervalsOf(ctx: EpContext, ei: i32, peer: u32): Array<Interval> {
+  if (ctx.intervals.has(ei)) return ctx.intervals.get(ei);
+  const list = new Array<Interval>();
+  expandPorts(ei, entries[ei], ctx.ep, peer, list);
+  return list;
+}
+
+/** L4 match: does entry `ei` cover (proto, port) for `peer`? Entries without ports cover all. */
+export function entryCoversPort(ctx: EpContext, ei: i32, peer: u32, proto: u8, port: i32): bool {
   if (entries[ei].ports.length == 0) return true;
-  const list = ctx.intervals.get(ei);
+  const list = intervalsOf(ctx, ei, peer);
   for (let i = 0; i < list.length; i++) {
     const iv = list[i];
     if (iv.proto == proto && port >= iv.lo && port <= iv.hi) return true;

@@ -9,7 +9,7 @@ import type { EngineOptions, IdentitySpec, NamedPort, PolicySpec } from "./ir.ts
 import {
   cidrIdentityLabels,
   cidrPrefixesOf,
-  LabelFilter,
+  type LabelFilter,
   LOCAL_IDENTITY_BASE,
   podIdentityLabels,
   RESERVED_IDENTITIES,

@@ -8,8 +8,8 @@ import type { PathPart } from "./documents.ts";
 import type { IssueSink } from "./issues.ts";
 import type { Direction, HttpRuleSpec, KafkaRuleSpec, L7Spec, PortSpec } from "./ir.ts";
 import type { PortProtocol, PortRule } from "./schema.ts";
-import { z } from "zod";
-import { HttpRule, IcmpRule, KafkaRule } from "./schema.ts";
+import type { z } from "zod";
+import type { HttpRule, IcmpRule, KafkaRule } from "./schema.ts";
 import {
   ICMPV4_TYPES,
   ICMPV6_TYPES,

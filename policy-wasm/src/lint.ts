@@ -115,23 +115,29 @@ function mayBeDns(s: SelectorSpec): boolean {
   return !ns || ns.values.includes("kube-system");
 }
 
+function allowsDns(r: RuleSpec): boolean {
+  return r.entries.some((e) =>
+    e.direction === "egress" && !e.deny && coversPort(e.ports, 17, 53) &&
+    e.peers.some((p) => mayBeDns(p.selector))
+  );
+}
+
+/** Per egress-default-deny rule: does some rule that applies to all of its endpoints allow DNS? */
 function lintDns(c: CompileResult, emit: Emit): void {
-  const allowsDns = c.spec.rules.some((r) =>
-    r.entries.some((e) =>
-      e.direction === "egress" && !e.deny && coversPort(e.ports, 17, 53) &&
-      e.peers.some((p) => mayBeDns(p.selector))
-    )
-  );
-  if (allowsDns) return;
-  const first = c.spec.rules.findIndex((r) => r.subjectKind === "endpoint" && r.defaultDeny.egress);
-  if (first < 0) return;
-  const r = c.spec.rules[first]!;
-  emit(
-    "dns-blocked",
-    first,
-    r.path,
-    `Egress is default-deny for the endpoints this rule selects and no rule allows DNS (UDP port 53): name resolution will fail. Allow egress to kube-dns, e.g. toEndpoints k8s-app=kube-dns in kube-system with toPorts 53/UDP (and rules.dns if you use toFQDNs)`,
-  );
+  const done = new Set<string>();
+  c.spec.rules.forEach((r, ri) => {
+    if (r.subjectKind !== "endpoint" || !r.defaultDeny.egress) return;
+    const key = JSON.stringify(r.subject);
+    if (done.has(key)) return;
+    done.add(key);
+    if (c.spec.rules.some((r2) => selectorCovers(r2.subject, r.subject) && allowsDns(r2))) return;
+    emit(
+      "dns-blocked",
+      ri,
+      r.path,
+      `Egress is default-deny for the endpoints this rule selects and no rule allows them DNS (UDP port 53): name resolution will fail. Allow egress to kube-dns, e.g. toEndpoints k8s-app=kube-dns in kube-system with toPorts 53/UDP (and rules.dns if you use toFQDNs)`,
+    );
+  });
 }
 
 function lintFqdn(c: CompileResult, emit: Emit): void {

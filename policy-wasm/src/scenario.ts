@@ -10,7 +10,7 @@ import { readDocuments } from "./documents.ts";
 import { IssueSink } from "./issues.ts";
 import { PolicyValidationError } from "./errors.ts";
 import type { PathPart } from "./documents.ts";
-import { compilePolicies, type PolicySource } from "./policies.ts";
+import { compilePolicies, type CompileResult, type PolicySource } from "./policies.ts";
 import { SimCluster } from "./cluster.ts";
 import { evaluateFlow, type FlowInput, type FlowResult, type PeerRef } from "./flow.ts";
 import { explainFlow, flowReason } from "./explain.ts";
@@ -169,7 +169,8 @@ export interface ScenarioReport {
   results: QueryOutcome[];
 }
 
-function peerText(p: PeerRef): string {
+/** How a query's peer is written in names and tables. */
+export function peerText(p: PeerRef): string {
   if (typeof p === "string") return p;
   if ("cidr" in p) return p.cidr;
   if ("entity" in p) return `entity:${p.entity}`;
@@ -219,7 +220,7 @@ export function prepareScenario(
   engine: PolicyEngine,
   loaded: LoadedScenario,
   options: EngineOptions = DEFAULT_OPTIONS,
-): { cluster: SimCluster; warnings: ValidationIssue[] } {
+): { cluster: SimCluster; warnings: ValidationIssue[]; compiled: CompileResult } {
   const s = loaded.scenario;
   const compiled = compilePolicies(loaded.sources, {
     clusterName: options.clusterName,
@@ -231,7 +232,7 @@ export function prepareScenario(
     clusterName: options.clusterName,
   });
   cluster.load(engine, compiled.spec, options);
-  return { cluster, warnings: compiled.warnings };
+  return { cluster, warnings: compiled.warnings, compiled };
 }
 
 export function runScenario(

@@ -96,6 +96,7 @@ function randomEntry(r: () => number, i: number): EntrySpec {
       : proto !== 1 && r() < 0.3
       ? port + Math.floor(r() * 100)
       : port;
+    if (!withL7 && proto !== 1 && r() < 0.15) return { proto, port: 0, endPort: 0, name: "web" };
     return { proto, port, endPort };
   });
   const l7 = withL7
@@ -211,7 +212,11 @@ Deno.test("computeMapState() agrees with query() at every point for random polic
       ids.filter((i) => i.id >= 256 && i.id < 1000).map((i) => ({
         id: i.id,
         identity: i.id,
-        namedPorts: [],
+        namedPorts: r() < 0.5 ? [] : [{
+          name: "web",
+          port: r() < 0.5 ? 80 : 8050,
+          protocol: r() < 0.7 ? "TCP" as const : "UDP" as const,
+        }],
       })),
     );
     checked += compare(engine, ids, seed);

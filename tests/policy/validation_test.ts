@@ -35,7 +35,9 @@ const INGRESS = `  endpointSelector: {matchLabels: {app: b}}\n  ingress:\n`;
 const CASES: Case[] = [
   {
     name: "unknown field with a hint",
-    text: cnp(`${INGRESS}    - fromEndpoints: [{matchLabels: {app: a}}]\n      toPort:\n        - ports: [{port: "80"}]\n`),
+    text: cnp(
+      `${INGRESS}    - fromEndpoints: [{matchLabels: {app: a}}]\n      toPort:\n        - ports: [{port: "80"}]\n`,
+    ),
     message: /Unknown field "toPort": did you mean "toPorts"\?/,
     path: "spec.ingress[0].toPort",
     line: 10,
@@ -58,7 +60,9 @@ const CASES: Case[] = [
   },
   {
     name: "operator is case-sensitive",
-    text: cnp(`${INGRESS}    - fromEndpoints: [{matchExpressions: [{key: app, operator: in, values: [a]}]}]\n`),
+    text: cnp(
+      `${INGRESS}    - fromEndpoints: [{matchExpressions: [{key: app, operator: in, values: [a]}]}]\n`,
+    ),
     message: /Invalid operator the string "in": expected one of In, NotIn, Exists, DoesNotExist/,
     path: "spec.ingress[0].fromEndpoints[0].matchExpressions[0].operator",
   },
@@ -74,54 +78,74 @@ const CASES: Case[] = [
   },
   {
     name: "HTTP rules need protocol TCP",
-    text: cnp(`${INGRESS}    - toPorts:\n        - ports: [{port: "80"}]\n          rules: {http: [{method: GET}]}\n`),
+    text: cnp(
+      `${INGRESS}    - toPorts:\n        - ports: [{port: "80"}]\n          rules: {http: [{method: GET}]}\n`,
+    ),
     message: /L7 HTTP rules need protocol TCP, got none \(ANY\)/,
     path: "spec.ingress[0].toPorts[0].ports[0].protocol",
   },
   {
     name: "L7 on port 0 is rejected",
-    text: cnp(`${INGRESS}    - toPorts:\n        - ports: [{port: "0", protocol: TCP}]\n          rules: {http: [{method: GET}]}\n`),
+    text: cnp(
+      `${INGRESS}    - toPorts:\n        - ports: [{port: "0", protocol: TCP}]\n          rules: {http: [{method: GET}]}\n`,
+    ),
     message: /L7 rules cannot apply to port 0/,
   },
   {
     name: "DNS rules are egress only",
-    text: cnp(`${INGRESS}    - toPorts:\n        - ports: [{port: "53", protocol: UDP}]\n          rules: {dns: [{matchName: a.com}]}\n`),
+    text: cnp(
+      `${INGRESS}    - toPorts:\n        - ports: [{port: "53", protocol: UDP}]\n          rules: {dns: [{matchName: a.com}]}\n`,
+    ),
     message: /DNS rules are only allowed in egress rules/,
   },
   {
     name: "one L7 family per port rule",
-    text: cnp(`${INGRESS}    - toPorts:\n        - ports: [{port: "80", protocol: TCP}]\n          rules: {http: [{}], kafka: [{topic: t}]}\n`),
+    text: cnp(
+      `${INGRESS}    - toPorts:\n        - ports: [{port: "80", protocol: TCP}]\n          rules: {http: [{}], kafka: [{topic: t}]}\n`,
+    ),
     message: /Only one L7 protocol per port rule: found http and kafka/,
   },
   {
     name: "kafka role and apiKey are exclusive",
-    text: cnp(`${INGRESS}    - toPorts:\n        - ports: [{port: "9092", protocol: TCP}]\n          rules: {kafka: [{role: produce, apiKey: fetch}]}\n`),
+    text: cnp(
+      `${INGRESS}    - toPorts:\n        - ports: [{port: "9092", protocol: TCP}]\n          rules: {kafka: [{role: produce, apiKey: fetch}]}\n`,
+    ),
     message: /"role" and "apiKey" are mutually exclusive/,
   },
   {
     name: "kafka apiKey name with hint",
-    text: cnp(`${INGRESS}    - toPorts:\n        - ports: [{port: "9092", protocol: TCP}]\n          rules: {kafka: [{apiKey: produc}]}\n`),
+    text: cnp(
+      `${INGRESS}    - toPorts:\n        - ports: [{port: "9092", protocol: TCP}]\n          rules: {kafka: [{apiKey: produc}]}\n`,
+    ),
     message: /Unknown Kafka apiKey "produc": did you mean "produce"\?/,
   },
   {
     name: "kafka topic syntax",
-    text: cnp(`${INGRESS}    - toPorts:\n        - ports: [{port: "9092", protocol: TCP}]\n          rules: {kafka: [{topic: "a b"}]}\n`),
+    text: cnp(
+      `${INGRESS}    - toPorts:\n        - ports: [{port: "9092", protocol: TCP}]\n          rules: {kafka: [{topic: "a b"}]}\n`,
+    ),
     message: /Invalid Kafka topic "a b"/,
   },
   {
     name: "kafka apiVersion is int16",
-    text: cnp(`${INGRESS}    - toPorts:\n        - ports: [{port: "9092", protocol: TCP}]\n          rules: {kafka: [{apiVersion: "70000"}]}\n`),
+    text: cnp(
+      `${INGRESS}    - toPorts:\n        - ports: [{port: "9092", protocol: TCP}]\n          rules: {kafka: [{apiVersion: "70000"}]}\n`,
+    ),
     message: /Invalid Kafka apiVersion "70000": expected a 16-bit integer/,
   },
   {
     name: "path regex must compile (RE2)",
-    text: cnp(`${INGRESS}    - toPorts:\n        - ports: [{port: "80", protocol: TCP}]\n          rules: {http: [{path: "/a(b"}]}\n`),
+    text: cnp(
+      `${INGRESS}    - toPorts:\n        - ports: [{port: "80", protocol: TCP}]\n          rules: {http: [{path: "/a(b"}]}\n`,
+    ),
     message: /Invalid path regex "\/a\(b": missing closing \)/,
     path: "spec.ingress[0].toPorts[0].rules.http[0].path",
   },
   {
     name: "backreferences are not RE2",
-    text: cnp(`${INGRESS}    - toPorts:\n        - ports: [{port: "80", protocol: TCP}]\n          rules: {http: [{path: "(a)\\\\1"}]}\n`),
+    text: cnp(
+      `${INGRESS}    - toPorts:\n        - ports: [{port: "80", protocol: TCP}]\n          rules: {http: [{path: "(a)\\\\1"}]}\n`,
+    ),
     message: /unsupported Perl syntax/,
   },
   {
@@ -151,22 +175,32 @@ const CASES: Case[] = [
   },
   {
     name: "more than 40 ports",
-    text: cnp(`${INGRESS}    - toPorts: [{ports: [${Array.from({ length: 41 }, (_, i) => `{port: "${i + 1}"}`).join(", ")}]}]\n`),
+    text: cnp(
+      `${INGRESS}    - toPorts: [{ports: [${
+        Array.from({ length: 41 }, (_, i) => `{port: "${i + 1}"}`).join(", ")
+      }]}]\n`,
+    ),
     message: /Too many ports: 41, at most 40/,
   },
   {
     name: "deny rules cannot carry L7",
-    text: cnp(`  endpointSelector: {}\n  ingressDeny:\n    - toPorts:\n        - ports: [{port: "80", protocol: TCP}]\n          rules: {http: [{}]}\n`),
+    text: cnp(
+      `  endpointSelector: {}\n  ingressDeny:\n    - toPorts:\n        - ports: [{port: "80", protocol: TCP}]\n          rules: {http: [{}]}\n`,
+    ),
     message: /L7 rules are not allowed in deny rules/,
   },
   {
     name: "toFQDNs cannot be mixed with other L3",
-    text: cnp(`  endpointSelector: {}\n  egress:\n    - toFQDNs: [{matchName: a.com}]\n      toCIDR: [1.2.3.4]\n`),
+    text: cnp(
+      `  endpointSelector: {}\n  egress:\n    - toFQDNs: [{matchName: a.com}]\n      toCIDR: [1.2.3.4]\n`,
+    ),
     message: /toFQDNs cannot be combined with toCIDR/,
   },
   {
     name: "toPorts and icmps cannot be combined",
-    text: cnp(`${INGRESS}    - toPorts: [{ports: [{port: "80"}]}]\n      icmps: [{fields: [{type: 8}]}]\n`),
+    text: cnp(
+      `${INGRESS}    - toPorts: [{ports: [{port: "80"}]}]\n      icmps: [{fields: [{type: 8}]}]\n`,
+    ),
     message: /toPorts and icmps cannot be combined/,
   },
   {
@@ -181,7 +215,9 @@ const CASES: Case[] = [
   },
   {
     name: "unsupported features are refused, not ignored",
-    text: cnp(`${INGRESS}    - toPorts: [{ports: [{port: "443", protocol: TCP}], serverNames: [a.com]}]\n`),
+    text: cnp(
+      `${INGRESS}    - toPorts: [{ports: [{port: "443", protocol: TCP}], serverNames: [a.com]}]\n`,
+    ),
     message: /"serverNames" is not supported by cilia: it would not be enforced/,
   },
   {
@@ -193,8 +229,10 @@ const CASES: Case[] = [
   },
   {
     name: "wrong apiVersion",
-    text: `apiVersion: cilium.io/v1\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec: {endpointSelector: {}}\n`,
-    message: /Expected apiVersion "cilium.io\/v2" for kind CiliumNetworkPolicy, got "cilium.io\/v1"/,
+    text:
+      `apiVersion: cilium.io/v1\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec: {endpointSelector: {}}\n`,
+    message:
+      /Expected apiVersion "cilium.io\/v2" for kind CiliumNetworkPolicy, got "cilium.io\/v1"/,
   },
   {
     name: "YAML syntax errors are located",
@@ -204,7 +242,8 @@ const CASES: Case[] = [
   },
   {
     name: "KNP peers: ipBlock alone",
-    text: `apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n}\nspec:\n  podSelector: {}\n  ingress:\n    - from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]\n`,
+    text:
+      `apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n}\nspec:\n  podSelector: {}\n  ingress:\n    - from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]\n`,
     message: /ipBlock cannot be combined with podSelector or namespaceSelector/,
   },
   {
@@ -219,10 +258,15 @@ Deno.test("compilePolicies() rejects bad documents with located, explained error
     await t.step(c.name, () => {
       const issues = issuesOf(c.text);
       const hit = issues.find((i) => c.message.test(i.message));
-      assert.ok(hit, `no issue matching ${c.message}; got ${JSON.stringify(issues.map((i) => i.message))}`);
+      assert.ok(
+        hit,
+        `no issue matching ${c.message}; got ${JSON.stringify(issues.map((i) => i.message))}`,
+      );
       if (c.path !== undefined) assert.equal(hit.path, c.path);
       if (c.line !== undefined) assert.equal(hit.line, c.line, `line of ${JSON.stringify(hit)}`);
-      if (c.column !== undefined) assert.equal(hit.column, c.column, `column of ${JSON.stringify(hit)}`);
+      if (c.column !== undefined) {
+        assert.equal(hit.column, c.column, `column of ${JSON.stringify(hit)}`);
+      }
       assert.equal(hit.file, "p.yaml");
     });
   }
@@ -269,26 +313,50 @@ Deno.test("compilePolicies() accepts every policy kind and field the issue lists
 });
 
 Deno.test("JSON documents and v1 List are accepted", () => {
-  const policy = { apiVersion: "cilium.io/v2", kind: "CiliumNetworkPolicy", metadata: { name: "j" }, spec: { endpointSelector: {} } };
+  const policy = {
+    apiVersion: "cilium.io/v2",
+    kind: "CiliumNetworkPolicy",
+    metadata: { name: "j" },
+    spec: { endpointSelector: {} },
+  };
   assert.equal(compilePolicies({ text: JSON.stringify(policy) }).spec.rules.length, 1);
-  const list = { apiVersion: "v1", kind: "List", items: [policy, { ...policy, metadata: { name: "k" } }] };
+  const list = {
+    apiVersion: "v1",
+    kind: "List",
+    items: [policy, { ...policy, metadata: { name: "k" } }],
+  };
   assert.equal(compilePolicies({ text: JSON.stringify(list) }).spec.policies.length, 2);
 });
 
 Deno.test("a rejected policy never replaces the engine's current one", async () => {
   const e = await PolicyEngine.create();
-  const good = compilePolicies({ text: cnp(`  endpointSelector: {}\n  ingress: [{fromEntities: [world]}]\n`) });
+  const good = compilePolicies({
+    text: cnp(`  endpointSelector: {}\n  ingress: [{fromEntities: [world]}]\n`),
+  });
   e.setPolicy(good.spec);
   const badSpec = structuredClone(good.spec);
-  badSpec.rules[0]!.entries[0]!.l7 = { kind: "http", rules: [{ path: "(", headers: [], headerMatches: [] }] };
-  assert.throws(() => e.setPolicy(badSpec), (err: Error) => err instanceof PolicyValidationError && /path regex/.test(err.message));
+  badSpec.rules[0]!.entries[0]!.l7 = {
+    kind: "http",
+    rules: [{ path: "(", headers: [], headerMatches: [] }],
+  };
+  assert.throws(
+    () => e.setPolicy(badSpec),
+    (err: Error) => err instanceof PolicyValidationError && /path regex/.test(err.message),
+  );
   assert.equal(e.spec, good.spec);
   e.close();
 });
 
 Deno.test("namespace in a CNP endpointSelector is overridden with a warning", () => {
-  const r = compilePolicies({ text: cnp(`  endpointSelector: {matchLabels: {"k8s:io.kubernetes.pod.namespace": other}}\n`) });
+  const r = compilePolicies({
+    text: cnp(`  endpointSelector: {matchLabels: {"k8s:io.kubernetes.pod.namespace": other}}\n`),
+  });
   assert.match(r.warnings[0]!.message, /namespace in endpointSelector is ignored/);
   const subj = r.spec.rules[0]!.subject;
-  assert.deepEqual(subj.kind === "labels" ? subj.requirements : [], [{ source: "k8s", key: "io.kubernetes.pod.namespace", op: "In", values: ["default"] }]);
+  assert.deepEqual(subj.kind === "labels" ? subj.requirements : [], [{
+    source: "k8s",
+    key: "io.kubernetes.pod.namespace",
+    op: "In",
+    values: ["default"],
+  }]);
 });

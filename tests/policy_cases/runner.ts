@@ -1,0 +1,149 @@
+// The one runner of cilia's policy conformance corpus: lists the scenario files of this folder and
+// checks every consumer of the engine (the WASM engine, the CLI, the browser, the kernel datapath)
+// against the same expectations, one `Deno.test` per consumer and one step per file (Hono's shared
+// router test pattern). Expectations are read here from the YAML, never from a consumer, so a
+// consumer cannot grade itself. It must not know how any consumer evaluates a query.
+
+import { parse } from "yaml";
+
+export type Verdict = "allowed" | "denied";
+
+export interface ConsumerResult {
+  /** One verdict per query, in file order. */
+  verdicts: Verdict[];
+  /** Set when the consumer cannot run this file: the reason, printed. */
+  skip?: string;
+  /** Optional explanation lines per query (the engine's trace), shown on a mismatch. */
+  traces?: string[][];
+}
+
+export interface Consumer {
+  name: string;
+  /** Set for consumers that send real packets: files not tagged `# kernel: yes` are skipped. */
+  kernelOnly?: boolean;
+  run(file: string, text: string): Promise<ConsumerResult>;
+}
+
+export interface PolicyCase {
+  /** File name relative to this folder, e.g. `default-deny-direction.yaml`. */
+  file: string;
+  text: string;
+  /** True when the file says `# kernel: yes` (expressible as real packets). */
+  kernel: boolean;
+  /** Why not, from `# kernel: no — <reason>`. */
+  kernelReason?: string;
+}
+
+interface Expectation {
+  name: string;
+  expect: Verdict;
+}
+
+const CASES_DIR = new URL("./", import.meta.url);
+
+/** Every `*.yaml` case of the corpus, sorted by file name. */
+export async function listCases(): Promise<PolicyCase[]> {
+  const out: PolicyCase[] = [];
+  for await (const entry of Deno.readDir(CASES_DIR)) {
+    if (!entry.isFile || !/\.ya?ml$/.test(entry.name)) continue;
+    const text = await Deno.readTextFile(new URL(entry.name, CASES_DIR));
+    out.push({ file: entry.name, text, ...kernelTag(entry.name, text) });
+  }
+  return out.sort((a, b) => a.file.localeCompare(b.file));
+}
+
+function kernelTag(file: string, text: string): { kernel: boolean; kernelReason?: string } {
+  const tag = text.match(/^# kernel: (yes|no)\b(?:\s*—\s*(.*))?$/m);
+  if (!tag) throw new SyntaxError(`Case "${file}" has no "# kernel: yes|no" line`);
+  if (tag[1] === "yes") return { kernel: true };
+  return { kernel: false, kernelReason: tag[2] ?? "not expressible as packets" };
+}
+
+function peerText(p: unknown): string {
+  if (typeof p === "string") return p;
+  if (p && typeof p === "object") {
+    const [k, v] = Object.entries(p)[0] ?? ["?", "?"];
+    return k === "endpoint" || k === "cidr" ? String(v) : `${k}:${String(v)}`;
+  }
+  return "?";
+}
+
+function expectations(file: string, text: string): Expectation[] {
+  const doc = parse(text) as { queries?: Record<string, unknown>[] } | null;
+  const queries = doc?.queries;
+  if (!Array.isArray(queries) || queries.length === 0) {
+    throw new SyntaxError(`Case "${file}" has no queries`);
+  }
+  return queries.map((q, i) => {
+    const expect = q.expect;
+    if (expect !== "allowed" && expect !== "denied") {
+      throw new SyntaxError(`Case "${file}" queries[${i}] has no expect: allowed|denied`);
+    }
+    const name = typeof q.name === "string"
+      ? q.name
+      : `${peerText(q.from)} -> ${peerText(q.to)} ${String(q.protocol ?? "TCP")}/${
+        String(q.port ?? 0)
+      }`;
+    return { name, expect };
+  });
+}
+
+interface Mismatch {
+  i: number;
+  e: Expectation;
+  got: Verdict;
+  trace: string[] | undefined;
+}
+
+function mismatchReport(
+  where: { consumer: string; file: string; total: number },
+  wrong: Mismatch[],
+): string {
+  const { consumer, file, total } = where;
+  const lines = [`${consumer}: ${wrong.length} of ${total} queries differ in "${file}":`];
+  for (const w of wrong) {
+    lines.push(`  queries[${w.i}] "${w.e.name}"`);
+    lines.push(`    expected: ${w.e.expect}`);
+    lines.push(`    got:      ${w.got}`);
+    for (const t of w.trace ?? []) lines.push(`      | ${t}`);
+  }
+  return lines.join("\n");
+}
+
+/**
+ * Checks one consumer's verdicts for one file; throws a readable diff on mismatch. Returns the
+ * skip reason when the consumer skipped the file.
+ */
+export async function checkCase(consumer: Consumer, c: PolicyCase): Promise<string | undefined> {
+  if (consumer.kernelOnly && !c.kernel) return `kernel: no — ${c.kernelReason}`;
+  const want = expectations(c.file, c.text);
+  const got = await consumer.run(c.file, c.text);
+  if (got.skip !== undefined) return got.skip;
+  if (got.verdicts.length !== want.length) {
+    throw new Error(
+      `${consumer.name}: expected ${want.length} verdicts for "${c.file}", got ${got.verdicts.length}`,
+    );
+  }
+  const wrong = want.flatMap((e, i): Mismatch[] => {
+    const v = got.verdicts[i]!;
+    return v === e.expect ? [] : [{ i, e, got: v, trace: got.traces?.[i] }];
+  });
+  if (wrong.length > 0) {
+    throw new Error(
+      mismatchReport({ consumer: consumer.name, file: c.file, total: want.length }, wrong),
+    );
+  }
+  return undefined;
+}
+
+/** Registers one test for the consumer with one step per case file. */
+export function conformanceTest(consumer: Consumer): void {
+  Deno.test(`policy conformance: ${consumer.name}`, async (t) => {
+    for (const c of await listCases()) {
+      await t.step(c.file, async () => {
+        const skip = await checkCase(consumer, c);
+        if (skip !== undefined) console.log(`skipped ${c.file} for ${consumer.name}: ${skip}`);
+      });
+    }
+  });
+}

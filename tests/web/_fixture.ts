@@ -1,0 +1,121 @@
+// Shared fixture of the browser tests: builds web/dist/ once per test file, serves it on
+// 127.0.0.1 with the simulator's own handler, and launches the system Chromium through
+// playwright-core with the flags that work on this machine (MACHINE.md §6). Everything opened here
+// is closed by `close()`; callers call it in `finally`.
+
+import { type BrowserContext, chromium, type Page } from "playwright-core";
+import { buildWeb } from "../../scripts/build_web.ts";
+import { serveSimulator } from "../../web/mod.ts";
+
+export interface Simulator {
+  context: BrowserContext;
+  origin: string;
+  /** A fresh page on the simulator, ready (engine loaded, first run done). */
+  open(hash?: string, viewport?: { width: number; height: number }): Promise<Page>;
+  /** URLs the pages requested outside their own origin (must stay empty). */
+  foreignRequests: string[];
+  /** Uncaught errors and console errors of the pages (must stay empty). */
+  pageErrors: string[];
+  close(): Promise<void>;
+}
+
+const FLAGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--no-first-run",
+  "--disable-quic",
+];
+
+let built: Promise<unknown> | undefined;
+
+export async function startSimulator(): Promise<Simulator> {
+  built ??= buildWeb();
+  await built;
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    (req) => serveSimulator(req),
+  );
+  const origin = `http://127.0.0.1:${server.addr.port}`;
+  const userDataDir = await Deno.makeTempDir({ prefix: "cilia-chromium-" });
+  let context: BrowserContext;
+  try {
+    // playwright passes --user-data-dir itself for a persistent context.
+    context = await chromium.launchPersistentContext(userDataDir, {
+      executablePath: "/usr/bin/chromium",
+      args: FLAGS,
+      viewport: { width: 1440, height: 900 },
+      acceptDownloads: true,
+    });
+  } catch (e) {
+    await server.shutdown();
+    await Deno.remove(userDataDir, { recursive: true });
+    throw e;
+  }
+  const foreignRequests: string[] = [];
+  const pageErrors: string[] = [];
+  const b = context;
+  return {
+    context: b,
+    origin,
+    foreignRequests,
+    pageErrors,
+    async open(hash = "", viewport = { width: 1440, height: 900 }) {
+      const page = await b.newPage();
+      await page.setViewportSize(viewport);
+      page.on("request", (r) => {
+        const url = r.url();
+        if (!url.startsWith(origin + "/") && !/^(data|blob):/.test(url)) foreignRequests.push(url);
+      });
+      page.setDefaultTimeout(10_000);
+      page.on("pageerror", (e) => pageErrors.push(e.message));
+      page.on("console", (m) => {
+        if (m.type() === "error") pageErrors.push(m.text());
+      });
+      await page.goto(`${origin}/index.html${hash}`);
+      await waitReady(page);
+      return page;
+    },
+    async close() {
+      try {
+        await b.close();
+      } finally {
+        await server.shutdown();
+        await Deno.remove(userDataDir, { recursive: true }).catch(() => {});
+      }
+    },
+  };
+}
+
+/** Waits until the app has finished at least `runs` runs (default: 1). */
+export async function waitReady(page: Page, runs = 1): Promise<void> {
+  await page.waitForFunction(
+    (n) => Number(document.getElementById("app")?.dataset.runs ?? 0) >= n,
+    runs,
+  );
+}
+
+/** The number of runs the app has done so far. */
+export async function runCount(page: Page): Promise<number> {
+  return Number(await page.locator("#app").getAttribute("data-runs"));
+}
+
+/** `data-verdict` of every query result row, in order. */
+export function queryVerdicts(page: Page): Promise<string[]> {
+  return page.$$eval(
+    "[data-testid=query-result]",
+    (rows) => rows.map((r) => (r as HTMLElement).dataset.verdict ?? ""),
+  );
+}
+
+/** `from>to` → `data-verdict` of every matrix cell. */
+export function matrixVerdicts(page: Page): Promise<Record<string, string>> {
+  return page.$$eval("[data-testid=matrix-cell]", (cells) =>
+    Object.fromEntries(cells.map((c) => {
+      const d = (c as HTMLElement).dataset;
+      return [`${d.from}>${d.to}`, d.verdict ?? ""];
+    })));
+}

@@ -1,0 +1,89 @@
+// The simulator's static file handler and `deno task web`: content types, HEAD, 404 and 405,
+// no path escapes, a mount prefix, and web/serve.ts printing its URL for `--port 0`.
+
+import { buildWeb } from "../../scripts/build_web.ts";
+import { serveSimulator } from "../../web/mod.ts";
+import { assert, assertEquals } from "./_assert.ts";
+
+const ROOT = new URL("../../", import.meta.url);
+
+async function get(path: string, init: RequestInit & { prefix?: string } = {}) {
+  const res = await serveSimulator(
+    new Request(`http://127.0.0.1${path}`, init),
+    init.prefix ? { prefix: init.prefix } : {},
+  );
+  const body = await res.text();
+  return { status: res.status, type: res.headers.get("content-type") ?? "", body, res };
+}
+
+Deno.test("serveSimulator() serves the built simulator", async (t) => {
+  const build = await buildWeb();
+  assertEquals(build.files.map((f) => f.name).sort(), ["app.js", "index.html", "style.css"]);
+
+  await t.step("files with their content types", async () => {
+    const cases: [string, number, string][] = [
+      ["/", 200, "text/html; charset=utf-8"],
+      ["/index.html", 200, "text/html; charset=utf-8"],
+      ["/app.js", 200, "text/javascript; charset=utf-8"],
+      ["/style.css", 200, "text/css; charset=utf-8"],
+      ["/missing.js", 404, "text/plain; charset=utf-8"],
+      ["/%2e%2e/deno.json", 404, "text/plain; charset=utf-8"],
+      ["/..%2fdeno.json", 404, "text/plain; charset=utf-8"],
+      ["/.hidden", 404, "text/plain; charset=utf-8"],
+    ];
+    for (const [path, status, type] of cases) {
+      const r = await get(path);
+      assertEquals([path, r.status, r.type], [path, status, type]);
+    }
+    assert((await get("/")).body.includes('<script type="module" src="app.js">'));
+  });
+
+  await t.step("HEAD has headers and no body; other methods get 405", async () => {
+    const head = await get("/app.js", { method: "HEAD" });
+    assertEquals(head.status, 200);
+    assertEquals(head.body, "");
+    assert(Number(head.res.headers.get("content-length")) > 100_000);
+    const post = await get("/", { method: "POST" });
+    assertEquals([post.status, post.res.headers.get("allow")], [405, "GET, HEAD"]);
+  });
+
+  await t.step("a mount prefix", async () => {
+    assertEquals((await get("/ui/app.js", { prefix: "/ui" })).status, 200);
+    assertEquals((await get("/ui", { prefix: "/ui/" })).res.headers.get("location"), "/ui/");
+    assertEquals((await get("/app.js", { prefix: "/ui/" })).status, 404);
+  });
+
+  await t.step("the bundle is offline and Deno-free", async () => {
+    const js = await Deno.readTextFile(new URL("web/dist/app.js", ROOT));
+    assertEquals(/\bDeno\./.test(js), false);
+    const html = await Deno.readTextFile(new URL("web/dist/index.html", ROOT));
+    assertEquals(/(?:src|href)="https?:/.test(html), false);
+  });
+});
+
+Deno.test("web/serve.ts --port 0 prints the URL and serves the simulator", async () => {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "web/serve.ts", "--port", "0"],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  try {
+    let out = "";
+    let url: string | undefined;
+    while (!url) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`web/serve.ts exited early: ${out}`);
+      out += value;
+      url = /http:\/\/127\.0\.0\.1:\d+\//.exec(out)?.[0];
+    }
+    const res = await fetch(url);
+    assertEquals(res.status, 200);
+    assert((await res.text()).includes("cilia · policy simulator"));
+  } finally {
+    child.kill("SIGTERM");
+    await reader.cancel();
+    await child.status;
+  }
+});

@@ -1,0 +1,100 @@
+// The policy editor: CodeMirror 6 with YAML highlighting, a lint gutter and the engine's
+// diagnostics (validation errors, compile and lint warnings) placed at their line and column.
+// It shows what it is given; it does not validate by itself. This module is browser compatible.
+
+import { basicSetup, EditorView } from "codemirror";
+import { yaml } from "@codemirror/lang-yaml";
+import { type Diagnostic as CmDiagnostic, lintGutter, setDiagnostics } from "@codemirror/lint";
+import type { Text } from "@codemirror/state";
+import { keymap } from "@codemirror/view";
+import type { Diagnostic } from "./simulation.ts";
+
+export interface PolicyEditor {
+  readonly view: EditorView;
+  text(): string;
+  /** Replaces the text without reporting a change. */
+  setText(text: string): void;
+  showDiagnostics(list: readonly Diagnostic[]): void;
+  goTo(line: number, column?: number): void;
+}
+
+const theme = EditorView.theme({
+  "&": { height: "100%", fontSize: "13px", backgroundColor: "#fff" },
+  "&.cm-focused": { outline: "none" },
+  ".cm-scroller": {
+    fontFamily: "ui-monospace, 'SFMono-Regular', 'DejaVu Sans Mono', Menlo, Consolas, monospace",
+    lineHeight: "1.55",
+  },
+  ".cm-gutters": { backgroundColor: "#f7f8fa", borderRight: "1px solid #e3e6ea", color: "#8a93a0" },
+  ".cm-activeLineGutter": { backgroundColor: "#eef1f5" },
+  ".cm-activeLine": { backgroundColor: "#f5f8ff" },
+});
+
+/** Tab indents by two spaces (YAML has no tabs); Shift-Tab is left to the browser. */
+const tabIndent = keymap.of([{
+  key: "Tab",
+  run: (view) => {
+    view.dispatch(view.state.replaceSelection("  "), { scrollIntoView: true, userEvent: "input" });
+    return true;
+  },
+}]);
+
+export function createPolicyEditor(
+  parent: HTMLElement,
+  onChange: (text: string) => void,
+): PolicyEditor {
+  let silent = false;
+  const view = new EditorView({
+    parent,
+    extensions: [
+      basicSetup,
+      yaml(),
+      lintGutter(),
+      tabIndent,
+      theme,
+      EditorView.contentAttributes.of({ "aria-label": "Policies (YAML)" }),
+      EditorView.updateListener.of((u) => {
+        if (u.docChanged && !silent) onChange(u.state.doc.toString());
+      }),
+    ],
+  });
+  return {
+    view,
+    text: () => view.state.doc.toString(),
+    setText(text) {
+      silent = true;
+      try {
+        view.dispatch({ changes: { from: 0, to: view.state.doc.length, insert: text } });
+      } finally {
+        silent = false;
+      }
+    },
+    showDiagnostics(list) {
+      const doc = view.state.doc;
+      view.dispatch(setDiagnostics(view.state, list.map((d) => toCm(doc, d))));
+    },
+    goTo(line, column = 1) {
+      const pos = position(view.state.doc, line, column);
+      view.dispatch({ selection: { anchor: pos }, scrollIntoView: true });
+      view.focus();
+    },
+  };
+}
+
+function position(doc: Text, line: number, column: number): number {
+  const l = doc.line(Math.min(Math.max(line, 1), doc.lines));
+  return l.from + Math.min(Math.max(column - 1, 0), l.length);
+}
+
+function toCm(doc: Text, d: Diagnostic): CmDiagnostic {
+  const from = position(doc, d.line ?? 1, d.column ?? 1);
+  const line = doc.lineAt(from);
+  const end = line.from + line.text.trimEnd().length;
+  return {
+    from,
+    to: Math.max(from, end),
+    severity: d.severity,
+    message: d.path ? `${d.message} (at ${d.path})` : d.message,
+    source: d.severity === "error" ? "cilia validate" : "cilia lint",
+  };
+}

@@ -1,0 +1,191 @@
+// The simulator's use of the policy engine: one PolicyEngine (the embedded policy.wasm), loaded
+// with the workspace's policies and endpoints exactly as `cilia policy test` loads a scenario
+// (prepareScenario), then asked for the reachability matrix, the scenario's queries and single
+// flows. Verdicts and explanations come from the engine (evaluateFlow, explainFlow, flowReason);
+// nothing here decides a verdict. No DOM. This module is browser compatible.
+
+import {
+  compilePolicies,
+  DEFAULT_OPTIONS,
+  evaluateFlow,
+  explainFlow,
+  type FlowInput,
+  flowOf,
+  flowReason,
+  lintPolicies,
+  type PeerRef,
+  PolicyEngine,
+  type PolicySource,
+  PolicyValidationError,
+  prepareScenario,
+  type SimCluster,
+  type ValidationIssue,
+} from "../../policy-wasm/mod.ts";
+import { scenarioOf, type ScenarioQuery, type Workspace } from "./model.ts";
+
+export type Protocol = "TCP" | "UDP" | "SCTP" | "ICMP";
+
+/** The port and protocol the matrix is drawn for. */
+export interface Probe {
+  port: number;
+  protocol: Protocol;
+}
+
+export interface Diagnostic {
+  severity: "error" | "warning";
+  message: string;
+  path: string;
+  line?: number | undefined;
+  column?: number | undefined;
+}
+
+export interface FlowOutcome {
+  verdict: "allowed" | "denied";
+  /** L7 rules apply and no request was given: only L3/L4 was judged. */
+  l7: boolean;
+  reason: string;
+  /** explainFlow(): the lines `cilia policy trace` prints. */
+  trace: string[];
+}
+
+export interface MatrixCell extends FlowOutcome {
+  /** Endpoint names. */
+  from: string;
+  to: string;
+}
+
+export interface QueryRow {
+  index: number;
+  name: string;
+  query: ScenarioQuery;
+  expect?: "allowed" | "denied" | undefined;
+  outcome?: FlowOutcome;
+  pass?: boolean;
+  error?: string;
+}
+
+export interface RunResult {
+  diagnostics: Diagnostic[];
+  errors: number;
+  policies: number;
+  /** Why endpoints could not be loaded (bad IP, duplicate name), if so. */
+  setupError?: string;
+  /** Identity per endpoint, in table order. */
+  identities: number[];
+  /** Rows = from, columns = to; undefined when the policies or endpoints are invalid. */
+  matrix?: MatrixCell[][];
+  queries: QueryRow[];
+}
+
+/** The file name diagnostics and explanations use for the editor's text. */
+export const POLICIES_FILE = "policies.yaml";
+
+export class Simulator {
+  #engine: PolicyEngine;
+  #cluster: SimCluster | undefined;
+
+  private constructor(engine: PolicyEngine) {
+    this.#engine = engine;
+  }
+
+  static async create(): Promise<Simulator> {
+    return new Simulator(await PolicyEngine.create());
+  }
+
+  /** Loads the workspace into the engine and evaluates the matrix and every query. */
+  run(w: Workspace, probe: Probe): RunResult {
+    this.#cluster = undefined;
+    const sources: PolicySource[] = [{ text: w.policies, file: POLICIES_FILE }];
+    const result: RunResult = {
+      diagnostics: [],
+      errors: 0,
+      policies: 0,
+      identities: [],
+      queries: [],
+    };
+    const unnamed = w.endpoints.findIndex((e) => e.name.trim() === "");
+    try {
+      // Compiled here for the lint (which reports compile warnings too), then loaded exactly as
+      // `cilia policy test` loads a scenario.
+      const compiled = compilePolicies(sources, {
+        clusterName: DEFAULT_OPTIONS.clusterName,
+        regexCheck: (p) => this.#engine.checkRegex(p),
+      });
+      result.diagnostics.push(...lintPolicies(compiled).map((w) => diagnostic(w, "warning")));
+      result.policies = compiled.spec.policies.length;
+      const { cluster } = prepareScenario(this.#engine, { scenario: scenarioOf(w), sources });
+      if (unnamed >= 0) throw new SyntaxError(`Endpoint ${unnamed + 1} has no name`);
+      this.#cluster = cluster;
+    } catch (e) {
+      if (e instanceof PolicyValidationError) {
+        result.diagnostics.push(...e.issues.map((i) => diagnostic(i, "error")));
+        result.errors = e.issues.length;
+      } else {
+        result.setupError = e instanceof Error ? e.message : String(e);
+      }
+      return result;
+    }
+    const refs = this.#cluster.endpoints.map((e) => `${e.namespace}/${e.name}`);
+    result.identities = this.#cluster.endpoints.map((e) => e.identity);
+    result.matrix = this.#cluster.endpoints.map((from, i) =>
+      this.#cluster!.endpoints.map((to, j) => ({
+        from: from.name,
+        to: to.name,
+        ...this.#judge({ from: refs[i]!, to: refs[j]!, ...probe }),
+      }))
+    );
+    result.queries = w.queries.map((q, index) => this.#query(q, index));
+    return result;
+  }
+
+  /** Judges one flow against the last loaded workspace; undefined when that did not load. */
+  flow(input: FlowInput): FlowOutcome | undefined {
+    return this.#cluster ? this.#judge(input) : undefined;
+  }
+
+  #judge(input: FlowInput): FlowOutcome {
+    const flow = evaluateFlow(this.#cluster!, this.#engine, input);
+    return {
+      verdict: flow.allowed ? "allowed" : "denied",
+      l7: flow.allowed && flow.l7Unevaluated,
+      reason: flowReason(this.#engine, flow),
+      trace: explainFlow(this.#engine, flow),
+    };
+  }
+
+  #query(q: ScenarioQuery, index: number): QueryRow {
+    const row: QueryRow = { index, name: q.name ?? queryName(q), query: q, expect: q.expect };
+    try {
+      row.outcome = this.#judge(flowOf(q));
+      if (q.expect) row.pass = q.expect === row.outcome.verdict;
+    } catch (e) {
+      row.error = e instanceof Error ? e.message : String(e);
+    }
+    return row;
+  }
+
+  close(): void {
+    this.#engine.close();
+  }
+}
+
+/** The name `cilia policy test` gives a query without one. */
+export function queryName(q: ScenarioQuery): string {
+  const port = q.protocol === "ICMP" ? (q.icmpType ?? 8) : q.port;
+  return `${peerText(q.from)} -> ${peerText(q.to)} ${q.protocol}/${port}`;
+}
+
+export function peerText(p: PeerRef): string {
+  if (typeof p === "string") return p;
+  if ("cidr" in p) return p.cidr;
+  if ("entity" in p) return `entity:${p.entity}`;
+  if ("endpoint" in p) return p.endpoint;
+  return `identity:${p.identity}`;
+}
+
+function diagnostic(
+  i: Pick<ValidationIssue, "message" | "path" | "line" | "column">,
+  severity: Diagnostic["severity"],
+): Diagnostic {
+  return { severity, message: i.message, path: i.path, line: i.line, column: i.column };
+}
