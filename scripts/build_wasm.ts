@@ -1,7 +1,7 @@
 // Builds the policy engine: AssemblyScript (policy-wasm/assembly) -> policy-wasm/build/policy.wasm,
 // and embeds the bytes in policy-wasm/src/wasm_bytes.generated.ts so that Deno, Node.js and the
 // browser load the very same module without file or network access.
-import asc from "npm:assemblyscript@0.28.20/asc";
+import asc from "assemblyscript/asc";
 import { encodeBase64 } from "../policy-wasm/src/base64.ts";
 
 const root = new URL("../", import.meta.url).pathname;

@@ -43,7 +43,7 @@ class DenoKvStore implements KvStore {
   #closed = false;
   #pending = new Set<Promise<unknown>>();
   #waiters = new Set<() => void>();
-  #sweepTimer: number | undefined;
+  #sweepTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(kv: Deno.Kv, name: string, opts: DenoKvOptions) {
     this.#kv = kv;
