@@ -7,7 +7,7 @@ import type { PolicyEngine } from "./engine.ts";
 import type { FlowResult, SideResult } from "./flow.ts";
 import type { PolicyRef } from "./ir.ts";
 import { DROP_REASONS } from "./drop_reasons.generated.ts";
-import { protocolName } from "./protocols.ts";
+import { kafkaApiKeyName, protocolName } from "./protocols.ts";
 
 export function policyName(p: PolicyRef | undefined): string {
   if (!p) return "?";
@@ -27,9 +27,37 @@ export function entryName(engine: PolicyEngine, entryIndex: number): string {
   return `${policyName(engine.spec.policies[rule.policy])} ${e.entry.path}`;
 }
 
-function l7Line(engine: PolicyEngine, s: SideResult): string | undefined {
+const KAFKA_ANSWERED = new Set([0, 1, 2, 3, 8, 9]);
+
+function describeRequest(f: FlowResult | undefined): string {
+  const r = f?.request;
+  if (r?.http) return `the request ${r.http.method} ${r.http.path}`;
+  if (r?.kafka) {
+    const topics = r.kafka.topics ?? [];
+    return `the ${kafkaApiKeyName(r.kafka.apiKey)} request${
+      topics.length > 0 ? ` for ${topics.join(", ")}` : ""
+    }`;
+  }
+  if (r?.dns !== undefined) return `the DNS query for ${r.dns}`;
+  return "the request";
+}
+
+function denialDetail(kind: string, f: FlowResult | undefined): string {
+  if (kind === "HTTP") return "the proxy answers HTTP 403 Access denied";
+  if (kind === "DNS") return "the DNS proxy answers REFUSED";
+  const k = f?.request?.kafka;
+  const several = (k?.topics?.length ?? 0) > 1
+    ? " (a request naming several topics passes only when every topic is allowed)"
+    : "";
+  if (k && !KAFKA_ANSWERED.has(k.apiKey)) {
+    return `the proxy drops the request without a response${several}`;
+  }
+  return `the proxy answers with Kafka error 29 TOPIC_AUTHORIZATION_FAILED${several}`;
+}
+
+function l7Line(engine: PolicyEngine, s: SideResult, f?: FlowResult): string | undefined {
   const r = s.result;
-  if (r.verdict !== "redirect") return undefined;
+  if (r.verdict !== "redirect") return waivedLine(engine, s);
   const kind = engine.entry(r.l7Entries[0] ?? -1)?.entry.l7?.kind?.toUpperCase() ?? "L7";
   if (r.l7.status === "not-evaluated") {
     return `L7 ${kind} rules apply (${
@@ -37,16 +65,26 @@ function l7Line(engine: PolicyEngine, s: SideResult): string | undefined {
     }); no request given, so only L3/L4 was judged`;
   }
   if (r.l7.status === "allowed") {
-    return `L7 ${kind}: the request matches ${
+    return `L7 ${kind}: ${describeRequest(f)} matches ${
       entryName(engine, r.l7.entry)
     } rules.${kind.toLowerCase()}[${r.l7.rule}]`;
   }
-  const detail = kind === "HTTP"
-    ? "HTTP 403 Access denied"
-    : kind === "KAFKA"
-    ? "Kafka error 29 TOPIC_AUTHORIZATION_FAILED"
-    : "DNS REFUSED";
-  return `L7 ${kind}: the request matches none of the ${kind} rules that apply → ${detail}`;
+  return `L7 ${kind}: ${describeRequest(f)} matches none of the ${kind} rules that apply → ${
+    denialDetail(kind, f)
+  }`;
+}
+
+/** Plain allow although some matching entries carry L7 rules: they are waived for this peer. */
+function waivedLine(engine: PolicyEngine, s: SideResult): string | undefined {
+  const r = s.result;
+  if (r.decision !== "allow-rule") return undefined;
+  const withL7 = r.allows.filter((e) => engine.entry(e)?.entry.l7 !== undefined);
+  if (withL7.length === 0) return undefined;
+  return `L7 rules of ${
+    withL7.map((e) => entryName(engine, e)).join(", ")
+  } are not enforced for this peer: ${
+    entryName(engine, r.entry)
+  } allows the port without L7 rules, and L7 filtering is waived per peer`;
 }
 
 /** One sentence: why this side decided as it did. */
@@ -81,7 +119,7 @@ export function sideReason(engine: PolicyEngine, s: SideResult): string {
   return r.verdict;
 }
 
-function sideLines(engine: PolicyEngine, s: SideResult): string[] {
+function sideLines(engine: PolicyEngine, s: SideResult, f?: FlowResult): string[] {
   const r = s.result;
   const head = `${
     s.direction === "egress" ? "Egress from" : "Ingress to"
@@ -92,7 +130,10 @@ function sideLines(engine: PolicyEngine, s: SideResult): string[] {
     ind("policy enforcement is disabled (mode never)");
   } else {
     if (r.selecting.length === 0) ind(`no policy selects this endpoint`);
-    for (const ri of r.selecting) ind(`selected by ${ruleName(engine, ri)}`);
+    for (const ri of r.selecting) {
+      const has = engine.spec.rules[ri]?.entries.some((e) => e.direction === s.direction);
+      ind(`selected by ${ruleName(engine, ri)}${has ? "" : ` (no ${s.direction} rules)`}`);
+    }
     ind(
       r.defaultDeny
         ? `${s.direction} is default-deny (because of ${ruleName(engine, r.defaultDenyRule)})`
@@ -102,7 +143,7 @@ function sideLines(engine: PolicyEngine, s: SideResult): string[] {
     for (const e of r.allows) ind(`allow rule matches: ${entryName(engine, e)}`);
     if (r.denies.length === 0 && r.allows.length === 0) ind("no rule matches this peer and port");
     for (const e of r.peerOnly) ind(`(selects this peer on other ports: ${entryName(engine, e)})`);
-    const l7 = l7Line(engine, s);
+    const l7 = l7Line(engine, s, f);
     if (l7) ind(l7);
   }
   const denied = r.verdict === "deny" || r.l7.status === "denied";
@@ -118,11 +159,11 @@ export function explainFlow(engine: PolicyEngine, f: FlowResult): string[] {
   const proto = protocolName(f.proto);
   const port = f.proto === 1 || f.proto === 58 ? `type ${f.port}` : String(f.port);
   const out = [`Tracing ${f.from.display} => ${f.to.display} ${proto}/${port}`];
-  if (f.egress) out.push(...sideLines(engine, f.egress));
+  if (f.egress) out.push(...sideLines(engine, f.egress, f));
   else {out.push(
       `Egress: the source ${f.from.display} is not a cilia endpoint; no egress policy applies`,
     );}
-  if (f.ingress) out.push(...sideLines(engine, f.ingress));
+  if (f.ingress) out.push(...sideLines(engine, f.ingress, f));
   else {out.push(
       `Ingress: the destination ${f.to.display} is not a cilia endpoint; no ingress policy applies`,
     );}

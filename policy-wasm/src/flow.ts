@@ -52,6 +52,8 @@ export interface FlowResult {
   deniedBy?: "egress" | "ingress";
   /** True when a redirect applied and no L7 request was given (L7 not evaluated). */
   l7Unevaluated: boolean;
+  /** The L7 request the flow carried, if any. */
+  request?: { http?: HttpRequest; kafka?: KafkaRequest; dns?: string };
 }
 
 export function resolvePeer(cluster: SimCluster, engine: PolicyEngine, ref: PeerRef): Peer {
@@ -157,5 +159,14 @@ export function evaluateFlow(cluster: SimCluster, engine: PolicyEngine, f: FlowI
     ...(ingress ? { ingress } : {}),
     ...(deniedBy ? { deniedBy } : {}),
     l7Unevaluated: e.unevaluated || i.unevaluated,
+    ...(f.http || f.kafka || f.dns !== undefined
+      ? {
+        request: {
+          ...(f.http ? { http: f.http } : {}),
+          ...(f.kafka ? { kafka: f.kafka } : {}),
+          ...(f.dns !== undefined ? { dns: f.dns } : {}),
+        },
+      }
+      : {}),
   };
 }

@@ -67,6 +67,8 @@ export const ScenarioSchema = obj({
       topics: z.array(z.string()).optional(),
       topic: z.string().optional(),
     }).optional(),
+    /** A DNS query (egress to a DNS server with `rules.dns`): the name asked for. */
+    dns: obj({ name: z.string().min(1) }).optional(),
     expect: z.enum(["allowed", "denied"], { error: () => "Expected allowed or denied" }).optional(),
   })).default([]),
 });
@@ -212,6 +214,7 @@ export function flowOf(q: Scenario["queries"][number]): FlowInput {
         },
       }
       : {}),
+    ...(q.dns ? { dns: q.dns.name } : {}),
   };
 }
 

@@ -50,7 +50,7 @@ Deno.test("cilia policy test: a failing expectation prints its trace and exits 1
     const r = await cilia(["policy", "test", f]);
     assert.equal(r.code, 1);
     assert.match(r.out, /FAIL\s+GET \/private is refused with 403\s+allowed\s+denied/);
-    assert.match(r.out, /L7 HTTP: the request matches none of the HTTP rules/);
+    assert.match(r.out, /L7 HTTP: the request GET \/private matches none of the HTTP rules that apply → the proxy answers HTTP 403/);
     assert.match(r.out, /^8 passed, 1 failed$/m);
     const j = await cilia(["policy", "test", "-o", "json", f]);
     assert.equal(j.code, 1);
