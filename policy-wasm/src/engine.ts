@@ -57,6 +57,9 @@ const STATUS: Record<number, string> = {
   [-6]: "conflicting L7 protocols on one port",
 };
 
+/** The embedded module, compiled once per process and shared by every engine instance. */
+let embedded: Promise<WebAssembly.Module> | undefined;
+
 export class PolicyEngine {
   #module: WebAssembly.Module;
   #x!: Exports;
@@ -76,10 +79,10 @@ export class PolicyEngine {
 
   /** Loads the embedded policy.wasm (or the given module/bytes). */
   static async create(wasm?: WebAssembly.Module | Uint8Array): Promise<PolicyEngine> {
-    const module = wasm instanceof WebAssembly.Module
-      ? wasm
-      : await WebAssembly.compile((wasm ?? (await loadPolicyWasm())) as BufferSource);
-    return new PolicyEngine(module);
+    if (wasm instanceof WebAssembly.Module) return new PolicyEngine(wasm);
+    if (wasm) return new PolicyEngine(await WebAssembly.compile(wasm as BufferSource));
+    embedded ??= loadPolicyWasm().then((bytes) => WebAssembly.compile(bytes as BufferSource));
+    return new PolicyEngine(await embedded);
   }
 
   #instantiate(): void {

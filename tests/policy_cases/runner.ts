@@ -22,6 +22,8 @@ export interface Consumer {
   /** Set for consumers that send real packets: files not tagged `# kernel: yes` are skipped. */
   kernelOnly?: boolean;
   run(file: string, text: string): Promise<ConsumerResult>;
+  /** Releases what run() set up (a browser, a lab); called once after the last file. */
+  close?(): Promise<void>;
 }
 
 export interface PolicyCase {
@@ -139,11 +141,15 @@ export async function checkCase(consumer: Consumer, c: PolicyCase): Promise<stri
 /** Registers one test for the consumer with one step per case file. */
 export function conformanceTest(consumer: Consumer): void {
   Deno.test(`policy conformance: ${consumer.name}`, async (t) => {
-    for (const c of await listCases()) {
-      await t.step(c.file, async () => {
-        const skip = await checkCase(consumer, c);
-        if (skip !== undefined) console.log(`skipped ${c.file} for ${consumer.name}: ${skip}`);
-      });
+    try {
+      for (const c of await listCases()) {
+        await t.step(c.file, async () => {
+          const skip = await checkCase(consumer, c);
+          if (skip !== undefined) console.log(`skipped ${c.file} for ${consumer.name}: ${skip}`);
+        });
+      }
+    } finally {
+      await consumer.close?.();
     }
   });
 }
