@@ -3,7 +3,9 @@
 // `N passed, N failed`; exit 1 on any failure. `-o json|yaml` adds each query's trace.
 
 import {
-  loadScenario,
+  EngineError,
+  type LoadedScenario,
+  loadScenarios,
   PolicyEngine,
   PolicyValidationError,
   runScenario,
@@ -34,34 +36,50 @@ function summary(r: ScenarioReport) {
   };
 }
 
+function errorLines(e: unknown, file: string): string[] {
+  if (e instanceof PolicyValidationError) {
+    return e.issues.map((i) => {
+      const at = [i.file ?? file, i.line !== undefined ? `${i.line}:${i.column ?? 1}` : ""];
+      return `${at.filter(Boolean).join(":")}: ${i.message}${i.path ? ` (at ${i.path})` : ""}`;
+    });
+  }
+  if (e instanceof RangeError || e instanceof SyntaxError || e instanceof EngineError) {
+    return [`${file}: ${e.message}`];
+  }
+  throw e;
+}
+
+/** Runs one scenario in a fresh engine, so nothing of one scenario leaks into the next. */
+async function runOne(loaded: LoadedScenario): Promise<ScenarioReport> {
+  const engine = await PolicyEngine.create();
+  try {
+    return runScenario(engine, loaded);
+  } finally {
+    engine.close();
+  }
+}
+
 export async function policyTest(paths: string[], format: Format): Promise<number> {
   if (paths.length === 0) throw new UsageError("policy test: expected at least one scenario FILE");
   const reports: ReturnType<typeof summary>[] = [];
   let errors = 0;
   for (const f of await readInputs(paths)) {
-    const engine = await PolicyEngine.create();
+    let scenarios: LoadedScenario[] = [];
     try {
-      const r = runScenario(engine, loadScenario(f.text, f.path));
-      reports.push(summary(r));
-      if (format === "table") printTable(r);
+      scenarios = loadScenarios(f.text, f.path);
     } catch (e) {
-      if (
-        !(e instanceof PolicyValidationError) && !(e instanceof RangeError) &&
-        !(e instanceof SyntaxError)
-      ) throw e;
       errors++;
-      const issues = e instanceof PolicyValidationError
-        ? e.issues.map((i) =>
-          `${
-            [i.file ?? f.path, i.line !== undefined ? `${i.line}:${i.column ?? 1}` : ""].filter(
-              Boolean,
-            ).join(":")
-          }: ${i.message}${i.path ? ` (at ${i.path})` : ""}`
-        )
-        : [`${f.path}: ${e.message}`];
-      for (const line of issues) console.error(`error: ${line}`);
-    } finally {
-      engine.close();
+      for (const line of errorLines(e, f.path)) console.error(`error: ${line}`);
+    }
+    for (const loaded of scenarios) {
+      try {
+        const r = await runOne(loaded);
+        reports.push(summary(r));
+        if (format === "table") printTable(r);
+      } catch (e) {
+        errors++;
+        for (const line of errorLines(e, f.path)) console.error(`error: ${line}`);
+      }
     }
   }
   const passed = reports.reduce((n, r) => n + r.passed, 0);

@@ -40,6 +40,7 @@ export {
   flowOf,
   type LoadedScenario,
   loadScenario,
+  loadScenarios,
   peerText,
   prepareScenario,
   type QueryOutcome,

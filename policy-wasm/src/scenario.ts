@@ -3,13 +3,13 @@
 // exports. loadScenario() validates with located errors; runScenario() evaluates every query
 // with the engine. This module is browser compatible.
 
-import { isScalar, LineCounter, parseDocument } from "yaml";
+import { isScalar, LineCounter, parseAllDocuments } from "yaml";
 import { z } from "zod";
 import { obj } from "./schema.ts";
 import { readDocuments } from "./documents.ts";
 import { IssueSink } from "./issues.ts";
 import { PolicyValidationError } from "./errors.ts";
-import type { PathPart } from "./documents.ts";
+import type { PathPart, SourceDocument } from "./documents.ts";
 import { compilePolicies, type CompileResult, type PolicySource } from "./policies.ts";
 import { SimCluster } from "./cluster.ts";
 import { evaluateFlow, type FlowInput, type FlowResult, type PeerRef } from "./flow.ts";
@@ -19,7 +19,12 @@ import { DEFAULT_OPTIONS, type EngineOptions } from "./ir.ts";
 import { KAFKA_API_KEYS } from "./protocols.ts";
 import type { ValidationIssue } from "./errors.ts";
 
-const labels = z.record(z.string(), z.string());
+// Label values are strings in Kubernetes; numbers and booleans written unquoted in a scenario are
+// read as their text.
+const labels = z.record(
+  z.string(),
+  z.union([z.string(), z.number(), z.boolean()]).transform((v) => String(v)),
+);
 const peer = z.union([
   z.string().min(1),
   obj({ cidr: z.string() }),
@@ -81,13 +86,19 @@ export interface LoadedScenario {
   sources: PolicySource[];
 }
 
-function policySources(text: string, scenario: Scenario, file?: string): PolicySource[] {
+function policySources(
+  text: string,
+  scenario: Scenario,
+  at: { file?: string | undefined; index: number },
+): PolicySource[] {
   const lc = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lc });
+  const docs = parseAllDocuments(text, { lineCounter: lc });
+  const doc = Array.isArray(docs) ? docs[at.index] : undefined;
+  const file = at.file;
   return scenario.policies.map((p, i) => {
     const where = `${file ?? "scenario"}#policies[${i}]`;
     if (typeof p !== "string") return { text: JSON.stringify(p), file: where };
-    const node = doc.getIn(["policies", i], true);
+    const node = doc?.getIn(["policies", i], true);
     if (!isScalar(node) || !node.range) return { text: p, file: file ?? "scenario" };
     const start = lc.linePos(node.range[0]);
     const block = node.type === "BLOCK_LITERAL" || node.type === "BLOCK_FOLDED";
@@ -101,20 +112,7 @@ function policySources(text: string, scenario: Scenario, file?: string): PolicyS
   });
 }
 
-/** Parses and validates a scenario; throws PolicyValidationError with locations. */
-export function loadScenario(text: string, file?: string): LoadedScenario {
-  const { documents, issues } = readDocuments(text, file ? { file } : {});
-  if (issues.length > 0) throw new PolicyValidationError(issues);
-  const doc = documents[0];
-  if (!doc || documents.length > 1) {
-    throw new PolicyValidationError([{
-      message: documents.length > 1
-        ? "Expected one scenario document, got several"
-        : "Empty scenario",
-      path: "",
-      ...(file ? { file } : {}),
-    }]);
-  }
+function validateScenario(doc: SourceDocument, text: string, file?: string): LoadedScenario {
   const v = doc.value as Record<string, unknown>;
   if (v && typeof v === "object" && "apiVersion" in v && "kind" in v) {
     throw new PolicyValidationError([{
@@ -141,9 +139,36 @@ export function loadScenario(text: string, file?: string): LoadedScenario {
   }
   return {
     scenario: parsed.data,
-    sources: policySources(text, parsed.data, file),
+    sources: policySources(text, parsed.data, { file, index: doc.index }),
     ...(file ? { file } : {}),
   };
+}
+
+/** Every scenario of a file (`---`-separated documents); throws PolicyValidationError. */
+export function loadScenarios(text: string, file?: string): LoadedScenario[] {
+  const { documents, issues } = readDocuments(text, file ? { file } : {});
+  if (issues.length > 0) throw new PolicyValidationError(issues);
+  if (documents.length === 0) {
+    throw new PolicyValidationError([{
+      message: "Empty scenario",
+      path: "",
+      ...(file ? { file } : {}),
+    }]);
+  }
+  return documents.map((d) => validateScenario(d, text, file));
+}
+
+/** Parses and validates one scenario; throws PolicyValidationError with locations. */
+export function loadScenario(text: string, file?: string): LoadedScenario {
+  const all = loadScenarios(text, file);
+  if (all.length > 1) {
+    throw new PolicyValidationError([{
+      message: "Expected one scenario document, got several",
+      path: "",
+      ...(file ? { file } : {}),
+    }]);
+  }
+  return all[0]!;
 }
 
 export interface QueryOutcome {

@@ -50,7 +50,10 @@ Deno.test("cilia policy test: a failing expectation prints its trace and exits 1
     const r = await cilia(["policy", "test", f]);
     assert.equal(r.code, 1);
     assert.match(r.out, /FAIL\s+GET \/private is refused with 403\s+allowed\s+denied/);
-    assert.match(r.out, /L7 HTTP: the request GET \/private matches none of the HTTP rules that apply → the proxy answers HTTP 403/);
+    assert.match(
+      r.out,
+      /L7 HTTP: the request GET \/private matches none of the HTTP rules that apply → the proxy answers HTTP 403/,
+    );
     assert.match(r.out, /^8 passed, 1 failed$/m);
     const j = await cilia(["policy", "test", "-o", "json", f]);
     assert.equal(j.code, 1);
@@ -183,4 +186,33 @@ Deno.test("cilia: usage errors exit 2 on stderr; unknown files name the path", a
     "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: s}\nspec: {endpointSelector: {}}\n",
   );
   assert.equal(stdin.code, 0, stdin.err);
+});
+
+Deno.test("cilia policy test: several scenarios in one file run in isolation", async () => {
+  const one = (name: string, ip: string, expect: string) => `name: ${name}
+policies:
+  - apiVersion: cilium.io/v2
+    kind: CiliumNetworkPolicy
+    metadata: {name: p, namespace: default}
+    spec:
+      endpointSelector: {matchLabels: {app: db}}
+      ingress: [{fromCIDR: [203.0.113.0/24]}]
+endpoints:
+  - {name: db, labels: {app: db, version: 2}, ip: ${ip}}
+queries:
+  - {from: {cidr: 203.0.113.9}, to: db, port: 5432, expect: ${expect}}
+  - {from: {cidr: 198.51.100.9}, to: db, port: 5432, expect: denied}
+`;
+  const f = await tmpFile(`${one("first", "10.0.0.1", "allowed")}---\n${one("second", "203.0.113.9", "denied")}`);
+  try {
+    const r = await cilia(["policy", "test", "-o", "json", f]);
+    const model = JSON.parse(r.out);
+    assert.equal(model.scenarios.length, 2);
+    assert.deepEqual(model.scenarios.map((s: { name: string }) => s.name), ["first", "second"]);
+    // In the second scenario 203.0.113.9 is the db pod itself: a CIDR rule never matches a pod.
+    assert.equal(model.passed, 4, r.err);
+    assert.equal(r.code, 0);
+  } finally {
+    await Deno.remove(f);
+  }
 });
