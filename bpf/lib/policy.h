@@ -37,7 +37,9 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct policy_key);
 	__type(value, struct policy_value);
-	__uint(max_entries, 65536);
+	/* Shared by every endpoint of the node; nodes are allocated on demand (no prealloc), so the
+	 * cap costs nothing until used: 10,000 peer identities × a few ports × tens of endpoints. */
+	__uint(max_entries, 1 << 20);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } cilia_policy SEC(".maps");
 

@@ -392,7 +392,10 @@ export class Lab implements AsyncDisposable {
         c.kill("SIGKILL");
       } catch { /* already gone */ }
       await c.status.catch(() => {});
-      await c.stdout?.cancel().catch(() => {});
+      try {
+        // Reading `stdout` throws when the child was spawned without a pipe.
+        await c.stdout.cancel().catch(() => {});
+      } catch { /* stdout was not piped */ }
     }
     await removeTagged(this.prefix, this.dir);
   }

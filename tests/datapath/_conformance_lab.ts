@@ -1,0 +1,275 @@
+// The reusable lab of the kernel conformance consumer: one node netns with the Datapath loaded, a
+// pool of pod netns (veth host side in the node, routed /32 and /128), one "outside" netns that
+// holds every non-pod address of a case (CIDR peers, reserved entities, a world address) behind
+// the node's default route, and a probe helper in each. apply() turns the lab into one case's
+// cluster (addresses, routes, ipcache, endpoints, the engine's map-state) after undoing the
+// previous one; probe() sends real packets. It computes no policy: entries come from the engine.
+// The topology itself (addresses, netns) is _conformance_netns.ts.
+import { collectConntrack } from "../../agent/datapath/conntrack_gc.ts";
+import { Datapath, type IpcacheUpsert, type PolicyEntry } from "../../agent/datapath/datapath.ts";
+import { Lab, type Node } from "../helpers/netns.ts";
+import {
+  addOutside,
+  addPodNetns,
+  addrAdd,
+  ENTITY_IDS,
+  entityAddrs,
+  HOST,
+  ip,
+  type Place,
+  plen,
+  POD_ROUTES,
+} from "./_conformance_netns.ts";
+import { BUILD_DIR } from "./_fixture.ts";
+import { Prober } from "./_prober_client.ts";
+import type { ProbeResult } from "./_prober.ts";
+
+export interface LabEndpoint {
+  epId: number;
+  identity: number;
+  ipv4?: string;
+  ipv6?: string;
+  ingressDefaultDeny: boolean;
+  egressDefaultDeny: boolean;
+  enforcement: boolean;
+  policy: PolicyEntry[];
+}
+
+export interface LabCase {
+  /** Endpoint i lives in pod i of the pool. */
+  endpoints: LabEndpoint[];
+  /** Endpoint IPs and CIDR identities' prefixes (the lab adds host and entity entries). */
+  ipcache: IpcacheUpsert[];
+  /** Addresses the outside netns must own. */
+  outside: string[];
+}
+
+export interface Probe {
+  proto: "tcp" | "udp" | "icmp";
+  from: Place;
+  to: Place;
+  src: string;
+  dst: string;
+  /** TCP/UDP port, or the ICMP type. */
+  port: number;
+}
+
+interface Pod {
+  netns: string;
+  ifname: string;
+  mac: string;
+  prober: Prober;
+}
+
+const TIMEOUT_MS = 400;
+const token = () =>
+  Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, "0"))
+    .join("");
+
+export class KernelLab {
+  readonly #lab: Lab;
+  readonly #node: Node;
+  readonly #outside: string;
+  readonly #dp: Datapath;
+  readonly #nodeProber: Prober;
+  readonly #outsideProber: Prober;
+  readonly #pods: Pod[] = [];
+  #prev: LabCase = { endpoints: [], ipcache: [], outside: [] };
+
+  private constructor(
+    o: { lab: Lab; node: Node; outside: string; dp: Datapath; nodeP: Prober; outP: Prober },
+  ) {
+    this.#lab = o.lab;
+    this.#node = o.node;
+    this.#outside = o.outside;
+    this.#dp = o.dp;
+    this.#nodeProber = o.nodeP;
+    this.#outsideProber = o.outP;
+  }
+
+  static async create(): Promise<KernelLab> {
+    const lab = await Lab.create();
+    const probers: Prober[] = [];
+    try {
+      const node = await lab.addNode("node");
+      const outside = await addOutside(lab, node);
+      const dp = await Datapath.open({
+        bpffsRoot: `${node.bpffs}/cilia`,
+        buildDir: BUILD_DIR,
+        netns: node.netns,
+      });
+      await dp.updateIpcache(
+        [
+          { prefix: HOST.v4, identity: 1 },
+          { prefix: HOST.v6, identity: 1 },
+          ...ENTITY_IDS.flatMap((id) => [
+            { prefix: entityAddrs(id).v4, identity: id },
+            { prefix: entityAddrs(id).v6, identity: id },
+          ]),
+        ],
+        [],
+      );
+      const nodeP = await Prober.start(node.netns);
+      probers.push(nodeP);
+      const outP = await Prober.start(outside);
+      probers.push(outP);
+      return new KernelLab({ lab, node, outside, dp, nodeP, outP });
+    } catch (e) {
+      for (const p of probers) await p.close().catch(() => {});
+      await lab.close();
+      throw e;
+    }
+  }
+
+  async #addPod(i: number): Promise<Pod> {
+    const pod = await addPodNetns(this.#lab, this.#node, i);
+    return { ...pod, prober: await Prober.start(pod.netns) };
+  }
+
+  async #ensurePods(n: number): Promise<void> {
+    const start = this.#pods.length;
+    if (n <= start) return;
+    const added = await Promise.allSettled(
+      Array.from({ length: n - start }, (_, k) => this.#addPod(start + k)),
+    );
+    for (const r of added) if (r.status === "fulfilled") this.#pods.push(r.value);
+    const failed = added.find((r) => r.status === "rejected");
+    if (failed) throw failed.reason; // the pods made so far stay in the pool (closed by close())
+  }
+
+  /** Undoes the previous case and sets up this one. */
+  async apply(c: LabCase): Promise<void> {
+    await this.#ensurePods(c.endpoints.length);
+    await this.#clear(c);
+    this.#prev = c; // from here on, the next apply() undoes whatever of c got written
+    const addrs = (e: LabEndpoint) => [e.ipv4, e.ipv6].filter((a): a is string => !!a);
+    await Promise.all(c.endpoints.map((e, i) =>
+      ip(
+        this.#pods[i]!.netns,
+        // Removing a device's last IPv4 address removed its IPv4 routes: add them back.
+        [...addrs(e).map(addrAdd), ...POD_ROUTES],
+      )
+    ));
+    await ip(
+      this.#node.netns,
+      c.endpoints.flatMap((e, i) =>
+        addrs(e).map((a) =>
+          `route replace ${a}/${plen(a)} dev ${this.#pods[i]!.ifname} src ${
+            a.includes(":") ? HOST.v6 : HOST.v4
+          }`
+        )
+      ),
+    );
+    await ip(
+      this.#outside,
+      c.outside.map(addrAdd),
+    );
+    await this.#dp.updateIpcache(c.ipcache, []);
+    await Promise.all(c.endpoints.map((e, i) => {
+      const pod = this.#pods[i]!;
+      return this.#dp.upsertEndpoint({
+        ifname: pod.ifname,
+        epId: e.epId,
+        identity: e.identity,
+        ...(e.ipv4 ? { ipv4: e.ipv4 } : {}),
+        ...(e.ipv6 ? { ipv6: e.ipv6 } : {}),
+        mac: pod.mac,
+        ingressDefaultDeny: e.ingressDefaultDeny,
+        egressDefaultDeny: e.egressDefaultDeny,
+        enforcement: e.enforcement,
+      });
+    }));
+    for (const e of c.endpoints) {
+      await this.#dp.applyPolicyChanges(e.epId, { adds: e.policy, deletes: [] });
+    }
+  }
+
+  async #clear(next: LabCase): Promise<void> {
+    const prev = this.#prev;
+    for (const e of prev.endpoints) {
+      await this.#dp.applyPolicyChanges(e.epId, { adds: [], deletes: e.policy });
+    }
+    await this.#dp.updateIpcache([], prev.ipcache.map((u) => u.prefix));
+    for (const [i, e] of prev.endpoints.entries()) {
+      if (i >= next.endpoints.length) await this.#dp.removeEndpoint(this.#pods[i]!.ifname, e.epId);
+    }
+    const addrs = (e: LabEndpoint) => [e.ipv4, e.ipv6].filter((a): a is string => !!a);
+    await ip(
+      this.#node.netns,
+      prev.endpoints.flatMap((e, i) =>
+        addrs(e).map((a) => `route del ${a}/${plen(a)} dev ${this.#pods[i]!.ifname}`)
+      ),
+      true,
+    );
+    await Promise.all(
+      prev.endpoints.map((_, i) =>
+        ip(this.#pods[i]!.netns, ["addr flush dev eth0 scope global"], true)
+      ),
+    );
+    await ip(this.#outside, prev.outside.map((a) => `addr del ${a}/${plen(a)} dev eth0`), true);
+    this.flushConntrack();
+  }
+
+  /** Deletes every conntrack entry (between probes that could share a tuple). */
+  flushConntrack(): void {
+    collectConntrack(this.#dp.pins.maps.cilia_ct, { remove: () => true });
+  }
+
+  #prober(p: Place): Prober {
+    if (p.kind === "host") return this.#nodeProber;
+    if (p.kind === "outside") return this.#outsideProber;
+    return this.#pods[p.index]!.prober;
+  }
+
+  /** Starts the listeners the probes need at their destinations. */
+  async listen(probes: readonly Probe[]): Promise<void> {
+    const done = new Set<string>();
+    await Promise.all(probes.flatMap((p) => {
+      if (p.proto === "icmp") return [];
+      const dst = this.#prober(p.to);
+      const key = `${dst.netns}|${p.proto}|${p.proto === "udp" ? p.dst : ""}|${p.port}`;
+      if (done.has(key)) return [];
+      done.add(key);
+      return [dst.listen(p.proto, p.port, p.proto === "udp" ? p.dst : undefined)];
+    }));
+  }
+
+  /** One attempt: "ok" when the packet (and for TCP, UDP and echo its reply) got through. */
+  async #once(p: Probe): Promise<ProbeResult> {
+    const from = this.#prober(p.from);
+    const base = { src: p.src, dst: p.dst, timeoutMs: TIMEOUT_MS };
+    if (p.proto !== "icmp") return await from.call({ op: p.proto, port: p.port, ...base });
+    const t = token();
+    const sent = await from.call({ op: "icmp", type: p.port, token: t, ...base });
+    if (sent !== "sent") return sent;
+    return await this.#prober(p.to).call({
+      op: "seen",
+      type: p.port,
+      token: t,
+      timeoutMs: TIMEOUT_MS,
+    });
+  }
+
+  /** The observed outcome of a probe; a timeout is retried once before it counts as a drop. */
+  async probe(p: Probe): Promise<{ allowed: boolean; attempts: ProbeResult[] }> {
+    const attempts: ProbeResult[] = [];
+    for (let i = 0; i < 2; i++) {
+      const r = await this.#once(p);
+      attempts.push(r);
+      if (r === "ok") return { allowed: true, attempts };
+      if (r !== "timeout") {
+        throw new Error(
+          `Probe ${p.proto} ${p.src} -> ${p.dst}:${p.port} failed: ${r} (a lab problem, not a drop)`,
+        );
+      }
+    }
+    return { allowed: false, attempts };
+  }
+
+  async close(): Promise<void> {
+    const probers = [this.#nodeProber, this.#outsideProber, ...this.#pods.map((p) => p.prober)];
+    await Promise.all(probers.map((p) => p.close().catch(() => {})));
+    await this.#dp.close();
+    await this.#lab.close();
+  }
+}
