@@ -27,9 +27,12 @@ Offline policy commands (no agent needed):
       --kafka-role produce|consume --kafka-api-key K --kafka-topic T --kafka-client-id C
 
 Live commands (talk to the agent; -H/--host unix:///path or CILIA_HOST):
-  status [--brief] [--wait]          endpoint list|get ID
-  identity list|get ID               policy import FILE…|get|delete NAME
-  ipam list|allocate|release         policy trace --src-endpoint ID --dst-endpoint ID …
+  status [--brief] [--wait [--timeout 30s]]
+  endpoint list|get ID               identity list|get ID
+  node list                          ipam [list]|allocate [--family 4|6] [--owner O]|release IP
+  policy import FILE…                policy get [NAME] [-n NS] [--kind K] [--labels k=v]
+  policy delete NAME [-n NS] [--kind K] | --labels k=v,… | --all
+  policy trace --src-endpoint ID|NS/NAME --dst-endpoint … --dport 80/TCP [--http-… flags]
 
 Every listing takes -o table|json|yaml.`;
 
@@ -66,6 +69,7 @@ const OPTIONS = {
   name: { type: "string" },
   namespace: { type: "string", short: "n" },
   labels: { type: "string" },
+  kind: { type: "string" },
   all: { type: "boolean" },
   family: { type: "string" },
   owner: { type: "string" },

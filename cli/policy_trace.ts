@@ -101,7 +101,7 @@ function peerOf(side: "src" | "dst", a: PeerArgs, endpoints: EndpointInput[]): P
   return `${a.namespace ?? namespace ?? "default"}/${name}`;
 }
 
-function flowInput(args: TraceArgs, from: PeerRef, to: PeerRef): FlowInput {
+export function flowInput(args: TraceArgs, from: PeerRef, to: PeerRef): FlowInput {
   const [port, protocol] = parseDport(args.dport);
   const f: FlowInput = { from, to, port, protocol };
   if (args.icmpType !== undefined) f.icmpType = Number(args.icmpType);

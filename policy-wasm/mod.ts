@@ -51,6 +51,7 @@ export {
 } from "./src/scenario.ts";
 export {
   cidrIdentityLabels,
+  cidrPrefixesOf,
   DEFAULT_LABEL_FILTER,
   LabelFilter,
   LOCAL_IDENTITY_BASE,

@@ -153,9 +153,19 @@ export function fromJson(json: Json, status: number): EtcdError {
   return new EtcdError(Number(e.code ?? e.grpc_code ?? 2), message, status);
 }
 
-/** The JSON messages of an NDJSON response body, as they arrive. */
-export async function* readNdjson(body: ReadableStream<Uint8Array>): AsyncGenerator<Json> {
+/**
+ * The JSON messages of an NDJSON response body, as they arrive; ends when `signal` aborts.
+ * Deno does not always end a pending body read when the fetch's own signal aborts (seen with an
+ * idle etcd watch after a few thousand requests), so the reader is cancelled here as well.
+ */
+export async function* readNdjson(
+  body: ReadableStream<Uint8Array>,
+  signal?: AbortSignal,
+): AsyncGenerator<Json> {
   const reader = body.getReader();
+  const cancel = () => void reader.cancel().catch(() => {});
+  signal?.addEventListener("abort", cancel, { once: true });
+  if (signal?.aborted) cancel();
   const text = new TextDecoder();
   let buffer = "";
   try {
@@ -171,6 +181,7 @@ export async function* readNdjson(body: ReadableStream<Uint8Array>): AsyncGenera
       }
     }
   } finally {
+    signal?.removeEventListener("abort", cancel);
     await reader.cancel().catch(() => {});
   }
 }

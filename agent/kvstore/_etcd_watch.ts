@@ -56,7 +56,8 @@ export async function* watchStream(
   const res = await client.open("/v3/watch", { create_request: create }, signal);
   let rev = -1;
   let nth = 0; // 1-based index of the event within its revision
-  for await (const msg of readNdjson(res.body!)) {
+  const stop = signal ? AbortSignal.any([client.closing, signal]) : client.closing;
+  for await (const msg of readNdjson(res.body!, stop)) {
     if (msg.error !== undefined) {
       throw fromJson(msg, 200);
     }

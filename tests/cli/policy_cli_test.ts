@@ -189,7 +189,8 @@ Deno.test("cilia: usage errors exit 2 on stderr; unknown files name the path", a
 });
 
 Deno.test("cilia policy test: several scenarios in one file run in isolation", async () => {
-  const one = (name: string, ip: string, expect: string) => `name: ${name}
+  const one = (name: string, ip: string, expect: string) =>
+    `name: ${name}
 policies:
   - apiVersion: cilium.io/v2
     kind: CiliumNetworkPolicy
@@ -203,7 +204,9 @@ queries:
   - {from: {cidr: 203.0.113.9}, to: db, port: 5432, expect: ${expect}}
   - {from: {cidr: 198.51.100.9}, to: db, port: 5432, expect: denied}
 `;
-  const f = await tmpFile(`${one("first", "10.0.0.1", "allowed")}---\n${one("second", "203.0.113.9", "denied")}`);
+  const f = await tmpFile(
+    `${one("first", "10.0.0.1", "allowed")}---\n${one("second", "203.0.113.9", "denied")}`,
+  );
   try {
     const r = await cilia(["policy", "test", "-o", "json", f]);
     const model = JSON.parse(r.out);

@@ -1,0 +1,271 @@
+/**
+ * The Agent: the node daemon as one object. `Agent.start()` opens the kvstore, the policy engine
+ * and every manager in dependency order (lease → identities → policies → IPAM → endpoints →
+ * node record → collector → API), restoring state from the kvstore and the state dir; `close()`
+ * stops them in reverse, leaving the lease to expire so that a restart takes over seamlessly.
+ * State changes run one at a time (`serial`). No HTTP here: the API lives in `api/`.
+ */
+
+import {
+  DEFAULT_OPTIONS,
+  type IdentitySpec,
+  PolicyEngine,
+  RESERVED_IDENTITIES,
+} from "@cilia/policy-wasm";
+import type { AgentConfig } from "./config.ts";
+import { Logger } from "./log.ts";
+import {
+  type AgentCounters,
+  agentCounters,
+  Metrics,
+  type MetricsServer,
+  serveMetrics,
+} from "./metrics.ts";
+import { type KvStore, openKvStore } from "./kvstore/kvstore.ts";
+import type { DenoKvOptions } from "./kvstore/denokv.ts";
+import { countedKvStore } from "./_kv_metrics.ts";
+import { Serial } from "./_serial.ts";
+import type { PrefixWatch } from "./_watch.ts";
+import { NodeLease } from "./node/lease.ts";
+import { hostAddresses, NodeRegistry } from "./node/registry.ts";
+import { IdentityCache } from "./identity/cache.ts";
+import { IdentityAllocator } from "./identity/allocator.ts";
+import { IdentityGc } from "./identity/gc.ts";
+import { LocalCidrIdentities } from "./identity/local_cidr.ts";
+import { Ipam } from "./ipam/ipam.ts";
+import { type DatapathSink, NullSink } from "./endpoint/datapath_sink.ts";
+import { Regenerator } from "./endpoint/regenerator.ts";
+import { EndpointManager } from "./endpoint/manager.ts";
+import { PolicyRepository } from "./policy/repository.ts";
+import { type AgentStatus, agentStatus, probeKvstore } from "./status.ts";
+
+export interface AgentOptions {
+  config: AgentConfig;
+  log?: Logger;
+  /** Where map-state diffs go; the kernel datapath later, a no-op by default. */
+  sink?: DatapathSink;
+  /** Deno KV timings (tests make them short). */
+  denokv?: DenoKvOptions;
+}
+
+interface Closer {
+  close(): Promise<void> | void;
+}
+
+export class Agent {
+  readonly config: AgentConfig;
+  readonly log: Logger;
+  readonly metrics = new Metrics();
+  readonly counters: AgentCounters;
+  readonly serial = new Serial();
+  readonly startedAt = new Date();
+  store!: KvStore;
+  engine!: PolicyEngine;
+  regen!: Regenerator;
+  lease!: NodeLease;
+  identities!: IdentityCache;
+  allocator!: IdentityAllocator;
+  gc!: IdentityGc;
+  localIdentities!: LocalCidrIdentities;
+  policies!: PolicyRepository;
+  ipam!: Ipam;
+  endpoints!: EndpointManager;
+  nodes!: NodeRegistry;
+  metricsServer: MetricsServer | undefined;
+  #abort = new AbortController();
+  #watches: PrefixWatch[] = [];
+  #closers: Closer[] = [];
+  #closed: Promise<void> | undefined;
+
+  private constructor(opts: AgentOptions) {
+    this.config = opts.config;
+    this.log = opts.log ?? new Logger({ level: opts.config.logLevel });
+    this.counters = agentCounters(this.metrics);
+  }
+
+  static async start(opts: AgentOptions): Promise<Agent> {
+    const agent = new Agent(opts);
+    try {
+      await agent.#start(opts);
+    } catch (err) {
+      await agent.close().catch(() => {});
+      throw err;
+    }
+    return agent;
+  }
+
+  async #start(opts: AgentOptions): Promise<void> {
+    const c = this.config;
+    const log = this.log;
+    const signal = this.#abort.signal;
+    await Deno.mkdir(c.stateDir, { recursive: true, mode: 0o700 });
+    const raw = await openKvStore(c.kvstore, opts.denokv ? { denokv: opts.denokv } : {});
+    this.store = countedKvStore(raw, this.counters.kvstoreOps);
+    this.#closers.push(this.store);
+    this.engine = await PolicyEngine.create();
+    this.#closers.push(this.engine);
+    const options = { ...DEFAULT_OPTIONS, clusterName: c.clusterName };
+    this.regen = new Regenerator({
+      engine: this.engine,
+      sink: opts.sink ?? new NullSink(),
+      log: log.child({ subsys: "regeneration" }),
+      options,
+      counter: this.counters.regenerations,
+    });
+    await this.regen.addIdentities(RESERVED_IDENTITIES);
+    this.lease = await NodeLease.grant(this.store, c.leaseTtl, log.child({ subsys: "lease" }));
+    this.#closers.push(this.lease);
+
+    this.identities = new IdentityCache();
+    const idLog = log.child({ subsys: "identity" });
+    this.allocator = new IdentityAllocator({
+      store: this.store,
+      cache: this.identities,
+      lease: this.lease,
+      node: c.nodeName,
+      range: c.identityRange,
+      log: idLog,
+    });
+    this.#closers.push({ close: () => this.allocator.settle() });
+    this.identities.onChange((change) =>
+      this.serial.run(async () => {
+        await this.regen.removeIdentities(change.removed);
+        await this.regen.addIdentities(change.added);
+      })
+    );
+    await this.#follow(this.identities.follow(this.store, { signal, log: idLog }));
+
+    this.localIdentities = new LocalCidrIdentities(`${c.stateDir}/local-identities.json`);
+    await this.localIdentities.load();
+    this.policies = new PolicyRepository({
+      store: this.store,
+      regen: this.regen,
+      local: this.localIdentities,
+      serial: this.serial,
+      clusterName: c.clusterName,
+      log: log.child({ subsys: "policy" }),
+      importErrors: this.counters.policyImportErrors,
+    });
+    await this.#follow(this.policies.follow({ signal }));
+
+    this.ipam = new Ipam({
+      store: this.store,
+      node: c.nodeName,
+      ...(c.podCidr ? { podCidr: c.podCidr } : {}),
+      ...(c.podCidrV6 ? { podCidrV6: c.podCidrV6 } : {}),
+      log: log.child({ subsys: "ipam" }),
+    });
+    const addresses = await this.ipam.restore();
+    this.endpoints = new EndpointManager({
+      store: this.store,
+      node: c.nodeName,
+      allocator: this.allocator,
+      regen: this.regen,
+      ipam: this.ipam,
+      serial: this.serial,
+      clusterName: c.clusterName,
+      identityLabels: c.identityLabels,
+      log: log.child({ subsys: "endpoint" }),
+    });
+    const restored = await this.endpoints.restore();
+
+    this.nodes = new NodeRegistry(this.store, this.lease, {
+      name: c.nodeName,
+      addresses: hostAddresses(),
+      ...(c.podCidr ? { podCidr: c.podCidr } : {}),
+      ...(c.podCidrV6 ? { podCidrV6: c.podCidrV6 } : {}),
+      startedAt: this.startedAt.toISOString(),
+    });
+    await this.nodes.register();
+    this.gc = new IdentityGc({
+      store: this.store,
+      allocator: this.allocator,
+      graceMs: c.identityGcGrace * 1000,
+      intervalMs: c.identityGcInterval * 1000,
+      log: idLog,
+    });
+    this.#closers.push(this.gc);
+    this.gc.start();
+    this.#gauges();
+    if (c.metricsAddr !== undefined) {
+      this.metricsServer = serveMetrics(this.metrics, c.metricsAddr, log);
+      this.#closers.push(this.metricsServer);
+    }
+    log.info("agent started", {
+      node: c.nodeName,
+      kvstore: this.store.name,
+      identities: this.identities.size,
+      policies: this.policies.size,
+      endpoints: restored,
+      addresses,
+    });
+  }
+
+  async #follow(w: PrefixWatch): Promise<void> {
+    this.#watches.push(w);
+    await w.ready;
+  }
+
+  /** Registers something to close (before everything opened by `start`), e.g. the API server. */
+  onClose(c: Closer): void {
+    this.#closers.push(c);
+  }
+
+  #gauges(): void {
+    const m = this.metrics;
+    m.gauge(
+      "cilia_identity_count",
+      "global identities known to this agent",
+      () => this.identities.size,
+    );
+    m.gauge(
+      "cilia_local_identity_count",
+      "node-local CIDR identities",
+      () => this.localIdentities.size,
+    );
+    m.gauge("cilia_endpoint_count", "endpoints on this node", () => this.endpoints.size);
+    m.gauge(
+      "cilia_policy_revision",
+      "revision of the policy in force",
+      () => this.policies.revision,
+    );
+    m.gauge("cilia_policy_count", "policy documents in force", () => this.policies.size);
+  }
+
+  /** Every identity this agent knows: reserved, global (with this node's references), local. */
+  identityList(): (IdentitySpec & { scope: string; refs?: number })[] {
+    return [
+      ...RESERVED_IDENTITIES.map((i) => ({ ...i, scope: "reserved" })),
+      ...this.identities.all().map((i) => ({
+        ...i,
+        scope: "global",
+        refs: this.allocator.refCount(i.id),
+      })),
+      ...this.localIdentities.all().map((i) => ({ ...i, scope: "local" })),
+    ];
+  }
+
+  async status(): Promise<AgentStatus> {
+    return agentStatus(this, await probeKvstore(this.store));
+  }
+
+  /** Stops everything; safe to call twice and after a failed start. */
+  close(): Promise<void> {
+    return this.#closed ??= this.#close();
+  }
+
+  async #close(): Promise<void> {
+    this.#abort.abort();
+    const closers = [...this.#closers].reverse();
+    const storeAndEngine = closers.filter((c) => c === this.store || c === this.engine);
+    for (const c of closers.filter((c) => !storeAndEngine.includes(c))) {
+      await Promise.resolve(c.close()).catch((err) =>
+        this.log.warn("error while closing", { error: err })
+      );
+    }
+    await Promise.allSettled(this.#watches.map((w) => w.done));
+    await this.serial.idle();
+    for (const c of storeAndEngine) await Promise.resolve(c.close()).catch(() => {});
+    this.log.info("agent stopped", { node: this.config.nodeName });
+  }
+}

@@ -1,0 +1,39 @@
+/**
+ * `/v1/healthz`, `/v1/status`, `/v1/config` and `/v1/node`: how the agent is, how it is
+ * configured, and which nodes the kvstore knows. Read-only.
+ */
+
+import type { Hono } from "hono";
+import type { Agent } from "../agent.ts";
+import { ApiError } from "./errors.ts";
+
+export function registerStatusRoutes(app: Hono, agent: Agent): void {
+  app.get("/v1/healthz", async (c) => {
+    const s = await agent.status();
+    if (!s.healthy) {
+      throw new ApiError(503, "unhealthy", `Agent is unhealthy: ${s.warnings.join("; ")}`);
+    }
+    return c.json({ status: "ok", node: s.node.name, uptimeSeconds: s.uptimeSeconds });
+  });
+
+  app.get("/v1/status", async (c) => c.json(await agent.status()));
+
+  app.get("/v1/config", (c) => {
+    const { config } = agent;
+    return c.json({
+      ...config,
+      ipam: agent.ipam.pools().map(({ family, cidr, gateway }) => ({ family, cidr, gateway })),
+    });
+  });
+
+  app.get("/v1/node", async (c) => c.json(await agent.nodes.list()));
+
+  app.get("/v1/node/:name", async (c) => {
+    const name = c.req.param("name");
+    const node = (await agent.nodes.list()).find((n) => n.name === name);
+    if (node === undefined) {
+      throw new ApiError(404, "node_not_found", `Node "${name}" is not in the kvstore`);
+    }
+    return c.json(node);
+  });
+}

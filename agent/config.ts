@@ -1,0 +1,219 @@
+/**
+ * The agent's configuration: command-line flags and an optional config file (`--config`, JSON or
+ * YAML) with the same keys as the flags (`state-dir`, `pod-cidr`, …), validated by one zod
+ * schema into a normalised `AgentConfig`. Flags win over the file; defaults fill the rest. This
+ * module reads the config file and the hostname, nothing else.
+ */
+
+import { parseArgs } from "node:util";
+import { z } from "zod";
+import { parse as parseYaml } from "yaml";
+import { DEFAULT_LABEL_FILTER, LabelFilter, parsePrefix } from "@cilia/policy-wasm";
+import { LOG_LEVELS, type LogLevel } from "./log.ts";
+
+export interface AgentConfig {
+  stateDir: string;
+  socket: string;
+  nodeName: string;
+  podCidr?: string;
+  podCidrV6?: string;
+  /** `denokv:///abs/kv.sqlite` or `etcd://host:port[,…]`. */
+  kvstore: string;
+  /** `host:port` of the Prometheus endpoint; off when absent. */
+  metricsAddr?: string;
+  logLevel: LogLevel;
+  clusterName: string;
+  /** Identity-relevant label patterns (regex on the key, `!` excludes). */
+  identityLabels: string[];
+  /** TTL of this node's lease (node record, identity references), seconds. */
+  leaseTtl: number;
+  /** How long an identity stays unreferenced before it is released, seconds. */
+  identityGcGrace: number;
+  /** How often unreferenced identities are looked for, seconds. */
+  identityGcInterval: number;
+  /** Global identities are numbered in [min, max]. */
+  identityRange: { min: number; max: number };
+  /** Largest API request body, bytes. */
+  apiBodyLimit: number;
+}
+
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/;
+const UNIT: Record<string, number> = { ms: 0.001, s: 1, m: 60, h: 3600 };
+
+/** Seconds from `12`, `"12"`, `"500ms"`, `"2s"`, `"5m"`. */
+const duration = z.union([z.number(), z.string()]).transform((v, ctx) => {
+  if (typeof v === "number") return v;
+  const m = DURATION.exec(v.trim());
+  if (m === null) {
+    ctx.addIssue({ code: "custom", message: `Expected a duration such as "2s" or "500ms"` });
+    return z.NEVER;
+  }
+  return Number(m[1]) * UNIT[m[2] ?? "s"]!;
+}).pipe(z.number().positive());
+
+function cidr(family: 4 | 6) {
+  return z.string().transform((v, ctx) => {
+    try {
+      const p = parsePrefix(v);
+      const max = family === 4 ? 30 : 126;
+      if (p.family !== family || !v.includes("/")) {
+        throw new SyntaxError(`not an IPv${family} CIDR`);
+      }
+      if (p.len > max) throw new SyntaxError(`the prefix is longer than /${max}`);
+      return v.trim();
+    } catch (err) {
+      ctx.addIssue({
+        code: "custom",
+        message: `Expected an IPv${family} CIDR such as ${
+          family === 4 ? "10.200.0.0/24" : "fd00:200::/64"
+        }: ${(err as Error).message}`,
+      });
+      return z.NEVER;
+    }
+  });
+}
+
+const Schema = z.strictObject({
+  stateDir: z.string().min(1).default("/var/lib/cilia"),
+  socket: z.string().min(1).default("/var/run/cilia/cilia.sock"),
+  nodeName: z.string().regex(/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/, {
+    message: "Expected a lower-case DNS name such as node-1",
+  }).optional(),
+  podCidr: cidr(4).optional(),
+  podCidrV6: cidr(6).optional(),
+  kvstore: z.string().regex(/^(denokv|etcd):\/\//, {
+    message: `Expected "denokv:///abs/path/kv.sqlite" or "etcd://host:port[,host:port]"`,
+  }).optional(),
+  metricsAddr: z.string().regex(/^[^\s/]*:\d{1,5}$/, {
+    message: `Expected "host:port" such as 127.0.0.1:9962`,
+  }).optional(),
+  logLevel: z.enum(LOG_LEVELS).default("info"),
+  clusterName: z.string().min(1).default("default"),
+  identityLabels: z.array(z.string()).default([...DEFAULT_LABEL_FILTER]),
+  leaseTtl: duration.default(15),
+  identityGcGrace: duration.default(300),
+  identityGcInterval: duration.default(30),
+  identityRange: z.object({
+    min: z.number().int().min(256),
+    max: z.number().int().max(65535),
+  }).refine((r) => r.min < r.max, { message: "Expected min below max" })
+    .default({ min: 256, max: 65535 }),
+  apiBodyLimit: z.number().int().positive().default(1024 * 1024),
+});
+
+const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+const camel = (k: string) => k.replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+
+export const FLAGS = {
+  config: { type: "string" },
+  "state-dir": { type: "string" },
+  socket: { type: "string" },
+  "node-name": { type: "string" },
+  "pod-cidr": { type: "string" },
+  "pod-cidr-v6": { type: "string" },
+  kvstore: { type: "string" },
+  "metrics-addr": { type: "string" },
+  "log-level": { type: "string" },
+  "cluster-name": { type: "string" },
+  "identity-labels": { type: "string", multiple: true },
+  "lease-ttl": { type: "string" },
+  "identity-gc-grace": { type: "string" },
+  "identity-gc-interval": { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/** Validates raw settings (camelCase keys) into a config, filling defaults. */
+export function resolveConfig(raw: Record<string, unknown>): AgentConfig {
+  const r = Schema.safeParse(raw);
+  if (!r.success) {
+    const lines = r.error.issues.map((i) => {
+      const key = i.path.length > 0 ? `"${i.path.map((p) => kebab(String(p))).join(".")}"` : "";
+      const msg = i.code === "unrecognized_keys"
+        ? `Unknown key ${i.keys.map((k) => `"${kebab(k)}"`).join(", ")}`
+        : i.message;
+      return key ? `${key}: ${msg}` : msg;
+    });
+    throw new ConfigError(`Invalid agent configuration: ${lines.join("; ")}`);
+  }
+  const c = r.data;
+  try {
+    new LabelFilter(c.identityLabels);
+  } catch (err) {
+    throw new ConfigError(
+      `Invalid agent configuration: "identity-labels": ${(err as Error).message}`,
+    );
+  }
+  const stateDir = c.stateDir.replace(/\/+$/, "") || "/";
+  const { podCidr, podCidrV6, metricsAddr, ...rest } = c;
+  return {
+    ...rest,
+    stateDir,
+    nodeName: c.nodeName ?? Deno.hostname().toLowerCase(),
+    kvstore: c.kvstore ?? `denokv://${stateDir}/kv.sqlite`,
+    ...(podCidr !== undefined ? { podCidr } : {}),
+    ...(podCidrV6 !== undefined ? { podCidrV6 } : {}),
+    ...(metricsAddr !== undefined ? { metricsAddr } : {}),
+  };
+}
+
+async function readConfigFile(path: string): Promise<Record<string, unknown>> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (err) {
+    throw new ConfigError(`Cannot read config file "${path}": ${(err as Error).message}`);
+  }
+  let value: unknown;
+  try {
+    value = path.endsWith(".json") ? JSON.parse(text) : parseYaml(text);
+  } catch (err) {
+    throw new ConfigError(`Cannot parse config file "${path}": ${(err as Error).message}`);
+  }
+  if (value === null || value === undefined) return {};
+  if (typeof value !== "object" || Array.isArray(value)) {
+    throw new ConfigError(`Invalid config file "${path}": expected a mapping of settings`);
+  }
+  return Object.fromEntries(Object.entries(value).map(([k, v]) => [camel(k), v]));
+}
+
+/** Flags (and the file `--config` names) → config. `help` is true when `--help` was given. */
+export async function loadConfig(argv: string[]): Promise<{ config?: AgentConfig; help: boolean }> {
+  let values: Record<string, unknown>;
+  try {
+    values = parseArgs({ args: argv, options: FLAGS, strict: true }).values;
+  } catch (err) {
+    throw new ConfigError((err as Error).message.replace(/\. To specify.*$/s, ""));
+  }
+  if (values.help === true) return { help: true };
+  const file = typeof values.config === "string" ? await readConfigFile(values.config) : {};
+  const flags: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(values)) {
+    if (k === "config" || k === "help" || v === undefined) continue;
+    flags[camel(k)] = v;
+  }
+  return { config: resolveConfig({ ...file, ...flags }), help: false };
+}
+
+export const USAGE = `cilia-agent — the cilia node daemon
+
+Usage: cilia-agent [flags]      (or: deno task agent -- [flags])
+
+  --config FILE            JSON or YAML file with the same keys as these flags
+  --state-dir DIR          state directory (default /var/lib/cilia)
+  --socket PATH            API unix socket (default /var/run/cilia/cilia.sock)
+  --node-name NAME         this node's name (default: the hostname)
+  --pod-cidr CIDR          IPv4 pod range for host-scope IPAM, e.g. 10.200.0.0/24
+  --pod-cidr-v6 CIDR       IPv6 pod range, e.g. fd00:200::/64
+  --kvstore URL            denokv:///path/kv.sqlite (default <state-dir>/kv.sqlite)
+                           or etcd://127.0.0.1:2379[,host:port…]
+  --metrics-addr H:P       serve Prometheus metrics on http://H:P/metrics (off by default)
+  --log-level LEVEL        debug, info, warn, error (default info)
+  --cluster-name NAME      cluster name in identity labels (default "default")
+  --identity-labels PAT    identity-relevant label pattern, repeatable ("!" excludes)
+  --lease-ttl DUR          node lease TTL (default 15s)
+  --identity-gc-grace DUR  release identities unused for this long (default 5m)
+  --identity-gc-interval DUR  how often to look for them (default 30s)`;

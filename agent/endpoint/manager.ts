@@ -1,0 +1,255 @@
+/**
+ * This node's endpoints: records at `cilia/endpoints/<node>/<id>`, each with the identity its
+ * labels map to (one reference per endpoint), its addresses claimed in IPAM, and its map-state
+ * kept by the regenerator. A change is validated, the identity acquired, then the record stored
+ * and the endpoint regenerated, one change at a time; a failure releases what was taken and
+ * stores nothing. `restore()` brings back the records after a restart with fresh references.
+ */
+
+import { LabelFilter } from "@cilia/policy-wasm";
+import type { KvStore } from "../kvstore/kvstore.ts";
+import type { Logger } from "../log.ts";
+import type { Serial } from "../_serial.ts";
+import type { IdentityAllocator } from "../identity/allocator.ts";
+import type { Ipam } from "../ipam/ipam.ts";
+import type { RegenEndpoint, Regenerator } from "./regenerator.ts";
+import {
+  endpointKey,
+  type EndpointRecord,
+  type EndpointSpec,
+  EndpointSpecSchema,
+  endpointsPrefix,
+  identityLabelsOf,
+  ipsOf,
+} from "./spec.ts";
+
+export class EndpointNotFoundError extends Error {
+  override name = "EndpointNotFoundError";
+}
+
+export class EndpointConflictError extends Error {
+  override name = "EndpointConflictError";
+}
+
+export interface EndpointManagerOptions {
+  store: KvStore;
+  node: string;
+  allocator: IdentityAllocator;
+  regen: Regenerator;
+  ipam: Ipam;
+  serial: Serial;
+  clusterName: string;
+  identityLabels: readonly string[];
+  log: Logger;
+}
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+export class EndpointManager {
+  #o: EndpointManagerOptions;
+  #filter: LabelFilter;
+  #eps = new Map<number, EndpointRecord>();
+
+  constructor(opts: EndpointManagerOptions) {
+    this.#o = opts;
+    this.#filter = new LabelFilter(opts.identityLabels);
+  }
+
+  get size(): number {
+    return this.#eps.size;
+  }
+
+  list(): EndpointRecord[] {
+    return [...this.#eps.values()].sort((a, b) => a.id - b.id);
+  }
+
+  get(id: number): EndpointRecord {
+    const ep = this.#eps.get(id);
+    if (ep === undefined) throw new EndpointNotFoundError(`Endpoint ${id} does not exist`);
+    return ep;
+  }
+
+  /** By id, `namespace/name` or name (the first with that name). */
+  find(ref: string): EndpointRecord | undefined {
+    if (/^\d+$/.test(ref)) return this.#eps.get(Number(ref));
+    const slash = ref.indexOf("/");
+    return this.list().find((e) =>
+      slash >= 0 ? `${e.namespace}/${e.name}` === ref : e.name === ref
+    );
+  }
+
+  identityLabels(spec: EndpointSpec): string[] {
+    return identityLabelsOf(spec, { clusterName: this.#o.clusterName, filter: this.#filter });
+  }
+
+  /** Creates or replaces endpoint `id`. */
+  put(id: number, spec: EndpointSpec): Promise<{ endpoint: EndpointRecord; created: boolean }> {
+    return this.#put(id, spec);
+  }
+
+  /** `restored`: the record read back at start; kept as is when its identity is unchanged. */
+  async #put(
+    id: number,
+    spec: EndpointSpec,
+    restored?: EndpointRecord,
+  ): Promise<{ endpoint: EndpointRecord; created: boolean }> {
+    this.#checkAddresses(id, spec); // again below; first so that a conflict allocates nothing
+    const identity = await this.#o.allocator.acquire(this.identityLabels(spec));
+    try {
+      return await this.#o.serial.run(async () => {
+        this.#checkAddresses(id, spec);
+        const prev = this.#eps.get(id);
+        const now = new Date().toISOString();
+        const unchanged = restored !== undefined && restored.identity === identity.id;
+        const record: EndpointRecord = unchanged ? restored : {
+          ...spec,
+          id,
+          node: this.#o.node,
+          identity: identity.id,
+          identityLabels: identity.labels,
+          createdAt: prev?.createdAt ?? restored?.createdAt ?? now,
+          updatedAt: now,
+        };
+        await this.#o.regen.upsertEndpoint(regenEndpoint(record));
+        try {
+          if (!unchanged) {
+            await this.#o.store.put(
+              endpointKey(this.#o.node, id),
+              enc.encode(JSON.stringify(record)),
+            );
+          }
+        } catch (err) {
+          if (prev) await this.#o.regen.upsertEndpoint(regenEndpoint(prev)).catch(() => {});
+          else await this.#o.regen.removeEndpoint(id);
+          throw err;
+        }
+        this.#eps.set(id, record);
+        if (prev) {
+          await this.#o.allocator.release(prev.identity);
+          await this.#releaseAddresses(prev, record);
+        }
+        await this.#claimAddresses(record);
+        this.#o.log.info(
+          restored ? "endpoint restored" : prev ? "endpoint updated" : "endpoint created",
+          {
+            endpoint: id,
+            identity: identity.id,
+          },
+        );
+        return { endpoint: record, created: prev === undefined };
+      });
+    } catch (err) {
+      await this.#o.allocator.release(identity.id);
+      throw err;
+    }
+  }
+
+  /** Adds and removes labels of endpoint `id` (a new identity if the set changes). */
+  patchLabels(
+    id: number,
+    change: { add?: Record<string, string>; remove?: string[] },
+  ): Promise<EndpointRecord> {
+    const ep = this.get(id);
+    const labels = { ...ep.labels, ...change.add };
+    for (const k of change.remove ?? []) delete labels[k];
+    const spec = EndpointSpecSchema.parse({ ...specOf(ep), labels });
+    return this.put(id, spec).then((r) => r.endpoint);
+  }
+
+  delete(id: number): Promise<EndpointRecord> {
+    return this.#o.serial.run(async () => {
+      const ep = this.get(id);
+      await this.#o.store.delete(endpointKey(this.#o.node, id));
+      this.#eps.delete(id);
+      await this.#o.regen.removeEndpoint(id);
+      await this.#o.allocator.release(ep.identity);
+      await this.#releaseAddresses(ep);
+      this.#o.log.info("endpoint deleted", { endpoint: id });
+      return ep;
+    });
+  }
+
+  /** Brings back this node's endpoints from the kvstore (after a restart). */
+  async restore(): Promise<number> {
+    let n = 0;
+    for (const e of await this.#o.store.list(endpointsPrefix(this.#o.node))) {
+      let record: EndpointRecord;
+      try {
+        record = JSON.parse(dec.decode(e.value)) as EndpointRecord;
+        const spec = EndpointSpecSchema.parse(specOf(record));
+        const r = await this.#put(record.id, spec, record);
+        if (r.endpoint.identity !== record.identity) {
+          this.#o.log.warn("restored endpoint has a new identity", {
+            endpoint: record.id,
+            was: record.identity,
+            now: r.endpoint.identity,
+          });
+        }
+        n++;
+      } catch (err) {
+        this.#o.log.error("cannot restore endpoint", { key: e.key, error: err });
+      }
+    }
+    return n;
+  }
+
+  #checkAddresses(id: number, spec: EndpointSpec): void {
+    for (const ip of ipsOf(spec)) {
+      const other = this.list().find((e) => e.id !== id && ipsOf(e).includes(ip));
+      if (other) {
+        throw new EndpointConflictError(
+          `Address "${ip}" is already used by endpoint ${other.id} (${other.namespace}/${other.name})`,
+        );
+      }
+    }
+  }
+
+  /** Records `ep`'s addresses in IPAM when they lie in a pod CIDR and are not allocated yet. */
+  async #claimAddresses(ep: EndpointRecord): Promise<void> {
+    for (const ip of ipsOf(ep)) {
+      if (!this.#o.ipam.covers(ip) || this.#o.ipam.get(ip) !== undefined) continue;
+      await this.#o.ipam.claim(ip, `endpoint:${ep.id}`).catch((err) =>
+        this.#o.log.warn("cannot record the endpoint's address in IPAM", { ip, error: err })
+      );
+    }
+  }
+
+  /** Releases the IPAM allocations of `ep`'s addresses that `next` no longer uses. */
+  async #releaseAddresses(ep: EndpointRecord, next?: EndpointRecord): Promise<void> {
+    const keep = new Set(next ? ipsOf(next) : []);
+    for (const ip of ipsOf(ep)) {
+      if (keep.has(ip) || this.#o.ipam.get(ip) === undefined) continue;
+      await this.#o.ipam.release(ip).catch((err) =>
+        this.#o.log.warn("cannot release address", { ip, error: err })
+      );
+    }
+  }
+}
+
+function specOf(r: EndpointRecord): EndpointSpec {
+  const {
+    id: _id,
+    node: _node,
+    identity: _identity,
+    identityLabels: _labels,
+    createdAt: _c,
+    updatedAt: _u,
+    ...spec
+  } = r;
+  return spec;
+}
+
+function regenEndpoint(r: EndpointRecord): RegenEndpoint {
+  return {
+    id: r.id,
+    identity: r.identity,
+    identityLabels: r.identityLabels,
+    name: r.name,
+    namespace: r.namespace,
+    ips: ipsOf(r),
+    namedPorts: (r.namedPorts ?? []).map((p) => ({ ...p, name: p.name.toLowerCase() })),
+    ...(r.ifname !== undefined ? { ifname: r.ifname } : {}),
+    ...(r.netns !== undefined ? { netns: r.netns } : {}),
+  };
+}

@@ -1,0 +1,123 @@
+/**
+ * The agent's metrics in Prometheus text exposition format: counters with labels, gauges read
+ * on scrape, and `serveMetrics()`, the optional HTTP endpoint (`--metrics-addr`) that serves
+ * `/metrics`. Metric names are `cilia_*`. This module knows no agent internals.
+ */
+
+import type { Logger } from "./log.ts";
+
+type Labels = Record<string, string | number>;
+
+function labelText(labels: Labels): string {
+  const parts = Object.entries(labels).sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) =>
+    `${k}="${String(v).replaceAll("\\", "\\\\").replaceAll('"', '\\"').replaceAll("\n", "\\n")}"`
+  );
+  return parts.length > 0 ? `{${parts.join(",")}}` : "";
+}
+
+export class Counter {
+  #values = new Map<string, number>();
+  constructor(readonly name: string, readonly help: string) {}
+
+  inc(labels: Labels = {}, by = 1): void {
+    const key = labelText(labels);
+    this.#values.set(key, (this.#values.get(key) ?? 0) + by);
+  }
+
+  /** The value for exactly these labels (tests). */
+  value(labels: Labels = {}): number {
+    return this.#values.get(labelText(labels)) ?? 0;
+  }
+
+  render(): string[] {
+    const out = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} counter`];
+    if (this.#values.size === 0 && !this.name.includes("{")) out.push(`${this.name} 0`);
+    for (const [k, v] of this.#values) out.push(`${this.name}${k} ${v}`);
+    return out;
+  }
+}
+
+export class Metrics {
+  #counters: Counter[] = [];
+  #gauges: { name: string; help: string; read: () => number }[] = [];
+
+  counter(name: string, help: string): Counter {
+    const c = new Counter(name, help);
+    this.#counters.push(c);
+    return c;
+  }
+
+  gauge(name: string, help: string, read: () => number): void {
+    this.#gauges.push({ name, help, read });
+  }
+
+  render(): string {
+    const lines: string[] = [];
+    for (const g of this.#gauges) {
+      let v: number;
+      try {
+        v = g.read();
+      } catch {
+        v = NaN;
+      }
+      lines.push(`# HELP ${g.name} ${g.help}`, `# TYPE ${g.name} gauge`, `${g.name} ${v}`);
+    }
+    for (const c of this.#counters) lines.push(...c.render());
+    return lines.join("\n") + "\n";
+  }
+}
+
+/** The counters every part of the agent increments. */
+export interface AgentCounters {
+  kvstoreOps: Counter;
+  apiRequests: Counter;
+  policyImportErrors: Counter;
+  regenerations: Counter;
+}
+
+export function agentCounters(m: Metrics): AgentCounters {
+  return {
+    kvstoreOps: m.counter(
+      "cilia_kvstore_operations_total",
+      "kvstore operations by backend, operation and outcome",
+    ),
+    apiRequests: m.counter("cilia_api_requests_total", "API requests by route and status code"),
+    policyImportErrors: m.counter(
+      "cilia_policy_import_errors_total",
+      "policy imports rejected (invalid documents or engine load failures)",
+    ),
+    regenerations: m.counter(
+      "cilia_endpoint_regenerations_total",
+      "endpoint map-state computations by kind (full or incremental)",
+    ),
+  };
+}
+
+export interface MetricsServer {
+  readonly addr: string;
+  close(): Promise<void>;
+}
+
+/** Serves `GET /metrics` on `host:port`; port 0 picks a free one (see `addr`). */
+export function serveMetrics(metrics: Metrics, hostPort: string, log: Logger): MetricsServer {
+  const colon = hostPort.lastIndexOf(":");
+  const hostname = hostPort.slice(0, colon).replace(/^\[|\]$/g, "") || "0.0.0.0";
+  const port = Number(hostPort.slice(colon + 1));
+  let server: Deno.HttpServer<Deno.NetAddr>;
+  try {
+    server = Deno.serve({ hostname, port, onListen() {} }, (req) => {
+      const url = new URL(req.url);
+      if (url.pathname !== "/metrics") return new Response("not found\n", { status: 404 });
+      return new Response(metrics.render(), {
+        headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
+      });
+    });
+  } catch (err) {
+    throw new Error(`Cannot serve metrics on "${hostPort}": ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+  const addr = `${server.addr.hostname}:${server.addr.port}`;
+  log.info("serving metrics", { addr: `http://${addr}/metrics` });
+  return { addr, close: () => server.shutdown() };
+}

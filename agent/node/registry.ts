@@ -1,0 +1,70 @@
+/**
+ * The node records of the cluster: this node's (name, addresses, pod CIDRs, start time) is put
+ * at `cilia/nodes/<name>` with the node lease, so it disappears when the node stops renewing;
+ * `list()` reads every node's. Discovery of routes and tunnels builds on this later; this module
+ * only publishes and reads records.
+ */
+
+import type { KvStore } from "../kvstore/kvstore.ts";
+import type { NodeLease } from "./lease.ts";
+
+export const NODES_PREFIX = "cilia/nodes/";
+
+export interface NodeRecord {
+  name: string;
+  addresses: string[];
+  podCidr?: string;
+  podCidrV6?: string;
+  startedAt: string;
+}
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+/** Non-loopback, non-link-local addresses of this host's interfaces. */
+export function hostAddresses(): string[] {
+  try {
+    return Deno.networkInterfaces()
+      .filter((i) => !i.address.startsWith("127.") && i.address !== "::1")
+      .filter((i) => !i.address.toLowerCase().startsWith("fe80:"))
+      .map((i) => i.address)
+      .filter((a, i, all) => all.indexOf(a) === i)
+      .sort();
+  } catch {
+    return [];
+  }
+}
+
+export class NodeRegistry {
+  #store: KvStore;
+  #lease: NodeLease;
+  readonly self: NodeRecord;
+
+  constructor(store: KvStore, lease: NodeLease, self: NodeRecord) {
+    this.#store = store;
+    this.#lease = lease;
+    this.self = self;
+    lease.onRenewed(() => this.register());
+  }
+
+  async register(): Promise<void> {
+    await this.#store.put(
+      NODES_PREFIX + this.self.name,
+      enc.encode(JSON.stringify(this.self)),
+      { lease: this.#lease.id },
+    );
+  }
+
+  async list(): Promise<(NodeRecord & { self: boolean })[]> {
+    const out: (NodeRecord & { self: boolean })[] = [];
+    for (const e of await this.#store.list(NODES_PREFIX)) {
+      try {
+        const r = JSON.parse(dec.decode(e.value)) as NodeRecord;
+        out.push({ ...r, self: r.name === this.self.name });
+      } catch {
+        // a record some other writer garbled: skip it
+      }
+    }
+    return out;
+  }
+}

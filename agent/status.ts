@@ -1,0 +1,99 @@
+/**
+ * The agent's status as `/v1/status` reports it: node, kvstore reachability, identity usage (with
+ * a warning above 90 % of the range), endpoints, policy revision, IPAM pools, uptime, and the
+ * list of problems that makes it unhealthy. Reads the agent; changes nothing.
+ */
+
+import type { Agent } from "./agent.ts";
+import type { KvStore } from "./kvstore/kvstore.ts";
+
+export interface KvstoreHealth {
+  backend: "denokv" | "etcd";
+  name: string;
+  reachable: boolean;
+  error?: string;
+}
+
+export interface AgentStatus {
+  healthy: boolean;
+  node: { name: string; podCidr?: string; podCidrV6?: string; addresses: string[] };
+  kvstore: KvstoreHealth;
+  identities: {
+    global: number;
+    local: number;
+    range: string;
+    capacity: number;
+    usedPercent: number;
+    warning?: string;
+  };
+  endpoints: { count: number; notReady: number };
+  policy: { revision: number; count: number };
+  ipam: { family: 4 | 6; cidr: string; gateway: string; allocated: number; capacity: string }[];
+  uptimeSeconds: number;
+  warnings: string[];
+}
+
+/** Reads the store's cursor within `timeoutMs`. */
+export async function probeKvstore(store: KvStore, timeoutMs = 2000): Promise<KvstoreHealth> {
+  const backend = store.name.startsWith("etcd") ? "etcd" : "denokv";
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    await Promise.race([
+      store.cursor(),
+      new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+      }),
+    ]);
+    return { backend, name: store.name, reachable: true };
+  } catch (err) {
+    return {
+      backend,
+      name: store.name,
+      reachable: false,
+      error: err instanceof Error ? err.message : String(err),
+    };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export function agentStatus(agent: Agent, kvstore: KvstoreHealth): AgentStatus {
+  const c = agent.config;
+  const { min, max } = c.identityRange;
+  const capacity = max - min + 1;
+  const global = agent.identities.size;
+  const usedPercent = Math.round((global / capacity) * 1000) / 10;
+  const warnings: string[] = [];
+  if (!kvstore.reachable) warnings.push(`kvstore ${kvstore.name} is unreachable: ${kvstore.error}`);
+  const identities: AgentStatus["identities"] = {
+    global,
+    local: agent.localIdentities.size,
+    range: `${min}-${max}`,
+    capacity,
+    usedPercent,
+  };
+  if (global > capacity * 0.9) {
+    identities.warning = `${global} of ${capacity} identities (${usedPercent}%) are in use: ` +
+      `the range ${min}-${max} is running out`;
+    warnings.push(identities.warning);
+  }
+  const notReady =
+    agent.endpoints.list().filter((e) => agent.regen.resolved(e.id)?.error !== undefined).length;
+  if (notReady > 0) warnings.push(`${notReady} endpoint(s) failed to regenerate`);
+  return {
+    healthy: kvstore.reachable,
+    node: {
+      name: c.nodeName,
+      ...(c.podCidr ? { podCidr: c.podCidr } : {}),
+      ...(c.podCidrV6 ? { podCidrV6: c.podCidrV6 } : {}),
+      addresses: agent.nodes.self.addresses,
+    },
+    kvstore,
+    identities,
+    endpoints: { count: agent.endpoints.size, notReady },
+    policy: { revision: agent.policies.revision, count: agent.policies.size },
+    ipam: agent.ipam.pools(),
+    uptimeSeconds: Math.round((Date.now() - agent.startedAt.getTime()) / 1000),
+    warnings,
+  };
+}

@@ -1,0 +1,166 @@
+// Live `cilia policy` commands against the agent: import files (one atomic request), get the
+// policies in force (`-o yaml` prints documents that import again unchanged, `-o json` a v1
+// List that does too), delete by name, labels or all, and trace a flow between live endpoints.
+
+import { parse as parseYaml } from "yaml";
+import type { Flags } from "./main.ts";
+import { readInputs } from "./files.ts";
+import { type Format, renderList, renderModel, UsageError } from "./output.ts";
+import type { AgentClient } from "./live_client.ts";
+import { flowInput, type TraceArgs } from "./policy_trace.ts";
+
+interface PolicyRef {
+  kind: string;
+  namespace?: string;
+  name: string;
+  labels: Record<string, string>;
+}
+
+const labelText = (l: Record<string, string>) =>
+  Object.entries(l).map(([k, v]) => `${k}=${v}`).join(",");
+
+export async function policyImport(
+  api: AgentClient,
+  files: string[],
+  format: Format,
+): Promise<number> {
+  if (files.length === 0) throw new UsageError("policy import: give one or more files (or -)");
+  const inputs = await readInputs(files);
+  const r = await api.request<{ revision: number; changed: boolean; policies: PolicyRef[] }>(
+    "PUT",
+    "/v1/policy",
+    { json: { sources: inputs.map((f) => ({ text: f.text, file: f.path })) } },
+  );
+  if (format !== "table") console.log(renderModel(r, format));
+  else {
+    const what = r.changed ? "Imported" : "Unchanged:";
+    console.log(
+      `${what} ${r.policies.length} polic${
+        r.policies.length === 1 ? "y" : "ies"
+      }, revision ${r.revision}`,
+    );
+  }
+  return 0;
+}
+
+function filterQuery(name: string | undefined, v: Flags): Record<string, string | undefined> {
+  return {
+    name,
+    namespace: v.namespace,
+    kind: v.kind,
+    labels: v.labels,
+  };
+}
+
+export async function policyGet(
+  api: AgentClient,
+  rest: string[],
+  v: Flags,
+  format: Format,
+): Promise<number> {
+  const query = filterQuery(rest[0], v);
+  if (format === "yaml") {
+    const text = await api.request<string>("GET", "/v1/policy", {
+      accept: "application/yaml",
+      query,
+    });
+    Deno.stdout.writeSync(new TextEncoder().encode(text));
+    return 0;
+  }
+  const r = await api.request<{ revision: number; policies: (PolicyRef & { text: string })[] }>(
+    "GET",
+    "/v1/policy",
+    { query },
+  );
+  if (format === "json") {
+    const items = r.policies.map((p) => parseYaml(p.text) as unknown);
+    console.log(renderModel({ apiVersion: "v1", kind: "List", items }, "json"));
+    return 0;
+  }
+  console.log(renderList(r.policies, [
+    { header: "KIND", value: (p) => p.kind },
+    { header: "NAMESPACE", value: (p) => p.namespace ?? "" },
+    { header: "NAME", value: (p) => p.name },
+    { header: "LABELS", value: (p) => labelText(p.labels) },
+  ], "table"));
+  console.log(`Revision: ${r.revision}`);
+  return 0;
+}
+
+export async function policyDelete(
+  api: AgentClient,
+  rest: string[],
+  v: Flags,
+  format: Format,
+): Promise<number> {
+  if (rest[0] === undefined && v.labels === undefined && !v.all) {
+    throw new UsageError("policy delete: give a NAME, --labels k=v,… or --all");
+  }
+  const query = { ...filterQuery(rest[0], v), ...(v.all ? { all: "true" } : {}) };
+  const r = await api.request<{ revision: number; deleted: PolicyRef[] }>(
+    "DELETE",
+    "/v1/policy",
+    { query },
+  );
+  if (format !== "table") console.log(renderModel(r, format));
+  else {
+    for (const p of r.deleted) {
+      console.log(`Deleted ${p.kind} ${p.namespace ? p.namespace + "/" : ""}${p.name}`);
+    }
+    console.log(`Revision: ${r.revision}`);
+  }
+  return 0;
+}
+
+function peer(side: "src" | "dst", v: Flags): Record<string, string | number> {
+  const endpoint = v[`${side}-endpoint`];
+  const ip = v[`${side}-ip`];
+  const entity = v[`${side}-entity`];
+  const given = [endpoint, ip, entity].filter((x) => x !== undefined);
+  if (v[`${side}-labels`] !== undefined) {
+    throw new UsageError(
+      `policy trace: --${side}-labels needs --policy (offline); live traces take --${side}-endpoint, --${side}-ip or --${side}-entity`,
+    );
+  }
+  if (given.length !== 1) {
+    throw new UsageError(
+      `policy trace: give exactly one of --${side}-endpoint, --${side}-ip, --${side}-entity`,
+    );
+  }
+  if (endpoint !== undefined) {
+    const ns = v[`${side}-namespace`];
+    return { endpoint: ns && !endpoint.includes("/") ? `${ns}/${endpoint}` : endpoint };
+  }
+  return ip !== undefined ? { ip } : { entity: entity! };
+}
+
+export async function policyTraceLive(api: AgentClient, v: Flags, format: Format): Promise<number> {
+  const args: TraceArgs = {
+    policy: [],
+    src: {},
+    dst: {},
+    dport: v.dport,
+    icmpType: v["icmp-type"],
+    http: {
+      method: v["http-method"],
+      path: v["http-path"],
+      host: v["http-host"],
+      headers: v["http-header"] ?? [],
+    },
+    kafka: {
+      role: v["kafka-role"],
+      apiKey: v["kafka-api-key"],
+      topic: v["kafka-topic"] ?? [],
+      clientId: v["kafka-client-id"],
+      apiVersion: v["kafka-api-version"],
+    },
+  };
+  const from = peer("src", v);
+  const to = peer("dst", v);
+  const { from: _f, to: _t, ...flow } = flowInput(args, "", "");
+  const r = await api.request<{ trace: string[] }>("POST", "/v1/policy/trace", {
+    json: { from, to, ...flow },
+  });
+  console.log(format === "table" ? r.trace.join("\n") : renderModel(r, format));
+  return 0;
+}

@@ -1,0 +1,85 @@
+// The agent's configuration: defaults, a YAML or JSON file with the flags' keys, flags winning
+// over the file, durations, and errors that name the key; the executable's exit codes.
+
+import assert from "node:assert/strict";
+import { ConfigError, loadConfig, resolveConfig } from "../../agent/config.ts";
+import { root } from "./_fixture.ts";
+
+Deno.test("config: defaults follow the issue", () => {
+  const c = resolveConfig({ nodeName: "n1" });
+  assert.equal(c.stateDir, "/var/lib/cilia");
+  assert.equal(c.socket, "/var/run/cilia/cilia.sock");
+  assert.equal(c.kvstore, "denokv:///var/lib/cilia/kv.sqlite");
+  assert.equal(c.metricsAddr, undefined);
+  assert.deepEqual(c.identityRange, { min: 256, max: 65535 });
+  assert.equal(resolveConfig({}).nodeName, Deno.hostname().toLowerCase());
+});
+
+Deno.test("config: a YAML file with the flags' keys; flags win; durations", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(
+      `${dir}/agent.yaml`,
+      `state-dir: ${dir}/state\nnode-name: from-file\npod-cidr: 10.1.0.0/24\nlease-ttl: 500ms\n` +
+        `identity-labels: ["app$", "!.*"]\nkvstore: etcd://127.0.0.1:2379,127.0.0.1:2380\n`,
+    );
+    const { config } = await loadConfig([
+      "--config",
+      `${dir}/agent.yaml`,
+      "--node-name",
+      "from-flag",
+    ]);
+    assert.equal(config!.nodeName, "from-flag");
+    assert.equal(config!.podCidr, "10.1.0.0/24");
+    assert.equal(config!.leaseTtl, 0.5);
+    assert.equal(config!.stateDir, `${dir}/state`);
+    assert.deepEqual(config!.identityLabels, ["app$", "!.*"]);
+    await Deno.writeTextFile(`${dir}/agent.json`, JSON.stringify({ "pod-cidr-v6": "fd00::/64" }));
+    const json = await loadConfig(["--config", `${dir}/agent.json`, "--identity-gc-grace", "2m"]);
+    assert.equal(json.config!.podCidrV6, "fd00::/64");
+    assert.equal(json.config!.identityGcGrace, 120);
+    assert.equal((await loadConfig(["--help"])).help, true);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("config: errors name the key and what was expected", async () => {
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ podCidr: "10.0.0.0" }, /"pod-cidr": Expected an IPv4 CIDR such as 10.200.0.0\/24/],
+    [{ podCidr: "fd00::/64" }, /"pod-cidr": Expected an IPv4 CIDR/],
+    [{ podCidrV6: "10.0.0.0/8" }, /"pod-cidr-v6": Expected an IPv6 CIDR/],
+    [{ podCidr: "10.0.0.0/31" }, /longer than \/30/],
+    [{ kvstore: "redis://x" }, /"kvstore": Expected "denokv:/],
+    [{ metricsAddr: "9962" }, /"metrics-addr": Expected "host:port"/],
+    [{ leaseTtl: "soon" }, /"lease-ttl": Expected a duration/],
+    [{ logLevel: "loud" }, /"log-level"/],
+    [{ nodeName: "Node_1" }, /"node-name": Expected a lower-case DNS name/],
+    [{ colour: "red" }, /Unknown key "colour"/],
+  ];
+  for (const [raw, message] of cases) {
+    assert.throws(
+      () => resolveConfig(raw),
+      (e: Error) => e instanceof ConfigError && message.test(e.message),
+    );
+  }
+  await assert.rejects(() => loadConfig(["--bogus"]), /Unknown option '--bogus'/);
+  await assert.rejects(
+    () => loadConfig(["--config", "/nonexistent.yaml"]),
+    /Cannot read config file "\/nonexistent.yaml"/,
+  );
+});
+
+Deno.test("cilia-agent: bad flags exit 2 naming the problem; --help exits 0", async () => {
+  const run = (args: string[]) =>
+    new Deno.Command(`${root}bin/cilia-agent`, { args, env: { CILIA_DENO: Deno.execPath() } })
+      .output();
+  const [bad, help] = await Promise.all([run(["--pod-cidr", "nope"]), run(["--help"])]);
+  assert.equal(bad.code, 2);
+  assert.match(
+    new TextDecoder().decode(bad.stderr),
+    /cilia-agent: Invalid agent configuration: "pod-cidr"/,
+  );
+  assert.equal(help.code, 0);
+  assert.match(new TextDecoder().decode(help.stdout), /--pod-cidr CIDR/);
+});
