@@ -93,13 +93,67 @@ export function cacheUpdateIdentity(slot: i32): void {
 }
 
 /** Recomputes the whole cache (rules replaced). */
+/** (key, value) → identity slots carrying that label (any source), for candidate pruning. */
+function labelIndex(): Map<u64, Array<i32>> {
+  const idx = new Map<u64, Array<i32>>();
+  for (let slot = 0; slot < identities.length; slot++) {
+    const id = unchecked(identities[slot]);
+    if (!id.alive) continue;
+    for (let i = 0; i < id.keys.length; i++) {
+      const k = (<u64> unchecked(id.keys[i]) << 32) | <u64> unchecked(id.vals[i]);
+      if (!idx.has(k)) idx.set(k, new Array<i32>());
+      const list = idx.get(k);
+      if (list.length == 0 || list[list.length - 1] != slot) list.push(slot);
+    }
+  }
+  return idx;
+}
+
+/** The In requirement with the fewest candidate identities, or -1 when there is none. */
+function narrowestIn(sel: Selector, idx: Map<u64, Array<i32>>): i32 {
+  let best = -1;
+  let bestCount = i32.MAX_VALUE;
+  for (let r = 0; r < sel.reqs.length; r++) {
+    const q = unchecked(sel.reqs[r]);
+    if (q.op != OP_IN) continue;
+    let n = 0;
+    for (let v = 0; v < q.values.length; v++) {
+      const k = (<u64> q.key << 32) | <u64> unchecked(q.values[v]);
+      if (idx.has(k)) n += idx.get(k).length;
+    }
+    if (n < bestCount) {
+      best = r;
+      bestCount = n;
+    }
+  }
+  return best;
+}
+
+/**
+ * Recomputes the whole cache (rules replaced). A label selector with an In requirement is only
+ * evaluated on the identities that carry one of that requirement's (key, value) pairs, which
+ * every match must; the others are evaluated on every identity.
+ */
 export function cacheRebuild(): void {
+  const idx = labelIndex();
   for (let s = 0; s < selectors.length; s++) {
     const sel = unchecked(selectors[s]);
     sel.bits = new Array<u32>((identities.length + 31) >> 5);
-    for (let slot = 0; slot < identities.length; slot++) {
-      if (selectorMatches(sel, unchecked(identities[slot]))) {
-        sel.bits[slot >> 5] = sel.bits[slot >> 5] | (1 << (slot & 31));
+    const narrow = sel.kind == SEL_LABELS ? narrowestIn(sel, idx) : -1;
+    if (narrow < 0) {
+      for (let slot = 0; slot < identities.length; slot++) {
+        if (selectorMatches(sel, unchecked(identities[slot]))) setBit(sel, slot, true);
+      }
+      continue;
+    }
+    const q = unchecked(sel.reqs[narrow]);
+    for (let v = 0; v < q.values.length; v++) {
+      const k = (<u64> q.key << 32) | <u64> unchecked(q.values[v]);
+      if (!idx.has(k)) continue;
+      const list = idx.get(k);
+      for (let i = 0; i < list.length; i++) {
+        const slot = unchecked(list[i]);
+        if (selectorMatches(sel, unchecked(identities[slot]))) setBit(sel, slot, true);
       }
     }
   }
