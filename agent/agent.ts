@@ -36,13 +36,20 @@ import { Ipam } from "./ipam/ipam.ts";
 import { type DatapathSink, NullSink } from "./endpoint/datapath_sink.ts";
 import { Regenerator } from "./endpoint/regenerator.ts";
 import { EndpointManager } from "./endpoint/manager.ts";
+import { CniAttachments } from "./endpoint/cni_attachments.ts";
+import { KernelSink, registerDatapathMetrics } from "./datapath/kernel_sink.ts";
+import { checkDatapath } from "./datapath/preflight.ts";
+import { setupHostNetwork } from "./node/host_net.ts";
 import { PolicyRepository } from "./policy/repository.ts";
 import { type AgentStatus, agentStatus, probeKvstore } from "./status.ts";
 
 export interface AgentOptions {
   config: AgentConfig;
   log?: Logger;
-  /** Where map-state diffs go; the kernel datapath later, a no-op by default. */
+  /**
+   * Where map-state diffs go. Default: the kernel datapath (`--datapath kernel`), or nothing
+   * (`--datapath none`). A sink given here replaces both (tests).
+   */
   sink?: DatapathSink;
   /** Deno KV timings (tests make them short). */
   denokv?: DenoKvOptions;
@@ -70,7 +77,10 @@ export class Agent {
   policies!: PolicyRepository;
   ipam!: Ipam;
   endpoints!: EndpointManager;
+  cni!: CniAttachments;
   nodes!: NodeRegistry;
+  /** The kernel datapath, when the agent runs it. */
+  datapath: KernelSink | undefined;
   metricsServer: MetricsServer | undefined;
   #abort = new AbortController();
   #watches: PrefixWatch[] = [];
@@ -104,10 +114,19 @@ export class Agent {
     this.#closers.push(this.store);
     this.engine = await PolicyEngine.create();
     this.#closers.push(this.engine);
+    if (opts.sink === undefined && c.datapath === "kernel") {
+      await checkDatapath(c.bpffsRoot);
+      this.datapath = await KernelSink.open({
+        bpffsRoot: c.bpffsRoot,
+        buildDir: c.bpfBuildDir,
+        log: log.child({ subsys: "datapath" }),
+      });
+      this.#closers.push(this.datapath);
+    }
     const options = { ...DEFAULT_OPTIONS, clusterName: c.clusterName };
     this.regen = new Regenerator({
       engine: this.engine,
-      sink: opts.sink ?? new NullSink(),
+      sink: opts.sink ?? this.datapath ?? new NullSink(),
       log: log.child({ subsys: "regeneration" }),
       options,
       counter: this.counters.regenerations,
@@ -156,6 +175,12 @@ export class Agent {
       log: log.child({ subsys: "ipam" }),
     });
     const addresses = await this.ipam.restore();
+    if (this.datapath) {
+      // The node's own addresses, the pod gateways among them, are reserved:host.
+      const gateways = await setupHostNetwork(this.ipam.pools());
+      const own = [...new Set([...gateways, ...hostAddresses()])];
+      await this.regen.updateIpcache(own.map((prefix) => ({ prefix, identity: 1 })));
+    }
     this.endpoints = new EndpointManager({
       store: this.store,
       node: c.nodeName,
@@ -168,6 +193,16 @@ export class Agent {
       log: log.child({ subsys: "endpoint" }),
     });
     const restored = await this.endpoints.restore();
+    this.cni = new CniAttachments({
+      endpoints: this.endpoints,
+      ipam: this.ipam,
+      log: log.child({ subsys: "cni" }),
+      kernel: this.datapath !== undefined,
+    });
+    if (this.datapath) {
+      await this.cni.sweep();
+      await this.datapath.reconcile();
+    }
 
     this.nodes = new NodeRegistry(this.store, this.lease, {
       name: c.nodeName,
@@ -230,6 +265,7 @@ export class Agent {
       () => this.policies.revision,
     );
     m.gauge("cilia_policy_count", "policy documents in force", () => this.policies.size);
+    if (this.datapath) registerDatapathMetrics(m, this.datapath);
   }
 
   /** Every identity this agent knows: reserved, global (with this node's references), local. */

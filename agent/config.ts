@@ -35,11 +35,20 @@ export interface AgentConfig {
   identityRange: { min: number; max: number };
   /** Largest API request body, bytes. */
   apiBodyLimit: number;
+  /** `kernel`: the eBPF datapath enforces policy; `none`: nothing is written to the kernel. */
+  datapath: "kernel" | "none";
+  /** Where the kernel datapath pins its maps and programs (a directory on a bpffs). */
+  bpffsRoot: string;
+  /** The eBPF object cache (compiled once per source hash). */
+  bpfBuildDir: string;
 }
 
 export class ConfigError extends Error {
   override name = "ConfigError";
 }
+
+/** The repository's eBPF object cache (scripts/setup fills it). */
+export const DEFAULT_BPF_BUILD_DIR = new URL("../bpf/build", import.meta.url).pathname;
 
 const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/;
 const UNIT: Record<string, number> = { ms: 0.001, s: 1, m: 60, h: 3600 };
@@ -103,6 +112,13 @@ const Schema = z.strictObject({
   }).refine((r) => r.min < r.max, { message: "Expected min below max" })
     .default({ min: 256, max: 65535 }),
   apiBodyLimit: z.number().int().positive().default(1024 * 1024),
+  datapath: z.enum(["kernel", "none"], {
+    message: `Expected "kernel" (the eBPF datapath) or "none" (no kernel changes)`,
+  }).default("kernel"),
+  bpffsRoot: z.string().regex(/^\/./, { message: "Expected an absolute path on a bpffs" })
+    .default("/sys/fs/bpf/cilia"),
+  bpfBuildDir: z.string().regex(/^\/./, { message: "Expected an absolute directory" })
+    .default(DEFAULT_BPF_BUILD_DIR),
 });
 
 const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
@@ -123,6 +139,9 @@ export const FLAGS = {
   "lease-ttl": { type: "string" },
   "identity-gc-grace": { type: "string" },
   "identity-gc-interval": { type: "string" },
+  datapath: { type: "string" },
+  "bpffs-root": { type: "string" },
+  "bpf-build-dir": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -216,4 +235,8 @@ Usage: cilia-agent [flags]      (or: deno task agent -- [flags])
   --identity-labels PAT    identity-relevant label pattern, repeatable ("!" excludes)
   --lease-ttl DUR          node lease TTL (default 15s)
   --identity-gc-grace DUR  release identities unused for this long (default 5m)
-  --identity-gc-interval DUR  how often to look for them (default 30s)`;
+  --identity-gc-interval DUR  how often to look for them (default 30s)
+  --datapath MODE          kernel (eBPF programs enforce policy; needs root and a bpffs)
+                           or none (no kernel changes, e.g. for tests); default kernel
+  --bpffs-root DIR         where the datapath pins maps and programs (default /sys/fs/bpf/cilia)
+  --bpf-build-dir DIR      eBPF object cache (default the repository's bpf/build)`;

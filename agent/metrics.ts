@@ -24,6 +24,11 @@ export class Counter {
     this.#values.set(key, (this.#values.get(key) ?? 0) + by);
   }
 
+  /** Sets the value (for counters kept elsewhere, e.g. by the kernel, read on scrape). */
+  set(labels: Labels, value: number): void {
+    this.#values.set(labelText(labels), value);
+  }
+
   /** The value for exactly these labels (tests). */
   value(labels: Labels = {}): number {
     return this.#values.get(labelText(labels)) ?? 0;
@@ -40,6 +45,7 @@ export class Counter {
 export class Metrics {
   #counters: Counter[] = [];
   #gauges: { name: string; help: string; read: () => number }[] = [];
+  #hooks: (() => Promise<void>)[] = [];
 
   counter(name: string, help: string): Counter {
     const c = new Counter(name, help);
@@ -49,6 +55,17 @@ export class Metrics {
 
   gauge(name: string, help: string, read: () => number): void {
     this.#gauges.push({ name, help, read });
+  }
+
+  /** Runs before every scrape (refreshes values read from elsewhere); failures are skipped. */
+  onScrape(hook: () => Promise<void>): void {
+    this.#hooks.push(hook);
+  }
+
+  /** Refreshes (onScrape hooks) and renders. */
+  async scrape(): Promise<string> {
+    for (const h of this.#hooks) await h().catch(() => {});
+    return this.render();
   }
 
   render(): string {
@@ -105,10 +122,10 @@ export function serveMetrics(metrics: Metrics, hostPort: string, log: Logger): M
   const port = Number(hostPort.slice(colon + 1));
   let server: Deno.HttpServer<Deno.NetAddr>;
   try {
-    server = Deno.serve({ hostname, port, onListen() {} }, (req) => {
+    server = Deno.serve({ hostname, port, onListen() {} }, async (req) => {
       const url = new URL(req.url);
       if (url.pathname !== "/metrics") return new Response("not found\n", { status: 404 });
-      return new Response(metrics.render(), {
+      return new Response(await metrics.scrape(), {
         headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
       });
     });

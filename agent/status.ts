@@ -14,6 +14,15 @@ export interface KvstoreHealth {
   error?: string;
 }
 
+export interface DatapathStatus {
+  mode: "kernel" | "none";
+  bpffsRoot?: string;
+  /** The pinned programs' directory (one per compiled object). */
+  programs?: string;
+  /** False when this agent loaded the programs, true when it found them pinned. */
+  reused?: boolean;
+}
+
 export interface AgentStatus {
   healthy: boolean;
   node: { name: string; podCidr?: string; podCidrV6?: string; addresses: string[] };
@@ -29,6 +38,7 @@ export interface AgentStatus {
   endpoints: { count: number; notReady: number };
   policy: { revision: number; count: number };
   ipam: { family: 4 | 6; cidr: string; gateway: string; allocated: number; capacity: string }[];
+  datapath: DatapathStatus;
   uptimeSeconds: number;
   warnings: string[];
 }
@@ -93,6 +103,14 @@ export function agentStatus(agent: Agent, kvstore: KvstoreHealth): AgentStatus {
     endpoints: { count: agent.endpoints.size, notReady },
     policy: { revision: agent.policies.revision, count: agent.policies.size },
     ipam: agent.ipam.pools(),
+    datapath: agent.datapath
+      ? {
+        mode: "kernel",
+        bpffsRoot: agent.datapath.datapath.pins.root,
+        programs: agent.datapath.datapath.pins.progDir,
+        reused: !agent.datapath.datapath.loaded,
+      }
+      : { mode: "none" },
     uptimeSeconds: Math.round((Date.now() - agent.startedAt.getTime()) / 1000),
     warnings,
   };

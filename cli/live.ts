@@ -94,6 +94,17 @@ function statusText(s: AgentStatus): string {
     ...s.ipam.map((p) =>
       `IPAM:        IPv${p.family} ${p.cidr}: ${p.allocated}/${p.capacity} allocated, gateway ${p.gateway}`
     ),
+    ...(s.datapath
+      ? [
+        `Datapath:    ${
+          s.datapath.mode === "kernel"
+            ? `kernel, ${
+              s.datapath.reused ? "programs reused from" : "programs loaded into"
+            } ${s.datapath.bpffsRoot}`
+            : "none (no enforcement)"
+        }`,
+      ]
+      : []),
     `Uptime:      ${uptime(s.uptimeSeconds)}`,
   ];
   for (const w of s.warnings) lines.push(`Warning:     ${w}`);

@@ -14,6 +14,7 @@ import { registerStatusRoutes } from "./routes_status.ts";
 import { registerEndpointRoutes } from "./routes_endpoint.ts";
 import { registerPolicyRoutes } from "./routes_policy.ts";
 import { registerClusterRoutes } from "./routes_cluster.ts";
+import { registerCniRoutes } from "./routes_cni.ts";
 
 export function createApi(agent: Agent): Hono {
   const app = new Hono();
@@ -47,6 +48,7 @@ export function createApi(agent: Agent): Hono {
   registerEndpointRoutes(app, agent);
   registerPolicyRoutes(app, agent);
   registerClusterRoutes(app, agent);
+  registerCniRoutes(app, agent);
 
   app.notFound((c) => {
     const body: ErrorBody = {

@@ -7,6 +7,7 @@
 import { z } from "zod";
 import { EngineError, PolicyValidationError } from "@cilia/policy-wasm";
 import { EndpointConflictError, EndpointNotFoundError } from "../endpoint/manager.ts";
+import { CniAttachmentError } from "../endpoint/cni_error.ts";
 import { PolicyNotFoundError } from "../policy/repository.ts";
 import { IpamExhaustedError, IpamNotFoundError, IpamRangeError } from "../ipam/ipam.ts";
 import { IdentityExhaustedError } from "../identity/allocator.ts";
@@ -77,6 +78,7 @@ export function toErrorBody(err: unknown, storeName: string): { status: number; 
     return e(400, "invalid_policy", err.message, { details: { issues: err.issues } });
   }
   if (err instanceof EngineError) return e(400, "policy_rejected", err.message);
+  if (err instanceof CniAttachmentError) return e(err.status, err.code, err.message);
   if (err instanceof EndpointNotFoundError) return e(404, "endpoint_not_found", err.message);
   if (err instanceof EndpointConflictError) return e(409, "endpoint_conflict", err.message);
   if (err instanceof PolicyNotFoundError) return e(404, "policy_not_found", err.message);

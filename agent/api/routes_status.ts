@@ -1,6 +1,7 @@
 /**
- * `/v1/healthz`, `/v1/status`, `/v1/config` and `/v1/node`: how the agent is, how it is
- * configured, and which nodes the kvstore knows. Read-only.
+ * `/v1/healthz`, `/v1/status`, `/v1/config`, `/v1/node` and `/v1/metrics` (Prometheus text, as
+ * on `--metrics-addr`): how the agent is, how it is configured, and which nodes the kvstore
+ * knows. Read-only.
  */
 
 import type { Hono } from "hono";
@@ -27,6 +28,11 @@ export function registerStatusRoutes(app: Hono, agent: Agent): void {
   });
 
   app.get("/v1/node", async (c) => c.json(await agent.nodes.list()));
+
+  app.get("/v1/metrics", async (c) =>
+    c.body(await agent.metrics.scrape(), 200, {
+      "content-type": "text/plain; version=0.0.4; charset=utf-8",
+    }));
 
   app.get("/v1/node/:name", async (c) => {
     const name = c.req.param("name");

@@ -15,7 +15,7 @@ import {
   LAYOUTS,
   num,
 } from "./codecs.ts";
-import { parseIPv4, parseIPv6, parseMac, parsePrefix } from "./_addr.ts";
+import { formatIP, parseIPv4, parseIPv6, parseMac, parsePrefix } from "./_addr.ts";
 import { collectConntrack, type GcResult, startConntrackGc } from "./conntrack_gc.ts";
 import { type DatapathEvent, readEvents } from "./events.ts";
 import {
@@ -29,6 +29,7 @@ import {
 } from "./loader.ts";
 import {
   decodePolicyEntry,
+  type EncodedEntry,
   mergePolicyEntries,
   planPolicyChanges,
   type PolicyEntry,
@@ -163,6 +164,13 @@ export class Datapath implements AsyncDisposable {
     collectConntrack(this.pins.maps.cilia_ct, { remove: (k) => num(k.ep_id) === epId });
   }
 
+  /** Deletes one endpoint entry by interface index and detaches from it (stale entries). */
+  async removeEndpointEntry(ifindex: number, ifname?: string): Promise<void> {
+    const key = encode(LAYOUTS.endpointKey, { ifindex });
+    await this.#writer.apply(this.pins.maps.cilia_endpoints, [], [key]);
+    if (ifname) await detachEndpoint(ifname, this.#netns);
+  }
+
   async updateIpcache(
     upserts: readonly IpcacheUpsert[],
     deletes: readonly string[],
@@ -196,6 +204,44 @@ export class Datapath implements AsyncDisposable {
   ): Promise<void> {
     const plan = planPolicyChanges(epId, changes);
     await this.#writer.apply(this.pins.maps.cilia_policy, plan.updates, plan.deletes);
+  }
+
+  /** Writes encoded policy keys as given (updates first, then deletes); see policy_map.ts. */
+  async writePolicyKeys(updates: readonly EncodedEntry[], deletes: readonly Uint8Array[]) {
+    await this.#writer.apply(this.pins.maps.cilia_policy, updates, deletes);
+  }
+
+  /** Every policy key in the map, by endpoint id (for reconciling after a restart). */
+  async policyKeys(): Promise<Map<number, Uint8Array[]>> {
+    const out = new Map<number, Uint8Array[]>();
+    for (const r of await this.#policyRows()) {
+      const list = out.get(r.epId);
+      if (list) list.push(r.key);
+      else out.set(r.epId, [r.key]);
+    }
+    return out;
+  }
+
+  /** The endpoint entries in the map. */
+  async endpointEntries(): Promise<{ ifindex: number; epId: number; identity: number }[]> {
+    return (await this.#bpftool.mapDump(this.pins.maps.cilia_endpoints)).flatMap((e) => {
+      if (!e.value) return [];
+      const v = decode(LAYOUTS.endpointInfo, bytesFromHex(e.value));
+      const k = decode(LAYOUTS.endpointKey, bytesFromHex(e.key));
+      return [{ ifindex: num(k.ifindex), epId: num(v.ep_id), identity: num(v.identity) }];
+    });
+  }
+
+  /** The ipcache as prefixes ("10.0.0.1/32", "2001:db8::/64") and identities. */
+  async ipcacheEntries(): Promise<{ prefix: string; identity: number }[]> {
+    return (await this.#bpftool.mapDump(this.pins.maps.cilia_ipcache)).flatMap((e) => {
+      if (!e.value) return [];
+      const k = decode(LAYOUTS.ipcacheKey, bytesFromHex(e.key));
+      const v = decode(LAYOUTS.ipcacheValue, bytesFromHex(e.value));
+      const family = num(k.family);
+      const prefix = `${formatIP(family, k.addr as Uint8Array)}/${num(k.prefixlen) - 32}`;
+      return [{ prefix, identity: num(v.identity) }];
+    });
   }
 
   async #policyRows(): Promise<{ epId: number; key: Uint8Array; entry: PolicyEntry }[]> {

@@ -21,8 +21,11 @@ export interface DatapathEndpoint {
   name: string;
   namespace: string;
   ips: string[];
+  /** The host-side interface the datapath attaches to (lxc…). */
   ifname?: string;
   netns?: string;
+  /** The MAC address of the endpoint's own interface. */
+  mac?: string;
 }
 
 export interface PolicyChange extends MapStateDiff {

@@ -251,5 +251,6 @@ function regenEndpoint(r: EndpointRecord): RegenEndpoint {
     namedPorts: (r.namedPorts ?? []).map((p) => ({ ...p, name: p.name.toLowerCase() })),
     ...(r.ifname !== undefined ? { ifname: r.ifname } : {}),
     ...(r.netns !== undefined ? { netns: r.netns } : {}),
+    ...(r.mac !== undefined ? { mac: r.mac } : {}),
   };
 }

@@ -203,6 +203,11 @@ export class Regenerator {
     this.#dirty.clear();
   }
 
+  /** Ipcache entries that are not endpoints' or CIDR identities' (the node's own addresses). */
+  updateIpcache(upserts: IpcacheEntry[], deletes: IpcacheEntry[] = []): Promise<void> {
+    return this.#ipcache(upserts, deletes);
+  }
+
   resolved(id: number): ResolvedPolicy | undefined {
     const r = this.#eps.get(id);
     if (r === undefined) return undefined;

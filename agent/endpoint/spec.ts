@@ -84,6 +84,10 @@ export const NamedPortSchema = z.strictObject({
   protocol: z.enum(["TCP", "UDP", "SCTP"]).default("TCP"),
 });
 
+const ifname = z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, {
+  message: "Expected an interface name of at most 15 characters",
+});
+
 export const EndpointSpecSchema = z.strictObject({
   name: z.string().max(253).regex(DNS_SUBDOMAIN, {
     message: "Expected a lower-case DNS name such as web-1",
@@ -99,11 +103,18 @@ export const EndpointSpecSchema = z.strictObject({
   ipv4: ip(4).optional(),
   ipv6: ip(6).optional(),
   namedPorts: z.array(NamedPortSchema).max(64).optional(),
-  ifname: z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, {
-    message: "Expected an interface name of at most 15 characters",
-  }).optional(),
+  /** The host-side interface (lxc…) the datapath attaches to. */
+  ifname: ifname.optional(),
+  /** The endpoint's network namespace (a path such as /run/netns/x). */
   netns: z.string().min(1).max(4096).optional(),
+  /** CNI attachments: the runtime's container id, interface name and network name. */
   containerId: z.string().min(1).max(256).optional(),
+  containerIfname: ifname.optional(),
+  network: z.string().min(1).max(253).optional(),
+  /** The MAC address of the endpoint's own interface. */
+  mac: z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/, {
+    message: "Expected a lower-case MAC address such as 0a:58:0a:c8:00:05",
+  }).optional(),
 });
 
 export type EndpointSpec = z.infer<typeof EndpointSpecSchema>;

@@ -151,7 +151,7 @@ export interface AgentProcess {
   stop(): Promise<void>;
 }
 
-/** Starts `bin/cilia-agent` with `args` and waits until `/v1/healthz` answers. */
+/** Starts `bin/cilia-agent` with `args` (`--datapath none` unless given) and waits for healthz. */
 export async function spawnAgent(
   opts: { node: string; args?: string[]; dir?: string },
 ): Promise<AgentProcess> {
@@ -165,6 +165,8 @@ export async function spawnAgent(
       socket,
       "--node-name",
       opts.node,
+      // These agents run in the test's own network namespace: never touch its kernel datapath.
+      ...(opts.args?.includes("--datapath") ? [] : ["--datapath", "none"]),
       ...(opts.args ?? []),
     ],
     env: { CILIA_DENO: Deno.execPath() },

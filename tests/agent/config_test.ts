@@ -12,6 +12,8 @@ Deno.test("config: defaults follow the issue", () => {
   assert.equal(c.kvstore, "denokv:///var/lib/cilia/kv.sqlite");
   assert.equal(c.metricsAddr, undefined);
   assert.deepEqual(c.identityRange, { min: 256, max: 65535 });
+  assert.equal(c.datapath, "kernel");
+  assert.equal(c.bpffsRoot, "/sys/fs/bpf/cilia");
   assert.equal(resolveConfig({}).nodeName, Deno.hostname().toLowerCase());
 });
 
@@ -56,6 +58,8 @@ Deno.test("config: errors name the key and what was expected", async () => {
     [{ logLevel: "loud" }, /"log-level"/],
     [{ nodeName: "Node_1" }, /"node-name": Expected a lower-case DNS name/],
     [{ colour: "red" }, /Unknown key "colour"/],
+    [{ datapath: "ebpf" }, /"datapath": Expected "kernel" \(the eBPF datapath\) or "none"/],
+    [{ bpffsRoot: "bpf" }, /"bpffs-root": Expected an absolute path on a bpffs/],
   ];
   for (const [raw, message] of cases) {
     assert.throws(
@@ -82,4 +86,25 @@ Deno.test("cilia-agent: bad flags exit 2 naming the problem; --help exits 0", as
   );
   assert.equal(help.code, 0);
   assert.match(new TextDecoder().decode(help.stdout), /--pod-cidr CIDR/);
+});
+
+Deno.test("cilia-agent: the kernel datapath without a bpffs is a clear startup error", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cilia-nobpffs-" });
+  try {
+    const o = await new Deno.Command(`${root}bin/cilia-agent`, {
+      args: ["--state-dir", `${dir}/state`, "--socket", `${dir}/s.sock`, "--node-name", "n1"]
+        .concat(["--datapath", "kernel", "--bpffs-root", `${dir}/bpf`]),
+      env: { CILIA_DENO: Deno.execPath() },
+    }).output();
+    assert.equal(o.code, 1);
+    const log = new TextDecoder().decode(o.stderr);
+    assert.match(
+      log,
+      Deno.uid() === 0
+        ? /Cannot load the kernel datapath: \\"[^"]*\/bpf\\" is not on a bpffs\\nhint: mount one/
+        : /Cannot load the kernel datapath: the agent lacks CAP_BPF/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

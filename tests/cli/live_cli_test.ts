@@ -62,6 +62,7 @@ Deno.test("live CLI against a running agent: every command and output format", a
       ]);
       assert.match(ok(table), /^Node:\s+node-cli \(10\.220\.0\.0\/24\)$/m);
       assert.match(table.out, /^Endpoints:\s+2 \(0 not ready\)$/m);
+      assert.match(table.out, /^Datapath:\s+none \(no enforcement\)$/m);
       assert.equal(JSON.parse(ok(json)).endpoints.count, 2);
       assert.equal(ok(brief), "OK\n");
       assert.match(ok(wait), /^Health:\s+OK$/m);

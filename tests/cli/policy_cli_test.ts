@@ -36,11 +36,11 @@ Deno.test("cilia policy test runs the bundled examples: table, closing line, exi
   const files = [...Deno.readDirSync(`${root}examples/policies`)].map((e) => e.name).filter((n) =>
     n.endsWith(".scenario.yaml")
   ).sort();
-  assert.equal(files.length, 3);
+  assert.equal(files.length, 4);
   const r = await cilia(["policy", "test", ...files.map((f) => `examples/policies/${f}`)]);
   assert.equal(r.code, 0, r.err);
   assert.match(r.out, /RESULT\s+QUERY\s+EXPECT\s+VERDICT\s+WHY/);
-  assert.match(r.out, /^28 passed, 0 failed$/m);
+  assert.match(r.out, /^39 passed, 0 failed$/m);
 });
 
 Deno.test("cilia policy test: a failing expectation prints its trace and exits 1; -o json has traces", async () => {

@@ -11,7 +11,7 @@
 // (visible from the host mount namespace) together with `nsenter --net` for netlink tools.
 
 /** The socket helper run by Lab.peer() in a netns: JSON lines in, JSON lines out. */
-const PEER_SCRIPT = `
+export const PEER_SCRIPT = `
 const enc = new TextEncoder(), dec = new TextDecoder();
 const conns = new Map();
 const reply = (o) => Deno.stdout.writeSync(enc.encode(JSON.stringify(o) + "\\n"));
@@ -347,25 +347,8 @@ export class Lab implements AsyncDisposable {
   peer(netns: string): Peer {
     let p = this.#peers.get(netns);
     if (!p) {
-      const child = new Deno.Command("ip", {
-        args: [
-          "netns",
-          "exec",
-          netns,
-          Deno.execPath(),
-          "run",
-          "-A",
-          "--no-config",
-          "--unstable-net",
-          `${this.dir}/peer.ts`,
-        ],
-        env: { DENO_NO_UPDATE_CHECK: "1", DENO_NO_PROMPT: "1" },
-        stdin: "piped",
-        stdout: "piped",
-        stderr: "inherit",
-      }).spawn();
-      this.#children.add(child);
-      p = new Peer(child);
+      p = spawnPeer(netns, `${this.dir}/peer.ts`);
+      this.#children.add(p.process);
       this.#peers.set(netns, p);
     }
     return p;
@@ -411,6 +394,28 @@ export interface PeerReply {
   data?: string;
 }
 
+/** Starts the socket helper (PEER_SCRIPT, written to scriptPath) in a netns. */
+export function spawnPeer(netns: string, scriptPath: string): Peer {
+  const child = new Deno.Command("ip", {
+    args: [
+      "netns",
+      "exec",
+      netns,
+      Deno.execPath(),
+      "run",
+      "-A",
+      "--no-config",
+      "--unstable-net",
+      scriptPath,
+    ],
+    env: { DENO_NO_UPDATE_CHECK: "1", DENO_NO_PROMPT: "1" },
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  return new Peer(child);
+}
+
 /** Line-delimited JSON requests to the socket helper running in one netns (see peer script). */
 export class Peer {
   readonly #child: Deno.ChildProcess;
@@ -424,6 +429,11 @@ export class Peer {
     this.#lines = child.stdout.pipeThrough(new TextDecoderStream()).pipeThrough(
       new LineSplitter(),
     )[Symbol.asyncIterator]();
+  }
+
+  /** The helper's process. */
+  get process(): Deno.ChildProcess {
+    return this.#child;
   }
 
   /** Sends one request and waits for its reply (requests are answered in order). */

@@ -1,0 +1,214 @@
+// The agent's DatapathSink on the real kernel datapath: endpoints become endpoint-map entries
+// with the programs attached to their host-side veth, map-state diffs become policy-map writes,
+// and ipcache changes ipcache writes. An endpoint reaches the kernel with its whole policy in
+// place before its entry is written and its programs attached; endpoints without an interface
+// stay in memory only. After a restart the pinned maps are reused as they are (connections
+// keep flowing): open() notes what the kernel holds, the agent re-applies its state, and
+// reconcile() deletes what nobody re-applied. It computes no policy (the engine does).
+import { DROP_REASONS, type IpcacheEntry } from "@cilia/policy-wasm";
+import type { Logger } from "../log.ts";
+import type { Metrics } from "../metrics.ts";
+import type {
+  DatapathEndpoint,
+  DatapathSink,
+  EndpointFlags,
+  PolicyChange,
+} from "../endpoint/datapath_sink.ts";
+import { formatIP, parsePrefix } from "./_addr.ts";
+import { collectConntrack } from "./conntrack_gc.ts";
+import { Datapath, type MetricsRow } from "./datapath.ts";
+import { linkNames } from "./loader.ts";
+import { EndpointPolicyState } from "./policy_state.ts";
+
+export interface KernelSinkOptions {
+  bpffsRoot: string;
+  buildDir: string;
+  log: Logger;
+  /** How often expired conntrack entries are freed; default 30 s. */
+  conntrackGcIntervalMs?: number;
+}
+
+interface Wanted {
+  ep: DatapathEndpoint;
+  flags: EndpointFlags;
+}
+
+/** "10.0.0.1" → "10.0.0.1/32": one spelling per prefix. */
+function canonical(prefix: string): string {
+  const p = parsePrefix(prefix);
+  return `${formatIP(p.family, p.addr)}/${p.prefixLen}`;
+}
+
+export class KernelSink implements DatapathSink {
+  readonly datapath: Datapath;
+  readonly #log: Logger;
+  readonly #wanted = new Map<number, Wanted>();
+  /** Endpoints whose entry is in the kernel, with the interface it is keyed by. */
+  readonly #inKernel = new Map<number, string>();
+  readonly #states = new Map<number, EndpointPolicyState>();
+  readonly #ipcache = new Map<string, number>();
+  /** Policy keys the kernel held at open(), by endpoint id, until reconcile(). */
+  #stale: Map<number, Uint8Array[]> | undefined;
+
+  private constructor(dp: Datapath, log: Logger, stale: Map<number, Uint8Array[]>) {
+    this.datapath = dp;
+    this.#log = log;
+    this.#stale = stale;
+  }
+
+  static async open(o: KernelSinkOptions): Promise<KernelSink> {
+    const dp = await Datapath.open({
+      bpffsRoot: o.bpffsRoot,
+      buildDir: o.buildDir,
+      conntrackGcIntervalMs: o.conntrackGcIntervalMs ?? 30_000,
+    });
+    try {
+      const sink = new KernelSink(dp, o.log, await dp.policyKeys());
+      o.log.info(dp.loaded ? "datapath loaded" : "datapath reused from pins", {
+        bpffsRoot: o.bpffsRoot,
+        programs: dp.pins.progDir,
+      });
+      return sink;
+    } catch (err) {
+      await dp.close();
+      throw err;
+    }
+  }
+
+  async upsertEndpoint(ep: DatapathEndpoint, flags: EndpointFlags): Promise<void> {
+    this.#wanted.set(ep.id, { ep, flags });
+    const ifname = this.#inKernel.get(ep.id);
+    if (ifname === undefined) return; // written with its policy by the next applyPolicy
+    if (ifname !== ep.ifname) {
+      // Moved to another interface: remove it; applyPolicy writes it afresh.
+      await this.datapath.removeEndpoint(ifname, ep.id);
+      this.#inKernel.delete(ep.id);
+      this.#states.delete(ep.id);
+      return;
+    }
+    await this.#writeEndpoint({ ep, flags });
+  }
+
+  async removeEndpoint(ep: DatapathEndpoint): Promise<void> {
+    const ifname = this.#inKernel.get(ep.id);
+    this.#wanted.delete(ep.id);
+    if (ifname !== undefined) await this.datapath.removeEndpoint(ifname, ep.id);
+    this.#inKernel.delete(ep.id);
+    this.#states.delete(ep.id);
+  }
+
+  async applyPolicy(endpointId: number, change: PolicyChange): Promise<void> {
+    let state = this.#states.get(endpointId);
+    if (state === undefined) {
+      this.#states.set(endpointId, state = new EndpointPolicyState(endpointId));
+    }
+    const wanted = this.#wanted.get(endpointId);
+    if (this.#inKernel.has(endpointId)) {
+      const plan = state.plan(change);
+      await this.datapath.writePolicyKeys(plan.updates, plan.deletes);
+      plan.commit();
+      return;
+    }
+    if (wanted?.ep.ifname === undefined) {
+      state.plan(change).commit(); // no interface: nothing in the kernel to change
+      return;
+    }
+    // First write: the whole policy, then the entry and the programs (fail closed).
+    const plan = state.plan(change, { full: true, stale: this.#stale?.get(endpointId) ?? [] });
+    await this.datapath.writePolicyKeys(plan.updates, plan.deletes);
+    await this.#writeEndpoint(wanted);
+    plan.commit();
+    this.#stale?.delete(endpointId);
+    this.#inKernel.set(endpointId, wanted.ep.ifname);
+  }
+
+  async updateIpcache(upserts: IpcacheEntry[], deletes: IpcacheEntry[]): Promise<void> {
+    const up = upserts.map((u) => ({ prefix: canonical(u.prefix), identity: u.identity }));
+    const upserted = new Set(up.map((u) => u.prefix));
+    const del = deletes.map((d) => ({ prefix: canonical(d.prefix), identity: d.identity }))
+      .filter((d) => !upserted.has(d.prefix) && this.#ipcache.get(d.prefix) === d.identity);
+    await this.datapath.updateIpcache(up, del.map((d) => d.prefix));
+    for (const d of del) this.#ipcache.delete(d.prefix);
+    for (const u of up) this.#ipcache.set(u.prefix, u.identity);
+  }
+
+  /**
+   * Deletes what the kernel held before this agent started and nobody re-applied: endpoint
+   * entries, policy keys and conntrack entries of endpoints that no longer exist, and ipcache
+   * prefixes. Call once, after the agent restored its state.
+   */
+  async reconcile(): Promise<{ endpoints: number; policyKeys: number; prefixes: number }> {
+    const dp = this.datapath;
+    const names = await linkNames();
+    let endpoints = 0;
+    for (const e of await dp.endpointEntries()) {
+      if (this.#inKernel.get(e.epId) === names.get(e.ifindex)) continue;
+      await dp.removeEndpointEntry(e.ifindex, names.get(e.ifindex));
+      endpoints++;
+    }
+    const staleKeys = [...(this.#stale ?? new Map<number, Uint8Array[]>())]
+      .filter(([id]) => !this.#inKernel.has(id));
+    const keys = staleKeys.flatMap(([, k]) => k);
+    await dp.writePolicyKeys([], keys);
+    const gone = new Set(staleKeys.map(([id]) => id));
+    if (gone.size > 0) {
+      collectConntrack(dp.pins.maps.cilia_ct, { remove: (k) => gone.has(Number(k.ep_id)) });
+    }
+    this.#stale = undefined;
+    const prefixes = (await dp.ipcacheEntries()).filter((e) =>
+      this.#ipcache.get(e.prefix) !== e.identity
+    ).map((e) => e.prefix);
+    await dp.updateIpcache([], prefixes);
+    const result = { endpoints, policyKeys: keys.length, prefixes: prefixes.length };
+    this.#log.info("datapath reconciled", { removed: result });
+    return result;
+  }
+
+  readMetrics(): Promise<MetricsRow[]> {
+    return this.datapath.readMetrics();
+  }
+
+  async #writeEndpoint({ ep, flags }: Wanted): Promise<void> {
+    const ipv4 = ep.ips.find((ip) => !ip.includes(":"));
+    const ipv6 = ep.ips.find((ip) => ip.includes(":"));
+    await this.datapath.upsertEndpoint({
+      ifname: ep.ifname!,
+      epId: ep.id,
+      identity: ep.identity,
+      ...(ipv4 ? { ipv4 } : {}),
+      ...(ipv6 ? { ipv6 } : {}),
+      ...(ep.mac ? { mac: ep.mac } : {}),
+      ingressDefaultDeny: flags.defaultDeny.ingress,
+      egressDefaultDeny: flags.defaultDeny.egress,
+      enforcement: flags.enforcement,
+    });
+  }
+
+  /** Stops background work; pins, maps and attached programs stay for the next agent. */
+  close(): Promise<void> {
+    return this.datapath.close();
+  }
+}
+
+/** `cilia_drop_count_total{reason,direction}` and `cilia_forward_count_total{direction}`, read
+ * from the datapath's per-CPU counters on every scrape. */
+export function registerDatapathMetrics(m: Metrics, sink: KernelSink): void {
+  const drops = m.counter(
+    "cilia_drop_count_total",
+    "packets dropped by the datapath, by reason and direction",
+  );
+  const forwarded = m.counter(
+    "cilia_forward_count_total",
+    "packets passed by the datapath, by direction",
+  );
+  m.onScrape(async () => {
+    for (const r of await sink.readMetrics()) {
+      const direction = r.dir.toUpperCase();
+      if (r.reason === 0) forwarded.set({ direction }, Number(r.packets));
+      else {
+        const reason = DROP_REASONS.get(r.reason)?.[1] ?? `reason ${r.reason}`;
+        drops.set({ reason, direction }, Number(r.packets));
+      }
+    }
+  });
+}

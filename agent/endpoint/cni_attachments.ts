@@ -1,0 +1,275 @@
+/**
+ * CNI attachments, the agent's half of the CNI plugin: ADD allocates the pod's addresses, builds
+ * its veth with the host side down, creates the endpoint (identity, policy in the kernel,
+ * programs attached) and only then brings the host side up, so the pod's first packet already
+ * meets its policy; anything that fails is undone. DEL is idempotent (a missing endpoint, veth
+ * or netns is success), CHECK verifies the endpoint, interfaces and addresses, GC deletes the
+ * attachments a runtime no longer has, and sweep() removes endpoints whose veth vanished while
+ * the agent was down. An attachment is found by (container id, interface name).
+ */
+
+import type { Logger } from "../log.ts";
+import type { Ipam } from "../ipam/ipam.ts";
+import type {
+  CniAddRequest,
+  CniAddResponse,
+  CniCheckRequest,
+  CniDelRequest,
+  CniGcRequest,
+} from "../cni/types.ts";
+import { cniResult } from "../cni/result.ts";
+import { checkAttachment } from "./cni_check.ts";
+import { CniAttachmentError } from "./cni_error.ts";
+import type { EndpointManager } from "./manager.ts";
+import { type EndpointRecord, type EndpointSpec, EndpointSpecSchema } from "./spec.ts";
+import {
+  createPodInterface,
+  deleteHostInterface,
+  finishHostSide,
+  hostIfnameFor,
+  hostInterface,
+  IPV6_GATEWAY,
+  netnsExists,
+  type PodAddressing,
+} from "./netdev.ts";
+
+export interface CniAttachmentsOptions {
+  endpoints: EndpointManager;
+  ipam: Ipam;
+  log: Logger;
+  /** False when the agent runs without the kernel datapath: ADD is refused. */
+  kernel: boolean;
+}
+
+const MAX_ENDPOINT_ID = 65535;
+
+/** A DNS-subdomain endpoint name from a pod name, or one derived from the container id. */
+export function endpointName(podName: string | undefined, containerId: string): string {
+  const clean = (podName ?? "").toLowerCase().replace(/[^a-z0-9]+/g, "-")
+    .replace(/^-+|-+$/g, "").slice(0, 253).replace(/-+$/, "");
+  return clean || `cni-${containerId.toLowerCase().replace(/[^a-z0-9]/g, "").slice(0, 12)}`;
+}
+
+const owner = (containerId: string, ifname: string) => `cni:${containerId}/${ifname}`;
+
+export class CniAttachments {
+  #o: CniAttachmentsOptions;
+  #reserved = new Set<number>();
+
+  constructor(opts: CniAttachmentsOptions) {
+    this.#o = opts;
+  }
+
+  find(containerId: string, ifname: string): EndpointRecord | undefined {
+    return this.#o.endpoints.list().find((e) =>
+      e.containerId === containerId && (e.containerIfname ?? "eth0") === ifname
+    );
+  }
+
+  async add(req: CniAddRequest): Promise<CniAddResponse> {
+    if (!this.#o.kernel) {
+      throw new CniAttachmentError(
+        "cni_unavailable",
+        `Cannot add "${req.containerId}": this agent runs with --datapath none, so nothing ` +
+          `would enforce policy; start it with --datapath kernel`,
+        503,
+      );
+    }
+    const existing = this.find(req.containerId, req.ifname);
+    if (existing) {
+      if (existing.netns === req.netns && existing.ifname && await hostInterface(existing.ifname)) {
+        return await this.#response(existing); // a retried ADD
+      }
+      throw new CniAttachmentError(
+        "cni_conflict",
+        `Container "${req.containerId}" already has interface "${req.ifname}" (endpoint ` +
+          `${existing.id}) in "${existing.netns}": DEL it first`,
+        409,
+      );
+    }
+    if (!(await netnsExists(req.netns))) {
+      throw new CniAttachmentError(
+        "cni_netns_not_found",
+        `Cannot add "${req.containerId}": the network namespace "${req.netns}" does not exist`,
+        404,
+      );
+    }
+    const spec = this.#spec(req);
+    const id = this.#reserveId();
+    const who = owner(req.containerId, req.ifname);
+    const hostIfname = await hostIfnameFor(req.containerId, req.ifname);
+    let created = false;
+    try {
+      const addressing = await this.#allocate(who);
+      const { podMac } = await createPodInterface({
+        hostIfname,
+        netns: req.netns,
+        ifname: req.ifname,
+        addressing,
+      });
+      const full = EndpointSpecSchema.parse({
+        ...spec,
+        ...(addressing.ipv4 ? { ipv4: addressing.ipv4 } : {}),
+        ...(addressing.ipv6 ? { ipv6: addressing.ipv6 } : {}),
+        ifname: hostIfname,
+        mac: podMac,
+      });
+      const { endpoint } = await this.#o.endpoints.put(id, full);
+      created = true;
+      await finishHostSide({ hostIfname, addressing });
+      this.#o.log.info("CNI attachment added", {
+        container: req.containerId,
+        endpoint: id,
+        interface: hostIfname,
+      });
+      return await this.#response(endpoint);
+    } catch (err) {
+      if (created) await this.#o.endpoints.delete(id).catch(() => {});
+      await deleteHostInterface(hostIfname).catch(() => {});
+      await this.#releaseOwned(who);
+      throw err;
+    } finally {
+      this.#reserved.delete(id);
+    }
+  }
+
+  async del(req: CniDelRequest): Promise<{ deleted: boolean; endpoint?: number }> {
+    const ep = this.find(req.containerId, req.ifname);
+    if (ep) await this.#o.endpoints.delete(ep.id);
+    await deleteHostInterface(ep?.ifname ?? await hostIfnameFor(req.containerId, req.ifname));
+    await this.#releaseOwned(owner(req.containerId, req.ifname));
+    if (ep) {
+      this.#o.log.info("CNI attachment deleted", { container: req.containerId, endpoint: ep.id });
+    }
+    return ep ? { deleted: true, endpoint: ep.id } : { deleted: false };
+  }
+
+  /** CHECK: the endpoint, its interfaces, programs and addresses are as ADD made them. */
+  async check(req: CniCheckRequest): Promise<{ endpoint: number }> {
+    const ep = this.find(req.containerId, req.ifname);
+    if (!ep || !ep.ifname) {
+      throw new CniAttachmentError(
+        "cni_unknown_container",
+        `No attachment of container "${req.containerId}" with interface "${req.ifname}"`,
+        404,
+      );
+    }
+    await checkAttachment(ep, req);
+    return { endpoint: ep.id };
+  }
+
+  async gc(req: CniGcRequest): Promise<{ deleted: string[] }> {
+    const valid = new Set(req.validAttachments.map((a) => owner(a.containerId, a.ifname)));
+    const deleted: string[] = [];
+    for (const ep of this.#o.endpoints.list()) {
+      if (!ep.containerId || (ep.network !== undefined && ep.network !== req.network)) continue;
+      const ifname = ep.containerIfname ?? "eth0";
+      if (valid.has(owner(ep.containerId, ifname))) continue;
+      await this.del({ containerId: ep.containerId, ifname, network: req.network });
+      deleted.push(owner(ep.containerId, ifname));
+    }
+    for (const a of this.#o.ipam.list()) {
+      if (a.owner.startsWith("cni:") && !valid.has(a.owner) && !this.#owned(a.owner)) {
+        await this.#o.ipam.release(a.ip).catch(() => {});
+      }
+    }
+    return { deleted };
+  }
+
+  /** Deletes CNI endpoints whose host interface is gone (their pod went while we were down). */
+  async sweep(): Promise<number> {
+    let n = 0;
+    for (const ep of this.#o.endpoints.list()) {
+      if (!ep.containerId || !ep.ifname || await hostInterface(ep.ifname)) continue;
+      this.#o.log.warn("endpoint's interface is gone: deleting it", {
+        endpoint: ep.id,
+        interface: ep.ifname,
+      });
+      await this.#o.endpoints.delete(ep.id).catch(() => {});
+      n++;
+    }
+    return n;
+  }
+
+  #owned(who: string): boolean {
+    return this.#o.endpoints.list().some((e) =>
+      e.containerId !== undefined && owner(e.containerId, e.containerIfname ?? "eth0") === who
+    );
+  }
+
+  #spec(req: CniAddRequest): EndpointSpec {
+    const r = EndpointSpecSchema.safeParse({
+      name: endpointName(req.name, req.containerId),
+      ...(req.namespace !== undefined ? { namespace: req.namespace } : {}),
+      labels: req.labels,
+      netns: req.netns,
+      containerId: req.containerId,
+      containerIfname: req.ifname,
+      network: req.network,
+    });
+    if (!r.success) {
+      const i = r.error.issues[0]!;
+      const where = i.path.length > 0 ? `${i.path.join(".")}: ` : "";
+      throw new CniAttachmentError(
+        "invalid_cni_args",
+        `Invalid pod metadata: ${where}${i.message}`,
+        400,
+      );
+    }
+    return r.data;
+  }
+
+  #reserveId(): number {
+    const used = new Set([...this.#o.endpoints.list().map((e) => e.id), ...this.#reserved]);
+    for (let id = 1; id <= MAX_ENDPOINT_ID; id++) {
+      if (!used.has(id)) {
+        this.#reserved.add(id);
+        return id;
+      }
+    }
+    throw new RangeError(`Cannot add an endpoint: all ${MAX_ENDPOINT_ID} endpoint ids are in use`);
+  }
+
+  async #allocate(who: string): Promise<PodAddressing> {
+    const pools = this.#o.ipam.pools();
+    if (pools.length === 0) {
+      throw new CniAttachmentError(
+        "cni_unavailable",
+        "Cannot add a pod: the agent has no pod CIDR (start it with --pod-cidr and/or --pod-cidr-v6)",
+        503,
+      );
+    }
+    const out: PodAddressing = {};
+    for (const p of pools) {
+      const a = await this.#o.ipam.allocate({ family: p.family, owner: who });
+      if (p.family === 4) [out.ipv4, out.gateway4] = [a.ip, p.gateway];
+      else [out.ipv6, out.gateway6] = [a.ip, p.gateway];
+    }
+    return out;
+  }
+
+  async #releaseOwned(who: string): Promise<void> {
+    for (const a of this.#o.ipam.list()) {
+      if (a.owner === who) await this.#o.ipam.release(a.ip).catch(() => {});
+    }
+  }
+
+  async #response(ep: EndpointRecord): Promise<CniAddResponse> {
+    const host = ep.ifname ? await hostInterface(ep.ifname) : undefined;
+    const gateway4 = this.#o.ipam.pools().find((p) => p.family === 4)?.gateway;
+    return {
+      result: cniResult({
+        hostIfname: ep.ifname!,
+        ...(host?.mac ? { hostMac: host.mac } : {}),
+        ifname: ep.containerIfname ?? "eth0",
+        ...(ep.mac ? { mac: ep.mac } : {}),
+        sandbox: ep.netns!,
+        ...(ep.ipv4 ? { ipv4: ep.ipv4 } : {}),
+        ...(ep.ipv6 ? { ipv6: ep.ipv6 } : {}),
+        ...(gateway4 ? { gateway4 } : {}),
+        gateway6: IPV6_GATEWAY,
+      }),
+      endpoint: { id: ep.id, identity: ep.identity, name: ep.name, namespace: ep.namespace },
+    };
+  }
+}

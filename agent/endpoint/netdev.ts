@@ -1,0 +1,168 @@
+/**
+ * Network plumbing of an endpoint made by the CNI plugin, done by the agent in the node's network
+ * namespace with iproute2: a veth pair whose host side (lxc<hash>) stays in the node and whose
+ * other end moves into the pod's network namespace (a path, entered with `nsenter --net`), the
+ * pod's addresses and routes (IPv4 default via the pod CIDR's gateway on cilia_host, IPv6 via
+ * fe80::1 on the host side), and the node's routes to the pod. The host side stays down until
+ * `finishHostSide()`, so no packet flows before the datapath is attached. Knows nothing of
+ * policy or endpoint records.
+ */
+
+import { execCommand } from "../datapath/_exec.ts";
+
+/** The pods' IPv6 gateway: a link-local address on every host-side interface. */
+export const IPV6_GATEWAY = "fe80::1";
+
+export class NetdevError extends Error {
+  override name = "NetdevError";
+}
+
+export interface PodAddressing {
+  ipv4?: string | undefined;
+  ipv6?: string | undefined;
+  /** The IPv4 pod CIDR's gateway (on cilia_host). */
+  gateway4?: string | undefined;
+  /** The IPv6 pod CIDR's gateway (on cilia_host): the source of node → pod IPv6 traffic. */
+  gateway6?: string | undefined;
+}
+
+/** "lxc" + 11 hex digits of sha256(containerId/ifname): stable, unique, 14 characters. */
+export async function hostIfnameFor(containerId: string, ifname: string): Promise<string> {
+  const digest = await crypto.subtle.digest(
+    "SHA-256",
+    new TextEncoder().encode(`${containerId}/${ifname}`),
+  );
+  const hex = Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+  return `lxc${hex.slice(0, 11)}`;
+}
+
+async function run(argv: string[], what: string, stdin?: string): Promise<string> {
+  const r = await execCommand(argv, stdin === undefined ? {} : { stdin });
+  if (r.code !== 0) {
+    throw new NetdevError(`${what}: ${argv[0]} exited with status ${r.code}: ${r.stderr.trim()}`);
+  }
+  return r.stdout;
+}
+
+const inPod = (netns: string, argv: string[]) => ["nsenter", `--net=${netns}`, "--", ...argv];
+
+function macOf(json: string, ifname: string): string {
+  const links = JSON.parse(json) as { address?: string }[];
+  const mac = links[0]?.address;
+  if (!mac) throw new NetdevError(`Cannot read the MAC address of "${ifname}"`);
+  return mac;
+}
+
+/** Creates the veth pair and configures the pod's end; returns the pod interface's MAC. */
+export async function createPodInterface(
+  o: { hostIfname: string; netns: string; ifname: string; addressing: PodAddressing },
+): Promise<{ podMac: string }> {
+  const a = o.addressing, dev = o.ifname;
+  await deleteHostInterface(o.hostIfname); // a leftover of an interrupted ADD
+  await run(
+    ["ip", "link", "add", o.hostIfname, "type", "veth", "peer", "name", dev, "netns", o.netns],
+    `Cannot create the veth pair "${o.hostIfname}"/"${dev}"`,
+  );
+  const lines = [
+    "link set lo up",
+    ...(a.ipv4 ? [`addr add ${a.ipv4}/32 dev ${dev}`] : []),
+    ...(a.ipv6 ? [`addr add ${a.ipv6}/128 dev ${dev} nodad`] : []),
+    `link set ${dev} up`,
+    ...(a.ipv4 && a.gateway4
+      ? [
+        `route add ${a.gateway4}/32 dev ${dev} scope link`,
+        `route add default via ${a.gateway4} dev ${dev}`,
+      ]
+      : []),
+    ...(a.ipv6 ? [`route add default via ${IPV6_GATEWAY} dev ${dev}`] : []),
+  ];
+  try {
+    const out = await run(
+      inPod(o.netns, [
+        "sh",
+        "-c",
+        // DAD off first: the addresses are ours alone and must be usable at once.
+        'echo 0 > "/proc/sys/net/ipv6/conf/$0/accept_dad" 2>/dev/null; ' +
+        'ip -batch - && exec ip -j link show dev "$0"',
+        dev,
+      ]),
+      `Cannot configure "${dev}" in "${o.netns}"`,
+      lines.join("\n") + "\n",
+    );
+    return { podMac: macOf(out, dev) };
+  } catch (err) {
+    await deleteHostInterface(o.hostIfname);
+    throw err;
+  }
+}
+
+/** Brings the host side up with the IPv6 gateway and routes to the pod; returns its MAC. */
+export async function finishHostSide(
+  o: { hostIfname: string; addressing: PodAddressing },
+): Promise<{ hostMac: string }> {
+  const a = o.addressing, dev = o.hostIfname;
+  await Deno.writeTextFile(`/proc/sys/net/ipv6/conf/${dev}/accept_dad`, "0").catch(() => {});
+  const lines = [
+    `addr add ${IPV6_GATEWAY}/64 dev ${dev} nodad`,
+    `link set ${dev} up`,
+    ...(a.ipv4
+      ? [`route replace ${a.ipv4}/32 dev ${dev}${a.gateway4 ? ` src ${a.gateway4}` : ""}`]
+      : []),
+    ...(a.ipv6
+      ? [`route replace ${a.ipv6}/128 dev ${dev}${a.gateway6 ? ` src ${a.gateway6}` : ""}`]
+      : []),
+  ];
+  await run(["ip", "-batch", "-"], `Cannot configure "${dev}"`, lines.join("\n") + "\n");
+  return { hostMac: macOf(await run(["ip", "-j", "link", "show", "dev", dev], "ip"), dev) };
+}
+
+/** Deletes the host side (and with it the pod's end); false when it did not exist. */
+export async function deleteHostInterface(hostIfname: string): Promise<boolean> {
+  const r = await execCommand(["ip", "link", "del", "dev", hostIfname]);
+  if (r.code === 0) return true;
+  if (/Cannot find device|does not exist/.test(r.stderr)) return false;
+  throw new NetdevError(`Cannot delete "${hostIfname}": ${r.stderr.trim()}`);
+}
+
+export interface LinkState {
+  up: boolean;
+  mac: string;
+  addresses: string[];
+}
+
+function linkState(json: string): LinkState | undefined {
+  const links = JSON.parse(json) as {
+    flags?: string[];
+    address?: string;
+    addr_info?: { local: string; scope?: string }[];
+  }[];
+  const l = links[0];
+  if (!l) return undefined;
+  return {
+    up: (l.flags ?? []).includes("UP"),
+    mac: l.address ?? "",
+    addresses: (l.addr_info ?? []).filter((x) => x.scope !== "link").map((x) => x.local),
+  };
+}
+
+/** The host side's state, or undefined when it does not exist. */
+export async function hostInterface(hostIfname: string): Promise<LinkState | undefined> {
+  const r = await execCommand(["ip", "-j", "addr", "show", "dev", hostIfname]);
+  return r.code === 0 ? linkState(r.stdout) : undefined;
+}
+
+/** The pod interface's state, or undefined when the netns or the interface does not exist. */
+export async function podInterface(netns: string, ifname: string): Promise<LinkState | undefined> {
+  if (!(await netnsExists(netns))) return undefined;
+  const r = await execCommand(inPod(netns, ["ip", "-j", "addr", "show", "dev", ifname]));
+  return r.code === 0 ? linkState(r.stdout) : undefined;
+}
+
+export async function netnsExists(netns: string): Promise<boolean> {
+  try {
+    await Deno.stat(netns);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,60 @@
+// `deno task demo --once`, as README command 1 runs it: the report shows every flow with the
+// verdict the policy gives it (drops with reason and identities), it exits 0, and it leaves no
+// namespace, mount, file or process behind. The demo's policy file and the scenario that
+// `cilia policy test` runs hold the same documents. The demo itself needs root.
+import assert from "node:assert/strict";
+import { parse as parseYaml, parseAllDocuments } from "yaml";
+
+const root = new URL("../../", import.meta.url).pathname;
+
+Deno.test("the demo's scenario tests exactly the policy the demo imports", async () => {
+  const file = await Deno.readTextFile(`${root}examples/policies/three-tier.yaml`);
+  const scenario = parseYaml(
+    await Deno.readTextFile(`${root}examples/policies/three-tier.scenario.yaml`),
+  ) as { policies: string[] };
+  assert.deepEqual(
+    scenario.policies.map((p) => parseYaml(p)),
+    parseAllDocuments(file).map((d) => d.toJSON()),
+  );
+});
+
+Deno.test({
+  name: "deno task demo --once: the report, exit 0, nothing left behind",
+  ignore: Deno.uid() !== 0,
+}, async () => {
+  const o = await new Deno.Command(`${root}bin/deno`, {
+    args: ["task", "demo", "--once"],
+    cwd: root,
+    env: { NO_COLOR: "1" },
+    stdin: "null",
+  }).output();
+  const out = new TextDecoder().decode(o.stdout), err = new TextDecoder().decode(o.stderr);
+  assert.equal(o.code, 0, `${out}\n${err}`);
+  for (
+    const line of [
+      /^ {2}preflight {2}root, bpffs/m,
+      /^ {2}pods \(CNI\) frontend {2}10\.200\.0\.\d+ +app=frontend +identity \d+/m,
+      /^ {2}policy {5}bin\/cilia policy import examples\/policies\/three-tier\.yaml: Imported 3 policies/m,
+      /frontend → backend +TCP 8080 +allowed +frontend egress: L3 rule; backend ingress: L4 rule/,
+      /frontend → backend +TCP 9090 +dropped +Policy denied \(133\) at backend ingress: \d+ \(app=frontend\) → \d+ \(app=backend\)/,
+      /frontend → db +TCP 5432 +dropped +Policy denied \(133\) at frontend egress/,
+      /external → db +TCP 5432 +dropped +Policy denied by denylist \(181\) at db ingress: \d+ \(cidr:203\.0\.113\.0\/24\) → \d+ \(app=db\)/,
+      /node → db +ping +allowed/,
+      /10 flows: 4 allowed, 6 dropped — every verdict as the policy says/,
+      /cilia_drop_count_total\{direction="INGRESS",reason="Policy denied by denylist"\} [1-9]/,
+      /removed everything the demo made/,
+    ]
+  ) assert.match(out, line);
+  assert.doesNotMatch(out, /UNEXPECTED/);
+
+  const netns = new TextDecoder().decode(
+    (await new Deno.Command("ip", { args: ["netns", "list"] }).output()).stdout,
+  );
+  assert.doesNotMatch(netns, /ciliademo-/);
+  await assert.rejects(() => Deno.lstat("/run/ciliademo"), Deno.errors.NotFound);
+  assert.doesNotMatch(await Deno.readTextFile("/proc/self/mountinfo"), /ciliademo/);
+  const procs = new TextDecoder().decode(
+    (await new Deno.Command("ps", { args: ["-eo", "args"] }).output()).stdout,
+  );
+  assert.doesNotMatch(procs, /--socket \/run\/ciliademo\//, "the agent is gone");
+});
