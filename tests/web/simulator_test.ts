@@ -25,8 +25,9 @@ import { matrixVerdicts, queryVerdicts, startSimulator } from "./_fixture.ts";
 
 const engine = await PolicyEngine.create();
 
+// Screenshots for review go to .cache/screenshots/ (git-ignored, overwritten by every run).
 const shots = Deno.env.get("CILIA_SCREENSHOTS") ??
-  await Deno.makeTempDir({ prefix: "cilia-screenshots-" });
+  new URL("../../.cache/screenshots/", import.meta.url).pathname;
 await Deno.mkdir(shots, { recursive: true });
 console.log(`screenshots: ${shots}`);
 
