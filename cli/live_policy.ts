@@ -7,7 +7,7 @@ import type { Flags } from "./main.ts";
 import { readInputs } from "./files.ts";
 import { type Format, renderList, renderModel, UsageError } from "./output.ts";
 import type { AgentClient } from "./live_client.ts";
-import { flowInput, type TraceArgs } from "./policy_trace.ts";
+import { flowInput, traceArgsFromFlags } from "./policy_trace.ts";
 
 interface PolicyRef {
   kind: string;
@@ -135,26 +135,8 @@ function peer(side: "src" | "dst", v: Flags): Record<string, string | number> {
 }
 
 export async function policyTraceLive(api: AgentClient, v: Flags, format: Format): Promise<number> {
-  const args: TraceArgs = {
-    policy: [],
-    src: {},
-    dst: {},
-    dport: v.dport,
-    icmpType: v["icmp-type"],
-    http: {
-      method: v["http-method"],
-      path: v["http-path"],
-      host: v["http-host"],
-      headers: v["http-header"] ?? [],
-    },
-    kafka: {
-      role: v["kafka-role"],
-      apiKey: v["kafka-api-key"],
-      topic: v["kafka-topic"] ?? [],
-      clientId: v["kafka-client-id"],
-      apiVersion: v["kafka-api-version"],
-    },
-  };
+  const args = traceArgsFromFlags(v);
+
   const from = peer("src", v);
   const to = peer("dst", v);
   const { from: _f, to: _t, ...flow } = flowInput(args, "", "");

@@ -7,7 +7,7 @@ import { PolicyValidationError } from "@cilia/policy-wasm";
 import { parseFormat, UsageError } from "./output.ts";
 import { policyLint, policyValidate } from "./policy_check.ts";
 import { policyTest } from "./policy_test.ts";
-import { policyTrace } from "./policy_trace.ts";
+import { policyTrace, traceArgsFromFlags } from "./policy_trace.ts";
 import { LIVE_COMMANDS, LIVE_POLICY, runLive } from "./live.ts";
 
 export const HELP = `cilia — container network security: policy engine, agent and datapath
@@ -102,39 +102,7 @@ export async function main(argv: string[]): Promise<number> {
   if (cmd === "policy" && sub === "lint") return await policyLint(rest, format);
   if (cmd === "policy" && sub === "test") return await policyTest(rest, format);
   if (cmd === "policy" && sub === "trace" && !isLiveTrace(v)) {
-    return await policyTrace({
-      policy: [...(v.policy ?? []), ...rest],
-      scenario: v.scenario,
-      src: {
-        labels: v["src-labels"],
-        ip: v["src-ip"],
-        entity: v["src-entity"],
-        endpoint: v["src-endpoint"],
-        namespace: v["src-namespace"],
-      },
-      dst: {
-        labels: v["dst-labels"],
-        ip: v["dst-ip"],
-        entity: v["dst-entity"],
-        endpoint: v["dst-endpoint"],
-        namespace: v["dst-namespace"],
-      },
-      dport: v.dport,
-      icmpType: v["icmp-type"],
-      http: {
-        method: v["http-method"],
-        path: v["http-path"],
-        host: v["http-host"],
-        headers: v["http-header"] ?? [],
-      },
-      kafka: {
-        role: v["kafka-role"],
-        apiKey: v["kafka-api-key"],
-        topic: v["kafka-topic"] ?? [],
-        clientId: v["kafka-client-id"],
-        apiVersion: v["kafka-api-version"],
-      },
-    }, format);
+    return await policyTrace(traceArgsFromFlags(v, rest), format);
   }
   if (cmd && LIVE_COMMANDS.has(cmd) && (cmd !== "policy" || LIVE_POLICY.has(sub ?? ""))) {
     return await runLive(cmd, sub, rest, v, format);

@@ -41,6 +41,56 @@ export interface TraceArgs {
   };
 }
 
+/** The `policy trace` flags as parsed (a structural subset of main.ts's flags). */
+export interface TraceFlags {
+  policy?: string[] | undefined;
+  scenario?: string | undefined;
+  dport?: string | undefined;
+  "icmp-type"?: string | undefined;
+  "http-method"?: string | undefined;
+  "http-path"?: string | undefined;
+  "http-host"?: string | undefined;
+  "http-header"?: string[] | undefined;
+  "kafka-role"?: string | undefined;
+  "kafka-api-key"?: string | undefined;
+  "kafka-topic"?: string[] | undefined;
+  "kafka-client-id"?: string | undefined;
+  "kafka-api-version"?: string | undefined;
+  [peerFlag: `${"src" | "dst"}-${string}`]: string | undefined;
+}
+
+/** Flags (and extra positional policy files) → TraceArgs; shared by offline and live trace. */
+export function traceArgsFromFlags(v: TraceFlags, files: string[] = []): TraceArgs {
+  const peer = (side: "src" | "dst"): PeerArgs => ({
+    labels: v[`${side}-labels`],
+    ip: v[`${side}-ip`],
+    entity: v[`${side}-entity`],
+    endpoint: v[`${side}-endpoint`],
+    namespace: v[`${side}-namespace`],
+  });
+  return {
+    policy: [...(v.policy ?? []), ...files],
+    scenario: v.scenario,
+    src: peer("src"),
+    dst: peer("dst"),
+    dport: v.dport,
+    icmpType: v["icmp-type"],
+    http: {
+      method: v["http-method"],
+      path: v["http-path"],
+      host: v["http-host"],
+      headers: v["http-header"] ?? [],
+    },
+    kafka: {
+      role: v["kafka-role"],
+      apiKey: v["kafka-api-key"],
+      topic: v["kafka-topic"] ?? [],
+      clientId: v["kafka-client-id"],
+      apiVersion: v["kafka-api-version"],
+    },
+  };
+}
+
 export interface PeerArgs {
   labels?: string | undefined;
   ip?: string | undefined;

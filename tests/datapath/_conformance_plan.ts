@@ -5,6 +5,7 @@
 // makes the whole case a skip with the reason. An endpoint without an address of some family gets
 // a lab address of that family (ipcache: its identity), so an IPv6 peer can reach an IPv4-only
 // endpoint as the engine assumes it can. Pure: no I/O.
+import { policyEntryOf } from "../../agent/datapath/policy_state.ts";
 import type {
   MapState,
   PeerRef,
@@ -24,19 +25,9 @@ export interface CasePlan {
   probes: Probe[];
 }
 
-const VERDICTS = { allow: 1, deny: 2, redirect: 3 } as const;
-
-/** The engine's map-state entries as datapath policy entries (a 1:1 field mapping). */
+/** The engine's map-state entries as datapath policy entries (the agent's own mapping). */
 export function policyEntries(ms: MapState): PolicyEntry[] {
-  return ms.entries.map((e) => ({
-    egress: e.direction === "egress",
-    identity: e.identity,
-    proto: e.proto,
-    portLo: e.portLo,
-    portHi: e.portHi,
-    verdict: VERDICTS[e.verdict],
-    cookie: e.cookie,
-  }));
+  return ms.entries.map(policyEntryOf);
 }
 
 interface Side {
