@@ -159,6 +159,13 @@ export function explainFlow(engine: PolicyEngine, f: FlowResult): string[] {
   const proto = protocolName(f.proto);
   const port = f.proto === 1 || f.proto === 58 ? `type ${f.port}` : String(f.port);
   const out = [`Tracing ${f.from.display} => ${f.to.display} ${proto}/${port}`];
+  if (f.loopback) {
+    out.push(
+      `Loopback: ${f.from.display} talks to itself; the traffic stays inside the pod and no policy applies`,
+    );
+    out.push("Final verdict: ALLOWED");
+    return out;
+  }
   if (f.egress) out.push(...sideLines(engine, f.egress, f));
   else {out.push(
       `Egress: the source ${f.from.display} is not a cilia endpoint; no egress policy applies`,
@@ -173,6 +180,7 @@ export function explainFlow(engine: PolicyEngine, f: FlowResult): string[] {
 
 /** One line: why the flow was allowed or denied. */
 export function flowReason(engine: PolicyEngine, f: FlowResult): string {
+  if (f.loopback) return "loopback: a pod talking to itself never reaches the datapath";
   if (f.deniedBy === "egress" && f.egress) return sideReason(engine, f.egress);
   if (f.deniedBy === "ingress" && f.ingress) return sideReason(engine, f.ingress);
   const parts = [f.egress, f.ingress].filter((s): s is SideResult => !!s).map((s) =>

@@ -52,6 +52,8 @@ export interface FlowResult {
   deniedBy?: "egress" | "ingress";
   /** True when a redirect applied and no L7 request was given (L7 not evaluated). */
   l7Unevaluated: boolean;
+  /** An endpoint talking to itself: loopback inside the pod, no policy applies. */
+  loopback?: boolean;
   /** The L7 request the flow carried, if any. */
   request?: { http?: HttpRequest; kafka?: KafkaRequest; dns?: string };
 }
@@ -140,6 +142,11 @@ export function evaluateFlow(cluster: SimCluster, engine: PolicyEngine, f: FlowI
   const to = resolvePeer(cluster, engine, f.to);
   const proto = protoNumber(f, from, to);
   const port = proto === 1 || proto === 58 ? (f.icmpType ?? (proto === 58 ? 128 : 8)) : f.port;
+  // A pod talking to itself (its own IP) goes over its loopback device: it never reaches the
+  // datapath and no policy applies (Kubernetes' network-policy tests allow loopback).
+  if (from.endpoint && from.endpoint === to.endpoint) {
+    return { allowed: true, from, to, proto, port, l7Unevaluated: false, loopback: true };
+  }
   const egress = from.endpoint
     ? side(engine, f, { direction: "egress", endpoint: from.endpoint, peer: to, proto, port })
     : undefined;

@@ -189,7 +189,7 @@ Deno.test("cilia: usage errors exit 2 on stderr; unknown files name the path", a
 });
 
 Deno.test("cilia policy test: several scenarios in one file run in isolation", async () => {
-  const one = (name: string, ip: string, expect: string) =>
+  const one = (name: string, clientIp: string, expect: string) =>
     `name: ${name}
 policies:
   - apiVersion: cilium.io/v2
@@ -199,20 +199,22 @@ policies:
       endpointSelector: {matchLabels: {app: db}}
       ingress: [{fromCIDR: [203.0.113.0/24]}]
 endpoints:
-  - {name: db, labels: {app: db, version: 2}, ip: ${ip}}
+  - {name: db, labels: {app: db, version: 2}, ip: 10.0.0.1}
+  - {name: client, labels: {app: client}, ip: ${clientIp}}
 queries:
   - {from: {cidr: 203.0.113.9}, to: db, port: 5432, expect: ${expect}}
   - {from: {cidr: 198.51.100.9}, to: db, port: 5432, expect: denied}
 `;
   const f = await tmpFile(
-    `${one("first", "10.0.0.1", "allowed")}---\n${one("second", "203.0.113.9", "denied")}`,
+    `${one("first", "10.0.0.2", "allowed")}---\n${one("second", "203.0.113.9", "denied")}`,
   );
   try {
     const r = await cilia(["policy", "test", "-o", "json", f]);
     const model = JSON.parse(r.out);
     assert.equal(model.scenarios.length, 2);
     assert.deepEqual(model.scenarios.map((s: { name: string }) => s.name), ["first", "second"]);
-    // In the second scenario 203.0.113.9 is the db pod itself: a CIDR rule never matches a pod.
+    // In the second scenario 203.0.113.9 is the client pod: a CIDR rule never matches a pod, and
+    // nothing of the first scenario (where it was the world) leaks into the second.
     assert.equal(model.passed, 4, r.err);
     assert.equal(r.code, 0);
   } finally {
