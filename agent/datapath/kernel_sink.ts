@@ -47,6 +47,7 @@ export class KernelSink implements DatapathSink {
   readonly #inKernel = new Map<number, string>();
   readonly #states = new Map<number, EndpointPolicyState>();
   readonly #ipcache = new Map<string, number>();
+  readonly #warnedL7 = new Set<number>();
   /** Policy keys the kernel held at open(), by endpoint id, until reconcile(). */
   #stale: Map<number, Uint8Array[]> | undefined;
 
@@ -98,6 +99,7 @@ export class KernelSink implements DatapathSink {
   }
 
   async applyPolicy(endpointId: number, change: PolicyChange): Promise<void> {
+    this.#warnL7(endpointId, change);
     let state = this.#states.get(endpointId);
     if (state === undefined) {
       this.#states.set(endpointId, state = new EndpointPolicyState(endpointId));
@@ -120,6 +122,25 @@ export class KernelSink implements DatapathSink {
     plan.commit();
     this.#stale?.delete(endpointId);
     this.#inKernel.set(endpointId, wanted.ep.ifname);
+  }
+
+  /** Redirects without a proxy drop in the kernel (fail closed): say so, once per endpoint. */
+  #warnL7(endpointId: number, change: PolicyChange): void {
+    const l7 = change.adds.filter((e) => e.verdict === "redirect");
+    if (l7.length === 0 || this.#warnedL7.has(endpointId)) return;
+    this.#warnedL7.add(endpointId);
+    this.#log.warn(
+      "L7 rules apply, but this node has no L7 proxy yet: the kernel drops that traffic",
+      {
+        endpoint: endpointId,
+        ports: [
+          ...new Set(l7.map((e) => `${e.portLo}${e.portHi !== e.portLo ? "-" + e.portHi : ""}`)),
+        ],
+        dropReason: `178 (${DROP_REASONS.get(178)?.[1]})`,
+        hint:
+          "cilia never skips L7 rules silently; use plain L3/L4 rules for these peers until the proxy lands",
+      },
+    );
   }
 
   async updateIpcache(upserts: IpcacheEntry[], deletes: IpcacheEntry[]): Promise<void> {

@@ -83,8 +83,10 @@ static __always_inline struct policy_value *policy_lookup_one(__u16 ep_id, __u8 
  * 2. Only if step 1 found nothing, look up the same with identity 0 ("any identity" entries).
  * 3. Only if both found nothing, apply the direction's default: drop with DROP_POLICY when the
  *    endpoint is default-deny in that direction, else allow.
- * 4. An entry's verdict is final: DENY drops with DROP_POLICY_DENY, ALLOW passes, REDIRECT
- *    passes (until the L7 proxy exists) and is reported as a redirect.
+ * 4. An entry's verdict is final: DENY drops with DROP_POLICY_DENY, ALLOW passes.
+ * 5. REDIRECT hands the flow to the L7 proxy listening on the entry's proxy port. An entry
+ *    without a proxy port has no proxy to enforce its L7 rules, so the packet is dropped with
+ *    DROP_PROXY_LOOKUP_FAILED: L7 rules are never silently skipped (fail closed).
  */
 static __always_inline void policy_decide(struct policy_result *res, __u16 ep_id, __u8 egress,
 					  __u32 identity, __u8 proto, __u16 dport,
@@ -114,6 +116,8 @@ static __always_inline void policy_decide(struct policy_result *res, __u16 ep_id
 	res->proxy_port = v->proxy_port;
 	if (v->verdict == VERDICT_DENY)
 		res->reason = DROP_POLICY_DENY;
+	else if (v->verdict == VERDICT_REDIRECT && !v->proxy_port)
+		res->reason = DROP_PROXY_LOOKUP_FAILED; /* 5. no proxy: fail closed */
 	else if (v->verdict != VERDICT_ALLOW && v->verdict != VERDICT_REDIRECT)
 		res->reason = DROP_POLICY; /* unknown verdict: fail closed */
 }

@@ -40,7 +40,7 @@ Deno.test(
 );
 
 Deno.test(
-  "a redirect verdict passes (until the proxy exists) and is reported as redirect",
+  "a redirect verdict goes to its proxy port; without a proxy port it drops with 178",
   opts,
   async () => {
     await using t = await nodeLab({ pods: 2, ingressDefaultDeny: [false, true] });
@@ -66,6 +66,17 @@ Deno.test(
     const v = events.find(isVerdict);
     assertEquals([v?.verdict, v?.cookie], ["redirect", 77]);
     assert(await t.lab.peer(a.netns).probe("tcp", b.ipv4, 8080));
+
+    // The same entry without a proxy port: nothing could enforce its L7 rules, so it fails closed.
+    const noProxy: PolicyEntry = { ...redirect, proxyPort: 0, cookie: 78 };
+    await t.dp.applyPolicyChanges(2, { adds: [noProxy], deletes: [] });
+    const isDrop = (e: { type: string; epId: number }) => e.type === "drop" && e.epId === 2;
+    const drops = await withEvents(t.dp, () => t.lab.peer(a.netns).probe("tcp", b.ipv4, 8080), {
+      until: isDrop,
+    });
+    const d = drops.find(isDrop) as { subtype?: number } | undefined;
+    assertEquals(d?.subtype, 178);
+    assert(!(await t.lab.peer(a.netns).probe("tcp", b.ipv4, 8080)));
   },
 );
 

@@ -354,6 +354,36 @@ ingress:
     },
   );
 
+  await t.step(
+    "L7 rules without a proxy fail closed (178); a plain L4 grant waives them",
+    async () => {
+      await n.policy(cnp(
+        "api-l7",
+        `endpointSelector: {matchLabels: {app: api}}
+ingress:
+  - fromEndpoints: [{matchLabels: {app: web}}]
+    toPorts:
+      - ports: [{port: "8080", protocol: TCP}]
+        rules: {http: [{method: GET}]}
+  - fromEndpoints: [{matchLabels: {app: db}}]
+    toPorts:
+      - ports: [{port: "8080", protocol: TCP}]`,
+      ));
+      await expectDrop(
+        "web -> api:8080 (HTTP rules, no proxy)",
+        () => probe(web, "tcp", api.ipv4, 8080)(false),
+        {
+          subtype: 178,
+          direction: "ingress",
+          epId: apiEp.id,
+          srcIdentity: webEp.identity,
+        },
+      );
+      await expect("db -> api:8080 (plain L4 grant)", db, "tcp", api.ipv4, 8080, true);
+      await reset();
+    },
+  );
+
   await t.step("drops are counted on /v1/metrics by reason and direction", async () => {
     const m = await n.metrics();
     const value = (reason: string, dir: string) =>
