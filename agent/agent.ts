@@ -6,6 +6,8 @@
  * State changes run one at a time (`serial`). No HTTP here: the API lives in `api/`.
  */
 
+import { readDeleteQueue } from "./cni/delete_queue.ts";
+import { CniDelRequestSchema } from "./cni/types.ts";
 import {
   DEFAULT_OPTIONS,
   type IdentitySpec,
@@ -199,6 +201,7 @@ export class Agent {
       log: log.child({ subsys: "cni" }),
       kernel: this.datapath !== undefined,
     });
+    await this.#replayDeleteQueue();
     if (this.datapath) {
       await this.cni.sweep();
       await this.datapath.reconcile();
@@ -234,6 +237,29 @@ export class Agent {
       endpoints: restored,
       addresses,
     });
+  }
+
+  /** CNI DELs that arrived while the agent was down (see agent/cni/delete_queue.ts). */
+  async #replayDeleteQueue(): Promise<void> {
+    const log = this.log.child({ subsys: "cni" });
+    for (const q of await readDeleteQueue(this.config.socket)) {
+      const req = CniDelRequestSchema.safeParse(q.request);
+      if (!req.success) {
+        log.warn("ignoring a malformed queued CNI DEL", { file: q.path });
+      } else {
+        try {
+          const r = await this.cni.del(req.data);
+          log.info("replayed a queued CNI DEL", { ...req.data, deleted: r.deleted });
+        } catch (err) {
+          log.error("cannot replay a queued CNI DEL; keeping it", {
+            file: q.path,
+            error: (err as Error).message,
+          });
+          continue;
+        }
+      }
+      await Deno.remove(q.path).catch(() => {});
+    }
   }
 
   async #follow(w: PrefixWatch): Promise<void> {

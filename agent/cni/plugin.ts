@@ -19,6 +19,9 @@ import {
   SUPPORTED_VERSIONS,
 } from "./config.ts";
 import { AgentConnection } from "./client.ts";
+import { enqueueDelete } from "./delete_queue.ts";
+
+const socketOf = (conf: NetworkConfig) => conf.agentSocket ?? DEFAULT_AGENT_SOCKET;
 import { CNI_ERRORS, type CniAddRequest, type CniAddResponse, type CniResult } from "./types.ts";
 
 export interface PluginOutput {
@@ -73,9 +76,19 @@ async function run(
       const r = await agent.post<CniAddResponse>("/v1/cni/add", addRequest(conf, inv));
       return json(convertResult(r.result, conf.cniVersion));
     }
-    case "DEL":
-      await agent.post("/v1/cni/del", { ...base, ...(inv.netns ? { netns: inv.netns } : {}) });
+    case "DEL": {
+      const req = { ...base, ...(inv.netns ? { netns: inv.netns } : {}) };
+      try {
+        await agent.post("/v1/cni/del", req);
+      } catch (err) {
+        // The agent is down (restarting?): queue the DEL for it instead of failing the runtime.
+        if (!(err instanceof CniError) || err.code !== CNI_ERRORS.tryAgainLater) throw err;
+        await enqueueDelete(socketOf(conf), req).catch(() => {
+          throw err;
+        });
+      }
       return "";
+    }
     case "CHECK":
       needVersion(conf, "CHECK", "0.4.0");
       await agent.post("/v1/cni/check", {
@@ -133,7 +146,7 @@ export async function runPlugin(
     }
     const conf = parseNetworkConfig(stdin);
     version = conf.cniVersion;
-    const agent = new AgentConnection(conf.agentSocket ?? DEFAULT_AGENT_SOCKET, {
+    const agent = new AgentConnection(socketOf(conf), {
       unreachableCode: inv.command === "STATUS"
         ? CNI_ERRORS.notAvailable
         : CNI_ERRORS.tryAgainLater,

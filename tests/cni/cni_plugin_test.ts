@@ -283,3 +283,36 @@ Deno.test({
     assert.equal(eps, 2, "failed ADDs left no endpoint behind");
   });
 });
+
+Deno.test({
+  name: "cilia-cni: a DEL while the agent is down is queued and replayed when it starts",
+  ignore: Deno.uid() !== 0,
+  sanitizeResources: false,
+}, async () => {
+  await using n = await CiliaNode.create();
+  const pod = await n.addPod("queued", { app: "queued" });
+  const before = (await n.call("GET", "/v1/endpoint")).body as { name: string }[];
+  assert.deepEqual(before.map((e) => e.name), ["queued"]);
+  assert.equal(await n.stopAgent(), 0);
+
+  const del = await n.delPod(pod);
+  assert.equal(del.code, 0, `DEL with the agent down succeeds: ${del.stdout}`);
+  const queue = `${n.dir}/cni-delete-queue`;
+  const files = [...Deno.readDirSync(queue)].map((e) => e.name);
+  assert.equal(files.length, 1, `one queued DEL: ${files}`);
+  // A second DEL of the same attachment replaces the queued one.
+  assert.equal((await n.delPod(pod)).code, 0);
+  assert.equal([...Deno.readDirSync(queue)].length, 1);
+
+  await n.startAgent();
+  const after = (await n.call("GET", "/v1/endpoint")).body as unknown[];
+  assert.deepEqual(after, [], "the queued DEL removed the endpoint");
+  assert.deepEqual([...Deno.readDirSync(queue)], [], "the queue is drained");
+  assert.match(n.log, /"msg":"replayed a queued CNI DEL"/);
+  const link = await new Deno.Command("ip", {
+    args: ["-n", n.node.netns, "-o", "link", "show", pod.result.interfaces[0].name],
+    stderr: "null",
+    stdout: "piped",
+  }).output();
+  assert.notEqual(link.code, 0, "the host-side veth is gone");
+});
