@@ -37,6 +37,9 @@ export async function readInputs(
     if (info.isDirectory) {
       const names: string[] = [];
       for await (const e of Deno.readDir(p)) if (e.isFile && ext.test(e.name)) names.push(e.name);
+      if (names.length === 0) {
+        throw new Error(`Cannot read "${p}": the directory has no .yaml, .yml or .json files`);
+      }
       for (const n of names.sort()) {
         const path = `${p.replace(/\/$/, "")}/${n}`;
         out.push({ path, text: await Deno.readTextFile(path) });

@@ -43,7 +43,8 @@ export function registerClusterRoutes(app: Hono, agent: Agent): void {
   });
 
   app.delete("/v1/ipam/:ip", async (c) => {
-    const ip = decodeURIComponent(c.req.param("ip"));
+    // Hono has decoded the parameter already; decoding twice turns "100%25" into a URIError.
+    const ip = c.req.param("ip");
     return c.json(await agent.ipam.release(ip));
   });
 }

@@ -31,7 +31,8 @@ export function registerEndpointRoutes(app: Hono, agent: Agent): void {
   app.get("/v1/endpoint", (c) => c.json(agent.endpoints.list().map((e) => view(agent, e))));
 
   app.get("/v1/endpoint/:ref{.+}", (c) => {
-    const ref = decodeURIComponent(c.req.param("ref"));
+    // Hono has decoded the parameter already; decoding twice turns "100%25" into a URIError.
+    const ref = c.req.param("ref");
     const ep = agent.endpoints.find(ref);
     if (ep === undefined) {
       throw new EndpointNotFoundError(`Endpoint "${ref}" does not exist on this node`);

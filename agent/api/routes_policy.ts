@@ -101,7 +101,8 @@ export function registerPolicyRoutes(app: Hono, agent: Agent): void {
   });
 
   app.get("/v1/policy/resolved/:ref{.+}", (c) => {
-    const ref = decodeURIComponent(c.req.param("ref"));
+    // Hono has decoded the parameter already; decoding twice turns "100%25" into a URIError.
+    const ref = c.req.param("ref");
     const ep = agent.endpoints.find(ref);
     const resolved = ep && agent.regen.resolved(ep.id);
     if (!ep || !resolved) {

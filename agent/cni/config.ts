@@ -49,6 +49,18 @@ export function compareVersions(a: string, b: string): number {
   return 0;
 }
 
+/** True when the object holding `path`'s last key exists but lacks that key. */
+function isMissing(value: unknown, path: readonly PropertyKey[]): boolean {
+  let v = value;
+  for (const p of path.slice(0, -1)) {
+    if (v === null || typeof v !== "object") return false;
+    v = (v as Record<PropertyKey, unknown>)[p];
+  }
+  const last = path[path.length - 1];
+  return last !== undefined && v !== null && typeof v === "object" && !Array.isArray(v) &&
+    !Object.hasOwn(v, last);
+}
+
 /** The network configuration from stdin. */
 export function parseNetworkConfig(stdin: string): NetworkConfig {
   if (stdin.trim() === "") {
@@ -72,7 +84,9 @@ export function parseNetworkConfig(stdin: string): NetworkConfig {
     const path = i.path.map(String).join(".");
     throw new CniError(
       CNI_ERRORS.invalidConfig,
-      `Invalid network configuration${path ? ` at "${path}"` : ""}: ${i.message}`,
+      i.code === "invalid_type" && isMissing(value, i.path)
+        ? `Invalid network configuration: missing field "${path}"`
+        : `Invalid network configuration${path ? ` at "${path}"` : ""}: ${i.message}`,
     );
   }
   const conf = r.data;

@@ -9,7 +9,9 @@
 import type { CniDelRequest } from "./types.ts";
 
 export function deleteQueueDir(socketPath: string): string {
-  const dir = socketPath.slice(0, socketPath.lastIndexOf("/")) || "/";
+  const slash = socketPath.lastIndexOf("/");
+  // A socket path without "/" is in the current directory (slice(0, -1) would cut its last char).
+  const dir = slash < 0 ? "." : socketPath.slice(0, slash) || "/";
   return `${dir}/cni-delete-queue`;
 }
 

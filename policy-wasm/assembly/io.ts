@@ -1,18 +1,28 @@
 // Host I/O for the engine: one scratch input buffer the host writes into and one output buffer the
 // host reads from. Every export of the engine takes numbers only; byte payloads travel through
-// these two buffers. Nothing here throws: sizes are clamped and statuses are returned.
+// these two buffers. Nothing here throws: sizes are clamped and statuses are returned. The one
+// exception is a buffer larger than MAX_BUFFER: input_reserve() cannot hand out room it does not
+// have (the host would write past it), so it traps, and the facade recovers.
 
 let inputBuf: ArrayBuffer = new ArrayBuffer(1 << 16);
 let outputBuf: ArrayBuffer = new ArrayBuffer(1 << 16);
 let outputLen: i32 = 0;
 
+/** The largest buffer the engine grows to (1 GiB); doubling past it would overflow an i32. */
+const MAX_BUFFER: i32 = 1 << 30;
+
+/** The capacity (a power of two times the current one) that holds `len`; traps past MAX_BUFFER. */
+function grownCapacity(cap: i32, len: i32): i32 {
+  if (len > MAX_BUFFER) unreachable();
+  while (cap < len) cap <<= 1;
+  return cap;
+}
+
 /** Makes room for `len` bytes of input and returns where the host must write them. */
 export function input_reserve(len: i32): usize {
   if (len < 0) len = 0;
   if (len > inputBuf.byteLength) {
-    let cap = inputBuf.byteLength;
-    while (cap < len) cap <<= 1;
-    inputBuf = new ArrayBuffer(cap);
+    inputBuf = new ArrayBuffer(grownCapacity(inputBuf.byteLength, len));
   }
   return changetype<usize>(inputBuf);
 }
@@ -20,6 +30,12 @@ export function input_reserve(len: i32): usize {
 /** Start of the input the host wrote with input_reserve(). */
 export function inputPtr(): usize {
   return changetype<usize>(inputBuf);
+}
+
+/** A length the host passed, clamped to the input buffer: nothing past it is ever read. */
+export function inputLen(len: i32): i32 {
+  if (len < 0) return 0;
+  return len > inputBuf.byteLength ? inputBuf.byteLength : len;
 }
 
 export function output_ptr(): usize {
@@ -40,9 +56,7 @@ export function setOutput(src: usize, len: i32): void {
 /** Makes the output buffer at least `len` bytes long, keeping its first outputLen bytes. */
 export function ensureOutput(len: i32): void {
   if (len <= outputBuf.byteLength) return;
-  let cap = outputBuf.byteLength;
-  while (cap < len) cap <<= 1;
-  const next = new ArrayBuffer(cap);
+  const next = new ArrayBuffer(grownCapacity(outputBuf.byteLength, len));
   memory.copy(changetype<usize>(next), changetype<usize>(outputBuf), <usize> outputLen);
   outputBuf = next;
 }

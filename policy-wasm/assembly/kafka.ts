@@ -32,10 +32,15 @@ function decodesTopics(key: i32): bool {
   return key == 0 || key == 1 || key == 2 || key == 3 || key == 8 || key == 9;
 }
 
-/** Topic-bearing request kinds whose topics cilia does not decode. */
+/**
+ * Topic-bearing request kinds whose topics cilia does not decode (Cilium's isTopicAPIKey minus
+ * the decoded ones): CreateTopics, DeleteTopics, DeleteRecords, OffsetForLeaderEpoch,
+ * AddPartitionsToTxn, WriteTxnMarkers, TxnOffsetCommit, AlterReplicaLogDirs, DescribeLogDirs,
+ * CreatePartitions. A topic-restricted rule never admits them.
+ */
 function undecodedTopics(key: i32): bool {
-  return key == 4 || key == 5 || key == 6 || key == 19 || key == 20 || key == 21 || key == 23 ||
-    key == 24 || key == 28 || key == 37;
+  return key == 19 || key == 20 || key == 21 || key == 23 || key == 24 || key == 27 ||
+    key == 28 || key == 34 || key == 35 || key == 37;
 }
 
 function baseMatches(rule: KafkaRule, req: KafkaRequest): bool {

@@ -44,7 +44,15 @@ import {
   MSG_RULES,
   readPrefix,
 } from "./messages";
-import { Reader, ST_BAD_HEADER, ST_BAD_REGEX, ST_OK, ST_TRUNCATED, Writer } from "./wire";
+import {
+  Reader,
+  ST_BAD_HEADER,
+  ST_BAD_REGEX,
+  ST_BAD_VALUE,
+  ST_OK,
+  ST_TRUNCATED,
+  Writer,
+} from "./wire";
 
 // ---- regex errors are reported with their location ------------------------------------------
 
@@ -190,6 +198,30 @@ function readEntry(r: Reader, sels: Array<Selector>): Entry {
   return e;
 }
 
+function indexList(list: Array<i32>, n: i32): bool {
+  for (let i = 0; i < list.length; i++) if (list[i] < 0 || list[i] >= n) return false;
+  return true;
+}
+
+/**
+ * Every selector index of a rules message (subjects, requires, peers) names a selector of its
+ * table: the selector cache is read without bounds checks.
+ */
+function indicesValid(rules: Array<Rule>, list: Array<Entry>, nsel: i32): bool {
+  for (let i = 0; i < rules.length; i++) {
+    const rule = rules[i];
+    if (rule.subject < 0 || rule.subject >= nsel) return false;
+    if (!indexList(rule.requiresIngress, nsel) || !indexList(rule.requiresEgress, nsel)) {
+      return false;
+    }
+    if (!indexList(rule.requiresIngressDeny, nsel) || !indexList(rule.requiresEgressDeny, nsel)) {
+      return false;
+    }
+  }
+  for (let i = 0; i < list.length; i++) if (!indexList(list[i].peers, nsel)) return false;
+  return true;
+}
+
 /** MSG_RULES: options, selector table, rules, entries. Replaces all rules atomically. */
 export function loadRules(len: i32): i32 {
   const r = Reader.fromInput(len);
@@ -213,6 +245,8 @@ export function loadRules(len: i32): i32 {
     r.u8();
     readIndexList(r, rule.requiresIngress);
     readIndexList(r, rule.requiresEgress);
+    readIndexList(r, rule.requiresIngressDeny);
+    readIndexList(r, rule.requiresEgressDeny);
     newRules.push(rule);
   }
   const newEntries = new Array<Entry>();
@@ -224,6 +258,7 @@ export function loadRules(len: i32): i32 {
     newEntries.push(e);
   }
   if (r.failed) return ST_TRUNCATED;
+  if (!indicesValid(newRules, newEntries, sels.length)) return ST_BAD_VALUE;
   if (regexFailed) {
     writeRegexError();
     return ST_BAD_REGEX;

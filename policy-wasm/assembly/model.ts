@@ -180,8 +180,12 @@ export class Rule {
   nodeSubject: bool = false;
   ddIngress: bool = false;
   ddEgress: bool = false;
+  /** fromRequires/toRequires of allow rules: they narrow allow entries only. */
   requiresIngress: Array<i32> = new Array<i32>();
   requiresEgress: Array<i32> = new Array<i32>();
+  /** fromRequires/toRequires of deny rules: they narrow deny entries only (Cilium keeps the two apart). */
+  requiresIngressDeny: Array<i32> = new Array<i32>();
+  requiresEgressDeny: Array<i32> = new Array<i32>();
   entries: Array<i32> = new Array<i32>();
 }
 

@@ -12,7 +12,13 @@ import {
   VERDICT_REDIRECT,
 } from "./drop_reasons.generated";
 import { endpoints, entries, identityIndex, L7_DNS, L7_HTTP, L7_KAFKA, L7_NONE } from "./model";
-import { contextFor, entryCoversPort, entryMatchesPeer, resolvePoint } from "./resolve";
+import {
+  contextFor,
+  entryCoversPort,
+  entryMatchesPeer,
+  entryNarrowedByRequires,
+  resolvePoint,
+} from "./resolve";
 import { MSG_QUERY } from "./messages";
 import { httpCheck, readHttpRequest } from "./http";
 import { kafkaCheck, readKafkaRequest } from "./kafka";
@@ -58,12 +64,16 @@ export function query(len: i32): i32 {
   const denies = new Array<i32>();
   const allows = new Array<i32>();
   const peerOnly = new Array<i32>();
+  const narrowed = new Array<i32>();
   const covering = new Array<i32>();
   const list = ctx.entriesOf(dir);
   for (let i = 0; i < list.length; i++) {
     const ei = list[i];
     const e = entries[ei];
-    if (!entryMatchesPeer(ctx, e, slot)) continue;
+    if (!entryMatchesPeer(ctx, e, slot)) {
+      if (entryNarrowedByRequires(ctx, e, slot)) narrowed.push(ei);
+      continue;
+    }
     if (!entryCoversPort(ctx, ei, peerId, proto, port)) {
       peerOnly.push(ei);
       continue;
@@ -132,6 +142,7 @@ export function query(len: i32): i32 {
   w.i32(l7res.entry);
   w.i32(l7res.rule);
   w.i32(l7res.detail);
+  writeList(w, narrowed);
   w.flush();
   return ST_OK;
 }

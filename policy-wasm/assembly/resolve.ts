@@ -123,6 +123,8 @@ export class EpContext {
   ddRuleEgress: i32 = -1;
   requiresIngress: Array<i32> = new Array<i32>();
   requiresEgress: Array<i32> = new Array<i32>();
+  requiresIngressDeny: Array<i32> = new Array<i32>();
+  requiresEgressDeny: Array<i32> = new Array<i32>();
   entriesIngress: Array<i32> = new Array<i32>();
   entriesEgress: Array<i32> = new Array<i32>();
   /** Port intervals of every entry whose ports do not depend on the peer, by entry index. */
@@ -137,7 +139,9 @@ export class EpContext {
     return dir == DIR_INGRESS ? this.entriesIngress : this.entriesEgress;
   }
 
-  requiresOf(dir: u8): Array<i32> {
+  /** The requirements that narrow the endpoint selectors of allow (or deny) entries of `dir`. */
+  requiresOf(dir: u8, deny: bool): Array<i32> {
+    if (deny) return dir == DIR_INGRESS ? this.requiresIngressDeny : this.requiresEgressDeny;
     return dir == DIR_INGRESS ? this.requiresIngress : this.requiresEgress;
   }
 
@@ -164,6 +168,12 @@ function addRule(ctx: EpContext, ri: i32, rule: Rule): void {
   }
   for (let i = 0; i < rule.requiresEgress.length; i++) {
     ctx.requiresEgress.push(rule.requiresEgress[i]);
+  }
+  for (let i = 0; i < rule.requiresIngressDeny.length; i++) {
+    ctx.requiresIngressDeny.push(rule.requiresIngressDeny[i]);
+  }
+  for (let i = 0; i < rule.requiresEgressDeny.length; i++) {
+    ctx.requiresEgressDeny.push(rule.requiresEgressDeny[i]);
   }
   for (let i = 0; i < rule.entries.length; i++) {
     const ei = rule.entries[i];
@@ -228,11 +238,20 @@ function satisfiesRequires(reqs: Array<i32>, slot: i32): bool {
 export function entryMatchesPeer(ctx: EpContext, e: Entry, slot: i32): bool {
   if (e.wildcard) return true;
   if (slot < 0) return false;
-  const reqs = ctx.requiresOf(e.dir);
+  const reqs = ctx.requiresOf(e.dir, e.deny);
   for (let i = 0; i < e.peers.length; i++) {
     if (!selects(e.peers[i], slot)) continue;
     if (e.peerRequires[i] && !satisfiesRequires(reqs, slot)) continue;
     return true;
+  }
+  return false;
+}
+
+/** True when an endpoint selector of `e` selects the peer but fromRequires/toRequires reject it. */
+export function entryNarrowedByRequires(ctx: EpContext, e: Entry, slot: i32): bool {
+  if (e.wildcard || slot < 0) return false;
+  for (let i = 0; i < e.peers.length; i++) {
+    if (e.peerRequires[i] && selects(e.peers[i], slot)) return true;
   }
   return false;
 }

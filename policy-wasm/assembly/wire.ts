@@ -1,9 +1,11 @@
 // The engine side of the binary snapshot format: a bounds-checked reader over the host's input
 // buffer and a growable writer for results. Every message starts with MAGIC and VERSION; the
 // TypeScript mirror is policy-wasm/src/wire.ts. A truncated or malformed message sets `failed`
-// instead of trapping, and the caller returns a status.
+// instead of trapping, and the caller returns a status. The reader never reads past the input
+// buffer, whatever length the host claims, and a length or count that does not fit in the rest of
+// the message (a "huge" u32 included) fails the message.
 
-import { inputPtr, outputBytes } from "./io";
+import { inputLen, inputPtr, outputBytes } from "./io";
 
 export const MAGIC: u32 = 0x50494c43; // "CLIP" read as little-endian u32
 export const VERSION: u16 = 1;
@@ -23,7 +25,7 @@ export class Reader {
   constructor(public base: usize, public len: i32) {}
 
   static fromInput(len: i32): Reader {
-    return new Reader(inputPtr(), len);
+    return new Reader(inputPtr(), inputLen(len));
   }
 
   /** Reads the header; false when magic, version or message type do not match. */
@@ -34,7 +36,8 @@ export class Reader {
   }
 
   private need(n: i32): bool {
-    if (this.failed || this.pos + n > this.len) {
+    // n < 0 is a u32 length of 2^31 or more read as i32: it never fits.
+    if (this.failed || n < 0 || n > this.len - this.pos) {
       this.failed = true;
       return false;
     }

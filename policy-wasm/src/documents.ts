@@ -47,6 +47,11 @@ function keyNode(doc: Document, path: readonly PathPart[], key: string): Node | 
   return undefined;
 }
 
+/** Keeps a message readable when the offending token is a whole binary file. */
+function clip(text: string, max = 200): string {
+  return text.length > max ? `${text.slice(0, max)}…` : text;
+}
+
 /** Parses text into documents; YAML syntax errors come back as issues (nothing is thrown). */
 export function readDocuments(
   text: string,
@@ -66,14 +71,27 @@ export function readDocuments(
     for (const e of doc.errors) {
       const at = pos(e.pos[0]);
       issues.push({
-        message: `Invalid YAML: ${e.message.split("\n")[0]}`,
+        message: `Invalid YAML: ${clip(e.message.split("\n")[0] ?? "")}`,
         path: "",
         ...at,
         ...(opts.file ? { file: opts.file } : {}),
       });
     }
     if (doc.errors.length > 0) return;
-    const value = doc.toJS({ maxAliasCount: 100 });
+    let value: unknown;
+    try {
+      value = doc.toJS({ maxAliasCount: 100 });
+    } catch (err) {
+      // The yaml package resolves aliases here, and throws (ReferenceError) for an alias bomb
+      // ("Excessive alias count") or an alias before its anchor: the document is invalid.
+      issues.push({
+        message: `Invalid YAML: ${(err as Error)?.message ?? String(err)}`,
+        path: "",
+        ...pos(doc.contents?.range?.[0] ?? 0),
+        ...(opts.file ? { file: opts.file } : {}),
+      });
+      return;
+    }
     if (value === null || value === undefined) return; // empty document between separators
     const locate = (path: readonly PathPart[], key?: string) => {
       let n = key !== undefined ? keyNode(doc, path, key) : undefined;

@@ -90,6 +90,8 @@ export function encodeRules(
     subject: sels.id(r.subject),
     reqIn: r.requires.ingress.map((s) => sels.id(s)),
     reqEg: r.requires.egress.map((s) => sels.id(s)),
+    reqInDeny: (r.requires.ingressDeny ?? []).map((s) => sels.id(s)),
+    reqEgDeny: (r.requires.egressDeny ?? []).map((s) => sels.id(s)),
   }));
   const entries = spec.rules.flatMap((r, rule) => r.entries.map((entry) => ({ rule, entry })));
   for (const { entry } of entries) for (const p of entry.peers) sels.id(p.selector);
@@ -105,6 +107,8 @@ export function encodeRules(
     w.u8(r.defaultDeny.ingress ? 1 : 0).u8(r.defaultDeny.egress ? 1 : 0).u8(0);
     w.list(e.reqIn, (x) => w.i32(x));
     w.list(e.reqEg, (x) => w.i32(x));
+    w.list(e.reqInDeny, (x) => w.i32(x));
+    w.list(e.reqEgDeny, (x) => w.i32(x));
   });
   w.u32(entries.length);
   const head = w.bytes();

@@ -26,6 +26,7 @@ import {
 } from "./query_codec.ts";
 import { regexErrorMessage } from "./regex_errors.ts";
 import { ByteReader } from "./wire.ts";
+import { canonicalPrefix } from "./cidr.ts";
 import { loadPolicyWasm } from "./wasm.ts";
 
 interface Exports {
@@ -69,6 +70,7 @@ export class PolicyEngine {
   #options: EngineOptions = DEFAULT_OPTIONS;
   #identities = new Map<number, IdentitySpec>();
   #endpoints?: Uint8Array;
+  /** The explicit ipcache as the engine holds it: one identity per canonical prefix. */
   #ipcache = new Map<string, IpcacheEntry>();
   #closed = false;
 
@@ -225,8 +227,14 @@ export class PolicyEngine {
       this.#send(encodeIpcache(upserts, deletes), "ipcache_update"),
       "update the ipcache",
     );
-    for (const d of deletes) this.#ipcache.delete(`${d.prefix}/${d.identity}`);
-    for (const u of upserts) this.#ipcache.set(`${u.prefix}/${u.identity}`, u);
+    // Mirror the engine (ipcache.ts): deletes first, each only if the prefix still maps to that
+    // identity; an upsert replaces the prefix's identity. Keyed by the canonical prefix, so that
+    // "10.0.0.1" and "10.0.0.1/32" are one entry, as they are in the engine.
+    for (const d of deletes) {
+      const key = canonicalPrefix(d.prefix);
+      if (this.#ipcache.get(key)?.identity === d.identity) this.#ipcache.delete(key);
+    }
+    for (const u of upserts) this.#ipcache.set(canonicalPrefix(u.prefix), u);
   }
 
   /** IP → identity by longest-prefix match (reserved:world, 2, when nothing covers it). */
@@ -305,15 +313,15 @@ export class PolicyEngine {
         // Encode straight into the engine's input buffer (no intermediate copy); the buffer may
         // have moved since the last call, so ask for it every time.
         const need = Math.max(input.length * 3, 4096);
-        const ptr = this.#x.input_reserve(need);
+        const ptr = this.#call(() => this.#x.input_reserve(need), "reserve input");
         if (ptr !== at || view.byteLength < need || view.buffer !== this.#x.memory.buffer) {
           view = new Uint8Array(this.#x.memory.buffer, ptr, need);
           at = ptr;
         }
         const { written } = enc.encodeInto(input, view);
-        return this.#x.regex_match(h, written) === 1;
+        return this.#call(() => this.#x.regex_match(h, written), "match a regex") === 1;
       },
-      release: () => this.#x.regex_release(h),
+      release: () => this.#call(() => (this.#x.regex_release(h), 0), "release a regex"),
     };
   }
 

@@ -131,8 +131,17 @@ function sideLines(engine: PolicyEngine, s: SideResult, f?: FlowResult): string[
   } else {
     if (r.selecting.length === 0) ind(`no policy selects this endpoint`);
     for (const ri of r.selecting) {
-      const has = engine.spec.rules[ri]?.entries.some((e) => e.direction === s.direction);
-      ind(`selected by ${ruleName(engine, ri)}${has ? "" : ` (no ${s.direction} rules)`}`);
+      const rule = engine.spec.rules[ri];
+      const has = rule?.entries.some((e) => e.direction === s.direction);
+      const req = s.direction === "ingress"
+        ? [...(rule?.requires.ingress ?? []), ...(rule?.requires.ingressDeny ?? [])]
+        : [...(rule?.requires.egress ?? []), ...(rule?.requires.egressDeny ?? [])];
+      const what = has
+        ? ""
+        : req.length > 0
+        ? ` (only ${s.direction === "ingress" ? "fromRequires" : "toRequires"} for ${s.direction})`
+        : ` (no ${s.direction} rules)`;
+      ind(`selected by ${ruleName(engine, ri)}${what}`);
     }
     ind(
       r.defaultDeny
@@ -143,6 +152,14 @@ function sideLines(engine: PolicyEngine, s: SideResult, f?: FlowResult): string[
     for (const e of r.allows) ind(`allow rule matches: ${entryName(engine, e)}`);
     if (r.denies.length === 0 && r.allows.length === 0) ind("no rule matches this peer and port");
     for (const e of r.peerOnly) ind(`(selects this peer on other ports: ${entryName(engine, e)})`);
+    const requires = s.direction === "ingress" ? "fromRequires" : "toRequires";
+    for (const e of r.narrowedByRequires) {
+      ind(
+        `(${
+          entryName(engine, e)
+        } selects this peer's labels, but the peer lacks labels that the ${requires} of the rules selecting this endpoint demand)`,
+      );
+    }
     const l7 = l7Line(engine, s, f);
     if (l7) ind(l7);
   }
@@ -152,6 +169,12 @@ function sideLines(engine: PolicyEngine, s: SideResult, f?: FlowResult): string[
     : "";
   ind(`=> ${denied ? "DENIED" : "ALLOWED"}${reason}: ${sideReason(engine, s)}`);
   return out;
+}
+
+/** Host policies (nodeSelector) are validated but the host firewall is not enforced yet. */
+function hostNote(engine: PolicyEngine, identity: number): string {
+  if (identity !== 1 || !engine.spec.rules.some((r) => r.subjectKind === "node")) return "";
+  return " (policies with a nodeSelector are validated, but cilia does not enforce host policies yet)";
 }
 
 /** The full decision chain of a flow, line by line. */
@@ -168,11 +191,15 @@ export function explainFlow(engine: PolicyEngine, f: FlowResult): string[] {
   }
   if (f.egress) out.push(...sideLines(engine, f.egress, f));
   else {out.push(
-      `Egress: the source ${f.from.display} is not a cilia endpoint; no egress policy applies`,
+      `Egress: the source ${f.from.display} is not a cilia endpoint; no egress policy applies${
+        hostNote(engine, f.from.identity)
+      }`,
     );}
   if (f.ingress) out.push(...sideLines(engine, f.ingress, f));
   else {out.push(
-      `Ingress: the destination ${f.to.display} is not a cilia endpoint; no ingress policy applies`,
+      `Ingress: the destination ${f.to.display} is not a cilia endpoint; no ingress policy applies${
+        hostNote(engine, f.to.identity)
+      }`,
     );}
   out.push(`Final verdict: ${f.allowed ? "ALLOWED" : "DENIED"}`);
   return out;

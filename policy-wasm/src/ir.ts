@@ -115,7 +115,16 @@ export interface RuleSpec {
   subject: SelectorSpec;
   subjectKind: "endpoint" | "node";
   defaultDeny: { ingress: boolean; egress: boolean };
-  requires: { ingress: SelectorSpec[]; egress: SelectorSpec[] };
+  /**
+   * fromRequires/toRequires, ANDed into the endpoint selectors of every rule that selects the same
+   * subject: those of allow rules narrow allows, those of deny rules narrow denies.
+   */
+  requires: {
+    ingress: SelectorSpec[];
+    egress: SelectorSpec[];
+    ingressDeny?: SelectorSpec[];
+    egressDeny?: SelectorSpec[];
+  };
   entries: EntrySpec[];
   description?: string;
   /** Rule labels (`k8s:io.cilium.k8s.policy.name=...` and the user's labels). */

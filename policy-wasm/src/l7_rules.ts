@@ -250,10 +250,21 @@ export function translatePortRule(
   if (list.length > 40) sink.error(path, `Too many ports: ${list.length}, at most 40`, "ports");
   const ports: PortSpec[] = [];
   list.forEach((p, i) => {
+    if (p.port === undefined) {
+      // Cilium: "Port must be specified" (PortProtocol.sanitize); "0" means every port.
+      sink.error(
+        [...path, "ports", i],
+        `Expected "port": a number, a port name, or "0" for every port`,
+        "port",
+      );
+      return;
+    }
     const spec = translatePort(p, sink, [...path, "ports", i], "ANY");
     if (spec) ports.push(spec);
   });
-  if (list.length === 0) ports.push({ proto: 0, port: 0, endPort: 65535 });
+  if (list.length === 0) {
+    sink.warn(path, "This port rule lists no ports, so it allows (or denies) nothing", "ports");
+  }
   const l7 = translateL7(pr, ports, ctx);
   return l7 ? { ports, l7 } : { ports };
 }

@@ -92,7 +92,8 @@ export const RESERVED_IDENTITIES: readonly IdentitySpec[] = [
   { id: 4, labels: ["reserved:health"] },
   { id: 5, labels: ["reserved:init"] },
   { id: 6, labels: ["reserved:remote-node"] },
-  { id: 7, labels: ["reserved:kube-apiserver"] },
+  // The apiserver runs on nodes: its identity also carries remote-node (Cilium numericidentity.go).
+  { id: 7, labels: ["reserved:kube-apiserver", "reserved:remote-node"] },
   { id: 8, labels: ["reserved:ingress"] },
 ];
 

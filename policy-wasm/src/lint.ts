@@ -207,7 +207,9 @@ function lintDeadAllows(c: CompileResult, emit: Emit): void {
         d.e.direction === e.direction && selectorCovers(d.r.subject, r.subject) &&
         e.peers.every((p) =>
           d.e.peers.some((dp) =>
-            (!dp.requiresApply || d.r.requires[e.direction].length === 0) &&
+            (!dp.requiresApply ||
+              (d.r.requires[e.direction === "ingress" ? "ingressDeny" : "egressDeny"] ?? [])
+                  .length === 0) &&
             selectorCovers(dp.selector, p.selector)
           )
         ) &&

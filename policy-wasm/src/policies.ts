@@ -57,9 +57,25 @@ const SCHEMAS = {
   NetworkPolicy,
 } as const;
 
-function zodIssues(error: z.ZodError, sink: IssueSink): void {
+/** True when the object at `path`'s parent exists but has no key `path`'s last part. */
+function isMissing(value: unknown, path: readonly PathPart[]): boolean {
+  if (path.length === 0) return false;
+  let v = value;
+  for (const p of path.slice(0, -1)) {
+    if (v === null || typeof v !== "object") return false;
+    v = (v as Record<PathPart, unknown>)[p];
+  }
+  const last = path[path.length - 1]!;
+  return v !== null && typeof v === "object" && !Array.isArray(v) && !Object.hasOwn(v, last);
+}
+
+function zodIssues(error: z.ZodError, sink: IssueSink, value: unknown): void {
   for (const iss of error.issues) {
     const path = iss.path.map((p) => (typeof p === "symbol" ? String(p) : p)) as PathPart[];
+    if (iss.code !== "unrecognized_keys" && iss.code !== "custom" && isMissing(value, path)) {
+      sink.error(path, `Missing required field "${String(path[path.length - 1])}"`);
+      continue;
+    }
     if (iss.code === "unrecognized_keys") {
       const parts = iss.message.split("; ");
       iss.keys.forEach((k, i) => {
@@ -90,7 +106,8 @@ function kindOf(doc: SourceDocument, sink: IssueSink): keyof typeof SCHEMAS | un
     return undefined;
   }
   const allKinds = Object.keys(SCHEMAS);
-  if (typeof v.kind !== "string" || !(v.kind in SCHEMAS)) {
+  // Own keys only: `"toString" in SCHEMAS` is true.
+  if (typeof v.kind !== "string" || !Object.hasOwn(SCHEMAS, v.kind)) {
     const hint = typeof v.kind === "string" ? suggest(v.kind, allKinds) : undefined;
     sink.error(
       [],
@@ -143,7 +160,7 @@ function translateDocument(doc: SourceDocument, acc: Accumulator, opts: CompileO
   const name = (doc.value as { metadata?: { name?: unknown } }).metadata?.name;
   const sink = new IssueSink(doc, typeof name === "string" ? name : undefined);
   if (!parsed.success) {
-    zodIssues(parsed.error, sink);
+    zodIssues(parsed.error, sink, doc.value);
     acc.issues.push(...sink.issues);
     return;
   }

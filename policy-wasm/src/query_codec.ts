@@ -68,6 +68,8 @@ export interface QueryResult {
     rule: number;
     detail: number;
   };
+  /** Entries whose endpoint selector selects the peer but whose fromRequires/toRequires do not. */
+  narrowedByRequires: number[];
 }
 
 export function encodeQuery(q: QueryInput): Uint8Array {
@@ -107,6 +109,7 @@ export function decodeQuery(bytes: Uint8Array): QueryResult {
   const l7Entries = r.i32List();
   const status = (["not-evaluated", "allowed", "denied"] as const)[r.u8()] ?? "not-evaluated";
   const l7 = { status, entry: r.i32(), rule: r.i32(), detail: r.i32() };
+  const narrowedByRequires = r.i32List();
   return {
     verdict,
     decision,
@@ -121,6 +124,7 @@ export function decodeQuery(bytes: Uint8Array): QueryResult {
     peerOnly,
     l7Entries,
     l7,
+    narrowedByRequires,
   };
 }
 

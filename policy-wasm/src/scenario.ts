@@ -55,9 +55,13 @@ export const ScenarioSchema = obj({
     from: peer,
     to: peer,
     port: z.number().int().min(0).max(65535).default(0),
-    protocol: z.enum(["TCP", "UDP", "SCTP", "ICMP"], {
-      error: () => "Expected protocol TCP, UDP, SCTP or ICMP",
-    }).default("TCP"),
+    // Case-insensitive; ICMPv6 may be named explicitly (ICMP picks the family from the IPs).
+    protocol: z.preprocess(
+      (v) => (typeof v === "string" ? v.toUpperCase() : v),
+      z.enum(["TCP", "UDP", "SCTP", "ICMP", "ICMPV6"], {
+        error: () => "Expected protocol TCP, UDP, SCTP, ICMP or ICMPv6",
+      }),
+    ).default("TCP"),
     icmpType: z.number().int().min(0).max(255).optional(),
     http: obj({
       method: z.string().default("GET"),
@@ -115,10 +119,16 @@ function policySources(
 function validateScenario(doc: SourceDocument, text: string, file?: string): LoadedScenario {
   const v = doc.value as Record<string, unknown>;
   if (v && typeof v === "object" && "apiVersion" in v && "kind" in v) {
+    // The kind as written when it is a plain name; quoted (control characters escaped) when it is
+    // another string; never String() of a value, which throws for {toString: x}.
+    const kind = typeof v.kind === "string" && /^[A-Za-z][\w.-]*$/.test(v.kind)
+      ? v.kind
+      : typeof v.kind === "string"
+      ? JSON.stringify(v.kind)
+      : "policy";
     throw new PolicyValidationError([{
-      message: `This is a ${
-        String(v.kind)
-      } document, not a scenario: validate it with "cilia policy validate", or list it under "policies:" in a scenario file`,
+      message:
+        `This is a ${kind} document, not a scenario: validate it with "cilia policy validate", or list it under "policies:" in a scenario file`,
       path: "",
       ...(doc.locate([]) ?? {}),
       ...(file ? { file } : {}),
@@ -273,7 +283,7 @@ export function runScenario(
   const results = s.queries.map((q, index): QueryOutcome => {
     const flow = evaluateFlow(cluster, engine, flowOf(q));
     const verdict = flow.allowed ? "allowed" : "denied";
-    const port = q.protocol === "ICMP" ? flow.port : q.port;
+    const port = q.protocol === "ICMP" || q.protocol === "ICMPV6" ? flow.port : q.port;
     return {
       index,
       name: q.name ?? `${peerText(q.from)} -> ${peerText(q.to)} ${q.protocol}/${port}`,

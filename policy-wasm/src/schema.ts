@@ -25,6 +25,7 @@ export function unknownFieldMessage(key: string, known: readonly string[]): stri
 const str = z.string({ error: (iss) => `Expected a string, got ${describe(iss.input)}` });
 
 function describe(v: unknown): string {
+  if (v === undefined) return "nothing";
   if (v === null) return "null";
   if (Array.isArray(v)) return "a list";
   if (typeof v === "object") return "an object";
@@ -34,9 +35,11 @@ function describe(v: unknown): string {
 
 const labelValue = z.string({
   error: (iss) =>
-    `Expected a string label value, got ${describe(iss.input)}: quote it, e.g. "${
-      String(iss.input)
-    }"`,
+    iss.input !== null && typeof iss.input === "object"
+      ? `Expected a string label value, got ${describe(iss.input)}`
+      : `Expected a string label value, got ${describe(iss.input)}: quote it, e.g. "${
+        String(iss.input)
+      }"`,
 });
 
 export const Operator = z.enum(["In", "NotIn", "Exists", "DoesNotExist"], {

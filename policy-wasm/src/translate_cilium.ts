@@ -198,10 +198,12 @@ function itemEntries(
     path: formatPathKey(p),
   });
   if (icmps.length > 0) {
-    return [mk(translateIcmps(icmps, ctx.sink, [...path, "icmps"]), [...path, "icmps"])];
+    const types = translateIcmps(icmps, ctx.sink, [...path, "icmps"]);
+    // No ICMP type listed: the rule grants (or denies) nothing — never "every port".
+    return types.length > 0 ? [mk(types, [...path, "icmps"])] : [];
   }
   if (toPorts.length === 0) return [mk([], path)];
-  return toPorts.map((pr, i) => {
+  return toPorts.flatMap((pr, i) => {
     const p = [...path, "toPorts", i];
     const t = translatePortRule(pr, {
       sink: ctx.sink,
@@ -209,7 +211,9 @@ function itemEntries(
       dir,
       ...(ctx.check ? { check: ctx.check } : {}),
     });
-    return mk(t.ports, p, t.l7);
+    // A port rule without ports grants (or denies) nothing; an entry without ports would mean
+    // "every port and protocol".
+    return t.ports.length > 0 ? [mk(t.ports, p, t.l7)] : [];
   });
 }
 
@@ -319,14 +323,22 @@ export function translateCiliumRule(
       egress: dd?.egress ?? has(rule.egress, rule.egressDeny),
     },
     requires: {
-      ingress: [
-        ...requiresOf((rule.ingress ?? []) as AnyItem[], "ingress", ctx, path, "ingress"),
-        ...requiresOf((rule.ingressDeny ?? []) as AnyItem[], "ingress", ctx, path, "ingressDeny"),
-      ],
-      egress: [
-        ...requiresOf((rule.egress ?? []) as AnyItem[], "egress", ctx, path, "egress"),
-        ...requiresOf((rule.egressDeny ?? []) as AnyItem[], "egress", ctx, path, "egressDeny"),
-      ],
+      ingress: requiresOf((rule.ingress ?? []) as AnyItem[], "ingress", ctx, path, "ingress"),
+      egress: requiresOf((rule.egress ?? []) as AnyItem[], "egress", ctx, path, "egress"),
+      ingressDeny: requiresOf(
+        (rule.ingressDeny ?? []) as AnyItem[],
+        "ingress",
+        ctx,
+        path,
+        "ingressDeny",
+      ),
+      egressDeny: requiresOf(
+        (rule.egressDeny ?? []) as AnyItem[],
+        "egress",
+        ctx,
+        path,
+        "egressDeny",
+      ),
     },
     entries,
     ...(rule.description !== undefined ? { description: rule.description } : {}),

@@ -239,7 +239,7 @@ Deno.test({
     assertErrorObject(
       await n.cni("ADD", { ...add, config: { cniVersion: "1.0.0", type: "cilia-cni" } }),
       7,
-      /Invalid network configuration at "name"/,
+      /Invalid network configuration: missing field "name"/,
     );
     assertErrorObject(
       await n.cni("ADD", {

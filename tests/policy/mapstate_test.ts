@@ -116,7 +116,11 @@ function randomSpec(r: () => number): PolicySpec {
     subject: r() < 0.2 ? { kind: "labels", requirements: [] } : randomSelector(r),
     subjectKind: "endpoint",
     defaultDeny: { ingress: r() < 0.6, egress: r() < 0.4 },
-    requires: { ingress: r() < 0.2 ? [randomSelector(r)] : [], egress: [] },
+    requires: {
+      ingress: r() < 0.2 ? [randomSelector(r)] : [],
+      egress: r() < 0.1 ? [randomSelector(r)] : [],
+      ingressDeny: r() < 0.2 ? [randomSelector(r)] : [],
+    },
     entries: Array.from({ length: Math.floor(r() * 5) }, (_, i) => randomEntry(r, ri * 10 + i)),
     labels: [],
   }));

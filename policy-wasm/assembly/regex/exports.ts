@@ -1,9 +1,10 @@
 // The number-only WASM exports of the regex engine, for the TypeScript side (validation, tests,
-// benchmarks): patterns and inputs arrive through io.ts's input buffer, compiled patterns live in a
-// handle table (which also keeps them alive for the GC). Never throws: errors are negative codes.
+// benchmarks): patterns and inputs arrive through io.ts's input buffer (lengths clamped to it),
+// compiled patterns live in a handle table (which also keeps them alive for the GC). Never throws:
+// errors are negative codes.
 // This module is browser compatible.
 
-import { inputPtr } from "../io";
+import { inputLen, inputPtr } from "../io";
 import { compileRegex, lastRegexError, lastRegexErrorOffset, Regex } from "./index";
 
 const handles = new Array<Regex | null>();
@@ -14,7 +15,7 @@ const freeHandles = new Array<i32>();
  * handle >= 0, or -code (a REGEX_ERR_* code) on error.
  */
 export function regex_compile(len: i32, flags: i32): i32 {
-  const re = compileRegex(inputPtr(), len, flags);
+  const re = compileRegex(inputPtr(), inputLen(len), flags);
   if (re == null) return -lastRegexError();
   if (freeHandles.length > 0) {
     const h = freeHandles.pop();
@@ -35,7 +36,7 @@ export function regex_match(handle: i32, len: i32): i32 {
   if (handle < 0 || handle >= handles.length) return -1;
   const re = handles[handle];
   if (re == null) return -1;
-  return re.fullMatch(inputPtr(), len) ? 1 : 0;
+  return re.fullMatch(inputPtr(), inputLen(len)) ? 1 : 0;
 }
 
 /** Frees a handle; releasing an unknown or released handle does nothing. */
