@@ -201,7 +201,7 @@ export async function main(args: string[]): Promise<void> {
       if (v) hits++;
     }
   });
-  console.log(`(b) verdict lookups (${fmt(N)} random points, ${fmt(hits)} map hits)`);
+  console.log(`(b) verdict lookups (${fmt(N)} random points, ${hits} map hits)`);
   console.log(`    engine query() with explanation        ${fmt(N / tQuery * 1000)} /s`);
   console.log(`    baseline: JS Map lookup of map-state   ${fmt(N / tMapLookup * 1000)} /s`);
   console.log(`    ratio baseline / engine                ${fmt(tQuery / tMapLookup)}×`);
