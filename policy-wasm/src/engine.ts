@@ -29,7 +29,8 @@ import { ByteReader } from "./wire.ts";
 import { canonicalPrefix } from "./cidr.ts";
 import { loadPolicyWasm } from "./wasm.ts";
 
-interface Exports {
+/** The number-only exports of policy.wasm (assembly/index.ts). */
+export interface EngineExports {
   memory: WebAssembly.Memory;
   input_reserve(len: number): number;
   output_ptr(): number;
@@ -63,7 +64,7 @@ let embedded: Promise<WebAssembly.Module> | undefined;
 
 export class PolicyEngine {
   #module: WebAssembly.Module;
-  #x!: Exports;
+  #x!: EngineExports;
   #rules?: Uint8Array;
   #entries: { rule: number; entry: EntrySpec }[] = [];
   #spec: PolicySpec = { policies: [], rules: [] };
@@ -89,7 +90,7 @@ export class PolicyEngine {
 
   #instantiate(): void {
     const instance = new WebAssembly.Instance(this.#module, {});
-    this.#x = instance.exports as unknown as Exports;
+    this.#x = instance.exports as unknown as EngineExports;
   }
 
   /** Re-instantiates and replays the accepted state after a trap. */

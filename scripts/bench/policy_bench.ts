@@ -12,19 +12,10 @@ import {
   type SelectorSpec,
 } from "../../policy-wasm/mod.ts";
 import { RESERVED_IDENTITIES } from "../../policy-wasm/src/labels.ts";
+import { prng } from "../../tests/helpers/prng.ts";
 
 const NS = 50;
 const APPS = 400;
-
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const sel = (reqs: [string, string][]): SelectorSpec => ({
   kind: "labels",
@@ -124,7 +115,7 @@ export async function main(args: string[]): Promise<void> {
   const nRules = Number(args.find((a) => a.startsWith("--rules="))?.slice(8) ?? 1000);
   const nIds = Number(args.find((a) => a.startsWith("--identities="))?.slice(13) ?? 10000);
   const nEps = Number(args.find((a) => a.startsWith("--endpoints="))?.slice(12) ?? 100);
-  const r = rng(42);
+  const r = prng(42);
   const ids = identities(nIds, r);
   const spec = rules(nRules, r);
   const engine = await PolicyEngine.create();
@@ -164,7 +155,7 @@ export async function main(args: string[]): Promise<void> {
   console.log(`    ratio full / incremental               ${fmt(full / tInc)}×`);
 
   // (b) verdict queries vs a Map lookup of the map-state.
-  const q = rng(7);
+  const q = prng(7);
   const N = 100_000;
   const points = Array.from({ length: N }, () => ({
     ep: eps[Math.floor(q() * eps.length)]!,

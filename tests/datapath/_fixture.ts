@@ -102,7 +102,7 @@ export async function withEvents(
   return seen;
 }
 
-// Minimal assertions (the registry for @std/assert is not reachable from every machine).
+// Minimal assertions comparing JSON renderings (bigints and byte arrays included).
 function show(v: unknown): string {
   return JSON.stringify(
     v,

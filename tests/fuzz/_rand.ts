@@ -5,20 +5,18 @@
  * a plain `deno test` is reproducible); a failure message always names the seed that found it.
  */
 
+import { prng } from "../helpers/prng.ts";
+
 export class Rand {
-  #a: number;
+  #next: () => number;
 
   constructor(readonly seed: number) {
-    this.#a = seed >>> 0;
+    this.#next = prng(seed);
   }
 
   /** A float in [0, 1). */
   next(): number {
-    this.#a = (this.#a + 0x6d2b79f5) >>> 0;
-    let t = this.#a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    return this.#next();
   }
 
   /** An integer in [0, n). */

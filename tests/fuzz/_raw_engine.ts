@@ -26,29 +26,13 @@ import {
   encodeRules,
 } from "../../policy-wasm/src/encode.ts";
 import { encodeQuery } from "../../policy-wasm/src/query_codec.ts";
+import type { EngineExports } from "../../policy-wasm/src/engine.ts";
 import { SEED_ENDPOINTS, SEED_LOOKUPS, SEED_POLICY, seedQueries } from "./_seed_policy.ts";
 
 export const WASM_URL = new URL("../../policy-wasm/build/policy.wasm", import.meta.url);
 
-export interface RawExports {
-  memory: WebAssembly.Memory;
-  input_reserve(len: number): number;
-  output_ptr(): number;
-  output_len(): number;
-  rules_load(len: number): number;
-  identities_upsert(len: number): number;
-  identities_remove(len: number): number;
-  endpoints_load(len: number): number;
-  ipcache_update(len: number): number;
-  ip_lookup(len: number): number;
-  query(len: number): number;
-  mapstate_compute(ep: number): number;
-  mapstate_for_identity(ep: number, id: number): number;
-  regex_compile(len: number, flags: number): number;
-  regex_error_offset(): number;
-  regex_match(h: number, len: number): number;
-  regex_release(h: number): void;
-}
+/** The raw exports, as the facade sees them. */
+export type RawExports = EngineExports;
 
 export type MessageExport =
   | "rules_load"

@@ -1,6 +1,7 @@
 /**
- * The few assertions the kvstore tests need. The project has no `@std/assert` in its imports,
- * and `node:assert` needs `@types/node` to type-check; this stays until one of them is added.
+ * The few assertions the kvstore tests need, with messages that show byte values readably
+ * (`Uint8Array[1,2]`). Other suites use `node:assert/strict`; moving these tests to it is a
+ * mechanical follow-up.
  */
 
 export class AssertionError extends Error {

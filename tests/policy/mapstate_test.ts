@@ -14,18 +14,7 @@ import {
   type SelectorSpec,
 } from "../../policy-wasm/mod.ts";
 import { RESERVED_IDENTITIES } from "../../policy-wasm/src/labels.ts";
-
-/** Mulberry32: small, fast, deterministic. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { prng } from "../helpers/prng.ts";
 
 /** The kernel's lookup (bpf/lib/policy.h), on map-state ranges instead of LPM prefixes. */
 export function kernelLookup(

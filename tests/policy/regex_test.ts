@@ -2,18 +2,8 @@
 // exports: feature tables, error codes and offsets, differential checks against JavaScript's
 // RegExp where the syntax is shared, and pathological patterns that would hang a backtracker.
 
-// `node:assert` needs `@types/node` to type-check, which the workspace does not install; these two
-// checks are all this file needs.
-const assert = {
-  equal(actual: unknown, expected: unknown, message = ""): void {
-    if (!Object.is(actual, expected)) {
-      throw new Error(`Expected ${String(expected)}, got ${String(actual)}: ${message}`);
-    }
-  },
-  ok(cond: unknown, message = "expected a truthy value"): void {
-    if (!cond) throw new Error(message);
-  },
-};
+import assert from "node:assert/strict";
+import { prng } from "../helpers/prng.ts";
 
 const WASM_PATH = new URL("../../policy-wasm/build/policy.wasm", import.meta.url);
 
@@ -638,18 +628,6 @@ Deno.test("regex_match() agrees with JavaScript RegExp on shared syntax", () => 
     });
   }
 });
-
-/** mulberry32: a small deterministic PRNG. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function pick<T>(rnd: () => number, items: readonly T[]): T {
   return items[Math.floor(rnd() * items.length)]!;

@@ -1,5 +1,5 @@
-// Assertions and example files shared by the web tests. `node:assert` needs `@types/node` to
-// type-check, which the workspace does not install; deep equality is all these tests need.
+// Assertions and example files shared by the web tests. assertEquals compares JSON-canonical
+// values (key order and undefined properties ignored), which is what page data needs.
 
 import { type LoadedScenario, loadScenario } from "../../policy-wasm/mod.ts";
 
