@@ -91,6 +91,8 @@ function isLiveTrace(v: Flags): boolean {
 }
 
 export async function main(argv: string[]): Promise<number> {
+  // `deno task cli -- …` passes the separator through.
+  if (argv[0] === "--") argv = argv.slice(1);
   const { values: v, positionals: pos } = parse(argv);
   if (v.help || pos.length === 0) {
     console.log(HELP);
