@@ -5,6 +5,7 @@
 // `ciliademo-` prefix; close() removes all of it, and sweep() removes what a killed demo left.
 import { type Peer, PEER_SCRIPT, spawnPeer } from "../../tests/helpers/netns.ts";
 import { AgentClient } from "../../cli/live_client.ts";
+import { execCommand } from "../../agent/datapath/_exec.ts";
 
 export const PREFIX = "ciliademo-";
 export const RUN_DIR = "/run/ciliademo";
@@ -34,19 +35,8 @@ async function run(
   argv: string[],
   stdin?: string,
 ): Promise<{ code: number; out: string; err: string }> {
-  const child = new Deno.Command(argv[0]!, {
-    args: argv.slice(1),
-    stdin: stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (stdin !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(stdin));
-    await w.close();
-  }
-  const o = await child.output();
-  return { code: o.code, out: dec.decode(o.stdout), err: dec.decode(o.stderr) };
+  const r = await execCommand(argv, stdin === undefined ? {} : { stdin });
+  return { code: r.code, out: r.stdout, err: r.stderr };
 }
 
 async function must(argv: string[], stdin?: string): Promise<string> {

@@ -10,6 +10,8 @@
 // /sys/class/net, as the agent will. In-process callers instead use the node's bpffs directory
 // (visible from the host mount namespace) together with `nsenter --net` for netlink tools.
 
+import { execCommand } from "../../agent/datapath/_exec.ts";
+
 /** The socket helper run by Lab.peer() in a netns: JSON lines in, JSON lines out. */
 export const PEER_SCRIPT = `
 const enc = new TextEncoder(), dec = new TextDecoder();
@@ -121,21 +123,8 @@ export interface External {
   ipv6: string;
 }
 
-async function exec(argv: string[], stdin?: string): Promise<ExecResult> {
-  const child = new Deno.Command(argv[0]!, {
-    args: argv.slice(1),
-    stdin: stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (stdin !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(stdin));
-    await w.close();
-  }
-  const out = await child.output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+function exec(argv: string[], stdin?: string): Promise<ExecResult> {
+  return execCommand(argv, stdin === undefined ? {} : { stdin });
 }
 
 async function must(argv: string[]): Promise<string> {
