@@ -20,6 +20,7 @@ export function countedKvStore(store: KvStore, counter: Counter): KvStore {
   };
   return {
     name: store.name,
+    ...(store.maxValueBytes !== undefined ? { maxValueBytes: store.maxValueBytes } : {}),
     get: (key: string) => count("get", store.get(key)),
     put: (key: string, value: Uint8Array, opts?: PutOptions) =>
       count("put", store.put(key, value, opts)),

@@ -37,6 +37,7 @@ import { LocalCidrIdentities } from "./identity/local_cidr.ts";
 import { Ipam } from "./ipam/ipam.ts";
 import { type DatapathSink, NullSink } from "./endpoint/datapath_sink.ts";
 import { Regenerator } from "./endpoint/regenerator.ts";
+import { RetryLoop } from "./endpoint/retry_loop.ts";
 import { EndpointManager } from "./endpoint/manager.ts";
 import { CniAttachments } from "./endpoint/cni_attachments.ts";
 import { KernelSink, registerDatapathMetrics } from "./datapath/kernel_sink.ts";
@@ -71,6 +72,8 @@ export class Agent {
   store!: KvStore;
   engine!: PolicyEngine;
   regen!: Regenerator;
+  /** Retries endpoint writes that failed, with backoff, until desired and realised agree. */
+  retry!: RetryLoop;
   lease!: NodeLease;
   identities!: IdentityCache;
   allocator!: IdentityAllocator;
@@ -126,12 +129,19 @@ export class Agent {
       this.#closers.push(this.datapath);
     }
     const options = { ...DEFAULT_OPTIONS, clusterName: c.clusterName };
+    const regenLog = log.child({ subsys: "regeneration" });
+    this.retry = new RetryLoop({
+      run: () => this.serial.run(() => this.regen.retryDirty()),
+      onError: (err) => regenLog.error("retry failed", { error: err }),
+    });
+    this.#closers.push(this.retry);
     this.regen = new Regenerator({
       engine: this.engine,
       sink: opts.sink ?? this.datapath ?? new NullSink(),
-      log: log.child({ subsys: "regeneration" }),
+      log: regenLog,
       options,
       counter: this.counters.regenerations,
+      onDirty: () => this.retry.kick(),
     });
     await this.regen.addIdentities(RESERVED_IDENTITIES);
     this.lease = await NodeLease.grant(this.store, c.leaseTtl, log.child({ subsys: "lease" }));
@@ -166,7 +176,12 @@ export class Agent {
       clusterName: c.clusterName,
       log: log.child({ subsys: "policy" }),
       importErrors: this.counters.policyImportErrors,
+      revisionFile: `${c.stateDir}/policy-revision.json`,
+      ...(this.store.maxValueBytes !== undefined
+        ? { maxValueBytes: this.store.maxValueBytes }
+        : {}),
     });
+    await this.policies.restoreRevision();
     await this.#follow(this.policies.follow({ signal }));
 
     this.ipam = new Ipam({
@@ -291,6 +306,26 @@ export class Agent {
       () => this.policies.revision,
     );
     m.gauge("cilia_policy_count", "policy documents in force", () => this.policies.size);
+    const states = m.labeledGauge(
+      "cilia_endpoint_state",
+      "endpoints on this node by state (not-ready: the policy in force is not written; the kernel drops their traffic)",
+    );
+    const lag = m.labeledGauge(
+      "cilia_policy_unrealised_endpoints",
+      "endpoints whose policy revision is behind the one the agent wants in force",
+    );
+    m.onScrape(() => {
+      const notReady = this.regen.unrealised().length;
+      states.set({ state: "ready" }, this.endpoints.size - notReady);
+      states.set({ state: "not-ready" }, notReady);
+      lag.set(
+        {},
+        this.endpoints.list().filter((e) => {
+          const r = this.regen.resolved(e.id);
+          return r !== undefined && (r.revision < r.desiredRevision || r.error !== undefined);
+        }).length,
+      );
+    });
     if (this.datapath) registerDatapathMetrics(m, this.datapath);
   }
 

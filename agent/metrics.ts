@@ -17,7 +17,11 @@ function labelText(labels: Labels): string {
 
 export class Counter {
   #values = new Map<string, number>();
-  constructor(readonly name: string, readonly help: string) {}
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    readonly type: "counter" | "gauge" = "counter",
+  ) {}
 
   inc(labels: Labels = {}, by = 1): void {
     const key = labelText(labels);
@@ -35,7 +39,7 @@ export class Counter {
   }
 
   render(): string[] {
-    const out = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} counter`];
+    const out = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} ${this.type}`];
     if (this.#values.size === 0 && !this.name.includes("{")) out.push(`${this.name} 0`);
     for (const [k, v] of this.#values) out.push(`${this.name}${k} ${v}`);
     return out;
@@ -45,7 +49,7 @@ export class Counter {
 export class Metrics {
   #counters: Counter[] = [];
   #gauges: { name: string; help: string; read: () => number }[] = [];
-  #hooks: (() => Promise<void>)[] = [];
+  #hooks: (() => Promise<void> | void)[] = [];
 
   counter(name: string, help: string): Counter {
     const c = new Counter(name, help);
@@ -57,14 +61,27 @@ export class Metrics {
     this.#gauges.push({ name, help, read });
   }
 
+  /** A gauge with labels, set by the caller (usually in an onScrape hook). */
+  labeledGauge(name: string, help: string): Counter {
+    const g = new Counter(name, help, "gauge");
+    this.#counters.push(g);
+    return g;
+  }
+
   /** Runs before every scrape (refreshes values read from elsewhere); failures are skipped. */
-  onScrape(hook: () => Promise<void>): void {
+  onScrape(hook: () => Promise<void> | void): void {
     this.#hooks.push(hook);
   }
 
   /** Refreshes (onScrape hooks) and renders. */
   async scrape(): Promise<string> {
-    for (const h of this.#hooks) await h().catch(() => {});
+    for (const h of this.#hooks) {
+      try {
+        await h();
+      } catch {
+        // a hook that fails leaves the previous values
+      }
+    }
     return this.render();
   }
 

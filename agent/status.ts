@@ -24,7 +24,10 @@ export interface DatapathStatus {
 }
 
 export interface AgentStatus {
+  /** The agent works (its kvstore answers). */
   healthy: boolean;
+  /** Every endpoint holds the policy the agent wants in force (see `warnings` otherwise). */
+  realised: boolean;
   node: { name: string; podCidr?: string; podCidrV6?: string; addresses: string[] };
   kvstore: KvstoreHealth;
   identities: {
@@ -35,8 +38,21 @@ export interface AgentStatus {
     usedPercent: number;
     warning?: string;
   };
-  endpoints: { count: number; notReady: number };
-  policy: { revision: number; count: number };
+  endpoints: {
+    count: number;
+    notReady: number;
+    /** Endpoints whose policy is not written, with the last error (the kernel drops them). */
+    problems: { id: number; name: string; error: string; since?: string; failures?: number }[];
+  };
+  policy: {
+    /** The revision the agent wants in force. */
+    revision: number;
+    /** The oldest revision some endpoint still holds (equal to `revision` when all are done). */
+    realisedRevision: number;
+    count: number;
+    /** Ipcache changes the datapath refused, waiting for a retry. */
+    ipcachePending: number;
+  };
   ipam: { family: 4 | 6; cidr: string; gateway: string; allocated: number; capacity: string }[];
   datapath: DatapathStatus;
   uptimeSeconds: number;
@@ -87,11 +103,38 @@ export function agentStatus(agent: Agent, kvstore: KvstoreHealth): AgentStatus {
       `the range ${min}-${max} is running out`;
     warnings.push(identities.warning);
   }
-  const notReady =
-    agent.endpoints.list().filter((e) => agent.regen.resolved(e.id)?.error !== undefined).length;
-  if (notReady > 0) warnings.push(`${notReady} endpoint(s) failed to regenerate`);
+  const problems: AgentStatus["endpoints"]["problems"] = [];
+  let realisedRevision = agent.policies.revision;
+  for (const e of agent.endpoints.list()) {
+    const r = agent.regen.resolved(e.id);
+    if (r === undefined) continue;
+    if (r.error === undefined) {
+      realisedRevision = Math.min(realisedRevision, r.revision);
+      continue;
+    }
+    realisedRevision = Math.min(realisedRevision, r.revision);
+    problems.push({
+      id: e.id,
+      name: `${e.namespace}/${e.name}`,
+      error: r.error,
+      ...(r.notReadySince ? { since: r.notReadySince } : {}),
+      ...(r.failures ? { failures: r.failures } : {}),
+    });
+  }
+  const notReady = problems.length;
+  for (const p of problems) {
+    warnings.push(
+      `endpoint ${p.id} (${p.name}) is not ready: its policy is not written, the kernel drops ` +
+        `its traffic until a retry succeeds: ${p.error}`,
+    );
+  }
+  const ipcachePending = agent.regen.ipcachePending;
+  if (ipcachePending > 0) {
+    warnings.push(`${ipcachePending} ipcache update(s) are not written yet: retrying`);
+  }
   return {
     healthy: kvstore.reachable,
+    realised: notReady === 0 && ipcachePending === 0,
     node: {
       name: c.nodeName,
       ...(c.podCidr ? { podCidr: c.podCidr } : {}),
@@ -100,8 +143,13 @@ export function agentStatus(agent: Agent, kvstore: KvstoreHealth): AgentStatus {
     },
     kvstore,
     identities,
-    endpoints: { count: agent.endpoints.size, notReady },
-    policy: { revision: agent.policies.revision, count: agent.policies.size },
+    endpoints: { count: agent.endpoints.size, notReady, problems },
+    policy: {
+      revision: agent.policies.revision,
+      realisedRevision,
+      count: agent.policies.size,
+      ipcachePending,
+    },
     ipam: agent.ipam.pools(),
     datapath: agent.datapath
       ? {

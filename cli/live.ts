@@ -3,6 +3,7 @@
 // listing renders one model as a table, JSON or YAML.
 
 import type { AgentStatus, EndpointRecord } from "@cilia/agent";
+import { formatLabelList } from "@cilia/policy-wasm";
 import type { Flags } from "./main.ts";
 import { type Column, type Format, renderList, renderModel, UsageError } from "./output.ts";
 import { AgentClient, AgentUnreachableError, socketPath } from "./live_client.ts";
@@ -27,9 +28,6 @@ interface IdentityView {
   cidr?: string;
 }
 
-const labelText = (l: Record<string, string>) =>
-  Object.entries(l).map(([k, v]) => `${k}=${v}`).join(",");
-
 const ENDPOINT_COLUMNS: Column<EndpointView>[] = [
   { header: "ID", value: (e) => e.id },
   { header: "NAMESPACE", value: (e) => e.namespace },
@@ -39,7 +37,7 @@ const ENDPOINT_COLUMNS: Column<EndpointView>[] = [
   { header: "IPV6", value: (e) => e.ipv6 },
   { header: "REVISION", value: (e) => e.policyRevision },
   { header: "STATE", value: (e) => e.state },
-  { header: "LABELS", value: (e) => labelText(e.labels) },
+  { header: "LABELS", value: (e) => formatLabelList(e.labels) },
 ];
 
 const IDENTITY_COLUMNS: Column<IdentityView>[] = [
@@ -84,13 +82,17 @@ function statusText(s: AgentStatus): string {
   const cidrs = [s.node.podCidr, s.node.podCidrV6].filter(Boolean).join(", ");
   const lines = [
     `Node:        ${s.node.name}${cidrs ? ` (${cidrs})` : ""}`,
-    `Health:      ${s.healthy ? "OK" : "FAILING"}`,
+    `Health:      ${s.healthy ? "OK" : "FAILING"}${
+      s.realised === false ? ", policy NOT in force everywhere (see warnings)" : ""
+    }`,
     `KVStore:     ${s.kvstore.reachable ? "OK" : "UNREACHABLE"}  ${s.kvstore.name}`,
     `Identities:  ${s.identities.global} global (${s.identities.usedPercent}% of ${s.identities.range}), ${s.identities.local} local`,
     `Endpoints:   ${s.endpoints.count} (${s.endpoints.notReady} not ready)`,
-    `Policy:      revision ${s.policy.revision}, ${s.policy.count} polic${
-      s.policy.count === 1 ? "y" : "ies"
-    }`,
+    `Policy:      revision ${s.policy.revision}${
+      s.policy.realisedRevision !== undefined && s.policy.realisedRevision !== s.policy.revision
+        ? ` (realised: ${s.policy.realisedRevision} on some endpoints)`
+        : ""
+    }, ${s.policy.count} polic${s.policy.count === 1 ? "y" : "ies"}`,
     ...s.ipam.map((p) =>
       `IPAM:        IPv${p.family} ${p.cidr}: ${p.allocated}/${p.capacity} allocated, gateway ${p.gateway}`
     ),

@@ -3,6 +3,7 @@
 // List that does too), delete by name, labels or all, and trace a flow between live endpoints.
 
 import { parse as parseYaml } from "yaml";
+import { type FlowReport, formatLabelList } from "@cilia/policy-wasm";
 import type { Flags } from "./main.ts";
 import { readInputs } from "./files.ts";
 import { type Format, renderList, renderModel, UsageError } from "./output.ts";
@@ -16,9 +17,6 @@ interface PolicyRef {
   labels: Record<string, string>;
 }
 
-const labelText = (l: Record<string, string>) =>
-  Object.entries(l).map(([k, v]) => `${k}=${v}`).join(",");
-
 export async function policyImport(
   api: AgentClient,
   files: string[],
@@ -26,7 +24,9 @@ export async function policyImport(
 ): Promise<number> {
   if (files.length === 0) throw new UsageError("policy import: give one or more files (or -)");
   const inputs = await readInputs(files);
-  const r = await api.request<{ revision: number; changed: boolean; policies: PolicyRef[] }>(
+  const r = await api.request<
+    { revision: number; changed: boolean; policies: PolicyRef[] } & Realisation
+  >(
     "PUT",
     "/v1/policy",
     { json: { sources: inputs.map((f) => ({ text: f.text, file: f.path })) } },
@@ -40,7 +40,25 @@ export async function policyImport(
       }, revision ${r.revision}`,
     );
   }
-  return 0;
+  return reportRealisation(r);
+}
+
+interface Realisation {
+  revision: number;
+  realised?: boolean;
+  unrealised?: { endpoint: number; error: string }[];
+}
+
+/** A change the agent stored but could not write everywhere: say so on stderr, exit 1. */
+function reportRealisation(r: Realisation): number {
+  if (r.realised !== false) return 0;
+  const list = r.unrealised ?? [];
+  console.error(
+    `Error: revision ${r.revision} is stored but not in force on ${list.length} endpoint(s); ` +
+      `the kernel drops their traffic until the agent's retry writes it (see "cilia status"):`,
+  );
+  for (const u of list) console.error(`  endpoint ${u.endpoint}: ${u.error}`);
+  return 1;
 }
 
 function filterQuery(name: string | undefined, v: Flags): Record<string, string | undefined> {
@@ -81,7 +99,7 @@ export async function policyGet(
     { header: "KIND", value: (p) => p.kind },
     { header: "NAMESPACE", value: (p) => p.namespace ?? "" },
     { header: "NAME", value: (p) => p.name },
-    { header: "LABELS", value: (p) => labelText(p.labels) },
+    { header: "LABELS", value: (p) => formatLabelList(p.labels) },
   ], "table"));
   console.log(`Revision: ${r.revision}`);
   return 0;
@@ -97,7 +115,7 @@ export async function policyDelete(
     throw new UsageError("policy delete: give a NAME, --labels k=v,… or --all");
   }
   const query = { ...filterQuery(rest[0], v), ...(v.all ? { all: "true" } : {}) };
-  const r = await api.request<{ revision: number; deleted: PolicyRef[] }>(
+  const r = await api.request<{ revision: number; deleted: PolicyRef[] } & Realisation>(
     "DELETE",
     "/v1/policy",
     { query },
@@ -109,7 +127,7 @@ export async function policyDelete(
     }
     console.log(`Revision: ${r.revision}`);
   }
-  return 0;
+  return reportRealisation(r);
 }
 
 function peer(side: "src" | "dst", v: Flags): Record<string, string | number> {
@@ -140,7 +158,7 @@ export async function policyTraceLive(api: AgentClient, v: Flags, format: Format
   const from = peer("src", v);
   const to = peer("dst", v);
   const { from: _f, to: _t, ...flow } = flowInput(args, "", "");
-  const r = await api.request<{ trace: string[] }>("POST", "/v1/policy/trace", {
+  const r = await api.request<FlowReport>("POST", "/v1/policy/trace", {
     json: { from, to, ...flow },
   });
   console.log(format === "table" ? r.trace.join("\n") : renderModel(r, format));

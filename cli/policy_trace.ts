@@ -1,19 +1,21 @@
 // `cilia policy trace`: one flow, judged offline by the engine against policy files, printed as
-// the decision chain in words (or `-o json|yaml`). Peers are given by labels (an ad-hoc
-// endpoint), by IP, by entity, or by name from a scenario file's endpoints.
+// the decision chain in words, or with `-o json|yaml` as renderFlow()'s report (the same report
+// the agent's live trace answers). Peers are given by labels (an ad-hoc endpoint), by IP, by
+// entity, or by name from a scenario file's endpoints.
 
 import {
   compilePolicies,
   type EndpointInput,
   evaluateFlow,
-  explainFlow,
   type FlowInput,
-  flowReason,
   KAFKA_API_KEYS,
   loadScenario,
+  parseHeaderLines,
+  parseLabelList,
   type PeerRef,
   PolicyEngine,
   type PolicySource,
+  renderFlow,
   SimCluster,
 } from "@cilia/policy-wasm";
 import { readInputs } from "./files.ts";
@@ -101,18 +103,24 @@ export interface PeerArgs {
 
 const NS_KEY = "io.kubernetes.pod.namespace";
 
-/** "app=web,k8s:tier=1" → labels (namespace label taken out). */
+/** A label or header syntax error as a usage error (exit 2). */
+function usage<T>(parse: () => T): T {
+  try {
+    return parse();
+  } catch (e) {
+    if (e instanceof SyntaxError) throw new UsageError(e.message);
+    throw e;
+  }
+}
+
+/** "app=web,k8s:tier=1" → labels (parseLabelList's rules), the namespace label taken out. */
 export function parseLabels(
   text: string,
   what: string,
 ): { labels: Record<string, string>; namespace?: string } {
   const labels: Record<string, string> = {};
   let namespace: string | undefined;
-  for (const part of text.split(",").map((s) => s.trim()).filter(Boolean)) {
-    const eq = part.indexOf("=");
-    const key = eq < 0 ? part : part.slice(0, eq);
-    const value = eq < 0 ? "" : part.slice(eq + 1);
-    if (!key) throw new UsageError(`Invalid label "${part}" in ${what}: expected key=value`);
+  for (const [key, value] of Object.entries(usage(() => parseLabelList(text, what)))) {
     if (key.replace(/^(k8s|any):/, "") === NS_KEY) namespace = value;
     else labels[key] = value;
   }
@@ -159,12 +167,7 @@ export function flowInput(args: TraceArgs, from: PeerRef, to: PeerRef): FlowInpu
   if (
     h.method !== undefined || h.path !== undefined || h.headers.length > 0 || h.host !== undefined
   ) {
-    const headers: Record<string, string> = {};
-    for (const line of h.headers) {
-      const c = line.indexOf(":");
-      if (c <= 0) throw new UsageError(`Invalid --http-header "${line}": expected "Name: value"`);
-      headers[line.slice(0, c).trim()] = line.slice(c + 1).trim();
-    }
+    const headers = usage(() => parseHeaderLines(h.headers, "--http-header"));
     f.http = {
       method: h.method ?? "GET",
       path: h.path ?? "/",
@@ -213,29 +216,8 @@ export async function policyTrace(args: TraceArgs, format: Format): Promise<numb
     const compiled = compilePolicies(sources, { regexCheck: (p) => engine.checkRegex(p) });
     const cluster = new SimCluster({ namespaces, endpoints });
     cluster.load(engine, compiled.spec, engine.options);
-    const flow = evaluateFlow(cluster, engine, flowInput(args, from, to));
-    const lines = explainFlow(engine, flow);
-    if (format === "table") console.log(lines.join("\n"));
-    else {
-      console.log(renderModel({
-        allowed: flow.allowed,
-        verdict: flow.allowed ? "allowed" : "denied",
-        reason: flowReason(engine, flow),
-        from: flow.from.display,
-        fromIdentity: flow.from.identity,
-        to: flow.to.display,
-        toIdentity: flow.to.identity,
-        proto: flow.proto,
-        port: flow.port,
-        egress: flow.egress
-          ? { endpoint: flow.egress.endpoint.name, ...flow.egress.result }
-          : undefined,
-        ingress: flow.ingress
-          ? { endpoint: flow.ingress.endpoint.name, ...flow.ingress.result }
-          : undefined,
-        trace: lines,
-      }, format));
-    }
+    const report = renderFlow(engine, evaluateFlow(cluster, engine, flowInput(args, from, to)));
+    console.log(format === "table" ? report.trace.join("\n") : renderModel(report, format));
     return 0;
   } finally {
     engine.close();

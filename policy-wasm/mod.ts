@@ -32,16 +32,25 @@ export {
   evaluateFlow,
   type FlowInput,
   type FlowResult,
+  type PeerLookup,
   type PeerRef,
   resolvePeer,
 } from "./src/flow.ts";
 export { entryName, explainFlow, flowReason, policyName } from "./src/explain.ts";
 export {
+  type FlowReport,
+  peerText,
+  queryName,
+  type QueryText,
+  renderFlow,
+  type SideReport,
+} from "./src/flow_text.ts";
+export { formatLabelList, parseHeaderLines, parseLabelList } from "./src/label_text.ts";
+export {
   flowOf,
   type LoadedScenario,
   loadScenario,
   loadScenarios,
-  peerText,
   prepareScenario,
   type QueryOutcome,
   runScenario,
@@ -72,6 +81,7 @@ export {
   kafkaApiKeyName,
   PROTOCOL_NUMBERS,
   protocolName,
+  protoPortText,
 } from "./src/protocols.ts";
 export { decodeBase64, encodeBase64, encodeBase64Url } from "./src/base64.ts";
 export { lintPolicies, type LintWarning } from "./src/lint.ts";

@@ -5,6 +5,7 @@
 
 import type { Context } from "hono";
 import type { z } from "zod";
+import { parseLabelList } from "@cilia/policy-wasm";
 import { ApiError, validate } from "./errors.ts";
 
 /** The JSON body, validated by `schema`. */
@@ -42,19 +43,12 @@ export function endpointId(text: string): number {
   return Number(text);
 }
 
-/** `app=web,tier=1` → {app: "web", tier: "1"}. */
+/** `app=web,tier=1` → {app: "web", tier: "1"}, by parseLabelList()'s rules. */
 export function labelList(text: string, what: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const part of text.split(",").map((s) => s.trim()).filter(Boolean)) {
-    const eq = part.indexOf("=");
-    if (eq <= 0) {
-      throw new ApiError(
-        400,
-        "invalid_request",
-        `Invalid label "${part}" in ${what}: expected key=value`,
-      );
-    }
-    out[part.slice(0, eq)] = part.slice(eq + 1);
+  try {
+    return parseLabelList(text, what);
+  } catch (err) {
+    if (err instanceof SyntaxError) throw new ApiError(400, "invalid_request", err.message);
+    throw err;
   }
-  return out;
 }

@@ -1,17 +1,20 @@
 /**
  * The API's one error shape, `{error: {code, message, details?, hint?}}`, and the mapping from
- * the agent's typed errors to a status and code. Handlers throw; `errorResponse()` (the app's
- * `onError`) answers. Anything unexpected is a 500 whose message is logged, never a crash.
+ * the agent's typed errors to a status and code, by class and never by message text. Handlers
+ * throw; `toErrorBody()` (the app's `onError`) answers. Anything unexpected, a RangeError or
+ * TypeError from a bug included, is a 500 whose message is logged, never a 4xx and never a crash.
  */
 
 import { z } from "zod";
 import { EngineError, PolicyValidationError } from "@cilia/policy-wasm";
 import { EndpointConflictError, EndpointNotFoundError } from "../endpoint/manager.ts";
+import { EndpointNotRealisedError } from "../endpoint/regenerator.ts";
+import { ValueTooLargeError } from "../kvstore/errors.ts";
 import { CniAttachmentError } from "../endpoint/cni_error.ts";
-import { PolicyNotFoundError } from "../policy/repository.ts";
+import { PolicyNotFoundError, PolicyTooLargeError } from "../policy/repository.ts";
 import { IpamExhaustedError, IpamNotFoundError, IpamRangeError } from "../ipam/ipam.ts";
 import { IdentityExhaustedError } from "../identity/allocator.ts";
-import { LeaseExpiredError } from "../kvstore/errors.ts";
+import { KvStoreError, LeaseExpiredError } from "../kvstore/errors.ts";
 
 export interface ErrorBody {
   error: { code: string; message: string; details?: unknown; hint?: string };
@@ -60,8 +63,6 @@ export function validate<S extends z.ZodType>(
   );
 }
 
-const KVSTORE = /\b(in|Cannot open) (etcd at|Deno KV at)\b/;
-
 /** Status and body for any error a handler threw. */
 export function toErrorBody(err: unknown, storeName: string): { status: number; body: ErrorBody } {
   const e = (
@@ -81,6 +82,17 @@ export function toErrorBody(err: unknown, storeName: string): { status: number; 
   if (err instanceof CniAttachmentError) return e(err.status, err.code, err.message);
   if (err instanceof EndpointNotFoundError) return e(404, "endpoint_not_found", err.message);
   if (err instanceof EndpointConflictError) return e(409, "endpoint_conflict", err.message);
+  if (err instanceof EndpointNotRealisedError) {
+    return e(503, "endpoint_not_realised", err.message, {
+      hint: "nothing was kept; the datapath refused the write (see the agent log), try again",
+    });
+  }
+  if (err instanceof PolicyTooLargeError) return e(413, "policy_too_large", err.message);
+  if (err instanceof ValueTooLargeError) {
+    return e(413, "value_too_large", err.message, {
+      hint: "the kvstore holds smaller values: split the request",
+    });
+  }
   if (err instanceof PolicyNotFoundError) return e(404, "policy_not_found", err.message);
   if (err instanceof IpamNotFoundError) return e(404, "address_not_found", err.message);
   if (err instanceof IpamRangeError) return e(400, "invalid_address", err.message);
@@ -100,9 +112,10 @@ export function toErrorBody(err: unknown, storeName: string): { status: number; 
       details: { issues },
     });
   }
-  if (err instanceof RangeError) return e(400, "invalid_request", err.message);
+  // Past this point nothing is the client's fault: a kvstore outage is a 503, anything else (a
+  // RangeError or TypeError from a bug included) a 500.
   const message = err instanceof Error ? err.message : String(err);
-  if (err instanceof LeaseExpiredError || KVSTORE.test(message)) {
+  if (err instanceof LeaseExpiredError || err instanceof KvStoreError) {
     return e(503, "kvstore_unavailable", message, {
       hint: `check that the kvstore (${storeName}) is reachable`,
     });

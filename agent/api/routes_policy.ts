@@ -1,6 +1,7 @@
 /**
  * `/v1/policy`: PUT imports YAML or JSON (a raw document stream, `?file=` naming it in
  * messages; or `{"sources": [{"text", "file"?}]}` to import several files at once), GET returns
+ * (200, or 202 when it is stored but not yet in force on every endpoint), GET returns
  * the documents in force as YAML that imports again unchanged (JSON with `Accept:
  * application/json`), DELETE removes by `kind`/`namespace`/`name`, by `labels=k=v,…` or `all`.
  * `/v1/policy/resolved/{endpoint}` is the map-state in force; `POST /v1/policy/trace` judges one
@@ -85,9 +86,10 @@ export function registerPolicyRoutes(app: Hono, agent: Agent): void {
     });
   });
 
+  // 202: stored, but not in force on every endpoint yet (`realised: false`, `unrealised`).
   app.put("/v1/policy", async (c) => {
     const result = await agent.policies.import(await importSources(c));
-    return c.json(result, 200);
+    return c.json(result, result.realised ? 200 : 202);
   });
 
   app.delete("/v1/policy", async (c) => {
@@ -97,7 +99,8 @@ export function registerPolicyRoutes(app: Hono, agent: Agent): void {
         hint: "give name= (with kind= and namespace= to narrow it), labels=k=v,… or all=true",
       });
     }
-    return c.json(await agent.policies.delete(all ? {} : filter));
+    const result = await agent.policies.delete(all ? {} : filter);
+    return c.json(result, result.realised ? 200 : 202);
   });
 
   app.get("/v1/policy/resolved/:ref{.+}", (c) => {

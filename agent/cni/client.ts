@@ -1,23 +1,52 @@
 /**
- * The plugin's connection to the agent: JSON over HTTP on the agent's unix socket. A socket that
- * is missing or refuses is "try again later" (or "not available" for STATUS) naming the socket;
- * an API error becomes a CniError with the code cni/types.ts maps it to and the agent's message.
+ * The plugin's connection to the agent: JSON over HTTP/1.1 on the agent's unix socket (_http.ts,
+ * one connection per request). A socket that is missing or refuses is "try again later" (or "not
+ * available" for STATUS) naming the socket; an API error becomes a CniError with the code
+ * protocol.ts maps it to and the agent's message.
+ * When asked, it reports each request's timing with the agent's own `Server-Timing` figures.
  */
 
+import { type HttpAnswer, request } from "./_http.ts";
 import { CniError } from "./config.ts";
-import { CNI_ERRORS, cniCodeOf } from "./types.ts";
+import { CNI_ERRORS, cniCodeOf } from "./protocol.ts";
 
 const TIMEOUT_MS = 120_000;
 
+/** One request's timing: wall-clock epoch milliseconds, and the agent's `Server-Timing`. */
+export interface RequestTiming {
+  path: string;
+  sentAt: number;
+  answeredAt: number;
+  /** `Server-Timing` metrics of the answer, in ms (e.g. `{agent: 12.5}`). */
+  server: Record<string, number>;
+}
+
+/** Epoch milliseconds with sub-millisecond precision, comparable across processes. */
+export const epochMs = (): number => performance.timeOrigin + performance.now();
+
+/** `agent;dur=12.5, parse;dur=0.1` → `{agent: 12.5, parse: 0.1}`. */
+export function parseServerTiming(header: string | null): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const metric of (header ?? "").split(",")) {
+    const [name, ...params] = metric.split(";").map((s) => s.trim());
+    const dur = params.find((p) => p.startsWith("dur="));
+    if (name && dur && Number.isFinite(Number(dur.slice(4)))) out[name] = Number(dur.slice(4));
+  }
+  return out;
+}
+
 export class AgentConnection {
   readonly path: string;
-  #client: Deno.HttpClient;
   #unreachableCode: number;
+  #onTiming: ((t: RequestTiming) => void) | undefined;
 
-  constructor(path: string, opts: { unreachableCode?: number } = {}) {
+  constructor(
+    path: string,
+    opts: { unreachableCode?: number; onTiming?: (t: RequestTiming) => void } = {},
+  ) {
     this.path = path;
-    this.#client = Deno.createHttpClient({ proxy: { transport: "unix", path } });
     this.#unreachableCode = opts.unreachableCode ?? CNI_ERRORS.tryAgainLater;
+    this.#onTiming = opts.onTiming;
   }
 
   get<T = unknown>(path: string): Promise<T> {
@@ -29,33 +58,32 @@ export class AgentConnection {
   }
 
   async #request<T>(method: string, path: string, body?: unknown): Promise<T> {
-    let res: Response;
+    const sentAt = epochMs();
+    let res: HttpAnswer;
     try {
-      res = await fetch(`http://localhost${path}`, {
+      res = await request(this.path, {
         method,
-        client: this.#client,
-        headers: { "content-type": "application/json", accept: "application/json" },
-        signal: AbortSignal.timeout(TIMEOUT_MS),
+        target: path,
+        timeoutMs: TIMEOUT_MS,
         ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-      } as RequestInit);
+      });
     } catch (err) {
-      const text = `${(err as Error)?.message ?? err} ${
-        ((err as Error)?.cause as Error)?.message ?? ""
-      }`;
-      const why = /os error 2\b|No such file/i.test(text)
-        ? "no such socket"
-        : /os error 111\b|refused/i.test(text)
-        ? "connection refused"
-        : /timed? ?out|abort/i.test(text)
-        ? `no answer within ${TIMEOUT_MS / 1000} s`
-        : text.trim();
+      if (err instanceof SyntaxError) {
+        throw new CniError(CNI_ERRORS.io, `Unexpected answer from the cilia agent: ${err.message}`);
+      }
       throw new CniError(
         this.#unreachableCode,
-        `Cannot reach the cilia agent at unix://${this.path}: ${why}`,
+        `Cannot reach the cilia agent at unix://${this.path}: ${unreachable(err)}`,
         "start the agent (bin/cilia-agent), or set agentSocket in the network configuration",
       );
     }
-    const text = await res.text();
+    const text = new TextDecoder().decode(res.body);
+    this.#onTiming?.({
+      path,
+      sentAt,
+      answeredAt: epochMs(),
+      server: parseServerTiming(res.headers.get("server-timing") ?? null),
+    });
     let value: unknown;
     try {
       value = JSON.parse(text);
@@ -65,7 +93,7 @@ export class AgentConnection {
         `Unexpected answer from the cilia agent (${res.status}): ${text.slice(0, 200)}`,
       );
     }
-    if (!res.ok) {
+    if (res.status < 200 || res.status > 299) {
       const e = (value as { error?: { code?: string; message?: string; hint?: string } }).error;
       throw new CniError(
         cniCodeOf(e?.code ?? ""),
@@ -76,7 +104,15 @@ export class AgentConnection {
     return value as T;
   }
 
-  close(): void {
-    this.#client.close();
+  /** Nothing to release: every request has its own connection. */
+  close(): void {}
+}
+
+function unreachable(err: unknown): string {
+  if (err instanceof Deno.errors.NotFound) return "no such socket";
+  if (err instanceof Deno.errors.ConnectionRefused) return "connection refused";
+  if (err instanceof DOMException && err.name === "TimeoutError") {
+    return `no answer within ${TIMEOUT_MS / 1000} s`;
   }
+  return err instanceof Error ? err.message : String(err);
 }

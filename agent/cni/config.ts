@@ -1,13 +1,16 @@
 /**
  * What a CNI runtime hands the plugin, validated: the environment (CNI_COMMAND, CNI_CONTAINERID,
- * CNI_NETNS, CNI_IFNAME, CNI_ARGS), the network configuration on stdin (zod; plugin key
- * `agentSocket`, labels from `args.cni.labels`), and the pod metadata of CNI_ARGS
- * (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`, and cilia's own `CILIA_LABELS=k=v,k2=v2`). Every problem
- * is a CniError with the spec's code. No I/O.
+ * CNI_NETNS, CNI_IFNAME, CNI_ARGS), the network configuration on stdin (its shape checked by
+ * network_config.ts; plugin key `agentSocket`, labels from `args.cni.labels`), and the pod
+ * metadata of CNI_ARGS (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`, and cilia's own
+ * `CILIA_LABELS=k=v,k2=v2`). Every problem is a CniError with the spec's code. No I/O, and no npm
+ * import: this is on the plugin's start path.
  */
 
-import { z } from "zod";
-import { CNI_ERRORS, CONTAINER_ID, IFNAME } from "./types.ts";
+import { checkNetworkConfig, type NetworkConfig } from "./network_config.ts";
+import { CNI_ERRORS, CONTAINER_ID, IFNAME } from "./protocol.ts";
+
+export type { NetworkConfig } from "./network_config.ts";
 
 export const SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] as const;
 export const DEFAULT_AGENT_SOCKET = "/var/run/cilia/cilia.sock";
@@ -22,23 +25,6 @@ export class CniError extends Error {
   }
 }
 
-const Label = z.strictObject({ key: z.string().min(1), value: z.string() });
-
-export const NetworkConfigSchema = z.looseObject({
-  cniVersion: z.string().min(1),
-  name: z.string().min(1),
-  type: z.string().min(1),
-  agentSocket: z.string().min(1).optional(),
-  args: z.looseObject({
-    cni: z.looseObject({ labels: z.array(Label).optional() }).optional(),
-  }).optional(),
-  prevResult: z.unknown().optional(),
-  "cni.dev/valid-attachments": z.array(
-    z.looseObject({ containerID: z.string(), ifname: z.string() }),
-  ).optional(),
-});
-export type NetworkConfig = z.infer<typeof NetworkConfigSchema>;
-
 /** Compares dotted versions: negative when a < b. */
 export function compareVersions(a: string, b: string): number {
   const pa = a.split(".").map(Number), pb = b.split(".").map(Number);
@@ -47,18 +33,6 @@ export function compareVersions(a: string, b: string): number {
     if (d !== 0) return d;
   }
   return 0;
-}
-
-/** True when the object holding `path`'s last key exists but lacks that key. */
-function isMissing(value: unknown, path: readonly PropertyKey[]): boolean {
-  let v = value;
-  for (const p of path.slice(0, -1)) {
-    if (v === null || typeof v !== "object") return false;
-    v = (v as Record<PropertyKey, unknown>)[p];
-  }
-  const last = path[path.length - 1];
-  return last !== undefined && v !== null && typeof v === "object" && !Array.isArray(v) &&
-    !Object.hasOwn(v, last);
 }
 
 /** The network configuration from stdin. */
@@ -78,18 +52,15 @@ export function parseNetworkConfig(stdin: string): NetworkConfig {
       `Cannot decode the network configuration: not JSON: ${(err as Error).message}`,
     );
   }
-  const r = NetworkConfigSchema.safeParse(value);
-  if (!r.success) {
-    const i = r.error.issues[0]!;
-    const path = i.path.map(String).join(".");
+  const r = checkNetworkConfig(value);
+  if (!r.ok) {
+    const { path, missing, message } = r.problem;
     throw new CniError(
       CNI_ERRORS.invalidConfig,
-      i.code === "invalid_type" && isMissing(value, i.path)
-        ? `Invalid network configuration: missing field "${path}"`
-        : `Invalid network configuration${path ? ` at "${path}"` : ""}: ${i.message}`,
+      `Invalid network configuration${path && !missing ? ` at "${path}"` : ""}: ${message}`,
     );
   }
-  const conf = r.data;
+  const conf = r.config;
   if (!(SUPPORTED_VERSIONS as readonly string[]).includes(conf.cniVersion)) {
     throw new CniError(
       CNI_ERRORS.incompatibleVersion,

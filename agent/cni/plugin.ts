@@ -18,11 +18,12 @@ import {
   parseNetworkConfig,
   SUPPORTED_VERSIONS,
 } from "./config.ts";
-import { AgentConnection } from "./client.ts";
+import { AgentConnection, type RequestTiming } from "./client.ts";
 import { enqueueDelete } from "./delete_queue.ts";
+import { CNI_ERRORS, type CniAddResponse, type CniResult } from "./protocol.ts";
+import type { CniAddRequest } from "./types.ts";
 
 const socketOf = (conf: NetworkConfig) => conf.agentSocket ?? DEFAULT_AGENT_SOCKET;
-import { CNI_ERRORS, type CniAddRequest, type CniAddResponse, type CniResult } from "./types.ts";
 
 export interface PluginOutput {
   /** 0 on success, 1 with an error object on stdout. */
@@ -123,10 +124,14 @@ async function run(
   }
 }
 
-/** Runs one plugin invocation: the CNI environment and stdin in, stdout and exit code out. */
+/**
+ * Runs one plugin invocation: the CNI environment and stdin in, stdout and exit code out.
+ * `onTiming` hears the timing of each request to the agent (for `bench cni`).
+ */
 export async function runPlugin(
   env: Record<string, string | undefined>,
   stdin: string,
+  opts: { onTiming?: (t: RequestTiming) => void } = {},
 ): Promise<PluginOutput> {
   let version = "1.0.0";
   try {
@@ -150,6 +155,7 @@ export async function runPlugin(
       unreachableCode: inv.command === "STATUS"
         ? CNI_ERRORS.notAvailable
         : CNI_ERRORS.tryAgainLater,
+      ...(opts.onTiming ? { onTiming: opts.onTiming } : {}),
     });
     try {
       return { code: 0, stdout: await run(inv, conf, agent) };

@@ -4,7 +4,7 @@
  * its gateway, and default routes through them. Pure; shared by the agent and the plugin.
  */
 
-import type { CniResult } from "./types.ts";
+import type { CniResult } from "./protocol.ts";
 
 export interface AttachmentFacts {
   hostIfname: string;

@@ -1,16 +1,14 @@
 /**
  * What the CNI plugin and the agent say to each other over the agent's socket (`/v1/cni/*`): the
- * request bodies (zod, validated on the agent side) and the CNI result the agent builds (CNI spec
- * 1.0.0 shape; the plugin converts it to the network config's version). Shared by `cilia-cni` and
- * the agent, so it imports nothing but zod.
+ * request bodies as zod schemas, validated on the agent side, and (re-exported from protocol.ts)
+ * the error codes and the CNI result. The plugin may import this module's types only (`import
+ * type`): a value import would load zod into every plugin start.
  */
 
 import { z } from "zod";
+import { CONTAINER_ID, IFNAME } from "./protocol.ts";
 
-/** The CNI spec's rule for interface names. */
-export const IFNAME = /^[^/:\s]{1,15}$/;
-/** The CNI spec's rule for container ids. */
-export const CONTAINER_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
+export * from "./protocol.ts";
 
 const containerId = z.string().max(200).regex(CONTAINER_ID, {
   message: "Expected a container id of letters, digits, '_', '.' and '-'",
@@ -57,66 +55,3 @@ export const CniGcRequestSchema = z.strictObject({
   validAttachments: z.array(z.strictObject({ containerId, ifname })),
 });
 export type CniGcRequest = z.infer<typeof CniGcRequestSchema>;
-
-export interface CniInterface {
-  name: string;
-  mac?: string;
-  sandbox?: string;
-}
-
-export interface CniIpConfig {
-  address: string;
-  gateway?: string;
-  interface?: number;
-}
-
-export interface CniRoute {
-  dst: string;
-  gw?: string;
-}
-
-/** A CNI 1.0.0 success result. */
-export interface CniResult {
-  cniVersion: string;
-  interfaces: CniInterface[];
-  ips: CniIpConfig[];
-  routes: CniRoute[];
-  dns: Record<string, never>;
-}
-
-export interface CniAddResponse {
-  result: CniResult;
-  endpoint: { id: number; identity: number; name: string; namespace: string };
-}
-
-/** CNI spec error codes (0-99 well-known; 999 and up are cilia's own). */
-export const CNI_ERRORS = {
-  incompatibleVersion: 1,
-  unsupportedField: 2,
-  unknownContainer: 3,
-  invalidEnvironment: 4,
-  io: 5,
-  decoding: 6,
-  invalidConfig: 7,
-  tryAgainLater: 11,
-  notAvailable: 50,
-  /** The agent refused or failed the request (its message says why). */
-  agent: 999,
-} as const;
-
-/** The CNI error code for an agent API error code. */
-export function cniCodeOf(apiCode: string): number {
-  switch (apiCode) {
-    case "cni_unknown_container":
-    case "cni_netns_not_found":
-      return CNI_ERRORS.unknownContainer;
-    case "invalid_cni_args":
-    case "invalid_request":
-    case "invalid_json":
-      return CNI_ERRORS.invalidConfig;
-    case "kvstore_unavailable":
-      return CNI_ERRORS.tryAgainLater;
-    default:
-      return CNI_ERRORS.agent;
-  }
-}

@@ -171,17 +171,39 @@ export const big = (v: Values[string] | undefined): bigint =>
 export const bytesOf = (v: Values[string] | undefined): Uint8Array =>
   v instanceof Uint8Array ? v : new Uint8Array();
 
-// Constants mirrored from bpf/lib/*.h (drop reasons and verdicts come from the generated table).
-export const DIR_INGRESS = 1;
-export const DIR_EGRESS = 2;
-export const EP_F_INGRESS_DEFAULT_DENY = 1 << 0;
-export const EP_F_EGRESS_DEFAULT_DENY = 1 << 1;
-export const EP_F_ENFORCEMENT_DISABLED = 1 << 2;
-export const POLICY_F_L4 = 1 << 0;
-export const POLICY_PREFIX_L3 = 64;
-export const POLICY_PREFIX_PROTO = 80;
-export const POLICY_KEY_DATA_BITS = 96;
-export const EVENT_DROP = 1;
-export const EVENT_POLICY_VERDICT = 2;
-export const EVENT_TRACE = 3;
+// Constants shared with bpf/lib/*.h, generated from one table (scripts/gen/constants.ts; drop
+// reasons and verdicts from scripts/gen/drop_reasons.ts), never written here by hand.
+export {
+  CT_ESTABLISHED,
+  CT_NEW,
+  CT_RELATED,
+  CT_REPLY,
+  DIR_EGRESS,
+  DIR_INGRESS,
+  EP_F_EGRESS_DEFAULT_DENY,
+  EP_F_ENFORCEMENT_DISABLED,
+  EP_F_INGRESS_DEFAULT_DENY,
+  EP_F_NOT_READY,
+  EVENT_DROP,
+  EVENT_POLICY_VERDICT,
+  EVENT_TRACE,
+  POLICY_DIR_EGRESS,
+  POLICY_DIR_INGRESS,
+  POLICY_F_L4,
+  POLICY_KEY_DATA_BITS,
+  POLICY_MATCH_ANY_L3,
+  POLICY_MATCH_ANY_L4,
+  POLICY_MATCH_L3,
+  POLICY_MATCH_L4,
+  POLICY_MATCH_NONE,
+  POLICY_PREFIX_L3,
+  POLICY_PREFIX_PROTO,
+  TRACE_FROM_ENDPOINT,
+  TRACE_TO_ENDPOINT,
+  VERDICT_ALLOW,
+  VERDICT_DENY,
+  VERDICT_NAMES,
+  VERDICT_NONE,
+  VERDICT_REDIRECT,
+} from "@cilia/policy-wasm/constants";
 export const EVENT_HEADER_LEN = LAYOUTS.event.size;

@@ -12,6 +12,7 @@ import {
   EP_F_EGRESS_DEFAULT_DENY,
   EP_F_ENFORCEMENT_DISABLED,
   EP_F_INGRESS_DEFAULT_DENY,
+  EP_F_NOT_READY,
   LAYOUTS,
   num,
 } from "./codecs.ts";
@@ -62,6 +63,8 @@ export interface EndpointSpec {
   egressDefaultDeny: boolean;
   /** false turns policy off for this endpoint; default true. */
   enforcement?: boolean;
+  /** true: the endpoint's policy is not written, drop all its traffic (EP_F_NOT_READY). */
+  notReady?: boolean;
 }
 
 export interface IpcacheUpsert {
@@ -130,7 +133,8 @@ export class Datapath implements AsyncDisposable {
     if (ifindex === undefined) throw new Error(`Cannot find link "${ep.ifname}"`);
     const flags = (ep.ingressDefaultDeny ? EP_F_INGRESS_DEFAULT_DENY : 0) |
       (ep.egressDefaultDeny ? EP_F_EGRESS_DEFAULT_DENY : 0) |
-      (ep.enforcement === false ? EP_F_ENFORCEMENT_DISABLED : 0);
+      (ep.enforcement === false ? EP_F_ENFORCEMENT_DISABLED : 0) |
+      (ep.notReady ? EP_F_NOT_READY : 0);
     const v4 = ep.ipv4 === undefined ? undefined : parseIPv4(ep.ipv4);
     const v6 = ep.ipv6 === undefined ? undefined : parseIPv6(ep.ipv6);
     if ((ep.ipv4 !== undefined && !v4) || (ep.ipv6 !== undefined && !v6)) {

@@ -3,16 +3,19 @@
 // main thread. It interprets no packet bytes beyond the fixed header (the monitor does).
 import {
   decode,
+  DIR_EGRESS,
+  DIR_INGRESS,
   EVENT_DROP,
   EVENT_HEADER_LEN,
   EVENT_POLICY_VERDICT,
   LAYOUTS,
   num,
+  VERDICT_NAMES,
 } from "./codecs.ts";
 import { acquire, closeFd, objGet, PerfBuffer, release } from "./ffi.ts";
 
 export type Direction = "ingress" | "egress";
-export type VerdictName = "none" | "allow" | "deny" | "redirect";
+export type VerdictName = (typeof VERDICT_NAMES)[number];
 
 export interface PacketEvent {
   type: "drop" | "policy-verdict" | "trace";
@@ -46,8 +49,6 @@ export interface LostEvent {
 }
 export type DatapathEvent = PacketEvent | LostEvent;
 
-const VERDICTS: readonly VerdictName[] = ["none", "allow", "deny", "redirect"];
-
 export function decodeEvent(cpu: number, bytes: Uint8Array): PacketEvent {
   const e = decode(LAYOUTS.event, bytes);
   const type = num(e.type), dir = num(e.dir), family = num(e.family), capLen = num(e.cap_len);
@@ -58,12 +59,12 @@ export function decodeEvent(cpu: number, bytes: Uint8Array): PacketEvent {
     srcIdentity: num(e.src_identity),
     dstIdentity: num(e.dst_identity),
     ifindex: num(e.ifindex),
-    direction: dir === 1 ? "ingress" : dir === 2 ? "egress" : "unknown",
+    direction: dir === DIR_INGRESS ? "ingress" : dir === DIR_EGRESS ? "egress" : "unknown",
     family: family === 4 || family === 6 ? family : 0,
     proto: num(e.proto),
     sport: num(e.sport),
     dport: num(e.dport),
-    verdict: VERDICTS[num(e.verdict)] ?? "none",
+    verdict: VERDICT_NAMES[num(e.verdict)] ?? "none",
     match: num(e.match),
     cookie: num(e.cookie),
     ctState: num(e.ct_state),

@@ -1,10 +1,18 @@
 // The agent's DatapathSink on the real kernel datapath: endpoints become endpoint-map entries
 // with the programs attached to their host-side veth, map-state diffs become policy-map writes,
-// and ipcache changes ipcache writes. An endpoint reaches the kernel with its whole policy in
-// place before its entry is written and its programs attached; endpoints without an interface
-// stay in memory only. After a restart the pinned maps are reused as they are (connections
-// keep flowing): open() notes what the kernel holds, the agent re-applies its state, and
-// reconcile() deletes what nobody re-applied. It computes no policy (the engine does).
+// and ipcache changes ipcache writes. After a restart the pinned maps are reused as they are
+// (connections keep flowing): open() notes what the kernel holds, the agent re-applies its
+// state, and reconcile() deletes what nobody re-applied. It computes no policy (the engine does).
+//
+// Write order and failures (fail closed):
+// 1. A new endpoint's whole policy is written before its entry and its programs; until both are
+//    there its interface carries no entry and the agent keeps the link down.
+// 2. A policy write that fails (a full map, a bpftool error) may have written part of the batch:
+//    the endpoint is flagged NOT_READY in the endpoint map (the kernel drops all its traffic,
+//    reason 203), or, when even that write fails, its entry is deleted (drop 165). Its policy
+//    keys are then unknown: the next write dumps them and rewrites the whole policy, deleting
+//    what is not in it, and only then clears the flag.
+// 3. A thrown error always means "not in force"; nothing is recorded as written before it was.
 import { DROP_REASONS, type IpcacheEntry } from "@cilia/policy-wasm";
 import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
@@ -48,6 +56,10 @@ export class KernelSink implements DatapathSink {
   readonly #states = new Map<number, EndpointPolicyState>();
   readonly #ipcache = new Map<string, number>();
   readonly #warnedL7 = new Set<number>();
+  /** Endpoints flagged NOT_READY in the kernel (rule 2), with the error that caused it. */
+  readonly #notReady = new Map<number, string>();
+  /** Endpoints whose policy keys in the kernel may differ from their state (rule 2). */
+  readonly #unknown = new Set<number>();
   /** Policy keys the kernel held at open(), by endpoint id, until reconcile(). */
   #stale: Map<number, Uint8Array[]> | undefined;
 
@@ -85,6 +97,8 @@ export class KernelSink implements DatapathSink {
       await this.datapath.removeEndpoint(ifname, ep.id);
       this.#inKernel.delete(ep.id);
       this.#states.delete(ep.id);
+      this.#notReady.delete(ep.id);
+      this.#unknown.delete(ep.id);
       return;
     }
     await this.#writeEndpoint({ ep, flags });
@@ -94,8 +108,19 @@ export class KernelSink implements DatapathSink {
     const ifname = this.#inKernel.get(ep.id);
     this.#wanted.delete(ep.id);
     if (ifname !== undefined) await this.datapath.removeEndpoint(ifname, ep.id);
+    else if (this.#unknown.has(ep.id)) {
+      // A first write that failed midway: delete the keys it left.
+      await this.datapath.writePolicyKeys([], await this.#keysOf(ep.id));
+    }
     this.#inKernel.delete(ep.id);
     this.#states.delete(ep.id);
+    this.#notReady.delete(ep.id);
+    this.#unknown.delete(ep.id);
+  }
+
+  /** Endpoints the kernel drops all traffic of, because their policy could not be written. */
+  notReady(): { endpoint: number; error: string }[] {
+    return [...this.#notReady].map(([endpoint, error]) => ({ endpoint, error }));
   }
 
   async applyPolicy(endpointId: number, change: PolicyChange): Promise<void> {
@@ -105,23 +130,74 @@ export class KernelSink implements DatapathSink {
       this.#states.set(endpointId, state = new EndpointPolicyState(endpointId));
     }
     const wanted = this.#wanted.get(endpointId);
-    if (this.#inKernel.has(endpointId)) {
-      const plan = state.plan(change);
-      await this.datapath.writePolicyKeys(plan.updates, plan.deletes);
-      plan.commit();
-      return;
-    }
-    if (wanted?.ep.ifname === undefined) {
+    const inKernel = this.#inKernel.has(endpointId);
+    if (!inKernel && wanted?.ep.ifname === undefined) {
       state.plan(change).commit(); // no interface: nothing in the kernel to change
       return;
     }
-    // First write: the whole policy, then the entry and the programs (fail closed).
-    const plan = state.plan(change, { full: true, stale: this.#stale?.get(endpointId) ?? [] });
-    await this.datapath.writePolicyKeys(plan.updates, plan.deletes);
-    await this.#writeEndpoint(wanted);
+    // Rule 2: after a failure (or a restart) the kernel's keys are read back, not assumed.
+    const stale = this.#unknown.has(endpointId)
+      ? await this.#keysOf(endpointId)
+      : this.#stale?.get(endpointId);
+    const plan = inKernel && stale === undefined
+      ? state.plan(change)
+      : state.plan(change, { full: true, stale: stale ?? [] });
+    try {
+      await this.datapath.writePolicyKeys(plan.updates, plan.deletes);
+      if (!inKernel || this.#notReady.has(endpointId)) {
+        // Rule 1: the entry and the programs come after the whole policy (and clear NOT_READY).
+        await this.#writeEndpoint(wanted!, { ready: true });
+      }
+    } catch (err) {
+      this.#unknown.add(endpointId);
+      await this.#lockDown(endpointId, err);
+      throw err;
+    }
     plan.commit();
     this.#stale?.delete(endpointId);
-    this.#inKernel.set(endpointId, wanted.ep.ifname);
+    this.#unknown.delete(endpointId);
+    this.#notReady.delete(endpointId);
+    this.#inKernel.set(endpointId, wanted!.ep.ifname!);
+  }
+
+  /**
+   * Rule 2: the endpoint's traffic is dropped until its policy is written. An endpoint that is
+   * not in the kernel yet has no entry and no programs (its link stays down): nothing to do,
+   * unless a previous agent left an entry for its interface (a restart), which is flagged too.
+   */
+  async #lockDown(endpointId: number, cause: unknown): Promise<void> {
+    const wanted = this.#wanted.get(endpointId);
+    const error = cause instanceof Error ? cause.message : String(cause);
+    const ifname = this.#inKernel.get(endpointId) ?? wanted?.ep.ifname;
+    if (wanted === undefined || ifname === undefined) return;
+    const present = this.#inKernel.has(endpointId) ||
+      (await this.datapath.endpointEntries().catch(() => [])).some((e) => e.epId === endpointId);
+    if (!present) return;
+    this.#notReady.set(endpointId, error);
+    try {
+      await this.#writeEndpoint(wanted, { ready: false });
+      this.#log.error("endpoint policy not written: the kernel drops its traffic", {
+        endpoint: endpointId,
+        dropReason: `203 (${DROP_REASONS.get(203)?.[1]})`,
+        error,
+      });
+    } catch (err) {
+      this.#log.error("cannot flag endpoint not ready: deleting its entry instead", {
+        endpoint: endpointId,
+        error: err,
+      });
+      const index = [...await linkNames()].find(([, n]) => n === ifname)?.[0];
+      if (index !== undefined) {
+        await this.datapath.removeEndpointEntry(index).catch((e) =>
+          this.#log.error("cannot delete endpoint entry", { endpoint: endpointId, error: e })
+        );
+      }
+    }
+  }
+
+  /** The policy keys the kernel holds for an endpoint, read from the map. */
+  async #keysOf(endpointId: number): Promise<Uint8Array[]> {
+    return (await this.datapath.policyKeys()).get(endpointId) ?? [];
   }
 
   /** Redirects without a proxy drop in the kernel (fail closed): say so, once per endpoint. */
@@ -189,7 +265,11 @@ export class KernelSink implements DatapathSink {
     return this.datapath.readMetrics();
   }
 
-  async #writeEndpoint({ ep, flags }: Wanted): Promise<void> {
+  /** Writes the entry (flags, addresses) and attaches the programs; NOT_READY unless `ready`. */
+  async #writeEndpoint(
+    { ep, flags }: Wanted,
+    o: { ready?: boolean } = {},
+  ): Promise<void> {
     const ipv4 = ep.ips.find((ip) => !ip.includes(":"));
     const ipv6 = ep.ips.find((ip) => ip.includes(":"));
     await this.datapath.upsertEndpoint({
@@ -202,6 +282,7 @@ export class KernelSink implements DatapathSink {
       ingressDefaultDeny: flags.defaultDeny.ingress,
       egressDefaultDeny: flags.defaultDeny.egress,
       enforcement: flags.enforcement,
+      notReady: o.ready === undefined ? this.#notReady.has(ep.id) : !o.ready,
     });
   }
 

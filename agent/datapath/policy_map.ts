@@ -6,13 +6,21 @@ import {
   encode,
   LAYOUTS,
   num,
+  POLICY_DIR_EGRESS,
+  POLICY_DIR_INGRESS,
   POLICY_F_L4,
   POLICY_KEY_DATA_BITS,
   POLICY_PREFIX_L3,
   POLICY_PREFIX_PROTO,
+  VERDICT_ALLOW,
+  VERDICT_DENY,
+  VERDICT_NAMES,
+  VERDICT_REDIRECT,
 } from "./codecs.ts";
 
+/** VERDICT_ALLOW, VERDICT_DENY or VERDICT_REDIRECT. */
 export type Verdict = 1 | 2 | 3;
+const VERDICTS: readonly number[] = [VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT];
 
 export interface PolicyEntry {
   egress: boolean;
@@ -64,9 +72,11 @@ export function encodePolicyEntry(epId: number, e: PolicyEntry): EncodedEntry[] 
   if (!Number.isInteger(e.proto) || e.proto < 0 || e.proto > 255) {
     throw new RangeError(`Invalid protocol ${e.proto}: expected 0..255`);
   }
-  if (![1, 2, 3].includes(e.verdict)) {
+  if (!VERDICTS.includes(e.verdict)) {
     throw new RangeError(
-      `Invalid verdict ${e.verdict}: expected 1 (allow), 2 (deny), 3 (redirect)`,
+      `Invalid verdict ${e.verdict}: expected ${
+        VERDICTS.map((v) => `${v} (${VERDICT_NAMES[v]})`).join(", ")
+      }`,
     );
   }
   const value = encode(LAYOUTS.policyValue, {
@@ -75,7 +85,8 @@ export function encodePolicyEntry(epId: number, e: PolicyEntry): EncodedEntry[] 
     proxy_port: e.proxyPort ?? 0,
     cookie: e.cookie >>> 0,
   });
-  const base = { ep_id: epId, egress: e.egress ? 1 : 0, identity: e.identity >>> 0 };
+  const egress = e.egress ? POLICY_DIR_EGRESS : POLICY_DIR_INGRESS;
+  const base = { ep_id: epId, egress, identity: e.identity >>> 0 };
   if (e.proto === 0) {
     return [{ key: encode(LAYOUTS.policyKey, { ...base, prefixlen: POLICY_PREFIX_L3 }), value }];
   }
@@ -97,7 +108,7 @@ export function decodePolicyEntry(key: Uint8Array, value: Uint8Array): [number, 
   const size = 1 << (POLICY_KEY_DATA_BITS - Math.max(prefixlen, POLICY_PREFIX_PROTO));
   const portLo = proto === 0 ? 0 : num(k.dport);
   const entry: PolicyEntry = {
-    egress: num(k.egress) === 1,
+    egress: num(k.egress) === POLICY_DIR_EGRESS,
     identity: num(k.identity),
     proto,
     portLo,

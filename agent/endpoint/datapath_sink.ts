@@ -3,7 +3,8 @@
  * default-deny flags, per-endpoint map-state diffs, and ipcache updates. The kernel datapath
  * implements it in the next step; here are a sink that does nothing and one that records every
  * call and keeps the resulting state in memory (tests assert on both). A sink that throws leaves
- * the endpoint's previous state in force; the agent retries with a full diff.
+ * nothing recorded and the endpoint not ready (the kernel sink drops its traffic); the agent
+ * retries with a full diff until a write succeeds.
  */
 
 import type { IpcacheEntry, MapStateEntry } from "@cilia/policy-wasm";
@@ -61,24 +62,26 @@ export class RecordingSink implements DatapathSink {
   readonly endpoints = new Map<number, { ep: DatapathEndpoint; flags: EndpointFlags }>();
   readonly policy = new Map<number, Map<string, MapStateEntry>>();
   readonly ipcache = new Map<string, number>();
-  /** Set to make the next calls throw (tests of failure handling). */
+  /** Set to make the next calls throw (tests of failure handling)… */
   failWith: Error | undefined;
+  /** …only these operations, when set (e.g. `new Set(["applyPolicy"])`). */
+  failOps: Set<SinkCall["op"]> | undefined;
 
   upsertEndpoint(ep: DatapathEndpoint, flags: EndpointFlags): void {
-    this.#check();
+    this.#check("upsertEndpoint");
     this.calls.push({ op: "upsertEndpoint", ep, flags });
     this.endpoints.set(ep.id, { ep, flags });
   }
 
   removeEndpoint(ep: DatapathEndpoint): void {
-    this.#check();
+    this.#check("removeEndpoint");
     this.calls.push({ op: "removeEndpoint", ep });
     this.endpoints.delete(ep.id);
     this.policy.delete(ep.id);
   }
 
   applyPolicy(endpoint: number, change: PolicyChange): void {
-    this.#check();
+    this.#check("applyPolicy");
     this.calls.push({ op: "applyPolicy", endpoint, change });
     let map = this.policy.get(endpoint);
     if (map === undefined) this.policy.set(endpoint, map = new Map());
@@ -86,7 +89,7 @@ export class RecordingSink implements DatapathSink {
   }
 
   updateIpcache(upserts: IpcacheEntry[], deletes: IpcacheEntry[]): void {
-    this.#check();
+    this.#check("updateIpcache");
     this.calls.push({ op: "updateIpcache", upserts, deletes });
     for (const d of deletes) {
       if (this.ipcache.get(d.prefix) === d.identity) this.ipcache.delete(d.prefix);
@@ -94,7 +97,7 @@ export class RecordingSink implements DatapathSink {
     for (const u of upserts) this.ipcache.set(u.prefix, u.identity);
   }
 
-  #check(): void {
-    if (this.failWith !== undefined) throw this.failWith;
+  #check(op: SinkCall["op"]): void {
+    if (this.failWith !== undefined && (this.failOps?.has(op) ?? true)) throw this.failWith;
   }
 }

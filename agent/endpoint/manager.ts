@@ -111,7 +111,10 @@ export class EndpointManager {
           createdAt: prev?.createdAt ?? restored?.createdAt ?? now,
           updatedAt: now,
         };
-        await this.#o.regen.upsertEndpoint(regenEndpoint(record));
+        // A restored endpoint whose write fails stays (not ready, retried); a new one is undone.
+        await this.#o.regen.upsertEndpoint(regenEndpoint(record), {
+          retry: restored !== undefined,
+        });
         try {
           if (!unchanged) {
             await this.#o.store.put(

@@ -3,8 +3,16 @@
  * IPs, the rules) and each endpoint's realized map-state, and turns every change into per-endpoint
  * diffs for the datapath sink. New or removed identities update map-states incrementally (only
  * the entries keyed by those identities); new rules or a changed endpoint recompute in full and
- * diff. Rules that fail to load or to resolve leave the previous ones in force. Callers serialize
- * calls (the agent runs them one at a time); this module does no kvstore I/O.
+ * diff. Callers serialize calls (the agent runs them one at a time); no kvstore I/O here.
+ *
+ * Failure rules (fail closed, never fail open):
+ * 1. Rules that fail to load or to resolve change nothing: the engine keeps the previous ones.
+ * 2. A realized map-state is recorded only after the sink wrote it; a sink that throws has put
+ *    the endpoint in a state that drops its traffic (see KernelSink), never a wider one.
+ * 3. An endpoint whose write failed is "not ready" and stays on the dirty list until a full
+ *    write succeeds; `onDirty` asks for a retry (the agent's RetryLoop backs off exponentially).
+ * 4. A new endpoint that cannot be written is not kept: `upsertEndpoint` undoes it and throws,
+ *    so CNI ADD fails and leaves nothing behind.
  */
 
 import type {
@@ -39,20 +47,49 @@ interface Realized {
   entries: Map<string, MapStateEntry>;
   revision: number;
   error?: string;
+  /** When the endpoint became not ready, and how many writes failed since. */
+  since?: string;
+  failures: number;
 }
 
 export interface ResolvedPolicy {
   endpoint: number;
   identity: number;
+  /** The policy revision the kernel holds for this endpoint. */
   revision: number;
+  /** The policy revision the agent wants in force. */
+  desiredRevision: number;
   enforcement: boolean;
   defaultDeny: { ingress: boolean; egress: boolean };
   entries: MapStateEntry[];
   error?: string;
+  notReadySince?: string;
+  failures?: number;
+}
+
+/** An endpoint whose desired policy is not (yet) in the datapath. */
+export interface Unrealised {
+  endpoint: number;
+  error: string;
+}
+
+/** New rules, resolved for every endpoint but not written yet (see `preparePolicy`). */
+export interface PreparedPolicy {
+  /** Writes the new map-states; endpoints whose write failed are listed (and retried). */
+  commit(): Promise<Unrealised[]>;
+  /** Puts the previous rules back into the engine; nothing was written. */
+  abort(): void;
+}
+
+/** A new or changed endpoint could not be written to the datapath; nothing was kept. */
+export class EndpointNotRealisedError extends Error {
+  override name = "EndpointNotRealisedError";
 }
 
 const sameIdentity = (a: IdentitySpec | undefined, b: IdentitySpec) =>
   a !== undefined && a.cidr === b.cidr && JSON.stringify(a.labels) === JSON.stringify(b.labels);
+
+const message = (err: unknown) => err instanceof Error ? err.message : String(err);
 
 export class Regenerator {
   #engine: PolicyEngine;
@@ -60,9 +97,12 @@ export class Regenerator {
   #log: Logger;
   #options: EngineOptions;
   #count: Counter | undefined;
+  #onDirty: (() => void) | undefined;
   #eps = new Map<number, Realized>();
   #local = new Map<number, IdentitySpec>();
   #dirty = new Set<number>();
+  /** Ipcache changes the datapath refused, replayed by retryDirty() (rule 3). */
+  #ipcachePending: { upserts: IpcacheEntry[]; deletes: IpcacheEntry[] }[] = [];
   revision = 0;
 
   constructor(
@@ -72,6 +112,8 @@ export class Regenerator {
       log: Logger;
       options: EngineOptions;
       counter?: Counter;
+      /** Called when an endpoint became dirty (its write failed): schedule `retryDirty()`. */
+      onDirty?: () => void;
     },
   ) {
     this.#engine = o.engine;
@@ -79,6 +121,7 @@ export class Regenerator {
     this.#log = o.log;
     this.#options = o.options;
     this.#count = o.counter;
+    this.#onDirty = o.onDirty;
   }
 
   get engine(): PolicyEngine {
@@ -87,6 +130,14 @@ export class Regenerator {
 
   endpoints(): RegenEndpoint[] {
     return [...this.#eps.values()].map((r) => r.ep);
+  }
+
+  /** Endpoints whose desired policy is not in the datapath, with their last error. */
+  unrealised(): Unrealised[] {
+    return [...this.#dirty].flatMap((id) => {
+      const r = this.#eps.get(id);
+      return r ? [{ endpoint: id, error: r.error ?? "not written yet" }] : [];
+    });
   }
 
   /** Identities that became known: adds the entries keyed by them to every endpoint. */
@@ -116,7 +167,7 @@ export class Regenerator {
       }
       await this.#apply(r, diff, false);
     }
-    await this.#retryDirty();
+    await this.retryDirty();
   }
 
   /** Identities that went away: deletes the entries keyed by them. */
@@ -126,33 +177,56 @@ export class Regenerator {
     this.#engine.removeIdentities(known);
     const gone = new Set(known);
     for (const r of this.#eps.values()) {
+      if (this.#dirty.has(r.ep.id)) continue; // its next full write leaves them out
       const deletes = [...r.entries.values()].filter((e) => gone.has(e.identity));
       await this.#apply(r, { adds: [], deletes }, false);
     }
-    await this.#retryDirty();
+    await this.retryDirty();
   }
 
-  /** Adds or changes a local endpoint and recomputes its map-state; throws on engine errors. */
-  async upsertEndpoint(ep: RegenEndpoint): Promise<void> {
+  /**
+   * Adds or changes a local endpoint and writes its map-state. Throws on engine errors, and
+   * (rule 4) when the datapath write fails: a new endpoint is then removed again, a changed one
+   * goes back to its previous spec (retried until written). With `retry` (an endpoint restored
+   * at start, whose interface already carries programs) a failed write keeps the endpoint, not
+   * ready, and retries instead.
+   */
+  async upsertEndpoint(ep: RegenEndpoint, opts: { retry?: boolean } = {}): Promise<void> {
     if (this.#engine.identity(ep.identity) === undefined) {
       this.#engine.upsertIdentities([{ id: ep.identity, labels: ep.identityLabels }]);
     }
     const prev = this.#eps.get(ep.id);
+    const prevEp = prev?.ep;
     const others = [...this.#eps.values()].filter((r) => r.ep.id !== ep.id).map((r) => r.ep);
     this.#engine.setEndpoints([...others, ep].map(engineEndpoint));
     let ms: MapState;
     try {
       ms = this.#compute(ep.id);
     } catch (err) {
-      this.#engine.setEndpoints([...others, ...(prev ? [prev.ep] : [])].map(engineEndpoint));
+      this.#engine.setEndpoints([...others, ...(prevEp ? [prevEp] : [])].map(engineEndpoint));
       throw err;
     }
-    const r: Realized = prev ?? { ep, entries: new Map(), revision: 0 };
-    const oldIps = prev ? ipcacheOf(prev.ep) : [];
+    const r: Realized = prev ?? { ep, entries: new Map(), revision: 0, failures: 0 };
+    const oldIps = prevEp ? ipcacheOf(prevEp) : [];
     r.ep = ep;
     this.#eps.set(ep.id, r);
-    await this.#ipcache(ipcacheOf(ep), oldIps);
+    const ipcacheError = await this.#ipcache(ipcacheOf(ep), oldIps);
     await this.#applyFull(r, ms, true);
+    if (opts.retry || (!this.#dirty.has(ep.id) && ipcacheError === undefined)) return;
+    const error = r.error ?? ipcacheError ?? "unknown error";
+    if (prevEp === undefined) {
+      await this.removeEndpoint(ep.id);
+    } else {
+      // Back to the spec the store still holds; the kernel keeps dropping until it is written.
+      r.ep = prevEp;
+      this.#engine.setEndpoints([...others, prevEp].map(engineEndpoint));
+      await this.#ipcache(ipcacheOf(prevEp), ipcacheOf(ep));
+      this.#onDirty?.();
+    }
+    throw new EndpointNotRealisedError(
+      `Cannot write the policy of endpoint ${ep.id} (${ep.namespace}/${ep.name}) to the ` +
+        `datapath: ${error}`,
+    );
   }
 
   async removeEndpoint(id: number): Promise<void> {
@@ -170,10 +244,11 @@ export class Regenerator {
   }
 
   /**
-   * Loads new rules with the local CIDR identities they need and recomputes every endpoint.
-   * Throws (and changes nothing) when the engine refuses the rules or cannot resolve them.
+   * Loads new rules with the local CIDR identities they need and resolves every endpoint,
+   * without writing anything (rule 1: throws and changes nothing when the engine refuses the
+   * rules or cannot resolve them). The caller stores the rules, then commits or aborts.
    */
-  async loadPolicy(spec: PolicySpec, local: readonly IdentitySpec[], revision: number) {
+  preparePolicy(spec: PolicySpec, local: readonly IdentitySpec[], revision: number) {
     const e = this.#engine;
     const prevSpec = e.spec;
     const prevLocal = this.#local;
@@ -181,31 +256,63 @@ export class Regenerator {
     const added = local.filter((i) => !sameIdentity(prevLocal.get(i.id), i));
     const removed = [...prevLocal.values()].filter((i) => !next.has(i.id));
     const computed: [Realized, MapState][] = [];
+    const undo = () => {
+      e.upsertIdentities(removed);
+      e.removeIdentities(added.filter((i) => !prevLocal.has(i.id)).map((i) => i.id));
+      e.upsertIdentities(added.map((i) => prevLocal.get(i.id)!).filter((i) => i !== undefined));
+      e.setPolicy(prevSpec, this.#options);
+    };
     e.upsertIdentities(added);
     try {
       e.setPolicy(spec, this.#options);
       e.removeIdentities(removed.map((i) => i.id));
       for (const r of this.#eps.values()) computed.push([r, this.#compute(r.ep.id)]);
     } catch (err) {
-      e.upsertIdentities(removed);
-      e.removeIdentities(added.filter((i) => !prevLocal.has(i.id)).map((i) => i.id));
-      e.upsertIdentities(added.map((i) => prevLocal.get(i.id)!).filter((i) => i !== undefined));
-      e.setPolicy(prevSpec, this.#options);
+      undo();
       throw err;
     }
-    this.#local = next;
-    this.revision = revision;
-    await this.#ipcache(
-      added.map((i) => ({ prefix: i.cidr!, identity: i.id })),
-      removed.map((i) => ({ prefix: i.cidr!, identity: i.id })),
-    );
-    for (const [r, ms] of computed) await this.#applyFull(r, ms, false);
-    this.#dirty.clear();
+    let settled = false;
+    const prepared: PreparedPolicy = {
+      abort: () => {
+        if (settled) return;
+        settled = true;
+        undo();
+      },
+      commit: async () => {
+        if (settled) throw new Error("A prepared policy is committed or aborted only once");
+        settled = true;
+        this.#local = next;
+        this.revision = revision;
+        await this.#ipcache(
+          added.map((i) => ({ prefix: i.cidr!, identity: i.id })),
+          removed.map((i) => ({ prefix: i.cidr!, identity: i.id })),
+        );
+        for (const [r, ms] of computed) {
+          if (this.#eps.get(r.ep.id) === r) await this.#applyFull(r, ms, this.#dirty.has(r.ep.id));
+        }
+        return this.unrealised();
+      },
+    };
+    return prepared;
+  }
+
+  /** preparePolicy() and commit() in one step. */
+  loadPolicy(
+    spec: PolicySpec,
+    local: readonly IdentitySpec[],
+    revision: number,
+  ): Promise<Unrealised[]> {
+    return this.preparePolicy(spec, local, revision).commit();
   }
 
   /** Ipcache entries that are not endpoints' or CIDR identities' (the node's own addresses). */
-  updateIpcache(upserts: IpcacheEntry[], deletes: IpcacheEntry[] = []): Promise<void> {
-    return this.#ipcache(upserts, deletes);
+  async updateIpcache(upserts: IpcacheEntry[], deletes: IpcacheEntry[] = []): Promise<void> {
+    await this.#ipcache(upserts, deletes);
+  }
+
+  /** Ipcache changes waiting for a retry (the datapath refused them). */
+  get ipcachePending(): number {
+    return this.#ipcachePending.length;
   }
 
   resolved(id: number): ResolvedPolicy | undefined {
@@ -215,12 +322,55 @@ export class Regenerator {
       endpoint: id,
       identity: r.ep.identity,
       revision: r.revision,
+      desiredRevision: this.revision,
       enforcement: r.flags?.enforcement ?? true,
       defaultDeny: r.flags?.defaultDeny ?? { ingress: false, egress: false },
       entries: sortEntries(r.entries.values()),
     };
     if (r.error !== undefined) out.error = r.error;
+    if (r.since !== undefined) out.notReadySince = r.since;
+    if (r.failures > 0) out.failures = r.failures;
     return out;
+  }
+
+  /**
+   * Endpoints whose last write failed get a full recomputation and a full write (rule 3).
+   * Resolves to true when some are still not written.
+   */
+  async retryDirty(): Promise<boolean> {
+    const pending = this.#ipcachePending;
+    this.#ipcachePending = [];
+    for (const [i, p] of pending.entries()) {
+      try {
+        await this.#sink.updateIpcache(p.upserts, p.deletes);
+      } catch (err) {
+        this.#ipcachePending.push(...pending.slice(i));
+        this.#log.error("datapath could not update the ipcache: will retry", { error: err });
+        break;
+      }
+    }
+    for (const id of [...this.#dirty]) {
+      const r = this.#eps.get(id);
+      if (r === undefined) {
+        this.#dirty.delete(id);
+        continue;
+      }
+      let ms: MapState;
+      try {
+        ms = this.#compute(id);
+      } catch (err) {
+        this.#fail(r, err);
+        continue;
+      }
+      await this.#applyFull(r, ms, true);
+      if (!this.#dirty.has(id)) {
+        this.#log.info("endpoint regenerated after earlier failures", {
+          endpoint: id,
+          revision: r.revision,
+        });
+      }
+    }
+    return this.#dirty.size > 0 || this.#ipcachePending.length > 0;
   }
 
   #compute(id: number): MapState {
@@ -252,38 +402,47 @@ export class Regenerator {
     applyDiff(r.entries, diff);
     r.revision = this.revision;
     delete r.error;
+    delete r.since;
+    r.failures = 0;
     this.#dirty.delete(r.ep.id);
   }
 
   #fail(r: Realized, err: unknown): void {
-    r.error = err instanceof Error ? err.message : String(err);
+    r.error = message(err);
+    r.since ??= new Date().toISOString();
+    r.failures++;
     this.#dirty.add(r.ep.id);
-    this.#log.error("cannot regenerate endpoint: will retry", { endpoint: r.ep.id, error: err });
+    this.#log.error("cannot regenerate endpoint: its traffic is dropped until a retry succeeds", {
+      endpoint: r.ep.id,
+      failures: r.failures,
+      error: err,
+    });
+    this.#onDirty?.();
   }
 
-  /** Endpoints whose last change failed get a full recomputation. */
-  async #retryDirty(): Promise<void> {
-    for (const id of [...this.#dirty]) {
-      const r = this.#eps.get(id);
-      if (r === undefined) continue;
-      try {
-        await this.#applyFull(r, this.#compute(id), true);
-      } catch (err) {
-        this.#fail(r, err);
-      }
-    }
-  }
-
-  async #ipcache(upserts: IpcacheEntry[], deletes: IpcacheEntry[]): Promise<void> {
+  /**
+   * Updates the engine's and the datapath's ipcache; a datapath failure is queued for
+   * retryDirty() (in order, after earlier failures) and returned as a message.
+   */
+  async #ipcache(upserts: IpcacheEntry[], deletes: IpcacheEntry[]): Promise<string | undefined> {
     const keep = new Set(upserts.map((u) => `${u.prefix}/${u.identity}`));
     deletes = deletes.filter((d) => !keep.has(`${d.prefix}/${d.identity}`));
-    if (upserts.length === 0 && deletes.length === 0) return;
+    if (upserts.length === 0 && deletes.length === 0) return undefined;
     this.#engine.updateIpcache(upserts, deletes);
-    try {
-      await this.#sink.updateIpcache(upserts, deletes);
-    } catch (err) {
-      this.#log.error("datapath could not update the ipcache", { error: err });
+    if (this.#ipcachePending.length === 0) {
+      try {
+        await this.#sink.updateIpcache(upserts, deletes);
+        return undefined;
+      } catch (err) {
+        this.#log.error("datapath could not update the ipcache: will retry", { error: err });
+        this.#ipcachePending.push({ upserts, deletes });
+        this.#onDirty?.();
+        return `cannot update the ipcache: ${message(err)}`;
+      }
     }
+    this.#ipcachePending.push({ upserts, deletes });
+    this.#onDirty?.();
+    return "earlier ipcache updates are not written yet";
   }
 }
 

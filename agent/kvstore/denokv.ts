@@ -9,7 +9,13 @@
  */
 
 import type { KvEntry, KvStore, PutOptions, WatchEvent, WatchOptions } from "./kvstore.ts";
-import { kvError } from "./errors.ts";
+import { kvError, ValueTooLargeError } from "./errors.ts";
+
+/**
+ * Deno KV holds at most 65,536 bytes per value, and each put also writes the value into its
+ * change record with the key: this leaves room for keys of up to ~400 bytes.
+ */
+export const DENOKV_MAX_VALUE_BYTES = 65_024;
 import { isLocked, retrying } from "./_retry.ts";
 import { mutate, readLog, readSeq, type Stored, toEntry, trimLog } from "./_denokv_records.ts";
 import { grantLease, keepAlive, revokeExpired, revokeLease } from "./_denokv_leases.ts";
@@ -38,6 +44,7 @@ export async function openDenoKvStore(path: string, opts: DenoKvOptions = {}): P
 
 class DenoKvStore implements KvStore {
   readonly name: string;
+  readonly maxValueBytes = DENOKV_MAX_VALUE_BYTES;
   #kv: Deno.Kv;
   #opts: Required<DenoKvOptions>;
   #closed = false;
@@ -64,6 +71,16 @@ class DenoKvStore implements KvStore {
   }
 
   put(key: string, value: Uint8Array, opts: PutOptions = {}): Promise<string> {
+    if (value.length > this.maxValueBytes) {
+      return Promise.reject(
+        new ValueTooLargeError(
+          value.length,
+          this.maxValueBytes,
+          `Cannot put "${key}" in ${this.name}: the value is ${value.length} bytes, ` +
+            `the limit is ${this.maxValueBytes}`,
+        ),
+      );
+    }
     return this.#run("put", key, async () => {
       const r = await this.#mutate(key, () => ({ value, lease: opts.lease }));
       return r.revision!;

@@ -19,6 +19,26 @@ export class WatchCompactedError extends Error {
   }
 }
 
+/** A value is larger than the backend holds: a caller error, not an unreachable store. */
+export class ValueTooLargeError extends Error {
+  override name = "ValueTooLargeError";
+  constructor(readonly size: number, readonly limit: number, message: string) {
+    super(message);
+  }
+}
+
+/**
+ * An operation on the store failed: it is unreachable, closed, or refused the request. Every
+ * backend failure that is none of the errors above is one of these (`kvError()`), so callers
+ * (the API's 503 `kvstore_unavailable`) branch on the class, never on the message.
+ */
+export class KvStoreError extends Error {
+  override name = "KvStoreError";
+  constructor(readonly op: string, readonly key: string, message: string, options?: ErrorOptions) {
+    super(message, options);
+  }
+}
+
 /** Thrown by backends for a missing lease; `kvError()` turns it into a `LeaseExpiredError`. */
 export class LeaseGone extends Error {
   constructor(readonly lease: string) {
@@ -28,9 +48,12 @@ export class LeaseGone extends Error {
 
 /** Wraps a failure of `op` on `key` (a key, prefix or lease id) in the store named `store`. */
 export function kvError(op: string, key: string, store: string, cause: unknown): Error {
-  if (cause instanceof WatchCompactedError || cause instanceof LeaseExpiredError) return cause;
+  if (
+    cause instanceof WatchCompactedError || cause instanceof LeaseExpiredError ||
+    cause instanceof ValueTooLargeError
+  ) return cause;
   const detail = cause instanceof Error ? cause.message : String(cause);
   const message = `Cannot ${op} "${key}" in ${store}: ${detail}`;
   if (cause instanceof LeaseGone) return new LeaseExpiredError(cause.lease, message, { cause });
-  return new Error(message, { cause });
+  return new KvStoreError(op, key, message, { cause });
 }

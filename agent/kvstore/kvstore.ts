@@ -11,7 +11,7 @@ import { openDenoKvStore } from "./denokv.ts";
 import type { DenoKvOptions } from "./denokv.ts";
 import { openEtcdStore } from "./etcd.ts";
 
-export { LeaseExpiredError, WatchCompactedError } from "./errors.ts";
+export { LeaseExpiredError, ValueTooLargeError, WatchCompactedError } from "./errors.ts";
 
 /** One key as stored. `revision` is backend-specific and opaque: compare it by equality only. */
 export interface KvEntry {
@@ -41,6 +41,8 @@ export interface WatchOptions {
 export interface KvStore {
   /** `"denokv"` or `"etcd"`, and where it is, for messages: `etcd at 127.0.0.1:2379`. */
   readonly name: string;
+  /** The largest value `put` accepts, in bytes, when the backend has a limit. */
+  readonly maxValueBytes?: number;
   get(key: string): Promise<KvEntry | null>;
   /** Returns the new revision. */
   put(key: string, value: Uint8Array, opts?: PutOptions): Promise<string>;

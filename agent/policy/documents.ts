@@ -1,6 +1,6 @@
 /**
  * Policy documents as the repository stores them: one policy per document, keyed
- * `cilia/policies/<kind>/<namespace or _>/<name>`, its text YAML that imports again unchanged
+ * `cilia/policies/<kind>/<namespace or _>/<name>` (each part percent-encoded), its text YAML that imports again unchanged
  * (comments kept; JSON and `kind: List` items written as block YAML). Splits import text that
  * `compilePolicies` has already accepted; reads stored text back. Pure: no I/O.
  */
@@ -24,8 +24,16 @@ export interface PolicyDocument extends PolicyRef {
   canonical: string;
 }
 
+/**
+ * The store key of a policy. Each part is percent-encoded, so no name or namespace can reach
+ * into another's key (`{namespace: "default/deny", name: "1"}` and `{namespace: "default",
+ * name: "deny/1"}` are different keys); valid Kubernetes names are unchanged by the encoding.
+ */
 export function policyKey(ref: { kind: string; namespace?: string; name: string }): string {
-  return `${POLICIES_PREFIX}${ref.kind}/${ref.namespace ?? "_"}/${ref.name}`;
+  const part = encodeURIComponent;
+  return `${POLICIES_PREFIX}${part(ref.kind)}/${
+    ref.namespace === undefined ? "_" : part(ref.namespace)
+  }/${part(ref.name)}`;
 }
 
 function stable(v: unknown): unknown {

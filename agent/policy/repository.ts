@@ -1,10 +1,15 @@
 /**
  * The policy repository: the policy documents in force, each stored at
  * `cilia/policies/<kind>/<ns>/<name>`, compiled together into one engine snapshot with a local
- * revision number. An import is validated on its own first (issues located in the request),
- * then with everything else, loaded into the engine and resolved for every endpoint, and only
- * then stored; anything that fails leaves the previous policy in force and nothing stored. It
- * follows `cilia/policies/` so that a policy imported on any agent applies on every agent.
+ * revision number (kept in the state dir, so it never goes back after a restart). It follows
+ * `cilia/policies/` so that a policy imported on any agent applies on every agent.
+ *
+ * Order of a change (nothing is enforced that was not stored, nothing stored that was refused):
+ * 1. validate the import on its own (issues located in the request), then with everything else;
+ * 2. resolve it in the engine for every endpoint, without writing (`preparePolicy`);
+ * 3. store it; a store failure puts the engine back and undoes what was stored;
+ * 4. write it to the datapath. An endpoint whose write fails is dropped by the kernel until a
+ *    retry succeeds, and the result names it (`realised: false`, `unrealised`).
  */
 
 import {
@@ -18,7 +23,7 @@ import type { Logger } from "../log.ts";
 import type { Counter } from "../metrics.ts";
 import type { Serial } from "../_serial.ts";
 import { type PrefixWatch, watchPrefix } from "../_watch.ts";
-import type { Regenerator } from "../endpoint/regenerator.ts";
+import type { PreparedPolicy, Regenerator, Unrealised } from "../endpoint/regenerator.ts";
 import type { LocalCidrIdentities } from "../identity/local_cidr.ts";
 import {
   joinDocuments,
@@ -36,11 +41,22 @@ export class PolicyNotFoundError extends Error {
   override name = "PolicyNotFoundError";
 }
 
-export interface ImportResult {
+/** Whether the change is in force on every endpoint, and which ones it is not yet. */
+export interface Realisation {
+  realised: boolean;
+  unrealised: Unrealised[];
+}
+
+export interface ImportResult extends Realisation {
   revision: number;
   changed: boolean;
   policies: PolicyRef[];
   warnings: ValidationIssue[];
+}
+
+/** A policy document the kvstore cannot hold. */
+export class PolicyTooLargeError extends Error {
+  override name = "PolicyTooLargeError";
 }
 
 export interface RepositoryOptions {
@@ -51,6 +67,10 @@ export interface RepositoryOptions {
   clusterName: string;
   log: Logger;
   importErrors?: Counter;
+  /** Where the revision is kept across restarts (none: it starts at 0). */
+  revisionFile?: string;
+  /** The largest value the kvstore holds, in bytes (none: no limit checked here). */
+  maxValueBytes?: number;
 }
 
 const enc = new TextEncoder();
@@ -61,6 +81,8 @@ export class PolicyRepository {
   #o: RepositoryOptions;
   #docs = new Map<string, PolicyDocument>();
   #revision = 0;
+  /** What the previous run saved: its revision and the digest of its documents. */
+  #saved: { revision: number; digest: string } | undefined;
   /**
    * Keys this agent wrote whose change the watch has not delivered yet: the revision of a put,
    * or "deleted". Until the echo arrives, older changes of the key are stale and ignored.
@@ -88,63 +110,153 @@ export class PolicyRepository {
     return joinDocuments(this.list(filter));
   }
 
+  /** Reads the revision saved by a previous run; call before `follow()`. */
+  async restoreRevision(): Promise<void> {
+    if (this.#o.revisionFile === undefined) return;
+    try {
+      const saved = JSON.parse(await Deno.readTextFile(this.#o.revisionFile)) as {
+        revision?: unknown;
+        digest?: unknown;
+      };
+      if (Number.isSafeInteger(saved.revision) && (saved.revision as number) > this.#revision) {
+        this.#revision = saved.revision as number;
+        if (typeof saved.digest === "string") {
+          this.#saved = { revision: this.#revision, digest: saved.digest };
+        }
+      }
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) {
+        this.#o.log.warn("cannot read the saved policy revision", { error: err });
+      }
+    }
+  }
+
   /** Validates and imports policy sources (YAML or JSON). Throws PolicyValidationError. */
   import(sources: PolicySource[]): Promise<ImportResult> {
     return this.#o.serial.run(async () => {
       let warnings: ValidationIssue[];
+      let docs: PolicyDocument[];
       try {
         warnings = this.#compile(sources).warnings;
+        docs = sources.flatMap((s) => splitDocuments(s.text));
+        if (docs.length === 0) {
+          throw new PolicyValidationError([{ message: "No policy documents to import", path: "" }]);
+        }
+        this.#checkSizes(docs);
       } catch (err) {
         this.#o.importErrors?.inc();
         throw err;
-      }
-      const docs = sources.flatMap((s) => splitDocuments(s.text));
-      if (docs.length === 0) {
-        this.#o.importErrors?.inc();
-        throw new PolicyValidationError([{ message: "No policy documents to import", path: "" }]);
       }
       const changed = docs.filter((d) => this.#docs.get(d.key)?.canonical !== d.canonical);
       const policies = docs.map(refOf);
       if (changed.length === 0) {
-        return { revision: this.#revision, changed: false, policies, warnings };
+        // Nothing new to store; a retry of what is not in force yet is due anyway.
+        await this.#o.regen.retryDirty();
+        return {
+          revision: this.#revision,
+          changed: false,
+          policies,
+          warnings,
+          ...this.#realisation(),
+        };
       }
-      const prev = this.#docs;
-      const next = new Map(prev);
+      const next = new Map(this.#docs);
       for (const d of docs) next.set(d.key, d);
-      await this.#load(next, "import");
-      try {
-        for (const d of changed) {
-          this.#echo.set(d.key, await this.#o.store.put(d.key, enc.encode(d.text)));
-        }
-      } catch (err) {
-        await this.#load(prev, "rollback").catch(() => {});
-        throw err;
-      }
-      return { revision: this.#revision, changed: true, policies, warnings };
+      const unrealised = await this.#change(next, "import", {
+        puts: changed,
+        deletes: [],
+      });
+      return {
+        revision: this.#revision,
+        changed: true,
+        policies,
+        warnings,
+        ...realisation(unrealised),
+      };
     });
   }
 
   /** Deletes the policies that match; throws PolicyNotFoundError when none does. */
-  delete(filter: PolicyFilter): Promise<{ revision: number; deleted: PolicyRef[] }> {
+  delete(
+    filter: PolicyFilter,
+  ): Promise<{ revision: number; deleted: PolicyRef[] } & Realisation> {
     return this.#o.serial.run(async () => {
       const gone = this.list(filter);
       if (gone.length === 0) {
         throw new PolicyNotFoundError(`No policy matches ${describe(filter)}`);
       }
-      const prev = this.#docs;
-      const next = new Map(prev);
+      const next = new Map(this.#docs);
       for (const d of gone) next.delete(d.key);
-      await this.#load(next, "delete");
-      try {
-        for (const d of gone) {
-          if (await this.#o.store.delete(d.key)) this.#echo.set(d.key, DELETED);
-        }
-      } catch (err) {
-        await this.#load(prev, "rollback").catch(() => {});
-        throw err;
-      }
-      return { revision: this.#revision, deleted: gone.map(refOf) };
+      const unrealised = await this.#change(next, "delete", { puts: [], deletes: gone });
+      return { revision: this.#revision, deleted: gone.map(refOf), ...realisation(unrealised) };
     });
+  }
+
+  /** Endpoints the policy in force is not written to yet. */
+  #realisation(): Realisation {
+    return realisation(this.#o.regen.unrealised());
+  }
+
+  /** Steps 2–4 of the module comment for an import or a delete. */
+  async #change(
+    next: Map<string, PolicyDocument>,
+    why: string,
+    writes: { puts: PolicyDocument[]; deletes: PolicyDocument[] },
+  ): Promise<Unrealised[]> {
+    const prepared = this.#prepare(next);
+    try {
+      await this.#store(writes);
+    } catch (err) {
+      prepared.abort();
+      throw err;
+    }
+    return await this.#commit(prepared, next, why);
+  }
+
+  /** Writes to the kvstore; on a failure undoes the writes already made, then throws. */
+  async #store(w: { puts: PolicyDocument[]; deletes: PolicyDocument[] }): Promise<void> {
+    const done: { key: string; before: PolicyDocument | undefined }[] = [];
+    try {
+      for (const d of w.puts) {
+        const before = this.#docs.get(d.key);
+        this.#echo.set(d.key, await this.#o.store.put(d.key, enc.encode(d.text)));
+        done.push({ key: d.key, before });
+      }
+      for (const d of w.deletes) {
+        if (await this.#o.store.delete(d.key)) this.#echo.set(d.key, DELETED);
+        done.push({ key: d.key, before: d });
+      }
+    } catch (err) {
+      for (const { key, before } of done.reverse()) {
+        try {
+          if (before) this.#echo.set(key, await this.#o.store.put(key, enc.encode(before.text)));
+          else if (await this.#o.store.delete(key)) this.#echo.set(key, DELETED);
+        } catch (undoErr) {
+          // The store holds a change the engine does not: let the watch bring it in.
+          this.#echo.delete(key);
+          this.#o.log.error("cannot undo a policy write after a kvstore failure", {
+            key,
+            error: undoErr,
+          });
+        }
+      }
+      throw err;
+    }
+  }
+
+  /** Deno KV holds at most 64 KiB per value: say so before anything is changed. */
+  #checkSizes(docs: PolicyDocument[]): void {
+    const max = this.#o.maxValueBytes;
+    if (max === undefined) return;
+    for (const d of docs) {
+      const size = enc.encode(d.text).length;
+      if (size <= max) continue;
+      throw new PolicyTooLargeError(
+        `Policy "${d.namespace ? d.namespace + "/" : ""}${d.name}" is ${size} bytes: the ` +
+          `kvstore ${this.#o.store.name} holds at most ${max} bytes per policy document; split ` +
+          `its rules into several policies, or run the agent on etcd (--kvstore etcd://…)`,
+      );
+    }
   }
 
   /** Lists and watches the stored policies; `ready` settles once they are loaded. */
@@ -163,20 +275,60 @@ export class PolicyRepository {
     });
   }
 
-  /** Compiles `docs`, loads them into the engine, resolves every endpoint; then adopts them. */
-  async #load(docs: Map<string, PolicyDocument>, why: string): Promise<void> {
+  /** Compiles `docs` and resolves them for every endpoint, writing nothing. */
+  #prepare(docs: Map<string, PolicyDocument>): Prepared {
     const list = [...docs.values()].sort((a, b) => a.key.localeCompare(b.key));
     const { spec } = this.#compile(list.map((d) => ({ text: d.text, file: d.key })));
     const plan = this.#o.local.plan(spec);
-    await this.#o.regen.loadPolicy(spec, plan.identities, this.#revision + 1);
-    this.#revision++;
+    const digest = digestOf(docs);
+    // The same documents as before a restart keep their revision; anything else is a new one.
+    const revision = this.#saved?.digest === digest && this.#docs.size === 0 &&
+        this.#saved.revision === this.#revision
+      ? this.#revision
+      : this.#revision + 1;
+    const prepared = this.#o.regen.preparePolicy(spec, plan.identities, revision);
+    return { ...prepared, plan, revision, digest };
+  }
+
+  /** Writes prepared rules to the datapath and adopts `docs` as the policy in force. */
+  async #commit(
+    prepared: Prepared,
+    docs: Map<string, PolicyDocument>,
+    why: string,
+  ): Promise<Unrealised[]> {
+    const unrealised = await prepared.commit();
+    this.#revision = prepared.revision;
+    this.#saved = undefined;
     this.#docs = docs;
     try {
-      await this.#o.local.commit(plan.next);
+      await this.#o.local.commit(prepared.plan.next);
     } catch (err) {
       this.#o.log.warn("cannot save local CIDR identities", { error: err });
     }
-    this.#o.log.info("policy loaded", { revision: this.#revision, policies: docs.size, why });
+    await this.#saveRevision(prepared.digest);
+    this.#o.log.info("policy loaded", {
+      revision: this.#revision,
+      policies: docs.size,
+      why,
+      ...(unrealised.length > 0 ? { unrealised } : {}),
+    });
+    return unrealised;
+  }
+
+  async #load(docs: Map<string, PolicyDocument>, why: string): Promise<void> {
+    await this.#commit(this.#prepare(docs), docs, why);
+  }
+
+  async #saveRevision(digest: string): Promise<void> {
+    if (this.#o.revisionFile === undefined) return;
+    const tmp = `${this.#o.revisionFile}.tmp`;
+    try {
+      const saved = { revision: this.#revision, digest };
+      await Deno.writeTextFile(tmp, JSON.stringify(saved) + "\n");
+      await Deno.rename(tmp, this.#o.revisionFile);
+    } catch (err) {
+      this.#o.log.warn("cannot save the policy revision", { error: err });
+    }
   }
 
   /** The stored documents that compile on their own (a bad one is logged and left out). */
@@ -203,7 +355,9 @@ export class PolicyRepository {
     const next = this.#readAll(entries);
     const same = next.size === this.#docs.size &&
       [...next].every(([k, d]) => this.#docs.get(k)?.canonical === d.canonical);
-    if (!same || this.#revision === 0) await this.#apply(next, "kvstore listing");
+    if (!same || this.#revision === 0 || this.#o.regen.revision === 0) {
+      await this.#apply(next, "kvstore listing");
+    }
   }
 
   async #event(e: WatchEvent): Promise<void> {
@@ -237,6 +391,26 @@ export class PolicyRepository {
       });
     }
   }
+}
+
+type Prepared = PreparedPolicy & {
+  plan: ReturnType<LocalCidrIdentities["plan"]>;
+  revision: number;
+  digest: string;
+};
+
+/** A digest of a set of documents (FNV-1a over keys and canonical text): equal sets, equal. */
+function digestOf(docs: Map<string, PolicyDocument>): string {
+  let h = 0x811c9dc5;
+  for (const key of [...docs.keys()].sort()) {
+    const text = `${key}\n${docs.get(key)!.canonical}\n`;
+    for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
+  }
+  return `${docs.size}-${(h >>> 0).toString(16)}`;
+}
+
+function realisation(unrealised: Unrealised[]): Realisation {
+  return { realised: unrealised.length === 0, unrealised };
 }
 
 function describe(f: PolicyFilter): string {

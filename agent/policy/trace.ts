@@ -1,19 +1,19 @@
 /**
  * `cilia policy trace` on live endpoints: the engine judges one flow between this node's
  * endpoints (or an IP, an entity, an identity) with the rules, identities and ipcache in force,
- * and explains it with the same words as the offline trace. The verdict comes from the engine
+ * and reports it with renderFlow(), as the offline trace does. The verdict comes from the engine
  * (`evaluateFlow`); nothing here decides. Pure apart from the engine.
  */
 
 import { z } from "zod";
 import {
   evaluateFlow,
-  explainFlow,
   type FlowInput,
-  flowReason,
+  type FlowReport,
+  type PeerLookup,
   type PeerRef,
   type PolicyEngine,
-  SimCluster,
+  renderFlow,
   type SimEndpoint,
 } from "@cilia/policy-wasm";
 import { type EndpointRecord, ipsOf } from "../endpoint/spec.ts";
@@ -50,25 +50,32 @@ export const TraceRequestSchema = z.strictObject({
 
 export type TraceRequest = z.infer<typeof TraceRequestSchema>;
 
-/** The agent's endpoints as the engine's flow evaluation sees a cluster. */
-class LiveCluster extends SimCluster {
-  constructor(endpoints: SimEndpoint[]) {
-    super({ endpoints: [] });
-    this.endpoints.push(...endpoints);
-  }
-
-  override endpoint(ref: string): SimEndpoint | undefined {
-    if (/^\d+$/.test(ref)) return this.endpoints.find((e) => e.id === Number(ref));
-    if (ref.includes("/")) return this.endpoints.find((e) => `${e.namespace}/${e.name}` === ref);
-    return this.endpoints.find((e) => e.name === ref);
-  }
+/** The agent's endpoints as flows name them: by id, by namespace/name, or by name. */
+function livePeers(endpoints: EndpointRecord[]): PeerLookup {
+  const all: SimEndpoint[] = endpoints.map((e) => ({
+    name: e.name,
+    namespace: e.namespace,
+    id: e.id,
+    identity: e.identity,
+    labels: e.identityLabels,
+    ips: ipsOf(e),
+    ports: (e.namedPorts ?? []).map((p) => ({ ...p, name: p.name.toLowerCase() })),
+  }));
+  return {
+    endpoints: all,
+    endpoint(ref) {
+      if (/^\d+$/.test(ref)) return all.find((e) => e.id === Number(ref));
+      if (ref.includes("/")) return all.find((e) => `${e.namespace}/${e.name}` === ref);
+      return all.find((e) => e.name === ref);
+    },
+  };
 }
 
-function peerRef(p: z.infer<typeof Peer>, cluster: LiveCluster): PeerRef {
+function peerRef(p: z.infer<typeof Peer>, peers: PeerLookup): PeerRef {
   const ref = typeof p === "string" ? { endpoint: p } : p;
   if ("ip" in ref) return { cidr: ref.ip };
   if ("endpoint" in ref) {
-    const ep = cluster.endpoint(ref.endpoint);
+    const ep = peers.endpoint(ref.endpoint);
     if (ep === undefined) {
       throw new EndpointNotFoundError(
         `Endpoint "${ref.endpoint}" does not exist on this node: give an id, namespace/name or name`,
@@ -79,19 +86,16 @@ function peerRef(p: z.infer<typeof Peer>, cluster: LiveCluster): PeerRef {
   return ref;
 }
 
-export function traceFlow(engine: PolicyEngine, endpoints: EndpointRecord[], req: TraceRequest) {
-  const cluster = new LiveCluster(endpoints.map((e) => ({
-    name: e.name,
-    namespace: e.namespace,
-    id: e.id,
-    identity: e.identity,
-    labels: e.identityLabels,
-    ips: ipsOf(e),
-    ports: (e.namedPorts ?? []).map((p) => ({ ...p, name: p.name.toLowerCase() })),
-  })));
+/** Judges one flow between live peers; the report is renderFlow()'s, as the offline trace's. */
+export function traceFlow(
+  engine: PolicyEngine,
+  endpoints: EndpointRecord[],
+  req: TraceRequest,
+): FlowReport {
+  const peers = livePeers(endpoints);
   const flow: FlowInput = {
-    from: peerRef(req.from, cluster),
-    to: peerRef(req.to, cluster),
+    from: peerRef(req.from, peers),
+    to: peerRef(req.to, peers),
     port: req.port,
     protocol: req.protocol,
     ...(req.icmpType !== undefined ? { icmpType: req.icmpType } : {}),
@@ -99,24 +103,5 @@ export function traceFlow(engine: PolicyEngine, endpoints: EndpointRecord[], req
     ...(req.kafka ? { kafka: req.kafka } : {}),
     ...(req.dns !== undefined ? { dns: req.dns } : {}),
   } as FlowInput;
-  const result = evaluateFlow(cluster, engine, flow);
-  const lines = explainFlow(engine, result);
-  return {
-    allowed: result.allowed,
-    verdict: result.allowed ? "allowed" : "denied",
-    reason: flowReason(engine, result),
-    from: result.from.display,
-    fromIdentity: result.from.identity,
-    to: result.to.display,
-    toIdentity: result.to.identity,
-    proto: result.proto,
-    port: result.port,
-    ...(result.egress
-      ? { egress: { endpoint: result.egress.endpoint.id, ...result.egress.result } }
-      : {}),
-    ...(result.ingress
-      ? { ingress: { endpoint: result.ingress.endpoint.id, ...result.ingress.result } }
-      : {}),
-    trace: lines,
-  };
+  return renderFlow(engine, evaluateFlow(peers, engine, flow));
 }

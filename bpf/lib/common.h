@@ -10,10 +10,9 @@
 #include <bpf/bpf_endian.h>
 
 #include "drop_reasons.generated.h"
-
-/* Directions as the kernel sees them from the endpoint (metrics, events, conntrack). */
-#define DIR_INGRESS 1
-#define DIR_EGRESS 2
+/* Directions (DIR_* for the datapath, POLICY_DIR_* for policy keys), endpoint and policy flags,
+ * policy prefix lengths, event types, trace points, conntrack states. */
+#include "constants.generated.h"
 
 #define FAMILY_IPV4 4
 #define FAMILY_IPV6 6

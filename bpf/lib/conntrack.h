@@ -20,11 +20,6 @@
 #include "common.h"
 #include "parse.h"
 
-#define CT_NEW 0
-#define CT_ESTABLISHED 1
-#define CT_REPLY 2
-#define CT_RELATED 3
-
 #define NSEC_PER_SEC 1000000000ULL
 #define CT_LIFETIME_TCP (21600 * NSEC_PER_SEC)
 #define CT_LIFETIME_SYN (60 * NSEC_PER_SEC)

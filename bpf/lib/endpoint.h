@@ -5,10 +5,6 @@
 
 #include "common.h"
 
-#define EP_F_INGRESS_DEFAULT_DENY (1 << 0)
-#define EP_F_EGRESS_DEFAULT_DENY (1 << 1)
-#define EP_F_ENFORCEMENT_DISABLED (1 << 2)
-
 struct endpoint_key {
 	__u32 ifindex;
 };
@@ -16,7 +12,7 @@ _Static_assert(sizeof(struct endpoint_key) == 4, "endpoint_key size");
 
 struct endpoint_info {
 	__u16 ep_id;
-	__u8 flags; /* EP_F_* */
+	__u8 flags; /* EP_F_* (constants.generated.h) */
 	__u8 pad;
 	__u32 identity;
 	__u32 ipv4; /* network order; 0 = none (no source check) */

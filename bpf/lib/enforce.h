@@ -12,6 +12,9 @@
  * 4. Replies and related ICMP errors of tracked flows pass without policy; every packet in a
  *    flow's original direction is checked against the current policy.
  * 5. A flow is tracked only after policy allowed its first packet.
+ * 6. An endpoint flagged EP_F_NOT_READY (its policy could not be written) drops every packet,
+ *    replies of tracked flows and non-IP included (DROP_EP_NOT_READY), until the agent has
+ *    written its whole policy and clears the flag.
  */
 #pragma once
 
@@ -113,6 +116,8 @@ static __always_inline int enforce(struct __sk_buff *skb, __u8 dir)
 		c.src_identity = ep->identity;
 		c.dst_identity = ep->identity;
 	}
+	if (ep && (ep->flags & EP_F_NOT_READY))
+		return enforce_drop(skb, &c, DROP_EP_NOT_READY); /* invariant 6 */
 	ret = parse_packet(skb, &c.p);
 	if (ret == PARSE_NOT_IP)
 		return ep ? enforce_pass(skb, &c, 0) : enforce_drop(skb, &c, DROP_NO_CONFIG);

@@ -9,14 +9,6 @@
 #include "common.h"
 #include "parse.h"
 
-#define EVENT_DROP 1
-#define EVENT_POLICY_VERDICT 2
-#define EVENT_TRACE 3
-
-/* Trace subtypes: where the packet was observed. */
-#define TRACE_FROM_ENDPOINT 1
-#define TRACE_TO_ENDPOINT 2
-
 #define EVENT_CAPTURE_LEN 64
 
 struct cilia_event {

@@ -7,14 +7,10 @@
 
 #include "common.h"
 
-#define POLICY_KEY_DATA_BITS 96 /* ep_id..dport */
-#define POLICY_PREFIX_L3 64     /* ep_id, egress, pad, identity: any protocol */
-#define POLICY_PREFIX_PROTO 80  /* + proto, pad2: any port of that protocol */
-
 struct policy_key {
 	__u32 prefixlen; /* 64 (proto 0) | 80 + port prefix bits */
 	__u16 ep_id;
-	__u8 egress; /* 0 = ingress, 1 = egress */
+	__u8 egress; /* POLICY_DIR_INGRESS (0) | POLICY_DIR_EGRESS (1) */
 	__u8 pad;
 	__u32 identity; /* peer identity, 0 = any identity */
 	__u8 proto;     /* 0 = any protocol */
@@ -22,8 +18,6 @@ struct policy_key {
 	__be16 dport; /* ICMP/ICMPv6: the type */
 };
 _Static_assert(sizeof(struct policy_key) == 16, "policy_key size");
-
-#define POLICY_F_L4 (1 << 0) /* the entry has a protocol (set by the agent) */
 
 struct policy_value {
 	__u8 verdict; /* VERDICT_ALLOW | VERDICT_DENY | VERDICT_REDIRECT */
@@ -42,13 +36,6 @@ struct {
 	__uint(max_entries, 1 << 20);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } cilia_policy SEC(".maps");
-
-/* How a verdict was reached, reported in policy-verdict events. */
-#define POLICY_MATCH_NONE 0    /* no entry: the direction's default */
-#define POLICY_MATCH_L3 1      /* a protocol-0 entry for the peer identity */
-#define POLICY_MATCH_L4 2      /* a protocol(+port) entry for the peer identity */
-#define POLICY_MATCH_ANY_L3 3  /* a protocol-0 entry for identity 0 */
-#define POLICY_MATCH_ANY_L4 4  /* a protocol(+port) entry for identity 0 */
 
 struct policy_result {
 	__u8 verdict; /* VERDICT_* */

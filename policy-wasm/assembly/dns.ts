@@ -1,6 +1,14 @@
-// DNS L7 matching (POLICY-SEMANTICS §9.3): matchName is an exact, case-insensitive, FQDN-normalised
-// name; matchPattern is translated to a regex: `*` alone matches every name, `*` elsewhere matches
-// zero or more of [-a-zA-Z0-9_] (never a dot), a leading `**.` matches one or more labels.
+// DNS L7 matching (POLICY-SEMANTICS §9.3, Cilium pkg/fqdn/matchpattern):
+//
+//  1. matchName is an exact, case-insensitive, FQDN-normalised name (trailing dot added).
+//  2. matchPattern is lower-cased, FQDN-normalised and translated to a full-match regex, label by
+//     label: `*` alone (or `**` alone) matches every name (one or more labels, or the root `.`);
+//     a label that is exactly `**` matches one or more whole labels, wherever it stands
+//     (`**.cilium.io`, `1.**.cilium.io`, `*.**.io`); any other `*` matches zero or more of
+//     [-a-zA-Z0-9_] and never a dot; `.` is literal.
+//  3. A pattern never matches a name with an empty label (`.io.`, `a..b.`): such a name cannot
+//     be asked on the wire, and `*` (zero characters) must not turn into an empty label.
+//
 // Refused queries get rcode 5 (REFUSED).
 
 import { entries } from "./model";
@@ -8,27 +16,39 @@ import { L7_ALLOWED, L7_DENIED, L7Result, regexMatches } from "./l7";
 
 export const DNS_REFUSED: i32 = 5;
 
+const LABEL_CHARS = "[-a-zA-Z0-9_]";
+
 /** Lower-cases and adds the trailing dot. */
 export function fqdn(name: string): string {
   const n = name.toLowerCase();
   return n.endsWith(".") ? n : n + ".";
 }
 
+/** Invariant 3: a label of the name is empty (the root name `.` alone is not). */
+export function hasEmptyLabel(name: string): bool {
+  return name != "." && (name.startsWith(".") || name.includes(".."));
+}
+
+/** Invariant 2: the regex (full match) a matchPattern stands for. */
 export function dnsPatternRegex(pattern: string): string {
-  const p = fqdn(pattern.trim());
-  if (p == "*.") return "(?s:.*)";
+  const raw = pattern.trim();
+  if (raw == "*" || raw == "**") return "(?:(?:" + LABEL_CHARS + "+\\.)+|\\.)";
+  const labels = fqdn(raw).split(".");
   let re = "";
-  let i = 0;
-  if (p.startsWith("**.")) {
-    re = "(?:[-a-zA-Z0-9_]+\\.)+";
-    i = 3;
-  }
-  for (; i < p.length; i++) {
-    const c = p.charAt(i);
-    if (c == "*") re += "[-a-zA-Z0-9_]*";
-    else if (c == ".") re += "\\.";
-    else if (c == "-" || c == "_" || (c >= "a" && c <= "z") || (c >= "0" && c <= "9")) re += c;
-    else re += "\\" + c;
+  // The last element is the empty string after the trailing dot.
+  for (let l = 0; l + 1 < labels.length; l++) {
+    const label = labels[l];
+    if (label == "**") {
+      re += "(?:" + LABEL_CHARS + "+\\.)+";
+      continue;
+    }
+    for (let i = 0; i < label.length; i++) {
+      const c = label.charAt(i);
+      if (c == "*") re += LABEL_CHARS + "*";
+      else if (c == "-" || c == "_" || (c >= "a" && c <= "z") || (c >= "0" && c <= "9")) re += c;
+      else re += "\\" + c;
+    }
+    re += "\\.";
   }
   return re;
 }
@@ -43,7 +63,7 @@ export function dnsCheck(name: string, l7: Array<i32>): L7Result {
       const exact = rule.name;
       const ok = exact !== null
         ? fqdn(exact) == q
-        : rule.pattern !== null && regexMatches(rule.pattern, q);
+        : rule.pattern !== null && !hasEmptyLabel(q) && regexMatches(rule.pattern, q);
       if (ok) {
         res.status = L7_ALLOWED;
         res.entry = l7[i];

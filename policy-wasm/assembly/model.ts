@@ -14,8 +14,12 @@ export const SEL_CIDR: u8 = 1;
 export const SEL_ALL: u8 = 2;
 export const SEL_NONE: u8 = 3;
 
-export const DIR_INGRESS: u8 = 0;
-export const DIR_EGRESS: u8 = 1;
+// The engine's directions are the policy side's (0 ingress, 1 egress): the wire value and the
+// policy map key's egress field, generated with the kernel's constants (not the datapath's DIR_*).
+export {
+  POLICY_DIR_EGRESS as DIR_EGRESS,
+  POLICY_DIR_INGRESS as DIR_INGRESS,
+} from "./constants.generated";
 
 export const L7_NONE: u8 = 0;
 export const L7_HTTP: u8 = 1;

@@ -91,8 +91,3 @@ export const DROP_INVALID_VNI = 183;
 export const DROP_POLICY_AUTH_REQUIRED = 189;
 export const DROP_TTL_EXCEEDED = 196;
 export const DROP_EP_NOT_READY = 203;
-
-export const VERDICT_NONE = 0;
-export const VERDICT_ALLOW = 1;
-export const VERDICT_DENY = 2;
-export const VERDICT_REDIRECT = 3;

@@ -3,6 +3,7 @@
 // queries. Deterministic: the same spec gives the same bytes. This module is browser compatible.
 
 import { ByteWriter, MSG } from "./wire.ts";
+import { POLICY_DIR_EGRESS, POLICY_DIR_INGRESS } from "./constants.generated.ts";
 import { parsePrefix, WORLD_PREFIX } from "./cidr.ts";
 import type {
   EndpointSpec,
@@ -74,7 +75,8 @@ function writeL7(w: ByteWriter, l7: L7Spec | undefined): void {
 }
 
 function writeEntry(w: ByteWriter, e: EntrySpec, rule: number, sels: SelectorTable): void {
-  w.i32(rule).u32(e.cookie).u8(e.direction === "ingress" ? 0 : 1).u8(e.deny ? 1 : 0).u16(0);
+  const dir = e.direction === "ingress" ? POLICY_DIR_INGRESS : POLICY_DIR_EGRESS;
+  w.i32(rule).u32(e.cookie).u8(dir).u8(e.deny ? 1 : 0).u16(0);
   w.list(e.peers, (p) => w.i32(sels.id(p.selector)).u8(p.requiresApply ? 1 : 0));
   w.list(e.ports, (p) => w.u8(p.proto).u16(p.port).u16(p.endPort).str(p.name));
   writeL7(w, e.l7);

@@ -7,7 +7,7 @@ import type { PolicyEngine } from "./engine.ts";
 import type { FlowResult, SideResult } from "./flow.ts";
 import type { PolicyRef } from "./ir.ts";
 import { DROP_REASONS } from "./drop_reasons.generated.ts";
-import { kafkaApiKeyName, protocolName } from "./protocols.ts";
+import { kafkaApiKeyName, protoPortText } from "./protocols.ts";
 
 export function policyName(p: PolicyRef | undefined): string {
   if (!p) return "?";
@@ -55,6 +55,9 @@ function denialDetail(kind: string, f: FlowResult | undefined): string {
   return `the proxy answers with Kafka error 29 TOPIC_AUTHORIZATION_FAILED${several}`;
 }
 
+/** Cilium adds an allow-all L7 rule to the L7 rules of a default-allow direction (§9). */
+const OBSERVE_ONLY = "default-allow: L7 rules observe only";
+
 function l7Line(engine: PolicyEngine, s: SideResult, f?: FlowResult): string | undefined {
   const r = s.result;
   if (r.verdict !== "redirect") return waivedLine(engine, s);
@@ -62,7 +65,18 @@ function l7Line(engine: PolicyEngine, s: SideResult, f?: FlowResult): string | u
   if (r.l7.status === "not-evaluated") {
     return `L7 ${kind} rules apply (${
       r.l7Entries.map((e) => entryName(engine, e)).join(", ")
-    }); no request given, so only L3/L4 was judged`;
+    }); no request given, so only L3/L4 was judged${
+      r.l7Entries.some((e) => engine.entry(e)?.entry.observeOnly) ? `; ${OBSERVE_ONLY}` : ""
+    }`;
+  }
+  const by = engine.entry(r.l7.entry)?.entry;
+  if (r.l7.status === "allowed" && by?.observeOnly && r.l7.rule === by.l7!.rules.length - 1) {
+    // The allow-all rule translate_cilium.ts adds to an entry of a default-allow direction.
+    return `L7 ${kind}: ${OBSERVE_ONLY}: ${
+      entryName(engine, r.l7.entry)
+    } is in a rule that is not default-deny for ${s.direction}, so ${
+      describeRequest(f)
+    } passes (the proxy only observes it)`;
   }
   if (r.l7.status === "allowed") {
     return `L7 ${kind}: ${describeRequest(f)} matches ${
@@ -179,9 +193,7 @@ function hostNote(engine: PolicyEngine, identity: number): string {
 
 /** The full decision chain of a flow, line by line. */
 export function explainFlow(engine: PolicyEngine, f: FlowResult): string[] {
-  const proto = protocolName(f.proto);
-  const port = f.proto === 1 || f.proto === 58 ? `type ${f.port}` : String(f.port);
-  const out = [`Tracing ${f.from.display} => ${f.to.display} ${proto}/${port}`];
+  const out = [`Tracing ${f.from.display} => ${f.to.display} ${protoPortText(f.proto, f.port)}`];
   if (f.loopback) {
     out.push(
       `Loopback: ${f.from.display} talks to itself; the traffic stays inside the pod and no policy applies`,

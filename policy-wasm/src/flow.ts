@@ -1,14 +1,26 @@
-// A flow between two peers of a simulated cluster, judged as the datapath judges it: the
-// source endpoint's egress policy and the destination endpoint's ingress policy must both allow
-// it, and where either side redirects to the proxy, the L7 request must pass that side's rules.
-// World, CIDR and reserved peers have no policy of their own. This module is browser compatible.
+// A flow between two peers (of a simulated cluster or the agent's live endpoints, found through a
+// PeerLookup), judged as the datapath judges it: the source endpoint's egress policy and the
+// destination endpoint's ingress policy must both allow it, and where either side redirects to
+// the proxy, the L7 request must pass that side's rules. World, CIDR and reserved peers have no
+// policy of their own. This module is browser compatible.
 
 import type { PolicyEngine } from "./engine.ts";
-import type { SimCluster, SimEndpoint } from "./cluster.ts";
+import type { SimEndpoint } from "./cluster.ts";
 import type { HttpRequest, KafkaRequest, QueryResult } from "./query_codec.ts";
 import { parseAddress } from "./cidr.ts";
 import { RESERVED_BY_NAME } from "./labels.ts";
 import { PROTOCOL_NUMBERS } from "./protocols.ts";
+
+/**
+ * Where a flow's endpoints are found: the simulated cluster (SimCluster) or the agent's live
+ * endpoints. Resolution only asks this; it never builds a cluster.
+ */
+export interface PeerLookup {
+  /** The endpoint a flow names by reference (name, namespace/name, or what the lookup accepts). */
+  endpoint(ref: string): SimEndpoint | undefined;
+  /** Every endpoint, to find the one an IP belongs to. */
+  readonly endpoints: readonly SimEndpoint[];
+}
 
 export type PeerRef = string | { endpoint: string } | { cidr: string } | { entity: string } | {
   identity: number;
@@ -58,10 +70,10 @@ export interface FlowResult {
   request?: { http?: HttpRequest; kafka?: KafkaRequest; dns?: string };
 }
 
-export function resolvePeer(cluster: SimCluster, engine: PolicyEngine, ref: PeerRef): Peer {
+export function resolvePeer(peers: PeerLookup, engine: PolicyEngine, ref: PeerRef): Peer {
   if (typeof ref === "string") ref = { endpoint: ref };
   if ("endpoint" in ref) {
-    const ep = cluster.endpoint(ref.endpoint);
+    const ep = peers.endpoint(ref.endpoint);
     if (!ep) throw new RangeError(`Unknown endpoint "${ref.endpoint}"`);
     const fam = ep.ips[0] ? parseAddress(ep.ips[0])?.family : undefined;
     return {
@@ -78,7 +90,7 @@ export function resolvePeer(cluster: SimCluster, engine: PolicyEngine, ref: Peer
     }
     const ip = ref.cidr.replace(/\/\d+$/, "");
     const identity = engine.lookupIp(ip);
-    const ep = cluster.endpoints.find((e) => e.identity === identity && e.ips.includes(ip));
+    const ep = peers.endpoints.find((e) => e.identity === identity && e.ips.includes(ip));
     return { display: ip, identity, family: a.family, ...(ep ? { endpoint: ep } : {}) };
   }
   if ("entity" in ref) {
@@ -137,9 +149,9 @@ function sideAllows(s: SideResult | undefined): { ok: boolean; unevaluated: bool
   return { ok: true, unevaluated: false };
 }
 
-export function evaluateFlow(cluster: SimCluster, engine: PolicyEngine, f: FlowInput): FlowResult {
-  const from = resolvePeer(cluster, engine, f.from);
-  const to = resolvePeer(cluster, engine, f.to);
+export function evaluateFlow(peers: PeerLookup, engine: PolicyEngine, f: FlowInput): FlowResult {
+  const from = resolvePeer(peers, engine, f.from);
+  const to = resolvePeer(peers, engine, f.to);
   const proto = protoNumber(f, from, to);
   const port = proto === 1 || proto === 58 ? (f.icmpType ?? (proto === 58 ? 128 : 8)) : f.port;
   // A pod talking to itself (its own IP) goes over its loopback device: it never reaches the

@@ -92,6 +92,14 @@ export interface EntrySpec {
   peers: PeerSpec[];
   ports: PortSpec[];
   l7?: L7Spec;
+  /**
+   * Set when the entry's rule is not default-deny in its direction: the last L7 rule is the
+   * allow-all one Cilium adds there, so the L7 rules observe (the proxy sees every request)
+   * without restricting (POLICY-SEMANTICS §9).
+   */
+  observeOnly?: boolean;
+  /** Set when an L3 field is an explicitly empty list (its name): the entry selects no peer. */
+  emptyPeers?: string;
   /** Stable 32-bit id of this entry (hash of policy identity and path); names the rule in maps. */
   cookie: number;
   /** Path of the entry in its document, e.g. `spec.ingress[0].toPorts[1]`. */

@@ -1,12 +1,14 @@
 // Translation and validation of a PortRule (ports + L7 rules) and of ICMP rules into the IR,
 // with Cilium's checks (POLICY-SEMANTICS §2.2): at most 40 ports; port 0 forbids L7; HTTP and
-// Kafka need protocol TCP; DNS is egress only, on TCP/UDP/ANY, without ranges; one L7 family per
-// port; Kafka role XOR apiKey, int16 apiVersion, topic syntax; HTTP regexes must compile. This
+// Kafka need protocol TCP and are refused in host policies; DNS is egress only, on TCP/UDP/ANY,
+// without ranges, and names its port; one L7 family per port; Kafka role XOR apiKey, int16
+// apiVersion, topic syntax; HTTP regexes must compile; at most 40 ICMP fields per ICMP rule. Also
+// the allow-all L7 rule that makes a default-allow entry's L7 rules observe-only (§9). This
 // module is browser compatible.
 
 import type { PathPart } from "./documents.ts";
 import type { IssueSink } from "./issues.ts";
-import type { Direction, HttpRuleSpec, KafkaRuleSpec, L7Spec, PortSpec } from "./ir.ts";
+import type { Direction, EntrySpec, HttpRuleSpec, KafkaRuleSpec, L7Spec, PortSpec } from "./ir.ts";
 import type { PortProtocol, PortRule } from "./schema.ts";
 import type { z } from "zod";
 import type { HttpRule, IcmpRule, KafkaRule } from "./schema.ts";
@@ -171,11 +173,16 @@ export function checkDnsSelector(
   }
 }
 
-function translateL7(
-  pr: PortRule,
-  ports: PortSpec[],
-  ctx: { sink: IssueSink; path: readonly PathPart[]; dir: Direction; check?: RegexCheck },
-): L7Spec | undefined {
+interface PortRuleContext {
+  sink: IssueSink;
+  path: readonly PathPart[];
+  dir: Direction;
+  /** The rule selects nodes (nodeSelector): a host policy. */
+  host?: boolean;
+  check?: RegexCheck;
+}
+
+function translateL7(pr: PortRule, ports: PortSpec[], ctx: PortRuleContext): L7Spec | undefined {
   const rules = pr.rules;
   if (!rules) return undefined;
   const { sink, path } = ctx;
@@ -184,6 +191,14 @@ function translateL7(
     sink.error(rp, "Generic L7 rules (l7proto, l7) are not supported by cilia", "l7proto");
     return undefined;
   }
+  if (rules.dns != null && (pr.ports?.length ?? 0) === 0) {
+    // Cilium: "Port 53 must be specified for DNS rules".
+    sink.error(
+      path,
+      `DNS rules need their port: list the DNS server's port in "ports", e.g. {port: "53", protocol: ANY}`,
+      "ports",
+    );
+  }
   const families = (["http", "kafka", "dns"] as const).filter((f) => (rules[f]?.length ?? 0) > 0);
   if (families.length === 0) return undefined;
   if (families.length > 1) {
@@ -191,6 +206,13 @@ function translateL7(
     return undefined;
   }
   const fam = families[0]!;
+  if (ctx.host && fam !== "dns") {
+    sink.error(
+      rp,
+      `L7 ${fam.toUpperCase()} rules are not allowed in a host policy (nodeSelector): host policies support DNS rules only`,
+      fam,
+    );
+  }
   if (ports.some((p) => p.port === 0 && p.name === undefined)) {
     sink.error(path, "L7 rules cannot apply to port 0 (all ports): name the port", "ports");
   }
@@ -238,7 +260,7 @@ const UNSUPPORTED_PORT_FIELDS = ["serverNames", "terminatingTLS", "originatingTL
 /** A PortRule → its ports and L7 rules; `deny` rules have ports only (schema enforces it). */
 export function translatePortRule(
   pr: PortRule,
-  ctx: { sink: IssueSink; path: readonly PathPart[]; dir: Direction; check?: RegexCheck },
+  ctx: PortRuleContext,
 ): { ports: PortSpec[]; l7?: L7Spec } {
   const { sink, path } = ctx;
   for (const f of UNSUPPORTED_PORT_FIELDS) {
@@ -269,6 +291,8 @@ export function translatePortRule(
   return l7 ? { ports, l7 } : { ports };
 }
 
+const MAX_ICMP_FIELDS = 40;
+
 export function translateIcmps(
   icmps: z.infer<typeof IcmpRule>[],
   sink: IssueSink,
@@ -276,6 +300,12 @@ export function translateIcmps(
 ): PortSpec[] {
   const out: PortSpec[] = [];
   icmps.forEach((rule, i) => {
+    if (rule.fields.length > MAX_ICMP_FIELDS) {
+      sink.error(
+        [...path, i, "fields"],
+        `Too many ICMP fields: ${rule.fields.length}, at most ${MAX_ICMP_FIELDS} per ICMP rule`,
+      );
+    }
     rule.fields.forEach((f, j) => {
       const p = [...path, i, "fields", j];
       const v6 = f.family === "IPv6";
@@ -300,4 +330,23 @@ export function translateIcmps(
     });
   });
   return out;
+}
+
+/** The L7 rule that admits every request of a family (HTTP `{}`, Kafka `{}`, DNS `*`). */
+function allowAll(kind: L7Spec["kind"]): L7Spec {
+  if (kind === "http") return { kind, rules: [{ headers: [], headerMatches: [] }] };
+  if (kind === "kafka") return { kind, rules: [{ apiKeys: [] }] };
+  return { kind, rules: [{ matchPattern: "*" }] };
+}
+
+/**
+ * An allow entry of a default-allow direction: Cilium adds an allow-all L7 rule of the same family
+ * next to its L7 rules, so its peers' requests all pass and the proxy only observes them
+ * (POLICY-SEMANTICS §9, Cilium l4_filter_test "WildcardInDefaultAllow"). The added rule is last.
+ */
+export function observeOnly(e: EntrySpec): EntrySpec {
+  if (e.deny || !e.l7) return e;
+  const extra = allowAll(e.l7.kind);
+  const l7 = { kind: e.l7.kind, rules: [...e.l7.rules, ...extra.rules] } as L7Spec;
+  return { ...e, l7, observeOnly: true };
 }

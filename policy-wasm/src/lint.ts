@@ -7,6 +7,7 @@
 //   fqdn-no-dns     toFQDNs without a DNS L7 rule, so the FQDN selector never learns IPs
 //   dead-allow      an allow that a deny of the same subject always overrides
 //   l7-bypassed     L7 rules on a port that an L4-only rule opens to every peer
+//   empty-peers     an explicitly empty peer list (`fromEndpoints: []`): the rule grants nothing
 // This module is browser compatible.
 
 import type { CompileResult } from "./policies.ts";
@@ -22,6 +23,7 @@ export type LintCode =
   | "fqdn-no-dns"
   | "dead-allow"
   | "l7-bypassed"
+  | "empty-peers"
   | "translation";
 
 export interface LintWarning {
@@ -202,7 +204,7 @@ function lintDeadAllows(c: CompileResult, emit: Emit): void {
   );
   c.spec.rules.forEach((r, ri) => {
     for (const e of r.entries) {
-      if (e.deny) continue;
+      if (e.deny || e.emptyPeers !== undefined) continue;
       const killer = denies.find((d) =>
         d.e.direction === e.direction && selectorCovers(d.r.subject, r.subject) &&
         e.peers.every((p) =>
@@ -231,7 +233,7 @@ function lintDeadAllows(c: CompileResult, emit: Emit): void {
 function lintL7Bypass(c: CompileResult, emit: Emit): void {
   c.spec.rules.forEach((r, ri) => {
     for (const e of r.entries) {
-      if (e.deny || !e.l7) continue;
+      if (e.deny || !e.l7 || e.emptyPeers !== undefined) continue;
       const opener = c.spec.rules.flatMap((r2) => r2.entries.map((e2) => ({ r2, e2 }))).find((
         { r2, e2 },
       ) =>
@@ -249,6 +251,30 @@ function lintL7Bypass(c: CompileResult, emit: Emit): void {
         `These L7 rules have no effect: ${
           policyName(c.spec.policies[opener.r2.policy])
         } ${opener.e2.path} opens the same port to every peer without L7 rules, and a plain L4 allow turns L7 filtering off for everyone it matches`,
+      );
+    }
+  });
+}
+
+function lintEmptyPeers(rules: RuleSpec[], emit: Emit): void {
+  rules.forEach((r, ri) => {
+    const done = new Set<string>();
+    for (const e of r.entries) {
+      const field = e.emptyPeers;
+      const item = itemOf(e.path);
+      if (field === undefined || done.has(item)) continue;
+      done.add(item);
+      emit(
+        "empty-peers",
+        ri,
+        item,
+        `This rule ${
+          e.deny ? "denies" : "grants"
+        } nothing: its peer list is empty (${field}: []). An empty list selects no peer, unlike a missing one: list the peers${
+          e.ports.length > 0
+            ? `, or leave ${field} out to ${e.deny ? "deny" : "allow"} these ports for every peer`
+            : ""
+        }`,
       );
     }
   });
@@ -275,6 +301,7 @@ export function lintPolicies(c: CompileResult): LintWarning[] {
   lintFqdn(c, emit);
   lintDeadAllows(c, emit);
   lintL7Bypass(c, emit);
+  lintEmptyPeers(c.spec.rules, emit);
   for (const w of c.warnings) {
     out.push({
       code: "translation",

@@ -1,6 +1,6 @@
 // Policy text → validated PolicySpec: reads YAML/JSON documents, picks the schema by apiVersion and
-// kind, validates (zod, then Cilium's cross-field rules while translating), and translates every
-// policy into IR rules. All problems are collected and thrown together as one
+// kind, validates (zod, then Cilium's cross-field rules while translating, then conflicting L7
+// parsers across all policies), and translates every policy into IR rules. All problems are collected and thrown together as one
 // PolicyValidationError with locations; warnings come back with the result. This module is
 // browser compatible.
 
@@ -18,6 +18,7 @@ import {
 } from "./schema.ts";
 import { translateCiliumRule } from "./translate_cilium.ts";
 import { translateNetworkPolicy } from "./translate_k8s.ts";
+import { findL7Conflicts } from "./l7_conflicts.ts";
 import type { RegexCheck } from "./l7_rules.ts";
 import { suggest } from "./suggest.ts";
 
@@ -99,6 +100,13 @@ function unionMessage(iss: z.core.$ZodIssueInvalidUnion): string {
   return first.length > 0 ? first.join(", or ") : "Invalid value";
 }
 
+/** A value in a message: JSON for scalars; lists and objects (possibly cyclic YAML) by kind. */
+function shown(v: unknown): string {
+  if (Array.isArray(v)) return "a list";
+  if (v !== null && typeof v === "object") return "an object";
+  return JSON.stringify(v ?? null);
+}
+
 function kindOf(doc: SourceDocument, sink: IssueSink): keyof typeof SCHEMAS | undefined {
   const v = doc.value as { apiVersion?: unknown; kind?: unknown };
   if (typeof v !== "object" || v === null || Array.isArray(v)) {
@@ -111,9 +119,9 @@ function kindOf(doc: SourceDocument, sink: IssueSink): keyof typeof SCHEMAS | un
     const hint = typeof v.kind === "string" ? suggest(v.kind, allKinds) : undefined;
     sink.error(
       [],
-      `Unsupported kind ${JSON.stringify(v.kind ?? null)}${
-        hint ? `: did you mean "${hint}"?` : ""
-      }: expected ${allKinds.join(", ")}`,
+      `Unsupported kind ${shown(v.kind)}${hint ? `: did you mean "${hint}"?` : ""}: expected ${
+        allKinds.join(", ")
+      }`,
       "kind",
     );
     return undefined;
@@ -123,7 +131,7 @@ function kindOf(doc: SourceDocument, sink: IssueSink): keyof typeof SCHEMAS | un
   if (v.apiVersion !== want) {
     sink.error(
       [],
-      `Expected apiVersion "${want}" for kind ${kind}, got ${JSON.stringify(v.apiVersion ?? null)}`,
+      `Expected apiVersion "${want}" for kind ${kind}, got ${shown(v.apiVersion)}`,
       "apiVersion",
     );
     return undefined;
@@ -221,6 +229,21 @@ function translateDocument(doc: SourceDocument, acc: Accumulator, opts: CompileO
   acc.spec.rules.push(...rules);
 }
 
+/** Conflicting L7 parsers across the accepted rules (l7_conflicts.ts), located. */
+function l7ConflictIssues(acc: Accumulator): ValidationIssue[] {
+  return findL7Conflicts(acc.spec).map((c) => {
+    const doc = acc.docs[c.policy]!;
+    const ref = acc.spec.policies[c.policy]!;
+    return {
+      message: c.message,
+      path: c.path,
+      ...(doc.locate(parsePath(c.path)) ?? {}),
+      ...(doc.file ? { file: doc.file } : {}),
+      policy: ref.name,
+    };
+  });
+}
+
 /** Validates and translates every document of every source; throws PolicyValidationError. */
 export function compilePolicies(
   sources: PolicySource | PolicySource[],
@@ -242,6 +265,7 @@ export function compilePolicies(
     acc.issues.push(...issues);
     for (const doc of expandLists(documents)) translateDocument(doc, acc, opts);
   }
+  if (acc.issues.length === 0) acc.issues.push(...l7ConflictIssues(acc));
   if (acc.issues.length > 0) throw new PolicyValidationError(acc.issues);
   const locate = (policy: number, path: string) => {
     const doc = acc.docs[policy];

@@ -108,5 +108,11 @@ export function protocolName(n: number): string {
   return Object.entries(PROTOCOL_NUMBERS).find(([, v]) => v === n)?.[0] ?? `proto-${n}`;
 }
 
+/** How a flow's protocol and port are written: `TCP/80`, `ICMP/type 8`, `ICMPV6/type 128`. */
+export function protoPortText(proto: number, port: number): string {
+  const icmp = proto === PROTOCOL_NUMBERS.ICMP || proto === PROTOCOL_NUMBERS.ICMPV6;
+  return `${protocolName(proto)}/${icmp ? `type ${port}` : port}`;
+}
+
 /** IANA service-name syntax of named ports: a letter somewhere, no "--", at most 15 characters. */
 export const PORT_NAME = /^(?=.*[a-zA-Z])(?!.*--)[a-zA-Z0-9]([-a-zA-Z0-9]{0,13}[a-zA-Z0-9])?$/;

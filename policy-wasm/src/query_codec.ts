@@ -4,6 +4,7 @@
 import { ByteReader, ByteWriter, MSG } from "./wire.ts";
 import type { Direction, EntrySpec } from "./ir.ts";
 import { L7_KIND } from "./encode.ts";
+import { POLICY_DIR_EGRESS, POLICY_DIR_INGRESS, VERDICT_NAMES } from "./constants.generated.ts";
 
 export interface HttpRequest {
   method: string;
@@ -30,7 +31,7 @@ export interface QueryInput {
   dns?: string;
 }
 
-export const VERDICT_NAMES = ["none", "allow", "deny", "redirect"] as const;
+export { VERDICT_NAMES };
 export type Verdict = (typeof VERDICT_NAMES)[number];
 
 export const DECISIONS = [
@@ -74,7 +75,8 @@ export interface QueryResult {
 
 export function encodeQuery(q: QueryInput): Uint8Array {
   const w = new ByteWriter(MSG.QUERY);
-  w.u32(q.endpoint).u8(q.direction === "ingress" ? 0 : 1).u32(q.peer).u8(q.proto).u16(q.port);
+  const dir = q.direction === "ingress" ? POLICY_DIR_INGRESS : POLICY_DIR_EGRESS;
+  w.u32(q.endpoint).u8(dir).u32(q.peer).u8(q.proto).u16(q.port);
   if (q.http) {
     w.u8(L7_KIND.http).str(q.http.method).str(q.http.path).str(q.http.host ?? "");
     w.list(Object.entries(q.http.headers ?? {}), ([k, v]) => w.str(k).str(v));
@@ -166,7 +168,7 @@ export function decodeMapState(
   const n = r.u32();
   const raw: { e: MapStateEntry; set: number }[] = [];
   for (let i = 0; i < n; i++) {
-    const direction = r.u8() === 0 ? "ingress" : "egress";
+    const direction = r.u8() === POLICY_DIR_INGRESS ? "ingress" : "egress";
     const proto = r.u8();
     const portLo = r.u16();
     const portHi = r.u16();

@@ -12,8 +12,8 @@ import { PolicyValidationError } from "./errors.ts";
 import type { PathPart, SourceDocument } from "./documents.ts";
 import { compilePolicies, type CompileResult, type PolicySource } from "./policies.ts";
 import { SimCluster } from "./cluster.ts";
-import { evaluateFlow, type FlowInput, type FlowResult, type PeerRef } from "./flow.ts";
-import { explainFlow, flowReason } from "./explain.ts";
+import { evaluateFlow, type FlowInput, type FlowResult } from "./flow.ts";
+import { peerText, queryName, renderFlow } from "./flow_text.ts";
 import type { PolicyEngine } from "./engine.ts";
 import { DEFAULT_OPTIONS, type EngineOptions } from "./ir.ts";
 import { KAFKA_API_KEYS } from "./protocols.ts";
@@ -206,15 +206,6 @@ export interface ScenarioReport {
   results: QueryOutcome[];
 }
 
-/** How a query's peer is written in names and tables. */
-export function peerText(p: PeerRef): string {
-  if (typeof p === "string") return p;
-  if ("cidr" in p) return p.cidr;
-  if ("entity" in p) return `entity:${p.entity}`;
-  if ("endpoint" in p) return p.endpoint;
-  return `identity:${p.identity}`;
-}
-
 function kafkaKey(k: string | number): number {
   if (typeof k === "number") return k;
   const v = KAFKA_API_KEYS[k.toLowerCase()];
@@ -282,19 +273,18 @@ export function runScenario(
   const s = loaded.scenario;
   const results = s.queries.map((q, index): QueryOutcome => {
     const flow = evaluateFlow(cluster, engine, flowOf(q));
-    const verdict = flow.allowed ? "allowed" : "denied";
-    const port = q.protocol === "ICMP" || q.protocol === "ICMPV6" ? flow.port : q.port;
+    const report = renderFlow(engine, flow);
     return {
       index,
-      name: q.name ?? `${peerText(q.from)} -> ${peerText(q.to)} ${q.protocol}/${port}`,
+      name: q.name ?? queryName(q, flow),
       from: peerText(q.from),
       to: peerText(q.to),
-      port,
-      protocol: q.protocol,
-      ...(q.expect ? { expect: q.expect, pass: q.expect === verdict } : {}),
-      verdict,
-      reason: flowReason(engine, flow),
-      trace: explainFlow(engine, flow),
+      port: flow.port,
+      protocol: report.protocol,
+      ...(q.expect ? { expect: q.expect, pass: q.expect === report.verdict } : {}),
+      verdict: report.verdict,
+      reason: report.reason,
+      trace: report.trace,
       flow,
     };
   });

@@ -1,7 +1,9 @@
 // zod schemas for the documents cilia accepts: cilium.io/v2 CiliumNetworkPolicy and
 // CiliumClusterwideNetworkPolicy, networking.k8s.io/v1 NetworkPolicy, and v1 List of those.
-// Objects are strict: an unknown field is an error with a "did you mean" hint. Cross-field rules
-// (L7 needs TCP, except inside cidr, …) live in validate.ts. This module is browser compatible.
+// Objects are strict: an unknown field is an error with a "did you mean" hint; names and
+// namespaces follow Kubernetes' naming rules (DNS-1123). Cross-field rules (L7 needs TCP, except
+// inside cidr, …) are checked while translating (translate_*.ts, l7_rules.ts, l7_conflicts.ts).
+// This module is browser compatible.
 
 import { z } from "zod";
 import { suggest } from "./suggest.ts";
@@ -236,9 +238,26 @@ export type EgressRule = z.infer<typeof EgressRule>;
 export type PortRule = z.infer<typeof PortRule>;
 export type PortProtocol = z.infer<typeof PortProtocol>;
 
+/** Kubernetes object names: a DNS-1123 subdomain; namespaces: a DNS-1123 label. */
+const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+
 export const Metadata = z.looseObject({
-  name: str.min(1, "Expected a non-empty name"),
-  namespace: str.optional(),
+  name: str.min(1, "Expected a non-empty name").refine(
+    (v) => v === "" || (v.length <= 253 && DNS1123_SUBDOMAIN.test(v)),
+    {
+      error: (iss) =>
+        `Invalid metadata.name "${
+          String(iss.input)
+        }": expected a DNS-1123 subdomain (at most 253 characters of lower-case letters, digits, "-" and ".", starting and ending with a letter or digit)`,
+    },
+  ),
+  namespace: str.refine((v) => v.length <= 63 && DNS1123_LABEL.test(v), {
+    error: (iss) =>
+      `Invalid metadata.namespace "${
+        String(iss.input)
+      }": expected a DNS-1123 label (1 to 63 characters of lower-case letters, digits and "-", starting and ending with a letter or digit)`,
+  }).optional(),
   labels: z.record(z.string(), z.string()).nullish(),
   annotations: z.record(z.string(), z.string()).nullish(),
   uid: str.optional(),
@@ -284,7 +303,9 @@ export const NetworkPolicy = obj({
   kind: z.literal("NetworkPolicy"),
   metadata: Metadata,
   spec: obj({
-    podSelector: LabelSelector,
+    // `podSelector: null` reads as `{}` (every pod of the namespace), as Kubernetes and Cilium read
+    // it; a missing podSelector stays an error (the field is required).
+    podSelector: LabelSelector.nullable(),
     policyTypes: z.array(z.enum(["Ingress", "Egress"], {
       error: (iss) => `Invalid policy type ${describe(iss.input)}: expected Ingress or Egress`,
     })).nullish(),

@@ -1,27 +1,15 @@
-// CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy → IR rules (POLICY-SEMANTICS §2-§8):
-// one RuleSpec per `spec`/`specs[i]`, one EntrySpec per PortRule (or one L3 entry), subjects and
-// peers scoped to the policy's namespace, entities and CIDRs as selectors, fromRequires kept per
-// rule. This module is browser compatible.
+// CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy → IR rules (POLICY-SEMANTICS §2-§9):
+// one RuleSpec per `spec`/`specs[i]`, one EntrySpec per PortRule (or one L3 entry), subjects
+// scoped to the policy's namespace, peers from translate_peers.ts, fromRequires kept per rule, and
+// the L7 rules of a default-allow direction made observe-only. This module is browser compatible.
 
 import type { PathPart } from "./documents.ts";
 import type { IssueSink } from "./issues.ts";
 import type { Direction, EntrySpec, PeerSpec, PortSpec, RuleSpec, SelectorSpec } from "./ir.ts";
-import type { EgressRule, IngressRule, Rule } from "./schema.ts";
-import {
-  cidrSelector,
-  entityPeers,
-  labelRequirements,
-  labelsSelector,
-  NS_LABEL,
-  type Scope,
-  scopePeer,
-} from "./selectors.ts";
-import {
-  checkDnsSelector,
-  type RegexCheck,
-  translateIcmps,
-  translatePortRule,
-} from "./l7_rules.ts";
+import type { IngressRule, Rule } from "./schema.ts";
+import { labelRequirements, labelsSelector, NS_LABEL, type Scope, scopePeer } from "./selectors.ts";
+import { observeOnly, type RegexCheck, translateIcmps, translatePortRule } from "./l7_rules.ts";
+import { type AnyItem, itemPeers, L3_FIELDS } from "./translate_peers.ts";
 import { cookieOf } from "./cookie.ts";
 
 export interface RuleContext {
@@ -33,149 +21,13 @@ export interface RuleContext {
   id: string;
 }
 
-type AnyItem = Partial<IngressRule> & Partial<EgressRule> & Record<string, unknown>;
-
-const L3_FIELDS = {
-  ingress: {
-    endpoints: "fromEndpoints",
-    requires: "fromRequires",
-    entities: "fromEntities",
-    cidr: "fromCIDR",
-    cidrSet: "fromCIDRSet",
-    nodes: "fromNodes",
-    groups: "fromGroups",
-  },
-  egress: {
-    endpoints: "toEndpoints",
-    requires: "toRequires",
-    entities: "toEntities",
-    cidr: "toCIDR",
-    cidrSet: "toCIDRSet",
-    nodes: "toNodes",
-    groups: "toGroups",
-  },
-} as const;
-
-function endpointPeers(
-  item: AnyItem,
-  dir: Direction,
-  ctx: RuleContext,
-  path: PathPart[],
-): PeerSpec[] {
-  const f = L3_FIELDS[dir].endpoints;
-  const list = (item[f] ?? []) as IngressRule["fromEndpoints"] & object;
-  return list.map((sel, i) => {
-    const reqs = labelRequirements(sel, ctx.sink, [...path, f, i]);
-    return { selector: labelsSelector(scopePeer(reqs, ctx.scope)), requiresApply: true };
-  });
-}
-
-function cidrPeers(item: AnyItem, dir: Direction, ctx: RuleContext, path: PathPart[]): PeerSpec[] {
-  const out: PeerSpec[] = [];
-  const names = L3_FIELDS[dir];
-  ((item[names.cidr] ?? []) as string[]).forEach((c, i) => {
-    const s = cidrSelector(c, [], ctx.sink, [...path, names.cidr, i]);
-    if (s) out.push({ selector: s, requiresApply: false });
-  });
-  ((item[names.cidrSet] ?? []) as {
-    cidr?: string;
-    cidrGroupRef?: string;
-    cidrGroupSelector?: unknown;
-    except?: string[] | null;
-  }[])
-    .forEach((c, i) => {
-      const p = [...path, names.cidrSet, i];
-      if (c.cidrGroupRef !== undefined || c.cidrGroupSelector !== undefined) {
-        ctx.sink.error(
-          p,
-          "CiliumCIDRGroup references are not supported by cilia",
-          c.cidrGroupRef !== undefined ? "cidrGroupRef" : "cidrGroupSelector",
-        );
-        return;
-      }
-      if (c.cidr === undefined) {
-        ctx.sink.error(p, `Expected "cidr"`);
-        return;
-      }
-      const s = cidrSelector(c.cidr, c.except ?? [], ctx.sink, [...p, "cidr"]);
-      if (s) out.push({ selector: s, requiresApply: false });
-    });
-  return out;
-}
-
-function unsupportedPeers(item: AnyItem, dir: Direction, ctx: RuleContext, path: PathPart[]): void {
-  const names = L3_FIELDS[dir];
-  const say = (field: string, why: string) => {
-    if (item[field] !== undefined && item[field] !== null) {
-      ctx.sink.error(path, `"${field}" is not supported by cilia: ${why}`, field);
-    }
-  };
-  say(names.nodes, "node selector labels are not implemented");
-  say(names.groups, "cloud-provider groups are not implemented");
-  say("toServices", "service selectors arrive with load balancing");
-  if ((item.authentication as { mode?: string } | undefined)?.mode === "required") {
-    ctx.sink.error(
-      path,
-      `authentication mode "required" is not supported by cilia: it would not be enforced`,
-      "authentication",
-    );
-  }
-}
-
-function fqdnPeers(item: AnyItem, ctx: RuleContext, path: PathPart[]): PeerSpec[] {
-  const list = (item.toFQDNs ?? []) as { matchName?: string; matchPattern?: string }[];
-  if (list.length === 0) return [];
-  list.forEach((f, i) => checkDnsSelector(f, ctx.sink, [...path, "toFQDNs", i]));
-  const others = ["toEndpoints", "toEntities", "toCIDR", "toCIDRSet", "toServices", "toNodes"]
-    .filter((k) => item[k] !== undefined && item[k] !== null);
-  if (others.length > 0) {
-    ctx.sink.error(
-      path,
-      `toFQDNs cannot be combined with ${others.join(", ")} in one rule: write a separate rule`,
-      "toFQDNs",
-    );
-  }
-  const names = list.map((f) => f.matchName ?? f.matchPattern).join(", ");
-  return [{
-    selector: { kind: "none", why: `toFQDNs (${names}): no IPs learned by the DNS proxy yet` },
-    requiresApply: false,
-  }];
-}
-
-/** The peers of one allow/deny item; undefined peers = "no L3 field" (L4-only → any peer). */
-function itemPeers(
-  item: AnyItem,
-  dir: Direction,
-  ctx: RuleContext,
-  path: PathPart[],
-): PeerSpec[] | undefined {
-  unsupportedPeers(item, dir, ctx, path);
-  const names = L3_FIELDS[dir];
-  const peers = [
-    ...endpointPeers(item, dir, ctx, path),
-    ...entityPeers(
-      (item[names.entities] ?? []) as string[],
-      ctx.sink,
-      [...path, names.entities],
-      ctx.clusterName,
-    ),
-    ...cidrPeers(item, dir, ctx, path),
-    ...(dir === "egress" ? fqdnPeers(item, ctx, path) : []),
-  ];
-  const hasL3 = ["endpoints", "entities", "cidr", "cidrSet"].some((k) => {
-    const v = item[names[k as keyof typeof names]];
-    return Array.isArray(v) && v.length > 0;
-  }) || (dir === "egress" && Array.isArray(item.toFQDNs) && item.toFQDNs.length > 0);
-  return hasL3 ? peers : undefined;
-}
-
 function itemEntries(
   item: AnyItem,
-  o: { dir: Direction; deny: boolean; path: PathPart[] },
+  o: { dir: Direction; deny: boolean; path: PathPart[]; host: boolean },
   ctx: RuleContext,
 ): EntrySpec[] {
   const { dir, deny, path } = o;
-  const explicitPeers = itemPeers(item, dir, ctx, path);
+  const { peers: explicitPeers, emptyField } = itemPeers(item, dir, ctx, path);
   const toPorts = (item.toPorts ?? []) as NonNullable<IngressRule["toPorts"]>;
   const icmps = (item.icmps ?? []) as NonNullable<IngressRule["icmps"]>;
   if (toPorts.length > 0 && icmps.length > 0) {
@@ -194,6 +46,7 @@ function itemEntries(
     peers,
     ports,
     ...(l7 ? { l7 } : {}),
+    ...(emptyField !== undefined ? { emptyPeers: emptyField } : {}),
     cookie: cookieOf(`${ctx.id}/${formatPathKey(p)}`),
     path: formatPathKey(p),
   });
@@ -209,6 +62,7 @@ function itemEntries(
       sink: ctx.sink,
       path: p,
       dir,
+      host: o.host,
       ...(ctx.check ? { check: ctx.check } : {}),
     });
     // A port rule without ports grants (or denies) nothing; an entry without ports would mean
@@ -302,7 +156,8 @@ export function translateCiliumRule(
   ] as const;
   for (const [field, dir, deny] of lists) {
     ((rule[field] ?? []) as AnyItem[]).forEach((item, i) => {
-      entries.push(...itemEntries(item, { dir, deny, path: [...path, field, i] }, ctx));
+      const host = kind === "node";
+      entries.push(...itemEntries(item, { dir, deny, path: [...path, field, i], host }, ctx));
     });
   }
   const has = (a?: unknown[] | null, b?: unknown[] | null) =>
@@ -313,15 +168,16 @@ export function translateCiliumRule(
       ? l
       : `${l.source ?? "unspec"}:${l.key}${l.value !== undefined ? "=" + l.value : ""}`
   );
+  const defaultDeny = {
+    ingress: dd?.ingress ?? has(rule.ingress, rule.ingressDeny),
+    egress: dd?.egress ?? has(rule.egress, rule.egressDeny),
+  };
   return {
     policy,
     path: formatPathKey(path),
     subject,
     subjectKind: kind,
-    defaultDeny: {
-      ingress: dd?.ingress ?? has(rule.ingress, rule.ingressDeny),
-      egress: dd?.egress ?? has(rule.egress, rule.egressDeny),
-    },
+    defaultDeny,
     requires: {
       ingress: requiresOf((rule.ingress ?? []) as AnyItem[], "ingress", ctx, path, "ingress"),
       egress: requiresOf((rule.egress ?? []) as AnyItem[], "egress", ctx, path, "egress"),
@@ -340,7 +196,8 @@ export function translateCiliumRule(
         "egressDeny",
       ),
     },
-    entries,
+    // Default-allow directions: L7 rules observe only (POLICY-SEMANTICS §9).
+    entries: entries.map((e) => defaultDeny[e.direction] ? e : observeOnly(e)),
     ...(rule.description !== undefined ? { description: rule.description } : {}),
     labels: [...labels, ...userLabels],
   };

@@ -2,10 +2,11 @@
 // response rate through one node, in one run: over a bare veth pair without cilia, through cilia
 // without policy, with the engine's policy over 10 and over 10,000 identities, and through 1,000
 // and 10,000 iptables rules doing the same filtering; ratios against the bare veth. Then CNI ADD
-// latency (p50/p99) through bin/cilia-cni with a warm agent. Needs root. Progress goes to
-// stderr, the table to stdout; every netns, mount and process is removed at the end.
+// latency through bin/cilia-cni with a warm agent (cni_bench.ts, also `bench cni`). Needs root.
+// Progress goes to stderr, the table to stdout; every netns, mount and process is removed.
 import { parseArgs } from "node:util";
 import { BenchTopology } from "./_datapath_topology.ts";
+import { measureCniAdd, report as cniReport } from "./cni_bench.ts";
 
 interface Row {
   setup: string;
@@ -30,55 +31,6 @@ async function measure(
   const row = { setup, gbps: median(gbps), rr: median(rr), ...(o.note ? { note: o.note } : {}) };
   progress(`${setup}: ${row.gbps.toFixed(2)} Gbit/s, ${Math.round(row.rr)} RR/s`);
   return row;
-}
-
-export interface CniFigures {
-  p50Ms: number;
-  p99Ms: number;
-  samples: number;
-}
-
-/**
- * CNI ADD latency against a warm agent: bin/cilia-agent (kernel datapath, Deno KV) runs in a lab
- * node with the three-tier example policy in force; after one ADD+DEL to warm it, `samples` ADDs
- * of fresh pod netns are timed from the plugin's exec to its exit (what a runtime waits for),
- * each followed by DEL. Unavailable (with the reason) without root or the plugin.
- */
-export async function measureCniAdd(
-  o: { samples: number },
-): Promise<CniFigures | { unavailable: string }> {
-  const root = new URL("../../", import.meta.url).pathname;
-  const exists = (p: string) => Deno.stat(root + p).then(() => true, () => false);
-  if (!(await exists("bin/cilia-cni"))) return { unavailable: "bin/cilia-cni does not exist" };
-  if (!(await exists("bin/cilia-agent"))) return { unavailable: "bin/cilia-agent does not exist" };
-  if (Deno.uid() !== 0) return { unavailable: "needs root (netns, bpffs)" };
-  const { CiliaNode } = await import("../../tests/cni/_fixture.ts");
-  const n = await CiliaNode.create();
-  const ms: number[] = [];
-  try {
-    await n.policy(await Deno.readTextFile(`${root}examples/policies/three-tier.yaml`));
-    await n.delPod(await n.addPod("warm", { app: "frontend" }));
-    const apps = ["frontend", "backend", "db"];
-    for (let i = 0; i < o.samples; i++) {
-      const netns = `${n.lab.prefix}b${i}`;
-      const ns = await new Deno.Command("ip", { args: ["netns", "add", netns] }).output();
-      if (ns.code !== 0) throw new Error(`Cannot create netns "${netns}"`);
-      const call = { containerId: `bench-${i}`, netns: `/run/netns/${netns}` };
-      const r = await n.cni("ADD", {
-        ...call,
-        args: `IgnoreUnknown=1;K8S_POD_NAME=b${i};CILIA_LABELS=app=${apps[i % 3]}`,
-      });
-      if (r.code !== 0) throw new Error(`CNI ADD failed: ${r.stdout}`);
-      ms.push(r.ms);
-      await n.cni("DEL", call);
-      await new Deno.Command("ip", { args: ["netns", "del", netns] }).output();
-    }
-  } finally {
-    await n.close();
-  }
-  const sorted = [...ms].sort((a, b) => a - b);
-  const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)]!;
-  return { p50Ms: at(0.5), p99Ms: at(0.99), samples: sorted.length };
 }
 
 function table(rows: Row[]): string {
@@ -136,14 +88,7 @@ export async function main(args: string[]): Promise<void> {
     await t.close();
   }
   console.log(table(rows));
-  const cni = await measureCniAdd({ samples: quick ? 20 : 200 });
-  console.log(
-    "unavailable" in cni
-      ? `CNI ADD latency (warm agent): not available: ${cni.unavailable}`
-      : `CNI ADD latency (warm agent): p50 ${cni.p50Ms.toFixed(1)} ms, p99 ${
-        cni.p99Ms.toFixed(1)
-      } ms (${cni.samples} samples)`,
-  );
+  console.log(cniReport(await measureCniAdd({ samples: quick ? 20 : 200 })));
   progress(`done in ${((performance.now() - started) / 1000).toFixed(0)} s`);
 }
 

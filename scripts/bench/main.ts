@@ -5,6 +5,7 @@ const BENCHES: Record<string, string> = {
   policy: "./policy_bench.ts",
   identity: "./identity_bench.ts",
   datapath: "./datapath_bench.ts",
+  cni: "./cni_bench.ts",
 };
 
 const name = Deno.args[0];

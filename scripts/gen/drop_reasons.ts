@@ -1,8 +1,9 @@
-// The one table of drop reasons (Cilium's numbers and Hubble's wording) and of the other verdict
-// constants shared by the kernel datapath, the WASM engine and TypeScript. `deno task gen` writes
-// bpf/lib/drop_reasons.generated.h, policy-wasm/assembly/drop_reasons.generated.ts and
-// policy-wasm/src/drop_reasons.generated.ts from it; tests/policy/generated_test.ts checks that
-// the committed copies are current.
+// The one table of drop reasons (Cilium's numbers and Hubble's wording) and of the verdicts shared
+// by the kernel datapath, the WASM engine and TypeScript. `deno task gen` writes
+// bpf/lib/drop_reasons.generated.h and policy-wasm/assembly/drop_reasons.generated.ts (both with
+// the verdicts), policy-wasm/src/drop_reasons.generated.ts and, for the verdicts,
+// policy-wasm/src/constants.generated.ts from it; tests/policy/determinism_test.ts checks that the
+// committed copies are current. The other shared constants are in constants.ts.
 
 /** [code, C name, description]; codes and wording as Cilium's bpf/lib/common.h and Hubble. */
 export const DROP_REASONS: ReadonlyArray<readonly [number, string, string]> = [

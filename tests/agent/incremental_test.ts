@@ -148,15 +148,23 @@ Deno.test("a failing datapath sink leaves the endpoint not ready and is retried 
     await t.call("PUT", "/v1/policy", POLICY);
     await t.call("PUT", "/v1/endpoint/1", endpointBody("db", { app: "db" }));
     t.sink.failWith = new Error("map update failed");
+    // A new endpoint cannot be written: refused, not kept. Its new identity still reaches db,
+    // whose write fails too: db is not ready.
     const api = await t.call("PUT", "/v1/endpoint/2", endpointBody("api", { tier: "api" }));
-    assert.equal(api.status, 201);
+    assert.equal(api.status, 503);
     const db = (await t.call("GET", "/v1/endpoint/1")).body;
     assert.equal(db.state, "not-ready");
     assert.match(db.error, /map update failed/);
-    assert.equal((await t.call("GET", "/v1/status")).body.endpoints.notReady, 2);
+    assert.equal((await t.call("GET", "/v1/status")).body.endpoints.notReady, 1);
     t.sink.failWith = undefined;
+    await eventually(
+      "db ready again",
+      async () => (await t.call("GET", "/v1/endpoint/1")).body.state === "ready",
+    );
+    const full = policyCalls(t, 1).at(-1)!;
+    assert.equal(full.full, true, "the retry is a full write");
+    await t.call("PUT", "/v1/endpoint/2", endpointBody("api", { tier: "api" }));
     await t.call("PUT", "/v1/endpoint/3", endpointBody("other", { app: "other" }));
-    assert.equal((await t.call("GET", "/v1/endpoint/1")).body.state, "ready");
     for (const ep of [1, 2, 3]) assertConsistent(t, ep);
   } finally {
     await t.close();

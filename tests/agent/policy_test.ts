@@ -137,6 +137,33 @@ Deno.test("policy import: a rejected import is a located 400 and the previous po
   }
 });
 
+Deno.test("policy import: another L7 protocol on a port in force fails naming the policy in force", async () => {
+  const a = await startAgent();
+  try {
+    await withEndpoints(a);
+    assert.equal((await a.call("PUT", "/v1/policy", POLICY_HTTP)).status, 200);
+    const resolved = (await a.call("GET", "/v1/policy/resolved/backend")).body;
+    const kafka = POLICY_HTTP.replace("backend-get-public", "backend-kafka")
+      .replace(/http:[\s\S]*$/, "kafka: [{topic: orders}]\n");
+    const r = await a.call("PUT", "/v1/policy?file=kafka.yaml", kafka);
+    assert.equal(r.status, 400, JSON.stringify(r.body));
+    assert.equal(r.body.error.code, "invalid_policy");
+    const issues: { message: string }[] = r.body.error.details.issues;
+    assert.ok(
+      issues.some((i) =>
+        /Conflicting L7 protocols on ingress TCP\/80 .*the HTTP rules of CiliumNetworkPolicy default\/backend-get-public/
+          .test(i.message) &&
+        /the Kafka rules of CiliumNetworkPolicy default\/backend-kafka/.test(i.message)
+      ),
+      JSON.stringify(issues),
+    );
+    assert.deepEqual((await a.call("GET", "/v1/policy/resolved/backend")).body, resolved);
+    assert.equal(a.agent.policies.size, 1);
+  } finally {
+    await a.close();
+  }
+});
+
 Deno.test("policy get: the YAML imports again unchanged; JSON sources import atomically", async () => {
   const t = await startAgent();
   try {

@@ -23,6 +23,8 @@ export interface CniRun {
   stdout: string;
   stderr: string;
   ms: number;
+  /** Wall-clock epoch ms of the exec (comparable with the plugin's `CILIA_CNI_TIMING` marks). */
+  startedAt: number;
 }
 
 export interface CniCall {
@@ -34,6 +36,8 @@ export interface CniCall {
   config?: Record<string, unknown> | string;
   /** Replaces the environment entirely (for tests of missing variables). */
   env?: Record<string, string>;
+  /** Sets CILIA_CNI_TIMING=1: the plugin writes its timing marks to stderr. */
+  timing?: boolean;
 }
 
 export interface TestPod {
@@ -60,6 +64,7 @@ export async function execCni(command: string, call: CniCall, socket: string): P
     CNI_IFNAME: call.ifname ?? "eth0",
     CNI_ARGS: call.args ?? "",
     CNI_PATH: `${root}bin`,
+    ...(call.timing ? { CILIA_CNI_TIMING: "1" } : {}),
   };
   const start = performance.now();
   const child = new Deno.Command(CNI_BIN, {
@@ -80,6 +85,7 @@ export async function execCni(command: string, call: CniCall, socket: string): P
     stdout,
     stderr: dec.decode(out.stderr),
     ms: performance.now() - start,
+    startedAt: performance.timeOrigin + start,
   };
 }
 
@@ -94,6 +100,8 @@ export class CiliaNode implements AsyncDisposable {
   #log = "";
   #drained: Promise<void> | undefined;
   #pods = 0;
+  /** Extra environment for the agent process (e.g. a PATH with a fault-injecting bpftool). */
+  agentEnv: Record<string, string> = {};
 
   private constructor(lab: Lab, node: Node, ext: External | undefined) {
     this.lab = lab;
@@ -105,12 +113,15 @@ export class CiliaNode implements AsyncDisposable {
   }
 
   /** A lab node (and an external host on 203.0.113.0/24 if asked) with a running agent. */
-  static async create(opts: { external?: boolean } = {}): Promise<CiliaNode> {
+  static async create(
+    opts: { external?: boolean; agentEnv?: Record<string, string> } = {},
+  ): Promise<CiliaNode> {
     const lab = await Lab.create();
     try {
       const node = await lab.addNode("node");
       const ext = opts.external ? await lab.addExternal(node, "ext") : undefined;
       const n = new CiliaNode(lab, node, ext);
+      n.agentEnv = opts.agentEnv ?? {};
       await Deno.mkdir(n.dir);
       await n.startAgent();
       return n;
@@ -147,7 +158,7 @@ export class CiliaNode implements AsyncDisposable {
     ]);
     const child = new Deno.Command(argv[0]!, {
       args: argv.slice(1),
-      env: { CILIA_DENO: Deno.execPath() },
+      env: { CILIA_DENO: Deno.execPath(), ...this.agentEnv },
       stdin: "null",
       stdout: "null",
       stderr: "piped",

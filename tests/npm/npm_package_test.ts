@@ -33,9 +33,9 @@ export async function f(): Promise<QueryResult["verdict"]> {
 `;
 
 Deno.test("the npm package runs under Node.js and type-checks for TypeScript consumers", async () => {
-  const dist = await buildNpm();
   const dir = await Deno.makeTempDir({ prefix: "cilia-npm-" });
   try {
+    const dist = await buildNpm({ outdir: `${dir}/dist` });
     await Deno.mkdir(`${dir}/node_modules/@cilia`, { recursive: true });
     await Deno.symlink(dist, `${dir}/node_modules/@cilia/policy`);
     for (const dep of ["zod", "yaml"]) {

@@ -3,7 +3,16 @@
 // versions, client ids, multi-topic requests) and DNS names and patterns.
 
 import assert from "node:assert/strict";
-import { compilePolicies, PolicyEngine, SimCluster } from "../../policy-wasm/mod.ts";
+import {
+  compilePolicies,
+  evaluateFlow,
+  explainFlow,
+  flowOf,
+  loadScenario,
+  PolicyEngine,
+  prepareScenario,
+  SimCluster,
+} from "../../policy-wasm/mod.ts";
 
 async function setup(rules: string, dir: "ingress" | "egress" = "ingress") {
   const engine = await PolicyEngine.create();
@@ -185,5 +194,161 @@ Deno.test("DNS: matchName is exact and case-insensitive, matchPattern wildcards 
       if (want === "denied") assert.equal(r.detail, 5);
     });
   }
+  engine.close();
+});
+
+Deno.test("DNS: `**` is one or more whole labels anywhere; no pattern matches an empty label", async (t) => {
+  const table: { pattern: string; accept: string[]; reject: string[] }[] = [
+    {
+      pattern: "1.**.cilium.io.",
+      accept: ["1._foobar._tcp.cilium.io.", "1.2._foobar._tcp.cilium.io."],
+      reject: ["1.cilium.io.", "2._foobar._tcp.cilium.io.", "1..cilium.io.", "_tcp.cilium.io."],
+    },
+    {
+      pattern: "*.**.cilium.io.",
+      accept: ["_foobar._tcp.cilium.io.", "2._foobar._tcp.cilium.io."],
+      reject: ["_tcp.cilium.io.", "_foobar.._tcp.cilium.io.", ".x.cilium.io."],
+    },
+    {
+      pattern: "*.**.io.",
+      accept: ["anysub.cilium.io.", "service.namespace.svc.cluster.io."],
+      reject: ["io.", "cilium.io", "..cilium.io.", "service.namespace.svc..cluster.io."],
+    },
+    {
+      pattern: "subdomain.**.*ili*.io.",
+      accept: ["subdomain._foobar._tcp.cilium.io.", "subdomain.1.2.x.cili.io."],
+      reject: ["subdomain.cilium.trio.", ".subdomain.a.cilium.io.", "subdomain.1..2.cili.io."],
+    },
+    {
+      pattern: "*.1.**.cilium.io.",
+      accept: ["_sub.1._foobar._tcp.cilium.io.", "_sub.1.2._foobar._tcp.cilium.io."],
+      reject: ["_sub._tcp.1.cilium.io.", "2._foobar.1._tcp.cilium.io."],
+    },
+    {
+      pattern: "*",
+      accept: ["io.", "cilium.io", "_foobar._tcp.cilium.io.", "svc.cluster.local."],
+      reject: [".io.", ".cilium.io.", "cilium..io.", "a b.io."],
+    },
+    {
+      pattern: "**",
+      accept: ["io.", "service.namespace.svc.cluster.local."],
+      reject: ["..io.", "cilium..io"],
+    },
+    { pattern: "*.cilium.io", accept: ["sub.cilium.io"], reject: [".cilium.io.", "cilium.io."] },
+  ];
+  for (const { pattern, accept, reject } of table) {
+    const { engine, client, server } = await setup(
+      `        - ports: [{port: "53", protocol: UDP}]
+          rules: {dns: [{matchPattern: "${pattern}"}]}`,
+      "egress",
+    );
+    const ask = (name: string) =>
+      engine.query({
+        endpoint: client.id,
+        direction: "egress",
+        peer: server.identity,
+        proto: 17,
+        port: 53,
+        dns: name,
+      }).l7.status;
+    await t.step(pattern, () => {
+      for (const name of accept) {
+        assert.equal(ask(name), "allowed", `${pattern} must accept ${name}`);
+      }
+      for (const name of reject) {
+        assert.equal(ask(name), "denied", `${pattern} must refuse ${name}`);
+      }
+    });
+    engine.close();
+  }
+});
+
+Deno.test("L7 rules of a default-allow direction observe only, for HTTP, Kafka and DNS", async (t) => {
+  const engine = await PolicyEngine.create();
+  const text = (dd: boolean) =>
+    `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: observe, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  enableDefaultDeny: {ingress: ${dd}, egress: ${dd}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts:
+        - ports: [{port: "80", protocol: TCP}]
+          rules: {http: [{method: GET, path: /api}]}
+        - ports: [{port: "9092", protocol: TCP}]
+          rules: {kafka: [{role: produce, topic: foo}]}
+  egress:
+    - toEndpoints: [{matchLabels: {app: client}}]
+      toPorts:
+        - ports: [{port: "53", protocol: UDP}]
+          rules: {dns: [{matchName: cilium.io}]}
+`;
+  const cluster = new SimCluster({
+    endpoints: [{ name: "client", labels: { app: "client" } }, {
+      name: "server",
+      labels: { app: "server" },
+    }],
+  });
+  for (const [dd, want] of [[false, "allowed"], [true, "denied"]] as const) {
+    await t.step(`enableDefaultDeny ${dd}: unlisted requests are ${want}`, () => {
+      const c = compilePolicies({ text: text(dd) });
+      const entries = c.spec.rules[0]!.entries;
+      assert.equal(entries.every((e) => (e.observeOnly ?? false) === !dd), true);
+      cluster.load(engine, c.spec, engine.options);
+      const server = cluster.endpoint("server")!;
+      const client = cluster.endpoint("client")!;
+      const base = { endpoint: server.id, peer: client.identity, proto: 6 } as const;
+      const http = engine.query({
+        ...base,
+        direction: "ingress",
+        port: 80,
+        http: { method: "POST", path: "/other" },
+      });
+      assert.equal(http.verdict, "redirect");
+      assert.equal(http.l7.status, want);
+      const kafka = engine.query({
+        ...base,
+        direction: "ingress",
+        port: 9092,
+        kafka: { apiKey: 0, apiVersion: 0, clientID: "", topics: ["bar"] },
+      });
+      assert.equal(kafka.l7.status, want);
+      const dns = engine.query({
+        ...base,
+        direction: "egress",
+        proto: 17,
+        port: 53,
+        dns: "example.org",
+      });
+      assert.equal(dns.l7.status, want);
+    });
+  }
+  engine.close();
+});
+
+Deno.test("traces say when default-allow L7 rules only observe", async () => {
+  const engine = await PolicyEngine.create();
+  const file = new URL("../policy_cases/l7-default-allow-observe.yaml", import.meta.url);
+  const loaded = loadScenario(await Deno.readTextFile(file), "l7-default-allow-observe.yaml");
+  const { cluster } = prepareScenario(engine, loaded);
+  const trace = (name: string) => {
+    const q = loaded.scenario.queries.find((q) => q.name === name)!;
+    return explainFlow(engine, evaluateFlow(cluster, engine, flowOf(q))).join("\n");
+  };
+  assert.match(
+    trace("HTTP, default-allow: another request passes too (observed only)"),
+    /L7 HTTP: default-allow: L7 rules observe only: CiliumNetworkPolicy default\/http-observe spec\.ingress\[0\]\.toPorts\[0\] is in a rule that is not default-deny for ingress, so the request POST \/other passes/,
+  );
+  assert.match(
+    trace("HTTP, default-allow: the listed request passes"),
+    /L7 HTTP: the request GET \/api matches CiliumNetworkPolicy default\/http-observe spec\.ingress\[0\]\.toPorts\[0\] rules\.http\[0\]/,
+  );
+  assert.match(
+    trace("DNS, default-allow: another name resolves too (observed only)"),
+    /L7 DNS: default-allow: L7 rules observe only: .* not default-deny for egress, so the DNS query for example\.org passes/,
+  );
+  assert.doesNotMatch(trace("HTTP, default-deny: the same rule restricts"), /observe only/);
   engine.close();
 });

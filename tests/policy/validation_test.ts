@@ -2,7 +2,12 @@
 // "did you mean" hint, and Cilium's cross-field rules (rule_validation.go) are enforced.
 
 import assert from "node:assert/strict";
-import { compilePolicies, PolicyEngine, PolicyValidationError } from "../../policy-wasm/mod.ts";
+import {
+  compilePolicies,
+  lintPolicies,
+  PolicyEngine,
+  PolicyValidationError,
+} from "../../policy-wasm/mod.ts";
 
 const engine = await PolicyEngine.create();
 const check = (p: string) => engine.checkRegex(p);
@@ -247,6 +252,134 @@ const CASES: Case[] = [
     message: /ipBlock cannot be combined with podSelector or namespaceSelector/,
   },
   {
+    name: "toCIDR together with toEndpoints in one egress rule",
+    text: cnp(
+      `  endpointSelector: {}\n  egress:\n    - toEndpoints: [{matchLabels: {app: a}}]\n      toCIDR: [192.0.2.0/24]\n`,
+    ),
+    message: /toCIDR cannot be combined with toEndpoints in one egress rule/,
+    path: "spec.egress[0].toCIDR",
+    line: 10,
+  },
+  {
+    name: "toCIDRSet together with toEndpoints in one egress deny rule",
+    text: cnp(
+      `  endpointSelector: {}\n  egressDeny:\n    - toEndpoints: [{}]\n      toCIDRSet: [{cidr: 192.0.2.0/24}]\n`,
+    ),
+    message: /toCIDRSet cannot be combined with toEndpoints/,
+    path: "spec.egressDeny[0].toCIDRSet",
+  },
+  {
+    name: "a DNS rule names its port",
+    text: cnp(
+      `  endpointSelector: {}\n  egress:\n    - toEndpoints: [{}]\n      toPorts:\n        - rules: {dns: [{matchPattern: "*"}]}\n`,
+    ),
+    message: /DNS rules need their port/,
+    path: "spec.egress[0].toPorts[0].ports",
+  },
+  {
+    name: "a bare address in fromCIDRSet[].cidr",
+    text: cnp(`${INGRESS}    - fromCIDRSet: [{cidr: 192.0.2.1}]\n`),
+    message: /Invalid prefix "192.0.2.1" in fromCIDRSet: .*"192.0.2.1\/32"/,
+    path: "spec.ingress[0].fromCIDRSet[0].cidr",
+    line: 9,
+  },
+  {
+    name: "a bare address in toCIDRSet[].cidr",
+    text: cnp(`  endpointSelector: {}\n  egress:\n    - toCIDRSet: [{cidr: "2001:db8::1"}]\n`),
+    message: /Invalid prefix "2001:db8::1" in toCIDRSet: .*"2001:db8::1\/128"/,
+    path: "spec.egress[0].toCIDRSet[0].cidr",
+  },
+  {
+    name: "a bare address in a CIDR set's except",
+    text: cnp(`${INGRESS}    - fromCIDRSet: [{cidr: 192.0.2.0/24, except: [192.0.2.1]}]\n`),
+    message: /Invalid prefix "192.0.2.1" in fromCIDRSet/,
+    path: "spec.ingress[0].fromCIDRSet[0].except[0]",
+  },
+  {
+    name: "HTTP rules in a host policy",
+    text:
+      `apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: h}\nspec:\n  nodeSelector: {}\n  ingress:\n    - toPorts:\n        - ports: [{port: "80", protocol: TCP}]\n          rules: {http: [{method: GET}]}\n`,
+    message: /L7 HTTP rules are not allowed in a host policy \(nodeSelector\)/,
+    path: "spec.ingress[0].toPorts[0].rules.http",
+    line: 9,
+  },
+  {
+    name: "Kafka rules in a host policy",
+    text:
+      `apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: h}\nspecs:\n  - nodeSelector: {}\n    egress:\n      - toPorts:\n          - ports: [{port: "9092", protocol: TCP}]\n            rules: {kafka: [{topic: t}]}\n`,
+    message: /L7 KAFKA rules are not allowed in a host policy/,
+    path: "specs[0].egress[0].toPorts[0].rules.kafka",
+  },
+  {
+    name: "more than 40 ICMP fields in one ICMP rule",
+    text: cnp(
+      `${INGRESS}    - icmps: [{fields: [${
+        Array.from({ length: 41 }, () => `{type: 8}`).join(", ")
+      }]}]\n`,
+    ),
+    message: /Too many ICMP fields: 41, at most 40/,
+    path: "spec.ingress[0].icmps[0].fields",
+  },
+  {
+    name: "two L7 protocols on one port for the same peers (two rules)",
+    text: cnp(
+      `${INGRESS}    - toPorts:\n        - ports: [{port: "80", protocol: TCP}]\n          rules: {kafka: [{topic: foo}]}\n    - toPorts:\n        - ports: [{port: "80", protocol: TCP}]\n          rules: {http: [{method: GET, path: /}]}\n`,
+    ),
+    message:
+      /Conflicting L7 protocols on ingress TCP\/80 for the same peers: the HTTP rules of CiliumNetworkPolicy default\/p spec\.ingress\[1\]\.toPorts\[0\] and the Kafka rules of CiliumNetworkPolicy default\/p spec\.ingress\[0\]\.toPorts\[0\]; one proxy cannot enforce both \(Cilium: "cannot merge conflicting L7 parsers"\)/,
+    path: "spec.ingress[1].toPorts[0]",
+    line: 13,
+  },
+  {
+    name: "two L7 protocols on one port across policies name the first policy",
+    text: cnp(
+      `${INGRESS}    - fromEndpoints: [{matchLabels: {app: a}}]\n      toPorts:\n        - ports: [{port: "9092", protocol: TCP}]\n          rules: {kafka: [{topic: foo}]}\n`,
+      "name: first\n  namespace: default",
+    ) + "\n---\n" +
+      cnp(
+        `  endpointSelector: {}\n  ingress:\n    - fromEndpoints: [{matchExpressions: [{key: app, operator: Exists}]}]\n      toPorts:\n        - ports: [{port: "9000", endPort: 9100, protocol: TCP}]\n          rules: {http: [{}]}\n`,
+        "name: second\n  namespace: default",
+      ),
+    message:
+      /on ingress TCP\/9000-9100 for the same peers: the HTTP rules of CiliumNetworkPolicy default\/second spec\.ingress\[0\]\.toPorts\[0\] and the Kafka rules of CiliumNetworkPolicy default\/first spec\.ingress\[0\]\.toPorts\[0\]/,
+    path: "spec.ingress[0].toPorts[0]",
+  },
+  {
+    name: "metadata.name must be a DNS-1123 subdomain",
+    text: cnp(`  endpointSelector: {}\n`, "name: My_Policy\n  namespace: default"),
+    message: /Invalid metadata.name "My_Policy": expected a DNS-1123 subdomain/,
+    path: "metadata.name",
+    line: 4,
+  },
+  {
+    name: "metadata.name at most 253 characters",
+    text: cnp(`  endpointSelector: {}\n`, `name: ${"a".repeat(254)}`),
+    message: /Invalid metadata.name "a{254}"/,
+    path: "metadata.name",
+  },
+  {
+    name: "metadata.namespace must be a DNS-1123 label",
+    text: cnp(`  endpointSelector: {}\n`, "name: p\n  namespace: team.prod"),
+    message: /Invalid metadata.namespace "team.prod": expected a DNS-1123 label/,
+    path: "metadata.namespace",
+    line: 5,
+  },
+  {
+    name: "metadata.namespace at most 63 characters",
+    text: `apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n, namespace: ${
+      "n".repeat(64)
+    }}\nspec:\n  podSelector: {}\n`,
+    message: /Invalid metadata.namespace "n{64}"/,
+    path: "metadata.namespace",
+  },
+  {
+    name: "KNP podSelector stays required",
+    text:
+      `apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n}\nspec:\n  ingress: []\n`,
+    message: /Missing required field "podSelector"/,
+    path: "spec.podSelector",
+  },
+  {
     name: "duplicate policy names",
     text: cnp(`  endpointSelector: {}\n`) + "\n---\n" + cnp(`  endpointSelector: {}\n`),
     message: /Duplicate policy "default\/p" \(CiliumNetworkPolicy\)/,
@@ -359,4 +492,126 @@ Deno.test("namespace in a CNP endpointSelector is overridden with a warning", ()
     op: "In",
     values: ["default"],
   }]);
+});
+
+Deno.test("compilePolicies() accepts what Cilium accepts around those checks", async (t) => {
+  const ok: [string, string][] = [
+    [
+      "toCIDR and toEndpoints in separate egress rules; toEntities with toCIDR; ingress lists",
+      cnp(
+        `  endpointSelector: {}\n  egress:\n    - toEndpoints: [{}]\n    - toCIDR: [192.0.2.0/24]\n      toEntities: [world]\n  ingress:\n    - fromEndpoints: [{}]\n      fromCIDR: [192.0.2.1]\n`,
+      ),
+    ],
+    [
+      "an empty list next to toEndpoints is not a combination",
+      cnp(`  endpointSelector: {}\n  egress:\n    - toEndpoints: [{}]\n      toCIDR: []\n`),
+    ],
+    [
+      "DNS rules in a host policy",
+      `apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: h}\nspec:\n  nodeSelector: {}\n  egress:\n    - toPorts:\n        - ports: [{port: "53", protocol: ANY}]\n          rules: {dns: [{matchPattern: "*"}]}\n`,
+    ],
+    [
+      "40 ICMP fields",
+      cnp(
+        `${INGRESS}    - icmps: [{fields: [${
+          Array.from({ length: 40 }, () => `{type: 8}`).join(", ")
+        }]}]\n`,
+      ),
+    ],
+    [
+      "HTTP and Kafka on one port for different peers, subjects, directions or protocols",
+      [
+        cnp(
+          `${INGRESS}    - fromEndpoints: [{matchLabels: {app: x}}]\n      toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {kafka: [{topic: t}]}}]\n    - fromEndpoints: [{matchLabels: {app: y}}]\n      toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{}]}}]\n    - fromCIDR: [192.0.2.0/24]\n      toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{}]}}]\n`,
+          "name: peers\n  namespace: default",
+        ),
+        cnp(
+          `  endpointSelector: {matchLabels: {app: c}}\n  ingress:\n    - toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{}]}}]\n  egress:\n    - toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {kafka: [{}]}}]\n`,
+          "name: subject-c\n  namespace: default",
+        ),
+        cnp(
+          `  endpointSelector: {matchLabels: {app: b}}\n  ingress:\n    - toPorts: [{ports: [{port: "81", protocol: TCP}], rules: {kafka: [{}]}}]\n`,
+          "name: other-port\n  namespace: default",
+        ),
+        cnp(
+          `  endpointSelector: {matchLabels: {app: d}}\n  ingress:\n    - toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{}]}}]\n`,
+          "name: other-namespace\n  namespace: prod",
+        ),
+        cnp(
+          `  endpointSelector: {matchLabels: {app: d}}\n  ingress:\n    - toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {kafka: [{}]}}]\n`,
+          "name: other-namespace\n  namespace: default",
+        ),
+      ].join("\n---\n"),
+    ],
+    [
+      "HTTP rules of two policies on one port are unioned, not a conflict",
+      [
+        cnp(
+          `${INGRESS}    - toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{}]}}]\n`,
+        ),
+        cnp(
+          `${INGRESS}    - toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{}]}}]\n`,
+          "name: q\n  namespace: default",
+        ),
+      ].join("\n---\n"),
+    ],
+    [
+      "Kubernetes names: dots and dashes in names, a 63-character namespace",
+      cnp(`  endpointSelector: {}\n`, `name: allow.dns-1\n  namespace: ${"n".repeat(63)}`),
+    ],
+  ];
+  for (const [name, text] of ok) {
+    await t.step(name, () => {
+      assert.deepEqual(issuesOf(text).map((i) => i.message), []);
+    });
+  }
+});
+
+Deno.test("KNP podSelector: null selects every pod of the namespace, like {}", () => {
+  const knp = (sel: string) =>
+    `apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n, namespace: prod}\nspec:\n  podSelector: ${sel}\n  ingress: []\n`;
+  const subject = (sel: string) => compilePolicies({ text: knp(sel) }).spec.rules[0]!.subject;
+  assert.deepEqual(subject("null"), subject("{}"));
+  assert.deepEqual(subject("null"), {
+    kind: "labels",
+    requirements: [{
+      source: "k8s",
+      key: "io.kubernetes.pod.namespace",
+      op: "In",
+      values: ["prod"],
+    }],
+  });
+});
+
+Deno.test("an empty peer list selects no peer and lint says the rule grants nothing", () => {
+  const text = cnp(`  endpointSelector: {matchLabels: {id: a}}
+  ingress:
+    - fromEndpoints: []
+      toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+    - toPorts: [{ports: [{port: "81", protocol: TCP}]}]
+  egressDeny:
+    - toCIDR: []
+      toEntities: [world]
+`);
+  const c = compilePolicies({ text, file: "p.yaml" });
+  const [empty, l4only, deny] = c.spec.rules[0]!.entries;
+  assert.equal(empty!.emptyPeers, "fromEndpoints");
+  assert.deepEqual(empty!.peers.map((p) => p.selector.kind), ["none"]);
+  assert.equal(l4only!.emptyPeers, undefined);
+  assert.deepEqual(l4only!.peers.map((p) => p.selector.kind), ["all"]);
+  assert.equal(deny!.emptyPeers, "toCIDR");
+  assert.deepEqual(deny!.peers.map((p) => p.selector.kind), ["none"]);
+  const lint = lintPolicies(c).filter((w) => w.code === "empty-peers");
+  assert.deepEqual(lint.map((w) => [w.path, w.line]), [["spec.ingress[0]", 9], [
+    "spec.egressDeny[0]",
+    13,
+  ]]);
+  assert.match(
+    lint[0]!.message,
+    /^This rule grants nothing: its peer list is empty \(fromEndpoints: \[\]\)/,
+  );
+  assert.match(
+    lint[1]!.message,
+    /^This rule denies nothing: its peer list is empty \(toCIDR: \[\]\)/,
+  );
 });

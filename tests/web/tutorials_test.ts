@@ -74,7 +74,7 @@ Deno.test("parseLabels() and parseHeaders() read the table and tester syntax", (
     headers: { "X-Token": "1:2", Accept: "*/*" },
   });
   assertEquals(parseHeaders("nocolon"), {
-    error: 'Invalid header line "nocolon": expected Name: value',
+    error: 'Invalid header "nocolon": expected Name: value',
   });
 });
 
@@ -146,4 +146,32 @@ Deno.test("Simulator places validation errors and lint warnings at their lines",
     ["warning", line],
   ]);
   sim.close();
+});
+
+Deno.test("Simulator marks conflicting L7 protocols on one port as an error at its line", async () => {
+  const sim = await Simulator.create();
+  try {
+    const policy = (name: string, rules: string) =>
+      `apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: ${name}, namespace: default}\nspec:\n  endpointSelector: {matchLabels: {id: a}}\n  ingress:\n    - toPorts:\n        - ports: [{port: "80", protocol: TCP}]\n          rules: ${rules}\n`;
+    const result = sim.run({
+      policies: joinPolicies([
+        policy("kafka-80", "{kafka: [{topic: foo}]}"),
+        policy("http-80", "{http: [{method: GET, path: /}]}"),
+      ]),
+      endpoints: [],
+      queries: [],
+    }, { port: 80, protocol: "TCP" });
+    assertEquals(result.matrix, undefined);
+    assertEquals(result.errors, 1);
+    const d = result.diagnostics.find((d) => d.severity === "error")!;
+    assertEquals(d.path, "spec.ingress[0].toPorts[0]");
+    assertEquals(d.line, 18);
+    assertEquals(
+      /the HTTP rules of CiliumNetworkPolicy default\/http-80 .* and the Kafka rules of CiliumNetworkPolicy default\/kafka-80 .*cannot merge conflicting L7 parsers/
+        .test(d.message),
+      true,
+    );
+  } finally {
+    sim.close();
+  }
 });

@@ -3,7 +3,7 @@
 // and explanation as the user types, and can keep the request as a scenario query. This module
 // is browser compatible (it needs a DOM).
 
-import { type FlowInput, flowOf, KAFKA_API_KEYS } from "../../policy-wasm/mod.ts";
+import { type FlowInput, flowOf, KAFKA_API_KEYS, queryName } from "../../policy-wasm/mod.ts";
 import { fill, h } from "./dom.ts";
 import { explanation } from "./explanation.ts";
 import { type EndpointRow, parseHeaders, type ScenarioQuery } from "./model.ts";
@@ -236,6 +236,6 @@ export class L7Tester {
       "data-testid": "l7-add-query",
       onclick: () => this.#events.onAddQuery({ ...q, expect: outcome.verdict }),
     }, "Add as query");
-    fill(this.#result, explanation(`${q.from} → ${q.to}:${q.port}  ${what}`, outcome, [add]));
+    fill(this.#result, explanation(`${queryName(q, outcome)}  ${what}`, outcome, [add]));
   }
 }

@@ -2,6 +2,7 @@
 // port and protocol, each cell allowed or denied as the engine judged it; a click shows that
 // flow's explanation below the matrix. This module is browser compatible (it needs a DOM).
 
+import { queryName } from "../../policy-wasm/mod.ts";
 import { fill, h } from "./dom.ts";
 import { explanation } from "./explanation.ts";
 import type { MatrixCell, Probe, Protocol } from "./simulation.ts";
@@ -162,7 +163,6 @@ export class MatrixView {
       return;
     }
     const probe = this.#probe;
-    const port = probe.protocol === "ICMP" ? `type ${probe.port}` : String(probe.port);
     const actions = [
       cell.l7
         ? h("button", {
@@ -180,7 +180,7 @@ export class MatrixView {
     ];
     fill(
       this.#detail,
-      explanation(`${cell.from} → ${cell.to}  ${probe.protocol}/${port}`, cell, actions),
+      explanation(queryName({ from: cell.from, to: cell.to, ...probe }, cell), cell, actions),
     );
   }
 }

@@ -1,10 +1,16 @@
 // The simulator's working copy of a scenario: the scenario file's fields with all policy documents
 // as one `---`-separated text (what the editor holds), and the conversions both ways, so that
-// import → edit → export keeps the `cilia policy test` format. Also the `k=v,k2=v2` label syntax of
-// the endpoint table. Pure data; no DOM. This module is browser compatible.
+// import → edit → export keeps the `cilia policy test` format. Also the endpoint table's labels and
+// the L7 tester's headers, read by policy-wasm's one parser. Pure data; no DOM. This module is
+// browser compatible.
 
 import { stringify } from "yaml";
-import type { Scenario } from "../../policy-wasm/mod.ts";
+import {
+  formatLabelList,
+  parseHeaderLines,
+  parseLabelList,
+  type Scenario,
+} from "../../policy-wasm/mod.ts";
 
 export type EndpointRow = Scenario["endpoints"][number];
 export type ScenarioQuery = Scenario["queries"][number];
@@ -61,38 +67,30 @@ export function scenarioOf(w: Workspace): Scenario {
   };
 }
 
-/** `k=v,k2=v2` → labels; an entry without "=" or with an empty key is an error. */
+/** `k=v,k2=v2` → labels, by parseLabelList()'s rules; a syntax error as its message. */
 export function parseLabels(
   text: string,
 ): { labels: Record<string, string> } | { error: string } {
-  const labels: Record<string, string> = {};
-  for (const raw of text.split(",")) {
-    const part = raw.trim();
-    if (part === "") continue;
-    const eq = part.indexOf("=");
-    if (eq <= 0) return { error: `Invalid label "${part}": expected key=value` };
-    labels[part.slice(0, eq).trim()] = part.slice(eq + 1).trim();
+  try {
+    return { labels: parseLabelList(text) };
+  } catch (e) {
+    if (e instanceof SyntaxError) return { error: e.message };
+    throw e;
   }
-  return { labels };
 }
 
-export function formatLabels(labels: Record<string, string> | undefined): string {
-  return Object.entries(labels ?? {}).map(([k, v]) => `${k}=${v}`).join(",");
-}
+export const formatLabels = formatLabelList;
 
-/** `Name: value` lines → headers; blank lines are skipped. */
+/** `Name: value` lines → headers, by parseHeaderLines()'s rules; a syntax error as its message. */
 export function parseHeaders(
   text: string,
 ): { headers: Record<string, string> } | { error: string } {
-  const headers: Record<string, string> = {};
-  for (const raw of text.split("\n")) {
-    const line = raw.trim();
-    if (line === "") continue;
-    const colon = line.indexOf(":");
-    if (colon <= 0) return { error: `Invalid header line "${line}": expected Name: value` };
-    headers[line.slice(0, colon).trim()] = line.slice(colon + 1).trim();
+  try {
+    return { headers: parseHeaderLines(text) };
+  } catch (e) {
+    if (e instanceof SyntaxError) return { error: e.message };
+    throw e;
   }
-  return { headers };
 }
 
 /** A name not yet used by an endpoint: `pod-1`, `pod-2`, … */

@@ -2,10 +2,11 @@
 // and the explanation of each (click a row). Rows can be removed or opened in the L7 tester. This
 // module is browser compatible (it needs a DOM).
 
+import { queryName } from "../../policy-wasm/mod.ts";
 import { fill, h } from "./dom.ts";
 import { tracePre, verdictPill } from "./explanation.ts";
 import type { ScenarioQuery } from "./model.ts";
-import { peerText, type QueryRow } from "./simulation.ts";
+import type { QueryRow } from "./simulation.ts";
 
 export interface QueriesEvents {
   onRemove(index: number): void;
@@ -100,7 +101,6 @@ export class QueriesView {
     const icon = { pass: "✓", fail: "✗", error: "!", none: "·" }[status];
     const q = r.query;
     const l7 = q.http ? `${q.http.method} ${q.http.path}` : q.kafka ? kafkaText(q) : "";
-    const port = q.protocol === "ICMP" ? `ICMP type ${q.icmpType ?? 8}` : `${q.protocol}/${q.port}`;
     const toggle = () => {
       if (!this.#open.delete(r.index)) this.#open.add(r.index);
       const next = row.nextElementSibling as HTMLElement | null;
@@ -127,7 +127,7 @@ export class QueriesView {
         h(
           "div",
           { class: "sub" },
-          `${peerText(q.from)} → ${peerText(q.to)} ${port}`,
+          queryName(q, r.outcome),
           l7 ? h("code", {}, l7) : null,
         ),
       ),

@@ -1,23 +1,24 @@
 // The simulator's use of the policy engine: one PolicyEngine (the embedded policy.wasm), loaded
 // with the workspace's policies and endpoints exactly as `cilia policy test` loads a scenario
 // (prepareScenario), then asked for the reachability matrix, the scenario's queries and single
-// flows. Verdicts and explanations come from the engine (evaluateFlow, explainFlow, flowReason);
-// nothing here decides a verdict. No DOM. This module is browser compatible.
+// flows. Verdicts come from the engine (evaluateFlow); reports, query names and explanations from
+// renderFlow() and queryName(), as in the CLI; nothing here decides a verdict. No DOM. This module
+// is browser compatible.
 
 import {
   compilePolicies,
   DEFAULT_OPTIONS,
   evaluateFlow,
-  explainFlow,
   type FlowInput,
   flowOf,
-  flowReason,
+  type FlowReport,
   lintPolicies,
-  type PeerRef,
   PolicyEngine,
   type PolicySource,
   PolicyValidationError,
   prepareScenario,
+  queryName,
+  renderFlow,
   type SimCluster,
   type ValidationIssue,
 } from "../../policy-wasm/mod.ts";
@@ -39,13 +40,13 @@ export interface Diagnostic {
   column?: number | undefined;
 }
 
-export interface FlowOutcome {
-  verdict: "allowed" | "denied";
-  /** L7 rules apply and no request was given: only L3/L4 was judged. */
+/** renderFlow()'s verdict, reason and trace (the lines `cilia policy trace` prints), and more. */
+export interface FlowOutcome extends Pick<FlowReport, "verdict" | "reason" | "trace"> {
+  /** Allowed, but L7 rules apply and no request was given: only L3/L4 was judged. */
   l7: boolean;
-  reason: string;
-  /** explainFlow(): the lines `cilia policy trace` prints. */
-  trace: string[];
+  /** The judged protocol number and port (ICMP: the type), for the query's name. */
+  proto: number;
+  port: number;
 }
 
 export interface MatrixCell extends FlowOutcome {
@@ -144,19 +145,16 @@ export class Simulator {
   }
 
   #judge(input: FlowInput): FlowOutcome {
-    const flow = evaluateFlow(this.#cluster!, this.#engine, input);
-    return {
-      verdict: flow.allowed ? "allowed" : "denied",
-      l7: flow.allowed && flow.l7Unevaluated,
-      reason: flowReason(this.#engine, flow),
-      trace: explainFlow(this.#engine, flow),
-    };
+    const r = renderFlow(this.#engine, evaluateFlow(this.#cluster!, this.#engine, input));
+    const { verdict, reason, trace, proto, port } = r;
+    return { verdict, l7: r.allowed && r.l7Unevaluated, reason, trace, proto, port };
   }
 
   #query(q: ScenarioQuery, index: number): QueryRow {
     const row: QueryRow = { index, name: q.name ?? queryName(q), query: q, expect: q.expect };
     try {
       row.outcome = this.#judge(flowOf(q));
+      row.name = q.name ?? queryName(q, row.outcome);
       if (q.expect) row.pass = q.expect === row.outcome.verdict;
     } catch (e) {
       row.error = e instanceof Error ? e.message : String(e);
@@ -167,20 +165,6 @@ export class Simulator {
   close(): void {
     this.#engine.close();
   }
-}
-
-/** The name `cilia policy test` gives a query without one. */
-export function queryName(q: ScenarioQuery): string {
-  const port = q.protocol === "ICMP" ? (q.icmpType ?? 8) : q.port;
-  return `${peerText(q.from)} -> ${peerText(q.to)} ${q.protocol}/${port}`;
-}
-
-export function peerText(p: PeerRef): string {
-  if (typeof p === "string") return p;
-  if ("cidr" in p) return p.cidr;
-  if ("entity" in p) return `entity:${p.entity}`;
-  if ("endpoint" in p) return p.endpoint;
-  return `identity:${p.identity}`;
 }
 
 function diagnostic(
