@@ -38,13 +38,17 @@ import { Ipam } from "./ipam/ipam.ts";
 import { type DatapathSink, NullSink } from "./endpoint/datapath_sink.ts";
 import { Regenerator } from "./endpoint/regenerator.ts";
 import { RetryLoop } from "./endpoint/retry_loop.ts";
-import { EndpointManager } from "./endpoint/manager.ts";
+import { EndpointManager, regenEndpoint } from "./endpoint/manager.ts";
 import { CniAttachments } from "./endpoint/cni_attachments.ts";
 import { KernelSink, registerDatapathMetrics } from "./datapath/kernel_sink.ts";
 import { checkDatapath } from "./datapath/preflight.ts";
 import { setupHostNetwork } from "./node/host_net.ts";
 import { PolicyRepository } from "./policy/repository.ts";
 import { type AgentStatus, agentStatus, probeKvstore } from "./status.ts";
+import { Monitor } from "./monitor/monitor.ts";
+import { registerMapOpMetrics } from "./monitor/metrics.ts";
+import { MAP_OPS } from "./datapath/map_writer.ts";
+import { timedSink } from "./_sink_metrics.ts";
 
 export interface AgentOptions {
   config: AgentConfig;
@@ -87,6 +91,8 @@ export class Agent {
   /** The kernel datapath, when the agent runs it. */
   datapath: KernelSink | undefined;
   metricsServer: MetricsServer | undefined;
+  /** Kernel events → flows: the one reader of the datapath's events. */
+  monitor!: Monitor;
   #abort = new AbortController();
   #watches: PrefixWatch[] = [];
   #closers: Closer[] = [];
@@ -137,7 +143,14 @@ export class Agent {
     this.#closers.push(this.retry);
     this.regen = new Regenerator({
       engine: this.engine,
-      sink: opts.sink ?? this.datapath ?? new NullSink(),
+      sink: timedSink(
+        opts.sink ?? this.datapath ?? new NullSink(),
+        this.metrics.histogram(
+          "cilia_endpoint_regeneration_seconds",
+          "time to write one endpoint's policy (a whole policy or a diff) to the datapath",
+          [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+        ),
+      ),
       log: regenLog,
       options,
       counter: this.counters.regenerations,
@@ -210,11 +223,22 @@ export class Agent {
       log: log.child({ subsys: "endpoint" }),
     });
     const restored = await this.endpoints.restore();
+    this.monitor = new Monitor({
+      engine: this.engine,
+      endpoints: () => this.endpoints.list(),
+      nodeName: c.nodeName,
+      bufferSize: c.flowBufferSize,
+      log: log.child({ subsys: "monitor" }),
+      metrics: this.metrics,
+    });
+    this.#closers.push(this.monitor);
+    if (this.datapath) this.monitor.start(this.datapath.datapath.pins.maps.cilia_events);
     this.cni = new CniAttachments({
       endpoints: this.endpoints,
       ipam: this.ipam,
       log: log.child({ subsys: "cni" }),
       kernel: this.datapath !== undefined,
+      ...(this.datapath ? { checkDatapath: (ep) => this.datapath!.check(regenEndpoint(ep)) } : {}),
     });
     await this.#replayDeleteQueue();
     if (this.datapath) {
@@ -327,6 +351,7 @@ export class Agent {
       );
     });
     if (this.datapath) registerDatapathMetrics(m, this.datapath);
+    registerMapOpMetrics(m, MAP_OPS);
   }
 
   /** Every identity this agent knows: reserved, global (with this node's references), local. */

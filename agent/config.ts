@@ -41,6 +41,8 @@ export interface AgentConfig {
   bpffsRoot: string;
   /** The eBPF object cache (compiled once per source hash). */
   bpfBuildDir: string;
+  /** Flows the monitor keeps in memory (the oldest are overwritten). */
+  flowBufferSize: number;
 }
 
 export class ConfigError extends Error {
@@ -119,6 +121,7 @@ const Schema = z.strictObject({
     .default("/sys/fs/bpf/cilia"),
   bpfBuildDir: z.string().regex(/^\/./, { message: "Expected an absolute directory" })
     .default(DEFAULT_BPF_BUILD_DIR),
+  flowBufferSize: z.coerce.number().int().min(1).max(1 << 20).default(4095),
 });
 
 const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
@@ -142,6 +145,7 @@ export const FLAGS = {
   datapath: { type: "string" },
   "bpffs-root": { type: "string" },
   "bpf-build-dir": { type: "string" },
+  "flow-buffer-size": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -239,4 +243,5 @@ Usage: cilia-agent [flags]      (or: deno task agent -- [flags])
   --datapath MODE          kernel (eBPF programs enforce policy; needs root and a bpffs)
                            or none (no kernel changes, e.g. for tests); default kernel
   --bpffs-root DIR         where the datapath pins maps and programs (default /sys/fs/bpf/cilia)
-  --bpf-build-dir DIR      eBPF object cache (default the repository's bpf/build)`;
+  --bpf-build-dir DIR      eBPF object cache (default the repository's bpf/build)
+  --flow-buffer-size N     flows kept in memory for cilia observe (default 4095)`;

@@ -46,8 +46,36 @@ export class Counter {
   }
 }
 
+/** A histogram with fixed buckets (upper bounds, seconds or whatever the name says). */
+export class Histogram {
+  readonly #counts: number[];
+  #sum = 0;
+  #count = 0;
+  constructor(readonly name: string, readonly help: string, readonly buckets: readonly number[]) {
+    this.#counts = buckets.map(() => 0);
+  }
+
+  observe(value: number): void {
+    this.#sum += value;
+    this.#count++;
+    for (let i = 0; i < this.buckets.length; i++) if (value <= this.buckets[i]!) this.#counts[i]!++;
+  }
+
+  get count(): number {
+    return this.#count;
+  }
+
+  render(): string[] {
+    const out = [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} histogram`];
+    this.buckets.forEach((b, i) => out.push(`${this.name}_bucket{le="${b}"} ${this.#counts[i]}`));
+    out.push(`${this.name}_bucket{le="+Inf"} ${this.#count}`);
+    out.push(`${this.name}_sum ${this.#sum}`, `${this.name}_count ${this.#count}`);
+    return out;
+  }
+}
+
 export class Metrics {
-  #counters: Counter[] = [];
+  #counters: (Counter | Histogram)[] = [];
   #gauges: { name: string; help: string; read: () => number }[] = [];
   #hooks: (() => Promise<void> | void)[] = [];
 
@@ -59,6 +87,12 @@ export class Metrics {
 
   gauge(name: string, help: string, read: () => number): void {
     this.#gauges.push({ name, help, read });
+  }
+
+  histogram(name: string, help: string, buckets: readonly number[]): Histogram {
+    const h = new Histogram(name, help, buckets);
+    this.#counters.push(h);
+    return h;
   }
 
   /** A gauge with labels, set by the caller (usually in an onScrape hook). */

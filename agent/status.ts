@@ -6,6 +6,7 @@
 
 import type { Agent } from "./agent.ts";
 import type { KvStore } from "./kvstore/kvstore.ts";
+import type { MonitorStats } from "./monitor/monitor.ts";
 
 export interface KvstoreHealth {
   backend: "denokv" | "etcd";
@@ -55,6 +56,11 @@ export interface AgentStatus {
   };
   ipam: { family: 4 | 6; cidr: string; gateway: string; allocated: number; capacity: string }[];
   datapath: DatapathStatus;
+  /** Flows: whether kernel events are read, the flow buffer's fill, and lost events. */
+  monitor?: MonitorStats;
+  /** The agent process's memory in bytes: resident set, V8 heap, V8 external (array
+   * buffers), the policy engine's WASM memory. */
+  memory: { rss: number; heapUsed: number; external: number; wasm: number };
   uptimeSeconds: number;
   warnings: string[];
 }
@@ -122,6 +128,14 @@ export function agentStatus(agent: Agent, kvstore: KvstoreHealth): AgentStatus {
     });
   }
   const notReady = problems.length;
+  const mon = agent.monitor?.stats();
+  if (mon?.error) warnings.push(`flows are not recorded: ${mon.error}`);
+  if (mon && mon.lost.total > 0) {
+    warnings.push(
+      `${mon.lost.total} datapath event(s) lost (perf buffer ${mon.lost.perf}, slow readers ` +
+        `${mon.lost.slowReaders})`,
+    );
+  }
   for (const p of problems) {
     warnings.push(
       `endpoint ${p.id} (${p.name}) is not ready: its policy is not written, the kernel drops ` +
@@ -132,6 +146,7 @@ export function agentStatus(agent: Agent, kvstore: KvstoreHealth): AgentStatus {
   if (ipcachePending > 0) {
     warnings.push(`${ipcachePending} ipcache update(s) are not written yet: retrying`);
   }
+  const { rss, heapUsed, external } = Deno.memoryUsage();
   return {
     healthy: kvstore.reachable,
     realised: notReady === 0 && ipcachePending === 0,
@@ -159,6 +174,8 @@ export function agentStatus(agent: Agent, kvstore: KvstoreHealth): AgentStatus {
         reused: !agent.datapath.datapath.loaded,
       }
       : { mode: "none" },
+    memory: { rss, heapUsed, external, wasm: agent.engine.memoryBytes },
+    ...(agent.monitor ? { monitor: agent.monitor.stats() } : {}),
     uptimeSeconds: Math.round((Date.now() - agent.startedAt.getTime()) / 1000),
     warnings,
   };

@@ -1,5 +1,9 @@
 // Reading the files a command names: plain files, directories (their *.yaml, *.yml and *.json
-// files, sorted) and "-" for standard input. Errors name the path.
+// files, sorted) and "-" for standard input; policy files a scenario references, relative to the
+// scenario. Errors name the path.
+
+import { dirname, isAbsolute, join } from "node:path";
+import type { PolicySource } from "@cilia/policy-wasm";
 
 export interface InputFile {
   path: string;
@@ -49,4 +53,14 @@ export async function readInputs(
     }
   }
   return out;
+}
+/** Reads `{file: …}` policies relative to the scenario that names them. */
+export function readPolicyFile(path: string, from: string | undefined): PolicySource {
+  const full = isAbsolute(path) || !from || from === "<stdin>" ? path : join(dirname(from), path);
+  try {
+    return { text: Deno.readTextFileSync(full), file: full };
+  } catch (cause) {
+    const why = cause instanceof Deno.errors.NotFound ? "no such file" : (cause as Error).message;
+    throw new Error(`Cannot read policy file "${path}" (${full}): ${why}`, { cause });
+  }
 }

@@ -8,6 +8,7 @@ import type { Flags } from "./main.ts";
 import { type Column, type Format, renderList, renderModel, UsageError } from "./output.ts";
 import { AgentClient, AgentUnreachableError, socketPath } from "./live_client.ts";
 import { policyDelete, policyGet, policyImport, policyTraceLive } from "./live_policy.ts";
+import { monitorStatusLines } from "./monitor.ts";
 
 export const LIVE_COMMANDS = new Set<string>([
   "status",
@@ -78,7 +79,7 @@ async function waitHealthy(api: AgentClient, timeoutMs: number): Promise<void> {
   }
 }
 
-function statusText(s: AgentStatus): string {
+function statusText(s: AgentStatus, verbose = false): string {
   const cidrs = [s.node.podCidr, s.node.podCidrV6].filter(Boolean).join(", ");
   const lines = [
     `Node:        ${s.node.name}${cidrs ? ` (${cidrs})` : ""}`,
@@ -107,6 +108,12 @@ function statusText(s: AgentStatus): string {
         }`,
       ]
       : []),
+    ...monitorStatusLines(s.monitor, verbose),
+    ...(verbose
+      ? s.endpoints.problems.map((p) =>
+        `  not ready: endpoint ${p.id} (${p.name})${p.since ? ` since ${p.since}` : ""}: ${p.error}`
+      )
+      : []),
     `Uptime:      ${uptime(s.uptimeSeconds)}`,
   ];
   for (const w of s.warnings) lines.push(`Warning:     ${w}`);
@@ -118,7 +125,7 @@ async function status(api: AgentClient, v: Flags, f: Format): Promise<number> {
     if (v.wait) await waitHealthy(api, durationMs(v.timeout, 30_000));
     const s = await api.request<AgentStatus>("GET", "/v1/status");
     if (v.brief) console.log(s.healthy ? "OK" : s.warnings[0] ?? "FAILING");
-    else console.log(f === "table" ? statusText(s) : renderModel(s, f));
+    else console.log(f === "table" ? statusText(s, v.verbose === true) : renderModel(s, f));
     return s.healthy ? 0 : 1;
   } catch (err) {
     if (!v.brief || !(err instanceof AgentUnreachableError)) throw err;

@@ -94,6 +94,35 @@ export class AgentClient {
     return value as T;
   }
 
+  /** The body of a successful answer as a stream (NDJSON), for follows; throws on errors. */
+  async stream(
+    path: string,
+    query: URLSearchParams,
+    signal?: AbortSignal,
+  ): Promise<ReadableStream<Uint8Array>> {
+    const url = new URL(`http://localhost${path}`);
+    url.search = query.toString();
+    let res: Response;
+    try {
+      res = await fetch(url, {
+        headers: { accept: "application/x-ndjson" },
+        client: this.#client,
+        ...(signal ? { signal } : {}),
+      } as RequestInit);
+    } catch (err) {
+      throw unreachable(this.path, err);
+    }
+    if (!res.ok) {
+      const text = await res.text();
+      let value: unknown = text;
+      try {
+        value = JSON.parse(text);
+      } catch { /* not JSON */ }
+      throw apiError(res.status, value);
+    }
+    return res.body ?? new ReadableStream({ start: (c) => c.close() });
+  }
+
   close(): void {
     this.#client.close();
   }

@@ -158,9 +158,33 @@ export async function policyTraceLive(api: AgentClient, v: Flags, format: Format
   const from = peer("src", v);
   const to = peer("dst", v);
   const { from: _f, to: _t, ...flow } = flowInput(args, "", "");
-  const r = await api.request<FlowReport>("POST", "/v1/policy/trace", {
-    json: { from, to, ...flow },
-  });
-  console.log(format === "table" ? r.trace.join("\n") : renderModel(r, format));
-  return 0;
+  const verify = v["verify-kernel"] === true;
+  const r = await api.request<FlowReport & { kernel?: KernelSide[]; agree?: boolean }>(
+    "POST",
+    verify ? "/v1/bpf/verify" : "/v1/policy/trace",
+    { json: { from, to, ...flow } },
+  );
+  if (format !== "table") console.log(renderModel(r, format));
+  else console.log([...r.trace, ...(verify ? kernelLines(r.kernel ?? []) : [])].join("\n"));
+  return verify && r.agree === false ? 1 : 0;
+}
+
+interface KernelSide {
+  side: string;
+  endpoint: string;
+  engine: { verdict: string; decision: string; cookie: number };
+  kernel: { step: string; verdict: string; cookie: number };
+  agree: boolean;
+}
+
+/** `--verify-kernel`: the kernel map entry each side's packet hits, and whether it agrees. */
+function kernelLines(sides: KernelSide[]): string[] {
+  if (sides.length === 0) return ["Kernel: no endpoint of this node is on either side"];
+  return sides.map((s) =>
+    `Kernel ${s.side} (${s.endpoint}): ${s.kernel.verdict} by ${s.kernel.step}` +
+    `${s.kernel.cookie ? ` cookie 0x${s.kernel.cookie.toString(16)}` : ""}; engine: ` +
+    `${s.engine.verdict} (${s.engine.decision}) → ${
+      s.agree ? "kernel and engine agree" : "MISMATCH"
+    }`
+  );
 }

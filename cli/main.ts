@@ -9,37 +9,26 @@ import { policyLint, policyValidate } from "./policy_check.ts";
 import { policyTest } from "./policy_test.ts";
 import { policyTrace, traceArgsFromFlags } from "./policy_trace.ts";
 import { LIVE_COMMANDS, LIVE_POLICY, runLive } from "./live.ts";
+import { VISIBILITY_COMMANDS } from "./visibility.ts";
+import { globalHelp, helpFor, versionText } from "./help.ts";
+import { completionScript } from "./completion.ts";
+import { paint, setupColor, severity } from "./color.ts";
 
-export const HELP = `cilia — container network security: policy engine, agent and datapath
-
-Usage: cilia <command> [flags]
-
-Offline policy commands (no agent needed):
-  policy validate FILE…     check policy files; exit 1 with located errors
-  policy lint FILE…         warn about known footguns
-  policy test FILE…         run scenario files ("policy tests"); exit 1 on a failed query
-  policy trace [flags]      judge one flow and print the decision chain
-      --policy FILE…  --scenario FILE
-      --src-labels k=v,… | --src-ip IP | --src-entity E | --src-endpoint NAME  [--src-namespace NS]
-      --dst-labels …     | --dst-ip …   | --dst-entity …  | --dst-endpoint …   [--dst-namespace NS]
-      --dport 80/TCP  [--icmp-type 8]
-      --http-method M --http-path P --http-host H --http-header 'K: V'
-      --kafka-role produce|consume --kafka-api-key K --kafka-topic T --kafka-client-id C
-
-Live commands (talk to the agent; -H/--host unix:///path or CILIA_HOST):
-  status [--brief] [--wait [--timeout 30s]]
-  endpoint list|get ID               identity list|get ID
-  node list                          ipam [list]|allocate [--family 4|6] [--owner O]|release IP
-  policy import FILE…                policy get [NAME] [-n NS] [--kind K] [--labels k=v]
-  policy delete NAME [-n NS] [--kind K] | --labels k=v,… | --all
-  policy trace --src-endpoint ID|NS/NAME --dst-endpoint … --dport 80/TCP [--http-… flags]
-
-Every listing takes -o table|json|yaml.`;
+/** The global help page (rendered from the command registry, commands.ts). */
+export const HELP: string = globalHelp();
 
 const OPTIONS = {
   output: { type: "string", short: "o" },
   help: { type: "boolean", short: "h" },
+  version: { type: "boolean" },
+  "no-color": { type: "boolean" },
+  disable: { type: "string", multiple: true },
+  "allow-empty": { type: "boolean" },
+  junit: { type: "string" },
   host: { type: "string", short: "H" },
+  verbose: { type: "boolean" },
+  "verify-kernel": { type: "boolean" },
+  live: { type: "boolean" },
   policy: { type: "string", multiple: true },
   scenario: { type: "string" },
   "src-labels": { type: "string" },
@@ -86,30 +75,83 @@ function parse(argv: string[]) {
 }
 
 function isLiveTrace(v: Flags): boolean {
-  return (v["src-endpoint"] !== undefined || v["dst-endpoint"] !== undefined) && !v.scenario &&
-    !v.policy;
+  return v.live === true ||
+    (v["src-endpoint"] !== undefined || v["dst-endpoint"] !== undefined) && !v.scenario &&
+      !v.policy;
+}
+
+/** Help, version and completion: the commands that need no engine and no agent. */
+async function builtin(v: Flags, pos: string[]): Promise<number | undefined> {
+  if (v.version) {
+    console.log(await versionText());
+    return 0;
+  }
+  if (pos[0] === "help") {
+    console.log(helpFor(pos.length === 1 && v.help ? ["help"] : pos.slice(1)));
+    return 0;
+  }
+  if (v.help) {
+    console.log(helpFor(pos));
+    return 0;
+  }
+  if (pos.length === 0) {
+    console.log(HELP);
+    return 2;
+  }
+  if (pos[0] === "completion") {
+    console.log(completionScript(pos[1]));
+    return 0;
+  }
+  return undefined;
 }
 
 export async function main(argv: string[]): Promise<number> {
   // `deno task cli -- …` passes the separator through.
   if (argv[0] === "--") argv = argv.slice(1);
+  // observe, monitor, bpf: their own flags (Hubble's filter vocabulary).
+  const visibility = VISIBILITY_COMMANDS[argv[0] ?? ""];
+  if (visibility) return await visibility(argv.slice(1));
   const { values: v, positionals: pos } = parse(argv);
-  if (v.help || pos.length === 0) {
-    console.log(HELP);
-    return pos.length === 0 && !v.help ? 2 : 0;
-  }
+  setupColor({ noColor: v["no-color"] });
+  const done = await builtin(v, pos);
+  if (done !== undefined) return done;
   const format = parseFormat(v.output);
   const [cmd, sub, ...rest] = pos;
-  if (cmd === "policy" && sub === "validate") return await policyValidate(rest, format);
-  if (cmd === "policy" && sub === "lint") return await policyLint(rest, format);
-  if (cmd === "policy" && sub === "test") return await policyTest(rest, format);
+  const check = { disable: v.disable ?? [], allowEmpty: v["allow-empty"] === true };
+  if (cmd === "policy" && sub === "validate") return await policyValidate(rest, format, check);
+  if (cmd === "policy" && sub === "lint") return await policyLint(rest, format, check);
+  if (cmd === "policy" && sub === "test") {
+    return await policyTest(rest, format, { junit: v.junit });
+  }
   if (cmd === "policy" && sub === "trace" && !isLiveTrace(v)) {
     return await policyTrace(traceArgsFromFlags(v, rest), format);
   }
   if (cmd && LIVE_COMMANDS.has(cmd) && (cmd !== "policy" || LIVE_POLICY.has(sub ?? ""))) {
     return await runLive(cmd, sub, rest, v, format);
   }
-  throw new UsageError(`Unknown command "${pos.join(" ")}": run "cilia --help"`);
+  throw new UsageError(`Unknown command "${pos.join(" ")}": run "cilia help"`);
+}
+
+/** Prints an error the way users read it; returns the exit code (2 usage, 1 anything else). */
+export function reportError(e: unknown): number {
+  if (e instanceof UsageError) {
+    console.error(`cilia: ${severity("error")}: ${e.message}`);
+    return 2;
+  }
+  if (e instanceof PolicyValidationError) {
+    for (const i of e.issues) {
+      const at = [i.file, i.line !== undefined ? `${i.line}:${i.column ?? 1}` : ""];
+      console.error(
+        `${at.filter(Boolean).join(":")}: ${severity("error")}: ${i.message}${
+          i.path ? paint("dim", ` (at ${i.path})`) : ""
+        }`,
+      );
+    }
+    return 1;
+  }
+  console.error(`cilia: ${severity("error")}: ${e instanceof Error ? e.message : String(e)}`);
+  if (Deno.env.get("CILIA_DEBUG")) console.error(e);
+  return 1;
 }
 
 if (import.meta.main) {
@@ -117,25 +159,7 @@ if (import.meta.main) {
   try {
     code = await main(Deno.args);
   } catch (e) {
-    if (e instanceof UsageError) {
-      console.error(`cilia: ${e.message}`);
-      code = 2;
-    } else if (e instanceof PolicyValidationError) {
-      for (const i of e.issues) {
-        console.error(
-          `${
-            [i.file, i.line !== undefined ? `${i.line}:${i.column ?? 1}` : ""].filter(Boolean).join(
-              ":",
-            )
-          }: error: ${i.message}${i.path ? ` (at ${i.path})` : ""}`,
-        );
-      }
-      code = 1;
-    } else {
-      console.error(`cilia: ${e instanceof Error ? e.message : String(e)}`);
-      if (Deno.env.get("CILIA_DEBUG")) console.error(e);
-      code = 1;
-    }
+    code = reportError(e);
   }
   Deno.exit(code);
 }

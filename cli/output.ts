@@ -23,14 +23,23 @@ export interface Column<T> {
   value: (row: T) => string | number | boolean | undefined;
 }
 
-/** Aligned text table; the last column is not padded. */
+// deno-lint-ignore no-control-regex
+const ANSI = /\x1b\[[0-9;]*m/g;
+
+/** The length of a cell as the terminal shows it (colour escapes take no room). */
+export function visibleLength(text: string): number {
+  return text.replace(ANSI, "").length;
+}
+
+/** Aligned text table; the last column is not padded (colour escapes are not counted). */
 export function table<T>(rows: readonly T[], columns: readonly Column<T>[]): string {
   const cells = rows.map((r) => columns.map((c) => String(c.value(r) ?? "")));
   const widths = columns.map((c, i) =>
-    Math.max(c.header.length, ...cells.map((row) => row[i]!.length))
+    Math.max(c.header.length, ...cells.map((row) => visibleLength(row[i]!)))
   );
+  const pad = (v: string, w: number) => v + " ".repeat(Math.max(0, w - visibleLength(v)));
   const line = (vals: string[]) =>
-    vals.map((v, i) => (i === vals.length - 1 ? v : v.padEnd(widths[i]!))).join("  ").trimEnd();
+    vals.map((v, i) => (i === vals.length - 1 ? v : pad(v, widths[i]!))).join("  ").trimEnd();
   return [line(columns.map((c) => c.header)), ...cells.map(line)].join("\n");
 }
 

@@ -8,17 +8,20 @@ import {
   type EndpointInput,
   evaluateFlow,
   type FlowInput,
+  FlowInputError,
   KAFKA_API_KEYS,
   loadScenario,
+  parseAddress,
   parseHeaderLines,
   parseLabelList,
   type PeerRef,
   PolicyEngine,
   type PolicySource,
   renderFlow,
+  RESERVED_BY_NAME,
   SimCluster,
 } from "@cilia/policy-wasm";
-import { readInputs } from "./files.ts";
+import { readInputs, readPolicyFile } from "./files.ts";
 import { type Format, renderModel, UsageError } from "./output.ts";
 
 export interface TraceArgs {
@@ -150,7 +153,21 @@ function peerOf(side: "src" | "dst", a: PeerArgs, endpoints: EndpointInput[]): P
       `policy trace: give exactly one of --${side}-labels, --${side}-ip, --${side}-entity, --${side}-endpoint`,
     );
   }
-  if (a.ip !== undefined) return { cidr: a.ip };
+  if (a.ip !== undefined) {
+    if (parseAddress(a.ip.replace(/\/\d+$/, "")) === null) {
+      throw new UsageError(
+        `Invalid --${side}-ip "${a.ip}": expected an IPv4 or IPv6 address, e.g. 203.0.113.7 or 2001:db8::7`,
+      );
+    }
+    return { cidr: a.ip };
+  }
+  if (a.entity !== undefined && !Object.hasOwn(RESERVED_BY_NAME, a.entity)) {
+    throw new UsageError(
+      `Invalid --${side}-entity "${a.entity}": expected one of ${
+        Object.keys(RESERVED_BY_NAME).join(", ")
+      }`,
+    );
+  }
   if (a.entity !== undefined) return { entity: a.entity };
   if (a.endpoint !== undefined) return a.endpoint;
   const { labels, namespace } = parseLabels(a.labels!, `--${side}-labels`);
@@ -195,6 +212,16 @@ export function flowInput(args: TraceArgs, from: PeerRef, to: PeerRef): FlowInpu
   return f;
 }
 
+/** A flow the engine cannot judge because of its input (an unknown endpoint) is a usage error. */
+function evaluate<T>(run: () => T): T {
+  try {
+    return run();
+  } catch (e) {
+    if (e instanceof FlowInputError) throw new UsageError(e.message);
+    throw e;
+  }
+}
+
 export async function policyTrace(args: TraceArgs, format: Format): Promise<number> {
   const engine = await PolicyEngine.create();
   try {
@@ -206,7 +233,7 @@ export async function policyTrace(args: TraceArgs, format: Format): Promise<numb
     let namespaces: { name: string; labels?: Record<string, string> | undefined }[] = [];
     if (args.scenario) {
       const [f] = await readInputs([args.scenario]);
-      const s = loadScenario(f!.text, f!.path);
+      const s = loadScenario(f!.text, f!.path, { readPolicyFile });
       sources.push(...s.sources);
       endpoints.push(...s.scenario.endpoints);
       namespaces = s.scenario.namespaces ?? [];
@@ -216,7 +243,10 @@ export async function policyTrace(args: TraceArgs, format: Format): Promise<numb
     const compiled = compilePolicies(sources, { regexCheck: (p) => engine.checkRegex(p) });
     const cluster = new SimCluster({ namespaces, endpoints });
     cluster.load(engine, compiled.spec, engine.options);
-    const report = renderFlow(engine, evaluateFlow(cluster, engine, flowInput(args, from, to)));
+    const report = renderFlow(
+      engine,
+      evaluate(() => evaluateFlow(cluster, engine, flowInput(args, from, to))),
+    );
     console.log(format === "table" ? report.trace.join("\n") : renderModel(report, format));
     return 0;
   } finally {

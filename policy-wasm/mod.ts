@@ -12,6 +12,7 @@ export {
   validatePolicies,
 } from "./src/policies.ts";
 export { PolicyEngine } from "./src/engine.ts";
+export { engineBuildId } from "./src/wasm.ts";
 export type {
   HttpRequest,
   KafkaRequest,
@@ -84,4 +85,12 @@ export {
   protoPortText,
 } from "./src/protocols.ts";
 export { decodeBase64, encodeBase64, encodeBase64Url } from "./src/base64.ts";
-export { lintPolicies, type LintWarning } from "./src/lint.ts";
+export {
+  LINT_IGNORE_ANNOTATION,
+  LINT_RULES,
+  type LintCode,
+  type LintOptions,
+  lintPolicies,
+  type LintWarning,
+  unknownLintRules,
+} from "./src/lint.ts";

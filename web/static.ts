@@ -1,6 +1,6 @@
 // Serves the built simulator (web/dist/) as static files: GET and HEAD only, `/` → index.html,
 // no directory listings, no path escapes. It serves what the build produced and never builds.
-// The agent mounts it under a prefix; `deno task web` serves it at the root.
+// `deno task web` (web/serve.ts) serves it at the root; a `prefix` mounts it under a path.
 
 const TYPES: Record<string, string> = {
   html: "text/html; charset=utf-8",

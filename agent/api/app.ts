@@ -15,6 +15,8 @@ import { registerEndpointRoutes } from "./routes_endpoint.ts";
 import { registerPolicyRoutes } from "./routes_policy.ts";
 import { registerClusterRoutes } from "./routes_cluster.ts";
 import { registerCniRoutes } from "./routes_cni.ts";
+import { registerFlowRoutes } from "./routes_flows.ts";
+import { registerBpfRoutes } from "./routes_bpf.ts";
 
 export function createApi(agent: Agent): Hono {
   const app = new Hono();
@@ -49,6 +51,8 @@ export function createApi(agent: Agent): Hono {
   registerPolicyRoutes(app, agent);
   registerClusterRoutes(app, agent);
   registerCniRoutes(app, agent);
+  registerFlowRoutes(app, agent);
+  registerBpfRoutes(app, agent);
 
   app.notFound((c) => {
     const body: ErrorBody = {

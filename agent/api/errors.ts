@@ -6,7 +6,7 @@
  */
 
 import { z } from "zod";
-import { EngineError, PolicyValidationError } from "@cilia/policy-wasm";
+import { EngineError, FlowInputError, PolicyValidationError } from "@cilia/policy-wasm";
 import { EndpointConflictError, EndpointNotFoundError } from "../endpoint/manager.ts";
 import { EndpointNotRealisedError } from "../endpoint/regenerator.ts";
 import { ValueTooLargeError } from "../kvstore/errors.ts";
@@ -79,6 +79,7 @@ export function toErrorBody(err: unknown, storeName: string): { status: number; 
     return e(400, "invalid_policy", err.message, { details: { issues: err.issues } });
   }
   if (err instanceof EngineError) return e(400, "policy_rejected", err.message);
+  if (err instanceof FlowInputError) return e(400, "invalid_request", err.message);
   if (err instanceof CniAttachmentError) return e(err.status, err.code, err.message);
   if (err instanceof EndpointNotFoundError) return e(404, "endpoint_not_found", err.message);
   if (err instanceof EndpointConflictError) return e(409, "endpoint_conflict", err.message);

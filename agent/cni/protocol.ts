@@ -63,6 +63,10 @@ export function cniCodeOf(apiCode: string): number {
     case "cni_unknown_container":
     case "cni_netns_not_found":
       return CNI_ERRORS.unknownContainer;
+    case "cni_invalid_netns":
+    case "cni_invalid_ifname":
+    case "cni_ifname_taken":
+      return CNI_ERRORS.invalidEnvironment;
     case "invalid_cni_args":
     case "invalid_request":
     case "invalid_json":

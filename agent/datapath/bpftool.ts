@@ -2,7 +2,7 @@
 // failures into BpfToolError with a verifier summary and a hint. It knows bpftool's command
 // shapes, not the meaning of cilia's maps (see codecs.ts) nor where they are pinned (loader.ts).
 import { z } from "zod";
-import { execCommand } from "./_exec.ts";
+import { execCommand } from "../sys/exec.ts";
 
 /** bpftool exited non-zero; `summary` holds the last meaningful (verifier) lines. */
 export class BpfToolError extends Error {

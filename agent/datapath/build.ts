@@ -2,7 +2,7 @@
 // of the sources, the flags and the compiler version: an object that is current is never built
 // again, and a new endpoint never needs a compile (per-endpoint values live in maps). It does not
 // load anything into the kernel (loader.ts does).
-import { execCommand } from "./_exec.ts";
+import { execCommand } from "../sys/exec.ts";
 
 /** The pinned compiler flags. Changing them changes every cache key. */
 export const CLANG_FLAGS: readonly string[] = [

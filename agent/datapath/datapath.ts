@@ -2,7 +2,9 @@
 // under a bpffs root, attaches them to endpoint veths, and writes endpoints, ipcache and policy
 // as map diffs (never a program reload). Runs where the agent runs: inside the node's network
 // namespace with the node's bpffs (or, for tests and tools, from outside with `netns` set and a
-// bpffs root visible in the caller's mount namespace). It decides no policy (the engine does).
+// bpffs root visible in the caller's mount namespace). It decides no policy (the engine does)
+// and plans no policy writes: KernelSink with policy_state.ts is the one writer the agent, the
+// tests and the benches share.
 import { BpfTool, bytesFromHex } from "./bpftool.ts";
 import { buildObject } from "./build.ts";
 import {
@@ -19,23 +21,15 @@ import {
 import { formatIP, parseIPv4, parseIPv6, parseMac, parsePrefix } from "./_addr.ts";
 import { collectConntrack, type GcResult, startConntrackGc } from "./conntrack_gc.ts";
 import { type DatapathEvent, readEvents } from "./events.ts";
-import {
-  attachEndpoint,
-  checkBpffs,
-  detachEndpoint,
-  linkIndex,
-  linkNames,
-  loadPinned,
-  type Pins,
-} from "./loader.ts";
+import { attachEndpoint, checkBpffs, detachEndpoint, loadPinned, type Pins } from "./loader.ts";
 import {
   decodePolicyEntry,
   type EncodedEntry,
   mergePolicyEntries,
-  planPolicyChanges,
   type PolicyEntry,
 } from "./policy_map.ts";
 import { MapWriter } from "./map_writer.ts";
+import { linkIndex, linkNames } from "../sys/links.ts";
 
 export type { DatapathEvent, PolicyEntry };
 
@@ -86,7 +80,8 @@ export class Datapath implements AsyncDisposable {
   readonly loaded: boolean;
   readonly #bpftool: BpfTool;
   readonly #writer: MapWriter;
-  readonly #netns: string | undefined;
+  /** The network namespace tc/ip/bpftool run in (undefined: the caller's own). */
+  readonly netns: string | undefined;
   #stopGc: (() => void) | undefined;
 
   private constructor(pins: Pins, loaded: boolean, bpftool: BpfTool, netns?: string) {
@@ -94,7 +89,7 @@ export class Datapath implements AsyncDisposable {
     this.loaded = loaded;
     this.#bpftool = bpftool;
     this.#writer = new MapWriter(bpftool);
-    this.#netns = netns;
+    this.netns = netns;
   }
 
   static async open(opts: DatapathOptions): Promise<Datapath> {
@@ -119,17 +114,17 @@ export class Datapath implements AsyncDisposable {
 
   /** Points every known endpoint at the current programs (after a new object was loaded). */
   async #reattachAll(): Promise<void> {
-    const names = await linkNames(this.#netns);
+    const names = await linkNames(this.netns);
     for (const e of await this.#bpftool.mapDump(this.pins.maps.cilia_endpoints)) {
       const ifindex = num(decode(LAYOUTS.endpointKey, bytesFromHex(e.key)).ifindex);
       const ifname = names.get(ifindex);
-      if (ifname) await attachEndpoint(this.pins, ifname, this.#netns);
+      if (ifname) await attachEndpoint(this.pins, ifname, this.netns);
     }
   }
 
   /** Writes the endpoint entry, then attaches both programs (fail closed: entry first). */
   async upsertEndpoint(ep: EndpointSpec): Promise<void> {
-    const ifindex = await linkIndex(ep.ifname, this.#netns);
+    const ifindex = await linkIndex(ep.ifname, this.netns);
     if (ifindex === undefined) throw new Error(`Cannot find link "${ep.ifname}"`);
     const flags = (ep.ingressDefaultDeny ? EP_F_INGRESS_DEFAULT_DENY : 0) |
       (ep.egressDefaultDeny ? EP_F_EGRESS_DEFAULT_DENY : 0) |
@@ -150,7 +145,7 @@ export class Datapath implements AsyncDisposable {
     });
     const key = encode(LAYOUTS.endpointKey, { ifindex });
     await this.#writer.apply(this.pins.maps.cilia_endpoints, [{ key, value }], []);
-    await attachEndpoint(this.pins, ep.ifname, this.#netns);
+    await attachEndpoint(this.pins, ep.ifname, this.netns);
   }
 
   /** Deletes the endpoint entry (its veth then drops everything), detaches, drops its state. */
@@ -162,7 +157,7 @@ export class Datapath implements AsyncDisposable {
       }
     }
     await this.#writer.apply(this.pins.maps.cilia_endpoints, [], keys);
-    await detachEndpoint(ifname, this.#netns);
+    await detachEndpoint(ifname, this.netns);
     const stale = (await this.#policyRows()).filter((r) => r.epId === epId).map((r) => r.key);
     await this.#writer.apply(this.pins.maps.cilia_policy, [], stale);
     collectConntrack(this.pins.maps.cilia_ct, { remove: (k) => num(k.ep_id) === epId });
@@ -172,7 +167,7 @@ export class Datapath implements AsyncDisposable {
   async removeEndpointEntry(ifindex: number, ifname?: string): Promise<void> {
     const key = encode(LAYOUTS.endpointKey, { ifindex });
     await this.#writer.apply(this.pins.maps.cilia_endpoints, [], [key]);
-    if (ifname) await detachEndpoint(ifname, this.#netns);
+    if (ifname) await detachEndpoint(ifname, this.netns);
   }
 
   async updateIpcache(
@@ -201,16 +196,10 @@ export class Datapath implements AsyncDisposable {
     await this.#writer.apply(this.pins.maps.cilia_ipcache, updates, deletes.map(key));
   }
 
-  /** Applies a policy diff: adds first, then deletes of keys no add rewrote. */
-  async applyPolicyChanges(
-    epId: number,
-    changes: { adds: readonly PolicyEntry[]; deletes: readonly PolicyEntry[] },
-  ): Promise<void> {
-    const plan = planPolicyChanges(epId, changes);
-    await this.#writer.apply(this.pins.maps.cilia_policy, plan.updates, plan.deletes);
-  }
-
-  /** Writes encoded policy keys as given (updates first, then deletes); see policy_map.ts. */
+  /**
+   * Writes encoded policy keys as given: updates first, then deletes. The one planner of these
+   * keys is `EndpointPolicyState` (policy_state.ts), driven by `KernelSink`.
+   */
   async writePolicyKeys(updates: readonly EncodedEntry[], deletes: readonly Uint8Array[]) {
     await this.#writer.apply(this.pins.maps.cilia_policy, updates, deletes);
   }

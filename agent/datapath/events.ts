@@ -49,7 +49,39 @@ export interface LostEvent {
 }
 export type DatapathEvent = PacketEvent | LostEvent;
 
+const TYPES = ["trace", "drop", "policy-verdict", "trace"] as const;
+const DIRECTIONS = ["unknown", "ingress", "egress"] as const;
+
+/** Decodes one record (LAYOUTS.event, then the captured bytes); hot path: plain DataView reads. */
 export function decodeEvent(cpu: number, bytes: Uint8Array): PacketEvent {
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const type = dv.getUint8(0), dir = dv.getUint8(16), family = dv.getUint8(36);
+  const capLen = dv.getUint32(32, true);
+  return {
+    type: type === EVENT_DROP || type === EVENT_POLICY_VERDICT ? TYPES[type]! : "trace",
+    subtype: dv.getUint8(1),
+    epId: dv.getUint16(2, true),
+    srcIdentity: dv.getUint32(4, true),
+    dstIdentity: dv.getUint32(8, true),
+    ifindex: dv.getUint32(12, true),
+    direction: dir === DIR_INGRESS || dir === DIR_EGRESS ? DIRECTIONS[dir]! : "unknown",
+    family: family === 4 || family === 6 ? family : 0,
+    proto: dv.getUint8(17),
+    sport: dv.getUint16(20, true),
+    dport: dv.getUint16(22, true),
+    verdict: VERDICT_NAMES[dv.getUint8(18)] ?? "none",
+    match: dv.getUint8(19),
+    cookie: dv.getUint32(24, true),
+    ctState: dv.getUint8(37),
+    origLen: dv.getUint32(28, true),
+    capLen,
+    data: bytes.subarray(EVENT_HEADER_LEN, EVENT_HEADER_LEN + capLen),
+    cpu,
+  };
+}
+
+/** The field-by-field decoder (LAYOUTS.event), kept to check decodeEvent against the layout. */
+export function decodeEventSlow(cpu: number, bytes: Uint8Array): PacketEvent {
   const e = decode(LAYOUTS.event, bytes);
   const type = num(e.type), dir = num(e.dir), family = num(e.family), capLen = num(e.cap_len);
   return {
@@ -73,6 +105,69 @@ export function decodeEvent(cpu: number, bytes: Uint8Array): PacketEvent {
     data: bytes.slice(EVENT_HEADER_LEN, EVENT_HEADER_LEN + capLen),
     cpu,
   };
+}
+
+/**
+ * The one reader of the perf event array, driven by a timer on the main thread: every poll hands
+ * each record to `onEvent` synchronously (so a slow consumer must queue and shed, never block),
+ * and perf-buffer overruns to `onLost`. Only one reader may exist per map: opening a perf buffer
+ * points the map at the new reader's rings, and closing one empties the map.
+ */
+export class EventReader {
+  readonly #pb: PerfBuffer;
+  readonly #fd: number;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #closed = false;
+
+  constructor(
+    mapPath: string,
+    opts: {
+      onEvent: (e: PacketEvent) => void;
+      onLost: (cpu: number, count: number) => void;
+      pages?: number;
+      pollMs?: number;
+    },
+  ) {
+    acquire();
+    try {
+      this.#fd = objGet(mapPath);
+      try {
+        this.#pb = new PerfBuffer(this.#fd, {
+          pages: opts.pages ?? 256,
+          onSample: (cpu, data) => {
+            if (data.length >= EVENT_HEADER_LEN) opts.onEvent(decodeEvent(cpu, data));
+          },
+          onLost: (cpu, count) => opts.onLost(cpu, Number(count)),
+        });
+      } catch (err) {
+        closeFd(this.#fd);
+        throw err;
+      }
+    } catch (err) {
+      release();
+      throw err;
+    }
+    const poll = () => {
+      if (this.#closed) return;
+      this.#pb.consume();
+      this.#timer = setTimeout(poll, opts.pollMs ?? 1);
+    };
+    poll();
+  }
+
+  /** Delivers what is pending now (tests, benches). */
+  poll(): number {
+    return this.#closed ? 0 : this.#pb.consume();
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    this.#pb.close();
+    closeFd(this.#fd);
+    release();
+  }
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {

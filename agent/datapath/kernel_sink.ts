@@ -25,7 +25,8 @@ import type {
 import { formatIP, parsePrefix } from "./_addr.ts";
 import { collectConntrack } from "./conntrack_gc.ts";
 import { Datapath, type MetricsRow } from "./datapath.ts";
-import { linkNames } from "./loader.ts";
+import { attachedPrograms, PROG_FROM_CONTAINER, PROG_TO_CONTAINER } from "./loader.ts";
+import { linkNames } from "../sys/links.ts";
 import { EndpointPolicyState } from "./policy_state.ts";
 
 export interface KernelSinkOptions {
@@ -34,6 +35,11 @@ export interface KernelSinkOptions {
   log: Logger;
   /** How often expired conntrack entries are freed; default 30 s. */
   conntrackGcIntervalMs?: number;
+  /**
+   * Run tc/ip/bpftool in /run/netns/<netns>: for tests and benches that drive a node from
+   * outside it. Unset for the agent, which runs inside its node.
+   */
+  netns?: string;
 }
 
 interface Wanted {
@@ -74,6 +80,7 @@ export class KernelSink implements DatapathSink {
       bpffsRoot: o.bpffsRoot,
       buildDir: o.buildDir,
       conntrackGcIntervalMs: o.conntrackGcIntervalMs ?? 30_000,
+      ...(o.netns === undefined ? {} : { netns: o.netns }),
     });
     try {
       const sink = new KernelSink(dp, o.log, await dp.policyKeys());
@@ -88,20 +95,68 @@ export class KernelSink implements DatapathSink {
     }
   }
 
-  async upsertEndpoint(ep: DatapathEndpoint, flags: EndpointFlags): Promise<void> {
+  /**
+   * Rule 1: a new endpoint, or one on a new interface: its whole policy (`change.adds`), then
+   * its entry and its programs. Keys a previous agent or a failed write left for it are read
+   * back and deleted unless the new policy has them.
+   */
+  async attach(ep: DatapathEndpoint, flags: EndpointFlags, change: PolicyChange): Promise<void> {
+    const old = this.#inKernel.get(ep.id);
+    if (old !== undefined && old !== ep.ifname) {
+      await this.datapath.removeEndpoint(old, ep.id);
+      this.#forget(ep.id);
+    }
     this.#wanted.set(ep.id, { ep, flags });
-    const ifname = this.#inKernel.get(ep.id);
-    if (ifname === undefined) return; // written with its policy by the next applyPolicy
-    if (ifname !== ep.ifname) {
-      // Moved to another interface: remove it; applyPolicy writes it afresh.
-      await this.datapath.removeEndpoint(ifname, ep.id);
-      this.#inKernel.delete(ep.id);
-      this.#states.delete(ep.id);
-      this.#notReady.delete(ep.id);
-      this.#unknown.delete(ep.id);
+    this.#states.set(ep.id, new EndpointPolicyState(ep.id));
+    if (ep.ifname === undefined) {
+      this.#states.get(ep.id)!.plan(change).commit(); // nothing in the kernel to change
       return;
     }
-    await this.#writeEndpoint({ ep, flags });
+    if (old === ep.ifname) this.#unknown.add(ep.id); // re-attached: read its keys back
+    await this.#write(ep.id, { ...change, deletes: [] }, true);
+  }
+
+  /** The flags or addresses of an attached endpoint (NOT_READY stays until it is written). */
+  async updateEndpoint(ep: DatapathEndpoint, flags: EndpointFlags): Promise<void> {
+    const ifname = this.#inKernel.get(ep.id);
+    if (ifname !== undefined && ifname !== ep.ifname) {
+      throw new Error(
+        `Endpoint ${ep.id} moved from "${ifname}" to "${ep.ifname}": attach it again`,
+      );
+    }
+    this.#wanted.set(ep.id, { ep, flags });
+    if (ifname !== undefined) await this.#writeEndpoint({ ep, flags });
+  }
+
+  /** What CNI CHECK needs: the entry (ready, this endpoint) and both programs attached. */
+  async check(ep: DatapathEndpoint): Promise<string | undefined> {
+    if (ep.ifname === undefined) return undefined;
+    if (this.#notReady.has(ep.id)) {
+      return `Endpoint ${ep.id}'s policy is not written: ${this.#notReady.get(ep.id)}`;
+    }
+    const index = [...await linkNames(this.datapath.netns)].find(([, n]) => n === ep.ifname)?.[0];
+    const entry = (await this.datapath.endpointEntries()).find((e) => e.ifindex === index);
+    if (entry === undefined || entry.epId !== ep.id) {
+      return `"${ep.ifname}" has no datapath entry for endpoint ${ep.id}`;
+    }
+    for (const [hook, prog] of [["ingress", PROG_FROM_CONTAINER], ["egress", PROG_TO_CONTAINER]]) {
+      const progs = await attachedPrograms(
+        ep.ifname,
+        hook as "ingress" | "egress",
+        this.datapath.netns,
+      );
+      if (!progs.some((p) => p.startsWith(prog!))) {
+        return `"${prog}" is not attached at ${hook} of "${ep.ifname}"`;
+      }
+    }
+    return undefined;
+  }
+
+  #forget(id: number): void {
+    this.#inKernel.delete(id);
+    this.#states.delete(id);
+    this.#notReady.delete(id);
+    this.#unknown.delete(id);
   }
 
   async removeEndpoint(ep: DatapathEndpoint): Promise<void> {
@@ -112,10 +167,7 @@ export class KernelSink implements DatapathSink {
       // A first write that failed midway: delete the keys it left.
       await this.datapath.writePolicyKeys([], await this.#keysOf(ep.id));
     }
-    this.#inKernel.delete(ep.id);
-    this.#states.delete(ep.id);
-    this.#notReady.delete(ep.id);
-    this.#unknown.delete(ep.id);
+    this.#forget(ep.id);
   }
 
   /** Endpoints the kernel drops all traffic of, because their policy could not be written. */
@@ -123,30 +175,38 @@ export class KernelSink implements DatapathSink {
     return [...this.#notReady].map(([endpoint, error]) => ({ endpoint, error }));
   }
 
+  /** A diff of an attached endpoint's policy (rule 2 on failure). */
   async applyPolicy(endpointId: number, change: PolicyChange): Promise<void> {
-    this.#warnL7(endpointId, change);
-    let state = this.#states.get(endpointId);
-    if (state === undefined) {
-      this.#states.set(endpointId, state = new EndpointPolicyState(endpointId));
-    }
+    const state = this.#states.get(endpointId);
     const wanted = this.#wanted.get(endpointId);
-    const inKernel = this.#inKernel.has(endpointId);
-    if (!inKernel && wanted?.ep.ifname === undefined) {
+    if (state === undefined || wanted === undefined) {
+      throw new Error(`Endpoint ${endpointId} is not attached: attach() it first`);
+    }
+    if (wanted.ep.ifname === undefined) {
       state.plan(change).commit(); // no interface: nothing in the kernel to change
       return;
     }
-    // Rule 2: after a failure (or a restart) the kernel's keys are read back, not assumed.
+    await this.#write(endpointId, change, false);
+  }
+
+  /**
+   * Writes a policy change. After a failure (or a restart) the kernel's keys are read back, not
+   * assumed (rule 2); the entry and programs follow a first write and clear NOT_READY (rule 1).
+   */
+  async #write(endpointId: number, change: PolicyChange, first: boolean): Promise<void> {
+    this.#warnL7(endpointId, change);
+    const state = this.#states.get(endpointId)!;
+    const wanted = this.#wanted.get(endpointId)!;
     const stale = this.#unknown.has(endpointId)
       ? await this.#keysOf(endpointId)
       : this.#stale?.get(endpointId);
-    const plan = inKernel && stale === undefined
+    const plan = !first && stale === undefined
       ? state.plan(change)
       : state.plan(change, { full: true, stale: stale ?? [] });
     try {
       await this.datapath.writePolicyKeys(plan.updates, plan.deletes);
-      if (!inKernel || this.#notReady.has(endpointId)) {
-        // Rule 1: the entry and the programs come after the whole policy (and clear NOT_READY).
-        await this.#writeEndpoint(wanted!, { ready: true });
+      if (first || this.#notReady.has(endpointId)) {
+        await this.#writeEndpoint(wanted, { ready: true });
       }
     } catch (err) {
       this.#unknown.add(endpointId);
@@ -157,7 +217,7 @@ export class KernelSink implements DatapathSink {
     this.#stale?.delete(endpointId);
     this.#unknown.delete(endpointId);
     this.#notReady.delete(endpointId);
-    this.#inKernel.set(endpointId, wanted!.ep.ifname!);
+    this.#inKernel.set(endpointId, wanted.ep.ifname!);
   }
 
   /**
@@ -186,7 +246,7 @@ export class KernelSink implements DatapathSink {
         endpoint: endpointId,
         error: err,
       });
-      const index = [...await linkNames()].find(([, n]) => n === ifname)?.[0];
+      const index = [...await linkNames(this.datapath.netns)].find(([, n]) => n === ifname)?.[0];
       if (index !== undefined) {
         await this.datapath.removeEndpointEntry(index).catch((e) =>
           this.#log.error("cannot delete endpoint entry", { endpoint: endpointId, error: e })
@@ -202,7 +262,7 @@ export class KernelSink implements DatapathSink {
 
   /** Redirects without a proxy drop in the kernel (fail closed): say so, once per endpoint. */
   #warnL7(endpointId: number, change: PolicyChange): void {
-    const l7 = change.adds.filter((e) => e.verdict === "redirect");
+    const l7 = change.adds.filter((e) => e.verdict === "redirect" && !e.proxyPort);
     if (l7.length === 0 || this.#warnedL7.has(endpointId)) return;
     this.#warnedL7.add(endpointId);
     this.#log.warn(
@@ -236,7 +296,7 @@ export class KernelSink implements DatapathSink {
    */
   async reconcile(): Promise<{ endpoints: number; policyKeys: number; prefixes: number }> {
     const dp = this.datapath;
-    const names = await linkNames();
+    const names = await linkNames(dp.netns);
     let endpoints = 0;
     for (const e of await dp.endpointEntries()) {
       if (this.#inKernel.get(e.epId) === names.get(e.ifindex)) continue;

@@ -5,7 +5,7 @@
 //   <root>/progs/<object hash>/<prog name>   one directory per loaded object
 // It does not write map contents (datapath.ts does).
 import type { BpfTool } from "./bpftool.ts";
-import { execCommand } from "./_exec.ts";
+import { execCommand } from "../sys/exec.ts";
 
 export const MAP_NAMES = [
   "cilia_endpoints",
@@ -122,21 +122,6 @@ async function run(argv: string[], netns: string | undefined, what: string): Pro
     throw new Error(`${what}: ${argv[0]} exited with status ${res.code}: ${res.stderr.trim()}`);
   }
   return res.stdout;
-}
-
-/** The ifindex of a link, or undefined when it does not exist. */
-export async function linkIndex(ifname: string, netns?: string): Promise<number | undefined> {
-  const res = await execCommand(["ip", "-j", "link", "show", "dev", ifname], { netns });
-  if (res.code !== 0) return undefined;
-  const links = JSON.parse(res.stdout) as { ifindex?: number }[];
-  return links[0]?.ifindex;
-}
-
-/** ifindex → name for every link of the namespace. */
-export async function linkNames(netns?: string): Promise<Map<number, string>> {
-  const out = await run(["ip", "-j", "link", "show"], netns, "Cannot list links");
-  const links = JSON.parse(out) as { ifindex: number; ifname: string }[];
-  return new Map(links.map((l) => [l.ifindex, l.ifname]));
 }
 
 /** Attaches (or atomically replaces) both programs on an endpoint's host-side veth. */

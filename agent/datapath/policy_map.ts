@@ -1,6 +1,6 @@
-// Turns the engine's policy entries into cilia_policy LPM keys and back: port ranges become
-// prefix-aligned blocks, protocol-0 entries one 64-bit prefix. It also orders a change set so no
-// deny is ever missing while it is applied (adds before deletes). Pure: no I/O.
+// Turns the datapath's policy entries into cilia_policy LPM keys and back: port ranges become
+// prefix-aligned blocks, protocol-0 entries one 64-bit prefix. It plans no writes (which keys to
+// write and delete for a change is policy_state.ts's job) and does no I/O.
 import {
   decode,
   encode,
@@ -18,8 +18,7 @@ import {
   VERDICT_REDIRECT,
 } from "./codecs.ts";
 
-/** VERDICT_ALLOW, VERDICT_DENY or VERDICT_REDIRECT. */
-export type Verdict = 1 | 2 | 3;
+export type Verdict = typeof VERDICT_ALLOW | typeof VERDICT_DENY | typeof VERDICT_REDIRECT;
 const VERDICTS: readonly number[] = [VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT];
 
 export interface PolicyEntry {
@@ -137,21 +136,4 @@ export function mergePolicyEntries(entries: PolicyEntry[]): PolicyEntry[] {
     else out.push({ ...e });
   }
   return out;
-}
-
-/** Map writes for a change set: every add (update), then deletes of keys no add rewrote. */
-export function planPolicyChanges(
-  epId: number,
-  changes: { adds: readonly PolicyEntry[]; deletes: readonly PolicyEntry[] },
-): { updates: EncodedEntry[]; deletes: Uint8Array[] } {
-  const updates = changes.adds.flatMap((e) => encodePolicyEntry(epId, e));
-  const written = new Set(updates.map((u) => keyId(u.key)));
-  const deletes = new Map<string, Uint8Array>();
-  for (const e of changes.deletes) {
-    for (const { key } of encodePolicyEntry(epId, e)) {
-      const id = keyId(key);
-      if (!written.has(id)) deletes.set(id, key);
-    }
-  }
-  return { updates, deletes: [...deletes.values()] };
 }

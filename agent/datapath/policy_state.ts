@@ -2,15 +2,28 @@
 // keys they encode to (a port range becomes several prefix blocks, and two ranges may share a
 // block, so every key counts the entries that need it). plan() turns a map-state diff into the
 // key writes that realize it without touching the state; commit() then records it, so a failed
-// write leaves the state as the kernel still has it. Pure: no I/O.
+// write leaves the state as the kernel still has it. It is the one planner of policy-map writes:
+// the agent, the kernel tests and the benches all reach it through KernelSink. Pure: no I/O.
 import type { MapStateEntry } from "@cilia/policy-wasm";
+import type { SinkEntry } from "../endpoint/datapath_sink.ts";
 import { entryKey } from "../endpoint/mapstate_diff.ts";
-import { type EncodedEntry, encodePolicyEntry, keyId, type PolicyEntry } from "./policy_map.ts";
+import { VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT } from "./codecs.ts";
+import {
+  type EncodedEntry,
+  encodePolicyEntry,
+  keyId,
+  type PolicyEntry,
+  type Verdict,
+} from "./policy_map.ts";
 
-const VERDICTS = { allow: 1, deny: 2, redirect: 3 } as const;
+const VERDICTS: Record<MapStateEntry["verdict"], Verdict> = {
+  allow: VERDICT_ALLOW,
+  deny: VERDICT_DENY,
+  redirect: VERDICT_REDIRECT,
+};
 
-/** A map-state entry as a datapath policy entry (a 1:1 field mapping). */
-export function policyEntryOf(e: MapStateEntry): PolicyEntry {
+/** A map-state entry as a datapath policy entry (a 1:1 field mapping, the proxy port too). */
+export function policyEntryOf(e: SinkEntry): PolicyEntry {
   return {
     egress: e.direction === "egress",
     identity: e.identity,
@@ -19,6 +32,7 @@ export function policyEntryOf(e: MapStateEntry): PolicyEntry {
     portHi: e.portHi,
     verdict: VERDICTS[e.verdict],
     cookie: e.cookie,
+    ...(e.proxyPort ? { proxyPort: e.proxyPort } : {}),
   };
 }
 
@@ -57,7 +71,7 @@ export class EndpointPolicyState {
    * restart): each is deleted unless the resulting state has it.
    */
   plan(
-    diff: { adds: readonly MapStateEntry[]; deletes: readonly MapStateEntry[] },
+    diff: { adds: readonly SinkEntry[]; deletes: readonly MapStateEntry[] },
     opts: { full?: boolean; stale?: readonly Uint8Array[] } = {},
   ): PolicyPlan {
     const entries = new Map(this.#entries);

@@ -2,7 +2,7 @@
 // needs (CAP_BPF or CAP_SYS_ADMIN, CAP_NET_ADMIN), a bpffs at the pin root, and the tools it
 // drives (clang, bpftool, tc, ip). Each failure is one error naming what is missing and how to
 // fix it. It changes nothing (but creates the pin root directory, as checkBpffs does).
-import { execCommand } from "./_exec.ts";
+import { execCommand } from "../sys/exec.ts";
 import { checkBpffs } from "./loader.ts";
 
 export class DatapathUnavailableError extends Error {

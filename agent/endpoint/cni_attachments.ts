@@ -29,8 +29,10 @@ import {
   hostIfnameFor,
   hostInterface,
   IPV6_GATEWAY,
+  isNetns,
   netnsExists,
   type PodAddressing,
+  podInterface,
 } from "./netdev.ts";
 
 export interface CniAttachmentsOptions {
@@ -39,9 +41,13 @@ export interface CniAttachmentsOptions {
   log: Logger;
   /** False when the agent runs without the kernel datapath: ADD is refused. */
   kernel: boolean;
+  /** The datapath's own check of an attached endpoint (CNI CHECK), e.g. `KernelSink.check`. */
+  checkDatapath?: (ep: EndpointRecord) => Promise<string | undefined>;
 }
 
 const MAX_ENDPOINT_ID = 65535;
+/** Linux interface names: 1-15 bytes, no "/", ":" or whitespace. */
+const IFNAME = /^[^/:\s]{1,15}$/;
 
 /** A DNS-subdomain endpoint name from a pod name, or one derived from the container id. */
 export function endpointName(podName: string | undefined, containerId: string): string {
@@ -55,6 +61,8 @@ const owner = (containerId: string, ifname: string) => `cni:${containerId}/${ifn
 export class CniAttachments {
   #o: CniAttachmentsOptions;
   #reserved = new Set<number>();
+  /** ADDs under way by (container id, interface): a parallel ADD of the same one waits. */
+  #adding = new Map<string, { netns: string; done: Promise<CniAddResponse> }>();
 
   constructor(opts: CniAttachmentsOptions) {
     this.#o = opts;
@@ -66,7 +74,21 @@ export class CniAttachments {
     );
   }
 
-  async add(req: CniAddRequest): Promise<CniAddResponse> {
+  /**
+   * ADD. Parallel ADDs of the same (container id, interface) are one: the first does the work,
+   * the others get its result (or its error); a later ADD is answered from the attachment.
+   */
+  add(req: CniAddRequest): Promise<CniAddResponse> {
+    const key = owner(req.containerId, req.ifname);
+    const running = this.#adding.get(key);
+    if (running?.netns === req.netns) return running.done;
+    if (running) return running.done.catch(() => {}).then(() => this.add(req));
+    const done = this.#add(req).finally(() => this.#adding.delete(key));
+    this.#adding.set(key, { netns: req.netns, done });
+    return done;
+  }
+
+  async #add(req: CniAddRequest): Promise<CniAddResponse> {
     if (!this.#o.kernel) {
       throw new CniAttachmentError(
         "cni_unavailable",
@@ -95,6 +117,7 @@ export class CniAttachments {
       );
     }
     const spec = this.#spec(req);
+    await this.#checkTarget(req);
     const id = this.#reserveId();
     const who = owner(req.containerId, req.ifname);
     const hostIfname = await hostIfnameFor(req.containerId, req.ifname);
@@ -154,7 +177,7 @@ export class CniAttachments {
         404,
       );
     }
-    await checkAttachment(ep, req);
+    await checkAttachment(ep, req, this.#o.checkDatapath ?? (() => Promise.resolve(undefined)));
     return { endpoint: ep.id };
   }
 
@@ -189,6 +212,34 @@ export class CniAttachments {
       n++;
     }
     return n;
+  }
+
+  /** The netns must be one, and the interface name valid and free in it (caller errors). */
+  async #checkTarget(req: CniAddRequest): Promise<void> {
+    if (!(await isNetns(req.netns))) {
+      throw new CniAttachmentError(
+        "cni_invalid_netns",
+        `Cannot add "${req.containerId}": "${req.netns}" is not a network namespace ` +
+          `(CNI_NETNS must name one, e.g. /run/netns/<name> or /proc/<pid>/ns/net)`,
+        400,
+      );
+    }
+    if (!IFNAME.test(req.ifname) || req.ifname === "." || req.ifname === "..") {
+      throw new CniAttachmentError(
+        "cni_invalid_ifname",
+        `Cannot add "${req.containerId}": "${req.ifname}" is not a valid interface name ` +
+          `(CNI_IFNAME: 1 to 15 characters, no "/", ":" or whitespace)`,
+        400,
+      );
+    }
+    if (await podInterface(req.netns, req.ifname)) {
+      throw new CniAttachmentError(
+        "cni_ifname_taken",
+        `Cannot add "${req.containerId}": the network namespace "${req.netns}" already has an ` +
+          `interface "${req.ifname}" (CNI_IFNAME must name a new interface)`,
+        409,
+      );
+    }
   }
 
   #owned(who: string): boolean {

@@ -1,11 +1,11 @@
 /**
- * CNI CHECK on the agent's side: an attachment is as ADD left it when its host interface is up
- * with both programs attached, its pod interface is up in the network namespace with the
- * endpoint's addresses, and the runtime's prevResult names no other address. Reads only.
+ * CNI CHECK on the agent's side: an attachment is as ADD left it when its host interface is up,
+ * the datapath sink finds its entry and programs in place with its policy written, its pod
+ * interface is up in the network namespace with the endpoint's addresses, and the runtime's
+ * prevResult names no other address. Reads only.
  */
 
 import type { CniCheckRequest } from "../cni/types.ts";
-import { attachedPrograms, PROG_FROM_CONTAINER, PROG_TO_CONTAINER } from "../datapath/loader.ts";
 import { CniAttachmentError } from "./cni_error.ts";
 import { hostInterface, netnsExists, podInterface } from "./netdev.ts";
 import type { EndpointRecord } from "./spec.ts";
@@ -13,15 +13,15 @@ import type { EndpointRecord } from "./spec.ts";
 const fail = (msg: string) => new CniAttachmentError("cni_check_failed", msg, 409);
 
 /** Throws CniAttachmentError naming the first thing that is not as ADD made it. */
-export async function checkAttachment(ep: EndpointRecord, req: CniCheckRequest): Promise<void> {
+export async function checkAttachment(
+  ep: EndpointRecord,
+  req: CniCheckRequest,
+  datapath: (ep: EndpointRecord) => Promise<string | undefined>,
+): Promise<void> {
   const host = await hostInterface(ep.ifname!);
   if (!host?.up) throw fail(`The host interface "${ep.ifname}" is ${host ? "down" : "missing"}`);
-  for (const [hook, prog] of [["ingress", PROG_FROM_CONTAINER], ["egress", PROG_TO_CONTAINER]]) {
-    const progs = await attachedPrograms(ep.ifname!, hook as "ingress" | "egress");
-    if (!progs.some((p) => p.startsWith(prog!))) {
-      throw fail(`"${prog}" is not attached at ${hook} of "${ep.ifname}"`);
-    }
-  }
+  const problem = await datapath(ep);
+  if (problem !== undefined) throw fail(problem);
   if (!(await netnsExists(req.netns))) {
     throw new CniAttachmentError(
       "cni_unknown_container",

@@ -9,7 +9,10 @@ export type CniErrorCode =
   | "cni_unknown_container"
   | "cni_conflict"
   | "invalid_cni_args"
-  | "cni_check_failed";
+  | "cni_check_failed"
+  | "cni_invalid_netns"
+  | "cni_invalid_ifname"
+  | "cni_ifname_taken";
 
 export class CniAttachmentError extends Error {
   override name = "CniAttachmentError";

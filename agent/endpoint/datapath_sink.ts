@@ -29,29 +29,49 @@ export interface DatapathEndpoint {
   mac?: string;
 }
 
+/**
+ * A map-state entry as the datapath takes it. `proxyPort` is where a redirect goes (the L7
+ * proxy's port); a redirect without one is dropped by the kernel (fail closed).
+ */
+export type SinkEntry = MapStateEntry & { proxyPort?: number };
+
 export interface PolicyChange extends MapStateDiff {
+  adds: SinkEntry[];
   /** The policy revision this change brings the endpoint to. */
   revision: number;
   /** True when it comes from a full computation (rules or the endpoint changed). */
   full: boolean;
 }
 
+/**
+ * Where the agent's policy goes. Order (fail closed): `attach()` writes a new endpoint's whole
+ * policy and only then its entry and programs; `applyPolicy()` changes an attached endpoint's
+ * policy; `updateEndpoint()` its flags or addresses. Whatever throws is not in force.
+ */
 export interface DatapathSink {
-  upsertEndpoint(ep: DatapathEndpoint, flags: EndpointFlags): void | Promise<void>;
+  /** A new endpoint (or one on a new interface): its whole policy (`change.adds`), then it. */
+  attach(ep: DatapathEndpoint, flags: EndpointFlags, change: PolicyChange): void | Promise<void>;
+  /** The flags or addresses of an attached endpoint changed. */
+  updateEndpoint(ep: DatapathEndpoint, flags: EndpointFlags): void | Promise<void>;
   removeEndpoint(ep: DatapathEndpoint): void | Promise<void>;
+  /** A diff of an attached endpoint's policy. */
   applyPolicy(endpointId: number, change: PolicyChange): void | Promise<void>;
   updateIpcache(upserts: IpcacheEntry[], deletes: IpcacheEntry[]): void | Promise<void>;
+  /** What is wrong with an attached endpoint in the datapath (CNI CHECK), or undefined. */
+  check?(ep: DatapathEndpoint): Promise<string | undefined>;
 }
 
 export class NullSink implements DatapathSink {
-  upsertEndpoint(): void {}
+  attach(): void {}
+  updateEndpoint(): void {}
   removeEndpoint(): void {}
   applyPolicy(): void {}
   updateIpcache(): void {}
 }
 
 export type SinkCall =
-  | { op: "upsertEndpoint"; ep: DatapathEndpoint; flags: EndpointFlags }
+  | { op: "attach"; ep: DatapathEndpoint; flags: EndpointFlags; change: PolicyChange }
+  | { op: "updateEndpoint"; ep: DatapathEndpoint; flags: EndpointFlags }
   | { op: "removeEndpoint"; ep: DatapathEndpoint }
   | { op: "applyPolicy"; endpoint: number; change: PolicyChange }
   | { op: "updateIpcache"; upserts: IpcacheEntry[]; deletes: IpcacheEntry[] };
@@ -67,9 +87,19 @@ export class RecordingSink implements DatapathSink {
   /** …only these operations, when set (e.g. `new Set(["applyPolicy"])`). */
   failOps: Set<SinkCall["op"]> | undefined;
 
-  upsertEndpoint(ep: DatapathEndpoint, flags: EndpointFlags): void {
-    this.#check("upsertEndpoint");
-    this.calls.push({ op: "upsertEndpoint", ep, flags });
+  attach(ep: DatapathEndpoint, flags: EndpointFlags, change: PolicyChange): void {
+    this.#check("attach");
+    this.calls.push({ op: "attach", ep, flags, change });
+    this.endpoints.set(ep.id, { ep, flags });
+    const map = new Map<string, MapStateEntry>();
+    applyDiff(map, { adds: change.adds, deletes: [] });
+    this.policy.set(ep.id, map);
+  }
+
+  updateEndpoint(ep: DatapathEndpoint, flags: EndpointFlags): void {
+    this.#check("updateEndpoint");
+    if (!this.endpoints.has(ep.id)) throw new Error(`Endpoint ${ep.id} is not attached`);
+    this.calls.push({ op: "updateEndpoint", ep, flags });
     this.endpoints.set(ep.id, { ep, flags });
   }
 
@@ -82,9 +112,9 @@ export class RecordingSink implements DatapathSink {
 
   applyPolicy(endpoint: number, change: PolicyChange): void {
     this.#check("applyPolicy");
+    const map = this.policy.get(endpoint);
+    if (map === undefined) throw new Error(`Endpoint ${endpoint} is not attached`);
     this.calls.push({ op: "applyPolicy", endpoint, change });
-    let map = this.policy.get(endpoint);
-    if (map === undefined) this.policy.set(endpoint, map = new Map());
     applyDiff(map, change);
   }
 

@@ -243,7 +243,8 @@ function specOf(r: EndpointRecord): EndpointSpec {
   return spec;
 }
 
-function regenEndpoint(r: EndpointRecord): RegenEndpoint {
+/** The regenerator's (and the datapath's) view of an endpoint record. */
+export function regenEndpoint(r: EndpointRecord): RegenEndpoint {
   return {
     id: r.id,
     identity: r.identity,

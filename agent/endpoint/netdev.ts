@@ -8,7 +8,7 @@
  * policy or endpoint records.
  */
 
-import { execCommand } from "../datapath/_exec.ts";
+import { execCommand } from "../sys/exec.ts";
 
 /** The pods' IPv6 gateway: a link-local address on every host-side interface. */
 export const IPV6_GATEWAY = "fe80::1";
@@ -156,6 +156,11 @@ export async function podInterface(netns: string, ifname: string): Promise<LinkS
   if (!(await netnsExists(netns))) return undefined;
   const r = await execCommand(inPod(netns, ["ip", "-j", "addr", "show", "dev", ifname]));
   return r.code === 0 ? linkState(r.stdout) : undefined;
+}
+
+/** Whether `netns` is a network namespace one can enter (not a regular file or directory). */
+export async function isNetns(netns: string): Promise<boolean> {
+  return (await execCommand(inPod(netns, ["true"]))).code === 0;
 }
 
 export async function netnsExists(netns: string): Promise<boolean> {

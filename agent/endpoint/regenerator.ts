@@ -50,6 +50,8 @@ interface Realized {
   /** When the endpoint became not ready, and how many writes failed since. */
   since?: string;
   failures: number;
+  /** The interface it is attached on ("" without one); undefined until `attach()` succeeded. */
+  attached?: string;
 }
 
 export interface ResolvedPolicy {
@@ -380,15 +382,31 @@ export class Regenerator {
 
   async #applyFull(r: Realized, ms: MapState, endpointChanged: boolean): Promise<void> {
     const flags: EndpointFlags = { defaultDeny: ms.defaultDeny, enforcement: ms.enforcement };
+    if (r.attached !== (r.ep.ifname ?? "")) return await this.#attach(r, ms, flags);
     if (endpointChanged || JSON.stringify(flags) !== JSON.stringify(r.flags)) {
       try {
-        await this.#sink.upsertEndpoint(r.ep, flags);
+        await this.#sink.updateEndpoint(r.ep, flags);
         r.flags = flags;
       } catch (err) {
         return this.#fail(r, err);
       }
     }
     await this.#apply(r, diffEntries(r.entries, ms.entries), true);
+  }
+
+  /** A new endpoint, or one on a new interface: its whole policy, then the endpoint. */
+  async #attach(r: Realized, ms: MapState, flags: EndpointFlags): Promise<void> {
+    const change = { adds: ms.entries, deletes: [], revision: this.revision, full: true };
+    try {
+      await this.#sink.attach(r.ep, flags, change);
+    } catch (err) {
+      return this.#fail(r, err);
+    }
+    r.entries = new Map();
+    applyDiff(r.entries, change);
+    r.flags = flags;
+    r.attached = r.ep.ifname ?? "";
+    this.#realised(r);
   }
 
   async #apply(r: Realized, diff: MapStateDiff, full: boolean): Promise<void> {
@@ -400,6 +418,10 @@ export class Regenerator {
       return this.#fail(r, err);
     }
     applyDiff(r.entries, diff);
+    this.#realised(r);
+  }
+
+  #realised(r: Realized): void {
     r.revision = this.revision;
     delete r.error;
     delete r.since;

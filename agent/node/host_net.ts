@@ -7,8 +7,8 @@
  * Runs in the agent's own network namespace; it knows nothing of endpoints.
  */
 
-import { execCommand } from "../datapath/_exec.ts";
-import { linkIndex } from "../datapath/loader.ts";
+import { execCommand } from "../sys/exec.ts";
+import { linkIndex } from "../sys/links.ts";
 
 export const HOST_DEVICE = "cilia_host";
 export const HOST_PEER = "cilia_net";

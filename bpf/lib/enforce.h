@@ -31,9 +31,11 @@ struct enforce_ctx {
 	struct pkt p;
 	__u32 src_identity;
 	__u32 dst_identity;
+	__u32 cookie; /* the deciding policy entry's, once policy was looked up */
 	__u16 ep_id;
 	__u8 dir;
 	__u8 ct_state;
+	__u8 match; /* POLICY_MATCH_*, once policy was looked up */
 };
 
 static __always_inline void event_fill(struct cilia_event *ev, const struct enforce_ctx *c,
@@ -51,6 +53,8 @@ static __always_inline void event_fill(struct cilia_event *ev, const struct enfo
 	ev->sport = c->p.event_sport;
 	ev->dport = c->p.policy_port;
 	ev->ct_state = c->ct_state;
+	ev->cookie = c->cookie;
+	ev->match = c->match;
 }
 
 static __always_inline int enforce_drop(struct __sk_buff *skb, const struct enforce_ctx *c,
@@ -154,6 +158,8 @@ static __always_inline int enforce(struct __sk_buff *skb, __u8 dir)
 	dd = ep->flags & (dir == DIR_EGRESS ? EP_F_EGRESS_DEFAULT_DENY : EP_F_INGRESS_DEFAULT_DENY);
 	policy_decide(&res, c.ep_id, dir == DIR_EGRESS, peer, c.p.tuple.proto, c.p.policy_port,
 		      dd);
+	c.cookie = res.cookie;
+	c.match = res.match;
 	if (c.ct_state == CT_NEW)
 		enforce_verdict_event(skb, &c, &res);
 	if (res.reason)

@@ -184,6 +184,11 @@ export class PolicyEngine {
     }]);
   }
 
+  /** The size of the engine's linear memory in bytes (it grows, never shrinks). */
+  get memoryBytes(): number {
+    return this.#x.memory.buffer.byteLength;
+  }
+
   get spec(): PolicySpec {
     return this.#spec;
   }

@@ -9,6 +9,8 @@ export interface ValidationIssue {
   file?: string;
   /** Name of the policy the issue is in, when known. */
   policy?: string;
+  /** For warnings: the lint rule id that silences it (`cilia.io/lint-ignore`, `--disable`). */
+  code?: string;
 }
 
 export function formatIssue(i: ValidationIssue): string {
@@ -41,6 +43,14 @@ export class PolicyValidationError extends Error {
   get column(): number | undefined {
     return this.issues[0]?.column;
   }
+}
+
+/**
+ * A flow to evaluate names a peer that does not exist or cannot be one: an unknown endpoint or
+ * entity, an IP that does not parse. Bad input, never a bug (the agent's API answers 400).
+ */
+export class FlowInputError extends RangeError {
+  override name = "FlowInputError";
 }
 
 /** The WASM engine refused a message or trapped. */

@@ -10,6 +10,7 @@ import type { HttpRequest, KafkaRequest, QueryResult } from "./query_codec.ts";
 import { parseAddress } from "./cidr.ts";
 import { RESERVED_BY_NAME } from "./labels.ts";
 import { PROTOCOL_NUMBERS } from "./protocols.ts";
+import { FlowInputError } from "./errors.ts";
 
 /**
  * Where a flow's endpoints are found: the simulated cluster (SimCluster) or the agent's live
@@ -74,7 +75,7 @@ export function resolvePeer(peers: PeerLookup, engine: PolicyEngine, ref: PeerRe
   if (typeof ref === "string") ref = { endpoint: ref };
   if ("endpoint" in ref) {
     const ep = peers.endpoint(ref.endpoint);
-    if (!ep) throw new RangeError(`Unknown endpoint "${ref.endpoint}"`);
+    if (!ep) throw new FlowInputError(`Unknown endpoint "${ref.endpoint}"`);
     const fam = ep.ips[0] ? parseAddress(ep.ips[0])?.family : undefined;
     return {
       display: `${ep.namespace}/${ep.name}`,
@@ -86,7 +87,7 @@ export function resolvePeer(peers: PeerLookup, engine: PolicyEngine, ref: PeerRe
   if ("cidr" in ref) {
     const a = parseAddress(ref.cidr.replace(/\/\d+$/, ""));
     if (!a) {
-      throw new RangeError(`Invalid IP "${ref.cidr}": expected an address such as 203.0.113.7`);
+      throw new FlowInputError(`Invalid IP "${ref.cidr}": expected an address such as 203.0.113.7`);
     }
     const ip = ref.cidr.replace(/\/\d+$/, "");
     const identity = engine.lookupIp(ip);
@@ -96,7 +97,7 @@ export function resolvePeer(peers: PeerLookup, engine: PolicyEngine, ref: PeerRe
   if ("entity" in ref) {
     const id = RESERVED_BY_NAME[ref.entity];
     if (id === undefined) {
-      throw new RangeError(
+      throw new FlowInputError(
         `Unknown entity "${ref.entity}": expected one of ${
           Object.keys(RESERVED_BY_NAME).join(", ")
         }`,

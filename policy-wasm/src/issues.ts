@@ -31,8 +31,8 @@ export class IssueSink {
     this.issues.push(this.#make(path, message, key));
   }
 
-  warn(path: readonly PathPart[], message: string, key?: string): void {
-    this.warnings.push(this.#make(path, message, key));
+  warn(path: readonly PathPart[], message: string, key?: string, code?: string): void {
+    this.warnings.push({ ...this.#make(path, message, key), ...(code ? { code } : {}) });
   }
 
   get failed(): boolean {

@@ -40,6 +40,8 @@ export interface CompileResult {
   warnings: ValidationIssue[];
   /** Line and column of a path (`spec.ingress[0]`) inside policy `policy` of the spec. */
   locate(policy: number, path: string): { line: number; column: number; file?: string } | undefined;
+  /** metadata.annotations of policy `policy` of the spec ({} when it has none). */
+  annotations(policy: number): Record<string, string>;
 }
 
 /** `spec.ingress[0].toPorts[1]` → ["spec", "ingress", 0, "toPorts", 1]. */
@@ -115,14 +117,24 @@ function kindOf(doc: SourceDocument, sink: IssueSink): keyof typeof SCHEMAS | un
   }
   const allKinds = Object.keys(SCHEMAS);
   // Own keys only: `"toString" in SCHEMAS` is true.
-  if (typeof v.kind !== "string" || !Object.hasOwn(SCHEMAS, v.kind)) {
-    const hint = typeof v.kind === "string" ? suggest(v.kind, allKinds) : undefined;
+  if (v.kind === undefined && ("queries" in v || "endpoints" in v)) {
     sink.error(
       [],
-      `Unsupported kind ${shown(v.kind)}${hint ? `: did you mean "${hint}"?` : ""}: expected ${
-        allKinds.join(", ")
-      }`,
-      "kind",
+      `This is a scenario (it has endpoints or queries), not a policy: run it with "cilia policy test"`,
+    );
+    return undefined;
+  }
+  if (typeof v.kind !== "string" || !Object.hasOwn(SCHEMAS, v.kind)) {
+    const hint = typeof v.kind === "string" ? suggest(v.kind, allKinds) : undefined;
+    const expected = `expected ${allKinds.slice(0, -1).join(", ")} or ${allKinds.at(-1)}`;
+    sink.error(
+      [],
+      v.kind === undefined || v.kind === null
+        ? `The document has no "kind": ${expected}`
+        : `Unsupported kind ${shown(v.kind)}${
+          hint ? `: did you mean "${hint}"?` : ""
+        }: ${expected}`,
+      v.kind === undefined ? undefined : "kind",
     );
     return undefined;
   }
@@ -272,7 +284,12 @@ export function compilePolicies(
     const at = doc?.locate(parsePath(path));
     return at && doc ? { ...at, ...(doc.file ? { file: doc.file } : {}) } : undefined;
   };
-  return { spec: acc.spec, warnings: acc.warnings, locate };
+  const annotations = (policy: number): Record<string, string> => {
+    const v = acc.docs[policy]?.value as { metadata?: { annotations?: unknown } } | undefined;
+    const a = v?.metadata?.annotations;
+    return a !== null && typeof a === "object" ? a as Record<string, string> : {};
+  };
+  return { spec: acc.spec, warnings: acc.warnings, locate, annotations };
 }
 
 /** Like compilePolicies() but returns the problems instead of throwing. */

@@ -1,7 +1,9 @@
 // Scenario files ("policy tests"): namespaces, policies, endpoints and queries with expected
 // verdicts, in YAML or JSON — the format `cilia policy test` runs and the browser imports and
-// exports. loadScenario() validates with located errors; runScenario() evaluates every query
-// with the engine. This module is browser compatible.
+// exports. loadScenario() validates with located errors; a policy may be a reference to a file
+// (`{file: ../three-tier.yaml}`, relative to the scenario) that the caller's `readPolicyFile`
+// reads. runScenario() (scenario_run.ts) evaluates every query with the engine. This module is
+// browser compatible.
 
 import { isScalar, LineCounter, parseAllDocuments } from "yaml";
 import { z } from "zod";
@@ -10,14 +12,7 @@ import { readDocuments } from "./documents.ts";
 import { IssueSink } from "./issues.ts";
 import { PolicyValidationError } from "./errors.ts";
 import type { PathPart, SourceDocument } from "./documents.ts";
-import { compilePolicies, type CompileResult, type PolicySource } from "./policies.ts";
-import { SimCluster } from "./cluster.ts";
-import { evaluateFlow, type FlowInput, type FlowResult } from "./flow.ts";
-import { peerText, queryName, renderFlow } from "./flow_text.ts";
-import type { PolicyEngine } from "./engine.ts";
-import { DEFAULT_OPTIONS, type EngineOptions } from "./ir.ts";
-import { KAFKA_API_KEYS } from "./protocols.ts";
-import type { ValidationIssue } from "./errors.ts";
+import type { PolicySource } from "./policies.ts";
 
 // Label values are strings in Kubernetes; numbers and booleans written unquoted in a scenario are
 // read as their text.
@@ -37,6 +32,7 @@ export const ScenarioSchema = obj({
   description: z.string().optional(),
   namespaces: z.array(obj({ name: z.string().min(1), labels: labels.optional() })).optional(),
   policies: z.array(z.union([z.string(), z.record(z.string(), z.unknown())])).default([]),
+  // `- file: path` entries are read by loadScenarios' readPolicyFile (relative to the scenario).
   endpoints: z.array(obj({
     name: z.string().min(1),
     namespace: z.string().optional(),
@@ -88,19 +84,40 @@ export interface LoadedScenario {
   file?: string;
   /** Policy sources with their position in the scenario file. */
   sources: PolicySource[];
+  /** Line of each query in the scenario file, when known. */
+  queryLines?: (number | undefined)[];
+}
+
+/** Reads a policy file a scenario references; `from` is the scenario's own file name. */
+export type ReadPolicyFile = (path: string, from: string | undefined) => PolicySource;
+
+export interface LoadOptions {
+  /** Without it, a `{file: …}` policy is an error (the browser has no files). */
+  readPolicyFile?: ReadPolicyFile;
+}
+
+/** `{file: "x.yaml"}` (and nothing else) → "x.yaml". */
+function fileRef(p: unknown): string | undefined {
+  if (p === null || typeof p !== "object" || Array.isArray(p)) return undefined;
+  const keys = Object.keys(p);
+  const f = (p as { file?: unknown }).file;
+  return keys.length === 1 && typeof f === "string" ? f : undefined;
 }
 
 function policySources(
   text: string,
   scenario: Scenario,
-  at: { file?: string | undefined; index: number },
+  at: { file?: string | undefined; index: number; doc: SourceDocument; read?: ReadPolicyFile },
 ): PolicySource[] {
   const lc = new LineCounter();
   const docs = parseAllDocuments(text, { lineCounter: lc });
   const doc = Array.isArray(docs) ? docs[at.index] : undefined;
   const file = at.file;
-  return scenario.policies.map((p, i) => {
+  const sink = new IssueSink(at.doc);
+  const out = scenario.policies.map((p, i): PolicySource => {
     const where = `${file ?? "scenario"}#policies[${i}]`;
+    const ref = fileRef(p);
+    if (ref !== undefined) return readRef(ref, { at, sink, path: ["policies", i] });
     if (typeof p !== "string") return { text: JSON.stringify(p), file: where };
     const node = doc?.getIn(["policies", i], true);
     if (!isScalar(node) || !node.range) return { text: p, file: file ?? "scenario" };
@@ -114,9 +131,40 @@ function policySources(
       offset: { line: block ? start.line : start.line - 1, column: indent },
     };
   });
+  if (sink.failed) throw new PolicyValidationError(sink.issues);
+  return out;
 }
 
-function validateScenario(doc: SourceDocument, text: string, file?: string): LoadedScenario {
+function readRef(
+  ref: string,
+  o: {
+    at: { file?: string | undefined; read?: ReadPolicyFile };
+    sink: IssueSink;
+    path: PathPart[];
+  },
+): PolicySource {
+  if (!o.at.read) {
+    o.sink.error(
+      o.path,
+      `Cannot read policy file "${ref}" here: file references work with "cilia policy test"; paste the policy instead`,
+      "file",
+    );
+    return { text: "" };
+  }
+  try {
+    return o.at.read(ref, o.at.file);
+  } catch (e) {
+    o.sink.error(o.path, (e as Error).message, "file");
+    return { text: "" };
+  }
+}
+
+function validateScenario(
+  doc: SourceDocument,
+  text: string,
+  at: { file?: string | undefined; read?: ReadPolicyFile },
+): LoadedScenario {
+  const file = at.file;
   const v = doc.value as Record<string, unknown>;
   if (v && typeof v === "object" && "apiVersion" in v && "kind" in v) {
     // The kind as written when it is a plain name; quoted (control characters escaped) when it is
@@ -149,28 +197,38 @@ function validateScenario(doc: SourceDocument, text: string, file?: string): Loa
   }
   return {
     scenario: parsed.data,
-    sources: policySources(text, parsed.data, { file, index: doc.index }),
+    sources: policySources(text, parsed.data, { ...at, index: doc.index, doc }),
+    queryLines: parsed.data.queries.map((_, i) => doc.locate(["queries", i])?.line),
     ...(file ? { file } : {}),
   };
 }
 
 /** Every scenario of a file (`---`-separated documents); throws PolicyValidationError. */
-export function loadScenarios(text: string, file?: string): LoadedScenario[] {
+export function loadScenarios(
+  text: string,
+  file?: string,
+  opts: LoadOptions = {},
+): LoadedScenario[] {
   const { documents, issues } = readDocuments(text, file ? { file } : {});
   if (issues.length > 0) throw new PolicyValidationError(issues);
   if (documents.length === 0) {
     throw new PolicyValidationError([{
-      message: "Empty scenario",
+      message: "The scenario file is empty: expected name, policies, endpoints and queries",
       path: "",
       ...(file ? { file } : {}),
     }]);
   }
-  return documents.map((d) => validateScenario(d, text, file));
+  const read = opts.readPolicyFile;
+  return documents.map((d) => validateScenario(d, text, { file, ...(read ? { read } : {}) }));
 }
 
 /** Parses and validates one scenario; throws PolicyValidationError with locations. */
-export function loadScenario(text: string, file?: string): LoadedScenario {
-  const all = loadScenarios(text, file);
+export function loadScenario(
+  text: string,
+  file?: string,
+  opts: LoadOptions = {},
+): LoadedScenario {
+  const all = loadScenarios(text, file, opts);
   if (all.length > 1) {
     throw new PolicyValidationError([{
       message: "Expected one scenario document, got several",
@@ -181,119 +239,11 @@ export function loadScenario(text: string, file?: string): LoadedScenario {
   return all[0]!;
 }
 
-export interface QueryOutcome {
-  index: number;
-  name: string;
-  from: string;
-  to: string;
-  port: number;
-  protocol: string;
-  expect?: "allowed" | "denied";
-  verdict: "allowed" | "denied";
-  /** undefined when the query has no expectation. */
-  pass?: boolean;
-  reason: string;
-  trace: string[];
-  flow: FlowResult;
-}
-
-export interface ScenarioReport {
-  name: string;
-  file?: string;
-  passed: number;
-  failed: number;
-  warnings: ValidationIssue[];
-  results: QueryOutcome[];
-}
-
-function kafkaKey(k: string | number): number {
-  if (typeof k === "number") return k;
-  const v = KAFKA_API_KEYS[k.toLowerCase()];
-  if (v === undefined) throw new RangeError(`Unknown Kafka apiKey "${k}"`);
-  return v;
-}
-
-export function flowOf(q: Scenario["queries"][number]): FlowInput {
-  return {
-    from: q.from,
-    to: q.to,
-    port: q.port,
-    protocol: q.protocol,
-    ...(q.icmpType !== undefined ? { icmpType: q.icmpType } : {}),
-    ...(q.http
-      ? {
-        http: {
-          method: q.http.method,
-          path: q.http.path,
-          ...(q.http.host !== undefined ? { host: q.http.host } : {}),
-          ...(q.http.headers ? { headers: q.http.headers } : {}),
-        },
-      }
-      : {}),
-    ...(q.kafka
-      ? {
-        kafka: {
-          apiKey: kafkaKey(q.kafka.apiKey),
-          ...(q.kafka.apiVersion !== undefined ? { apiVersion: q.kafka.apiVersion } : {}),
-          ...(q.kafka.clientID !== undefined ? { clientID: q.kafka.clientID } : {}),
-          topics: [...(q.kafka.topics ?? []), ...(q.kafka.topic ? [q.kafka.topic] : [])],
-        },
-      }
-      : {}),
-    ...(q.dns ? { dns: q.dns.name } : {}),
-  };
-}
-
-/** Builds the simulated cluster and loads everything into the engine. */
-export function prepareScenario(
-  engine: PolicyEngine,
-  loaded: LoadedScenario,
-  options: EngineOptions = DEFAULT_OPTIONS,
-): { cluster: SimCluster; warnings: ValidationIssue[]; compiled: CompileResult } {
-  const s = loaded.scenario;
-  const compiled = compilePolicies(loaded.sources, {
-    clusterName: options.clusterName,
-    regexCheck: (p) => engine.checkRegex(p),
-  });
-  const cluster = new SimCluster({
-    ...(s.namespaces ? { namespaces: s.namespaces } : {}),
-    endpoints: s.endpoints,
-    clusterName: options.clusterName,
-  });
-  cluster.load(engine, compiled.spec, options);
-  return { cluster, warnings: compiled.warnings, compiled };
-}
-
-export function runScenario(
-  engine: PolicyEngine,
-  loaded: LoadedScenario,
-  options: EngineOptions = DEFAULT_OPTIONS,
-): ScenarioReport {
-  const { cluster, warnings } = prepareScenario(engine, loaded, options);
-  const s = loaded.scenario;
-  const results = s.queries.map((q, index): QueryOutcome => {
-    const flow = evaluateFlow(cluster, engine, flowOf(q));
-    const report = renderFlow(engine, flow);
-    return {
-      index,
-      name: q.name ?? queryName(q, flow),
-      from: peerText(q.from),
-      to: peerText(q.to),
-      port: flow.port,
-      protocol: report.protocol,
-      ...(q.expect ? { expect: q.expect, pass: q.expect === report.verdict } : {}),
-      verdict: report.verdict,
-      reason: report.reason,
-      trace: report.trace,
-      flow,
-    };
-  });
-  return {
-    name: s.name ?? loaded.file ?? "scenario",
-    ...(loaded.file ? { file: loaded.file } : {}),
-    passed: results.filter((r) => r.pass === true).length,
-    failed: results.filter((r) => r.pass === false).length,
-    warnings,
-    results,
-  };
-}
+export {
+  flowOf,
+  prepareScenario,
+  type QueryError,
+  type QueryOutcome,
+  runScenario,
+  type ScenarioReport,
+} from "./scenario_run.ts";

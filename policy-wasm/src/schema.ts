@@ -35,6 +35,17 @@ function describe(v: unknown): string {
   return `${typeof v} ${String(v)}`;
 }
 
+/** "Invalid protocol "tcp": expected TCP, …" — the value as given, then what is accepted. */
+function choice(what: string, input: unknown, expected: string): string {
+  const given = typeof input === "string" ? `"${input}"` : describe(input);
+  const near = typeof input === "string"
+    ? expected.split(/[ ,]+/).find((w) => w.toLowerCase() === input.toLowerCase())
+    : undefined;
+  return `Invalid ${what} ${given}: expected ${expected}${
+    near ? ` (case-sensitive): did you mean "${near}"?` : ""
+  }`;
+}
+
 const labelValue = z.string({
   error: (iss) =>
     iss.input !== null && typeof iss.input === "object"
@@ -45,10 +56,7 @@ const labelValue = z.string({
 });
 
 export const Operator = z.enum(["In", "NotIn", "Exists", "DoesNotExist"], {
-  error: (iss) =>
-    `Invalid operator ${
-      describe(iss.input)
-    }: expected one of In, NotIn, Exists, DoesNotExist (case-sensitive)`,
+  error: (iss) => choice("operator", iss.input, "In, NotIn, Exists or DoesNotExist"),
 });
 
 export const LabelSelector = obj({
@@ -66,7 +74,7 @@ const portValue = z.union([str, z.number().int()], {
 });
 
 const Protocol = z.enum(["TCP", "UDP", "SCTP", "ANY"], {
-  error: (iss) => `Invalid protocol ${describe(iss.input)}: expected TCP, UDP, SCTP or ANY`,
+  error: (iss) => choice("protocol", iss.input, "TCP, UDP, SCTP or ANY"),
 });
 
 export const PortProtocol = obj({
@@ -87,15 +95,14 @@ export const HttpRule = obj({
     value: str.optional(),
     secret: SecretRef.optional(),
     mismatch: z.enum(["LOG", "ADD", "DELETE", "REPLACE"], {
-      error: (iss) =>
-        `Invalid mismatch ${describe(iss.input)}: expected LOG, ADD, DELETE or REPLACE`,
+      error: (iss) => choice("mismatch", iss.input, "LOG, ADD, DELETE or REPLACE"),
     }).optional(),
   })).nullish(),
 });
 
 export const KafkaRule = obj({
   role: z.enum(["produce", "consume"], {
-    error: (iss) => `Invalid Kafka role ${describe(iss.input)}: expected produce or consume`,
+    error: (iss) => choice("Kafka role", iss.input, "produce or consume"),
   }).optional(),
   apiKey: str.optional(),
   apiVersion: z.union([str, z.number().int()]).optional(),
@@ -129,7 +136,7 @@ export const PortDenyRule = obj({ ports: z.array(PortProtocol).nullish() });
 export const IcmpRule = obj({
   fields: z.array(obj({
     family: z.enum(["IPv4", "IPv6"], {
-      error: (iss) => `Invalid ICMP family ${describe(iss.input)}: expected IPv4 or IPv6`,
+      error: (iss) => choice("ICMP family", iss.input, "IPv4 or IPv6"),
     }).optional(),
     type: z.union([z.number().int(), str]),
   })),
@@ -151,8 +158,7 @@ export const ServiceSelector = obj({
 
 const Authentication = obj({
   mode: z.enum(["required", "disabled"], {
-    error: (iss) =>
-      `Invalid authentication mode ${describe(iss.input)}: expected required or disabled`,
+    error: (iss) => choice("authentication mode", iss.input, "required or disabled"),
   }),
 });
 
@@ -242,6 +248,57 @@ export type PortProtocol = z.infer<typeof PortProtocol>;
 const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 
+const QUALIFIED_NAME = /^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$/;
+const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/;
+
+/**
+ * The API server's rule for label and annotation keys: an optional DNS-1123 subdomain prefix
+ * (≤ 253) and "/", then a name of ≤ 63 characters of [A-Za-z0-9-_.] that starts and ends with an
+ * alphanumeric. Returns what is wrong, or undefined.
+ */
+export function checkLabelKey(key: string): string | undefined {
+  const slash = key.lastIndexOf("/");
+  const prefix = slash >= 0 ? key.slice(0, slash) : undefined;
+  const name = slash >= 0 ? key.slice(slash + 1) : key;
+  if (prefix !== undefined && (prefix.length > 253 || !DNS1123_SUBDOMAIN.test(prefix))) {
+    return `its prefix "${prefix}" must be a DNS-1123 subdomain (lower-case letters, digits, "-" and ".")`;
+  }
+  if (name.length === 0 || name.length > 63 || !QUALIFIED_NAME.test(name)) {
+    return `expected [prefix/]name with a name of 1 to 63 characters of letters, digits, "-", "_" and ".", starting and ending with a letter or digit`;
+  }
+  return undefined;
+}
+
+/** Labels or annotations: keys by checkLabelKey; label values by the API server's rule. */
+function keyedStrings(what: "label" | "annotation") {
+  return z.record(z.string(), str).superRefine((rec, ctx) => {
+    for (const [k, v] of Object.entries(rec)) {
+      const bad = checkLabelKey(k);
+      if (bad) {
+        ctx.addIssue({ code: "custom", path: [k], message: `Invalid ${what} key "${k}": ${bad}` });
+      }
+      if (what === "label" && (v.length > 63 || !LABEL_VALUE.test(v))) {
+        ctx.addIssue({
+          code: "custom",
+          path: [k],
+          message:
+            `Invalid label value "${v}": expected at most 63 characters of letters, digits, "-", "_" and ".", starting and ending with a letter or digit`,
+        });
+      }
+    }
+    if (what === "annotation") {
+      const size = Object.entries(rec).reduce((n, [k, v]) => n + k.length + v.length, 0);
+      if (size > 256 * 1024) {
+        ctx.addIssue({
+          code: "custom",
+          path: [],
+          message: `Annotations are ${size} bytes: the API server accepts at most 262144 in total`,
+        });
+      }
+    }
+  });
+}
+
 export const Metadata = z.looseObject({
   name: str.min(1, "Expected a non-empty name").refine(
     (v) => v === "" || (v.length <= 253 && DNS1123_SUBDOMAIN.test(v)),
@@ -258,8 +315,8 @@ export const Metadata = z.looseObject({
         String(iss.input)
       }": expected a DNS-1123 label (1 to 63 characters of lower-case letters, digits and "-", starting and ending with a letter or digit)`,
   }).optional(),
-  labels: z.record(z.string(), z.string()).nullish(),
-  annotations: z.record(z.string(), z.string()).nullish(),
+  labels: keyedStrings("label").nullish(),
+  annotations: keyedStrings("annotation").nullish(),
   uid: str.optional(),
 });
 
@@ -286,7 +343,7 @@ export type CiliumPolicy =
 
 const K8sPort = obj({
   protocol: z.enum(["TCP", "UDP", "SCTP"], {
-    error: (iss) => `Invalid protocol ${describe(iss.input)}: expected TCP, UDP or SCTP`,
+    error: (iss) => choice("protocol", iss.input, "TCP, UDP or SCTP"),
   }).optional(),
   port: portValue.optional(),
   endPort: z.number().int().optional(),
@@ -307,7 +364,7 @@ export const NetworkPolicy = obj({
     // it; a missing podSelector stays an error (the field is required).
     podSelector: LabelSelector.nullable(),
     policyTypes: z.array(z.enum(["Ingress", "Egress"], {
-      error: (iss) => `Invalid policy type ${describe(iss.input)}: expected Ingress or Egress`,
+      error: (iss) => choice("policy type", iss.input, "Ingress or Egress"),
     })).nullish(),
     ingress: z.array(obj({ from: z.array(K8sPeer).nullish(), ports: z.array(K8sPort).nullish() }))
       .nullish(),

@@ -6,7 +6,8 @@ import type { PathPart } from "./documents.ts";
 import type { IssueSink } from "./issues.ts";
 import type { PeerSpec, Requirement, SelectorSpec } from "./ir.ts";
 import type { LabelSelector } from "./schema.ts";
-import { canonicalPrefix, parsePrefix, prefixContains } from "./cidr.ts";
+import { canonicalPrefix, parseAddress, parsePrefix, prefixContains } from "./cidr.ts";
+import { checkLabelKey } from "./schema.ts";
 import { suggest } from "./suggest.ts";
 
 export const NS_LABEL = "io.kubernetes.pod.namespace";
@@ -32,6 +33,20 @@ function checkValue(sink: IssueSink, path: readonly PathPart[], v: string): void
   }
 }
 
+/** A selector key must be a Kubernetes qualified name after its source (k8s:, any:). */
+function checkKey(
+  sink: IssueSink,
+  path: readonly PathPart[],
+  at: string,
+  [source, key]: [string, string],
+  written = at,
+): void {
+  if (source !== "any" && source !== "k8s") return;
+  if (key.startsWith(NS_LABELS_PREFIX) || key === "") return;
+  const problem = checkLabelKey(key);
+  if (problem) sink.error(path, `Invalid label key "${written}": ${problem}`, at);
+}
+
 function sortRequirements(reqs: Requirement[]): Requirement[] {
   const key = (r: Requirement) => `${r.key}\0${r.source}\0${r.op}\0${r.values.join("\0")}`;
   return reqs.map((r) => ({ ...r, values: [...new Set(r.values)].sort() }))
@@ -53,6 +68,7 @@ export function labelRequirements(
   for (const [k, v] of Object.entries(sel?.matchLabels ?? {})) {
     checkValue(sink, [...path, "matchLabels", k], v);
     const [source, key] = mk(k);
+    checkKey(sink, [...path, "matchLabels"], k, opts.forceSource ? ["k8s", k] : [source, key]);
     reqs.push({ source, key, op: "In", values: [v] });
   }
   (sel?.matchExpressions ?? []).forEach((e, i) => {
@@ -66,6 +82,7 @@ export function labelRequirements(
     }
     values.forEach((v, j) => checkValue(sink, [...p, "values", j], v));
     const [source, key] = mk(e.key);
+    checkKey(sink, p, "key", opts.forceSource ? ["k8s", e.key] : [source, key], e.key);
     reqs.push({ source, key, op: e.operator, values });
   });
   return sortRequirements(reqs);
@@ -188,5 +205,22 @@ export function cidrSelector(
       );
     }
   });
-  return { kind: "cidr", cidr: canonicalPrefix(cidr), except: [...new Set(ex)].sort() };
+  const canonical = canonicalPrefix(cidr);
+  if (cidr.includes("/") && hostBitsSet(cidr, canonical)) {
+    sink.warn(
+      path,
+      `The CIDR "${cidr}" has host bits set: it is read as "${canonical}". Write "${canonical}", or "${
+        cidr.split("/")[0]
+      }/${cidr.includes(":") ? 128 : 32}" for the one address`,
+      undefined,
+      "cidr-host-bits",
+    );
+  }
+  return { kind: "cidr", cidr: canonical, except: [...new Set(ex)].sort() };
+}
+
+function hostBitsSet(cidr: string, canonical: string): boolean {
+  const a = parseAddress(cidr.split("/")[0]!);
+  const b = parseAddress(canonical.split("/")[0]!);
+  return a !== null && b !== null && a.addr.some((x, i) => x !== b.addr[i]);
 }

@@ -20,3 +20,12 @@ export async function loadPolicyWasm(): Promise<Uint8Array> {
   cached = decodeBase64(mod.POLICY_WASM_BASE64);
   return cached;
 }
+
+/** The engine's build id: the first 12 hex digits of the SHA-256 of policy.wasm's bytes. */
+export async function engineBuildId(): Promise<string> {
+  const bytes = await loadPolicyWasm();
+  const digest = new Uint8Array(
+    await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>),
+  );
+  return [...digest.slice(0, 6)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}

@@ -2,15 +2,23 @@
 // behind one node netns, routed through the node as in the datapath tests; cilia attached without
 // policy, with the server's ingress default-deny and the engine's map-state of a real policy over
 // N client identities, and the same filtering as N iptables rules in the node's FORWARD chain.
-// It measures TCP throughput (iperf3) and request/response rate (_rr.ts). Nothing here prints.
-import { Datapath } from "../../agent/datapath/datapath.ts";
+// It measures TCP throughput (iperf3) and request/response rate (_rr.ts). cilia is written through
+// the agent's own KernelSink (the engine's map-state, diffs between setups), so the bench measures
+// the datapath users run. Nothing here prints.
+import { KernelSink } from "../../agent/datapath/kernel_sink.ts";
+import { encodePolicyEntry } from "../../agent/datapath/policy_map.ts";
+import { policyEntryOf } from "../../agent/datapath/policy_state.ts";
+import type { DatapathEndpoint, EndpointFlags } from "../../agent/endpoint/datapath_sink.ts";
+import { diffEntries, indexEntries } from "../../agent/endpoint/mapstate_diff.ts";
+import { Logger } from "../../agent/log.ts";
 import {
   compilePolicies,
+  type IpcacheEntry,
+  type MapStateEntry,
   podIdentityLabels,
   PolicyEngine,
   RESERVED_IDENTITIES,
 } from "../../policy-wasm/mod.ts";
-import { encodePolicyEntry, type PolicyEntry } from "../../agent/datapath/policy_map.ts";
 import { Lab, type Node, type Pod } from "../../tests/helpers/netns.ts";
 
 const BUILD_DIR = new URL("../../bpf/build", import.meta.url).pathname;
@@ -60,10 +68,11 @@ export class BenchTopology implements AsyncDisposable {
   readonly node: Node;
   readonly client: Pod;
   readonly server: Pod;
-  #dp: Datapath | undefined;
+  #sink: KernelSink | undefined;
   #engine: PolicyEngine | undefined;
-  #policy: PolicyEntry[] = [];
-  #ipcache: string[] = [];
+  #policy: MapStateEntry[] = [];
+  #ipcache: IpcacheEntry[] = [];
+  #revision = 0;
   readonly #children: Deno.ChildProcess[] = [];
 
   private constructor(lab: Lab, node: Node, client: Pod, server: Pod) {
@@ -155,34 +164,39 @@ export class BenchTopology implements AsyncDisposable {
     return (JSON.parse(out) as { perSec: number }).perSec;
   }
 
-  /** Loads the datapath and attaches it to both pods: no policy, no default deny. */
+  /** The endpoint of a pod as the agent describes it to the sink. */
+  #endpoint(which: keyof typeof EP): DatapathEndpoint {
+    const pod = this[which];
+    return {
+      id: EP[which],
+      identity: which === "client" ? CLIENT_BASE : SERVER_IDENTITY,
+      name: which,
+      namespace: "bench",
+      ips: [pod.ipv4, pod.ipv6],
+      ifname: pod.ifname,
+      mac: pod.mac,
+    };
+  }
+
+  /** Opens the agent's sink and attaches both pods: no policy, no default deny. */
   async attachCilia(): Promise<void> {
-    const dp = this.#dp = await Datapath.open({
+    const sink = this.#sink = await KernelSink.open({
       bpffsRoot: `${this.node.bpffs}/cilia`,
       buildDir: BUILD_DIR,
+      log: new Logger({ level: "error" }),
       netns: this.node.netns,
     });
-    await dp.updateIpcache([
+    await sink.updateIpcache([
       { prefix: this.client.ipv4, identity: CLIENT_BASE },
       { prefix: this.server.ipv4, identity: SERVER_IDENTITY },
     ], []);
-    for (
-      const [pod, epId, identity] of [[this.client, EP.client, CLIENT_BASE], [
-        this.server,
-        EP.server,
-        SERVER_IDENTITY,
-      ]] as const
-    ) {
-      await dp.upsertEndpoint({
-        ifname: pod.ifname,
-        epId,
-        identity,
-        ipv4: pod.ipv4,
-        ipv6: pod.ipv6,
-        mac: pod.mac,
-        ingressDefaultDeny: false,
-        egressDefaultDeny: false,
-      });
+    const open: EndpointFlags = {
+      defaultDeny: { ingress: false, egress: false },
+      enforcement: true,
+    };
+    for (const which of ["client", "server"] as const) {
+      const change = { adds: [], deletes: [], revision: ++this.#revision, full: true };
+      await sink.attach(this.#endpoint(which), open, change);
     }
   }
 
@@ -191,8 +205,8 @@ export class BenchTopology implements AsyncDisposable {
    * identities (the real client's and n-1 others, each with an ipcache address) carry role=client.
    */
   async applyPolicy(n: number): Promise<PolicyFigures> {
-    const dp = this.#dp;
-    if (!dp) throw new Error("Cannot apply policy: cilia is not attached");
+    const sink = this.#sink;
+    if (!sink) throw new Error("Cannot apply policy: cilia is not attached");
     let t = performance.now();
     this.#engine?.close();
     const engine = this.#engine = await PolicyEngine.create();
@@ -213,51 +227,51 @@ export class BenchTopology implements AsyncDisposable {
       { id: EP.server, identity: SERVER_IDENTITY, namedPorts: [] },
     ]);
     const ms = engine.computeMapState(EP.server);
-    const adds: PolicyEntry[] = ms.entries.map((e) => ({
-      egress: e.direction === "egress",
-      identity: e.identity,
-      proto: e.proto,
-      portLo: e.portLo,
-      portHi: e.portHi,
-      verdict: e.verdict === "allow" ? 1 : e.verdict === "deny" ? 2 : 3,
-      cookie: e.cookie,
-    }));
     const computeMs = performance.now() - t;
     t = performance.now();
-    const prefixes = Array.from({ length: n - 1 }, (_, i) => decoyIp(i + 1));
-    await dp.updateIpcache(
-      prefixes.map((prefix, i) => ({ prefix, identity: CLIENT_BASE + i + 1 })),
-      this.#ipcache.filter((p) => !prefixes.includes(p)),
-    );
-    await dp.applyPolicyChanges(EP.server, { adds, deletes: this.#policy });
-    await dp.upsertEndpoint({
-      ifname: this.server.ifname,
-      epId: EP.server,
-      identity: SERVER_IDENTITY,
-      ipv4: this.server.ipv4,
-      ipv6: this.server.ipv6,
-      mac: this.server.mac,
-      ingressDefaultDeny: ms.defaultDeny.ingress,
-      egressDefaultDeny: ms.defaultDeny.egress,
+    // As the agent: ipcache first, then the policy diff, and only then the default deny.
+    const ipcache = Array.from({ length: n - 1 }, (_, i) => ({
+      prefix: decoyIp(i + 1),
+      identity: CLIENT_BASE + i + 1,
+    }));
+    await sink.updateIpcache(ipcache, this.#ipcache);
+    const diff = diffEntries(indexEntries(this.#policy), ms.entries);
+    await sink.applyPolicy(EP.server, { ...diff, revision: ++this.#revision, full: true });
+    await sink.updateEndpoint(this.#endpoint("server"), {
+      defaultDeny: ms.defaultDeny,
+      enforcement: ms.enforcement,
     });
     const writeMs = performance.now() - t;
-    this.#policy = adds;
-    this.#ipcache = prefixes;
-    const ranges = (await dp.dumpPolicy(EP.server)).length;
-    const keys = adds.reduce((k, e) => k + encodePolicyEntry(EP.server, e).length, 0);
+    this.#policy = ms.entries;
+    this.#ipcache = ipcache;
+    const ranges = (await sink.datapath.dumpPolicy(EP.server)).length;
+    const keys = new Set(
+      ms.entries.flatMap((e) =>
+        encodePolicyEntry(EP.server, policyEntryOf(e)).map((k) => k.key.join())
+      ),
+    ).size;
     return { ranges, keys, computeMs, writeMs };
   }
 
   /** Detaches cilia from both pods and removes the qdiscs (back to a bare veth). */
   async detachCilia(): Promise<void> {
-    const dp = this.#dp;
-    if (!dp) return;
-    for (const [pod, epId] of [[this.client, EP.client], [this.server, EP.server]] as const) {
-      await dp.removeEndpoint(pod.ifname, epId);
-      await this.lab.run(this.node.netns, ["tc", "qdisc", "del", "dev", pod.ifname, "clsact"]);
+    const sink = this.#sink;
+    if (!sink) return;
+    for (const which of ["client", "server"] as const) {
+      await sink.removeEndpoint(this.#endpoint(which));
+      await this.lab.run(this.node.netns, [
+        "tc",
+        "qdisc",
+        "del",
+        "dev",
+        this[which].ifname,
+        "clsact",
+      ]);
     }
-    await dp.close();
-    this.#dp = undefined;
+    await sink.close();
+    this.#sink = undefined;
+    this.#policy = [];
+    this.#ipcache = [];
   }
 
   /**
@@ -287,7 +301,7 @@ export class BenchTopology implements AsyncDisposable {
       await c.status;
     }
     this.#engine?.close();
-    await this.#dp?.close();
+    await this.#sink?.close();
     await this.lab.close();
   }
 

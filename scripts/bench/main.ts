@@ -6,6 +6,7 @@ const BENCHES: Record<string, string> = {
   identity: "./identity_bench.ts",
   datapath: "./datapath_bench.ts",
   cni: "./cni_bench.ts",
+  churn: "./churn_bench.ts",
 };
 
 const name = Deno.args[0];

@@ -5,7 +5,7 @@
 // `ciliademo-` prefix; close() removes all of it, and sweep() removes what a killed demo left.
 import { type Peer, PEER_SCRIPT, spawnPeer } from "../../tests/helpers/netns.ts";
 import { AgentClient } from "../../cli/live_client.ts";
-import { execCommand } from "../../agent/datapath/_exec.ts";
+import { execCommand } from "../../agent/sys/exec.ts";
 
 export const PREFIX = "ciliademo-";
 export const RUN_DIR = "/run/ciliademo";

@@ -406,3 +406,24 @@ Deno.test("API: policy routes and resolved map-state, trace, metrics counters", 
     await t.close();
   }
 });
+
+Deno.test("API: a RangeError or TypeError from a bug in a handler is a 500, not a 400", async () => {
+  const t = await startAgent();
+  try {
+    const agent = t.agent as unknown as {
+      identityList: () => unknown;
+      ipam: { list: () => unknown };
+    };
+    agent.identityList = () => {
+      throw new RangeError("Invalid array length");
+    };
+    assertError(await t.call("GET", "/v1/identity"), 500, "internal", /Invalid array length/);
+    agent.ipam.list = () => {
+      throw new TypeError("Cannot read properties of undefined (reading 'ip')");
+    };
+    assertError(await t.call("GET", "/v1/ipam"), 500, "internal", /reading 'ip'/);
+    assertError(await t.call("GET", "/v1/endpoint/8"), 404, "endpoint_not_found");
+  } finally {
+    await t.close();
+  }
+});

@@ -4,6 +4,7 @@
 import assert from "node:assert/strict";
 import { ConfigError, loadConfig, resolveConfig } from "../../agent/config.ts";
 import { root } from "./_fixture.ts";
+import { isRoot } from "../helpers/root.ts";
 
 Deno.test("config: defaults follow the issue", () => {
   const c = resolveConfig({ nodeName: "n1" });
@@ -100,7 +101,7 @@ Deno.test("cilia-agent: the kernel datapath without a bpffs is a clear startup e
     const log = new TextDecoder().decode(o.stderr);
     assert.match(
       log,
-      Deno.uid() === 0
+      isRoot()
         ? /Cannot load the kernel datapath: \\"[^"]*\/bpf\\" is not on a bpffs\\nhint: mount one/
         : /Cannot load the kernel datapath: the agent lacks CAP_BPF/,
     );

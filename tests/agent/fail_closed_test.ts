@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import { endpointBody, eventually, startAgent, type TestAgent } from "./_fixture.ts";
 import { sortEntries } from "../../agent/endpoint/mapstate_diff.ts";
 import { policyKey } from "../../agent/policy/documents.ts";
+import { kvError } from "../../agent/kvstore/errors.ts";
 
 const WIDE = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -36,7 +37,7 @@ Deno.test("a new endpoint whose datapath write fails is refused and leaves nothi
   try {
     await t.call("PUT", "/v1/policy", WIDE);
     t.sink.failWith = new Error("No space left on device");
-    t.sink.failOps = new Set(["applyPolicy"]);
+    t.sink.failOps = new Set(["attach", "applyPolicy"]);
     const r = await t.call(
       "PUT",
       "/v1/endpoint/7",
@@ -155,7 +156,8 @@ Deno.test("a kvstore failure during import changes neither the engine nor the da
     const revision = t.agent.policies.revision;
     const store = t.agent.store;
     const put = store.put;
-    store.put = () => Promise.reject(new Error(`Cannot put "x" in ${store.name}: disk I/O error`));
+    store.put = (key) =>
+      Promise.reject(kvError("put", key, store.name, new Error("disk I/O error")));
     try {
       const r = await t.call("PUT", "/v1/policy", NARROW);
       assert.equal(r.status, 503, JSON.stringify(r.body));

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { endpointBody, eventually, sleep, spawnAgent, startAgent } from "./_fixture.ts";
 import { startEtcd } from "../helpers/etcd.ts";
+import { needs } from "../helpers/root.ts";
 import { hashLabels, labelsKey } from "../../agent/identity/keys.ts";
 
 Deno.test("identities: same labels → same number, different → different; volatile labels are left out", async () => {
@@ -131,65 +132,69 @@ Deno.test("identities: the range runs out with a clear error, and status warns a
   }
 });
 
-Deno.test("two agent processes on one etcd agree on every identity; a killed agent's unshared identities are released", async () => {
-  const etcd = await startEtcd();
-  const args = [
-    "--kvstore",
-    etcd.url,
-    "--lease-ttl",
-    "2s",
-    "--identity-gc-grace",
-    "1s",
-    "--identity-gc-interval",
-    "250ms",
-    "--log-level",
-    "warn",
-  ];
-  const agents = await Promise.all([
-    spawnAgent({ node: "node-a", args: [...args, "--pod-cidr", "10.200.0.0/24"] }),
-    spawnAgent({ node: "node-b", args: [...args, "--pod-cidr", "10.201.0.0/24"] }),
-  ]);
-  const [a, b] = agents;
-  try {
-    // Both create 16 endpoints with the same 8 label sets (each twice) at the same time.
-    const sets = Array.from({ length: 16 }, (_, i) => ({ app: `app-${i % 8}`, tier: "t" }));
-    await Promise.all(agents.flatMap((agent) =>
-      sets.map(async (labels, i) => {
-        const r = await agent.api.call(
-          "PUT",
-          `/v1/endpoint/${i + 1}`,
-          endpointBody(`ep-${i}`, labels),
-        );
-        assert.equal(r.status, 201, JSON.stringify(r.body));
-      })
-    ));
-    const ids = async (agent: typeof a) =>
-      ((await agent.api.call("GET", "/v1/endpoint")).body as { id: number; identity: number }[])
-        .map((e) => [e.id, e.identity]);
-    assert.deepEqual(await ids(a), await ids(b), "both agents agree on every identity");
-    assert.equal(new Set((await ids(a)).map(([, n]) => n)).size, 8);
+Deno.test(
+  "two agent processes on one etcd agree on every identity; a killed agent's unshared identities are released",
+  needs({ binaries: ["etcd"] }),
+  async () => {
+    const etcd = await startEtcd();
+    const args = [
+      "--kvstore",
+      etcd.url,
+      "--lease-ttl",
+      "2s",
+      "--identity-gc-grace",
+      "1s",
+      "--identity-gc-interval",
+      "250ms",
+      "--log-level",
+      "warn",
+    ];
+    const agents = await Promise.all([
+      spawnAgent({ node: "node-a", args: [...args, "--pod-cidr", "10.200.0.0/24"] }),
+      spawnAgent({ node: "node-b", args: [...args, "--pod-cidr", "10.201.0.0/24"] }),
+    ]);
+    const [a, b] = agents;
+    try {
+      // Both create 16 endpoints with the same 8 label sets (each twice) at the same time.
+      const sets = Array.from({ length: 16 }, (_, i) => ({ app: `app-${i % 8}`, tier: "t" }));
+      await Promise.all(agents.flatMap((agent) =>
+        sets.map(async (labels, i) => {
+          const r = await agent.api.call(
+            "PUT",
+            `/v1/endpoint/${i + 1}`,
+            endpointBody(`ep-${i}`, labels),
+          );
+          assert.equal(r.status, 201, JSON.stringify(r.body));
+        })
+      ));
+      const ids = async (agent: typeof a) =>
+        ((await agent.api.call("GET", "/v1/endpoint")).body as { id: number; identity: number }[])
+          .map((e) => [e.id, e.identity]);
+      assert.deepEqual(await ids(a), await ids(b), "both agents agree on every identity");
+      assert.equal(new Set((await ids(a)).map(([, n]) => n)).size, 8);
 
-    // An identity only A uses; one both use.
-    const onlyA =
-      (await a.api.call("PUT", "/v1/endpoint/100", endpointBody("solo", { app: "solo" }))).body
-        .identity;
-    const shared = (await a.api.call("GET", "/v1/endpoint/1")).body.identity;
-    const known = async (agent: typeof b, id: number) =>
-      (await agent.api.call("GET", `/v1/identity/${id}`)).status === 200;
-    await eventually("B to learn A's identity", () => known(b, onlyA));
-    await sleep(1600); // longer than grace + interval: a used identity is never released
-    assert.ok(await known(b, onlyA), "still in use by A: not released");
+      // An identity only A uses; one both use.
+      const onlyA =
+        (await a.api.call("PUT", "/v1/endpoint/100", endpointBody("solo", { app: "solo" }))).body
+          .identity;
+      const shared = (await a.api.call("GET", "/v1/endpoint/1")).body.identity;
+      const known = async (agent: typeof b, id: number) =>
+        (await agent.api.call("GET", `/v1/identity/${id}`)).status === 200;
+      await eventually("B to learn A's identity", () => known(b, onlyA));
+      await sleep(1600); // longer than grace + interval: a used identity is never released
+      assert.ok(await known(b, onlyA), "still in use by A: not released");
 
-    assert.equal(await a.kill("SIGKILL"), 137);
-    await eventually(
-      "A's references to expire and its identity to be released",
-      async () => !(await known(b, onlyA)),
-      15_000,
-    );
-    assert.ok(await known(b, shared), "an identity B still uses stays");
-    assert.equal((await b.api.call("GET", "/v1/endpoint/1")).body.identity, shared);
-  } finally {
-    await Promise.all(agents.map((x) => x.stop()));
-    await etcd.stop();
-  }
-});
+      assert.equal(await a.kill("SIGKILL"), 137);
+      await eventually(
+        "A's references to expire and its identity to be released",
+        async () => !(await known(b, onlyA)),
+        15_000,
+      );
+      assert.ok(await known(b, shared), "an identity B still uses stays");
+      assert.equal((await b.api.call("GET", "/v1/endpoint/1")).body.identity, shared);
+    } finally {
+      await Promise.all(agents.map((x) => x.stop()));
+      await etcd.stop();
+    }
+  },
+);

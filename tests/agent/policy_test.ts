@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { endpointBody, eventually, POLICY_HTTP, startAgent, type TestAgent } from "./_fixture.ts";
 import { startEtcd } from "../helpers/etcd.ts";
+import { needs } from "../helpers/root.ts";
 
 const DENY_ALL = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -273,42 +274,46 @@ Deno.test("policy CIDRs get node-local identities from 2^24, in the engine, the 
   }
 });
 
-Deno.test("a policy imported through agent A applies on agent B (shared etcd), and so does its deletion", async () => {
-  const etcd = await startEtcd();
-  const a = await startAgent({ config: { kvstore: etcd.url, nodeName: "node-a" } });
-  const b = await startAgent({
-    config: { kvstore: etcd.url, nodeName: "node-b", podCidr: "10.201.0.0/24" },
-  });
-  try {
-    const db = await b.call(
-      "PUT",
-      "/v1/endpoint/1",
-      endpointBody("db", { app: "db" }, { ipv4: "10.201.0.9" }),
-    );
-    assert.equal(db.status, 201);
-    assert.equal((await a.call("PUT", "/v1/policy", DENY_ALL)).status, 200);
-    await eventually(
-      "the policy on agent B",
-      async () => (await b.call("GET", "/v1/policy")).body.includes("db-lockdown"),
-    );
-    const resolved = (await b.call("GET", "/v1/policy/resolved/db")).body;
-    assert.equal(resolved.defaultDeny.ingress, true);
-    assert.equal(b.agent.policies.revision, 2);
-    // An identity allocated on A becomes known on B, and B's map-state gains it incrementally.
-    const be = await a.call("PUT", "/v1/endpoint/5", endpointBody("backend", { app: "backend" }));
-    await eventually(
-      "B's db map-state allowing A's backend",
-      async () =>
-        (await b.call("GET", "/v1/policy/resolved/db")).body.entries.some((
-          e: { identity: number },
-        ) => e.identity === be.body.identity),
-    );
-    await a.call("DELETE", "/v1/policy?name=db-lockdown");
-    await eventually("the deletion on agent B", () => b.agent.policies.size === 0);
-    assert.equal((await b.call("GET", "/v1/policy/resolved/db")).body.defaultDeny.ingress, false);
-  } finally {
-    await a.close();
-    await b.close();
-    await etcd.stop();
-  }
-});
+Deno.test(
+  "a policy imported through agent A applies on agent B (shared etcd), and so does its deletion",
+  needs({ binaries: ["etcd"] }),
+  async () => {
+    const etcd = await startEtcd();
+    const a = await startAgent({ config: { kvstore: etcd.url, nodeName: "node-a" } });
+    const b = await startAgent({
+      config: { kvstore: etcd.url, nodeName: "node-b", podCidr: "10.201.0.0/24" },
+    });
+    try {
+      const db = await b.call(
+        "PUT",
+        "/v1/endpoint/1",
+        endpointBody("db", { app: "db" }, { ipv4: "10.201.0.9" }),
+      );
+      assert.equal(db.status, 201);
+      assert.equal((await a.call("PUT", "/v1/policy", DENY_ALL)).status, 200);
+      await eventually(
+        "the policy on agent B",
+        async () => (await b.call("GET", "/v1/policy")).body.includes("db-lockdown"),
+      );
+      const resolved = (await b.call("GET", "/v1/policy/resolved/db")).body;
+      assert.equal(resolved.defaultDeny.ingress, true);
+      assert.equal(b.agent.policies.revision, 2);
+      // An identity allocated on A becomes known on B, and B's map-state gains it incrementally.
+      const be = await a.call("PUT", "/v1/endpoint/5", endpointBody("backend", { app: "backend" }));
+      await eventually(
+        "B's db map-state allowing A's backend",
+        async () =>
+          (await b.call("GET", "/v1/policy/resolved/db")).body.entries.some((
+            e: { identity: number },
+          ) => e.identity === be.body.identity),
+      );
+      await a.call("DELETE", "/v1/policy?name=db-lockdown");
+      await eventually("the deletion on agent B", () => b.agent.policies.size === 0);
+      assert.equal((await b.call("GET", "/v1/policy/resolved/db")).body.defaultDeny.ingress, false);
+    } finally {
+      await a.close();
+      await b.close();
+      await etcd.stop();
+    }
+  },
+);

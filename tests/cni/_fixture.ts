@@ -2,10 +2,16 @@
 // own bpffs, `bin/cilia-agent` started inside it the MACHINE.md §1 way (kernel datapath, Deno KV
 // in the lab dir), and a CNI runtime harness that does what the spec says a runtime does: create
 // a netns, exec `bin/cilia-cni` with CNI_COMMAND/CNI_CONTAINERID/CNI_NETNS/CNI_IFNAME/CNI_ARGS/
-// CNI_PATH and the network configuration on stdin. Datapath events are read from the node's
-// pinned perf buffer. close() kills the agent and removes every netns, mount and file.
-import { readEvents } from "../../agent/datapath/events.ts";
+// CNI_PATH and the network configuration on stdin. Datapath events are read through the agent
+// (`GET /v1/events`, the agent owns the perf buffer's one reader), flows through `GET /v1/flows`.
+// close() kills the agent and removes every netns, mount and file.
 import type { PacketEvent } from "../../agent/datapath/events.ts";
+import {
+  eventFromJson,
+  type Flow,
+  type MonitorLine,
+  readLines,
+} from "../../agent/monitor/mod.ts";
 import { type External, Lab, type Node, type Peer } from "../helpers/netns.ts";
 import { type Reply, SocketClient } from "../agent/_fixture.ts";
 
@@ -277,31 +283,54 @@ export class CiliaNode implements AsyncDisposable {
     opts: { until?: (e: PacketEvent) => boolean; timeoutMs?: number } = {},
   ): Promise<{ result: T; events: PacketEvent[] }> {
     const ac = new AbortController();
-    const it = readEvents(`${this.bpffs}/maps/cilia_events`, { signal: ac.signal })[
-      Symbol.asyncIterator
-    ]();
+    const client = Deno.createHttpClient({ proxy: { transport: "unix", path: this.socket } });
     const events: PacketEvent[] = [];
-    let first: ReturnType<typeof it.next> | undefined = it.next(); // opens the buffer
-    await sleep(20);
-    let result!: T;
     let timer: ReturnType<typeof setTimeout> | undefined;
+    let result!: T;
     try {
+      const res = await fetch("http://localhost/v1/events", {
+        client,
+        signal: ac.signal,
+      } as RequestInit);
+      if (!res.ok || !res.body) throw new Error(`GET /v1/events: HTTP ${res.status}`);
+      const lines = readLines(res.body)[Symbol.asyncIterator]();
       result = await action();
       timer = setTimeout(() => ac.abort(), opts.timeoutMs ?? 1000);
-      for (;;) {
-        const r = await (first ?? it.next());
-        first = undefined;
-        if (r.done) break;
-        if (r.value.type === "lost") continue;
-        events.push(r.value);
-        if (opts.until?.(r.value)) break;
+      try {
+        for (;;) {
+          const r = await lines.next();
+          if (r.done) break;
+          const m = JSON.parse(r.value) as MonitorLine;
+          if (!("event" in m)) continue;
+          const e = eventFromJson(m.event);
+          events.push(e);
+          if (opts.until?.(e)) break;
+        }
+      } catch (err) {
+        if (!ac.signal.aborted) throw err;
       }
+      await lines.return?.(undefined).catch(() => {});
     } finally {
       clearTimeout(timer);
       ac.abort();
-      await it.return?.(undefined);
+      client.close();
     }
     return { result, events };
+  }
+
+  /** The agent's flows (GET /v1/flows) with query parameters (filters, `last`, `since`). */
+  async flows(query: Record<string, string> = {}): Promise<{ flows: Flow[]; stats: unknown }> {
+    const q = new URLSearchParams(query).toString();
+    const r = await this.api.call("GET", `/v1/flows${q ? `?${q}` : ""}`);
+    if (r.status !== 200) throw new Error(`GET /v1/flows: ${JSON.stringify(r.body)}`);
+    const flows: Flow[] = [];
+    let stats: unknown;
+    for (const line of String(r.body).split("\n").filter(Boolean)) {
+      const m = JSON.parse(line) as MonitorLine;
+      if ("flow" in m) flows.push(m.flow);
+      else if ("stats" in m) stats = m.stats;
+    }
+    return { flows, stats };
   }
 
   /** The agent's Prometheus metrics (GET /v1/metrics). */

@@ -5,6 +5,7 @@
 // (1.1), old result versions, and the spec's error object for every kind of failure. Needs root.
 import assert from "node:assert/strict";
 import { CiliaNode, dropText, execCni, NETWORK } from "./_fixture.ts";
+import { needsRoot } from "../helpers/root.ts";
 
 const DB_POLICY = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -34,7 +35,7 @@ function assertErrorObject(
 
 Deno.test({
   name: "cilia-cni: a spec runtime harness against the agent in a lab node",
-  ignore: Deno.uid() !== 0,
+  ...needsRoot(),
   sanitizeResources: false,
 }, async (t) => {
   await using n = await CiliaNode.create();
@@ -221,6 +222,23 @@ Deno.test({
     await Promise.all(pods.map((p) => n.delPod(p)));
   });
 
+  await t.step("parallel ADDs of the same container are one: same result for all", async () => {
+    const netns = `${n.lab.prefix}same`;
+    assert.equal((await sh(["ip", "netns", "add", netns])).code, 0);
+    const call = {
+      containerId: "same-1",
+      netns: `/run/netns/${netns}`,
+      args: "CILIA_LABELS=app=same",
+    };
+    const runs = await Promise.all([1, 2, 3, 4].map(() => n.cni("ADD", call)));
+    for (const r of runs) assert.equal(r.code, 0, `every ADD succeeds: ${r.stdout}${r.stderr}`);
+    assert.equal(new Set(runs.map((r) => JSON.stringify(r.json.ips))).size, 1, "one result");
+    const eps = ((await n.call("GET", "/v1/endpoint")).body as { containerId?: string }[])
+      .filter((e) => e.containerId === "same-1");
+    assert.equal(eps.length, 1, "one endpoint");
+    assert.equal((await n.cni("DEL", call)).code, 0);
+  });
+
   await t.step("errors: the spec's error object and code", async () => {
     const cfg = { cniVersion: "1.0.0", name: NETWORK, type: "cilia-cni", agentSocket: n.socket };
     const add = { containerId: "e1", netns: `/run/netns/${n.lab.prefix}client` };
@@ -269,6 +287,28 @@ Deno.test({
       7,
       /Invalid pod metadata: labels/,
     );
+    const file = `${n.dir}/not-a-netns`;
+    await Deno.writeTextFile(file, "");
+    assertErrorObject(
+      await n.cni("ADD", { ...add, containerId: "e4", netns: file }),
+      4,
+      /is not a network namespace/,
+    );
+    assertErrorObject(
+      await n.cni("ADD", { ...add, containerId: "e5", ifname: "lo" }),
+      4,
+      /already has an interface "lo"/,
+    );
+    assertErrorObject(
+      await n.cni("ADD", { ...add, containerId: "e6" }),
+      4,
+      /already has an interface "eth0"/,
+    );
+    assertErrorObject(
+      await n.cni("ADD", { ...add, containerId: "e7", ifname: "a/b" }),
+      4,
+      /Invalid CNI_IFNAME "a\/b"/,
+    );
     const down = `${n.dir}/nobody.sock`;
     assertErrorObject(
       await execCni("ADD", add, down),
@@ -286,7 +326,7 @@ Deno.test({
 
 Deno.test({
   name: "cilia-cni: a DEL while the agent is down is queued and replayed when it starts",
-  ignore: Deno.uid() !== 0,
+  ...needsRoot(),
   sanitizeResources: false,
 }, async () => {
   await using n = await CiliaNode.create();

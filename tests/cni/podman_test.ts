@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { eventually } from "../agent/_fixture.ts";
 import { CiliaNode, NETWORK, root } from "./_fixture.ts";
+import { needsRoot } from "../helpers/root.ts";
 
 const POLICY = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -56,7 +57,7 @@ async function libpodCgroups(): Promise<string[]> {
 
 Deno.test({
   name: "podman 4.3 with the CNI backend runs containers on cilia-cni; policy between them",
-  ignore: Deno.uid() !== 0,
+  ...needsRoot(["podman", "runc"]),
   sanitizeResources: false,
 }, async (t) => {
   const hadCniDir = await exists("/var/lib/cni");

@@ -1,12 +1,17 @@
-// The reusable lab of the kernel conformance consumer: one node netns with the Datapath loaded, a
-// pool of pod netns (veth host side in the node, routed /32 and /128), one "outside" netns that
-// holds every non-pod address of a case (CIDR peers, reserved entities, a world address) behind
-// the node's default route, and a probe helper in each. apply() turns the lab into one case's
-// cluster (addresses, routes, ipcache, endpoints, the engine's map-state) after undoing the
-// previous one; probe() sends real packets. It computes no policy: entries come from the engine.
-// The topology itself (addresses, netns) is _conformance_netns.ts.
+// The reusable lab of the kernel conformance consumer: one node netns with the agent's KernelSink
+// on it, a pool of pod netns (veth host side in the node, routed /32 and /128), one "outside"
+// netns that holds every non-pod address of a case (CIDR peers, reserved entities, a world
+// address) behind the node's default route, and a probe helper in each. apply() turns the lab
+// into one case's cluster (addresses, routes, ipcache, endpoints, the engine's map-state) the way
+// the agent moves from one policy to the next: through the sink, new endpoints attached with
+// their whole policy, kept ones updated and given the diff, gone ones removed. probe() sends real
+// packets. It computes no policy (entries come from the engine) and writes nothing into the
+// kernel's maps itself. The topology (addresses, netns) is _conformance_netns.ts.
 import { collectConntrack } from "../../agent/datapath/conntrack_gc.ts";
-import { Datapath, type IpcacheUpsert, type PolicyEntry } from "../../agent/datapath/datapath.ts";
+import type { KernelSink } from "../../agent/datapath/kernel_sink.ts";
+import type { DatapathEndpoint, EndpointFlags } from "../../agent/endpoint/datapath_sink.ts";
+import { diffEntries, indexEntries } from "../../agent/endpoint/mapstate_diff.ts";
+import type { IpcacheEntry, MapStateEntry } from "../../policy-wasm/mod.ts";
 import { Lab, type Node } from "../helpers/netns.ts";
 import {
   addOutside,
@@ -20,7 +25,7 @@ import {
   plen,
   POD_ROUTES,
 } from "./_conformance_netns.ts";
-import { BUILD_DIR } from "./_fixture.ts";
+import { openSink } from "./_fixture.ts";
 import { Prober } from "./_prober_client.ts";
 import type { ProbeResult } from "./_prober.ts";
 
@@ -32,14 +37,15 @@ export interface LabEndpoint {
   ingressDefaultDeny: boolean;
   egressDefaultDeny: boolean;
   enforcement: boolean;
-  policy: PolicyEntry[];
+  /** The engine's map-state entries. */
+  policy: MapStateEntry[];
 }
 
 export interface LabCase {
   /** Endpoint i lives in pod i of the pool. */
   endpoints: LabEndpoint[];
   /** Endpoint IPs and CIDR identities' prefixes (the lab adds host and entity entries). */
-  ipcache: IpcacheUpsert[];
+  ipcache: IpcacheEntry[];
   /** Addresses the outside netns must own. */
   outside: string[];
 }
@@ -61,6 +67,13 @@ interface Pod {
   prober: Prober;
 }
 
+/** What the sink holds for an endpoint (as the agent's regenerator remembers it). */
+interface Attached {
+  ep: DatapathEndpoint;
+  flags: EndpointFlags;
+  policy: MapStateEntry[];
+}
+
 const TIMEOUT_MS = 400;
 const token = () =>
   Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, "0"))
@@ -70,19 +83,21 @@ export class KernelLab {
   readonly #lab: Lab;
   readonly #node: Node;
   readonly #outside: string;
-  readonly #dp: Datapath;
+  readonly #sink: KernelSink;
   readonly #nodeProber: Prober;
   readonly #outsideProber: Prober;
   readonly #pods: Pod[] = [];
+  readonly #attached = new Map<number, Attached>();
+  #revision = 0;
   #prev: LabCase = { endpoints: [], ipcache: [], outside: [] };
 
   private constructor(
-    o: { lab: Lab; node: Node; outside: string; dp: Datapath; nodeP: Prober; outP: Prober },
+    o: { lab: Lab; node: Node; outside: string; sink: KernelSink; nodeP: Prober; outP: Prober },
   ) {
     this.#lab = o.lab;
     this.#node = o.node;
     this.#outside = o.outside;
-    this.#dp = o.dp;
+    this.#sink = o.sink;
     this.#nodeProber = o.nodeP;
     this.#outsideProber = o.outP;
   }
@@ -90,15 +105,12 @@ export class KernelLab {
   static async create(): Promise<KernelLab> {
     const lab = await Lab.create();
     const probers: Prober[] = [];
+    let sink: KernelSink | undefined;
     try {
       const node = await lab.addNode("node");
       const outside = await addOutside(lab, node);
-      const dp = await Datapath.open({
-        bpffsRoot: `${node.bpffs}/cilia`,
-        buildDir: BUILD_DIR,
-        netns: node.netns,
-      });
-      await dp.updateIpcache(
+      sink = await openSink(node);
+      await sink.updateIpcache(
         [
           { prefix: HOST.v4, identity: 1 },
           { prefix: HOST.v6, identity: 1 },
@@ -113,9 +125,10 @@ export class KernelLab {
       probers.push(nodeP);
       const outP = await Prober.start(outside);
       probers.push(outP);
-      return new KernelLab({ lab, node, outside, dp, nodeP, outP });
+      return new KernelLab({ lab, node, outside, sink, nodeP, outP });
     } catch (e) {
       for (const p of probers) await p.close().catch(() => {});
+      await sink?.close();
       await lab.close();
       throw e;
     }
@@ -141,6 +154,7 @@ export class KernelLab {
   async apply(c: LabCase): Promise<void> {
     await this.#ensurePods(c.endpoints.length);
     await this.#clear(c);
+    const prev = this.#prev;
     this.#prev = c; // from here on, the next apply() undoes whatever of c got written
     const addrs = (e: LabEndpoint) => [e.ipv4, e.ipv6].filter((a): a is string => !!a);
     await Promise.all(c.endpoints.map((e, i) =>
@@ -164,34 +178,46 @@ export class KernelLab {
       this.#outside,
       c.outside.map(addrAdd),
     );
-    await this.#dp.updateIpcache(c.ipcache, []);
-    await Promise.all(c.endpoints.map((e, i) => {
-      const pod = this.#pods[i]!;
-      return this.#dp.upsertEndpoint({
-        ifname: pod.ifname,
-        epId: e.epId,
-        identity: e.identity,
-        ...(e.ipv4 ? { ipv4: e.ipv4 } : {}),
-        ...(e.ipv6 ? { ipv6: e.ipv6 } : {}),
-        mac: pod.mac,
-        ingressDefaultDeny: e.ingressDefaultDeny,
-        egressDefaultDeny: e.egressDefaultDeny,
-        enforcement: e.enforcement,
-      });
-    }));
-    for (const e of c.endpoints) {
-      await this.#dp.applyPolicyChanges(e.epId, { adds: e.policy, deletes: [] });
+    await this.#sink.updateIpcache(c.ipcache, prev.ipcache);
+    for (const [i, e] of c.endpoints.entries()) await this.#write(this.#pods[i]!, e);
+  }
+
+  /** One endpoint of a case, written as the agent's regenerator writes it. */
+  async #write(pod: Pod, e: LabEndpoint): Promise<void> {
+    const ep: DatapathEndpoint = {
+      id: e.epId,
+      identity: e.identity,
+      name: `pod${e.epId}`,
+      namespace: "lab",
+      ips: [e.ipv4, e.ipv6].filter((a): a is string => !!a),
+      ifname: pod.ifname,
+      mac: pod.mac,
+    };
+    const flags: EndpointFlags = {
+      defaultDeny: { ingress: e.ingressDefaultDeny, egress: e.egressDefaultDeny },
+      enforcement: e.enforcement,
+    };
+    const revision = ++this.#revision;
+    const cur = this.#attached.get(e.epId);
+    if (cur === undefined) {
+      await this.#sink.attach(ep, flags, { adds: e.policy, deletes: [], revision, full: true });
+    } else {
+      if (JSON.stringify([cur.ep, cur.flags]) !== JSON.stringify([ep, flags])) {
+        await this.#sink.updateEndpoint(ep, flags);
+      }
+      const diff = diffEntries(indexEntries(cur.policy), e.policy);
+      await this.#sink.applyPolicy(e.epId, { ...diff, revision, full: true });
     }
+    this.#attached.set(e.epId, { ep, flags, policy: e.policy });
   }
 
   async #clear(next: LabCase): Promise<void> {
     const prev = this.#prev;
-    for (const e of prev.endpoints) {
-      await this.#dp.applyPolicyChanges(e.epId, { adds: [], deletes: e.policy });
-    }
-    await this.#dp.updateIpcache([], prev.ipcache.map((u) => u.prefix));
-    for (const [i, e] of prev.endpoints.entries()) {
-      if (i >= next.endpoints.length) await this.#dp.removeEndpoint(this.#pods[i]!.ifname, e.epId);
+    for (const [id, a] of this.#attached) {
+      if (id > next.endpoints.length) {
+        await this.#sink.removeEndpoint(a.ep);
+        this.#attached.delete(id);
+      }
     }
     const addrs = (e: LabEndpoint) => [e.ipv4, e.ipv6].filter((a): a is string => !!a);
     await ip(
@@ -212,7 +238,7 @@ export class KernelLab {
 
   /** Deletes every conntrack entry (between probes that could share a tuple). */
   flushConntrack(): void {
-    collectConntrack(this.#dp.pins.maps.cilia_ct, { remove: () => true });
+    collectConntrack(this.#sink.datapath.pins.maps.cilia_ct, { remove: () => true });
   }
 
   #prober(p: Place): Prober {
@@ -269,7 +295,7 @@ export class KernelLab {
   async close(): Promise<void> {
     const probers = [this.#nodeProber, this.#outsideProber, ...this.#pods.map((p) => p.prober)];
     await Promise.all(probers.map((p) => p.close().catch(() => {})));
-    await this.#dp.close();
+    await this.#sink.close();
     await this.#lab.close();
   }
 }

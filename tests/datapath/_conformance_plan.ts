@@ -1,13 +1,12 @@
 // Turns one conformance case, loaded into a PolicyEngine, into what the kernel lab needs: the
-// endpoints with the engine's map-state (converted entry by entry, nothing recomputed), the
-// ipcache (endpoint IPs, CIDR identities' prefixes), the outside addresses, and one real probe per
-// query: who sends what from which address to which address. A query that packets cannot express
+// endpoints with the engine's map-state as it is (the lab hands it to the agent's KernelSink,
+// which does the one conversion into map keys), the ipcache (endpoint IPs, CIDR identities'
+// prefixes), the outside addresses, and one real probe per query: who sends what from which
+// address to which address. A query that packets cannot express
 // makes the whole case a skip with the reason. An endpoint without an address of some family gets
 // a lab address of that family (ipcache: its identity), so an IPv6 peer can reach an IPv4-only
 // endpoint as the engine assumes it can. Pure: no I/O.
-import { policyEntryOf } from "../../agent/datapath/policy_state.ts";
 import type {
-  MapState,
   PeerRef,
   PolicyEngine,
   Scenario,
@@ -15,7 +14,6 @@ import type {
   SimEndpoint,
 } from "../../policy-wasm/mod.ts";
 import { RESERVED_BY_NAME } from "../../policy-wasm/mod.ts";
-import type { PolicyEntry } from "../../agent/datapath/datapath.ts";
 import type { LabCase, Probe } from "./_conformance_lab.ts";
 import { type Addrs, entityAddrs, HOST, type Place, WORLD } from "./_conformance_netns.ts";
 
@@ -23,11 +21,6 @@ export interface CasePlan {
   lab: LabCase;
   /** One probe per query, in file order. */
   probes: Probe[];
-}
-
-/** The engine's map-state entries as datapath policy entries (the agent's own mapping). */
-export function policyEntries(ms: MapState): PolicyEntry[] {
-  return ms.entries.map(policyEntryOf);
 }
 
 interface Side {
@@ -159,7 +152,7 @@ export function planCase(
       ingressDefaultDeny: ms.defaultDeny.ingress,
       egressDefaultDeny: ms.defaultDeny.egress,
       enforcement: ms.enforcement,
-      policy: policyEntries(ms),
+      policy: ms.entries,
     };
   });
   const ipcache = [

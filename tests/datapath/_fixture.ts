@@ -1,19 +1,68 @@
-// Shared setup for the datapath tests: a lab node with pods, the Datapath opened on the node's
-// bpffs from the test process (tc/ip/bpftool through nsenter), and helpers to collect events.
-import { Datapath, type DatapathEvent } from "../../agent/datapath/datapath.ts";
+// Shared setup for the datapath tests: a lab node with pods, and the agent's own write path into
+// it: a KernelSink opened on the node's bpffs from the test process (tc/ip/bpftool through
+// nsenter). Every endpoint, policy and ipcache write goes through the sink, with the engine's
+// map-state entries; the Datapath under it (`dp`) is only read (events, dumps, metrics).
+import type { Datapath, DatapathEvent } from "../../agent/datapath/datapath.ts";
 import type { PacketEvent } from "../../agent/datapath/events.ts";
+import { KernelSink } from "../../agent/datapath/kernel_sink.ts";
+import type {
+  DatapathEndpoint,
+  EndpointFlags,
+  PolicyChange,
+  SinkEntry,
+} from "../../agent/endpoint/datapath_sink.ts";
+import type { MapStateEntry } from "../../policy-wasm/mod.ts";
+import { Logger } from "../../agent/log.ts";
 import { type External, Lab, type Node, type Pod } from "../helpers/netns.ts";
 
 export const BUILD_DIR = new URL("../../bpf/build", import.meta.url).pathname;
 /** Identities used by the tests (CIDR identities are node-local: bit 24 set). */
 export const ID = { a: 1001, b: 1002, c: 1003, cidr: 16777217 } as const;
 
+/** Opens the agent's sink on a lab node, from outside it. */
+export function openSink(node: Node, o: { buildDir?: string } = {}): Promise<KernelSink> {
+  return KernelSink.open({
+    bpffsRoot: `${node.bpffs}/cilia`,
+    buildDir: o.buildDir ?? BUILD_DIR,
+    log: new Logger({ level: "error" }),
+    netns: node.netns,
+  });
+}
+
+/** A map-state entry as the engine writes it: ingress, any identity, TCP 80, allow, cookie 0. */
+export function entry(o: Partial<SinkEntry> = {}): SinkEntry {
+  return {
+    direction: "ingress",
+    identity: 0,
+    proto: 6,
+    portLo: 80,
+    portHi: 80,
+    verdict: "allow",
+    cookie: 0,
+    ...o,
+  };
+}
+
+let revision = 0;
+/** A policy change as the regenerator sends it. */
+export function change(adds: SinkEntry[], deletes: MapStateEntry[] = []): PolicyChange {
+  return { adds, deletes, revision: ++revision, full: false };
+}
+
+export function flags(ingress: boolean, egress: boolean, enforcement = true): EndpointFlags {
+  return { defaultDeny: { ingress, egress }, enforcement };
+}
+
 export interface NodeLab {
   lab: Lab;
   node: Node;
   pods: Pod[];
   ext: External | undefined;
+  sink: KernelSink;
+  /** The sink's datapath, for reading back. */
   dp: Datapath;
+  /** Endpoint i + 1 is pod i. */
+  endpoints: DatapathEndpoint[];
   [Symbol.asyncDispose](): Promise<void>;
 }
 
@@ -32,41 +81,48 @@ export async function nodeLab(
     const pods: Pod[] = [];
     for (let i = 0; i < opts.pods; i++) pods.push(await lab.addPod(node, `p${i}`));
     const ext = opts.external ? await lab.addExternal(node, "ext") : undefined;
-    const dp = await Datapath.open({
-      bpffsRoot: `${node.bpffs}/cilia`,
-      buildDir: BUILD_DIR,
-      netns: node.netns,
-    });
-    await dp.updateIpcache(
-      pods.flatMap((p, i) => [
-        { prefix: p.ipv4, identity: 1001 + i },
-        { prefix: p.ipv6, identity: 1001 + i },
-      ]),
-      [],
-    );
-    for (const [i, p] of pods.entries()) {
-      await dp.upsertEndpoint({
-        ifname: p.ifname,
-        epId: i + 1,
+    const sink = await openSink(node);
+    try {
+      await sink.updateIpcache(
+        pods.flatMap((p, i) => [
+          { prefix: p.ipv4, identity: 1001 + i },
+          { prefix: p.ipv6, identity: 1001 + i },
+        ]),
+        [],
+      );
+      const endpoints = pods.map((p, i): DatapathEndpoint => ({
+        id: i + 1,
         identity: 1001 + i,
-        ipv4: p.ipv4,
-        ipv6: p.ipv6,
+        name: p.name,
+        namespace: "lab",
+        ips: [p.ipv4, p.ipv6],
+        ifname: p.ifname,
         mac: p.mac,
-        ingressDefaultDeny: opts.ingressDefaultDeny?.[i] ?? false,
-        egressDefaultDeny: opts.egressDefaultDeny?.[i] ?? false,
-      });
+      }));
+      for (const [i, ep] of endpoints.entries()) {
+        const f = flags(
+          opts.ingressDefaultDeny?.[i] ?? false,
+          opts.egressDefaultDeny?.[i] ?? false,
+        );
+        await sink.attach(ep, f, { ...change([]), full: true });
+      }
+      return {
+        lab,
+        node,
+        pods,
+        ext,
+        sink,
+        dp: sink.datapath,
+        endpoints,
+        async [Symbol.asyncDispose]() {
+          await sink.close();
+          await lab.close();
+        },
+      };
+    } catch (e) {
+      await sink.close();
+      throw e;
     }
-    return {
-      lab,
-      node,
-      pods,
-      ext,
-      dp,
-      async [Symbol.asyncDispose]() {
-        await dp.close();
-        await lab.close();
-      },
-    };
   } catch (e) {
     await lab.close();
     throw e;

@@ -3,6 +3,7 @@ import { BpfTool, BpfToolError } from "../../agent/datapath/bpftool.ts";
 import { checkBpffs } from "../../agent/datapath/loader.ts";
 import { Lab } from "../helpers/netns.ts";
 import { assert, assertEquals } from "./_fixture.ts";
+import { needsRoot } from "../helpers/root.ts";
 
 const BAD = `#include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -23,7 +24,7 @@ async function rejects(p: Promise<unknown>): Promise<unknown> {
   throw new Error("expected a rejection");
 }
 
-Deno.test("BpfToolError explains a verifier rejection", async () => {
+Deno.test("BpfToolError explains a verifier rejection", needsRoot(), async () => {
   await using lab = await Lab.create();
   const node = await lab.addNode("node");
   const src = `${lab.dir}/bad.c`, obj = `${lab.dir}/bad.o`;

@@ -1,5 +1,6 @@
 // The TypeScript codecs mirror bpf/lib/*.h: their layouts are checked against the BTF of the
-// compiled object, and the pure helpers (port blocks, change plans, addresses) are unit-tested.
+// compiled object, and the pure helpers (port blocks, key round trips, addresses) are
+// unit-tested. Change plans are tested in policy_state_test.ts.
 import { BpfTool } from "../../agent/datapath/bpftool.ts";
 import { buildObject } from "../../agent/datapath/build.ts";
 import { decode, encode, type Layout, LAYOUTS } from "../../agent/datapath/codecs.ts";
@@ -8,15 +9,21 @@ import {
   decodePolicyEntry,
   encodePolicyEntry,
   mergePolicyEntries,
-  planPolicyChanges,
   type PolicyEntry,
   portBlocks,
 } from "../../agent/datapath/policy_map.ts";
-import { assert, assertEquals, BUILD_DIR } from "./_fixture.ts";
+import { assert, assertEquals } from "./_fixture.ts";
+import { needs } from "../helpers/root.ts";
 
-Deno.test("codecs match the struct layouts in the object's BTF", async (t) => {
-  const obj = await buildObject({ buildDir: BUILD_DIR });
-  const btf = await new BpfTool().btfDump(obj.path);
+/** A fresh compile in a temp dir: no root needed, and nothing written into the source tree. */
+const btfTest = needs({ binaries: ["clang", "bpftool"] });
+
+Deno.test("codecs match the struct layouts in the object's BTF", btfTest, async (t) => {
+  const buildDir = await Deno.makeTempDir({ prefix: "cilia-btf-" });
+  const obj = await buildObject({ buildDir });
+  const btf = await new BpfTool().btfDump(obj.path).finally(() =>
+    Deno.remove(buildDir, { recursive: true })
+  );
   const structs = new Map(btf.types.filter((x) => x.kind === "STRUCT").map((x) => [x.name, x]));
   for (const [name, l] of Object.entries(LAYOUTS) as [string, Layout][]) {
     await t.step(`${name} = struct ${l.struct}`, () => {
@@ -70,25 +77,6 @@ Deno.test("policy entries round-trip through map keys and merge back into ranges
   const [l3] = encodePolicyEntry(7, { ...e, proto: 0, portLo: 0, portHi: 65535 });
   assertEquals(decode(LAYOUTS.policyKey, l3!.key).prefixlen, 64);
   assertEquals(Array.from(l3!.key.subarray(14)), [0, 0], "ports are not part of an L3 key");
-});
-
-Deno.test("planPolicyChanges() writes adds first and never deletes a key an add rewrote", () => {
-  const allow: PolicyEntry = {
-    egress: false,
-    identity: 5,
-    proto: 6,
-    portLo: 80,
-    portHi: 81,
-    verdict: 1,
-    cookie: 1,
-  };
-  const deny: PolicyEntry = { ...allow, portLo: 80, portHi: 80, verdict: 2 };
-  // 80-81 is one block (80/15); the deny is 80/16: the deny is written before the block goes.
-  const plan = planPolicyChanges(1, { adds: [deny], deletes: [allow] });
-  assertEquals(plan.updates.map((u) => decode(LAYOUTS.policyKey, u.key).prefixlen), [96]);
-  assertEquals(plan.deletes.map((k) => decode(LAYOUTS.policyKey, k).prefixlen), [95]);
-  const same = planPolicyChanges(1, { adds: [deny], deletes: [{ ...deny, verdict: 1 }] });
-  assertEquals([same.updates.length, same.deletes.length], [1, 0], "a rewritten key stays");
 });
 
 Deno.test("parsePrefix() normalises IPv4 and IPv6 prefixes", () => {

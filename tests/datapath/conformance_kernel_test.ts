@@ -13,6 +13,7 @@ import {
   prepareScenario,
 } from "../../policy-wasm/mod.ts";
 import { conformanceTest, type Consumer, type Verdict } from "../policy_cases/runner.ts";
+import { KERNEL_TOOLS } from "../helpers/root.ts";
 import { KernelLab, type Probe } from "./_conformance_lab.ts";
 import { planCase } from "./_conformance_plan.ts";
 
@@ -30,14 +31,24 @@ function describe(p: Probe): string {
 const kernelConsumer: Consumer = {
   name: "kernel datapath",
   kernelOnly: true,
+  needs: { root: true, binaries: KERNEL_TOOLS },
+  async skip(c) {
+    const loaded = loadScenario(c.text, `tests/policy_cases/${c.file}`);
+    const engine = await PolicyEngine.create();
+    try {
+      const plan = planCase(loaded.scenario, prepareScenario(engine, loaded).cluster, engine);
+      return "skip" in plan ? plan.skip : undefined;
+    } finally {
+      engine.close();
+    }
+  },
   async run(file, text) {
-    if (Deno.uid() !== 0) return { verdicts: [], skip: "needs root (netns, bpffs, tc)" };
     const loaded = loadScenario(text, `tests/policy_cases/${file}`);
     const engine = await PolicyEngine.create();
     try {
       const { cluster } = prepareScenario(engine, loaded);
       const plan = planCase(loaded.scenario, cluster, engine);
-      if ("skip" in plan) return { verdicts: [], skip: plan.skip };
+      if ("skip" in plan) throw new Error(`Case "${file}" cannot be sent as packets: ${plan.skip}`);
       lab ??= await KernelLab.create();
       const l = lab;
       await l.apply(plan.lab);

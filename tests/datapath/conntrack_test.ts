@@ -2,10 +2,21 @@
 // the original direction is checked on every packet, and the garbage collector frees entries.
 import { monotonicNs } from "../../agent/datapath/ffi.ts";
 import { dumpConntrack } from "../../agent/datapath/conntrack_gc.ts";
-import { assert, assertEquals, assertNot, ID, nodeLab, withEvents } from "./_fixture.ts";
+import {
+  assert,
+  assertEquals,
+  assertNot,
+  change,
+  entry,
+  ID,
+  nodeLab,
+  withEvents,
+} from "./_fixture.ts";
+import { VERDICT_DENY } from "../../agent/datapath/codecs.ts";
+import { needsRoot } from "../helpers/root.ts";
 
-const opts = { sanitizeOps: true, sanitizeResources: true };
-const TCP = 6, UDP = 17, ICMP = 1, ALLOW = 1 as const, DENY = 2 as const;
+const opts = { ...needsRoot(), sanitizeOps: true, sanitizeResources: true };
+const TCP = 6, UDP = 17, ICMP = 1;
 const SEC = 1_000_000_000n;
 
 Deno.test(
@@ -22,15 +33,14 @@ Deno.test(
     const pa = t.lab.peer(a.netns), pb = t.lab.peer(b.netns);
     await pb.listen("tcp", 80);
     await pb.listen("udp", 53);
-    const base = { egress: false, identity: ID.a, cookie: 0, verdict: ALLOW };
-    await t.dp.applyPolicyChanges(2, {
-      adds: [
-        { ...base, proto: TCP, portLo: 80, portHi: 80 },
-        { ...base, proto: UDP, portLo: 53, portHi: 54 },
-        { ...base, proto: ICMP, portLo: 8, portHi: 8 },
-      ],
-      deletes: [],
-    });
+    await t.sink.applyPolicy(
+      2,
+      change([
+        entry({ identity: ID.a, proto: TCP, portLo: 80, portHi: 80 }),
+        entry({ identity: ID.a, proto: UDP, portLo: 53, portHi: 54 }),
+        entry({ identity: ID.a, proto: ICMP, portLo: 8, portHi: 8 }),
+      ]),
+    );
     assert(await pa.probe("tcp", b.ipv4, 80), "TCP replies pass b's egress and a's ingress");
     assert(await pa.probe("udp", b.ipv4, 53), "UDP replies pass");
     assert(await t.lab.ping(a.netns, b.ipv4), "echo replies pass");
@@ -66,25 +76,25 @@ Deno.test(
     const [a, b] = t.pods as [typeof t.pods[0], typeof t.pods[0]];
     const pa = t.lab.peer(a.netns);
     await t.lab.peer(b.netns).listen("tcp", 80);
-    const entry = { egress: false, identity: ID.a, proto: TCP, portLo: 80, portHi: 80, cookie: 3 };
-    const allow = { ...entry, verdict: ALLOW }, deny = { ...entry, verdict: DENY };
-    await t.dp.applyPolicyChanges(2, { adds: [allow], deletes: [] });
+    const allow = entry({ identity: ID.a, proto: TCP, cookie: 3 });
+    const deny = { ...allow, verdict: "deny" as const };
+    await t.sink.applyPolicy(2, change([allow]));
 
     await s.step("removed allow", async () => {
       assert(await pa.open("c1", b.ipv4, 80));
       assert(await pa.send("c1", "hello"));
-      await t.dp.applyPolicyChanges(2, { adds: [], deletes: [allow] });
+      await t.sink.applyPolicy(2, change([], [allow]));
       const events = await withEvents(t.dp, () => pa.send("c1", "again", 300), {
         until: (e) => e.type === "drop",
       });
       assertEquals(events.find((e) => e.type === "drop")?.subtype, 133);
     });
     await s.step("new deny", async () => {
-      await t.dp.applyPolicyChanges(2, { adds: [allow], deletes: [] });
+      await t.sink.applyPolicy(2, change([allow]));
       assert(await pa.open("c2", b.ipv4, 80));
       assert(await pa.send("c2", "hello"));
-      await t.dp.applyPolicyChanges(2, { adds: [deny], deletes: [allow] });
-      assertEquals((await t.dp.dumpPolicy(2)).map((e) => e.verdict), [DENY]);
+      await t.sink.applyPolicy(2, change([deny])); // a new value for the key: an add, as diffs say
+      assertEquals((await t.dp.dumpPolicy(2)).map((e) => e.verdict), [VERDICT_DENY]);
       const events = await withEvents(t.dp, () => pa.send("c2", "again", 300), {
         until: (e) => e.type === "drop",
       });

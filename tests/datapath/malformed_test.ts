@@ -1,10 +1,11 @@
 // Malformed, truncated and unsupported packets fed to the pinned programs with
 // `bpftool prog run`: every one is dropped (TC_ACT_SHOT) with its reason, never passed.
 import { BpfTool } from "../../agent/datapath/bpftool.ts";
-import { linkIndex } from "../../agent/datapath/loader.ts";
+import { linkIndex } from "../../agent/sys/links.ts";
 import { assertEquals, nodeLab, withEvents } from "./_fixture.ts";
+import { needsRoot } from "../helpers/root.ts";
 
-const opts = { sanitizeOps: true, sanitizeResources: true };
+const opts = { ...needsRoot(), sanitizeOps: true, sanitizeResources: true };
 const TC_ACT_OK = 0, TC_ACT_SHOT = 2;
 
 const MAC = [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];

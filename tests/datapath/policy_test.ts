@@ -1,9 +1,21 @@
-// Policy enforcement by the lxc programs with real packets between pods of one lab node.
+// Policy enforcement by the lxc programs with real packets between pods of one lab node, written
+// through the agent's KernelSink with the engine's map-state entries.
 import type { PacketEvent } from "../../agent/datapath/events.ts";
-import { assert, assertEquals, assertNot, ID, nodeLab, withEvents } from "./_fixture.ts";
+import {
+  assert,
+  assertEquals,
+  assertNot,
+  change,
+  entry,
+  flags,
+  ID,
+  nodeLab,
+  withEvents,
+} from "./_fixture.ts";
+import { needsRoot } from "../helpers/root.ts";
 
-const opts = { sanitizeOps: true, sanitizeResources: true };
-const TCP = 6, UDP = 17, ICMP = 1, ALLOW = 1 as const, DENY = 2 as const;
+const opts = { ...needsRoot(), sanitizeOps: true, sanitizeResources: true };
+const TCP = 6, UDP = 17, ICMP = 1;
 
 Deno.test(
   "lxc passes traffic when there are no policy entries and no default deny",
@@ -51,11 +63,7 @@ Deno.test("lxc allow entry for TCP 80 admits only TCP 80 from that identity", op
   const pb = t.lab.peer(b.netns), pa = t.lab.peer(a.netns);
   await pb.listen("tcp", 80);
   await pb.listen("tcp", 81);
-  const allow80 = { egress: false, identity: ID.a, proto: TCP, portLo: 80, portHi: 80 };
-  await t.dp.applyPolicyChanges(2, {
-    adds: [{ ...allow80, verdict: ALLOW, cookie: 42 }],
-    deletes: [],
-  });
+  await t.sink.applyPolicy(2, change([entry({ identity: ID.a, proto: TCP, cookie: 42 })]));
   const isVerdict = (e: PacketEvent) => e.type === "policy-verdict" && e.epId === 2;
   const events = await withEvents(t.dp, () => pa.probe("tcp", b.ipv4, 80), { until: isVerdict });
   const verdict = events.find(isVerdict)!;
@@ -74,18 +82,10 @@ Deno.test("lxc protocol-0 (L3) allow admits every protocol from that identity", 
   const [a, b] = t.pods as [typeof t.pods[0], typeof t.pods[0]];
   await t.lab.peer(b.netns).listen("tcp", 8080);
   await t.lab.peer(b.netns).listen("udp", 53);
-  await t.dp.applyPolicyChanges(2, {
-    adds: [{
-      egress: false,
-      identity: ID.a,
-      proto: 0,
-      portLo: 0,
-      portHi: 65535,
-      verdict: ALLOW,
-      cookie: 1,
-    }],
-    deletes: [],
-  });
+  await t.sink.applyPolicy(
+    2,
+    change([entry({ identity: ID.a, proto: 0, portLo: 0, portHi: 65535, cookie: 1 })]),
+  );
   assert(await t.lab.ping(a.netns, b.ipv4));
   assert(await t.lab.peer(a.netns).probe("tcp", b.ipv4, 8080));
   assert(await t.lab.peer(a.netns).probe("udp", b.ipv4, 53));
@@ -99,23 +99,15 @@ Deno.test(
     const [a, b, c] = l.pods as [typeof l.pods[0], typeof l.pods[0], typeof l.pods[0]];
     const pb = l.lab.peer(b.netns), pa = l.lab.peer(a.netns), pc = l.lab.peer(c.netns);
     for (const port of [7999, 8000, 8042, 8080, 8081, 9000]) await pb.listen("tcp", port);
-    const range = { egress: false, proto: TCP, portLo: 8000, portHi: 8080, cookie: 5 };
-    await l.dp.applyPolicyChanges(2, {
-      adds: [
-        { ...range, identity: 0, verdict: ALLOW },
-        { ...range, identity: ID.c, verdict: DENY },
-        {
-          egress: false,
-          identity: 0,
-          proto: TCP,
-          portLo: 9000,
-          portHi: 9000,
-          verdict: ALLOW,
-          cookie: 6,
-        },
-      ],
-      deletes: [],
-    });
+    const range = entry({ proto: TCP, portLo: 8000, portHi: 8080, cookie: 5 });
+    await l.sink.applyPolicy(
+      2,
+      change([
+        range,
+        { ...range, identity: ID.c, verdict: "deny" },
+        entry({ proto: TCP, portLo: 9000, portHi: 9000, cookie: 6 }),
+      ]),
+    );
     await t.step("a port range becomes prefix blocks that cover exactly 8000-8080", async () => {
       for (
         const [port, want] of [[7999, false], [8000, true], [8042, true], [8080, true], [
@@ -150,38 +142,14 @@ Deno.test("lxc enforces UDP and IPv6 policy", opts, async () => {
   await pb.listen("udp", 54);
   await pb.listen("tcp", 443);
   assertNot(await pa.probe("udp", b.ipv4, 53, 300));
-  await t.dp.applyPolicyChanges(2, {
-    adds: [
-      {
-        egress: false,
-        identity: ID.a,
-        proto: UDP,
-        portLo: 53,
-        portHi: 53,
-        verdict: ALLOW,
-        cookie: 0,
-      },
-      {
-        egress: false,
-        identity: ID.a,
-        proto: TCP,
-        portLo: 443,
-        portHi: 443,
-        verdict: ALLOW,
-        cookie: 0,
-      },
-      {
-        egress: false,
-        identity: ID.a,
-        proto: 58,
-        portLo: 128,
-        portHi: 128,
-        verdict: ALLOW,
-        cookie: 0,
-      },
-    ],
-    deletes: [],
-  });
+  await t.sink.applyPolicy(
+    2,
+    change([
+      entry({ identity: ID.a, proto: UDP, portLo: 53, portHi: 53 }),
+      entry({ identity: ID.a, proto: TCP, portLo: 443, portHi: 443 }),
+      entry({ identity: ID.a, proto: 58, portLo: 128, portHi: 128 }),
+    ]),
+  );
   assert(await pa.probe("udp", b.ipv4, 53));
   assert(await pa.probe("udp", b.ipv6, 53));
   assertNot(await pa.probe("udp", b.ipv6, 54, 300));
@@ -196,35 +164,29 @@ Deno.test("lxc egress policy to a CIDR identity from the ipcache", opts, async (
   const ext = t.ext!;
   const pe = t.lab.peer(ext.netns), pa = t.lab.peer(a.netns);
   await pe.listen("tcp", 443);
-  await t.dp.upsertEndpoint({
-    ifname: a.ifname,
-    epId: 1,
-    identity: ID.a,
-    ipv4: a.ipv4,
-    ipv6: a.ipv6,
-    ingressDefaultDeny: false,
-    egressDefaultDeny: true,
-  });
+  await t.sink.updateEndpoint(t.endpoints[0]!, flags(false, true));
   const drops = await withEvents(t.dp, () => pa.probe("tcp", ext.ipv4, 443, 300), {
     until: (e) => e.type === "drop",
   });
   assertEquals(drops.find((e) => e.type === "drop")?.dstIdentity, 2, "unknown address is world");
-  await t.dp.updateIpcache([{ prefix: "203.0.113.0/24", identity: ID.cidr }], []);
-  await t.dp.applyPolicyChanges(1, {
-    adds: [{
-      egress: true,
-      identity: ID.cidr,
-      proto: TCP,
-      portLo: 443,
-      portHi: 443,
-      verdict: ALLOW,
-      cookie: 9,
-    }],
-    deletes: [],
-  });
+  const cidr = { prefix: "203.0.113.0/24", identity: ID.cidr };
+  await t.sink.updateIpcache([cidr], []);
+  await t.sink.applyPolicy(
+    1,
+    change([
+      entry({
+        direction: "egress",
+        identity: ID.cidr,
+        proto: TCP,
+        portLo: 443,
+        portHi: 443,
+        cookie: 9,
+      }),
+    ]),
+  );
   assert(await pa.probe("tcp", ext.ipv4, 443));
   assertNot(await pa.probe("tcp", ext.ipv6, 443, 300), "the IPv6 address is still world");
-  await t.dp.updateIpcache([], ["203.0.113.0/24"]);
+  await t.sink.updateIpcache([], [cidr]);
   assertNot(await pa.probe("tcp", ext.ipv4, 443, 300));
 });
 

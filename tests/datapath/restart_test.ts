@@ -1,26 +1,50 @@
-// The datapath survives an agent restart: the Datapath runs inside the node netns (as the agent
-// will, with the node's bpffs bind-mounted at /sys/fs/bpf), exits, and opens again; pins are
-// reused, programs stay attached, maps keep their entries and established connections keep
-// working. A changed object is loaded and swapped in without losing maps or connections.
+// The datapath survives an agent restart: the agent's KernelSink runs inside the node netns (as
+// the agent does, with the node's bpffs bind-mounted at /sys/fs/bpf), exits, and opens again;
+// pins are reused, programs stay attached, maps keep their entries, the restarted sink rewrites
+// the same policy and reconciles, and established connections keep working. A changed object is
+// loaded and swapped in without losing maps or connections.
 import { BpfTool, ProgShowSchema } from "../../agent/datapath/bpftool.ts";
 import { attachedPrograms } from "../../agent/datapath/loader.ts";
 import { Datapath, type PolicyEntry } from "../../agent/datapath/datapath.ts";
+import { policyEntryOf } from "../../agent/datapath/policy_state.ts";
 import { type Lab, type Node } from "../helpers/netns.ts";
-import { assert, assertEquals, assertNot, BUILD_DIR, ID, nodeLab } from "./_fixture.ts";
+import {
+  assert,
+  assertEquals,
+  assertNot,
+  BUILD_DIR,
+  entry,
+  flags,
+  ID,
+  nodeLab,
+} from "./_fixture.ts";
+import { needsRoot } from "../helpers/root.ts";
 
-const opts = { sanitizeOps: true, sanitizeResources: true };
+const opts = { ...needsRoot(), sanitizeOps: true, sanitizeResources: true };
 const REPO = new URL("../../", import.meta.url);
 
-/** A minimal agent: opens the Datapath at its default root, applies cfg, prints a summary. */
+/**
+ * A minimal agent: opens the agent's KernelSink at the default root, writes cfg's ipcache and
+ * attaches its endpoints with their policy (what a restarted agent does with its restored state),
+ * optionally reconciles, and prints a summary.
+ */
 const AGENT = `
-import { Datapath } from "${new URL("agent/datapath/datapath.ts", REPO).href}";
+import { KernelSink } from "${new URL("agent/datapath/kernel_sink.ts", REPO).href}";
+import { Logger } from "${new URL("agent/log.ts", REPO).href}";
 const cfg = JSON.parse(Deno.args[0]);
-const dp = await Datapath.open({ buildDir: cfg.buildDir });
-for (const ep of cfg.endpoints ?? []) await dp.upsertEndpoint(ep);
-await dp.updateIpcache(cfg.ipcache ?? [], []);
-for (const [epId, adds] of cfg.policy ?? []) await dp.applyPolicyChanges(epId, { adds, deletes: [] });
-console.log(JSON.stringify({ loaded: dp.loaded, root: dp.pins.root, policy: await dp.dumpPolicy(2) }));
-await dp.close();
+const sink = await KernelSink.open({
+  bpffsRoot: "/sys/fs/bpf/cilia",
+  buildDir: cfg.buildDir,
+  log: new Logger({ level: "error" }),
+});
+await sink.updateIpcache(cfg.ipcache ?? [], []);
+for (const [ep, flags, adds] of cfg.endpoints ?? []) {
+  await sink.attach(ep, flags, { adds, deletes: [], revision: 1, full: true });
+}
+const reconciled = cfg.reconcile ? await sink.reconcile() : undefined;
+const dp = sink.datapath;
+console.log(JSON.stringify({ loaded: dp.loaded, root: dp.pins.root, policy: await dp.dumpPolicy(2), reconciled }));
+await sink.close();
 `;
 
 async function runAgent(lab: Lab, node: Node, cfg: Record<string, unknown>) {
@@ -34,7 +58,12 @@ async function runAgent(lab: Lab, node: Node, cfg: Record<string, unknown>) {
     JSON.stringify({ buildDir: BUILD_DIR, ...cfg }),
   ]);
   if (r.code !== 0) throw new Error(`The agent failed (${r.code}): ${r.stderr}`);
-  return JSON.parse(r.stdout) as { loaded: boolean; root: string; policy: PolicyEntry[] };
+  return JSON.parse(r.stdout) as {
+    loaded: boolean;
+    root: string;
+    policy: PolicyEntry[];
+    reconciled?: { endpoints: number; policyKeys: number; prefixes: number };
+  };
 }
 
 Deno.test(
@@ -46,47 +75,44 @@ Deno.test(
     const pa = l.lab.peer(a.netns);
     await l.lab.peer(b.netns).listen("tcp", 80);
     await l.lab.peer(b.netns).listen("tcp", 81);
-    // The fixture's in-process Datapath pinned under <bpffs>/cilia, which is /sys/fs/bpf/cilia
+    // The fixture's in-process sink pinned under <bpffs>/cilia, which is /sys/fs/bpf/cilia
     // inside the node: the in-node agent finds the same pins.
-    const allow: PolicyEntry = {
-      egress: false,
-      identity: ID.a,
-      proto: 6,
-      portLo: 80,
-      portHi: 80,
-      verdict: 1,
-      cookie: 11,
-    };
-    const endpoint = {
-      ifname: b.ifname,
-      epId: 2,
-      identity: ID.b,
-      ipv4: b.ipv4,
-      ipv6: b.ipv6,
-      ingressDefaultDeny: true,
-      egressDefaultDeny: false,
-    };
+    const allow = entry({ identity: ID.a, cookie: 11 });
+    const written = [policyEntryOf(allow)];
+    const endpointB = [l.endpoints[1], flags(true, false), [allow]];
+    const endpointA = [l.endpoints[0], flags(false, false), []];
 
     await t.step("an agent inside the node applies endpoint and policy", async () => {
-      const out = await runAgent(l.lab, l.node, { endpoints: [endpoint], policy: [[2, [allow]]] });
-      assertEquals([out.loaded, out.root, out.policy], [false, "/sys/fs/bpf/cilia", [allow]]);
+      const out = await runAgent(l.lab, l.node, { endpoints: [endpointB] });
+      assertEquals([out.loaded, out.root, out.policy], [false, "/sys/fs/bpf/cilia", written]);
       assert(await pa.open("c", b.ipv4, 80));
       assert(await pa.send("c", "before"));
       assertNot(await pa.probe("tcp", b.ipv4, 81, 300));
     });
-    await t.step("a restarted agent reuses everything", async () => {
-      const out = await runAgent(l.lab, l.node, {});
-      assertEquals([out.loaded, out.policy], [false, [allow]]);
-      assertEquals(await attachedPrograms(b.ifname, "ingress", l.node.netns), [
-        "cil_from_container:[*fsobj]",
-      ]);
-      assertEquals(await attachedPrograms(b.ifname, "egress", l.node.netns), [
-        "cil_to_container:[*fsobj]",
-      ]);
-      assert(await pa.send("c", "after restart"));
-      assert(await pa.probe("tcp", b.ipv4, 80));
-      assertNot(await pa.probe("tcp", b.ipv4, 81, 300));
-    });
+    await t.step(
+      "a restarted agent reuses everything, rewrites its state and reconciles",
+      async () => {
+        const ipcache = [a, b].flatMap((p, i) =>
+          [p.ipv4, p.ipv6].map((prefix) => ({ prefix, identity: ID.a + i }))
+        );
+        const out = await runAgent(l.lab, l.node, {
+          ipcache,
+          endpoints: [endpointA, endpointB],
+          reconcile: true,
+        });
+        assertEquals([out.loaded, out.policy], [false, written]);
+        assertEquals(out.reconciled, { endpoints: 0, policyKeys: 0, prefixes: 0 });
+        assertEquals(await attachedPrograms(b.ifname, "ingress", l.node.netns), [
+          "cil_from_container:[*fsobj]",
+        ]);
+        assertEquals(await attachedPrograms(b.ifname, "egress", l.node.netns), [
+          "cil_to_container:[*fsobj]",
+        ]);
+        assert(await pa.send("c", "after restart"));
+        assert(await pa.probe("tcp", b.ipv4, 80));
+        assertNot(await pa.probe("tcp", b.ipv4, 81, 300));
+      },
+    );
     await t.step("a changed object is loaded, swapped in, and keeps the maps", async () => {
       const src = `${l.lab.dir}/bpf/`;
       await Deno.mkdir(`${src}lib`, { recursive: true });
@@ -132,7 +158,7 @@ Deno.test(
           ProgShowSchema,
         );
         assertEquals(attached, [pinned.id], "tc runs the new program");
-        assertEquals(await dp.dumpPolicy(2), [allow]);
+        assertEquals(await dp.dumpPolicy(2), written);
         assert(await pa.send("c", "after upgrade"), "conntrack survived the swap");
         assertNot(await pa.probe("tcp", b.ipv4, 81, 300), "policy still enforced");
       } finally {

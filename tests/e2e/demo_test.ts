@@ -4,6 +4,7 @@
 // `cilia policy test` runs hold the same documents. The demo itself needs root.
 import assert from "node:assert/strict";
 import { parse as parseYaml, parseAllDocuments } from "yaml";
+import { needsRoot } from "../helpers/root.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 
@@ -20,7 +21,7 @@ Deno.test("the demo's scenario tests exactly the policy the demo imports", async
 
 Deno.test({
   name: "deno task demo --once: the report, exit 0, nothing left behind",
-  ignore: Deno.uid() !== 0,
+  ...needsRoot(),
 }, async () => {
   const o = await new Deno.Command(`${root}bin/deno`, {
     args: ["task", "demo", "--once"],

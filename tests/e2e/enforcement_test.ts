@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import type { PacketEvent } from "../../agent/datapath/events.ts";
 import { CiliaNode, dropText, root, type TestPod } from "../cni/_fixture.ts";
+import { needsRoot } from "../helpers/root.ts";
 
 const OK_MS = 1500, DENY_MS = 400;
 
@@ -21,7 +22,7 @@ ${spec.replace(/^/gm, "  ")}
 
 Deno.test({
   name: "enforcement: real packets between CNI pods and an external host",
-  ignore: Deno.uid() !== 0,
+  ...needsRoot(),
   sanitizeResources: false,
 }, async (t) => {
   await using n = await CiliaNode.create({ external: true });

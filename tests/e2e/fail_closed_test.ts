@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import { BpfTool, bytesFromHex } from "../../agent/datapath/bpftool.ts";
 import { decodePolicyEntry } from "../../agent/datapath/policy_map.ts";
 import { CiliaNode, type TestPod } from "../cni/_fixture.ts";
+import { needsRoot } from "../helpers/root.ts";
 
 const OK_MS = 1500, DENY_MS = 400;
 
@@ -78,7 +79,7 @@ ingress:
 
 Deno.test({
   name: "fail closed: injected policy-map write faults never open a pod (real packets)",
-  ignore: Deno.uid() !== 0,
+  ...needsRoot(),
   sanitizeResources: false,
 }, async (t) => {
   const dir = await Deno.makeTempDir({ prefix: "cilia-fault-" });

@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { CiliaNode } from "../cni/_fixture.ts";
 import { hexArgs } from "../../agent/datapath/bpftool.ts";
 import { encode, LAYOUTS } from "../../agent/datapath/codecs.ts";
+import { needsRoot } from "../helpers/root.ts";
 
 const POLICY = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -20,7 +21,7 @@ spec:
 
 Deno.test({
   name: "restart: an open TCP connection survives agent restarts; state is reconciled",
-  ignore: Deno.uid() !== 0,
+  ...needsRoot(),
   sanitizeResources: false,
 }, async (t) => {
   await using n = await CiliaNode.create();

@@ -1,7 +1,9 @@
 /**
  * Starts a real, throw-away etcd for a test: a temp data dir, free ports on 127.0.0.1, the
  * fast-start flags from MACHINE.md §5, and a `stop()` that kills it, waits for it and removes
- * the dir. It never skips: a missing etcd is an error naming the package to install.
+ * the dir. It never skips: a missing etcd is an error naming the package to install (tests that
+ * start one declare `needs({ binaries: ["etcd"] })`, tests/helpers/root.ts, to be ignored with
+ * that reason on a machine without etcd).
  */
 
 const CANDIDATES = ["/usr/bin/etcd", "/usr/local/bin/etcd"];

@@ -10,7 +10,7 @@
 // /sys/class/net, as the agent will. In-process callers instead use the node's bpffs directory
 // (visible from the host mount namespace) together with `nsenter --net` for netlink tools.
 
-import { execCommand } from "../../agent/datapath/_exec.ts";
+import { execCommand } from "../../agent/sys/exec.ts";
 
 /** The socket helper run by Lab.peer() in a netns: JSON lines in, JSON lines out. */
 export const PEER_SCRIPT = `

@@ -8,9 +8,11 @@
  *   Deno.test("etcd …", needs({ binaries: ["etcd"] }), async () => { … });
  *   await skipStep(t, "case.yaml", "kernel: no — not expressible as packets");
  *
- * Under CI (`CI` set in the environment) nothing is ignored for the machine's sake: the gate must
- * see every test, so a missing requirement fails there with the test's own error. It decides
- * only whether a test runs; it never sets anything up.
+ * `deno task test:unit` sets CILIA_TESTS=unit: every test that needs root is ignored, even as
+ * root (the fast half a contributor runs). Otherwise, under CI (`CI` set in the environment)
+ * nothing is ignored for the machine's sake: the gate must see every test, so a missing
+ * requirement fails there with the test's own error. It decides only whether a test runs; it
+ * never sets anything up.
  */
 
 export interface Needs {
@@ -52,10 +54,17 @@ function found(binary: string): boolean {
   return [...dirs, "/usr/sbin", "/sbin"].some((d) => isFile(`${d}/${binary}`));
 }
 
+/** True under `deno task test:unit` (CILIA_TESTS=unit): tests that need root do not run. */
+export function unitOnly(): boolean {
+  return Deno.env.get("CILIA_TESTS") === "unit";
+}
+
 /** Why `n` is not met on this machine, or undefined when it is. */
 export function unmet(n: Needs): string | undefined {
   const why: string[] = [];
-  if (n.root && !isRoot()) {
+  if (n.root && unitOnly()) {
+    why.push("needs root, and deno task test:unit runs no test that does (deno task test does)");
+  } else if (n.root && !isRoot()) {
     why.push(`needs root for network namespaces, veth, tc and BPF (running as uid ${Deno.uid()})`);
   }
   const missing = (n.binaries ?? []).filter((b) => !found(b));
@@ -88,7 +97,7 @@ export function inCi(): boolean {
  * CI). Use it as the options argument, or spread it into a test definition.
  */
 export function needs(n: Needs): { ignore: boolean } {
-  const reason = inCi() ? undefined : unmet(n);
+  const reason = inCi() && !(n.root && unitOnly()) ? undefined : unmet(n);
   if (reason !== undefined) report(reason);
   return { ignore: reason !== undefined };
 }

@@ -68,7 +68,7 @@ const CASES: Case[] = [
     text: cnp(
       `${INGRESS}    - fromEndpoints: [{matchExpressions: [{key: app, operator: in, values: [a]}]}]\n`,
     ),
-    message: /Invalid operator the string "in": expected one of In, NotIn, Exists, DoesNotExist/,
+    message: /Invalid operator "in": expected In, NotIn, Exists or DoesNotExist \(case-sensitive\): did you mean "In"\?/,
     path: "spec.ingress[0].fromEndpoints[0].matchExpressions[0].operator",
   },
   {

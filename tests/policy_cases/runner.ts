@@ -2,17 +2,18 @@
 // checks every consumer of the engine (the WASM engine, the CLI, the browser, the kernel datapath)
 // against the same expectations, one `Deno.test` per consumer and one step per file (Hono's shared
 // router test pattern). Expectations are read here from the YAML, never from a consumer, so a
-// consumer cannot grade itself. It must not know how any consumer evaluates a query.
+// consumer cannot grade itself. It must not know how any consumer evaluates a query. A file a
+// consumer cannot run is an ignored step whose name says why (never a green step that ran
+// nothing); a consumer the machine cannot run (no root, no Chromium) is an ignored test.
 
 import { parse } from "yaml";
+import { type Needs, needs, skipStep } from "../helpers/root.ts";
 
 export type Verdict = "allowed" | "denied";
 
 export interface ConsumerResult {
   /** One verdict per query, in file order. */
   verdicts: Verdict[];
-  /** Set when the consumer cannot run this file: the reason, printed. */
-  skip?: string;
   /** Optional explanation lines per query (the engine's trace), shown on a mismatch. */
   traces?: string[][];
 }
@@ -21,6 +22,10 @@ export interface Consumer {
   name: string;
   /** Set for consumers that send real packets: files not tagged `# kernel: yes` are skipped. */
   kernelOnly?: boolean;
+  /** What the machine must offer; without it the consumer's test is ignored, saying why. */
+  needs?: Needs;
+  /** Why this consumer cannot run a file, decided before its step (which is then ignored). */
+  skip?(c: PolicyCase): Promise<string | undefined>;
   run(file: string, text: string): Promise<ConsumerResult>;
   /** Releases what run() set up (a browser, a lab); called once after the last file. */
   close?(): Promise<void>;
@@ -112,15 +117,16 @@ function mismatchReport(
   return lines.join("\n");
 }
 
-/**
- * Checks one consumer's verdicts for one file; throws a readable diff on mismatch. Returns the
- * skip reason when the consumer skipped the file.
- */
-export async function checkCase(consumer: Consumer, c: PolicyCase): Promise<string | undefined> {
+/** Why `consumer` does not run file `c`, or undefined when it does. */
+export async function skipReason(consumer: Consumer, c: PolicyCase): Promise<string | undefined> {
   if (consumer.kernelOnly && !c.kernel) return `kernel: no — ${c.kernelReason}`;
+  return await consumer.skip?.(c);
+}
+
+/** Checks one consumer's verdicts for one file; throws a readable diff on mismatch. */
+export async function checkCase(consumer: Consumer, c: PolicyCase): Promise<void> {
   const want = expectations(c.file, c.text);
   const got = await consumer.run(c.file, c.text);
-  if (got.skip !== undefined) return got.skip;
   if (got.verdicts.length !== want.length) {
     throw new Error(
       `${consumer.name}: expected ${want.length} verdicts for "${c.file}", got ${got.verdicts.length}`,
@@ -135,21 +141,29 @@ export async function checkCase(consumer: Consumer, c: PolicyCase): Promise<stri
       mismatchReport({ consumer: consumer.name, file: c.file, total: want.length }, wrong),
     );
   }
-  return undefined;
 }
 
 /** Registers one test for the consumer with one step per case file. */
 export function conformanceTest(consumer: Consumer): void {
-  Deno.test(`policy conformance: ${consumer.name}`, async (t) => {
-    try {
-      for (const c of await listCases()) {
-        await t.step(c.file, async () => {
-          const skip = await checkCase(consumer, c);
-          if (skip !== undefined) console.log(`skipped ${c.file} for ${consumer.name}: ${skip}`);
-        });
+  Deno.test({
+    name: `policy conformance: ${consumer.name}`,
+    ...needs(consumer.needs ?? {}),
+    async fn(t) {
+      try {
+        let ran = 0;
+        for (const c of await listCases()) {
+          const skip = await skipReason(consumer, c);
+          if (skip !== undefined) {
+            await skipStep(t, c.file, skip);
+            continue;
+          }
+          await t.step(c.file, () => checkCase(consumer, c));
+          ran++;
+        }
+        if (ran === 0) throw new Error(`${consumer.name}: not one case of the corpus ran`);
+      } finally {
+        await consumer.close?.();
       }
-    } finally {
-      await consumer.close?.();
-    }
+    },
   });
 }

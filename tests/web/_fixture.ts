@@ -1,5 +1,6 @@
-// Shared fixture of the browser tests: builds web/dist/ once per test file, serves it on
-// 127.0.0.1 with the simulator's own handler, and launches the system Chromium through
+// Shared fixture of the browser tests: builds the simulator once per test file into a temp dir
+// (never into the source tree; removed when the file's tests end), serves it on 127.0.0.1 with
+// the simulator's own handler, and launches the system Chromium through
 // playwright-core with the flags that work on this machine (MACHINE.md §6). Everything opened here
 // is closed by `close()`; callers call it in `finally`.
 
@@ -19,6 +20,9 @@ export interface Simulator {
   close(): Promise<void>;
 }
 
+/** The system Chromium (Debian package "chromium"). */
+export const CHROMIUM = "/usr/bin/chromium";
+
 const FLAGS = [
   "--headless",
   "--no-sandbox",
@@ -30,14 +34,23 @@ const FLAGS = [
   "--disable-quic",
 ];
 
-let built: Promise<unknown> | undefined;
+let built: Promise<string> | undefined;
+
+/** The simulator built once for this test file, in a temp dir removed at exit. */
+export function builtSimulator(): Promise<string> {
+  return built ??= (async () => {
+    const outdir = await Deno.makeTempDir({ prefix: "cilia-web-" });
+    globalThis.addEventListener("unload", () => Deno.removeSync(outdir, { recursive: true }));
+    await buildWeb({ outdir });
+    return outdir;
+  })();
+}
 
 export async function startSimulator(): Promise<Simulator> {
-  built ??= buildWeb();
-  await built;
+  const root = await builtSimulator();
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen: () => {} },
-    (req) => serveSimulator(req),
+    (req) => serveSimulator(req, { root }),
   );
   const origin = `http://127.0.0.1:${server.addr.port}`;
   const userDataDir = await Deno.makeTempDir({ prefix: "cilia-chromium-" });
@@ -45,7 +58,7 @@ export async function startSimulator(): Promise<Simulator> {
   try {
     // playwright passes --user-data-dir itself for a persistent context.
     context = await chromium.launchPersistentContext(userDataDir, {
-      executablePath: "/usr/bin/chromium",
+      executablePath: CHROMIUM,
       args: FLAGS,
       viewport: { width: 1440, height: 900 },
       acceptDownloads: true,

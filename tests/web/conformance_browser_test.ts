@@ -4,12 +4,13 @@
 
 import { encodeBase64Url, loadScenario } from "../../policy-wasm/mod.ts";
 import { conformanceTest, type Consumer } from "../policy_cases/runner.ts";
-import { queryVerdicts, type Simulator, startSimulator } from "./_fixture.ts";
+import { CHROMIUM, queryVerdicts, type Simulator, startSimulator } from "./_fixture.ts";
 
 let sim: Simulator | undefined;
 
 const browserConsumer: Consumer = {
   name: "browser simulator (Chromium)",
+  needs: { binaries: [CHROMIUM] },
   async run(file, text) {
     sim ??= await startSimulator();
     const { scenario } = loadScenario(text, file);

@@ -6,18 +6,21 @@ import { serveSimulator } from "../../web/mod.ts";
 import { assert, assertEquals } from "./_assert.ts";
 
 const ROOT = new URL("../../", import.meta.url);
+/** The build under test: a temp dir, so the tests never write into the source tree. */
+const OUT = await Deno.makeTempDir({ prefix: "cilia-web-" });
+globalThis.addEventListener("unload", () => Deno.removeSync(OUT, { recursive: true }));
 
 async function get(path: string, init: RequestInit & { prefix?: string } = {}) {
   const res = await serveSimulator(
     new Request(`http://127.0.0.1${path}`, init),
-    init.prefix ? { prefix: init.prefix } : {},
+    { root: OUT, ...(init.prefix ? { prefix: init.prefix } : {}) },
   );
   const body = await res.text();
   return { status: res.status, type: res.headers.get("content-type") ?? "", body, res };
 }
 
 Deno.test("serveSimulator() serves the built simulator", async (t) => {
-  const build = await buildWeb();
+  const build = await buildWeb({ outdir: OUT });
   assertEquals(build.files.map((f) => f.name).sort(), ["app.js", "index.html", "style.css"]);
 
   await t.step("files with their content types", async () => {
@@ -54,9 +57,9 @@ Deno.test("serveSimulator() serves the built simulator", async (t) => {
   });
 
   await t.step("the bundle is offline and Deno-free", async () => {
-    const js = await Deno.readTextFile(new URL("web/dist/app.js", ROOT));
+    const js = await Deno.readTextFile(`${OUT}/app.js`);
     assertEquals(/\bDeno\./.test(js), false);
-    const html = await Deno.readTextFile(new URL("web/dist/index.html", ROOT));
+    const html = await Deno.readTextFile(`${OUT}/index.html`);
     assertEquals(/(?:src|href)="https?:/.test(html), false);
   });
 });

@@ -21,7 +21,8 @@ import {
 } from "../../policy-wasm/mod.ts";
 import { TUTORIALS } from "../../web/tutorials.ts";
 import { assert, assertEquals, exampleScenarios } from "./_assert.ts";
-import { matrixVerdicts, queryVerdicts, startSimulator } from "./_fixture.ts";
+import { CHROMIUM, matrixVerdicts, queryVerdicts, startSimulator } from "./_fixture.ts";
+import { needs } from "../helpers/root.ts";
 
 const engine = await PolicyEngine.create();
 
@@ -100,7 +101,7 @@ async function shot(page: Page, name: string): Promise<void> {
   await page.screenshot({ path: `${shots}/${name}.png` });
 }
 
-Deno.test("policy simulator in Chromium", async (t) => {
+Deno.test("policy simulator in Chromium", needs({ binaries: [CHROMIUM] }), async (t) => {
   const sim = await startSimulator();
   try {
     await t.step("typing in the editor changes the matrix", async () => {

@@ -1,0 +1,131 @@
+// The flow record: one datapath event as Hubble's flow shows it (`time`, `verdict`,
+// `drop_reason_desc`, `IP`, `l4`, `source`/`destination` with identity, labels, namespace and pod,
+// `traffic_direction`, `is_reply`, `Summary`, `node_name`, `event_type`), plus cilia's `policy`:
+// the policy, rule and YAML path that decided it. `buildFlow()` assembles a record from an event
+// and what the caller looked up; it decides nothing and reads nothing. This module is browser
+// compatible.
+
+import { DROP_REASONS } from "@cilia/policy-wasm";
+import type { PacketEvent } from "../datapath/events.ts";
+import { type FlowIP, type FlowL4, parsePacket, summaryOf } from "./_packet.ts";
+
+export type { FlowIP, FlowL4 };
+
+export type FlowVerdict = "FORWARDED" | "DROPPED" | "AUDIT";
+export const FLOW_VERDICTS: readonly FlowVerdict[] = ["FORWARDED", "DROPPED", "AUDIT"];
+export type FlowType = "drop" | "trace" | "policy-verdict";
+export const FLOW_TYPES: readonly FlowType[] = ["drop", "trace", "policy-verdict"];
+
+/** Hubble's event type numbers (monitor API): drop 1, trace 4, policy verdict 5. */
+const HUBBLE_TYPE: Record<FlowType, number> = { drop: 1, trace: 4, "policy-verdict": 5 };
+
+export interface FlowEndpoint {
+  /** The endpoint id, when the side is an endpoint of this node. */
+  ID?: number;
+  identity: number;
+  namespace?: string;
+  labels: string[];
+  pod_name?: string;
+}
+
+/** Which policy decided, from the rule cookie in the event (or the engine, for a default). */
+export interface FlowPolicy {
+  kind: string;
+  namespace?: string;
+  name: string;
+  /** The entry's path in its document, e.g. `spec.ingress[0].toPorts[0]` (absent: a default). */
+  rule?: string;
+  cookie?: number;
+  /** How it decided: allow-rule, deny-rule, default-deny, audit (would have dropped), … */
+  decision: string;
+  /** One sentence, e.g. "endpoint default/db is selected by … for ingress and no rule allows it". */
+  text: string;
+}
+
+export interface Flow {
+  time: string;
+  verdict: FlowVerdict;
+  drop_reason?: number;
+  drop_reason_desc?: string;
+  IP?: FlowIP;
+  l4?: FlowL4;
+  source: FlowEndpoint;
+  destination: FlowEndpoint;
+  Type: "L3_L4";
+  node_name: string;
+  event_type: { type: number; sub_type: number };
+  traffic_direction: "INGRESS" | "EGRESS" | "TRAFFIC_DIRECTION_UNKNOWN";
+  is_reply: boolean;
+  Summary: string;
+  policy?: FlowPolicy;
+  /** cilia's event type name (what `--type` filters on). */
+  cilia_type: FlowType;
+}
+
+/** What the caller knows about the event's context (from the agent's endpoints and identities). */
+export interface FlowContext {
+  nodeName: string;
+  now: Date;
+  source: FlowEndpoint;
+  destination: FlowEndpoint;
+  policy?: FlowPolicy | undefined;
+  /** Verdict override (audit mode), else from the event. */
+  verdict?: FlowVerdict;
+}
+
+/** The verdict an event stands for. */
+export function eventVerdict(e: PacketEvent): FlowVerdict {
+  if (e.type === "drop") return "DROPPED";
+  if (e.type === "trace") return "FORWARDED";
+  if ((e.verdict as string) === "audit") return "AUDIT"; // audit mode (not yet in the datapath)
+  return e.subtype !== 0 ? "DROPPED" : "FORWARDED";
+}
+
+export function dropReasonName(code: number): string {
+  return DROP_REASONS.get(code)?.[0] ?? `REASON_${code}`;
+}
+
+export function buildFlow(e: PacketEvent, ctx: FlowContext): Flow {
+  const pkt = parsePacket(e.data);
+  const verdict = ctx.verdict ?? eventVerdict(e);
+  const reason = e.type === "trace" ? 0 : e.subtype;
+  const flow: Flow = {
+    time: ctx.now.toISOString(),
+    verdict,
+    ...(reason !== 0 ? { drop_reason: reason, drop_reason_desc: dropReasonName(reason) } : {}),
+    ...(pkt.IP ? { IP: pkt.IP } : {}),
+    ...(pkt.l4 ? { l4: pkt.l4 } : {}),
+    source: ctx.source,
+    destination: ctx.destination,
+    Type: "L3_L4",
+    node_name: ctx.nodeName,
+    event_type: { type: HUBBLE_TYPE[e.type], sub_type: e.subtype },
+    traffic_direction: e.direction === "ingress"
+      ? "INGRESS"
+      : e.direction === "egress"
+      ? "EGRESS"
+      : "TRAFFIC_DIRECTION_UNKNOWN",
+    is_reply: e.ctState === 2,
+    Summary: summaryOf(pkt.l4, e.proto),
+    ...(ctx.policy ? { policy: ctx.policy } : {}),
+    cilia_type: e.type,
+  };
+  return flow;
+}
+
+/** The ports and protocol of a flow, for filters and text. */
+export function flowL4(f: Flow): { proto: string; sport?: number; dport?: number } {
+  const l4 = f.l4;
+  if (!l4) return { proto: "" };
+  if ("TCP" in l4) {
+    return { proto: "TCP", sport: l4.TCP.source_port, dport: l4.TCP.destination_port };
+  }
+  if ("UDP" in l4) {
+    return { proto: "UDP", sport: l4.UDP.source_port, dport: l4.UDP.destination_port };
+  }
+  if ("SCTP" in l4) {
+    return { proto: "SCTP", sport: l4.SCTP.source_port, dport: l4.SCTP.destination_port };
+  }
+  if ("ICMPv4" in l4) return { proto: "ICMPv4" };
+  return { proto: "ICMPv6" };
+}

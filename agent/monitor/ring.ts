@@ -1,0 +1,119 @@
+// The agent's flow history and its live readers. `FlowRing` keeps the last `capacity` items in a
+// fixed array (an item pushed past capacity overwrites the oldest, and is counted). A
+// `Follower` is one live reader with its own bounded queue: `publish()` never waits for a reader,
+// so a slow one cannot stall the datapath's reader or the other followers; what does not fit is
+// dropped for that reader alone and counted, and the reader is told how much it lost. Pure, no
+// I/O. This module is browser compatible.
+
+export class FlowRing<T> {
+  readonly capacity: number;
+  readonly #items: (T | undefined)[];
+  /** Items ever pushed (the next item's sequence number). */
+  #seq = 0;
+
+  constructor(capacity: number) {
+    if (!Number.isInteger(capacity) || capacity < 1) {
+      throw new RangeError(`Invalid flow buffer size ${capacity}: expected a positive integer`);
+    }
+    this.capacity = capacity;
+    this.#items = new Array(capacity);
+  }
+
+  push(item: T): void {
+    this.#items[this.#seq % this.capacity] = item;
+    this.#seq++;
+  }
+
+  /** Items pushed since start. */
+  get seen(): number {
+    return this.#seq;
+  }
+
+  /** Items held now. */
+  get size(): number {
+    return Math.min(this.#seq, this.capacity);
+  }
+
+  /** Items overwritten before anyone asked for them through a query (history that fell off). */
+  get overwritten(): number {
+    return Math.max(0, this.#seq - this.capacity);
+  }
+
+  /** The held items, oldest first. */
+  toArray(): T[] {
+    const out: T[] = [];
+    for (let s = this.#seq - this.size; s < this.#seq; s++) {
+      out.push(this.#items[s % this.capacity]!);
+    }
+    return out;
+  }
+}
+
+/** One live reader's queue: bounded, never blocks the writer. */
+export class Follower<T> {
+  readonly #queue: T[] = [];
+  readonly #limit: number;
+  #head = 0;
+  #wake: (() => void) | undefined;
+  #closed = false;
+  /** Items lost for this reader since it last heard of it, by where they were lost. */
+  #lostPending = new Map<string, number>();
+  /** Items dropped for this reader in total. */
+  lost = 0;
+
+  constructor(limit: number) {
+    this.#limit = limit;
+  }
+
+  /** Queues an item; false (and counted) when the reader is too far behind. */
+  offer(item: T): boolean {
+    if (this.#closed) return false;
+    if (this.#queue.length - this.#head >= this.#limit) {
+      this.lost++;
+      this.reportLost("SLOW_READER", 1);
+      return false;
+    }
+    this.#queue.push(item);
+    this.#wake?.();
+    return true;
+  }
+
+  /** Tells this reader that `count` items were lost at `source` (e.g. the perf buffer). */
+  reportLost(source: string, count: number): void {
+    if (this.#closed) return;
+    this.#lostPending.set(source, (this.#lostPending.get(source) ?? 0) + count);
+    this.#wake?.();
+  }
+
+  /**
+   * Up to `max` queued items and how many were lost since the last take; waits while there is
+   * neither. Resolves with done when closed.
+   */
+  async take(
+    max: number,
+  ): Promise<{ items: T[]; lost: { source: string; count: number }[]; done: boolean }> {
+    while (this.#queue.length - this.#head === 0 && this.#lostPending.size === 0 && !this.#closed) {
+      await new Promise<void>((r) => this.#wake = r);
+      this.#wake = undefined;
+    }
+    const end = Math.min(this.#queue.length, this.#head + max);
+    const items = this.#queue.slice(this.#head, end);
+    this.#head = end;
+    if (this.#head > 4096 && this.#head * 2 > this.#queue.length) {
+      this.#queue.splice(0, this.#head);
+      this.#head = 0;
+    }
+    const lost = [...this.#lostPending].map(([source, count]) => ({ source, count }));
+    this.#lostPending.clear();
+    return { items, lost, done: this.#closed && items.length === 0 && lost.length === 0 };
+  }
+
+  get pending(): number {
+    return this.#queue.length - this.#head;
+  }
+
+  close(): void {
+    this.#closed = true;
+    this.#wake?.();
+  }
+}

@@ -1,0 +1,265 @@
+// The one registry of `cilia` commands: name, summary, usage, flags and an example for each. The
+// global help page, every command's own `--help`, `cilia help CMD` and the shell completions are
+// rendered from it (help.ts, completion.ts); dispatch stays in main.ts and live.ts. To add a
+// command, add an entry here (group "live" for commands that talk to the agent). This module is
+// browser compatible.
+
+export interface FlagHelp {
+  /** The long name without dashes ("src-ip"). */
+  name: string;
+  short?: string;
+  /** The value's placeholder ("IP"); absent for boolean flags. */
+  arg?: string;
+  help: string;
+}
+
+export interface CommandSpec {
+  /** The words that name the command: "policy trace". */
+  name: string;
+  group: "offline" | "live" | "other";
+  summary: string;
+  usage: string;
+  flags?: FlagHelp[];
+  /** One or more lines a user can paste. */
+  example: string;
+  /** Extra paragraphs after the flags (exit codes, notes). */
+  details?: string;
+}
+
+const OUTPUT: FlagHelp = { name: "output", short: "o", arg: "FORMAT", help: "table, json or yaml" };
+const HOST: FlagHelp = {
+  name: "host",
+  short: "H",
+  arg: "URL",
+  help: "the agent's API (unix:///path); default $CILIA_HOST or /var/run/cilia/cilia.sock",
+};
+
+export const GLOBAL_FLAGS: FlagHelp[] = [
+  { name: "help", short: "h", help: "show help for the command" },
+  { name: "version", help: "print the version and the engine's build id" },
+  { name: "no-color", help: "no colour (also off when not a terminal or with NO_COLOR set)" },
+];
+
+export const EXIT_CODES = `Exit codes:
+  0  success (lint: no warnings)
+  1  the command failed: invalid policy, failed query, agent error
+  2  usage error: unknown command or flag, a bad flag value
+  3  policy lint: warnings only, every file is valid`;
+
+const peerFlags = (side: "src" | "dst"): FlagHelp[] => [
+  { name: `${side}-labels`, arg: "K=V,…", help: `the ${side} as an ad-hoc endpoint with labels` },
+  { name: `${side}-ip`, arg: "IP", help: `the ${side} by address (outside the cluster: world)` },
+  { name: `${side}-entity`, arg: "ENTITY", help: "world, host, remote-node, kube-apiserver, …" },
+  { name: `${side}-endpoint`, arg: "NAME", help: "an endpoint of --scenario (or NS/NAME live)" },
+  { name: `${side}-namespace`, arg: "NS", help: "the namespace of --" + side + "-labels" },
+];
+
+const L7_FLAGS: FlagHelp[] = [
+  { name: "dport", arg: "PORT/PROTO", help: "destination port and protocol, e.g. 80/TCP, ICMP" },
+  { name: "icmp-type", arg: "N", help: "ICMP type (with --dport ICMP)" },
+  { name: "http-method", arg: "M", help: "an HTTP request: method" },
+  { name: "http-path", arg: "P", help: "an HTTP request: path" },
+  { name: "http-host", arg: "H", help: "an HTTP request: host" },
+  { name: "http-header", arg: "'K: V'", help: "an HTTP request header (repeatable)" },
+  { name: "kafka-role", arg: "ROLE", help: "a Kafka request: produce or consume" },
+  { name: "kafka-api-key", arg: "K", help: "a Kafka request: API key (produce, fetch, …)" },
+  { name: "kafka-topic", arg: "T", help: "a Kafka request: topic (repeatable)" },
+  { name: "kafka-client-id", arg: "C", help: "a Kafka request: client id" },
+];
+
+export const COMMANDS: CommandSpec[] = [
+  {
+    name: "policy validate",
+    group: "offline",
+    summary: "check policy files; located errors, exit 1 when one is invalid",
+    usage: "cilia policy validate FILE|DIR|- …",
+    flags: [OUTPUT, { name: "allow-empty", help: "an empty input is a warning, not an error" }],
+    example: "cilia policy validate examples/policies/three-tier.yaml",
+  },
+  {
+    name: "policy lint",
+    group: "offline",
+    summary: "warn about footguns across a set of policy files",
+    usage: "cilia policy lint FILE|DIR|- …",
+    flags: [
+      OUTPUT,
+      { name: "disable", arg: "RULE,…", help: "skip these lint rules (repeatable)" },
+      { name: "allow-empty", help: "an empty input is a warning, not an error" },
+    ],
+    example: "cilia policy lint examples/policies/ --disable dns-blocked",
+    details:
+      `The files are linted as one set, as they would be applied together. Silence a rule for one
+policy with the annotation  cilia.io/lint-ignore: RULE[,RULE].
+Rules: or-split, empty-selector, allow-all, dns-blocked, fqdn-no-dns, dead-allow, l7-bypassed,
+empty-peers, key-typo, cidr-host-bits, translation.
+Exit: 0 no warnings, 1 an invalid file, 3 warnings only.`,
+  },
+  {
+    name: "policy test",
+    group: "offline",
+    summary: 'run scenario files ("policy tests"); exit 1 on a failed query',
+    usage: "cilia policy test SCENARIO … [--junit FILE]",
+    flags: [OUTPUT, { name: "junit", arg: "FILE", help: "also write a JUnit XML report" }],
+    example: "cilia policy test examples/policies/*.scenario.yaml",
+    details:
+      `A scenario may reference policy files relative to itself:  policies: [{file: three-tier.yaml}]`,
+  },
+  {
+    name: "policy trace",
+    group: "offline",
+    summary: "judge one flow and print the decision chain (live with --src/--dst-endpoint)",
+    usage: "cilia policy trace --policy FILE … | --scenario FILE  SRC DST --dport PORT/PROTO",
+    flags: [
+      OUTPUT,
+      { name: "policy", arg: "FILE", help: "policy file (repeatable; positionals too)" },
+      { name: "scenario", arg: "FILE", help: "take policies, endpoints and namespaces from it" },
+      ...peerFlags("src"),
+      ...peerFlags("dst"),
+      ...L7_FLAGS,
+      HOST,
+    ],
+    example: `cilia policy trace --policy examples/policies/http-get-public.yaml \\
+  --src-labels app=frontend --dst-labels app=backend --dport 80/TCP \\
+  --http-method GET --http-path /public/a`,
+  },
+  {
+    name: "policy import",
+    group: "live",
+    summary: "add or replace policies in the agent",
+    usage: "cilia policy import FILE …",
+    flags: [OUTPUT, HOST],
+    example: "cilia policy import examples/policies/three-tier.yaml",
+  },
+  {
+    name: "policy get",
+    group: "live",
+    summary: "list the agent's policies, or one by name",
+    usage: "cilia policy get [NAME] [-n NS] [--kind K] [--labels K=V,…]",
+    flags: [
+      OUTPUT,
+      { name: "namespace", short: "n", arg: "NS", help: "the policy's namespace" },
+      { name: "kind", arg: "KIND", help: "CiliumNetworkPolicy, NetworkPolicy, …" },
+      { name: "labels", arg: "K=V,…", help: "policies whose labels match" },
+      HOST,
+    ],
+    example: "cilia policy get -o yaml",
+  },
+  {
+    name: "policy delete",
+    group: "live",
+    summary: "remove policies from the agent",
+    usage: "cilia policy delete NAME [-n NS] [--kind K] | --labels K=V,… | --all",
+    flags: [
+      OUTPUT,
+      { name: "namespace", short: "n", arg: "NS", help: "the policy's namespace" },
+      { name: "kind", arg: "KIND", help: "CiliumNetworkPolicy, NetworkPolicy, …" },
+      { name: "labels", arg: "K=V,…", help: "every policy whose labels match" },
+      { name: "all", help: "every policy" },
+      HOST,
+    ],
+    example: "cilia policy delete frontend -n default",
+  },
+  {
+    name: "status",
+    group: "live",
+    summary: "the agent's health, kvstore, identities, endpoints and policy revision",
+    usage: "cilia status [--brief] [--wait [--timeout 30s]]",
+    flags: [
+      OUTPUT,
+      { name: "brief", help: "one line: OK or the first warning" },
+      { name: "wait", help: "wait until the agent is healthy" },
+      { name: "timeout", arg: "DURATION", help: "how long --wait waits (30s)" },
+      HOST,
+    ],
+    example: "cilia status --wait --timeout 10s",
+  },
+  {
+    name: "endpoint list",
+    group: "live",
+    summary: "the endpoints of this node",
+    usage: "cilia endpoint list",
+    flags: [OUTPUT, HOST],
+    example: "cilia endpoint list -o yaml",
+  },
+  {
+    name: "endpoint get",
+    group: "live",
+    summary: "one endpoint by id or NS/NAME",
+    usage: "cilia endpoint get ID|NS/NAME",
+    flags: [OUTPUT, HOST],
+    example: "cilia endpoint get default/frontend",
+  },
+  {
+    name: "identity list",
+    group: "live",
+    summary: "security identities and their labels",
+    usage: "cilia identity list",
+    flags: [OUTPUT, HOST],
+    example: "cilia identity list",
+  },
+  {
+    name: "identity get",
+    group: "live",
+    summary: "one identity by number",
+    usage: "cilia identity get ID",
+    flags: [OUTPUT, HOST],
+    example: "cilia identity get 2",
+  },
+  {
+    name: "node list",
+    group: "live",
+    summary: "the nodes of the cluster",
+    usage: "cilia node list",
+    flags: [OUTPUT, HOST],
+    example: "cilia node list",
+  },
+  {
+    name: "ipam",
+    group: "live",
+    summary: "address allocations: list, allocate [--family 4|6] [--owner O], release IP",
+    usage: "cilia ipam [list] | allocate [--family 4|6] [--owner O] | release IP",
+    flags: [
+      OUTPUT,
+      { name: "family", arg: "4|6", help: "address family to allocate from" },
+      { name: "owner", arg: "NAME", help: "who holds the address" },
+      HOST,
+    ],
+    example: "cilia ipam allocate --family 4 --owner test",
+  },
+  {
+    name: "help",
+    group: "other",
+    summary: "help for a command",
+    usage: "cilia help [COMMAND …]",
+    example: "cilia help policy trace",
+  },
+  {
+    name: "completion",
+    group: "other",
+    summary: "print a shell completion script (bash, zsh or fish)",
+    usage: "cilia completion bash|zsh|fish",
+    example: "source <(cilia completion bash)       # or: cilia completion fish | source",
+  },
+];
+
+/** Adds a command (for modules that bring their own commands). */
+export function registerCommand(spec: CommandSpec): void {
+  const i = COMMANDS.findIndex((c) => c.name === spec.name);
+  if (i >= 0) COMMANDS[i] = spec;
+  else COMMANDS.push(spec);
+}
+
+/** The longest registered command that the words start with ("policy trace x" → policy trace). */
+export function findCommand(words: readonly string[]): CommandSpec | undefined {
+  for (let n = Math.min(words.length, 3); n > 0; n--) {
+    const name = words.slice(0, n).join(" ");
+    const hit = COMMANDS.find((c) => c.name === name);
+    if (hit) return hit;
+  }
+  return undefined;
+}
+
+/** Registered commands below a prefix word ("policy" → validate, lint, …). */
+export function subcommands(prefix: string): CommandSpec[] {
+  return COMMANDS.filter((c) => c.name.startsWith(`${prefix} `));
+}

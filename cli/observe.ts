@@ -1,0 +1,217 @@
+// `cilia observe`: flows from the agent's monitor (or from a saved NDJSON file with
+// `--input-file`) through Hubble's filter vocabulary — `--from-pod/--to-pod/--pod NS/NAME`,
+// `--from-label/--to-label/--label k=v`, `--from-ip/--to-ip/--ip`, `--verdict`, `--protocol`,
+// `--port`, `--type`, `--not` before a filter to negate it — with `--since`, `--last N`,
+// `--follow`, and `-o compact|table|json|jsonpb`. Lost events are always reported.
+
+import {
+  addCriterion,
+  compileFilter,
+  emptyFilter,
+  FILTER_FIELDS,
+  FilterError,
+  filterToParams,
+  type Flow,
+  type FlowFilter,
+  type MonitorLine,
+  type MonitorStats,
+  readLines,
+} from "@cilia/agent/monitor";
+import { UsageError } from "./output.ts";
+import { AgentClient, socketPath } from "./live_client.ts";
+import { flowLine, flowTable, OBSERVE_FORMATS, type ObserveFormat } from "./flow_render.ts";
+
+export const OBSERVE_HELP =
+  `cilia observe — flows with both sides' labels, the verdict and the policy that decided
+
+Usage: cilia observe [filters] [--since 5m|TIME] [--last N] [-f|--follow] [-o FORMAT]
+       cilia observe --input-file FLOWS.json [filters]   (saved "-o json" output)
+
+Filters (repeat a flag to OR its values; "--not" negates the next filter):
+  --from-pod/--to-pod/--pod [NS/]NAME   --from-label/--to-label/--label k=v[,k2=v2]
+  --from-ip/--to-ip/--ip IP|CIDR        --from-identity/--to-identity/--identity N
+  --namespace NS  --verdict FORWARDED|DROPPED|AUDIT  --type drop|trace|policy-verdict
+  --protocol tcp|udp|sctp|icmp|icmpv6   --port/--from-port/--to-port N  --drop-reason 133|NAME
+Output: -o compact (default) | table | json | jsonpb
+Agent: -H/--host unix:///path (or CILIA_HOST)`;
+
+export interface ObserveArgs {
+  filter: FlowFilter;
+  last?: number;
+  since?: Date;
+  follow: boolean;
+  format: ObserveFormat;
+  inputFile?: string;
+  host?: string;
+}
+
+function durationAgo(text: string): Date {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(text);
+  if (m) {
+    const unit = { ms: 1, s: 1e3, m: 6e4, h: 3.6e6, d: 8.64e7 }[m[2]!]!;
+    return new Date(Date.now() - Number(m[1]) * unit);
+  }
+  const d = new Date(text);
+  if (Number.isNaN(d.getTime())) {
+    throw new UsageError(`Invalid --since "${text}": expected a duration (30s, 5m, 1h) or a time`);
+  }
+  return d;
+}
+
+/** Parses observe's arguments in order (order matters for --not). */
+export function parseObserveArgs(argv: string[]): ObserveArgs | "help" {
+  const a: ObserveArgs = { filter: emptyFilter(), follow: false, format: "compact" };
+  let negate = false;
+  for (let i = 0; i < argv.length; i++) {
+    const tok = argv[i]!;
+    if (tok === "--help" || tok === "-h") return "help";
+    if (tok === "--not") {
+      negate = true;
+      continue;
+    }
+    if (tok === "-f" || tok === "--follow") {
+      a.follow = true;
+      continue;
+    }
+    const eq = tok.indexOf("=");
+    const name = tok.startsWith("--") ? tok.slice(2, eq >= 0 ? eq : undefined) : tok;
+    const value = () => {
+      if (eq >= 0) return tok.slice(eq + 1);
+      const v = argv[++i];
+      if (v === undefined) throw new UsageError(`Missing value for ${tok}`);
+      return v;
+    };
+    if (tok === "-o" || name === "output") {
+      const f = value();
+      if (!(OBSERVE_FORMATS as readonly string[]).includes(f)) {
+        throw new UsageError(
+          `Invalid output format "${f}": expected one of ${OBSERVE_FORMATS.join(", ")}`,
+        );
+      }
+      a.format = f as ObserveFormat;
+    } else if (tok === "-H" || name === "host") a.host = value();
+    else if (name === "last") {
+      const v = value();
+      if (!/^\d+$/.test(v)) throw new UsageError(`Invalid --last "${v}": expected a count`);
+      a.last = Number(v);
+    } else if (name === "since") a.since = durationAgo(value());
+    else if (name === "input-file") a.inputFile = value();
+    else if (tok.startsWith("--") && (FILTER_FIELDS as readonly string[]).includes(name)) {
+      try {
+        addCriterion(a.filter, name, value(), negate);
+      } catch (err) {
+        if (err instanceof FilterError) throw new UsageError(err.message);
+        throw err;
+      }
+      negate = false;
+    } else {
+      throw new UsageError(
+        `Unknown observe flag "${tok}": filters are ${
+          FILTER_FIELDS.map((f) => `--${f}`).join(", ")
+        }`,
+      );
+    }
+  }
+  if (negate) throw new UsageError(`--not must come before a filter, e.g. --not --verdict DROPPED`);
+  if (a.inputFile && a.follow) throw new UsageError("--follow cannot read an --input-file");
+  return a;
+}
+
+function lostNote(s: MonitorStats): string | undefined {
+  if (s.lost.total === 0) return undefined;
+  return `${s.lost.total} event(s) lost (perf buffer ${s.lost.perf}, slow readers ` +
+    `${s.lost.slowReaders}); flow buffer ${s.buffer.size}/${s.buffer.capacity}`;
+}
+
+class Printer {
+  readonly #rows: Flow[] = [];
+  readonly #enc = new TextEncoder();
+  constructor(readonly format: ObserveFormat, readonly streaming: boolean) {}
+
+  flow(f: Flow): void {
+    if (this.format === "table" && !this.streaming) this.#rows.push(f);
+    else this.#write(flowLine(f, this.format));
+  }
+
+  lost(source: string, count: number): void {
+    if (this.format === "json" || this.format === "jsonpb") {
+      this.#write(JSON.stringify({ lost_events: { source, num_events_lost: count } }));
+    } else this.#write(`EVENTS LOST: ${source} ${count}`);
+  }
+
+  #write(line: string): void {
+    Deno.stdout.writeSync(this.#enc.encode(line + "\n"));
+  }
+
+  end(): void {
+    if (this.#rows.length > 0) console.log(flowTable(this.#rows));
+  }
+}
+
+function handle(line: string, p: Printer, onStats: (s: MonitorStats) => void): void {
+  const m = JSON.parse(line) as MonitorLine;
+  if ("flow" in m) p.flow(m.flow);
+  else if ("lost_events" in m) p.lost(m.lost_events.source, m.lost_events.num_events_lost);
+  else if ("stats" in m) onStats(m.stats);
+}
+
+async function fromFile(a: ObserveArgs, p: Printer): Promise<number> {
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(a.inputFile!);
+  } catch (err) {
+    throw new Error(`Cannot read "${a.inputFile}": ${(err as Error).message}`);
+  }
+  const match = compileFilter(a.filter);
+  const since = a.since?.toISOString();
+  const flows: Flow[] = [];
+  let n = 0;
+  for await (const line of readLines(file.readable)) {
+    n++;
+    let v: { flow?: Flow };
+    try {
+      v = JSON.parse(line);
+    } catch {
+      throw new Error(`Cannot read "${a.inputFile}" line ${n}: not JSON`);
+    }
+    const f = v.flow;
+    if (f && (!since || f.time >= since) && match(f)) flows.push(f);
+  }
+  for (const f of a.last !== undefined ? flows.slice(-a.last) : flows) p.flow(f);
+  p.end();
+  return 0;
+}
+
+export async function observe(argv: string[]): Promise<number> {
+  const a = parseObserveArgs(argv);
+  if (a === "help") {
+    console.log(OBSERVE_HELP);
+    return 0;
+  }
+  const p = new Printer(a.format, a.follow);
+  if (a.inputFile) return await fromFile(a, p);
+  const api = new AgentClient(socketPath(a.host));
+  const ac = new AbortController();
+  const stop = () => ac.abort();
+  if (a.follow) Deno.addSignalListener("SIGINT", stop);
+  let stats: MonitorStats | undefined;
+  try {
+    const q = filterToParams(a.filter);
+    if (a.last !== undefined) q.set("last", String(a.last));
+    if (a.since) q.set("since", a.since.toISOString());
+    if (a.follow) q.set("follow", "true");
+    const body = await api.stream("/v1/flows", q, ac.signal);
+    try {
+      for await (const line of readLines(body)) handle(line, p, (s) => stats = s);
+    } catch (err) {
+      if (!ac.signal.aborted) throw err;
+    }
+    p.end();
+    const note = stats && lostNote(stats);
+    if (note) console.error(`cilia observe: ${note}`);
+    return 0;
+  } finally {
+    if (a.follow) Deno.removeSignalListener("SIGINT", stop);
+    api.close();
+  }
+}

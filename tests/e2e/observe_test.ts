@@ -1,0 +1,170 @@
+// Visibility with real packets: the agent's monitor reads the kernel's events and turns them into
+// flows with both pods' labels, the drop reason and the policy that decided (a default-deny drop
+// names the policy that selected the endpoint, an allowed flow the rule that allowed it);
+// `cilia observe` filters them in Hubble's vocabulary (live and from a saved file), `cilia
+// monitor` streams raw events, `cilia bpf …` reads the maps through the agent, `policy trace
+// --verify-kernel` compares the kernel's map entry with the engine, and `status` and `/metrics`
+// report flows and lost events. One lab for the whole file. Needs root.
+import assert from "node:assert/strict";
+import type { Flow } from "../../agent/monitor/mod.ts";
+import { CiliaNode, root } from "../cni/_fixture.ts";
+import { needsRoot } from "../helpers/root.ts";
+
+const POLICY = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: backend-ingress, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: frontend}}]
+      toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`;
+
+const dec = new TextDecoder();
+
+async function cli(n: CiliaNode, args: string[], stdin?: string) {
+  const out = await new Deno.Command(`${root}bin/cilia`, {
+    args: [...args],
+    env: { CILIA_DENO: Deno.execPath(), CILIA_HOST: `unix://${n.socket}`, NO_COLOR: "1" },
+    stdin: stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+const json = (text: string) =>
+  text.split("\n").filter(Boolean).map((l) => JSON.parse(l) as { flow?: Flow });
+
+Deno.test({
+  name: "observe: flows from real packets with labels, reasons and the deciding policy",
+  ...needsRoot(),
+  sanitizeResources: false,
+}, async (t) => {
+  await using n = await CiliaNode.create();
+  const frontend = await n.addPod("frontend", { app: "frontend" });
+  const backend = await n.addPod("backend", { app: "backend" });
+  for (const port of [8080, 9090]) await n.peer(backend.netns).listen("tcp", port);
+  await n.policy(POLICY);
+  const probe = (port: number, ms: number) =>
+    n.peer(frontend.netns).probe("tcp", backend.ipv4, port, ms);
+
+  await t.step("a denied connection is a DROPPED flow naming the policy", async () => {
+    assert.equal(await probe(9090, 400), false);
+    let drop: Flow | undefined;
+    for (let i = 0; i < 20 && !drop; i++) {
+      drop = (await n.flows({ verdict: "DROPPED", port: "9090", type: "drop" })).flows[0];
+      if (!drop) await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.ok(drop, "a drop flow for port 9090");
+    assert.equal(drop.drop_reason, 133);
+    assert.equal(drop.drop_reason_desc, "POLICY");
+    assert.equal(drop.source.pod_name, "frontend");
+    assert.equal(drop.destination.pod_name, "backend");
+    assert.ok(drop.source.labels.includes("k8s:app=frontend"), drop.source.labels.join());
+    assert.ok(drop.destination.labels.includes("k8s:app=backend"));
+    assert.equal(drop.IP?.source, frontend.ipv4);
+    assert.equal(drop.traffic_direction, "INGRESS");
+    assert.equal(drop.policy?.name, "backend-ingress");
+    assert.equal(drop.policy?.decision, "default-deny");
+    assert.match(drop.policy!.text, /endpoint default\/backend is selected by .*backend-ingress/);
+  });
+
+  await t.step("an allowed connection names the rule that allowed it", async () => {
+    assert.equal(await probe(8080, 1500), true);
+    await new Promise((r) => setTimeout(r, 100));
+    const { flows } = await n.flows({ "to-pod": "default/backend", port: "8080" });
+    const verdict = flows.find((f) => f.cilia_type === "policy-verdict");
+    assert.ok(verdict, JSON.stringify(flows.map((f) => f.cilia_type)));
+    assert.equal(verdict.verdict, "FORWARDED");
+    assert.equal(verdict.policy?.decision, "allow-rule");
+    assert.equal(verdict.policy?.rule, "spec.ingress[0].toPorts[0]");
+    assert.ok(flows.some((f) => f.is_reply), "the reply is traced");
+  });
+
+  await t.step("cilia observe: filters, --not, -o json, and --input-file", async () => {
+    const r = await cli(n, ["observe", "--to-pod", "default/backend", "--verdict", "DROPPED", "-o", "json"]);
+    assert.equal(r.code, 0, r.stderr);
+    const lines = json(r.stdout);
+    assert.ok(lines.length > 0 && lines.every((l) => l.flow?.verdict === "DROPPED"));
+    const not = await cli(n, ["observe", "--not", "--verdict", "DROPPED", "-o", "json"]);
+    assert.ok(json(not.stdout).every((l) => l.flow?.verdict !== "DROPPED"));
+    assert.ok(json(not.stdout).length > 0);
+    const compact = await cli(n, ["observe", "--type", "drop", "--last", "1"]);
+    assert.match(compact.stdout, /default\/frontend:\d+ \(app=frontend.*-> default\/backend:9090 \(app=backend.*DROPPED POLICY \(133\)/);
+    assert.match(compact.stdout, /selected by CiliumNetworkPolicy default\/backend-ingress/);
+    const all = await cli(n, ["observe", "-o", "json"]);
+    const file = await Deno.makeTempFile({ suffix: ".json" });
+    try {
+      await Deno.writeTextFile(file, all.stdout);
+      const f = await cli(n, ["observe", "--input-file", file, "--port", "9090", "-o", "json"]);
+      assert.equal(f.code, 0, f.stderr);
+      const saved = json(f.stdout);
+      assert.ok(saved.length > 0 && saved.every((l) => l.flow?.l4 && "TCP" in l.flow.l4));
+    } finally {
+      await Deno.remove(file);
+    }
+    const bad = await cli(n, ["observe", "--verdict", "LOST"]);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /expected one of FORWARDED, DROPPED, AUDIT/);
+  });
+
+  await t.step("cilia monitor streams raw events; the API follows flows", async () => {
+    const child = new Deno.Command(`${root}bin/cilia`, {
+      args: ["monitor", "--type", "drop"],
+      env: { CILIA_DENO: Deno.execPath(), CILIA_HOST: `unix://${n.socket}` },
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    await new Promise((r) => setTimeout(r, 700));
+    await probe(9090, 300);
+    await new Promise((r) => setTimeout(r, 300));
+    child.kill("SIGINT");
+    const out = dec.decode((await child.output()).stdout);
+    assert.match(out, /^drop \(Policy denied, 133\) ep=\d+ ingress identity \d+->\d+ TCP /m);
+  });
+
+  await t.step("cilia bpf policy get, ct list, ipcache list", async () => {
+    const pol = await cli(n, ["bpf", "policy", "get", "default/backend", "-o", "json"]);
+    assert.equal(pol.code, 0, pol.stderr);
+    const rows = JSON.parse(pol.stdout) as { portLo: number; verdict: string; rule?: string }[];
+    const allow = rows.find((r) => r.portLo === 8080);
+    assert.equal(allow?.verdict, "allow");
+    assert.match(allow?.rule ?? "", /backend-ingress spec\.ingress\[0\]\.toPorts\[0\]/);
+    const ct = await cli(n, ["bpf", "ct", "list"]);
+    assert.match(ct.stdout, new RegExp(`${backend.ipv4.replaceAll(".", "\\.")}:8080`));
+    const ipc = await cli(n, ["bpf", "ipcache", "list", "-o", "yaml"]);
+    assert.match(ipc.stdout, new RegExp(`prefix: ${frontend.ipv4}/32`));
+  });
+
+  await t.step("policy trace --verify-kernel: kernel and engine agree", async () => {
+    for (const port of ["8080", "9090"]) {
+      const r = await cli(n, [
+        "policy",
+        "trace",
+        "--live",
+        "--verify-kernel",
+        "--src-endpoint",
+        "default/frontend",
+        "--dst-endpoint",
+        "default/backend",
+        "--dport",
+        `${port}/TCP`,
+      ]);
+      assert.equal(r.code, 0, r.stdout + r.stderr);
+      assert.match(r.stdout, /Kernel ingress \(default\/backend\): .*kernel and engine agree/);
+    }
+  });
+
+  await t.step("status and metrics report flows and lost events", async () => {
+    const s = await cli(n, ["status"]);
+    assert.match(s.stdout, /Flows: +recording, buffer \d+\/4095 flows/);
+    assert.match(s.stdout, /Lost events: 0/);
+    const m = await n.metrics();
+    assert.match(m, /cilia_flows_processed_total\{type="drop",verdict="DROPPED"\} [1-9]/);
+    assert.match(m, /cilia_policy_verdict_total\{action="allow",direction="INGRESS",match="l3-l4"\} [1-9]/);
+    assert.match(m, /cilia_bpf_map_ops_total\{map="cilia_policy",op="update",outcome="success"\} [1-9]/);
+    assert.match(m, /cilia_endpoint_regeneration_seconds_count [1-9]/);
+    assert.match(m, /cilia_flows_lost_total\{source="perf"\} 0/);
+  });
+});
