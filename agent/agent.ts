@@ -29,7 +29,10 @@ import { countedKvStore } from "./_kv_metrics.ts";
 import { Serial } from "./_serial.ts";
 import type { PrefixWatch } from "./_watch.ts";
 import { NodeLease } from "./node/lease.ts";
-import { hostAddresses, NodeRegistry } from "./node/registry.ts";
+import { hostAddresses, type NodeRecord, NodeRegistry, pickNodeIp } from "./node/registry.ts";
+import { NodeDiscovery } from "./node/discovery.ts";
+import { NodeRoutes } from "./node/routes.ts";
+import { checkTunnelProtocol, setupOverlay } from "./node/tunnel.ts";
 import { IdentityCache } from "./identity/cache.ts";
 import { IdentityAllocator } from "./identity/allocator.ts";
 import { IdentityGc } from "./identity/gc.ts";
@@ -42,7 +45,10 @@ import { EndpointManager, regenEndpoint } from "./endpoint/manager.ts";
 import { CniAttachments } from "./endpoint/cni_attachments.ts";
 import { KernelSink, registerDatapathMetrics } from "./datapath/kernel_sink.ts";
 import { checkDatapath } from "./datapath/preflight.ts";
-import { setupHostNetwork } from "./node/host_net.ts";
+import { hostDevice, setupHostNetwork } from "./node/host_net.ts";
+import { ProxyMaps } from "./datapath/proxy_maps.ts";
+import { L7Proxy } from "./proxy/proxy.ts";
+import { ProxySink } from "./proxy/sink.ts";
 import { PolicyRepository } from "./policy/repository.ts";
 import { type AgentStatus, agentStatus, probeKvstore } from "./status.ts";
 import { Monitor } from "./monitor/monitor.ts";
@@ -88,8 +94,13 @@ export class Agent {
   endpoints!: EndpointManager;
   cni!: CniAttachments;
   nodes!: NodeRegistry;
+  /** Other nodes and their pods: ipcache entries, routes, tunnel endpoints. */
+  discovery!: NodeDiscovery;
   /** The kernel datapath, when the agent runs it. */
   datapath: KernelSink | undefined;
+  /** The node's L7 proxy (kernel datapath only) and its view of the kernel's proxy maps. */
+  proxy: L7Proxy | undefined;
+  proxyMaps: ProxyMaps | undefined;
   metricsServer: MetricsServer | undefined;
   /** Kernel events → flows: the one reader of the datapath's events. */
   monitor!: Monitor;
@@ -133,6 +144,21 @@ export class Agent {
         log: log.child({ subsys: "datapath" }),
       });
       this.#closers.push(this.datapath);
+      // The L7 proxy lives in the agent (docs/architecture.md, "L7"): it judges with this engine.
+      const m = this.datapath.datapath.pins.maps;
+      this.proxyMaps = new ProxyMaps({
+        cfg: m.cilia_proxy_cfg,
+        orig: m.cilia_proxy_orig,
+        nat: m.cilia_proxy_nat,
+      });
+      this.#closers.push(this.proxyMaps);
+      this.proxy = new L7Proxy({
+        engine: this.engine,
+        maps: this.proxyMaps,
+        log: log.child({ subsys: "proxy" }),
+        metrics: this.metrics,
+      });
+      this.#closers.push(this.proxy);
     }
     const options = { ...DEFAULT_OPTIONS, clusterName: c.clusterName };
     const regenLog = log.child({ subsys: "regeneration" });
@@ -144,7 +170,9 @@ export class Agent {
     this.regen = new Regenerator({
       engine: this.engine,
       sink: timedSink(
-        opts.sink ?? this.datapath ?? new NullSink(),
+        opts.sink ??
+          (this.datapath && this.proxy ? new ProxySink(this.datapath, this.proxy) : undefined) ??
+          new NullSink(),
         this.metrics.histogram(
           "cilia_endpoint_regeneration_seconds",
           "time to write one endpoint's policy (a whole policy or a diff) to the datapath",
@@ -194,6 +222,7 @@ export class Agent {
         ? { maxValueBytes: this.store.maxValueBytes }
         : {}),
     });
+    this.#closers.push(this.policies);
     await this.policies.restoreRevision();
     await this.#follow(this.policies.follow({ signal }));
 
@@ -208,6 +237,12 @@ export class Agent {
     if (this.datapath) {
       // The node's own addresses, the pod gateways among them, are reserved:host.
       const gateways = await setupHostNetwork(this.ipam.pools());
+      const gw4 = this.ipam.pools().find((p) => p.family === 4)?.gateway ?? "";
+      if (this.proxy && this.proxyMaps && gw4) {
+        const dev = await hostDevice();
+        this.proxy.gateway = gw4;
+        this.proxyMaps.configure({ gateway: gw4, hostIfindex: dev.ifindex, hostMac: dev.mac });
+      }
       const own = [...new Set([...gateways, ...hostAddresses()])];
       await this.regen.updateIpcache(own.map((prefix) => ({ prefix, identity: 1 })));
     }
@@ -233,6 +268,7 @@ export class Agent {
     });
     this.#closers.push(this.monitor);
     if (this.datapath) this.monitor.start(this.datapath.datapath.pins.maps.cilia_events);
+    if (this.proxy) this.proxy.onRecord = (r) => this.monitor.ingestL7(r);
     this.cni = new CniAttachments({
       endpoints: this.endpoints,
       ipam: this.ipam,
@@ -241,18 +277,14 @@ export class Agent {
       ...(this.datapath ? { checkDatapath: (ep) => this.datapath!.check(regenEndpoint(ep)) } : {}),
     });
     await this.#replayDeleteQueue();
+    // Other nodes' entries are back before reconcile, which deletes what nobody re-applied.
+    const self = await this.#followNodes(signal);
     if (this.datapath) {
       await this.cni.sweep();
       await this.datapath.reconcile();
     }
 
-    this.nodes = new NodeRegistry(this.store, this.lease, {
-      name: c.nodeName,
-      addresses: hostAddresses(),
-      ...(c.podCidr ? { podCidr: c.podCidr } : {}),
-      ...(c.podCidrV6 ? { podCidrV6: c.podCidrV6 } : {}),
-      startedAt: this.startedAt.toISOString(),
-    });
+    this.nodes = new NodeRegistry(this.store, this.lease, self);
     await this.nodes.register();
     this.gc = new IdentityGc({
       store: this.store,
@@ -276,6 +308,53 @@ export class Agent {
       endpoints: restored,
       addresses,
     });
+  }
+
+  /**
+   * This node's record, the tunnel device and its programs (tunnel mode, kernel datapath), and
+   * the watch on the other nodes and their endpoints (node/discovery.ts).
+   */
+  async #followNodes(signal: AbortSignal): Promise<NodeRecord> {
+    const c = this.config;
+    const log = this.log.child({ subsys: "nodes" });
+    const gw = (f: 4 | 6) => this.ipam.pools().find((p) => p.family === f)?.gateway;
+    const ip = pickNodeIp(c.nodeIp, this.ipam.pools().map((p) => p.gateway));
+    let tunnel: { ifname: string; mtu: number } | undefined;
+    if (this.datapath && c.routingMode === "tunnel") await checkTunnelProtocol(c.tunnelProtocol);
+    if (this.datapath && c.routingMode === "tunnel" && ip !== undefined) {
+      tunnel = await setupOverlay({
+        protocol: c.tunnelProtocol,
+        port: c.tunnelPort,
+        nodeIp: ip,
+        bpffsRoot: c.bpffsRoot,
+        buildDir: c.bpfBuildDir,
+      });
+    } else if (ip === undefined) {
+      log.info("no node IP: other nodes cannot reach this node's pods (set --node-ip)");
+    }
+    const self: NodeRecord = {
+      name: c.nodeName,
+      addresses: hostAddresses(),
+      ...(ip !== undefined ? { ip } : {}),
+      routingMode: c.routingMode,
+      ...(c.podCidr ? { podCidr: c.podCidr } : {}),
+      ...(c.podCidrV6 ? { podCidrV6: c.podCidrV6 } : {}),
+      startedAt: this.startedAt.toISOString(),
+    };
+    const v4 = gw(4), v6 = gw(6);
+    this.discovery = new NodeDiscovery({
+      store: this.store,
+      self,
+      mode: c.routingMode,
+      ipcache: (up, del) => this.regen.updateIpcache(up, del),
+      ...(this.datapath ? { routes: new NodeRoutes() } : {}),
+      ...(tunnel ? { tunnel } : {}),
+      gateways: { ...(v4 ? { v4 } : {}), ...(v6 ? { v6 } : {}) },
+      serial: this.serial,
+      log,
+    });
+    await this.#follow(this.discovery.follow({ signal }));
+    return self;
   }
 
   /** CNI DELs that arrived while the agent was down (see agent/cni/delete_queue.ts). */

@@ -43,6 +43,13 @@ export interface AgentConfig {
   bpfBuildDir: string;
   /** Flows the monitor keeps in memory (the oldest are overwritten). */
   flowBufferSize: number;
+  /** How pods reach other nodes' pods: VXLAN with the identity in the VNI, or plain routes. */
+  routingMode: "tunnel" | "native";
+  tunnelProtocol: "vxlan" | "geneve";
+  /** UDP port of the tunnel (8472, as Cilium). */
+  tunnelPort: number;
+  /** This node's IP on the underlay; default: its first IPv4 address that is not cilia's. */
+  nodeIp?: string;
 }
 
 export class ConfigError extends Error {
@@ -122,6 +129,15 @@ const Schema = z.strictObject({
   bpfBuildDir: z.string().regex(/^\/./, { message: "Expected an absolute directory" })
     .default(DEFAULT_BPF_BUILD_DIR),
   flowBufferSize: z.coerce.number().int().min(1).max(1 << 20).default(4095),
+  routingMode: z.enum(["tunnel", "native"], {
+    message: `Expected "tunnel" (VXLAN, the identity in the VNI) or "native" (routes)`,
+  }).default("tunnel"),
+  tunnelProtocol: z.enum(["vxlan", "geneve"], { message: `Expected "vxlan" or "geneve"` })
+    .default("vxlan"),
+  tunnelPort: z.coerce.number().int().min(1).max(65535).default(8472),
+  nodeIp: z.string().regex(/^\d{1,3}(\.\d{1,3}){3}$/, {
+    message: "Expected the node's IPv4 address on the underlay such as 192.0.2.1",
+  }).optional(),
 });
 
 const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
@@ -146,6 +162,10 @@ export const FLAGS = {
   "bpffs-root": { type: "string" },
   "bpf-build-dir": { type: "string" },
   "flow-buffer-size": { type: "string" },
+  "routing-mode": { type: "string" },
+  "tunnel-protocol": { type: "string" },
+  "tunnel-port": { type: "string" },
+  "node-ip": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -171,7 +191,7 @@ export function resolveConfig(raw: Record<string, unknown>): AgentConfig {
     );
   }
   const stateDir = c.stateDir.replace(/\/+$/, "") || "/";
-  const { podCidr, podCidrV6, metricsAddr, ...rest } = c;
+  const { podCidr, podCidrV6, metricsAddr, nodeIp, ...rest } = c;
   return {
     ...rest,
     stateDir,
@@ -180,6 +200,7 @@ export function resolveConfig(raw: Record<string, unknown>): AgentConfig {
     ...(podCidr !== undefined ? { podCidr } : {}),
     ...(podCidrV6 !== undefined ? { podCidrV6 } : {}),
     ...(metricsAddr !== undefined ? { metricsAddr } : {}),
+    ...(nodeIp !== undefined ? { nodeIp } : {}),
   };
 }
 
@@ -244,4 +265,10 @@ Usage: cilia-agent [flags]      (or: deno task agent -- [flags])
                            or none (no kernel changes, e.g. for tests); default kernel
   --bpffs-root DIR         where the datapath pins maps and programs (default /sys/fs/bpf/cilia)
   --bpf-build-dir DIR      eBPF object cache (default the repository's bpf/build)
-  --flow-buffer-size N     flows kept in memory for cilia observe (default 4095)`;
+  --flow-buffer-size N     flows kept in memory for cilia observe (default 4095)
+  --routing-mode MODE      tunnel (VXLAN, the source identity in the VNI) or native (routes
+                           to each node's pod CIDR via its node IP); default tunnel
+  --tunnel-protocol P      vxlan (default); geneve is refused with the reason
+  --tunnel-port N          UDP port of the tunnel (default 8472)
+  --node-ip IP             this node's IPv4 address on the underlay: the other nodes'
+                           tunnel endpoint or next hop (default: the first that is not cilia's)`;

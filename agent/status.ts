@@ -7,6 +7,31 @@
 import type { Agent } from "./agent.ts";
 import type { KvStore } from "./kvstore/kvstore.ts";
 import type { MonitorStats } from "./monitor/monitor.ts";
+import type { ResolvedPolicy } from "./endpoint/regenerator.ts";
+
+/**
+ * How policy acts on one direction of an endpoint: `enforcing` (default-deny, or deny rules),
+ * `auditing` (an audit-mode policy reports flows it would drop, which pass), both, or `none`.
+ */
+export type PolicyMode = "enforcing" | "auditing" | "enforcing+auditing" | "none";
+
+/** The policy mode of each direction of an endpoint, from the map-state the agent resolved. */
+export function policyModes(r: ResolvedPolicy): { ingress: PolicyMode; egress: PolicyMode } {
+  const mode = (dir: "ingress" | "egress"): PolicyMode => {
+    const mine = r.entries.filter((e) => e.direction === dir);
+    const enforcing = r.enforcement &&
+      (r.defaultDeny[dir] || mine.some((e) => e.verdict === "deny"));
+    const auditing = mine.some((e) => e.verdict === "audit");
+    return enforcing && auditing
+      ? "enforcing+auditing"
+      : enforcing
+      ? "enforcing"
+      : auditing
+      ? "auditing"
+      : "none";
+  };
+  return { ingress: mode("ingress"), egress: mode("egress") };
+}
 
 export interface KvstoreHealth {
   backend: "denokv" | "etcd";
@@ -29,7 +54,20 @@ export interface AgentStatus {
   healthy: boolean;
   /** Every endpoint holds the policy the agent wants in force (see `warnings` otherwise). */
   realised: boolean;
-  node: { name: string; podCidr?: string; podCidrV6?: string; addresses: string[] };
+  node: {
+    name: string;
+    podCidr?: string;
+    podCidrV6?: string;
+    addresses: string[];
+    ip?: string;
+    routingMode: "tunnel" | "native";
+  };
+  /** Other nodes with a live lease, and their endpoints in this node's ipcache. */
+  cluster: {
+    nodes: number;
+    remoteEndpoints: number;
+    remote: { name: string; ip?: string; health: string; endpoints: number }[];
+  };
   kvstore: KvstoreHealth;
   identities: {
     global: number;
@@ -44,6 +82,8 @@ export interface AgentStatus {
     notReady: number;
     /** Endpoints whose policy is not written, with the last error (the kernel drops them). */
     problems: { id: number; name: string; error: string; since?: string; failures?: number }[];
+    /** Endpoints per direction whose traffic is audited (an audit-mode policy reports drops). */
+    auditing: { ingress: number; egress: number };
   };
   policy: {
     /** The revision the agent wants in force. */
@@ -111,9 +151,13 @@ export function agentStatus(agent: Agent, kvstore: KvstoreHealth): AgentStatus {
   }
   const problems: AgentStatus["endpoints"]["problems"] = [];
   let realisedRevision = agent.policies.revision;
+  const auditing = { ingress: 0, egress: 0 };
   for (const e of agent.endpoints.list()) {
     const r = agent.regen.resolved(e.id);
     if (r === undefined) continue;
+    const modes = policyModes(r);
+    if (modes.ingress.endsWith("auditing")) auditing.ingress++;
+    if (modes.egress.endsWith("auditing")) auditing.egress++;
     if (r.error === undefined) {
       realisedRevision = Math.min(realisedRevision, r.revision);
       continue;
@@ -155,10 +199,13 @@ export function agentStatus(agent: Agent, kvstore: KvstoreHealth): AgentStatus {
       ...(c.podCidr ? { podCidr: c.podCidr } : {}),
       ...(c.podCidrV6 ? { podCidrV6: c.podCidrV6 } : {}),
       addresses: agent.nodes.self.addresses,
+      ...(agent.nodes.self.ip ? { ip: agent.nodes.self.ip } : {}),
+      routingMode: c.routingMode,
     },
+    cluster: clusterStatus(agent),
     kvstore,
     identities,
-    endpoints: { count: agent.endpoints.size, notReady, problems },
+    endpoints: { count: agent.endpoints.size, notReady, problems, auditing },
     policy: {
       revision: agent.policies.revision,
       realisedRevision,
@@ -178,5 +225,19 @@ export function agentStatus(agent: Agent, kvstore: KvstoreHealth): AgentStatus {
     ...(agent.monitor ? { monitor: agent.monitor.stats() } : {}),
     uptimeSeconds: Math.round((Date.now() - agent.startedAt.getTime()) / 1000),
     warnings,
+  };
+}
+
+function clusterStatus(agent: Agent): AgentStatus["cluster"] {
+  const remote = agent.discovery.list().map((n) => ({
+    name: n.name,
+    ...(n.ip ? { ip: n.ip } : {}),
+    health: "alive",
+    endpoints: n.endpoints,
+  }));
+  return {
+    nodes: remote.length,
+    remoteEndpoints: remote.reduce((sum, n) => sum + n.endpoints, 0),
+    remote,
   };
 }

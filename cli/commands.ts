@@ -24,6 +24,8 @@ export interface CommandSpec {
   example: string;
   /** Extra paragraphs after the flags (exit codes, notes). */
   details?: string;
+  /** The command parses its own flags and prints its own `--help` (observe, monitor, bpf). */
+  ownHelp?: boolean;
 }
 
 const OUTPUT: FlagHelp = { name: "output", short: "o", arg: "FORMAT", help: "table, json or yaml" };
@@ -227,6 +229,42 @@ Exit: 0 no warnings, 1 an invalid file, 3 warnings only.`,
     example: "cilia ipam allocate --family 4 --owner test",
   },
   {
+    name: "observe",
+    group: "live",
+    summary: "flows with both sides' labels, the verdict and the policy that decided",
+    usage: "cilia observe [filters] [--since 5m|TIME] [--last N] [-f|--follow] [-o FORMAT]",
+    details: 'Run "cilia observe --help" for the filters (Hubble\'s vocabulary).',
+    example: "cilia observe --verdict DROPPED --to-pod default/db --last 20",
+    ownHelp: true,
+  },
+  {
+    name: "monitor",
+    group: "live",
+    summary: "the datapath's raw events, live, one line each",
+    usage: "cilia monitor [--type drop|trace|policy-verdict]… [-o json] [-H unix:///path]",
+    example: "cilia monitor --type drop",
+    ownHelp: true,
+  },
+  {
+    name: "bpf",
+    group: "live",
+    summary: "the kernel's maps as the agent reads them: policy, ct, ipcache",
+    usage: "cilia bpf policy get ENDPOINT | ct list | ipcache list  [-o FORMAT] [-H URL]",
+    example: "cilia bpf policy get default/frontend",
+    ownHelp: true,
+  },
+  {
+    name: "connectivity test",
+    group: "other",
+    summary: "end-to-end suite: a lab of namespaces, real packets, drops checked against flows",
+    usage: "cilia connectivity test [--test REGEX] [-o table|json]",
+    details: "Needs root. Builds and removes its own lab (also on Ctrl-C); exit 1 when a case " +
+      "failed. Families: no-policy, allow-all, ingress/egress default deny, entities, labels, " +
+      "namespaces, icmp, cidr, deny-over-allow, audit.",
+    example: 'cilia connectivity test --test "deny|cidr"',
+    ownHelp: true,
+  },
+  {
     name: "help",
     group: "other",
     summary: "help for a command",
@@ -238,7 +276,8 @@ Exit: 0 no warnings, 1 an invalid file, 3 warnings only.`,
     group: "other",
     summary: "print a shell completion script (bash, zsh or fish)",
     usage: "cilia completion bash|zsh|fish",
-    example: "source <(cilia completion bash)       # or: cilia completion fish | source",
+    example: `cilia completion bash > ~/.local/share/bash-completion/completions/cilia
+cilia completion fish > ~/.config/fish/completions/cilia.fish`,
   },
 ];
 

@@ -89,6 +89,13 @@ function statusText(s: AgentStatus, verbose = false): string {
     `KVStore:     ${s.kvstore.reachable ? "OK" : "UNREACHABLE"}  ${s.kvstore.name}`,
     `Identities:  ${s.identities.global} global (${s.identities.usedPercent}% of ${s.identities.range}), ${s.identities.local} local`,
     `Endpoints:   ${s.endpoints.count} (${s.endpoints.notReady} not ready)`,
+    ...(s.cluster
+      ? [
+        `Cluster:     ${s.cluster.nodes} remote node${s.cluster.nodes === 1 ? "" : "s"} (${
+          s.cluster.remote.map((n) => `${n.name} ${n.health}`).join(", ") || "none"
+        }), ${s.cluster.remoteEndpoints} remote endpoints, routing ${s.node.routingMode}`,
+      ]
+      : []),
     `Policy:      revision ${s.policy.revision}${
       s.policy.realisedRevision !== undefined && s.policy.realisedRevision !== s.policy.revision
         ? ` (realised: ${s.policy.realisedRevision} on some endpoints)`
@@ -228,8 +235,11 @@ async function dispatch(
     case "node list":
       console.log(renderList(await api.request<Record<string, unknown>[]>("GET", "/v1/node"), [
         { header: "NAME", value: (n) => String(n.name) },
+        { header: "NODE-IP", value: (n) => String(n.ip ?? "") },
         { header: "ADDRESSES", value: (n) => (n.addresses as string[]).join(",") },
         { header: "POD-CIDRS", value: (n) => [n.podCidr, n.podCidrV6].filter(Boolean).join(",") },
+        { header: "ENDPOINTS", value: (n) => String(n.endpoints ?? "") },
+        { header: "HEALTH", value: (n) => String(n.health ?? "") },
         { header: "SELF", value: (n) => n.self ? "*" : "" },
       ], f));
       return 0;

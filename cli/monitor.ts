@@ -65,7 +65,11 @@ export async function monitor(argv: string[]): Promise<number> {
   }
   const api = new AgentClient(socketPath(host));
   const ac = new AbortController();
-  const stop = () => ac.abort();
+  // Ctrl-C ends the stream; a response that does not notice the abort must not hold the exit.
+  const stop = () => {
+    ac.abort();
+    setTimeout(() => Deno.exit(0), 300);
+  };
   Deno.addSignalListener("SIGINT", stop);
   try {
     const q = new URLSearchParams(types.map((t) => ["type", t]));

@@ -192,7 +192,11 @@ export async function observe(argv: string[]): Promise<number> {
   if (a.inputFile) return await fromFile(a, p);
   const api = new AgentClient(socketPath(a.host));
   const ac = new AbortController();
-  const stop = () => ac.abort();
+  // Ctrl-C ends the stream; a response that does not notice the abort must not hold the exit.
+  const stop = () => {
+    ac.abort();
+    setTimeout(() => Deno.exit(0), 300);
+  };
   if (a.follow) Deno.addSignalListener("SIGINT", stop);
   let stats: MonitorStats | undefined;
   try {

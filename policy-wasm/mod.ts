@@ -8,6 +8,7 @@ export {
   type CompileOptions,
   compilePolicies,
   type CompileResult,
+  POLICY_MODE_ANNOTATION,
   type PolicySource,
   validatePolicies,
 } from "./src/policies.ts";
@@ -37,7 +38,7 @@ export {
   type PeerRef,
   resolvePeer,
 } from "./src/flow.ts";
-export { entryName, explainFlow, flowReason, policyName } from "./src/explain.ts";
+export { entryName, explainFlow, flowAudited, flowReason, policyName } from "./src/explain.ts";
 export {
   type FlowReport,
   peerText,
@@ -76,7 +77,7 @@ export {
   parsePrefix,
   prefixContains,
 } from "./src/cidr.ts";
-export { DROP_REASONS } from "./src/drop_reasons.generated.ts";
+export { DROP_POLICY, DROP_REASONS } from "./src/drop_reasons.generated.ts";
 export {
   KAFKA_API_KEYS,
   kafkaApiKeyName,

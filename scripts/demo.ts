@@ -8,7 +8,6 @@
 import { parseArgs } from "node:util";
 import {
   DemoLab,
-  EVENTS_MAP,
   EXT,
   EXT_IP,
   NODE,
@@ -173,7 +172,23 @@ async function traffic(lab: DemoLab, log: EventLog, n: Names, check: () => void)
   for (const l of String(metrics).split("\n")) {
     if (l.startsWith("cilia_drop_count_total{")) say(dim(`  ${l}`));
   }
+  await observe();
   return wrong.length;
+}
+
+/** The denied connections as `cilia observe` shows them: both pods' labels, reason, policy. */
+async function observe() {
+  const args = ["observe", "--type", "drop", "--from-pod", "default/frontend", "--last", "3"];
+  say();
+  say(bold(`  $ cilia ${args.join(" ")}`));
+  const out = await new Deno.Command(`${ROOT}bin/cilia`, {
+    args,
+    env: { CILIA_HOST: `unix://${SOCKET}`, CILIA_DENO: Deno.execPath() },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.code === 0 ? out.stdout : out.stderr);
+  for (const l of text.trimEnd().split("\n")) say(`  ${l}`);
 }
 
 const PROTOS: Record<number, string> = { 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6" };
@@ -204,7 +219,7 @@ async function live(lab: DemoLab, log: EventLog, n: Names, stopped: Promise<void
 async function run(lab: DemoLab, once: boolean, stopped: Promise<void>, check: () => void) {
   await setUp(lab, check);
   const log = new EventLog();
-  log.start(EVENTS_MAP);
+  await log.start(lab.api);
   try {
     const n = await names(lab);
     const wrong = await traffic(lab, log, n, check);

@@ -1,6 +1,8 @@
 // Serves the built simulator (web/dist/) as static files: GET and HEAD only, `/` → index.html,
 // no directory listings, no path escapes. It serves what the build produced and never builds.
-// `deno task web` (web/serve.ts) serves it at the root; a `prefix` mounts it under a path.
+// `deno task web` (web/serve.ts) serves it at the root; a `prefix` mounts it under a path. Text
+// files go out gzip-compressed when the client accepts it; every file has a strong ETag (a hash of
+// its bytes) and `cache-control: no-cache`, so a revisit revalidates and gets 304 Not Modified.
 
 const TYPES: Record<string, string> = {
   html: "text/html; charset=utf-8",
@@ -77,12 +79,50 @@ export async function serveSimulator(
     throw e;
   }
   const ext = rel.slice(rel.lastIndexOf(".") + 1).toLowerCase();
-  const headers = {
+  const file = await encoded(rel, body);
+  const gzip = COMPRESSIBLE.has(ext) && /\bgzip\b/.test(req.headers.get("accept-encoding") ?? "");
+  const sent = gzip ? file.gzip : body;
+  const etag = gzip ? `"${file.hash}-gz"` : `"${file.hash}"`;
+  const headers: Record<string, string> = {
     "content-type": TYPES[ext] ?? "application/octet-stream",
-    "content-length": String(body.length),
     "cache-control": "no-cache",
+    etag,
+    vary: "accept-encoding",
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
   };
-  return new Response(req.method === "HEAD" ? null : body as Uint8Array<ArrayBuffer>, { headers });
+  const match = req.headers.get("if-none-match");
+  if (match !== null && match.split(",").map((t) => t.trim()).includes(etag)) {
+    return new Response(null, { status: 304, headers });
+  }
+  headers["content-length"] = String(sent.length);
+  if (gzip) headers["content-encoding"] = "gzip";
+  return new Response(req.method === "HEAD" ? null : sent as Uint8Array<ArrayBuffer>, { headers });
+}
+
+const COMPRESSIBLE = new Set(["html", "js", "css", "json", "svg", "wasm", "yaml", "txt"]);
+
+interface Encoded {
+  hash: string;
+  gzip: Uint8Array;
+}
+
+/** Hash and gzip of a file's bytes, kept while the bytes stay the same. */
+const encodedCache = new Map<string, { bytes: Uint8Array; value: Encoded }>();
+
+async function encoded(rel: string, bytes: Uint8Array): Promise<Encoded> {
+  const hit = encodedCache.get(rel);
+  if (hit && hit.bytes.length === bytes.length && hit.bytes.every((b, i) => b === bytes[i])) {
+    return hit.value;
+  }
+  const digest = new Uint8Array(
+    await crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>),
+  );
+  const hash = [...digest.slice(0, 12)].map((b) => b.toString(16).padStart(2, "0")).join("");
+  const stream = new Blob([bytes as Uint8Array<ArrayBuffer>]).stream()
+    .pipeThrough(new CompressionStream("gzip"));
+  const gzip = new Uint8Array(await new Response(stream).arrayBuffer());
+  const value = { hash, gzip };
+  encodedCache.set(rel, { bytes, value });
+  return value;
 }

@@ -8,13 +8,36 @@ import type { z } from "zod";
 import { parseLabelList } from "@cilia/policy-wasm";
 import { ApiError, validate } from "./errors.ts";
 
+/**
+ * The body as text. A body the client cut off (it went away, the connection was reset) is a 400
+ * for that client, not an agent failure; anything else (the body limit's error) goes on as is.
+ */
+export async function bodyText(c: Context): Promise<string> {
+  try {
+    return await c.req.text();
+  } catch (err) {
+    if (
+      err instanceof Deno.errors.BadResource || err instanceof Deno.errors.Http ||
+      err instanceof Deno.errors.ConnectionReset || err instanceof Deno.errors.BrokenPipe ||
+      err instanceof Deno.errors.UnexpectedEof
+    ) {
+      throw new ApiError(
+        400,
+        "aborted_request",
+        "The request body was cut off: the client went away",
+      );
+    }
+    throw err;
+  }
+}
+
 /** The JSON body, validated by `schema`. */
 export async function jsonBody<S extends z.ZodType>(
   c: Context,
   schema: S,
   what: string,
 ): Promise<z.output<S>> {
-  const text = await c.req.text();
+  const text = await bodyText(c);
   if (text.trim() === "") {
     throw new ApiError(400, "invalid_request", `Missing ${what}: the body is empty`);
   }

@@ -10,7 +10,7 @@ import type { Agent } from "../agent.ts";
 import { VERDICT_NAMES } from "../datapath/codecs.ts";
 import { dumpConntrack } from "../datapath/conntrack_gc.ts";
 import { formatIP } from "../datapath/_addr.ts";
-import { kernelPolicyLookup, type KernelLookup } from "../datapath/kernel_lookup.ts";
+import { type KernelLookup, kernelPolicyLookup } from "../datapath/kernel_lookup.ts";
 import { EndpointNotFoundError } from "../endpoint/manager.ts";
 import { traceFlow, TraceRequestSchema } from "../policy/trace.ts";
 import { ApiError } from "./errors.ts";

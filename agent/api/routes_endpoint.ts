@@ -9,6 +9,7 @@ import type { Agent } from "../agent.ts";
 import { type EndpointRecord, EndpointSpecSchema, Labels } from "../endpoint/spec.ts";
 import { EndpointNotFoundError } from "../endpoint/manager.ts";
 import { endpointId, jsonBody } from "./_params.ts";
+import { policyModes } from "../status.ts";
 
 const LabelPatch = z.strictObject({
   add: Labels.optional(),
@@ -22,6 +23,8 @@ function view(agent: Agent, ep: EndpointRecord) {
   return {
     ...ep,
     policyRevision: r?.revision ?? 0,
+    // Per direction: enforcing (default-deny), auditing (audit-mode policies report), both, none.
+    ...(r ? { policyMode: policyModes(r) } : {}),
     state: r?.error === undefined ? "ready" : "not-ready",
     ...(r?.error !== undefined ? { error: r.error } : {}),
   };

@@ -17,7 +17,7 @@ import { refOf } from "../policy/documents.ts";
 import { EndpointNotFoundError } from "../endpoint/manager.ts";
 import { traceFlow, TraceRequestSchema } from "../policy/trace.ts";
 import { ApiError, validate } from "./errors.ts";
-import { jsonBody, labelList } from "./_params.ts";
+import { bodyText, jsonBody, labelList } from "./_params.ts";
 
 const Sources = z.strictObject({
   sources: z.array(z.strictObject({
@@ -49,7 +49,7 @@ function filterOf(c: Context): PolicyFilter & { all: boolean } {
 async function importSources(c: Context): Promise<PolicySource[]> {
   const type = c.req.header("content-type") ?? "";
   const file = c.req.query("file");
-  const text = await c.req.text();
+  const text = await bodyText(c);
   if (type.includes("json") && /^\s*\{\s*"sources"\s*:/.test(text)) {
     let value: unknown;
     try {

@@ -27,7 +27,7 @@ export function registerStatusRoutes(app: Hono, agent: Agent): void {
     });
   });
 
-  app.get("/v1/node", async (c) => c.json(await agent.nodes.list()));
+  app.get("/v1/node", async (c) => c.json(agent.discovery.describe(await agent.nodes.list())));
 
   app.get("/v1/metrics", async (c) =>
     c.body(await agent.metrics.scrape(), 200, {
@@ -36,7 +36,7 @@ export function registerStatusRoutes(app: Hono, agent: Agent): void {
 
   app.get("/v1/node/:name", async (c) => {
     const name = c.req.param("name");
-    const node = (await agent.nodes.list()).find((n) => n.name === name);
+    const node = agent.discovery.describe(await agent.nodes.list()).find((n) => n.name === name);
     if (node === undefined) {
       throw new ApiError(404, "node_not_found", `Node "${name}" is not in the kvstore`);
     }

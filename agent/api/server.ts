@@ -39,10 +39,15 @@ export async function serveApi(app: Hono, path: string, log: Logger): Promise<Ap
   } catch (err) {
     if (!(err instanceof Deno.errors.NotFound)) throw err;
   }
-  const server = Deno.serve(
-    { path, onListen() {} },
-    (req) => app.fetch(req),
-  );
+  // The socket is created 0600 (umask 0177 while it is bound): no window in which another user
+  // could connect. The chmod after it only makes sure.
+  const umask = Deno.umask(0o177);
+  let server: Deno.HttpServer;
+  try {
+    server = Deno.serve({ path, onListen() {} }, (req) => app.fetch(req));
+  } finally {
+    Deno.umask(umask);
+  }
   await Deno.chmod(path, 0o600);
   log.info("serving the API", { socket: `unix://${path}` });
   let closed: Promise<void> | undefined;

@@ -123,6 +123,42 @@ export const LAYOUTS = {
     ["ct_state", 37, "u8"],
     ["pad", 38, "u16"],
   ]),
+  // bpf/lib/proxy.h: the L7 redirect's maps (addresses and ports in network order).
+  proxyCfg: layout("proxy_cfg", 16, [
+    ["gw_ipv4", 0, "bytes", 4],
+    ["host_ifindex", 4, "u32"],
+    ["host_mac", 8, "bytes", 6],
+    ["pad", 14, "bytes", 2],
+  ]),
+  proxyOrigKey: layout("proxy_orig_key", 8, [
+    ["client_ip", 0, "bytes", 4],
+    ["client_port", 4, "be16"],
+    ["proxy_port", 6, "be16"],
+  ]),
+  proxyOrigValue: layout("proxy_orig_value", 24, [
+    ["orig_ip", 0, "bytes", 4],
+    ["orig_port", 4, "be16"],
+    ["ep_id", 6, "u16"],
+    ["src_identity", 8, "u32"],
+    ["dst_identity", 12, "u32"],
+    ["cookie", 16, "u32"],
+    ["dir", 20, "u8"],
+    ["pad", 21, "bytes", 3],
+  ]),
+  proxyNatKey: layout("proxy_nat_key", 8, [
+    ["server_ip", 0, "bytes", 4],
+    ["server_port", 4, "be16"],
+    ["local_port", 6, "be16"],
+  ]),
+  proxyNatValue: layout("proxy_nat_value", 16, [
+    ["client_ip", 0, "bytes", 4],
+    ["identity", 4, "u32"],
+    ["ep_id", 8, "u16"],
+    ["dir", 10, "u8"],
+    ["pad", 11, "u8"],
+    ["ingress_ep_id", 12, "u16"],
+    ["pad2", 14, "u16"],
+  ]),
 } as const satisfies Record<string, Layout>;
 
 /** Encodes values by a layout; missing fields (padding) are zero. */
@@ -201,6 +237,7 @@ export {
   TRACE_FROM_ENDPOINT,
   TRACE_TO_ENDPOINT,
   VERDICT_ALLOW,
+  VERDICT_AUDIT,
   VERDICT_DENY,
   VERDICT_NAMES,
   VERDICT_NONE,

@@ -46,7 +46,8 @@ export interface DatapathOptions {
   conntrackGcIntervalMs?: number;
 }
 
-export interface EndpointSpec {
+/** An endpoint-map entry: what the kernel keeps per endpoint interface. */
+export interface EndpointEntry {
   ifname: string;
   epId: number;
   identity: number;
@@ -123,7 +124,7 @@ export class Datapath implements AsyncDisposable {
   }
 
   /** Writes the endpoint entry, then attaches both programs (fail closed: entry first). */
-  async upsertEndpoint(ep: EndpointSpec): Promise<void> {
+  async upsertEndpoint(ep: EndpointEntry): Promise<void> {
     const ifindex = await linkIndex(ep.ifname, this.netns);
     if (ifindex === undefined) throw new Error(`Cannot find link "${ep.ifname}"`);
     const flags = (ep.ingressDefaultDeny ? EP_F_INGRESS_DEFAULT_DENY : 0) |
@@ -148,8 +149,17 @@ export class Datapath implements AsyncDisposable {
     await attachEndpoint(this.pins, ep.ifname, this.netns);
   }
 
-  /** Deletes the endpoint entry (its veth then drops everything), detaches, drops its state. */
-  async removeEndpoint(ifname: string, epId: number): Promise<void> {
+  /**
+   * Deletes the endpoint entry (its veth then drops everything), detaches, drops its state.
+   * `policyKeys`: the endpoint's policy keys when the caller knows them for sure (KernelSink
+   * does); without them the whole policy map is dumped to find them, which costs time and
+   * memory in proportion to every endpoint's policy.
+   */
+  async removeEndpoint(
+    ifname: string,
+    epId: number,
+    policyKeys?: readonly Uint8Array[],
+  ): Promise<void> {
     const keys: Uint8Array[] = [];
     for (const e of await this.#bpftool.mapDump(this.pins.maps.cilia_endpoints)) {
       if (e.value && num(decode(LAYOUTS.endpointInfo, bytesFromHex(e.value)).ep_id) === epId) {
@@ -158,7 +168,8 @@ export class Datapath implements AsyncDisposable {
     }
     await this.#writer.apply(this.pins.maps.cilia_endpoints, [], keys);
     await detachEndpoint(ifname, this.netns);
-    const stale = (await this.#policyRows()).filter((r) => r.epId === epId).map((r) => r.key);
+    const stale = policyKeys ??
+      (await this.#policyRows()).filter((r) => r.epId === epId).map((r) => r.key);
     await this.#writer.apply(this.pins.maps.cilia_policy, [], stale);
     collectConntrack(this.pins.maps.cilia_ct, { remove: (k) => num(k.ep_id) === epId });
   }
@@ -226,14 +237,21 @@ export class Datapath implements AsyncDisposable {
   }
 
   /** The ipcache as prefixes ("10.0.0.1/32", "2001:db8::/64") and identities. */
-  async ipcacheEntries(): Promise<{ prefix: string; identity: number }[]> {
+  async ipcacheEntries(): Promise<IpcacheUpsert[]> {
     return (await this.#bpftool.mapDump(this.pins.maps.cilia_ipcache)).flatMap((e) => {
       if (!e.value) return [];
       const k = decode(LAYOUTS.ipcacheKey, bytesFromHex(e.key));
       const v = decode(LAYOUTS.ipcacheValue, bytesFromHex(e.value));
       const family = num(k.family);
       const prefix = `${formatIP(family, k.addr as Uint8Array)}/${num(k.prefixlen) - 32}`;
-      return [{ prefix, identity: num(v.identity) }];
+      const tun = num(v.tunnel_endpoint);
+      return [{
+        prefix,
+        identity: num(v.identity),
+        ...(tun !== 0
+          ? { tunnelEndpoint: [24, 16, 8, 0].map((s) => (tun >>> s) & 255).join(".") }
+          : {}),
+      }];
     });
   }
 

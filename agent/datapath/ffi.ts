@@ -9,6 +9,7 @@ const LIBBPF_SYMBOLS = {
   bpf_map_get_next_key: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   bpf_map_lookup_elem: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   bpf_map_delete_elem: { parameters: ["i32", "buffer"], result: "i32" },
+  bpf_map_update_elem: { parameters: ["i32", "buffer", "buffer", "u64"], result: "i32" },
   perf_buffer__new: {
     parameters: ["i32", "usize", "function", "function", "pointer", "pointer"],
     result: "pointer",
@@ -99,6 +100,11 @@ export function mapKeys(fd: number, keySize: number, limit = 1 << 22): Uint8Arra
 export function mapLookup(fd: number, key: Uint8Array, valueSize: number): Uint8Array | undefined {
   const value = new Uint8Array(valueSize);
   return bpf().bpf_map_lookup_elem(fd, key, value) === 0 ? value : undefined;
+}
+
+/** Creates or replaces one element (BPF_ANY); 0 or a negative errno. */
+export function mapUpdate(fd: number, key: Uint8Array, value: Uint8Array): number {
+  return bpf().bpf_map_update_elem(fd, key, value, 0n);
 }
 
 export function mapDelete(fd: number, key: Uint8Array): boolean {

@@ -10,11 +10,11 @@ import {
   EP_F_ENFORCEMENT_DISABLED,
   EP_F_INGRESS_DEFAULT_DENY,
   EP_F_NOT_READY,
+  LAYOUTS,
+  num,
   POLICY_DIR_EGRESS,
   POLICY_DIR_INGRESS,
   POLICY_KEY_DATA_BITS,
-  LAYOUTS,
-  num,
   VERDICT_NAMES,
 } from "./codecs.ts";
 import { closeFd, mapKeys, mapLookup, objGet, withLibs } from "./ffi.ts";

@@ -24,7 +24,7 @@ import type {
 } from "../endpoint/datapath_sink.ts";
 import { formatIP, parsePrefix } from "./_addr.ts";
 import { collectConntrack } from "./conntrack_gc.ts";
-import { Datapath, type MetricsRow } from "./datapath.ts";
+import { Datapath, type IpcacheUpsert, type MetricsRow } from "./datapath.ts";
 import { attachedPrograms, PROG_FROM_CONTAINER, PROG_TO_CONTAINER } from "./loader.ts";
 import { linkNames } from "../sys/links.ts";
 import { EndpointPolicyState } from "./policy_state.ts";
@@ -157,12 +157,17 @@ export class KernelSink implements DatapathSink {
     this.#states.delete(id);
     this.#notReady.delete(id);
     this.#unknown.delete(id);
+    this.#warnedL7.delete(id);
   }
 
   async removeEndpoint(ep: DatapathEndpoint): Promise<void> {
     const ifname = this.#inKernel.get(ep.id);
     this.#wanted.delete(ep.id);
-    if (ifname !== undefined) await this.datapath.removeEndpoint(ifname, ep.id);
+    // Its keys are known unless a write failed or a previous agent left some (rule 2).
+    const known = this.#unknown.has(ep.id) || this.#stale?.has(ep.id)
+      ? undefined
+      : this.#states.get(ep.id)?.keys();
+    if (ifname !== undefined) await this.datapath.removeEndpoint(ifname, ep.id, known);
     else if (this.#unknown.has(ep.id)) {
       // A first write that failed midway: delete the keys it left.
       await this.datapath.writePolicyKeys([], await this.#keysOf(ep.id));
@@ -279,8 +284,13 @@ export class KernelSink implements DatapathSink {
     );
   }
 
-  async updateIpcache(upserts: IpcacheEntry[], deletes: IpcacheEntry[]): Promise<void> {
-    const up = upserts.map((u) => ({ prefix: canonical(u.prefix), identity: u.identity }));
+  /** Entries of other nodes' pods and addresses carry their node's IP (`tunnelEndpoint`). */
+  async updateIpcache(upserts: IpcacheUpsert[], deletes: IpcacheEntry[]): Promise<void> {
+    const up = upserts.map((u) => ({
+      prefix: canonical(u.prefix),
+      identity: u.identity,
+      ...(u.tunnelEndpoint !== undefined ? { tunnelEndpoint: u.tunnelEndpoint } : {}),
+    }));
     const upserted = new Set(up.map((u) => u.prefix));
     const del = deletes.map((d) => ({ prefix: canonical(d.prefix), identity: d.identity }))
       .filter((d) => !upserted.has(d.prefix) && this.#ipcache.get(d.prefix) === d.identity);

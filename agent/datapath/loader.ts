@@ -14,6 +14,9 @@ export const MAP_NAMES = [
   "cilia_ct",
   "cilia_events",
   "cilia_metrics",
+  "cilia_proxy_cfg",
+  "cilia_proxy_orig",
+  "cilia_proxy_nat",
 ] as const;
 export type MapName = typeof MAP_NAMES[number];
 export const PROG_FROM_CONTAINER = "cil_from_container";

@@ -13,13 +13,18 @@ import {
   POLICY_PREFIX_L3,
   POLICY_PREFIX_PROTO,
   VERDICT_ALLOW,
+  VERDICT_AUDIT,
   VERDICT_DENY,
   VERDICT_NAMES,
   VERDICT_REDIRECT,
 } from "./codecs.ts";
 
-export type Verdict = typeof VERDICT_ALLOW | typeof VERDICT_DENY | typeof VERDICT_REDIRECT;
-const VERDICTS: readonly number[] = [VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT];
+export type Verdict =
+  | typeof VERDICT_ALLOW
+  | typeof VERDICT_DENY
+  | typeof VERDICT_REDIRECT
+  | typeof VERDICT_AUDIT;
+const VERDICTS: readonly number[] = [VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT, VERDICT_AUDIT];
 
 export interface PolicyEntry {
   egress: boolean;

@@ -7,7 +7,7 @@
 import type { MapStateEntry } from "@cilia/policy-wasm";
 import type { SinkEntry } from "../endpoint/datapath_sink.ts";
 import { entryKey } from "../endpoint/mapstate_diff.ts";
-import { VERDICT_ALLOW, VERDICT_DENY, VERDICT_REDIRECT } from "./codecs.ts";
+import { VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY, VERDICT_REDIRECT } from "./codecs.ts";
 import {
   type EncodedEntry,
   encodePolicyEntry,
@@ -20,6 +20,9 @@ const VERDICTS: Record<MapStateEntry["verdict"], Verdict> = {
   allow: VERDICT_ALLOW,
   deny: VERDICT_DENY,
   redirect: VERDICT_REDIRECT,
+  // Passes; the kernel reports the drop an audit-mode policy would have made (the cookie says
+  // which: a deny rule's, or 0 for its default deny).
+  audit: VERDICT_AUDIT,
 };
 
 /** A map-state entry as a datapath policy entry (a 1:1 field mapping, the proxy port too). */
@@ -63,6 +66,11 @@ export class EndpointPolicyState {
 
   get size(): number {
     return this.#entries.size;
+  }
+
+  /** The policy-map keys of the state as recorded (what the kernel holds after the commits). */
+  keys(): Uint8Array[] {
+    return [...this.#slots.values()].map((s) => s.key);
   }
 
   /**

@@ -91,6 +91,9 @@ export class EndpointNotRealisedError extends Error {
 const sameIdentity = (a: IdentitySpec | undefined, b: IdentitySpec) =>
   a !== undefined && a.cidr === b.cidr && JSON.stringify(a.labels) === JSON.stringify(b.labels);
 
+/** preparePolicy() yields to the event loop after computing map-states for this long. */
+const YIELD_AFTER_MS = 20;
+
 const message = (err: unknown) => err instanceof Error ? err.message : String(err);
 
 export class Regenerator {
@@ -250,7 +253,11 @@ export class Regenerator {
    * without writing anything (rule 1: throws and changes nothing when the engine refuses the
    * rules or cannot resolve them). The caller stores the rules, then commits or aborts.
    */
-  preparePolicy(spec: PolicySpec, local: readonly IdentitySpec[], revision: number) {
+  async preparePolicy(
+    spec: PolicySpec,
+    local: readonly IdentitySpec[],
+    revision: number,
+  ): Promise<PreparedPolicy> {
     const e = this.#engine;
     const prevSpec = e.spec;
     const prevLocal = this.#local;
@@ -268,7 +275,15 @@ export class Regenerator {
     try {
       e.setPolicy(spec, this.#options);
       e.removeIdentities(removed.map((i) => i.id));
-      for (const r of this.#eps.values()) computed.push([r, this.#compute(r.ep.id)]);
+      // Big policies take tens of ms per endpoint: let the API answer in between (callers hold
+      // the agent's serial queue, so nothing else changes the engine meanwhile).
+      let slice = performance.now();
+      for (const r of this.#eps.values()) {
+        computed.push([r, this.#compute(r.ep.id)]);
+        if (performance.now() - slice < YIELD_AFTER_MS) continue;
+        await new Promise((resolve) => setTimeout(resolve, 0));
+        slice = performance.now();
+      }
     } catch (err) {
       undo();
       throw err;
@@ -299,12 +314,12 @@ export class Regenerator {
   }
 
   /** preparePolicy() and commit() in one step. */
-  loadPolicy(
+  async loadPolicy(
     spec: PolicySpec,
     local: readonly IdentitySpec[],
     revision: number,
   ): Promise<Unrealised[]> {
-    return this.preparePolicy(spec, local, revision).commit();
+    return await (await this.preparePolicy(spec, local, revision)).commit();
   }
 
   /** Ipcache entries that are not endpoints' or CIDR identities' (the node's own addresses). */

@@ -2,13 +2,14 @@
 // the engine's entry, hence to its policy (kind, namespace, name) and YAML path. A default-deny
 // drop carries no cookie: the engine is asked (`query`) which rule made the endpoint's direction
 // default-deny, so the flow says "endpoint X is selected by P for ingress and no rule allows
-// it". The engine decides; this module only reads its answers, cached per policy revision.
+// it". An AUDIT verdict (audit mode) is attributed the same way: by its deny rule's cookie, or,
+// with cookie 0, by the audit-mode policy whose default deny would have dropped it. The engine
+// decides; this module only reads its answers, cached per policy revision.
 
-import { type PolicyEngine, policyName, type PolicyRef } from "@cilia/policy-wasm";
+import { DROP_POLICY, type PolicyEngine, policyName, type PolicyRef } from "@cilia/policy-wasm";
 import type { PacketEvent } from "../datapath/events.ts";
 import type { FlowPolicy } from "./flow.ts";
 
-const DROP_POLICY = 133;
 const CACHE_LIMIT = 4096;
 
 export interface EndpointName {

@@ -13,11 +13,26 @@ export type { FlowIP, FlowL4 };
 
 export type FlowVerdict = "FORWARDED" | "DROPPED" | "AUDIT";
 export const FLOW_VERDICTS: readonly FlowVerdict[] = ["FORWARDED", "DROPPED", "AUDIT"];
-export type FlowType = "drop" | "trace" | "policy-verdict";
-export const FLOW_TYPES: readonly FlowType[] = ["drop", "trace", "policy-verdict"];
+export type FlowType = "drop" | "trace" | "policy-verdict" | "l7";
+export const FLOW_TYPES: readonly FlowType[] = ["drop", "trace", "policy-verdict", "l7"];
 
-/** Hubble's event type numbers (monitor API): drop 1, trace 4, policy verdict 5. */
-const HUBBLE_TYPE: Record<FlowType, number> = { drop: 1, trace: 4, "policy-verdict": 5 };
+/** Hubble's event type numbers (monitor API): drop 1, trace 4, policy verdict 5, L7 129. */
+const HUBBLE_TYPE: Record<FlowType, number> = { drop: 1, trace: 4, "policy-verdict": 5, l7: 129 };
+
+/** Hubble's `l7` record of a proxied request (one flow per request, with its response). */
+export interface FlowL7 {
+  type: "REQUEST" | "RESPONSE";
+  latency_ns: number;
+  http?: {
+    code: number;
+    method: string;
+    url: string;
+    protocol: string;
+    host?: string;
+  };
+  /** Why the proxy answered itself (a denial, a parse error), if it did. */
+  error?: string;
+}
 
 export interface FlowEndpoint {
   /** The endpoint id, when the side is an endpoint of this node. */
@@ -51,7 +66,8 @@ export interface Flow {
   l4?: FlowL4;
   source: FlowEndpoint;
   destination: FlowEndpoint;
-  Type: "L3_L4";
+  Type: "L3_L4" | "L7";
+  l7?: FlowL7;
   node_name: string;
   event_type: { type: number; sub_type: number };
   traffic_direction: "INGRESS" | "EGRESS" | "TRAFFIC_DIRECTION_UNKNOWN";
@@ -77,7 +93,7 @@ export interface FlowContext {
 export function eventVerdict(e: PacketEvent): FlowVerdict {
   if (e.type === "drop") return "DROPPED";
   if (e.type === "trace") return "FORWARDED";
-  if ((e.verdict as string) === "audit") return "AUDIT"; // audit mode (not yet in the datapath)
+  if (e.verdict === "audit") return "AUDIT"; // audit mode: passed, subtype = the would-be drop
   return e.subtype !== 0 ? "DROPPED" : "FORWARDED";
 }
 
@@ -128,4 +144,53 @@ export function flowL4(f: Flow): { proto: string; sport?: number; dport?: number
   }
   if ("ICMPv4" in l4) return { proto: "ICMPv4" };
   return { proto: "ICMPv6" };
+}
+
+/** One request the L7 proxy judged (agent/proxy), as the monitor takes it. */
+export interface L7Input {
+  method: string;
+  url: string;
+  host: string;
+  protocol: string;
+  code: number;
+  allowed: boolean;
+  latencyMs: number;
+  error?: string;
+  client: { ip: string; port: number };
+  server: { ip: string; port: number };
+  direction: "ingress" | "egress";
+}
+
+/** The flow of one proxied HTTP request (Hubble's L7 flow, `Type: "L7"`). */
+export function buildL7Flow(r: L7Input, ctx: FlowContext): Flow {
+  const v6 = r.client.ip.includes(":");
+  const l7: FlowL7 = {
+    type: "RESPONSE",
+    latency_ns: Math.round(r.latencyMs * 1e6),
+    http: {
+      code: r.code,
+      method: r.method,
+      url: r.url,
+      protocol: r.protocol,
+      ...(r.host ? { host: r.host } : {}),
+    },
+    ...(r.error !== undefined ? { error: r.error } : {}),
+  };
+  return {
+    time: ctx.now.toISOString(),
+    verdict: ctx.verdict ?? (r.allowed ? "FORWARDED" : "DROPPED"),
+    IP: { source: r.client.ip, destination: r.server.ip, ipVersion: v6 ? "IPv6" : "IPv4" },
+    l4: { TCP: { source_port: r.client.port, destination_port: r.server.port } },
+    source: ctx.source,
+    destination: ctx.destination,
+    Type: "L7",
+    l7,
+    node_name: ctx.nodeName,
+    event_type: { type: HUBBLE_TYPE.l7, sub_type: 0 },
+    traffic_direction: r.direction === "ingress" ? "INGRESS" : "EGRESS",
+    is_reply: false,
+    Summary: `HTTP/${r.protocol.replace("HTTP/", "")} ${r.method} ${r.url} ${r.code}`,
+    ...(ctx.policy ? { policy: ctx.policy } : {}),
+    cilia_type: "l7",
+  };
 }

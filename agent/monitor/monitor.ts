@@ -12,7 +12,14 @@ import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
 import { Attribution } from "./attribution.ts";
 import { parsePacket } from "./_packet.ts";
-import { buildFlow, eventVerdict, type Flow, type FlowEndpoint } from "./flow.ts";
+import {
+  buildFlow,
+  buildL7Flow,
+  eventVerdict,
+  type Flow,
+  type FlowEndpoint,
+  type L7Input,
+} from "./flow.ts";
 import { FlowRing, Follower } from "./ring.ts";
 import { compileFilter, type FlowFilter } from "./filter.ts";
 import { registerMonitorMetrics } from "./metrics.ts";
@@ -148,7 +155,7 @@ export class Monitor {
       : undefined;
     const src = e.direction === "egress" ? self : other;
     const dst = e.direction === "egress" ? other : self;
-    const audit = (e.verdict as string) === "audit";
+    const audit = e.verdict === "audit";
     const flow = buildFlow(e, {
       nodeName: this.#o.nodeName,
       now,
@@ -161,6 +168,31 @@ export class Monitor {
     if (e.type === "policy-verdict") {
       bump(this.counters.verdicts, `${e.direction}/${e.match}/${e.verdict}`);
     }
+    for (const s of this.#flowSubs) {
+      if (s.match(flow) && !s.follower.offer(flow)) this.#slowLost++;
+    }
+  }
+
+  /** One request the L7 proxy judged → an L7 flow in the ring and to flow followers. */
+  ingestL7(
+    r: L7Input & { epId: number; srcIdentity: number; dstIdentity: number; cookie: number },
+    now = new Date(),
+  ): void {
+    this.#index(false);
+    const self = this.#byId.get(r.epId);
+    const other = this.#byIp.get(r.direction === "egress" ? r.server.ip : r.client.ip);
+    const src = r.direction === "egress" ? self : other;
+    const dst = r.direction === "egress" ? other : self;
+    const policy = this.attribution.byCookie(r.cookie, false);
+    const flow = buildL7Flow(r, {
+      nodeName: this.#o.nodeName,
+      now,
+      source: this.#endpoint(r.srcIdentity, src),
+      destination: this.#endpoint(r.dstIdentity, dst),
+      policy,
+    });
+    this.ring.push(flow);
+    bump(this.counters.processed, `l7/${flow.verdict}`);
     for (const s of this.#flowSubs) {
       if (s.match(flow) && !s.follower.offer(flow)) this.#slowLost++;
     }

@@ -49,5 +49,20 @@ export async function setupHostNetwork(
     ],
     `Cannot configure "${HOST_DEVICE}"`,
   );
+  // The L7 proxy's redirect (bpf/lib/proxy.h) hands packets of pods into the stack on
+  // cilia_host: their source is a pod, which a reverse-path filter would call a martian.
+  await sysctl(`ipv4/conf/${HOST_DEVICE}/rp_filter`, "0");
   return pools.map((p) => p.gateway);
+}
+
+/** cilia_host's ifindex and MAC (where the kernel hands redirected packets to the L7 proxy). */
+export async function hostDevice(): Promise<{ ifindex: number; mac: Uint8Array }> {
+  const r = await execCommand(["ip", "-j", "link", "show", HOST_DEVICE]);
+  if (r.code !== 0) throw new Error(`Cannot read "${HOST_DEVICE}": ${r.stderr.trim()}`);
+  const [link] = JSON.parse(r.stdout) as { ifindex: number; address: string }[];
+  if (!link) throw new Error(`Cannot read "${HOST_DEVICE}": no such device`);
+  return {
+    ifindex: link.ifindex,
+    mac: new Uint8Array(link.address.split(":").map((h) => parseInt(h, 16))),
+  };
 }

@@ -1,8 +1,8 @@
 /**
  * The node records of the cluster: this node's (name, addresses, pod CIDRs, start time) is put
  * at `cilia/nodes/<name>` with the node lease, so it disappears when the node stops renewing;
- * `list()` reads every node's. Discovery of routes and tunnels builds on this later; this module
- * only publishes and reads records.
+ * `list()` reads every node's. Discovery of routes and tunnels (discovery.ts) follows these
+ * records; this module only publishes and reads them.
  */
 
 import type { KvStore } from "../kvstore/kvstore.ts";
@@ -13,6 +13,10 @@ export const NODES_PREFIX = "cilia/nodes/";
 export interface NodeRecord {
   name: string;
   addresses: string[];
+  /** The node IP on the underlay: other nodes' tunnel endpoint or next hop for its pods. */
+  ip?: string;
+  /** How other nodes reach its pods: "tunnel" (VXLAN, identity in the VNI) or "native". */
+  routingMode?: "tunnel" | "native";
   podCidr?: string;
   podCidrV6?: string;
   startedAt: string;
@@ -33,6 +37,20 @@ export function hostAddresses(): string[] {
   } catch {
     return [];
   }
+}
+
+/**
+ * The node IP: the configured one, else the first IPv4 address that is neither link-local nor
+ * one of cilia's own (the pod gateways on cilia_host).
+ */
+export function pickNodeIp(
+  configured: string | undefined,
+  exclude: readonly string[],
+): string | undefined {
+  if (configured !== undefined) return configured;
+  return hostAddresses().find((a) =>
+    a.includes(".") && !a.startsWith("169.254.") && !exclude.includes(a)
+  );
 }
 
 export class NodeRegistry {

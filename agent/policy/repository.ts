@@ -12,12 +12,7 @@
  *    retry succeeds, and the result names it (`realised: false`, `unrealised`).
  */
 
-import {
-  compilePolicies,
-  type PolicySource,
-  PolicyValidationError,
-  type ValidationIssue,
-} from "@cilia/policy-wasm";
+import { type PolicySource, PolicyValidationError, type ValidationIssue } from "@cilia/policy-wasm";
 import type { KvEntry, KvStore, WatchEvent } from "../kvstore/kvstore.ts";
 import type { Logger } from "../log.ts";
 import type { Counter } from "../metrics.ts";
@@ -25,6 +20,7 @@ import type { Serial } from "../_serial.ts";
 import { type PrefixWatch, watchPrefix } from "../_watch.ts";
 import type { PreparedPolicy, Regenerator, Unrealised } from "../endpoint/regenerator.ts";
 import type { LocalCidrIdentities } from "../identity/local_cidr.ts";
+import { PolicyCompiler } from "./compiler.ts";
 import {
   joinDocuments,
   matches,
@@ -34,7 +30,6 @@ import {
   type PolicyRef,
   readStored,
   refOf,
-  splitDocuments,
 } from "./documents.ts";
 
 export class PolicyNotFoundError extends Error {
@@ -71,6 +66,8 @@ export interface RepositoryOptions {
   revisionFile?: string;
   /** The largest value the kvstore holds, in bytes (none: no limit checked here). */
   maxValueBytes?: number;
+  /** Sources at least this large are compiled in a worker (see compiler.ts). */
+  workerMinBytes?: number;
 }
 
 const enc = new TextEncoder();
@@ -88,9 +85,22 @@ export class PolicyRepository {
    * or "deleted". Until the echo arrives, older changes of the key are stale and ignored.
    */
   #echo = new Map<string, string>();
+  /** Compiles big policies off the event loop. */
+  #compiler: PolicyCompiler;
 
   constructor(opts: RepositoryOptions) {
     this.#o = opts;
+    const engine = opts.regen.engine;
+    this.#compiler = new PolicyCompiler({
+      clusterName: opts.clusterName,
+      regexCheck: (p) => engine.checkRegex(p),
+      ...(opts.workerMinBytes !== undefined ? { workerMinBytes: opts.workerMinBytes } : {}),
+    });
+  }
+
+  /** Stops the compiler's worker. */
+  close(): void {
+    this.#compiler.close();
   }
 
   get revision(): number {
@@ -137,8 +147,9 @@ export class PolicyRepository {
       let warnings: ValidationIssue[];
       let docs: PolicyDocument[];
       try {
-        warnings = this.#compile(sources).warnings;
-        docs = sources.flatMap((s) => splitDocuments(s.text));
+        const compiled = await this.#compiler.compile(sources, { split: true });
+        warnings = compiled.warnings;
+        docs = compiled.docs ?? [];
         if (docs.length === 0) {
           throw new PolicyValidationError([{ message: "No policy documents to import", path: "" }]);
         }
@@ -203,7 +214,7 @@ export class PolicyRepository {
     why: string,
     writes: { puts: PolicyDocument[]; deletes: PolicyDocument[] },
   ): Promise<Unrealised[]> {
-    const prepared = this.#prepare(next);
+    const prepared = await this.#prepare(next);
     try {
       await this.#store(writes);
     } catch (err) {
@@ -267,18 +278,12 @@ export class PolicyRepository {
     }, { signal: opts.signal, log: this.#o.log });
   }
 
-  #compile(sources: PolicySource[]) {
-    const engine = this.#o.regen.engine;
-    return compilePolicies(sources, {
-      clusterName: this.#o.clusterName,
-      regexCheck: (p) => engine.checkRegex(p),
-    });
-  }
-
   /** Compiles `docs` and resolves them for every endpoint, writing nothing. */
-  #prepare(docs: Map<string, PolicyDocument>): Prepared {
+  async #prepare(docs: Map<string, PolicyDocument>): Promise<Prepared> {
     const list = [...docs.values()].sort((a, b) => a.key.localeCompare(b.key));
-    const { spec } = this.#compile(list.map((d) => ({ text: d.text, file: d.key })));
+    const { spec } = await this.#compiler.compile(
+      list.map((d) => ({ text: d.text, file: d.key })),
+    );
     const plan = this.#o.local.plan(spec);
     const digest = digestOf(docs);
     // The same documents as before a restart keep their revision; anything else is a new one.
@@ -286,7 +291,7 @@ export class PolicyRepository {
         this.#saved.revision === this.#revision
       ? this.#revision
       : this.#revision + 1;
-    const prepared = this.#o.regen.preparePolicy(spec, plan.identities, revision);
+    const prepared = await this.#o.regen.preparePolicy(spec, plan.identities, revision);
     return { ...prepared, plan, revision, digest };
   }
 
@@ -316,7 +321,7 @@ export class PolicyRepository {
   }
 
   async #load(docs: Map<string, PolicyDocument>, why: string): Promise<void> {
-    await this.#commit(this.#prepare(docs), docs, why);
+    await this.#commit(await this.#prepare(docs), docs, why);
   }
 
   async #saveRevision(digest: string): Promise<void> {
@@ -332,7 +337,7 @@ export class PolicyRepository {
   }
 
   /** The stored documents that compile on their own (a bad one is logged and left out). */
-  #readAll(entries: KvEntry[]): Map<string, PolicyDocument> {
+  async #readAll(entries: KvEntry[]): Promise<Map<string, PolicyDocument>> {
     const out = new Map<string, PolicyDocument>();
     for (const e of entries) {
       const d = readStored(dec.decode(e.value));
@@ -341,7 +346,7 @@ export class PolicyRepository {
         continue;
       }
       try {
-        this.#compile([{ text: d.text, file: d.key }]);
+        await this.#compiler.compile([{ text: d.text, file: d.key }]);
         out.set(d.key, d);
       } catch (err) {
         this.#o.log.error("stored policy does not compile: left out", { key: e.key, error: err });
@@ -352,7 +357,7 @@ export class PolicyRepository {
 
   async #snapshot(entries: KvEntry[]): Promise<void> {
     this.#echo.clear();
-    const next = this.#readAll(entries);
+    const next = await this.#readAll(entries);
     const same = next.size === this.#docs.size &&
       [...next].every(([k, d]) => this.#docs.get(k)?.canonical === d.canonical);
     if (!same || this.#revision === 0 || this.#o.regen.revision === 0) {
@@ -372,7 +377,7 @@ export class PolicyRepository {
     if (e.type === "delete") {
       if (!next.delete(e.key)) return;
     } else {
-      const d = this.#readAll([e.entry]).get(e.entry.key);
+      const d = (await this.#readAll([e.entry])).get(e.entry.key);
       if (d === undefined || this.#docs.get(d.key)?.canonical === d.canonical) return;
       next.set(d.key, d);
     }

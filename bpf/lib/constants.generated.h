@@ -41,6 +41,17 @@
 #define TRACE_FROM_ENDPOINT 1
 #define TRACE_TO_ENDPOINT 2
 
+/* Packet marks (skb->mark): the overlay's source identity for ingress policy (tunnel.h). */
+#define MARK_MAGIC_MASK 3840 /* the bits that say what the rest of the mark holds */
+/* bits 16-31: the identity's low 16 bits, bits 0-7: its bits 16-23 (Cilium's layout) */
+#define MARK_MAGIC_IDENTITY 3840
+
+/* Reserved identities the datapath itself uses (POLICY-SEMANTICS.md §10). */
+#define IDENTITY_HOST 1 /* this node */
+#define IDENTITY_REMOTE_NODE 6 /* another node of the cluster */
+#define IDENTITY_KUBE_APISERVER 7 /* carries reserved:remote-node too */
+#define IDENTITY_GLOBAL_MAX 65535 /* the largest cluster-wide identity; a VNI above is invalid */
+
 /* Conntrack states of a packet (struct cilia_event.ct_state). */
 #define CT_NEW 0
 #define CT_ESTABLISHED 1

@@ -49,3 +49,4 @@
 #define VERDICT_ALLOW 1
 #define VERDICT_DENY 2
 #define VERDICT_REDIRECT 3
+#define VERDICT_AUDIT 4

@@ -11,10 +11,13 @@
  *    ICMPv6 ND/MLD is link-local control traffic and passes without source check or policy.
  * 4. Replies and related ICMP errors of tracked flows pass without policy; every packet in a
  *    flow's original direction is checked against the current policy.
- * 5. A flow is tracked only after policy allowed its first packet.
+ * 5. A flow is tracked only after policy allowed its first packet (AUDIT counts as allowed).
  * 6. An endpoint flagged EP_F_NOT_READY (its policy could not be written) drops every packet,
  *    replies of tracked flows and non-IP included (DROP_EP_NOT_READY), until the agent has
  *    written its whole policy and clears the flag.
+ * 7. L7 redirects (proxy.h) fail closed: a redirect the proxy cannot take drops with its
+ *    reason; addresses of proxied connections are restored before conntrack and policy, so both
+ *    see the client and the server, never the proxy.
  */
 #pragma once
 
@@ -26,6 +29,8 @@
 #include "conntrack.h"
 #include "events.h"
 #include "metrics.h"
+#include "proxy.h"
+#include "tunnel.h"
 
 struct enforce_ctx {
 	struct pkt p;
@@ -82,13 +87,28 @@ static __always_inline int enforce_pass(struct __sk_buff *skb, const struct enfo
 	return TC_ACT_OK;
 }
 
+/* Invariant 7: a packet of a redirected connection goes to the proxy (counted as forwarded). */
+static __always_inline int enforce_to_proxy(struct __sk_buff *skb, const struct enforce_ctx *c,
+					    __be16 proxy_port, int trace)
+{
+	int action = TC_ACT_SHOT;
+	int reason = proxy_redirect(skb, &c->p, c->dir, c->ep_id, c->src_identity,
+				    c->dst_identity, c->cookie, proxy_port, &action);
+
+	if (reason)
+		return enforce_drop(skb, c, reason);
+	enforce_pass(skb, c, trace);
+	return action;
+}
+
 static __always_inline void enforce_verdict_event(struct __sk_buff *skb,
 						  const struct enforce_ctx *c,
 						  const struct policy_result *res)
 {
 	struct cilia_event ev;
 
-	event_fill(&ev, c, EVENT_POLICY_VERDICT, res->reason);
+	/* An AUDIT verdict reports the drop reason the packet would have had (policy.h, 6.). */
+	event_fill(&ev, c, EVENT_POLICY_VERDICT, res->reason ? res->reason : res->audit_reason);
 	ev.verdict = res->verdict;
 	ev.match = res->match;
 	ev.cookie = res->cookie;
@@ -110,6 +130,7 @@ static __always_inline int enforce(struct __sk_buff *skb, __u8 dir)
 	struct enforce_ctx c = { .dir = dir };
 	struct endpoint_info *ep = endpoint_lookup(skb->ifindex);
 	struct policy_result res;
+	struct proxy_hop hop;
 	struct ct_entry *ct;
 	__u32 peer;
 	__u64 now;
@@ -131,6 +152,9 @@ static __always_inline int enforce(struct __sk_buff *skb, __u8 dir)
 		return enforce_drop(skb, &c, DROP_NO_CONFIG);
 	if (c.p.is_nd)
 		return enforce_pass(skb, &c, 0);
+	ret = proxy_restore(skb, &c.p, dir, c.ep_id, &hop); /* invariant 7 */
+	if (ret)
+		return enforce_drop(skb, &c, ret);
 	if (dir == DIR_EGRESS && !enforce_source_ok(ep, &c.p))
 		return enforce_drop(skb, &c, DROP_INVALID_SIP);
 	if (ep->flags & EP_F_ENFORCEMENT_DISABLED)
@@ -140,7 +164,9 @@ static __always_inline int enforce(struct __sk_buff *skb, __u8 dir)
 		peer = ipcache_identity(c.p.tuple.family, c.p.tuple.daddr);
 		c.dst_identity = peer;
 	} else {
-		peer = ipcache_identity(c.p.tuple.family, c.p.tuple.saddr);
+		/* The overlay's identity (tunnel.h, 4.) before the ipcache's. */
+		peer = hop.from_proxy ? hop.identity
+				      : tunnel_src_identity(skb, c.p.tuple.family, c.p.tuple.saddr);
 		c.src_identity = peer;
 	}
 
@@ -160,16 +186,22 @@ static __always_inline int enforce(struct __sk_buff *skb, __u8 dir)
 		      dd);
 	c.cookie = res.cookie;
 	c.match = res.match;
+	proxy_decide(&res.verdict, &res.reason, res.proxy_port, &c.p, &hop,
+		     c.ct_state == CT_ESTABLISHED, ct && (ct->flags & CT_F_REDIRECT));
 	if (c.ct_state == CT_NEW)
 		enforce_verdict_event(skb, &c, &res);
 	if (res.reason)
 		return enforce_drop(skb, &c, res.reason);
 	if (c.ct_state == CT_ESTABLISHED) {
 		ct_update(ct, &c.p, 0, skb->len, now);
+		if (res.verdict == VERDICT_REDIRECT)
+			return enforce_to_proxy(skb, &c, res.proxy_port, 0);
 		return enforce_pass(skb, &c, 0);
 	}
 	ret = ct_create(&c.p, c.ep_id, dir, peer, res.verdict == VERDICT_REDIRECT, skb->len, now);
 	if (ret)
 		return enforce_drop(skb, &c, ret);
+	if (res.verdict == VERDICT_REDIRECT)
+		return enforce_to_proxy(skb, &c, res.proxy_port, 1);
 	return enforce_pass(skb, &c, 1);
 }

@@ -20,7 +20,7 @@ struct policy_key {
 _Static_assert(sizeof(struct policy_key) == 16, "policy_key size");
 
 struct policy_value {
-	__u8 verdict; /* VERDICT_ALLOW | VERDICT_DENY | VERDICT_REDIRECT */
+	__u8 verdict; /* VERDICT_ALLOW | VERDICT_DENY | VERDICT_REDIRECT | VERDICT_AUDIT */
 	__u8 flags;   /* POLICY_F_* */
 	__be16 proxy_port;
 	__u32 cookie;
@@ -41,7 +41,7 @@ struct policy_result {
 	__u8 verdict; /* VERDICT_* */
 	__u8 reason;  /* DROP_* when the packet must be dropped, else 0 */
 	__u8 match;   /* POLICY_MATCH_* */
-	__u8 pad;
+	__u8 audit_reason; /* VERDICT_AUDIT: the DROP_* it would have had */
 	__u32 cookie;
 	__be16 proxy_port;
 	__u16 pad2;
@@ -74,6 +74,10 @@ static __always_inline struct policy_value *policy_lookup_one(__u16 ep_id, __u8 
  * 5. REDIRECT hands the flow to the L7 proxy listening on the entry's proxy port. An entry
  *    without a proxy port has no proxy to enforce its L7 rules, so the packet is dropped with
  *    DROP_PROXY_LOOKUP_FAILED: L7 rules are never silently skipped (fail closed).
+ * 6. AUDIT passes like ALLOW (an audit-mode policy would have dropped the packet). The drop it
+ *    would have had is DROP_POLICY_DENY when the entry carries a cookie (its deny rule's), else
+ *    DROP_POLICY (the audit policy's default deny); the verdict event reports it.
+ * 7. Any other verdict drops with DROP_POLICY (fail closed).
  */
 static __always_inline void policy_decide(struct policy_result *res, __u16 ep_id, __u8 egress,
 					  __u32 identity, __u8 proto, __u16 dport,
@@ -88,6 +92,7 @@ static __always_inline void policy_decide(struct policy_result *res, __u16 ep_id
 		match_l3 = POLICY_MATCH_ANY_L3;
 	}
 	res->reason = 0;
+	res->audit_reason = 0;
 	res->cookie = 0;
 	res->proxy_port = 0;
 	if (!v) {
@@ -105,6 +110,8 @@ static __always_inline void policy_decide(struct policy_result *res, __u16 ep_id
 		res->reason = DROP_POLICY_DENY;
 	else if (v->verdict == VERDICT_REDIRECT && !v->proxy_port)
 		res->reason = DROP_PROXY_LOOKUP_FAILED; /* 5. no proxy: fail closed */
+	else if (v->verdict == VERDICT_AUDIT)
+		res->audit_reason = v->cookie ? DROP_POLICY_DENY : DROP_POLICY; /* 6. */
 	else if (v->verdict != VERDICT_ALLOW && v->verdict != VERDICT_REDIRECT)
-		res->reason = DROP_POLICY; /* unknown verdict: fail closed */
+		res->reason = DROP_POLICY; /* 7. unknown verdict: fail closed */
 }

@@ -48,3 +48,4 @@ export const VERDICT_NONE: i32 = 0;
 export const VERDICT_ALLOW: i32 = 1;
 export const VERDICT_DENY: i32 = 2;
 export const VERDICT_REDIRECT: i32 = 3;
+export const VERDICT_AUDIT: i32 = 4;

@@ -242,7 +242,7 @@ export function loadRules(len: i32): i32 {
     rule.nodeSubject = r.u8() != 0;
     rule.ddIngress = r.u8() != 0;
     rule.ddEgress = r.u8() != 0;
-    r.u8();
+    rule.audit = r.u8() != 0;
     readIndexList(r, rule.requiresIngress);
     readIndexList(r, rule.requiresEgress);
     readIndexList(r, rule.requiresIngressDeny);

@@ -1,13 +1,15 @@
 // Map-state: an endpoint's policy as the kernel looks it up. For each direction the output has
 // entries {identity (0 = any), protocol (0 = any), port range} → verdict, built so that the
-// datapath's lookup gives exactly resolvePoint()'s answer:
+// datapath's lookup gives exactly resolveAudited()'s answer:
 //
 //  1. Entries of one (direction, identity) are disjoint in (protocol, port), except that a
 //     protocol-0 entry stands for every point no protocol-specific entry covers.
 //  2. Identity-0 entries hold the resolution over wildcard entries (L4-only rules, `all`).
 //  3. An identity that some non-wildcard entry selects gets its own entries, resolved over its
 //     entries *and* the wildcard ones; where it has none, the kernel falls back to identity 0.
-//  4. Where nothing covers a point there is no entry and the direction's default applies.
+//  4. Where nothing covers a point there is no entry and the direction's default applies, except
+//     under an audit rule's default-deny alone: there the entries say AUDIT (resolve.ts, step 7),
+//     so identity 0 gets a protocol-0 AUDIT entry that stands for every uncovered point.
 //
 // Identities selected by the same set of entries share one partition (computed once).
 
@@ -30,11 +32,11 @@ import {
   intervalsOf,
   l7ConflictA,
   l7ConflictB,
-  resolvePoint,
+  resolveAudited,
 } from "./resolve";
 import { selectedSlots } from "./selectors";
 import { Interval } from "./ports";
-import { VERDICT_NONE } from "./drop_reasons.generated";
+import { VERDICT_ALLOW, VERDICT_NONE } from "./drop_reasons.generated";
 import { ST_L7_CONFLICT, ST_OK, ST_UNKNOWN_ENDPOINT, Writer } from "./wire";
 
 class Segment {
@@ -50,8 +52,27 @@ function sortedUnique(a: Array<i32>): Array<i32> {
   return out;
 }
 
+/**
+ * Under an audit rule's default-deny alone, identity 0 has a protocol-0 AUDIT entry (4.), so a
+ * point that resolves to NONE (only audit rules' allows cover it) cannot be left without an
+ * entry: the kernel would fall back to that AUDIT. It is not default-deny, so it is an allow.
+ */
+function resolveEntry(ctx: EpContext, dir: u8, covering: Array<i32>, fallback: bool): Decision {
+  const d = resolveAudited(ctx, dir, covering, fallback);
+  if (d.verdict != VERDICT_NONE || !ctx.defaultDenyAudit(dir)) return d;
+  const allow = new Decision();
+  allow.verdict = VERDICT_ALLOW;
+  return allow;
+}
+
 /** Partitions the (protocol, port) space for one set of covering-candidate entries. */
-function partition(ctx: EpContext, set: Array<i32>, fallback: bool, peer: u32): Array<Segment> {
+function partition(
+  ctx: EpContext,
+  dir: u8,
+  set: Array<i32>,
+  fallback: bool,
+  peer: u32,
+): Array<Segment> {
   const l3 = new Array<i32>();
   const ivs = new Array<Interval>();
   for (let i = 0; i < set.length; i++) {
@@ -64,7 +85,7 @@ function partition(ctx: EpContext, set: Array<i32>, fallback: bool, peer: u32): 
     for (let j = 0; j < list.length; j++) ivs.push(list[j]);
   }
   const out = new Array<Segment>();
-  const base = resolvePoint(l3, fallback);
+  const base = resolveEntry(ctx, dir, l3, fallback);
   if (base.verdict != VERDICT_NONE) out.push(new Segment(0, 0, 65535, base));
   const protos = new Array<i32>();
   for (let i = 0; i < ivs.length; i++) protos.push(<i32> ivs[i].proto);
@@ -89,7 +110,7 @@ function partition(ctx: EpContext, set: Array<i32>, fallback: bool, peer: u32): 
         const iv = ivs[i];
         if (iv.proto == proto && iv.lo <= lo && iv.hi >= hi) covering.push(iv.entry);
       }
-      const d = resolvePoint(sortedUnique(covering), fallback);
+      const d = resolveEntry(ctx, dir, sortedUnique(covering), fallback);
       if (d.equals(base)) {
         open = null;
         continue;
@@ -150,7 +171,13 @@ function writeHeader(ctx: EpContext, w: Writer): void {
   w.u8(ctx.ddIngress ? 1 : 0);
   w.u8(ctx.ddEgress ? 1 : 0);
   w.u8(ctx.enforcementOff ? 1 : 0);
-  w.u8(0);
+  // Audit mode, bit 0/1: an audit rule applies to ingress/egress; bit 2/3: only an audit rule
+  // makes ingress/egress default-deny.
+  let audit: u32 = ctx.auditIngress ? 1 : 0;
+  if (ctx.auditEgress) audit |= 2;
+  if (ctx.defaultDenyAudit(DIR_INGRESS)) audit |= 4;
+  if (ctx.defaultDenyAudit(DIR_EGRESS)) audit |= 8;
+  w.u8(audit);
   w.i32(ctx.ddRuleIngress);
   w.i32(ctx.ddRuleEgress);
   w.u32(<u32> ctx.selecting.length);
@@ -189,7 +216,7 @@ function wildcards(ctx: EpContext, dir: u8): Array<i32> {
 /** Emits one direction; `only` >= 0 restricts the output to that identity slot. */
 function emitDirection(ctx: EpContext, dir: u8, out: Output, only: i32): void {
   const wild = wildcards(ctx, dir);
-  if (only < 0) out.emit(dir, 0, partition(ctx, wild, false, 0));
+  if (only < 0) out.emit(dir, 0, partition(ctx, dir, wild, false, 0));
   const bySlot = entriesBySlot(ctx, dir);
   const hostSlot = identityIndex.has(1) ? identityIndex.get(1) : -1;
   if (dir == DIR_INGRESS && ctx.localhostFallback(dir, 1) && hostSlot >= 0) {
@@ -231,7 +258,7 @@ function emitDirection(ctx: EpContext, dir: u8, out: Output, only: i32): void {
     let segs: Array<Segment>;
     if (memo.has(key)) segs = memo.get(key);
     else {
-      segs = partition(ctx, set, fallback, peer);
+      segs = partition(ctx, dir, set, fallback, peer);
       memo.set(key, segs);
     }
     out.emit(dir, identities[slot].id, segs);

@@ -184,6 +184,8 @@ export class Rule {
   nodeSubject: bool = false;
   ddIngress: bool = false;
   ddEgress: bool = false;
+  /** Audit mode (`cilia.io/policy-mode: audit`): the rule decides nothing, its drops are reported. */
+  audit: bool = false;
   /** fromRequires/toRequires of allow rules: they narrow allow entries only. */
   requiresIngress: Array<i32> = new Array<i32>();
   requiresEgress: Array<i32> = new Array<i32>();

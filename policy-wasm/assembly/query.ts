@@ -1,12 +1,13 @@
 // One verdict query with its explanation: (subject endpoint, direction, peer identity, protocol,
 // port[, L7 request]) → verdict, drop reason, the deciding entry, the rules that select the
-// subject, the deny and allow entries that matched, and the L7 outcome. Uses resolvePoint(), the
-// same function map-state computation uses.
+// subject, the deny and allow entries that matched, and the L7 outcome. Uses resolveAudited(), the
+// same function map-state computation uses (audit mode included).
 
 import {
   DROP_POLICY,
   DROP_POLICY_DENY,
   VERDICT_ALLOW,
+  VERDICT_AUDIT,
   VERDICT_DENY,
   VERDICT_NONE,
   VERDICT_REDIRECT,
@@ -17,7 +18,7 @@ import {
   entryCoversPort,
   entryMatchesPeer,
   entryNarrowedByRequires,
-  resolvePoint,
+  resolveAudited,
 } from "./resolve";
 import { MSG_QUERY } from "./messages";
 import { httpCheck, readHttpRequest } from "./http";
@@ -33,6 +34,9 @@ export const DECIDED_ALLOW_RULE: u8 = 4;
 export const DECIDED_REDIRECT: u8 = 5;
 export const DECIDED_DEFAULT_DENY: u8 = 6;
 export const DECIDED_DEFAULT_ALLOW: u8 = 7;
+/** Audit mode: passed; an audit rule's deny entry (or its default-deny) would have dropped it. */
+export const DECIDED_AUDIT_DENY_RULE: u8 = 8;
+export const DECIDED_AUDIT_DEFAULT_DENY: u8 = 9;
 
 function writeList(w: Writer, list: Array<i32>): void {
   w.u32(<u32> list.length);
@@ -93,12 +97,15 @@ export function query(len: i32): i32 {
     verdict = VERDICT_ALLOW;
     decided = DECIDED_ENFORCEMENT_NEVER;
   } else {
-    const d = resolvePoint(covering, ctx.localhostFallback(dir, peerId));
+    const d = resolveAudited(ctx, dir, covering, ctx.localhostFallback(dir, peerId));
     verdict = d.verdict;
     cookie = d.cookie;
     entry = d.entry;
     for (let i = 0; i < d.l7.length; i++) l7.push(d.l7[i]);
-    if (verdict == VERDICT_DENY) {
+    if (verdict == VERDICT_AUDIT) {
+      decided = d.reason == DROP_POLICY_DENY ? DECIDED_AUDIT_DENY_RULE : DECIDED_AUDIT_DEFAULT_DENY;
+      reason = d.reason;
+    } else if (verdict == VERDICT_DENY) {
       decided = DECIDED_DENY_RULE;
       reason = DROP_POLICY_DENY;
     } else if (d.localhost) {
@@ -130,9 +137,11 @@ export function query(len: i32): i32 {
   w.u32(cookie);
   w.i32(entry);
   w.u8(ctx.defaultDeny(dir) ? 1 : 0);
-  w.u8(0);
+  w.u8(ctx.defaultDenyAudit(dir) ? 1 : 0);
   w.u16(0);
-  w.i32(ctx.defaultDenyRule(dir));
+  // The enforcing rule that makes the direction default-deny, else the audit rule that would.
+  const ddRule = ctx.defaultDenyRule(dir);
+  w.i32(ddRule >= 0 ? ddRule : ctx.defaultDenyAuditRule(dir));
   writeList(w, ctx.selecting);
   writeList(w, denies);
   writeList(w, allows);

@@ -13,9 +13,17 @@
 //     Otherwise the point is redirected to the proxy with the union of the covering L7 rules.
 //  5. Host → local endpoint ingress (allow-localhost) is allowed where no rule decides.
 //  6. Nothing covers the point: the direction's default (drop with 133 when default-deny).
+//  7. Audit mode (rules of a policy annotated `cilia.io/policy-mode: audit`): the point is
+//     resolved twice, over the enforcing rules' entries (with their default) and over all
+//     entries (with the default all selecting rules give). The enforcing verdict stands, except
+//     where it passes the packet plainly (allow, or no entry and not default-deny) and the full
+//     resolution drops it: then the verdict is AUDIT (the packet passes and is reported) with the
+//     would-be reason and the deciding deny entry's cookie (181), or cookie 0 when an audit rule's
+//     default-deny decided (133). A redirect stays a redirect: enforcing L7 rules still apply.
 //
-// resolvePoint() is the one implementation of steps 3-5; queries (query.ts) and map-state
-// computation (mapstate.ts) both call it, so a trace and the kernel's map always agree.
+// resolveAudited() (steps 3-5 and 7, over resolvePoint()) is the one implementation; queries
+// (query.ts) and map-state computation (mapstate.ts) both call it, so a trace and the kernel's
+// map always agree.
 
 import {
   DIR_EGRESS,
@@ -35,7 +43,10 @@ import {
 import { selects } from "./selectors";
 import { expandPorts, Interval } from "./ports";
 import {
+  DROP_POLICY,
+  DROP_POLICY_DENY,
   VERDICT_ALLOW,
+  VERDICT_AUDIT,
   VERDICT_DENY,
   VERDICT_NONE,
   VERDICT_REDIRECT,
@@ -50,9 +61,12 @@ export class Decision {
   l7: Array<i32> = new Array<i32>();
   /** Allowed by the allow-localhost fallback. */
   localhost: bool = false;
+  /** For AUDIT: the drop reason the packet would have had (DROP_POLICY_DENY or DROP_POLICY). */
+  reason: i32 = 0;
 
   equals(o: Decision): bool {
     if (this.verdict != o.verdict || this.cookie != o.cookie) return false;
+    if (this.reason != o.reason) return false;
     if (this.l7.length != o.l7.length) return false;
     for (let i = 0; i < this.l7.length; i++) if (this.l7[i] != o.l7[i]) return false;
     return true;
@@ -111,6 +125,38 @@ export function resolvePoint(covering: Array<i32>, localhostFallback: bool): Dec
   return d;
 }
 
+function audited(full: Decision, reason: i32): Decision {
+  const d = new Decision();
+  d.verdict = VERDICT_AUDIT;
+  d.reason = reason;
+  if (reason == DROP_POLICY_DENY) {
+    d.cookie = full.cookie;
+    d.entry = full.entry;
+  }
+  return d;
+}
+
+/** Steps 3-5 and 7 for the covering entries of `dir` (ascending indices). */
+export function resolveAudited(
+  ctx: EpContext,
+  dir: u8,
+  covering: Array<i32>,
+  fallback: bool,
+): Decision {
+  const full = resolvePoint(covering, fallback);
+  if (!ctx.audits(dir)) return full;
+  const enforcing = new Array<i32>();
+  for (let i = 0; i < covering.length; i++) {
+    if (!rules[entries[covering[i]].rule].audit) enforcing.push(covering[i]);
+  }
+  const d = enforcing.length == covering.length ? full : resolvePoint(enforcing, fallback);
+  if (d.verdict == VERDICT_DENY || d.verdict == VERDICT_REDIRECT) return d;
+  if (d.verdict == VERDICT_NONE && ctx.defaultDeny(dir)) return d;
+  if (full.verdict == VERDICT_DENY) return audited(full, DROP_POLICY_DENY);
+  if (full.verdict == VERDICT_NONE && ctx.defaultDenyAudit(dir)) return audited(full, DROP_POLICY);
+  return d;
+}
+
 /** What applies to one subject endpoint: selecting rules, defaults, entries per direction. */
 export class EpContext {
   ep: Endpoint;
@@ -121,6 +167,12 @@ export class EpContext {
   ddEgress: bool = false;
   ddRuleIngress: i32 = -1;
   ddRuleEgress: i32 = -1;
+  /** Audit mode: the first audit rule that asks for default-deny, per direction, or -1. */
+  ddAuditRuleIngress: i32 = -1;
+  ddAuditRuleEgress: i32 = -1;
+  /** Audit mode: some audit rule selecting the endpoint has entries or default-deny there. */
+  auditIngress: bool = false;
+  auditEgress: bool = false;
   requiresIngress: Array<i32> = new Array<i32>();
   requiresEgress: Array<i32> = new Array<i32>();
   requiresIngressDeny: Array<i32> = new Array<i32>();
@@ -153,6 +205,19 @@ export class EpContext {
     return dir == DIR_INGRESS ? this.ddRuleIngress : this.ddRuleEgress;
   }
 
+  /** Not default-deny by the enforcing rules, but by an audit rule (step 7). */
+  defaultDenyAudit(dir: u8): bool {
+    return !this.defaultDeny(dir) && this.defaultDenyAuditRule(dir) >= 0;
+  }
+
+  defaultDenyAuditRule(dir: u8): i32 {
+    return dir == DIR_INGRESS ? this.ddAuditRuleIngress : this.ddAuditRuleEgress;
+  }
+
+  audits(dir: u8): bool {
+    return dir == DIR_INGRESS ? this.auditIngress : this.auditEgress;
+  }
+
   /** Allow-localhost applies to ingress from the host identity. */
   localhostFallback(dir: u8, peerId: u32): bool {
     return dir == DIR_INGRESS && options.allowLocalhost && peerId == ID_HOST;
@@ -161,8 +226,15 @@ export class EpContext {
 
 function addRule(ctx: EpContext, ri: i32, rule: Rule): void {
   ctx.selecting.push(ri);
-  if (rule.ddIngress && ctx.ddRuleIngress < 0) ctx.ddRuleIngress = ri;
-  if (rule.ddEgress && ctx.ddRuleEgress < 0) ctx.ddRuleEgress = ri;
+  if (rule.audit) {
+    if (rule.ddIngress && ctx.ddAuditRuleIngress < 0) ctx.ddAuditRuleIngress = ri;
+    if (rule.ddEgress && ctx.ddAuditRuleEgress < 0) ctx.ddAuditRuleEgress = ri;
+    if (rule.ddIngress) ctx.auditIngress = true;
+    if (rule.ddEgress) ctx.auditEgress = true;
+  } else {
+    if (rule.ddIngress && ctx.ddRuleIngress < 0) ctx.ddRuleIngress = ri;
+    if (rule.ddEgress && ctx.ddRuleEgress < 0) ctx.ddRuleEgress = ri;
+  }
   for (let i = 0; i < rule.requiresIngress.length; i++) {
     ctx.requiresIngress.push(rule.requiresIngress[i]);
   }
@@ -180,6 +252,8 @@ function addRule(ctx: EpContext, ri: i32, rule: Rule): void {
     const e = entries[ei];
     if (e.dir == DIR_INGRESS) ctx.entriesIngress.push(ei);
     else if (e.dir == DIR_EGRESS) ctx.entriesEgress.push(ei);
+    if (rule.audit && e.dir == DIR_INGRESS) ctx.auditIngress = true;
+    if (rule.audit && e.dir == DIR_EGRESS) ctx.auditEgress = true;
     if (e.egressNamed) continue;
     const list = new Array<Interval>();
     expandPorts(ei, e, ctx.ep, 0, list);

@@ -8,7 +8,7 @@
 import { inputLen, inputPtr, outputBytes } from "./io";
 
 export const MAGIC: u32 = 0x50494c43; // "CLIP" read as little-endian u32
-export const VERSION: u16 = 1;
+export const VERSION: u16 = 2;
 export const ABSENT: u32 = 0xffffffff;
 
 export const ST_OK: i32 = 0;

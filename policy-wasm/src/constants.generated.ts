@@ -10,8 +10,10 @@ export const VERDICT_ALLOW = 1;
 export const VERDICT_DENY = 2;
 /** allowed at L3/L4 and redirected to the L7 proxy */
 export const VERDICT_REDIRECT = 3;
+/** passed although an audit-mode policy would drop it (cookie: its deny rule's, or 0 for its default deny) */
+export const VERDICT_AUDIT = 4;
 /** Verdict number → its name in query results, events and JSON. */
-export const VERDICT_NAMES = ["none", "allow", "deny", "redirect"] as const;
+export const VERDICT_NAMES = ["none", "allow", "deny", "redirect", "audit"] as const;
 
 // Directions as the datapath sees them from the endpoint (events, metrics, conntrack).
 /** to the endpoint */
@@ -65,6 +67,22 @@ export const EVENT_TRACE = 3;
 // Trace points: where a traced packet was observed (subtype of EVENT_TRACE).
 export const TRACE_FROM_ENDPOINT = 1;
 export const TRACE_TO_ENDPOINT = 2;
+
+// Packet marks (skb->mark): the overlay's source identity for ingress policy (tunnel.h).
+/** the bits that say what the rest of the mark holds */
+export const MARK_MAGIC_MASK = 3840;
+/** bits 16-31: the identity's low 16 bits, bits 0-7: its bits 16-23 (Cilium's layout) */
+export const MARK_MAGIC_IDENTITY = 3840;
+
+// Reserved identities the datapath itself uses (POLICY-SEMANTICS.md §10).
+/** this node */
+export const IDENTITY_HOST = 1;
+/** another node of the cluster */
+export const IDENTITY_REMOTE_NODE = 6;
+/** carries reserved:remote-node too */
+export const IDENTITY_KUBE_APISERVER = 7;
+/** the largest cluster-wide identity; a VNI above is invalid */
+export const IDENTITY_GLOBAL_MAX = 65535;
 
 // Conntrack states of a packet (struct cilia_event.ct_state).
 export const CT_NEW = 0;

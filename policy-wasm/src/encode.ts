@@ -6,7 +6,7 @@ import { ByteWriter, MSG } from "./wire.ts";
 import { POLICY_DIR_EGRESS, POLICY_DIR_INGRESS } from "./constants.generated.ts";
 import { parsePrefix, WORLD_PREFIX } from "./cidr.ts";
 import type {
-  EndpointSpec,
+  EngineEndpoint,
   EngineOptions,
   EntrySpec,
   IdentitySpec,
@@ -106,7 +106,8 @@ export function encodeRules(
   spec.rules.forEach((r, i) => {
     const e = rules[i]!;
     w.i32(e.subject).u8(r.subjectKind === "node" ? 1 : 0);
-    w.u8(r.defaultDeny.ingress ? 1 : 0).u8(r.defaultDeny.egress ? 1 : 0).u8(0);
+    w.u8(r.defaultDeny.ingress ? 1 : 0).u8(r.defaultDeny.egress ? 1 : 0);
+    w.u8(spec.policies[r.policy]?.mode === "audit" ? 1 : 0);
     w.list(e.reqIn, (x) => w.i32(x));
     w.list(e.reqEg, (x) => w.i32(x));
     w.list(e.reqInDeny, (x) => w.i32(x));
@@ -154,7 +155,7 @@ export function encodeIdentityRemoval(ids: readonly number[]): Uint8Array {
 
 const PORT_PROTO = { TCP: 6, UDP: 17, SCTP: 132 } as const;
 
-export function encodeEndpoints(list: readonly EndpointSpec[]): Uint8Array {
+export function encodeEndpoints(list: readonly EngineEndpoint[]): Uint8Array {
   const w = new ByteWriter(MSG.ENDPOINTS);
   w.list(list, (ep) => {
     w.u32(ep.id).u32(ep.identity);

@@ -5,7 +5,7 @@
 // module is browser compatible.
 
 import { EngineError, PolicyValidationError } from "./errors.ts";
-import type { EndpointSpec, EngineOptions, EntrySpec, IdentitySpec, PolicySpec } from "./ir.ts";
+import type { EngineEndpoint, EngineOptions, EntrySpec, IdentitySpec, PolicySpec } from "./ir.ts";
 import { DEFAULT_OPTIONS } from "./ir.ts";
 import {
   encodeEndpoints,
@@ -222,7 +222,7 @@ export class PolicyEngine {
     return [...this.#identities.values()];
   }
 
-  setEndpoints(list: readonly EndpointSpec[]): void {
+  setEndpoints(list: readonly EngineEndpoint[]): void {
     const bytes = encodeEndpoints(list);
     this.#check(this.#send(bytes, "endpoints_load"), "load endpoints");
     this.#endpoints = bytes;

@@ -17,7 +17,8 @@ export function policyName(p: PolicyRef | undefined): string {
 function ruleName(engine: PolicyEngine, ruleIndex: number): string {
   const rule = engine.spec.rules[ruleIndex];
   if (!rule) return `rule ${ruleIndex}`;
-  return `${policyName(engine.spec.policies[rule.policy])} (${rule.path})`;
+  const p = engine.spec.policies[rule.policy];
+  return `${policyName(p)} (${rule.path}${p?.mode === "audit" ? ", audit mode" : ""})`;
 }
 
 export function entryName(engine: PolicyEngine, entryIndex: number): string {
@@ -25,6 +26,12 @@ export function entryName(engine: PolicyEngine, entryIndex: number): string {
   if (!e) return `entry ${entryIndex}`;
   const rule = engine.spec.rules[e.rule]!;
   return `${policyName(engine.spec.policies[rule.policy])} ${e.entry.path}`;
+}
+
+/** " (audit mode)" for an entry of an audit-mode policy: it decides nothing. */
+function auditMark(engine: PolicyEngine, entryIndex: number): string {
+  const rule = engine.spec.rules[engine.entry(entryIndex)?.rule ?? -1];
+  return rule && engine.spec.policies[rule.policy]?.mode === "audit" ? " (audit mode)" : "";
 }
 
 const KAFKA_ANSWERED = new Set([0, 1, 2, 3, 8, 9]);
@@ -121,6 +128,12 @@ export function sideReason(engine: PolicyEngine, s: SideResult): string {
       return `allowed at L3/L4 by ${entryName(engine, r.entry)}${
         r.l7.status === "allowed" ? " and its L7 rules" : ", L7 rules apply"
       }`;
+    case "audit-deny-rule":
+      return `would be denied by ${entryName(engine, r.entry)} (audit mode): passed`;
+    case "audit-default-deny":
+      return `would be denied (audit mode): ${who} is selected by ${
+        ruleName(engine, r.defaultDenyRule)
+      } for ${s.direction} and no rule allows it: passed`;
     case "default-deny":
       return `default deny: ${who} is selected by ${
         ruleName(engine, r.defaultDenyRule)
@@ -160,10 +173,18 @@ function sideLines(engine: PolicyEngine, s: SideResult, f?: FlowResult): string[
     ind(
       r.defaultDeny
         ? `${s.direction} is default-deny (because of ${ruleName(engine, r.defaultDenyRule)})`
+        : r.auditDefaultDeny
+        ? `${s.direction} would be default-deny (because of ${
+          ruleName(engine, r.defaultDenyRule)
+        }), but only in audit mode`
         : `${s.direction} is not default-deny`,
     );
-    for (const e of r.denies) ind(`deny rule matches: ${entryName(engine, e)}`);
-    for (const e of r.allows) ind(`allow rule matches: ${entryName(engine, e)}`);
+    for (const e of r.denies) {
+      ind(`deny rule matches: ${entryName(engine, e)}${auditMark(engine, e)}`);
+    }
+    for (const e of r.allows) {
+      ind(`allow rule matches: ${entryName(engine, e)}${auditMark(engine, e)}`);
+    }
     if (r.denies.length === 0 && r.allows.length === 0) ind("no rule matches this peer and port");
     for (const e of r.peerOnly) ind(`(selects this peer on other ports: ${entryName(engine, e)})`);
     const requires = s.direction === "ingress" ? "fromRequires" : "toRequires";
@@ -178,10 +199,13 @@ function sideLines(engine: PolicyEngine, s: SideResult, f?: FlowResult): string[
     if (l7) ind(l7);
   }
   const denied = r.verdict === "deny" || r.l7.status === "denied";
+  const audit = r.verdict === "audit";
   const reason = r.dropReason
-    ? ` (drop reason ${r.dropReason}: ${DROP_REASONS.get(r.dropReason)?.[1] ?? "?"})`
+    ? ` (${audit ? "would-be " : ""}drop reason ${r.dropReason}: ${
+      DROP_REASONS.get(r.dropReason)?.[1] ?? "?"
+    })`
     : "";
-  ind(`=> ${denied ? "DENIED" : "ALLOWED"}${reason}: ${sideReason(engine, s)}`);
+  ind(`=> ${denied ? "DENIED" : audit ? "AUDIT" : "ALLOWED"}${reason}: ${sideReason(engine, s)}`);
   return out;
 }
 
@@ -213,8 +237,14 @@ export function explainFlow(engine: PolicyEngine, f: FlowResult): string[] {
         hostNote(engine, f.to.identity)
       }`,
     );}
-  out.push(`Final verdict: ${f.allowed ? "ALLOWED" : "DENIED"}`);
+  out.push(`Final verdict: ${f.allowed ? (flowAudited(f) ? "AUDIT" : "ALLOWED") : "DENIED"}`);
   return out;
+}
+
+/** Allowed, but an audit-mode policy would have denied it on some side. */
+export function flowAudited(f: FlowResult): boolean {
+  return f.allowed &&
+    (f.egress?.result.verdict === "audit" || f.ingress?.result.verdict === "audit");
 }
 
 /** One line: why the flow was allowed or denied. */

@@ -8,7 +8,7 @@
 import type { PolicyEngine } from "./engine.ts";
 import type { FlowInput, FlowResult, PeerRef, SideResult } from "./flow.ts";
 import type { QueryResult } from "./query_codec.ts";
-import { explainFlow, flowReason } from "./explain.ts";
+import { explainFlow, flowAudited, flowReason } from "./explain.ts";
 import { PROTOCOL_NUMBERS, protocolName, protoPortText } from "./protocols.ts";
 
 /** How a peer reference is written: `web`, `ns/web`, `10.0.0.1`, `entity:world`, `identity:9`. */
@@ -49,7 +49,8 @@ export type SideReport = QueryResult & {
 
 /** A judged flow as every consumer prints it; plain data (JSON and YAML as is). */
 export interface FlowReport {
-  verdict: "allowed" | "denied";
+  /** audited: allowed, but an audit-mode policy would have denied it (on either side). */
+  verdict: "allowed" | "denied" | "audited";
   allowed: boolean;
   /** One line: why the flow was allowed or denied. */
   reason: string;
@@ -84,7 +85,7 @@ function sideReport(s: SideResult): SideReport {
 /** The report of a judged flow: its verdict, reason, peers, both sides and the decision chain. */
 export function renderFlow(engine: PolicyEngine, flow: FlowResult): FlowReport {
   return {
-    verdict: flow.allowed ? "allowed" : "denied",
+    verdict: flow.allowed ? (flowAudited(flow) ? "audited" : "allowed") : "denied",
     allowed: flow.allowed,
     reason: flowReason(engine, flow),
     from: flow.from.display,

@@ -113,6 +113,11 @@ export interface PolicyRef {
   /** Where the document came from, for messages. */
   file?: string;
   line?: number;
+  /**
+   * `audit` (annotation `cilia.io/policy-mode: audit`): the policy decides nothing; flows it
+   * would drop pass and are reported with verdict AUDIT. Absent = enforce.
+   */
+  mode?: "audit";
 }
 
 export interface RuleSpec {
@@ -173,7 +178,8 @@ export interface NamedPort {
   protocol: "TCP" | "UDP" | "SCTP";
 }
 
-export interface EndpointSpec {
+/** An endpoint as the engine knows it: a subject of policy (not the agent's EndpointSpec). */
+export interface EngineEndpoint {
   /** The endpoint's key in the engine (the agent's endpoint id). */
   id: number;
   identity: number;

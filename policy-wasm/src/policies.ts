@@ -151,6 +151,30 @@ function kindOf(doc: SourceDocument, sink: IssueSink): keyof typeof SCHEMAS | un
   return kind;
 }
 
+/** The annotation that puts a policy in audit mode (docs/policy.md, "Audit mode"). */
+export const POLICY_MODE_ANNOTATION = "cilia.io/policy-mode";
+const POLICY_MODES = ["enforce", "audit"] as const;
+
+/** The policy's mode from its annotation; an unknown value is an error naming the field. */
+function policyMode(
+  annotations: Record<string, string> | null | undefined,
+  sink: IssueSink,
+): "audit" | undefined {
+  const v = annotations?.[POLICY_MODE_ANNOTATION];
+  if (v === undefined) return undefined;
+  if (!(POLICY_MODES as readonly string[]).includes(v)) {
+    sink.error(
+      ["metadata", "annotations"],
+      `Invalid annotation ${POLICY_MODE_ANNOTATION} "${v}": expected one of ${
+        POLICY_MODES.map((m) => `"${m}"`).join(", ")
+      }`,
+      POLICY_MODE_ANNOTATION,
+    );
+    return undefined;
+  }
+  return v === "audit" ? "audit" : undefined;
+}
+
 function policyLabels(ref: PolicyRef, uid: string | undefined): string[] {
   const out = [
     `k8s:io.cilium.k8s.policy.derived-from=${ref.kind}`,
@@ -188,10 +212,12 @@ function translateDocument(doc: SourceDocument, acc: Accumulator, opts: CompileO
   const namespace = kind === "CiliumClusterwideNetworkPolicy"
     ? undefined
     : (p.metadata.namespace ?? "default");
+  const mode = policyMode(p.metadata.annotations, sink);
   const ref: PolicyRef = {
     kind,
     name: p.metadata.name,
     ...(namespace !== undefined ? { namespace } : {}),
+    ...(mode ? { mode } : {}),
     ...(doc.file ? { file: doc.file } : {}),
     ...(doc.locate([])?.line !== undefined ? { line: doc.locate([])!.line } : {}),
   };

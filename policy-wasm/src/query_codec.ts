@@ -43,19 +43,23 @@ export const DECISIONS = [
   "redirect",
   "default-deny",
   "default-allow",
+  "audit-deny-rule",
+  "audit-default-deny",
 ] as const;
 export type Decision = (typeof DECISIONS)[number];
 
 export interface QueryResult {
   verdict: Verdict;
   decision: Decision;
-  /** Cilium drop reason (133, 181) when denied, else 0. */
+  /** Cilium drop reason (133, 181) when denied, or that it would have had for verdict audit, else 0. */
   dropReason: number;
   cookie: number;
   /** Engine index of the deciding entry, or -1. */
   entry: number;
   defaultDeny: boolean;
-  /** Rule index that made the direction default-deny, or -1. */
+  /** Only an audit-mode rule would make the direction default-deny (it is not enforced). */
+  auditDefaultDeny: boolean;
+  /** Rule index that made the direction default-deny (else the audit rule that would), or -1. */
   defaultDenyRule: number;
   selecting: number[];
   denies: number[];
@@ -101,7 +105,7 @@ export function decodeQuery(bytes: Uint8Array): QueryResult {
   const cookie = r.u32();
   const entry = r.i32();
   const defaultDeny = r.u8() === 1;
-  r.u8();
+  const auditDefaultDeny = r.u8() === 1;
   r.u16();
   const defaultDenyRule = r.i32();
   const selecting = r.i32List();
@@ -119,6 +123,7 @@ export function decodeQuery(bytes: Uint8Array): QueryResult {
     cookie,
     entry,
     defaultDeny,
+    auditDefaultDeny,
     defaultDenyRule,
     selecting,
     denies,
@@ -138,6 +143,7 @@ export interface MapStateEntry {
   proto: number;
   portLo: number;
   portHi: number;
+  /** audit: passes; an audit-mode policy would drop it (cookie: its deny entry, 0: default-deny). */
   verdict: Exclude<Verdict, "none">;
   cookie: number;
   /** For redirects: the engine indices of the entries whose L7 rules apply. */
@@ -148,6 +154,14 @@ export interface MapStateEntry {
 
 export interface MapState {
   defaultDeny: { ingress: boolean; egress: boolean };
+  /**
+   * Audit mode per direction: `rules`, an audit-mode policy has rules for it (its drops are
+   * reported as AUDIT); `defaultDeny`, only an audit-mode policy would make it default-deny.
+   */
+  audit: {
+    ingress: { rules: boolean; defaultDeny: boolean };
+    egress: { rules: boolean; defaultDeny: boolean };
+  };
   enforcement: boolean;
   defaultDenyRule: { ingress: number; egress: number };
   selecting: number[];
@@ -162,7 +176,7 @@ export function decodeMapState(
   const ddIn = r.u8() === 1;
   const ddEg = r.u8() === 1;
   const off = r.u8() === 1;
-  r.u8();
+  const audit = r.u8();
   const defaultDenyRule = { ingress: r.i32(), egress: r.i32() };
   const selecting = r.i32List();
   const n = r.u32();
@@ -190,6 +204,10 @@ export function decodeMapState(
   });
   return {
     defaultDeny: { ingress: ddIn, egress: ddEg },
+    audit: {
+      ingress: { rules: (audit & 1) !== 0, defaultDeny: (audit & 4) !== 0 },
+      egress: { rules: (audit & 2) !== 0, defaultDeny: (audit & 8) !== 0 },
+    },
     enforcement: !off,
     defaultDenyRule,
     selecting,

@@ -74,7 +74,9 @@ export const ScenarioSchema = obj({
     }).optional(),
     /** A DNS query (egress to a DNS server with `rules.dns`): the name asked for. */
     dns: obj({ name: z.string().min(1) }).optional(),
-    expect: z.enum(["allowed", "denied"], { error: () => "Expected allowed or denied" }).optional(),
+    expect: z.enum(["allowed", "denied", "audited"], {
+      error: () => "Expected allowed, denied or audited",
+    }).optional(),
   })).default([]),
 });
 export type Scenario = z.infer<typeof ScenarioSchema>;

@@ -22,8 +22,8 @@ export interface QueryOutcome {
   to: string;
   port: number;
   protocol: string;
-  expect?: "allowed" | "denied";
-  verdict: "allowed" | "denied";
+  expect?: "allowed" | "denied" | "audited";
+  verdict: "allowed" | "denied" | "audited";
   /** undefined when the query has no expectation. */
   pass?: boolean;
   reason: string;

@@ -6,7 +6,7 @@
 import { parsePrefix, type Prefix } from "./cidr.ts";
 
 export const MAGIC = 0x50494c43;
-export const VERSION = 1;
+export const VERSION = 2;
 export const ABSENT = 0xffffffff;
 
 export const MSG = {

@@ -91,7 +91,7 @@ export async function measureChurn(
     ]);
     agent = new Deno.Command(argv[0]!, {
       args: argv.slice(1),
-      env: { CILIA_DENO: Deno.execPath(), ...JSON.parse(Deno.env.get("CHURN_ENV") ?? "{}") },
+      env: { CILIA_DENO: Deno.execPath() },
       stdin: "null",
       stdout: "null",
       stderr: "piped",
@@ -148,7 +148,11 @@ export async function measureChurn(
         }, api.path);
         if (r.code !== 0) throw new Error(`CNI ADD of "${p.name}" failed: ${r.stdout}${r.stderr}`);
       });
-      progress(`round ${round}: ${o.pods} pods added, RSS ${mb(await rssOf(pid)).toFixed(1)} MB`);
+      const peak = await status();
+      progress(
+        `round ${round}: ${o.pods} pods added: RSS ${mb(await rssOf(pid)).toFixed(1)} MB, ` +
+          `${peak.identities.global} identities, ${peak.endpoints.count} endpoints`,
+      );
       await pool(pods, o.parallel, async (p) => {
         const r = await execCni("DEL", {
           containerId: p.containerId,

@@ -7,6 +7,8 @@ const BENCHES: Record<string, string> = {
   datapath: "./datapath_bench.ts",
   cni: "./cni_bench.ts",
   churn: "./churn_bench.ts",
+  import: "./import_bench.ts",
+  monitor: "./monitor_bench.ts",
 };
 
 const name = Deno.args[0];

@@ -4,7 +4,7 @@
 // (c) HTTP L7 matches per second, the engine's WASM regex against JavaScript RegExp.
 
 import {
-  type EndpointSpec,
+  type EngineEndpoint,
   type IdentitySpec,
   PolicyEngine,
   type PolicySpec,
@@ -126,7 +126,7 @@ export async function main(args: string[]): Promise<void> {
   // (a) full resolution vs one identity added.
   const [, tIds] = time(() => engine.upsertIdentities(ids));
   const [, tRules] = time(() => engine.setPolicy(spec));
-  const eps: EndpointSpec[] = ids.slice(
+  const eps: EngineEndpoint[] = ids.slice(
     RESERVED_IDENTITIES.length,
     RESERVED_IDENTITIES.length + nEps,
   ).map((id, i) => ({ id: i + 1, identity: id.id, namedPorts: [] }));

@@ -1,10 +1,11 @@
 // The demo's traffic and how it is told: the flows it sends (with what the policy should make of
-// each), the datapath's events read from the node's pinned perf buffer in the background, each
+// each), the datapath's events read through the agent (`GET /v1/events`: the agent owns the
+// perf buffer's one reader) in the background, each
 // flow's drop event found by protocol and port, and the report lines with the drop reason and
 // both identities by their labels. It sends packets only between the demo's namespaces.
 import { DROP_REASONS } from "../../policy-wasm/mod.ts";
-import { readEvents } from "../../agent/datapath/events.ts";
 import type { PacketEvent } from "../../agent/datapath/events.ts";
+import { eventFromJson, type MonitorLine, readLines } from "../../agent/monitor/mod.ts";
 import type { AgentClient } from "../../cli/live_client.ts";
 
 export interface Flow {
@@ -50,10 +51,14 @@ export class EventLog {
   #done: Promise<void> | undefined;
   #listeners: ((e: PacketEvent) => void)[] = [];
 
-  start(mapPath: string): void {
+  /** Starts reading; resolves once the agent streams (so no event of what follows is missed). */
+  async start(api: AgentClient): Promise<void> {
+    const body = await api.stream("/v1/events", new URLSearchParams(), this.#ac.signal);
     this.#done = (async () => {
-      for await (const e of readEvents(mapPath, { signal: this.#ac.signal })) {
-        if (e.type === "lost") continue;
+      for await (const line of readLines(body)) {
+        const m = JSON.parse(line) as MonitorLine;
+        if (!("event" in m)) continue;
+        const e = eventFromJson(m.event);
         this.events.push(e);
         for (const l of this.#listeners) l(e);
       }

@@ -93,6 +93,26 @@ export const CONSTANTS: readonly ConstantGroup[] = [
     ],
   },
   {
+    doc: "Packet marks (skb->mark): the overlay's source identity for ingress policy (tunnel.h).",
+    rows: [
+      ["MARK_MAGIC_MASK", 0x0f00, "the bits that say what the rest of the mark holds"],
+      [
+        "MARK_MAGIC_IDENTITY",
+        0x0f00,
+        "bits 16-31: the identity's low 16 bits, bits 0-7: its bits 16-23 (Cilium's layout)",
+      ],
+    ],
+  },
+  {
+    doc: "Reserved identities the datapath itself uses (POLICY-SEMANTICS.md §10).",
+    rows: [
+      ["IDENTITY_HOST", 1, "this node"],
+      ["IDENTITY_REMOTE_NODE", 6, "another node of the cluster"],
+      ["IDENTITY_KUBE_APISERVER", 7, "carries reserved:remote-node too"],
+      ["IDENTITY_GLOBAL_MAX", 0xffff, "the largest cluster-wide identity; a VNI above is invalid"],
+    ],
+  },
+  {
     doc: "Conntrack states of a packet (struct cilia_event.ct_state).",
     rows: [
       ["CT_NEW", 0, ""],

@@ -58,4 +58,10 @@ export const VERDICTS: ReadonlyArray<readonly [number, string, string]> = [
   [1, "ALLOW", "allowed"],
   [2, "DENY", "denied by a deny rule"],
   [3, "REDIRECT", "allowed at L3/L4 and redirected to the L7 proxy"],
+  [
+    4,
+    "AUDIT",
+    "passed although an audit-mode policy would drop it (cookie: its deny rule's, or 0 for " +
+    "its default deny)",
+  ],
 ];

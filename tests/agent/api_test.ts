@@ -427,3 +427,21 @@ Deno.test("API: a RangeError or TypeError from a bug in a handler is a 500, not 
     await t.close();
   }
 });
+
+Deno.test("API: CNI answers carry the agent's time as Server-Timing, errors too", async () => {
+  const t = await startAgent();
+  try {
+    const r = await t.call("POST", "/v1/cni/add", { containerId: "c1" });
+    assertError(r, 400, "invalid_request");
+    assert.match(r.headers.get("server-timing") ?? "", /^agent;dur=\d+\.\d\d$/);
+    const del = await t.call("POST", "/v1/cni/del", {
+      containerId: "c1",
+      ifname: "eth0",
+      network: "n",
+    });
+    assert.equal(del.status, 200, JSON.stringify(del.body));
+    assert.match(del.headers.get("server-timing") ?? "", /^agent;dur=/);
+  } finally {
+    await t.close();
+  }
+});

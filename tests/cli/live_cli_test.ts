@@ -199,14 +199,14 @@ Deno.test("live CLI without an agent: the error names the socket and how to star
     cilia(["status", "--brief", "-H", `unix://${socket}`]),
     cilia(["status", "--wait", "--timeout", "300ms", "-H", `unix://${socket}`]),
   ]);
-  assert.deepEqual([flag.code, flag.err.trim()], [1, `cilia: ${want}`]);
-  assert.deepEqual([env.code, env.err.trim()], [1, `cilia: ${want}`]);
+  assert.deepEqual([flag.code, flag.err.trim()], [1, `cilia: error: ${want}`]);
+  assert.deepEqual([env.code, env.err.trim()], [1, `cilia: error: ${want}`]);
   assert.deepEqual([brief.code, brief.out.trim()], [1, want]);
   assert.equal(wait.code, 1);
   assert.match(wait.err, /did not become healthy within 0\.3 s: Cannot reach the cilia agent/);
   const bad = await cilia(["status", "-H", "tcp://1.2.3.4:5"]);
   assert.deepEqual([bad.code, bad.err.trim()], [
     2,
-    'cilia: Unsupported host "tcp://1.2.3.4:5": expected unix:///path/to/cilia.sock',
+    'cilia: error: Unsupported host "tcp://1.2.3.4:5": expected unix:///path/to/cilia.sock',
   ]);
 });

@@ -6,12 +6,7 @@
 // (`GET /v1/events`, the agent owns the perf buffer's one reader), flows through `GET /v1/flows`.
 // close() kills the agent and removes every netns, mount and file.
 import type { PacketEvent } from "../../agent/datapath/events.ts";
-import {
-  eventFromJson,
-  type Flow,
-  type MonitorLine,
-  readLines,
-} from "../../agent/monitor/mod.ts";
+import { eventFromJson, type Flow, type MonitorLine, readLines } from "../../agent/monitor/mod.ts";
 import { type External, Lab, type Node, type Peer } from "../helpers/netns.ts";
 import { type Reply, SocketClient } from "../agent/_fixture.ts";
 
@@ -321,11 +316,20 @@ export class CiliaNode implements AsyncDisposable {
   /** The agent's flows (GET /v1/flows) with query parameters (filters, `last`, `since`). */
   async flows(query: Record<string, string> = {}): Promise<{ flows: Flow[]; stats: unknown }> {
     const q = new URLSearchParams(query).toString();
-    const r = await this.api.call("GET", `/v1/flows${q ? `?${q}` : ""}`);
-    if (r.status !== 200) throw new Error(`GET /v1/flows: ${JSON.stringify(r.body)}`);
+    const client = Deno.createHttpClient({ proxy: { transport: "unix", path: this.socket } });
+    let text: string;
+    try {
+      const r = await fetch(`http://localhost/v1/flows${q ? `?${q}` : ""}`, {
+        client,
+      } as RequestInit);
+      text = await r.text();
+      if (r.status !== 200) throw new Error(`GET /v1/flows: ${text}`);
+    } finally {
+      client.close();
+    }
     const flows: Flow[] = [];
     let stats: unknown;
-    for (const line of String(r.body).split("\n").filter(Boolean)) {
+    for (const line of text.split("\n").filter(Boolean)) {
       const m = JSON.parse(line) as MonitorLine;
       if ("flow" in m) flows.push(m.flow);
       else if ("stats" in m) stats = m.stats;

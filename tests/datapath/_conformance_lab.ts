@@ -8,6 +8,7 @@
 // packets. It computes no policy (entries come from the engine) and writes nothing into the
 // kernel's maps itself. The topology (addresses, netns) is _conformance_netns.ts.
 import { collectConntrack } from "../../agent/datapath/conntrack_gc.ts";
+import { EventReader, type PacketEvent } from "../../agent/datapath/events.ts";
 import type { KernelSink } from "../../agent/datapath/kernel_sink.ts";
 import type { DatapathEndpoint, EndpointFlags } from "../../agent/endpoint/datapath_sink.ts";
 import { diffEntries, indexEntries } from "../../agent/endpoint/mapstate_diff.ts";
@@ -89,6 +90,9 @@ export class KernelLab {
   readonly #pods: Pod[] = [];
   readonly #attached = new Map<number, Attached>();
   #revision = 0;
+  #reader: EventReader | undefined;
+  #audits: PacketEvent[] = [];
+  #lost = 0;
   #prev: LabCase = { endpoints: [], ipcache: [], outside: [] };
 
   private constructor(
@@ -276,6 +280,25 @@ export class KernelLab {
     });
   }
 
+  /**
+   * The policy-verdict events with verdict AUDIT since the last call (the lab is the one reader
+   * of its node's events; the first call starts reading). Lost events make the answer unreliable:
+   * they throw.
+   */
+  takeAudits(): PacketEvent[] {
+    this.#reader ??= new EventReader(this.#sink.datapath.pins.maps.cilia_events, {
+      onEvent: (e) => {
+        if (e.type === "policy-verdict" && e.verdict === "audit") this.#audits.push(e);
+      },
+      onLost: (_cpu, n) => this.#lost += n,
+    });
+    this.#reader.poll();
+    if (this.#lost > 0) throw new Error(`The lab lost ${this.#lost} datapath events`);
+    const out = this.#audits;
+    this.#audits = [];
+    return out;
+  }
+
   /** The observed outcome of a probe; a timeout is retried once before it counts as a drop. */
   async probe(p: Probe): Promise<{ allowed: boolean; attempts: ProbeResult[] }> {
     const attempts: ProbeResult[] = [];
@@ -295,6 +318,7 @@ export class KernelLab {
   async close(): Promise<void> {
     const probers = [this.#nodeProber, this.#outsideProber, ...this.#pods.map((p) => p.prober)];
     await Promise.all(probers.map((p) => p.close().catch(() => {})));
+    this.#reader?.close();
     await this.#sink.close();
     await this.#lab.close();
   }

@@ -43,6 +43,8 @@ Deno.test({
       /node → db +ping +allowed/,
       /10 flows: 4 allowed, 6 dropped — every verdict as the policy says/,
       /cilia_drop_count_total\{direction="INGRESS",reason="Policy denied by denylist"\} [1-9]/,
+      /\$ cilia observe --type drop --from-pod default\/frontend/,
+      /default\/frontend:\d+ \(app=frontend, ID:\d+\) -> default\/backend:9090 \(app=backend, ID:\d+\) drop INGRESS DROPPED POLICY \(133\) .* endpoint default\/backend is selected by CiliumNetworkPolicy default\/\S+ \(spec\) for ingress and no rule allows it/,
       /removed everything the demo made/,
     ]
   ) assert.match(out, line);

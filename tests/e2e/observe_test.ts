@@ -73,8 +73,10 @@ Deno.test({
   await t.step("an allowed connection names the rule that allowed it", async () => {
     assert.equal(await probe(8080, 1500), true);
     await new Promise((r) => setTimeout(r, 100));
-    const { flows } = await n.flows({ "to-pod": "default/backend", port: "8080" });
-    const verdict = flows.find((f) => f.cilia_type === "policy-verdict");
+    const { flows } = await n.flows({ pod: "default/backend", port: "8080" });
+    const verdict = flows.find((f) =>
+      f.cilia_type === "policy-verdict" && f.traffic_direction === "INGRESS"
+    );
     assert.ok(verdict, JSON.stringify(flows.map((f) => f.cilia_type)));
     assert.equal(verdict.verdict, "FORWARDED");
     assert.equal(verdict.policy?.decision, "allow-rule");
@@ -83,7 +85,15 @@ Deno.test({
   });
 
   await t.step("cilia observe: filters, --not, -o json, and --input-file", async () => {
-    const r = await cli(n, ["observe", "--to-pod", "default/backend", "--verdict", "DROPPED", "-o", "json"]);
+    const r = await cli(n, [
+      "observe",
+      "--to-pod",
+      "default/backend",
+      "--verdict",
+      "DROPPED",
+      "-o",
+      "json",
+    ]);
     assert.equal(r.code, 0, r.stderr);
     const lines = json(r.stdout);
     assert.ok(lines.length > 0 && lines.every((l) => l.flow?.verdict === "DROPPED"));
@@ -91,7 +101,10 @@ Deno.test({
     assert.ok(json(not.stdout).every((l) => l.flow?.verdict !== "DROPPED"));
     assert.ok(json(not.stdout).length > 0);
     const compact = await cli(n, ["observe", "--type", "drop", "--last", "1"]);
-    assert.match(compact.stdout, /default\/frontend:\d+ \(app=frontend.*-> default\/backend:9090 \(app=backend.*DROPPED POLICY \(133\)/);
+    assert.match(
+      compact.stdout,
+      /default\/frontend:\d+ \(app=frontend.*-> default\/backend:9090 \(app=backend.*DROPPED POLICY \(133\)/,
+    );
     assert.match(compact.stdout, /selected by CiliumNetworkPolicy default\/backend-ingress/);
     const all = await cli(n, ["observe", "-o", "json"]);
     const file = await Deno.makeTempFile({ suffix: ".json" });
@@ -114,13 +127,18 @@ Deno.test({
       args: ["monitor", "--type", "drop"],
       env: { CILIA_DENO: Deno.execPath(), CILIA_HOST: `unix://${n.socket}` },
       stdout: "piped",
-      stderr: "null",
+      stderr: "piped",
     }).spawn();
-    await new Promise((r) => setTimeout(r, 700));
+    const output = child.output();
+    await new Promise((r) => setTimeout(r, 1000));
     await probe(9090, 300);
     await new Promise((r) => setTimeout(r, 300));
     child.kill("SIGINT");
-    const out = dec.decode((await child.output()).stdout);
+    const killer = setTimeout(() => child.kill("SIGKILL"), 5000);
+    const o = await output;
+    clearTimeout(killer);
+    const out = dec.decode(o.stdout);
+    assert.equal(o.code, 0, `cilia monitor exits 0 on Ctrl-C: ${dec.decode(o.stderr)}`);
     assert.match(out, /^drop \(Policy denied, 133\) ep=\d+ ingress identity \d+->\d+ TCP /m);
   });
 
@@ -162,8 +180,14 @@ Deno.test({
     assert.match(s.stdout, /Lost events: 0/);
     const m = await n.metrics();
     assert.match(m, /cilia_flows_processed_total\{type="drop",verdict="DROPPED"\} [1-9]/);
-    assert.match(m, /cilia_policy_verdict_total\{action="allow",direction="INGRESS",match="l3-l4"\} [1-9]/);
-    assert.match(m, /cilia_bpf_map_ops_total\{map="cilia_policy",op="update",outcome="success"\} [1-9]/);
+    assert.match(
+      m,
+      /cilia_policy_verdict_total\{action="allow",direction="INGRESS",match="l3-l4"\} [1-9]/,
+    );
+    assert.match(
+      m,
+      /cilia_bpf_map_ops_total\{map="cilia_policy",op="update",outcome="success"\} [1-9]/,
+    );
     assert.match(m, /cilia_endpoint_regeneration_seconds_count [1-9]/);
     assert.match(m, /cilia_flows_lost_total\{source="perf"\} 0/);
   });

@@ -81,8 +81,14 @@ Deno.test("Monitor turns events into attributed flows", async (t) => {
       }));
       const [f] = monitor.query().flows;
       assert.deepStrictEqual(f!.verdict, "FORWARDED");
-      assert.deepStrictEqual(f!.IP, { source: "10.0.0.1", destination: "10.0.0.2", ipVersion: "IPv4" });
-      assert.deepStrictEqual(f!.l4, { TCP: { source_port: 40000, destination_port: 8080, flags: { SYN: true } } });
+      assert.deepStrictEqual(f!.IP, {
+        source: "10.0.0.1",
+        destination: "10.0.0.2",
+        ipVersion: "IPv4",
+      });
+      assert.deepStrictEqual(f!.l4, {
+        TCP: { source_port: 40000, destination_port: 8080, flags: { SYN: true } },
+      });
       assert.deepStrictEqual(f!.source.pod_name, "frontend");
       assert.deepStrictEqual(f!.destination.pod_name, "backend");
       assert(f!.source.labels.includes("k8s:app=frontend"));
@@ -129,9 +135,10 @@ Deno.test("Monitor turns events into attributed flows", async (t) => {
       assert.deepStrictEqual(q([["from-ip", "10.0.0.2"]]), 0);
       assert.throws(
         () => addCriterion(emptyFilter(), "verdict", "LOST"),
-        (e) => e instanceof FilterError && /expected one of FORWARDED, DROPPED, AUDIT/.test(e.message),
+        (e) =>
+          e instanceof FilterError && /expected one of FORWARDED, DROPPED, AUDIT/.test(e.message),
       );
-      assert.throws(() => addCriterion(emptyFilter(), "type", "l7"), /drop, trace, policy-verdict/);
+      assert.throws(() => addCriterion(emptyFilter(), "type", "l9"), /drop, trace, policy-verdict/);
       assert.throws(() => addCriterion(emptyFilter(), "colour", "x"), /expected one of from-pod/);
     });
 

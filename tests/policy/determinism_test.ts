@@ -65,7 +65,7 @@ Deno.test("encodeRules() is deterministic: same spec, same bytes", async () => {
   }).bytes;
   assert.deepEqual(a, b);
   assert.equal(new DataView(a.buffer).getUint32(0, true), 0x50494c43, "magic");
-  assert.equal(new DataView(a.buffer).getUint16(4, true), 1, "version");
+  assert.equal(new DataView(a.buffer).getUint16(4, true), VERSION, "version");
 });
 
 const MESSAGES = [...STATEFUL, "query", "ip_lookup"] as const;

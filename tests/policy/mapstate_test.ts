@@ -23,7 +23,7 @@ export function kernelLookup(
   identity: number,
   proto: number,
   port: number,
-): "allow" | "deny" | "redirect" {
+): "allow" | "deny" | "redirect" | "audit" {
   if (!ms.enforcement) return "allow";
   for (const id of [identity, 0]) {
     const mine = ms.entries.filter((e) => e.direction === dir && e.identity === id);
@@ -113,7 +113,15 @@ function randomSpec(r: () => number): PolicySpec {
     entries: Array.from({ length: Math.floor(r() * 5) }, (_, i) => randomEntry(r, ri * 10 + i)),
     labels: [],
   }));
-  return { policies: [{ kind: "CiliumClusterwideNetworkPolicy", name: "random" }], rules };
+  // About a third of the rules belong to a policy in audit mode.
+  for (const rule of rules) if (r() < 0.35) rule.policy = 1;
+  return {
+    policies: [
+      { kind: "CiliumClusterwideNetworkPolicy", name: "random" },
+      { kind: "CiliumClusterwideNetworkPolicy", name: "random-audit", mode: "audit" },
+    ],
+    rules,
+  };
 }
 
 function randomIdentities(r: () => number): IdentitySpec[] {
@@ -224,6 +232,8 @@ Deno.test("computeMapState() agrees with query() at every point for random polic
       "redirect/redirect",
       "allow/default-allow",
       "allow/allow-localhost",
+      "audit/audit-deny-rule",
+      "audit/audit-default-deny",
     ]
   ) {
     assert.ok((seen.get(k) ?? 0) > 100, `too few "${k}" points: ${JSON.stringify([...seen])}`);

@@ -68,7 +68,8 @@ const CASES: Case[] = [
     text: cnp(
       `${INGRESS}    - fromEndpoints: [{matchExpressions: [{key: app, operator: in, values: [a]}]}]\n`,
     ),
-    message: /Invalid operator "in": expected In, NotIn, Exists or DoesNotExist \(case-sensitive\): did you mean "In"\?/,
+    message:
+      /Invalid operator "in": expected In, NotIn, Exists or DoesNotExist \(case-sensitive\): did you mean "In"\?/,
     path: "spec.ingress[0].fromEndpoints[0].matchExpressions[0].operator",
   },
   {

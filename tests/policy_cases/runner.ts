@@ -9,7 +9,8 @@
 import { parse } from "yaml";
 import { type Needs, needs, skipStep } from "../helpers/root.ts";
 
-export type Verdict = "allowed" | "denied";
+/** audited: the packet passes, and an audit-mode policy reports that it would have dropped it. */
+export type Verdict = "allowed" | "denied" | "audited";
 
 export interface ConsumerResult {
   /** One verdict per query, in file order. */
@@ -83,8 +84,8 @@ function expectations(file: string, text: string): Expectation[] {
   }
   return queries.map((q, i) => {
     const expect = q.expect;
-    if (expect !== "allowed" && expect !== "denied") {
-      throw new SyntaxError(`Case "${file}" queries[${i}] has no expect: allowed|denied`);
+    if (expect !== "allowed" && expect !== "denied" && expect !== "audited") {
+      throw new SyntaxError(`Case "${file}" queries[${i}] has no expect: allowed|denied|audited`);
     }
     const name = typeof q.name === "string"
       ? q.name

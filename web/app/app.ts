@@ -73,6 +73,10 @@ export class App {
       { label: "Examples", tutorials: EXAMPLES },
       { label: "Footguns", tutorials: FOOTGUNS },
     ], {
+      onNew: () => {
+        this.load({ policies: [], endpoints: [], queries: [] });
+        this.#editor.view.focus();
+      },
       onRename: (name) => {
         this.#ws.name = name || undefined;
         this.#hashSoon();
@@ -89,6 +93,8 @@ export class App {
         return location.href;
       },
     });
+    const tabIndents = byId<HTMLInputElement>("tab-indents");
+    tabIndents.addEventListener("change", () => this.#editor.setTabIndents(tabIndents.checked));
     addEventListener("hashchange", () => {
       if (location.hash !== this.#written) this.openHash();
     });

@@ -9,7 +9,11 @@ export function verdictPill(outcome: Pick<FlowOutcome, "verdict" | "l7">): HTMLE
   return h(
     "span",
     { class: `pill ${outcome.verdict}`, "data-verdict": outcome.verdict },
-    outcome.verdict === "allowed" ? "✓ allowed" : "✗ denied",
+    outcome.verdict === "allowed"
+      ? "✓ allowed"
+      : outcome.verdict === "audited"
+      ? "✓ audited (audit mode would deny)"
+      : "✗ denied",
     outcome.l7 ? h("span", { class: "tag l7", title: "L7 rules apply" }, "L7") : null,
   );
 }

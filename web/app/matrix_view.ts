@@ -147,6 +147,12 @@ export class MatrixView {
           onclick: () => {
             this.#selected = { from: c.from, to: c.to };
             this.render(this.#cells);
+            // Re-rendering replaced the button: keep keyboard focus on the cell (Enter, Space).
+            this.#grid.querySelector<HTMLElement>(
+              `[data-testid=matrix-cell][data-from="${CSS.escape(c.from)}"][data-to="${
+                CSS.escape(c.to)
+              }"]`,
+            )?.focus();
           },
         },
         c.verdict === "allowed" ? "✓ allowed" : "✗ denied",

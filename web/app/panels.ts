@@ -55,7 +55,16 @@ export function renderProblems(
           "data-severity": d.severity,
           "data-line": d.line ?? "",
           title: d.line !== undefined ? "Go to the line" : undefined,
+          tabindex: 0,
+          role: "button",
           onclick: () => goTo(d),
+          onkeydown: (e: Event) => {
+            const key = (e as KeyboardEvent).key;
+            if (key === "Enter" || key === " ") {
+              e.preventDefault();
+              goTo(d);
+            }
+          },
         },
         h("span", { class: "icon" }, d.severity === "error" ? "✗" : "!"),
         d.line !== undefined ? h("span", { class: "where" }, `Line ${d.line}`) : null,

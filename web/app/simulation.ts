@@ -59,7 +59,7 @@ export interface QueryRow {
   index: number;
   name: string;
   query: ScenarioQuery;
-  expect?: "allowed" | "denied" | undefined;
+  expect?: "allowed" | "denied" | "audited" | undefined;
   outcome?: FlowOutcome;
   pass?: boolean;
   error?: string;

@@ -1,4 +1,4 @@
-// The top bar: scenario name, tutorial selector, import (file picker), export (download) and the
+// The top bar: scenario name, "New", tutorial selector, import (file picker), export (download) and the
 // share link (copied to the clipboard and shown for manual copying). It reports what the user
 // asked for; the app decides what it means. This module is browser compatible (it needs a DOM).
 
@@ -6,6 +6,8 @@ import { byId, fill, h } from "./dom.ts";
 import type { Tutorial } from "../tutorials.ts";
 
 export interface ToolbarEvents {
+  /** "New": an empty scenario (no name, notes, policies, endpoints or queries). */
+  onNew(): void;
   onRename(name: string): void;
   onTutorial(id: string): void;
   onImport(text: string, fileName: string): void;
@@ -37,6 +39,7 @@ export class Toolbar {
     this.#tutorials.addEventListener("change", () => {
       if (this.#tutorials.value) events.onTutorial(this.#tutorials.value);
     });
+    byId("new-button").addEventListener("click", () => events.onNew());
     const file = byId<HTMLInputElement>("import-file");
     byId("import-button").addEventListener("click", () => file.click());
     file.addEventListener("change", async () => {

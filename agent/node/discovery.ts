@@ -1,0 +1,261 @@
+/**
+ * Node discovery: follows every node's record (`cilia/nodes/`, leased) and every endpoint
+ * record (`cilia/endpoints/<node>/<id>`) and keeps this node's view of the others in force:
+ * ipcache entries for remote pods (their identity, and in tunnel mode their node IP as tunnel
+ * endpoint), for remote nodes' addresses (reserved:remote-node) and, in tunnel mode, for their
+ * pod CIDRs (reserved:world, so even a pod not yet known is encapsulated), plus routes to their
+ * pod CIDRs (routes.ts). A node whose lease expired takes its endpoints' entries with it, even
+ * though their records stay. Every change recomputes the desired state and writes only the
+ * difference through the agent's one ipcache write path. It writes no records itself.
+ */
+
+import type { IpcacheEntry } from "@cilia/policy-wasm";
+import type { KvEntry, KvStore, WatchEvent } from "../kvstore/kvstore.ts";
+import type { Logger } from "../log.ts";
+import type { Serial } from "../_serial.ts";
+import { type PrefixWatch, watchPrefix } from "../_watch.ts";
+import type { IpcacheUpsert } from "../datapath/datapath.ts";
+import { parsePrefix } from "../datapath/_addr.ts";
+import { type NodeRecord, NODES_PREFIX } from "./registry.ts";
+import type { RouteSpec } from "./routes.ts";
+
+export const ENDPOINTS_PREFIX = "cilia/endpoints/";
+const IDENTITY_WORLD = 2;
+const IDENTITY_REMOTE_NODE = 6;
+
+export type RoutingMode = "tunnel" | "native";
+
+export interface NodeDiscoveryOptions {
+  store: KvStore;
+  /** This node: its name, addresses and pod CIDRs are never taken as remote. */
+  self: NodeRecord;
+  mode: RoutingMode;
+  /** The agent's one ipcache write path (Regenerator.updateIpcache). */
+  ipcache(upserts: IpcacheUpsert[], deletes: IpcacheEntry[]): Promise<void>;
+  /** Routes to other nodes' pod CIDRs; absent without a kernel datapath. */
+  routes?: { apply(desired: RouteSpec[]): Promise<void> };
+  /** The tunnel device (tunnel mode with a kernel datapath). */
+  tunnel?: { ifname: string; mtu: number };
+  /** This node's pod gateways: the source of node → remote pod traffic. */
+  gateways: { v4?: string; v6?: string };
+  serial: Serial;
+  log: Logger;
+}
+
+/** Another node as this agent sees it. */
+export interface RemoteNode extends NodeRecord {
+  /** Its endpoints this node has in its ipcache. */
+  endpoints: number;
+  /** When its record was last written (registration or lease renewal). */
+  seenAt: string;
+}
+
+interface RemoteEndpoint {
+  node: string;
+  identity: number;
+  ips: string[];
+}
+
+const dec = new TextDecoder();
+
+export class NodeDiscovery {
+  #o: NodeDiscoveryOptions;
+  #nodes = new Map<string, RemoteNode>();
+  #endpoints = new Map<string, RemoteEndpoint>();
+  #installed = new Map<string, IpcacheUpsert>();
+  #pending: Promise<void> | undefined;
+  #retry: ReturnType<typeof setTimeout> | undefined;
+  #closed = false;
+  #local: { family: number; addr: Uint8Array; prefixLen: number }[];
+
+  constructor(opts: NodeDiscoveryOptions) {
+    this.#o = opts;
+    this.#local = [opts.self.podCidr, opts.self.podCidrV6].filter((c): c is string => !!c)
+      .map((c) => parsePrefix(c));
+  }
+
+  /** Other nodes with a live record, by name. */
+  list(): RemoteNode[] {
+    return [...this.#nodes.values()].filter((n) => n.name !== this.#o.self.name)
+      .map((n) => ({ ...n, endpoints: this.#endpointsOf(n.name) }))
+      .sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  /**
+   * Node records as the API shows them: each with its endpoints in this node's ipcache and its
+   * health ("self", or "alive": its lease is kept alive, so its agent runs).
+   */
+  describe<T extends NodeRecord>(records: T[]): (T & { endpoints: number; health: string })[] {
+    return records.map((r) => ({
+      ...r,
+      endpoints: r.name === this.#o.self.name ? 0 : this.#endpointsOf(r.name),
+      health: r.name === this.#o.self.name ? "self" : "alive",
+    }));
+  }
+
+  /** Ipcache entries this node holds for other nodes and their pods. */
+  entries(): IpcacheUpsert[] {
+    return [...this.#installed.values()];
+  }
+
+  /** Watches nodes and endpoints; `ready` once both were listed and applied. */
+  follow(opts: { signal: AbortSignal }): PrefixWatch {
+    const w = { signal: opts.signal, log: this.#o.log };
+    const nodes = watchPrefix(this.#o.store, NODES_PREFIX, {
+      snapshot: (all) => this.#snapshot(this.#nodes, all, nodeOf),
+      event: (e) => this.#event(this.#nodes, NODES_PREFIX, e, nodeOf),
+    }, w);
+    const eps = watchPrefix(this.#o.store, ENDPOINTS_PREFIX, {
+      snapshot: (all) => this.#snapshot(this.#endpoints, all, endpointOf),
+      event: (e) => this.#event(this.#endpoints, ENDPOINTS_PREFIX, e, endpointOf),
+    }, w);
+    opts.signal.addEventListener("abort", () => {
+      this.#closed = true;
+      clearTimeout(this.#retry);
+    });
+    return {
+      ready: Promise.all([nodes.ready, eps.ready]).then(() => this.#pending),
+      done: Promise.all([nodes.done, eps.done]).then(() => {}),
+    };
+  }
+
+  #snapshot<T>(map: Map<string, T>, all: KvEntry[], parse: (e: KvEntry) => T | undefined) {
+    map.clear();
+    for (const e of all) {
+      const v = parse(e);
+      if (v !== undefined) map.set(e.key, v);
+    }
+    return this.#schedule();
+  }
+
+  #event<T>(
+    map: Map<string, T>,
+    _prefix: string,
+    e: WatchEvent,
+    parse: (e: KvEntry) => T | undefined,
+  ) {
+    if (e.type === "delete") map.delete(e.key);
+    else {
+      const v = parse(e.entry);
+      if (v === undefined) map.delete(e.entry.key);
+      else map.set(e.entry.key, v);
+    }
+    return this.#schedule();
+  }
+
+  /** Coalesces changes: one recomputation runs for every burst of events. */
+  #schedule(): Promise<void> {
+    return this.#pending ??= this.#o.serial.run(async () => {
+      this.#pending = undefined;
+      if (this.#closed) return;
+      try {
+        await this.#sync();
+      } catch (err) {
+        this.#o.log.error("cannot apply the other nodes' state: will retry", { error: err });
+        clearTimeout(this.#retry);
+        this.#retry = setTimeout(() => this.#schedule(), 1000);
+      }
+    });
+  }
+
+  #endpointsOf(node: string): number {
+    let n = 0;
+    for (const e of this.#endpoints.values()) if (e.node === node) n++;
+    return n;
+  }
+
+  #isLocal(ip: string): boolean {
+    if (this.#o.self.addresses.includes(ip)) return true;
+    const p = parsePrefix(ip);
+    if (p.family === 4 && p.addr[0] === 169 && p.addr[1] === 254) return true; // link-local
+    return this.#local.some((l) => l.family === p.family && within(p.addr, l.addr, l.prefixLen));
+  }
+
+  async #sync(): Promise<void> {
+    const { self, mode } = this.#o;
+    const want = new Map<string, IpcacheUpsert>();
+    const routes: RouteSpec[] = [];
+    const remote = new Map<string, RemoteNode>();
+    for (const n of this.#nodes.values()) if (n.name !== self.name) remote.set(n.name, n);
+    const put = (prefix: string, identity: number, tunnel: string | undefined) => {
+      if (!this.#isLocal(prefix.replace(/\/\d+$/, ""))) {
+        want.set(prefix, { prefix, identity, ...(tunnel ? { tunnelEndpoint: tunnel } : {}) });
+      }
+    };
+    for (const n of remote.values()) {
+      const tunnel = mode === "tunnel" && n.ip?.includes(".") ? n.ip : undefined;
+      for (const a of n.addresses) put(a, IDENTITY_REMOTE_NODE, tunnel);
+      for (const cidr of [n.podCidr, n.podCidrV6]) {
+        if (cidr === undefined) continue;
+        if (tunnel) put(cidr, IDENTITY_WORLD, tunnel);
+        routes.push(...this.#routeTo(n, cidr));
+      }
+    }
+    for (const e of this.#endpoints.values()) {
+      const n = remote.get(e.node);
+      if (n === undefined) continue;
+      const tunnel = mode === "tunnel" && n.ip?.includes(".") ? n.ip : undefined;
+      for (const ip of e.ips) put(ip, e.identity, tunnel);
+    }
+    const upserts = [...want.values()].filter((w) => {
+      const had = this.#installed.get(w.prefix);
+      return had === undefined || had.identity !== w.identity ||
+        had.tunnelEndpoint !== w.tunnelEndpoint;
+    });
+    const deletes = [...this.#installed.values()].filter((i) => !want.has(i.prefix));
+    if (upserts.length > 0 || deletes.length > 0) {
+      await this.#o.ipcache(upserts, deletes);
+      this.#o.log.debug("remote ipcache entries updated", {
+        upserts: upserts.length,
+        deletes: deletes.length,
+      });
+    }
+    this.#installed = want;
+    await this.#o.routes?.apply(routes);
+  }
+
+  #routeTo(n: NodeRecord, cidr: string): RouteSpec[] {
+    const family = cidr.includes(":") ? 6 : 4;
+    const src = family === 4 ? this.#o.gateways.v4 : this.#o.gateways.v6;
+    if (this.#o.mode === "tunnel") {
+      const t = this.#o.tunnel;
+      if (t === undefined) return [];
+      return [{ family, cidr, dev: t.ifname, mtu: t.mtu, ...(src ? { src } : {}) }];
+    }
+    const via = family === 4
+      ? n.ip?.includes(".") ? n.ip : n.addresses.find((a) => a.includes("."))
+      : n.addresses.find((a) => a.includes(":"));
+    return via ? [{ family, cidr, via }] : [];
+  }
+}
+
+function json(e: KvEntry): unknown {
+  try {
+    return JSON.parse(dec.decode(e.value));
+  } catch {
+    return undefined;
+  }
+}
+
+function nodeOf(e: KvEntry): RemoteNode | undefined {
+  const r = json(e) as Partial<NodeRecord> | undefined;
+  if (!r || typeof r.name !== "string" || !Array.isArray(r.addresses)) return undefined;
+  return { ...(r as NodeRecord), endpoints: 0, seenAt: new Date().toISOString() };
+}
+
+function endpointOf(e: KvEntry): RemoteEndpoint | undefined {
+  const r = json(e) as
+    | { node?: unknown; identity?: unknown; ipv4?: unknown; ipv6?: unknown }
+    | undefined;
+  if (!r || typeof r.node !== "string" || typeof r.identity !== "number") return undefined;
+  const ips = [r.ipv4, r.ipv6].filter((x): x is string => typeof x === "string");
+  return { node: r.node, identity: r.identity, ips };
+}
+
+function within(addr: Uint8Array, net: Uint8Array, len: number): boolean {
+  for (let bit = 0; bit < len; bit++) {
+    const m = 0x80 >> (bit & 7);
+    if ((addr[bit >> 3]! & m) !== (net[bit >> 3]! & m)) return false;
+  }
+  return true;
+}

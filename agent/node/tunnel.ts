@@ -1,0 +1,101 @@
+/**
+ * The node's tunnel device for the overlay routing mode: `cilia_vxlan`, a VXLAN device in
+ * external (collect-metadata) mode, so one device reaches every node and the BPF program on it
+ * picks the remote node and the VNI per packet (bpf/lib/tunnel.h). The device has no ARP and no
+ * IPv6 link-local address (nothing but routed pod traffic leaves through it), strict reverse
+ * path filtering off, and an MTU that leaves room for the encapsulation on the underlay device.
+ * Idempotent; never removed by the agent (pods keep talking while it restarts). Runs in the
+ * agent's own network namespace; it knows nothing of nodes or endpoints.
+ */
+
+import { execCommand } from "../sys/exec.ts";
+import { linkIndex } from "../sys/links.ts";
+import { attachOverlay, loadOverlay } from "../datapath/overlay_loader.ts";
+
+export const TUNNEL_DEVICE = "cilia_vxlan";
+/** Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14) headers. */
+export const VXLAN_OVERHEAD = 50;
+
+export type TunnelProtocol = "vxlan" | "geneve";
+
+export class NotSupportedError extends Error {
+  override name = "NotSupportedError";
+}
+
+async function ip(args: string[], what: string): Promise<string> {
+  const r = await execCommand(["ip", ...args]);
+  if (r.code !== 0) throw new Error(`${what}: ip exited with status ${r.code}: ${r.stderr.trim()}`);
+  return r.stdout;
+}
+
+/** The interface holding `address` and its MTU (the underlay). */
+export async function underlayOf(address: string): Promise<{ ifname: string; mtu: number }> {
+  const links = JSON.parse(await ip(["-j", "addr", "show"], "Cannot list addresses")) as {
+    ifname: string;
+    mtu: number;
+    addr_info?: { local?: string }[];
+  }[];
+  const l = links.find((l) => (l.addr_info ?? []).some((a) => a.local === address));
+  if (l === undefined) {
+    throw new Error(`Cannot find the underlay device: no interface has the node IP "${address}"`);
+  }
+  return { ifname: l.ifname, mtu: l.mtu };
+}
+
+/** Creates (or finds) the tunnel device and brings it up; returns its name and MTU. */
+export async function setupTunnelDevice(
+  opts: { protocol: TunnelProtocol; port: number; underlayMtu: number },
+): Promise<{ ifname: string; mtu: number }> {
+  await checkTunnelProtocol(opts.protocol);
+  const mtu = opts.underlayMtu - VXLAN_OVERHEAD;
+  const dev = TUNNEL_DEVICE;
+  if ((await linkIndex(dev)) === undefined) {
+    await ip(
+      ["link", "add", dev, "type", "vxlan", "external", "dstport", String(opts.port)],
+      `Cannot create "${dev}"`,
+    );
+  }
+  await ip(["link", "set", dev, "addrgenmode", "none"], `Cannot configure "${dev}"`);
+  await ip(
+    ["link", "set", dev, "mtu", String(mtu), "arp", "off", "up"],
+    `Cannot configure "${dev}"`,
+  );
+  await Deno.writeTextFile(`/proc/sys/net/ipv4/conf/${dev}/rp_filter`, "0");
+  return { ifname: dev, mtu };
+}
+
+/** Throws NotSupportedError unless the overlay can use `protocol` (VXLAN only). */
+export async function checkTunnelProtocol(protocol: TunnelProtocol): Promise<void> {
+  if (protocol === "geneve") await refuseGeneve();
+}
+
+/** Geneve is not implemented; say whether the kernel could do it at all. */
+async function refuseGeneve(): Promise<never> {
+  const probe = "cilia_gnvprobe";
+  const r = await execCommand(["ip", "link", "add", probe, "type", "geneve", "external"]);
+  if (r.code === 0) await execCommand(["ip", "link", "del", probe]);
+  const why = r.code === 0
+    ? `cilia's overlay implements VXLAN only`
+    : `this kernel has no Geneve support (the kernel module "geneve" is missing: ${r.stderr.trim()})`;
+  throw new NotSupportedError(
+    `Cannot use tunnel protocol "geneve": ${why}; use --tunnel-protocol vxlan or --routing-mode native`,
+  );
+}
+
+/**
+ * Tunnel mode with the kernel datapath: the device, then the overlay programs on it (they use
+ * the node's pinned ipcache, so the lxc datapath must be open). Returns the device and its MTU.
+ */
+export async function setupOverlay(opts: {
+  protocol: TunnelProtocol;
+  port: number;
+  nodeIp: string;
+  bpffsRoot: string;
+  buildDir: string;
+}): Promise<{ ifname: string; mtu: number }> {
+  const underlay = await underlayOf(opts.nodeIp);
+  const dev = await setupTunnelDevice({ ...opts, underlayMtu: underlay.mtu });
+  const pins = await loadOverlay({ bpffsRoot: opts.bpffsRoot, buildDir: opts.buildDir });
+  await attachOverlay(pins, dev.ifname);
+  return dev;
+}

@@ -1,0 +1,238 @@
+// One client connection through the HTTP/1.1 proxy: read a request head (strictly, within the
+// header timeout), normalise its path, ask `judge` (the engine), answer a denied request with
+// `403 Forbidden` / `Access denied` and forward an allowed one (the normalised path, so the server
+// sees what was judged) over one upstream connection, streaming bodies both ways; then the next
+// request (keep-alive, pipelining: requests are answered in order). Bad input gets its status
+// (400, 408, 431, 501, 505) and the connection is closed; nothing unparsed is ever forwarded.
+// It knows nothing of the kernel: the listener hands it streams and a connect function.
+
+import { copyBody } from "./body.ts";
+import {
+  BufReader,
+  encodeLatin1,
+  first,
+  type Framing,
+  type Head,
+  HttpError,
+  keepAlive,
+  readRequestHead,
+  readResponseHead,
+  requestFraming,
+  responseFraming,
+  serializeHead,
+} from "./http1.ts";
+import { normalisePath, PathError } from "./path.ts";
+
+export interface Stream {
+  /** The next bytes, or null at the end of the stream. */
+  read(): Promise<Uint8Array | null>;
+  write(b: Uint8Array): Promise<void>;
+  close(): void;
+}
+
+export interface HttpRequestInfo {
+  method: string;
+  /** The normalised target (path and query) as forwarded. */
+  path: string;
+  host: string;
+  headers: Record<string, string>;
+}
+
+export interface RequestRecord {
+  method: string;
+  url: string;
+  host: string;
+  protocol: "HTTP/1.0" | "HTTP/1.1";
+  /** The status the client got (the proxy's own for a denial or an error). */
+  code: number;
+  allowed: boolean;
+  /** Request head complete → response head (ms). */
+  latencyMs: number;
+  /** Why the proxy answered itself (denied, or a parse error). */
+  error?: string;
+}
+
+export interface ConnOptions {
+  connect(): Promise<Stream>;
+  judge(req: HttpRequestInfo): boolean;
+  onRequest(rec: RequestRecord): void;
+  /** A whole request head must arrive within this (default 10 s)… */
+  headerTimeoutMs?: number;
+  /** …and a keep-alive connection may wait this long for the next one (default 60 s). */
+  idleTimeoutMs?: number;
+  maxHeadBytes?: number;
+}
+
+const REASONS: Record<number, string> = {
+  400: "Bad Request",
+  403: "Forbidden",
+  408: "Request Timeout",
+  414: "URI Too Long",
+  431: "Request Header Fields Too Large",
+  501: "Not Implemented",
+  502: "Bad Gateway",
+  503: "Service Unavailable",
+  505: "HTTP Version Not Supported",
+};
+
+/** A response of the proxy's own. */
+export function localReply(status: number, body: string, close: boolean): Uint8Array {
+  return encodeLatin1(
+    `HTTP/1.1 ${status} ${REASONS[status] ?? "Error"}\r\ncontent-length: ${body.length}\r\n` +
+      `content-type: text/plain\r\n${close ? "connection: close\r\n" : ""}\r\n${body}`,
+  );
+}
+
+class Timeout extends Error {}
+
+function within<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const t = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Timeout()), ms);
+  });
+  return Promise.race([p, t]).finally(() => clearTimeout(timer));
+}
+
+function headerRecord(h: Head): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [n, v] of h.headers) {
+    const k = n.toLowerCase();
+    out[k] = k in out ? `${out[k]}, ${v}` : v;
+  }
+  return out;
+}
+
+/** Serves one client connection until it closes, errs or times out; never throws. */
+export async function serveHttpConnection(client: Stream, o: ConnOptions): Promise<void> {
+  // Every read, of a head or a body, must bring bytes within the idle timeout.
+  const idle = o.idleTimeoutMs ?? 60_000;
+  const cr = new BufReader(() => within(client.read(), idle));
+  let up: { s: Stream; r: BufReader } | undefined;
+  const closeUp = () => {
+    up?.s.close();
+    up = undefined;
+  };
+  let firstRequest = true;
+  try {
+    for (;;) {
+      const wait = firstRequest ? o.headerTimeoutMs ?? 10_000 : o.idleTimeoutMs ?? 60_000;
+      firstRequest = false;
+      let head: Head | null;
+      try {
+        head = await within(readRequestHead(cr, { maxHeadBytes: o.maxHeadBytes ?? 16384 }), wait);
+      } catch (err) {
+        if (err instanceof Timeout && cr.buffered === 0) return; // sent nothing: just close
+        const status = err instanceof Timeout ? 408 : err instanceof HttpError ? err.status : 400;
+        const msg = err instanceof Timeout ? "Request header timeout" : (err as Error).message;
+        o.onRequest({
+          method: "",
+          url: "",
+          host: "",
+          protocol: "HTTP/1.1",
+          code: status,
+          allowed: false,
+          latencyMs: 0,
+          error: msg,
+        });
+        await client.write(localReply(status, `${msg}\r\n`, true)).catch(() => {});
+        return;
+      }
+      if (head === null) return;
+      const again = await serveRequest(head);
+      if (!again) return;
+    }
+  } catch {
+    // the client or the server went away mid-message: close both
+  } finally {
+    closeUp();
+    client.close();
+  }
+
+  /** One request; true when the connection may carry another. */
+  async function serveRequest(head: Head): Promise<boolean> {
+    const started = performance.now();
+    const host = first(head, "host") ?? "";
+    const rec = (code: number, allowed: boolean, path: string, error?: string) =>
+      o.onRequest({
+        method: head.method,
+        url: path,
+        host,
+        protocol: `HTTP/${head.version}`,
+        code,
+        allowed,
+        latencyMs: performance.now() - started,
+        ...(error !== undefined ? { error } : {}),
+      });
+    let framing: Framing, path: string;
+    try {
+      framing = requestFraming(head);
+      path = head.target === "*" && head.method === "OPTIONS" ? "*" : normalisePath(head.target);
+    } catch (err) {
+      const status = err instanceof HttpError ? err.status : 400;
+      const msg = err instanceof PathError || err instanceof HttpError ? err.message : String(err);
+      rec(status, false, head.target, msg);
+      await client.write(localReply(status, `${msg}\r\n`, true));
+      return false;
+    }
+    const allowed = o.judge({ method: head.method, path, host, headers: headerRecord(head) });
+    if (!allowed) {
+      // Cilium's answer. A body the client may still send is not read: close after it.
+      const close = framing.kind !== "none" || !keepAlive(head);
+      rec(403, false, path, "Access denied");
+      await client.write(localReply(403, "Access denied\r\n", close));
+      return !close;
+    }
+    if (!up) {
+      try {
+        const s = await o.connect();
+        up = { s, r: new BufReader(() => within(s.read(), idle)) };
+      } catch (err) {
+        rec(503, true, path, `Upstream connect failed: ${(err as Error).message}`);
+        await client.write(localReply(503, "Upstream connect failed\r\n", true));
+        return false;
+      }
+    }
+    const u = up;
+    await u.s.write(serializeHead(head, path));
+    let bodyError: unknown;
+    const body = copyBody(cr, framing, (b) => u.s.write(b), "request body").catch((e) => {
+      bodyError = e; // a bad request body: cut the upstream leg, answer its status below
+      u.s.close();
+    });
+    let resp: Head;
+    try {
+      resp = await readResponseHead(u.r);
+      while (resp.status >= 100 && resp.status < 200) {
+        if (resp.status === 101) throw new HttpError(502, "Protocol upgrades are not supported");
+        await client.write(serializeHead(resp));
+        resp = await readResponseHead(u.r);
+      }
+    } catch (err) {
+      await body;
+      const e = bodyError ?? err;
+      const status = e instanceof HttpError ? e.status : 502;
+      const msg = e instanceof Error ? e.message : String(e);
+      rec(status, bodyError === undefined, path, msg);
+      const text = status === 502 ? "Bad gateway" : msg;
+      await client.write(localReply(status, `${text}\r\n`, true)).catch(() => {});
+      return false;
+    }
+    const latencyMs = performance.now() - started;
+    const rf = responseFraming(resp, head.method);
+    await client.write(serializeHead(resp));
+    await copyBody(u.r, rf, (b) => client.write(b), "response body");
+    await body;
+    o.onRequest({
+      method: head.method,
+      url: path,
+      host,
+      protocol: `HTTP/${head.version}`,
+      code: resp.status,
+      allowed: true,
+      latencyMs,
+    });
+    if (bodyError !== undefined) return false;
+    if (!keepAlive(resp) || rf.kind === "close") closeUp();
+    return keepAlive(head) && keepAlive(resp);
+  }
+}

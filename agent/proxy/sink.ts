@@ -1,0 +1,62 @@
+// Puts proxy ports on redirect entries on their way into the datapath: a DatapathSink in front
+// of the kernel sink that, for every HTTP redirect entry an endpoint's policy adds, makes the L7
+// proxy listen for (endpoint, direction, port) first and only then passes the entry on with that
+// port, so the kernel never redirects to a proxy that is not there and allowed requests see no
+// window of drops. Redirects the proxy cannot serve (Kafka, DNS, port ranges) keep no port: the
+// kernel drops them (reason 178, fail closed). It changes nothing else.
+
+import type {
+  DatapathEndpoint,
+  DatapathSink,
+  EndpointFlags,
+  PolicyChange,
+  SinkEntry,
+} from "../endpoint/datapath_sink.ts";
+import type { IpcacheEntry } from "@cilia/policy-wasm";
+import type { L7Proxy } from "./proxy.ts";
+
+export class ProxySink implements DatapathSink {
+  readonly #inner: DatapathSink;
+  readonly #proxy: L7Proxy;
+  readonly check?: (ep: DatapathEndpoint) => Promise<string | undefined>;
+
+  constructor(inner: DatapathSink, proxy: L7Proxy) {
+    this.#inner = inner;
+    this.#proxy = proxy;
+    if (inner.check) this.check = (ep) => inner.check!(ep);
+  }
+
+  async #withPorts(epId: number, change: PolicyChange): Promise<PolicyChange> {
+    if (!change.adds.some((e) => e.verdict === "redirect")) return change;
+    const adds: SinkEntry[] = [];
+    for (const e of change.adds) {
+      if (e.verdict !== "redirect" || e.l7 !== "http" || e.portLo !== e.portHi || e.proto !== 6) {
+        adds.push(e);
+        continue;
+      }
+      adds.push({ ...e, proxyPort: await this.#proxy.listen(epId, e.direction, e.portLo) });
+    }
+    return { ...change, adds };
+  }
+
+  async attach(ep: DatapathEndpoint, flags: EndpointFlags, change: PolicyChange): Promise<void> {
+    await this.#inner.attach(ep, flags, await this.#withPorts(ep.id, change));
+  }
+
+  updateEndpoint(ep: DatapathEndpoint, flags: EndpointFlags): void | Promise<void> {
+    return this.#inner.updateEndpoint(ep, flags);
+  }
+
+  async removeEndpoint(ep: DatapathEndpoint): Promise<void> {
+    await this.#inner.removeEndpoint(ep);
+    this.#proxy.closeEndpoint(ep.id);
+  }
+
+  async applyPolicy(endpointId: number, change: PolicyChange): Promise<void> {
+    await this.#inner.applyPolicy(endpointId, await this.#withPorts(endpointId, change));
+  }
+
+  updateIpcache(upserts: IpcacheEntry[], deletes: IpcacheEntry[]): void | Promise<void> {
+    return this.#inner.updateIpcache(upserts, deletes);
+  }
+}

@@ -1,0 +1,283 @@
+/* The L7 redirect: hands connections whose policy verdict is REDIRECT to the agent's proxy and
+ * restores addresses on the way back, without IP_TRANSPARENT (the proxy is a Deno process and
+ * cannot set it). It owns three maps the agent shares with the proxy:
+ *
+ * - cilia_proxy_cfg: the node's proxy address (the pod gateway on cilia_host) and that device's
+ *   ifindex and MAC, written by the agent at start.
+ * - cilia_proxy_orig: client ip:port + proxy port → the original destination, the endpoint and
+ *   direction whose policy redirected, and both identities. Written here on the SYN, before the
+ *   DNAT; the proxy reads it for each accepted connection; replies from the proxy are
+ *   reverse-NATed with it.
+ * - cilia_proxy_nat: server ip:port + the proxy's local port → the client's address and identity.
+ *   Written by the proxy BEFORE it connects upstream (it picks its local port), read here to put
+ *   the client's address on the proxy → server leg and to send the server's replies back to it.
+ *
+ * Invariants (fail closed):
+ * 1. Only IPv4 TCP can be redirected; any other redirected packet drops (DROP_PROXY_UNKNOWN_PROTO).
+ * 2. A redirect needs the proxy address (cfg), a proxy port in the entry, and, for every new
+ *    connection (SYN), a socket listening there: bpf_sk_lookup_tcp() must find one, so a proxy
+ *    that is down drops (DROP_PROXY_LOOKUP_FAILED), never passes.
+ * 3. A connection that started redirected stays redirected; an established connection that did
+ *    not start redirected is never handed to the proxy mid-stream (it drops, 178, when its
+ *    policy now redirects): L7 rules are never skipped.
+ * 4. The upstream leg keeps the client's identity: the receiving endpoint's policy is looked up
+ *    with the identity the proxy wrote, and it skips the redirect only when the proxy judged this
+ *    very (endpoint, direction). Any other redirect on the upstream leg (an egress L7 rule and an
+ *    ingress L7 rule on one path) drops (DROP_PROXY_UNKNOWN_PROTO): chains are not supported yet.
+ * 5. Address rewrites fix the IP and TCP checksums; a failed rewrite drops (DROP_PROXY_SET_FAILED).
+ */
+#pragma once
+
+#include <linux/in.h>
+#include "common.h"
+#include "parse.h"
+#include "conntrack.h"
+
+struct proxy_cfg {
+	__be32 gw_ipv4; /* the proxy's address; 0 = no proxy on this node */
+	__u32 host_ifindex; /* cilia_host: ingress redirects enter the stack there */
+	__u8 host_mac[6];
+	__u8 pad[2];
+};
+_Static_assert(sizeof(struct proxy_cfg) == 16, "proxy_cfg size");
+
+struct proxy_orig_key {
+	__be32 client_ip;
+	__be16 client_port;
+	__be16 proxy_port;
+};
+_Static_assert(sizeof(struct proxy_orig_key) == 8, "proxy_orig_key size");
+
+struct proxy_orig_value {
+	__be32 orig_ip;
+	__be16 orig_port;
+	__u16 ep_id; /* the endpoint whose policy redirected */
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 cookie; /* the redirecting policy entry's */
+	__u8 dir;     /* DIR_* of that policy */
+	__u8 pad[3];
+};
+_Static_assert(sizeof(struct proxy_orig_value) == 24, "proxy_orig_value size");
+
+struct proxy_nat_key {
+	__be32 server_ip;
+	__be16 server_port;
+	__be16 local_port; /* the proxy's upstream port */
+};
+_Static_assert(sizeof(struct proxy_nat_key) == 8, "proxy_nat_key size");
+
+struct proxy_nat_value {
+	__be32 client_ip;
+	__u32 identity; /* the client's */
+	__u16 ep_id;    /* the proxy judged this endpoint's policy… */
+	__u8 dir;       /* …in this DIR_* */
+	__u8 pad;
+	__u16 ingress_ep_id; /* and also this endpoint's ingress policy (0 = none) */
+	__u16 pad2;
+};
+_Static_assert(sizeof(struct proxy_nat_value) == 16, "proxy_nat_value size");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct proxy_cfg);
+	__uint(max_entries, 1);
+} cilia_proxy_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct proxy_orig_key);
+	__type(value, struct proxy_orig_value);
+	__uint(max_entries, 65536);
+} cilia_proxy_orig SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct proxy_nat_key);
+	__type(value, struct proxy_nat_value);
+	__uint(max_entries, 65536);
+} cilia_proxy_nat SEC(".maps");
+
+/* What proxy_restore() found out about a packet of the proxy → server leg. */
+struct proxy_hop {
+	__u32 identity; /* the client's, when from_proxy */
+	__u8 from_proxy;
+	__u8 judged; /* the proxy judged this endpoint's policy in this direction */
+	__u16 pad;
+};
+
+static __always_inline struct proxy_cfg *proxy_config(void)
+{
+	__u32 zero = 0;
+	struct proxy_cfg *cfg = bpf_map_lookup_elem(&cilia_proxy_cfg, &zero);
+
+	return cfg && cfg->gw_ipv4 ? cfg : 0;
+}
+
+/* Rewrites the source (src = 1) or destination address and port of an IPv4 TCP packet. */
+static __always_inline int proxy_rewrite(struct __sk_buff *skb, int src, __be32 old_ip,
+					 __be32 new_ip, __be16 old_port, __be16 new_port)
+{
+	__u32 ip_off = ETH_HLEN + (src ? 12 : 16);
+	__u32 l4, port_off;
+	__u8 vhl;
+
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &vhl, 1) < 0)
+		return DROP_PROXY_SET_FAILED;
+	l4 = ETH_HLEN + (__u32)(vhl & 0xf) * 4;
+	port_off = l4 + (src ? 0 : 2);
+	if (bpf_l4_csum_replace(skb, l4 + 16, old_ip, new_ip, BPF_F_PSEUDO_HDR | 4) < 0 ||
+	    bpf_l3_csum_replace(skb, ETH_HLEN + 10, old_ip, new_ip, 4) < 0 ||
+	    bpf_skb_store_bytes(skb, ip_off, &new_ip, 4, 0) < 0)
+		return DROP_PROXY_SET_FAILED;
+	if (old_port == new_port)
+		return 0;
+	if (bpf_l4_csum_replace(skb, l4 + 16, old_port, new_port, 2) < 0 ||
+	    bpf_skb_store_bytes(skb, port_off, &new_port, 2, 0) < 0)
+		return DROP_PROXY_SET_FAILED;
+	return 0;
+}
+
+/* Before conntrack: give the packets of proxied connections the addresses their endpoint expects.
+ * Toward an endpoint: proxy → client replies get the original destination back as source;
+ * proxy → server packets get the client's address (and hop says whose identity). From an
+ * endpoint: server → proxy replies are steered to the proxy (the packet only: conntrack and
+ * policy keep seeing the client's address, the tuple the server knows). 0 or a DROP_* reason. */
+static __always_inline int proxy_restore(struct __sk_buff *skb, struct pkt *p, __u8 dir,
+					 __u16 ep_id, struct proxy_hop *hop)
+{
+	struct proxy_cfg *cfg;
+	__be32 saddr, daddr;
+
+	__builtin_memset(hop, 0, sizeof(*hop));
+	if (p->tuple.family != FAMILY_IPV4 || p->tuple.proto != PROTO_TCP)
+		return 0;
+	cfg = proxy_config();
+	if (!cfg)
+		return 0;
+	saddr = *(__be32 *)p->tuple.saddr;
+	daddr = *(__be32 *)p->tuple.daddr;
+	if (dir == DIR_INGRESS && saddr == cfg->gw_ipv4) {
+		struct proxy_orig_key ok = { .client_ip = daddr, .client_port = p->tuple.dport,
+					     .proxy_port = p->tuple.sport };
+		struct proxy_nat_key nk = { .server_ip = daddr, .server_port = p->tuple.dport,
+					    .local_port = p->tuple.sport };
+		struct proxy_orig_value *o = bpf_map_lookup_elem(&cilia_proxy_orig, &ok);
+		struct proxy_nat_value *n;
+
+		if (o) {
+			if (proxy_rewrite(skb, 1, saddr, o->orig_ip, p->tuple.sport, o->orig_port))
+				return DROP_PROXY_SET_FAILED;
+			*(__be32 *)p->tuple.saddr = o->orig_ip;
+			p->tuple.sport = o->orig_port;
+			p->event_sport = bpf_ntohs(o->orig_port);
+			return 0;
+		}
+		n = bpf_map_lookup_elem(&cilia_proxy_nat, &nk);
+		if (!n)
+			return 0;
+		if (proxy_rewrite(skb, 1, saddr, n->client_ip, 0, 0))
+			return DROP_PROXY_SET_FAILED;
+		*(__be32 *)p->tuple.saddr = n->client_ip;
+		hop->from_proxy = 1;
+		hop->identity = n->identity;
+		hop->judged = (n->ep_id == ep_id && n->dir == dir) || n->ingress_ep_id == ep_id;
+		return 0;
+	}
+	if (dir == DIR_EGRESS) {
+		struct proxy_nat_key nk = { .server_ip = saddr, .server_port = p->tuple.sport,
+					    .local_port = p->tuple.dport };
+		struct proxy_nat_value *n = bpf_map_lookup_elem(&cilia_proxy_nat, &nk);
+
+		if (n && n->client_ip == daddr &&
+		    proxy_rewrite(skb, 0, daddr, cfg->gw_ipv4, 0, 0))
+			return DROP_PROXY_SET_FAILED;
+	}
+	return 0;
+}
+
+/* After policy: adjusts a verdict for the proxy (invariants 1–4). redirected: the connection
+ * started redirected (conntrack); established: it is not new. */
+static __always_inline void proxy_decide(__u8 *verdict, __u8 *reason, __be16 proxy_port,
+					 const struct pkt *p, const struct proxy_hop *hop,
+					 int established, int redirected)
+{
+	if (*reason)
+		return;
+	if (*verdict == VERDICT_REDIRECT && hop->from_proxy) {
+		if (hop->judged)
+			*verdict = VERDICT_ALLOW; /* 4. the proxy judged this request */
+		else
+			*reason = DROP_PROXY_UNKNOWN_PROTO; /* 4. no chains */
+		return;
+	}
+	if (established && redirected != (*verdict == VERDICT_REDIRECT)) {
+		*reason = DROP_PROXY_LOOKUP_FAILED; /* 3. */
+		return;
+	}
+	if (*verdict != VERDICT_REDIRECT)
+		return;
+	if (p->tuple.family != FAMILY_IPV4 || p->tuple.proto != PROTO_TCP)
+		*reason = DROP_PROXY_UNKNOWN_PROTO; /* 1. */
+	else if (!proxy_port || !proxy_config())
+		*reason = DROP_PROXY_LOOKUP_FAILED; /* 2. */
+}
+
+/* 2. Is the proxy listening on its port? Asked for every SYN. */
+static __always_inline int proxy_alive(struct __sk_buff *skb, const struct pkt *p, __be32 gw,
+				       __be16 proxy_port)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+
+	t.ipv4.saddr = *(const __be32 *)p->tuple.saddr;
+	t.ipv4.sport = p->tuple.sport;
+	t.ipv4.daddr = gw;
+	t.ipv4.dport = proxy_port;
+	sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
+}
+
+/* Hands a packet of a redirected connection to the proxy: records the original destination on a
+ * SYN, DNATs to the proxy, and for packets toward the endpoint (already routed) redirects them
+ * into the stack on cilia_host. Sets *action (TC_ACT_*); 0 or a DROP_* reason. */
+static __always_inline int proxy_redirect(struct __sk_buff *skb, const struct pkt *p, __u8 dir,
+					  __u16 ep_id, __u32 src_identity, __u32 dst_identity,
+					  __u32 cookie, __be16 proxy_port, int *action)
+{
+	struct proxy_cfg *cfg = proxy_config();
+	__be32 daddr = *(const __be32 *)p->tuple.daddr;
+	__u32 ifindex;
+
+	if (!cfg)
+		return DROP_PROXY_LOOKUP_FAILED;
+	if ((p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
+		struct proxy_orig_key k = { .client_ip = *(const __be32 *)p->tuple.saddr,
+					    .client_port = p->tuple.sport,
+					    .proxy_port = proxy_port };
+		struct proxy_orig_value v = { .orig_ip = daddr, .orig_port = p->tuple.dport,
+					      .ep_id = ep_id, .src_identity = src_identity,
+					      .dst_identity = dst_identity, .cookie = cookie,
+					      .dir = dir };
+
+		if (!proxy_alive(skb, p, cfg->gw_ipv4, proxy_port))
+			return DROP_PROXY_LOOKUP_FAILED;
+		if (bpf_map_update_elem(&cilia_proxy_orig, &k, &v, BPF_ANY) < 0)
+			return DROP_PROXY_SET_FAILED;
+	}
+	ifindex = cfg->host_ifindex;
+	if (proxy_rewrite(skb, 0, daddr, cfg->gw_ipv4, p->tuple.dport, proxy_port))
+		return DROP_PROXY_SET_FAILED;
+	*action = TC_ACT_OK;
+	if (dir == DIR_EGRESS)
+		return 0; /* tc ingress of the client's veth: the stack delivers it locally */
+	cfg = proxy_config(); /* the helpers above invalidate nothing, but keep the verifier sure */
+	if (!cfg || bpf_skb_store_bytes(skb, 0, cfg->host_mac, 6, 0) < 0)
+		return DROP_PROXY_SET_FAILED;
+	*action = bpf_redirect(ifindex, BPF_F_INGRESS);
+	return 0;
+}

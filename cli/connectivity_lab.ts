@@ -1,0 +1,252 @@
+// The lab `cilia connectivity test` runs in, made of network namespaces on this machine: a node
+// (`ciliact<tag>-node`, its own bpffs) running `bin/cilia-agent` the MACHINE.md §1 way, pods
+// added through `bin/cilia-cni` as a CNI runtime would (labels, namespace), an external host with
+// two addresses on 203.0.113.0/24 routed through the node ("world"), TCP servers (busybox nc) and
+// probes (busybox nc, ping) run with `ip netns exec`. Everything carries the lab's tag under
+// /run/ciliact-<tag>; close() removes it all, also after an interrupt. It decides no verdict: the
+// kernel does, and the agent's flows say why.
+
+const ROOT = new URL("../", import.meta.url).pathname;
+export const EXT_IPS = ["203.0.113.10", "203.0.113.11"] as const;
+const POD_CIDR = "10.210.0.0/24", POD_CIDR_V6 = "fd00:210::/64";
+const dec = new TextDecoder();
+
+export interface LabPod {
+  name: string;
+  namespace: string;
+  netns: string;
+  containerId: string;
+  ip: string;
+}
+
+async function run(argv: string[], stdin?: string) {
+  const child = new Deno.Command(argv[0]!, {
+    args: argv.slice(1),
+    stdin: stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (stdin !== undefined) {
+    const w = child.stdin.getWriter();
+    await w.write(new TextEncoder().encode(stdin));
+    await w.close();
+  }
+  const o = await child.output();
+  return { code: o.code, out: dec.decode(o.stdout), err: dec.decode(o.stderr) };
+}
+
+async function must(argv: string[], stdin?: string): Promise<string> {
+  const r = await run(argv, stdin);
+  if (r.code !== 0) {
+    throw new Error(`Command failed: "${argv.join(" ")}" exited with ${r.code}: ${r.err.trim()}`);
+  }
+  return r.out;
+}
+
+export class ConnectivityLab {
+  readonly tag = crypto.getRandomValues(new Uint16Array(1))[0]!.toString(16).padStart(4, "0");
+  readonly prefix = `ciliact${this.tag}-`;
+  readonly dir = `/run/ciliact-${this.tag}`;
+  readonly node = `${this.prefix}node`;
+  readonly ext = `${this.prefix}ext`;
+  readonly socket = `${this.dir}/cilia.sock`;
+  readonly pods: LabPod[] = [];
+  #agent: Deno.ChildProcess | undefined;
+  #servers: Deno.ChildProcess[] = [];
+  #closed: Promise<void> | undefined;
+
+  /** Throws once close() began: an interrupted setup stops making things. */
+  #open(): void {
+    if (this.#closed) throw new Error("The lab is being removed");
+  }
+
+  /** Node, bpffs, external host and the agent. */
+  async start(): Promise<void> {
+    await Deno.mkdir(`${this.dir}/bpf`, { recursive: true, mode: 0o700 });
+    await must(["mount", "-t", "bpf", "bpf", `${this.dir}/bpf`]);
+    for (const ns of [this.node, this.ext]) {
+      await must(["ip", "netns", "add", ns]);
+      await must([
+        ...["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"],
+        ...["net.ipv4.conf.default.rp_filter=0", "net.ipv6.conf.all.accept_dad=0"],
+      ]);
+    }
+    const link = `ext${this.tag}`;
+    await must(
+      ["ip", "-n", this.node, "-batch", "-"],
+      `link set lo up\nlink add ${link} type veth peer name eth0 netns ${this.ext}\n` +
+        `addr add 203.0.113.1/24 dev ${link}\nlink set ${link} up\n`,
+    );
+    await must(
+      ["ip", "-n", this.ext, "-batch", "-"],
+      `link set lo up\n${EXT_IPS.map((ip) => `addr add ${ip}/24 dev eth0\n`).join("")}` +
+        "link set eth0 up\nroute add default via 203.0.113.1\n",
+    );
+    await this.#startAgent();
+  }
+
+  async #startAgent(): Promise<void> {
+    const log = await Deno.open(`${this.dir}/agent.log`, { write: true, create: true });
+    // setsid: Ctrl-C reaches the test, which deletes the pods before it stops the agent.
+    const child = new Deno.Command("setsid", {
+      args: [
+        ...["ip", "netns", "exec", this.node, "sh", "-c"],
+        'mount --bind "$0" /sys/fs/bpf && exec "$@"',
+        `${this.dir}/bpf`,
+        ...[`${ROOT}bin/cilia-agent`, "--state-dir", `${this.dir}/state`, "--socket", this.socket],
+        ...["--node-name", "connectivity", "--pod-cidr", POD_CIDR, "--pod-cidr-v6", POD_CIDR_V6],
+      ],
+      env: { CILIA_DENO: Deno.execPath() },
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    this.#agent = child;
+    child.stderr.pipeTo(log.writable).catch(() => {});
+    let exited = false;
+    child.status.then(() => exited = true);
+    for (const deadline = Date.now() + 30_000; Date.now() < deadline;) {
+      if (exited) throw new Error(`The agent exited during startup:\n${await this.agentLog()}`);
+      const r = await this.api("GET", "/v1/healthz").catch(() => undefined);
+      if (r?.status === 200) return;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error(`The agent did not answer within 30 s:\n${await this.agentLog()}`);
+  }
+
+  async agentLog(lines = 15): Promise<string> {
+    const text = await Deno.readTextFile(`${this.dir}/agent.log`).catch(() => "");
+    return text.trim().split("\n").slice(-lines).join("\n");
+  }
+
+  /** One request to the agent's API on its socket: status and body text. */
+  async api(
+    method: string,
+    path: string,
+    body?: string,
+  ): Promise<{ status: number; text: string }> {
+    const client = Deno.createHttpClient({ proxy: { transport: "unix", path: this.socket } });
+    try {
+      const res = await fetch(`http://localhost${path}`, {
+        method,
+        client,
+        headers: { "content-type": "application/yaml" },
+        ...(body !== undefined ? { body } : {}),
+      } as RequestInit);
+      return { status: res.status, text: await res.text() };
+    } finally {
+      client.close();
+    }
+  }
+
+  async #cni(command: "ADD" | "DEL", pod: LabPod, args = "") {
+    const conf = { cniVersion: "1.0.0", name: "connectivity", type: "cilia-cni" };
+    const child = new Deno.Command(`${ROOT}bin/cilia-cni`, {
+      env: {
+        CNI_COMMAND: command,
+        CNI_CONTAINERID: pod.containerId,
+        CNI_NETNS: `/run/netns/${pod.netns}`,
+        CNI_IFNAME: "eth0",
+        CNI_ARGS: args,
+        CNI_PATH: `${ROOT}bin`,
+        CILIA_DENO: Deno.execPath(),
+      },
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const w = child.stdin.getWriter();
+    await w.write(new TextEncoder().encode(JSON.stringify({ ...conf, agentSocket: this.socket })));
+    await w.close();
+    const o = await child.output();
+    const out = dec.decode(o.stdout).trim();
+    return { code: o.code, result: out ? JSON.parse(out) : undefined };
+  }
+
+  /** A pod (netns + CNI ADD with labels and namespace), with TCP servers on `ports`. */
+  async addPod(
+    name: string,
+    o: { namespace: string; labels: Record<string, string>; ports?: number[] },
+  ): Promise<LabPod> {
+    this.#open();
+    const pod: LabPod = {
+      name,
+      namespace: o.namespace,
+      netns: `${this.prefix}${name}`,
+      containerId: `ct-${this.tag}-${name}`,
+      ip: "",
+    };
+    await must(["ip", "netns", "add", pod.netns]);
+    this.pods.push(pod);
+    const labels = Object.entries(o.labels).map(([k, v]) => `${k}=${v}`).join(",");
+    const r = await this.#cni(
+      "ADD",
+      pod,
+      `IgnoreUnknown=1;K8S_POD_NAME=${name};K8S_POD_NAMESPACE=${o.namespace};CILIA_LABELS=${labels}`,
+    );
+    if (r.code !== 0) throw new Error(`CNI ADD of "${name}" failed: ${JSON.stringify(r.result)}`);
+    pod.ip = (r.result.ips as { address: string }[]).map((i) => i.address.split("/")[0]!)
+      .find((a) => !a.includes(":"))!;
+    for (const port of o.ports ?? []) this.serve(pod.netns, port);
+    return pod;
+  }
+
+  /** A TCP server that accepts and closes (busybox nc), killed in close(). */
+  serve(netns: string, port: number): void {
+    this.#open();
+    this.#servers.push(
+      new Deno.Command("ip", {
+        args: ["netns", "exec", netns, "busybox", "nc", "-ll", "-p", String(port), "-e", "true"],
+        stdin: "null",
+        stdout: "null",
+        stderr: "null",
+      }).spawn(),
+    );
+  }
+
+  /** True when a TCP connect (proto "tcp") or one ping (proto "icmp") got through. */
+  async probe(netns: string, ip: string, proto: "tcp" | "icmp", port = 0): Promise<boolean> {
+    const argv = proto === "tcp"
+      ? ["busybox", "nc", "-w", "1", ip, String(port)]
+      : ["ping", "-c", "1", "-W", "1", ip];
+    return (await run(["ip", "netns", "exec", netns, ...argv])).code === 0;
+  }
+
+  /** CNI DEL of the pods, the agent, servers, namespaces, mounts and files. */
+  close(): Promise<void> {
+    return this.#closed ??= this.#close();
+  }
+
+  async #close(): Promise<void> {
+    for (const s of this.#servers) {
+      try {
+        s.kill("SIGKILL");
+      } catch { /* exited */ }
+      await s.status;
+    }
+    if (this.#agent) {
+      for (const p of this.pods) await this.#cni("DEL", p).catch(() => {});
+      try {
+        this.#agent.kill("SIGTERM");
+      } catch { /* exited */ }
+      const t = setTimeout(() => {
+        try {
+          this.#agent?.kill("SIGKILL");
+        } catch { /* exited */ }
+      }, 5000);
+      await this.#agent.status;
+      clearTimeout(t);
+    }
+    // Twice: a command the interrupted setup had started may add a netns meanwhile.
+    for (const wait of [0, 300]) {
+      await new Promise((r) => setTimeout(r, wait));
+      const list = await run(["ip", "netns", "list"]);
+      for (const line of list.out.split("\n")) {
+        const ns = line.split(" ")[0] ?? "";
+        if (ns.startsWith(this.prefix)) await run(["ip", "netns", "del", ns]);
+      }
+    }
+    await run(["umount", "-l", `${this.dir}/bpf`]);
+    await Deno.remove(this.dir, { recursive: true }).catch(() => {});
+  }
+}

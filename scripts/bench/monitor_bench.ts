@@ -1,0 +1,268 @@
+// `deno task bench monitor [--seconds S]`: datapath events per second from the kernel to
+// `cilia observe --follow -o json`, without loss, and where loss starts. A lab node runs the real
+// agent; a producer (_event_producer.ts) runs the agent's own pinned `cil_to_container` on a denied
+// TCP SYN with BPF_PROG_TEST_RUN at paced rates, so every run emits the kernel's real policy-verdict
+// and drop events. The baseline, measured in the same run with the agent stopped, is the raw
+// perf-buffer read rate (datapath/events.ts EventReader in this process, no flows, no API). Target:
+// ≥ 200k events/s, and no loss at 100k/s. Needs root. Progress to stderr, the table to stdout.
+import { parseArgs } from "node:util";
+import { EventReader } from "../../agent/datapath/events.ts";
+import { CiliaNode, root, type TestPod } from "../../tests/cni/_fixture.ts";
+
+const TARGET = 200_000, NO_LOSS_AT = 100_000;
+/** Offered events per second; 0: as fast as the producer can. */
+const RATES = [10_000, 25_000, 50_000, 100_000, 150_000, 200_000, 250_000, 0];
+const PRODUCER = new URL("./_event_producer.ts", import.meta.url).pathname;
+const POLICY = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: bench, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`;
+
+const progress = (msg: string) => console.error(`bench monitor: ${msg}`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const k = (n: number) => `${(n / 1000).toFixed(0)}k`;
+
+interface Producer {
+  prog: string;
+  ifindex: number;
+  packet: string;
+}
+
+/** A TCP SYN client:40000 → server:9090 (denied) as hex, Ethernet first. */
+function synHex(src: string, dst: string): string {
+  const b = new Uint8Array(54);
+  b.set([0x08, 0x00], 12);
+  b.set([0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0], 14);
+  b.set(src.split(".").map(Number), 26);
+  b.set(dst.split(".").map(Number), 30);
+  b.set([0x9c, 0x40, 0x23, 0x82, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff], 34);
+  return [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+async function producerFor(n: CiliaNode, client: TestPod, server: TestPod): Promise<Producer> {
+  const ifname = server.result.interfaces[0].name as string;
+  const link = await n.lab.run(n.node.netns, ["ip", "-j", "link", "show", ifname]);
+  const ifindex = (JSON.parse(link) as { ifindex: number }[])[0]!.ifindex;
+  return { prog: await pinnedProgram(n), ifindex, packet: synHex(client.ipv4, server.ipv4) };
+}
+
+/** The agent's current `cil_to_container` pin (the newest object, after a restart too). */
+async function pinnedProgram(n: CiliaNode): Promise<string> {
+  let best: { path: string; mtime: number } | undefined;
+  for await (const d of Deno.readDir(`${n.bpffs}/progs`)) {
+    const path = `${n.bpffs}/progs/${d.name}/cil_to_container`;
+    const mtime = (await Deno.stat(path).catch(() => undefined))?.mtime?.getTime();
+    if (mtime !== undefined && (!best || mtime > best.mtime)) best = { path, mtime };
+  }
+  if (!best) throw new Error(`No pinned programs under "${n.bpffs}/progs"`);
+  return best.path;
+}
+
+/** Runs the producer in the node netns; returns its runs and duration. */
+async function produce(n: CiliaNode, p: Producer, runsPerSec: number, runs: number) {
+  const out = await new Deno.Command("nsenter", {
+    args: [
+      `--net=/run/netns/${n.node.netns}`,
+      ...[Deno.execPath(), "run", "-A", "--no-config", PRODUCER],
+      ...[p.prog, String(p.ifindex), p.packet, String(runsPerSec), String(runs)],
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  if (out.code !== 0) {
+    throw new Error(`The producer failed: ${new TextDecoder().decode(out.stderr)}`);
+  }
+  return JSON.parse(text) as { runs: number; ms: number; retval: number };
+}
+
+/** Waits until `count()` stops growing for `idleMs`. */
+async function settle(count: () => number, idleMs = 400): Promise<void> {
+  let last = -1;
+  while (count() !== last) {
+    last = count();
+    await sleep(idleMs);
+  }
+}
+
+/** The raw perf-buffer read rate, agent stopped: events per run and events per second. */
+async function baseline(n: CiliaNode, p: Producer, runs: number) {
+  let got = 0, lost = 0, first = 0, last = 0;
+  const reader = new EventReader(`${n.bpffs}/maps/cilia_events`, {
+    onEvent: () => {
+      const t = performance.now();
+      if (got++ === 0) first = t;
+      last = t;
+    },
+    onLost: (_cpu, c) => lost += c,
+  });
+  try {
+    const r = await produce(n, p, 0, runs);
+    await settle(() => got);
+    return { perRun: (got + lost) / r.runs, got, lost, rate: got / ((last - first) / 1000) };
+  } finally {
+    reader.close();
+  }
+}
+
+interface Row {
+  offered: number;
+  produced: number;
+  delivered: number;
+  expected: number;
+  lost: number;
+  /** As the agent counts them: perf buffer overruns, and flows a slow follower lost. */
+  lostPerf: number;
+  lostSlow: number;
+  /** What the follower was told (`lost_events` lines). */
+  lostReported: number;
+  rate: number;
+}
+
+/** One paced run through the agent to `cilia observe --follow -o json`. */
+async function throughObserve(
+  n: CiliaNode,
+  p: Producer,
+  o: { eventsPerSec: number; perRun: number; seconds: number },
+): Promise<Row> {
+  const child = new Deno.Command(`${root}bin/cilia`, {
+    args: ["observe", "--follow", "-o", "json"],
+    env: { CILIA_DENO: Deno.execPath(), CILIA_HOST: `unix://${n.socket}`, NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  let flows = 0, lostLines = 0, carry = "", first = 0, last = 0;
+  const dec = new TextDecoder();
+  const reading = (async () => {
+    for await (const chunk of child.stdout) {
+      const lines = (carry + dec.decode(chunk, { stream: true })).split("\n");
+      carry = lines.pop()!;
+      for (const l of lines) {
+        if (l.startsWith('{"flow"')) {
+          if (flows++ === 0) first = performance.now();
+        } else if (l.startsWith('{"lost_events"')) {
+          lostLines += Number(/"num_events_lost":(\d+)/.exec(l)?.[1] ?? 0);
+        }
+      }
+      last = performance.now();
+    }
+  })();
+  await sleep(800); // the follower connects
+  const before = await lostCounts(n);
+  const runsPerSec = o.eventsPerSec / o.perRun;
+  const runs = Math.round((o.eventsPerSec > 0 ? runsPerSec : 150_000) * o.seconds);
+  const r = await produce(n, p, runsPerSec, runs);
+  await settle(() => flows);
+  const after = await lostCounts(n);
+  child.kill("SIGINT");
+  await reading;
+  await child.status;
+  const expected = Math.round(r.runs * o.perRun);
+  return {
+    offered: o.eventsPerSec,
+    produced: expected / (r.ms / 1000),
+    delivered: flows,
+    expected,
+    lost: expected - flows,
+    lostPerf: after.perf - before.perf,
+    lostSlow: after.slow - before.slow,
+    lostReported: lostLines,
+    rate: flows / ((last - first) / 1000),
+  };
+}
+
+/** The agent's lost-event counters: perf buffer overruns and slow followers. */
+async function lostCounts(n: CiliaNode): Promise<{ perf: number; slow: number }> {
+  const { stats } = await n.flows({ last: "0" });
+  const lost = (stats as { lost: { perf: number; slowReaders: number } }).lost;
+  return { perf: lost.perf, slow: lost.slowReaders };
+}
+
+function table(rows: Row[], base: number): string {
+  const head = [
+    "offered ev/s",
+    "produced ev/s",
+    "delivered",
+    "loss",
+    "perf lost",
+    "slow-reader lost",
+    "told",
+    "ev/s to observe",
+  ];
+  const body = rows.map((r) => [
+    r.offered > 0 ? k(r.offered) : "max",
+    k(r.produced),
+    `${r.delivered}/${r.expected}`,
+    `${(100 * r.lost / r.expected).toFixed(2)}%`,
+    String(r.lostPerf),
+    String(r.lostSlow),
+    String(r.lostReported),
+    `${k(r.rate)} (${(r.rate / base).toFixed(2)}× baseline)`,
+  ]);
+  const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
+  const line = (c: string[]) => c.map((x, i) => x.padStart(w[i]!)).join("  ");
+  return [line(head), line(w.map((x) => "-".repeat(x))), ...body.map(line)].join("\n");
+}
+
+export async function main(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { seconds: { type: "string", default: "2" } } });
+  const seconds = Number(values.seconds);
+  if (Deno.uid() !== 0) throw new Error("The monitor bench needs root (netns, bpffs, tc)");
+  progress("starting a lab node with the agent, two pods and a deny policy");
+  const n = await CiliaNode.create();
+  try {
+    const client = await n.addPod("client", { app: "client" });
+    const server = await n.addPod("server", { app: "server" });
+    await n.policy(POLICY);
+    const p = await producerFor(n, client, server);
+    await n.stopAgent();
+    const base = await baseline(n, p, 150_000);
+    progress(
+      `baseline (agent stopped, raw perf-buffer read): ${k(base.rate)} ev/s, ` +
+        `${base.perRun} events per run, ${base.lost} lost`,
+    );
+    await n.startAgent();
+    p.prog = await pinnedProgram(n); // a restart may load a newer object
+    const rows: Row[] = [];
+    for (const eventsPerSec of RATES) {
+      const row = await throughObserve(n, p, { eventsPerSec, perRun: base.perRun, seconds });
+      progress(
+        `${eventsPerSec > 0 ? k(eventsPerSec) : "max"}: ${row.delivered}/${row.expected} ` +
+          `delivered, ${row.lost} lost, ${k(row.rate)} ev/s`,
+      );
+      rows.push(row);
+    }
+    console.log(table(rows, base.rate));
+    const lossless = rows.filter((r) => r.lost === 0);
+    const best = Math.max(0, ...lossless.map((r) => Math.min(r.rate, r.produced)));
+    const firstLoss = rows.find((r) => r.lost > 0);
+    const at100 = rows.find((r) => r.offered === NO_LOSS_AT)!;
+    console.log(
+      `baseline: raw perf-buffer read without the agent ${k(base.rate)} ev/s (${base.lost} lost)`,
+    );
+    console.log(
+      `highest rate without loss: ${k(best)} ev/s; loss starts ${
+        firstLoss
+          ? `at ${firstLoss.offered > 0 ? k(firstLoss.offered) : "max"} offered`
+          : "nowhere measured"
+      }`,
+    );
+    console.log(
+      `target ≥ ${k(TARGET)} ev/s without loss: ${best >= TARGET ? "MET" : "MISSED"} ` +
+        `(${k(best)} ev/s)`,
+    );
+    console.log(
+      `target: no loss at ${k(NO_LOSS_AT)}/s: ${at100.lost === 0 ? "MET" : "MISSED"} ` +
+        `(${at100.lost} lost)`,
+    );
+  } finally {
+    await n.close();
+  }
+}
+
+if (import.meta.main) await main(Deno.args);

@@ -1,0 +1,92 @@
+// The strict HTTP/1.1 request parser: smuggling-shaped and malformed heads are errors with the
+// status the proxy answers, never a request.
+import assert from "node:assert/strict";
+import { BufReader, HttpError, readRequestHead, requestFraming } from "../../agent/proxy/http1.ts";
+
+const enc = new TextEncoder();
+function reader(text: string, chunk = 7): BufReader {
+  const bytes = enc.encode(text);
+  let off = 0;
+  return new BufReader(() => {
+    if (off >= bytes.length) return Promise.resolve(null);
+    const part = bytes.subarray(off, off + chunk);
+    off += chunk;
+    return Promise.resolve(part);
+  });
+}
+
+async function rejection(fn: () => Promise<unknown>): Promise<HttpError> {
+  try {
+    await fn();
+  } catch (err) {
+    assert.ok(err instanceof HttpError, String(err));
+    return err;
+  }
+  assert.fail("expected an HttpError");
+}
+
+async function parse(text: string, maxHeadBytes?: number) {
+  const head = await readRequestHead(reader(text), maxHeadBytes ? { maxHeadBytes } : {});
+  return { head: head!, framing: requestFraming(head!) };
+}
+
+Deno.test("readRequestHead() parses a request split across reads", async () => {
+  const { head, framing } = await parse(
+    "POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nX-A:  v \r\n\r\nhello",
+  );
+  assert.deepEqual([head.method, head.target, head.version], ["POST", "/a?b=1", "1.1"]);
+  assert.deepEqual(head.headers, [["Host", "x"], ["Content-Length", "5"], ["X-A", "v"]]);
+  assert.deepEqual(framing, { kind: "length", length: 5 });
+  assert.deepEqual(
+    (await parse("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n")).framing,
+    { kind: "chunked" },
+  );
+});
+
+Deno.test("readRequestHead() refuses smuggling and malformed heads with their status", async (t) => {
+  const cases: [string, string, number][] = [
+    [
+      "CL + TE",
+      "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+      400,
+    ],
+    [
+      "duplicate CL",
+      "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+      400,
+    ],
+    ["CL list", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\n", 400],
+    ["negative CL", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400],
+    ["TE gzip", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501],
+    [
+      "two TE",
+      "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+      501,
+    ],
+    ["obs-fold", "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", 400],
+    ["bare LF", "GET / HTTP/1.1\nHost: x\n\n", 400],
+    ["bare LF in headers", "GET / HTTP/1.1\r\nHost: x\nX: y\r\n\r\n", 400],
+    ["bare CR", "GET / HTTP/1.1\r\nHost: x\rX: y\r\n\r\n", 400],
+    ["space before colon", "GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400],
+    ["no colon", "GET / HTTP/1.1\r\nHost x\r\n\r\n", 400],
+    ["NUL in value", "GET / HTTP/1.1\r\nHost: x\r\nX: a\u0000b\r\n\r\n", 400],
+    ["no Host", "GET / HTTP/1.1\r\n\r\n", 400],
+    ["two Hosts", "GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400],
+    ["not HTTP", "SSH-2.0-OpenSSH_9.2\r\n\r\n", 400],
+    ["binary", "\u0016\u0003\u0001\u0002\u0000\u0001\u0000\u0001\u00fc\u0003\u0003\r\n\r\n", 400],
+    ["HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505],
+    ["truncated", "GET / HTTP/1.1\r\nHost: x\r\n", 400],
+  ];
+  for (const [name, text, status] of cases) {
+    await t.step(name, async () => {
+      const err = await rejection(() => parse(text));
+      assert.deepEqual(err.status, status, err.message);
+    });
+  }
+  await t.step("oversized headers: 431", async () => {
+    const big = `GET / HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(20000)}\r\n\r\n`;
+    assert.deepEqual((await rejection(() => parse(big))).status, 431);
+    const many = `GET / HTTP/1.1\r\nHost: x\r\n${"X: y\r\n".repeat(200)}\r\n`;
+    assert.deepEqual((await rejection(() => parse(many))).status, 431);
+  });
+});
