@@ -237,9 +237,9 @@ async function dispatch(
         { header: "NAME", value: (n) => String(n.name) },
         { header: "NODE-IP", value: (n) => String(n.ip ?? "") },
         { header: "ADDRESSES", value: (n) => (n.addresses as string[]).join(",") },
-        { header: "POD-CIDRS", value: (n) => [n.podCidr, n.podCidrV6].filter(Boolean).join(",") },
-        { header: "ENDPOINTS", value: (n) => String(n.endpoints ?? "") },
         { header: "HEALTH", value: (n) => String(n.health ?? "") },
+        { header: "ENDPOINTS", value: (n) => String(n.endpoints ?? "") },
+        { header: "POD-CIDRS", value: (n) => [n.podCidr, n.podCidrV6].filter(Boolean).join(",") },
         { header: "SELF", value: (n) => n.self ? "*" : "" },
       ], f));
       return 0;

@@ -1,4 +1,4 @@
-// Builds bpf/build/lxc.o with the pinned clang flags (cached by source hash; see
+// Builds bpf/build/lxc.o and overlay.o with the pinned clang flags (cached by source hash; see
 // agent/datapath/build.ts). Usage: deno run -A scripts/build_bpf.ts [--force]
 import { buildObject } from "../agent/datapath/build.ts";
 
@@ -10,7 +10,11 @@ if (Deno.args.includes("--force")) {
     if (e.name.endsWith(".o")) await Deno.remove(`${buildDir}/${e.name}`);
   }
 }
-const started = performance.now();
-const obj = await buildObject({ sourceDir: `${root}bpf/`, buildDir });
-const ms = (performance.now() - started).toFixed(0);
-console.error(`${obj.cached ? "cached" : "built"} ${buildDir}/lxc.o (${obj.hash}) in ${ms} ms`);
+for (const name of ["lxc", "overlay"]) {
+  const started = performance.now();
+  const obj = await buildObject({ sourceDir: `${root}bpf/`, buildDir, name });
+  const ms = (performance.now() - started).toFixed(0);
+  console.error(
+    `${obj.cached ? "cached" : "built"} ${buildDir}/${name}.o (${obj.hash}) in ${ms} ms`,
+  );
+}

@@ -10,6 +10,7 @@
  */
 
 import type { IpcacheEntry } from "@cilia/policy-wasm";
+import { IDENTITY_REMOTE_NODE } from "@cilia/policy-wasm/constants";
 import type { KvEntry, KvStore, WatchEvent } from "../kvstore/kvstore.ts";
 import type { Logger } from "../log.ts";
 import type { Serial } from "../_serial.ts";
@@ -20,8 +21,8 @@ import { type NodeRecord, NODES_PREFIX } from "./registry.ts";
 import type { RouteSpec } from "./routes.ts";
 
 export const ENDPOINTS_PREFIX = "cilia/endpoints/";
+/** reserved:world, as RESERVED_IDENTITIES numbers it. */
 const IDENTITY_WORLD = 2;
-const IDENTITY_REMOTE_NODE = 6;
 
 export type RoutingMode = "tunnel" | "native";
 

@@ -87,6 +87,8 @@ Deno.test({
     assert.ok(await cluster.lab.peer(c.netns).probe("tcp", b.ipv4, 8080, 3000), "c → b");
     assert.ok(await cluster.lab.ping(a.netns, b.ipv4, { timeoutSec: 2 }), "ping a → b");
     assert.ok(await cluster.lab.peer(a.netns).probe("tcp", b.ipv6, 8080, 3000), "a → b IPv6");
+    const big = await cluster.lab.exec(a.netns, ["ping", "-c1", "-W2", "-s1400", "-Mdo", b.ipv4]);
+    assert.equal(big.code, 0, `ping -s 1400 -M do fits the tunnel MTU: ${big.stdout}`);
   });
 
   await n2.policy(POLICY);
