@@ -57,7 +57,9 @@ export async function setupTunnelDevice(
   }
   await ip(["link", "set", dev, "addrgenmode", "none"], `Cannot configure "${dev}"`);
   await ip(
-    ["link", "set", dev, "mtu", String(mtu), "arp", "off", "up"],
+    // No multicast: the kernel would send its own MLD reports into the tunnel, with no tunnel
+    // endpoint to go to (drop 160). Only routed pod traffic uses this device.
+    ["link", "set", dev, "mtu", String(mtu), "arp", "off", "multicast", "off", "up"],
     `Cannot configure "${dev}"`,
   );
   await Deno.writeTextFile(`/proc/sys/net/ipv4/conf/${dev}/rp_filter`, "0");

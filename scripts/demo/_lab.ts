@@ -70,7 +70,16 @@ export async function sweep(): Promise<boolean> {
   const netns = await ourNetns();
   const mounts = await mountsUnder(RUN_DIR);
   const found = netns.length > 0 || mounts.length > 0 || pid > 0;
-  for (const n of netns) await run(["ip", "netns", "del", n]);
+  for (const n of netns) {
+    // Processes an interrupted demo left in its namespaces (servers, peers) go with them.
+    const pids = (await run(["ip", "netns", "pids", n])).out.split("\n").map(Number);
+    for (const p of pids.filter((p) => p > 0)) {
+      try {
+        Deno.kill(p, "SIGKILL");
+      } catch { /* gone */ }
+    }
+    await run(["ip", "netns", "del", n]);
+  }
   for (const m of mounts) await run(["umount", "-l", m]);
   await Deno.remove(RUN_DIR, { recursive: true }).catch(() => {});
   return found;
@@ -83,12 +92,19 @@ async function stopPeer(p: Peer): Promise<void> {
   await p.close().catch(() => {});
 }
 
+/** The demo's HTTP server: answers with the caller's address (as the server saw it) and path. */
+const HTTP_SERVER = `const port = Number(Deno.args[0]);
+Deno.serve({ hostname: "0.0.0.0", port, onListen() {} }, (req, info) =>
+  new Response("hello " + info.remoteAddr.hostname + ", this is " + new URL(req.url).pathname));
+`;
+
 export class DemoLab {
   readonly api = new AgentClient(SOCKET);
   readonly pods: DemoPod[] = [];
   #agent: Deno.ChildProcess | undefined;
   #agentLog: Deno.FsFile | undefined;
   #peers = new Map<string, Peer>();
+  #servers: Deno.ChildProcess[] = [];
   #closed = false;
 
   /** The node and the external host, and the node's bpffs. */
@@ -227,6 +243,36 @@ export class DemoLab {
     return p;
   }
 
+  /** A small HTTP server in `netns` on `port` that echoes the caller's address and the path. */
+  async httpServer(netns: string, port: number): Promise<void> {
+    const script = `${RUN_DIR}/http_server.ts`;
+    await Deno.writeTextFile(script, HTTP_SERVER);
+    const child = new Deno.Command("ip", {
+      args: [
+        "netns",
+        "exec",
+        netns,
+        Deno.execPath(),
+        "run",
+        "--quiet",
+        "--allow-net",
+        script,
+        String(port),
+      ],
+      env: { DENO_NO_UPDATE_CHECK: "1", DENO_NO_PROMPT: "1" },
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    this.#servers.push(child);
+    for (let i = 0; i < 100; i++) {
+      const r = await run(["ip", "netns", "exec", netns, "ss", "-Htln", `sport = :${port}`]);
+      if (r.out.trim() !== "") return;
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    throw new Error(`The demo's HTTP server in "${netns}" did not start on port ${port}`);
+  }
+
   /** Stops the helpers of a role: pending connects of denied probes stop retrying. */
   async closePeers(role: "server" | "client"): Promise<void> {
     for (const [key, p] of this.#peers) {
@@ -251,6 +297,12 @@ export class DemoLab {
       for (const p of this.pods) await this.cni("DEL", p).catch(() => {});
     }
     for (const p of this.#peers.values()) await stopPeer(p);
+    for (const c of this.#servers) {
+      try {
+        c.kill("SIGKILL");
+      } catch { /* exited */ }
+      await c.status;
+    }
     this.api.close();
     if (this.#agent) {
       try {

@@ -45,6 +45,10 @@ Deno.test({
       /cilia_drop_count_total\{direction="INGRESS",reason="Policy denied by denylist"\} [1-9]/,
       /\$ cilia observe --type drop --from-pod default\/frontend/,
       /default\/frontend:\d+ \(app=frontend, ID:\d+\) -> default\/backend:9090 \(app=backend, ID:\d+\) drop INGRESS DROPPED POLICY \(133\) .* endpoint default\/backend is selected by CiliumNetworkPolicy default\/\S+ \(spec\) for ingress and no rule allows it/,
+      /policy {5}bin\/cilia policy import examples\/policies\/http-get-public\.yaml: Imported 1 policy/,
+      /frontend → backend +HTTP GET \/public\/index\.html +200 hello 10\.200\.0\.\d+, this is \/public\/index\.html/,
+      /frontend → backend +HTTP GET \/private\/keys +403 Access denied/,
+      /frontend → backend +HTTP POST \/public\/form +403 Access denied/,
       /removed everything the demo made/,
     ]
   ) assert.match(out, line);
