@@ -7,6 +7,9 @@ import { PolicyValidationError } from "@cilia/policy-wasm";
 import { parseFormat, UsageError } from "./output.ts";
 import { policyLint, policyValidate } from "./policy_check.ts";
 import { policyTest } from "./policy_test.ts";
+import { policyReplay } from "./replay.ts";
+import { policySuggest } from "./suggest.ts";
+import { ui } from "./ui.ts";
 import { policyTrace, traceArgsFromFlags } from "./policy_trace.ts";
 import { LIVE_COMMANDS, LIVE_POLICY, runLive } from "./live.ts";
 import { VISIBILITY_COMMANDS } from "./visibility.ts";
@@ -62,6 +65,13 @@ const OPTIONS = {
   all: { type: "boolean" },
   family: { type: "string" },
   owner: { type: "string" },
+  input: { type: "string" },
+  "from-agent": { type: "boolean" },
+  last: { type: "string" },
+  "scenario-out": { type: "string" },
+  listen: { type: "string" },
+  "allow-remote": { type: "boolean" },
+  "web-dir": { type: "string" },
 } as const;
 
 export type Flags = ReturnType<typeof parse>["values"];
@@ -108,21 +118,38 @@ async function builtin(v: Flags, pos: string[]): Promise<number | undefined> {
 export async function main(argv: string[]): Promise<number> {
   // `deno task cli -- …` passes the separator through.
   if (argv[0] === "--") argv = argv.slice(1);
-  // observe, monitor, bpf: their own flags (Hubble's filter vocabulary).
-  const visibility = VISIBILITY_COMMANDS[argv[0] ?? ""];
-  if (visibility) return await visibility(argv.slice(1));
+  // observe, monitor, bpf: their own flags (Hubble's filter vocabulary). Global options given
+  // before the command (`cilia -H unix:///x.sock observe …`) are passed on after it.
+  const globals: string[] = [];
+  let at = 0;
+  while (at < argv.length) {
+    const a = argv[at]!;
+    if ((a === "-H" || a === "--host") && at + 1 < argv.length) globals.push(a, argv[at + 1]!);
+    else if (a.startsWith("--host=") || a === "--no-color") globals.push(a);
+    else break;
+    at += a === "-H" || a === "--host" ? 2 : 1;
+  }
+  const visibility = VISIBILITY_COMMANDS[argv[at] ?? ""];
+  if (visibility) return await visibility([...argv.slice(at + 1), ...globals]);
   const { values: v, positionals: pos } = parse(argv);
   setupColor({ noColor: v["no-color"] });
   const done = await builtin(v, pos);
   if (done !== undefined) return done;
-  const format = parseFormat(v.output);
   const [cmd, sub, ...rest] = pos;
+  const isSuggest = cmd === "policy" && sub === "suggest";
+  const format = parseFormat(v.output, isSuggest ? "yaml" : "table");
   const check = { disable: v.disable ?? [], allowEmpty: v["allow-empty"] === true };
   if (cmd === "policy" && sub === "validate") return await policyValidate(rest, format, check);
   if (cmd === "policy" && sub === "lint") return await policyLint(rest, format, check);
   if (cmd === "policy" && sub === "test") {
     return await policyTest(rest, format, { junit: v.junit });
   }
+  const traffic = { input: v.input, fromAgent: v["from-agent"], last: v.last, host: v.host };
+  if (cmd === "policy" && sub === "replay") {
+    return await policyReplay({ ...traffic, policy: [...(v.policy ?? []), ...rest] }, format);
+  }
+  if (isSuggest) return await policySuggest({ ...traffic, scenarioOut: v["scenario-out"] }, format);
+  if (cmd === "ui") return await ui(v);
   if (cmd === "policy" && sub === "trace" && !isLiveTrace(v)) {
     return await policyTrace(traceArgsFromFlags(v, rest), format);
   }

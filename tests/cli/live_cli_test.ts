@@ -201,6 +201,8 @@ Deno.test("live CLI without an agent: the error names the socket and how to star
   ]);
   assert.deepEqual([flag.code, flag.err.trim()], [1, `cilia: error: ${want}`]);
   assert.deepEqual([env.code, env.err.trim()], [1, `cilia: error: ${want}`]);
+  const before = await cilia(["-H", `unix://${socket}`, "observe", "--last", "1"]);
+  assert.deepEqual([before.code, before.err.trim()], [1, `cilia: error: ${want}`], "-H first");
   assert.deepEqual([brief.code, brief.out.trim()], [1, want]);
   assert.equal(wait.code, 1);
   assert.match(wait.err, /did not become healthy within 0\.3 s: Cannot reach the cilia agent/);
