@@ -49,7 +49,11 @@ import { hostDevice, setupHostNetwork } from "./node/host_net.ts";
 import { ProxyMaps } from "./datapath/proxy_maps.ts";
 import { L7Proxy } from "./proxy/proxy.ts";
 import { ProxySink } from "./proxy/sink.ts";
+import { DnsProxy, engineJudge } from "./proxy/dns_proxy.ts";
+import { RCODE } from "./proxy/dns_message.ts";
+import { FqdnState } from "./identity/fqdn_state.ts";
 import { PolicyRepository } from "./policy/repository.ts";
+import { ServiceManager } from "./service/manager.ts";
 import { type AgentStatus, agentStatus, probeKvstore } from "./status.ts";
 import { Monitor } from "./monitor/monitor.ts";
 import { registerMapOpMetrics } from "./monitor/metrics.ts";
@@ -101,7 +105,12 @@ export class Agent {
   /** The node's L7 proxy (kernel datapath only) and its view of the kernel's proxy maps. */
   proxy: L7Proxy | undefined;
   proxyMaps: ProxyMaps | undefined;
+  /** The node's DNS proxy (kernel datapath only) and what it learned for toFQDNs. */
+  dnsProxy: DnsProxy | undefined;
+  fqdn!: FqdnState;
   metricsServer: MetricsServer | undefined;
+  /** ClusterIP services (flow 8): kvstore records → the datapath's service maps. */
+  services: ServiceManager | undefined;
   /** Kernel events → flows: the one reader of the datapath's events. */
   monitor!: Monitor;
   #abort = new AbortController();
@@ -159,6 +168,18 @@ export class Agent {
         metrics: this.metrics,
       });
       this.#closers.push(this.proxy);
+      this.dnsProxy = new DnsProxy({
+        judge: engineJudge(this.engine),
+        maps: this.proxyMaps,
+        learn: (ep, names, ips) => this.fqdn.learn(ep, names, ips),
+        log: log.child({ subsys: "dns-proxy" }),
+        metrics: this.metrics,
+        rejectRcode: c.tofqdnsDnsRejectResponseCode === "nameError"
+          ? RCODE.NXDOMAIN
+          : RCODE.REFUSED,
+        upstreamTimeoutMs: c.tofqdnsProxyResponseTimeout * 1000,
+      });
+      this.#closers.push(this.dnsProxy);
     }
     const options = { ...DEFAULT_OPTIONS, clusterName: c.clusterName };
     const regenLog = log.child({ subsys: "regeneration" });
@@ -171,7 +192,9 @@ export class Agent {
       engine: this.engine,
       sink: timedSink(
         opts.sink ??
-          (this.datapath && this.proxy ? new ProxySink(this.datapath, this.proxy) : undefined) ??
+          (this.datapath && this.proxy
+            ? new ProxySink(this.datapath, this.proxy, this.dnsProxy)
+            : undefined) ??
           new NullSink(),
         this.metrics.histogram(
           "cilia_endpoint_regeneration_seconds",
@@ -209,10 +232,22 @@ export class Agent {
 
     this.localIdentities = new LocalCidrIdentities(`${c.stateDir}/local-identities.json`);
     await this.localIdentities.load();
+    // Restored before the first policy load, which gives the learned addresses their identities.
+    this.fqdn = new FqdnState({
+      regen: this.regen,
+      serial: this.serial,
+      log: log.child({ subsys: "fqdn" }),
+      minTtl: c.tofqdnsMinTtl,
+      maxIpsPerName: c.tofqdnsEndpointMaxIpPerHostname,
+      path: `${c.stateDir}/fqdn-cache.json`,
+    });
+    await this.fqdn.start();
+    this.#closers.push(this.fqdn);
     this.policies = new PolicyRepository({
       store: this.store,
       regen: this.regen,
       local: this.localIdentities,
+      fqdn: this.fqdn,
       serial: this.serial,
       clusterName: c.clusterName,
       log: log.child({ subsys: "policy" }),
@@ -242,10 +277,20 @@ export class Agent {
         const dev = await hostDevice();
         this.proxy.gateway = gw4;
         this.proxyMaps.configure({ gateway: gw4, hostIfindex: dev.ifindex, hostMac: dev.mac });
+        // Before endpoints are restored: their DNS redirects need the proxy's port.
+        await this.dnsProxy?.start(gw4, c.tofqdnsProxyPort);
       }
       const own = [...new Set([...gateways, ...hostAddresses()])];
       await this.regen.updateIpcache(own.map((prefix) => ({ prefix, identity: 1 })));
     }
+    // Services before endpoints: a restored pod's connections to a VIP keep their backend.
+    this.services = new ServiceManager({
+      store: this.store,
+      ...(this.datapath ? { sink: this.datapath } : {}),
+      log: log.child({ subsys: "service" }),
+      podCidrs: [c.podCidr, c.podCidrV6].filter((x): x is string => typeof x === "string"),
+    });
+    await this.#follow(this.services.follow({ signal }));
     this.endpoints = new EndpointManager({
       store: this.store,
       node: c.nodeName,
@@ -269,6 +314,7 @@ export class Agent {
     this.#closers.push(this.monitor);
     if (this.datapath) this.monitor.start(this.datapath.datapath.pins.maps.cilia_events);
     if (this.proxy) this.proxy.onRecord = (r) => this.monitor.ingestL7(r);
+    if (this.dnsProxy) this.dnsProxy.onRecord = (r) => this.monitor.ingestDns(r);
     this.cni = new CniAttachments({
       endpoints: this.endpoints,
       ipam: this.ipam,

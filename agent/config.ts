@@ -50,6 +50,16 @@ export interface AgentConfig {
   tunnelPort: number;
   /** This node's IP on the underlay; default: its first IPv4 address that is not cilia's. */
   nodeIp?: string;
+  /** Learned DNS records live at least this long, seconds (Cilium's --tofqdns-min-ttl). */
+  tofqdnsMinTtl: number;
+  /** Addresses kept per endpoint and name; the oldest go first. */
+  tofqdnsEndpointMaxIpPerHostname: number;
+  /** The answer to a refused DNS query: refused (REFUSED) or nameError (NXDOMAIN). */
+  tofqdnsDnsRejectResponseCode: "refused" | "nameError";
+  /** The first port the DNS proxy tries on the pod gateway. */
+  tofqdnsProxyPort: number;
+  /** How long the DNS proxy waits for the upstream server before it answers SERVFAIL, seconds. */
+  tofqdnsProxyResponseTimeout: number;
 }
 
 export class ConfigError extends Error {
@@ -138,6 +148,13 @@ const Schema = z.strictObject({
   nodeIp: z.string().regex(/^\d{1,3}(\.\d{1,3}){3}$/, {
     message: "Expected the node's IPv4 address on the underlay such as 192.0.2.1",
   }).optional(),
+  tofqdnsMinTtl: z.coerce.number().int().min(0).default(0),
+  tofqdnsEndpointMaxIpPerHostname: z.coerce.number().int().min(1).default(50),
+  tofqdnsDnsRejectResponseCode: z.enum(["refused", "nameError"], {
+    message: `Expected "refused" (REFUSED) or "nameError" (NXDOMAIN)`,
+  }).default("refused"),
+  tofqdnsProxyPort: z.coerce.number().int().min(1).max(65535).default(10053),
+  tofqdnsProxyResponseTimeout: duration.default(2),
 });
 
 const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
@@ -166,6 +183,11 @@ export const FLAGS = {
   "tunnel-protocol": { type: "string" },
   "tunnel-port": { type: "string" },
   "node-ip": { type: "string" },
+  "tofqdns-min-ttl": { type: "string" },
+  "tofqdns-endpoint-max-ip-per-hostname": { type: "string" },
+  "tofqdns-dns-reject-response-code": { type: "string" },
+  "tofqdns-proxy-port": { type: "string" },
+  "tofqdns-proxy-response-timeout": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -271,4 +293,9 @@ Usage: cilia-agent [flags]      (or: deno task agent -- [flags])
   --tunnel-protocol P      vxlan (default); geneve is refused with the reason
   --tunnel-port N          UDP port of the tunnel (default 8472)
   --node-ip IP             this node's IPv4 address on the underlay: the other nodes'
-                           tunnel endpoint or next hop (default: the first that is not cilia's)`;
+                           tunnel endpoint or next hop (default: the first that is not cilia's)
+  --tofqdns-min-ttl SEC    learned DNS addresses live at least this long (default 0: the TTL)
+  --tofqdns-endpoint-max-ip-per-hostname N  addresses kept per endpoint and name (default 50)
+  --tofqdns-dns-reject-response-code refused|nameError  answer to a refused query (default refused)
+  --tofqdns-proxy-port N   first port the DNS proxy tries on the pod gateway (default 10053)
+  --tofqdns-proxy-response-timeout DUR  upstream wait before SERVFAIL (default 2s)`;

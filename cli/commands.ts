@@ -48,6 +48,17 @@ export const EXIT_CODES = `Exit codes:
   2  usage error: unknown command or flag, a bad flag value
   3  policy lint: warnings only, every file is valid`;
 
+const TRAFFIC_INPUT: FlagHelp = {
+  name: "input",
+  arg: "FILE",
+  help: 'flows: "observe -o json" or "hubble observe -o json" output (- for stdin)',
+};
+const TRAFFIC_AGENT: FlagHelp[] = [
+  { name: "from-agent", help: "read the agent's flows instead of a file" },
+  { name: "last", arg: "N", help: "with --from-agent: the last N flows (default 4095)" },
+  HOST,
+];
+
 const peerFlags = (side: "src" | "dst"): FlagHelp[] => [
   { name: `${side}-labels`, arg: "K=V,…", help: `the ${side} as an ad-hoc endpoint with labels` },
   { name: `${side}-ip`, arg: "IP", help: `the ${side} by address (outside the cluster: world)` },
@@ -123,6 +134,62 @@ Exit: 0 no warnings, 1 an invalid file, 3 warnings only.`,
     example: `cilia policy trace --policy examples/policies/http-get-public.yaml \\
   --src-labels app=frontend --dst-labels app=backend --dport 80/TCP \\
   --http-method GET --http-path /public/a`,
+  },
+  {
+    name: "policy replay",
+    group: "offline",
+    summary: "judge observed flows again with a draft policy: what it would cut or open",
+    usage: "cilia policy replay --policy DRAFT … --input FLOWS.json|- | --from-agent [--last N]",
+    flags: [
+      { name: "output", short: "o", arg: "FORMAT", help: "table or json" },
+      { name: "policy", arg: "FILE", help: "the draft policy (repeatable; positionals too)" },
+      TRAFFIC_INPUT,
+      ...TRAFFIC_AGENT,
+    ],
+    example: `cilia observe --last 1000 -o json > flows.json
+cilia policy replay --policy draft.yaml --input flows.json`,
+    details:
+      `Reads cilia's "observe -o json" and Hubble's "hubble observe -o json" output. Each distinct
+connection (peers by identity labels, protocol, port, HTTP method and path) is judged once; the
+connections whose verdict would change are listed, newly denied first, with the draft's reason.
+Exit: 0 nothing allowed today would be denied, 1 something would (or the command failed).`,
+  },
+  {
+    name: "policy suggest",
+    group: "offline",
+    summary: "least-privilege CiliumNetworkPolicies for the observed connections, with tests",
+    usage: "cilia policy suggest --input FLOWS.json|- | --from-agent [--scenario-out FILE]",
+    flags: [
+      { name: "output", short: "o", arg: "FORMAT", help: "yaml (default) or json" },
+      TRAFFIC_INPUT,
+      ...TRAFFIC_AGENT,
+      { name: "scenario-out", arg: "FILE", help: "also write a scenario testing the policies" },
+    ],
+    example:
+      `cilia policy suggest --input flows.json --scenario-out suggested.scenario.yaml > suggested.yaml
+cilia policy test suggested.scenario.yaml`,
+    details:
+      `One policy per workload: ingress from the peers that reached it, egress to the peers it reached
+(workloads by identity labels and namespace, outside addresses as toCIDR, or toFQDNs when DNS
+answers named them), the observed ports, HTTP rules from L7 flows, DNS to the observed DNS server.
+Dropped connections are not allowed. The scenario expects every observed connection allowed and
+near misses (another port, an unseen peer, another request) denied.`,
+  },
+  {
+    name: "ui",
+    group: "live",
+    summary: "the simulator in the browser, live on this node (read-only bridge, access token)",
+    usage: "cilia ui [--listen 127.0.0.1:12000] [--allow-remote]",
+    flags: [
+      { name: "listen", arg: "HOST:PORT", help: "where to listen (default 127.0.0.1:12000)" },
+      { name: "allow-remote", help: "allow a non-loopback --listen address" },
+      { name: "web-dir", arg: "DIR", help: "the built simulator (default web/dist)" },
+      HOST,
+    ],
+    example: "cilia ui   # then open the printed URL",
+    details:
+      `The bridge forwards GET requests only (endpoints, identities, policies, flows, status). Every
+request needs the random token of the printed URL; without it the answer is 401.`,
   },
   {
     name: "policy import",
@@ -251,6 +318,16 @@ Exit: 0 no warnings, 1 an invalid file, 3 warnings only.`,
     summary: "the kernel's maps as the agent reads them: policy, ct, ipcache",
     usage: "cilia bpf policy get ENDPOINT | ct list | ipcache list  [-o FORMAT] [-H URL]",
     example: "cilia bpf policy get default/frontend",
+    ownHelp: true,
+  },
+  {
+    name: "service",
+    group: "live",
+    summary: "ClusterIP services: create (upsert), list, get, delete, import Kubernetes YAML",
+    usage: "cilia service create --frontend IP:PORT[/PROTO] --backends IP:PORT[*W],... | " +
+      "list | get ID | delete ID | import FILE  [-o FORMAT] [-H URL]",
+    example:
+      "cilia service create --frontend 10.96.0.10:80/TCP --backends 10.200.0.3:8080,10.200.0.4:8080",
     ownHelp: true,
   },
   {

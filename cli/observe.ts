@@ -2,7 +2,9 @@
 // `--input-file`) through Hubble's filter vocabulary — `--from-pod/--to-pod/--pod NS/NAME`,
 // `--from-label/--to-label/--label k=v`, `--from-ip/--to-ip/--ip`, `--verdict`, `--protocol`,
 // `--port`, `--type`, `--not` before a filter to negate it — with `--since`, `--last N`,
-// `--follow`, and `-o compact|table|json|jsonpb`. Lost events are always reported.
+// `--follow`, and `-o compact|table|json|jsonpb`. Lost events are always reported. Output leaves
+// in large chunks; `-o json`/`jsonpb` from the agent passes its lines through unparsed (the agent
+// filters, and writes the same lines this command would).
 
 import {
   addCriterion,
@@ -15,7 +17,7 @@ import {
   type FlowFilter,
   type MonitorLine,
   type MonitorStats,
-  readLines,
+  readLineBatches,
 } from "@cilia/agent/monitor";
 import { UsageError } from "./output.ts";
 import { AgentClient, socketPath } from "./live_client.ts";
@@ -123,27 +125,44 @@ function lostNote(s: MonitorStats): string | undefined {
     `${s.lost.slowReaders}); flow buffer ${s.buffer.size}/${s.buffer.capacity}`;
 }
 
+/** Writes all of `bytes` to stdout (a pipe may take less per write). */
+async function writeAll(bytes: Uint8Array): Promise<void> {
+  for (let at = 0; at < bytes.length;) at += await Deno.stdout.write(bytes.subarray(at));
+}
+
+const FLUSH_AT = 1 << 16;
+
 class Printer {
   readonly #rows: Flow[] = [];
   readonly #enc = new TextEncoder();
+  #out = "";
   constructor(readonly format: ObserveFormat, readonly streaming: boolean) {}
+
+  get json(): boolean {
+    return this.format === "json" || this.format === "jsonpb";
+  }
 
   flow(f: Flow): void {
     if (this.format === "table" && !this.streaming) this.#rows.push(f);
-    else this.#write(flowLine(f, this.format));
+    else this.#out += flowLine(f, this.format) + "\n";
   }
 
   lost(source: string, count: number): void {
-    if (this.format === "json" || this.format === "jsonpb") {
-      this.#write(JSON.stringify({ lost_events: { source, num_events_lost: count } }));
-    } else this.#write(`EVENTS LOST: ${source} ${count}`);
+    if (this.json) {
+      this.#out += JSON.stringify({ lost_events: { source, num_events_lost: count } }) + "\n";
+    } else this.#out += `EVENTS LOST: ${source} ${count}\n`;
   }
 
-  #write(line: string): void {
-    Deno.stdout.writeSync(this.#enc.encode(line + "\n"));
+  /** Writes what is buffered once it is large (or always, with force). */
+  async flush(force = false): Promise<void> {
+    if (this.#out.length === 0 || (!force && this.#out.length < FLUSH_AT)) return;
+    const text = this.#out;
+    this.#out = "";
+    await writeAll(this.#enc.encode(text));
   }
 
-  end(): void {
+  async end(): Promise<void> {
+    await this.flush(true);
     if (this.#rows.length > 0) console.log(flowTable(this.#rows));
   }
 }
@@ -153,6 +172,54 @@ function handle(line: string, p: Printer, onStats: (s: MonitorStats) => void): v
   if ("flow" in m) p.flow(m.flow);
   else if ("lost_events" in m) p.lost(m.lost_events.source, m.lost_events.num_events_lost);
   else if ("stats" in m) onStats(m.stats);
+}
+
+const NL = 0x0a;
+const STATS_PREFIX = new TextEncoder().encode('{"stats"');
+
+function startsWithAt(bytes: Uint8Array, at: number, prefix: Uint8Array): boolean {
+  if (at + prefix.length > bytes.length) return false;
+  for (let i = 0; i < prefix.length; i++) if (bytes[at + i] !== prefix[i]) return false;
+  return true;
+}
+
+/**
+ * `-o json` from the agent: its lines are what this command would print, so whole lines go to
+ * stdout as they came, in the chunks they came in; only the closing `{"stats"}` line is read.
+ */
+async function passThrough(
+  body: ReadableStream<Uint8Array>,
+  onStats: (s: MonitorStats) => void,
+): Promise<void> {
+  let carry = new Uint8Array(0);
+  const dec = new TextDecoder();
+  for await (const chunk of body) {
+    let bytes = chunk;
+    if (carry.length > 0) {
+      bytes = new Uint8Array(carry.length + chunk.length);
+      bytes.set(carry);
+      bytes.set(chunk, carry.length);
+    }
+    const end = bytes.lastIndexOf(NL) + 1;
+    carry = bytes.slice(end);
+    let stats = -1;
+    for (let at = 0; at < end; at = bytes.indexOf(NL, at) + 1) {
+      if (startsWithAt(bytes, at, STATS_PREFIX)) {
+        stats = at;
+        break;
+      }
+    }
+    if (stats < 0) {
+      if (end > 0) await writeAll(bytes.subarray(0, end));
+      continue;
+    }
+    if (stats > 0) await writeAll(bytes.subarray(0, stats));
+    const rest = dec.decode(bytes.subarray(stats, end)).split("\n");
+    for (const l of rest) if (l.trim()) onStats((JSON.parse(l) as { stats: MonitorStats }).stats);
+  }
+  if (carry.length > 0 && startsWithAt(carry, 0, STATS_PREFIX)) {
+    onStats((JSON.parse(dec.decode(carry)) as { stats: MonitorStats }).stats);
+  } else if (carry.length > 0) await writeAll(carry);
 }
 
 async function fromFile(a: ObserveArgs, p: Printer): Promise<number> {
@@ -166,19 +233,24 @@ async function fromFile(a: ObserveArgs, p: Printer): Promise<number> {
   const since = a.since?.toISOString();
   const flows: Flow[] = [];
   let n = 0;
-  for await (const line of readLines(file.readable)) {
-    n++;
-    let v: { flow?: Flow };
-    try {
-      v = JSON.parse(line);
-    } catch {
-      throw new Error(`Cannot read "${a.inputFile}" line ${n}: not JSON`);
+  for await (const lines of readLineBatches(file.readable)) {
+    for (const line of lines) {
+      n++;
+      let v: { flow?: Flow };
+      try {
+        v = JSON.parse(line);
+      } catch {
+        throw new Error(`Cannot read "${a.inputFile}" line ${n}: not JSON`);
+      }
+      const f = v.flow;
+      if (f && (!since || f.time >= since) && match(f)) flows.push(f);
     }
-    const f = v.flow;
-    if (f && (!since || f.time >= since) && match(f)) flows.push(f);
   }
-  for (const f of a.last !== undefined ? flows.slice(-a.last) : flows) p.flow(f);
-  p.end();
+  for (const f of a.last !== undefined ? flows.slice(-a.last) : flows) {
+    p.flow(f);
+    await p.flush();
+  }
+  await p.end();
   return 0;
 }
 
@@ -205,12 +277,19 @@ export async function observe(argv: string[]): Promise<number> {
     if (a.since) q.set("since", a.since.toISOString());
     if (a.follow) q.set("follow", "true");
     const body = await api.stream("/v1/flows", q, ac.signal);
+    const onStats = (s: MonitorStats) => stats = s;
     try {
-      for await (const line of readLines(body)) handle(line, p, (s) => stats = s);
+      if (p.json) await passThrough(body, onStats);
+      else {
+        for await (const lines of readLineBatches(body)) {
+          for (const line of lines) handle(line, p, onStats);
+          await p.flush(true);
+        }
+      }
     } catch (err) {
       if (!ac.signal.aborted) throw err;
     }
-    p.end();
+    await p.end();
     const note = stats && lostNote(stats);
     if (note) console.error(`cilia observe: ${note}`);
     return 0;

@@ -2,6 +2,7 @@
 // the global flag table): `observe`, `monitor`, `bpf`, `connectivity`. cli/main.ts hands them
 // their arguments before it parses anything.
 
+import { service } from "./service.ts";
 import { observe } from "./observe.ts";
 import { monitor } from "./monitor.ts";
 import { bpf } from "./bpf.ts";
@@ -12,4 +13,5 @@ export const VISIBILITY_COMMANDS: Record<string, (argv: string[]) => Promise<num
   monitor,
   bpf,
   connectivity,
+  service,
 };

@@ -95,3 +95,28 @@ export {
   type LintWarning,
   unknownLintRules,
 } from "./src/lint.ts";
+export {
+  type ObservedConnection,
+  type ObservedPeer,
+  type ObservedTraffic,
+  observeFlows,
+  readFlowLines,
+} from "./src/observed.ts";
+export { clusterOfConnections, type ObservedCluster } from "./src/observed_cluster.ts";
+export {
+  connectionText,
+  flowInputOf,
+  type ReplayChange,
+  type ReplayEntry,
+  type ReplayReport,
+  type ReplaySummary,
+  replaySummaryText,
+  replayTraffic,
+} from "./src/replay.ts";
+export {
+  policiesYaml,
+  type PolicyDocument,
+  suggestPolicies,
+  type SuggestResult,
+} from "./src/suggest_flows.ts";
+export { scenarioYaml, suggestScenario } from "./src/suggest_scenario.ts";

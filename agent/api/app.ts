@@ -17,6 +17,8 @@ import { registerClusterRoutes } from "./routes_cluster.ts";
 import { registerCniRoutes } from "./routes_cni.ts";
 import { registerFlowRoutes } from "./routes_flows.ts";
 import { registerBpfRoutes } from "./routes_bpf.ts";
+import { registerFqdnRoutes } from "./routes_fqdn.ts";
+import { registerServiceRoutes } from "./routes_service.ts";
 
 export function createApi(agent: Agent): Hono {
   const app = new Hono();
@@ -53,6 +55,8 @@ export function createApi(agent: Agent): Hono {
   registerCniRoutes(app, agent);
   registerFlowRoutes(app, agent);
   registerBpfRoutes(app, agent);
+  registerFqdnRoutes(app, agent);
+  registerServiceRoutes(app, agent);
 
   app.notFound((c) => {
     const body: ErrorBody = {

@@ -3,20 +3,23 @@
  * parameters, `last`, `since`, `follow`) and raw datapath events (`type`), as NDJSON. A query
  * ends with a `{"stats"}` line (buffer fill, lost events); a follow streams until the client goes
  * away, with `{"lost_events"}` lines whenever it lost something. A follower's pace never holds the
- * monitor back: it has a bounded queue and loses what does not fit.
+ * monitor back: it has a bounded queue and loses what does not fit. Flows reach a follower as
+ * lines the monitor serialised once, and leave in chunks of many lines.
  */
 
 import type { Hono } from "hono";
 import type { Agent } from "../agent.ts";
 import { FilterError, filterFromParams, type FlowFilter } from "../monitor/filter.ts";
 import type { Follower } from "../monitor/ring.ts";
-import { eventToJson, type MonitorLine } from "../monitor/wire.ts";
+import { eventToJson, flowNdjson, type MonitorLine } from "../monitor/wire.ts";
 import { FLOW_TYPES } from "../monitor/flow.ts";
 import { ApiError } from "./errors.ts";
 
 const NDJSON = { "content-type": "application/x-ndjson" };
 const enc = new TextEncoder();
 const line = (l: MonitorLine) => JSON.stringify(l) + "\n";
+/** Items per chunk written to the response. */
+const CHUNK_ITEMS = 4096;
 
 function filterOf(params: URLSearchParams): FlowFilter {
   try {
@@ -58,7 +61,7 @@ function followStream<T>(
       if (head) ctl.enqueue(enc.encode(head));
     },
     async pull(ctl) {
-      const { items, lost, done } = await follower.take(1024);
+      const { items, lost, done } = await follower.take(CHUNK_ITEMS);
       if (done) return ctl.close();
       let text = "";
       for (const l of lost) {
@@ -92,12 +95,12 @@ export function registerFlowRoutes(app: Hono, agent: Agent): void {
       })
       : { flows: [], stats: monitor.stats() };
     let head = "";
-    for (const flow of q.flows) head += line({ flow });
+    for (const flow of q.flows) head += flowNdjson(flow);
     if (!follow) {
       return new Response(head + line({ stats: q.stats }), { headers: NDJSON });
     }
-    const follower = monitor.follow(filter);
-    return new Response(followStream(agent, follower, head, (flow) => line({ flow })), {
+    const follower = monitor.followLines(filter);
+    return new Response(followStream(agent, follower, head, (text) => text), {
       headers: NDJSON,
     });
   });

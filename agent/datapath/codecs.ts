@@ -99,7 +99,7 @@ export const LAYOUTS = {
     ["peer_identity", 24, "u32"],
     ["flags", 28, "u8"],
     ["tcp_flags", 29, "u8"],
-    ["pad", 30, "u16"],
+    ["rev_nat", 30, "u16"],
   ]),
   metricsKey: layout("metrics_key", 4, [["reason", 0, "u8"], ["dir", 1, "u8"], ["pad", 2, "u16"]]),
   metricsValue: layout("metrics_value", 16, [["packets", 0, "u64"], ["bytes", 8, "u64"]]),
@@ -159,6 +159,37 @@ export const LAYOUTS = {
     ["ingress_ep_id", 12, "u16"],
     ["pad2", 14, "u16"],
   ]),
+  // bpf/lib/lb.h: services (addresses and ports in network order).
+  lbServiceKey: layout("lb_service_key", 20, [
+    ["addr", 0, "bytes", 16],
+    ["port", 16, "be16"],
+    ["proto", 18, "u8"],
+    ["family", 19, "u8"],
+  ]),
+  lbServiceValue: layout("lb_service_value", 8, [
+    ["slots", 0, "u32"],
+    ["svc_id", 4, "u16"],
+    ["flags", 6, "u8"],
+    ["pad", 7, "u8"],
+  ]),
+  lbSlotKey: layout("lb_slot_key", 8, [["svc_id", 0, "u32"], ["slot", 4, "u32"]]),
+  lbSlotValue: layout("lb_slot_value", 4, [["backend_id", 0, "u32"]]),
+  lbBackendKey: layout("lb_backend_key", 4, [["backend_id", 0, "u32"]]),
+  lbBackend: layout("lb_backend", 24, [
+    ["addr", 0, "bytes", 16],
+    ["port", 16, "be16"],
+    ["proto", 18, "u8"],
+    ["family", 19, "u8"],
+    ["flags", 20, "u8"],
+    ["pad", 21, "bytes", 3],
+  ]),
+  lbRevnatKey: layout("lb_revnat_key", 4, [["svc_id", 0, "u16"], ["pad", 2, "u16"]]),
+  lbRevnat: layout("lb_revnat", 20, [
+    ["addr", 0, "bytes", 16],
+    ["port", 16, "be16"],
+    ["family", 18, "u8"],
+    ["pad", 19, "u8"],
+  ]),
 } as const satisfies Record<string, Layout>;
 
 /** Encodes values by a layout; missing fields (padding) are zero. */
@@ -216,6 +247,7 @@ export {
   CT_REPLY,
   DIR_EGRESS,
   DIR_INGRESS,
+  DIR_SERVICE,
   EP_F_EGRESS_DEFAULT_DENY,
   EP_F_ENFORCEMENT_DISABLED,
   EP_F_INGRESS_DEFAULT_DENY,

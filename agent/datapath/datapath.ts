@@ -21,14 +21,21 @@ import {
 import { formatIP, parseIPv4, parseIPv6, parseMac, parsePrefix } from "./_addr.ts";
 import { collectConntrack, type GcResult, startConntrackGc } from "./conntrack_gc.ts";
 import { type DatapathEvent, readEvents } from "./events.ts";
-import { attachEndpoint, checkBpffs, detachEndpoint, loadPinned, type Pins } from "./loader.ts";
+import {
+  attachEndpoint,
+  checkBpffs,
+  detachEndpoint,
+  loadPinned,
+  type MapName,
+  type Pins,
+} from "./loader.ts";
 import {
   decodePolicyEntry,
   type EncodedEntry,
   mergePolicyEntries,
   type PolicyEntry,
 } from "./policy_map.ts";
-import { MapWriter } from "./map_writer.ts";
+import { type MapUpdate, MapWriter } from "./map_writer.ts";
 import { linkIndex, linkNames } from "../sys/links.ts";
 
 export type { DatapathEvent, PolicyEntry };
@@ -213,6 +220,18 @@ export class Datapath implements AsyncDisposable {
    */
   async writePolicyKeys(updates: readonly EncodedEntry[], deletes: readonly Uint8Array[]) {
     await this.#writer.apply(this.pins.maps.cilia_policy, updates, deletes);
+  }
+
+  /** Writes encoded entries of one map as given: updates first, then deletes (services). */
+  async writeMap(map: MapName, updates: readonly MapUpdate[], deletes: readonly Uint8Array[]) {
+    await this.#writer.apply(this.pins.maps[map], updates, deletes);
+  }
+
+  /** Every entry of one map, encoded. */
+  async dumpMap(map: MapName): Promise<{ key: Uint8Array; value: Uint8Array }[]> {
+    return (await this.#bpftool.mapDump(this.pins.maps[map])).flatMap((e) =>
+      e.value ? [{ key: bytesFromHex(e.key), value: bytesFromHex(e.value) }] : []
+    );
   }
 
   /** Every policy key in the map, by endpoint id (for reconciling after a restart). */

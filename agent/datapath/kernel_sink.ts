@@ -28,6 +28,8 @@ import { Datapath, type IpcacheUpsert, type MetricsRow } from "./datapath.ts";
 import { attachedPrograms, PROG_FROM_CONTAINER, PROG_TO_CONTAINER } from "./loader.ts";
 import { linkNames } from "../sys/links.ts";
 import { EndpointPolicyState } from "./policy_state.ts";
+import { LB_MAPS, LbState } from "../service/lb_state.ts";
+import type { ServiceSpec } from "../service/spec.ts";
 
 export interface KernelSinkOptions {
   bpffsRoot: string;
@@ -66,6 +68,10 @@ export class KernelSink implements DatapathSink {
   readonly #notReady = new Map<number, string>();
   /** Endpoints whose policy keys in the kernel may differ from their state (rule 2). */
   readonly #unknown = new Set<number>();
+  /** The service maps as written (bpf/lib/lb.h), and one service write at a time. */
+  readonly #lb = new LbState();
+  #lbRestored = false;
+  #lbSerial: Promise<void> = Promise.resolve();
   /** Policy keys the kernel held at open(), by endpoint id, until reconcile(). */
   #stale: Map<number, Uint8Array[]> | undefined;
 
@@ -329,6 +335,23 @@ export class KernelSink implements DatapathSink {
     const result = { endpoints, policyKeys: keys.length, prefixes: prefixes.length };
     this.#log.info("datapath reconciled", { removed: result });
     return result;
+  }
+
+  /**
+   * The service maps (bpf/lib/lb.h) become `services`: only the difference is written
+   * (lb_state.ts plans it). The first call reads back what a previous agent left, so a restart
+   * keeps backend ids (conntrack holds them) and deletes services nobody re-applied.
+   */
+  applyServices(services: readonly ServiceSpec[]): Promise<void> {
+    return this.#lbSerial = this.#lbSerial.catch(() => {}).then(async () => {
+      if (!this.#lbRestored) {
+        for (const m of LB_MAPS) this.#lb.restore(m, await this.datapath.dumpMap(m));
+        this.#lbRestored = true;
+      }
+      const plan = this.#lb.plan(services);
+      for (const w of plan.writes) await this.datapath.writeMap(w.map, w.updates, w.deletes);
+      plan.commit();
+    });
   }
 
   readMetrics(): Promise<MetricsRow[]> {

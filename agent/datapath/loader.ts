@@ -17,6 +17,10 @@ export const MAP_NAMES = [
   "cilia_proxy_cfg",
   "cilia_proxy_orig",
   "cilia_proxy_nat",
+  "cilia_lb_services",
+  "cilia_lb_slots",
+  "cilia_lb_backends",
+  "cilia_lb_revnat",
 ] as const;
 export type MapName = typeof MAP_NAMES[number];
 export const PROG_FROM_CONTAINER = "cil_from_container";

@@ -322,6 +322,34 @@ export class Regenerator {
     return await (await this.preparePolicy(spec, local, revision)).commit();
   }
 
+  /**
+   * Node-local identities that change between policy loads (the DNS proxy's FQDN identities):
+   * policy entries for new or relabelled ones first, then their ipcache entries; removed ones
+   * leave the ipcache before their entries go. Kept with the policy's local identities, so the
+   * next `preparePolicy()` sees them. Resolves to an error message when some write failed (the
+   * failed part is retried like any other).
+   */
+  async updateLocalIdentities(
+    upserts: readonly IdentitySpec[],
+    removes: readonly IdentitySpec[],
+  ): Promise<string | undefined> {
+    for (const i of removes) this.#local.delete(i.id);
+    for (const i of upserts) this.#local.set(i.id, i);
+    const stale = upserts.flatMap((i) => {
+      const before = this.#engine.identity(i.id);
+      return before?.cidr !== undefined && before.cidr !== i.cidr
+        ? [{ prefix: before.cidr, identity: i.id }]
+        : [];
+    });
+    await this.addIdentities(upserts);
+    const error = await this.#ipcache(
+      upserts.map((i) => ({ prefix: i.cidr!, identity: i.id })),
+      [...stale, ...removes.map((i) => ({ prefix: i.cidr!, identity: i.id }))],
+    );
+    await this.removeIdentities(removes.map((i) => i.id));
+    return error ?? (this.#dirty.size > 0 ? "some endpoints are not written yet" : undefined);
+  }
+
   /** Ipcache entries that are not endpoints' or CIDR identities' (the node's own addresses). */
   async updateIpcache(upserts: IpcacheEntry[], deletes: IpcacheEntry[] = []): Promise<void> {
     await this.#ipcache(upserts, deletes);

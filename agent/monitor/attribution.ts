@@ -22,6 +22,8 @@ export class Attribution {
   #spec: unknown;
   #byCookie = new Map<number, number>();
   #defaults = new Map<string, FlowPolicy | null>();
+  /** `cookie * 2 + audit` → the policy object flows share (never mutated). */
+  #cookies = new Map<number, FlowPolicy | null>();
 
   constructor(engine: PolicyEngine) {
     this.#engine = engine;
@@ -33,6 +35,7 @@ export class Attribution {
     this.#spec = spec;
     this.#byCookie.clear();
     this.#defaults.clear();
+    this.#cookies.clear();
     for (let i = 0;; i++) {
       const e = this.#engine.entry(i);
       if (!e) break;
@@ -49,6 +52,16 @@ export class Attribution {
   byCookie(cookie: number, audit = false): FlowPolicy | undefined {
     if (cookie === 0) return undefined;
     this.#refresh();
+    const key = cookie * 2 + (audit ? 1 : 0);
+    const hit = this.#cookies.get(key);
+    if (hit !== undefined) return hit ?? undefined;
+    const found = this.#lookup(cookie, audit);
+    if (this.#cookies.size >= CACHE_LIMIT) this.#cookies.clear();
+    this.#cookies.set(key, found ?? null);
+    return found;
+  }
+
+  #lookup(cookie: number, audit: boolean): FlowPolicy | undefined {
     const index = this.#byCookie.get(cookie);
     const e = index === undefined ? undefined : this.#engine.entry(index);
     const p = e ? this.#policyOf(e.rule) : undefined;

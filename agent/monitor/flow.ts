@@ -7,7 +7,7 @@
 
 import { DROP_REASONS } from "@cilia/policy-wasm";
 import type { PacketEvent } from "../datapath/events.ts";
-import { type FlowIP, type FlowL4, parsePacket, summaryOf } from "./_packet.ts";
+import { type FlowIP, type FlowL4, type ParsedPacket, parsePacket, summaryOf } from "./_packet.ts";
 
 export type { FlowIP, FlowL4 };
 
@@ -29,6 +29,15 @@ export interface FlowL7 {
     url: string;
     protocol: string;
     host?: string;
+  };
+  /** Hubble's DNS record: the query, the answer's addresses, CNAMEs and rcode. */
+  dns?: {
+    query: string;
+    ips: string[];
+    cnames: string[];
+    rcode: number;
+    qtypes: string[];
+    observation_source: "proxy";
   };
   /** Why the proxy answered itself (a denial, a parse error), if it did. */
   error?: string;
@@ -81,13 +90,18 @@ export interface Flow {
 /** What the caller knows about the event's context (from the agent's endpoints and identities). */
 export interface FlowContext {
   nodeName: string;
-  now: Date;
+  /** When the event was seen (or that time's ISO text, when many events share it). */
+  now: Date | string;
   source: FlowEndpoint;
   destination: FlowEndpoint;
   policy?: FlowPolicy | undefined;
   /** Verdict override (audit mode), else from the event. */
   verdict?: FlowVerdict;
+  /** The event's packet, if the caller parsed it already. */
+  packet?: ParsedPacket;
 }
+
+const timeOf = (now: Date | string) => typeof now === "string" ? now : now.toISOString();
 
 /** The verdict an event stands for. */
 export function eventVerdict(e: PacketEvent): FlowVerdict {
@@ -102,11 +116,11 @@ export function dropReasonName(code: number): string {
 }
 
 export function buildFlow(e: PacketEvent, ctx: FlowContext): Flow {
-  const pkt = parsePacket(e.data);
+  const pkt = ctx.packet ?? parsePacket(e.data);
   const verdict = ctx.verdict ?? eventVerdict(e);
   const reason = e.type === "trace" ? 0 : e.subtype;
   const flow: Flow = {
-    time: ctx.now.toISOString(),
+    time: timeOf(ctx.now),
     verdict,
     ...(reason !== 0 ? { drop_reason: reason, drop_reason_desc: dropReasonName(reason) } : {}),
     ...(pkt.IP ? { IP: pkt.IP } : {}),
@@ -177,7 +191,7 @@ export function buildL7Flow(r: L7Input, ctx: FlowContext): Flow {
     ...(r.error !== undefined ? { error: r.error } : {}),
   };
   return {
-    time: ctx.now.toISOString(),
+    time: timeOf(ctx.now),
     verdict: ctx.verdict ?? (r.allowed ? "FORWARDED" : "DROPPED"),
     IP: { source: r.client.ip, destination: r.server.ip, ipVersion: v6 ? "IPv6" : "IPv4" },
     l4: { TCP: { source_port: r.client.port, destination_port: r.server.port } },
@@ -190,6 +204,58 @@ export function buildL7Flow(r: L7Input, ctx: FlowContext): Flow {
     traffic_direction: r.direction === "ingress" ? "INGRESS" : "EGRESS",
     is_reply: false,
     Summary: `HTTP/${r.protocol.replace("HTTP/", "")} ${r.method} ${r.url} ${r.code}`,
+    ...(ctx.policy ? { policy: ctx.policy } : {}),
+    cilia_type: "l7",
+  };
+}
+
+/** One DNS query the DNS proxy judged (agent/proxy/dns_proxy.ts), as the monitor takes it. */
+export interface DnsInput {
+  query: string;
+  qtype: string;
+  allowed: boolean;
+  rcode: number;
+  cnames: string[];
+  ips: string[];
+  latencyMs: number;
+  error?: string;
+  client: { ip: string; port: number };
+  server: { ip: string; port: number };
+}
+
+const RCODE_TEXT = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"];
+
+/** The flow of one DNS query through the DNS proxy (Hubble's L7 DNS flow, egress). */
+export function buildDnsFlow(r: DnsInput, ctx: FlowContext): Flow {
+  const rcode = RCODE_TEXT[r.rcode] ?? `RCODE${r.rcode}`;
+  const l7: FlowL7 = {
+    type: "RESPONSE",
+    latency_ns: Math.round(r.latencyMs * 1e6),
+    dns: {
+      query: r.query,
+      ips: r.ips,
+      cnames: r.cnames,
+      rcode: r.rcode,
+      qtypes: r.qtype ? [r.qtype] : [],
+      observation_source: "proxy",
+    },
+    ...(r.error !== undefined ? { error: r.error } : {}),
+  };
+  const answer = r.ips.length > 0 ? ` ${r.ips.join(",")}` : "";
+  return {
+    time: timeOf(ctx.now),
+    verdict: ctx.verdict ?? (r.allowed ? "FORWARDED" : "DROPPED"),
+    IP: { source: r.client.ip, destination: r.server.ip, ipVersion: "IPv4" },
+    l4: { UDP: { source_port: r.client.port, destination_port: r.server.port } },
+    source: ctx.source,
+    destination: ctx.destination,
+    Type: "L7",
+    l7,
+    node_name: ctx.nodeName,
+    event_type: { type: HUBBLE_TYPE.l7, sub_type: 0 },
+    traffic_direction: "EGRESS",
+    is_reply: false,
+    Summary: `DNS Answer "${r.query}" ${r.qtype} ${rcode}${answer}`,
     ...(ctx.policy ? { policy: ctx.policy } : {}),
     cilia_type: "l7",
   };

@@ -13,8 +13,10 @@ import type { Metrics } from "../metrics.ts";
 import { Attribution } from "./attribution.ts";
 import { parsePacket } from "./_packet.ts";
 import {
+  buildDnsFlow,
   buildFlow,
   buildL7Flow,
+  type DnsInput,
   eventVerdict,
   type Flow,
   type FlowEndpoint,
@@ -23,6 +25,7 @@ import {
 import { FlowRing, Follower } from "./ring.ts";
 import { compileFilter, type FlowFilter } from "./filter.ts";
 import { registerMonitorMetrics } from "./metrics.ts";
+import { flowNdjson } from "./wire.ts";
 
 export const DEFAULT_FLOW_BUFFER_SIZE = 4095;
 /** How far a live follower may fall behind before it loses flows. */
@@ -62,15 +65,20 @@ export interface MonitorCounters {
   verdicts: Map<string, number>;
 }
 
-interface FlowSub {
-  follower: Follower<Flow>;
-  match: (f: Flow) => boolean;
-}
+type FlowSub =
+  | { lines: false; follower: Follower<Flow>; match: (f: Flow) => boolean }
+  | { lines: true; follower: Follower<string>; match: (f: Flow) => boolean };
 
 interface EventSub {
   follower: Follower<PacketEvent>;
   types: Set<string> | undefined;
 }
+
+const matchAll = () => true;
+const matcher = (filter: FlowFilter | undefined) =>
+  filter && (filter.include.length > 0 || filter.exclude.length > 0)
+    ? compileFilter(filter)
+    : matchAll;
 
 const bump = (m: Map<string, number>, k: string, by = 1) => m.set(k, (m.get(k) ?? 0) + by);
 
@@ -89,6 +97,12 @@ export class Monitor {
   #byId = new Map<number, EndpointRecord>();
   #byIp = new Map<string, EndpointRecord>();
   #indexedAt = -Infinity;
+  /** `${identity}/${endpoint id}` → the side of a flow (shared by flows; rebuilt with the index). */
+  #sides = new Map<string, FlowEndpoint>();
+  #sidesSpec: unknown;
+  /** The last second's `time` text, reused by the events of the same millisecond. */
+  #timeMs = -1;
+  #timeText = "";
 
   constructor(o: MonitorOptions) {
     this.#o = o;
@@ -125,6 +139,7 @@ export class Monitor {
     this.#indexedAt = now;
     this.#byId.clear();
     this.#byIp.clear();
+    this.#sides.clear();
     for (const e of this.#o.endpoints()) {
       this.#byId.set(e.id, e);
       if (e.ipv4) this.#byIp.set(e.ipv4, e);
@@ -132,14 +147,51 @@ export class Monitor {
     }
   }
 
+  /** A flow's side; one object per (identity, endpoint), shared by flows (never mutated). */
   #endpoint(identity: number, ep: EndpointRecord | undefined): FlowEndpoint {
+    const spec = this.#o.engine.spec;
+    if (spec !== this.#sidesSpec) {
+      this.#sidesSpec = spec;
+      this.#sides.clear();
+    }
+    const key = `${identity}/${ep?.id ?? ""}`;
+    let side = this.#sides.get(key);
+    if (side) return side;
     const labels = this.#o.engine.identity(identity)?.labels ?? ep?.identityLabels ?? [];
-    if (!ep) return { identity, labels };
-    return { ID: ep.id, identity, namespace: ep.namespace, labels, pod_name: ep.name };
+    side = ep
+      ? { ID: ep.id, identity, namespace: ep.namespace, labels, pod_name: ep.name }
+      : { identity, labels };
+    this.#sides.set(key, side);
+    return side;
+  }
+
+  /** Now as an ISO time (one Date per millisecond, not per event). */
+  #now(): string {
+    const ms = Date.now();
+    if (ms !== this.#timeMs) {
+      this.#timeMs = ms;
+      this.#timeText = new Date(ms).toISOString();
+    }
+    return this.#timeText;
+  }
+
+  /** A flow to the ring and the followers that want it; serialised at most once, if wanted. */
+  #publish(flow: Flow): void {
+    this.ring.push(flow);
+    let line: string | undefined;
+    for (const s of this.#flowSubs) {
+      if (!s.match(flow)) continue;
+      const ok = !s.lines
+        ? s.follower.offer(flow)
+        : s.follower.hasRoom
+        ? s.follower.offer(line ??= flowNdjson(flow))
+        : s.follower.offer("");
+      if (!ok) this.#slowLost++;
+    }
   }
 
   /** One kernel event → raw followers, a flow, the ring, flow followers and counters. */
-  ingest(e: PacketEvent, now = new Date()): void {
+  ingest(e: PacketEvent, now?: Date): void {
     for (const s of this.#eventSubs) {
       if ((!s.types || s.types.has(e.type)) && !s.follower.offer(e)) this.#slowLost++;
     }
@@ -149,7 +201,8 @@ export class Monitor {
       this.#index(true);
       self = this.#byId.get(e.epId);
     }
-    const ip = parsePacket(e.data).IP;
+    const packet = parsePacket(e.data);
+    const ip = packet.IP;
     const other = ip
       ? this.#byIp.get(e.direction === "egress" ? ip.destination : ip.source)
       : undefined;
@@ -158,19 +211,35 @@ export class Monitor {
     const audit = e.verdict === "audit";
     const flow = buildFlow(e, {
       nodeName: this.#o.nodeName,
-      now,
+      now: now ?? this.#now(),
       source: this.#endpoint(e.srcIdentity, src),
       destination: this.#endpoint(e.dstIdentity, dst),
       policy: this.attribution.of(e, self, audit),
+      packet,
     });
-    this.ring.push(flow);
     bump(this.counters.processed, `${e.type}/${flow.verdict}`);
     if (e.type === "policy-verdict") {
       bump(this.counters.verdicts, `${e.direction}/${e.match}/${e.verdict}`);
     }
-    for (const s of this.#flowSubs) {
-      if (s.match(flow) && !s.follower.offer(flow)) this.#slowLost++;
-    }
+    this.#publish(flow);
+  }
+
+  /** One query the DNS proxy judged → an L7 DNS flow in the ring and to flow followers. */
+  ingestDns(
+    r: DnsInput & { epId: number; srcIdentity: number; dstIdentity: number; cookie: number },
+    now = new Date(),
+  ): void {
+    this.#index(false);
+    const policy = this.attribution.byCookie(r.cookie, false);
+    const flow = buildDnsFlow(r, {
+      nodeName: this.#o.nodeName,
+      now,
+      source: this.#endpoint(r.srcIdentity, this.#byId.get(r.epId)),
+      destination: this.#endpoint(r.dstIdentity, this.#byIp.get(r.server.ip)),
+      policy,
+    });
+    bump(this.counters.processed, `l7/${flow.verdict}`);
+    this.#publish(flow);
   }
 
   /** One request the L7 proxy judged → an L7 flow in the ring and to flow followers. */
@@ -191,11 +260,8 @@ export class Monitor {
       destination: this.#endpoint(r.dstIdentity, dst),
       policy,
     });
-    this.ring.push(flow);
     bump(this.counters.processed, `l7/${flow.verdict}`);
-    for (const s of this.#flowSubs) {
-      if (s.match(flow) && !s.follower.offer(flow)) this.#slowLost++;
-    }
+    this.#publish(flow);
   }
 
   /** Held flows that match, oldest first, with the counts a reader needs to trust them. */
@@ -210,7 +276,14 @@ export class Monitor {
   /** A live reader of flows that match; close it with unfollow(). */
   follow(filter?: FlowFilter, limit = FOLLOWER_QUEUE): Follower<Flow> {
     const follower = new Follower<Flow>(limit);
-    this.#flowSubs.add({ follower, match: filter ? compileFilter(filter) : () => true });
+    this.#flowSubs.add({ lines: false, follower, match: matcher(filter) });
+    return follower;
+  }
+
+  /** Like follow(), as NDJSON lines (`{"flow": …}`), each serialised once for all followers. */
+  followLines(filter?: FlowFilter, limit = FOLLOWER_QUEUE): Follower<string> {
+    const follower = new Follower<string>(limit);
+    this.#flowSubs.add({ lines: true, follower, match: matcher(filter) });
     return follower;
   }
 
@@ -221,7 +294,7 @@ export class Monitor {
     return follower;
   }
 
-  unfollow(f: Follower<Flow> | Follower<PacketEvent>): void {
+  unfollow(f: Follower<Flow> | Follower<string> | Follower<PacketEvent>): void {
     f.close();
     for (const s of this.#flowSubs) if (s.follower === f) this.#flowSubs.delete(s);
     for (const s of this.#eventSubs) if (s.follower === f) this.#eventSubs.delete(s);

@@ -74,15 +74,29 @@ export class Follower<T> {
       return false;
     }
     this.#queue.push(item);
-    this.#wake?.();
+    this.#wakeUp();
     return true;
+  }
+
+  /** Whether offer() would queue now (so a caller can skip preparing an item it would lose). */
+  get hasRoom(): boolean {
+    return !this.#closed && this.#queue.length - this.#head < this.#limit;
+  }
+
+  /** Wakes a waiting take() once (not once per item: a burst costs one wake-up). */
+  #wakeUp(): void {
+    const wake = this.#wake;
+    if (wake) {
+      this.#wake = undefined;
+      wake();
+    }
   }
 
   /** Tells this reader that `count` items were lost at `source` (e.g. the perf buffer). */
   reportLost(source: string, count: number): void {
     if (this.#closed) return;
     this.#lostPending.set(source, (this.#lostPending.get(source) ?? 0) + count);
-    this.#wake?.();
+    this.#wakeUp();
   }
 
   /**
@@ -94,7 +108,6 @@ export class Follower<T> {
   ): Promise<{ items: T[]; lost: { source: string; count: number }[]; done: boolean }> {
     while (this.#queue.length - this.#head === 0 && this.#lostPending.size === 0 && !this.#closed) {
       await new Promise<void>((r) => this.#wake = r);
-      this.#wake = undefined;
     }
     const end = Math.min(this.#queue.length, this.#head + max);
     const items = this.#queue.slice(this.#head, end);
@@ -114,6 +127,6 @@ export class Follower<T> {
 
   close(): void {
     this.#closed = true;
-    this.#wake?.();
+    this.#wakeUp();
   }
 }

@@ -2,7 +2,9 @@
 // -o json` writes them), `{"event": {...}}` (a raw datapath event, its captured bytes in hex),
 // `{"lost_events": {"source", "num_events_lost"}}` (Hubble's notice of loss) and, closing a query,
 // `{"stats": {...}}` (buffer fill and lost counts). Encoders for the agent and decoders for
-// clients (the CLI, tests, the demo). This module is browser compatible.
+// clients (the CLI, tests, the demo). `flowNdjson()` is the agent's hot path: one flow's line,
+// with the parts flows share (both sides' endpoints, the policy) serialised once per object.
+// This module is browser compatible.
 
 import type { PacketEvent } from "../datapath/events.ts";
 import type { Flow } from "./flow.ts";
@@ -30,18 +32,54 @@ export function eventFromJson(j: RawEventJson): PacketEvent {
   return { ...j, data };
 }
 
+/** JSON of objects many flows share (endpoints, policies): flows never mutate them. */
+const shared = new WeakMap<object, string>();
+const SHARED_KEYS = new Set(["source", "destination", "policy"]);
+
+/**
+ * `{"flow": {...}}\n`, exactly as `JSON.stringify({ flow }) + "\n"` writes it (same keys, same
+ * order), with shared sub-objects serialised once.
+ */
+export function flowNdjson(flow: Flow): string {
+  let out = '{"flow":{';
+  let first = true;
+  for (const key in flow) {
+    const v = (flow as unknown as Record<string, unknown>)[key];
+    if (v === undefined) continue;
+    let json: string | undefined;
+    if (SHARED_KEYS.has(key) && typeof v === "object" && v !== null) {
+      json = shared.get(v);
+      if (json === undefined) shared.set(v, json = JSON.stringify(v));
+    } else json = JSON.stringify(v);
+    if (json === undefined) continue;
+    out += `${first ? "" : ","}"${key}":${json}`;
+    first = false;
+  }
+  return out + "}}\n";
+}
+
+/** Complete lines of a byte stream, many at a time (the last partial line waits for more). */
+export async function* readLineBatches(
+  body: ReadableStream<Uint8Array>,
+): AsyncGenerator<string[]> {
+  const dec = new TextDecoder();
+  let carry = "";
+  for await (const chunk of body) {
+    const text = carry + dec.decode(chunk, { stream: true });
+    const end = text.lastIndexOf("\n");
+    if (end < 0) {
+      carry = text;
+      continue;
+    }
+    carry = text.slice(end + 1);
+    const lines = text.slice(0, end).split("\n").map((l) => l.trim()).filter((l) => l !== "");
+    if (lines.length > 0) yield lines;
+  }
+  const rest = (carry + dec.decode()).trim();
+  if (rest) yield [rest];
+}
+
 /** Reads NDJSON lines from a byte stream (a response body, a file, stdin). */
 export async function* readLines(body: ReadableStream<Uint8Array>): AsyncGenerator<string> {
-  const dec = new TextDecoder();
-  let buf = "";
-  for await (const chunk of body) {
-    buf += dec.decode(chunk, { stream: true });
-    let nl;
-    while ((nl = buf.indexOf("\n")) >= 0) {
-      const line = buf.slice(0, nl).trim();
-      buf = buf.slice(nl + 1);
-      if (line) yield line;
-    }
-  }
-  if (buf.trim()) yield buf.trim();
+  for await (const lines of readLineBatches(body)) yield* lines;
 }

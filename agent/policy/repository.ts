@@ -12,7 +12,13 @@
  *    retry succeeds, and the result names it (`realised: false`, `unrealised`).
  */
 
-import { type PolicySource, PolicyValidationError, type ValidationIssue } from "@cilia/policy-wasm";
+import {
+  type IdentitySpec,
+  type PolicySource,
+  type PolicySpec,
+  PolicyValidationError,
+  type ValidationIssue,
+} from "@cilia/policy-wasm";
 import type { KvEntry, KvStore, WatchEvent } from "../kvstore/kvstore.ts";
 import type { Logger } from "../log.ts";
 import type { Counter } from "../metrics.ts";
@@ -54,10 +60,17 @@ export class PolicyTooLargeError extends Error {
   override name = "PolicyTooLargeError";
 }
 
+/** Node-local identities that depend on the policy's toFQDNs selectors. */
+export interface FqdnIdentitySource {
+  prepare(spec: PolicySpec): { identities: IdentitySpec[]; commit(): void; abort(): void };
+}
+
 export interface RepositoryOptions {
   store: KvStore;
   regen: Regenerator;
   local: LocalCidrIdentities;
+  /** The DNS proxy's FQDN identities, relabelled for each policy load (agent/identity/fqdn_state). */
+  fqdn?: FqdnIdentitySource;
   serial: Serial;
   clusterName: string;
   log: Logger;
@@ -285,14 +298,35 @@ export class PolicyRepository {
       list.map((d) => ({ text: d.text, file: d.key })),
     );
     const plan = this.#o.local.plan(spec);
+    const fqdn = this.#o.fqdn?.prepare(spec);
     const digest = digestOf(docs);
     // The same documents as before a restart keep their revision; anything else is a new one.
     const revision = this.#saved?.digest === digest && this.#docs.size === 0 &&
         this.#saved.revision === this.#revision
       ? this.#revision
       : this.#revision + 1;
-    const prepared = await this.#o.regen.preparePolicy(spec, plan.identities, revision);
-    return { ...prepared, plan, revision, digest };
+    let prepared: PreparedPolicy;
+    try {
+      prepared = await this.#o.regen.preparePolicy(
+        spec,
+        [...plan.identities, ...(fqdn?.identities ?? [])],
+        revision,
+      );
+    } catch (err) {
+      fqdn?.abort();
+      throw err;
+    }
+    return {
+      ...prepared,
+      abort: () => {
+        prepared.abort();
+        fqdn?.abort();
+      },
+      plan,
+      ...(fqdn ? { fqdn } : {}),
+      revision,
+      digest,
+    };
   }
 
   /** Writes prepared rules to the datapath and adopts `docs` as the policy in force. */
@@ -302,6 +336,7 @@ export class PolicyRepository {
     why: string,
   ): Promise<Unrealised[]> {
     const unrealised = await prepared.commit();
+    prepared.fqdn?.commit();
     this.#revision = prepared.revision;
     this.#saved = undefined;
     this.#docs = docs;
@@ -400,6 +435,7 @@ export class PolicyRepository {
 
 type Prepared = PreparedPolicy & {
   plan: ReturnType<LocalCidrIdentities["plan"]>;
+  fqdn?: ReturnType<FqdnIdentitySource["prepare"]>;
   revision: number;
   digest: string;
 };

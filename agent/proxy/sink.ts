@@ -2,7 +2,8 @@
 // of the kernel sink that, for every HTTP redirect entry an endpoint's policy adds, makes the L7
 // proxy listen for (endpoint, direction, port) first and only then passes the entry on with that
 // port, so the kernel never redirects to a proxy that is not there and allowed requests see no
-// window of drops. Redirects the proxy cannot serve (Kafka, DNS, port ranges) keep no port: the
+// window of drops. DNS redirects get the DNS proxy's port once it is bound (UDP; TCP DNS finds
+// no listener there and drops). Redirects no proxy serves (Kafka, port ranges) keep no port: the
 // kernel drops them (reason 178, fail closed). It changes nothing else.
 
 import type {
@@ -15,14 +16,21 @@ import type {
 import type { IpcacheEntry } from "@cilia/policy-wasm";
 import type { L7Proxy } from "./proxy.ts";
 
+/** The DNS proxy as the sink sees it: its port, 0 while it is not bound. */
+export interface DnsPort {
+  readonly port: number;
+}
+
 export class ProxySink implements DatapathSink {
   readonly #inner: DatapathSink;
   readonly #proxy: L7Proxy;
+  readonly #dns: DnsPort | undefined;
   readonly check?: (ep: DatapathEndpoint) => Promise<string | undefined>;
 
-  constructor(inner: DatapathSink, proxy: L7Proxy) {
+  constructor(inner: DatapathSink, proxy: L7Proxy, dns?: DnsPort) {
     this.#inner = inner;
     this.#proxy = proxy;
+    this.#dns = dns;
     if (inner.check) this.check = (ep) => inner.check!(ep);
   }
 
@@ -30,6 +38,11 @@ export class ProxySink implements DatapathSink {
     if (!change.adds.some((e) => e.verdict === "redirect")) return change;
     const adds: SinkEntry[] = [];
     for (const e of change.adds) {
+      const dnsPort = this.#dns?.port ?? 0;
+      if (e.verdict === "redirect" && e.l7 === "dns" && e.portLo === e.portHi && dnsPort > 0) {
+        adds.push({ ...e, proxyPort: dnsPort });
+        continue;
+      }
       if (e.verdict !== "redirect" || e.l7 !== "http" || e.portLo !== e.portHi || e.proto !== 6) {
         adds.push(e);
         continue;

@@ -52,7 +52,7 @@ struct ct_entry {
 	__u32 peer_identity; /* at creation */
 	__u8 flags;          /* CT_F_* */
 	__u8 tcp_flags;      /* OR of all TCP flags seen */
-	__u16 pad;
+	__u16 rev_nat;       /* DIR_SERVICE entries: the service's reverse-NAT id (lb.h); else 0 */
 };
 _Static_assert(sizeof(struct ct_entry) == 32, "ct_entry size");
 

@@ -4,6 +4,8 @@
 /* Directions as the datapath sees them from the endpoint (events, metrics, conntrack). */
 #define DIR_INGRESS 1 /* to the endpoint */
 #define DIR_EGRESS 2 /* from the endpoint */
+/* conntrack only: a service connection's backend choice and reverse NAT (lb.h) */
+#define DIR_SERVICE 3
 
 /* Directions of policy: the policy map key's egress field and the engine's wire value. */
 #define POLICY_DIR_INGRESS 0

@@ -18,6 +18,9 @@
  * 7. L7 redirects (proxy.h) fail closed: a redirect the proxy cannot take drops with its
  *    reason; addresses of proxied connections are restored before conntrack and policy, so both
  *    see the client and the server, never the proxy.
+ * 8. Services (lb.h) are translated before conntrack and policy: both see the chosen backend
+ *    (and its identity), never the service address; a service without a backend drops
+ *    (DROP_NO_SERVICE).
  */
 #pragma once
 
@@ -31,6 +34,7 @@
 #include "metrics.h"
 #include "proxy.h"
 #include "tunnel.h"
+#include "lb.h"
 
 struct enforce_ctx {
 	struct pkt p;
@@ -157,6 +161,9 @@ static __always_inline int enforce(struct __sk_buff *skb, __u8 dir)
 		return enforce_drop(skb, &c, ret);
 	if (dir == DIR_EGRESS && !enforce_source_ok(ep, &c.p))
 		return enforce_drop(skb, &c, DROP_INVALID_SIP);
+	ret = lb_translate(skb, &c.p, c.ep_id, dir); /* invariant 8 */
+	if (ret)
+		return enforce_drop(skb, &c, ret);
 	if (ep->flags & EP_F_ENFORCEMENT_DISABLED)
 		return enforce_pass(skb, &c, 0);
 

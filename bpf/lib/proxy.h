@@ -12,11 +12,17 @@
  *   Written by the proxy BEFORE it connects upstream (it picks its local port), read here to put
  *   the client's address on the proxy → server leg and to send the server's replies back to it.
  *
+ * UDP (the DNS proxy) uses the same maps: every redirected datagram (re)writes its
+ * cilia_proxy_orig entry, since a datagram has no SYN; the proxy answers from the gateway and the
+ * answer is reverse-NATed like a TCP reply, so the pod sees it come from the server it asked.
+ *
  * Invariants (fail closed):
- * 1. Only IPv4 TCP can be redirected; any other redirected packet drops (DROP_PROXY_UNKNOWN_PROTO).
+ * 1. Only IPv4 TCP and UDP can be redirected; any other redirected packet drops
+ *    (DROP_PROXY_UNKNOWN_PROTO). The agent gives UDP entries a proxy port only for DNS rules.
  * 2. A redirect needs the proxy address (cfg), a proxy port in the entry, and, for every new
- *    connection (SYN), a socket listening there: bpf_sk_lookup_tcp() must find one, so a proxy
- *    that is down drops (DROP_PROXY_LOOKUP_FAILED), never passes.
+ *    connection (SYN) and every UDP datagram, a socket there: bpf_sk_lookup_tcp() /
+ *    bpf_sk_lookup_udp() must find one, so a proxy that is down drops
+ *    (DROP_PROXY_LOOKUP_FAILED), never passes.
  * 3. A connection that started redirected stays redirected; an established connection that did
  *    not start redirected is never handed to the proxy mid-stream (it drops, 178, when its
  *    policy now redirects): L7 rules are never skipped.
@@ -24,7 +30,8 @@
  *    with the identity the proxy wrote, and it skips the redirect only when the proxy judged this
  *    very (endpoint, direction). Any other redirect on the upstream leg (an egress L7 rule and an
  *    ingress L7 rule on one path) drops (DROP_PROXY_UNKNOWN_PROTO): chains are not supported yet.
- * 5. Address rewrites fix the IP and TCP checksums; a failed rewrite drops (DROP_PROXY_SET_FAILED).
+ * 5. Address rewrites fix the IP and TCP/UDP checksums (a UDP checksum of 0 stays "none"); a
+ *    failed rewrite drops (DROP_PROXY_SET_FAILED).
  */
 #pragma once
 
@@ -115,25 +122,40 @@ static __always_inline struct proxy_cfg *proxy_config(void)
 	return cfg && cfg->gw_ipv4 ? cfg : 0;
 }
 
-/* Rewrites the source (src = 1) or destination address and port of an IPv4 TCP packet. */
+/* Is this a packet the proxy can take (invariant 1)? */
+static __always_inline int proxy_proto_ok(const struct pkt *p)
+{
+	return p->tuple.family == FAMILY_IPV4 &&
+	       (p->tuple.proto == PROTO_TCP || p->tuple.proto == PROTO_UDP);
+}
+
+/* Rewrites the source (src = 1) or destination address and port of an IPv4 TCP or UDP packet
+ * (5.: the UDP checksum sits at offset 6, and 0 there means "none", which must stay 0). */
 static __always_inline int proxy_rewrite(struct __sk_buff *skb, int src, __be32 old_ip,
 					 __be32 new_ip, __be16 old_port, __be16 new_port)
 {
 	__u32 ip_off = ETH_HLEN + (src ? 12 : 16);
-	__u32 l4, port_off;
-	__u8 vhl;
+	__u32 l4, port_off, csum_off = 16;
+	__u64 mangled = 0;
+	__u8 vhl, proto;
 
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &vhl, 1) < 0)
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &vhl, 1) < 0 ||
+	    bpf_skb_load_bytes(skb, ETH_HLEN + 9, &proto, 1) < 0)
 		return DROP_PROXY_SET_FAILED;
+	if (proto == PROTO_UDP) {
+		csum_off = 6;
+		mangled = BPF_F_MARK_MANGLED_0;
+	}
 	l4 = ETH_HLEN + (__u32)(vhl & 0xf) * 4;
 	port_off = l4 + (src ? 0 : 2);
-	if (bpf_l4_csum_replace(skb, l4 + 16, old_ip, new_ip, BPF_F_PSEUDO_HDR | 4) < 0 ||
+	if (bpf_l4_csum_replace(skb, l4 + csum_off, old_ip, new_ip,
+				BPF_F_PSEUDO_HDR | mangled | 4) < 0 ||
 	    bpf_l3_csum_replace(skb, ETH_HLEN + 10, old_ip, new_ip, 4) < 0 ||
 	    bpf_skb_store_bytes(skb, ip_off, &new_ip, 4, 0) < 0)
 		return DROP_PROXY_SET_FAILED;
 	if (old_port == new_port)
 		return 0;
-	if (bpf_l4_csum_replace(skb, l4 + 16, old_port, new_port, 2) < 0 ||
+	if (bpf_l4_csum_replace(skb, l4 + csum_off, old_port, new_port, mangled | 2) < 0 ||
 	    bpf_skb_store_bytes(skb, port_off, &new_port, 2, 0) < 0)
 		return DROP_PROXY_SET_FAILED;
 	return 0;
@@ -151,7 +173,7 @@ static __always_inline int proxy_restore(struct __sk_buff *skb, struct pkt *p, _
 	__be32 saddr, daddr;
 
 	__builtin_memset(hop, 0, sizeof(*hop));
-	if (p->tuple.family != FAMILY_IPV4 || p->tuple.proto != PROTO_TCP)
+	if (!proxy_proto_ok(p))
 		return 0;
 	cfg = proxy_config();
 	if (!cfg)
@@ -218,13 +240,13 @@ static __always_inline void proxy_decide(__u8 *verdict, __u8 *reason, __be16 pro
 	}
 	if (*verdict != VERDICT_REDIRECT)
 		return;
-	if (p->tuple.family != FAMILY_IPV4 || p->tuple.proto != PROTO_TCP)
+	if (!proxy_proto_ok(p))
 		*reason = DROP_PROXY_UNKNOWN_PROTO; /* 1. */
 	else if (!proxy_port || !proxy_config())
 		*reason = DROP_PROXY_LOOKUP_FAILED; /* 2. */
 }
 
-/* 2. Is the proxy listening on its port? Asked for every SYN. */
+/* 2. Is the proxy listening on its port? Asked for every SYN and every UDP datagram. */
 static __always_inline int proxy_alive(struct __sk_buff *skb, const struct pkt *p, __be32 gw,
 				       __be16 proxy_port)
 {
@@ -235,7 +257,10 @@ static __always_inline int proxy_alive(struct __sk_buff *skb, const struct pkt *
 	t.ipv4.sport = p->tuple.sport;
 	t.ipv4.daddr = gw;
 	t.ipv4.dport = proxy_port;
-	sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (p->tuple.proto == PROTO_UDP)
+		sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	else
+		sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return 0;
 	bpf_sk_release(sk);
@@ -255,7 +280,7 @@ static __always_inline int proxy_redirect(struct __sk_buff *skb, const struct pk
 
 	if (!cfg)
 		return DROP_PROXY_LOOKUP_FAILED;
-	if ((p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
+	if (p->tuple.proto == PROTO_UDP || (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
 		struct proxy_orig_key k = { .client_ip = *(const __be32 *)p->tuple.saddr,
 					    .client_port = p->tuple.sport,
 					    .proxy_port = proxy_port };

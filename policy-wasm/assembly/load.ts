@@ -33,7 +33,7 @@ import {
 } from "./model";
 import * as model from "./model";
 import { cacheRebuild, cacheUpdateIdentity } from "./selectors";
-import { invalidateContexts } from "./resolve";
+import { invalidateContexts, invalidateContextsOf } from "./resolve";
 import { compileRegexString, lastRegexError, lastRegexErrorOffset, Regex } from "./regex/index";
 import { dnsPatternRegex } from "./dns";
 import { ipcacheRemoveIdentityPrefix, ipcacheSetIdentityPrefix } from "./ipcache";
@@ -282,19 +282,18 @@ function readIdentity(r: Reader): Identity {
   id.id = r.u32();
   if (r.u8() != 0) id.cidr = readPrefix(r);
   const n = r.count(12);
-  for (let i = 0; i < n; i++) {
-    id.srcs.push(intern(r.strOrEmpty()));
-    id.keys.push(intern(r.strOrEmpty()));
-    id.vals.push(intern(r.strOrEmpty()));
-  }
+  const labels = new StaticArray<u32>(n * 3);
+  for (let i = 0; i < n * 3; i++) labels[i] = intern(r.strOrEmpty());
+  id.labels = labels;
   return id;
 }
 
 function placeIdentity(id: Identity): void {
   let slot: i32;
+  let old: Identity | null = null;
   if (identityIndex.has(id.id)) {
     slot = identityIndex.get(id.id);
-    const old = identities[slot];
+    old = identities[slot];
     if (old.cidr !== null) ipcacheRemoveIdentityPrefix(old.cidr!, old.id);
     identities[slot] = id;
   } else if (freeSlots.length > 0) {
@@ -306,7 +305,8 @@ function placeIdentity(id: Identity): void {
   }
   identityIndex.set(id.id, slot);
   if (id.cidr !== null) ipcacheSetIdentityPrefix(id.cidr!, id.id);
-  cacheUpdateIdentity(slot);
+  cacheUpdateIdentity(slot, old);
+  invalidateContextsOf(id.id);
 }
 
 /** MSG_IDENTITIES: adds or replaces identities; output: the slot of each, in order. */
@@ -318,7 +318,6 @@ export function upsertIdentities(len: i32): i32 {
   for (let i = 0; i < n && !r.failed; i++) list.push(readIdentity(r));
   if (r.failed) return ST_TRUNCATED;
   for (let i = 0; i < list.length; i++) placeIdentity(list[i]);
-  invalidateContexts();
   return ST_OK;
 }
 
@@ -337,10 +336,10 @@ export function removeIdentities(len: i32): i32 {
     if (old.cidr !== null) ipcacheRemoveIdentityPrefix(old.cidr!, old.id);
     old.alive = false;
     identityIndex.delete(ids[i]);
-    cacheUpdateIdentity(slot);
+    cacheUpdateIdentity(slot, old);
+    invalidateContextsOf(ids[i]);
     freeSlots.push(slot);
   }
-  invalidateContexts();
   return ST_OK;
 }
 

@@ -213,12 +213,12 @@ function wildcards(ctx: EpContext, dir: u8): Array<i32> {
   return out;
 }
 
-/** Emits one direction; `only` >= 0 restricts the output to that identity slot. */
-function emitDirection(ctx: EpContext, dir: u8, out: Output, only: i32): void {
+/** Emits one direction: identity 0, then every identity with entries of its own (3.). */
+function emitDirection(ctx: EpContext, dir: u8, out: Output): void {
   const wild = wildcards(ctx, dir);
-  if (only < 0) out.emit(dir, 0, partition(ctx, dir, wild, false, 0));
+  out.emit(dir, 0, partition(ctx, dir, wild, false, 0));
   const bySlot = entriesBySlot(ctx, dir);
-  const hostSlot = identityIndex.has(1) ? identityIndex.get(1) : -1;
+  const hostSlot = hostSlotOf();
   if (dir == DIR_INGRESS && ctx.localhostFallback(dir, 1) && hostSlot >= 0) {
     if (!bySlot.has(hostSlot)) bySlot.set(hostSlot, new Array<i32>());
   }
@@ -244,7 +244,6 @@ function emitDirection(ctx: EpContext, dir: u8, out: Output, only: i32): void {
   const memo = new Map<string, Array<Segment>>();
   for (let i = 0; i < slots.length; i++) {
     const slot = slots[i];
-    if (only >= 0 && slot != only) continue;
     const fallback = slot == hostSlot && ctx.localhostFallback(dir, 1);
     const merged = new Array<i32>();
     const own = bySlot.get(slot);
@@ -265,15 +264,51 @@ function emitDirection(ctx: EpContext, dir: u8, out: Output, only: i32): void {
   }
 }
 
+/**
+ * Emits only identity slot `slot`'s entries of one direction: the same entries emitDirection()
+ * writes for it, found from the endpoint's entries alone (no walk over other identities).
+ */
+function emitDirectionFor(ctx: EpContext, dir: u8, out: Output, slot: i32): void {
+  const id = identities[slot];
+  if (!id.alive) return;
+  const list = ctx.entriesOf(dir);
+  const set = new Array<i32>();
+  let own = false;
+  let wildNamed = false;
+  for (let i = 0; i < list.length; i++) {
+    const ei = list[i];
+    const e: Entry = entries[ei];
+    if (e.wildcard) {
+      set.push(ei);
+      if (e.egressNamed) wildNamed = true;
+    } else if (entryMatchesPeer(ctx, e, slot)) {
+      set.push(ei);
+      own = true;
+    }
+  }
+  const host = slot == hostSlotOf() && ctx.localhostFallback(dir, 1);
+  if (!own && !(dir == DIR_INGRESS && host) && !(wildNamed && namedPortsByIdentity.has(id.id))) {
+    return;
+  }
+  out.emit(dir, id.id, partition(ctx, dir, sortedUnique(set), host, id.id));
+}
+
+function hostSlotOf(): i32 {
+  return identityIndex.has(1) ? identityIndex.get(1) : -1;
+}
+
 function writeMapState(ctx: EpContext, only: i32): i32 {
   clearL7Conflict();
   const out = new Output();
   writeHeader(ctx, out.w);
   out.countAt = out.w.len;
   out.w.u32(0);
-  if (!ctx.enforcementOff) {
-    emitDirection(ctx, DIR_INGRESS, out, only);
-    emitDirection(ctx, DIR_EGRESS, out, only);
+  if (!ctx.enforcementOff && only < 0) {
+    emitDirection(ctx, DIR_INGRESS, out);
+    emitDirection(ctx, DIR_EGRESS, out);
+  } else if (!ctx.enforcementOff) {
+    emitDirectionFor(ctx, DIR_INGRESS, out, only);
+    emitDirectionFor(ctx, DIR_EGRESS, out, only);
   }
   out.w.patchU32(out.countAt, <u32> out.count);
   out.w.u32(<u32> out.l7Sets.length);

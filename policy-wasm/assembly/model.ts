@@ -89,10 +89,11 @@ export function leadingBitsEqual(a: StaticArray<u8>, b: StaticArray<u8>, bits: i
 export class Identity {
   id: u32 = 0;
   alive: bool = true;
-  /** Label triples (source, key, value) as interned ids, sorted by key then source. */
-  srcs: Array<u32> = new Array<u32>();
-  keys: Array<u32> = new Array<u32>();
-  vals: Array<u32> = new Array<u32>();
+  /**
+   * Label triples (source, key, value) as interned ids, flat: one object per identity keeps
+   * the heap the garbage collector walks small at 100k identities.
+   */
+  labels: StaticArray<u32> = new StaticArray<u32>(0);
   cidr: Prefix | null = null;
 }
 
@@ -113,8 +114,12 @@ export class Selector {
   reqs: Array<Requirement> = new Array<Requirement>();
   cidr: Prefix = new Prefix();
   excepts: Array<Prefix> = new Array<Prefix>();
-  /** Selector cache: one bit per identity slot. */
+  /** Selector cache (selectors.ts): sorted identity slots, or one bit per slot when `dense`. */
+  slots: Array<i32> = new Array<i32>();
   bits: Array<u32> = new Array<u32>();
+  dense: bool = false;
+  /** The In requirement the selector index files it under (selectors.ts), or -1. */
+  narrow: i32 = -1;
 }
 
 export const selectors = new Array<Selector>();

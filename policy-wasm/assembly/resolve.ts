@@ -268,6 +268,19 @@ export function invalidateContexts(): void {
   contexts = new Map<u32, EpContext>();
 }
 
+/**
+ * Drops the cached contexts of the endpoints whose own identity is `identity` (it was added,
+ * replaced or removed). A context depends on identities only through its endpoint's identity:
+ * which rules select it. Peers are read from the selector cache when resolving.
+ */
+export function invalidateContextsOf(identity: u32): void {
+  const list = contexts.values();
+  for (let i = 0; i < list.length; i++) {
+    const c = list[i];
+    if (c.ep.identity == identity) contexts.delete(c.ep.id);
+  }
+}
+
 /** The (cached) context of an endpoint. */
 export function contextFor(ep: Endpoint): EpContext {
   if (contexts.has(ep.id)) {

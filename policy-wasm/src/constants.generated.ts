@@ -20,6 +20,8 @@ export const VERDICT_NAMES = ["none", "allow", "deny", "redirect", "audit"] as c
 export const DIR_INGRESS = 1;
 /** from the endpoint */
 export const DIR_EGRESS = 2;
+/** conntrack only: a service connection's backend choice and reverse NAT (lb.h) */
+export const DIR_SERVICE = 3;
 
 // Directions of policy: the policy map key's egress field and the engine's wire value.
 export const POLICY_DIR_INGRESS = 0;

@@ -139,7 +139,9 @@ export function lintFqdn(c: CompileResult, emit: Emit): void {
   c.spec.rules.forEach((r, ri) => {
     for (const e of r.entries) {
       if (
-        !e.peers.some((p) => p.selector.kind === "none" && p.selector.why.startsWith("toFQDNs"))
+        !e.peers.some((p) =>
+          p.selector.kind === "labels" && p.selector.requirements.some((q) => q.source === "fqdn")
+        )
       ) continue;
       emit(
         "fqdn-no-dns",

@@ -168,11 +168,22 @@ function fqdnPeers(item: AnyItem, ctx: RuleContext, path: PathPart[]): PeerSpec[
   const list = (item.toFQDNs ?? []) as { matchName?: string; matchPattern?: string }[];
   if (list.length === 0) return [];
   list.forEach((f, i) => checkDnsSelector(f, ctx.sink, [...path, "toFQDNs", i]));
-  const names = list.map((f) => f.matchName ?? f.matchPattern).join(", ");
-  return [{
-    selector: { kind: "none", why: `toFQDNs (${names}): no IPs learned by the DNS proxy yet` },
+  // Cilium's FQDN selector: the identities the DNS proxy gives to learned addresses carry the
+  // label `fqdn:<selector>` for every selector whose name or pattern matched (agent/identity).
+  return list.map((f) => ({
+    selector: {
+      kind: "labels",
+      requirements: [{ source: "fqdn", key: fqdnSelectorKey(f), op: "Exists", values: [] }],
+    },
     requiresApply: false,
-  }];
+  }));
+}
+
+/** The label key of a toFQDNs selector: its name or pattern, lower-case, with the trailing dot. */
+export function fqdnSelectorKey(f: { matchName?: string; matchPattern?: string }): string {
+  const raw = (f.matchName ?? f.matchPattern ?? "").trim().toLowerCase();
+  if (raw === "*" || raw === "**") return raw;
+  return raw.endsWith(".") ? raw : raw + ".";
 }
 
 export interface ItemPeers {

@@ -3,6 +3,7 @@
 
 const BENCHES: Record<string, string> = {
   policy: "./policy_bench.ts",
+  scale: "./scale_bench.ts",
   identity: "./identity_bench.ts",
   datapath: "./datapath_bench.ts",
   cni: "./cni_bench.ts",

@@ -28,6 +28,11 @@ export const CONSTANTS: readonly ConstantGroup[] = [
     rows: [
       ["DIR_INGRESS", 1, "to the endpoint"],
       ["DIR_EGRESS", 2, "from the endpoint"],
+      [
+        "DIR_SERVICE",
+        3,
+        "conntrack only: a service connection's backend choice and reverse NAT (lb.h)",
+      ],
     ],
   },
   {

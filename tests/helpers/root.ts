@@ -34,6 +34,8 @@ const INSTALL_HINTS: Record<string, string> = {
   bpftool: "apt-get install bpftool",
   clang: "apt-get install clang llvm",
   iperf3: "apt-get install iperf3",
+  dnsmasq: "apt-get install dnsmasq-base",
+  dig: "apt-get install bind9-dnsutils",
 };
 
 /** True when the test process runs as root. */

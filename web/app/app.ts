@@ -171,6 +171,17 @@ export class App {
     this.#root.dataset.runs = String(++this.#runs);
   }
 
+  /** Live mode: the cluster's policies are read-only until forked into a draft. */
+  setReadOnly(on: boolean): void {
+    this.#editor.setReadOnly(on);
+    this.#root.dataset.readonly = String(on);
+  }
+
+  /** The policies being edited, as one `---`-separated text. */
+  policiesText(): string {
+    return this.#ws.policies;
+  }
+
   selectTab(name: TabName): void {
     this.#tabs.select(name);
   }

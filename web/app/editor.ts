@@ -7,7 +7,7 @@
 import { basicSetup, EditorView } from "codemirror";
 import { yaml } from "@codemirror/lang-yaml";
 import { type Diagnostic as CmDiagnostic, lintGutter, setDiagnostics } from "@codemirror/lint";
-import { Compartment, type Text } from "@codemirror/state";
+import { Compartment, EditorState, type Text } from "@codemirror/state";
 import { keymap } from "@codemirror/view";
 import type { Diagnostic } from "./simulation.ts";
 
@@ -20,6 +20,8 @@ export interface PolicyEditor {
   goTo(line: number, column?: number): void;
   /** Opt in to Tab inserting two spaces (off: Tab moves focus). */
   setTabIndents(on: boolean): void;
+  /** Read-only (live mode shows the cluster's policies until the user forks a draft). */
+  setReadOnly(on: boolean): void;
 }
 
 const theme = EditorView.theme({
@@ -51,6 +53,7 @@ export function createPolicyEditor(
 ): PolicyEditor {
   let silent = false;
   const tabs = new Compartment();
+  const readOnly = new Compartment();
   const view = new EditorView({
     parent,
     extensions: [
@@ -58,6 +61,7 @@ export function createPolicyEditor(
       yaml(),
       lintGutter(),
       tabs.of([]),
+      readOnly.of([]),
       theme,
       EditorView.contentAttributes.of({ "aria-label": "Policies (YAML)" }),
       EditorView.updateListener.of((u) => {
@@ -82,6 +86,13 @@ export function createPolicyEditor(
     },
     setTabIndents(on) {
       view.dispatch({ effects: tabs.reconfigure(on ? tabIndent : []) });
+    },
+    setReadOnly(on) {
+      view.dispatch({
+        effects: readOnly.reconfigure(
+          on ? [EditorState.readOnly.of(true), EditorView.editable.of(false)] : [],
+        ),
+      });
     },
     goTo(line, column = 1) {
       const pos = position(view.state.doc, line, column);

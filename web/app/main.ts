@@ -7,11 +7,16 @@ import { App } from "./app.ts";
 import { fill, h } from "./dom.ts";
 import { Simulator } from "./simulation.ts";
 import { TUTORIALS } from "../tutorials.ts";
+import { liveToken } from "./live_bridge.ts";
+import { LiveView } from "./live.ts";
 
 async function main(): Promise<void> {
   const sim = await Simulator.create();
   const app = new App(sim);
-  if (!app.openHash()) app.openTutorial(TUTORIALS[0]!.id);
+  const token = liveToken();
+  // Served by `cilia ui`: the live cluster; else the share link or the first tutorial.
+  if (token) await new LiveView(app, token).start();
+  else if (!app.openHash()) app.openTutorial(TUTORIALS[0]!.id);
 }
 
 main().catch((e) => {

@@ -75,7 +75,7 @@ export function renderProblems(
   );
 }
 
-export type TabName = "matrix" | "l7" | "queries";
+export type TabName = "matrix" | "l7" | "queries" | "live";
 
 /** Wires the tab buttons (`data-tab`) to the panels `#tab-<name>`. */
 export function initTabs(nav: HTMLElement): { select(name: TabName): void } {

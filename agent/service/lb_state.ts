@@ -1,0 +1,150 @@
+// Plans the service maps of bpf/lib/lb.h from service records: the whole wanted content of
+// cilia_lb_services, _slots, _backends and _revnat, diffed against what was written, as writes
+// in a safe order (new backends and slots before the services that point at them; deletes of
+// services before the slots and backends they used). Backend ids are stable per address while a
+// backend is in use (conntrack remembers them), and are read back after a restart (restore()).
+// Pure: no I/O; KernelSink does the writing and calls commit() only after it succeeded.
+import { decode, encode, LAYOUTS, num } from "../datapath/codecs.ts";
+import { formatIP, parseIPv4 } from "../datapath/_addr.ts";
+import type { MapUpdate } from "../datapath/map_writer.ts";
+import { backendText, type ServiceSpec } from "./spec.ts";
+import { maglevTable, weightedSlots } from "./maglev.ts";
+
+export const LB_MAPS = [
+  "cilia_lb_services",
+  "cilia_lb_slots",
+  "cilia_lb_backends",
+  "cilia_lb_revnat",
+] as const;
+export type LbMap = typeof LB_MAPS[number];
+
+export interface LbWrite {
+  map: LbMap;
+  updates: MapUpdate[];
+  deletes: Uint8Array[];
+}
+
+const PROTO = { TCP: 6, UDP: 17 } as const;
+const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+const unhex = (h: string) => new Uint8Array(h.match(/../g)!.map((x) => parseInt(x, 16)));
+const addr16 = (ip: string) => {
+  const a = new Uint8Array(16);
+  a.set(parseIPv4(ip)!);
+  return a;
+};
+
+type Content = Map<string, string>;
+
+export class LbState {
+  readonly #written = new Map<LbMap, Content>(LB_MAPS.map((m) => [m, new Map()]));
+  /** "ip:port/proto" → backend id. */
+  #ids = new Map<string, number>();
+
+  /** What the kernel holds (a previous agent's writes): taken as written; ids are kept. */
+  restore(map: LbMap, entries: readonly { key: Uint8Array; value: Uint8Array }[]): void {
+    const c = this.#written.get(map)!;
+    for (const e of entries) c.set(hex(e.key), hex(e.value));
+    if (map !== "cilia_lb_backends") return;
+    for (const e of entries) {
+      const id = num(decode(LAYOUTS.lbBackendKey, e.key).backend_id);
+      const v = decode(LAYOUTS.lbBackend, e.value);
+      const ip = formatIP(4, (v.addr as Uint8Array).subarray(0, 4));
+      this.#ids.set(`${ip}:${num(v.port)}/${num(v.proto)}`, id);
+    }
+  }
+
+  /** The backend id of an address in use, if any (for listings). */
+  backendId(ip: string, port: number, protocol: "TCP" | "UDP"): number | undefined {
+    return this.#ids.get(`${ip}:${port}/${PROTO[protocol]}`);
+  }
+
+  /** The writes that turn what was written into `services`; commit() once they succeeded. */
+  plan(services: readonly ServiceSpec[]): { writes: LbWrite[]; commit(): void } {
+    const ids = this.#allocate(services);
+    const want = new Map<LbMap, Content>(LB_MAPS.map((m) => [m, new Map()]));
+    const put = (m: LbMap, k: Uint8Array, v: Uint8Array) => want.get(m)!.set(hex(k), hex(v));
+    for (const s of services) {
+      const proto = PROTO[s.frontend.protocol];
+      const named = s.backends.map((b) => ({ name: backendText(b), weight: b.weight }));
+      const table = s.algorithm === "maglev" ? maglevTable(named) : weightedSlots(named);
+      for (const b of s.backends) {
+        put(
+          "cilia_lb_backends",
+          encode(LAYOUTS.lbBackendKey, { backend_id: ids.get(`${backendText(b)}/${proto}`)! }),
+          encode(LAYOUTS.lbBackend, { addr: addr16(b.ip), port: b.port, proto, family: 4 }),
+        );
+      }
+      table.forEach((bi, slot) => {
+        const b = s.backends[bi]!;
+        put(
+          "cilia_lb_slots",
+          encode(LAYOUTS.lbSlotKey, { svc_id: s.id, slot }),
+          encode(LAYOUTS.lbSlotValue, { backend_id: ids.get(`${backendText(b)}/${proto}`)! }),
+        );
+      });
+      put(
+        "cilia_lb_revnat",
+        encode(LAYOUTS.lbRevnatKey, { svc_id: s.id }),
+        encode(LAYOUTS.lbRevnat, { addr: addr16(s.frontend.ip), port: s.frontend.port, family: 4 }),
+      );
+      put(
+        "cilia_lb_services",
+        encode(LAYOUTS.lbServiceKey, {
+          addr: addr16(s.frontend.ip),
+          port: s.frontend.port,
+          proto,
+          family: 4,
+        }),
+        encode(LAYOUTS.lbServiceValue, { slots: table.length, svc_id: s.id }),
+      );
+    }
+    const diff = (m: LbMap) => {
+      const have = this.#written.get(m)!, wanted = want.get(m)!;
+      const updates = [...wanted].filter(([k, v]) => have.get(k) !== v)
+        .map(([k, v]) => ({ key: unhex(k), value: unhex(v) }));
+      const deletes = [...have.keys()].filter((k) => !wanted.has(k)).map(unhex);
+      return { map: m, updates, deletes };
+    };
+    const d = Object.fromEntries(LB_MAPS.map((m) => [m, diff(m)])) as Record<LbMap, LbWrite>;
+    const only = (w: LbWrite, part: "updates" | "deletes"): LbWrite => ({
+      map: w.map,
+      updates: part === "updates" ? w.updates : [],
+      deletes: part === "deletes" ? w.deletes : [],
+    });
+    const writes = [
+      only(d.cilia_lb_backends, "updates"),
+      only(d.cilia_lb_slots, "updates"),
+      only(d.cilia_lb_revnat, "updates"),
+      d.cilia_lb_services,
+      only(d.cilia_lb_slots, "deletes"),
+      only(d.cilia_lb_revnat, "deletes"),
+      only(d.cilia_lb_backends, "deletes"),
+    ].filter((w) => w.updates.length > 0 || w.deletes.length > 0);
+    return {
+      writes,
+      commit: () => {
+        for (const m of LB_MAPS) this.#written.set(m, want.get(m)!);
+        this.#ids = ids;
+      },
+    };
+  }
+
+  /** Ids for every wanted backend: kept for addresses in use, the lowest free for new ones. */
+  #allocate(services: readonly ServiceSpec[]): Map<string, number> {
+    const wanted = new Set(
+      services.flatMap((s) =>
+        s.backends.map((b) => `${backendText(b)}/${PROTO[s.frontend.protocol]}`)
+      ),
+    );
+    const ids = new Map([...this.#ids].filter(([k]) => wanted.has(k)));
+    const used = new Set(ids.values());
+    let next = 1;
+    for (const k of [...wanted].sort()) {
+      if (ids.has(k)) continue;
+      while (used.has(next)) next++;
+      ids.set(k, next);
+      used.add(next);
+    }
+    return ids;
+  }
+}

@@ -1,0 +1,146 @@
+// DNS-aware policy through the kernel and the agent's DNS proxy, with a real DNS server: dnsmasq
+// on the external host (203.0.113.10) answers api.example.com → 203.0.113.10 and
+// other.example.com / other.net → 203.0.113.20. A client pod with `toFQDNs: api.example.com` on
+// TCP 8080 and a DNS rule on 53 cannot reach 203.0.113.10:8080 before it resolved the name, can
+// after `dig` (the proxy learned the address before releasing the answer), and never reaches
+// 203.0.113.20:8080; a DNS rule for `*.example.com` only makes `dig other.net` get REFUSED
+// quickly, and each query is a DNS flow with its name, verdict and policy. Needs root.
+import assert from "node:assert/strict";
+import { CiliaNode } from "../cni/_fixture.ts";
+import { needsRoot } from "../helpers/root.ts";
+
+const SERVER = `
+const l = Deno.listen({ hostname: "0.0.0.0", port: 8080 });
+for await (const c of l) { c.write(new TextEncoder().encode("hello\\n")).finally(() => c.close()); }
+`;
+
+const policy = (dns: string) =>
+  `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: fqdn, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toFQDNs: [{matchName: api.example.com}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+  - toCIDR: [203.0.113.10/32]
+    toPorts:
+    - ports: [{port: "53", protocol: ANY}]
+      rules: {dns: [{matchPattern: "${dns}"}]}
+`;
+
+Deno.test({
+  name: "dns: toFQDNs through the DNS proxy, REFUSED names, DNS flows",
+  ...needsRoot(["dnsmasq", "dig", "curl"]),
+  sanitizeResources: false,
+  sanitizeOps: false,
+}, async (t) => {
+  await using n = await CiliaNode.create({ external: true });
+  const ext = n.ext!;
+  await n.lab.run(ext.netns, ["ip", "addr", "add", "203.0.113.20/24", "dev", "eth0"]);
+  await Deno.writeTextFile(`${n.lab.dir}/server.ts`, SERVER);
+  const spawn = (args: string[]) =>
+    new Deno.Command("ip", {
+      args: ["netns", "exec", ext.netns, ...args],
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+  const dnsmasq = spawn([
+    "dnsmasq",
+    "--no-daemon",
+    "--port=53",
+    "--listen-address=203.0.113.10",
+    "--bind-interfaces",
+    "--no-resolv",
+    "--no-hosts",
+    "--local-ttl=60",
+    "--address=/api.example.com/203.0.113.10",
+    "--address=/other.example.com/203.0.113.20",
+    "--address=/other.net/203.0.113.20",
+    `--pid-file=${n.lab.dir}/dnsmasq.pid`,
+  ]);
+  const srv = spawn([Deno.execPath(), "run", "-A", "--no-config", `${n.lab.dir}/server.ts`]);
+  try {
+    const client = await n.addPod("client", { app: "client" });
+    const connect = async (ip: string) =>
+      (await n.lab.run(client.netns, ["curl", "-s", "-m", "1", `telnet://${ip}:8080`]).catch(
+        () => "",
+      )).includes("hello");
+    const dig = async (name: string) => {
+      const start = performance.now();
+      const out = await n.lab.run(client.netns, [
+        "dig",
+        "+time=2",
+        "+tries=1",
+        "@203.0.113.10",
+        name,
+        "A",
+      ]).catch((e) => String(e));
+      const status = /status: (\w+)/.exec(out)?.[1] ?? "NONE";
+      const answer = /^\S+\s+\d+\s+IN\s+A\s+(\S+)$/m.exec(out)?.[1];
+      return { status, answer, ms: performance.now() - start };
+    };
+    // Both servers are up (no policy yet).
+    for (let i = 0; i < 50 && !(await connect("203.0.113.10")); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal((await dig("api.example.com")).answer, "203.0.113.10", "dnsmasq answers");
+
+    await n.policy(policy("*"));
+
+    await t.step("before the lookup the address is not allowed", async () => {
+      assert.equal(await connect("203.0.113.10"), false);
+    });
+
+    await t.step("dig resolves through the proxy, then the connect passes", async () => {
+      const r = await dig("api.example.com");
+      assert.equal(r.status, "NOERROR");
+      assert.equal(r.answer, "203.0.113.10");
+      assert.equal(await connect("203.0.113.10"), true);
+    });
+
+    await t.step("another external address stays denied (also after its lookup)", async () => {
+      assert.equal((await dig("other.example.com")).answer, "203.0.113.20");
+      assert.equal(await connect("203.0.113.20"), false);
+    });
+
+    await t.step("a name the DNS rules do not allow gets REFUSED quickly", async () => {
+      await n.policy(policy("*.example.com"));
+      const r = await dig("other.net");
+      assert.equal(r.status, "REFUSED");
+      assert.ok(r.ms < 1000, `answered in ${r.ms.toFixed(0)} ms`);
+      assert.equal((await dig("api.example.com")).answer, "203.0.113.10");
+    });
+
+    await t.step("DNS flows carry the name, the verdict and the policy", async () => {
+      const { flows } = await n.flows({ type: "l7" });
+      const refused = flows.find((f) => f.l7?.dns?.query === "other.net.");
+      assert.ok(refused, JSON.stringify(flows.map((f) => f.Summary)));
+      assert.equal(refused.verdict, "DROPPED");
+      assert.equal(refused.l7?.dns?.rcode, 5);
+      assert.equal(refused.policy?.name, "fqdn");
+      const ok = flows.find((f) => f.l7?.dns?.query === "api.example.com.");
+      assert.equal(ok?.verdict, "FORWARDED");
+      assert.deepEqual(ok?.l7?.dns?.ips, ["203.0.113.10"]);
+    });
+
+    await t.step("the learned address survives an agent restart", async () => {
+      await n.stopAgent();
+      await n.startAgent();
+      let ok = false;
+      for (let i = 0; i < 30 && !(ok = await connect("203.0.113.10")); i++) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.equal(ok, true);
+      const list = await n.call("GET", "/v1/fqdn/cache");
+      assert.equal(list.status, 200, JSON.stringify(list.body));
+    });
+  } finally {
+    for (const p of [dnsmasq, srv]) {
+      try {
+        p.kill("SIGTERM");
+      } catch { /* gone */ }
+      await p.status;
+    }
+  }
+});
