@@ -71,6 +71,7 @@ function parse(argv: string[]) {
   for (let i = 0; i < argv.length; i++) {
     const tok = argv[i]!;
     if (tok === "--help" || tok === "-h") return { help: true, flags, pos };
+    if (tok === "--no-color") continue; // nothing here is coloured
     if (!tok.startsWith("-") || tok === "-") {
       pos.push(tok);
       continue;

@@ -5,7 +5,7 @@
 // compared in constant time; without it: 401. It listens on loopback only unless
 // `--allow-remote`. It never writes to the agent.
 
-import { serveSimulator } from "@cilia/web";
+import { serveSimulator } from "../web/static.ts";
 import { encodeBase64Url } from "@cilia/policy-wasm";
 import { UsageError } from "./output.ts";
 import { socketPath } from "./live_client.ts";

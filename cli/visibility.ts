@@ -1,12 +1,12 @@
 // The visibility commands that parse their own flags (Hubble's filter vocabulary does not fit
-// the global flag table): `observe`, `monitor`, `bpf`, `connectivity`. cli/main.ts hands them
-// their arguments before it parses anything.
+// the global flag table): `observe`, `monitor`, `bpf`, `connectivity`, `service`. cli/main.ts
+// hands them their arguments before it parses anything.
 
-import { service } from "./service.ts";
 import { observe } from "./observe.ts";
 import { monitor } from "./monitor.ts";
 import { bpf } from "./bpf.ts";
 import { connectivity } from "./connectivity.ts";
+import { service } from "./service.ts";
 
 export const VISIBILITY_COMMANDS: Record<string, (argv: string[]) => Promise<number>> = {
   observe,

@@ -7,7 +7,7 @@
 
 import type { Hono } from "hono";
 import type { Agent } from "../agent.ts";
-import { VERDICT_NAMES } from "../datapath/codecs.ts";
+import { DIR_SERVICE, VERDICT_NAMES } from "../datapath/codecs.ts";
 import { dumpConntrack } from "../datapath/conntrack_gc.ts";
 import { formatIP } from "../datapath/_addr.ts";
 import { type KernelLookup, kernelPolicyLookup } from "../datapath/kernel_lookup.ts";
@@ -67,7 +67,12 @@ export function registerBpfRoutes(app: Hono, agent: Agent): void {
       const addr = (k: string) => formatIP(family, key[k] as Uint8Array);
       return {
         endpoint: Number(key.ep_id),
-        direction: Number(key.dir) === 2 ? "egress" : "ingress",
+        // DIR_SERVICE rows: a service connection's backend choice (peerIdentity = backend id).
+        direction: Number(key.dir) === DIR_SERVICE
+          ? "service"
+          : Number(key.dir) === 2
+          ? "egress"
+          : "ingress",
         proto: Number(key["tuple.proto"]),
         source: addr("tuple.saddr"),
         sourcePort: Number(key["tuple.sport"]),
@@ -77,6 +82,7 @@ export function registerBpfRoutes(app: Hono, agent: Agent): void {
         packets: Number(value.packets),
         bytes: Number(value.bytes),
         flags: Number(value.flags),
+        ...(Number(value.rev_nat) ? { serviceId: Number(value.rev_nat) } : {}),
       };
     });
     return c.json(rows);

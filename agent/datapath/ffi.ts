@@ -133,10 +133,10 @@ export class PerfBuffer {
       SAMPLE_CB,
       (_ctx, cpu, data, size) => {
         if (!data) return;
-        opts.onSample(
-          cpu,
-          new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(data, size)).slice(),
-        );
+        // One copy straight into a fresh buffer (no external ArrayBuffer per sample for the GC).
+        const copy = new Uint8Array(size);
+        Deno.UnsafePointerView.copyInto(data, copy);
+        opts.onSample(cpu, copy);
       },
     );
     this.#lost = new Deno.UnsafeCallback(

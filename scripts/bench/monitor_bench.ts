@@ -122,6 +122,8 @@ interface Row {
   /** As the agent counts them: perf buffer overruns, and flows a slow follower lost. */
   lostPerf: number;
   lostSlow: number;
+  /** Events the agent turned into flows. */
+  ingested: number;
   /** What the follower was told (`lost_events` lines). */
   lostReported: number;
   rate: number;
@@ -164,7 +166,7 @@ async function throughObserve(
   const runsPerSec = o.eventsPerSec / o.perRun;
   const runs = Math.round((o.eventsPerSec > 0 ? runsPerSec : 150_000) * o.seconds);
   const r = await produce(n, p, runsPerSec, runs);
-  await settle(() => flows);
+  await settle(() => flows + lostLines, 800); // the stream drains
   const after = await lostCounts(n);
   child.kill("SIGINT");
   await reading;
@@ -178,16 +180,17 @@ async function throughObserve(
     lost: expected - flows,
     lostPerf: after.perf - before.perf,
     lostSlow: after.slow - before.slow,
+    ingested: after.seen - before.seen,
     lostReported: lostLines,
     rate: flows / ((last - first) / 1000),
   };
 }
 
-/** The agent's lost-event counters: perf buffer overruns and slow followers. */
-async function lostCounts(n: CiliaNode): Promise<{ perf: number; slow: number }> {
+/** The agent's counters: perf buffer overruns, slow followers and events seen. */
+async function lostCounts(n: CiliaNode): Promise<{ perf: number; slow: number; seen: number }> {
   const { stats } = await n.flows({ last: "0" });
-  const lost = (stats as { lost: { perf: number; slowReaders: number } }).lost;
-  return { perf: lost.perf, slow: lost.slowReaders };
+  const s = stats as { lost: { perf: number; slowReaders: number }; buffer: { seen: number } };
+  return { perf: s.lost.perf, slow: s.lost.slowReaders, seen: s.buffer.seen };
 }
 
 function table(rows: Row[], base: number): string {
@@ -196,9 +199,11 @@ function table(rows: Row[], base: number): string {
     "produced ev/s",
     "delivered",
     "loss",
+    "ingested",
     "perf lost",
     "slow-reader lost",
     "told",
+    "unexplained",
     "ev/s to observe",
   ];
   const body = rows.map((r) => [
@@ -206,9 +211,11 @@ function table(rows: Row[], base: number): string {
     k(r.produced),
     `${r.delivered}/${r.expected}`,
     `${(100 * r.lost / r.expected).toFixed(2)}%`,
+    String(r.ingested),
     String(r.lostPerf),
     String(r.lostSlow),
     String(r.lostReported),
+    String(r.expected - r.delivered - r.lostPerf - r.lostSlow),
     `${k(r.rate)} (${(r.rate / base).toFixed(2)}× baseline)`,
   ]);
   const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
@@ -273,6 +280,7 @@ export async function main(args: string[]): Promise<void> {
       } (${at100?.lost ?? "-"} lost)`,
     );
   } finally {
+    if (BENCH_DENO) await n.stopAgent(); // SIGTERM: a profiling agent writes its profile
     await n.close();
   }
 }
