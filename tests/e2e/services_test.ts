@@ -99,9 +99,13 @@ Deno.test({
       });
       assert.ok(r.status === 200 || r.status === 201, JSON.stringify(r.body));
     };
-    // The servers are up once a direct connection answers.
+    // The servers are up once they listen (the peer helper's probe speaks its own protocol).
     for (const b of Object.values(backends)) {
-      for (let i = 0; i < 50 && !(await n.peer(client.netns).probe("tcp", b.ipv4, 8080, 300)); i++);
+      for (let i = 0; i < 100; i++) {
+        const ss = await n.lab.run(b.netns, ["ss", "-Htln", "sport = :8080"]);
+        if (ss.trim() !== "") break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
     }
 
     await t.step("connections spread over the backends; each stays on one", async () => {
