@@ -4,7 +4,8 @@
 // node started the MACHINE.md §1 way (--node-ip, pod CIDRs 10.200.<i>.0/24 and
 // fd00:200:<i>::/64, a short lease so that a stopped node expires quickly). Pods come through
 // the CNI plugin (tests/cni/_fixture.ts execCni). Flows and events are asked from the agents,
-// never read from the perf buffer. close() kills agents and etcd and removes everything.
+// never read from the perf buffer. etcd can be killed and started again on its data
+// (stopEtcd/startEtcd) for the fault tests. close() kills agents and etcd and removes everything.
 import { execCni, root, type TestPod } from "../cni/_fixture.ts";
 import { type Reply, SocketClient } from "../agent/_fixture.ts";
 import type { Flow, MonitorLine } from "../../agent/monitor/mod.ts";
@@ -105,7 +106,9 @@ export class ClusterNode {
     const netns = `${this.cluster.lab.prefix}${name}`;
     const r0 = await new Deno.Command("ip", { args: ["netns", "add", netns], stderr: "piped" })
       .output();
-    if (r0.code !== 0) throw new Error(`Cannot create netns "${netns}"`);
+    // An existing netns is a retry of an ADD that failed (as a runtime retries a sandbox).
+    const exists = await Deno.stat(`/run/netns/${netns}`).then(() => true, () => false);
+    if (r0.code !== 0 && !exists) throw new Error(`Cannot create netns "${netns}"`);
     const containerId = `${name}-${++this.#pods}-${crypto.randomUUID().slice(0, 8)}`;
     const labelArg = Object.entries(labels).map(([k, v]) => `${k}=${v}`).join(",");
     const r = await execCni("ADD", {
@@ -180,6 +183,7 @@ export class Cluster implements AsyncDisposable {
   /** The mode agents start with (a test may change it and restart them). */
   routingMode: "tunnel" | "native";
   readonly leaseTtl: string;
+  #etcd: Deno.ChildProcess | undefined;
 
   private constructor(readonly lab: Lab, opts: ClusterOptions) {
     this.underlay = `${lab.prefix}ul`;
@@ -213,9 +217,19 @@ export class Cluster implements AsyncDisposable {
       `ip link set lo up && ip link add br0 type bridge && ip link set br0 up && ` +
         `ip addr add ${UNDERLAY_IP}/24 dev br0`,
     );
+    await this.startEtcd();
+  }
+
+  /**
+   * Starts etcd in the underlay namespace on its data dir (again after stopEtcd(): same data,
+   * same leases) and waits until /health says so.
+   */
+  async startEtcd(): Promise<void> {
+    if (this.#etcd) return;
+    const ns = this.underlay;
     const url = `http://${UNDERLAY_IP}:2379`;
     // deno-fmt-ignore
-    this.lab.spawn(["ip", "netns", "exec", ns, "etcd",
+    this.#etcd = this.lab.spawn(["ip", "netns", "exec", ns, "etcd",
       "--name", "t", "--data-dir", `${this.lab.dir}/etcd`,
       "--listen-client-urls", url, "--advertise-client-urls", url,
       "--listen-peer-urls", "http://127.0.0.1:2380",
@@ -230,6 +244,17 @@ export class Cluster implements AsyncDisposable {
       await sleep(20);
     }
     throw new Error(`etcd in the underlay namespace did not become healthy`);
+  }
+
+  /** Kills etcd (SIGKILL, as a crash) and waits for it; its data dir stays for startEtcd(). */
+  async stopEtcd(): Promise<void> {
+    const child = this.#etcd;
+    if (!child) return;
+    this.#etcd = undefined;
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone */ }
+    await child.status;
   }
 
   async #plug(node: Node): Promise<void> {
