@@ -151,6 +151,7 @@ export class Agent {
         bpffsRoot: c.bpffsRoot,
         buildDir: c.bpfBuildDir,
         log: log.child({ subsys: "datapath" }),
+        mapSizes: { ctMax: c.bpfCtMax, policyMax: c.bpfPolicyMapMax, ipcacheMax: c.bpfIpcacheMax },
       });
       this.#closers.push(this.datapath);
       // The L7 proxy lives in the agent (docs/architecture.md, "L7"): it judges with this engine.

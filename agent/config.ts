@@ -41,6 +41,12 @@ export interface AgentConfig {
   bpffsRoot: string;
   /** The eBPF object cache (compiled once per source hash). */
   bpfBuildDir: string;
+  /** max_entries of the conntrack map (one LRU table for TCP and other protocols). */
+  bpfCtMax: number;
+  /** max_entries of the policy map (shared by every endpoint of the node). */
+  bpfPolicyMapMax: number;
+  /** max_entries of the ipcache (prefix → identity, local and remote). */
+  bpfIpcacheMax: number;
   /** Flows the monitor keeps in memory (the oldest are overwritten). */
   flowBufferSize: number;
   /** How pods reach other nodes' pods: VXLAN with the identity in the VNI, or plain routes. */
@@ -138,6 +144,11 @@ const Schema = z.strictObject({
     .default("/sys/fs/bpf/cilia"),
   bpfBuildDir: z.string().regex(/^\/./, { message: "Expected an absolute directory" })
     .default(DEFAULT_BPF_BUILD_DIR),
+  // Map sizes: the conntrack map is preallocated (about 130 bytes an entry: 256k ≈ 34 MiB); the
+  // policy map and ipcache allocate on demand, so their caps cost nothing until used.
+  bpfCtMax: z.coerce.number().int().min(1024).max(1 << 24).default(262144),
+  bpfPolicyMapMax: z.coerce.number().int().min(16).max(1 << 24).default(1 << 20),
+  bpfIpcacheMax: z.coerce.number().int().min(16).max(1 << 24).default(524288),
   flowBufferSize: z.coerce.number().int().min(1).max(1 << 20).default(4095),
   routingMode: z.enum(["tunnel", "native"], {
     message: `Expected "tunnel" (VXLAN, the identity in the VNI) or "native" (routes)`,
@@ -178,6 +189,9 @@ export const FLAGS = {
   datapath: { type: "string" },
   "bpffs-root": { type: "string" },
   "bpf-build-dir": { type: "string" },
+  "bpf-ct-max": { type: "string" },
+  "bpf-policy-map-max": { type: "string" },
+  "bpf-ipcache-max": { type: "string" },
   "flow-buffer-size": { type: "string" },
   "routing-mode": { type: "string" },
   "tunnel-protocol": { type: "string" },
@@ -287,6 +301,11 @@ Usage: cilia-agent [flags]      (or: deno task agent -- [flags])
                            or none (no kernel changes, e.g. for tests); default kernel
   --bpffs-root DIR         where the datapath pins maps and programs (default /sys/fs/bpf/cilia)
   --bpf-build-dir DIR      eBPF object cache (default the repository's bpf/build)
+  --bpf-ct-max N           conntrack entries, TCP and other protocols in one LRU table: when
+                           full, a new flow evicts the least recently used one (default 262144)
+  --bpf-policy-map-max N   policy entries, all endpoints of the node (default 1048576)
+  --bpf-ipcache-max N      ipcache prefixes, local and remote (default 524288); a pinned map
+                           of another size is refused at start with what to do
   --flow-buffer-size N     flows kept in memory for cilia observe (default 4095)
   --routing-mode MODE      tunnel (VXLAN, the source identity in the VNI) or native (routes
                            to each node's pod CIDR via its node IP); default tunnel

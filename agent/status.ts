@@ -47,6 +47,26 @@ export interface DatapathStatus {
   programs?: string;
   /** False when this agent loaded the programs, true when it found them pinned. */
   reused?: boolean;
+  /** Fill of the sized kernel maps (counted at most every few seconds). */
+  maps?: { name: string; entries: number; max: number; pressure: number }[];
+}
+
+/** The sized maps' fill, with a warning for each map at 90 % or more; none if unreadable. */
+function mapStatus(agent: Agent, warnings: string[]): DatapathStatus["maps"] {
+  let fill;
+  try {
+    fill = agent.datapath?.datapath.mapFill();
+  } catch {
+    return undefined;
+  }
+  return fill?.map((f) => {
+    if (f.pressure >= 0.9) {
+      warnings.push(
+        `map "${f.map}" is ${Math.round(f.pressure * 100)} % full (${f.entries}/${f.max})`,
+      );
+    }
+    return { name: f.map, entries: f.entries, max: f.max, pressure: f.pressure };
+  });
 }
 
 export interface AgentStatus {
@@ -190,6 +210,7 @@ export function agentStatus(agent: Agent, kvstore: KvstoreHealth): AgentStatus {
   if (ipcachePending > 0) {
     warnings.push(`${ipcachePending} ipcache update(s) are not written yet: retrying`);
   }
+  const maps = mapStatus(agent, warnings);
   const { rss, heapUsed, external } = Deno.memoryUsage();
   return {
     healthy: kvstore.reachable,
@@ -219,6 +240,7 @@ export function agentStatus(agent: Agent, kvstore: KvstoreHealth): AgentStatus {
         bpffsRoot: agent.datapath.datapath.pins.root,
         programs: agent.datapath.datapath.pins.progDir,
         reused: !agent.datapath.datapath.loaded,
+        ...(maps ? { maps } : {}),
       }
       : { mode: "none" },
     memory: { rss, heapUsed, external, wasm: agent.engine.memoryBytes },

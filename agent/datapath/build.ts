@@ -1,6 +1,7 @@
 // Compiles the eBPF programs with the pinned clang flags into a template cache keyed by a hash
 // of the sources, the flags and the compiler version: an object that is current is never built
-// again, and a new endpoint never needs a compile (per-endpoint values live in maps). It does not
+// again, and a new endpoint never needs a compile (per-endpoint values live in maps). Node-wide
+// settings fixed at compile time (map sizes) enter as `-D` defines and are part of the key. It does not
 // load anything into the kernel (loader.ts does).
 import { execCommand } from "../sys/exec.ts";
 
@@ -26,6 +27,8 @@ export interface BuildOptions {
   /** Program file without ".c"; default "lxc". */
   name?: string;
   clang?: string;
+  /** `-DNAME=value` for node-wide compile-time settings (map sizes); part of the cache key. */
+  defines?: Readonly<Record<string, number>>;
 }
 
 export interface BuiltObject {
@@ -62,7 +65,15 @@ export async function sourceHash(sourceDir: string, clang = "clang"): Promise<st
   for (const f of await sourceFiles(sourceDir)) {
     parts.push(f, await Deno.readTextFile(sourceDir + f));
   }
-  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(parts.join("\0")));
+  return await sha256Hex(parts.join("\0"));
+}
+
+function defineArgs(defines: Readonly<Record<string, number>> = {}): string[] {
+  return Object.keys(defines).sort().map((k) => `-D${k}=${defines[k]}`);
+}
+
+async function sha256Hex(text: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
@@ -80,7 +91,11 @@ export async function buildObject(opts: BuildOptions): Promise<BuiltObject> {
   const sourceDir = opts.sourceDir ?? DEFAULT_SOURCE_DIR;
   const name = opts.name ?? "lxc";
   const clang = opts.clang ?? "clang";
-  const hash = (await sourceHash(sourceDir, clang)).slice(0, 16);
+  const defines = defineArgs(opts.defines);
+  const base = await sourceHash(sourceDir, clang);
+  // Without defines the key is the source hash alone (objects built by scripts/ stay current).
+  const hash = (defines.length === 0 ? base : await sha256Hex([base, ...defines].join("\0")))
+    .slice(0, 16);
   const cachedPath = `${opts.buildDir}/${name}-${hash}.o`;
   const latest = `${opts.buildDir}/${name}.o`;
   await Deno.mkdir(opts.buildDir, { recursive: true });
@@ -88,7 +103,7 @@ export async function buildObject(opts: BuildOptions): Promise<BuiltObject> {
   if (!(await exists(cachedPath))) {
     cached = false;
     const tmp = `${cachedPath}.${crypto.randomUUID().slice(0, 8)}.tmp`;
-    const res = await execCommand([clang, ...clangArgs(sourceDir, `${name}.c`, tmp)]);
+    const res = await execCommand([clang, ...defines, ...clangArgs(sourceDir, `${name}.c`, tmp)]);
     if (res.code !== 0) {
       await Deno.remove(tmp).catch(() => {});
       throw new Error(

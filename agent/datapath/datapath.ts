@@ -27,8 +27,21 @@ import {
   detachEndpoint,
   loadPinned,
   type MapName,
+  pinnedMaxEntries,
   type Pins,
 } from "./loader.ts";
+import {
+  countEntries,
+  countFill,
+  isMapFullErrno,
+  type MapFill,
+  mapFullError,
+  type MapSizes,
+  SIZED_MAPS,
+  sizeDefines,
+  type SizedMap,
+  sizesByMap,
+} from "./map_sizes.ts";
 import {
   decodePolicyEntry,
   type EncodedEntry,
@@ -38,7 +51,7 @@ import {
 import { type MapUpdate, MapWriter } from "./map_writer.ts";
 import { linkIndex, linkNames } from "../sys/links.ts";
 
-export type { DatapathEvent, PolicyEntry };
+export type { DatapathEvent, MapFill, MapSizes, PolicyEntry };
 
 export interface DatapathOptions {
   /** Where maps and programs are pinned; default /sys/fs/bpf/cilia. */
@@ -51,6 +64,8 @@ export interface DatapathOptions {
   netns?: string;
   /** Run the conntrack garbage collector every N ms until close(); unset = never. */
   conntrackGcIntervalMs?: number;
+  /** max_entries of conntrack, policy and ipcache (compile-time defines); unset: the defaults. */
+  mapSizes?: MapSizes;
 }
 
 /** An endpoint-map entry: what the kernel keeps per endpoint interface. */
@@ -91,10 +106,20 @@ export class Datapath implements AsyncDisposable {
   /** The network namespace tc/ip/bpftool run in (undefined: the caller's own). */
   readonly netns: string | undefined;
   #stopGc: (() => void) | undefined;
+  /** max_entries of the sized maps as pinned (read once at open). */
+  readonly mapMax: Readonly<Record<SizedMap, number>>;
+  #fill: { at: number; rows: MapFill[] } | undefined;
 
-  private constructor(pins: Pins, loaded: boolean, bpftool: BpfTool, netns?: string) {
+  private constructor(
+    pins: Pins,
+    loaded: boolean,
+    bpftool: BpfTool,
+    opts: { netns?: string | undefined; mapMax: Record<SizedMap, number> },
+  ) {
     this.pins = pins;
     this.loaded = loaded;
+    this.mapMax = opts.mapMax;
+    const netns = opts.netns;
     this.#bpftool = bpftool;
     this.#writer = new MapWriter(bpftool);
     this.netns = netns;
@@ -103,13 +128,22 @@ export class Datapath implements AsyncDisposable {
   static async open(opts: DatapathOptions): Promise<Datapath> {
     const root = (opts.bpffsRoot ?? "/sys/fs/bpf/cilia").replace(/\/+$/, "");
     await checkBpffs(root);
+    const sizes = opts.mapSizes ?? {};
     const obj = await buildObject({
       buildDir: opts.buildDir,
+      defines: sizeDefines(sizes),
       ...(opts.sourceDir ? { sourceDir: opts.sourceDir } : {}),
     });
     const bpftool = new BpfTool({ netns: opts.netns });
-    const res = await loadPinned(bpftool, { root, object: obj.path, hash: obj.hash });
-    const dp = new Datapath(res.pins, res.loaded, bpftool, opts.netns);
+    const res = await loadPinned(bpftool, {
+      root,
+      object: obj.path,
+      hash: obj.hash,
+      sizes: sizesByMap(sizes),
+    });
+    const mapMax = {} as Record<SizedMap, number>;
+    for (const n of SIZED_MAPS) mapMax[n] = await pinnedMaxEntries(bpftool, res.pins.maps[n]);
+    const dp = new Datapath(res.pins, res.loaded, bpftool, { netns: opts.netns, mapMax });
     if (res.loaded) await dp.#reattachAll();
     for (const dir of res.stale) await Deno.remove(dir, { recursive: true }).catch(() => {});
     if (opts.conntrackGcIntervalMs) {
@@ -211,7 +245,29 @@ export class Datapath implements AsyncDisposable {
         value: encode(LAYOUTS.ipcacheValue, { identity: u.identity, tunnel_endpoint: tunnel }),
       };
     });
-    await this.#writer.apply(this.pins.maps.cilia_ipcache, updates, deletes.map(key));
+    await this.#apply("cilia_ipcache", updates, deletes.map(key));
+  }
+
+  /** Writes one sized map; a full map is a RangeError naming the map, its size and the flag. */
+  async #apply(map: SizedMap, updates: readonly MapUpdate[], deletes: readonly Uint8Array[]) {
+    try {
+      await this.#writer.apply(this.pins.maps[map], updates, deletes);
+    } catch (err) {
+      const max = this.mapMax[map];
+      if (!isMapFullErrno(err) || countEntries(this.pins.maps[map], { map, max }) < max) throw err;
+      throw mapFullError(map, max, err);
+    }
+  }
+
+  /**
+   * Entries and max_entries of conntrack, policy and ipcache. Counting walks every key (about a
+   * microsecond each), so a result younger than `maxAgeMs` is returned as it is.
+   */
+  mapFill(maxAgeMs = 5_000): MapFill[] {
+    if (this.#fill && Date.now() - this.#fill.at < maxAgeMs) return this.#fill.rows;
+    const rows = countFill(this.pins.maps, this.mapMax);
+    this.#fill = { at: Date.now(), rows };
+    return rows;
   }
 
   /**
@@ -219,7 +275,7 @@ export class Datapath implements AsyncDisposable {
    * keys is `EndpointPolicyState` (policy_state.ts), driven by `KernelSink`.
    */
   async writePolicyKeys(updates: readonly EncodedEntry[], deletes: readonly Uint8Array[]) {
-    await this.#writer.apply(this.pins.maps.cilia_policy, updates, deletes);
+    await this.#apply("cilia_policy", updates, deletes);
   }
 
   /** Writes encoded entries of one map as given: updates first, then deletes (services). */

@@ -24,7 +24,7 @@ import type {
 } from "../endpoint/datapath_sink.ts";
 import { formatIP, parsePrefix } from "./_addr.ts";
 import { collectConntrack } from "./conntrack_gc.ts";
-import { Datapath, type IpcacheUpsert, type MetricsRow } from "./datapath.ts";
+import { Datapath, type IpcacheUpsert, type MapSizes, type MetricsRow } from "./datapath.ts";
 import { attachedPrograms, PROG_FROM_CONTAINER, PROG_TO_CONTAINER } from "./loader.ts";
 import { linkNames } from "../sys/links.ts";
 import { EndpointPolicyState } from "./policy_state.ts";
@@ -42,6 +42,8 @@ export interface KernelSinkOptions {
    * outside it. Unset for the agent, which runs inside its node.
    */
   netns?: string;
+  /** max_entries of conntrack, policy and ipcache (the agent's --bpf-*-max flags). */
+  mapSizes?: MapSizes;
 }
 
 interface Wanted {
@@ -87,6 +89,7 @@ export class KernelSink implements DatapathSink {
       buildDir: o.buildDir,
       conntrackGcIntervalMs: o.conntrackGcIntervalMs ?? 30_000,
       ...(o.netns === undefined ? {} : { netns: o.netns }),
+      ...(o.mapSizes === undefined ? {} : { mapSizes: o.mapSizes }),
     });
     try {
       const sink = new KernelSink(dp, o.log, await dp.policyKeys());
@@ -396,6 +399,13 @@ export function registerDatapathMetrics(m: Metrics, sink: KernelSink): void {
     "cilia_forward_count_total",
     "packets passed by the datapath, by direction",
   );
+  const pressure = m.labeledGauge(
+    "cilia_bpf_map_pressure",
+    "fill ratio (entries / max_entries) of the sized kernel maps, by map",
+  );
+  m.onScrape(() => {
+    for (const f of sink.datapath.mapFill()) pressure.set({ map: f.map }, f.pressure);
+  });
   m.onScrape(async () => {
     for (const r of await sink.readMetrics()) {
       const direction = r.dir.toUpperCase();

@@ -3,7 +3,11 @@
 // the pinned programs to endpoint veths with tc (clsact, atomic `filter replace`). Layout:
 //   <root>/maps/<map name>          one pin per map, never replaced while it exists
 //   <root>/progs/<object hash>/<prog name>   one directory per loaded object
+// A pinned map whose size differs from the configured one is never reused silently: loading
+// stops with what to do (a map cannot be resized in place, and replacing it would cut every
+// endpoint and overlay program off the entries they use).
 // It does not write map contents (datapath.ts does).
+import { z } from "zod";
 import type { BpfTool } from "./bpftool.ts";
 import { execCommand } from "../sys/exec.ts";
 
@@ -84,16 +88,62 @@ export function pinsFor(root: string, hash: string): Pins {
   };
 }
 
+/** A configured map size and the agent flag that sets it (for messages). */
+export interface MapSize {
+  max: number;
+  flag: string;
+}
+
+const MaxEntriesSchema = z.object({ max_entries: z.number() }).passthrough();
+
+/** The max_entries of a pinned map (`bpftool map show`). */
+export async function pinnedMaxEntries(bpftool: BpfTool, pinned: string): Promise<number> {
+  const info = await bpftool.json(
+    ["map", "show", "pinned", pinned],
+    MaxEntriesSchema,
+    `Cannot read map "${pinned}"`,
+  );
+  return info.max_entries;
+}
+
+/** Throws unless every reused map with a configured size has exactly that size. */
+async function checkSizes(
+  bpftool: BpfTool,
+  pins: Pins,
+  opts: { reused: readonly MapName[]; sizes: Partial<Record<MapName, MapSize>> },
+): Promise<void> {
+  for (const n of opts.reused) {
+    const want = opts.sizes[n];
+    if (want === undefined) continue;
+    const have = await pinnedMaxEntries(bpftool, pins.maps[n]);
+    if (have === want.max) continue;
+    throw new RangeError(
+      `Cannot reuse pinned map "${n}": it holds at most ${have} entries, but ${want.flag} is ` +
+        `${want.max}; a pinned map is never resized in place. Start with ${want.flag}=${have} to ` +
+        `keep it, or stop the agent, remove "${pins.maps[n]}" (endpoints lose its entries until ` +
+        `the agent writes them again${n === "cilia_ct" ? ", and tracked connections" : ""}) ` +
+        `and start again`,
+    );
+  }
+}
+
 /** Loads `object` (identified by `hash`) unless its programs are pinned already. */
 export async function loadPinned(
   bpftool: BpfTool,
-  opts: { root: string; object: string; hash: string },
+  opts: {
+    root: string;
+    object: string;
+    hash: string;
+    /** Sizes the object was built with; a reused pinned map of another size is refused. */
+    sizes?: Partial<Record<MapName, MapSize>>;
+  },
 ): Promise<LoadResult> {
   const pins = pinsFor(opts.root, opts.hash);
   await Deno.mkdir(`${opts.root}/maps`, { recursive: true });
   await Deno.mkdir(`${opts.root}/progs`, { recursive: true });
   const reusedMaps: MapName[] = [];
   for (const n of MAP_NAMES) if (await exists(pins.maps[n])) reusedMaps.push(n);
+  if (opts.sizes) await checkSizes(bpftool, pins, { reused: reusedMaps, sizes: opts.sizes });
   const stale: string[] = [];
   for await (const e of Deno.readDir(`${opts.root}/progs`)) {
     if (e.name !== opts.hash) stale.push(`${opts.root}/progs/${e.name}`);

@@ -56,11 +56,17 @@ struct ct_entry {
 };
 _Static_assert(sizeof(struct ct_entry) == 32, "ct_entry size");
 
+/* One LRU table for TCP and every other protocol (the agent's --bpf-ct-max sets the size; the
+ * build passes -DCILIA_CT_MAX). Full: an insert evicts the least recently used flow of any pod. */
+#ifndef CILIA_CT_MAX
+#define CILIA_CT_MAX 262144
+#endif
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct ct_key);
 	__type(value, struct ct_entry);
-	__uint(max_entries, 65536);
+	__uint(max_entries, CILIA_CT_MAX);
 } cilia_ct SEC(".maps");
 
 static __always_inline void ct_reverse(struct ct_tuple *dst, const struct ct_tuple *src)

@@ -22,11 +22,16 @@ struct ipcache_value {
 };
 _Static_assert(sizeof(struct ipcache_value) == 12, "ipcache_value size");
 
+/* --bpf-ipcache-max (-DCILIA_IPCACHE_MAX); nodes are allocated on demand, so the cap is free. */
+#ifndef CILIA_IPCACHE_MAX
+#define CILIA_IPCACHE_MAX 524288
+#endif
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct ipcache_key);
 	__type(value, struct ipcache_value);
-	__uint(max_entries, 65536);
+	__uint(max_entries, CILIA_IPCACHE_MAX);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } cilia_ipcache SEC(".maps");
 

@@ -27,13 +27,18 @@ struct policy_value {
 };
 _Static_assert(sizeof(struct policy_value) == 8, "policy_value size");
 
+/* --bpf-policy-map-max (-DCILIA_POLICY_MAX) */
+#ifndef CILIA_POLICY_MAX
+#define CILIA_POLICY_MAX (1 << 20)
+#endif
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct policy_key);
 	__type(value, struct policy_value);
 	/* Shared by every endpoint of the node; nodes are allocated on demand (no prealloc), so the
 	 * cap costs nothing until used: 10,000 peer identities × a few ports × tens of endpoints. */
-	__uint(max_entries, 1 << 20);
+	__uint(max_entries, CILIA_POLICY_MAX);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } cilia_policy SEC(".maps");
 

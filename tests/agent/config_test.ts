@@ -18,6 +18,25 @@ Deno.test("config: defaults follow the issue", () => {
   assert.equal(resolveConfig({}).nodeName, Deno.hostname().toLowerCase());
 });
 
+Deno.test("config: kernel map sizes from --bpf-*-max flags, with defaults", async () => {
+  const d = resolveConfig({ nodeName: "n1" });
+  assert.deepEqual([d.bpfCtMax, d.bpfPolicyMapMax, d.bpfIpcacheMax], [262144, 1 << 20, 524288]);
+  const { config } = await loadConfig([
+    "--node-name",
+    "n1",
+    "--bpf-ct-max",
+    "4096",
+    "--bpf-policy-map-max=16",
+    "--bpf-ipcache-max",
+    "65536",
+  ]);
+  assert.deepEqual([config!.bpfCtMax, config!.bpfPolicyMapMax, config!.bpfIpcacheMax], [
+    4096,
+    16,
+    65536,
+  ]);
+});
+
 Deno.test("config: a YAML file with the flags' keys; flags win; durations", async () => {
   const dir = await Deno.makeTempDir();
   try {
@@ -61,6 +80,9 @@ Deno.test("config: errors name the key and what was expected", async () => {
     [{ colour: "red" }, /Unknown key "colour"/],
     [{ datapath: "ebpf" }, /"datapath": Expected "kernel" \(the eBPF datapath\) or "none"/],
     [{ bpffsRoot: "bpf" }, /"bpffs-root": Expected an absolute path on a bpffs/],
+    [{ bpfCtMax: "100" }, /"bpf-ct-max": .*1024/],
+    [{ bpfIpcacheMax: "lots" }, /"bpf-ipcache-max"/],
+    [{ bpfPolicyMapMax: 2 ** 30 }, /"bpf-policy-map-max"/],
   ];
   for (const [raw, message] of cases) {
     assert.throws(

@@ -2,7 +2,7 @@
 // it: a KernelSink opened on the node's bpffs from the test process (tc/ip/bpftool through
 // nsenter). Every endpoint, policy and ipcache write goes through the sink, with the engine's
 // map-state entries; the Datapath under it (`dp`) is only read (events, dumps, metrics).
-import type { Datapath, DatapathEvent } from "../../agent/datapath/datapath.ts";
+import type { Datapath, DatapathEvent, MapSizes } from "../../agent/datapath/datapath.ts";
 import type { PacketEvent } from "../../agent/datapath/events.ts";
 import { KernelSink } from "../../agent/datapath/kernel_sink.ts";
 import type {
@@ -20,12 +20,16 @@ export const BUILD_DIR = new URL("../../bpf/build", import.meta.url).pathname;
 export const ID = { a: 1001, b: 1002, c: 1003, cidr: 16777217 } as const;
 
 /** Opens the agent's sink on a lab node, from outside it. */
-export function openSink(node: Node, o: { buildDir?: string } = {}): Promise<KernelSink> {
+export function openSink(
+  node: Node,
+  o: { buildDir?: string; mapSizes?: MapSizes } = {},
+): Promise<KernelSink> {
   return KernelSink.open({
     bpffsRoot: `${node.bpffs}/cilia`,
     buildDir: o.buildDir ?? BUILD_DIR,
     log: new Logger({ level: "error" }),
     netns: node.netns,
+    ...(o.mapSizes ? { mapSizes: o.mapSizes } : {}),
   });
 }
 
@@ -73,6 +77,8 @@ export async function nodeLab(
     external?: boolean;
     ingressDefaultDeny?: boolean[];
     egressDefaultDeny?: boolean[];
+    /** max_entries of conntrack, policy and ipcache (compile-time; default the headers'). */
+    mapSizes?: MapSizes;
   },
 ): Promise<NodeLab> {
   const lab = await Lab.create();
@@ -81,7 +87,7 @@ export async function nodeLab(
     const pods: Pod[] = [];
     for (let i = 0; i < opts.pods; i++) pods.push(await lab.addPod(node, `p${i}`));
     const ext = opts.external ? await lab.addExternal(node, "ext") : undefined;
-    const sink = await openSink(node);
+    const sink = await openSink(node, opts.mapSizes ? { mapSizes: opts.mapSizes } : {});
     try {
       await sink.updateIpcache(
         pods.flatMap((p, i) => [

@@ -356,7 +356,7 @@ ingress:
   );
 
   await t.step(
-    "L7 rules without a proxy fail closed (178); a plain L4 grant waives them",
+    "L7 rules redirect to the proxy (tests/e2e/l7_http_test.ts judges the requests); a plain L4 grant waives them",
     async () => {
       await n.policy(cnp(
         "api-l7",
@@ -370,15 +370,16 @@ ingress:
     toPorts:
       - ports: [{port: "8080", protocol: TCP}]`,
       ));
-      await expectDrop(
-        "web -> api:8080 (HTTP rules, no proxy)",
-        () => probe(web, "tcp", api.ipv4, 8080)(false),
-        {
-          subtype: 178,
-          direction: "ingress",
-          epId: apiEp.id,
-          srcIdentity: webEp.identity,
-        },
+      const isVerdict = (e: PacketEvent) =>
+        e.type === "policy-verdict" && e.epId === apiEp.id && e.srcIdentity === webEp.identity;
+      const { events } = await n.withEvents(() => probe(web, "tcp", api.ipv4, 8080)(true), {
+        until: isVerdict,
+      });
+      const v = events.find(isVerdict);
+      assert.equal(
+        v?.verdict,
+        "redirect",
+        `web -> api:8080 goes to the proxy: ${events.map(dropText)}`,
       );
       await expect("db -> api:8080 (plain L4 grant)", db, "tcp", api.ipv4, 8080, true);
       await reset();

@@ -145,6 +145,9 @@ Deno.test({
       const s = (await n.call("GET", "/v1/status")).body;
       assert.equal(s.realised, false);
       assert.ok(s.endpoints.problems.some((p: { name: string }) => p.name === "default/b"));
+      const ipcache = s.datapath.maps.find((m: { name: string }) => m.name === "cilia_ipcache");
+      assert.equal(ipcache.max, 524288, "the default --bpf-ipcache-max");
+      assert.ok(ipcache.entries > 0 && ipcache.pressure === ipcache.entries / ipcache.max);
       await fault("");
       await ready("b");
       await expect("a → b:7000 after recovery", a, b, 7000, true);
