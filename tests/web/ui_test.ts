@@ -14,7 +14,7 @@ import { event, frame } from "../monitor/_events.ts";
 import { builtSimulator, CHROMIUM, queryVerdicts } from "./_fixture.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
-const SHOTS = `${root}.cache/screenshots`;
+const SHOTS = Deno.env.get("CILIA_SCREENSHOTS") ?? `${root}.cache/screenshots`;
 const THREE_TIER = await Deno.readTextFile(`${root}examples/policies/three-tier.yaml`);
 const DRAFT = THREE_TIER.replace('port: "5432"', 'port: "5433"');
 const IPS = { frontend: "10.200.0.11", backend: "10.200.0.12", db: "10.200.0.13" };
