@@ -331,6 +331,17 @@ request needs the random token of the printed URL; without it the answer is 401.
     ownHelp: true,
   },
   {
+    name: "fqdn cache",
+    group: "live",
+    summary: "what the DNS proxy learned for toFQDNs: list per endpoint, clean (-f)",
+    usage: "cilia fqdn cache list [--endpoint NS/NAME|ID] [--name NAME] | " +
+      "clean -f [--endpoint NS/NAME|ID] [--name NAME]  [-o FORMAT] [-H URL]",
+    details: "--name is exact and case-insensitive. clean refuses without -f (exit 2); after it, " +
+      "new connections to the forgotten addresses are denied until the pod resolves the name again.",
+    example: "cilia fqdn cache list --endpoint default/client --name api.example.com -o json",
+    ownHelp: true,
+  },
+  {
     name: "connectivity test",
     group: "other",
     summary: "end-to-end suite: a lab of namespaces, real packets, drops checked against flows",

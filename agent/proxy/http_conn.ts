@@ -42,7 +42,7 @@ export interface RequestRecord {
   method: string;
   url: string;
   host: string;
-  protocol: "HTTP/1.0" | "HTTP/1.1";
+  protocol: "HTTP/1.0" | "HTTP/1.1" | "HTTP/2";
   /** The status the client got (the proxy's own for a denial or an error). */
   code: number;
   allowed: boolean;
@@ -219,8 +219,17 @@ export async function serveHttpConnection(client: Stream, o: ConnOptions): Promi
     }
     const latencyMs = performance.now() - started;
     const rf = responseFraming(resp, head.method);
-    await client.write(serializeHead(resp));
-    await copyBody(u.r, rf, (b) => client.write(b), "response body");
+    const respHead = serializeHead(resp);
+    if (rf.kind === "length" && u.r.buffered >= rf.length) {
+      // The whole body is here already (the common small response): one write, not two.
+      const out = new Uint8Array(respHead.length + rf.length);
+      out.set(respHead);
+      out.set(u.r.take(rf.length), respHead.length);
+      await client.write(out);
+    } else {
+      await client.write(respHead);
+      await copyBody(u.r, rf, (b) => client.write(b), "response body");
+    }
     await body;
     o.onRequest({
       method: head.method,

@@ -1,10 +1,11 @@
 // The node's L7 proxy, inside the agent process: one TCP listener per (endpoint, direction, port)
 // that L7 rules redirect, on a port the proxy allocates (the kernel DNATs redirected connections
 // to it, bpf/lib/proxy.h). For each accepted connection it reads the original destination and
-// both identities from the kernel (ProxyMaps), judges every HTTP request with the policy engine
-// (the one evaluator), and makes the upstream connection from a port it picks after writing the
-// proxy-NAT entry, so the kernel gives that leg the client's address and identity. Each request
-// becomes an L7 record (for flows) and metrics. It owns its listeners and sockets, not policy.
+// both identities from the kernel (ProxyMaps), tells HTTP/1 from h2c by the HTTP/2 preface (gRPC:
+// h2.ts), judges every HTTP request or HTTP/2 stream with the policy engine (the one evaluator),
+// and makes the upstream connection from a port it picks after writing the proxy-NAT entry, so
+// the kernel gives that leg the client's address and identity. Each request becomes an L7 record
+// (for flows) and metrics. It owns its listeners and sockets, not policy.
 
 import net from "node:net";
 import type { PolicyEngine } from "@cilia/policy-wasm";
@@ -12,7 +13,14 @@ import type { Logger } from "../log.ts";
 import type { Counter, Histogram, Metrics } from "../metrics.ts";
 import type { OrigDestination, ProxyMaps } from "../datapath/proxy_maps.ts";
 import { DIR_EGRESS, DIR_INGRESS } from "../datapath/codecs.ts";
-import { type RequestRecord, serveHttpConnection, type Stream } from "./http_conn.ts";
+import {
+  type HttpRequestInfo,
+  type RequestRecord,
+  serveHttpConnection,
+  type Stream,
+} from "./http_conn.ts";
+import { prefaceState, serveH2Connection } from "./h2.ts";
+import { denoStream, nodeStream } from "./streams.ts";
 
 export type Direction = "ingress" | "egress";
 
@@ -51,44 +59,7 @@ interface Listener {
 }
 
 export { DIR_EGRESS, DIR_INGRESS };
-
-/** A Deno TCP connection as the proxy's Stream. */
-export function denoStream(conn: Deno.Conn): Stream {
-  return {
-    read: async () => {
-      const b = new Uint8Array(65536);
-      const n = await conn.read(b).catch(() => null);
-      return n === null ? null : b.subarray(0, n);
-    },
-    write: async (b) => {
-      for (let off = 0; off < b.length;) off += await conn.write(b.subarray(off));
-    },
-    close: () => {
-      try {
-        conn.close();
-      } catch { /* closed */ }
-    },
-  };
-}
-
-function nodeStream(sock: net.Socket): Stream {
-  const it = sock[Symbol.asyncIterator]();
-  return {
-    read: async () => {
-      try {
-        const r = await it.next();
-        if (r.done) return null;
-        const v = r.value as Uint8Array;
-        return new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-      } catch {
-        return null;
-      }
-    },
-    write: (b) =>
-      new Promise<void>((resolve, reject) => sock.write(b, (err) => err ? reject(err) : resolve())),
-    close: () => sock.destroy(),
-  };
-}
+export { denoStream };
 
 export class L7Proxy {
   readonly #o: L7ProxyOptions;
@@ -96,6 +67,7 @@ export class L7Proxy {
   readonly #pending = new Map<string, Promise<number>>();
   readonly #requests: Counter;
   readonly #latency: Histogram;
+  readonly #engineSeconds: Counter;
   #gateway = "";
   #nextUpstream: number;
   readonly #busyUpstream = new Set<number>();
@@ -114,6 +86,10 @@ export class L7Proxy {
       "cilia_l7_request_duration_seconds",
       "time from a request's head to its response's head through the L7 proxy",
       [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    );
+    this.#engineSeconds = o.metrics.counter(
+      "cilia_l7_engine_seconds_total",
+      "wall time the L7 proxy spent in the policy engine deciding requests, by protocol",
     );
   }
 
@@ -191,49 +167,101 @@ export class L7Proxy {
       return;
     }
     const o = orig;
+    // Head and body go out in separate writes: without this Nagle holds the second until the
+    // client's delayed ACK (40 ms a response on keep-alive connections).
+    (conn as Deno.TcpConn).setNoDelay?.(true);
     const direction: Direction = o.dir === DIR_EGRESS ? "egress" : "ingress";
     const client = { ip: remote.hostname, port: remote.port };
     let last = { cookie: o.cookie, rule: -1 };
-    await serveHttpConnection(denoStream(conn), {
+    const judge = (req: HttpRequestInfo) => {
+      const t0 = performance.now();
+      const r = this.#o.engine.query({
+        endpoint: o.epId,
+        direction,
+        peer: direction === "ingress" ? o.srcIdentity : o.dstIdentity,
+        proto: 6,
+        port: o.port,
+        http: { method: req.method, path: req.path, host: req.host, headers: req.headers },
+      });
+      this.#engineSeconds.inc({ protocol: "http" }, (performance.now() - t0) / 1000);
+      last = { cookie: r.cookie || o.cookie, rule: r.l7.rule };
+      return r.verdict === "allow" || r.verdict === "audit" ||
+        (r.verdict === "redirect" && r.l7.status === "allowed");
+    };
+    const onRequest = (rec: RequestRecord, protocol = "http") => {
+      const verdict = rec.error !== undefined && rec.code !== 403
+        ? "error"
+        : rec.allowed
+        ? "forwarded"
+        : "denied";
+      this.#requests.inc({ protocol, verdict });
+      this.#latency.observe(rec.latencyMs / 1000);
+      this.onRecord?.({
+        ...rec,
+        client,
+        server: { ip: o.ip, port: o.port },
+        epId: o.epId,
+        direction,
+        srcIdentity: o.srcIdentity,
+        dstIdentity: o.dstIdentity,
+        cookie: last.cookie,
+        rule: rec.allowed ? last.rule : -1,
+      });
+    };
+    const stream = denoStream(conn);
+    const first = await this.#sniff(stream);
+    if (first === null) return stream.close();
+    if (prefaceState(first) === "complete") {
+      return serveH2Connection(conn, first, {
+        connect: () => this.#connectSocket(o, client.ip),
+        judge,
+        onRequest: ({ grpc, ...rec }) => onRequest(rec, grpc ? "grpc" : "http"),
+        ...(this.#o.idleTimeoutMs !== undefined ? { idleTimeoutMs: this.#o.idleTimeoutMs } : {}),
+      });
+    }
+    let replay: Uint8Array | undefined = first;
+    await serveHttpConnection({
+      read: () => {
+        const b = replay;
+        replay = undefined;
+        return b ? Promise.resolve(b) : stream.read();
+      },
+      write: stream.write,
+      close: stream.close,
+    }, {
       connect: () => this.#connect(o, client.ip),
-      judge: (req) => {
-        const r = this.#o.engine.query({
-          endpoint: o.epId,
-          direction,
-          peer: direction === "ingress" ? o.srcIdentity : o.dstIdentity,
-          proto: 6,
-          port: o.port,
-          http: { method: req.method, path: req.path, host: req.host, headers: req.headers },
-        });
-        last = { cookie: r.cookie || o.cookie, rule: r.l7.rule };
-        return r.verdict === "allow" || r.verdict === "audit" ||
-          (r.verdict === "redirect" && r.l7.status === "allowed");
-      },
-      onRequest: (rec) => {
-        const verdict = rec.error !== undefined && rec.code !== 403
-          ? "error"
-          : rec.allowed
-          ? "forwarded"
-          : "denied";
-        this.#requests.inc({ protocol: "http", verdict });
-        this.#latency.observe(rec.latencyMs / 1000);
-        this.onRecord?.({
-          ...rec,
-          client,
-          server: { ip: o.ip, port: o.port },
-          epId: o.epId,
-          direction,
-          srcIdentity: o.srcIdentity,
-          dstIdentity: o.dstIdentity,
-          cookie: last.cookie,
-          rule: rec.allowed ? last.rule : -1,
-        });
-      },
+      judge,
+      onRequest: (rec) => onRequest(rec),
       ...(this.#o.headerTimeoutMs !== undefined
         ? { headerTimeoutMs: this.#o.headerTimeoutMs }
         : {}),
       ...(this.#o.idleTimeoutMs !== undefined ? { idleTimeoutMs: this.#o.idleTimeoutMs } : {}),
     });
+  }
+
+  /**
+   * The first bytes of a connection, enough to tell the HTTP/2 preface from HTTP/1; null when it
+   * closed, or sent nothing or only part of the preface within the header timeout (a read may
+   * still be pending then: the connection is only fit to be closed).
+   */
+  async #sniff(stream: Stream): Promise<Uint8Array | null> {
+    const deadline = Date.now() + (this.#o.headerTimeoutMs ?? 10_000);
+    let got = new Uint8Array(0);
+    while (got.length === 0 || prefaceState(got) === "partial") {
+      const left = deadline - Date.now();
+      if (left <= 0) return null;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const b = await Promise.race([
+        stream.read(),
+        new Promise<"timeout">((r) => timer = setTimeout(() => r("timeout"), left)),
+      ]).finally(() => clearTimeout(timer));
+      if (b === "timeout" || b === null) return null;
+      const next = new Uint8Array(got.length + b.length);
+      next.set(got);
+      next.set(b, got.length);
+      got = next;
+    }
+    return got;
   }
 
   #takeUpstreamPort(): number {
@@ -249,8 +277,12 @@ export class L7Proxy {
     throw new Error("No free upstream port");
   }
 
+  async #connect(o: OrigDestination, clientIp: string): Promise<Stream> {
+    return nodeStream(await this.#connectSocket(o, clientIp));
+  }
+
   /** The upstream leg: the proxy-NAT entry first, then the connect from that very port. */
-  async #connect(o: OrigDestination, clientIp: string, attempt = 0): Promise<Stream> {
+  async #connectSocket(o: OrigDestination, clientIp: string, attempt = 0): Promise<net.Socket> {
     const localPort = this.#takeUpstreamPort();
     const server = { ip: o.ip, port: o.port };
     const release = () => {
@@ -283,11 +315,11 @@ export class L7Proxy {
       });
       sock.on("error", () => {});
       sock.once("close", release);
-      return nodeStream(sock);
+      return sock;
     } catch (err) {
       release();
       if ((err as { code?: string }).code === "EADDRINUSE" && attempt < 16) {
-        return this.#connect(o, clientIp, attempt + 1);
+        return this.#connectSocket(o, clientIp, attempt + 1);
       }
       throw err;
     }

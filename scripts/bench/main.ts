@@ -10,6 +10,8 @@ const BENCHES: Record<string, string> = {
   churn: "./churn_bench.ts",
   import: "./import_bench.ts",
   monitor: "./monitor_bench.ts",
+  l7: "./l7_bench.ts",
+  dns: "./dns_bench.ts",
 };
 
 const name = Deno.args[0];

@@ -4,10 +4,14 @@
 // TCP 8080 and a DNS rule on 53 cannot reach 203.0.113.10:8080 before it resolved the name, can
 // after `dig` (the proxy learned the address before releasing the answer), and never reaches
 // 203.0.113.20:8080; a DNS rule for `*.example.com` only makes `dig other.net` get REFUSED
-// quickly, and each query is a DNS flow with its name, verdict and policy. Needs root.
+// quickly, and each query is a DNS flow with its name, verdict and policy; `cilia fqdn cache
+// list` shows the learned record and `clean -f` forgets it (the address is denied again). Needs
+// root.
 import assert from "node:assert/strict";
 import { CiliaNode } from "../cni/_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
+
+const root = new URL("../../", import.meta.url).pathname;
 
 const SERVER = `
 const l = Deno.listen({ hostname: "0.0.0.0", port: 8080 });
@@ -80,6 +84,14 @@ Deno.test({
       const answer = /^\S+\s+\d+\s+IN\s+A\s+(\S+)$/m.exec(out)?.[1];
       return { status, answer, ms: performance.now() - start };
     };
+    const cilia = async (args: string[]) => {
+      const o = await new Deno.Command(`${root}bin/cilia`, {
+        args: ["fqdn", "cache", ...args, "-H", `unix://${n.socket}`],
+        env: { CILIA_DENO: Deno.execPath(), NO_COLOR: "1" },
+      }).output();
+      const dec = new TextDecoder();
+      return { code: o.code, out: dec.decode(o.stdout), err: dec.decode(o.stderr) };
+    };
     // Both servers are up (no policy yet).
     for (let i = 0; i < 50 && !(await connect("203.0.113.10")); i++) {
       await new Promise((r) => setTimeout(r, 100));
@@ -134,6 +146,25 @@ Deno.test({
       assert.equal(ok, true);
       const list = await n.call("GET", "/v1/fqdn/cache");
       assert.equal(list.status, 200, JSON.stringify(list.body));
+    });
+
+    await t.step("cilia fqdn cache list shows the record; clean -f forgets it", async () => {
+      assert.equal((await dig("api.example.com")).answer, "203.0.113.10");
+      const list = await cilia(["list", "--endpoint", "client", "-o", "json"]);
+      assert.equal(list.code, 0, list.err);
+      const entries = JSON.parse(list.out) as { name: string; ip: string }[];
+      assert.ok(
+        entries.some((e) => e.name === "api.example.com." && e.ip === "203.0.113.10"),
+        list.out,
+      );
+      const refused = await cilia(["clean", "--name", "api.example.com"]);
+      assert.equal(refused.code, 2);
+      assert.match(refused.err, /add -f/);
+      const clean = await cilia(["clean", "-f", "--name", "api.example.com"]);
+      assert.equal(clean.code, 0, clean.err);
+      const after = await cilia(["list", "--name", "api.example.com", "-o", "json"]);
+      assert.deepEqual(JSON.parse(after.out), []);
+      assert.equal(await connect("203.0.113.10"), false);
     });
   } finally {
     for (const p of [dnsmasq, srv]) {
