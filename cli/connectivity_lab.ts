@@ -139,28 +139,8 @@ export class ConnectivityLab {
     }
   }
 
-  async #cni(command: "ADD" | "DEL", pod: LabPod, args = "") {
-    const conf = { cniVersion: "1.0.0", name: "connectivity", type: "cilia-cni" };
-    const child = new Deno.Command(`${ROOT}bin/cilia-cni`, {
-      env: {
-        CNI_COMMAND: command,
-        CNI_CONTAINERID: pod.containerId,
-        CNI_NETNS: `/run/netns/${pod.netns}`,
-        CNI_IFNAME: "eth0",
-        CNI_ARGS: args,
-        CNI_PATH: `${ROOT}bin`,
-        CILIA_DENO: Deno.execPath(),
-      },
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(JSON.stringify({ ...conf, agentSocket: this.socket })));
-    await w.close();
-    const o = await child.output();
-    const out = dec.decode(o.stdout).trim();
-    return { code: o.code, result: out ? JSON.parse(out) : undefined };
+  #cni(command: "ADD" | "DEL", pod: LabPod, args = "") {
+    return execCniPlugin(command, pod, { network: "connectivity", socket: this.socket, args });
   }
 
   /** A pod (netns + CNI ADD with labels and namespace), with TCP servers on `ports`. */
@@ -249,4 +229,38 @@ export class ConnectivityLab {
     await run(["umount", "-l", `${this.dir}/bpf`]);
     await Deno.remove(this.dir, { recursive: true }).catch(() => {});
   }
+}
+
+/**
+ * Runs bin/cilia-cni as a CNI runtime does (CNI_* environment, the network configuration on
+ * stdin, interface eth0); returns its exit code and parsed stdout. The connectivity lab and the
+ * demo share it.
+ */
+export async function execCniPlugin(
+  command: "ADD" | "DEL",
+  pod: { netns: string; containerId: string },
+  o: { network: string; socket: string; args?: string },
+  // deno-lint-ignore no-explicit-any
+): Promise<{ code: number; result: any }> {
+  const child = new Deno.Command(`${ROOT}bin/cilia-cni`, {
+    env: {
+      CNI_COMMAND: command,
+      CNI_CONTAINERID: pod.containerId,
+      CNI_NETNS: `/run/netns/${pod.netns}`,
+      CNI_IFNAME: "eth0",
+      CNI_ARGS: o.args ?? "",
+      CNI_PATH: `${ROOT}bin`,
+      CILIA_DENO: Deno.execPath(),
+    },
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const conf = { cniVersion: "1.0.0", name: o.network, type: "cilia-cni", agentSocket: o.socket };
+  const w = child.stdin.getWriter();
+  await w.write(new TextEncoder().encode(JSON.stringify(conf)));
+  await w.close();
+  const out = await child.output();
+  const text = new TextDecoder().decode(out.stdout).trim();
+  return { code: out.code, result: text ? JSON.parse(text) : undefined };
 }

@@ -4,6 +4,7 @@
 // 203.0.113.0/24 routed through the node. Everything lives under /run/ciliademo and the
 // `ciliademo-` prefix; close() removes all of it, and sweep() removes what a killed demo left.
 import { type Peer, PEER_SCRIPT, spawnPeer } from "../../tests/helpers/netns.ts";
+import { execCniPlugin } from "../../cli/connectivity_lab.ts";
 import { AgentClient } from "../../cli/live_client.ts";
 import { execCommand } from "../../agent/sys/exec.ts";
 
@@ -29,7 +30,6 @@ export interface DemoPod {
   addMs: number;
 }
 
-const dec = new TextDecoder();
 
 async function run(
   argv: string[],
@@ -188,28 +188,8 @@ export class DemoLab {
   }
 
   /** Runs bin/cilia-cni as a CNI runtime does; returns its exit code and parsed stdout. */
-  async cni(command: "ADD" | "DEL", pod: { netns: string; containerId: string }, args = "") {
-    const child = new Deno.Command(`${ROOT}bin/cilia-cni`, {
-      env: {
-        CNI_COMMAND: command,
-        CNI_CONTAINERID: pod.containerId,
-        CNI_NETNS: `/run/netns/${pod.netns}`,
-        CNI_IFNAME: "eth0",
-        CNI_ARGS: args,
-        CNI_PATH: `${ROOT}bin`,
-        CILIA_DENO: Deno.execPath(),
-      },
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const w = child.stdin.getWriter();
-    const conf = { cniVersion: "1.0.0", name: "demo", type: "cilia-cni", agentSocket: SOCKET };
-    await w.write(new TextEncoder().encode(JSON.stringify(conf)));
-    await w.close();
-    const o = await child.output();
-    const out = dec.decode(o.stdout).trim();
-    return { code: o.code, result: out ? JSON.parse(out) : undefined };
+  cni(command: "ADD" | "DEL", pod: { netns: string; containerId: string }, args = "") {
+    return execCniPlugin(command, pod, { network: "demo", socket: SOCKET, args });
   }
 
   /** A pod: its netns, then CNI ADD with its labels in CNI_ARGS. */
