@@ -30,7 +30,6 @@ export interface DemoPod {
   addMs: number;
 }
 
-
 async function run(
   argv: string[],
   stdin?: string,
