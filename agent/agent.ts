@@ -33,6 +33,7 @@ import { hostAddresses, type NodeRecord, NodeRegistry, pickNodeIp } from "./node
 import { NodeDiscovery } from "./node/discovery.ts";
 import { NodeRoutes } from "./node/routes.ts";
 import { checkTunnelProtocol, setupOverlay } from "./node/tunnel.ts";
+import { setupNodeNat } from "./node/nat.ts";
 import { IdentityCache } from "./identity/cache.ts";
 import { IdentityAllocator } from "./identity/allocator.ts";
 import { IdentityGc } from "./identity/gc.ts";
@@ -47,13 +48,15 @@ import { KernelSink, registerDatapathMetrics } from "./datapath/kernel_sink.ts";
 import { checkDatapath } from "./datapath/preflight.ts";
 import { hostDevice, setupHostNetwork } from "./node/host_net.ts";
 import { ProxyMaps } from "./datapath/proxy_maps.ts";
+import { liveFlowPeers } from "./datapath/conntrack_gc.ts";
 import { L7Proxy } from "./proxy/proxy.ts";
 import { ProxySink } from "./proxy/sink.ts";
 import { DnsProxy, engineJudge } from "./proxy/dns_proxy.ts";
 import { RCODE } from "./proxy/dns_message.ts";
 import { FqdnState } from "./identity/fqdn_state.ts";
 import { PolicyRepository } from "./policy/repository.ts";
-import { ServiceManager } from "./service/manager.ts";
+import { readServiceRecords, ServiceManager } from "./service/manager.ts";
+import { policyServiceRefs } from "./service/policy_refs.ts";
 import { type AgentStatus, agentStatus, probeKvstore } from "./status.ts";
 import { Monitor } from "./monitor/monitor.ts";
 import { registerMapOpMetrics } from "./monitor/metrics.ts";
@@ -167,6 +170,7 @@ export class Agent {
         maps: this.proxyMaps,
         log: log.child({ subsys: "proxy" }),
         metrics: this.metrics,
+        portsFile: `${c.stateDir}/proxy-ports.json`,
       });
       this.#closers.push(this.proxy);
       this.dnsProxy = new DnsProxy({
@@ -179,6 +183,7 @@ export class Agent {
           ? RCODE.NXDOMAIN
           : RCODE.REFUSED,
         upstreamTimeoutMs: c.tofqdnsProxyResponseTimeout * 1000,
+        connectTcp: (o, clientIp) => this.proxy!.connectUpstream(o, clientIp),
       });
       this.#closers.push(this.dnsProxy);
     }
@@ -241,9 +246,18 @@ export class Agent {
       minTtl: c.tofqdnsMinTtl,
       maxIpsPerName: c.tofqdnsEndpointMaxIpPerHostname,
       path: `${c.stateDir}/fqdn-cache.json`,
+      ...(this.datapath
+        ? {
+          liveFlows: ((ct: string) => () => liveFlowPeers(ct))(
+            this.datapath.datapath.pins.maps.cilia_ct,
+          ),
+        }
+        : {}),
     });
     await this.fqdn.start();
     this.#closers.push(this.fqdn);
+    // toServices resolve against the stored services from the first policy load on.
+    const storedServices = await readServiceRecords(this.store);
     this.policies = new PolicyRepository({
       store: this.store,
       regen: this.regen,
@@ -254,6 +268,7 @@ export class Agent {
       log: log.child({ subsys: "policy" }),
       importErrors: this.counters.policyImportErrors,
       revisionFile: `${c.stateDir}/policy-revision.json`,
+      services: () => policyServiceRefs(this.services?.list() ?? storedServices),
       ...(this.store.maxValueBytes !== undefined
         ? { maxValueBytes: this.store.maxValueBytes }
         : {}),
@@ -274,10 +289,17 @@ export class Agent {
       // The node's own addresses, the pod gateways among them, are reserved:host.
       const gateways = await setupHostNetwork(this.ipam.pools());
       const gw4 = this.ipam.pools().find((p) => p.family === 4)?.gateway ?? "";
+      const gw6 = this.ipam.pools().find((p) => p.family === 6)?.gateway ?? "";
       if (this.proxy && this.proxyMaps && gw4) {
         const dev = await hostDevice();
         this.proxy.gateway = gw4;
-        this.proxyMaps.configure({ gateway: gw4, hostIfindex: dev.ifindex, hostMac: dev.mac });
+        this.proxy.gateway6 = gw6;
+        this.proxyMaps.configure({
+          gateway: gw4,
+          gateway6: gw6,
+          hostIfindex: dev.ifindex,
+          hostMac: dev.mac,
+        });
         // Before endpoints are restored: their DNS redirects need the proxy's port.
         await this.dnsProxy?.start(gw4, c.tofqdnsProxyPort);
       }
@@ -290,6 +312,11 @@ export class Agent {
       ...(this.datapath ? { sink: this.datapath } : {}),
       log: log.child({ subsys: "service" }),
       podCidrs: [c.podCidr, c.podCidrV6].filter((x): x is string => typeof x === "string"),
+      nodePortRange: c.nodePortRange,
+      nodePortAddresses: [pickNodeIp(c.nodeIp, this.ipam.pools().map((p) => p.gateway))]
+        .filter((x): x is string => x !== undefined),
+      // toServices in policies resolves against these records (repository.servicesChanged).
+      onChange: () => this.policies.servicesChanged(),
     });
     await this.#follow(this.services.follow({ signal }));
     this.endpoints = new EndpointManager({
@@ -315,6 +342,12 @@ export class Agent {
     this.#closers.push(this.monitor);
     if (this.datapath) this.monitor.start(this.datapath.datapath.pins.maps.cilia_events);
     if (this.proxy) this.proxy.onRecord = (r) => this.monitor.ingestL7(r);
+    if (this.proxy) {
+      // The second L7 hop: a redirected connection's server may be a pod on this node.
+      this.proxy.localEndpoint = (ip) =>
+        this.endpoints.list().find((e) => e.ipv4 === ip || e.ipv6 === ip)?.id;
+      this.proxy.retainEndpoints(new Set(this.endpoints.list().map((e) => e.id)));
+    }
     if (this.dnsProxy) this.dnsProxy.onRecord = (r) => this.monitor.ingestDns(r);
     this.cni = new CniAttachments({
       endpoints: this.endpoints,
@@ -368,6 +401,24 @@ export class Agent {
     const ip = pickNodeIp(c.nodeIp, this.ipam.pools().map((p) => p.gateway));
     let tunnel: { ifname: string; mtu: number } | undefined;
     if (this.datapath && c.routingMode === "tunnel") await checkTunnelProtocol(c.tunnelProtocol);
+    // Before the overlay: its programs share the NAT maps host.o pins.
+    if (this.datapath && ip !== undefined) {
+      const podCidr = this.ipam.pools().find((p) => p.family === 4)?.cidr;
+      const nat = await setupNodeNat({
+        nodeIp: ip,
+        ...(podCidr ? { podCidr } : {}),
+        ...(c.ipv4NativeRoutingCidr ? { nativeRoutingCidr: c.ipv4NativeRoutingCidr } : {}),
+        masquerade: c.enableIpv4Masquerade,
+        nodePort: true,
+        dsr: c.nodePortMode === "dsr",
+        bpffsRoot: c.bpffsRoot,
+        buildDir: c.bpfBuildDir,
+      });
+      log.info("underlay programs attached", {
+        device: nat.ifname,
+        masquerade: c.enableIpv4Masquerade,
+      });
+    }
     if (this.datapath && c.routingMode === "tunnel" && ip !== undefined) {
       tunnel = await setupOverlay({
         protocol: c.tunnelProtocol,
@@ -399,7 +450,14 @@ export class Agent {
       gateways: { ...(v4 ? { v4 } : {}), ...(v6 ? { v6 } : {}) },
       serial: this.serial,
       log,
+      gracePeriodMs: Math.min(c.nodeGracePeriod, c.identityGcGrace) * 1000,
     });
+    if (c.nodeGracePeriod > c.identityGcGrace) {
+      log.warn("--node-grace-period is capped at --identity-gc-grace", {
+        nodeGracePeriod: c.nodeGracePeriod,
+        identityGcGrace: c.identityGcGrace,
+      });
+    }
     await this.#follow(this.discovery.follow({ signal }));
     return self;
   }

@@ -56,6 +56,19 @@ export interface AgentConfig {
   tunnelPort: number;
   /** This node's IP on the underlay; default: its first IPv4 address that is not cilia's. */
   nodeIp?: string;
+  /**
+   * How long a node whose lease expired keeps its entries (endpoints, routes) on the others,
+   * seconds; capped at identityGcGrace, so no identity they name can be released meanwhile.
+   */
+  nodeGracePeriod: number;
+  /** Pods reaching outside the cluster leave with the node IP (bpf/lib/nat.h). */
+  enableIpv4Masquerade: boolean;
+  /** Destinations in this IPv4 CIDR are reached without masquerade. */
+  ipv4NativeRoutingCidr?: string;
+  /** The nodePort values services may use (Kubernetes' --service-node-port-range). */
+  nodePortRange: { min: number; max: number };
+  /** Remote NodePort backends: SNAT to the node IP, or DSR (native routing only). */
+  nodePortMode: "snat" | "dsr";
   /** Learned DNS records live at least this long, seconds (Cilium's --tofqdns-min-ttl). */
   tofqdnsMinTtl: number;
   /** Addresses kept per endpoint and name; the oldest go first. */
@@ -79,7 +92,7 @@ const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/;
 const UNIT: Record<string, number> = { ms: 0.001, s: 1, m: 60, h: 3600 };
 
 /** Seconds from `12`, `"12"`, `"500ms"`, `"2s"`, `"5m"`. */
-const duration = z.union([z.number(), z.string()]).transform((v, ctx) => {
+const seconds = z.union([z.number(), z.string()]).transform((v, ctx) => {
   if (typeof v === "number") return v;
   const m = DURATION.exec(v.trim());
   if (m === null) {
@@ -87,7 +100,9 @@ const duration = z.union([z.number(), z.string()]).transform((v, ctx) => {
     return z.NEVER;
   }
   return Number(m[1]) * UNIT[m[2] ?? "s"]!;
-}).pipe(z.number().positive());
+});
+const duration = seconds.pipe(z.number().positive());
+const durationOrZero = seconds.pipe(z.number().min(0));
 
 function cidr(family: 4 | 6) {
   return z.string().transform((v, ctx) => {
@@ -159,6 +174,23 @@ const Schema = z.strictObject({
   nodeIp: z.string().regex(/^\d{1,3}(\.\d{1,3}){3}$/, {
     message: "Expected the node's IPv4 address on the underlay such as 192.0.2.1",
   }).optional(),
+  // 60 s: an agent restart that outlasts the lease TTL (15 s; a cold eBPF build takes about
+  // 30 s on 2 cores) or a short cut from etcd costs no connection, and a dead node's entries
+  // are gone within about 75 s of its last renewal, long before identity GC (5 m).
+  nodeGracePeriod: durationOrZero.default(60),
+  enableIpv4Masquerade: z.union([z.boolean(), z.enum(["true", "false"])], {
+    message: `Expected "true" or "false"`,
+  }).transform((v) => v === true || v === "true").default(true),
+  ipv4NativeRoutingCidr: cidr(4).optional(),
+  nodePortRange: z.string().regex(/^\d{1,5}-\d{1,5}$/, {
+    message: `Expected "min-max" such as 30000-32767`,
+  }).transform((v) => ({ min: Number(v.split("-")[0]), max: Number(v.split("-")[1]) }))
+    .refine((r) => r.min >= 1 && r.max <= 65535 && r.min <= r.max, {
+      message: "Expected 1 <= min <= max <= 65535",
+    }).default({ min: 30000, max: 32767 }),
+  nodePortMode: z.enum(["snat", "dsr"], {
+    message: `Expected "snat" (replies through this node) or "dsr" (direct server return)`,
+  }).default("snat"),
   tofqdnsMinTtl: z.coerce.number().int().min(0).default(0),
   tofqdnsEndpointMaxIpPerHostname: z.coerce.number().int().min(1).default(50),
   tofqdnsDnsRejectResponseCode: z.enum(["refused", "nameError"], {
@@ -197,6 +229,11 @@ export const FLAGS = {
   "tunnel-protocol": { type: "string" },
   "tunnel-port": { type: "string" },
   "node-ip": { type: "string" },
+  "node-grace-period": { type: "string" },
+  "enable-ipv4-masquerade": { type: "string" },
+  "ipv4-native-routing-cidr": { type: "string" },
+  "node-port-range": { type: "string" },
+  "node-port-mode": { type: "string" },
   "tofqdns-min-ttl": { type: "string" },
   "tofqdns-endpoint-max-ip-per-hostname": { type: "string" },
   "tofqdns-dns-reject-response-code": { type: "string" },
@@ -226,8 +263,14 @@ export function resolveConfig(raw: Record<string, unknown>): AgentConfig {
       `Invalid agent configuration: "identity-labels": ${(err as Error).message}`,
     );
   }
+  if (c.nodePortMode === "dsr" && c.routingMode === "tunnel") {
+    throw new ConfigError(
+      `Invalid agent configuration: "node-port-mode": dsr needs --routing-mode native (the ` +
+        `service address travels in an IPv4 option, which the VXLAN tunnel does not carry)`,
+    );
+  }
   const stateDir = c.stateDir.replace(/\/+$/, "") || "/";
-  const { podCidr, podCidrV6, metricsAddr, nodeIp, ...rest } = c;
+  const { podCidr, podCidrV6, metricsAddr, nodeIp, ipv4NativeRoutingCidr, ...rest } = c;
   return {
     ...rest,
     stateDir,
@@ -237,6 +280,7 @@ export function resolveConfig(raw: Record<string, unknown>): AgentConfig {
     ...(podCidrV6 !== undefined ? { podCidrV6 } : {}),
     ...(metricsAddr !== undefined ? { metricsAddr } : {}),
     ...(nodeIp !== undefined ? { nodeIp } : {}),
+    ...(ipv4NativeRoutingCidr !== undefined ? { ipv4NativeRoutingCidr } : {}),
   };
 }
 
@@ -313,6 +357,16 @@ Usage: cilia-agent [flags]      (or: deno task agent -- [flags])
   --tunnel-port N          UDP port of the tunnel (default 8472)
   --node-ip IP             this node's IPv4 address on the underlay: the other nodes'
                            tunnel endpoint or next hop (default: the first that is not cilia's)
+  --node-grace-period DUR  a node whose lease expired keeps its endpoints and routes on the
+                           others this long, so one back in time loses nothing (default 60s;
+                           0 removes them at once; at most --identity-gc-grace)
+  --enable-ipv4-masquerade true|false  pods reaching anything that is neither a pod nor a
+                           node leave with the node IP (default true)
+  --ipv4-native-routing-cidr CIDR  destinations inside it are reached without masquerade
+  --node-port-range MIN-MAX  nodePort values services may use (default 30000-32767)
+  --node-port-mode MODE    snat (a backend on another node answers through the node the
+                           client reached; default) or dsr (it answers the client directly;
+                           needs --routing-mode native)
   --tofqdns-min-ttl SEC    learned DNS addresses live at least this long (default 0: the TTL)
   --tofqdns-endpoint-max-ip-per-hostname N  addresses kept per endpoint and name (default 50)
   --tofqdns-dns-reject-response-code refused|nameError  answer to a refused query (default refused)

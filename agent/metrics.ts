@@ -28,6 +28,14 @@ export class Counter {
     this.#values.set(key, (this.#values.get(key) ?? 0) + by);
   }
 
+  /** An incrementer for fixed labels, their text made once (for per-request hot paths). */
+  bound(labels: Labels): (by?: number) => void {
+    const key = labelText(labels);
+    return (by = 1) => {
+      this.#values.set(key, (this.#values.get(key) ?? 0) + by);
+    };
+  }
+
   /** Sets the value (for counters kept elsewhere, e.g. by the kernel, read on scrape). */
   set(labels: Labels, value: number): void {
     this.#values.set(labelText(labels), value);

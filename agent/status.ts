@@ -254,7 +254,7 @@ function clusterStatus(agent: Agent): AgentStatus["cluster"] {
   const remote = agent.discovery.list().map((n) => ({
     name: n.name,
     ...(n.ip ? { ip: n.ip } : {}),
-    health: "alive",
+    health: n.lost ? "lost" : "alive",
     endpoints: n.endpoints,
   }));
   return {

@@ -1,20 +1,34 @@
 /* Entry points for the node's tunnel device (cilia_vxlan, VXLAN in external mode). Attached
  * with tc: cil_to_overlay at egress (packets the node routed to another node's pods: set the
  * tunnel key, VNI = source identity) and cil_from_overlay at ingress (decapsulated packets: the
- * VNI becomes the source identity the destination endpoint's ingress policy sees).
+ * VNI becomes the source identity the destination endpoint's ingress policy sees). Replies of
+ * local NodePort backends to pods on other nodes get their frontend back first (nat.h); the L7
+ * proxy's legs to and from other nodes get the addresses they stand for (proxy_overlay.h).
  */
 #include "lib/tunnel.h"
+#include "lib/nat.h"
+#include "lib/proxy_overlay.h"
 
 SEC("tc")
 int cil_to_overlay(struct __sk_buff *skb)
 {
-	return tunnel_encap(skb);
+	int ret = nat_overlay_egress(skb); /* a local NodePort backend's reply (nat.h) */
+
+	if (!ret)
+		ret = proxy_to_overlay(skb);
+	return ret ? tunnel_drop(skb, ret, DIR_EGRESS) : tunnel_encap(skb);
 }
 
 SEC("tc")
 int cil_from_overlay(struct __sk_buff *skb)
 {
-	return tunnel_decap(skb);
+	int ret = tunnel_decap(skb);
+
+	if (ret != TC_ACT_OK)
+		return ret;
+	ret = proxy_from_overlay(skb);
+	/* A local endpoint's packet goes straight to its veth (tunnel.h, 5.). */
+	return ret ? tunnel_drop(skb, ret, DIR_INGRESS) : tunnel_deliver(skb);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,6 +1,6 @@
-// `cilia bpf policy get <endpoint>`, `cilia bpf ct list`, `cilia bpf ipcache list`: what the
-// kernel's maps hold, read by the agent (the one process that opens them) and rendered as a
-// table, JSON or YAML.
+// `cilia bpf policy get <endpoint>`, `cilia bpf ct list`, `cilia bpf ipcache list`, `cilia bpf
+// nat list`: what the kernel's maps hold, read by the agent (the one process that opens them)
+// and rendered as a table, JSON or YAML.
 
 import { protocolName } from "@cilia/policy-wasm";
 import { type Column, type Format, parseFormat, renderList, UsageError } from "./output.ts";
@@ -11,6 +11,7 @@ export const BPF_HELP = `cilia bpf — the kernel's maps as the agent reads them
 Usage: cilia bpf policy get ENDPOINT (id, NS/NAME or NAME)
        cilia bpf ct list
        cilia bpf ipcache list
+       cilia bpf nat list      (node-IP SNAT: masquerade and NodePort translations)
 Flags: -o table|json|yaml  -H unix:///path`;
 
 interface PolicyRow {
@@ -50,6 +51,17 @@ const CT_COLUMNS: Column<CtRow>[] = [
   { header: "BYTES", value: (r) => r.bytes },
 ];
 
+type NatRow = Record<string, string | number>;
+const NAT_COLUMNS: Column<NatRow>[] = [
+  { header: "HOOK", value: (r) => r.hook },
+  { header: "KIND", value: (r) => r.kind },
+  { header: "PROTO", value: (r) => protocolName(Number(r.proto)) },
+  { header: "SOURCE", value: (r) => `${r.source}:${r.sourcePort}` },
+  { header: "DESTINATION", value: (r) => `${r.destination}:${r.destinationPort}` },
+  { header: "NEW-SOURCE", value: (r) => r.newSource ?? "" },
+  { header: "NEW-DESTINATION", value: (r) => r.newDestination ?? "" },
+];
+
 const IPCACHE_COLUMNS: Column<{ prefix: string; identity: number }>[] = [
   { header: "PREFIX", value: (r) => r.prefix },
   { header: "IDENTITY", value: (r) => r.identity },
@@ -86,6 +98,12 @@ export async function bpf(argv: string[]): Promise<number> {
       console.log(renderList(await api.request<CtRow[]>("GET", "/v1/bpf/ct"), CT_COLUMNS, format));
       return 0;
     }
+    if (what === "nat" && (verb ?? "list") === "list") {
+      console.log(
+        renderList(await api.request<NatRow[]>("GET", "/v1/bpf/nat"), NAT_COLUMNS, format),
+      );
+      return 0;
+    }
     if (what === "ipcache" && (verb ?? "list") === "list") {
       const rows = await api.request<{ prefix: string; identity: number }[]>(
         "GET",
@@ -95,7 +113,9 @@ export async function bpf(argv: string[]): Promise<number> {
       return 0;
     }
     throw new UsageError(
-      `Unknown command "bpf ${pos.join(" ")}": expected policy get, ct list or ipcache list`,
+      `Unknown command "bpf ${
+        pos.join(" ")
+      }": expected policy get, ct list, ipcache list or nat list`,
     );
   } finally {
     api.close();

@@ -93,18 +93,24 @@ export const COMMANDS: CommandSpec[] = [
     name: "policy lint",
     group: "offline",
     summary: "warn about footguns across a set of policy files",
-    usage: "cilia policy lint FILE|DIR|- …",
+    usage: "cilia policy lint FILE|DIR|- … | --live [FILE …]",
     flags: [
       OUTPUT,
       { name: "disable", arg: "RULE,…", help: "skip these lint rules (repeatable)" },
       { name: "allow-empty", help: "an empty input is a warning, not an error" },
+      {
+        name: "live",
+        help: "check selector keys against the agent's endpoints; no FILE: lint its policies",
+      },
+      HOST,
     ],
     example: "cilia policy lint examples/policies/ --disable dns-blocked",
     details:
       `The files are linted as one set, as they would be applied together. Silence a rule for one
 policy with the annotation  cilia.io/lint-ignore: RULE[,RULE].
 Rules: or-split, empty-selector, allow-all, dns-blocked, fqdn-no-dns, dead-allow, l7-bypassed,
-empty-peers, key-typo, cidr-host-bits, translation.
+empty-peers, key-typo, empty-direction, cidr-host-bits, translation.
+With --live, key-typo also flags a selector key that none of the agent's endpoints carries.
 Exit: 0 no warnings, 1 an invalid file, 3 warnings only.`,
   },
   {
@@ -316,14 +322,16 @@ request needs the random token of the printed URL; without it the answer is 401.
     name: "bpf",
     group: "live",
     summary: "the kernel's maps as the agent reads them: policy, ct, ipcache",
-    usage: "cilia bpf policy get ENDPOINT | ct list | ipcache list  [-o FORMAT] [-H URL]",
+    usage:
+      "cilia bpf policy get ENDPOINT | ct list | ipcache list | nat list  [-o FORMAT] [-H URL]",
     example: "cilia bpf policy get default/frontend",
     ownHelp: true,
   },
   {
     name: "service",
     group: "live",
-    summary: "ClusterIP services: create (upsert), list, get, delete, import Kubernetes YAML",
+    summary:
+      "services (ClusterIP, NodePort, LoadBalancer): create (upsert), list, get, delete, import Kubernetes YAML",
     usage: "cilia service create --frontend IP:PORT[/PROTO] --backends IP:PORT[*W],... | " +
       "list | get ID | delete ID | import FILE  [-o FORMAT] [-H URL]",
     example:
@@ -345,10 +353,11 @@ request needs the random token of the printed URL; without it the answer is 401.
     name: "connectivity test",
     group: "other",
     summary: "end-to-end suite: a lab of namespaces, real packets, drops checked against flows",
-    usage: "cilia connectivity test [--test REGEX] [-o table|json]",
+    usage: "cilia connectivity test [--test REGEX] [--nodes 1|2] [-o table|json]",
     details: "Needs root. Builds and removes its own lab (also on Ctrl-C); exit 1 when a case " +
       "failed. Families: no-policy, allow-all, ingress/egress default deny, entities, labels, " +
-      "namespaces, icmp, cidr, deny-over-allow, audit.",
+      "namespaces, icmp, cidr, deny-over-allow, audit. --nodes 2: the backend on a second " +
+      "node (one etcd, tunnel mode), so every pod-to-pod case crosses nodes.",
     example: 'cilia connectivity test --test "deny|cidr"',
     ownHelp: true,
   },

@@ -4,7 +4,10 @@
 // its policies in force, sends real packets and compares with what must happen; every expected
 // drop is cross-checked against the agent's flows (the kernel's reason and the policy the flow
 // names). `[n/N]` progress on a terminal, a final table naming each failing case, exit 1 when one
-// failed. The lab is removed afterwards, also on Ctrl-C. Needs root.
+// failed. `--nodes 2`: two nodes with one etcd in tunnel mode, the backend on the second node and
+// every client on the first, so each case crosses nodes ("host" is then the backend's node);
+// policies are imported on node 1 and waited for on every node, flows asked of every node. The
+// lab is removed afterwards, also on Ctrl-C. Needs root (and etcd for --nodes 2).
 
 import { type Case, type Family, PODS, selectFamilies } from "./connectivity_cases.ts";
 import { ConnectivityLab, EXT_IPS } from "./connectivity_lab.ts";
@@ -15,13 +18,15 @@ const FLIP_ENV = "CILIA_CONNECTIVITY_FLIP";
 
 const USAGE = `cilia connectivity test — end-to-end suite: real packets, drops checked against flows
 
-Usage: cilia connectivity test [--test REGEX] [-o table|json]
+Usage: cilia connectivity test [--test REGEX] [--nodes 1|2] [-o table|json]
 
 Builds a lab of network namespaces (a node running cilia-agent, pods through cilia-cni, an
 external host), runs the connectivity families with real packets, and checks every expected drop
 against the agent's flows (reason and policy). Needs root. Exit 1 when a case failed.
 
   --test REGEX   run only the cases whose "family/case" name matches
+  --nodes N      1 (default) or 2: two nodes with one etcd (tunnel mode), the backend on node 2
+                 and the clients on node 1, so every pod-to-pod case crosses nodes
   -o FORMAT      table (default) or json
 
 Example:
@@ -44,16 +49,20 @@ const expectText = (c: Case) =>
     ? `pass, audit by ${c.expect.audit}`
     : `drop ${c.expect.drop} by ${c.expect.policy}`;
 
-function parse(argv: string[]): { test?: RegExp; format: "table" | "json"; help: boolean } {
+interface Options {
+  test?: RegExp;
+  format: "table" | "json";
+  help: boolean;
+  nodes: number;
+}
+
+function parse(argv: string[]): Options {
   const [sub, ...rest] = argv;
   if (sub === "-h" || sub === "--help" || sub === undefined) {
-    return { format: "table", help: true };
+    return { format: "table", help: true, nodes: 1 };
   }
   if (sub !== "test") throw new TypeError(`Unknown subcommand "${sub}": expected "test"`);
-  const o: { test?: RegExp; format: "table" | "json"; help: boolean } = {
-    format: "table",
-    help: false,
-  };
+  const o: Options = { format: "table", help: false, nodes: 1 };
   for (let i = 0; i < rest.length; i++) {
     const a = rest[i]!;
     if (a === "-h" || a === "--help") o.help = true;
@@ -65,6 +74,10 @@ function parse(argv: string[]): { test?: RegExp; format: "table" | "json"; help:
       } catch (err) {
         throw new TypeError(`Invalid --test "${v}": ${(err as Error).message}`);
       }
+    } else if (a === "--nodes") {
+      const v = rest[++i];
+      if (v !== "1" && v !== "2") throw new TypeError(`Invalid --nodes "${v}": expected 1 or 2`);
+      o.nodes = Number(v);
     } else if (a === "-o" || a === "--output") {
       const v = rest[++i];
       if (v !== "table" && v !== "json") {
@@ -77,10 +90,17 @@ function parse(argv: string[]): { test?: RegExp; format: "table" | "json"; help:
 }
 
 class Suite {
-  readonly lab = new ConnectivityLab();
+  readonly lab: ConnectivityLab;
   readonly #tty = Deno.stderr.isTerminal();
   #done = 0;
-  constructor(readonly total: number) {}
+  constructor(readonly total: number, readonly nodes = 1) {
+    this.lab = new ConnectivityLab({ nodes });
+  }
+
+  /** The backend's node: the last one (clients stay on the first). */
+  get #backendNode(): number {
+    return this.nodes - 1;
+  }
 
   progress(name: string): void {
     this.#done++;
@@ -100,10 +120,26 @@ class Suite {
         namespace: p.namespace,
         labels: p.labels,
         ports: [...p.ports],
+        node: p.name === "backend" ? this.#backendNode : 0,
       });
     }
     this.lab.serve(this.lab.ext, 80);
     await sleep(200); // the servers listen
+    if (this.nodes > 1) await this.#podsKnown();
+  }
+
+  /** Every node has every other node's pods in its ipcache. */
+  async #podsKnown(): Promise<void> {
+    for (const deadline = Date.now() + 15_000;; await sleep(100)) {
+      let all = true;
+      for (const [i] of this.lab.nodes.entries()) {
+        const r = await this.lab.api("GET", "/v1/bpf/ipcache", undefined, i);
+        const known = new Set((JSON.parse(r.text) as { prefix: string }[]).map((e) => e.prefix));
+        all &&= this.lab.pods.every((p) => p.node === i || known.has(`${p.ip}/32`));
+      }
+      if (all) return;
+      if (Date.now() > deadline) throw new Error("The nodes did not learn each other's pods");
+    }
   }
 
   #ip(t: Case["to"]): string {
@@ -113,7 +149,7 @@ class Suite {
   }
 
   #netns(s: Case["from"]): string {
-    if (s === "host") return this.lab.node;
+    if (s === "host") return this.lab.nodes[this.#backendNode]!;
     if (s === "world") return this.lab.ext;
     return this.lab.pods.find((p) => p.name === s)!.netns;
   }
@@ -123,9 +159,26 @@ class Suite {
     if (del.status !== 200 && del.status !== 404) {
       throw new Error(`Cannot delete the policies: ${del.text}`);
     }
+    if (this.nodes > 1) await this.#inForce(f, 0);
     if (f.policies.length === 0) return;
     const r = await this.lab.api("PUT", "/v1/policy", f.policies.join("---\n"));
     if (r.status !== 200) throw new Error(`Cannot import the policies of "${f.name}": ${r.text}`);
+  }
+
+  /** Every node holds `count` policies, realised (they travel through etcd). */
+  async #inForce(f: Family, count: number): Promise<void> {
+    for (const [i] of this.lab.nodes.entries()) {
+      for (const deadline = Date.now() + 15_000;; await sleep(50)) {
+        const s = JSON.parse((await this.lab.api("GET", "/v1/status", undefined, i)).text) as {
+          realised: boolean;
+          policy: { count: number };
+        };
+        if (s.policy.count === count && s.realised) break;
+        if (Date.now() > deadline) {
+          throw new Error(`The policies of "${f.name}" are not in force on node ${i + 1}`);
+        }
+      }
+    }
   }
 
   /** The case's flow with `verdict`, polled for a moment (flows arrive within milliseconds). */
@@ -140,9 +193,14 @@ class Suite {
     });
     if (from && !from.startsWith("203.")) q.set("from-ip", from);
     for (let i = 0; i < 15; i++) {
-      const r = await this.lab.api("GET", `/v1/flows?${q}`);
-      const flows = r.text.split("\n").filter(Boolean).map((l) => JSON.parse(l) as { flow?: Flow })
-        .flatMap((l) => l.flow ? [l.flow] : []);
+      const flows: Flow[] = [];
+      for (const [n] of this.lab.nodes.entries()) {
+        const r = await this.lab.api("GET", `/v1/flows?${q}`, undefined, n);
+        flows.push(
+          ...r.text.split("\n").filter(Boolean).map((l) => JSON.parse(l) as { flow?: Flow })
+            .flatMap((l) => l.flow ? [l.flow] : []),
+        );
+      }
       const hit = flows.find((f) =>
         c.proto === "icmp"
           ? f.l4 !== undefined && "ICMPv4" in f.l4
@@ -179,6 +237,7 @@ class Suite {
 
   async runFamily(f: Family): Promise<Result[]> {
     await this.#policies(f);
+    if (this.nodes > 1) await this.#inForce(f, f.policies.length);
     const since = new Date(Date.now() - 50);
     const results = await Promise.all(f.cases.map((c) => this.#runCase(f, c, since)));
     for (const r of results) this.progress(r.name);
@@ -230,7 +289,7 @@ export async function connectivity(argv: string[]): Promise<number> {
   }
   const families = selectFamilies(o.test, Deno.env.get(FLIP_ENV));
   const run = families.filter((f) => !f.skip);
-  const suite = new Suite(run.reduce((n, f) => n + f.cases.length, 0));
+  const suite = new Suite(run.reduce((n, f) => n + f.cases.length, 0), o.nodes);
   const onSignal = () => {
     suite.endProgress();
     console.error("\ncilia connectivity test: interrupted, removing the lab");

@@ -2,13 +2,17 @@
 // (`ciliact<tag>-node`, its own bpffs) running `bin/cilia-agent` the MACHINE.md §1 way, pods
 // added through `bin/cilia-cni` as a CNI runtime would (labels, namespace), an external host with
 // two addresses on 203.0.113.0/24 routed through the node ("world"), TCP servers (busybox nc) and
-// probes (busybox nc, ping) run with `ip netns exec`. Everything carries the lab's tag under
-// /run/ciliact-<tag>; close() removes it all, also after an interrupt. It decides no verdict: the
-// kernel does, and the agent's flows say why.
+// probes (busybox nc, ping) run with `ip netns exec`. With `nodes: 2`, two nodes on an underlay
+// bridge with one etcd (connectivity_underlay.ts), an agent on each in tunnel mode, pods placed
+// on either node. Everything carries the lab's tag under /run/ciliact-<tag>; close() removes it
+// all, also after an interrupt. It decides no verdict: the kernel does, and the agents' flows say
+// why.
+import { ETCD_URL, plugNode, startUnderlay, stopEtcd } from "./connectivity_underlay.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 export const EXT_IPS = ["203.0.113.10", "203.0.113.11"] as const;
-const POD_CIDR = "10.210.0.0/24", POD_CIDR_V6 = "fd00:210::/64";
+/** Node i's pod CIDRs (i = 0 with one node). */
+const podCidrs = (i: number) => [`10.210.${i}.0/24`, `fd00:210:${i}::/64`] as const;
 const dec = new TextDecoder();
 
 export interface LabPod {
@@ -17,6 +21,8 @@ export interface LabPod {
   netns: string;
   containerId: string;
   ip: string;
+  /** The node it runs on (index into `nodes`). */
+  node: number;
 }
 
 async function run(argv: string[], stdin?: string) {
@@ -47,85 +53,162 @@ export class ConnectivityLab {
   readonly tag = crypto.getRandomValues(new Uint16Array(1))[0]!.toString(16).padStart(4, "0");
   readonly prefix = `ciliact${this.tag}-`;
   readonly dir = `/run/ciliact-${this.tag}`;
-  readonly node = `${this.prefix}node`;
+  /** The node netns, one per node; the external host hangs off the first. */
+  readonly nodes: string[];
   readonly ext = `${this.prefix}ext`;
-  readonly socket = `${this.dir}/cilia.sock`;
   readonly pods: LabPod[] = [];
-  #agent: Deno.ChildProcess | undefined;
+  #agents: Deno.ChildProcess[] = [];
+  #etcd: Deno.ChildProcess | undefined;
   #servers: Deno.ChildProcess[] = [];
   #closed: Promise<void> | undefined;
+
+  constructor(opts: { nodes?: number } = {}) {
+    const n = opts.nodes ?? 1;
+    this.nodes = n === 1
+      ? [`${this.prefix}node`]
+      : Array.from({ length: n }, (_, i) => `${this.prefix}node${i + 1}`);
+  }
+
+  /** The first node's netns. */
+  get node(): string {
+    return this.nodes[0]!;
+  }
+
+  /** The API socket of node i. */
+  socket(i = 0): string {
+    return this.nodes.length === 1 ? `${this.dir}/cilia.sock` : `${this.dir}/node${i + 1}.sock`;
+  }
+
+  #bpffs(i: number): string {
+    return this.nodes.length === 1 ? `${this.dir}/bpf` : `${this.dir}/bpf${i + 1}`;
+  }
 
   /** Throws once close() began: an interrupted setup stops making things. */
   #open(): void {
     if (this.#closed) throw new Error("The lab is being removed");
   }
 
-  /** Node, bpffs, external host and the agent. */
+  /** Nodes, bpffs, external host, the underlay and etcd (several nodes) and the agents. */
   async start(): Promise<void> {
-    await Deno.mkdir(`${this.dir}/bpf`, { recursive: true, mode: 0o700 });
-    await must(["mount", "-t", "bpf", "bpf", `${this.dir}/bpf`]);
-    for (const ns of [this.node, this.ext]) {
+    await Deno.mkdir(this.dir, { recursive: true, mode: 0o700 });
+    for (const [i] of this.nodes.entries()) {
+      await Deno.mkdir(this.#bpffs(i));
+      await must(["mount", "-t", "bpf", "bpf", this.#bpffs(i)]);
+    }
+    for (const ns of [...this.nodes, this.ext]) {
+      this.#open();
       await must(["ip", "netns", "add", ns]);
       await must([
         ...["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0"],
         ...["net.ipv4.conf.default.rp_filter=0", "net.ipv6.conf.all.accept_dad=0"],
       ]);
     }
-    const link = `ext${this.tag}`;
-    await must(
-      ["ip", "-n", this.node, "-batch", "-"],
-      `link set lo up\nlink add ${link} type veth peer name eth0 netns ${this.ext}\n` +
-        `addr add 203.0.113.1/24 dev ${link}\nlink set ${link} up\n`,
-    );
+    if (this.nodes.length === 1) {
+      const link = `ext${this.tag}`;
+      await must(
+        ["ip", "-n", this.node, "-batch", "-"],
+        `link set lo up\nlink add ${link} type veth peer name eth0 netns ${this.ext}\n` +
+          `addr add 203.0.113.1/24 dev ${link}\nlink set ${link} up\n`,
+      );
+      await must(
+        ["ip", "-n", this.ext, "-batch", "-"],
+        `link set lo up\n${EXT_IPS.map((ip) => `addr add ${ip}/24 dev eth0\n`).join("")}` +
+          "link set eth0 up\nroute add default via 203.0.113.1\n",
+      );
+    } else await this.#underlay();
+    for (const [i] of this.nodes.entries()) await this.#startAgent(i);
+  }
+
+  /**
+   * Several nodes: the bridge with etcd, each node on it, and the external host on it too
+   * (192.0.2.200, with its 203.0.113.x addresses): every node routes 203.0.113.0/24 to it and it
+   * routes each node's pod CIDR back to that node, so pods on any node reach "world" unNATed.
+   */
+  async #underlay(): Promise<void> {
+    const ul = `${this.prefix}ul`;
+    await must(["ip", "netns", "add", ul]);
+    this.#etcd = await startUnderlay(ul, `${this.dir}/etcd`);
+    const ext = await plugNode(ul, this.ext, { i: 200, port: `ct${this.tag}ux` });
+    const back = this.nodes.map((_, i) => `route add ${podCidrs(i + 1)[0]} via 192.0.2.${i + 1}\n`);
     await must(
       ["ip", "-n", this.ext, "-batch", "-"],
       `link set lo up\n${EXT_IPS.map((ip) => `addr add ${ip}/24 dev eth0\n`).join("")}` +
-        "link set eth0 up\nroute add default via 203.0.113.1\n",
+        back.join(""),
     );
-    await this.#startAgent();
+    for (const [i, ns] of this.nodes.entries()) {
+      this.#open();
+      await must(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"]);
+      await plugNode(ul, ns, { i: i + 1, port: `ct${this.tag}u${i + 1}` });
+      await must(["ip", "-n", ns, "route", "add", "203.0.113.0/24", "via", ext]);
+    }
   }
 
-  async #startAgent(): Promise<void> {
-    const log = await Deno.open(`${this.dir}/agent.log`, { write: true, create: true });
+  /** Agent flags of node i: its own Deno KV alone, or etcd, node IP and tunnel mode. */
+  #agentArgs(i: number): string[] {
+    const [v4, v6] = podCidrs(this.nodes.length === 1 ? 0 : i + 1);
+    const common = ["--socket", this.socket(i), "--pod-cidr", v4, "--pod-cidr-v6", v6];
+    if (this.nodes.length === 1) {
+      return [...common, "--state-dir", `${this.dir}/state`, "--node-name", "connectivity"];
+    }
+    return [
+      ...common,
+      ...["--state-dir", `${this.dir}/state${i + 1}`, "--node-name", `node-${i + 1}`],
+      ...["--kvstore", `etcd://${ETCD_URL.slice("http://".length)}`, "--routing-mode", "tunnel"],
+      ...["--node-ip", `192.0.2.${i + 1}`],
+    ];
+  }
+
+  async #startAgent(i: number): Promise<void> {
+    const file = this.nodes.length === 1 ? "agent.log" : `agent${i + 1}.log`;
+    const log = await Deno.open(`${this.dir}/${file}`, { write: true, create: true });
     // setsid: Ctrl-C reaches the test, which deletes the pods before it stops the agent.
     const child = new Deno.Command("setsid", {
       args: [
-        ...["ip", "netns", "exec", this.node, "sh", "-c"],
+        ...["ip", "netns", "exec", this.nodes[i]!, "sh", "-c"],
         'mount --bind "$0" /sys/fs/bpf && exec "$@"',
-        `${this.dir}/bpf`,
-        ...[`${ROOT}bin/cilia-agent`, "--state-dir", `${this.dir}/state`, "--socket", this.socket],
-        ...["--node-name", "connectivity", "--pod-cidr", POD_CIDR, "--pod-cidr-v6", POD_CIDR_V6],
+        this.#bpffs(i),
+        ...[`${ROOT}bin/cilia-agent`, ...this.#agentArgs(i)],
       ],
       env: { CILIA_DENO: Deno.execPath() },
       stdin: "null",
       stdout: "null",
       stderr: "piped",
     }).spawn();
-    this.#agent = child;
+    this.#agents.push(child);
     child.stderr.pipeTo(log.writable).catch(() => {});
     let exited = false;
     child.status.then(() => exited = true);
     for (const deadline = Date.now() + 30_000; Date.now() < deadline;) {
       if (exited) throw new Error(`The agent exited during startup:\n${await this.agentLog()}`);
-      const r = await this.api("GET", "/v1/healthz").catch(() => undefined);
+      const r = await this.api("GET", "/v1/healthz", undefined, i).catch(() => undefined);
       if (r?.status === 200) return;
       await new Promise((r) => setTimeout(r, 50));
     }
     throw new Error(`The agent did not answer within 30 s:\n${await this.agentLog()}`);
   }
 
+  /** The last lines of each agent's log (named by node when there are several). */
   async agentLog(lines = 15): Promise<string> {
-    const text = await Deno.readTextFile(`${this.dir}/agent.log`).catch(() => "");
-    return text.trim().split("\n").slice(-lines).join("\n");
+    const out: string[] = [];
+    for (const [i] of this.nodes.entries()) {
+      const file = this.nodes.length === 1 ? "agent.log" : `agent${i + 1}.log`;
+      const text = await Deno.readTextFile(`${this.dir}/${file}`).catch(() => "");
+      const tail = text.trim().split("\n").slice(-lines).join("\n");
+      out.push(this.nodes.length === 1 ? tail : `[node-${i + 1}]\n${tail}`);
+    }
+    return out.join("\n");
   }
 
-  /** One request to the agent's API on its socket: status and body text. */
+  /** One request to node i's agent API on its socket: status and body text. */
   async api(
     method: string,
     path: string,
     body?: string,
+    node = 0,
   ): Promise<{ status: number; text: string }> {
-    const client = Deno.createHttpClient({ proxy: { transport: "unix", path: this.socket } });
+    const client = Deno.createHttpClient({
+      proxy: { transport: "unix", path: this.socket(node) },
+    });
     try {
       const res = await fetch(`http://localhost${path}`, {
         method,
@@ -140,13 +223,14 @@ export class ConnectivityLab {
   }
 
   #cni(command: "ADD" | "DEL", pod: LabPod, args = "") {
-    return execCniPlugin(command, pod, { network: "connectivity", socket: this.socket, args });
+    const socket = this.socket(pod.node);
+    return execCniPlugin(command, pod, { network: "connectivity", socket, args });
   }
 
-  /** A pod (netns + CNI ADD with labels and namespace), with TCP servers on `ports`. */
+  /** A pod on node `o.node` (default 0): netns + CNI ADD with labels and namespace, servers. */
   async addPod(
     name: string,
-    o: { namespace: string; labels: Record<string, string>; ports?: number[] },
+    o: { namespace: string; labels: Record<string, string>; ports?: number[]; node?: number },
   ): Promise<LabPod> {
     this.#open();
     const pod: LabPod = {
@@ -155,6 +239,7 @@ export class ConnectivityLab {
       netns: `${this.prefix}${name}`,
       containerId: `ct-${this.tag}-${name}`,
       ip: "",
+      node: o.node ?? 0,
     };
     await must(["ip", "netns", "add", pod.netns]);
     this.pods.push(pod);
@@ -204,19 +289,22 @@ export class ConnectivityLab {
       } catch { /* exited */ }
       await s.status;
     }
-    if (this.#agent) {
+    if (this.#agents.length > 0) {
       for (const p of this.pods) await this.#cni("DEL", p).catch(() => {});
+    }
+    for (const agent of this.#agents) {
       try {
-        this.#agent.kill("SIGTERM");
+        agent.kill("SIGTERM");
       } catch { /* exited */ }
       const t = setTimeout(() => {
         try {
-          this.#agent?.kill("SIGKILL");
+          agent.kill("SIGKILL");
         } catch { /* exited */ }
       }, 5000);
-      await this.#agent.status;
+      await agent.status;
       clearTimeout(t);
     }
+    if (this.#etcd) await stopEtcd(this.#etcd);
     // Twice: a command the interrupted setup had started may add a netns meanwhile.
     for (const wait of [0, 300]) {
       await new Promise((r) => setTimeout(r, wait));
@@ -226,7 +314,7 @@ export class ConnectivityLab {
         if (ns.startsWith(this.prefix)) await run(["ip", "netns", "del", ns]);
       }
     }
-    await run(["umount", "-l", `${this.dir}/bpf`]);
+    for (const [i] of this.nodes.entries()) await run(["umount", "-l", this.#bpffs(i)]);
     await Deno.remove(this.dir, { recursive: true }).catch(() => {});
   }
 }

@@ -237,7 +237,13 @@ async function dispatch(
         { header: "NAME", value: (n) => String(n.name) },
         { header: "NODE-IP", value: (n) => String(n.ip ?? "") },
         { header: "ADDRESSES", value: (n) => (n.addresses as string[]).join(",") },
-        { header: "HEALTH", value: (n) => String(n.health ?? "") },
+        {
+          header: "HEALTH",
+          value: (n) => {
+            const lost = n.lost as { remainingSeconds: number } | undefined;
+            return String(n.health ?? "") + (lost ? ` (kept ${lost.remainingSeconds}s more)` : "");
+          },
+        },
         { header: "ENDPOINTS", value: (n) => String(n.endpoints ?? "") },
         { header: "POD-CIDRS", value: (n) => [n.podCidr, n.podCidrV6].filter(Boolean).join(",") },
         { header: "SELF", value: (n) => n.self ? "*" : "" },

@@ -140,7 +140,9 @@ export async function main(argv: string[]): Promise<number> {
   const format = parseFormat(v.output, isSuggest ? "yaml" : "table");
   const check = { disable: v.disable ?? [], allowEmpty: v["allow-empty"] === true };
   if (cmd === "policy" && sub === "validate") return await policyValidate(rest, format, check);
-  if (cmd === "policy" && sub === "lint") return await policyLint(rest, format, check);
+  if (cmd === "policy" && sub === "lint") {
+    return await policyLint(rest, format, check, v.live ? { host: v.host } : undefined);
+  }
   if (cmd === "policy" && sub === "test") {
     return await policyTest(rest, format, { junit: v.junit });
   }

@@ -102,7 +102,7 @@ export function monitorStatusLines(m: MonitorStats | undefined, verbose: boolean
     `buffer ${fill} (${Math.round((m.buffer.size / m.buffer.capacity) * 100)}%), ` +
     `${m.buffer.seen} seen`,
     `Lost events: ${m.lost.total}${
-      m.lost.total > 0 ? ` (perf buffer ${m.lost.perf}, slow readers ${m.lost.slowReaders})` : ""
+      m.lost.total > 0 ? ` (kernel ring ${m.lost.perf}, slow readers ${m.lost.slowReaders})` : ""
     }`,
   ];
   if (verbose) {

@@ -4,7 +4,7 @@
 // `--port`, `--type`, `--not` before a filter to negate it — with `--since`, `--last N`,
 // `--follow`, and `-o compact|table|json|jsonpb`. Lost events are always reported. Output leaves
 // in large chunks; `-o json`/`jsonpb` from the agent passes its lines through unparsed (the agent
-// filters, and writes the same lines this command would).
+// filters, and writes the same lines this command would), read straight from the socket.
 
 import {
   addCriterion,
@@ -21,6 +21,7 @@ import {
 } from "@cilia/agent/monitor";
 import { UsageError } from "./output.ts";
 import { AgentClient, socketPath } from "./live_client.ts";
+import { rawGet } from "./_raw_http.ts";
 import { flowLine, flowTable, OBSERVE_FORMATS, type ObserveFormat } from "./flow_render.ts";
 
 export const OBSERVE_HELP =
@@ -121,7 +122,7 @@ export function parseObserveArgs(argv: string[]): ObserveArgs | "help" {
 
 function lostNote(s: MonitorStats): string | undefined {
   if (s.lost.total === 0) return undefined;
-  return `${s.lost.total} event(s) lost (perf buffer ${s.lost.perf}, slow readers ` +
+  return `${s.lost.total} event(s) lost (kernel ring ${s.lost.perf}, slow readers ` +
     `${s.lost.slowReaders}); flow buffer ${s.buffer.size}/${s.buffer.capacity}`;
 }
 
@@ -185,41 +186,79 @@ function startsWithAt(bytes: Uint8Array, at: number, prefix: Uint8Array): boolea
 
 /**
  * `-o json` from the agent: its lines are what this command would print, so whole lines go to
- * stdout as they came, in the chunks they came in; only the closing `{"stats"}` line is read.
+ * stdout as they came, in the pieces they came in; only the closing `{"stats"}` line (the last
+ * line of a response that has one) is read. Nothing is looked at per line.
  */
-async function passThrough(
-  body: ReadableStream<Uint8Array>,
-  onStats: (s: MonitorStats) => void,
-): Promise<void> {
-  let carry = new Uint8Array(0);
-  const dec = new TextDecoder();
-  for await (const chunk of body) {
-    let bytes = chunk;
-    if (carry.length > 0) {
-      bytes = new Uint8Array(carry.length + chunk.length);
-      bytes.set(carry);
-      bytes.set(chunk, carry.length);
+class PassThrough {
+  #carry: Uint8Array = new Uint8Array(0);
+  readonly #dec = new TextDecoder();
+  constructor(readonly onStats: (s: MonitorStats) => void) {}
+
+  /** One piece of the body (it may be reused once this returns). */
+  async push(chunk: Uint8Array): Promise<void> {
+    const end = chunk.lastIndexOf(NL) + 1;
+    if (end === 0) {
+      this.#carry = concat(this.#carry, chunk.slice());
+      return;
     }
-    const end = bytes.lastIndexOf(NL) + 1;
-    carry = bytes.slice(end);
-    let stats = -1;
-    for (let at = 0; at < end; at = bytes.indexOf(NL, at) + 1) {
-      if (startsWithAt(bytes, at, STATS_PREFIX)) {
-        stats = at;
-        break;
+    // The last complete line starts after the newline before it (or in carry).
+    const before = end >= 2 ? chunk.lastIndexOf(NL, end - 2) : -1;
+    const lastLine = before >= 0
+      ? chunk.subarray(before + 1, end)
+      : concat(this.#carry, chunk.subarray(0, end));
+    if (startsWithAt(lastLine, 0, STATS_PREFIX)) {
+      if (before >= 0) {
+        if (this.#carry.length > 0) await writeAll(this.#carry);
+        await writeAll(chunk.subarray(0, before + 1));
       }
+      this.onStats((JSON.parse(this.#dec.decode(lastLine)) as { stats: MonitorStats }).stats);
+    } else {
+      if (this.#carry.length > 0) await writeAll(this.#carry);
+      await writeAll(chunk.subarray(0, end));
     }
-    if (stats < 0) {
-      if (end > 0) await writeAll(bytes.subarray(0, end));
-      continue;
-    }
-    if (stats > 0) await writeAll(bytes.subarray(0, stats));
-    const rest = dec.decode(bytes.subarray(stats, end)).split("\n");
-    for (const l of rest) if (l.trim()) onStats((JSON.parse(l) as { stats: MonitorStats }).stats);
+    this.#carry = chunk.slice(end);
   }
-  if (carry.length > 0 && startsWithAt(carry, 0, STATS_PREFIX)) {
-    onStats((JSON.parse(dec.decode(carry)) as { stats: MonitorStats }).stats);
-  } else if (carry.length > 0) await writeAll(carry);
+
+  async end(): Promise<void> {
+    const carry = this.#carry;
+    this.#carry = new Uint8Array(0);
+    if (carry.length > 0 && startsWithAt(carry, 0, STATS_PREFIX)) {
+      this.onStats((JSON.parse(this.#dec.decode(carry)) as { stats: MonitorStats }).stats);
+    } else if (carry.length > 0) await writeAll(carry);
+  }
+}
+
+/**
+ * `-o json` straight from the agent's socket (cli/_raw_http.ts: large reads, no stream objects);
+ * false, with nothing written, when that does not work (an error answer, no agent): the caller
+ * then asks through fetch, which reports it.
+ */
+async function rawJson(
+  path: string,
+  query: URLSearchParams,
+  pt: PassThrough,
+  signal: AbortSignal,
+): Promise<boolean> {
+  let started = false;
+  try {
+    await rawGet({ path }, `/v1/flows?${query}`, (b) => {
+      started = true;
+      return pt.push(b);
+    }, signal);
+  } catch (err) {
+    if (started) throw err;
+    return false;
+  }
+  await pt.end();
+  return true;
+}
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  if (a.length === 0) return b;
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
 }
 
 async function fromFile(a: ObserveArgs, p: Printer): Promise<number> {
@@ -276,11 +315,20 @@ export async function observe(argv: string[]): Promise<number> {
     if (a.last !== undefined) q.set("last", String(a.last));
     if (a.since) q.set("since", a.since.toISOString());
     if (a.follow) q.set("follow", "true");
-    const body = await api.stream("/v1/flows", q, ac.signal);
     const onStats = (s: MonitorStats) => stats = s;
+    const pt = new PassThrough(onStats);
+    if (p.json && await rawJson(socketPath(a.host), q, pt, ac.signal)) {
+      await p.end();
+      const note = stats && lostNote(stats);
+      if (note) console.error(`cilia observe: ${note}`);
+      return 0;
+    }
+    const body = await api.stream("/v1/flows", q, ac.signal);
     try {
-      if (p.json) await passThrough(body, onStats);
-      else {
+      if (p.json) {
+        for await (const chunk of body) await pt.push(chunk);
+        await pt.end();
+      } else {
         for await (const lines of readLineBatches(body)) {
           for (const line of lines) handle(line, p, onStats);
           await p.flush(true);

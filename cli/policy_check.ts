@@ -1,7 +1,9 @@
 // `cilia policy validate` and `cilia policy lint`: offline, with the engine from policy-wasm.
 // validate exits 1 with located errors; lint checks each file, then lints the valid ones as one
 // set (as they are applied together) and prints each footgun with its path, line and an
-// explanation. Lint exits 0 when clean, 1 when a file is invalid, 3 for warnings only.
+// explanation. Lint exits 0 when clean, 1 when a file is invalid, 3 for warnings only. With
+// `--live`, the running agent's endpoints are the known ones (key-typo: a selector key no endpoint
+// carries), and without files its policies in force are linted.
 
 import {
   compilePolicies,
@@ -17,12 +19,15 @@ import { type InputFile, readInputs } from "./files.ts";
 import { type Format, renderModel, table, UsageError } from "./output.ts";
 import { paint, severity } from "./color.ts";
 import { Progress } from "./progress.ts";
+import { AgentClient, socketPath } from "./live_client.ts";
 
 export interface CheckOptions {
   /** Lint rule ids to skip (`--disable`). */
   disable: string[];
   /** An input without policies is a warning, not an error (`--allow-empty`). */
   allowEmpty: boolean;
+  /** Label keys the known endpoints carry (key-typo's "no endpoint carries" check). */
+  knownKeys?: ReadonlySet<string>;
 }
 
 export interface ValidateReport {
@@ -172,7 +177,12 @@ async function lintSet(
     const set = compilePolicies(valid.map((f) => ({ text: f.text, file: f.path })), {
       regexCheck: (p) => engine.checkRegex(p),
     });
-    warnings.push(...lintPolicies(set, { disable: o.disable }));
+    warnings.push(
+      ...lintPolicies(set, {
+        disable: o.disable,
+        ...(o.knownKeys ? { knownKeys: o.knownKeys } : {}),
+      }),
+    );
   } catch (e) {
     if (!(e instanceof PolicyValidationError)) throw e;
     // Each file is valid alone but not together (a duplicate name, conflicting L7 parsers).
@@ -185,14 +195,57 @@ async function lintSet(
   return { warnings, invalid };
 }
 
+/** The label key of an identity label (`k8s:app=web` → `app`), as key-typo compares them. */
+function labelKey(label: string): string {
+  const bare = label.replace(/^(k8s|any|container):/, "");
+  const eq = bare.indexOf("=");
+  return eq < 0 ? bare : bare.slice(0, eq);
+}
+
+/**
+ * `--live`: the label keys of the agent's endpoints and, when no files are given, the policies in
+ * force as one input. No endpoints: nothing is known, so key-typo keeps to its offline checks.
+ */
+async function fromAgent(
+  host: string | undefined,
+  wantPolicies: boolean,
+): Promise<{ knownKeys?: Set<string>; inputs: InputFile[] }> {
+  const api = new AgentClient(socketPath(host));
+  try {
+    const endpoints = await api.request<{ identityLabels?: string[] }[]>("GET", "/v1/endpoint");
+    const keys = new Set(endpoints.flatMap((e) => (e.identityLabels ?? []).map(labelKey)));
+    if (endpoints.length === 0) {
+      console.error("note: the agent has no endpoints, so key-typo cannot check keys against them");
+    }
+    const inputs: InputFile[] = [];
+    if (wantPolicies) {
+      const text = await api.request<string>("GET", "/v1/policy", { accept: "application/yaml" });
+      inputs.push({ path: `unix://${api.path} (policies in force)`, text });
+    }
+    return { ...(endpoints.length > 0 ? { knownKeys: keys } : {}), inputs };
+  } finally {
+    api.close();
+  }
+}
+
 export async function policyLint(
   paths: string[],
   format: Format,
   o: CheckOptions = { disable: [], allowEmpty: false },
+  live?: { host: string | undefined },
 ): Promise<number> {
-  if (paths.length === 0) throw new UsageError("policy lint: expected at least one FILE");
-  const opts = { ...o, disable: disabledRules(o) };
-  const { warnings, invalid } = await lintSet(await readInputs(paths, POLICY_FILES), opts);
+  if (paths.length === 0 && !live) {
+    throw new UsageError("policy lint: expected at least one FILE (or --live)");
+  }
+  let opts: CheckOptions = { ...o, disable: disabledRules(o) };
+  const inputs = paths.length > 0 ? await readInputs(paths, POLICY_FILES) : [];
+  if (live) {
+    const agent = await fromAgent(live.host, paths.length === 0);
+    inputs.push(...agent.inputs);
+    if (agent.knownKeys) opts = { ...opts, knownKeys: agent.knownKeys };
+    if (paths.length === 0) opts = { ...opts, allowEmpty: true };
+  }
+  const { warnings, invalid } = await lintSet(inputs, opts);
   if (format !== "table") console.log(renderModel(warnings, format));
   else if (warnings.length > 0) {
     console.log(table(warnings, [

@@ -12,10 +12,19 @@ import {
 } from "./output.ts";
 import { AgentClient, socketPath } from "./live_client.ts";
 
-export const SERVICE_HELP = `cilia service — ClusterIP services (frontend VIP:port → backends)
+export const SERVICE_HELP = `cilia service — services (frontend VIP:port → backends)
 
 Usage: cilia service create --frontend IP:PORT[/TCP|UDP] --backends IP:PORT[*WEIGHT],...
                             [--algorithm random|maglev] [--id N] [--name NS/NAME]
+                            [--type ClusterIP|NodePort|LoadBalancer] [--node-port N]
+                            [--lb-ips IP,...]   (NodePort: <node IP>:N from outside;
+                            LoadBalancer: also <lb ip>:PORT; no --node-port: one is allocated)
+                            [--session-affinity [--affinity-timeout 3h]]  (ClientIP: a client
+                            stays on its backend until no new connection for the timeout)
+                            [--terminating IP:PORT,...]  (backends of --backends that finish
+                            their connections and get no new ones)
+                            [--selector K=V,...] [--labels K=V,...]  (the Kubernetes Service's
+                            pod selector and labels, for toServices in policies)
        cilia service list
        cilia service get ID
        cilia service delete ID | --frontend IP:PORT[/PROTO]
@@ -27,9 +36,13 @@ interface ServiceView {
   id: number;
   name?: string;
   type: string;
+  nodePort?: number;
+  loadBalancerIPs?: string[];
   frontend: { ip: string; port: number; protocol: string };
   algorithm: string;
-  backends: { ip: string; port: number; weight: number }[];
+  sessionAffinity?: string;
+  affinityTimeoutSeconds?: number;
+  backends: { ip: string; port: number; weight: number; terminating?: boolean }[];
 }
 
 const frontend = (s: ServiceView) => `${s.frontend.ip}:${s.frontend.port}/${s.frontend.protocol}`;
@@ -37,13 +50,27 @@ const frontend = (s: ServiceView) => `${s.frontend.ip}:${s.frontend.port}/${s.fr
 const COLUMNS: Column<ServiceView>[] = [
   { header: "ID", value: (s) => s.id },
   { header: "NAME", value: (s) => s.name ?? "" },
-  { header: "TYPE", value: (s) => s.type },
+  {
+    header: "TYPE",
+    value: (s) =>
+      [s.type, s.nodePort ? `:${s.nodePort}` : "", ...(s.loadBalancerIPs ?? []).map((x) => ` ${x}`)]
+        .join(""),
+  },
   { header: "FRONTEND", value: frontend },
-  { header: "ALGORITHM", value: (s) => s.algorithm },
+  {
+    header: "ALGORITHM",
+    value: (s) =>
+      s.algorithm +
+      (s.sessionAffinity === "ClientIP" ? ` affinity:${s.affinityTimeoutSeconds}s` : ""),
+  },
   {
     header: "BACKENDS",
     value: (s) =>
-      s.backends.map((b) => `${b.ip}:${b.port}${b.weight !== 1 ? `*${b.weight}` : ""}`).join(",") ||
+      s.backends.map((b) =>
+        `${b.ip}:${b.port}${b.weight !== 1 ? `*${b.weight}` : ""}${
+          b.terminating ? "(terminating)" : ""
+        }`
+      ).join(",") ||
       "(none)",
   },
 ];
@@ -64,6 +91,50 @@ export function parseBackends(text: string): ServiceView["backends"] {
   });
 }
 
+function parsePort(text: string): number {
+  if (!/^\d{1,5}$/.test(text) || Number(text) < 1 || Number(text) > 65535) {
+    throw new UsageError(`Invalid --node-port "${text}": expected 1-65535`);
+  }
+  return Number(text);
+}
+
+/** "3h", "90m", "30s", "1h30m" or plain seconds → seconds (1-86400). */
+export function parseDuration(text: string): number {
+  const m = /^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$/.exec(text.trim());
+  const secs = m && text.trim() !== ""
+    ? Number(m[1] ?? 0) * 3600 + Number(m[2] ?? 0) * 60 + Number(m[3] ?? 0)
+    : NaN;
+  if (!(secs >= 1 && secs <= 86400)) {
+    throw new UsageError(
+      `Invalid --affinity-timeout "${text}": expected a duration of 1s-24h, like 3h, 90m or 30s`,
+    );
+  }
+  return secs;
+}
+
+/** --selector / --labels K=V,... → a label map; a pair without "=" or key is a usage error. */
+function parseLabelList(flag: string, text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const pair of text.split(",").filter(Boolean)) {
+    const eq = pair.indexOf("=");
+    if (eq <= 0) throw new UsageError(`Invalid ${flag} "${pair}": expected KEY=VALUE`);
+    out[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
+  return out;
+}
+
+/** --terminating IP:PORT,... marks those of the backends; each must be one of them. */
+function markTerminating(backends: ServiceView["backends"], text: string | undefined) {
+  if (text === undefined) return backends;
+  const names = new Set(parseBackends(text).map((b) => `${b.ip}:${b.port}`));
+  for (const n of names) {
+    if (!backends.some((b) => `${b.ip}:${b.port}` === n)) {
+      throw new UsageError(`Invalid --terminating "${n}": it is not one of --backends`);
+    }
+  }
+  return backends.map((b) => names.has(`${b.ip}:${b.port}`) ? { ...b, terminating: true } : b);
+}
+
 function parse(argv: string[]) {
   const flags: Record<string, string> = {};
   const pos: string[] = [];
@@ -76,9 +147,23 @@ function parse(argv: string[]) {
       pos.push(tok);
       continue;
     }
+    if (tok === "--session-affinity") { // no value: ClientIP (or --session-affinity=None)
+      flags["session-affinity"] = "ClientIP";
+      continue;
+    }
     const [k, inline] = tok.split("=", 2) as [string, string | undefined];
     const name = names[k] ?? k.replace(/^--/, "");
-    if (!["output", "host", "frontend", "backends", "algorithm", "id", "name"].includes(name)) {
+    const known = ["output", "host", "frontend", "backends", "algorithm", "id", "name", "type"];
+    const more = [
+      "node-port",
+      "lb-ips",
+      "session-affinity",
+      "affinity-timeout",
+      "terminating",
+      "selector",
+      "labels",
+    ];
+    if (![...known, ...more].includes(name)) {
       throw new UsageError(`Unknown service flag "${tok}": run "cilia service --help"`);
     }
     const v = inline ?? argv[++i];
@@ -114,10 +199,19 @@ export async function service(argv: string[]): Promise<number> {
       if (!flags.frontend) throw new UsageError(`service ${verb}: --frontend is required`);
       const body = {
         frontend: parseFrontend(flags.frontend),
-        backends: parseBackends(flags.backends ?? ""),
+        backends: markTerminating(parseBackends(flags.backends ?? ""), flags.terminating),
         ...(flags.algorithm ? { algorithm: flags.algorithm } : {}),
         ...(flags.id ? { id: Number(flags.id) } : {}),
         ...(flags.name ? { name: flags.name } : {}),
+        ...(flags.type ? { type: flags.type } : {}),
+        ...(flags["node-port"] ? { nodePort: parsePort(flags["node-port"]) } : {}),
+        ...(flags["lb-ips"] ? { loadBalancerIPs: flags["lb-ips"].split(",").filter(Boolean) } : {}),
+        ...(flags["session-affinity"] ? { sessionAffinity: flags["session-affinity"] } : {}),
+        ...(flags["affinity-timeout"]
+          ? { affinityTimeoutSeconds: parseDuration(flags["affinity-timeout"]) }
+          : {}),
+        ...(flags.selector ? { selector: parseLabelList("--selector", flags.selector) } : {}),
+        ...(flags.labels ? { labels: parseLabelList("--labels", flags.labels) } : {}),
       };
       show(await api.request<ServiceView>("PUT", "/v1/service", { json: body }));
     } else if (verb === "delete") {

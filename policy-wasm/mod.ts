@@ -12,7 +12,10 @@ export {
   type PolicySource,
   validatePolicies,
 } from "./src/policies.ts";
+export type { ServiceRef } from "./src/translate_services.ts";
 export { PolicyEngine } from "./src/engine.ts";
+export type { HttpVerdict } from "./src/http_verdict.ts";
+export { REGEX_SET_MAX, type RegexSet } from "./src/regex_set.ts";
 export { engineBuildId } from "./src/wasm.ts";
 export type {
   HttpRequest,
@@ -37,6 +40,7 @@ export {
   type PeerLookup,
   type PeerRef,
   resolvePeer,
+  type SideResult,
 } from "./src/flow.ts";
 export { entryName, explainFlow, flowAudited, flowReason, policyName } from "./src/explain.ts";
 export {
@@ -72,9 +76,11 @@ export {
 } from "./src/labels.ts";
 export {
   canonicalPrefix,
+  formatAddress,
   formatPrefix,
   parseAddress,
   parsePrefix,
+  type Prefix,
   prefixContains,
 } from "./src/cidr.ts";
 export { DROP_POLICY, DROP_REASONS } from "./src/drop_reasons.generated.ts";

@@ -1,5 +1,5 @@
-// Builds bpf/build/lxc.o and overlay.o with the pinned clang flags (cached by source hash; see
-// agent/datapath/build.ts). Usage: deno run -A scripts/build_bpf.ts [--force]
+// Builds bpf/build/lxc.o, overlay.o and host.o with the pinned clang flags (cached by source
+// hash; see agent/datapath/build.ts). Usage: deno run -A scripts/build_bpf.ts [--force]
 import { buildObject } from "../agent/datapath/build.ts";
 
 const root = new URL("../", import.meta.url).pathname;
@@ -10,7 +10,7 @@ if (Deno.args.includes("--force")) {
     if (e.name.endsWith(".o")) await Deno.remove(`${buildDir}/${e.name}`);
   }
 }
-for (const name of ["lxc", "overlay"]) {
+for (const name of ["lxc", "overlay", "host"]) {
   const started = performance.now();
   const obj = await buildObject({ sourceDir: `${root}bpf/`, buildDir, name });
   const ms = (performance.now() - started).toFixed(0);

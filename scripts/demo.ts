@@ -29,6 +29,8 @@ import {
   LISTEN,
   type Outcome,
 } from "./demo/_traffic.ts";
+import { runMultinode } from "./demo/_multinode.ts";
+import { dnsScene } from "./demo/_dns.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const POLICY = "examples/policies/three-tier.yaml";
@@ -285,7 +287,8 @@ async function run(lab: DemoLab, once: boolean, stopped: Promise<void>, check: (
   await log.start(lab.api);
   try {
     const n = await names(lab);
-    const wrong = await traffic(lab, log, n, check) + await l7(lab, check);
+    const wrong = await traffic(lab, log, n, check) + await l7(lab, check) +
+      await dnsScene(lab, check);
     await lab.closePeers("client"); // denied connects would keep retrying their SYNs
     if (once) return wrong === 0 ? 0 : 1;
     await live(lab, log, n, stopped);
@@ -298,13 +301,25 @@ async function run(lab: DemoLab, once: boolean, stopped: Promise<void>, check: (
 async function main(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
-    options: { once: { type: "boolean", default: false }, help: { type: "boolean", short: "h" } },
+    options: {
+      once: { type: "boolean", default: false },
+      help: { type: "boolean", short: "h" },
+      nodes: { type: "string" },
+      "routing-mode": { type: "string" },
+    },
   });
   if (values.help) {
     say(
-      "Usage: deno task demo [--once]\n\n  --once   send the traffic, print the report and clean up",
+      "Usage: deno task demo [--once] [--nodes N [--routing-mode tunnel|native]]\n\n" +
+        "  --once          send the traffic, print the report and clean up\n" +
+        "  --nodes N       N nodes (2–4) with one etcd, traffic across nodes (scripts/demo/_multinode.ts)\n" +
+        "  --routing-mode  between nodes: tunnel (VXLAN, default) or native (routes)",
     );
     return 0;
+  }
+  if (values.nodes !== undefined || values["routing-mode"] !== undefined) {
+    const { nodes, once } = values, routingMode = values["routing-mode"];
+    return await runMultinode({ nodes, routingMode, once: once ?? false, preflight });
   }
   say(bold("cilia demo: a node, three pods and an outside host, as network namespaces"));
   say();

@@ -1,14 +1,16 @@
 /**
  * `/v1/bpf/…`: what the kernel holds, read from the pinned maps — an endpoint's policy entries
- * (with the rule each cookie names), conntrack, the ipcache — and `POST /v1/bpf/verify`, which
- * judges one flow with the engine (as `policy trace` does) and reads, for each local side, the
- * map entry the packet would hit, saying whether kernel and engine agree. Read-only.
+ * (with the rule each cookie names), conntrack, the ipcache, the node-IP SNAT map — and
+ * `POST /v1/bpf/verify`, which judges one flow with the engine (as `policy trace` does) and
+ * reads, for each local side, the map entry the packet would hit, saying whether kernel and
+ * engine agree. Read-only.
  */
 
 import type { Hono } from "hono";
 import type { Agent } from "../agent.ts";
 import { DIR_SERVICE, VERDICT_NAMES } from "../datapath/codecs.ts";
 import { dumpConntrack } from "../datapath/conntrack_gc.ts";
+import { dumpNat } from "../datapath/nat_map.ts";
 import { formatIP } from "../datapath/_addr.ts";
 import { type KernelLookup, kernelPolicyLookup } from "../datapath/kernel_lookup.ts";
 import { EndpointNotFoundError } from "../endpoint/manager.ts";
@@ -58,6 +60,11 @@ export function registerBpfRoutes(app: Hono, agent: Agent): void {
       };
     });
     return c.json({ endpoint: { id: ep.id, namespace: ep.namespace, name: ep.name }, entries });
+  });
+
+  app.get("/v1/bpf/nat", async (c) => {
+    const dp = datapathOf(agent);
+    return c.json(await dumpNat(`${dp.pins.root}/maps/cilia_snat`));
   });
 
   app.get("/v1/bpf/ct", (c) => {

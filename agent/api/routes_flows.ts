@@ -18,8 +18,8 @@ import { ApiError } from "./errors.ts";
 const NDJSON = { "content-type": "application/x-ndjson" };
 const enc = new TextEncoder();
 const line = (l: MonitorLine) => JSON.stringify(l) + "\n";
-/** Items per chunk written to the response. */
-const CHUNK_ITEMS = 4096;
+/** Flows per read of a follower (chunks of lines from the monitor count as their lines). */
+const CHUNK_ITEMS = 8192;
 
 function filterOf(params: URLSearchParams): FlowFilter {
   try {
@@ -54,7 +54,7 @@ function followStream<T>(
   agent: Agent,
   follower: Follower<T>,
   head: string,
-  render: (item: T) => string,
+  render: (item: T) => string | Uint8Array,
 ): ReadableStream<Uint8Array> {
   return new ReadableStream({
     start(ctl) {
@@ -67,7 +67,16 @@ function followStream<T>(
       for (const l of lost) {
         text += line({ lost_events: { source: l.source, num_events_lost: l.count } });
       }
-      for (const i of items) text += render(i);
+      for (const i of items) {
+        const r = render(i);
+        if (typeof r === "string") text += r;
+        else {
+          // a chunk of lines the monitor wrote as bytes: it goes out as it is
+          if (text) ctl.enqueue(enc.encode(text));
+          text = "";
+          ctl.enqueue(r);
+        }
+      }
       if (text) ctl.enqueue(enc.encode(text));
     },
     cancel() {

@@ -124,40 +124,45 @@ export const LAYOUTS = {
     ["pad", 38, "u16"],
   ]),
   // bpf/lib/proxy.h: the L7 redirect's maps (addresses and ports in network order).
-  proxyCfg: layout("proxy_cfg", 16, [
+  proxyCfg: layout("proxy_cfg", 32, [
     ["gw_ipv4", 0, "bytes", 4],
     ["host_ifindex", 4, "u32"],
     ["host_mac", 8, "bytes", 6],
     ["pad", 14, "bytes", 2],
+    ["gw_ipv6", 16, "bytes", 16],
   ]),
-  proxyOrigKey: layout("proxy_orig_key", 8, [
-    ["client_ip", 0, "bytes", 4],
-    ["client_port", 4, "be16"],
-    ["proxy_port", 6, "be16"],
-  ]),
-  proxyOrigValue: layout("proxy_orig_value", 24, [
-    ["orig_ip", 0, "bytes", 4],
-    ["orig_port", 4, "be16"],
-    ["ep_id", 6, "u16"],
-    ["src_identity", 8, "u32"],
-    ["dst_identity", 12, "u32"],
-    ["cookie", 16, "u32"],
-    ["dir", 20, "u8"],
+  proxyOrigKey: layout("proxy_orig_key", 24, [
+    ["client_ip", 0, "bytes", 16],
+    ["client_port", 16, "be16"],
+    ["proxy_port", 18, "be16"],
+    ["family", 20, "u8"],
     ["pad", 21, "bytes", 3],
   ]),
-  proxyNatKey: layout("proxy_nat_key", 8, [
-    ["server_ip", 0, "bytes", 4],
-    ["server_port", 4, "be16"],
-    ["local_port", 6, "be16"],
+  proxyOrigValue: layout("proxy_orig_value", 36, [
+    ["orig_ip", 0, "bytes", 16],
+    ["orig_port", 16, "be16"],
+    ["ep_id", 18, "u16"],
+    ["src_identity", 20, "u32"],
+    ["dst_identity", 24, "u32"],
+    ["cookie", 28, "u32"],
+    ["dir", 32, "u8"],
+    ["pad", 33, "bytes", 3],
   ]),
-  proxyNatValue: layout("proxy_nat_value", 16, [
-    ["client_ip", 0, "bytes", 4],
-    ["identity", 4, "u32"],
-    ["ep_id", 8, "u16"],
-    ["dir", 10, "u8"],
-    ["pad", 11, "u8"],
-    ["ingress_ep_id", 12, "u16"],
-    ["pad2", 14, "u16"],
+  proxyNatKey: layout("proxy_nat_key", 24, [
+    ["server_ip", 0, "bytes", 16],
+    ["server_port", 16, "be16"],
+    ["local_port", 18, "be16"],
+    ["family", 20, "u8"],
+    ["pad", 21, "bytes", 3],
+  ]),
+  proxyNatValue: layout("proxy_nat_value", 28, [
+    ["client_ip", 0, "bytes", 16],
+    ["identity", 16, "u32"],
+    ["ep_id", 20, "u16"],
+    ["dir", 22, "u8"],
+    ["pad", 23, "u8"],
+    ["ingress_ep_id", 24, "u16"],
+    ["pad2", 26, "u16"],
   ]),
   // bpf/lib/lb.h: services (addresses and ports in network order).
   lbServiceKey: layout("lb_service_key", 20, [
@@ -183,6 +188,23 @@ export const LAYOUTS = {
     ["flags", 20, "u8"],
     ["pad", 21, "bytes", 3],
   ]),
+  lbAffinityKey: layout("lb_affinity_key", 20, [
+    ["addr", 0, "bytes", 16],
+    ["svc_id", 16, "u16"],
+    ["family", 18, "u8"],
+    ["pad", 19, "u8"],
+  ]),
+  lbAffinity: layout("lb_affinity", 16, [
+    ["last_used", 0, "u64"],
+    ["backend_id", 8, "u32"],
+    ["pad", 12, "u32"],
+  ]),
+  lbAffinityMatchKey: layout("lb_affinity_match_key", 8, [
+    ["backend_id", 0, "u32"],
+    ["svc_id", 4, "u16"],
+    ["pad", 6, "u16"],
+  ]),
+  lbAffinityMatch: layout("lb_affinity_match", 4, [["timeout_s", 0, "u32"]]),
   lbRevnatKey: layout("lb_revnat_key", 4, [["svc_id", 0, "u16"], ["pad", 2, "u16"]]),
   lbRevnat: layout("lb_revnat", 20, [
     ["addr", 0, "bytes", 16],

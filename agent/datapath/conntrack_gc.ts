@@ -2,7 +2,8 @@
 // ffi.ts and deletes entries whose lifetime has passed (or that match a filter, e.g. every entry
 // of a removed endpoint). The BPF side already treats expired entries as absent; this only frees
 // their slots. It never creates or changes entries.
-import { decode, LAYOUTS, type Values } from "./codecs.ts";
+import { decode, DIR_SERVICE, LAYOUTS, type Values } from "./codecs.ts";
+import { formatIP } from "./_addr.ts";
 import { closeFd, mapDelete, mapKeys, mapLookup, monotonicNs, objGet, withLibs } from "./ffi.ts";
 
 export interface ConntrackEntry {
@@ -34,6 +35,24 @@ function dumpOpen(mapPath: string): ConntrackEntry[] {
   } finally {
     closeFd(fd);
   }
+}
+
+/**
+ * The live flows of the pinned conntrack map as a test "does endpoint E have a live connection
+ * with address A" (either side of the tuple; DIR_SERVICE entries left out), for keeping learned
+ * DNS addresses while connections use them.
+ */
+export function liveFlowPeers(mapPath: string): (endpoint: number, ip: string) => boolean {
+  const now = monotonicNs();
+  const live = new Set<string>();
+  for (const { key, value } of dumpConntrack(mapPath)) {
+    if ((value.expires as bigint) <= now || Number(key.dir) === DIR_SERVICE) continue;
+    const family = Number(key["tuple.family"]);
+    const ep = Number(key.ep_id);
+    live.add(`${ep}/${formatIP(family, key["tuple.saddr"] as Uint8Array)}`);
+    live.add(`${ep}/${formatIP(family, key["tuple.daddr"] as Uint8Array)}`);
+  }
+  return (endpoint, ip) => live.has(`${endpoint}/${ip}`);
 }
 
 /**

@@ -5,6 +5,7 @@
 // bpffs root visible in the caller's mount namespace). It decides no policy (the engine does)
 // and plans no policy writes: KernelSink with policy_state.ts is the one writer the agent, the
 // tests and the benches share.
+import { z } from "zod";
 import { BpfTool, bytesFromHex } from "./bpftool.ts";
 import { buildObject } from "./build.ts";
 import {
@@ -97,6 +98,42 @@ export interface MetricsRow {
   bytes: bigint;
 }
 
+/** See `Datapath.endpointSnapshot()`. */
+export interface EndpointSnapshot {
+  ifindex: Map<string, number>;
+  values: Map<number, Uint8Array>;
+  /** Interfaces whose ingress and egress run the pinned programs. */
+  attached: Set<number>;
+}
+
+const ProgIdSchema = z.object({ id: z.number() }).passthrough();
+const NetShowEntry = z.object({
+  tc: z.array(z.object({ ifindex: z.number(), kind: z.string(), id: z.number() }).passthrough())
+    .optional(),
+}).passthrough();
+const NetShowSchema = z.union([z.array(NetShowEntry), NetShowEntry]);
+
+/** The endpoint-map value of an endpoint entry (flags, identity, addresses, MAC). */
+export function endpointValue(ep: EndpointEntry): Uint8Array {
+  const flags = (ep.ingressDefaultDeny ? EP_F_INGRESS_DEFAULT_DENY : 0) |
+    (ep.egressDefaultDeny ? EP_F_EGRESS_DEFAULT_DENY : 0) |
+    (ep.enforcement === false ? EP_F_ENFORCEMENT_DISABLED : 0) |
+    (ep.notReady ? EP_F_NOT_READY : 0);
+  const v4 = ep.ipv4 === undefined ? undefined : parseIPv4(ep.ipv4);
+  const v6 = ep.ipv6 === undefined ? undefined : parseIPv6(ep.ipv6);
+  if ((ep.ipv4 !== undefined && !v4) || (ep.ipv6 !== undefined && !v6)) {
+    throw new SyntaxError(`Invalid endpoint address for "${ep.ifname}": "${ep.ipv4 ?? ep.ipv6}"`);
+  }
+  return encode(LAYOUTS.endpointInfo, {
+    ep_id: ep.epId,
+    flags,
+    identity: ep.identity,
+    ...(v4 ? { ipv4: v4 } : {}),
+    ...(v6 ? { ipv6: v6 } : {}),
+    ...(ep.mac ? { mac: parseMac(ep.mac) } : {}),
+  });
+}
+
 export class Datapath implements AsyncDisposable {
   readonly pins: Pins;
   /** Whether open() loaded new programs (false: the pinned ones were reused). */
@@ -168,26 +205,58 @@ export class Datapath implements AsyncDisposable {
   async upsertEndpoint(ep: EndpointEntry): Promise<void> {
     const ifindex = await linkIndex(ep.ifname, this.netns);
     if (ifindex === undefined) throw new Error(`Cannot find link "${ep.ifname}"`);
-    const flags = (ep.ingressDefaultDeny ? EP_F_INGRESS_DEFAULT_DENY : 0) |
-      (ep.egressDefaultDeny ? EP_F_EGRESS_DEFAULT_DENY : 0) |
-      (ep.enforcement === false ? EP_F_ENFORCEMENT_DISABLED : 0) |
-      (ep.notReady ? EP_F_NOT_READY : 0);
-    const v4 = ep.ipv4 === undefined ? undefined : parseIPv4(ep.ipv4);
-    const v6 = ep.ipv6 === undefined ? undefined : parseIPv6(ep.ipv6);
-    if ((ep.ipv4 !== undefined && !v4) || (ep.ipv6 !== undefined && !v6)) {
-      throw new SyntaxError(`Invalid endpoint address for "${ep.ifname}": "${ep.ipv4 ?? ep.ipv6}"`);
-    }
-    const value = encode(LAYOUTS.endpointInfo, {
-      ep_id: ep.epId,
-      flags,
-      identity: ep.identity,
-      ...(v4 ? { ipv4: v4 } : {}),
-      ...(v6 ? { ipv6: v6 } : {}),
-      ...(ep.mac ? { mac: parseMac(ep.mac) } : {}),
-    });
     const key = encode(LAYOUTS.endpointKey, { ifindex });
-    await this.#writer.apply(this.pins.maps.cilia_endpoints, [{ key, value }], []);
+    await this.#writer.apply(
+      this.pins.maps.cilia_endpoints,
+      [{ key, value: endpointValue(ep) }],
+      [],
+    );
     await attachEndpoint(this.pins, ep.ifname, this.netns);
+  }
+
+  /**
+   * What the kernel holds for endpoint interfaces, read once after a restart (four processes)
+   * so that restoring an endpoint whose entry and programs are already in place writes nothing:
+   * ifindex by link name, endpoint-map values by ifindex, and the interfaces whose ingress and
+   * egress both run this datapath's pinned programs (compared by program id).
+   */
+  async endpointSnapshot(): Promise<EndpointSnapshot> {
+    const names = await linkNames(this.netns);
+    const values = new Map<number, Uint8Array>();
+    for (const e of await this.#bpftool.mapDump(this.pins.maps.cilia_endpoints)) {
+      const k = decode(LAYOUTS.endpointKey, bytesFromHex(e.key));
+      if (e.value) values.set(num(k.ifindex), bytesFromHex(e.value));
+    }
+    const progId = async (pinned: string) =>
+      (await this.#bpftool.json(["prog", "show", "pinned", pinned], ProgIdSchema)).id;
+    const want = new Map([
+      ["clsact/ingress", await progId(this.pins.fromContainer)],
+      ["clsact/egress", await progId(this.pins.toContainer)],
+    ]);
+    const hooks = new Map<number, number>();
+    const net = await this.#bpftool.json(["net", "show"], NetShowSchema);
+    for (const t of (Array.isArray(net) ? net : [net]).flatMap((n) => n.tc ?? [])) {
+      if (want.get(t.kind) === t.id) hooks.set(t.ifindex, (hooks.get(t.ifindex) ?? 0) + 1);
+    }
+    return {
+      ifindex: new Map([...names].map(([index, name]) => [name, index])),
+      values,
+      attached: new Set([...hooks].filter(([, n]) => n === 2).map(([i]) => i)),
+    };
+  }
+
+  /** Every policy key with its value, by endpoint id (what a restarted agent compares with). */
+  async policyRows(): Promise<Map<number, EncodedEntry[]>> {
+    const out = new Map<number, EncodedEntry[]>();
+    for (const e of await this.#bpftool.mapDump(this.pins.maps.cilia_policy)) {
+      if (!e.value) continue;
+      const key = bytesFromHex(e.key);
+      const epId = num(decode(LAYOUTS.policyKey, key).ep_id);
+      let list = out.get(epId);
+      if (!list) out.set(epId, list = []);
+      list.push({ key, value: bytesFromHex(e.value) });
+    }
+    return out;
   }
 
   /**

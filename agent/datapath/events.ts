@@ -1,6 +1,8 @@
-// Decodes the records of the cilia_events perf event array into DatapathEvent objects and streams
-// them as an async iterable, reading the perf buffer through ffi.ts on a short poll loop on the
-// main thread. It interprets no packet bytes beyond the fixed header (the monitor does).
+// Reads the records of the cilia_events ring buffer (mapped in place through ffi.ts, polled on a
+// short timer on the main thread) and the count of events the kernel could not queue
+// (cilia_events_lost), and decodes records into DatapathEvent objects, or hands them over raw to
+// a reader that wants no object per event (the monitor). It interprets no packet bytes beyond the
+// fixed header (the monitor does).
 import {
   decode,
   DIR_EGRESS,
@@ -12,7 +14,7 @@ import {
   num,
   VERDICT_NAMES,
 } from "./codecs.ts";
-import { acquire, closeFd, objGet, PerfBuffer, release } from "./ffi.ts";
+import { acquire, closeFd, objGet, perCpuSum, release, RingBuffer } from "./ffi.ts";
 
 export type Direction = "ingress" | "egress";
 export type VerdictName = (typeof VERDICT_NAMES)[number];
@@ -40,6 +42,7 @@ export interface PacketEvent {
   capLen: number;
   /** The first capLen bytes of the packet, from the Ethernet header on. */
   data: Uint8Array;
+  /** Always 0: the shared ring buffer does not say which CPU sent an event. */
   cpu: number;
 }
 export interface LostEvent {
@@ -55,27 +58,36 @@ const DIRECTIONS = ["unknown", "ingress", "egress"] as const;
 /** Decodes one record (LAYOUTS.event, then the captured bytes); hot path: plain DataView reads. */
 export function decodeEvent(cpu: number, bytes: Uint8Array): PacketEvent {
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const type = dv.getUint8(0), dir = dv.getUint8(16), family = dv.getUint8(36);
-  const capLen = dv.getUint32(32, true);
+  return decodeEventAt(dv, 0, bytes.byteLength, cpu);
+}
+
+/**
+ * Decodes the record of `length` bytes at `at` of `dv`; the packet bytes are copied out (the
+ * record's space may be reused once the caller returns).
+ */
+export function decodeEventAt(dv: DataView, at: number, length: number, cpu = 0): PacketEvent {
+  const type = dv.getUint8(at), dir = dv.getUint8(at + 16), family = dv.getUint8(at + 36);
+  const capLen = Math.min(dv.getUint32(at + 32, true), Math.max(0, length - EVENT_HEADER_LEN));
+  const start = dv.byteOffset + at + EVENT_HEADER_LEN;
   return {
     type: type === EVENT_DROP || type === EVENT_POLICY_VERDICT ? TYPES[type]! : "trace",
-    subtype: dv.getUint8(1),
-    epId: dv.getUint16(2, true),
-    srcIdentity: dv.getUint32(4, true),
-    dstIdentity: dv.getUint32(8, true),
-    ifindex: dv.getUint32(12, true),
+    subtype: dv.getUint8(at + 1),
+    epId: dv.getUint16(at + 2, true),
+    srcIdentity: dv.getUint32(at + 4, true),
+    dstIdentity: dv.getUint32(at + 8, true),
+    ifindex: dv.getUint32(at + 12, true),
     direction: dir === DIR_INGRESS || dir === DIR_EGRESS ? DIRECTIONS[dir]! : "unknown",
     family: family === 4 || family === 6 ? family : 0,
-    proto: dv.getUint8(17),
-    sport: dv.getUint16(20, true),
-    dport: dv.getUint16(22, true),
-    verdict: VERDICT_NAMES[dv.getUint8(18)] ?? "none",
-    match: dv.getUint8(19),
-    cookie: dv.getUint32(24, true),
-    ctState: dv.getUint8(37),
-    origLen: dv.getUint32(28, true),
+    proto: dv.getUint8(at + 17),
+    sport: dv.getUint16(at + 20, true),
+    dport: dv.getUint16(at + 22, true),
+    verdict: VERDICT_NAMES[dv.getUint8(at + 18)] ?? "none",
+    match: dv.getUint8(at + 19),
+    cookie: dv.getUint32(at + 24, true),
+    ctState: dv.getUint8(at + 37),
+    origLen: dv.getUint32(at + 28, true),
     capLen,
-    data: bytes.subarray(EVENT_HEADER_LEN, EVENT_HEADER_LEN + capLen),
+    data: new Uint8Array(dv.buffer.slice(start, start + capLen)),
     cpu,
   };
 }
@@ -107,71 +119,106 @@ export function decodeEventSlow(cpu: number, bytes: Uint8Array): PacketEvent {
   };
 }
 
-/**
- * Pages per CPU of the agent's perf buffer: 8 MiB, about 75k events, so a pause of the agent's
- * event loop (GC, a busy machine) of up to ~0.7 s at 100k events/s loses nothing.
- */
-export const READER_PAGES = 2048;
+/** Records handed over per poll before the loop yields to other work (the HTTP streams). */
+const BATCH = 2048;
+/** How often the count of events the kernel could not queue is read. */
+const LOST_EVERY_MS = 50;
+
+/** The map of events that found the ring full, beside the ring's pin. */
+const lostMapOf = (ringPath: string) => ringPath.replace(/[^/]*$/, "cilia_events_lost");
 
 /**
- * The one reader of the perf event array, driven by a timer on the main thread: every poll hands
- * each record to `onEvent` synchronously (so a slow consumer must queue and shed, never block),
- * and perf-buffer overruns to `onLost`. Only one reader may exist per map: opening a perf buffer
- * points the map at the new reader's rings, and closing one empties the map.
+ * The one reader of the event ring buffer, driven by a timer on the main thread. Each poll hands
+ * up to BATCH records over synchronously, so a slow consumer must queue and shed, never block;
+ * after a full batch it polls again at once (other work runs in between), else after `pollMs`. `onRecord` gets the
+ * record in place (valid only during the call: `view` and `at`); without it, `onEvent` gets a
+ * decoded copy. Events the kernel could not queue go to `onLost`. Only one reader may exist per
+ * ring: records are consumed, a second reader would take them away.
  */
 export class EventReader {
-  readonly #pb: PerfBuffer;
+  readonly #ring: RingBuffer;
   readonly #fd: number;
+  readonly #lostFd: number;
+  readonly #hand: (at: number, length: number) => void;
+  readonly #onLost: (cpu: number, count: number) => void;
+  readonly #onBatch: (() => void) | undefined;
+  #lostSeen = 0;
+  #lostAt = 0;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #closed = false;
 
   constructor(
     mapPath: string,
     opts: {
-      onEvent: (e: PacketEvent) => void;
+      onEvent?: (e: PacketEvent) => void;
+      onRecord?: (view: DataView, at: number, length: number) => void;
+      /** After each poll that handed records over. */
+      onBatch?: () => void;
       onLost: (cpu: number, count: number) => void;
-      pages?: number;
       pollMs?: number;
+      /** No timer: the caller drives poll() (readEvents). */
+      manual?: boolean;
     },
   ) {
     acquire();
+    let fd = -1, lostFd = -1;
     try {
-      this.#fd = objGet(mapPath);
-      try {
-        this.#pb = new PerfBuffer(this.#fd, {
-          pages: opts.pages ?? READER_PAGES,
-          onSample: (cpu, data) => {
-            if (data.length >= EVENT_HEADER_LEN) opts.onEvent(decodeEvent(cpu, data));
-          },
-          onLost: (cpu, count) => opts.onLost(cpu, Number(count)),
-        });
-      } catch (err) {
-        closeFd(this.#fd);
-        throw err;
-      }
+      fd = objGet(mapPath);
+      lostFd = objGet(lostMapOf(mapPath));
+      this.#ring = new RingBuffer(fd);
     } catch (err) {
+      if (fd >= 0) closeFd(fd);
+      if (lostFd >= 0) closeFd(lostFd);
       release();
       throw err;
     }
+    this.#ring.skip(); // events nobody read before are stale
+    this.#fd = fd;
+    this.#lostFd = lostFd;
+    this.#lostSeen = perCpuSum(lostFd, 0);
+    this.#onLost = opts.onLost;
+    this.#onBatch = opts.onBatch;
+    const bytes = this.#ring.bytes;
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const { onRecord, onEvent } = opts;
+    this.#hand = onRecord ? (at, length) => onRecord(view, at, length) : (at, length) => {
+      if (length >= EVENT_HEADER_LEN) onEvent?.(decodeEventAt(view, at, length));
+    };
     const poll = () => {
       if (this.#closed) return;
-      this.#pb.consume();
-      this.#timer = setTimeout(poll, opts.pollMs ?? 1);
+      const n = this.poll(BATCH);
+      this.#timer = setTimeout(poll, n === BATCH ? 0 : opts.pollMs ?? 1);
     };
-    poll();
+    if (!opts.manual) poll();
   }
 
-  /** Delivers what is pending now (tests, benches). */
-  poll(): number {
-    return this.#closed ? 0 : this.#pb.consume();
+  /** Hands over what is pending now (at most `max` records) and any new kernel-side losses. */
+  poll(max = Infinity): number {
+    if (this.#closed) return 0;
+    const n = this.#ring.consume(this.#hand, max);
+    if (n > 0) this.#onBatch?.();
+    const now = performance.now();
+    if (now - this.#lostAt >= LOST_EVERY_MS || max === Infinity) {
+      this.#lostAt = now;
+      const lost = perCpuSum(this.#lostFd, 0);
+      if (lost > this.#lostSeen) this.#onLost(0, lost - this.#lostSeen);
+      this.#lostSeen = lost;
+    }
+    return n;
+  }
+
+  /** Records written and not yet read (bytes). */
+  get pendingBytes(): number {
+    return this.#ring.pending;
   }
 
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#timer);
-    this.#pb.close();
+    this.#ring.close();
     closeFd(this.#fd);
+    closeFd(this.#lostFd);
     release();
   }
 }
@@ -189,26 +236,20 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
-/** Streams events from the pinned perf event array until signal aborts or the caller stops. */
+/** Streams events from the pinned ring buffer until signal aborts or the caller stops. */
 export async function* readEvents(
   mapPath: string,
-  opts: { signal?: AbortSignal | undefined; pages?: number; pollMs?: number } = {},
+  opts: { signal?: AbortSignal | undefined; pollMs?: number } = {},
 ): AsyncGenerator<DatapathEvent> {
   const queue: DatapathEvent[] = [];
-  acquire();
-  let fd = -1;
-  let pb: PerfBuffer | undefined;
+  const reader = new EventReader(mapPath, {
+    onEvent: (e) => queue.push(e),
+    onLost: (cpu, count) => queue.push({ type: "lost", cpu, count: BigInt(count) }),
+    manual: true,
+  });
   try {
-    fd = objGet(mapPath);
-    pb = new PerfBuffer(fd, {
-      pages: opts.pages ?? 64,
-      onSample: (cpu, data) => {
-        if (data.length >= EVENT_HEADER_LEN) queue.push(decodeEvent(cpu, data));
-      },
-      onLost: (cpu, count) => queue.push({ type: "lost", cpu, count }),
-    });
     while (!opts.signal?.aborted) {
-      pb.consume();
+      reader.poll();
       while (queue.length > 0) {
         yield queue.shift()!;
         if (opts.signal?.aborted) return;
@@ -216,8 +257,6 @@ export async function* readEvents(
       await sleep(opts.pollMs ?? 2, opts.signal);
     }
   } finally {
-    pb?.close();
-    if (fd >= 0) closeFd(fd);
-    release();
+    reader.close();
   }
 }

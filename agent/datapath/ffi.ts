@@ -1,6 +1,7 @@
 // The one module that calls libbpf and libc through Deno FFI, for what bpftool cannot do well:
-// walking and pruning a map (conntrack GC), reading the perf event array, and reading
-// CLOCK_MONOTONIC (the clock of bpf_ktime_get_ns). Everything else goes through bpftool.
+// walking and pruning a map (conntrack GC), reading the event ring buffer (mapped into this
+// process and read in place, no call per record), and reading CLOCK_MONOTONIC (the clock of
+// bpf_ktime_get_ns). Everything else goes through bpftool.
 // Libraries are opened on demand and closed when the last user releases them, so no handle
 // outlives its use (Deno's resource sanitizer sees none).
 
@@ -10,17 +11,15 @@ const LIBBPF_SYMBOLS = {
   bpf_map_lookup_elem: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   bpf_map_delete_elem: { parameters: ["i32", "buffer"], result: "i32" },
   bpf_map_update_elem: { parameters: ["i32", "buffer", "buffer", "u64"], result: "i32" },
-  perf_buffer__new: {
-    parameters: ["i32", "usize", "function", "function", "pointer", "pointer"],
-    result: "pointer",
-  },
-  perf_buffer__consume: { parameters: ["pointer"], result: "i32" },
-  perf_buffer__free: { parameters: ["pointer"], result: "void" },
-  libbpf_get_error: { parameters: ["pointer"], result: "i64" },
+  libbpf_num_possible_cpus: { parameters: [], result: "i32" },
+  bpf_obj_get_info_by_fd: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
 } as const;
 const LIBC_SYMBOLS = {
   close: { parameters: ["i32"], result: "i32" },
   clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
+  mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
+  munmap: { parameters: ["pointer", "usize"], result: "i32" },
+  getpagesize: { parameters: [], result: "i32" },
 } as const;
 
 let libbpf: Deno.DynamicLibrary<typeof LIBBPF_SYMBOLS> | undefined;
@@ -111,67 +110,140 @@ export function mapDelete(fd: number, key: Uint8Array): boolean {
   return bpf().bpf_map_delete_elem(fd, key) === 0;
 }
 
-const SAMPLE_CB = { parameters: ["pointer", "i32", "pointer", "u32"], result: "void" } as const;
-const LOST_CB = { parameters: ["pointer", "i32", "u64"], result: "void" } as const;
+/** `struct bpf_map_info` fields: type and max_entries (the kernel fills what fits in 80 bytes). */
+export function mapInfo(fd: number): { type: number; maxEntries: number } {
+  const info = new Uint32Array(20);
+  const len = new Uint32Array([info.byteLength]);
+  const r = bpf().bpf_obj_get_info_by_fd(fd, info, len);
+  if (r !== 0) throw new Error(`Cannot read the map's info: error ${-r}`);
+  return { type: info[0]!, maxEntries: info[4]! };
+}
 
-/** A libbpf perf buffer over a perf event array; samples arrive during consume(). */
-export class PerfBuffer {
-  #pb: Deno.PointerValue;
-  readonly #sample: Deno.UnsafeCallback<typeof SAMPLE_CB>;
-  readonly #lost: Deno.UnsafeCallback<typeof LOST_CB>;
+let possibleCpus = 0;
 
-  constructor(
-    fd: number,
-    opts: {
-      pages: number;
-      onSample: (cpu: number, data: Uint8Array) => void;
-      onLost: (cpu: number, count: bigint) => void;
-    },
-  ) {
+/** Sum over CPUs of a per-CPU array's u64 slot (e.g. events a CPU could not queue). */
+export function perCpuSum(fd: number, slot: number): number {
+  if (possibleCpus === 0) {
+    const n = bpf().libbpf_num_possible_cpus();
+    if (n <= 0) throw new Error(`Cannot count the possible CPUs: error ${-n}`);
+    possibleCpus = n;
+  }
+  const values = new BigUint64Array(possibleCpus);
+  if (bpf().bpf_map_lookup_elem(fd, new Uint32Array([slot]), values) !== 0) return 0;
+  let sum = 0n;
+  for (const v of values) sum += v;
+  return Number(sum);
+}
+
+export const BPF_MAP_TYPE_RINGBUF = 27;
+const PROT_READ = 1, PROT_WRITE = 2, MAP_SHARED = 1;
+const BUSY = 0x80000000, DISCARD = 0x40000000, HDR = 8;
+
+/**
+ * A BPF ring buffer (BPF_MAP_TYPE_RINGBUF) mapped into this process and read in place, as libbpf's
+ * ring_buffer__consume does but with no native call per record: the consumer page (ours to
+ * write), the producer page and the data pages, mapped twice in a row by the kernel so a record
+ * that wraps is contiguous. `consume()` hands each committed record to `onRecord` as an offset
+ * into `bytes` (valid only during the call) and frees the space after the batch.
+ */
+export class RingBuffer {
+  /** The data area (twice the ring, back to back); records are read from here. */
+  readonly bytes: Uint8Array;
+  readonly size: number;
+  readonly #words: Uint32Array;
+  readonly #consumer: BigUint64Array;
+  readonly #producer: BigUint64Array;
+  readonly #cons: { ptr: Deno.PointerValue; len: number };
+  readonly #prod: { ptr: Deno.PointerValue; len: number };
+  #pos = 0;
+  #closed = false;
+
+  constructor(fd: number) {
     acquire();
-    this.#sample = new Deno.UnsafeCallback(
-      SAMPLE_CB,
-      (_ctx, cpu, data, size) => {
-        if (!data) return;
-        // One copy straight into a fresh buffer (no external ArrayBuffer per sample for the GC).
-        const copy = new Uint8Array(size);
-        Deno.UnsafePointerView.copyInto(data, copy);
-        opts.onSample(cpu, copy);
-      },
-    );
-    this.#lost = new Deno.UnsafeCallback(
-      LOST_CB,
-      (_ctx, cpu, count) => opts.onLost(cpu, BigInt(count)),
-    );
-    const pb = bpf().perf_buffer__new(
-      fd,
-      BigInt(opts.pages),
-      this.#sample.pointer,
-      this.#lost.pointer,
-      null,
-      null,
-    );
-    const err = pb ? Number(bpf().libbpf_get_error(pb)) : -1;
-    if (!pb || err !== 0) {
-      this.#sample.close();
-      this.#lost.close();
+    try {
+      const { type, maxEntries } = mapInfo(fd);
+      if (type !== BPF_MAP_TYPE_RINGBUF) {
+        throw new Error(
+          `Cannot read events: the map is of type ${type}, not a ring buffer ` +
+            `(${BPF_MAP_TYPE_RINGBUF}); a datapath from an older cilia is pinned: restart the agent`,
+        );
+      }
+      const page = c().getpagesize();
+      this.size = maxEntries;
+      this.#cons = { ptr: this.#map(fd, page, PROT_READ | PROT_WRITE, 0), len: page };
+      try {
+        const len = page + 2 * maxEntries;
+        this.#prod = { ptr: this.#map(fd, len, PROT_READ, page), len };
+      } catch (err) {
+        c().munmap(this.#cons.ptr, BigInt(this.#cons.len));
+        throw err;
+      }
+    } catch (err) {
       release();
-      throw new Error(`Cannot open the perf buffer: error ${-err} (CAP_PERFMON or root needed)`);
+      throw err;
     }
-    this.#pb = pb;
+    const view = (p: Deno.PointerValue, len: number, at = 0) =>
+      Deno.UnsafePointerView.getArrayBuffer(p!, len, at);
+    this.#consumer = new BigUint64Array(view(this.#cons.ptr, 8));
+    this.#producer = new BigUint64Array(view(this.#prod.ptr, 8));
+    const data = view(this.#prod.ptr, 2 * this.size, this.#prod.len - 2 * this.size);
+    this.bytes = new Uint8Array(data);
+    this.#words = new Uint32Array(data);
+    this.#pos = Number(Atomics.load(this.#consumer, 0));
   }
 
-  /** Delivers every pending sample to the callbacks; returns the count or a negative errno. */
-  consume(): number {
-    return this.#pb ? bpf().perf_buffer__consume(this.#pb) : 0;
+  #map(fd: number, len: number, prot: number, offset: number): Deno.PointerValue {
+    const p = c().mmap(null, BigInt(len), prot, MAP_SHARED, fd, BigInt(offset));
+    const v = p ? BigInt(Deno.UnsafePointer.value(p)) : 0n;
+    if (v === 0n || v === 0xffffffffffffffffn || v === -1n) {
+      throw new Error(`Cannot map the event ring buffer (${len} bytes at ${offset})`);
+    }
+    return p;
+  }
+
+  /** Drops what is waiting: a new reader starts with new events. */
+  skip(): void {
+    if (this.#closed) return;
+    this.#pos = Number(Atomics.load(this.#producer, 0));
+    Atomics.store(this.#consumer, 0, BigInt(this.#pos));
+  }
+
+  /** Bytes written and not yet consumed. */
+  get pending(): number {
+    return this.#closed ? 0 : Number(Atomics.load(this.#producer, 0)) - this.#pos;
+  }
+
+  /**
+   * Hands up to `max` committed records to `onRecord(offset, length)` in order and frees their
+   * space; returns how many it handed over. Stops at a record still being written.
+   */
+  consume(onRecord: (offset: number, length: number) => void, max = Infinity): number {
+    if (this.#closed) return 0;
+    const prod = Number(Atomics.load(this.#producer, 0));
+    let pos = this.#pos, n = 0;
+    while (pos < prod && n < max) {
+      const at = pos % this.size;
+      const len = Atomics.load(this.#words, at >>> 2) >>> 0;
+      if (len & BUSY) break;
+      const dataLen = len & 0x3fffffff;
+      pos += (dataLen + HDR + 7) & ~7;
+      if (!(len & DISCARD)) {
+        onRecord(at + HDR, dataLen);
+        n++;
+      }
+    }
+    if (pos !== this.#pos) {
+      this.#pos = pos;
+      Atomics.store(this.#consumer, 0, BigInt(pos));
+    }
+    return n;
   }
 
   close(): void {
-    if (!this.#pb) return;
-    bpf().perf_buffer__free(this.#pb);
-    this.#pb = null;
-    this.#sample.close();
-    this.#lost.close();
+    if (this.#closed) return;
+    this.#closed = true;
+    c().munmap(this.#prod.ptr, BigInt(this.#prod.len));
+    c().munmap(this.#cons.ptr, BigInt(this.#cons.len));
     release();
   }
 }

@@ -13,6 +13,11 @@
 //    keys are then unknown: the next write dumps them and rewrites the whole policy, deleting
 //    what is not in it, and only then clears the flag.
 // 3. A thrown error always means "not in force"; nothing is recorded as written before it was.
+// 4. After a restart (programs reused, or reloaded and re-attached by Datapath.open), what the
+//    kernel holds exactly as the agent wants it (an endpoint's policy keys and values, its entry
+//    with both programs attached, ipcache entries) is recorded, not written again, until
+//    reconcile(): restoring 1,000 unchanged endpoints runs no process per endpoint. Any
+//    difference is written as usual.
 import { DROP_REASONS, type IpcacheEntry } from "@cilia/policy-wasm";
 import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
@@ -24,7 +29,15 @@ import type {
 } from "../endpoint/datapath_sink.ts";
 import { formatIP, parsePrefix } from "./_addr.ts";
 import { collectConntrack } from "./conntrack_gc.ts";
-import { Datapath, type IpcacheUpsert, type MapSizes, type MetricsRow } from "./datapath.ts";
+import {
+  Datapath,
+  type EndpointSnapshot,
+  endpointValue,
+  type IpcacheUpsert,
+  type MapSizes,
+  type MetricsRow,
+} from "./datapath.ts";
+import { type EncodedEntry, keyId } from "./policy_map.ts";
 import { attachedPrograms, PROG_FROM_CONTAINER, PROG_TO_CONTAINER } from "./loader.ts";
 import { linkNames } from "../sys/links.ts";
 import { EndpointPolicyState } from "./policy_state.ts";
@@ -51,6 +64,9 @@ interface Wanted {
   flags: EndpointFlags;
 }
 
+const sameBytes = (a: Uint8Array, b: Uint8Array) =>
+  a.length === b.length && a.every((x, i) => x === b[i]);
+
 /** "10.0.0.1" → "10.0.0.1/32": one spelling per prefix. */
 function canonical(prefix: string): string {
   const p = parsePrefix(prefix);
@@ -76,11 +92,18 @@ export class KernelSink implements DatapathSink {
   #lbSerial: Promise<void> = Promise.resolve();
   /** Policy keys the kernel held at open(), by endpoint id, until reconcile(). */
   #stale: Map<number, Uint8Array[]> | undefined;
+  /** The values of those keys, by endpoint id, until reconcile() (rule 4). */
+  #staleRows: Map<number, EncodedEntry[]> | undefined;
+  /** Endpoint entries and attachments the kernel held at open(), until reconcile() (rule 4). */
+  #restored: Promise<EndpointSnapshot | undefined> | undefined;
+  /** Ipcache entries the kernel held at open(), until reconcile() (rule 4). */
+  #restoredIpcache: Map<string, IpcacheUpsert> | undefined;
 
-  private constructor(dp: Datapath, log: Logger, stale: Map<number, Uint8Array[]>) {
+  private constructor(dp: Datapath, log: Logger, rows: Map<number, EncodedEntry[]>) {
     this.datapath = dp;
     this.#log = log;
-    this.#stale = stale;
+    this.#staleRows = rows;
+    this.#stale = new Map([...rows].map(([id, r]) => [id, r.map((e) => e.key)]));
   }
 
   static async open(o: KernelSinkOptions): Promise<KernelSink> {
@@ -92,7 +115,16 @@ export class KernelSink implements DatapathSink {
       ...(o.mapSizes === undefined ? {} : { mapSizes: o.mapSizes }),
     });
     try {
-      const sink = new KernelSink(dp, o.log, await dp.policyKeys());
+      const sink = new KernelSink(dp, o.log, await dp.policyRows());
+      // What the kernel holds now (after a reload, every endpoint is re-attached to the new
+      // programs already): endpoints restored unchanged need no write at all (rule 4).
+      sink.#restoredIpcache = new Map((await dp.ipcacheEntries()).map((e) => [e.prefix, e]));
+      sink.#restored = dp.endpointSnapshot().catch((err) => {
+        o.log.warn("cannot read the endpoints the kernel holds: restoring rewrites them", {
+          error: err,
+        });
+        return undefined;
+      });
       o.log.info(dp.loaded ? "datapath loaded" : "datapath reused from pins", {
         bpffsRoot: o.bpffsRoot,
         programs: dp.pins.progDir,
@@ -171,6 +203,7 @@ export class KernelSink implements DatapathSink {
 
   async removeEndpoint(ep: DatapathEndpoint): Promise<void> {
     const ifname = this.#inKernel.get(ep.id);
+    if (ep.ifname !== undefined) (await this.#restored)?.ifindex.delete(ep.ifname);
     this.#wanted.delete(ep.id);
     // Its keys are known unless a write failed or a previous agent left some (rule 2).
     const known = this.#unknown.has(ep.id) || this.#stale?.has(ep.id)
@@ -218,7 +251,9 @@ export class KernelSink implements DatapathSink {
       ? state.plan(change)
       : state.plan(change, { full: true, stale: stale ?? [] });
     try {
-      await this.datapath.writePolicyKeys(plan.updates, plan.deletes);
+      if (!this.#holdsAlready(endpointId, first, plan)) {
+        await this.datapath.writePolicyKeys(plan.updates, plan.deletes);
+      }
       if (first || this.#notReady.has(endpointId)) {
         await this.#writeEndpoint(wanted, { ready: true });
       }
@@ -229,9 +264,32 @@ export class KernelSink implements DatapathSink {
     }
     plan.commit();
     this.#stale?.delete(endpointId);
+    this.#staleRows?.delete(endpointId);
     this.#unknown.delete(endpointId);
     this.#notReady.delete(endpointId);
     this.#inKernel.set(endpointId, wanted.ep.ifname!);
+  }
+
+  /**
+   * Rule 4: a restored endpoint's first full write that equals, key for key and value for value,
+   * what the kernel held at open() is not written again.
+   */
+  #holdsAlready(
+    endpointId: number,
+    first: boolean,
+    plan: { updates: EncodedEntry[]; deletes: Uint8Array[] },
+  ): boolean {
+    const rows = first && !this.#unknown.has(endpointId)
+      ? this.#staleRows?.get(endpointId)
+      : undefined;
+    if (rows === undefined || plan.deletes.length > 0 || plan.updates.length !== rows.length) {
+      return false;
+    }
+    const held = new Map(rows.map((r) => [keyId(r.key), r.value]));
+    return plan.updates.every((u) => {
+      const v = held.get(keyId(u.key));
+      return v !== undefined && sameBytes(v, u.value);
+    });
   }
 
   /**
@@ -295,12 +353,22 @@ export class KernelSink implements DatapathSink {
 
   /** Entries of other nodes' pods and addresses carry their node's IP (`tunnelEndpoint`). */
   async updateIpcache(upserts: IpcacheUpsert[], deletes: IpcacheEntry[]): Promise<void> {
-    const up = upserts.map((u) => ({
+    let up = upserts.map((u) => ({
       prefix: canonical(u.prefix),
       identity: u.identity,
       ...(u.tunnelEndpoint !== undefined ? { tunnelEndpoint: u.tunnelEndpoint } : {}),
     }));
     const upserted = new Set(up.map((u) => u.prefix));
+    const held = this.#restoredIpcache;
+    if (held) {
+      // Rule 4: what the kernel already holds is recorded, not written again.
+      up = up.filter((u) => {
+        const k = held.get(u.prefix);
+        if (k?.identity !== u.identity || k.tunnelEndpoint !== u.tunnelEndpoint) return true;
+        this.#ipcache.set(u.prefix, u.identity);
+        return false;
+      });
+    }
     const del = deletes.map((d) => ({ prefix: canonical(d.prefix), identity: d.identity }))
       .filter((d) => !upserted.has(d.prefix) && this.#ipcache.get(d.prefix) === d.identity);
     await this.datapath.updateIpcache(up, del.map((d) => d.prefix));
@@ -331,6 +399,9 @@ export class KernelSink implements DatapathSink {
       collectConntrack(dp.pins.maps.cilia_ct, { remove: (k) => gone.has(Number(k.ep_id)) });
     }
     this.#stale = undefined;
+    this.#staleRows = undefined;
+    this.#restored = undefined;
+    this.#restoredIpcache = undefined;
     const prefixes = (await dp.ipcacheEntries()).filter((e) =>
       this.#ipcache.get(e.prefix) !== e.identity
     ).map((e) => e.prefix);
@@ -345,13 +416,16 @@ export class KernelSink implements DatapathSink {
    * (lb_state.ts plans it). The first call reads back what a previous agent left, so a restart
    * keeps backend ids (conntrack holds them) and deletes services nobody re-applied.
    */
-  applyServices(services: readonly ServiceSpec[]): Promise<void> {
+  applyServices(
+    services: readonly ServiceSpec[],
+    opts: { nodePortAddresses?: readonly string[] } = {},
+  ): Promise<void> {
     return this.#lbSerial = this.#lbSerial.catch(() => {}).then(async () => {
       if (!this.#lbRestored) {
         for (const m of LB_MAPS) this.#lb.restore(m, await this.datapath.dumpMap(m));
         this.#lbRestored = true;
       }
-      const plan = this.#lb.plan(services);
+      const plan = this.#lb.plan(services, opts);
       for (const w of plan.writes) await this.datapath.writeMap(w.map, w.updates, w.deletes);
       plan.commit();
     });
@@ -368,7 +442,7 @@ export class KernelSink implements DatapathSink {
   ): Promise<void> {
     const ipv4 = ep.ips.find((ip) => !ip.includes(":"));
     const ipv6 = ep.ips.find((ip) => ip.includes(":"));
-    await this.datapath.upsertEndpoint({
+    const entry = {
       ifname: ep.ifname!,
       epId: ep.id,
       identity: ep.identity,
@@ -379,7 +453,17 @@ export class KernelSink implements DatapathSink {
       egressDefaultDeny: flags.defaultDeny.egress,
       enforcement: flags.enforcement,
       notReady: o.ready === undefined ? this.#notReady.has(ep.id) : !o.ready,
-    });
+    };
+    // Rule 4: the same entry, with both programs attached, from before a restart stays as it is.
+    const held = await this.#restored;
+    const ifindex = held?.ifindex.get(ep.ifname!);
+    held?.ifindex.delete(ep.ifname!); // only the first write after the restart may be skipped
+    const value = ifindex === undefined ? undefined : held?.values.get(ifindex);
+    if (
+      ifindex !== undefined && value !== undefined && held!.attached.has(ifindex) &&
+      sameBytes(value, endpointValue(entry))
+    ) return;
+    await this.datapath.upsertEndpoint(entry);
   }
 
   /** Stops background work; pins, maps and attached programs stay for the next agent. */

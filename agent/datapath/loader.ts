@@ -17,6 +17,7 @@ export const MAP_NAMES = [
   "cilia_policy",
   "cilia_ct",
   "cilia_events",
+  "cilia_events_lost",
   "cilia_metrics",
   "cilia_proxy_cfg",
   "cilia_proxy_orig",
@@ -25,6 +26,8 @@ export const MAP_NAMES = [
   "cilia_lb_slots",
   "cilia_lb_backends",
   "cilia_lb_revnat",
+  "cilia_lb_affinity",
+  "cilia_lb_affinity_match",
 ] as const;
 export type MapName = typeof MAP_NAMES[number];
 export const PROG_FROM_CONTAINER = "cil_from_container";
@@ -106,6 +109,23 @@ export async function pinnedMaxEntries(bpftool: BpfTool, pinned: string): Promis
   return info.max_entries;
 }
 
+const MapTypeSchema = z.object({ type: z.string() }).passthrough();
+
+/**
+ * An events map pinned by an older cilia (a perf event array, now a ring buffer) cannot be
+ * reused: its pin goes, so the new object makes a ring. It holds no state; programs still
+ * attached keep writing to the old map until they are replaced, unread.
+ */
+async function dropOldEventsMap(bpftool: BpfTool, pinned: string): Promise<void> {
+  if (!(await exists(pinned))) return;
+  const info = await bpftool.json(
+    ["map", "show", "pinned", pinned],
+    MapTypeSchema,
+    `Cannot read map "${pinned}"`,
+  );
+  if (info.type !== "ringbuf") await Deno.remove(pinned);
+}
+
 /** Throws unless every reused map with a configured size has exactly that size. */
 async function checkSizes(
   bpftool: BpfTool,
@@ -141,6 +161,7 @@ export async function loadPinned(
   const pins = pinsFor(opts.root, opts.hash);
   await Deno.mkdir(`${opts.root}/maps`, { recursive: true });
   await Deno.mkdir(`${opts.root}/progs`, { recursive: true });
+  await dropOldEventsMap(bpftool, pins.maps.cilia_events);
   const reusedMaps: MapName[] = [];
   for (const n of MAP_NAMES) if (await exists(pins.maps[n])) reusedMaps.push(n);
   if (opts.sizes) await checkSizes(bpftool, pins, { reused: reusedMaps, sizes: opts.sizes });
@@ -173,8 +194,13 @@ export async function loadPinned(
   return { pins, loaded: true, reusedMaps, stale };
 }
 
-async function run(argv: string[], netns: string | undefined, what: string): Promise<string> {
-  const res = await execCommand(argv, { netns });
+async function run(
+  argv: string[],
+  netns: string | undefined,
+  what: string,
+  stdin?: string,
+): Promise<string> {
+  const res = await execCommand(argv, stdin === undefined ? { netns } : { netns, stdin });
   if (res.code !== 0) {
     throw new Error(`${what}: ${argv[0]} exited with status ${res.code}: ${res.stderr.trim()}`);
   }
@@ -183,29 +209,15 @@ async function run(argv: string[], netns: string | undefined, what: string): Pro
 
 /** Attaches (or atomically replaces) both programs on an endpoint's host-side veth. */
 export async function attachEndpoint(pins: Pins, ifname: string, netns?: string): Promise<void> {
-  const what = `Cannot attach to "${ifname}"`;
-  await run(["tc", "qdisc", "replace", "dev", ifname, "clsact"], netns, what);
-  for (const [hook, prog] of [["ingress", pins.fromContainer], ["egress", pins.toContainer]]) {
-    await run(
-      [
-        "tc",
-        "filter",
-        "replace",
-        "dev",
-        ifname,
-        hook!,
-        "protocol",
-        "all",
-        "pref",
-        "1",
-        "handle",
-        "1",
-      ]
-        .concat(["bpf", "direct-action", "pinned", prog!]),
-      netns,
-      what,
-    );
-  }
+  // One tc process for the qdisc and both filters (`tc -batch`; it stops at the first error).
+  const lines = [
+    `qdisc replace dev ${ifname} clsact`,
+    ...[["ingress", pins.fromContainer], ["egress", pins.toContainer]].map(([hook, prog]) =>
+      `filter replace dev ${ifname} ${hook} protocol all pref 1 handle 1 bpf direct-action ` +
+      `pinned ${prog}`
+    ),
+  ];
+  await run(["tc", "-batch", "-"], netns, `Cannot attach to "${ifname}"`, lines.join("\n") + "\n");
 }
 
 /** Removes both filters; a missing link or filter is not an error. */

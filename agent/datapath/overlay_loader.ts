@@ -1,6 +1,8 @@
 // Builds (cached), loads and attaches the overlay programs (bpf/overlay.c) of the node's tunnel
-// device. They share the node's pinned ipcache and metrics maps with the lxc programs (`bpftool
-// prog loadall … map name … pinned …`), so the agent's one ipcache write path serves both.
+// device. They share the node's pinned ipcache, endpoints, metrics and L7 proxy maps with the lxc
+// programs (`bpftool prog loadall … map name … pinned …`), so the agent's one ipcache write path
+// serves both, decapsulated packets go straight to local endpoints' veths, and the proxy's legs
+// to other nodes carry the addresses they stand for.
 // Layout: <root>/overlay/<object hash>/{cil_to_overlay,cil_from_overlay}; older hashes are
 // removed once the device uses the new ones. It neither creates the device nor writes maps.
 import { BpfTool } from "./bpftool.ts";
@@ -10,7 +12,19 @@ import { execCommand } from "../sys/exec.ts";
 export const PROG_TO_OVERLAY = "cil_to_overlay";
 export const PROG_FROM_OVERLAY = "cil_from_overlay";
 /** The pinned maps overlay.o uses (it defines no others). */
-const SHARED_MAPS = ["cilia_ipcache", "cilia_metrics"] as const;
+const SHARED_MAPS = [
+  "cilia_ipcache",
+  "cilia_endpoints", // which devices are local endpoints' veths (bpf/lib/tunnel.h, 5.)
+  "cilia_metrics",
+  "cilia_proxy_cfg",
+  "cilia_proxy_orig",
+  "cilia_proxy_nat",
+] as const;
+/**
+ * host.o's NAT maps (netdev_loader.ts), shared when pinned already (load host.o first): a local
+ * NodePort backend's replies into the tunnel get their frontend back (bpf/lib/nat.h).
+ */
+const NAT_MAPS = ["cilia_snat", "cilia_nat_cfg"] as const;
 
 export interface OverlayPins {
   dir: string;
@@ -61,6 +75,11 @@ export async function loadOverlay(opts: OverlayOptions): Promise<OverlayPins> {
   const staging = `${root}/overlay/staging_${crypto.randomUUID().slice(0, 8)}`;
   const args = ["prog", "loadall", obj.path, staging];
   for (const m of SHARED_MAPS) args.push("map", "name", m, "pinned", `${root}/maps/${m}`);
+  for (const m of NAT_MAPS) {
+    if (await exists(`${root}/maps/${m}`)) {
+      args.push("map", "name", m, "pinned", `${root}/maps/${m}`);
+    }
+  }
   try {
     await new BpfTool({ netns: opts.netns }).run(args, `Cannot load "${obj.path}"`);
     await Deno.remove(dir, { recursive: true }).catch(() => {});

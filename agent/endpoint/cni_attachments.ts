@@ -19,6 +19,7 @@ import type {
 } from "../cni/types.ts";
 import { cniResult } from "../cni/result.ts";
 import { checkAttachment } from "./cni_check.ts";
+import { linkNames } from "../sys/links.ts";
 import { CniAttachmentError } from "./cni_error.ts";
 import type { EndpointManager } from "./manager.ts";
 import { type EndpointRecord, type EndpointSpec, EndpointSpecSchema } from "./spec.ts";
@@ -29,10 +30,10 @@ import {
   hostIfnameFor,
   hostInterface,
   IPV6_GATEWAY,
-  isNetns,
   netnsExists,
   type PodAddressing,
-  podInterface,
+  podTarget,
+  randomMac,
 } from "./netdev.ts";
 
 export interface CniAttachmentsOptions {
@@ -124,11 +125,14 @@ export class CniAttachments {
     let created = false;
     try {
       const addressing = await this.#allocate(who);
-      const { podMac } = await createPodInterface({
+      const hostMac = randomMac(), podMac = randomMac();
+      await createPodInterface({
         hostIfname,
         netns: req.netns,
         ifname: req.ifname,
         addressing,
+        hostMac,
+        podMac,
       });
       const full = EndpointSpecSchema.parse({
         ...spec,
@@ -145,7 +149,7 @@ export class CniAttachments {
         endpoint: id,
         interface: hostIfname,
       });
-      return await this.#response(endpoint);
+      return await this.#response(endpoint, hostMac);
     } catch (err) {
       if (created) await this.#o.endpoints.delete(id).catch(() => {});
       await deleteHostInterface(hostIfname).catch(() => {});
@@ -201,9 +205,18 @@ export class CniAttachments {
 
   /** Deletes CNI endpoints whose host interface is gone (their pod went while we were down). */
   async sweep(): Promise<number> {
+    let links: Set<string>;
+    try {
+      links = new Set((await linkNames()).values()); // one `ip` for every endpoint
+    } catch (err) {
+      this.#o.log.warn("cannot list links: endpoints with a vanished interface stay", {
+        error: err,
+      });
+      return 0;
+    }
     let n = 0;
     for (const ep of this.#o.endpoints.list()) {
-      if (!ep.containerId || !ep.ifname || await hostInterface(ep.ifname)) continue;
+      if (!ep.containerId || !ep.ifname || links.has(ep.ifname)) continue;
       this.#o.log.warn("endpoint's interface is gone: deleting it", {
         endpoint: ep.id,
         interface: ep.ifname,
@@ -216,7 +229,10 @@ export class CniAttachments {
 
   /** The netns must be one, and the interface name valid and free in it (caller errors). */
   async #checkTarget(req: CniAddRequest): Promise<void> {
-    if (!(await isNetns(req.netns))) {
+    const valid = IFNAME.test(req.ifname) && req.ifname !== "." && req.ifname !== "..";
+    // One process answers both questions; an invalid name is only checked after the netns.
+    const target = await podTarget(req.netns, valid ? req.ifname : "lo");
+    if (target === "not-netns") {
       throw new CniAttachmentError(
         "cni_invalid_netns",
         `Cannot add "${req.containerId}": "${req.netns}" is not a network namespace ` +
@@ -224,7 +240,7 @@ export class CniAttachments {
         400,
       );
     }
-    if (!IFNAME.test(req.ifname) || req.ifname === "." || req.ifname === "..") {
+    if (!valid) {
       throw new CniAttachmentError(
         "cni_invalid_ifname",
         `Cannot add "${req.containerId}": "${req.ifname}" is not a valid interface name ` +
@@ -232,7 +248,7 @@ export class CniAttachments {
         400,
       );
     }
-    if (await podInterface(req.netns, req.ifname)) {
+    if (target === "taken") {
       throw new CniAttachmentError(
         "cni_ifname_taken",
         `Cannot add "${req.containerId}": the network namespace "${req.netns}" already has an ` +
@@ -305,8 +321,13 @@ export class CniAttachments {
     }
   }
 
-  async #response(ep: EndpointRecord): Promise<CniAddResponse> {
-    const host = ep.ifname ? await hostInterface(ep.ifname) : undefined;
+  /** The CNI result; `hostMac` when the caller knows it (else it is read from the link). */
+  async #response(ep: EndpointRecord, hostMac?: string): Promise<CniAddResponse> {
+    const host = hostMac !== undefined
+      ? { mac: hostMac }
+      : ep.ifname
+      ? await hostInterface(ep.ifname)
+      : undefined;
     const gateway4 = this.#o.ipam.pools().find((p) => p.family === 4)?.gateway;
     return {
       result: cniResult({

@@ -46,23 +46,42 @@ async function run(argv: string[], what: string, stdin?: string): Promise<string
 
 const inPod = (netns: string, argv: string[]) => ["nsenter", `--net=${netns}`, "--", ...argv];
 
-function macOf(json: string, ifname: string): string {
-  const links = JSON.parse(json) as { address?: string }[];
-  const mac = links[0]?.address;
-  if (!mac) throw new NetdevError(`Cannot read the MAC address of "${ifname}"`);
-  return mac;
+/** A random locally administered unicast MAC address (the agent chooses both ends' MACs). */
+export function randomMac(): string {
+  const b = crypto.getRandomValues(new Uint8Array(6));
+  b[0] = (b[0]! & 0xfc) | 0x02;
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join(":");
 }
 
-/** Creates the veth pair and configures the pod's end; returns the pod interface's MAC. */
+/**
+ * Creates the veth pair with the MACs given and configures the pod's end. Three processes:
+ * `ip link add` (again after deleting a leftover of an interrupted ADD, if there was one), and
+ * `nsenter … ip -batch` in the pod.
+ */
 export async function createPodInterface(
-  o: { hostIfname: string; netns: string; ifname: string; addressing: PodAddressing },
-): Promise<{ podMac: string }> {
+  o: {
+    hostIfname: string;
+    netns: string;
+    ifname: string;
+    addressing: PodAddressing;
+    hostMac: string;
+    podMac: string;
+  },
+): Promise<void> {
   const a = o.addressing, dev = o.ifname;
-  await deleteHostInterface(o.hostIfname); // a leftover of an interrupted ADD
-  await run(
-    ["ip", "link", "add", o.hostIfname, "type", "veth", "peer", "name", dev, "netns", o.netns],
-    `Cannot create the veth pair "${o.hostIfname}"/"${dev}"`,
-  );
+  const add = [
+    ...["ip", "link", "add", o.hostIfname, "address", o.hostMac, "type", "veth"],
+    ...["peer", "name", dev, "address", o.podMac, "netns", o.netns],
+  ];
+  const what = `Cannot create the veth pair "${o.hostIfname}"/"${dev}"`;
+  const first = await execCommand(add);
+  if (first.code !== 0) {
+    if (!/File exists/.test(first.stderr)) {
+      throw new NetdevError(`${what}: ip exited with status ${first.code}: ${first.stderr.trim()}`);
+    }
+    await deleteHostInterface(o.hostIfname); // a leftover of an interrupted ADD
+    await run(add, what);
+  }
   const lines = [
     "link set lo up",
     ...(a.ipv4 ? [`addr add ${a.ipv4}/32 dev ${dev}`] : []),
@@ -77,29 +96,27 @@ export async function createPodInterface(
     ...(a.ipv6 ? [`route add default via ${IPV6_GATEWAY} dev ${dev}`] : []),
   ];
   try {
-    const out = await run(
+    await run(
       inPod(o.netns, [
         "sh",
         "-c",
         // DAD off first: the addresses are ours alone and must be usable at once.
-        'echo 0 > "/proc/sys/net/ipv6/conf/$0/accept_dad" 2>/dev/null; ' +
-        'ip -batch - && exec ip -j link show dev "$0"',
+        'echo 0 > "/proc/sys/net/ipv6/conf/$0/accept_dad" 2>/dev/null; exec ip -batch -',
         dev,
       ]),
       `Cannot configure "${dev}" in "${o.netns}"`,
       lines.join("\n") + "\n",
     );
-    return { podMac: macOf(out, dev) };
   } catch (err) {
     await deleteHostInterface(o.hostIfname);
     throw err;
   }
 }
 
-/** Brings the host side up with the IPv6 gateway and routes to the pod; returns its MAC. */
+/** Brings the host side up with the IPv6 gateway and routes to the pod (one process). */
 export async function finishHostSide(
   o: { hostIfname: string; addressing: PodAddressing },
-): Promise<{ hostMac: string }> {
+): Promise<void> {
   const a = o.addressing, dev = o.hostIfname;
   await Deno.writeTextFile(`/proc/sys/net/ipv6/conf/${dev}/accept_dad`, "0").catch(() => {});
   const lines = [
@@ -113,7 +130,6 @@ export async function finishHostSide(
       : []),
   ];
   await run(["ip", "-batch", "-"], `Cannot configure "${dev}"`, lines.join("\n") + "\n");
-  return { hostMac: macOf(await run(["ip", "-j", "link", "show", "dev", dev], "ip"), dev) };
 }
 
 /** Deletes the host side (and with it the pod's end); false when it did not exist. */
@@ -156,6 +172,19 @@ export async function podInterface(netns: string, ifname: string): Promise<LinkS
   if (!(await netnsExists(netns))) return undefined;
   const r = await execCommand(inPod(netns, ["ip", "-j", "addr", "show", "dev", ifname]));
   return r.code === 0 ? linkState(r.stdout) : undefined;
+}
+
+/**
+ * Where a new pod interface would go, in one process: "not-netns" when `netns` cannot be entered
+ * as a network namespace, "taken" when `ifname` exists in it, else "free".
+ */
+export async function podTarget(
+  netns: string,
+  ifname: string,
+): Promise<"not-netns" | "taken" | "free"> {
+  const r = await execCommand(inPod(netns, ["ip", "-j", "link", "show", "dev", ifname]));
+  if (r.code === 0) return "taken";
+  return /^nsenter:/m.test(r.stderr) ? "not-netns" : "free";
 }
 
 /** Whether `netns` is a network namespace one can enter (not a regular file or directory). */

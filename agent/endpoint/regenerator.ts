@@ -300,10 +300,14 @@ export class Regenerator {
         settled = true;
         this.#local = next;
         this.revision = revision;
-        await this.#ipcache(
-          added.map((i) => ({ prefix: i.cidr!, identity: i.id })),
-          removed.map((i) => ({ prefix: i.cidr!, identity: i.id })),
-        );
+        // An id reused for another prefix (toCIDR or toServices backends changed) must also let
+        // go of its old prefix, or the old address keeps the id's allow entries.
+        const moved = added.flatMap((i) => {
+          const before = prevLocal.get(i.id);
+          return before?.cidr !== undefined && before.cidr !== i.cidr ? [before] : [];
+        });
+        const ipc = localIpcache(prevLocal, next, [...added, ...removed, ...moved]);
+        await this.#ipcache(ipc.upserts, ipc.deletes);
         for (const [r, ms] of computed) {
           if (this.#eps.get(r.ep.id) === r) await this.#applyFull(r, ms, this.#dirty.has(r.ep.id));
         }
@@ -333,19 +337,16 @@ export class Regenerator {
     upserts: readonly IdentitySpec[],
     removes: readonly IdentitySpec[],
   ): Promise<string | undefined> {
+    const prev = new Map(this.#local);
     for (const i of removes) this.#local.delete(i.id);
     for (const i of upserts) this.#local.set(i.id, i);
     const stale = upserts.flatMap((i) => {
       const before = this.#engine.identity(i.id);
-      return before?.cidr !== undefined && before.cidr !== i.cidr
-        ? [{ prefix: before.cidr, identity: i.id }]
-        : [];
+      return before?.cidr !== undefined && before.cidr !== i.cidr ? [before] : [];
     });
     await this.addIdentities(upserts);
-    const error = await this.#ipcache(
-      upserts.map((i) => ({ prefix: i.cidr!, identity: i.id })),
-      [...stale, ...removes.map((i) => ({ prefix: i.cidr!, identity: i.id }))],
-    );
+    const ipc = localIpcache(prev, this.#local, [...upserts, ...removes, ...stale]);
+    const error = await this.#ipcache(ipc.upserts, ipc.deletes);
     await this.removeIdentities(removes.map((i) => i.id));
     return error ?? (this.#dirty.size > 0 ? "some endpoints are not written yet" : undefined);
   }
@@ -509,6 +510,36 @@ export class Regenerator {
     this.#onDirty?.();
     return "earlier ipcache updates are not written yet";
   }
+}
+
+/**
+ * The ipcache changes for the prefixes of `changed` local identities. Several local identities
+ * can name one prefix (a learned /32 that a toCIDR rule names too: its FQDN identity and its CIDR
+ * identity, both with the prefix's CIDR labels); the highest id holds the prefix (FQDN over
+ * CIDR), and when it goes the prefix is handed back to the next one, not deleted.
+ */
+function localIpcache(
+  prev: ReadonlyMap<number, IdentitySpec>,
+  next: ReadonlyMap<number, IdentitySpec>,
+  changed: readonly IdentitySpec[],
+): { upserts: IpcacheEntry[]; deletes: IpcacheEntry[] } {
+  const prefixes = new Set(changed.flatMap((i) => i.cidr === undefined ? [] : [i.cidr]));
+  const owners = (m: ReadonlyMap<number, IdentitySpec>) => {
+    const out = new Map<string, number>();
+    for (const i of m.values()) {
+      if (i.cidr === undefined || !prefixes.has(i.cidr)) continue;
+      if ((out.get(i.cidr) ?? -1) < i.id) out.set(i.cidr, i.id);
+    }
+    return out;
+  };
+  const before = owners(prev), after = owners(next);
+  const upserts: IpcacheEntry[] = [], deletes: IpcacheEntry[] = [];
+  for (const prefix of prefixes) {
+    const a = before.get(prefix), b = after.get(prefix);
+    if (b !== undefined) upserts.push({ prefix, identity: b });
+    else if (a !== undefined) deletes.push({ prefix, identity: a });
+  }
+  return { upserts, deletes };
 }
 
 function engineEndpoint(ep: RegenEndpoint) {

@@ -27,6 +27,17 @@ export interface FqdnStateOptions {
   path?: string;
   /** How often expired records are dropped (ms; default 1000). */
   expireEveryMs?: number;
+  /**
+   * The (endpoint, address) pairs of live connections (conntrack): an expired record they use is
+   * kept until they end (dns_cache.ts rule 4). None: records expire with their TTL.
+   */
+  liveFlows?: () => (endpoint: number, ip: string) => boolean;
+  /**
+   * How long a conntrack walk answers for records already kept (ms; default 10 s): a record
+   * that newly expired always gets a fresh walk, the walk of a large table is not repeated every
+   * expiry pass, and a kept record goes at most this long after its last connection ended.
+   */
+  liveFlowsEveryMs?: number;
 }
 
 export class FqdnState {
@@ -35,6 +46,10 @@ export class FqdnState {
   readonly identities = new FqdnIdentities();
   #timer: ReturnType<typeof setInterval> | undefined;
   #saveTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The last conntrack walk (dns_cache.ts rule 4). */
+  #live: { at: number; used: (endpoint: number, ip: string) => boolean } | undefined;
+  /** learn() steps queued or running. */
+  #learning = 0;
 
   constructor(o: FqdnStateOptions) {
     this.#o = o;
@@ -58,13 +73,24 @@ export class FqdnState {
     );
   }
 
-  /** Records an answer for an endpoint; resolves once the datapath allows its addresses. */
+  /**
+   * Records an answer for an endpoint; resolves once the datapath allows its addresses. An
+   * answer that brings nothing new, while no other answer is being learned, only extends the
+   * records' lives without waiting for the serial queue (the DNS proxy's hot path): every record
+   * in the cache was written when its learn() step ran, and a removal (expiry, clean) takes the
+   * record out of the cache before it writes, so such an answer waits for the queue.
+   */
   learn(
     endpoint: number,
     names: readonly string[],
     ips: readonly { ip: string; ttl: number }[],
   ): Promise<string | undefined> {
-    return this.#o.serial.run(() => this.#update(this.cache.learn(endpoint, names, ips)));
+    if (this.#learning === 0 && this.cache.refresh(endpoint, names, ips)) {
+      return Promise.resolve(undefined);
+    }
+    this.#learning++;
+    return this.#o.serial.run(() => this.#update(this.cache.learn(endpoint, names, ips)))
+      .finally(() => this.#learning--);
   }
 
   /** Removes records (`cilia fqdn cache clean`); returns how many went. */
@@ -96,7 +122,19 @@ export class FqdnState {
   }
 
   async #expire(): Promise<void> {
-    const gone = this.cache.expire();
+    const live = this.#o.liveFlows;
+    const gone = this.cache.expire(
+      Date.now(),
+      live &&
+        ((fresh) => {
+          const now = performance.now();
+          const every = this.#o.liveFlowsEveryMs ?? 10_000;
+          if (fresh || !this.#live || now - this.#live.at >= every) {
+            this.#live = { at: now, used: live() };
+          }
+          return this.#live.used;
+        }),
+    );
     if (gone.size > 0) await this.#update(gone);
   }
 

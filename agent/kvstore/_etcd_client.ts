@@ -2,6 +2,9 @@
  * A minimal client for etcd's v3 JSON gateway over `fetch`: POSTs JSON to one endpoint after
  * another until one answers, turns gRPC error bodies into `EtcdError`, and aborts everything on
  * `close()`. It knows the wire format (base64 bytes, int64 as strings) but no kvstore semantics.
+ * A request gets no more than ANSWER_MS for its answer; once one went unanswered (etcd blocked
+ * or partitioned, not refusing), every request then in flight fails with it and later ones get
+ * SILENT_ANSWER_MS until an answer arrives, so callers (a CNI ADD) fail fast, not one by one.
  */
 
 import type { KvEntry } from "./kvstore.ts";
@@ -12,6 +15,11 @@ export class EtcdError extends Error {
     super(message);
   }
 }
+
+/** How long a request waits for an answer (etcdctl's default command timeout). */
+export const ANSWER_MS = 5_000;
+/** The same while the last request went unanswered. */
+export const SILENT_ANSWER_MS = 1_000;
 
 /** gRPC status `NOT_FOUND`, which etcd uses for "requested lease not found". */
 export const NOT_FOUND = 5;
@@ -63,8 +71,11 @@ export class EtcdClient {
   #current = 0;
   #closer = new AbortController();
   #timeoutMs: number;
+  /** Aborted (and replaced) when a request goes unanswered: fails the others in flight. */
+  #silence = new AbortController();
+  #silent = false;
 
-  constructor(endpoints: readonly string[], timeoutMs = 15_000) {
+  constructor(endpoints: readonly string[], timeoutMs = ANSWER_MS) {
     this.endpoints = endpoints;
     this.#timeoutMs = timeoutMs;
   }
@@ -80,19 +91,27 @@ export class EtcdClient {
 
   /** One request and its whole JSON answer. */
   async call(path: string, body: unknown): Promise<Json> {
+    const ms = this.#silent ? Math.min(SILENT_ANSWER_MS, this.#timeoutMs) : this.#timeoutMs;
     const timeout = new AbortController();
-    const timer = setTimeout(
-      () => timeout.abort(new Error(`no answer within ${this.#timeoutMs} ms`)),
-      this.#timeoutMs,
-    );
+    const timer = setTimeout(() => {
+      const reason = new Error(`no answer within ${ms} ms`);
+      timeout.abort(reason);
+      this.#silent = true;
+      const silence = this.#silence;
+      this.#silence = new AbortController();
+      silence.abort(new Error(`no answer to another request within ${ms} ms`));
+    }, ms);
+    const signal = AbortSignal.any([timeout.signal, this.#silence.signal]);
     try {
-      const res = await this.open(path, body, timeout.signal);
+      const res = await this.open(path, body, signal);
       const text = await res.text();
+      this.#silent = false;
       const line = text.split("\n", 1)[0]!; // streaming endpoints (keepalive) answer NDJSON
       const json = JSON.parse(line);
       return "result" in json ? json.result : json;
     } catch (err) {
-      throw timeout.signal.aborted ? timeout.signal.reason : err;
+      if (err instanceof EtcdError) this.#silent = false;
+      throw signal.aborted && !this.closed ? signal.reason : err;
     } finally {
       clearTimeout(timer);
     }

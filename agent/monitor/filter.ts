@@ -6,7 +6,15 @@
 // Bad values are errors that name what is accepted. This module is browser compatible.
 
 import { parsePrefix, prefixContains } from "@cilia/policy-wasm";
-import { type Flow, FLOW_TYPES, FLOW_VERDICTS, type FlowEndpoint, flowL4 } from "./flow.ts";
+import {
+  dropReasonCode,
+  dropReasonName,
+  type Flow,
+  FLOW_TYPES,
+  FLOW_VERDICTS,
+  type FlowEndpoint,
+  flowL4,
+} from "./flow.ts";
 
 export const FILTER_FIELDS = [
   "from-pod",
@@ -175,10 +183,17 @@ function testOf(field: FilterField, value: string): Test {
       };
     }
     case "drop-reason": {
-      const code = /^\d+$/.test(value) ? Number(value) : undefined;
+      const code = dropReasonCode(value);
+      if (code === undefined) {
+        throw new FilterError(
+          `Invalid drop-reason "${value}": expected a code (133) or a drop reason name ` +
+            `(Hubble's POLICY_DENIED, or cilia's POLICY)`,
+        );
+      }
+      const name = dropReasonName(code);
+      // Flows from a Hubble file may carry only the enum name (drop_reason is deprecated there).
       return (f) =>
-        f.drop_reason !== undefined &&
-        (code !== undefined ? f.drop_reason === code : f.drop_reason_desc === value.toUpperCase());
+        f.drop_reason === code || (f.drop_reason === undefined && f.drop_reason_desc === name);
     }
   }
 }

@@ -5,7 +5,7 @@
 // and what the caller looked up; it decides nothing and reads nothing. This module is browser
 // compatible.
 
-import { DROP_REASONS } from "@cilia/policy-wasm";
+import { DROP_REASONS, kafkaApiKeyName } from "@cilia/policy-wasm";
 import type { PacketEvent } from "../datapath/events.ts";
 import { type FlowIP, type FlowL4, type ParsedPacket, parsePacket, summaryOf } from "./_packet.ts";
 
@@ -38,6 +38,14 @@ export interface FlowL7 {
     rcode: number;
     qtypes: string[];
     observation_source: "proxy";
+  };
+  /** Hubble's Kafka record: the request's type, version and topics, and the error it got. */
+  kafka?: {
+    error_code: number;
+    api_version: number;
+    api_key: string;
+    correlation_id: number;
+    topic: string;
   };
   /** Why the proxy answered itself (a denial, a parse error), if it did. */
   error?: string;
@@ -111,8 +119,23 @@ export function eventVerdict(e: PacketEvent): FlowVerdict {
   return e.subtype !== 0 ? "DROPPED" : "FORWARDED";
 }
 
+/** Hubble's DropReason enum name of a drop code (`POLICY_DENIED` for 133), as in Hubble's flows. */
 export function dropReasonName(code: number): string {
-  return DROP_REASONS.get(code)?.[0] ?? `REASON_${code}`;
+  return DROP_REASONS.get(code)?.[2] ?? `REASON_${code}`;
+}
+
+const REASON_CODES = new Map<string, number>();
+for (const [code, [name, , hubble]] of DROP_REASONS) {
+  for (const n of [hubble, name, `DROP_${name}`]) REASON_CODES.set(n, code);
+}
+
+/**
+ * The code of a drop reason given as a number, Hubble's enum name (`POLICY_DENIED`) or cilia's C
+ * name (`POLICY`, `DROP_POLICY`), case-insensitive; undefined when it names none.
+ */
+export function dropReasonCode(text: string): number | undefined {
+  if (/^\d{1,3}$/.test(text)) return Number(text);
+  return REASON_CODES.get(text.toUpperCase());
 }
 
 export function buildFlow(e: PacketEvent, ctx: FlowContext): Flow {
@@ -173,23 +196,49 @@ export interface L7Input {
   client: { ip: string; port: number };
   server: { ip: string; port: number };
   direction: "ingress" | "egress";
+  /** A Kafka request (the HTTP fields are then not used). */
+  kafka?: {
+    apiKey: number;
+    apiVersion: number;
+    correlationId: number;
+    topics: string[];
+    errorCode: number;
+  };
 }
 
 /** The flow of one proxied HTTP request (Hubble's L7 flow, `Type: "L7"`). */
 export function buildL7Flow(r: L7Input, ctx: FlowContext): Flow {
   const v6 = r.client.ip.includes(":");
+  const k = r.kafka;
   const l7: FlowL7 = {
     type: "RESPONSE",
     latency_ns: Math.round(r.latencyMs * 1e6),
-    http: {
-      code: r.code,
-      method: r.method,
-      url: r.url,
-      protocol: r.protocol,
-      ...(r.host ? { host: r.host } : {}),
-    },
+    ...(k
+      ? {
+        kafka: {
+          error_code: k.errorCode,
+          api_version: k.apiVersion,
+          api_key: k.apiKey < 0 ? "unknown" : kafkaApiKeyName(k.apiKey),
+          correlation_id: k.correlationId,
+          topic: k.topics.join(","),
+        },
+      }
+      : {
+        http: {
+          code: r.code,
+          method: r.method,
+          url: r.url,
+          protocol: r.protocol,
+          ...(r.host ? { host: r.host } : {}),
+        },
+      }),
     ...(r.error !== undefined ? { error: r.error } : {}),
   };
+  const summary = k
+    ? `Kafka ${l7.kafka!.api_key} v${k.apiVersion} correlation ${k.correlationId}${
+      k.topics.length ? ` topic "${k.topics.join(",")}"` : ""
+    } error ${k.errorCode}`
+    : `HTTP/${r.protocol.replace("HTTP/", "")} ${r.method} ${r.url} ${r.code}`;
   return {
     time: timeOf(ctx.now),
     verdict: ctx.verdict ?? (r.allowed ? "FORWARDED" : "DROPPED"),
@@ -203,7 +252,7 @@ export function buildL7Flow(r: L7Input, ctx: FlowContext): Flow {
     event_type: { type: HUBBLE_TYPE.l7, sub_type: 0 },
     traffic_direction: r.direction === "ingress" ? "INGRESS" : "EGRESS",
     is_reply: false,
-    Summary: `HTTP/${r.protocol.replace("HTTP/", "")} ${r.method} ${r.url} ${r.code}`,
+    Summary: summary,
     ...(ctx.policy ? { policy: ctx.policy } : {}),
     cilia_type: "l7",
   };
@@ -221,6 +270,8 @@ export interface DnsInput {
   error?: string;
   client: { ip: string; port: number };
   server: { ip: string; port: number };
+  /** Over TCP (else UDP). */
+  tcp?: boolean;
 }
 
 const RCODE_TEXT = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED"];
@@ -246,7 +297,9 @@ export function buildDnsFlow(r: DnsInput, ctx: FlowContext): Flow {
     time: timeOf(ctx.now),
     verdict: ctx.verdict ?? (r.allowed ? "FORWARDED" : "DROPPED"),
     IP: { source: r.client.ip, destination: r.server.ip, ipVersion: "IPv4" },
-    l4: { UDP: { source_port: r.client.port, destination_port: r.server.port } },
+    l4: r.tcp
+      ? { TCP: { source_port: r.client.port, destination_port: r.server.port } }
+      : { UDP: { source_port: r.client.port, destination_port: r.server.port } },
     source: ctx.source,
     destination: ctx.destination,
     Type: "L7",

@@ -16,7 +16,7 @@ export function registerMonitorMetrics(m: Metrics, monitor: Monitor): void {
   );
   const lost = m.counter(
     "cilia_flows_lost_total",
-    "datapath events lost, by source (perf: the kernel's perf buffer overran; slow-reader: a live follower fell behind)",
+    "datapath events lost, by source (perf: the kernel's event ring was full; slow-reader: a live follower fell behind)",
   );
   const verdicts = m.counter(
     "cilia_policy_verdict_total",

@@ -52,8 +52,12 @@ export class FlowRing<T> {
 /** One live reader's queue: bounded, never blocks the writer. */
 export class Follower<T> {
   readonly #queue: T[] = [];
+  /** Flows per queued item (a chunk of lines counts as its lines). */
+  readonly #weights: number[] = [];
   readonly #limit: number;
   #head = 0;
+  /** Flows queued and not yet taken. */
+  #queued = 0;
   #wake: (() => void) | undefined;
   #closed = false;
   /** Items lost for this reader since it last heard of it, by where they were lost. */
@@ -65,22 +69,27 @@ export class Follower<T> {
     this.#limit = limit;
   }
 
-  /** Queues an item; false (and counted) when the reader is too far behind. */
-  offer(item: T): boolean {
+  /**
+   * Queues an item standing for `count` flows (1, or a chunk's lines); false (and all `count`
+   * counted as lost) when they do not fit because the reader is too far behind.
+   */
+  offer(item: T, count = 1): boolean {
     if (this.#closed) return false;
-    if (this.#queue.length - this.#head >= this.#limit) {
-      this.lost++;
-      this.reportLost("SLOW_READER", 1);
+    if (this.#queued + count > this.#limit) {
+      this.lost += count;
+      this.reportLost("SLOW_READER", count);
       return false;
     }
     this.#queue.push(item);
+    this.#weights.push(count);
+    this.#queued += count;
     this.#wakeUp();
     return true;
   }
 
-  /** Whether offer() would queue now (so a caller can skip preparing an item it would lose). */
+  /** Whether offer() would queue one more flow now (so a caller can skip preparing it). */
   get hasRoom(): boolean {
-    return !this.#closed && this.#queue.length - this.#head < this.#limit;
+    return !this.#closed && this.#queued < this.#limit;
   }
 
   /** Wakes a waiting take() once (not once per item: a burst costs one wake-up). */
@@ -92,7 +101,7 @@ export class Follower<T> {
     }
   }
 
-  /** Tells this reader that `count` items were lost at `source` (e.g. the perf buffer). */
+  /** Tells this reader that `count` items were lost at `source` (e.g. the kernel ring). */
   reportLost(source: string, count: number): void {
     if (this.#closed) return;
     this.#lostPending.set(source, (this.#lostPending.get(source) ?? 0) + count);
@@ -100,8 +109,8 @@ export class Follower<T> {
   }
 
   /**
-   * Up to `max` queued items and how many were lost since the last take; waits while there is
-   * neither. Resolves with done when closed.
+   * Queued items standing for up to `max` flows (at least one item) and how many were lost
+   * since the last take; waits while there is neither. Resolves with done when closed.
    */
   async take(
     max: number,
@@ -109,11 +118,16 @@ export class Follower<T> {
     while (this.#queue.length - this.#head === 0 && this.#lostPending.size === 0 && !this.#closed) {
       await new Promise<void>((r) => this.#wake = r);
     }
-    const end = Math.min(this.#queue.length, this.#head + max);
+    let end = this.#head, flows = 0;
+    while (end < this.#queue.length && (end === this.#head || flows + this.#weights[end]! <= max)) {
+      flows += this.#weights[end++]!;
+    }
     const items = this.#queue.slice(this.#head, end);
     this.#head = end;
+    this.#queued -= flows;
     if (this.#head > 4096 && this.#head * 2 > this.#queue.length) {
       this.#queue.splice(0, this.#head);
+      this.#weights.splice(0, this.#head);
       this.#head = 0;
     }
     const lost = [...this.#lostPending].map(([source, count]) => ({ source, count }));
@@ -121,8 +135,9 @@ export class Follower<T> {
     return { items, lost, done: this.#closed && items.length === 0 && lost.length === 0 };
   }
 
+  /** Flows queued and not yet taken. */
   get pending(): number {
-    return this.#queue.length - this.#head;
+    return this.#queued;
   }
 
   close(): void {

@@ -56,14 +56,34 @@ export async function setupTunnelDevice(
     );
   }
   await ip(["link", "set", dev, "addrgenmode", "none"], `Cannot configure "${dev}"`);
+  // Before the device comes up: a device created while net.ipv6.conf.all.forwarding is 1 (the
+  // agent sets it for IPv6 pods) joins ff02::2 (all routers) and, once up, sends an MLDv2 report
+  // (90 bytes, from ::) into the tunnel whatever "multicast off" says; the overlay program drops
+  // it with 160 (no tunnel endpoint). Leaving the group in MLDv2 mode queues a state-change
+  // report that goes out once the device is up, so MLDv1 first (leaving a group never reported
+  // sends nothing), then forwarding off. The per-device flag only sets host/router behaviour
+  // (RA, ND, that membership); packets are forwarded by conf/all/forwarding, so IPv6 pod traffic
+  // through the tunnel is unaffected (tests/e2e/multinode_test.ts sends some).
+  await sysctl(`ipv6/conf/${dev}/force_mld_version`, "1");
+  await sysctl(`ipv6/conf/${dev}/forwarding`, "0");
   await ip(
     // No multicast: the kernel would send its own MLD reports into the tunnel, with no tunnel
     // endpoint to go to (drop 160). Only routed pod traffic uses this device.
     ["link", "set", dev, "mtu", String(mtu), "arp", "off", "multicast", "off", "up"],
     `Cannot configure "${dev}"`,
   );
-  await Deno.writeTextFile(`/proc/sys/net/ipv4/conf/${dev}/rp_filter`, "0");
+  await sysctl(`ipv4/conf/${dev}/rp_filter`, "0");
   return { ifname: dev, mtu };
+}
+
+/** Writes a sysctl of this network namespace when it differs (an ipv6/ key without IPv6: no-op). */
+async function sysctl(key: string, value: string): Promise<void> {
+  const file = `/proc/sys/net/${key}`;
+  const now = await Deno.readTextFile(file).catch((err) => {
+    if (key.startsWith("ipv6/") && err instanceof Deno.errors.NotFound) return value; // no IPv6
+    throw err;
+  });
+  if (now.trim() !== value) await Deno.writeTextFile(file, value);
 }
 
 /** Throws NotSupportedError unless the overlay can use `protocol` (VXLAN only). */

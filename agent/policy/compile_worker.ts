@@ -21,6 +21,7 @@ scope.onmessage = async ({ data: req }) => {
     const r = compilePolicies(req.sources, {
       clusterName: req.clusterName,
       regexCheck: (p) => e.checkRegex(p),
+      ...(req.services ? { services: req.services } : {}),
     });
     const docs = req.split ? req.sources.flatMap((s) => splitDocuments(s.text)) : undefined;
     scope.postMessage({

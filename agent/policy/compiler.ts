@@ -13,6 +13,7 @@ import {
   type PolicySource,
   type PolicySpec,
   PolicyValidationError,
+  type ServiceRef,
   type ValidationIssue,
 } from "@cilia/policy-wasm";
 import { type PolicyDocument, splitDocuments } from "./documents.ts";
@@ -29,6 +30,7 @@ export interface CompileRequest {
   sources: PolicySource[];
   clusterName: string;
   split: boolean;
+  services?: ServiceRef[];
 }
 
 export type CompileReply =
@@ -39,6 +41,8 @@ export interface PolicyCompilerOptions {
   clusterName: string;
   /** The agent's engine's regex check (in-place compiles). */
   regexCheck: NonNullable<CompileOptions["regexCheck"]>;
+  /** The cluster's services as toServices sees them, read at each compile (none: offline). */
+  services?: () => ServiceRef[];
   /** Sources at least this large (bytes of text, in total) go to the worker; default 64 KiB. */
   workerMinBytes?: number;
   /** The worker stops after this long without work; default 30 s. */
@@ -71,9 +75,11 @@ export class PolicyCompiler {
   }
 
   #inPlace(sources: PolicySource[], opts: { split?: boolean }): Compiled {
+    const services = this.#o.services?.();
     const r = compilePolicies(sources, {
       clusterName: this.#o.clusterName,
       regexCheck: this.#o.regexCheck,
+      ...(services ? { services } : {}),
     });
     const docs = opts.split ? sources.flatMap((s) => splitDocuments(s.text)) : undefined;
     return { spec: r.spec, warnings: r.warnings, ...(docs ? { docs } : {}) };
@@ -84,7 +90,14 @@ export class PolicyCompiler {
     this.#idle = undefined;
     const worker = this.#worker ??= this.#start();
     const id = ++this.#next;
-    const req: CompileRequest = { id, sources, clusterName: this.#o.clusterName, split };
+    const services = this.#o.services?.();
+    const req: CompileRequest = {
+      id,
+      sources,
+      clusterName: this.#o.clusterName,
+      split,
+      ...(services ? { services } : {}),
+    };
     return new Promise((resolve) => {
       this.#pending.set(id, resolve);
       worker.postMessage(req);

@@ -17,6 +17,7 @@ import {
   type PolicySource,
   type PolicySpec,
   PolicyValidationError,
+  type ServiceRef,
   type ValidationIssue,
 } from "@cilia/policy-wasm";
 import type { KvEntry, KvStore, WatchEvent } from "../kvstore/kvstore.ts";
@@ -81,6 +82,8 @@ export interface RepositoryOptions {
   maxValueBytes?: number;
   /** Sources at least this large are compiled in a worker (see compiler.ts). */
   workerMinBytes?: number;
+  /** The cluster's services, which toServices resolves against (agent/service/policy_refs.ts). */
+  services?: () => ServiceRef[];
 }
 
 const enc = new TextEncoder();
@@ -100,6 +103,8 @@ export class PolicyRepository {
   #echo = new Map<string, string>();
   /** Compiles big policies off the event loop. */
   #compiler: PolicyCompiler;
+  /** The services the policy in force was resolved against (JSON), for servicesChanged(). */
+  #servicesSeen = "";
 
   constructor(opts: RepositoryOptions) {
     this.#o = opts;
@@ -108,6 +113,7 @@ export class PolicyRepository {
       clusterName: opts.clusterName,
       regexCheck: (p) => engine.checkRegex(p),
       ...(opts.workerMinBytes !== undefined ? { workerMinBytes: opts.workerMinBytes } : {}),
+      ...(opts.services ? { services: opts.services } : {}),
     });
   }
 
@@ -216,6 +222,19 @@ export class PolicyRepository {
     });
   }
 
+  /**
+   * The services changed: when a policy in force uses toServices and the services it was resolved
+   * against differ, the same documents are compiled and loaded again (a new revision). A failure
+   * keeps the previous policy in force and is logged, as for a kvstore change.
+   */
+  servicesChanged(): Promise<void> {
+    return this.#o.serial.run(async () => {
+      if (![...this.#docs.values()].some((d) => d.text.includes("toServices"))) return;
+      if (JSON.stringify(this.#o.services?.() ?? []) === this.#servicesSeen) return;
+      await this.#apply(new Map(this.#docs), "services change");
+    });
+  }
+
   /** Endpoints the policy in force is not written to yet. */
   #realisation(): Realisation {
     return realisation(this.#o.regen.unrealised());
@@ -294,6 +313,7 @@ export class PolicyRepository {
   /** Compiles `docs` and resolves them for every endpoint, writing nothing. */
   async #prepare(docs: Map<string, PolicyDocument>): Promise<Prepared> {
     const list = [...docs.values()].sort((a, b) => a.key.localeCompare(b.key));
+    const services = JSON.stringify(this.#o.services?.() ?? []);
     const { spec } = await this.#compiler.compile(
       list.map((d) => ({ text: d.text, file: d.key })),
     );
@@ -318,6 +338,7 @@ export class PolicyRepository {
     }
     return {
       ...prepared,
+      services,
       abort: () => {
         prepared.abort();
         fqdn?.abort();
@@ -338,6 +359,7 @@ export class PolicyRepository {
     const unrealised = await prepared.commit();
     prepared.fqdn?.commit();
     this.#revision = prepared.revision;
+    this.#servicesSeen = prepared.services;
     this.#saved = undefined;
     this.#docs = docs;
     try {
@@ -438,6 +460,8 @@ type Prepared = PreparedPolicy & {
   fqdn?: ReturnType<FqdnIdentitySource["prepare"]>;
   revision: number;
   digest: string;
+  /** The services it was resolved against (JSON). */
+  services: string;
 };
 
 /** A digest of a set of documents (FNV-1a over keys and canonical text): equal sets, equal. */

@@ -9,6 +9,9 @@
 // 2. Per endpoint and name at most `maxIpsPerName` addresses: the oldest learned go first.
 // 3. An address is known while some endpoint holds it under some name; expiry and eviction report
 //    the addresses that stopped being known (and the names they were known under).
+// 4. An expired record whose endpoint still has a live connection with its address (Cilium's
+//    zombies: the caller asks conntrack) is kept, and expires at the first check after the last
+//    such connection ended.
 
 export interface DnsCacheOptions {
   /** Seconds (Cilium's --tofqdns-min-ttl). */
@@ -20,6 +23,8 @@ export interface DnsCacheOptions {
 interface Record_ {
   learned: number;
   expires: number;
+  /** Expired, kept for a live connection (rule 4). */
+  zombie?: true;
 }
 
 export interface CacheEntry {
@@ -64,6 +69,7 @@ export class DnsCache {
         const have = recs.get(ip);
         if (have) {
           have.expires = Math.max(have.expires, expires);
+          if (have.expires > now) delete have.zombie;
           continue;
         }
         recs.set(ip, { learned: now, expires });
@@ -80,9 +86,62 @@ export class DnsCache {
     return changed;
   }
 
-  /** Drops expired records; returns the addresses affected. */
-  expire(now = Date.now()): Set<string> {
-    return this.#remove((_ep, _name, _ip, r) => r.expires <= now);
+  /**
+   * learn() for an answer that brings nothing new: when the endpoint already holds every (name,
+   * address), extends their lives (rule 1) and returns true; otherwise changes nothing and
+   * returns false (call learn()).
+   */
+  refresh(
+    endpoint: number,
+    names: readonly string[],
+    ips: readonly { ip: string; ttl: number }[],
+    now = Date.now(),
+  ): boolean {
+    const byName = this.#eps.get(endpoint);
+    if (!byName) return false;
+    for (const name of names) {
+      const recs = byName.get(name);
+      if (!recs) return false;
+      for (const { ip } of ips) if (!recs.has(ip)) return false;
+    }
+    for (const name of names) {
+      const recs = byName.get(name)!;
+      for (const { ip, ttl } of ips) {
+        const r = recs.get(ip)!;
+        r.expires = Math.max(r.expires, now + Math.max(ttl, this.#o.minTtl) * 1000);
+        if (r.expires > now) delete r.zombie;
+      }
+    }
+    return true;
+  }
+
+  /**
+   * Drops expired records (rule 4: except those `inUse` says a live connection of the endpoint
+   * still uses; asked once, only when something expired, with `fresh` true when a record expired
+   * that was not kept before, so the caller may reuse a recent answer for the others); returns
+   * the addresses affected.
+   */
+  expire(
+    now = Date.now(),
+    inUse?: (fresh: boolean) => (endpoint: number, ip: string) => boolean,
+  ): Set<string> {
+    let fresh = false;
+    if (inUse) {
+      for (const byName of this.#eps.values()) {
+        for (const recs of byName.values()) {
+          for (const r of recs.values()) if (r.expires <= now && !r.zombie) fresh = true;
+        }
+      }
+    }
+    let used: ((endpoint: number, ip: string) => boolean) | undefined;
+    return this.#remove((ep, _name, ip, r) => {
+      if (r.expires > now) return false;
+      if (!inUse) return true;
+      used ??= inUse(fresh);
+      if (!used(ep, ip)) return true;
+      r.zombie = true;
+      return false;
+    });
   }
 
   /** Removes records (all, or of one name / endpoint); returns the addresses affected. */

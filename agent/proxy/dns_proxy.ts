@@ -1,11 +1,14 @@
-// The node's DNS proxy, inside the agent: one UDP socket on the pod gateway that the kernel
-// redirects DNS datagrams to when a DNS rule covers them (bpf/lib/proxy.h; the answer it sends is
-// reverse-NATed, so the pod sees it come from the server it asked). For each query it reads the
-// original destination from the kernel, judges the name with the endpoint's DNS rules, answers a
-// refused name itself (REFUSED, or NXDOMAIN when configured), and forwards an allowed one to the
-// original server from a fresh socket (after writing the proxy-NAT entry, so a server pod sees the
-// client's address). The answer is checked against the question, its addresses are learned
-// (toFQDNs) and written to the datapath, and only then is it returned, unchanged.
+// The node's DNS proxy, inside the agent: one UDP socket and one TCP listener on the pod gateway,
+// on one port, that the kernel redirects DNS to when a DNS rule covers it (bpf/lib/proxy.h; what
+// it sends back is reverse-NATed, so the pod sees it come from the server it asked). For each
+// query it reads the original destination from the kernel, judges the name with the endpoint's
+// DNS rules, answers a refused name itself (REFUSED, or NXDOMAIN when configured), and forwards an
+// allowed one to the original server over a pooled upstream leg (dns_upstream.ts: UDP per (pod,
+// server), TCP per client connection; a server pod sees the client's address). The answer is
+// checked against the question, its addresses are learned (toFQDNs) and written to the datapath,
+// and only then is it returned, unchanged but for the id the upstream leg restored. Over TCP
+// (RFC 7766) a connection carries several 2-byte length-prefixed queries, answered as they
+// complete (pipelining), and is closed after an idle timeout or on a malformed length.
 //
 // Rules (fail closed):
 // 1. A datagram the kernel did not redirect (no cilia_proxy_orig entry) gets no answer.
@@ -13,24 +16,26 @@
 //    forwarded.
 // 3. Nothing is learned from a datagram that is not the answer (dns_message.ts rule 2); stray
 //    datagrams are ignored while waiting; no answer within the timeout → SERVFAIL.
+// 3a. A TCP frame shorter than a DNS header closes the connection; so does a client that keeps
+//    more than 64 queries in flight (it is paused until answers go out).
 // 4. When the learned addresses cannot be written, the pod gets SERVFAIL instead of an answer
 //    whose addresses its policy would drop.
 
-import dgram from "node:dgram";
+import net from "node:net";
 import type { Buffer } from "node:buffer";
 import type { PolicyEngine } from "@cilia/policy-wasm";
 import type { Logger } from "../log.ts";
 import type { Counter, Histogram, Metrics } from "../metrics.ts";
 import type { OrigDestination, UpstreamNat } from "../datapath/proxy_maps.ts";
+import { DnsMessageError, type DnsQuery, makeResponse, parseQuery, RCODE } from "./dns_message.ts";
 import {
-  type DnsAnswer,
-  DnsMessageError,
-  type DnsQuery,
-  makeResponse,
-  parseAnswer,
-  parseQuery,
-  RCODE,
-} from "./dns_message.ts";
+  type Forwarded,
+  frame,
+  Frames,
+  type TcpConnect,
+  TcpUpstream,
+  UdpUpstreams,
+} from "./dns_upstream.ts";
 
 /** What the proxy needs of the kernel's proxy maps (ProxyMaps). */
 export interface DnsProxyMaps {
@@ -39,7 +44,12 @@ export interface DnsProxyMaps {
   deleteNat(n: { server: { ip: string; port: number }; localPort: number }): void;
 }
 
-export type DnsJudge = (o: OrigDestination, name: string) => { allowed: boolean; cookie: number };
+/** proto: 17 (UDP) or 6 (TCP). */
+export type DnsJudge = (
+  o: OrigDestination,
+  name: string,
+  proto: number,
+) => { allowed: boolean; cookie: number };
 
 /** One DNS request as a flow record. */
 export interface DnsRecord {
@@ -58,6 +68,8 @@ export interface DnsRecord {
   ips: string[];
   latencyMs: number;
   error?: string;
+  /** Over TCP (else UDP). */
+  tcp?: boolean;
 }
 
 export interface DnsProxyOptions {
@@ -71,17 +83,21 @@ export interface DnsProxyOptions {
   /** The rcode of a refused query (REFUSED 5, or NXDOMAIN 3). */
   rejectRcode?: number;
   upstreamTimeoutMs?: number;
+  /** The TCP leg's connect (the L7 proxy's, which writes the proxy-NAT entry first). */
+  connectTcp?: TcpConnect;
+  /** A client TCP connection with nothing in flight for this long is closed (default 10 s). */
+  tcpIdleMs?: number;
   onRecord?: (r: DnsRecord) => void;
 }
 
 /** The engine's verdict on a DNS query of a redirected flow. */
 export function engineJudge(engine: Pick<PolicyEngine, "query">): DnsJudge {
-  return (o, name) => {
+  return (o, name, proto) => {
     const r = engine.query({
       endpoint: o.epId,
       direction: "egress",
       peer: o.dstIdentity,
-      proto: 17,
+      proto,
       port: o.port,
       dns: name,
     });
@@ -95,7 +111,10 @@ const u8 = (b: Buffer) => new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
 
 export class DnsProxy {
   readonly #o: DnsProxyOptions;
-  #sock: dgram.Socket | undefined;
+  #sock: Deno.DatagramConn | undefined;
+  #tcp: net.Server | undefined;
+  readonly #conns = new Set<net.Socket>();
+  readonly #udp: UdpUpstreams;
   #port = 0;
   #gateway = "0.0.0.0";
   readonly #requests: Counter;
@@ -105,6 +124,7 @@ export class DnsProxy {
   constructor(o: DnsProxyOptions) {
     this.#o = o;
     this.onRecord = o.onRecord;
+    this.#udp = new UdpUpstreams({ maps: o.maps, timeoutMs: this.#timeout });
     this.#requests = o.metrics.counter(
       "cilia_dns_requests_total",
       "DNS queries judged by the DNS proxy, by verdict (forwarded, refused, error)",
@@ -121,46 +141,130 @@ export class DnsProxy {
     return this.#port;
   }
 
-  /** Binds on `gateway` (the pod gateway), from `port` upwards (0: any). */
+  /** Binds UDP and TCP on `gateway` (the pod gateway), one port from `port` upwards (0: any). */
   async start(gateway: string, port = 10053): Promise<number> {
     this.#gateway = gateway;
-    for (let p = port; p < port + 100 || port === 0; p++) {
-      const sock = dgram.createSocket("udp4");
+    this.#udp.gateway = gateway;
+    for (let p = port, tries = 0; tries < 100; p = port === 0 ? 0 : p + 1, tries++) {
+      let sock: Deno.DatagramConn | undefined;
+      let tcp: net.Server | undefined;
       try {
+        sock = Deno.listenDatagram({ transport: "udp", hostname: gateway, port: p });
+        tcp = net.createServer((c) => this.#serveTcp(c));
+        const srv = tcp, bound = (sock.addr as Deno.NetAddr).port;
         await new Promise<void>((resolve, reject) => {
-          sock.once("error", reject);
-          sock.bind(p, gateway, () => resolve());
+          srv.once("error", reject);
+          srv.listen(bound, gateway, () => resolve());
         });
       } catch (err) {
-        sock.close();
-        if ((err as { code?: string }).code === "EADDRINUSE" && port !== 0) continue;
+        sock?.close();
+        tcp?.close();
+        const inUse = err instanceof Deno.errors.AddrInUse ||
+          (err as { code?: string }).code === "EADDRINUSE";
+        if (inUse) continue;
         throw err;
       }
-      sock.on("error", (err) => this.#o.log.warn("DNS proxy socket error", { error: err }));
-      sock.on("message", (msg, rinfo) => {
-        this.#handle(u8(msg), rinfo).catch((err) =>
-          this.#o.log.warn("DNS proxy request failed", { error: err })
-        );
-      });
+      tcp.on("error", (err) => this.#o.log.warn("DNS proxy TCP listener error", { error: err }));
+      this.#tcp = tcp;
       this.#sock = sock;
-      this.#port = sock.address().port;
+      this.#port = (sock.addr as Deno.NetAddr).port;
+      this.#receive(sock);
       this.#o.log.info("DNS proxy listening", { address: gateway, port: this.#port });
       return this.#port;
     }
     throw new Error(`No free port for the DNS proxy on "${gateway}" from ${port}`);
   }
 
-  async #handle(msg: Uint8Array, rinfo: dgram.RemoteInfo): Promise<void> {
+  /** One client TCP connection (rules 1, 3a): framed queries, answered as they complete. */
+  #serveTcp(c: net.Socket): void {
+    const client = { ip: c.remoteAddress ?? "", port: c.remotePort ?? 0 };
+    let orig: OrigDestination | undefined;
+    try {
+      orig = this.#o.maps?.original(client.ip, client.port, this.#port);
+    } catch {
+      orig = undefined;
+    }
+    if (!orig) { // 1.
+      c.destroy();
+      return;
+    }
+    const o = orig;
+    this.#conns.add(c);
+    c.setNoDelay(true);
+    const connect: TcpConnect = this.#o.connectTcp ??
+      ((o) => plainConnect(o, this.#gateway === "0.0.0.0" ? undefined : this.#gateway));
+    const up = new TcpUpstream(connect, this.#timeout);
+    const frames = new Frames();
+    let inflight = 0;
+    let idle: ReturnType<typeof setTimeout> | undefined;
+    const arm = () => {
+      clearTimeout(idle);
+      idle = inflight === 0
+        ? setTimeout(() => c.destroy(), this.#o.tcpIdleMs ?? 10_000)
+        : undefined;
+    };
+    arm();
+    c.on("data", (chunk: Buffer) => {
+      const msgs = frames.push(u8(chunk));
+      if (msgs === "malformed") { // 3a.
+        this.#o.log.debug("DNS proxy closed a TCP connection: malformed length", { client });
+        c.destroy();
+        return;
+      }
+      for (const m of msgs) {
+        inflight++;
+        if (inflight > 64) c.pause();
+        this.answer(m, o, client, { via: up, proto: 6 }).then((reply) => {
+          if (reply && !c.destroyed) c.write(frame(reply));
+        }).catch((err) => this.#o.log.warn("DNS proxy request failed", { error: err }))
+          .finally(() => {
+            inflight--;
+            if (inflight <= 64 && c.isPaused()) c.resume();
+            arm();
+          });
+      }
+      arm();
+    });
+    c.on("error", () => {});
+    c.on("close", () => {
+      clearTimeout(idle);
+      up.close();
+      this.#conns.delete(c);
+    });
+  }
+
+  /** One receive buffer, reused: receive() without one allocates 64 KiB per datagram. */
+  async #receive(sock: Deno.DatagramConn): Promise<void> {
+    const buf = new Uint8Array(65536);
+    for (;;) {
+      let msg: Uint8Array, from: Deno.NetAddr;
+      try {
+        const got = await sock.receive(buf);
+        [msg, from] = [got[0].slice(), got[1] as Deno.NetAddr];
+      } catch (err) {
+        if (this.#sock !== sock) return; // closed
+        this.#o.log.warn("DNS proxy socket error", { error: err });
+        continue;
+      }
+      this.#handle(sock, msg, from).catch((err) =>
+        this.#o.log.warn("DNS proxy request failed", { error: err })
+      );
+    }
+  }
+
+  async #handle(sock: Deno.DatagramConn, msg: Uint8Array, from: Deno.NetAddr): Promise<void> {
     const started = performance.now();
     let orig: OrigDestination | undefined;
     try {
-      orig = this.#o.maps?.original(rinfo.address, rinfo.port, this.#port);
+      orig = this.#o.maps?.original(from.hostname, from.port, this.#port);
     } catch {
       orig = undefined;
     }
     if (!orig) return; // 1.
-    const reply = await this.answer(msg, orig, { ip: rinfo.address, port: rinfo.port }, started);
-    if (reply) this.#sock?.send(reply, rinfo.port, rinfo.address);
+    const reply = await this.answer(msg, orig, { ip: from.hostname, port: from.port }, {
+      started,
+    });
+    if (reply && this.#sock === sock) await sock.send(reply, from);
   }
 
   /** The response for one redirected query (rules 2–4); undefined: none. */
@@ -168,9 +272,11 @@ export class DnsProxy {
     msg: Uint8Array,
     o: OrigDestination,
     client: { ip: string; port: number },
-    started = performance.now(),
+    opts: { started?: number; via?: TcpUpstream; proto?: number } = {},
   ): Promise<Uint8Array | undefined> {
+    const started = opts.started ?? performance.now();
     const base = {
+      ...(opts.proto === 6 ? { tcp: true } : {}),
       epId: o.epId,
       client,
       server: { ip: o.ip, port: o.port },
@@ -200,13 +306,13 @@ export class DnsProxy {
       const r = { query: "", qtype: "", allowed: false, rcode: RCODE.FORMERR };
       return done(r, { error }, msg.length >= 12 ? makeResponse(msg, RCODE.FORMERR) : undefined);
     }
-    const verdict = this.#o.judge(o, q.name);
+    const verdict = this.#o.judge(o, q.name, opts.proto ?? 17);
     const head = { query: q.name, qtype: q.type, cookie: verdict.cookie };
     if (!verdict.allowed) {
       const rcode = this.#o.rejectRcode ?? RCODE.REFUSED;
       return done({ ...head, allowed: false, rcode }, {}, makeResponse(msg, rcode));
     }
-    const up = await this.#forward(q, o, client.ip);
+    const up: Forwarded = await (opts.via ?? this.#udp).forward(q, o, client.ip);
     if (typeof up === "string") {
       return done(
         { ...head, allowed: true, rcode: RCODE.SERVFAIL },
@@ -229,57 +335,6 @@ export class DnsProxy {
     return done({ ...head, allowed: true, rcode: answer.rcode }, learned, bytes);
   }
 
-  /** Sends the query to the original server; its answer, or why there is none. */
-  async #forward(
-    q: DnsQuery,
-    o: OrigDestination,
-    clientIp: string,
-  ): Promise<{ answer: DnsAnswer; bytes: Uint8Array } | string> {
-    const sock = dgram.createSocket("udp4");
-    const server = { ip: o.ip, port: o.port };
-    let localPort = 0;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    try {
-      await new Promise<void>((resolve, reject) => {
-        sock.once("error", reject);
-        sock.bind(0, this.#gateway === "0.0.0.0" ? undefined : this.#gateway, () => resolve());
-      });
-      localPort = sock.address().port;
-      this.#o.maps?.writeNat({
-        server,
-        localPort,
-        clientIp,
-        identity: o.srcIdentity,
-        epId: o.epId,
-        dir: o.dir,
-      });
-      return await new Promise((resolve) => {
-        timer = setTimeout(
-          () => resolve(`no answer from ${o.ip}:${o.port} in ${this.#timeout} ms`),
-          this.#timeout,
-        );
-        sock.on("error", (err) => resolve(`upstream error: ${err.message}`));
-        sock.on("message", (m, from) => {
-          if (from.address !== o.ip || from.port !== o.port) return; // 3.
-          const bytes = u8(m);
-          const answer = parseAnswer(q, bytes);
-          if (answer) resolve({ answer, bytes });
-        });
-        sock.send(q.raw, o.port, o.ip);
-      });
-    } catch (err) {
-      return `upstream error: ${(err as Error).message}`;
-    } finally {
-      clearTimeout(timer);
-      sock.close();
-      if (localPort) {
-        try {
-          this.#o.maps?.deleteNat({ server, localPort });
-        } catch { /* maps closed */ }
-      }
-    }
-  }
-
   get #timeout(): number {
     return this.#o.upstreamTimeoutMs ?? 2000;
   }
@@ -289,5 +344,23 @@ export class DnsProxy {
       this.#sock?.close();
     } catch { /* closed */ }
     this.#sock = undefined;
+    this.#tcp?.close();
+    this.#tcp = undefined;
+    for (const c of this.#conns) c.destroy();
+    this.#conns.clear();
+    this.#udp.close();
   }
+}
+
+/** The TCP leg without the kernel's proxy-NAT (no maps: tests). */
+function plainConnect(o: OrigDestination, localAddress: string | undefined): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ host: o.ip, port: o.port, ...(localAddress ? { localAddress } : {}) });
+    s.setNoDelay(true);
+    s.once("connect", () => {
+      s.off("error", reject);
+      resolve(s);
+    });
+    s.once("error", reject);
+  });
 }

@@ -2,7 +2,8 @@
 // that L7 rules redirect, on a port the proxy allocates (the kernel DNATs redirected connections
 // to it, bpf/lib/proxy.h). For each accepted connection it reads the original destination and
 // both identities from the kernel (ProxyMaps), tells HTTP/1 from h2c by the HTTP/2 preface (gRPC:
-// h2.ts), judges every HTTP request or HTTP/2 stream with the policy engine (the one evaluator),
+// h2.ts) or, on a Kafka listener, serves Kafka (kafka.ts), judges every HTTP request, HTTP/2
+// stream or Kafka request with the policy engine (the one evaluator),
 // and makes the upstream connection from a port it picks after writing the proxy-NAT entry, so
 // the kernel gives that leg the client's address and identity. Each request becomes an L7 record
 // (for flows) and metrics. It owns its listeners and sockets, not policy.
@@ -20,9 +21,13 @@ import {
   type Stream,
 } from "./http_conn.ts";
 import { prefaceState, serveH2Connection } from "./h2.ts";
+import { type KafkaRecord, serveKafkaConnection } from "./kafka.ts";
+import type { KafkaRequestInfo } from "./kafka_request.ts";
 import { denoStream, nodeStream } from "./streams.ts";
 
 export type Direction = "ingress" | "egress";
+/** What a listener serves: HTTP (HTTP/1.1 and h2c, so gRPC) or Kafka. */
+export type L7Protocol = "http" | "kafka";
 
 /** One judged request with where it came from and went. */
 export interface L7Record extends RequestRecord {
@@ -35,6 +40,8 @@ export interface L7Record extends RequestRecord {
   /** The deciding entry's cookie (the redirecting entry's for a denial), and its L7 rule index. */
   cookie: number;
   rule: number;
+  /** For a Kafka request: what it asked (the HTTP fields then describe it for flows). */
+  kafka?: KafkaRecord;
 }
 
 export interface L7ProxyOptions {
@@ -45,6 +52,11 @@ export interface L7ProxyOptions {
   metrics: Metrics;
   /** Listener ports are taken from here upwards (default 15001). */
   basePort?: number;
+  /**
+   * Where listener ports are kept across restarts (`<state-dir>/proxy-ports.json`): a restarted
+   * agent listens for each (endpoint, direction, ports) on the port the kernel's entries name.
+   */
+  portsFile?: string;
   /** Upstream local ports, outside the kernel's ephemeral range (default 61000–65535). */
   upstreamPorts?: [number, number];
   headerTimeoutMs?: number;
@@ -56,6 +68,7 @@ interface Listener {
   port: number;
   listener: Deno.Listener;
   epId: number;
+  protocol: L7Protocol;
 }
 
 export { DIR_EGRESS, DIR_INGRESS };
@@ -68,7 +81,15 @@ export class L7Proxy {
   readonly #requests: Counter;
   readonly #latency: Histogram;
   readonly #engineSeconds: Counter;
+  /** Per-request counters bound to their labels once (labelText per request was measurable). */
+  readonly #requestsBy = new Map<string, (by?: number) => void>();
+  readonly #engineHttp: (by?: number) => void;
   #gateway = "";
+  #gateway6 = "";
+  /** Listener ports of earlier runs, by listener key (kept for keys not reopened yet). */
+  readonly #saved = new Map<string, number>();
+  /** The local endpoint holding an address, for the second L7 hop (undefined: not local). */
+  localEndpoint: ((ip: string) => number | undefined) | undefined;
   #nextUpstream: number;
   readonly #busyUpstream = new Set<number>();
   #closed = false;
@@ -78,6 +99,7 @@ export class L7Proxy {
     this.#o = o;
     this.onRecord = o.onRecord;
     this.#nextUpstream = (o.upstreamPorts ?? [61000, 65535])[0];
+    for (const [k, v] of Object.entries(readPorts(o.portsFile))) this.#saved.set(k, v);
     this.#requests = o.metrics.counter(
       "cilia_l7_requests_total",
       "L7 requests judged by the proxy, by protocol and verdict (forwarded, denied, error)",
@@ -91,6 +113,7 @@ export class L7Proxy {
       "cilia_l7_engine_seconds_total",
       "wall time the L7 proxy spent in the policy engine deciding requests, by protocol",
     );
+    this.#engineHttp = this.#engineSeconds.bound({ protocol: "http" });
   }
 
   /** The address upstream connections are made from (the pod gateway on cilia_host). */
@@ -98,35 +121,61 @@ export class L7Proxy {
     this.#gateway = ip;
   }
 
-  /** The proxy port for redirects of (endpoint, direction, port): listening before it returns. */
-  listen(epId: number, direction: Direction, port: number): Promise<number> {
-    const key = `${epId}/${direction}/${port}`;
+  /** The IPv6 address upstream connections to IPv6 servers are made from. */
+  set gateway6(ip: string) {
+    this.#gateway6 = ip;
+  }
+
+  /**
+   * The proxy port for redirects of (endpoint, direction, port or port range): listening before
+   * it returns. One listener serves a whole range (adjacent L7 ports merge into one in the map
+   * state): each connection is judged on the port the client dialled.
+   */
+  listen(
+    epId: number,
+    direction: Direction,
+    ports: number | readonly [number, number],
+    protocol: L7Protocol = "http",
+  ): Promise<number> {
+    const [lo, hi] = typeof ports === "number" ? [ports, ports] : ports;
+    const key = `${epId}/${direction}/${lo === hi ? lo : `${lo}-${hi}`}${
+      protocol === "http" ? "" : `/${protocol}`
+    }`;
     const have = this.#listeners.get(key);
     if (have) return Promise.resolve(have.port);
     let p = this.#pending.get(key);
     if (!p) {
-      p = this.#open(key, epId).finally(() => this.#pending.delete(key));
+      p = this.#open(key, epId, protocol).finally(() => this.#pending.delete(key));
       this.#pending.set(key, p);
     }
     return p;
   }
 
   // deno-lint-ignore require-await
-  async #open(key: string, epId: number): Promise<number> {
+  async #open(key: string, epId: number, protocol: L7Protocol): Promise<number> {
     if (this.#closed) throw new Error("The L7 proxy is closed");
     const used = new Set([...this.#listeners.values()].map((l) => l.port));
-    for (let port = this.#o.basePort ?? 15001; port < 30000; port++) {
-      if (used.has(port)) continue;
+    // Ports of earlier runs stay with their keys: the kernel's entries still name them.
+    const reserved = new Set([...this.#saved].filter(([k]) => k !== key).map(([, p]) => p));
+    const before = this.#saved.get(key);
+    const base = this.#o.basePort ?? 15001;
+    const candidates = before !== undefined && !used.has(before) ? [before] : [];
+    for (let port = base; port < 30000; port++) {
+      if (!used.has(port) && !reserved.has(port) && port !== before) candidates.push(port);
+    }
+    for (const port of candidates) {
       let listener: Deno.Listener;
       try {
-        listener = Deno.listen({ hostname: "0.0.0.0", port, transport: "tcp" });
+        // "::" takes IPv4 too (dual stack): one socket for both families of redirects.
+        listener = Deno.listen({ hostname: "::", port, transport: "tcp" });
       } catch (err) {
         if (err instanceof Deno.errors.AddrInUse) continue;
         throw err;
       }
-      const l = { port, listener, epId };
+      const l = { port, listener, epId, protocol };
       this.#listeners.set(key, l);
       this.#accept(l);
+      if (before !== port) this.#savePort(key, port);
       this.#o.log.info("L7 proxy listening", { listener: key, port });
       return port;
     }
@@ -139,6 +188,28 @@ export class L7Proxy {
       if (l.epId !== epId) continue;
       this.#listeners.delete(key);
       l.listener.close();
+      this.#savePort(key, undefined);
+    }
+  }
+
+  /** Forgets the saved ports of endpoints that did not come back after a restart. */
+  retainEndpoints(live: ReadonlySet<number>): void {
+    const gone = [...this.#saved.keys()].filter((k) => !live.has(Number(k.split("/")[0])));
+    if (gone.length === 0) return;
+    for (const k of gone) this.#saved.delete(k);
+    this.#savePort(gone[0]!, undefined);
+  }
+
+  #savePort(key: string, port: number | undefined): void {
+    if (port === undefined) this.#saved.delete(key);
+    else this.#saved.set(key, port);
+    if (!this.#o.portsFile) return;
+    try {
+      const tmp = `${this.#o.portsFile}.tmp`;
+      Deno.writeTextFileSync(tmp, JSON.stringify(Object.fromEntries(this.#saved)) + "\n");
+      Deno.renameSync(tmp, this.#o.portsFile);
+    } catch (err) {
+      this.#o.log.warn("cannot save L7 proxy ports", { file: this.#o.portsFile, error: err });
     }
   }
 
@@ -148,14 +219,18 @@ export class L7Proxy {
 
   async #accept(l: Listener): Promise<void> {
     try {
-      for await (const conn of l.listener) this.#handle(conn, l.port).catch(() => {});
+      for await (const conn of l.listener) {
+        this.#handle(conn, l.port, l.protocol).catch(() => {});
+      }
     } catch {
       // listener closed
     }
   }
 
-  async #handle(conn: Deno.Conn, proxyPort: number): Promise<void> {
-    const remote = conn.remoteAddr as Deno.NetAddr;
+  async #handle(conn: Deno.Conn, proxyPort: number, protocol: L7Protocol): Promise<void> {
+    const addr = conn.remoteAddr as Deno.NetAddr;
+    // The dual-stack listener shows IPv4 clients as "::ffff:a.b.c.d".
+    const remote = { hostname: addr.hostname.replace(/^::ffff:(?=\d+\.)/i, ""), port: addr.port };
     let orig: OrigDestination | undefined;
     try {
       orig = this.#o.maps?.original(remote.hostname, remote.port, proxyPort);
@@ -173,28 +248,45 @@ export class L7Proxy {
     const direction: Direction = o.dir === DIR_EGRESS ? "egress" : "ingress";
     const client = { ip: remote.hostname, port: remote.port };
     let last = { cookie: o.cookie, rule: -1 };
+    // Two L7 hops: an egress redirect to a server on this node is judged here by the server's
+    // ingress policy as well (with the client's identity), and the kernel skips that redirect.
+    const hop2 = this.#secondHop(o);
     const judge = (req: HttpRequestInfo) => {
       const t0 = performance.now();
-      const r = this.#o.engine.query({
+      const http = { method: req.method, path: req.path, host: req.host, headers: req.headers };
+      // judgeHttp(): query()'s verdict without the explanation, written and read in place.
+      const r = this.#o.engine.judgeHttp({
         endpoint: o.epId,
         direction,
         peer: direction === "ingress" ? o.srcIdentity : o.dstIdentity,
         proto: 6,
         port: o.port,
-        http: { method: req.method, path: req.path, host: req.host, headers: req.headers },
+        http,
       });
-      this.#engineSeconds.inc({ protocol: "http" }, (performance.now() - t0) / 1000);
       last = { cookie: r.cookie || o.cookie, rule: r.l7.rule };
-      return r.verdict === "allow" || r.verdict === "audit" ||
-        (r.verdict === "redirect" && r.l7.status === "allowed");
+      let ok = passes(r);
+      if (ok && hop2 !== undefined) {
+        const r2 = this.#o.engine.judgeHttp({
+          endpoint: hop2,
+          direction: "ingress",
+          peer: o.srcIdentity,
+          proto: 6,
+          port: o.port,
+          http,
+        });
+        ok = passes(r2);
+        if (!ok) last = { cookie: r2.cookie || o.cookie, rule: r2.l7.rule };
+      }
+      this.#engineHttp((performance.now() - t0) / 1000);
+      return ok;
     };
-    const onRequest = (rec: RequestRecord, protocol = "http") => {
-      const verdict = rec.error !== undefined && rec.code !== 403
+    const onRequest = (rec: RequestRecord, protocol = "http", kafka?: KafkaRecord) => {
+      const verdict = (kafka ? kafka.errorCode === -1 : rec.error !== undefined && rec.code !== 403)
         ? "error"
         : rec.allowed
         ? "forwarded"
         : "denied";
-      this.#requests.inc({ protocol, verdict });
+      this.#countRequest(protocol, verdict);
       this.#latency.observe(rec.latencyMs / 1000);
       this.onRecord?.({
         ...rec,
@@ -204,16 +296,56 @@ export class L7Proxy {
         direction,
         srcIdentity: o.srcIdentity,
         dstIdentity: o.dstIdentity,
-        cookie: last.cookie,
-        rule: rec.allowed ? last.rule : -1,
+        cookie: kafka?.cookie ?? last.cookie,
+        rule: rec.allowed ? kafka?.rule ?? last.rule : -1,
+        ...(kafka ? { kafka } : {}),
       });
     };
     const stream = denoStream(conn);
+    if (protocol === "kafka") {
+      const judgeKafka = (req: KafkaRequestInfo) => {
+        const t0 = performance.now();
+        const kafka = {
+          apiKey: req.apiKey,
+          apiVersion: req.apiVersion,
+          clientID: req.clientId,
+          topics: [...new Set(req.topics.map((t) => t.name))],
+        };
+        let r = this.#o.engine.query({
+          endpoint: o.epId,
+          direction,
+          peer: direction === "ingress" ? o.srcIdentity : o.dstIdentity,
+          proto: 6,
+          port: o.port,
+          kafka,
+        });
+        if (passes(r) && hop2 !== undefined) {
+          r = this.#o.engine.query({
+            endpoint: hop2,
+            direction: "ingress",
+            peer: o.srcIdentity,
+            proto: 6,
+            port: o.port,
+            kafka,
+          });
+        }
+        this.#engineSeconds.inc({ protocol: "kafka" }, (performance.now() - t0) / 1000);
+        return { allowed: passes(r), cookie: r.cookie || o.cookie, rule: r.l7.rule };
+      };
+      return serveKafkaConnection(stream, {
+        connect: () => this.#connect(o, client.ip, hop2),
+        judge: judgeKafka,
+        onRequest: (k) => onRequest(kafkaRequestRecord(k), "kafka", k),
+        ...(this.#o.headerTimeoutMs !== undefined
+          ? { headerTimeoutMs: this.#o.headerTimeoutMs }
+          : {}),
+      });
+    }
     const first = await this.#sniff(stream);
     if (first === null) return stream.close();
     if (prefaceState(first) === "complete") {
       return serveH2Connection(conn, first, {
-        connect: () => this.#connectSocket(o, client.ip),
+        connect: () => this.#connectSocket(o, client.ip, { ingressEpId: hop2 }),
         judge,
         onRequest: ({ grpc, ...rec }) => onRequest(rec, grpc ? "grpc" : "http"),
         ...(this.#o.idleTimeoutMs !== undefined ? { idleTimeoutMs: this.#o.idleTimeoutMs } : {}),
@@ -229,7 +361,7 @@ export class L7Proxy {
       write: stream.write,
       close: stream.close,
     }, {
-      connect: () => this.#connect(o, client.ip),
+      connect: () => this.#connect(o, client.ip, hop2),
       judge,
       onRequest: (rec) => onRequest(rec),
       ...(this.#o.headerTimeoutMs !== undefined
@@ -264,6 +396,16 @@ export class L7Proxy {
     return got;
   }
 
+  #countRequest(protocol: string, verdict: string): void {
+    const key = `${protocol}/${verdict}`;
+    let inc = this.#requestsBy.get(key);
+    if (!inc) {
+      inc = this.#requests.bound({ protocol, verdict });
+      this.#requestsBy.set(key, inc);
+    }
+    inc();
+  }
+
   #takeUpstreamPort(): number {
     const [lo, hi] = this.#o.upstreamPorts ?? [61000, 65535];
     for (let i = 0; i <= hi - lo; i++) {
@@ -277,12 +419,32 @@ export class L7Proxy {
     throw new Error("No free upstream port");
   }
 
-  async #connect(o: OrigDestination, clientIp: string): Promise<Stream> {
-    return nodeStream(await this.#connectSocket(o, clientIp));
+  /** The server's endpoint when an egress redirect leads to a pod on this node. */
+  #secondHop(o: OrigDestination): number | undefined {
+    if (o.dir !== DIR_EGRESS) return undefined;
+    const ep = this.localEndpoint?.(o.ip);
+    return ep !== undefined && ep !== o.epId ? ep : undefined;
   }
 
-  /** The upstream leg: the proxy-NAT entry first, then the connect from that very port. */
-  async #connectSocket(o: OrigDestination, clientIp: string, attempt = 0): Promise<net.Socket> {
+  async #connect(o: OrigDestination, clientIp: string, ingressEpId?: number): Promise<Stream> {
+    return nodeStream(await this.#connectSocket(o, clientIp, { ingressEpId }));
+  }
+
+  /** The upstream leg for another proxy on this node (the DNS proxy over TCP). */
+  connectUpstream(o: OrigDestination, clientIp: string): Promise<net.Socket> {
+    return this.#connectSocket(o, clientIp);
+  }
+
+  /**
+   * The upstream leg: the proxy-NAT entry first, then the connect from that very port.
+   * ingressEpId: the server endpoint whose ingress policy the proxy judged as well (second hop).
+   */
+  async #connectSocket(
+    o: OrigDestination,
+    clientIp: string,
+    opts: { ingressEpId?: number | undefined; attempt?: number } = {},
+  ): Promise<net.Socket> {
+    const attempt = opts.attempt ?? 0;
     const localPort = this.#takeUpstreamPort();
     const server = { ip: o.ip, port: o.port };
     const release = () => {
@@ -300,13 +462,15 @@ export class L7Proxy {
       identity: o.srcIdentity,
       epId: o.epId,
       dir: o.dir,
+      ...(opts.ingressEpId !== undefined ? { ingressEpId: opts.ingressEpId } : {}),
     });
+    const gateway = o.ip.includes(":") ? this.#gateway6 : this.#gateway;
     try {
       const sock = await new Promise<net.Socket>((resolve, reject) => {
         const s = net.connect({
           host: o.ip,
           port: o.port,
-          ...(this.#gateway ? { localAddress: this.#gateway } : {}),
+          ...(gateway ? { localAddress: gateway } : {}),
           localPort,
         });
         s.setNoDelay(true);
@@ -319,7 +483,7 @@ export class L7Proxy {
     } catch (err) {
       release();
       if ((err as { code?: string }).code === "EADDRINUSE" && attempt < 16) {
-        return this.#connectSocket(o, clientIp, attempt + 1);
+        return this.#connectSocket(o, clientIp, { ...opts, attempt: attempt + 1 });
       }
       throw err;
     }
@@ -334,4 +498,39 @@ export class L7Proxy {
     }
     this.#listeners.clear();
   }
+}
+
+/** Whether a verdict lets a request through (an L7 redirect: only when its rules allow it). */
+function passes(r: { verdict: string; l7: { status: string } }): boolean {
+  return r.verdict === "allow" || r.verdict === "audit" ||
+    (r.verdict === "redirect" && r.l7.status === "allowed");
+}
+
+/** Listener ports saved by an earlier run ({} when there are none or the file is unreadable). */
+function readPorts(file: string | undefined): Record<string, number> {
+  if (!file) return {};
+  try {
+    const v = JSON.parse(Deno.readTextFileSync(file));
+    const out: Record<string, number> = {};
+    for (const [k, p] of Object.entries(v ?? {})) {
+      if (Number.isInteger(p) && (p as number) > 0 && (p as number) < 65536) out[k] = p as number;
+    }
+    return out;
+  } catch {
+    return {};
+  }
+}
+
+/** A Kafka request in the fields HTTP records have (what flows and metrics read). */
+function kafkaRequestRecord(k: KafkaRecord): RequestRecord {
+  return {
+    method: `kafka/${k.apiKey}`,
+    url: k.topics.join(","),
+    host: k.clientId,
+    protocol: "HTTP/1.1",
+    code: k.errorCode,
+    allowed: k.allowed,
+    latencyMs: k.latencyMs,
+    ...(k.error !== undefined ? { error: k.error } : {}),
+  };
 }

@@ -1,10 +1,12 @@
 // Puts proxy ports on redirect entries on their way into the datapath: a DatapathSink in front
-// of the kernel sink that, for every HTTP redirect entry an endpoint's policy adds, makes the L7
-// proxy listen for (endpoint, direction, port) first and only then passes the entry on with that
-// port, so the kernel never redirects to a proxy that is not there and allowed requests see no
-// window of drops. DNS redirects get the DNS proxy's port once it is bound (UDP; TCP DNS finds
-// no listener there and drops). Redirects no proxy serves (Kafka, port ranges) keep no port: the
-// kernel drops them (reason 178, fail closed). It changes nothing else.
+// of the kernel sink that, for every HTTP or Kafka redirect entry an endpoint's policy adds, makes
+// the L7 proxy listen for (endpoint, direction, port) first and only then passes the entry on
+// with that port, so the kernel never redirects to a proxy that is not there and allowed requests
+// see no window of drops. A port range (adjacent L7 ports merge into one entry) gets one listener
+// that judges each connection on the port it was made to. DNS redirects get the DNS proxy's port
+// once it is bound (it listens on UDP and TCP there). Redirects no proxy serves (DNS on a range,
+// L7 on UDP other than DNS) keep no port: the kernel drops them (reason 178, fail closed). It
+// changes nothing else.
 
 import type {
   DatapathEndpoint,
@@ -43,11 +45,13 @@ export class ProxySink implements DatapathSink {
         adds.push({ ...e, proxyPort: dnsPort });
         continue;
       }
-      if (e.verdict !== "redirect" || e.l7 !== "http" || e.portLo !== e.portHi || e.proto !== 6) {
+      const l7 = e.l7 === "http" || e.l7 === "kafka" ? e.l7 : undefined;
+      if (e.verdict !== "redirect" || !l7 || e.proto !== 6) {
         adds.push(e);
         continue;
       }
-      adds.push({ ...e, proxyPort: await this.#proxy.listen(epId, e.direction, e.portLo) });
+      const ports = [e.portLo, e.portHi] as const;
+      adds.push({ ...e, proxyPort: await this.#proxy.listen(epId, e.direction, ports, l7) });
     }
     return { ...change, adds };
   }

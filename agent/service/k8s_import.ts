@@ -2,7 +2,12 @@
 // one record per Service port (frontend clusterIP:port/protocol), its backends the ready
 // endpoints of the slices labelled `kubernetes.io/service-name: <name>` in the same namespace,
 // with the slice port of the same name and protocol. Pure; errors name the document and the
-// field path (`spec.ports[0].port`). Not yet: NodePort/LoadBalancer, sessionAffinity, IPv6.
+// field path (`spec.ports[0].port`). NodePort and LoadBalancer keep each port's `nodePort`
+// (none: the agent allocates one); a LoadBalancer's addresses are the IPs of
+// `status.loadBalancer.ingress`. `sessionAffinity: ClientIP` keeps its timeout; endpoints with
+// `conditions.terminating` (and serving) become terminating backends; the Service's selector and
+// labels are kept for toServices in policies. Not yet: IPv6,
+// ExternalName.
 import { parseAllDocuments } from "yaml";
 import { z } from "zod";
 import { ServiceError } from "./manager.ts";
@@ -20,20 +25,32 @@ const K8sService = z.object({
   kind: z.literal("Service"),
   metadata: Meta,
   spec: z.object({
-    type: z.literal("ClusterIP", {
-      message: 'Unsupported service type: only "ClusterIP" is supported yet',
+    selector: z.record(z.string(), z.string()).optional(),
+    type: z.enum(["ClusterIP", "NodePort", "LoadBalancer"], {
+      message: 'Unsupported service type: expected "ClusterIP", "NodePort" or "LoadBalancer"',
     }).default("ClusterIP"),
     clusterIP: z.string().min(1),
-    sessionAffinity: z.literal("None", {
-      message: 'Unsupported sessionAffinity: only "None" is supported yet',
+    sessionAffinity: z.enum(["None", "ClientIP"], {
+      message: 'Unsupported sessionAffinity: expected "None" or "ClientIP"',
     }).default("None"),
+    sessionAffinityConfig: z.object({
+      clientIP: z.object({
+        timeoutSeconds: z.number().int().min(1).max(86400).optional(),
+      }).optional(),
+    }).optional(),
     ports: z.array(z.object({
       name: z.string().default(""),
       port: z.number().int().min(1).max(65535),
       targetPort: z.union([z.number().int().min(1).max(65535), z.string()]).optional(),
+      nodePort: z.number().int().min(1).max(65535).optional(),
       protocol: Protocol,
     })).min(1),
   }),
+  status: z.object({
+    loadBalancer: z.object({
+      ingress: z.array(z.object({ ip: z.string().optional() })).default([]),
+    }).default({ ingress: [] }),
+  }).optional(),
 });
 
 const K8sSlice = z.object({
@@ -48,7 +65,11 @@ const K8sSlice = z.object({
   })).default([]),
   endpoints: z.array(z.object({
     addresses: z.array(z.string()).min(1),
-    conditions: z.object({ ready: z.boolean().optional() }).default({}),
+    conditions: z.object({
+      ready: z.boolean().optional(),
+      serving: z.boolean().optional(),
+      terminating: z.boolean().optional(),
+    }).default({}),
   })).default([]),
 });
 
@@ -84,16 +105,40 @@ export function importKubernetesServices(text: string): ServiceInput[] {
       const backends = mine.flatMap((e) => {
         const sp = e.ports.find((x) => x.name === p.name && x.protocol === p.protocol);
         if (!sp) return [];
-        return e.endpoints.filter((ep) => ep.conditions.ready !== false)
-          .flatMap((ep) => ep.addresses.map((ip) => ({ ip, port: sp.port, weight: 1 })));
+        // Ready endpoints, and terminating ones still serving (they finish their connections and
+        // get no new ones); an endpoint that is neither is left out.
+        return e.endpoints.flatMap((ep) => {
+          const { ready, serving, terminating } = ep.conditions;
+          if (terminating === true) {
+            if (serving === false) return [];
+            return ep.addresses.map((ip) => ({ ip, port: sp.port, weight: 1, terminating }));
+          }
+          if (ready === false) return [];
+          return ep.addresses.map((ip) => ({ ip, port: sp.port, weight: 1 }));
+        });
       });
       const unique = [...new Map(backends.map((b) => [`${b.ip}:${b.port}`, b])).values()];
+      const lbIps = (s.status?.loadBalancer.ingress ?? []).flatMap((x) => x.ip ? [x.ip] : []);
       return {
         name: `${ns}/${s.metadata.name}`,
-        type: "ClusterIP" as const,
+        type: s.spec.type,
+        ...(s.spec.type !== "ClusterIP" && p.nodePort ? { nodePort: p.nodePort } : {}),
+        ...(s.spec.type === "LoadBalancer" && lbIps.length > 0 ? { loadBalancerIPs: lbIps } : {}),
         frontend: { ip: s.spec.clusterIP, port: p.port, protocol: p.protocol },
         algorithm: "random" as const,
+        ...(s.spec.sessionAffinity === "ClientIP"
+          ? {
+            sessionAffinity: "ClientIP" as const,
+            affinityTimeoutSeconds: s.spec.sessionAffinityConfig?.clientIP?.timeoutSeconds ??
+              10800,
+          }
+          : {}),
         backends: unique,
+        // For toServices: a selector stands for the backends' pods, none for their addresses.
+        ...(s.spec.selector && Object.keys(s.spec.selector).length > 0
+          ? { selector: s.spec.selector }
+          : {}),
+        ...(Object.keys(s.metadata.labels).length > 0 ? { labels: s.metadata.labels } : {}),
       };
     });
   });

@@ -1,7 +1,7 @@
 // Plans the service maps of bpf/lib/lb.h from service records: the whole wanted content of
-// cilia_lb_services, _slots, _backends and _revnat, diffed against what was written, as writes
-// in a safe order (new backends and slots before the services that point at them; deletes of
-// services before the slots and backends they used). Backend ids are stable per address while a
+// cilia_lb_services, _slots, _backends, _revnat and _affinity_match, diffed against what was
+// written, as writes in a safe order (new backends and slots before the services that point at
+// them; deletes of services before the slots and backends they used). Backend ids are stable per address while a
 // backend is in use (conntrack remembers them), and are read back after a restart (restore()).
 // Pure: no I/O; KernelSink does the writing and calls commit() only after it succeeded.
 import { decode, encode, LAYOUTS, num } from "../datapath/codecs.ts";
@@ -15,6 +15,7 @@ export const LB_MAPS = [
   "cilia_lb_slots",
   "cilia_lb_backends",
   "cilia_lb_revnat",
+  "cilia_lb_affinity_match",
 ] as const;
 export type LbMap = typeof LB_MAPS[number];
 
@@ -25,8 +26,19 @@ export interface LbWrite {
 }
 
 const PROTO = { TCP: 6, UDP: 17 } as const;
-const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-const unhex = (h: string) => new Uint8Array(h.match(/../g)!.map((x) => parseInt(x, 16)));
+// Map contents are kept as hex strings (cheap to compare and diff); 10,000 services are ~60,000
+// entries, so these two stay allocation-light.
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
+const hex = (b: Uint8Array) => {
+  let s = "";
+  for (let i = 0; i < b.length; i++) s += HEX[b[i]!];
+  return s;
+};
+const unhex = (h: string) => {
+  const out = new Uint8Array(h.length >> 1);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(h.slice(2 * i, 2 * i + 2), 16);
+  return out;
+};
 const addr16 = (ip: string) => {
   const a = new Uint8Array(16);
   a.set(parseIPv4(ip)!);
@@ -34,6 +46,25 @@ const addr16 = (ip: string) => {
 };
 
 type Content = Map<string, string>;
+
+/** lb.h's LB_SVC_F_AFFINITY: sessionAffinity ClientIP (cilia_lb_affinity_match holds the rest). */
+export const LB_SVC_F_AFFINITY = 1 << 0;
+
+/** lb.h's LB_SVC_F_EXTERNAL: a frontend for clients outside the cluster. */
+export const LB_SVC_F_EXTERNAL = 1 << 7;
+
+/** [address, port] of a service's NodePort (on each node address) and LoadBalancer frontends. */
+export function externalFrontends(
+  s: ServiceSpec,
+  nodeAddresses: readonly string[],
+): [string, number][] {
+  const out: [string, number][] = [];
+  if (s.type !== "ClusterIP" && s.nodePort) {
+    for (const ip of nodeAddresses) out.push([ip, s.nodePort]);
+  }
+  for (const ip of s.loadBalancerIPs ?? []) out.push([ip, s.frontend.port]);
+  return out;
+}
 
 export class LbState {
   readonly #written = new Map<LbMap, Content>(LB_MAPS.map((m) => [m, new Map()]));
@@ -59,13 +90,19 @@ export class LbState {
   }
 
   /** The writes that turn what was written into `services`; commit() once they succeeded. */
-  plan(services: readonly ServiceSpec[]): { writes: LbWrite[]; commit(): void } {
+  plan(
+    services: readonly ServiceSpec[],
+    opts: { nodePortAddresses?: readonly string[] } = {},
+  ): { writes: LbWrite[]; commit(): void } {
     const ids = this.#allocate(services);
     const want = new Map<LbMap, Content>(LB_MAPS.map((m) => [m, new Map()]));
     const put = (m: LbMap, k: Uint8Array, v: Uint8Array) => want.get(m)!.set(hex(k), hex(v));
     for (const s of services) {
       const proto = PROTO[s.frontend.protocol];
-      const named = s.backends.map((b) => ({ name: backendText(b), weight: b.weight }));
+      // Terminating backends keep their entry (established connections) but get no slot and no
+      // affinity (lb.h 7.).
+      const active = s.backends.filter((b) => !b.terminating);
+      const named = active.map((b) => ({ name: backendText(b), weight: b.weight }));
       const table = s.algorithm === "maglev" ? maglevTable(named) : weightedSlots(named);
       for (const b of s.backends) {
         put(
@@ -75,7 +112,7 @@ export class LbState {
         );
       }
       table.forEach((bi, slot) => {
-        const b = s.backends[bi]!;
+        const b = active[bi]!;
         put(
           "cilia_lb_slots",
           encode(LAYOUTS.lbSlotKey, { svc_id: s.id, slot }),
@@ -95,8 +132,36 @@ export class LbState {
           proto,
           family: 4,
         }),
-        encode(LAYOUTS.lbServiceValue, { slots: table.length, svc_id: s.id }),
+        encode(LAYOUTS.lbServiceValue, {
+          slots: table.length,
+          svc_id: s.id,
+          flags: s.sessionAffinity === "ClientIP" ? LB_SVC_F_AFFINITY : 0,
+        }),
       );
+      if (s.sessionAffinity === "ClientIP") {
+        for (const b of active) {
+          put(
+            "cilia_lb_affinity_match",
+            encode(LAYOUTS.lbAffinityMatchKey, {
+              backend_id: ids.get(`${backendText(b)}/${proto}`)!,
+              svc_id: s.id,
+            }),
+            encode(LAYOUTS.lbAffinityMatch, { timeout_s: s.affinityTimeoutSeconds! }),
+          );
+        }
+      }
+      // NodePort / LoadBalancer frontends: the same slots, served on the underlay (nodeport.h).
+      for (const [ip, port] of externalFrontends(s, opts.nodePortAddresses ?? [])) {
+        put(
+          "cilia_lb_services",
+          encode(LAYOUTS.lbServiceKey, { addr: addr16(ip), port, proto, family: 4 }),
+          encode(LAYOUTS.lbServiceValue, {
+            slots: table.length,
+            svc_id: s.id,
+            flags: LB_SVC_F_EXTERNAL,
+          }),
+        );
+      }
     }
     const diff = (m: LbMap) => {
       const have = this.#written.get(m)!, wanted = want.get(m)!;
@@ -115,7 +180,9 @@ export class LbState {
       only(d.cilia_lb_backends, "updates"),
       only(d.cilia_lb_slots, "updates"),
       only(d.cilia_lb_revnat, "updates"),
+      only(d.cilia_lb_affinity_match, "updates"),
       d.cilia_lb_services,
+      only(d.cilia_lb_affinity_match, "deletes"),
       only(d.cilia_lb_slots, "deletes"),
       only(d.cilia_lb_revnat, "deletes"),
       only(d.cilia_lb_backends, "deletes"),

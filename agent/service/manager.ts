@@ -20,8 +20,14 @@ import {
 export const SERVICE_PREFIX = "cilia/services/";
 
 export interface ServiceSink {
-  applyServices(services: readonly ServiceSpec[]): Promise<void>;
+  applyServices(
+    services: readonly ServiceSpec[],
+    opts?: { nodePortAddresses?: readonly string[] },
+  ): Promise<void>;
 }
+
+/** Kubernetes' default --service-node-port-range. */
+export const DEFAULT_NODE_PORT_RANGE = { min: 30000, max: 32767 } as const;
 
 /** A request the manager refuses (the API turns it into a 400 or 404). */
 export class ServiceError extends Error {
@@ -33,19 +39,67 @@ export class ServiceError extends Error {
 
 const enc = new TextEncoder(), dec = new TextDecoder();
 
+/** A stored record, or undefined when it is malformed (bad JSON, shape, or id). */
+function parseRecord(key: string, value: Uint8Array): ServiceSpec | undefined {
+  const id = Number(key.slice(SERVICE_PREFIX.length));
+  let json: unknown;
+  try {
+    json = JSON.parse(dec.decode(value));
+  } catch {
+    return undefined;
+  }
+  const r = ServiceInputSchema.safeParse(json);
+  if (!r.success || r.data.id !== id) return undefined;
+  try {
+    return normaliseService({ ...r.data, id });
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The stored records, read once, malformed ones left out: what the policy's toServices resolve
+ * against at startup, before the manager (which needs the node's addresses) follows them.
+ */
+export async function readServiceRecords(store: KvStore): Promise<ServiceSpec[]> {
+  const out: ServiceSpec[] = [];
+  for (const e of await store.list(SERVICE_PREFIX)) {
+    const s = parseRecord(e.key, e.value);
+    if (s) out.push(s);
+  }
+  return out.sort((a, b) => a.id - b.id);
+}
+
 export class ServiceManager {
   readonly #store: KvStore;
   readonly #sink: ServiceSink | undefined;
   readonly #log: Logger;
   readonly #podCidrs: string[];
+  readonly #nodePortRange: { min: number; max: number };
+  readonly #nodePortAddresses: string[];
+  readonly #onChange: ((services: readonly ServiceSpec[]) => Promise<void>) | undefined;
   readonly #records = new Map<number, ServiceSpec>();
   readonly #serial = new Serial();
 
-  constructor(o: { store: KvStore; sink?: ServiceSink; log: Logger; podCidrs?: string[] }) {
+  constructor(o: {
+    store: KvStore;
+    sink?: ServiceSink;
+    log: Logger;
+    podCidrs?: string[];
+    /** The nodePort values allowed (--node-port-range). */
+    nodePortRange?: { min: number; max: number };
+    /** This node's addresses that serve NodePort frontends (its node IP). */
+    nodePortAddresses?: string[];
+    /** Called with the records after every change (the policy's toServices follow them). */
+    onChange?: (services: readonly ServiceSpec[]) => Promise<void>;
+  }) {
     this.#store = o.store;
     this.#sink = o.sink;
     this.#log = o.log;
     this.#podCidrs = o.podCidrs ?? [];
+    this.#nodePortRange = o.nodePortRange ?? DEFAULT_NODE_PORT_RANGE;
+    this.#nodePortAddresses = o.nodePortAddresses ?? [];
+    this.#onChange = o.onChange;
   }
 
   list(): ServiceSpec[] {
@@ -76,12 +130,14 @@ export class ServiceManager {
   upsert(input: ServiceInput): Promise<{ service: ServiceSpec; created: boolean }> {
     return this.#serial.run(async () => {
       const parsed = ServiceInputSchema.parse(input);
-      const clash = this.#podCidrs.find((c) => inCidr(parsed.frontend.ip, c));
-      if (clash) {
-        throw new ServiceError(
-          "invalid",
-          `Invalid frontend "${parsed.frontend.ip}": it is inside the pod CIDR "${clash}"`,
-        );
+      for (const ip of [parsed.frontend.ip, ...(parsed.loadBalancerIPs ?? [])]) {
+        const clash = this.#podCidrs.find((c) => inCidr(ip, c));
+        if (clash) {
+          throw new ServiceError(
+            "invalid",
+            `Invalid frontend "${ip}": it is inside the pod CIDR "${clash}"`,
+          );
+        }
       }
       const existing = this.list().find((s) =>
         frontendText(s) === frontendText({ frontend: parsed.frontend })
@@ -95,9 +151,12 @@ export class ServiceManager {
         );
       }
       const id = parsed.id ?? existing?.id ?? this.#freeId();
+      const nodePort = parsed.type === "ClusterIP"
+        ? undefined
+        : this.#nodePort(id, parsed.frontend.protocol, parsed.nodePort ?? existing?.nodePort);
       let service: ServiceSpec;
       try {
-        service = normaliseService({ ...parsed, id });
+        service = normaliseService({ ...parsed, id, ...(nodePort ? { nodePort } : {}) });
       } catch (err) {
         throw new ServiceError("invalid", (err as Error).message);
       }
@@ -126,6 +185,33 @@ export class ServiceManager {
     });
   }
 
+  /** A nodePort in range and not used by another service of the protocol (the lowest free). */
+  #nodePort(id: number, protocol: "TCP" | "UDP", want: number | undefined): number {
+    const { min, max } = this.#nodePortRange;
+    const used = new Map(
+      this.list().filter((s) => s.id !== id && s.frontend.protocol === protocol && s.nodePort)
+        .map((s) => [s.nodePort!, s.id]),
+    );
+    if (want !== undefined) {
+      if (want < min || want > max) {
+        throw new ServiceError(
+          "invalid",
+          `Invalid nodePort ${want}: expected ${min}-${max} (--node-port-range)`,
+        );
+      }
+      const other = used.get(want);
+      if (other !== undefined) {
+        throw new ServiceError(
+          "invalid",
+          `Invalid nodePort ${want}: service ${other} already uses it for ${protocol}`,
+        );
+      }
+      return want;
+    }
+    for (let p = min; p <= max; p++) if (!used.has(p)) return p;
+    throw new ServiceError("invalid", `Cannot allocate a nodePort: all of ${min}-${max} in use`);
+  }
+
   #freeId(): number {
     for (let id = 1; id <= MAX_SERVICE_ID; id++) if (!this.#records.has(id)) return id;
     throw new ServiceError("invalid", `Cannot create a service: all ${MAX_SERVICE_ID} ids in use`);
@@ -133,19 +219,12 @@ export class ServiceManager {
 
   /** A stored record; a malformed one is skipped with a warning (never crashes the agent). */
   #take(key: string, value: Uint8Array): void {
-    const id = Number(key.slice(SERVICE_PREFIX.length));
-    let json: unknown;
-    try {
-      json = JSON.parse(dec.decode(value));
-    } catch {
-      json = undefined;
-    }
-    const r = ServiceInputSchema.safeParse(json);
-    if (!r.success || r.data.id !== id) {
+    const s = parseRecord(key, value);
+    if (s === undefined) {
       this.#log.warn("ignoring a malformed service record", { key });
       return;
     }
-    this.#records.set(id, normaliseService({ ...r.data, id }));
+    this.#records.set(s.id, s);
   }
 
   /** Watch changes: a failed write is logged and retried (1 s) until it succeeds. */
@@ -162,6 +241,11 @@ export class ServiceManager {
   }
 
   async #apply(): Promise<void> {
-    await this.#sink?.applyServices(this.list());
+    try {
+      await this.#onChange?.(this.list());
+    } catch (err) {
+      this.#log.error("cannot hand the services to the policy", { error: err });
+    }
+    await this.#sink?.applyServices(this.list(), { nodePortAddresses: this.#nodePortAddresses });
   }
 }

@@ -19,11 +19,26 @@ const port = z.number().int().min(1, "Invalid port: expected 1-65535").max(
   "Invalid port: expected 1-65535",
 );
 
+const labelMap = (what: string) =>
+  z.record(
+    z.string().min(1, `Invalid ${what}: empty label key`).max(
+      317,
+      `Invalid ${what}: label key longer than 317 characters`,
+    ),
+    z.string().max(63, `Invalid ${what}: label value longer than 63 characters`),
+  );
+
 export const BackendSchema = z.strictObject({
   ip: ipv4("backend address"),
   port,
   weight: z.number().int().min(1).max(100).default(1),
+  /** Finishing its connections: no new ones (EndpointSlice `conditions.terminating`). */
+  terminating: z.boolean().optional(),
 });
+
+/** Kubernetes' default sessionAffinityConfig.clientIP.timeoutSeconds (3 h), and its maximum. */
+export const DEFAULT_AFFINITY_TIMEOUT = 10800;
+export const MAX_AFFINITY_TIMEOUT = 86400;
 
 export const ServiceInputSchema = z.strictObject({
   id: z.number().int().min(1).max(MAX_SERVICE_ID).optional(),
@@ -31,7 +46,15 @@ export const ServiceInputSchema = z.strictObject({
   name: z.string().regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?\/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, {
     message: 'Invalid name: expected "namespace/name" (Kubernetes names)',
   }).optional(),
-  type: z.literal("ClusterIP").default("ClusterIP"),
+  /** NodePort and LoadBalancer frontends are served on the node's underlay (bpf/lib/nodeport.h). */
+  type: z.enum(["ClusterIP", "NodePort", "LoadBalancer"], {
+    message: 'Invalid type: expected "ClusterIP", "NodePort" or "LoadBalancer"',
+  }).default("ClusterIP"),
+  /** NodePort/LoadBalancer: the port on every node's IP (default: the lowest free in range). */
+  nodePort: port.optional(),
+  /** LoadBalancer: addresses outside clients use with the frontend port. */
+  loadBalancerIPs: z.array(ipv4("LoadBalancer address")).max(16, "At most 16 addresses")
+    .optional(),
   frontend: z.strictObject({
     ip: ipv4("frontend address"),
     port,
@@ -40,7 +63,43 @@ export const ServiceInputSchema = z.strictObject({
     }).default("TCP"),
   }),
   algorithm: z.enum(["random", "maglev"]).default("random"),
+  /** ClientIP: a client's new connections go to its last backend until the timeout (lb.h 6.). */
+  sessionAffinity: z.enum(["None", "ClientIP"], {
+    message: 'Invalid sessionAffinity: expected "None" or "ClientIP"',
+  }).optional(),
+  /** Seconds since the client's last new connection (ClientIP only; default 10800). */
+  affinityTimeoutSeconds: z.number().int().min(
+    1,
+    "Invalid affinityTimeoutSeconds: expected 1-86400",
+  )
+    .max(MAX_AFFINITY_TIMEOUT, "Invalid affinityTimeoutSeconds: expected 1-86400").optional(),
   backends: z.array(BackendSchema).max(MAX_BACKENDS, `At most ${MAX_BACKENDS} backends`),
+  /** The Kubernetes Service's pod selector (none: a selector-less service); for toServices. */
+  selector: labelMap("selector").optional(),
+  /** The Kubernetes Service's own labels (what `k8sServiceSelector` matches). */
+  labels: labelMap("labels").optional(),
+}).superRefine((s, ctx) => {
+  if (s.affinityTimeoutSeconds !== undefined && s.sessionAffinity !== "ClientIP") {
+    ctx.addIssue({
+      code: "custom",
+      path: ["affinityTimeoutSeconds"],
+      message: 'Invalid affinityTimeoutSeconds: only with sessionAffinity "ClientIP"',
+    });
+  }
+  if (s.nodePort !== undefined && s.type === "ClusterIP") {
+    ctx.addIssue({
+      code: "custom",
+      path: ["nodePort"],
+      message: 'Invalid nodePort: only a "NodePort" or "LoadBalancer" service has one',
+    });
+  }
+  if (s.loadBalancerIPs !== undefined && s.type !== "LoadBalancer") {
+    ctx.addIssue({
+      code: "custom",
+      path: ["loadBalancerIPs"],
+      message: 'Invalid loadBalancerIPs: only a "LoadBalancer" service has them',
+    });
+  }
 });
 
 export type ServiceInput = z.input<typeof ServiceInputSchema>;
@@ -62,8 +121,16 @@ export function normaliseService(s: ServiceSpec): ServiceSpec {
   }
   const backends = [...s.backends].sort((a, b) =>
     ipNumber(a.ip) - ipNumber(b.ip) || a.port - b.port
-  );
-  return { ...s, backends };
+  ).map(({ terminating, ...b }) => terminating ? { ...b, terminating } : b);
+  // One spelling: no affinity is no field; ClientIP always carries its timeout.
+  const { sessionAffinity, affinityTimeoutSeconds, ...rest } = s;
+  const affinity = sessionAffinity === "ClientIP"
+    ? {
+      sessionAffinity,
+      affinityTimeoutSeconds: affinityTimeoutSeconds ?? DEFAULT_AFFINITY_TIMEOUT,
+    }
+    : {};
+  return { ...rest, ...affinity, backends };
 }
 
 export function ipNumber(ip: string): number {

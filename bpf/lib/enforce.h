@@ -19,8 +19,11 @@
  *    reason; addresses of proxied connections are restored before conntrack and policy, so both
  *    see the client and the server, never the proxy.
  * 8. Services (lb.h) are translated before conntrack and policy: both see the chosen backend
- *    (and its identity), never the service address; a service without a backend drops
- *    (DROP_NO_SERVICE).
+ *    (and its identity), never the service address; a service without a backend drops the
+ *    packet (DROP_NO_SERVICE, reported) and answers the pod with ICMP port unreachable, as
+ *    kube-proxy's REJECT does (lb_reject). Hairpin packets (a backend reaching itself through
+ *    its service, lb.h 8. and 9.) go back into the pod once egress policy passed them; its
+ *    replies go back in as soon as they are translated (replies of its own connection).
  */
 #pragma once
 
@@ -45,6 +48,7 @@ struct enforce_ctx {
 	__u8 dir;
 	__u8 ct_state;
 	__u8 match; /* POLICY_MATCH_*, once policy was looked up */
+	__u8 hairpin; /* lb.h 8.: the pod's connection to itself through a service */
 };
 
 static __always_inline void event_fill(struct cilia_event *ev, const struct enforce_ctx *c,
@@ -89,6 +93,16 @@ static __always_inline int enforce_pass(struct __sk_buff *skb, const struct enfo
 		event_send(skb, &ev);
 	}
 	return TC_ACT_OK;
+}
+
+/* A packet policy passed: out of the endpoint into the tunnel directly (tunnel.h, 6.). */
+static __always_inline int enforce_forward(struct __sk_buff *skb, const struct enforce_ctx *c,
+					   int trace)
+{
+	enforce_pass(skb, c, trace);
+	if (c->hairpin)
+		return lb_hairpin_redirect(skb);
+	return c->dir == DIR_EGRESS ? tunnel_send(skb) : TC_ACT_OK;
 }
 
 /* Invariant 7: a packet of a redirected connection goes to the proxy (counted as forwarded). */
@@ -162,6 +176,17 @@ static __always_inline int enforce(struct __sk_buff *skb, __u8 dir)
 	if (dir == DIR_EGRESS && !enforce_source_ok(ep, &c.p))
 		return enforce_drop(skb, &c, DROP_INVALID_SIP);
 	ret = lb_translate(skb, &c.p, c.ep_id, dir); /* invariant 8 */
+	if (ret == LB_HAIRPIN_REPLY) {
+		enforce_pass(skb, &c, 0);
+		return lb_hairpin_redirect(skb);
+	}
+	c.hairpin = ret == LB_HAIRPIN;
+	if (c.hairpin)
+		ret = 0;
+	if (ret == DROP_NO_SERVICE && dir == DIR_EGRESS) {
+		enforce_drop(skb, &c, ret);
+		return lb_reject(skb);
+	}
 	if (ret)
 		return enforce_drop(skb, &c, ret);
 	if (ep->flags & EP_F_ENFORCEMENT_DISABLED)
@@ -185,7 +210,7 @@ static __always_inline int enforce(struct __sk_buff *skb, __u8 dir)
 		int first = !(ct->flags & CT_F_SEEN_REPLY);
 
 		ct_update(ct, &c.p, 1, skb->len, now);
-		return enforce_pass(skb, &c, first);
+		return enforce_forward(skb, &c, first);
 	}
 
 	dd = ep->flags & (dir == DIR_EGRESS ? EP_F_EGRESS_DEFAULT_DENY : EP_F_INGRESS_DEFAULT_DENY);
@@ -203,12 +228,12 @@ static __always_inline int enforce(struct __sk_buff *skb, __u8 dir)
 		ct_update(ct, &c.p, 0, skb->len, now);
 		if (res.verdict == VERDICT_REDIRECT)
 			return enforce_to_proxy(skb, &c, res.proxy_port, 0);
-		return enforce_pass(skb, &c, 0);
+		return enforce_forward(skb, &c, 0);
 	}
 	ret = ct_create(&c.p, c.ep_id, dir, peer, res.verdict == VERDICT_REDIRECT, skb->len, now);
 	if (ret)
 		return enforce_drop(skb, &c, ret);
 	if (res.verdict == VERDICT_REDIRECT)
 		return enforce_to_proxy(skb, &c, res.proxy_port, 1);
-	return enforce_pass(skb, &c, 1);
+	return enforce_forward(skb, &c, 1);
 }

@@ -3,7 +3,7 @@
  * to it, and the choice is kept in conntrack; the replies get the service address back as their
  * source at the client's hook. It runs before conntrack and policy (enforce.h), so both see the
  * real backend and its identity. It decides no policy. It owns four maps the agent writes as
- * diffs (agent/service/lb_state.ts):
+ * diffs (agent/service/lb_state.ts), and two for session affinity (6. below):
  *
  * - cilia_lb_services: {VIP, port, proto, family} → {slot count, service id, flags}.
  * - cilia_lb_slots: {service id, slot} → backend id. The agent fills the slots: a Maglev table
@@ -22,18 +22,21 @@
  *    whose backend was removed picks a new one (its TCP peer then resets it): removing a
  *    backend ends only the connections to it.
  * 3. A service with no slots, or a slot or backend that is missing, drops the new connection with
- *    DROP_NO_SERVICE (158): never passed to the VIP, which no one owns.
+ *    DROP_NO_SERVICE (158): never passed to the VIP, which no one owns. The pod gets ICMP port
+ *    unreachable from the VIP (lb_reject), so its connect fails at once, as with kube-proxy.
  * 4. The reverse NAT rewrites the packet only: conntrack and policy at the client's ingress see
  *    the backend (the tuple the client's egress entry was created with).
  * 5. A rewrite that fails drops (DROP_CSUM_L4); the IP and TCP/UDP checksums are fixed (a UDP
  *    checksum of 0 stays "none").
- * Not yet: IPv6, NodePort, session affinity, hairpin (a backend connecting to its own service).
+ * Session affinity and terminating backends: 6. and 7. below; hairpin: 8. and 9.
+ * Not yet: IPv6.
  */
 #pragma once
 
 #include "common.h"
 #include "parse.h"
 #include "conntrack.h"
+#include "unreach.h"
 
 struct lb_service_key {
 	__u8 addr[16]; /* IPv4: the first 4 bytes, the rest 0 */
@@ -46,9 +49,13 @@ _Static_assert(sizeof(struct lb_service_key) == 20, "lb_service_key size");
 struct lb_service_value {
 	__u32 slots;   /* entries in cilia_lb_slots; 0 = no backends (3.) */
 	__u16 svc_id;  /* the service's id, and its reverse-NAT id */
-	__u8 flags;
+	__u8 flags;    /* LB_SVC_F_* */
 	__u8 pad;
 };
+
+/* A NodePort or LoadBalancer frontend: served on the underlay by nodeport.h, not here (its
+ * replies would need this frontend, not the service's ClusterIP, as their source). */
+#define LB_SVC_F_EXTERNAL (1 << 7)
 _Static_assert(sizeof(struct lb_service_value) == 8, "lb_service_value size");
 
 struct lb_slot_key {
@@ -201,6 +208,166 @@ static __always_inline __u32 lb_select(const struct lb_service_value *svc, const
 	return v ? v->backend_id : 0;
 }
 
+/* Session affinity (sessionAffinity: ClientIP), Cilium's shape:
+ * - cilia_lb_affinity (LRU, written by the datapath only): {client address, service id} →
+ *   {backend id, time of the client's last new connection to the service}.
+ * - cilia_lb_affinity_match (written by the agent): {backend id, service id} → {timeout in
+ *   seconds}, one entry per backend of an affinity service that takes new connections.
+ * 6. A new connection of a client with a live affinity entry (its last new connection to the
+ *    service within the timeout) goes to that backend if {backend, service} is still in
+ *    cilia_lb_affinity_match and the backend exists; otherwise (expired, removed from the
+ *    service, terminating, gone) a backend is picked as usual and becomes the client's.
+ * 7. Terminating backends are in neither the slots nor cilia_lb_affinity_match: they get no
+ *    new connections, and keep their established ones (2.).
+ */
+#define LB_SVC_F_AFFINITY (1 << 0)
+
+struct lb_affinity_key {
+	__u8 addr[16]; /* the client's address; IPv4: the first 4 bytes */
+	__u16 svc_id;
+	__u8 family;
+	__u8 pad;
+};
+_Static_assert(sizeof(struct lb_affinity_key) == 20, "lb_affinity_key size");
+
+struct lb_affinity {
+	__u64 last_used; /* bpf_ktime_get_ns() of the client's last new connection */
+	__u32 backend_id;
+	__u32 pad;
+};
+_Static_assert(sizeof(struct lb_affinity) == 16, "lb_affinity size");
+
+struct lb_affinity_match_key {
+	__u32 backend_id;
+	__u16 svc_id;
+	__u16 pad;
+};
+_Static_assert(sizeof(struct lb_affinity_match_key) == 8, "lb_affinity_match_key size");
+
+struct lb_affinity_match {
+	__u32 timeout_s;
+};
+_Static_assert(sizeof(struct lb_affinity_match) == 4, "lb_affinity_match size");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb_affinity_key);
+	__type(value, struct lb_affinity);
+	__uint(max_entries, 65536);
+} cilia_lb_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb_affinity_match_key);
+	__type(value, struct lb_affinity_match);
+	__uint(max_entries, 1 << 18);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} cilia_lb_affinity_match SEC(".maps");
+
+/* 6.: the client's backend by affinity, or 0. */
+static __always_inline __u32 lb_affinity_get(const struct lb_affinity_key *ak, __u64 now)
+{
+	struct lb_affinity_match_key mk = { .svc_id = ak->svc_id };
+	struct lb_affinity_match *m;
+	struct lb_affinity *a;
+
+	a = bpf_map_lookup_elem(&cilia_lb_affinity, ak);
+	if (!a)
+		return 0;
+	mk.backend_id = a->backend_id;
+	m = bpf_map_lookup_elem(&cilia_lb_affinity_match, &mk);
+	if (!m || now - a->last_used > (__u64)m->timeout_s * 1000000000ULL)
+		return 0;
+	return a->backend_id;
+}
+
+/* Picks the backend of a new connection: by affinity (6.), else by slot (lb_select). The
+ * backend's entry, or 0 when there is none (3.); bk gets its id. */
+static __always_inline struct lb_backend *lb_choose(const struct lb_service_value *svc,
+						    const struct pkt *p, struct lb_backend_key *bk,
+						    __u64 now)
+{
+	struct lb_affinity_key ak = { .svc_id = svc->svc_id, .family = FAMILY_IPV4 };
+	struct lb_affinity a = { .last_used = now };
+	struct lb_backend *be = 0;
+
+	if (svc->flags & LB_SVC_F_AFFINITY) {
+		*(__u32 *)ak.addr = *(const __u32 *)p->tuple.saddr;
+		bk->backend_id = lb_affinity_get(&ak, now);
+		if (bk->backend_id)
+			be = bpf_map_lookup_elem(&cilia_lb_backends, bk);
+	}
+	if (!be) {
+		bk->backend_id = lb_select(svc, p);
+		be = bk->backend_id ? bpf_map_lookup_elem(&cilia_lb_backends, bk) : 0;
+	}
+	if (be && (svc->flags & LB_SVC_F_AFFINITY)) {
+		a.backend_id = bk->backend_id;
+		bpf_map_update_elem(&cilia_lb_affinity, &ak, &a, BPF_ANY);
+	}
+	return be;
+}
+
+/* Hairpin: a backend connecting to its own service (Cilium's shape, its loopback address).
+ * 8. A connection whose backend is the client itself also gets the source LB_HAIRPIN_ADDR
+ *    (169.254.42.1): the pod would drop a packet from its own address arriving on eth0. Its
+ *    reverse entry is keyed by the translated tuple {LB_HAIRPIN_ADDR:sport → backend}, and
+ *    conntrack and egress policy see that tuple (the pod's own identity as the peer).
+ * 9. Hairpin packets go straight back into the pod (lb_hairpin_redirect) once egress policy
+ *    passed them; the pod's replies to LB_HAIRPIN_ADDR are turned back (source VIP:port,
+ *    destination the pod's sport) before conntrack and policy and go straight back in too, as
+ *    replies of the pod's own connection. Ingress policy does not see them: the pod talks to
+ *    itself. A packet to LB_HAIRPIN_ADDR without a hairpin connection is left alone (world).
+ */
+#define LB_HAIRPIN_ADDR bpf_htonl(0xa9fe2a01)
+#define LB_HAIRPIN 1	   /* lb_translate: a hairpin packet, to go back into the pod */
+#define LB_HAIRPIN_REPLY 2 /* lb_translate: a hairpin reply, translated: back into the pod */
+
+/* 9.: the packet goes back into the pod it came from (ethernet addresses swapped). */
+static __always_inline int lb_hairpin_redirect(struct __sk_buff *skb)
+{
+	__u8 eth[12], swapped[12];
+
+	if (bpf_skb_load_bytes(skb, 0, eth, 12) < 0)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(swapped, &eth[6], 6);
+	__builtin_memcpy(&swapped[6], eth, 6);
+	if (bpf_skb_store_bytes(skb, 0, swapped, 12, 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect_peer(skb->ifindex, 0);
+}
+
+/* 9.: a reply of the pod to LB_HAIRPIN_ADDR: source VIP:port, destination the pod's sport. */
+static __always_inline int lb_hairpin_reply(struct __sk_buff *skb, struct pkt *p, __u16 ep_id)
+{
+	struct ct_key key = { .ep_id = ep_id, .dir = DIR_SERVICE };
+	struct lb_revnat_key rk = {};
+	struct lb_revnat *rn;
+	struct ct_entry *e;
+	__u64 now = bpf_ktime_get_ns();
+	__be32 self = *(const __be32 *)p->tuple.saddr, vip;
+	__be16 vport;
+	int ret;
+
+	ct_reverse(&key.tuple, &p->tuple);
+	e = ct_find(&key, now);
+	if (!e || !e->rev_nat)
+		return 0;
+	rk.svc_id = e->rev_nat;
+	rn = bpf_map_lookup_elem(&cilia_lb_revnat, &rk);
+	if (!rn)
+		return 0;
+	ct_update(e, p, 1, skb->len, now);
+	vip = *(const __be32 *)rn->addr;
+	vport = rn->port;
+	ret = lb_rewrite(skb, 1, self, vip, p->tuple.sport, vport, p->tuple.proto);
+	if (ret)
+		return ret;
+	ret = lb_rewrite(skb, 0, LB_HAIRPIN_ADDR, self, p->tuple.dport, p->tuple.dport,
+			 p->tuple.proto);
+	return ret ? ret : LB_HAIRPIN_REPLY;
+}
+
 /* From the client: a packet to a service address is DNATed to its connection's backend. */
 static __always_inline int lb_dnat(struct __sk_buff *skb, struct pkt *p, __u16 ep_id)
 {
@@ -213,13 +380,14 @@ static __always_inline int lb_dnat(struct __sk_buff *skb, struct pkt *p, __u16 e
 	struct ct_entry *e;
 	struct ct_tuple to;
 	__be32 vip = *(const __be32 *)p->tuple.daddr, bip;
+	__be32 self = *(const __be32 *)p->tuple.saddr;
 	__u64 now;
 	__u16 svc_id;
-	int ret;
+	int ret, hairpin;
 
 	*(__be32 *)sk.addr = vip;
 	svc = bpf_map_lookup_elem(&cilia_lb_services, &sk);
-	if (!svc)
+	if (!svc || (svc->flags & LB_SVC_F_EXTERNAL))
 		return 0;
 	svc_id = svc->svc_id;
 	now = bpf_ktime_get_ns();
@@ -232,8 +400,7 @@ static __always_inline int lb_dnat(struct __sk_buff *skb, struct pkt *p, __u16 e
 			ct_update(e, p, 0, skb->len, now);
 	}
 	if (!be) { /* a new connection, or its backend was removed (2.) */
-		bk.backend_id = lb_select(svc, p);
-		be = bk.backend_id ? bpf_map_lookup_elem(&cilia_lb_backends, &bk) : 0;
+		be = lb_choose(svc, p, &bk, now);
 		if (!be)
 			return DROP_NO_SERVICE;
 		e = 0;
@@ -242,6 +409,9 @@ static __always_inline int lb_dnat(struct __sk_buff *skb, struct pkt *p, __u16 e
 	to = p->tuple;
 	*(__be32 *)to.daddr = bip;
 	to.dport = be->port;
+	hairpin = bip == self; /* 8. */
+	if (hairpin)
+		*(__be32 *)to.saddr = LB_HAIRPIN_ADDR;
 	if (!e) {
 		ret = lb_ct_create(p, &to, ep_id, bk.backend_id, svc_id, skb->len, now);
 		if (ret)
@@ -253,11 +423,14 @@ static __always_inline int lb_dnat(struct __sk_buff *skb, struct pkt *p, __u16 e
 			ct_update(e, p, 0, skb->len, now);
 	}
 	ret = lb_rewrite(skb, 0, vip, bip, p->tuple.dport, to.dport, p->tuple.proto);
+	if (!ret && hairpin)
+		ret = lb_rewrite(skb, 1, self, LB_HAIRPIN_ADDR, p->tuple.sport, p->tuple.sport,
+				 p->tuple.proto);
 	if (ret)
 		return ret;
 	p->tuple = to;
 	p->policy_port = bpf_ntohs(to.dport);
-	return 0;
+	return hairpin ? LB_HAIRPIN : 0;
 }
 
 /* To the client: a reply of a service connection gets the service address as its source (4.). */
@@ -291,12 +464,26 @@ static __always_inline int lb_rev_nat(struct __sk_buff *skb, const struct pkt *p
 			  p->tuple.proto);
 }
 
-/* The hook enforce.h calls after the source check, before conntrack and policy: 0 or a DROP_*. */
+/* The hook enforce.h calls after the source check, before conntrack and policy: 0, a DROP_*, or
+ * LB_HAIRPIN / LB_HAIRPIN_REPLY (8., 9.). */
 static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p, __u16 ep_id,
 					__u8 dir)
 {
 	if (p->tuple.family != FAMILY_IPV4 ||
 	    (p->tuple.proto != PROTO_TCP && p->tuple.proto != PROTO_UDP))
 		return 0; /* 1. */
-	return dir == DIR_EGRESS ? lb_dnat(skb, p, ep_id) : lb_rev_nat(skb, p, ep_id);
+	if (dir != DIR_EGRESS)
+		return lb_rev_nat(skb, p, ep_id);
+	if (*(const __be32 *)p->tuple.daddr == LB_HAIRPIN_ADDR)
+		return lb_hairpin_reply(skb, p, ep_id);
+	return lb_dnat(skb, p, ep_id);
+}
+
+/* 3.: the packet (from a pod, at its veth's tc ingress) becomes ICMP port unreachable from the
+ * service address and goes straight back into the pod (the veth's peer). */
+static __always_inline int lb_reject(struct __sk_buff *skb)
+{
+	if (unreach_build(skb))
+		return TC_ACT_SHOT;
+	return bpf_redirect_peer(skb->ifindex, 0);
 }

@@ -2,8 +2,8 @@
  * restores addresses on the way back, without IP_TRANSPARENT (the proxy is a Deno process and
  * cannot set it). It owns three maps the agent shares with the proxy:
  *
- * - cilia_proxy_cfg: the node's proxy address (the pod gateway on cilia_host) and that device's
- *   ifindex and MAC, written by the agent at start.
+ * - cilia_proxy_cfg: the node's proxy addresses (the pod gateways on cilia_host, IPv4 and IPv6)
+ *   and that device's ifindex and MAC, written by the agent at start.
  * - cilia_proxy_orig: client ip:port + proxy port → the original destination, the endpoint and
  *   direction whose policy redirected, and both identities. Written here on the SYN, before the
  *   DNAT; the proxy reads it for each accepted connection; replies from the proxy are
@@ -16,9 +16,13 @@
  * cilia_proxy_orig entry, since a datagram has no SYN; the proxy answers from the gateway and the
  * answer is reverse-NATed like a TCP reply, so the pod sees it come from the server it asked.
  *
+ * Addresses are 16 bytes (IPv4 in the first 4, the rest zero) and keys carry the family.
+ *
  * Invariants (fail closed):
- * 1. Only IPv4 TCP and UDP can be redirected; any other redirected packet drops
+ * 1. Only IPv4 TCP and UDP and IPv6 TCP can be redirected; any other redirected packet drops
  *    (DROP_PROXY_UNKNOWN_PROTO). The agent gives UDP entries a proxy port only for DNS rules.
+ *    An IPv6 redirect needs the IPv6 proxy address, and IPv6 packets with extension headers
+ *    cannot be rewritten (DROP_PROXY_SET_FAILED).
  * 2. A redirect needs the proxy address (cfg), a proxy port in the entry, and, for every new
  *    connection (SYN) and every UDP datagram, a socket there: bpf_sk_lookup_tcp() /
  *    bpf_sk_lookup_udp() must find one, so a proxy that is down drops
@@ -29,7 +33,9 @@
  * 4. The upstream leg keeps the client's identity: the receiving endpoint's policy is looked up
  *    with the identity the proxy wrote, and it skips the redirect only when the proxy judged this
  *    very (endpoint, direction). Any other redirect on the upstream leg (an egress L7 rule and an
- *    ingress L7 rule on one path) drops (DROP_PROXY_UNKNOWN_PROTO): chains are not supported yet.
+ *    ingress L7 rule on one path) drops (DROP_PROXY_UNKNOWN_PROTO). Two L7 hops on one node
+ *    are judged by the first proxy: it judges the server's ingress policy too and names that
+ *    endpoint in the entry (ingress_ep_id).
  * 5. Address rewrites fix the IP and TCP/UDP checksums (a UDP checksum of 0 stays "none"); a
  *    failed rewrite drops (DROP_PROXY_SET_FAILED).
  */
@@ -38,25 +44,31 @@
 #include <linux/in.h>
 #include "common.h"
 #include "parse.h"
-#include "conntrack.h"
+
+/* TCP flags, as conntrack.h has them (proxy.h also serves overlay.o, which has no conntrack). */
+#define TCP_SYN 0x02
+#define TCP_ACK 0x10
 
 struct proxy_cfg {
 	__be32 gw_ipv4; /* the proxy's address; 0 = no proxy on this node */
 	__u32 host_ifindex; /* cilia_host: ingress redirects enter the stack there */
 	__u8 host_mac[6];
 	__u8 pad[2];
+	__u8 gw_ipv6[16]; /* zero = no IPv6 redirects */
 };
-_Static_assert(sizeof(struct proxy_cfg) == 16, "proxy_cfg size");
+_Static_assert(sizeof(struct proxy_cfg) == 32, "proxy_cfg size");
 
 struct proxy_orig_key {
-	__be32 client_ip;
+	__u8 client_ip[16];
 	__be16 client_port;
 	__be16 proxy_port;
+	__u8 family;
+	__u8 pad[3];
 };
-_Static_assert(sizeof(struct proxy_orig_key) == 8, "proxy_orig_key size");
+_Static_assert(sizeof(struct proxy_orig_key) == 24, "proxy_orig_key size");
 
 struct proxy_orig_value {
-	__be32 orig_ip;
+	__u8 orig_ip[16];
 	__be16 orig_port;
 	__u16 ep_id; /* the endpoint whose policy redirected */
 	__u32 src_identity;
@@ -65,17 +77,19 @@ struct proxy_orig_value {
 	__u8 dir;     /* DIR_* of that policy */
 	__u8 pad[3];
 };
-_Static_assert(sizeof(struct proxy_orig_value) == 24, "proxy_orig_value size");
+_Static_assert(sizeof(struct proxy_orig_value) == 36, "proxy_orig_value size");
 
 struct proxy_nat_key {
-	__be32 server_ip;
+	__u8 server_ip[16];
 	__be16 server_port;
 	__be16 local_port; /* the proxy's upstream port */
+	__u8 family;
+	__u8 pad[3];
 };
-_Static_assert(sizeof(struct proxy_nat_key) == 8, "proxy_nat_key size");
+_Static_assert(sizeof(struct proxy_nat_key) == 24, "proxy_nat_key size");
 
 struct proxy_nat_value {
-	__be32 client_ip;
+	__u8 client_ip[16];
 	__u32 identity; /* the client's */
 	__u16 ep_id;    /* the proxy judged this endpoint's policy… */
 	__u8 dir;       /* …in this DIR_* */
@@ -83,7 +97,7 @@ struct proxy_nat_value {
 	__u16 ingress_ep_id; /* and also this endpoint's ingress policy (0 = none) */
 	__u16 pad2;
 };
-_Static_assert(sizeof(struct proxy_nat_value) == 16, "proxy_nat_value size");
+_Static_assert(sizeof(struct proxy_nat_value) == 28, "proxy_nat_value size");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -125,14 +139,51 @@ static __always_inline struct proxy_cfg *proxy_config(void)
 /* Is this a packet the proxy can take (invariant 1)? */
 static __always_inline int proxy_proto_ok(const struct pkt *p)
 {
+	if (p->tuple.family == FAMILY_IPV6)
+		return p->tuple.proto == PROTO_TCP;
 	return p->tuple.family == FAMILY_IPV4 &&
 	       (p->tuple.proto == PROTO_TCP || p->tuple.proto == PROTO_UDP);
 }
 
+/* The proxy's address in the packet's family, as 16 bytes; 0 when it has none. */
+static __always_inline int proxy_gw(const struct proxy_cfg *cfg, __u8 family, __u8 *gw)
+{
+	__builtin_memset(gw, 0, 16);
+	if (family == FAMILY_IPV4) {
+		*(__be32 *)gw = cfg->gw_ipv4;
+		return 1;
+	}
+	addr_copy16(gw, cfg->gw_ipv6);
+	return !addr_zero16(gw);
+}
+
+/* IPv6: rewrites the source (src = 1) or destination address and port of a TCP packet without
+ * extension headers (1.); the pseudo-header sum changes by the address difference (5.). */
+static __always_inline int proxy_rewrite6(struct __sk_buff *skb, int src, const __u8 *old_ip,
+					  const __u8 *new_ip, __be16 old_port, __be16 new_port)
+{
+	__u32 l4 = ETH_HLEN + 40, csum_off = l4 + 16;
+	__u8 nh;
+	__s64 diff;
+
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + 6, &nh, 1) < 0 || nh != PROTO_TCP)
+		return DROP_PROXY_SET_FAILED;
+	diff = bpf_csum_diff((__be32 *)old_ip, 16, (__be32 *)new_ip, 16, 0);
+	if (diff < 0 || bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + (src ? 8 : 24), new_ip, 16, 0) < 0)
+		return DROP_PROXY_SET_FAILED;
+	if (old_port == new_port)
+		return 0;
+	if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port, 2) < 0 ||
+	    bpf_skb_store_bytes(skb, l4 + (src ? 0 : 2), &new_port, 2, 0) < 0)
+		return DROP_PROXY_SET_FAILED;
+	return 0;
+}
+
 /* Rewrites the source (src = 1) or destination address and port of an IPv4 TCP or UDP packet
  * (5.: the UDP checksum sits at offset 6, and 0 there means "none", which must stay 0). */
-static __always_inline int proxy_rewrite(struct __sk_buff *skb, int src, __be32 old_ip,
-					 __be32 new_ip, __be16 old_port, __be16 new_port)
+static __always_inline int proxy_rewrite4(struct __sk_buff *skb, int src, __be32 old_ip,
+					  __be32 new_ip, __be16 old_port, __be16 new_port)
 {
 	__u32 ip_off = ETH_HLEN + (src ? 12 : 16);
 	__u32 l4, port_off, csum_off = 16;
@@ -161,6 +212,17 @@ static __always_inline int proxy_rewrite(struct __sk_buff *skb, int src, __be32 
 	return 0;
 }
 
+/* Either family; addresses are 16 bytes (IPv4 in the first 4). */
+static __always_inline int proxy_rewrite(struct __sk_buff *skb, __u8 family, int src,
+					 const __u8 *old_ip, const __u8 *new_ip, __be16 old_port,
+					 __be16 new_port)
+{
+	if (family == FAMILY_IPV6)
+		return proxy_rewrite6(skb, src, old_ip, new_ip, old_port, new_port);
+	return proxy_rewrite4(skb, src, *(const __be32 *)old_ip, *(const __be32 *)new_ip,
+			      old_port, new_port);
+}
+
 /* Before conntrack: give the packets of proxied connections the addresses their endpoint expects.
  * Toward an endpoint: proxy → client replies get the original destination back as source;
  * proxy → server packets get the client's address (and hop says whose identity). From an
@@ -170,28 +232,32 @@ static __always_inline int proxy_restore(struct __sk_buff *skb, struct pkt *p, _
 					 __u16 ep_id, struct proxy_hop *hop)
 {
 	struct proxy_cfg *cfg;
-	__be32 saddr, daddr;
+	__u8 gw[16];
 
 	__builtin_memset(hop, 0, sizeof(*hop));
 	if (!proxy_proto_ok(p))
 		return 0;
 	cfg = proxy_config();
-	if (!cfg)
+	if (!cfg || !proxy_gw(cfg, p->tuple.family, gw))
 		return 0;
-	saddr = *(__be32 *)p->tuple.saddr;
-	daddr = *(__be32 *)p->tuple.daddr;
-	if (dir == DIR_INGRESS && saddr == cfg->gw_ipv4) {
-		struct proxy_orig_key ok = { .client_ip = daddr, .client_port = p->tuple.dport,
-					     .proxy_port = p->tuple.sport };
-		struct proxy_nat_key nk = { .server_ip = daddr, .server_port = p->tuple.dport,
-					    .local_port = p->tuple.sport };
-		struct proxy_orig_value *o = bpf_map_lookup_elem(&cilia_proxy_orig, &ok);
+	if (dir == DIR_INGRESS && addr_eq16(p->tuple.saddr, gw)) {
+		struct proxy_orig_key ok = { .client_port = p->tuple.dport,
+					     .proxy_port = p->tuple.sport,
+					     .family = p->tuple.family };
+		struct proxy_nat_key nk = { .server_port = p->tuple.dport,
+					    .local_port = p->tuple.sport,
+					    .family = p->tuple.family };
+		struct proxy_orig_value *o;
 		struct proxy_nat_value *n;
 
+		addr_copy16(ok.client_ip, p->tuple.daddr);
+		addr_copy16(nk.server_ip, p->tuple.daddr);
+		o = bpf_map_lookup_elem(&cilia_proxy_orig, &ok);
 		if (o) {
-			if (proxy_rewrite(skb, 1, saddr, o->orig_ip, p->tuple.sport, o->orig_port))
+			if (proxy_rewrite(skb, p->tuple.family, 1, gw, o->orig_ip, p->tuple.sport,
+					  o->orig_port))
 				return DROP_PROXY_SET_FAILED;
-			*(__be32 *)p->tuple.saddr = o->orig_ip;
+			addr_copy16(p->tuple.saddr, o->orig_ip);
 			p->tuple.sport = o->orig_port;
 			p->event_sport = bpf_ntohs(o->orig_port);
 			return 0;
@@ -199,21 +265,24 @@ static __always_inline int proxy_restore(struct __sk_buff *skb, struct pkt *p, _
 		n = bpf_map_lookup_elem(&cilia_proxy_nat, &nk);
 		if (!n)
 			return 0;
-		if (proxy_rewrite(skb, 1, saddr, n->client_ip, 0, 0))
+		if (proxy_rewrite(skb, p->tuple.family, 1, gw, n->client_ip, 0, 0))
 			return DROP_PROXY_SET_FAILED;
-		*(__be32 *)p->tuple.saddr = n->client_ip;
+		addr_copy16(p->tuple.saddr, n->client_ip);
 		hop->from_proxy = 1;
 		hop->identity = n->identity;
 		hop->judged = (n->ep_id == ep_id && n->dir == dir) || n->ingress_ep_id == ep_id;
 		return 0;
 	}
 	if (dir == DIR_EGRESS) {
-		struct proxy_nat_key nk = { .server_ip = saddr, .server_port = p->tuple.sport,
-					    .local_port = p->tuple.dport };
-		struct proxy_nat_value *n = bpf_map_lookup_elem(&cilia_proxy_nat, &nk);
+		struct proxy_nat_key nk = { .server_port = p->tuple.sport,
+					    .local_port = p->tuple.dport,
+					    .family = p->tuple.family };
+		struct proxy_nat_value *n;
 
-		if (n && n->client_ip == daddr &&
-		    proxy_rewrite(skb, 0, daddr, cfg->gw_ipv4, 0, 0))
+		addr_copy16(nk.server_ip, p->tuple.saddr);
+		n = bpf_map_lookup_elem(&cilia_proxy_nat, &nk);
+		if (n && addr_eq16(n->client_ip, p->tuple.daddr) &&
+		    proxy_rewrite(skb, p->tuple.family, 0, p->tuple.daddr, gw, 0, 0))
 			return DROP_PROXY_SET_FAILED;
 	}
 	return 0;
@@ -225,6 +294,9 @@ static __always_inline void proxy_decide(__u8 *verdict, __u8 *reason, __be16 pro
 					 const struct pkt *p, const struct proxy_hop *hop,
 					 int established, int redirected)
 {
+	struct proxy_cfg *cfg;
+	__u8 gw[16];
+
 	if (*reason)
 		return;
 	if (*verdict == VERDICT_REDIRECT && hop->from_proxy) {
@@ -240,22 +312,34 @@ static __always_inline void proxy_decide(__u8 *verdict, __u8 *reason, __be16 pro
 	}
 	if (*verdict != VERDICT_REDIRECT)
 		return;
+	cfg = proxy_config();
 	if (!proxy_proto_ok(p))
 		*reason = DROP_PROXY_UNKNOWN_PROTO; /* 1. */
-	else if (!proxy_port || !proxy_config())
-		*reason = DROP_PROXY_LOOKUP_FAILED; /* 2. */
+	else if (!proxy_port || !cfg || !proxy_gw(cfg, p->tuple.family, gw))
+		*reason = DROP_PROXY_LOOKUP_FAILED; /* 2. (and 1.: no IPv6 proxy address) */
 }
 
 /* 2. Is the proxy listening on its port? Asked for every SYN and every UDP datagram. */
-static __always_inline int proxy_alive(struct __sk_buff *skb, const struct pkt *p, __be32 gw,
-				       __be16 proxy_port)
+static __always_inline int proxy_alive(struct __sk_buff *skb, const struct pkt *p,
+				       const __u8 *gw, __be16 proxy_port)
 {
 	struct bpf_sock_tuple t = {};
 	struct bpf_sock *sk;
 
+	if (p->tuple.family == FAMILY_IPV6) {
+		__builtin_memcpy(t.ipv6.saddr, p->tuple.saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, gw, 16);
+		t.ipv6.sport = p->tuple.sport;
+		t.ipv6.dport = proxy_port;
+		sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return 0;
+		bpf_sk_release(sk);
+		return 1;
+	}
 	t.ipv4.saddr = *(const __be32 *)p->tuple.saddr;
 	t.ipv4.sport = p->tuple.sport;
-	t.ipv4.daddr = gw;
+	t.ipv4.daddr = *(const __be32 *)gw;
 	t.ipv4.dport = proxy_port;
 	if (p->tuple.proto == PROTO_UDP)
 		sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
@@ -275,27 +359,30 @@ static __always_inline int proxy_redirect(struct __sk_buff *skb, const struct pk
 					  __u32 cookie, __be16 proxy_port, int *action)
 {
 	struct proxy_cfg *cfg = proxy_config();
-	__be32 daddr = *(const __be32 *)p->tuple.daddr;
 	__u32 ifindex;
+	__u8 gw[16];
 
-	if (!cfg)
+	if (!cfg || !proxy_gw(cfg, p->tuple.family, gw))
 		return DROP_PROXY_LOOKUP_FAILED;
 	if (p->tuple.proto == PROTO_UDP || (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
-		struct proxy_orig_key k = { .client_ip = *(const __be32 *)p->tuple.saddr,
-					    .client_port = p->tuple.sport,
-					    .proxy_port = proxy_port };
-		struct proxy_orig_value v = { .orig_ip = daddr, .orig_port = p->tuple.dport,
+		struct proxy_orig_key k = { .client_port = p->tuple.sport,
+					    .proxy_port = proxy_port,
+					    .family = p->tuple.family };
+		struct proxy_orig_value v = { .orig_port = p->tuple.dport,
 					      .ep_id = ep_id, .src_identity = src_identity,
 					      .dst_identity = dst_identity, .cookie = cookie,
 					      .dir = dir };
 
-		if (!proxy_alive(skb, p, cfg->gw_ipv4, proxy_port))
+		addr_copy16(k.client_ip, p->tuple.saddr);
+		addr_copy16(v.orig_ip, p->tuple.daddr);
+		if (!proxy_alive(skb, p, gw, proxy_port))
 			return DROP_PROXY_LOOKUP_FAILED;
 		if (bpf_map_update_elem(&cilia_proxy_orig, &k, &v, BPF_ANY) < 0)
 			return DROP_PROXY_SET_FAILED;
 	}
 	ifindex = cfg->host_ifindex;
-	if (proxy_rewrite(skb, 0, daddr, cfg->gw_ipv4, p->tuple.dport, proxy_port))
+	if (proxy_rewrite(skb, p->tuple.family, 0, p->tuple.daddr, gw, p->tuple.dport,
+			  proxy_port))
 		return DROP_PROXY_SET_FAILED;
 	*action = TC_ACT_OK;
 	if (dir == DIR_EGRESS)

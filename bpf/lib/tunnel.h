@@ -9,7 +9,8 @@
  * 1. A packet leaves through the tunnel only towards an ipcache entry that has a tunnel
  *    endpoint; anything else is dropped (DROP_NO_TUNNEL_ENDPOINT), never sent in the clear.
  * 2. The VNI is the source's identity from the ipcache. Sources are endpoints whose address the
- *    lxc programs checked (enforce.h, 3.), or this node. reserved:host leaves as
+ *    lxc programs checked (enforce.h, 3.), or this node (the L7 proxy's legs first take the
+ *    address they stand for, proxy_overlay.h). reserved:host leaves as
  *    reserved:remote-node, so a peer never sees "host" for another node's traffic; a source
  *    the ipcache does not know leaves as reserved:world.
  * 3. A received VNI is trusted only when the outer source is a node the ipcache knows
@@ -19,14 +20,28 @@
  *    (MARK_MAGIC_IDENTITY). The kernel clears the mark whenever a packet crosses network
  *    namespaces, so a pod cannot forge it. Without the mark (native routing, local traffic) the
  *    ingress identity is the ipcache's for the source address.
+ * 5. A decapsulated IPv4 packet whose route (the FIB) leads to a local endpoint's host-side veth
+ *    is sent straight out of that veth (bpf_redirect to its egress, TTL decremented, MACs from
+ *    the FIB's neighbour entry): the stack's routing and forwarding are skipped, the endpoint's
+ *    ingress policy (cil_to_container at that egress) is not. Anything else (the node itself,
+ *    no neighbour entry yet, a TTL that would expire, IPv6) goes up the stack as before.
+ * 6. Likewise, an IPv4 packet an endpoint's egress policy passed (enforce.h) is sent straight
+ *    to the device its route names when it goes to an address with a tunnel endpoint (the
+ *    tunnel device, whose egress program encapsulates it as in 1. and 2.) or, in native
+ *    routing, to another node's pod (a cluster identity in the ipcache; the underlay device,
+ *    whose egress programs still run). Other destinations (the world, CIDR identities, this
+ *    node, local pods) take the stack, so host firewalling and masquerading apply as before.
  */
 #pragma once
 
 #include "common.h"
 #include "ipcache.h"
 #include "metrics.h"
+#include "endpoint.h"
 
 #define TUNNEL_TTL 64
+/* The first cluster-wide (endpoint) identity; reserved ones are below (identity/allocator.ts). */
+#define TUNNEL_FIRST_CLUSTER_ID 256
 #define ETH_HLEN_ 14
 #define PACKET_HOST_ 0
 
@@ -138,4 +153,65 @@ static __always_inline int tunnel_decap(struct __sk_buff *skb)
 	/* The inner destination MAC is the sender's device's, not ours: take the packet as ours. */
 	bpf_skb_change_type(skb, PACKET_HOST_);
 	return TC_ACT_OK;
+}
+
+/* Invariants 5 and 6: an IPv4 packet out of the device its FIB route names, bypassing the
+ * stack; TC_ACT_OK (the stack) for any other packet or route. */
+static __always_inline int tunnel_fib_redirect(struct __sk_buff *skb, int to_endpoint)
+{
+	struct bpf_fib_lookup f = {};
+	__u8 ip[20];
+	__u16 old, new;
+	int r;
+
+	if (skb->protocol != bpf_htons(ETH_P_IP) || bpf_skb_load_bytes(skb, ETH_HLEN_, ip, 20) < 0)
+		return TC_ACT_OK;
+	if ((ip[0] >> 4) != 4 || ip[8] <= 1)
+		return TC_ACT_OK;
+	f.family = 2; /* AF_INET */
+	f.tos = ip[1];
+	f.l4_protocol = ip[9];
+	f.tot_len = ((__u16)ip[2] << 8) | ip[3];
+	f.ipv4_src = *(__u32 *)&ip[12];
+	f.ipv4_dst = *(__u32 *)&ip[16];
+	f.ifindex = skb->ifindex;
+	r = bpf_fib_lookup(skb, &f, sizeof(f), 0);
+	if (r != BPF_FIB_LKUP_RET_SUCCESS)
+		return TC_ACT_OK;
+	if (to_endpoint) {
+		if (!endpoint_lookup(f.ifindex))
+			return TC_ACT_OK;
+	} else {
+		__u8 daddr[16] = {};
+		struct ipcache_value *dst;
+
+		__builtin_memcpy(daddr, &ip[16], 4);
+		dst = ipcache_entry(FAMILY_IPV4, daddr);
+		if (!dst || endpoint_lookup(f.ifindex))
+			return TC_ACT_OK;
+		if (dst->tunnel_endpoint == 0 &&
+		    (dst->identity < TUNNEL_FIRST_CLUSTER_ID || dst->identity > IDENTITY_GLOBAL_MAX))
+			return TC_ACT_OK;
+	}
+	old = *(__u16 *)&ip[8]; /* TTL and protocol: the checksum's 16-bit word */
+	ip[8]--;
+	new = *(__u16 *)&ip[8];
+	if (bpf_l3_csum_replace(skb, ETH_HLEN_ + 10, old, new, 2) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN_ + 8, &ip[8], 1, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, 0, f.dmac, 6, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, 6, f.smac, 6, 0) < 0)
+		return tunnel_drop(skb, DROP_WRITE_ERROR, to_endpoint ? DIR_INGRESS : DIR_EGRESS);
+	return bpf_redirect(f.ifindex, 0);
+}
+
+/* Invariant 5: after tunnel_decap (and anything that rewrites the destination). */
+static __always_inline int tunnel_deliver(struct __sk_buff *skb)
+{
+	return tunnel_fib_redirect(skb, 1);
+}
+
+/* Invariant 6: an endpoint's packet its egress policy passed. */
+static __always_inline int tunnel_send(struct __sk_buff *skb)
+{
+	return tunnel_fib_redirect(skb, 0);
 }

@@ -5,7 +5,7 @@
 import { loadEndpoints, loadRules, removeIdentities, upsertIdentities } from "./load";
 import { ipcacheUpdate, ipLookup } from "./ipcache";
 import { mapstateCompute, mapstateForIdentity } from "./mapstate";
-import { query as runQuery } from "./query";
+import { query as runQuery, queryVerdict } from "./query";
 
 export { input_reserve, output_len, output_ptr } from "./io";
 
@@ -50,10 +50,24 @@ export function query(len: i32): i32 {
   return runQuery(len);
 }
 
+/** query() without the explanation: the L7 proxy's per-request verdict (16 bytes of output). */
+export function query_verdict(len: i32): i32 {
+  return queryVerdict(len);
+}
+
 // Called instead of the host's env.abort (see --use abort in scripts/build_wasm.ts): a broken
 // invariant traps; the facade turns the trap into an EngineError.
 export function abortHandler(msg: usize, file: usize, line: u32, col: u32): void {
   unreachable();
 }
 
-export { regex_compile, regex_error_offset, regex_match, regex_release } from "./regex/exports";
+export {
+  regex_compile,
+  regex_error_offset,
+  regex_match,
+  regex_match_batch,
+  regex_match_set,
+  regex_release,
+  regex_set_compile,
+  regex_set_error_index,
+} from "./regex/exports";

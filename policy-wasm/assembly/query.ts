@@ -1,7 +1,8 @@
 // One verdict query with its explanation: (subject endpoint, direction, peer identity, protocol,
 // port[, L7 request]) → verdict, drop reason, the deciding entry, the rules that select the
 // subject, the deny and allow entries that matched, and the L7 outcome. Uses resolveAudited(), the
-// same function map-state computation uses (audit mode included).
+// same function map-state computation uses (audit mode included). queryVerdict() is the same
+// evaluation without the explanation, for the L7 proxy's per-request path.
 
 import {
   DROP_POLICY,
@@ -18,6 +19,7 @@ import {
   entryCoversPort,
   entryMatchesPeer,
   entryNarrowedByRequires,
+  EpContext,
   resolveAudited,
 } from "./resolve";
 import { MSG_QUERY } from "./messages";
@@ -25,6 +27,7 @@ import { httpCheck, readHttpRequest } from "./http";
 import { kafkaCheck, readKafkaRequest } from "./kafka";
 import { dnsCheck } from "./dns";
 import { L7Result } from "./l7";
+import { ensureOutput, output_ptr, setOutputLen } from "./io";
 import { Reader, ST_BAD_HEADER, ST_OK, ST_TRUNCATED, ST_UNKNOWN_ENDPOINT, Writer } from "./wire";
 
 export const DECIDED_ENFORCEMENT_NEVER: u8 = 1;
@@ -51,7 +54,54 @@ function checkL7(r: Reader, kind: u8, l7: Array<i32>): L7Result {
   return new L7Result();
 }
 
-export function query(len: i32): i32 {
+/** One evaluated query: the verdict, its explanation (when asked for) and the L7 outcome. */
+class Evaluation {
+  verdict: i32 = VERDICT_NONE;
+  decided: u8 = 0;
+  reason: i32 = 0;
+  cookie: u32 = 0;
+  entry: i32 = -1;
+  dir: u8 = 0;
+  ctx: EpContext | null = null;
+  denies: Array<i32> = new Array<i32>();
+  allows: Array<i32> = new Array<i32>();
+  peerOnly: Array<i32> = new Array<i32>();
+  narrowed: Array<i32> = new Array<i32>();
+  l7: Array<i32> = new Array<i32>();
+  l7res: L7Result = new L7Result();
+  covering: Array<i32> = new Array<i32>();
+
+  /** Empties the evaluation for the next query, keeping its arrays' room. */
+  reset(): Evaluation {
+    this.verdict = VERDICT_NONE;
+    this.decided = 0;
+    this.reason = 0;
+    this.cookie = 0;
+    this.entry = -1;
+    this.dir = 0;
+    this.ctx = null;
+    this.denies.length = 0;
+    this.allows.length = 0;
+    this.peerOnly.length = 0;
+    this.narrowed.length = 0;
+    this.l7.length = 0;
+    this.l7res = NOT_EVALUATED;
+    this.covering.length = 0;
+    return this;
+  }
+}
+
+/** The L7 outcome of a query whose L7 part was not evaluated (never written to). */
+const NOT_EVALUATED = new L7Result();
+/** One evaluation reused by every query: queries are not re-entrant, and this spares the GC. */
+const scratch = new Evaluation();
+
+/**
+ * Evaluates the query message the host wrote (`len` bytes); ST_OK and the result in `ev`, or a
+ * status. Without `explain` the lists that only explain the verdict are left empty; the verdict
+ * and the L7 outcome are the same either way.
+ */
+function evaluate(len: i32, explain: bool, ev: Evaluation): i32 {
   const r = Reader.fromInput(len);
   if (!r.header(MSG_QUERY)) return ST_BAD_HEADER;
   const epId = r.u32();
@@ -64,25 +114,28 @@ export function query(len: i32): i32 {
   if (!endpoints.has(epId)) return ST_UNKNOWN_ENDPOINT;
   const ctx = contextFor(endpoints.get(epId));
   const slot = identityIndex.has(peerId) ? identityIndex.get(peerId) : -1;
+  ev.ctx = ctx;
+  ev.dir = dir;
 
-  const denies = new Array<i32>();
-  const allows = new Array<i32>();
-  const peerOnly = new Array<i32>();
-  const narrowed = new Array<i32>();
-  const covering = new Array<i32>();
+  const denies = ev.denies;
+  const allows = ev.allows;
+  const peerOnly = ev.peerOnly;
+  const narrowed = ev.narrowed;
+  const covering = ev.covering;
   const list = ctx.entriesOf(dir);
   for (let i = 0; i < list.length; i++) {
     const ei = list[i];
     const e = entries[ei];
     if (!entryMatchesPeer(ctx, e, slot)) {
-      if (entryNarrowedByRequires(ctx, e, slot)) narrowed.push(ei);
+      if (explain && entryNarrowedByRequires(ctx, e, slot)) narrowed.push(ei);
       continue;
     }
     if (!entryCoversPort(ctx, ei, peerId, proto, port)) {
-      peerOnly.push(ei);
+      if (explain) peerOnly.push(ei);
       continue;
     }
     covering.push(ei);
+    if (!explain) continue;
     if (e.deny) denies.push(ei);
     else allows.push(ei);
   }
@@ -92,7 +145,7 @@ export function query(len: i32): i32 {
   let reason = 0;
   let cookie: u32 = 0;
   let entry = -1;
-  const l7 = new Array<i32>();
+  const l7 = ev.l7;
   if (ctx.enforcementOff) {
     verdict = VERDICT_ALLOW;
     decided = DECIDED_ENFORCEMENT_NEVER;
@@ -124,11 +177,36 @@ export function query(len: i32): i32 {
     }
   }
 
-  let l7res = new L7Result();
   if (verdict == VERDICT_REDIRECT && l7kind != L7_NONE) {
-    l7res = checkL7(r, l7kind, l7);
+    ev.l7res = checkL7(r, l7kind, l7);
     if (r.failed) return ST_TRUNCATED;
   }
+  ev.verdict = verdict;
+  ev.decided = decided;
+  ev.reason = reason;
+  ev.cookie = cookie;
+  ev.entry = entry;
+  return ST_OK;
+}
+
+/** query(): the verdict with its full explanation (query_codec.ts decodeQuery). */
+export function query(len: i32): i32 {
+  const ev = scratch.reset();
+  const st = evaluate(len, true, ev);
+  if (st != ST_OK) return st;
+  const ctx = ev.ctx!;
+  const dir = ev.dir;
+  const verdict = ev.verdict;
+  const decided = ev.decided;
+  const reason = ev.reason;
+  const cookie = ev.cookie;
+  const entry = ev.entry;
+  const denies = ev.denies;
+  const allows = ev.allows;
+  const peerOnly = ev.peerOnly;
+  const narrowed = ev.narrowed;
+  const l7 = ev.l7;
+  const l7res = ev.l7res;
 
   const w = new Writer();
   w.u8(<u32> verdict);
@@ -153,5 +231,26 @@ export function query(len: i32): i32 {
   w.i32(l7res.detail);
   writeList(w, narrowed);
   w.flush();
+  return ST_OK;
+}
+
+/**
+ * The verdict alone, for the L7 proxy's per-request path: same evaluation as query(), no
+ * explanation. Output (16 bytes): verdict u8, L7 status u8, u16 0, cookie u32, L7 entry i32,
+ * L7 rule i32.
+ */
+export function queryVerdict(len: i32): i32 {
+  const ev = scratch.reset();
+  const st = evaluate(len, false, ev);
+  if (st != ST_OK) return st;
+  ensureOutput(16);
+  const out = output_ptr();
+  store<u8>(out, <u8> ev.verdict);
+  store<u8>(out, ev.l7res.status, 1);
+  store<u16>(out, 0, 2);
+  store<u32>(out, ev.cookie, 4);
+  store<i32>(out, ev.l7res.entry, 8);
+  store<i32>(out, ev.l7res.rule, 12);
+  setOutputLen(16);
   return ST_OK;
 }

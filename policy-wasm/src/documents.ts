@@ -14,6 +14,8 @@ export interface SourceDocument {
   file?: string;
   /** Line and column (1-based) of the value at `path`, or of the key `key` of that object. */
   locate(path: readonly PathPart[], key?: string): { line: number; column: number } | undefined;
+  /** First and last line (1-based) of the value at `path` (the nearest existing parent). */
+  span?(path: readonly PathPart[]): { line: number; endLine: number } | undefined;
 }
 
 export function formatPath(path: readonly PathPart[]): string {
@@ -98,7 +100,15 @@ export function readDocuments(
       for (let cut = path.length; !n && cut >= 0; cut--) n = nodeAt(doc, path.slice(0, cut));
       return n?.range ? pos(n.range[0]) : undefined;
     };
-    documents.push({ value, index, ...(opts.file ? { file: opts.file } : {}), locate });
+    const span = (path: readonly PathPart[]) => {
+      let n: Node | undefined;
+      for (let cut = path.length; !n && cut >= 0; cut--) n = nodeAt(doc, path.slice(0, cut));
+      if (!n?.range) return undefined;
+      // range[1] is where the value ends; a block value's end is the start of the next line.
+      const end = Math.max(n.range[0], n.range[1] - 1);
+      return { line: pos(n.range[0]).line, endLine: pos(end).line };
+    };
+    documents.push({ value, index, ...(opts.file ? { file: opts.file } : {}), locate, span });
   });
   return { documents, issues };
 }
@@ -115,6 +125,7 @@ export function expandLists(documents: SourceDocument[]): SourceDocument[] {
           index: d.index,
           ...(d.file ? { file: d.file } : {}),
           locate: (path, key) => d.locate(["items", i, ...path], key),
+          ...(d.span ? { span: (path) => d.span!(["items", i, ...path]) } : {}),
         });
       });
     } else {

@@ -20,17 +20,20 @@ import {
   decodeMapState,
   decodeQuery,
   encodeQuery,
+  type HttpRequest,
   type MapState,
   type QueryInput,
   type QueryResult,
 } from "./query_codec.ts";
 import { regexErrorMessage } from "./regex_errors.ts";
+import { RegexSet, type RegexSetExports } from "./regex_set.ts";
+import { type HttpVerdict, type HttpVerdictExports, HttpVerdictWriter } from "./http_verdict.ts";
 import { ByteReader } from "./wire.ts";
 import { canonicalPrefix } from "./cidr.ts";
 import { loadPolicyWasm } from "./wasm.ts";
 
 /** The number-only exports of policy.wasm (assembly/index.ts). */
-export interface EngineExports {
+export interface EngineExports extends RegexSetExports, HttpVerdictExports {
   memory: WebAssembly.Memory;
   input_reserve(len: number): number;
   output_ptr(): number;
@@ -74,6 +77,7 @@ export class PolicyEngine {
   /** The explicit ipcache as the engine holds it: one identity per canonical prefix. */
   #ipcache = new Map<string, IpcacheEntry>();
   #closed = false;
+  #httpVerdict = new HttpVerdictWriter();
 
   private constructor(module: WebAssembly.Module) {
     this.#module = module;
@@ -117,7 +121,7 @@ export class PolicyEngine {
     return new Uint8Array(this.#x.memory.buffer, ptr, len).slice();
   }
 
-  #call(fn: () => number, what: string, recover = true): number {
+  #call<T>(fn: () => T, what: string, recover = true): T {
     if (this.#closed) throw new EngineError(`Cannot ${what}: the policy engine is closed`, -100);
     try {
       return fn();
@@ -285,6 +289,19 @@ export class PolicyEngine {
     return decodeQuery(this.#output());
   }
 
+  /**
+   * The verdict of an HTTP request, for the L7 proxy's per-request path: query()'s verdict, cookie
+   * and L7 outcome without the explanation, written and read in place.
+   */
+  judgeHttp(q: QueryInput & { http: HttpRequest }): HttpVerdict {
+    const st = this.#call(
+      () => this.#x.query_verdict(this.#httpVerdict.write(this.#x, q)),
+      "judge an HTTP request",
+    );
+    this.#check(st, `evaluate a query for endpoint ${q.endpoint}`);
+    return this.#httpVerdict.read(this.#x);
+  }
+
   /** Compiles a regex with the engine's RE2 engine; returns an error message, or undefined. */
   checkRegex(pattern: string): string | undefined {
     const bytes = new TextEncoder().encode(pattern);
@@ -329,6 +346,14 @@ export class PolicyEngine {
       },
       release: () => this.#call(() => (this.#x.regex_release(h), 0), "release a regex"),
     };
+  }
+
+  /**
+   * Up to 31 patterns matched together in one pass (full match, as HTTP rules): `match()` and
+   * `matchBatch()` return masks, bit i for pattern i. Throws SyntaxError for a bad pattern.
+   */
+  regexSet(patterns: readonly string[]): RegexSet {
+    return new RegexSet(patterns, (fn, what) => this.#call(() => fn(this.#x), what));
   }
 
   close(): void {

@@ -31,6 +31,7 @@ export const LINT_RULES = {
   "l7-bypassed": "L7 rules on a port that an L4-only rule opens to every peer",
   "empty-peers": "an explicitly empty peer list (fromEndpoints: []): the rule grants nothing",
   "key-typo": "a selector label key that selects nothing: unknown source, near-miss, no endpoint",
+  "empty-direction": "an explicitly empty ingress: [] or egress: [] that is NOT default-deny",
   "cidr-host-bits": "a CIDR with host bits set (10.1.0.1/16), read as its network",
   "translation": "other warnings of the translator",
 } as const;

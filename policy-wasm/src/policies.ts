@@ -20,6 +20,7 @@ import { translateCiliumRule } from "./translate_cilium.ts";
 import { translateNetworkPolicy } from "./translate_k8s.ts";
 import { findL7Conflicts } from "./l7_conflicts.ts";
 import type { RegexCheck } from "./l7_rules.ts";
+import type { ServiceRef } from "./translate_services.ts";
 import { suggest } from "./suggest.ts";
 
 export interface PolicySource {
@@ -33,6 +34,8 @@ export interface CompileOptions {
   clusterName?: string;
   /** The engine's regex compiler; without it, regexes are checked when the engine loads them. */
   regexCheck?: RegexCheck;
+  /** The cluster's services, for toServices; without them toServices selects no peer (offline). */
+  services?: readonly ServiceRef[];
 }
 
 export interface CompileResult {
@@ -40,6 +43,8 @@ export interface CompileResult {
   warnings: ValidationIssue[];
   /** Line and column of a path (`spec.ingress[0]`) inside policy `policy` of the spec. */
   locate(policy: number, path: string): { line: number; column: number; file?: string } | undefined;
+  /** First and last line of a path inside policy `policy` ("" = the whole document). */
+  span(policy: number, path: string): { line: number; endLine: number; file?: string } | undefined;
   /** metadata.annotations of policy `policy` of the spec ({} when it has none). */
   annotations(policy: number): Record<string, string>;
 }
@@ -248,6 +253,7 @@ function translateDocument(doc: SourceDocument, acc: Accumulator, opts: CompileO
       clusterName: opts.clusterName ?? "default",
       id,
       ...(opts.regexCheck ? { check: opts.regexCheck } : {}),
+      services: opts.services,
     };
     if (!cp.spec && (!cp.specs || cp.specs.length === 0)) {
       sink.error([], `Expected "spec" or "specs"`, "spec");
@@ -310,12 +316,17 @@ export function compilePolicies(
     const at = doc?.locate(parsePath(path));
     return at && doc ? { ...at, ...(doc.file ? { file: doc.file } : {}) } : undefined;
   };
+  const span = (policy: number, path: string) => {
+    const doc = acc.docs[policy];
+    const at = doc?.span?.(parsePath(path));
+    return at && doc ? { ...at, ...(doc.file ? { file: doc.file } : {}) } : undefined;
+  };
   const annotations = (policy: number): Record<string, string> => {
     const v = acc.docs[policy]?.value as { metadata?: { annotations?: unknown } } | undefined;
     const a = v?.metadata?.annotations;
     return a !== null && typeof a === "object" ? a as Record<string, string> : {};
   };
-  return { spec: acc.spec, warnings: acc.warnings, locate, annotations };
+  return { spec: acc.spec, warnings: acc.warnings, locate, span, annotations };
 }
 
 /** Like compilePolicies() but returns the problems instead of throwing. */

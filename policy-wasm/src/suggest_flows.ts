@@ -4,7 +4,7 @@
 // pod-template-hash are never identity labels) and namespace, outside addresses as `toCIDR` /32
 // (`toFQDNs` with a DNS rule when DNS answers named them), entities as `fromEntities`, each with
 // the observed ports and protocols; HTTP rules (method, exact path) on the destination's ingress
-// when L7 flows show requests (on one hop only: cilia proxies one L7 hop per path), and DNS to the
+// when L7 flows show requests (on one side only: one rule per path judges the requests), and DNS to the
 // observed DNS server on 53/UDP and 53/TCP. Dropped connections are never allowed. It returns
 // plain documents; suggest_scenario.ts writes their tests. This module is browser compatible.
 

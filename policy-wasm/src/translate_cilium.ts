@@ -11,12 +11,15 @@ import { labelRequirements, labelsSelector, NS_LABEL, type Scope, scopePeer } fr
 import { observeOnly, type RegexCheck, translateIcmps, translatePortRule } from "./l7_rules.ts";
 import { type AnyItem, itemPeers, L3_FIELDS } from "./translate_peers.ts";
 import { cookieOf } from "./cookie.ts";
+import type { ServiceRef } from "./translate_services.ts";
 
 export interface RuleContext {
   sink: IssueSink;
   scope: Scope;
   clusterName: string;
   check?: RegexCheck;
+  /** The cluster's services for toServices; undefined offline (translate_services.ts). */
+  services?: readonly ServiceRef[] | undefined;
   /** Cookie seed: `kind/namespace/name`. */
   id: string;
 }
@@ -27,6 +30,14 @@ function itemEntries(
   ctx: RuleContext,
 ): EntrySpec[] {
   const { dir, deny, path } = o;
+  if (deny && item.toServices !== undefined && item.toServices !== null) {
+    // Cilium resolves toServices in egress allow rules only: a deny would silently deny nothing.
+    ctx.sink.error(
+      path,
+      `"toServices" is not supported in egressDeny (Cilium resolves it in egress allow rules only): deny the backends with toEndpoints or toCIDR`,
+      "toServices",
+    );
+  }
   const { peers: explicitPeers, emptyField } = itemPeers(item, dir, ctx, path);
   const toPorts = (item.toPorts ?? []) as NonNullable<IngressRule["toPorts"]>;
   const icmps = (item.icmps ?? []) as NonNullable<IngressRule["icmps"]>;
@@ -163,6 +174,7 @@ export function translateCiliumRule(
   const has = (a?: unknown[] | null, b?: unknown[] | null) =>
     (a?.length ?? 0) > 0 || (b?.length ?? 0) > 0;
   const dd = rule.enableDefaultDeny;
+  warnEmptyDirections(rule, ctx, path);
   const userLabels = (rule.labels ?? []).map((l) =>
     typeof l === "string"
       ? l
@@ -201,4 +213,23 @@ export function translateCiliumRule(
     ...(rule.description !== undefined ? { description: rule.description } : {}),
     labels: [...labels, ...userLabels],
   };
+}
+
+/**
+ * `ingress: []` (or `egress: []`) with no deny entries and no `enableDefaultDeny` for that
+ * direction: Cilium counts entries, so the direction stays default-allow (POLICY-SEMANTICS §5.1),
+ * which is rarely what an explicit empty list means.
+ */
+function warnEmptyDirections(rule: Rule, ctx: RuleContext, path: PathPart[]): void {
+  for (const [dir, deny] of [["ingress", "ingressDeny"], ["egress", "egressDeny"]] as const) {
+    const list = rule[dir];
+    if (!Array.isArray(list) || list.length > 0 || (rule[deny]?.length ?? 0) > 0) continue;
+    if (rule.enableDefaultDeny?.[dir] !== undefined) continue;
+    ctx.sink.warn(
+      [...path, dir],
+      `"${dir}: []" does not make the endpoint default-deny for ${dir}: Cilium counts rules, and an empty list has none, so all ${dir} stays allowed. To deny all ${dir}, write "enableDefaultDeny: {${dir}: true}" (or "${dir}: [{}]"); to keep it open, remove "${dir}: []"`,
+      undefined,
+      "empty-direction",
+    );
+  }
 }

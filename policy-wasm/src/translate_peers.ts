@@ -1,6 +1,6 @@
 // The peers (L3 part) of one CiliumNetworkPolicy allow or deny item → IR peer selectors
 // (POLICY-SEMANTICS §2.1): endpoint selectors scoped to the policy's namespace, entities, CIDRs
-// and CIDR sets, toFQDNs; the fields cilia cannot enforce are rejected, never ignored. It owns the
+// and CIDR sets, toFQDNs, toServices (translate_services.ts); the fields cilia cannot enforce are rejected, never ignored. It owns the
 // difference between a *missing* L3 field and an *empty* one, and must not blur it:
 //
 //  1. No L3 field at all (absent or null): the item has no peers of its own; with ports it is an
@@ -26,6 +26,7 @@ import {
   scopePeer,
 } from "./selectors.ts";
 import { checkDnsSelector } from "./l7_rules.ts";
+import { servicePeers } from "./translate_services.ts";
 import type { RuleContext } from "./translate_cilium.ts";
 
 /** One allow or deny item of a rule, ingress or egress, as the schema parsed it. */
@@ -129,7 +130,6 @@ function unsupportedPeers(item: AnyItem, dir: Direction, ctx: RuleContext, path:
   };
   say(names.nodes, "node selector labels are not implemented");
   say(names.groups, "cloud-provider groups are not implemented");
-  say("toServices", "service selectors arrive with load balancing");
   if ((item.authentication as { mode?: string } | undefined)?.mode === "required") {
     ctx.sink.error(
       path,
@@ -213,6 +213,9 @@ export function itemPeers(
     ),
     ...cidrPeers(item, dir, ctx, path),
     ...(dir === "egress" ? fqdnPeers(item, ctx, path) : []),
+    ...(dir === "egress" && isList(item.toServices)
+      ? servicePeers(item.toServices, { sink: ctx.sink, path, services: ctx.services })
+      : []),
   ];
   const present = peerFields(dir).filter((f) => isList(item[f]));
   if (present.length === 0) return {};

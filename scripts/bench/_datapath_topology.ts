@@ -11,6 +11,7 @@ import { policyEntryOf } from "../../agent/datapath/policy_state.ts";
 import type { DatapathEndpoint, EndpointFlags } from "../../agent/endpoint/datapath_sink.ts";
 import { diffEntries, indexEntries } from "../../agent/endpoint/mapstate_diff.ts";
 import { Logger } from "../../agent/log.ts";
+import type { ServiceSpec } from "../../agent/service/spec.ts";
 import {
   compilePolicies,
   type IpcacheEntry,
@@ -36,8 +37,8 @@ const CPU = {
   iperfServer: navigator.hardwareConcurrency > 1 ? 1 : 0,
 };
 
-/** An address for the i-th extra (decoy) client identity: 10.201.0.0/16 + i. */
-const decoyIp = (i: number) => `10.201.${(i >> 8) & 0xff}.${i & 0xff}`;
+/** An address for the i-th extra (decoy) client identity: 10.201.0.0 + i (into 10.202/16 past 65,535). */
+const decoyIp = (i: number) => `10.${201 + (i >> 16)}.${(i >> 8) & 0xff}.${i & 0xff}`;
 
 const POLICY = `
 apiVersion: cilium.io/v2
@@ -145,8 +146,8 @@ export class BenchTopology implements AsyncDisposable {
     return j.end.sum_received.bits_per_second / 1e9;
   }
 
-  /** 1-byte TCP round trips per second. */
-  async requestResponse(seconds: number): Promise<number> {
+  /** 1-byte TCP round trips per second (to the server, or to host: a service address). */
+  async requestResponse(seconds: number, host = this.server.ipv4): Promise<number> {
     const out = await this.lab.run(this.client.netns, [
       "taskset",
       "-c",
@@ -157,11 +158,36 @@ export class BenchTopology implements AsyncDisposable {
       "--no-config",
       RR_SCRIPT,
       "client",
-      this.server.ipv4,
+      host,
       String(RR_PORT),
       String(seconds),
     ]);
     return (JSON.parse(out) as { perSec: number }).perSec;
+  }
+
+  /** New TCP connections per second (connect, 1-byte round trip, close) to host:RR_PORT. */
+  async connectionRate(seconds: number, host = this.server.ipv4): Promise<number> {
+    const out = await this.lab.run(this.client.netns, [
+      "taskset",
+      "-c",
+      String(CPU.rr),
+      Deno.execPath(),
+      "run",
+      "-A",
+      "--no-config",
+      RR_SCRIPT,
+      "connect",
+      host,
+      String(RR_PORT),
+      String(seconds),
+    ]);
+    return (JSON.parse(out) as { perSec: number }).perSec;
+  }
+
+  /** Writes service records through the agent's sink (KernelSink.applyServices, as the agent). */
+  async applyServices(services: readonly ServiceSpec[]): Promise<void> {
+    if (!this.#sink) throw new Error("Cannot apply services: cilia is not attached");
+    await this.#sink.applyServices(services);
   }
 
   /** The endpoint of a pod as the agent describes it to the sink. */

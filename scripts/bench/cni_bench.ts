@@ -31,14 +31,17 @@ interface PluginMarks {
 const progress = (msg: string) => console.error(`bench cni: ${msg}`);
 
 /** The plugin's `cilia-cni timing {…}` line from its stderr. */
-function marksOf(stderr: string): PluginMarks {
+export function marksOf(stderr: string): PluginMarks {
   const line = stderr.split("\n").find((l) => l.startsWith("cilia-cni timing "));
   if (!line) throw new Error(`The plugin printed no timing line: stderr was: ${stderr}`);
   return JSON.parse(line.slice("cilia-cni timing ".length)) as PluginMarks;
 }
 
 /** One ADD's parts in ms; they add up to the total. */
-function partsOf(run: { startedAt: number; ms: number }, m: PluginMarks): Record<Part, number> {
+export function partsOf(
+  run: { startedAt: number; ms: number },
+  m: PluginMarks,
+): Record<Part, number> {
   const add = m.requests.find((r) => r.path === "/v1/cni/add");
   if (!add || add.server.agent === undefined) {
     throw new Error(`The ADD request has no timing (agent Server-Timing missing?)`);

@@ -1,6 +1,6 @@
 // `deno task bench datapath [--quick]`: pod-to-pod TCP throughput (iperf3) and 1-byte request/
 // response rate through one node, in one run: over a bare veth pair without cilia, through cilia
-// without policy, with the engine's policy over 10 and over 10,000 identities, and through 1,000
+// without policy, with the engine's policy over 10, 10,000 and 100,000 identities (and ipcache entries), and through 1,000
 // and 10,000 iptables rules doing the same filtering; ratios against the bare veth. Then CNI ADD
 // latency through bin/cilia-cni with a warm agent (cni_bench.ts, also `bench cni`). Needs root.
 // Progress goes to stderr, the table to stdout; every netns, mount and process is removed.
@@ -51,6 +51,17 @@ function table(rows: Row[]): string {
   return [line(head), line(w.map((n) => "-".repeat(n))), ...body.map(line)].join("\n");
 }
 
+/** Issue #15: the 100k-identity row against the 10-identity row (target ≥ 0.95× on both). */
+function scaleLine(rows: Row[]): string {
+  const small = rows.find((r) => r.setup.endsWith(" 10 identities"));
+  const big = rows.find((r) => r.setup.endsWith(" 100,000 identities"));
+  if (!small || !big) return "100k-identity row: not measured";
+  const g = big.gbps / small.gbps, rr = big.rr / small.rr;
+  const ok = g >= 0.95 && rr >= 0.95;
+  return `100k identities vs 10: throughput ${g.toFixed(2)}×, RR ${rr.toFixed(2)}×` +
+    `   target ≥ 0.95× both   ${ok ? "PASS" : "MISSED"}`;
+}
+
 export async function main(args: string[]): Promise<void> {
   const flags = parseArgs({ args, options: { quick: { type: "boolean", default: false } } });
   const quick = flags.values.quick;
@@ -65,7 +76,7 @@ export async function main(args: string[]): Promise<void> {
     rows.push(await measure(t, "bare veth (no cilia)", o));
     await t.attachCilia();
     rows.push(await measure(t, "cilia, no policy", o));
-    for (const n of [10, 10_000]) {
+    for (const n of [10, 10_000, 100_000]) {
       const p = await t.applyPolicy(n);
       const note = `${p.keys} policy keys (${p.ranges} ranges); engine ${
         Math.round(p.computeMs)
@@ -88,6 +99,7 @@ export async function main(args: string[]): Promise<void> {
     await t.close();
   }
   console.log(table(rows));
+  console.log(scaleLine(rows));
   console.log(cniReport(await measureCniAdd({ samples: quick ? 20 : 200 })));
   progress(`done in ${((performance.now() - started) / 1000).toFixed(0)} s`);
 }

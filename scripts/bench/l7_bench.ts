@@ -109,18 +109,21 @@ export function parseWrk(out: string): WrkFigures {
   };
 }
 
-/** The agent's utime+stime in seconds (the agent is the one process whose argv names its socket). */
-async function agentCpuSeconds(socket: string): Promise<number> {
+/** utime+stime in seconds of the one process whose argv has all of `argv` (the agent: its socket). */
+async function cpuSeconds(argv: string[], what: string): Promise<number> {
   for await (const e of Deno.readDir("/proc")) {
     if (!/^\d+$/.test(e.name)) continue;
     const cmd = await Deno.readTextFile(`/proc/${e.name}/cmdline`).catch(() => "");
-    if (!cmd.includes("agent/main.ts") || !cmd.includes(socket)) continue;
+    if (!argv.every((a) => cmd.split("\0").includes(a))) continue;
     const stat = await Deno.readTextFile(`/proc/${e.name}/stat`);
     const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
     return (Number(f[11]) + Number(f[12])) / 100; // utime, stime (fields 14, 15) in clock ticks
   }
-  throw new Error(`No agent process with socket "${socket}"`);
+  throw new Error(`No ${what} process with argv ${JSON.stringify(argv)}`);
 }
+
+const agentCpuSeconds = (socket: string) =>
+  cpuSeconds([`${new URL("../../agent/main.ts", import.meta.url).pathname}`, socket], "agent");
 
 async function engineSeconds(n: CiliaNode): Promise<number> {
   const m = (await n.metrics()).match(
@@ -174,7 +177,9 @@ export async function main(args: string[]): Promise<void> {
   const a = await wrk(direct, dur);
   progress(`haproxy path ACL, ${dur} s`);
   await wrk(viaHaproxy, 1);
+  const hcpu0 = await cpuSeconds(["haproxy", proxyCfg], "haproxy");
   const c = await wrk(viaHaproxy, dur);
+  const hcpu = (await cpuSeconds(["haproxy", proxyCfg], "haproxy")) - hcpu0;
 
   await n.policy(L7_POLICY);
   await waitReady(n, client.netns, direct);
@@ -222,5 +227,10 @@ export async function main(args: string[]): Promise<void> {
     `engine share of the agent's CPU during (b): ${(100 * eng / cpu).toFixed(1)}% ` +
       `(${(eng * 1000).toFixed(0)} ms engine of ${(cpu * 1000).toFixed(0)} ms CPU, ` +
       `${(eng * 1e6 / (b.rps * dur)).toFixed(1)} µs per request)`,
+  );
+  // On a shared machine rps follows the CPU share each process gets; CPU per request does not.
+  console.log(
+    `CPU per request: proxy (whole agent) ${(cpu * 1e6 / (b.rps * dur)).toFixed(0)} µs, ` +
+      `haproxy ${(hcpu * 1e6 / (c.rps * dur)).toFixed(0)} µs`,
   );
 }

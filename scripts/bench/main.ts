@@ -4,6 +4,7 @@
 const BENCHES: Record<string, string> = {
   policy: "./policy_bench.ts",
   scale: "./scale_bench.ts",
+  endpoints: "./endpoints_bench.ts",
   identity: "./identity_bench.ts",
   datapath: "./datapath_bench.ts",
   cni: "./cni_bench.ts",
@@ -12,6 +13,9 @@ const BENCHES: Record<string, string> = {
   monitor: "./monitor_bench.ts",
   l7: "./l7_bench.ts",
   dns: "./dns_bench.ts",
+  multinode: "./multinode_bench.ts",
+  "etcd-scale": "./etcd_scale_bench.ts",
+  lb: "./lb_bench.ts",
 };
 
 const name = Deno.args[0];

@@ -1,12 +1,15 @@
 // `deno task bench policy`: (a) full resolution of 1,000 rules × 10,000 identities into
 // map-states, against the incremental add of one identity; (b) verdict queries per second,
 // against a plain JavaScript Map lookup of the computed map-state (what the kernel does);
-// (c) HTTP L7 matches per second, the engine's WASM regex against JavaScript RegExp.
+// (c) HTTP L7 matches per second, the engine's WASM regex against JavaScript RegExp: one call per
+// match, then per request (all patterns as one set, batches of requests; issue 10's target), and
+// the proxy's verdict path (judgeHttp) against a full query().
 
 import { type EngineEndpoint, type IdentitySpec, PolicyEngine } from "../../policy-wasm/mod.ts";
 import { RESERVED_IDENTITIES } from "../../policy-wasm/src/labels.ts";
 import { prng } from "../../tests/helpers/prng.ts";
 import { identities, rules } from "./_policy_workload.ts";
+import { regexSetRows } from "./_regex_set_rows.ts";
 
 function time<T>(fn: () => T): [T, number] {
   const t0 = performance.now();
@@ -146,9 +149,10 @@ export async function main(args: string[]): Promise<void> {
       fmt(M)
     }, ${patterns.length} patterns, same results: ${wasmTrue} matches)`,
   );
-  console.log(`    WASM RE2 engine (incl. copy in)        ${fmt(M / tWasm * 1000)} /s`);
+  console.log(`    one call per match, regexMatcher()     ${fmt(M / tWasm * 1000)} /s`);
   console.log(`    baseline: JavaScript RegExp            ${fmt(M / tJs * 1000)} /s`);
   console.log(`    ratio RegExp / WASM                    ${fmt(tWasm / tJs)}×`);
+  regexSetRows(engine, patterns, inputs, regexps);
   const Q = 50_000;
   const [, tL7] = time(() => {
     for (let i = 0; i < Q; i++) {
@@ -164,5 +168,20 @@ export async function main(args: string[]): Promise<void> {
     }
   });
   console.log(`    full L7 verdict queries (HTTP)         ${fmt(Q / tL7 * 1000)} /s`);
+  const [, tJudge] = time(() => {
+    for (let i = 0; i < Q; i++) {
+      const p = points[i]!;
+      engine.judgeHttp({
+        endpoint: p.ep.id,
+        direction: "ingress",
+        peer: p.peer,
+        proto: 6,
+        port: p.port,
+        http: { method: "GET", path: inputs[i % inputs.length]! },
+      });
+    }
+  });
+  console.log(`    judgeHttp(), the proxy's path          ${fmt(Q / tJudge * 1000)} /s`);
+  console.log(`    ratio query() / judgeHttp()            ${fmt(tL7 / tJudge)}×`);
   engine.close();
 }

@@ -26,12 +26,15 @@ export function renderAs(): string {
 
 export function renderTs(): string {
   const lines = [`// ${HEADER}`, "// This module is browser compatible.", ""];
-  lines.push("/** Drop reason code → [name, Hubble's description]. */");
   lines.push(
-    "export const DROP_REASONS: ReadonlyMap<number, readonly [string, string]> = new Map([",
+    "/** Drop reason code → [name, Hubble's description, Hubble's DropReason enum name]. */",
   );
-  for (const [code, name, text] of DROP_REASONS) {
-    lines.push(`  [${code}, [${JSON.stringify(name)}, ${JSON.stringify(text)}]],`);
+  lines.push(
+    "export const DROP_REASONS: ReadonlyMap<number, readonly [string, string, string]> = new Map([",
+  );
+  for (const [code, name, text, hubble] of DROP_REASONS) {
+    const row = [name, text, hubble].map((s) => JSON.stringify(s)).join(", ");
+    lines.push(`  [${code}, [${row}]],`);
   }
   lines.push("]);", "");
   for (const [code, name] of DROP_REASONS) lines.push(`export const DROP_${name} = ${code};`);

@@ -66,6 +66,39 @@ Deno.test("config: a YAML file with the flags' keys; flags win; durations", asyn
   }
 });
 
+Deno.test("config: masquerade, native-routing CIDR and NodePort flags", async () => {
+  const d = resolveConfig({ nodeName: "n1" });
+  assert.deepEqual(
+    [d.enableIpv4Masquerade, d.ipv4NativeRoutingCidr, d.nodePortRange, d.nodePortMode],
+    [true, undefined, { min: 30000, max: 32767 }, "snat"],
+  );
+  const { config } = await loadConfig([
+    ...["--node-name", "n1", "--enable-ipv4-masquerade=false"],
+    ...["--ipv4-native-routing-cidr", "10.0.0.0/8", "--node-port-range", "31000-31099"],
+    ...["--routing-mode", "native", "--node-port-mode", "dsr"],
+  ]);
+  assert.deepEqual(
+    [config!.enableIpv4Masquerade, config!.ipv4NativeRoutingCidr, config!.nodePortRange],
+    [false, "10.0.0.0/8", { min: 31000, max: 31099 }],
+  );
+  assert.equal(config!.nodePortMode, "dsr");
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ enableIpv4Masquerade: "no" }, /"enable-ipv4-masquerade": Expected "true" or "false"/],
+    [{ ipv4NativeRoutingCidr: "fd00::/8" }, /"ipv4-native-routing-cidr": Expected an IPv4 CIDR/],
+    [{ nodePortRange: "32767-30000" }, /"node-port-range": Expected 1 <= min <= max <= 65535/],
+    [{ nodePortRange: "30000" }, /"node-port-range": Expected "min-max"/],
+    [{ nodePortMode: "hybrid" }, /"node-port-mode": Expected "snat"/],
+    [{ nodePortMode: "dsr" }, /"node-port-mode": dsr needs --routing-mode native/],
+  ];
+  for (const [raw, message] of cases) {
+    assert.throws(
+      () => resolveConfig(raw),
+      (e: Error) => e instanceof ConfigError && message.test(e.message),
+      String(message),
+    );
+  }
+});
+
 Deno.test("config: errors name the key and what was expected", async () => {
   const cases: [Record<string, unknown>, RegExp][] = [
     [{ podCidr: "10.0.0.0" }, /"pod-cidr": Expected an IPv4 CIDR such as 10.200.0.0\/24/],

@@ -1,7 +1,9 @@
 // NodeDiscovery over an in-memory kvstore, without a kernel: which ipcache entries it wants for
 // other nodes and their pods (tunnel endpoints, remote-node addresses, pod CIDRs as world), that
 // it ignores this node and its own addresses, and that a deleted endpoint or a node that is gone
-// takes its entries with it. The multi-node e2e test covers the kernel side.
+// takes its entries with it; with a grace period, a lost node keeps them until it ends and one
+// back in time loses nothing; native routes go via a node address outside its pod CIDRs, and a
+// malformed address or CIDR in a record is skipped. The multi-node e2e tests cover the kernel side.
 import assert from "node:assert/strict";
 import type { IpcacheEntry } from "@cilia/policy-wasm";
 import { openKvStore } from "../../agent/kvstore/kvstore.ts";
@@ -89,3 +91,115 @@ async function until(fn: () => boolean, ms = 3000): Promise<void> {
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+Deno.test("NodeDiscovery keeps a lost node's entries for the grace period", async () => {
+  const store = await openKvStore("denokv://:memory:");
+  const self = { name: "n1", ip: "192.0.2.1", addresses: ["192.0.2.1"], startedAt: "" };
+  const n2 = { name: "n2", ip: "192.0.2.2", addresses: ["192.0.2.2"], startedAt: "" };
+  await put(store, "cilia/nodes/n2", n2);
+  await put(store, "cilia/endpoints/n2/1", { node: "n2", identity: 301, ipv4: "10.200.2.10" });
+  const table = new Map<string, IpcacheUpsert>();
+  let deletes = 0;
+  const ac = new AbortController();
+  const d = new NodeDiscovery({
+    store,
+    self,
+    mode: "native",
+    ipcache: (up: IpcacheUpsert[], del: IpcacheEntry[]) => {
+      deletes += del.length;
+      for (const x of del) table.delete(x.prefix);
+      for (const x of up) table.set(x.prefix, x);
+      return Promise.resolve();
+    },
+    gateways: {},
+    serial: new Serial(),
+    log: new Logger({ level: "error" }),
+    gracePeriodMs: 400,
+  });
+  const w = d.follow({ signal: ac.signal });
+  const health = () => d.describe([]).map((n) => [n.name, n.health]);
+  try {
+    await w.ready;
+    assert.ok(table.has("10.200.2.10"));
+    // Gone and back within the period: nothing is removed.
+    await store.delete("cilia/nodes/n2");
+    await until(() => health().length === 1);
+    assert.deepEqual(health(), [["n2", "lost"]]);
+    assert.equal(d.list()[0]?.lost?.remainingSeconds, 1);
+    await new Promise((r) => setTimeout(r, 200));
+    await put(store, "cilia/nodes/n2", n2);
+    await until(() => health().length === 0);
+    await new Promise((r) => setTimeout(r, 400)); // past the period had it still run
+    assert.equal(deletes, 0, "nothing removed for a node back in time");
+    assert.ok(table.has("10.200.2.10"));
+    // Gone for longer: the entries go once the period ends, not before.
+    await store.delete("cilia/nodes/n2");
+    const lostAt = Date.now();
+    await until(() => !table.has("10.200.2.10"));
+    assert.ok(Date.now() - lostAt >= 350, `removed after ${Date.now() - lostAt} ms`);
+    assert.deepEqual([d.list(), health()], [[], []]);
+  } finally {
+    ac.abort();
+    await w.done;
+    await store.close();
+  }
+});
+
+Deno.test("NodeDiscovery routes native IPv6 pod CIDRs via an IPv6 node address, never a pod gateway", async () => {
+  const store = await openKvStore("denokv://:memory:");
+  const self = { name: "n1", ip: "192.0.2.1", addresses: ["192.0.2.1"], startedAt: "" };
+  const node = (name: string, i: number, addresses: unknown[]) =>
+    put(store, `cilia/nodes/${name}`, {
+      name,
+      ip: `192.0.2.${i}`,
+      // Sorted as hostAddresses() sorts them: the pod gateway fd00:200:<i>::1 is among them.
+      addresses,
+      podCidr: `10.200.${i}.0/24`,
+      podCidrV6: `fd00:200:${i}::/64`,
+      startedAt: "",
+    });
+  await node("n2", 2, ["10.200.2.1", "192.0.2.2", "2001:db8:200::2", "fd00:200:2::1"]);
+  await node("n3", 3, ["fd00:200:3::1", "fe80::3", "not an address", 7, "192.0.2.3"]);
+  // A malformed pod CIDR gets no route; the other nodes' routes are unaffected.
+  await put(store, "cilia/nodes/n4", {
+    name: "n4",
+    ip: "192.0.2.4",
+    addresses: ["192.0.2.4"],
+    podCidr: "10.200.4.0/33",
+    startedAt: "",
+  });
+  const routes: { family: number; cidr: string; via?: string }[][] = [];
+  const warned: string[] = [];
+  const log = new Logger({ level: "error" });
+  log.warn = (msg: string, fields?: Record<string, unknown>) => {
+    warned.push(`${msg} ${fields?.cidr}`);
+  };
+  const ac = new AbortController();
+  const d = new NodeDiscovery({
+    store,
+    self,
+    mode: "native",
+    ipcache: () => Promise.resolve(),
+    routes: { apply: (r) => Promise.resolve(void routes.push(r)) },
+    gateways: {},
+    serial: new Serial(),
+    log,
+  });
+  const w = d.follow({ signal: ac.signal });
+  try {
+    await w.ready;
+    const last = (routes.at(-1) ?? []).map((r) => `${r.cidr} via ${r.via}`).sort();
+    assert.deepEqual(last, [
+      "10.200.2.0/24 via 192.0.2.2",
+      "10.200.3.0/24 via 192.0.2.3",
+      "fd00:200:2::/64 via 2001:db8:200::2",
+    ]);
+    assert.deepEqual(warned, [
+      "no route to a node's pod CIDR: the node has no underlay address fd00:200:3::/64",
+    ]);
+  } finally {
+    ac.abort();
+    await w.done;
+    await store.close();
+  }
+});

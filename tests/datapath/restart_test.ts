@@ -30,6 +30,7 @@ const REPO = new URL("../../", import.meta.url);
  */
 const AGENT = `
 import { KernelSink } from "${new URL("agent/datapath/kernel_sink.ts", REPO).href}";
+import { MAP_OPS } from "${new URL("agent/datapath/map_writer.ts", REPO).href}";
 import { Logger } from "${new URL("agent/log.ts", REPO).href}";
 const cfg = JSON.parse(Deno.args[0]);
 const sink = await KernelSink.open({
@@ -43,7 +44,8 @@ for (const [ep, flags, adds] of cfg.endpoints ?? []) {
 }
 const reconciled = cfg.reconcile ? await sink.reconcile() : undefined;
 const dp = sink.datapath;
-console.log(JSON.stringify({ loaded: dp.loaded, root: dp.pins.root, policy: await dp.dumpPolicy(2), reconciled }));
+const ops = Object.fromEntries(MAP_OPS);
+console.log(JSON.stringify({ loaded: dp.loaded, root: dp.pins.root, policy: await dp.dumpPolicy(2), reconciled, ops }));
 await sink.close();
 `;
 
@@ -63,6 +65,8 @@ async function runAgent(lab: Lab, node: Node, cfg: Record<string, unknown>) {
     root: string;
     policy: PolicyEntry[];
     reconciled?: { endpoints: number; policyKeys: number; prefixes: number };
+    /** Entries written by map/op/outcome (map_writer.ts). */
+    ops: Record<string, number>;
   };
 }
 
@@ -113,6 +117,37 @@ Deno.test(
         assertNot(await pa.probe("tcp", b.ipv4, 81, 300));
       },
     );
+    await t.step("a restart that finds its state in place writes only what differs", async () => {
+      const ipcache = [a, b].flatMap((p, i) =>
+        [p.ipv4, p.ipv6].map((prefix) => ({ prefix, identity: ID.a + i }))
+      );
+      const same = await runAgent(l.lab, l.node, {
+        ipcache,
+        endpoints: [endpointA, endpointB],
+        reconcile: true,
+      });
+      assertEquals(same.ops, {}, "nothing written: entries, programs, policy, ipcache in place");
+      assert(await pa.send("c", "after a restart without writes"));
+      assertNot(await pa.probe("tcp", b.ipv4, 81, 300));
+      // B's policy value (its cookie) and A's flags differ from the kernel's: both are written.
+      const changed = entry({ identity: ID.a, cookie: 12 });
+      const out = await runAgent(l.lab, l.node, {
+        ipcache,
+        endpoints: [[l.endpoints[0], flags(true, false), []], [
+          l.endpoints[1],
+          flags(true, false),
+          [changed],
+        ]],
+        reconcile: true,
+      });
+      assertEquals(out.policy, [policyEntryOf(changed)]);
+      assertEquals(out.ops["cilia_policy/update/success"], 1);
+      assertEquals(out.ops["cilia_endpoints/update/success"], 1, "only A's entry is written");
+      assertEquals(out.ops["cilia_ipcache/update/success"], undefined);
+      const back = await runAgent(l.lab, l.node, { endpoints: [endpointA, endpointB] });
+      assertEquals(back.policy, written);
+      assert(await pa.send("c", "after the changes"));
+    });
     await t.step("a changed object is loaded, swapped in, and keeps the maps", async () => {
       const src = `${l.lab.dir}/bpf/`;
       await Deno.mkdir(`${src}lib`, { recursive: true });

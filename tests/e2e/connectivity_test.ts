@@ -64,3 +64,29 @@ Deno.test({
   assert.match(dec.decode(o.stderr), /interrupted, removing the lab/);
   assert.deepEqual(await labsLeft(), before, "nothing is left after Ctrl-C");
 });
+
+Deno.test({
+  name: "cilia connectivity test --nodes 2: cases across two nodes (etcd, tunnel mode)",
+  ...needsRoot(["busybox", "ping", "etcd"]),
+}, async () => {
+  const before = await labsLeft();
+  const o = await cilia([
+    ...["connectivity", "test", "--nodes", "2", "-o", "json", "--test"],
+    "ingress-default-deny|entities/host-allowed|deny-over-allow/denied-port|cidr/except",
+  ]).output();
+  const out = dec.decode(o.stdout), err = dec.decode(o.stderr);
+  assert.equal(o.code, 0, `${out}${err}`);
+  const { results } = JSON.parse(out) as { results: { name: string; got: string; ok: boolean }[] };
+  assert.deepEqual(
+    results.map((r) => [r.name, r.got, r.ok]),
+    [
+      ["ingress-default-deny/tcp-denied", "drop 133 by backend-deny-ingress", true],
+      ["ingress-default-deny/icmp-denied", "drop 133 by backend-deny-ingress", true],
+      ["ingress-default-deny/unselected-egress", "allowed", true],
+      ["entities/host-allowed", "allowed", true],
+      ["cidr/except-denied", "drop 133 by client-to-cidr", true],
+      ["deny-over-allow/denied-port", "drop 181 by backend-deny-9090", true],
+    ],
+  );
+  assert.deepEqual(await labsLeft(), before, "the lab is removed");
+});

@@ -21,7 +21,7 @@ Deno.test("the demo's scenario tests exactly the policy the demo imports", async
 
 Deno.test({
   name: "deno task demo --once: the report, exit 0, nothing left behind",
-  ...needsRoot(),
+  ...needsRoot(["dnsmasq", "dig"]),
 }, async () => {
   const o = await new Deno.Command(`${root}bin/deno`, {
     args: ["task", "demo", "--once"],
@@ -44,11 +44,16 @@ Deno.test({
       /10 flows: 4 allowed, 6 dropped — every verdict as the policy says/,
       /cilia_drop_count_total\{direction="INGRESS",reason="Policy denied by denylist"\} [1-9]/,
       /\$ cilia observe --type drop --from-pod default\/frontend/,
-      /default\/frontend:\d+ \(app=frontend, ID:\d+\) -> default\/backend:9090 \(app=backend, ID:\d+\) drop INGRESS DROPPED POLICY \(133\) .* endpoint default\/backend is selected by CiliumNetworkPolicy default\/\S+ \(spec\) for ingress and no rule allows it/,
+      /default\/frontend:\d+ \(app=frontend, ID:\d+\) -> default\/backend:9090 \(app=backend, ID:\d+\) drop INGRESS DROPPED POLICY_DENIED \(133\) .* endpoint default\/backend is selected by CiliumNetworkPolicy default\/\S+ \(spec\) for ingress and no rule allows it/,
       /policy {5}bin\/cilia policy import examples\/policies\/http-get-public\.yaml: Imported 1 policy/,
       /frontend → backend +HTTP GET \/public\/index\.html +200 hello 10\.200\.0\.\d+, this is \/public\/index\.html/,
       /frontend → backend +HTTP GET \/private\/keys +403 Access denied/,
       /frontend → backend +HTTP POST \/public\/form +403 Access denied/,
+      /policy {5}bin\/cilia policy import examples\/policies\/dns-fqdn\.yaml: Imported 1 policy/,
+      /dns-client → 203\.0\.113\.10 +TCP 80 \(no lookup yet\) +dropped/,
+      /dns-client → DNS +A api\.example\.com +NOERROR 203\.0\.113\.10/,
+      /dns-client → DNS +A www\.other\.net +REFUSED/,
+      /dns-client → api\.example\.com TCP 80 \(by name\) +allowed \(203\.0\.113\.10\)/,
       /removed everything the demo made/,
     ]
   ) assert.match(out, line);

@@ -5,8 +5,11 @@
 // after `dig` (the proxy learned the address before releasing the answer), and never reaches
 // 203.0.113.20:8080; a DNS rule for `*.example.com` only makes `dig other.net` get REFUSED
 // quickly, and each query is a DNS flow with its name, verdict and policy; `cilia fqdn cache
-// list` shows the learned record and `clean -f` forgets it (the address is denied again). Needs
-// root.
+// list` shows the learned record and `clean -f` forgets it (the address is denied again, while
+// the DNS server's own /32, also named by toCIDR, stays reachable: it is handed back to its CIDR
+// identity). many.example.com (100 A records) does not fit a UDP answer: dig retries over TCP,
+// which the kernel redirects to the proxy's TCP listener. short.example.com (TTL 1 s) expires
+// within two seconds, except while a connection to its address is alive (conntrack). Needs root.
 import assert from "node:assert/strict";
 import { CiliaNode } from "../cni/_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
@@ -27,6 +30,8 @@ spec:
   egress:
   - toFQDNs: [{matchName: api.example.com}]
     toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+  - toFQDNs: [{matchName: short.example.com}]
+    toPorts: [{ports: [{port: "9000", protocol: TCP}]}]
   - toCIDR: [203.0.113.10/32]
     toPorts:
     - ports: [{port: "53", protocol: ANY}]
@@ -42,7 +47,11 @@ Deno.test({
   await using n = await CiliaNode.create({ external: true });
   const ext = n.ext!;
   await n.lab.run(ext.netns, ["ip", "addr", "add", "203.0.113.20/24", "dev", "eth0"]);
+  await n.lab.run(ext.netns, ["ip", "addr", "add", "203.0.113.30/24", "dev", "eth0"]);
   await Deno.writeTextFile(`${n.lab.dir}/server.ts`, SERVER);
+  // many.example.com has 100 A records: more than a UDP answer holds (TC), so dig retries on TCP.
+  const many = Array.from({ length: 100 }, (_, i) => `198.51.100.${i + 1} many.example.com`);
+  await Deno.writeTextFile(`${n.lab.dir}/many.hosts`, many.join("\n") + "\n");
   const spawn = (args: string[]) =>
     new Deno.Command("ip", {
       args: ["netns", "exec", ext.netns, ...args],
@@ -61,9 +70,12 @@ Deno.test({
     "--address=/api.example.com/203.0.113.10",
     "--address=/other.example.com/203.0.113.20",
     "--address=/other.net/203.0.113.20",
+    `--addn-hosts=${n.lab.dir}/many.hosts`,
+    "--host-record=short.example.com,203.0.113.30,1",
     `--pid-file=${n.lab.dir}/dnsmasq.pid`,
   ]);
   const srv = spawn([Deno.execPath(), "run", "-A", "--no-config", `${n.lab.dir}/server.ts`]);
+  const echo = n.peer(ext.netns);
   try {
     const client = await n.addPod("client", { app: "client" });
     const connect = async (ip: string) =>
@@ -124,6 +136,20 @@ Deno.test({
       assert.equal((await dig("api.example.com")).answer, "203.0.113.10");
     });
 
+    await t.step("a truncated UDP answer: dig retries over TCP through the proxy", async () => {
+      const out = await n.lab.run(client.netns, [
+        ...["dig", "+time=2", "+tries=1", "@203.0.113.10", "many.example.com", "A"],
+      ]);
+      assert.match(out, /Truncated, retrying in TCP mode/);
+      assert.match(out, /status: NOERROR/);
+      assert.match(out, /ANSWER: 100,/);
+      const { flows } = await n.flows({ type: "l7" });
+      const seen = flows.filter((f) => f.l7?.dns?.query === "many.example.com.");
+      const over = (proto: string) => seen.find((f) => f.l4 && proto in f.l4);
+      assert.ok(over("UDP"), JSON.stringify(seen));
+      assert.equal(over("TCP")?.l7?.dns?.ips?.length, 100, JSON.stringify(seen));
+    });
+
     await t.step("DNS flows carry the name, the verdict and the policy", async () => {
       const { flows } = await n.flows({ type: "l7" });
       const refused = flows.find((f) => f.l7?.dns?.query === "other.net.");
@@ -166,7 +192,36 @@ Deno.test({
       assert.deepEqual(JSON.parse(after.out), []);
       assert.equal(await connect("203.0.113.10"), false);
     });
+
+    await t.step("an expired address stays allowed while a connection uses it", async () => {
+      await echo.listen("tcp", 9000);
+      const cached = async () =>
+        ((await n.call("GET", "/v1/fqdn/cache?name=short.example.com")).body as {
+          entries: { ip: string }[];
+        }).entries.map((e) => e.ip);
+      const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+      // TTL 1 s and no connection: gone within two expiry passes.
+      const first = await dig("short.example.com");
+      assert.equal(first.answer, "203.0.113.30", first.status);
+      assert.deepEqual(await cached(), ["203.0.113.30"]);
+      await sleep(2500);
+      assert.deepEqual(await cached(), [], "expired without a connection");
+      // With a live connection it stays, and so does the address's policy.
+      const peer = n.peer(client.netns);
+      try {
+        assert.equal((await dig("short.example.com")).answer, "203.0.113.30");
+        assert.equal(await peer.open("k", "203.0.113.30", 9000), true);
+        assert.equal(await peer.send("k", "x"), true);
+        await sleep(2500);
+        assert.deepEqual(await cached(), ["203.0.113.30"], "kept while the connection lives");
+        assert.equal(await peer.send("k", "y"), true);
+        assert.equal(await peer.probe("tcp", "203.0.113.30", 9000), true);
+      } finally {
+        await peer.close();
+      }
+    });
   } finally {
+    await echo.close();
     for (const p of [dnsmasq, srv]) {
       try {
         p.kill("SIGTERM");

@@ -9,10 +9,13 @@ import { CiliaNode } from "../cni/_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
 
 const SERVER = `
-Deno.serve({ hostname: "0.0.0.0", port: Number(Deno.args[0]), onListen() {} }, (req, info) => {
-  const u = new URL(req.url);
-  return new Response(\`remote=\${info.remoteAddr.hostname} path=\${u.pathname}\\n\`);
-});
+for (const port of Deno.args.map(Number)) {
+  Deno.serve({ hostname: "::", port, onListen() {} }, (req, info) => {
+    const u = new URL(req.url);
+    const remote = info.remoteAddr.hostname.replace(/^::ffff:/, "");
+    return new Response(\`remote=\${remote} path=\${u.pathname}\\n\`);
+  });
+}
 `;
 
 const cnp = (name: string, spec: string) =>
@@ -27,6 +30,29 @@ const HTTP_RULES = `rules:
   http:
   - {method: GET, path: /public}
   - {method: GET, path: /hdr, headers: ["X-Token: [0-9]+"]}`;
+
+/** Packets dropped with reason 178 (no proxy listener) so far, from cilia_metrics. */
+async function drops178(n: CiliaNode): Promise<number> {
+  const out = await n.lab.execInNode(n.node, [
+    "bpftool",
+    "-j",
+    "map",
+    "dump",
+    "pinned",
+    "/sys/fs/bpf/cilia/maps/cilia_metrics",
+  ]);
+  const rows = JSON.parse(out.stdout) as {
+    key: number[] | { reason: number };
+    values?: { value: { packets: number } }[];
+    formatted?: { key: { reason: number }; values: { value: { packets: number } }[] };
+  }[];
+  let sum = 0;
+  for (const r of rows) {
+    if ((r.formatted?.key.reason ?? (r.key as number[])[0]) !== 178) continue;
+    for (const v of r.formatted?.values ?? r.values ?? []) sum += v.value.packets ?? 0;
+  }
+  return sum;
+}
 
 Deno.test({
   name: "l7 http: ingress and egress rules through the kernel redirect and the proxy",
@@ -49,13 +75,15 @@ Deno.test({
       "--no-config",
       `${n.lab.dir}/server.ts`,
       "8080",
+      "8081",
     ],
     stdout: "null",
     stderr: "null",
   }).spawn();
   try {
-    const url = (path: string) => `http://${server.ipv4}:8080${path}`;
-    const curl = async (path: string, extra: string[] = []) => {
+    const url = (path: string, port = 8080) => `http://${server.ipv4}:${port}${path}`;
+    const url6 = (path: string, port = 8080) => `http://[${server.ipv6}]:${port}${path}`;
+    const curl = async (path: string, extra: string[] = [], target = url(path)) => {
       const out = await n.lab.run(client.netns, [
         "curl",
         "-s",
@@ -65,7 +93,7 @@ Deno.test({
         "-w",
         "\n%{http_code}",
         ...extra,
-        url(path),
+        target,
       ]).catch(() => undefined);
       if (out === undefined) return { body: "", code: 0 }; // no answer (curl failed)
       const i = out.lastIndexOf("\n");
@@ -167,30 +195,92 @@ egress:
       assert.equal(d.body.trim(), "Access denied");
     });
 
+    await t.step("adjacent L7 ports (one merged range entry): each port is proxied", async () => {
+      await n.clearPolicies();
+      await n.policy(cnp(
+        "l7-two-ports",
+        `endpointSelector: {matchLabels: {app: server}}
+ingress:
+- fromEndpoints: [{matchLabels: {app: client}}]
+  toPorts:
+  - ports: [{port: "8080", protocol: TCP}, {port: "8081", protocol: TCP}]
+    ${HTTP_RULES.replace(/\n/g, "\n    ")}`,
+      ));
+      for (const port of [8080, 8081]) {
+        const r = await curl("/public", [], url("/public", port));
+        assert.equal(r.code, 200, `${port}: ${r.body}`);
+        assert.equal(r.body.trim(), `remote=${client.ipv4} path=/public`);
+        assert.equal((await curl("/private", [], url("/private", port))).code, 403, `${port}`);
+      }
+    });
+
+    await t.step(
+      "IPv6: the ingress redirect, allowed and denied, the server sees the pod",
+      async () => {
+        const r = await curl("/public", ["-6"], url6("/public", 8081));
+        assert.equal(r.code, 200, r.body);
+        assert.equal(r.body.trim(), `remote=${client.ipv6} path=/public`);
+        const d = await curl("/private", ["-6"], url6("/private", 8081));
+        assert.equal(d.code, 403, d.body);
+        assert.equal(d.body.trim(), "Access denied");
+      },
+    );
+
+    await t.step(
+      "two L7 hops: the client's egress and the server's ingress rules both decide",
+      async () => {
+        await n.clearPolicies();
+        await n.policy(cnp(
+          "l7-out",
+          `endpointSelector: {matchLabels: {app: client}}
+egress:
+- toEndpoints: [{matchLabels: {app: server}}]
+  toPorts:
+  - ports: [{port: "8080", protocol: TCP}]
+    rules:
+      http: [{method: GET, path: /public}, {method: GET, path: /egress-only}]`,
+        ));
+        await n.policy(cnp(
+          "l7-in",
+          `endpointSelector: {matchLabels: {app: server}}
+ingress:
+- fromEndpoints: [{matchLabels: {app: client}}]
+  toPorts:
+  - ports: [{port: "8080", protocol: TCP}]
+    ${HTTP_RULES.replace(/\n/g, "\n    ")}`,
+        ));
+        const r = await curl("/public");
+        assert.equal(r.code, 200, r.body);
+        assert.equal(r.body.trim(), `remote=${client.ipv4} path=/public`);
+        assert.equal((await curl("/egress-only")).code, 403, "the server's ingress rule denies");
+        assert.equal((await curl("/hdr", ["-H", "X-Token: 1"])).code, 403, "egress rule denies");
+        const r6 = await curl("/public", ["-6"], url6("/public"));
+        assert.equal(r6.code, 200, `IPv6: ${r6.body}`);
+        assert.equal(r6.body.trim(), `remote=${client.ipv6} path=/public`);
+        assert.equal((await curl("/egress-only", ["-6"], url6("/egress-only"))).code, 403);
+      },
+    );
+
+    const ports = `${n.dir}/state/proxy-ports.json`;
+    const listenerPorts = await Deno.readTextFile(ports);
     await t.step(
       "a proxy that is down fails closed: the kernel drops with reason 178",
       async () => {
         await n.stopAgent("SIGKILL"); // the proxy runs in the agent: its listeners are gone
         assert.equal((await curl("/public", ["-m", "1"])).code, 0, "no answer at all");
-        const out = await n.lab.execInNode(n.node, [
-          "bpftool",
-          "-j",
-          "map",
-          "dump",
-          "pinned",
-          "/sys/fs/bpf/cilia/maps/cilia_metrics",
-        ]);
-        const rows = JSON.parse(out.stdout) as {
-          key: number[] | { reason: number };
-          values?: { value: { packets: number } }[];
-          formatted?: { key: { reason: number }; values: { value: { packets: number } }[] };
-        }[];
-        const drops178 = rows.filter((r) =>
-          (r.formatted?.key.reason ?? (r.key as number[])[0]) === 178
-        );
-        assert.ok(drops178.length > 0, `a metrics row for reason 178: ${out.stdout.slice(0, 400)}`);
+        assert.ok(await drops178(n) > 0, "reason 178 counted");
       },
     );
+
+    await t.step("restarted, the agent listens on the same ports: no 178 drops", async () => {
+      await n.startAgent();
+      const before = await drops178(n);
+      const r = await curl("/public");
+      assert.equal(r.code, 200, r.body);
+      assert.equal((await curl("/egress-only")).code, 403);
+      assert.equal(await drops178(n), before, "no drop 178 after the restart");
+      assert.equal(await Deno.readTextFile(ports), listenerPorts, "listener ports kept");
+    });
   } finally {
     try {
       srv.kill("SIGKILL");

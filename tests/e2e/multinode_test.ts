@@ -5,7 +5,8 @@
 // app=a connects, app=c is dropped with reason 133 naming c's identity, even once node 2's
 // ipcache no longer knows c's address. Deleting a pod, and stopping a node (its lease expires),
 // removes the entries on the other node. Then both agents restart in native routing mode: routes
-// via the node IP, the same verdicts from the ipcache by source address. Flows come from the
+// via the node IP (IPv6 pod CIDRs via the node's IPv6 underlay address), the same verdicts, for
+// IPv4 and IPv6, from the ipcache by source address. Flows come from the
 // agents' API. Needs root and etcd.
 import assert from "node:assert/strict";
 import { Cluster, type ClusterNode } from "../helpers/cluster.ts";
@@ -91,6 +92,45 @@ Deno.test({
     assert.equal(big.code, 0, `ping -s 1400 -M do fits the tunnel MTU: ${big.stdout}`);
   });
 
+  /**
+   * Runs `traffic` with a counter in each node's netfilter forward hook for packets to b, and
+   * returns each node's [IPv4, IPv6] packet counts: a packet the datapath sent straight from
+   * veth to device (tunnel.h, 5. and 6.) was not forwarded by that node's stack.
+   */
+  const forwarded = async (traffic: () => Promise<void>) => {
+    const rules = `add table inet mn_fwd
+add chain inet mn_fwd probe { type filter hook forward priority 0; }
+add rule inet mn_fwd probe ip daddr ${b.ipv4} counter
+add rule inet mn_fwd probe ip6 daddr ${b.ipv6} counter
+`;
+    for (const n of [n1, n2]) {
+      const r = await cluster.lab.exec(n.node.netns, ["nft", "-f", "-"], rules);
+      assert.equal(r.code, 0, r.stderr);
+    }
+    try {
+      await traffic();
+      const counts: number[][] = [];
+      for (const n of [n1, n2]) {
+        const out = await cluster.lab.run(n.node.netns, ["nft", "list", "table", "inet", "mn_fwd"]);
+        counts.push([...out.matchAll(/counter packets (\d+)/g)].map((m) => Number(m[1])));
+      }
+      return counts as [[number, number], [number, number]];
+    } finally {
+      for (const n of [n1, n2]) {
+        await cluster.lab.exec(n.node.netns, ["nft", "delete", "table", "inet", "mn_fwd"]);
+      }
+    }
+  };
+
+  await t.step("tunnel traffic skips the nodes' IP forwarding (IPv4; IPv6 takes it)", async () => {
+    const [c1, c2] = await forwarded(async () => {
+      assert.ok(await cluster.lab.peer(a.netns).probe("tcp", b.ipv4, 8080, 3000), "a → b");
+      assert.ok(await cluster.lab.peer(a.netns).probe("tcp", b.ipv6, 8080, 3000), "a → b IPv6");
+    });
+    assert.deepEqual([c1[0], c2[0]], [0, 0], "neither node forwarded an IPv4 packet to b");
+    assert.ok(c1[1] > 0 && c2[1] > 0, "both forwarded the IPv6 ones (the counters work)");
+  });
+
   await n2.policy(POLICY);
 
   await t.step("node 2 allows app=a and drops app=c with c's real identity", async () => {
@@ -173,7 +213,35 @@ Deno.test({
         await cluster.lab.run(n2.node.netns, ["ip", "-j", "route", "show", n1.podCidr]),
       ) as { gateway?: string; dev?: string }[];
       assert.deepEqual([route[0]?.gateway, route[0]?.dev], [n1.ip, "eth0"]);
-      assert.ok(await cluster.lab.peer(a.netns).probe("tcp", b.ipv4, 8080, 3000), "a → b allowed");
+      const route6 = JSON.parse(
+        await cluster.lab.run(n2.node.netns, [
+          "ip",
+          "-6",
+          "-j",
+          "route",
+          "show",
+          "fd00:200:1::/64",
+        ]),
+      ) as { gateway?: string; dev?: string }[];
+      assert.deepEqual([route6[0]?.gateway, route6[0]?.dev], [n1.ip6, "eth0"]);
+      const [c1, c2] = await forwarded(async () => {
+        assert.ok(await cluster.lab.peer(a.netns).probe("tcp", b.ipv4, 8080, 3000), "a → b");
+        assert.ok(await cluster.lab.peer(a.netns).probe("tcp", b.ipv6, 8080, 3000), "a → b IPv6");
+      });
+      // Native: node 1 sends a's IPv4 packets straight out of eth0; node 2 routes them to b.
+      assert.equal(c1[0], 0, "node-1 forwarded no IPv4 packet to b");
+      assert.ok(c2[0] > 0 && c1[1] > 0, "the stack forwarded the others (the counters work)");
+      const before6 = Date.now();
+      assert.equal(await cluster.lab.peer(d.netns).probe("tcp", b.ipv6, 8080, 400), false);
+      await eventually(
+        "an IPv6 drop naming d's identity",
+        async () =>
+          (await n2.flows({ verdict: "DROPPED" })).some((f) =>
+            Date.parse(f.time) >= before6 - 50 && f.drop_reason === 133 &&
+            f.source.identity === idD && f.IP?.ipVersion === "IPv6"
+          ),
+        3000,
+      );
       const before = Date.now();
       assert.equal(await cluster.lab.peer(d.netns).probe("tcp", b.ipv4, 8080, 400), false);
       await eventually(

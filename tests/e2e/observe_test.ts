@@ -58,7 +58,7 @@ Deno.test({
     }
     assert.ok(drop, "a drop flow for port 9090");
     assert.equal(drop.drop_reason, 133);
-    assert.equal(drop.drop_reason_desc, "POLICY");
+    assert.equal(drop.drop_reason_desc, "POLICY_DENIED");
     assert.equal(drop.source.pod_name, "frontend");
     assert.equal(drop.destination.pod_name, "backend");
     assert.ok(drop.source.labels.includes("k8s:app=frontend"), drop.source.labels.join());
@@ -103,7 +103,7 @@ Deno.test({
     const compact = await cli(n, ["observe", "--type", "drop", "--last", "1"]);
     assert.match(
       compact.stdout,
-      /default\/frontend:\d+ \(app=frontend.*-> default\/backend:9090 \(app=backend.*DROPPED POLICY \(133\)/,
+      /default\/frontend:\d+ \(app=frontend.*-> default\/backend:9090 \(app=backend.*DROPPED POLICY_DENIED \(133\)/,
     );
     assert.match(compact.stdout, /selected by CiliumNetworkPolicy default\/backend-ingress/);
     const all = await cli(n, ["observe", "-o", "json"]);

@@ -48,6 +48,7 @@ const TRAPPABLE = new Set([
   "mapstate_for_identity",
   "regex_compile",
   "regex_match",
+  "query_verdict",
 ]);
 
 /**
@@ -160,6 +161,11 @@ Deno.test("PolicyEngine recovers from a trap in any export: later answers equal 
     () => {
       const q = r.pick(seeds.queries);
       return { name: `query(${JSON.stringify(q)})`, run: (e) => e.query(q) };
+    },
+    () => {
+      const q = r.pick(seeds.queries);
+      const h = { ...q, http: q.http ?? { method: "GET", path: "/public/a/../b" } };
+      return { name: `judgeHttp(${JSON.stringify(h)})`, run: (e) => e.judgeHttp(h) };
     },
     () => {
       const ep = r.pick([...seeds.endpointIds, 77]);

@@ -5,13 +5,16 @@
 // fd00:200:<i>::/64, a short lease so that a stopped node expires quickly). Pods come through
 // the CNI plugin (tests/cni/_fixture.ts execCni). Flows and events are asked from the agents,
 // never read from the perf buffer. etcd can be killed and started again on its data
-// (stopEtcd/startEtcd) for the fault tests. close() kills agents and etcd and removes everything.
+// (stopEtcd/startEtcd) or blackholed (blockEtcd) for the fault tests. Each node's eth0 also has
+// 2001:db8:200::<i>/64 (native IPv6 routing). close() kills agents and etcd and removes
+// everything.
 import { execCni, root, type TestPod } from "../cni/_fixture.ts";
 import { type Reply, SocketClient } from "../agent/_fixture.ts";
 import type { Flow, MonitorLine } from "../../agent/monitor/mod.ts";
 import { Lab, type Node } from "./netns.ts";
 
 const UNDERLAY_IP = "192.0.2.254";
+const UNDERLAY_IP6_PREFIX = "2001:db8:200::";
 const dec = new TextDecoder();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -20,6 +23,10 @@ export interface ClusterOptions {
   routingMode?: "tunnel" | "native";
   /** Node lease TTL (default "2s"). */
   leaseTtl?: string;
+  /** How long peers keep a lost node's entries (default "0s": removed when its lease ends). */
+  nodeGracePeriod?: string;
+  /** More agent flags, for every node (a test may change `Cluster.agentArgs` and restart). */
+  agentArgs?: string[];
 }
 
 export class ClusterNode {
@@ -29,6 +36,8 @@ export class ClusterNode {
   readonly socket: string;
   readonly api: SocketClient;
   readonly podCidr: string;
+  /** Its IPv6 underlay address (2001:db8:200::<i>). */
+  readonly ip6: string;
   #agent: Deno.ChildProcess | undefined;
   #drained: Promise<void> | undefined;
   #log = "";
@@ -44,6 +53,7 @@ export class ClusterNode {
     this.socket = `${this.dir}/cilia.sock`;
     this.api = new SocketClient(this.socket);
     this.podCidr = `10.200.${node.index}.0/24`;
+    this.ip6 = `${UNDERLAY_IP6_PREFIX}${node.index}`;
   }
 
   get log(): string {
@@ -60,6 +70,8 @@ export class ClusterNode {
       ...["--pod-cidr", this.podCidr, "--pod-cidr-v6", `fd00:200:${i}::/64`],
       ...["--kvstore", `etcd://${UNDERLAY_IP}:2379`, "--lease-ttl", this.cluster.leaseTtl],
       ...["--routing-mode", this.cluster.routingMode],
+      ...["--node-grace-period", this.cluster.nodeGracePeriod],
+      ...this.cluster.agentArgs,
     ]);
     const child = new Deno.Command(argv[0]!, {
       args: argv.slice(1),
@@ -183,12 +195,16 @@ export class Cluster implements AsyncDisposable {
   /** The mode agents start with (a test may change it and restart them). */
   routingMode: "tunnel" | "native";
   readonly leaseTtl: string;
+  readonly nodeGracePeriod: string;
+  agentArgs: string[];
   #etcd: Deno.ChildProcess | undefined;
 
   private constructor(readonly lab: Lab, opts: ClusterOptions) {
     this.underlay = `${lab.prefix}ul`;
     this.routingMode = opts.routingMode ?? "tunnel";
     this.leaseTtl = opts.leaseTtl ?? "2s";
+    this.nodeGracePeriod = opts.nodeGracePeriod ?? "0s";
+    this.agentArgs = opts.agentArgs ?? [];
   }
 
   static async create(opts: ClusterOptions): Promise<Cluster> {
@@ -257,13 +273,29 @@ export class Cluster implements AsyncDisposable {
     await child.status;
   }
 
+  /**
+   * Blackholes etcd's client port (an nft drop rule in the underlay namespace) or lifts that:
+   * etcd keeps running, but nothing reaches it and open connections hang, as on a partition.
+   */
+  async blockEtcd(blocked: boolean): Promise<void> {
+    const rules = blocked
+      ? "add table inet cilia_block\n" +
+        "add chain inet cilia_block input { type filter hook input priority 0; }\n" +
+        "add rule inet cilia_block input tcp dport 2379 drop\n"
+      : "delete table inet cilia_block\n";
+    const r = await this.lab.exec(this.underlay, ["nft", "-f", "-"], rules);
+    if (r.code !== 0) throw new Error(`nft in the underlay namespace failed: ${r.stderr}`);
+  }
+
   async #plug(node: Node): Promise<void> {
     const port = `ul${this.lab.tag}${node.index}`;
     await this.lab.run(node.netns, [
       "sh",
       "-c",
       `ip link add eth0 type veth peer name ${port} netns ${this.underlay} && ` +
-      `ip addr add 192.0.2.${node.index}/24 dev eth0 && ip link set eth0 up`,
+      `ip addr add 192.0.2.${node.index}/24 dev eth0 && ` +
+      // An IPv6 underlay address too (documentation range): next hop of native IPv6 routes.
+      `ip addr add ${UNDERLAY_IP6_PREFIX}${node.index}/64 dev eth0 nodad && ip link set eth0 up`,
     ]);
     await this.lab.run(this.underlay, ["ip", "link", "set", port, "master", "br0", "up"]);
   }

@@ -112,7 +112,7 @@ Deno.test("Monitor turns events into attributed flows", async (t) => {
       }));
       const f = monitor.query({ last: 1 }).flows[0]!;
       assert.deepStrictEqual(f.verdict, "DROPPED");
-      assert.deepStrictEqual(f.drop_reason_desc, "POLICY");
+      assert.deepStrictEqual(f.drop_reason_desc, "POLICY_DENIED");
       assert.deepStrictEqual(f.policy?.decision, "default-deny");
       assert.match(
         f.policy!.text,
@@ -133,6 +133,14 @@ Deno.test("Monitor turns events into attributed flows", async (t) => {
       assert.deepStrictEqual(q([["port", "9090"], ["protocol", "tcp"]]), 1);
       assert.deepStrictEqual(q([["ip", "10.0.0.0/24"], ["type", "policy-verdict"]]), 1);
       assert.deepStrictEqual(q([["from-ip", "10.0.0.2"]]), 0);
+      for (const reason of ["133", "POLICY_DENIED", "policy_denied", "POLICY", "DROP_POLICY"]) {
+        assert.deepStrictEqual(q([["drop-reason", reason]]), 1, reason);
+      }
+      assert.deepStrictEqual(q([["drop-reason", "POLICY_DENY"]]), 0);
+      assert.throws(
+        () => addCriterion(emptyFilter(), "drop-reason", "POLICY_DENIE"),
+        /Invalid drop-reason "POLICY_DENIE": expected a code \(133\) or a drop reason name/,
+      );
       assert.throws(
         () => addCriterion(emptyFilter(), "verdict", "LOST"),
         (e) =>

@@ -31,13 +31,23 @@ const response = (name: string, answers: Answer[], o: { id?: number; rcode?: num
   }));
 const decoded = (b: Uint8Array) => dp.decode(Buffer.from(b));
 
-/** An upstream that answers each query with what `script` returns (nothing: silence). */
+/**
+ * An upstream that answers each query with what `script` returns (nothing: silence). The proxy
+ * gives each query an id of its own, so a scripted id 7 becomes the query's id and 8 another one.
+ */
 async function upstream(script: (q: Uint8Array) => Uint8Array[]) {
   const sock = dgram.createSocket("udp4");
   let received = 0;
   sock.on("message", (m, from) => {
     received++;
-    for (const r of script(new Uint8Array(m))) sock.send(r, from.port, from.address);
+    for (const r of script(new Uint8Array(m))) {
+      if (r.length >= 12 && r[0] === 0 && (r[1] === 7 || r[1] === 8)) {
+        const id = ((m[0]! << 8) | m[1]!) ^ (r[1] === 8 ? 1 : 0);
+        r[0] = id >> 8;
+        r[1] = id & 0xff;
+      }
+      sock.send(r, from.port, from.address);
+    }
   });
   await new Promise<void>((r) => sock.bind(0, "127.0.0.1", () => r()));
   return {
@@ -267,4 +277,141 @@ Deno.test("FqdnIdentities label learned addresses with the selectors that match"
     "cidr:192.0.2.1/32",
     "reserved:world",
   ]);
+});
+
+/** Reads one 2-byte length-prefixed message (null: the connection closed). */
+async function readFrame(c: Deno.Conn, buf: { b: Uint8Array }): Promise<Uint8Array | null> {
+  for (;;) {
+    if (buf.b.length >= 2) {
+      const len = (buf.b[0]! << 8) | buf.b[1]!;
+      if (buf.b.length >= 2 + len) {
+        const m = buf.b.slice(2, 2 + len);
+        buf.b = buf.b.slice(2 + len);
+        return m;
+      }
+    }
+    const chunk = new Uint8Array(4096);
+    const n = await c.read(chunk).catch(() => null);
+    if (n === null) return null;
+    const next = new Uint8Array(buf.b.length + n);
+    next.set(buf.b);
+    next.set(chunk.subarray(0, n), buf.b.length);
+    buf.b = next;
+  }
+}
+
+const framed = (m: Uint8Array) => {
+  const out = new Uint8Array(m.length + 2);
+  out[0] = m.length >> 8;
+  out[1] = m.length & 0xff;
+  out.set(m, 2);
+  return out;
+};
+
+Deno.test("DnsProxy over TCP: several pipelined queries per connection, bad lengths close", async () => {
+  // The upstream: a TCP DNS server that waits for two queries and answers them in reverse order.
+  const up = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const upPort = (up.addr as Deno.NetAddr).port;
+  const served = (async () => {
+    for await (const c of up) {
+      const buf = { b: new Uint8Array() };
+      const qs = [await readFrame(c, buf), await readFrame(c, buf)];
+      for (const q of qs.reverse()) {
+        if (!q) continue;
+        const d = decoded(q);
+        const name = d.questions[0].name;
+        const r = response(name, [{ type: "A", name, data: "192.0.2.44" }], { id: d.id });
+        await c.write(framed(r));
+      }
+      c.close();
+    }
+  })().catch(() => {});
+  const learned: string[] = [];
+  const p = new DnsProxy({
+    judge: (_o, name, proto) => ({
+      allowed: proto === 6 && name.endsWith(".example.com."),
+      cookie: 1,
+    }),
+    // A fake of the kernel's proxy maps: every connection was redirected from the upstream.
+    maps: { original: () => orig(upPort), writeNat: () => {}, deleteNat: () => {} },
+    learn: (_ep, _names, ips) => {
+      learned.push(...ips.map((i) => i.ip));
+      return Promise.resolve(undefined);
+    },
+    log: new Logger({ level: "error" }),
+    metrics: new Metrics(),
+    upstreamTimeoutMs: 2000,
+  });
+  try {
+    const port = await p.start("127.0.0.1", 0);
+    const c = await Deno.connect({ hostname: "127.0.0.1", port });
+    const all = [query("a.example.com", 1), query("other.net", 2), query("b.example.com", 3)];
+    await c.write(new Uint8Array(all.flatMap((m) => [...framed(m)])));
+    const buf = { b: new Uint8Array() };
+    const got = new Map<number, { rcode: string; ips: string[] }>();
+    for (let i = 0; i < 3; i++) {
+      const m = await readFrame(c, buf);
+      assert.ok(m, `answer ${i + 1} of 3`);
+      const d = decoded(m);
+      got.set(d.id, { rcode: d.rcode, ips: d.answers.map((a: { data: string }) => a.data) });
+    }
+    assert.deepEqual(got.get(2), { rcode: "REFUSED", ips: [] });
+    assert.deepEqual(got.get(1), { rcode: "NOERROR", ips: ["192.0.2.44"] });
+    assert.deepEqual(got.get(3), { rcode: "NOERROR", ips: ["192.0.2.44"] });
+    assert.deepEqual(learned, ["192.0.2.44", "192.0.2.44"]);
+    c.close();
+
+    const bad = await Deno.connect({ hostname: "127.0.0.1", port });
+    await bad.write(new Uint8Array([0, 5, 1, 2, 3, 4, 5]));
+    assert.equal(await readFrame(bad, { b: new Uint8Array() }), null, "closed on a bad length");
+    bad.close();
+  } finally {
+    p.close();
+    up.close();
+    await served;
+  }
+});
+
+Deno.test("DnsCache keeps an expired record while a live connection of its endpoint uses it", () => {
+  const c = new DnsCache({ minTtl: 0, maxIpsPerName: 10 });
+  c.learn(1, ["a.example.com."], [{ ip: "192.0.2.1", ttl: 5 }, { ip: "192.0.2.2", ttl: 5 }], 0);
+  c.learn(2, ["a.example.com."], [{ ip: "192.0.2.1", ttl: 5 }], 0);
+  let asked = 0;
+  const fresh: boolean[] = [];
+  let live = new Set(["1/192.0.2.1"]);
+  const inUse = (f: boolean) => {
+    asked++;
+    fresh.push(f);
+    return (ep: number, ip: string) => live.has(`${ep}/${ip}`);
+  };
+  assert.deepEqual([...c.expire(4_000, inUse)], []);
+  assert.equal(asked, 0, "conntrack is asked only when something expired");
+  // Endpoint 1 still talks to 192.0.2.1: only its record stays; endpoint 2's goes.
+  assert.deepEqual([...c.expire(6_000, inUse)].sort(), ["192.0.2.1", "192.0.2.2"]);
+  assert.equal(asked, 1, "one conntrack walk per expiry pass");
+  assert.deepEqual(c.list().map((e) => `${e.endpoint} ${e.ip}`), ["1 192.0.2.1"]);
+  assert.deepEqual([...c.namesOf("192.0.2.1")], ["a.example.com."]);
+  // The connection ended: the record goes at the next pass.
+  live = new Set();
+  assert.deepEqual([...c.expire(7_000, inUse)], ["192.0.2.1"]);
+  assert.equal(c.size, 0);
+  // A newly expired record asks for a fresh walk; one only kept before may reuse a recent one.
+  assert.deepEqual(fresh, [true, false]);
+});
+
+Deno.test("DnsCache.refresh() extends known records and leaves anything new to learn()", () => {
+  const c = new DnsCache({ minTtl: 0, maxIpsPerName: 10 });
+  c.learn(1, ["a.example.com."], [{ ip: "192.0.2.1", ttl: 5 }], 0);
+  assert.equal(c.refresh(1, ["a.example.com."], [{ ip: "192.0.2.1", ttl: 5 }], 4_000), true);
+  assert.deepEqual([...c.expire(6_000)], [], "extended to 9 s");
+  for (
+    const [ep, name, ip] of [
+      [2, "a.example.com.", "192.0.2.1"],
+      [1, "b.example.com.", "192.0.2.1"],
+      [1, "a.example.com.", "192.0.2.2"],
+    ] as const
+  ) {
+    assert.equal(c.refresh(ep, [name], [{ ip, ttl: 60 }], 4_000), false, `${ep} ${name} ${ip}`);
+  }
+  assert.deepEqual([...c.expire(9_000)], ["192.0.2.1"], "a failed refresh changed nothing");
 });

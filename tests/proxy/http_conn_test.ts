@@ -18,6 +18,7 @@ async function lab(
     upstreamRequests: string[];
     records: RequestRecord[];
   }) => Promise<void>,
+  timeouts = { headerTimeoutMs: 300, idleTimeoutMs: 300 },
 ) {
   const upstreamRequests: string[] = [];
   const up = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
@@ -39,8 +40,7 @@ async function lab(
           (r.method === "GET" && r.path.startsWith("/public")) ||
           (r.method === "POST" && r.path === "/upload"),
         onRequest: (r) => records.push(r),
-        headerTimeoutMs: 300,
-        idleTimeoutMs: 300,
+        ...timeouts,
       }));
     }
   })().catch(() => {});
@@ -197,4 +197,41 @@ Deno.test("serveHttpConnection() answers bad input and closes, forwarding nothin
     // connection was cut); nothing else was forwarded.
     assert.ok(upstreamRequests.every((r) => r === "POST /upload"), upstreamRequests.join());
   });
+});
+
+Deno.test("serveHttpConnection() times out a trickled second head at the keep-alive limit", async () => {
+  // The first head may take 1.5 s, the next only 300 ms: the shorter limit after the longer one
+  // must hold (one timer per connection is re-armed, not one per read), and bytes trickling in
+  // faster than the idle limit do not extend it.
+  await lab(async ({ conn }) => {
+    const c = await conn();
+    await c.write(enc.encode("GET /public HTTP/1.1\r\nHost: x\r\n\r\n"));
+    const buf = new Uint8Array(65536);
+    let got = "";
+    while (!/body=0\n$/.test(got)) {
+      const n = await c.read(buf);
+      assert.ok(n !== null, `closed before the response: ${got}`);
+      got += dec.decode(buf.subarray(0, n));
+    }
+    const started = Date.now();
+    let stop = false;
+    const trickle = (async () => {
+      for (const ch of "GET /public HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa") {
+        if (stop) return;
+        await c.write(enc.encode(ch)).catch(() => stop = true);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })();
+    got = "";
+    for (;;) {
+      const n = await c.read(buf);
+      if (n === null) break;
+      got += dec.decode(buf.subarray(0, n));
+    }
+    const took = Date.now() - started;
+    stop = true;
+    await trickle;
+    assert.deepEqual(statuses(got), [408], got);
+    assert.ok(took >= 250 && took < 1000, `408 after ${took} ms, expected about 300 ms`);
+  }, { headerTimeoutMs: 1500, idleTimeoutMs: 300 });
 });

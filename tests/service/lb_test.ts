@@ -3,9 +3,13 @@
 // Service + EndpointSlice import. The kernel half is tests/e2e/services_test.ts.
 import assert from "node:assert/strict";
 import { lbHash, maglevTable, weightedSlots } from "../../agent/service/maglev.ts";
-import { LbState } from "../../agent/service/lb_state.ts";
+import { LB_SVC_F_EXTERNAL, LbState } from "../../agent/service/lb_state.ts";
 import { decode, LAYOUTS, num } from "../../agent/datapath/codecs.ts";
-import { normaliseService, type ServiceSpec } from "../../agent/service/spec.ts";
+import {
+  normaliseService,
+  ServiceInputSchema,
+  type ServiceSpec,
+} from "../../agent/service/spec.ts";
 import { importKubernetesServices } from "../../agent/service/k8s_import.ts";
 
 const named = (n: number) =>
@@ -143,8 +147,60 @@ endpoints: [{addresses: [10.200.0.9]}]
   assert.throws(
     () =>
       importKubernetesServices(
-        yaml.replace("clusterIP: 10.96.1.1", "clusterIP: 10.96.1.1\n  type: NodePort"),
+        yaml.replace("clusterIP: 10.96.1.1", "clusterIP: 10.96.1.1\n  type: ExternalName"),
       ),
-    /ClusterIP/,
+    /document 1: spec\.type: Unsupported service type/,
+  );
+});
+
+Deno.test("importKubernetesServices() keeps nodePorts and LoadBalancer ingress addresses", () => {
+  const yaml = `apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.1.2
+  ports: [{name: http, port: 80, nodePort: 30080}, {name: dns, port: 53, protocol: UDP}]
+status:
+  loadBalancer: {ingress: [{ip: 198.51.100.7}, {hostname: lb.example.com}]}
+`;
+  const out = importKubernetesServices(yaml);
+  assert.deepEqual(out.map((s) => [s.type, s.nodePort, s.loadBalancerIPs]), [
+    ["LoadBalancer", 30080, ["198.51.100.7"]],
+    ["LoadBalancer", undefined, ["198.51.100.7"]],
+  ]);
+  const np = importKubernetesServices(yaml.replace("LoadBalancer", "NodePort"));
+  assert.deepEqual(np.map((s) => [s.type, s.nodePort, s.loadBalancerIPs]), [
+    ["NodePort", 30080, undefined],
+    ["NodePort", undefined, undefined],
+  ]);
+});
+
+Deno.test("LbState writes NodePort and LoadBalancer frontends flagged external", () => {
+  const base = svc(7, [["10.200.1.3", 8080]]);
+  const s = normaliseService({
+    ...base,
+    type: "LoadBalancer",
+    nodePort: 30080,
+    loadBalancerIPs: ["198.51.100.7"],
+  });
+  const plan = new LbState().plan([s], { nodePortAddresses: ["192.0.2.1"] });
+  const services = plan.writes.find((w) => w.map === "cilia_lb_services")!.updates.map((u) => {
+    const k = decode(LAYOUTS.lbServiceKey, u.key), v = decode(LAYOUTS.lbServiceValue, u.value);
+    const a = k.addr as Uint8Array;
+    return [`${a[0]}.${a[1]}.${a[2]}.${a[3]}:${num(k.port)}`, num(v.svc_id), num(v.flags)];
+  }).sort();
+  assert.deepEqual(services, [
+    ["10.96.0.7:80", 7, 0],
+    ["192.0.2.1:30080", 7, LB_SVC_F_EXTERNAL],
+    ["198.51.100.7:80", 7, LB_SVC_F_EXTERNAL],
+  ]);
+  assert.throws(
+    () => ServiceInputSchema.parse({ ...base, nodePort: 30080 }),
+    /Invalid nodePort: only a .+NodePort.+ service has one/,
+  );
+  assert.throws(
+    () => ServiceInputSchema.parse({ ...base, type: "NodePort", loadBalancerIPs: ["1.2.3.4"] }),
+    /Invalid loadBalancerIPs: only a .+LoadBalancer.+ service has them/,
   );
 });

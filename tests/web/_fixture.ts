@@ -103,10 +103,15 @@ export async function startSimulator(): Promise<Simulator> {
   };
 }
 
-/** Waits until the app has finished at least `runs` runs (default: 1). */
+/**
+ * Waits until the app has finished at least `runs` runs (default: 1) and CodeMirror (a chunk
+ * loaded after the first screen) has replaced the plain editor.
+ */
 export async function waitReady(page: Page, runs = 1): Promise<void> {
   await page.waitForFunction(
-    (n) => Number(document.getElementById("app")?.dataset.runs ?? 0) >= n,
+    (n) =>
+      Number(document.getElementById("app")?.dataset.runs ?? 0) >= n &&
+      document.getElementById("editor")?.dataset.editor !== "plain",
     runs,
   );
 }

@@ -1,5 +1,6 @@
 // The simulator's static file handler and `deno task web`: content types, HEAD, 404 and 405,
-// no path escapes, a mount prefix, and web/serve.ts printing its URL for `--port 0`.
+// no path escapes, a mount prefix, the code-split build (chunks, policy.wasm, preloads), and
+// web/serve.ts printing its URL for `--port 0`.
 
 import { buildWeb } from "../../scripts/build_web.ts";
 import { serveSimulator } from "../../web/mod.ts";
@@ -21,7 +22,13 @@ async function get(path: string, init: RequestInit & { prefix?: string } = {}) {
 
 Deno.test("serveSimulator() serves the built simulator", async (t) => {
   const build = await buildWeb({ outdir: OUT });
-  assertEquals(build.files.map((f) => f.name).sort(), ["app.js", "index.html", "style.css"]);
+  const names = build.files.map((f) => f.name);
+  for (const n of ["app.js", "index.html", "style.css", "policy.wasm"]) {
+    assert(names.includes(n), `${n} missing from ${names.join(", ")}`);
+  }
+  // Chunks: the CodeMirror editor and live mode load after the first screen.
+  assert(names.some((n) => /^codemirror_editor-\w+\.js$/.test(n)), names.join(", "));
+  assert(names.some((n) => /^live-\w+\.js$/.test(n)), names.join(", "));
 
   await t.step("files with their content types", async () => {
     const cases: [string, number, string][] = [
@@ -42,9 +49,10 @@ Deno.test("serveSimulator() serves the built simulator", async (t) => {
   });
 
   await t.step("HEAD has headers and no body; other methods get 405", async () => {
-    const head = await get("/app.js", { method: "HEAD" });
+    const head = await get("/policy.wasm", { method: "HEAD" });
     assertEquals(head.status, 200);
     assertEquals(head.body, "");
+    assertEquals(head.type, "application/wasm");
     assert(Number(head.res.headers.get("content-length")) > 100_000);
     const post = await get("/", { method: "POST" });
     assertEquals([post.status, post.res.headers.get("allow")], [405, "GET, HEAD"]);
@@ -57,11 +65,30 @@ Deno.test("serveSimulator() serves the built simulator", async (t) => {
   });
 
   await t.step("the bundle is offline and Deno-free", async () => {
-    const js = await Deno.readTextFile(`${OUT}/app.js`);
-    assertEquals(/\bDeno\./.test(js), false);
+    for (const n of names.filter((n) => n.endsWith(".js"))) {
+      const js = await Deno.readTextFile(`${OUT}/${n}`);
+      assertEquals(/\bDeno\./.test(js), false, n);
+    }
     const html = await Deno.readTextFile(`${OUT}/index.html`);
     assertEquals(/(?:src|href)="https?:/.test(html), false);
   });
+
+  await t.step(
+    "index.html preloads the first screen's chunks and the engine, not the editor",
+    async () => {
+      const html = (await get("/")).body;
+      const preloads = [...html.matchAll(/<link rel="(?:module)?preload" href="([^"]+)"/g)]
+        .map((m) => m[1]!);
+      assert(preloads.includes("policy.wasm"), html);
+      assert(preloads.some((p) => /^chunk-\w+\.js$/.test(p)), html);
+      assert(!preloads.some((p) => p.startsWith("codemirror_editor")), html);
+      for (const p of preloads) assertEquals((await get(`/${p}`)).status, 200, p);
+      // app.js imports exactly the chunks index.html preloads (else a round trip is lost).
+      const app = (await get("/app.js")).body;
+      const imported = [...app.matchAll(/from"\.\/([^"]+\.js)"/g)].map((m) => m[1]!);
+      for (const i of imported) assert(preloads.includes(i), `${i} is imported but not preloaded`);
+    },
+  );
 });
 
 Deno.test("web/serve.ts --port 0 prints the URL and serves the simulator", async () => {

@@ -124,8 +124,17 @@ Deno.test("Simulator gives runScenario()'s verdicts and explanations", async (t)
         r.queries.map((q) => [q.name, q.outcome?.verdict, q.outcome?.trace]),
         expected.map((q) => [q.name, q.verdict, q.trace]),
       );
+      // Rows and columns: the endpoints, then the named CIDRs, world and host.
       const n = loaded.scenario.endpoints.length;
-      assertEquals(r.matrix?.flat().length, n * n);
+      const peers = r.peers.length;
+      assertEquals(
+        r.peers.slice(0, n).map((p) => p.name),
+        loaded.scenario.endpoints.map((e) => e.name),
+      );
+      assertEquals(r.peers.slice(-2).map((p) => p.name), ["world", "host"]);
+      assertEquals(r.matrix?.flat().length, peers * peers);
+      // Between two peers that are not endpoints no cilia policy applies: not judged.
+      assertEquals(r.matrix?.flat().filter((c) => c.na).length, (peers - n) * (peers - n));
     });
   }
   sim.close();

@@ -51,8 +51,15 @@ export class App {
     byId("add-endpoint").addEventListener("click", () => this.#endpoints.add());
     this.#matrix = new MatrixView(byId("tab-matrix"), {
       onProbe: () => this.run(),
-      onAddQuery: (c, p) =>
-        this.#addQuery({ from: c.from, to: c.to, ...portOf(p), expect: c.verdict }),
+      onAddQuery: (c, p, [from, to]) =>
+        this.#addQuery({
+          from: from?.ref ?? c.from,
+          to: to?.ref ?? c.to,
+          ...portOf(p),
+          expect: c.verdict,
+        }),
+      onSelect: (c) => this.#editor.highlight(c.sources),
+      onShowSource: (s) => this.#editor.highlight([s]),
       onTestL7: (c, p) => {
         this.#l7.prefill({ from: c.from, to: c.to, port: p.port });
         this.#tabs.select("l7");
@@ -61,6 +68,7 @@ export class App {
     this.#l7 = new L7Tester(byId("tab-l7"), {
       judge: (input) => this.#sim.flow(input),
       onAddQuery: (q) => this.#addQuery(q),
+      onShowSource: (s) => this.#editor.highlight([s]),
     });
     this.#queries = new QueriesView(byId("tab-queries"), byId("queries-badge"), {
       onRemove: (i) => {
@@ -68,6 +76,8 @@ export class App {
         this.#changed(false);
       },
       onOpenL7: (q) => this.#openL7(q),
+      onSelect: (o) => this.#editor.highlight(o.sources),
+      onShowSource: (s) => this.#editor.highlight([s]),
     });
     this.#toolbar = new Toolbar([
       { label: "Examples", tutorials: EXAMPLES },
@@ -75,7 +85,7 @@ export class App {
     ], {
       onNew: () => {
         this.load({ policies: [], endpoints: [], queries: [] });
-        this.#editor.view.focus();
+        this.#editor.focus();
       },
       onRename: (name) => {
         this.#ws.name = name || undefined;
@@ -163,7 +173,7 @@ export class App {
       : r.setupError
       ? `Fix the endpoints to see verdicts: ${r.setupError}`
       : undefined;
-    this.#matrix.render(r.matrix, why);
+    this.#matrix.render(r.matrix, r.peers, why);
     this.#queries.render(r.matrix ? r.queries : undefined, why);
     this.#l7.setEndpoints(this.#ws.endpoints);
     this.#l7.refresh();
@@ -195,7 +205,11 @@ export class App {
   #addQuery(q: ScenarioQuery): void {
     this.#ws.queries.push(q);
     this.#changed(false);
-    toast(`Added query ${this.#ws.queries.length}: ${q.from} → ${q.to} (${q.expect})`);
+    toast(
+      `Added query ${this.#ws.queries.length}: ${peerText(q.from)} → ${
+        peerText(q.to)
+      } (${q.expect})`,
+    );
   }
 
   #openL7(q: ScenarioQuery): void {
@@ -238,6 +252,11 @@ function portOf(p: Probe): Pick<ScenarioQuery, "port" | "protocol" | "icmpType">
   return p.protocol === "ICMP"
     ? { port: 0, protocol: "ICMP", icmpType: p.port }
     : { port: p.port, protocol: p.protocol };
+}
+
+function peerText(p: ScenarioQuery["from"]): string {
+  if (typeof p === "string") return p;
+  return "endpoint" in p ? p.endpoint : "cidr" in p ? p.cidr : p.entity;
 }
 
 function l7Target(q: ScenarioQuery): { from: string; to: string; port: number } {

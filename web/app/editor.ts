@@ -1,18 +1,13 @@
-// The policy editor: CodeMirror 6 with YAML highlighting, a lint gutter and the engine's
-// diagnostics (validation errors, compile and lint warnings) placed at their line and column.
-// It shows what it is given; it does not validate by itself. Keyboard: Tab moves focus on, as in
-// CodeMirror's accessible default; indenting with Tab is an opt-in (`setTabIndents`), and even
-// then Esc followed by Tab leaves the editor. This module is browser compatible.
+// The policy editor as the app sees it. The page becomes interactive with a plain text area
+// (monospace, editable, same keyboard behaviour: Tab moves on), and CodeMirror 6
+// (codemirror_editor.ts, a chunk of its own, requested at once by main.ts) replaces it as soon
+// as it arrives, taking over the text, selection, focus, diagnostics and highlights. This keeps
+// CodeMirror's ~130 KiB (gzip) off the critical path of the first load. It shows what it is
+// given; it does not validate by itself. This module is browser compatible (it needs a DOM).
 
-import { basicSetup, EditorView } from "codemirror";
-import { yaml } from "@codemirror/lang-yaml";
-import { type Diagnostic as CmDiagnostic, lintGutter, setDiagnostics } from "@codemirror/lint";
-import { Compartment, EditorState, type Text } from "@codemirror/state";
-import { keymap } from "@codemirror/view";
 import type { Diagnostic } from "./simulation.ts";
 
 export interface PolicyEditor {
-  readonly view: EditorView;
   text(): string;
   /** Replaces the text without reporting a change. */
   setText(text: string): void;
@@ -22,100 +17,125 @@ export interface PolicyEditor {
   setTabIndents(on: boolean): void;
   /** Read-only (live mode shows the cluster's policies until the user forks a draft). */
   setReadOnly(on: boolean): void;
+  /** Marks whole lines (1-based, inclusive) and scrolls the first into view; [] clears. */
+  highlight(spans: readonly { line: number; endLine: number }[]): void;
+  focus(): void;
+  destroy(): void;
 }
 
-const theme = EditorView.theme({
-  "&": { height: "100%", fontSize: "13px", backgroundColor: "#fff" },
-  "&.cm-focused": { outline: "none" },
-  ".cm-scroller": {
-    fontFamily: "ui-monospace, 'SFMono-Regular', 'DejaVu Sans Mono', Menlo, Consolas, monospace",
-    lineHeight: "1.55",
-  },
-  // #5c6675 on #f7f8fa: 5.6:1 (WCAG AA for small text).
-  ".cm-gutters": { backgroundColor: "#f7f8fa", borderRight: "1px solid #e3e6ea", color: "#5c6675" },
-  ".cm-activeLineGutter": { backgroundColor: "#eef1f5" },
-  ".cm-activeLine": { backgroundColor: "#f5f8ff" },
-});
+type Span = { line: number; endLine: number };
+type Factory = (parent: HTMLElement, onChange: (text: string) => void) => PolicyEditor;
 
-/** Tab indents by two spaces (YAML has no tabs), when the user opted in; Shift-Tab is left to the
- * browser. */
-const tabIndent = keymap.of([{
-  key: "Tab",
-  run: (view) => {
-    view.dispatch(view.state.replaceSelection("  "), { scrollIntoView: true, userEvent: "input" });
-    return true;
-  },
-}]);
+/** The CodeMirror chunk, requested once (main.ts starts it before the engine loads). */
+let codemirror: Promise<Factory> | undefined;
+export function loadCodeMirror(): Promise<Factory> {
+  return codemirror ??= import("./codemirror_editor.ts").then((m) => m.createCodeMirrorEditor);
+}
+
+/** A <textarea> stand-in until CodeMirror is loaded. */
+function plainEditor(parent: HTMLElement, onChange: (text: string) => void): PolicyEditor & {
+  area: HTMLTextAreaElement;
+} {
+  const area = document.createElement("textarea");
+  area.className = "editor-plain";
+  area.spellcheck = false;
+  area.setAttribute("aria-label", "Policies (YAML)");
+  area.addEventListener("input", () => onChange(area.value));
+  let tabs = false;
+  area.addEventListener("keydown", (e) => {
+    if (!tabs || e.key !== "Tab" || e.shiftKey) return;
+    e.preventDefault();
+    area.setRangeText("  ", area.selectionStart, area.selectionEnd, "end");
+    onChange(area.value);
+  });
+  parent.append(area);
+  const offset = (line: number, column: number) => {
+    const lines = area.value.split("\n");
+    const l = Math.min(Math.max(line, 1), lines.length);
+    let at = 0;
+    for (let i = 0; i < l - 1; i++) at += lines[i]!.length + 1;
+    return at + Math.min(Math.max(column - 1, 0), lines[l - 1]!.length);
+  };
+  return {
+    area,
+    text: () => area.value,
+    setText: (text) => void (area.value = text),
+    showDiagnostics: () => {},
+    goTo(line, column = 1) {
+      const at = offset(line, column);
+      area.setSelectionRange(at, at);
+      area.focus();
+    },
+    setTabIndents: (on) => void (tabs = on),
+    setReadOnly: (on) => void (area.readOnly = on),
+    highlight: () => {},
+    focus: () => area.focus(),
+    destroy: () => area.remove(),
+  };
+}
 
 export function createPolicyEditor(
   parent: HTMLElement,
   onChange: (text: string) => void,
 ): PolicyEditor {
-  let silent = false;
-  const tabs = new Compartment();
-  const readOnly = new Compartment();
-  const view = new EditorView({
-    parent,
-    extensions: [
-      basicSetup,
-      yaml(),
-      lintGutter(),
-      tabs.of([]),
-      readOnly.of([]),
-      theme,
-      EditorView.contentAttributes.of({ "aria-label": "Policies (YAML)" }),
-      EditorView.updateListener.of((u) => {
-        if (u.docChanged && !silent) onChange(u.state.doc.toString());
-      }),
-    ],
+  let diagnostics: readonly Diagnostic[] = [];
+  let spans: readonly Span[] = [];
+  let tabs = false;
+  let readOnly = false;
+  const changed = (text: string) => {
+    delete parent.dataset.highlight;
+    onChange(text);
+  };
+  const plain = plainEditor(parent, changed);
+  let current: PolicyEditor = plain;
+  parent.dataset.editor = "plain";
+  loadCodeMirror().then((create) => {
+    const focused = document.activeElement === plain.area;
+    const { selectionStart, selectionEnd, value } = plain.area;
+    plain.destroy();
+    const cm = create(parent, changed) as PolicyEditor & {
+      view: import("@codemirror/view").EditorView;
+    };
+    cm.setText(value);
+    cm.setTabIndents(tabs);
+    cm.setReadOnly(readOnly);
+    cm.showDiagnostics(diagnostics);
+    if (spans.length > 0) cm.highlight(spans);
+    cm.view.dispatch({ selection: { anchor: selectionStart, head: selectionEnd } });
+    if (focused) cm.focus();
+    current = cm;
+    parent.dataset.editor = "codemirror";
+  }).catch((e) => {
+    // The text area stays: the simulator works without highlighting.
+    parent.dataset.editor = "plain-only";
+    console.warn("CodeMirror could not load; keeping the plain editor", e);
   });
   return {
-    view,
-    text: () => view.state.doc.toString(),
+    text: () => current.text(),
     setText(text) {
-      silent = true;
-      try {
-        view.dispatch({ changes: { from: 0, to: view.state.doc.length, insert: text } });
-      } finally {
-        silent = false;
-      }
+      delete parent.dataset.highlight;
+      spans = [];
+      current.setText(text);
     },
     showDiagnostics(list) {
-      const doc = view.state.doc;
-      view.dispatch(setDiagnostics(view.state, list.map((d) => toCm(doc, d))));
+      diagnostics = list;
+      current.showDiagnostics(list);
     },
+    goTo: (line, column) => current.goTo(line, column),
     setTabIndents(on) {
-      view.dispatch({ effects: tabs.reconfigure(on ? tabIndent : []) });
+      tabs = on;
+      current.setTabIndents(on);
     },
     setReadOnly(on) {
-      view.dispatch({
-        effects: readOnly.reconfigure(
-          on ? [EditorState.readOnly.of(true), EditorView.editable.of(false)] : [],
-        ),
-      });
+      readOnly = on;
+      current.setReadOnly(on);
     },
-    goTo(line, column = 1) {
-      const pos = position(view.state.doc, line, column);
-      view.dispatch({ selection: { anchor: pos }, scrollIntoView: true });
-      view.focus();
+    highlight(list) {
+      spans = list;
+      parent.dataset.highlight = list.map((s) => `${s.line}-${s.endLine}`).join(",");
+      current.highlight(list);
     },
-  };
-}
-
-function position(doc: Text, line: number, column: number): number {
-  const l = doc.line(Math.min(Math.max(line, 1), doc.lines));
-  return l.from + Math.min(Math.max(column - 1, 0), l.length);
-}
-
-function toCm(doc: Text, d: Diagnostic): CmDiagnostic {
-  const from = position(doc, d.line ?? 1, d.column ?? 1);
-  const line = doc.lineAt(from);
-  const end = line.from + line.text.trimEnd().length;
-  return {
-    from,
-    to: Math.max(from, end),
-    severity: d.severity,
-    message: d.path ? `${d.message} (at ${d.path})` : d.message,
-    source: d.severity === "error" ? "cilia validate" : "cilia lint",
+    focus: () => current.focus(),
+    destroy: () => current.destroy(),
   };
 }

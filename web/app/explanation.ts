@@ -3,7 +3,7 @@
 // is browser compatible (it needs a DOM).
 
 import { type Child, h } from "./dom.ts";
-import type { FlowOutcome } from "./simulation.ts";
+import type { FlowOutcome, SourceSpan } from "./simulation.ts";
 
 export function verdictPill(outcome: Pick<FlowOutcome, "verdict" | "l7">): HTMLElement {
   return h(
@@ -40,6 +40,7 @@ export function explanation(
   title: string,
   outcome: FlowOutcome,
   actions: Child[] = [],
+  sources: Child = null,
 ): HTMLElement {
   return h(
     "div",
@@ -53,6 +54,7 @@ export function explanation(
       ...actions,
     ),
     h("p", { class: "reason" }, outcome.reason),
+    sources,
     outcome.l7
       ? h(
         "p",
@@ -62,4 +64,34 @@ export function explanation(
       : null,
     tracePre(outcome.trace),
   );
+}
+
+/**
+ * "Decided by" with a button per rule (or default-deny policy) that highlights its lines in the
+ * editor; nothing when no policy decided (default allow, allow-localhost, loopback).
+ */
+export function sourceLinks(
+  sources: readonly SourceSpan[],
+  onShow: (s: SourceSpan) => void,
+): HTMLElement | null {
+  if (sources.length === 0) return null;
+  return h(
+    "p",
+    { class: "sources", "data-testid": "sources" },
+    h("span", { class: "muted" }, "Decided by "),
+    ...sources.map((s) =>
+      h("button", {
+        type: "button",
+        class: "link",
+        "data-testid": "source-link",
+        "data-line": s.line,
+        title: "Highlight these lines in the editor",
+        onclick: () => onShow(s),
+      }, `${s.label} (${s.direction}, ${linesText(s)})`)
+    ),
+  );
+}
+
+function linesText(s: SourceSpan): string {
+  return s.endLine > s.line ? `lines ${s.line}–${s.endLine}` : `line ${s.line}`;
 }

@@ -5,14 +5,16 @@
 
 import { type FlowInput, flowOf, KAFKA_API_KEYS, queryName } from "../../policy-wasm/mod.ts";
 import { fill, h } from "./dom.ts";
-import { explanation } from "./explanation.ts";
+import { explanation, sourceLinks } from "./explanation.ts";
 import { type EndpointRow, parseHeaders, type ScenarioQuery } from "./model.ts";
-import type { FlowOutcome } from "./simulation.ts";
+import type { FlowOutcome, SourceSpan } from "./simulation.ts";
 
 export interface L7Events {
   /** The engine's outcome, or undefined when the workspace does not load. */
   judge(input: FlowInput): FlowOutcome | undefined;
   onAddQuery(q: ScenarioQuery): void;
+  /** Highlight the YAML lines that decided (the "Decided by" links). */
+  onShowSource(span: SourceSpan): void;
 }
 
 type Kind = "http" | "kafka";
@@ -236,6 +238,7 @@ export class L7Tester {
       "data-testid": "l7-add-query",
       onclick: () => this.#events.onAddQuery({ ...q, expect: outcome.verdict }),
     }, "Add as query");
-    fill(this.#result, explanation(`${queryName(q, outcome)}  ${what}`, outcome, [add]));
+    const sources = sourceLinks(outcome.sources, (s) => this.#events.onShowSource(s));
+    fill(this.#result, explanation(`${queryName(q, outcome)}  ${what}`, outcome, [add], sources));
   }
 }

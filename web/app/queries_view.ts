@@ -4,13 +4,16 @@
 
 import { queryName } from "../../policy-wasm/mod.ts";
 import { fill, h } from "./dom.ts";
-import { tracePre, verdictPill } from "./explanation.ts";
+import { sourceLinks, tracePre, verdictPill } from "./explanation.ts";
 import type { ScenarioQuery } from "./model.ts";
-import type { QueryRow } from "./simulation.ts";
+import type { FlowOutcome, QueryRow, SourceSpan } from "./simulation.ts";
 
 export interface QueriesEvents {
   onRemove(index: number): void;
   onOpenL7(q: ScenarioQuery): void;
+  /** A result was opened: highlight what decided it. */
+  onSelect(outcome: FlowOutcome): void;
+  onShowSource(span: SourceSpan): void;
 }
 
 export class QueriesView {
@@ -102,11 +105,15 @@ export class QueriesView {
     const q = r.query;
     const l7 = q.http ? `${q.http.method} ${q.http.path}` : q.kafka ? kafkaText(q) : "";
     const toggle = () => {
-      if (!this.#open.delete(r.index)) this.#open.add(r.index);
+      if (!this.#open.delete(r.index)) {
+        this.#open.add(r.index);
+        if (r.outcome) this.#events.onSelect(r.outcome);
+      }
       const next = row.nextElementSibling as HTMLElement | null;
       if (next?.classList.contains("query-detail")) next.remove();
       else row.after(this.#detail(r));
       row.classList.toggle("open", this.#open.has(r.index));
+      row.setAttribute("aria-expanded", String(this.#open.has(r.index)));
     };
     const row = h(
       "tr",
@@ -117,7 +124,16 @@ export class QueriesView {
         "data-verdict": r.outcome?.verdict ?? "error",
         "data-pass": r.pass === undefined ? "" : String(r.pass),
         title: "Show the explanation",
+        tabindex: 0,
+        "aria-expanded": String(this.#open.has(r.index)),
         onclick: toggle,
+        onkeydown: (e: Event) => {
+          const key = (e as KeyboardEvent).key;
+          if (e.target === row && (key === "Enter" || key === " ")) {
+            e.preventDefault();
+            toggle();
+          }
+        },
       },
       h("td", { class: `status ${status}` }, icon),
       h(
@@ -173,6 +189,7 @@ export class QueriesView {
           "div",
           {},
           h("p", { class: "reason" }, r.outcome!.reason),
+          sourceLinks(r.outcome!.sources, (s) => this.#events.onShowSource(s)),
           tracePre(r.outcome!.trace),
         ),
       ),

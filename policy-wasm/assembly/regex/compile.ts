@@ -11,9 +11,27 @@ export const MAX_INSTRUCTIONS: i32 = 65536;
 
 /** Compiles `root`; null when the program would exceed MAX_INSTRUCTIONS. */
 export function compileProgram(root: Node): Program | null {
+  const roots = new Array<Node>(1);
+  roots[0] = root;
+  return compileProgramSet(roots);
+}
+
+/**
+ * Compiles the alternation of `roots` into one program whose i-th branch ends in an OP_MATCH with
+ * arg i, so that one pass over an input tells which of the patterns match (RE2::Set); null when
+ * the program would exceed MAX_INSTRUCTIONS.
+ */
+export function compileProgramSet(roots: Array<Node>): Program | null {
   const c = new _Compiler();
-  c.emit(root);
-  c.push(OP_MATCH, 0, 0);
+  const last = roots.length - 1;
+  for (let i = 0; i < last && !c.overflow; i++) {
+    const split = c.push(OP_SPLIT, c.pc + 1, 0);
+    c.emit(roots[i]);
+    c.push(OP_MATCH, 0, i);
+    c.arg[split] = c.pc;
+  }
+  c.emit(roots[last]);
+  c.push(OP_MATCH, 0, last);
   if (c.overflow) return null;
   return new Program(c.op, c.out, c.arg, c.lists, c.ranges, c.hasAsserts);
 }

@@ -2,7 +2,10 @@
 // plus its context, a transition is computed by the Stepper the first time it is taken. The cache
 // is bounded (MAX_ENTRIES transitions, MAX_POOL thread ids); when full it is flushed and rebuilt
 // from the current state, and a match that keeps flushing finishes on the plain NFA. Either way
-// the cost stays O(input × program). This module is browser compatible.
+// the cost stays O(input × program). A program may hold a set of patterns (one OP_MATCH each):
+// a state then knows which of them match at the end, so one pass answers for all of them, and
+// matchBatch() walks many ASCII inputs on built transitions without leaving its loop. This module
+// is browser compatible.
 
 import { buildRuneClasses, RuneClasses } from "./classes";
 import { Stepper } from "./nfa";
@@ -26,10 +29,18 @@ export class Dfa {
   stepper: Stepper;
   classes: RuneClasses;
   ncls: i32;
-  /** Bytes per transition row; a "row" below is a state's byte offset in trans (state × rowBytes). */
-  rowBytes: i32;
-  /** classes.ascii pre-multiplied by 4, to index trans by bytes. */
-  ascii4: StaticArray<i32> = new StaticArray<i32>(128);
+  /** Entries per transition row: ncls rounded up to a power of two. */
+  stride: i32;
+  /**
+   * Bytes per transition row are 1 << rowShift; a "row" below is a state's byte offset in trans
+   * (state << rowShift), so row >> rowShift is the state.
+   */
+  rowShift: i32;
+  /**
+   * classes.ascii pre-multiplied by 4, to index trans by bytes; bytes from 0x80 map to column
+   * ncls, which no class uses, so its entries stay UNKNOWN and send matchBatch() to the slow path.
+   */
+  ascii4: StaticArray<i32> = new StaticArray<i32>(256);
   maxStates: i32;
   nfaOnly: bool;
   /** The entry at byte offset row + 4 × cls: the row reached on class cls, UNKNOWN or DEAD. */
@@ -37,8 +48,8 @@ export class Dfa {
   setOff: StaticArray<i32> = new StaticArray<i32>(0);
   setLen: StaticArray<i32> = new StaticArray<i32>(0);
   context: StaticArray<i32> = new StaticArray<i32>(0);
-  /** Whether the state matches at the end of input: 1, 0, or -1 until first asked. */
-  accept: StaticArray<i8> = new StaticArray<i8>(0);
+  /** The patterns the state matches at the end of input (a u32 mask), or -1 until first asked. */
+  accept: StaticArray<i64> = new StaticArray<i64>(0);
   pool: StaticArray<i32> = new StaticArray<i32>(64);
   poolLen: i32 = 0;
   /** Open-addressing index of the states: state + 1, or 0 when free. */
@@ -52,9 +63,13 @@ export class Dfa {
     this.stepper = new Stepper(prog);
     this.classes = buildRuneClasses(prog);
     this.ncls = this.classes.count;
-    this.rowBytes = this.ncls << 2;
+    let stride = 1;
+    while (stride <= this.ncls) stride <<= 1; // one spare column (see ascii4)
+    this.stride = stride;
+    this.rowShift = 2 + ctz(stride);
     for (let b = 0; b < 128; b++) unchecked(this.ascii4[b] = this.classes.ascii[b] << 2);
-    this.maxStates = min(MAX_STATES, MAX_ENTRIES / this.ncls);
+    for (let b = 128; b < 256; b++) unchecked(this.ascii4[b] = this.ncls << 2);
+    this.maxStates = min(MAX_STATES, MAX_ENTRIES / stride);
     this.nfaOnly = this.maxStates < MIN_STATES;
     let size = 16;
     while (size < 2 * this.maxStates) size <<= 1;
@@ -63,6 +78,14 @@ export class Dfa {
 
   /** True when the `len` bytes at `ptr` match the whole pattern. */
   fullMatch(ptr: usize, len: i32): bool {
+    return this.matches(ptr, len) != 0;
+  }
+
+  /**
+   * The patterns that match the whole of the `len` bytes at `ptr`: bit i for the program's
+   * OP_MATCH with arg i (one pattern: bit 0). One pass, whatever the number of patterns.
+   */
+  matches(ptr: usize, len: i32): u32 {
     const end = ptr + <usize> len;
     if (this.nfaOnly) {
       this.stepper.start(false);
@@ -94,9 +117,9 @@ export class Dfa {
       }
       let next = load<i32>(trans + <usize> (row + cls4));
       if (next < 0) {
-        if (next == DEAD) return false;
+        if (next == DEAD) return 0;
         next = this._transition(row, cls4);
-        if (next == DEAD) return false;
+        if (next == DEAD) return 0;
         if (this.flushes - firstFlush > MAX_FLUSHES_PER_MATCH) {
           this._loadState(next);
           return this._finishOnNfa(p, end);
@@ -105,23 +128,70 @@ export class Dfa {
       }
       row = next;
     }
-    return this._accepts(row / this.rowBytes);
+    return this._accepts(row >> this.rowShift);
   }
 
-  private _accepts(s: i32): bool {
+  /**
+   * matches() of `n` inputs in one go: input i is the bytes from `bytes` + the end of input i-1
+   * (0 for the first) to `bytes` + the u32 end at `ends` + 4i; its mask goes to the u32 at `out`
+   * + 4i. The caller checked the ends. ASCII inputs on transitions already built stay in this
+   * loop; any other goes through matches(), which builds what is missing.
+   */
+  matchBatch(bytes: usize, ends: usize, n: i32, out: usize): void {
+    let start: usize = bytes;
+    let row0 = this.startRow;
+    let trans = changetype<usize>(this.trans);
+    const ascii = changetype<usize>(this.ascii4);
+    const shift = this.rowShift;
+    for (let i = 0; i < n; i++) {
+      const stop = bytes + <usize> load<u32>(ends + (<usize> i << 2));
+      let row = row0;
+      let p = start;
+      // 0: walked to the end, 1: dead, 2: needs the slow path (not started, non-ASCII, not built)
+      let how = 0;
+      if (row < 0 || this.nfaOnly) {
+        how = 2;
+      } else {
+        while (p < stop) {
+          const next = load<i32>(
+            trans + <usize> (row + load<i32>(ascii + (<usize> load<u8>(p) << 2))),
+          );
+          if (next < 0) {
+            how = next == DEAD ? 1 : 2;
+            break;
+          }
+          row = next;
+          p++;
+        }
+      }
+      let mask: u32 = 0;
+      if (how == 0) { // p == stop
+        const a = unchecked(this.accept[row >> shift]);
+        mask = a >= 0 ? <u32> a : this._accepts(row >> shift);
+      } else if (how == 2) {
+        mask = this.matches(start, <i32> (stop - start));
+        row0 = this.startRow;
+        trans = changetype<usize>(this.trans);
+      }
+      store<u32>(out + (<usize> i << 2), mask);
+      start = stop;
+    }
+  }
+
+  private _accepts(s: i32): u32 {
     let a = unchecked(this.accept[s]);
     if (a < 0) {
       const off = unchecked(this.setOff[s]);
       const len = unchecked(this.setLen[s]);
-      a = this.stepper.acceptsAtEnd(this.pool, off, len, unchecked(this.context[s])) ? 1 : 0;
+      a = <i64> this.stepper.matchesAtEnd(this.pool, off, len, unchecked(this.context[s]));
       unchecked(this.accept[s] = a);
     }
-    return a == 1;
+    return <u32> a;
   }
 
   /** Computes, caches and returns the transition of `row` on the class at byte offset `cls4`. */
   private _transition(row: i32, cls4: i32): i32 {
-    const s = row / this.rowBytes;
+    const s = row >> this.rowShift;
     const at = (row + cls4) >> 2;
     const r = unchecked(this.classes.rep[cls4 >> 2]);
     const off = unchecked(this.setOff[s]);
@@ -150,7 +220,7 @@ export class Dfa {
     while (true) {
       const id = unchecked(this.index[slot]) - 1;
       if (id < 0) break;
-      if (this._sameState(id, set, len, ctx)) return id * this.rowBytes;
+      if (this._sameState(id, set, len, ctx)) return id << this.rowShift;
       slot = (slot + 1) & mask;
     }
     if (this.nstates >= this.maxStates || this.poolLen + len > MAX_POOL) {
@@ -177,7 +247,7 @@ export class Dfa {
     const mask = this.index.length - 1;
     while (unchecked(this.index[slot]) != 0) slot = (slot + 1) & mask;
     unchecked(this.index[slot] = id + 1);
-    return id * this.rowBytes;
+    return id << this.rowShift;
   }
 
   private _sameState(id: i32, set: StaticArray<i32>, len: i32, ctx: i32): bool {
@@ -193,9 +263,9 @@ export class Dfa {
       this.setOff = _grow<i32>(this.setOff, cap);
       this.setLen = _grow<i32>(this.setLen, cap);
       this.context = _grow<i32>(this.context, cap);
-      this.accept = _grow<i8>(this.accept, cap);
+      this.accept = _grow<i64>(this.accept, cap);
       const old = this.trans.length;
-      this.trans = _grow<i32>(this.trans, cap * this.ncls);
+      this.trans = _grow<i32>(this.trans, cap * this.stride);
       for (let i = old; i < this.trans.length; i++) unchecked(this.trans[i] = UNKNOWN);
     }
     if (pool > this.pool.length) {
@@ -216,7 +286,7 @@ export class Dfa {
 
   /** Puts the thread set of the state at `row` into stepper.next. */
   private _loadState(row: i32): void {
-    const s = row / this.rowBytes;
+    const s = row >> this.rowShift;
     const st = this.stepper;
     const len = unchecked(this.setLen[s]);
     memory.copy(
@@ -229,7 +299,7 @@ export class Dfa {
   }
 
   /** Runs the plain NFA from the threads in stepper.next over [p, end). */
-  private _finishOnNfa(p: usize, end: usize): bool {
+  private _finishOnNfa(p: usize, end: usize): u32 {
     const st = this.stepper;
     let cur = new StaticArray<i32>(st.next.length);
     while (p < end) {
@@ -240,9 +310,9 @@ export class Dfa {
       st.next = cur;
       cur = tmp;
       st.step(cur, 0, len, st.nextContext, d & 0xffffff, false);
-      if (st.nextLen == 0) return false;
+      if (st.nextLen == 0) return 0;
     }
-    return st.acceptsAtEnd(st.next, 0, st.nextLen, st.nextContext);
+    return st.matchesAtEnd(st.next, 0, st.nextLen, st.nextContext);
   }
 }
 

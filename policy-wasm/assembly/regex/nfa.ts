@@ -83,14 +83,21 @@ export class Stepper {
 
   /** True when the threads `set[off, off+len)` with context `ctx` match at the end of input. */
   acceptsAtEnd(set: StaticArray<i32>, off: i32, len: i32, ctx: i32): bool {
+    return this.matchesAtEnd(set, off, len, ctx) != 0;
+  }
+
+  /** The patterns (bit i: OP_MATCH arg i) the threads `set[off, off+len)` match at the end. */
+  matchesAtEnd(set: StaticArray<i32>, off: i32, len: i32, ctx: i32): u32 {
     this._clear();
     this.workLen = 0;
     for (let i = 0; i < len; i++) this._follow(unchecked(set[off + i]), ctx, CTX_EDGE, false);
-    const op = this.prog.op;
+    const prog = this.prog;
+    let mask: u32 = 0;
     for (let i = 0; i < this.workLen; i++) {
-      if (unchecked(op[unchecked(this.work[i])]) == OP_MATCH) return true;
+      const pc = unchecked(this.work[i]);
+      if (unchecked(prog.op[pc]) == OP_MATCH) mask |= (<u32> 1) << <u32> unchecked(prog.arg[pc]);
     }
-    return false;
+    return mask;
   }
 
   private _clear(): void {

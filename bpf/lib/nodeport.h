@@ -1,0 +1,219 @@
+/* NodePort and LoadBalancer services for clients outside the cluster, and the two pipelines of
+ * the node's underlay device (host.c): a packet arriving at <node IP>:<nodePort> (or at a
+ * LoadBalancer address) picks a backend the way lb.h does (same slots, same hash) and is
+ * translated with entries of cilia_snat (nat.h). It decides no policy: the backend's own
+ * endpoint program does, as for any packet. Entries (dir, tuple as the hook sees it):
+ *   NP_FWD   ingress {C:c → S:s}     → dst = B:b; remote backend: src = node:n  (redirect)
+ *   NP_REV   ingress {B:b → node:n}  → dst = C:c, src = S:s                     (redirect)
+ *   NP_LOCAL egress  {B:b → C:c}     → src = S:s
+ * (C client, S the service address: node IP or LoadBalancer address, B backend, n a NAT port.)
+ *
+ * Invariants:
+ * 1. Only services the agent flagged LB_SVC_F_EXTERNAL (NodePort / LoadBalancer frontends) are
+ *    reachable here; ClusterIP addresses are not served on the underlay.
+ * 2. A backend on this node gets the packet with the client's address (DNAT only; the node's
+ *    stack routes it to the endpoint and its ingress policy sees reserved:world or the client's
+ *    CIDR identity); its replies leave through this device and get the service address back.
+ * 3. A backend on another node gets the packet from this node's IP and a NAT port (SNAT), so it
+ *    answers through this node, where the reply is translated back to the client. Packets whose
+ *    new source is this node are routed with a FIB lookup and redirected (the stack would take
+ *    a local source arriving from outside as a martian).
+ * 4. A connection keeps its backend while that backend exists; a removed backend makes the next
+ *    packet pick again. A service without backends answers like kube-proxy: ICMP port
+ *    unreachable back out of the device (unreach.h), counted as DROP_NO_SERVICE.
+ * 5. Everything else is nat.h's: masquerade on the way out, its reverse on the way in, and the
+ *    node's own flows left alone.
+ * 6. --node-port-mode dsr replaces 3. (dsr.h): the remote backend gets the client's packet with
+ *    the frontend in an IP option and answers the client directly from its own node.
+ */
+#pragma once
+
+#include "nat.h"
+#include "nat_icmp.h"
+#include "lb.h"
+#include "unreach.h"
+#include "dsr.h"
+
+#define AF_INET_ 2
+
+static __always_inline int np_drop(struct __sk_buff *skb, int reason, __u8 dir)
+{
+	metrics_count(reason, dir, skb->len);
+	return TC_ACT_SHOT;
+}
+
+/* 3.: sends the packet towards its (new) destination with the FIB's next hop. */
+static __always_inline int np_redirect(struct __sk_buff *skb, const struct nat_pkt *n)
+{
+	struct bpf_fib_lookup f = {};
+	int r;
+
+	f.family = AF_INET_;
+	f.l4_protocol = n->p.tuple.proto;
+	f.sport = n->p.tuple.sport;
+	f.dport = n->p.tuple.dport;
+	f.ipv4_src = n->saddr;
+	f.ipv4_dst = n->daddr;
+	f.ifindex = skb->ifindex;
+	r = bpf_fib_lookup(skb, &f, sizeof(f), 0);
+	if (r == BPF_FIB_LKUP_RET_SUCCESS) {
+		if (bpf_skb_store_bytes(skb, 0, f.dmac, 6, 0) < 0 ||
+		    bpf_skb_store_bytes(skb, 6, f.smac, 6, 0) < 0)
+			return np_drop(skb, DROP_WRITE_ERROR, DIR_INGRESS);
+		return bpf_redirect(f.ifindex, 0);
+	}
+	if (r == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return bpf_redirect_neigh(f.ifindex, 0, 0, 0);
+	return np_drop(skb, DROP_NO_FIB, DIR_INGRESS);
+}
+
+/* 4.: is the backend an NP_FWD entry chose still there? */
+static __always_inline int np_backend_alive(const struct nat_entry *e)
+{
+	struct lb_backend_key bk = { .backend_id = e->backend_id };
+
+	return bpf_map_lookup_elem(&cilia_lb_backends, &bk) != 0;
+}
+
+/* A new connection to an external frontend: 1 if it was translated, 0 if it is none, or -DROP. */
+static __always_inline int np_new(struct __sk_buff *skb, const struct nat_cfg *cfg,
+				  struct nat_pkt *n, struct nat_entry *fwd)
+{
+	struct lb_service_key sk = { .port = n->p.tuple.dport, .proto = n->p.tuple.proto,
+				     .family = FAMILY_IPV4 };
+	struct nat_entry rev = { .kind = NAT_K_NP_REV, .flags = NAT_F_REDIRECT };
+	struct lb_service_value *svc;
+	struct lb_backend_key bk;
+	struct lb_backend *be;
+	struct nat_key k, rk = {};
+
+	if (n->p.tuple.proto != PROTO_TCP && n->p.tuple.proto != PROTO_UDP)
+		return 0;
+	*(__be32 *)sk.addr = n->daddr;
+	svc = bpf_map_lookup_elem(&cilia_lb_services, &sk);
+	if (!svc || !(svc->flags & LB_SVC_F_EXTERNAL))
+		return 0; /* 1. */
+	bk.backend_id = lb_select(svc, &n->p);
+	be = bk.backend_id ? bpf_map_lookup_elem(&cilia_lb_backends, &bk) : 0;
+	if (!be)
+		return -DROP_NO_SERVICE;
+	nat_key_of(&k, n, NAT_DIR_INGRESS);
+	fwd->kind = NAT_K_NP_FWD;
+	fwd->daddr = *(const __be32 *)be->addr;
+	fwd->dport = be->port;
+	fwd->backend_id = bk.backend_id;
+	if (nat_in_net(fwd->daddr, cfg->pod_net, cfg->pod_mask)) { /* 2. */
+		struct nat_entry local = { .kind = NAT_K_NP_LOCAL, .saddr = n->daddr,
+					   .sport = n->p.tuple.dport };
+
+		rk.saddr = fwd->daddr;
+		rk.daddr = n->saddr;
+		rk.sport = fwd->dport;
+		rk.dport = n->p.tuple.sport;
+		rk.proto = n->p.tuple.proto;
+		rk.dir = NAT_DIR_EGRESS;
+		if (bpf_map_update_elem(&cilia_snat, &rk, &local, BPF_ANY) < 0)
+			return -DROP_NAT_NO_MAPPING;
+	} else if (cfg->flags & NAT_CFG_F_DSR) { /* dsr.h: DNAT only, the frontend in an option */
+		fwd->flags = NAT_F_REDIRECT | NAT_F_DSR;
+	} else { /* 3. */
+		rev.daddr = n->saddr;
+		rev.dport = n->p.tuple.sport;
+		rev.saddr = n->daddr;
+		rev.sport = n->p.tuple.dport;
+		rk.saddr = fwd->daddr;
+		rk.daddr = cfg->node_ip;
+		rk.sport = fwd->dport;
+		rk.proto = n->p.tuple.proto;
+		rk.dir = NAT_DIR_INGRESS;
+		fwd->sport = nat_alloc(&rk, &rev, nat_hash(&k));
+		if (!fwd->sport)
+			return -DROP_NAT_NO_MAPPING;
+		fwd->saddr = cfg->node_ip;
+		fwd->flags = NAT_F_REDIRECT;
+	}
+	if (bpf_map_update_elem(&cilia_snat, &k, fwd, BPF_ANY) < 0)
+		return -DROP_NAT_NO_MAPPING;
+	return 1;
+}
+
+/* tc ingress of the underlay device. */
+static __always_inline int netdev_ingress(struct __sk_buff *skb)
+{
+	struct nat_entry *e, fresh = {};
+	struct nat_cfg *cfg = nat_config();
+	struct nat_pkt n;
+	struct nat_key k;
+	__be32 fe_addr;
+	__be16 fe_port;
+	int ret, created = 0;
+
+	if (!cfg || nat_parse(skb, &n))
+		return TC_ACT_OK;
+	if (n.p.has_inner && n.daddr == cfg->node_ip) {
+		ret = nat_icmp_error_in(skb, &n); /* nat_icmp.h */
+		return ret ? np_drop(skb, ret, DIR_INGRESS) : TC_ACT_OK;
+	}
+	if (cfg->flags & NAT_CFG_F_DSR)
+		dsr_learn(skb, cfg, &n);
+	nat_track_inbound(cfg, &n); /* nat.h, 7. */
+	nat_key_of(&k, &n, NAT_DIR_INGRESS);
+	e = bpf_map_lookup_elem(&cilia_snat, &k);
+	if (e && e->kind == NAT_K_HOST)
+		return TC_ACT_OK;
+	if (e && e->kind == NAT_K_NP_FWD && !np_backend_alive(e))
+		e = 0; /* 4. */
+	if (!e) {
+		if (!(cfg->flags & NAT_CFG_F_NODEPORT))
+			return TC_ACT_OK;
+		ret = np_new(skb, cfg, &n, &fresh);
+		if (ret == -DROP_NO_SERVICE) { /* 4. */
+			np_drop(skb, DROP_NO_SERVICE, DIR_INGRESS);
+			ret = unreach_build(skb);
+			return ret ? TC_ACT_SHOT : bpf_redirect(skb->ifindex, 0);
+		}
+		if (ret < 0)
+			return np_drop(skb, -ret, DIR_INGRESS);
+		if (ret == 0)
+			return TC_ACT_OK;
+		e = &fresh;
+		created = 1;
+	}
+	fe_addr = n.daddr;
+	fe_port = n.p.tuple.dport;
+	ret = nat_apply(skb, &n, e);
+	if (!ret && (e->flags & NAT_F_DSR) && (created || (n.p.tcp_flags & TCP_SYN)))
+		ret = dsr_add_opt(skb, fe_addr, fe_port); /* 6. */
+	if (ret)
+		return np_drop(skb, ret, DIR_INGRESS);
+	return (e->flags & NAT_F_REDIRECT) ? np_redirect(skb, &n) : TC_ACT_OK;
+}
+
+/* tc egress of the underlay device. */
+static __always_inline int netdev_egress(struct __sk_buff *skb)
+{
+	struct nat_cfg *cfg = nat_config();
+	struct nat_entry *e;
+	struct nat_pkt n;
+	struct nat_key k;
+	int ret;
+
+	if (!cfg || nat_parse(skb, &n))
+		return TC_ACT_OK;
+	nat_key_of(&k, &n, NAT_DIR_EGRESS);
+	e = bpf_map_lookup_elem(&cilia_snat, &k);
+	if (e) {
+		ret = nat_apply(skb, &n, e);
+		return ret ? np_drop(skb, ret, DIR_EGRESS) : TC_ACT_OK;
+	}
+	if (n.saddr == cfg->node_ip) {
+		nat_track_host(&n);
+		return TC_ACT_OK;
+	}
+	if (!nat_wants_masq(cfg, &n))
+		return TC_ACT_OK;
+	if (n.p.tuple.proto == PROTO_ICMP && n.p.icmp_type != 8)
+		return TC_ACT_OK; /* nat.h, 5. */
+	ret = nat_masquerade(skb, cfg, &n);
+	return ret ? np_drop(skb, ret, DIR_EGRESS) : TC_ACT_OK;
+}

@@ -1,0 +1,297 @@
+// `deno task bench multinode [--quick] [--reps N]`: pod-to-pod traffic across two nodes (issue
+// #12), in one run: TCP throughput (iperf3) and 1-byte request/response rate (_rr.ts) over the
+// bare underlay (two node namespaces on the same bridge routing each other's pod subnet, no
+// cilia), over a plain kernel VXLAN between those (a profile row), through cilia in tunnel mode
+// (VXLAN, identity in the VNI) and in native mode (routes), each with a policy in force on the
+// server; ratios against the bare underlay (medians of 3, interleaved). Then the time from a
+// pod's CNI ADD on node 1 until node 2 enforces policy for it: its IP with its identity in node
+// 2's kernel ipcache and node 2's server policy entries for that identity (both read from the
+// pinned maps through node 2's API), p50/p99 over 50 pods with new labels. Targets: native ≥ 0.9×
+// bare, tunnel ≥ 0.8× bare, remote policy in force < 1 s p99. Needs root, etcd and iperf3.
+// Progress on stderr, the table on stdout; the labs are removed.
+import { parseArgs } from "node:util";
+import { Cluster, type ClusterNode } from "../../tests/helpers/cluster.ts";
+import type { Lab, Node, Pod } from "../../tests/helpers/netns.ts";
+
+const RR_SCRIPT = new URL("./_rr.ts", import.meta.url).pathname;
+const IPERF_PORT = 5201, RR_PORT = 5202;
+const CPU = { rr: 0, iperfClient: 0, iperfServer: navigator.hardwareConcurrency > 1 ? 1 : 0 };
+const TARGET = { native: 0.9, tunnel: 0.8, remoteP99Ms: 1000 };
+const POLICY = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: bench, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {role: client}}]
+      toPorts: [{ports: [{port: "${IPERF_PORT}", protocol: TCP}, {port: "${RR_PORT}", protocol: TCP}]}]
+`;
+
+const progress = (msg: string) => console.error(`bench multinode: ${msg}`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const pct = (xs: number[], p: number) =>
+  [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.ceil((p / 100) * xs.length) - 1)]!;
+
+/** A client and a server netns on two different nodes, with the bench servers started. */
+interface Path {
+  name: string;
+  lab: Lab;
+  client: string;
+  server: string;
+  serverIp: string;
+}
+
+async function startServers(p: Path): Promise<void> {
+  const pin = (cpu: number) => ["ip", "netns", "exec", p.server, "taskset", "-c", String(cpu)];
+  p.lab.spawn([...pin(CPU.iperfServer), "iperf3", "-s", "-p", String(IPERF_PORT)]);
+  p.lab.spawn([
+    ...pin(CPU.rr),
+    ...[Deno.execPath(), "run", "-A", "--no-config", RR_SCRIPT, "server", String(RR_PORT)],
+  ]);
+  for (let i = 0; i < 100; i++) {
+    const out = await p.lab.run(p.server, ["ss", "-Htln"]);
+    if ([IPERF_PORT, RR_PORT].every((port) => new RegExp(`:${port}\\s`).test(out))) return;
+    await sleep(50);
+  }
+  throw new Error(`The bench servers in "${p.server}" did not start listening`);
+}
+
+async function throughput(p: Path, seconds: number): Promise<number> {
+  const out = await p.lab.run(p.client, [
+    ...["taskset", "-c", String(CPU.iperfClient), "iperf3", "-c", p.serverIp],
+    ...["-p", String(IPERF_PORT), "-t", String(seconds), "-J"],
+  ]);
+  const j = JSON.parse(out) as { end: { sum_received: { bits_per_second: number } } };
+  return j.end.sum_received.bits_per_second / 1e9;
+}
+
+async function requestResponse(p: Path, seconds: number): Promise<number> {
+  const out = await p.lab.run(p.client, [
+    ...["taskset", "-c", String(CPU.rr), Deno.execPath(), "run", "-A", "--no-config", RR_SCRIPT],
+    ...["client", p.serverIp, String(RR_PORT), String(seconds)],
+  ]);
+  return (JSON.parse(out) as { perSec: number }).perSec;
+}
+
+/**
+ * The bare underlay, in the tunnel cluster's lab: two more node netns on the same bridge, a pod
+ * behind each (veth, /32 routes, as lab pods are), and a route to the other's pod subnet via its
+ * node IP. No cilia, no BPF: the path native routing takes, without the datapath.
+ */
+async function bareUnderlay(cluster: Cluster): Promise<Path[]> {
+  const lab = cluster.lab;
+  const nodes: Node[] = [await lab.addNode("b1"), await lab.addNode("b2")];
+  for (const n of nodes) {
+    const port = `ul${lab.tag}${n.index}`;
+    await lab.run(n.netns, [
+      "sh",
+      "-c",
+      `ip link add eth0 type veth peer name ${port} netns ${cluster.underlay} && ` +
+      `ip addr add 192.0.2.${n.index}/24 dev eth0 && ip link set eth0 up`,
+    ]);
+    await lab.run(cluster.underlay, ["ip", "link", "set", port, "master", "br0", "up"]);
+  }
+  const pods: Pod[] = [await lab.addPod(nodes[0]!, "bc"), await lab.addPod(nodes[1]!, "bs")];
+  for (const [a, b] of [[0, 1], [1, 0]] as const) {
+    const to = nodes[b]!;
+    await lab.run(nodes[a]!.netns, [
+      ...["ip", "route", "add", `10.200.${to.index}.0/24`, "via", `192.0.2.${to.index}`],
+    ]);
+  }
+  const bare = {
+    name: "bare underlay",
+    lab,
+    client: pods[0]!.netns,
+    server: pods[1]!.netns,
+    serverIp: pods[1]!.ipv4,
+  };
+  return [bare, await bareVxlan(lab, nodes)];
+}
+
+/**
+ * A profile row, no target: the same two bare nodes with a plain kernel VXLAN device between them
+ * (a fixed remote, MTU underlay − 50 as cilia's) and another pod pair routed through it: what
+ * the encapsulation costs without cilia, so the tunnel row's gap splits into kernel and cilia.
+ */
+async function bareVxlan(lab: Lab, nodes: Node[]): Promise<Path> {
+  const pods: Pod[] = [await lab.addPod(nodes[0]!, "vc"), await lab.addPod(nodes[1]!, "vs")];
+  for (const [a, b] of [[0, 1], [1, 0]] as const) {
+    const [me, peer] = [nodes[a]!, nodes[b]!];
+    await lab.run(me.netns, [
+      "sh",
+      "-c",
+      `ip link add vx0 type vxlan id 42 local 192.0.2.${me.index} remote 192.0.2.${peer.index} ` +
+      `dstport 4789 dev eth0 && ip link set vx0 addrgenmode none mtu 1450 up && ` +
+      `ip addr add 10.99.0.${a + 1}/30 dev vx0 && ` +
+      `ip route add ${pods[b]!.ipv4}/32 via 10.99.0.${b + 1} dev vx0 mtu 1450`,
+    ]);
+  }
+  return {
+    name: "bare vxlan (profile)",
+    lab,
+    client: pods[0]!.netns,
+    server: pods[1]!.netns,
+    serverIp: pods[1]!.ipv4,
+  };
+}
+
+/** A cluster in `mode` with client on node 1, server on node 2 and the policy in force. */
+async function ciliaPath(mode: "tunnel" | "native"): Promise<{ cluster: Cluster; path: Path }> {
+  const cluster = await Cluster.create({ nodes: 2, routingMode: mode });
+  const [n1, n2] = cluster.nodes as [ClusterNode, ClusterNode];
+  const client = await n1.addPod("client", { role: "client" });
+  const server = await n2.addPod("server", { app: "server" });
+  await n2.policy(POLICY);
+  const cid = await identityOf(n1, "client");
+  await until(`node-2 knows the client`, () => enforced(n2, client.ipv4, cid));
+  const path = {
+    name: `cilia ${mode}`,
+    lab: cluster.lab,
+    client: client.netns,
+    server: server.netns,
+    serverIp: server.ipv4,
+  };
+  return { cluster, path };
+}
+
+async function identityOf(n: ClusterNode, pod: string): Promise<number> {
+  return ((await n.call("GET", `/v1/endpoint/default/${pod}`)).body as { identity: number })
+    .identity;
+}
+
+/** Node 2's kernel has ip → identity and the server's ingress entries for that identity. */
+async function enforced(n: ClusterNode, ip: string, identity: number): Promise<boolean> {
+  if (!(await n.ipcache()).some((e) => e.prefix === `${ip}/32` && e.identity === identity)) {
+    return false;
+  }
+  const r = await n.call("GET", "/v1/bpf/policy/default/server");
+  const entries = (r.body as { entries?: { identity: number; direction: string }[] }).entries;
+  return (entries ?? []).some((e) => e.identity === identity && e.direction === "ingress");
+}
+
+async function until(what: string, fn: () => Promise<boolean>, ms = 15_000): Promise<void> {
+  for (const end = Date.now() + ms; Date.now() < end; await sleep(5)) if (await fn()) return;
+  throw new Error(`Timed out after ${ms} ms waiting until ${what}`);
+}
+
+/** CNI ADD of `count` pods with new labels on node 1; ms until node 2 enforces for each. */
+async function remotePolicy(cluster: Cluster, count: number) {
+  const [n1, n2] = cluster.nodes as [ClusterNode, ClusterNode];
+  const fromAdd: number[] = [], fromReturn: number[] = [], add: number[] = [];
+  for (let i = 0; i < count; i++) {
+    const t0 = performance.now();
+    const pod = await n1.addPod(`lat${i}`, { role: "client", app: `lat-${i}` });
+    const t1 = performance.now();
+    const id = await identityOf(n1, `lat${i}`);
+    await until(`node-2 enforces for lat${i}`, () => enforced(n2, pod.ipv4, id));
+    const t2 = performance.now();
+    add.push(t1 - t0), fromAdd.push(t2 - t0), fromReturn.push(t2 - t1);
+    if ((i + 1) % 10 === 0) progress(`remote policy: ${i + 1}/${count} pods`);
+  }
+  return { add, fromAdd, fromReturn };
+}
+
+interface Row {
+  setup: string;
+  gbps: number;
+  rr: number;
+}
+
+function table(rows: Row[]): string {
+  const base = rows[0]!;
+  const head = ["setup", "Gbit/s", "vs bare", "RR/s", "vs bare", "target"];
+  const body = rows.map((r) => {
+    const target = r.setup === "cilia native"
+      ? `≥ ${TARGET.native}×`
+      : r.setup === "cilia tunnel"
+      ? `≥ ${TARGET.tunnel}×`
+      : "";
+    return [
+      r.setup,
+      r.gbps.toFixed(2),
+      (r.gbps / base.gbps).toFixed(2),
+      String(Math.round(r.rr)),
+      (r.rr / base.rr).toFixed(2),
+      target,
+    ];
+  });
+  const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
+  const line = (cells: string[]) =>
+    cells.map((c, i) => i === 0 || i === 5 ? c.padEnd(w[i]!) : c.padStart(w[i]!)).join("  ")
+      .trimEnd();
+  return [line(head), line(w.map((n) => "-".repeat(n))), ...body.map(line)].join("\n");
+}
+
+function verdicts(rows: Row[]): string[] {
+  const base = rows[0]!;
+  return rows.filter((r) => r.setup.startsWith("cilia ")).map((r) => {
+    const mode = r.setup.endsWith("native") ? "native" : "tunnel";
+    const g = r.gbps / base.gbps, rr = r.rr / base.rr;
+    const ok = g >= TARGET[mode] && rr >= TARGET[mode];
+    return `${r.setup}: ${g.toFixed(2)}× throughput, ${rr.toFixed(2)}× RR vs bare (target ≥ ${
+      TARGET[mode]
+    }×): ${ok ? "met" : "MISSED"}`;
+  });
+}
+
+export async function main(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: { quick: { type: "boolean", default: false }, reps: { type: "string" } },
+  });
+  const quick = values.quick ?? false;
+  const reps = Number(values.reps ?? (quick ? 1 : 3));
+  if (!Number.isInteger(reps) || reps < 1) {
+    throw new RangeError(`Invalid --reps "${values.reps}": expected a positive whole number`);
+  }
+  const o = { seconds: quick ? 1 : 3, rrSeconds: quick ? 1 : 2, reps };
+  const pods = quick ? 10 : 50;
+  const clusters: Cluster[] = [];
+  try {
+    progress("starting two clusters (tunnel, native) and the bare underlay");
+    const tunnel = await ciliaPath("tunnel");
+    clusters.push(tunnel.cluster);
+    const native = await ciliaPath("native");
+    clusters.push(native.cluster);
+    const paths = [...await bareUnderlay(tunnel.cluster), tunnel.path, native.path];
+    for (const p of paths) await startServers(p);
+    const gbps = paths.map((): number[] => []), rr = paths.map((): number[] => []);
+    for (let rep = 0; rep < o.reps; rep++) {
+      for (const [i, p] of paths.entries()) {
+        gbps[i]!.push(await throughput(p, o.seconds));
+        rr[i]!.push(await requestResponse(p, o.rrSeconds));
+        progress(
+          `${p.name} (${rep + 1}/${o.reps}): ${gbps[i]!.at(-1)!.toFixed(2)} Gbit/s, ${
+            Math.round(rr[i]!.at(-1)!)
+          } RR/s`,
+        );
+      }
+    }
+    const rows = paths.map((p, i) => ({
+      setup: p.name,
+      gbps: median(gbps[i]!),
+      rr: median(rr[i]!),
+    }));
+    progress(`remote policy: ${pods} pods on node-1, native mode, node-2 polled`);
+    const lat = await remotePolicy(native.cluster, pods);
+    console.log(`\nbench multinode: two nodes on one bridge, median of ${o.reps}\n`);
+    console.log(table(rows));
+    console.log();
+    for (const v of verdicts(rows)) console.log(v);
+    const ms = (xs: number[]) =>
+      `p50 ${Math.round(pct(xs, 50))} ms, p99 ${Math.round(pct(xs, 99))} ms`;
+    const judge = (xs: number[]) =>
+      `${ms(xs)} (target p99 < ${TARGET.remoteP99Ms} ms: ${
+        pct(xs, 99) < TARGET.remoteP99Ms ? "met" : "MISSED"
+      })`;
+    console.log(
+      `\nremote policy in force on node-2 (${pods} pods with new labels, CNI ADD on node-1):\n` +
+        `  from the ADD's start:   ${judge(lat.fromAdd)}\n` +
+        `  after the ADD returned: ${judge(lat.fromReturn)}\n` +
+        `  the ADD itself:         ${ms(lat.add)}`,
+    );
+  } finally {
+    for (const c of clusters) await c.close();
+  }
+}

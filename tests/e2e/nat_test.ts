@@ -1,0 +1,309 @@
+// Node-IP SNAT with real packets (issues #12 and #13; bpf/lib/nat.h, nodeport.h): two nodes in
+// tunnel mode and an outside host (the underlay namespace, 203.0.113.1, routed from the nodes).
+// Masquerade: a pod's TCP, UDP and ping reach the outside host from the node IP and get their
+// replies, ICMP errors too; an egress toCIDR policy still decides by the pod's identity (another port drops,
+// 133); with --enable-ipv4-masquerade=false the outside host sees the pod IP. NodePort: the
+// outside host reaches <node IP>:<nodePort> and lands on a backend on that node (it sees the
+// client's address) and on the other node (it sees the node IP: SNAT, the reply comes back
+// through the node that got the request); a LoadBalancer address works the same; a nodePort
+// outside the range is refused; a service without endpoints refuses connections at once (ICMP
+// port unreachable, as kube-proxy's REJECT), from a pod and from outside. Last, both agents
+// restart in native routing mode with --node-port-mode dsr: the remote backend sees the client
+// and answers it directly. Needs root.
+import assert from "node:assert/strict";
+import { Cluster, type ClusterNode } from "../helpers/cluster.ts";
+import { KERNEL_TOOLS, needs } from "../helpers/root.ts";
+import { root } from "../cni/_fixture.ts";
+
+const OUTSIDE = "203.0.113.1";
+const dec = new TextDecoder();
+
+// The outside host: HTTP on 8080 and 8081 answering with the peer's address, UDP echo of the
+// peer's address on 8053.
+const OUTSIDE_SERVER = `
+const host = Deno.args[0];
+for (const port of [8080, 8081]) {
+  Deno.serve({ hostname: host, port, onListen() {} }, (_r, info) => new Response(info.remoteAddr.hostname));
+}
+const udp = Deno.listenDatagram({ hostname: host, port: 8053, transport: "udp" });
+for await (const [, peer] of udp) await udp.send(new TextEncoder().encode(peer.hostname), peer);
+`;
+
+// A backend pod: HTTP on 8080 answering "<name> <peer address>".
+const BACKEND = `
+const name = Deno.args[0];
+Deno.serve({ hostname: "0.0.0.0", port: 8080, onListen() {} }, (_r, info) => new Response(name + " " + info.remoteAddr.hostname));
+`;
+
+const UDP_CLIENT = `
+const [host, port] = Deno.args;
+const s = Deno.listenDatagram({ hostname: "0.0.0.0", port: 0, transport: "udp" });
+await s.send(new TextEncoder().encode("x"), { transport: "udp", hostname: host, port: Number(port) });
+const t = setTimeout(() => { console.log("timeout"); Deno.exit(1); }, 3000);
+const [data] = await s.receive();
+clearTimeout(t);
+console.log(new TextDecoder().decode(data));
+Deno.exit(0);
+`;
+
+Deno.test({
+  name: "nat: masquerade to the node IP and NodePort from outside the cluster",
+  ...needs({ root: true, binaries: [...KERNEL_TOOLS, "etcd", "curl", "ping", "dig"] }),
+  sanitizeResources: false,
+}, async (t) => {
+  await using cluster = await Cluster.create({ nodes: 2 });
+  const [n1, n2] = cluster.nodes as [ClusterNode, ClusterNode];
+  const lab = cluster.lab;
+  const ul = cluster.underlay;
+  const children: Deno.ChildProcess[] = [];
+  const deno = (netns: string, script: string, args: string[]) =>
+    new Deno.Command("ip", {
+      args: ["netns", "exec", netns, Deno.execPath(), "run", "-A", "--unstable-net", "--no-config"]
+        .concat([script, ...args]),
+      env: { DENO_NO_UPDATE_CHECK: "1" },
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    });
+  try {
+    await lab.run(ul, ["ip", "addr", "add", `${OUTSIDE}/32`, "dev", "lo"]);
+    for (const n of [n1, n2]) {
+      await lab.run(n.node.netns, ["ip", "route", "add", "203.0.113.0/24", "via", "192.0.2.254"]);
+    }
+    for (
+      const [name, text] of [["outside", OUTSIDE_SERVER], ["backend", BACKEND], ["udp", UDP_CLIENT]]
+    ) {
+      await Deno.writeTextFile(`${lab.dir}/${name}.js`, text!);
+    }
+    children.push(deno(ul, `${lab.dir}/outside.js`, [OUTSIDE]).spawn());
+    const client = await n1.addPod("client", { app: "client" });
+    const curl = async (netns: string, url: string) => {
+      const r = await lab.exec(netns, ["curl", "-s", "-m", "3", url]);
+      return r.code === 0 ? r.stdout.trim() : `curl exit ${r.code}`;
+    };
+    await waitFor(
+      "the outside server",
+      async () => (await lab.exec(ul, ["ss", "-Hlun", "sport = :8053"])).stdout.trim() !== "",
+    );
+
+    const b1 = await n1.addPod("b1", { app: "web" });
+    const b2 = await n2.addPod("b2", { app: "web" });
+    for (const b of [b1, b2]) {
+      children.push(deno(b.netns, `${lab.dir}/backend.js`, [b.name]).spawn());
+      await waitFor(
+        `${b.name} listening`,
+        async () =>
+          (await lab.exec(b.netns, ["ss", "-Htln", "sport = :8080"])).stdout.trim() !== "",
+      );
+    }
+    const upsert = (body: Record<string, unknown>) =>
+      n1.call("PUT", "/v1/service", {
+        frontend: { ip: "10.96.0.20", port: 80, protocol: "TCP" },
+        backends: [b1, b2].map((b) => ({ ip: b.ipv4, port: 8080 })),
+        ...body,
+      });
+    // Answers from the outside host's 203.0.113.1 to url, one new connection each.
+    const fromOutside = async (url: string, count: number) => {
+      const out: string[] = [];
+      for (let i = 0; i < count; i++) {
+        const r = await lab.exec(ul, ["curl", "-s", "-m", "2", "--interface", OUTSIDE, url]);
+        out.push(r.code === 0 ? r.stdout.trim() : `curl exit ${r.code}`);
+      }
+      return out;
+    };
+
+    await t.step("masquerade: TCP, UDP and ping leave with the node IP", async () => {
+      assert.equal(await curl(client.netns, `http://${OUTSIDE}:8080/`), n1.ip);
+      const udp = await deno(client.netns, `${lab.dir}/udp.js`, [OUTSIDE, "8053"]).output();
+      assert.equal(dec.decode(udp.stdout).trim(), n1.ip, dec.decode(udp.stderr));
+      const ping = await lab.exec(client.netns, ["ping", "-c", "2", "-W", "2", OUTSIDE]);
+      assert.equal(ping.code, 0, `ping through masquerade: ${ping.stdout}${ping.stderr}`);
+      // An ICMP error about a masqueraded flow reaches the pod (UDP to a closed port).
+      const dig = await lab.exec(client.netns, [
+        ...["dig", "+tries=1", "+time=2", `@${OUTSIDE}`, "-p", "9", "example.com"],
+      ]);
+      assert.match(dig.stdout, /connection refused/, dig.stdout);
+      // `cilia bpf nat list` shows the client's TCP flow to the outside host and its reverse.
+      const cli = await new Deno.Command(`${root}bin/cilia`, {
+        args: ["bpf", "nat", "list", "-o", "json", "-H", `unix://${n1.socket}`],
+        env: { CILIA_DENO: Deno.execPath() },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.equal(cli.code, 0, dec.decode(cli.stderr));
+      const rows = JSON.parse(dec.decode(cli.stdout)) as Record<string, string | number>[];
+      const out = rows.find((r) =>
+        r.kind === "masquerade" && r.hook === "egress" && r.source === client.ipv4 &&
+        r.destinationPort === 8080
+      );
+      assert.ok(out, JSON.stringify(rows));
+      const port = Number(String(out.newSource).split(":")[1]);
+      assert.ok(port >= 32768 && port <= 60999, `a NAT port: ${out.newSource}`);
+      assert.ok(
+        rows.some((r) =>
+          r.kind === "masquerade" && r.hook === "ingress" && r.destinationPort === port &&
+          r.newDestination === `${client.ipv4}:${out.sourcePort}`
+        ),
+      );
+      // The underlay namespace has no route to the pod CIDRs: replies came back through NAT.
+      const routes = await lab.run(ul, ["ip", "route"]);
+      assert.ok(!routes.includes("10.200."), routes);
+    });
+
+    await t.step("policy still decides by the pod's identity (toCIDR, 133)", async () => {
+      await n1.policy(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-out, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toCIDR: [${OUTSIDE}/32]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`);
+      assert.equal(await curl(client.netns, `http://${OUTSIDE}:8080/`), n1.ip);
+      assert.match(await curl(client.netns, `http://${OUTSIDE}:8081/`), /curl exit/);
+      const drops = await n1.flows({ verdict: "DROPPED" });
+      assert.ok(
+        drops.some((f) =>
+          f.drop_reason === 133 && JSON.stringify(f.l4).includes(`"destination_port":8081`)
+        ),
+        `a policy drop to 8081: ${JSON.stringify(drops.slice(-3))}`,
+      );
+      assert.equal((await n1.call("DELETE", "/v1/policy?name=client-out")).status, 200);
+    });
+
+    await t.step("--enable-ipv4-masquerade=false: the outside host sees the pod IP", async () => {
+      await lab.run(ul, ["ip", "route", "add", n1.podCidr, "via", n1.ip]);
+      cluster.agentArgs = ["--enable-ipv4-masquerade=false"];
+      await n1.stopAgent();
+      await n1.startAgent();
+      assert.equal(await curl(client.netns, `http://${OUTSIDE}:8080/`), client.ipv4);
+      cluster.agentArgs = [];
+      await n1.stopAgent();
+      await n1.startAgent();
+      assert.equal(await curl(client.netns, `http://${OUTSIDE}:8080/`), n1.ip);
+      // Masquerade on: a connection the outside host opens to a pod keeps the pod's address.
+      assert.deepEqual(await fromOutside(`http://${b1.ipv4}:8080/`, 1), [`b1 ${OUTSIDE}`]);
+      await lab.run(ul, ["ip", "route", "del", n1.podCidr]);
+    });
+
+    await t.step("NodePort: local backend sees the client, remote one the node IP", async () => {
+      // deno-fmt-ignore
+      const cli = await new Deno.Command(`${root}bin/cilia`, {
+        args: ["service", "create", "--type", "NodePort", "--node-port", "30080",
+          "--frontend", "10.96.0.20:80/TCP", "--backends", `${b1.ipv4}:8080,${b2.ipv4}:8080`,
+          "-o", "json", "-H", `unix://${n1.socket}`],
+        env: { CILIA_DENO: Deno.execPath() },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.equal(cli.code, 0, dec.decode(cli.stderr));
+      const created = JSON.parse(dec.decode(cli.stdout)) as { type: string; nodePort: number };
+      assert.deepEqual([created.type, created.nodePort], ["NodePort", 30080]);
+      for (const [n, local, remote] of [[n1, "b1", "b2"], [n2, "b2", "b1"]] as const) {
+        let got: string[] = [];
+        await waitFor(`both backends through ${n.name}`, async () => {
+          got = [...got, ...await fromOutside(`http://${n.ip}:30080/`, 6)];
+          return got.includes(`${local} ${OUTSIDE}`) && got.includes(`${remote} ${n.ip}`);
+        }, 20_000).catch(() => assert.fail(`through ${n.name}: ${JSON.stringify(got)}`));
+        assert.deepEqual(
+          got.filter((x) => x !== `${local} ${OUTSIDE}` && x !== `${remote} ${n.ip}`),
+          [],
+          `every answer from a backend, with the expected peer: ${JSON.stringify(got)}`,
+        );
+      }
+    });
+
+    await t.step("NodePort from a pod on another node (tunnel): both backends answer", async () => {
+      let got: string[] = [];
+      await waitFor("both backends through node-2 from the client pod", async () => {
+        for (let i = 0; i < 6; i++) got.push(await curl(client.netns, `http://${n2.ip}:30080/`));
+        return got.includes(`b2 ${client.ipv4}`) && got.includes(`b1 ${n2.ip}`);
+      }, 20_000).catch(() => assert.fail(`from the client pod: ${JSON.stringify(got)}`));
+      got = got.filter((x) => x !== `b2 ${client.ipv4}` && x !== `b1 ${n2.ip}`);
+      assert.deepEqual(got, [], "every answer from a backend");
+    });
+
+    await t.step("LoadBalancer address; nodePort range and ClusterIP checks", async () => {
+      await lab.run(ul, ["ip", "route", "add", "198.51.100.7/32", "via", n1.ip]);
+      const r = await upsert({
+        type: "LoadBalancer",
+        nodePort: 30080,
+        loadBalancerIPs: ["198.51.100.7"],
+      });
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      const got = await fromOutside("http://198.51.100.7:80/", 8);
+      assert.ok(got.every((x) => /^b[12] /.test(x)), JSON.stringify(got));
+      const bad = await upsert({ type: "NodePort", nodePort: 80 });
+      assert.equal(bad.status, 400);
+      assert.match(JSON.stringify(bad.body), /Invalid nodePort 80: expected 30000-32767/);
+      const cip = await upsert({ nodePort: 30090 });
+      assert.equal(cip.status, 400);
+      // The ClusterIP itself is not served on the underlay.
+      await lab.run(ul, ["ip", "route", "add", "10.96.0.20/32", "via", n1.ip]);
+      assert.match((await fromOutside("http://10.96.0.20:80/", 1))[0]!, /curl exit/);
+    });
+
+    await t.step(
+      "no endpoints: refused like kube-proxy (ICMP port unreachable), not dropped",
+      async () => {
+        for (const [ip, type] of [["10.96.0.30", "ClusterIP"], ["10.96.0.31", "NodePort"]]) {
+          const r = await n1.call("PUT", "/v1/service", {
+            type,
+            ...(type === "NodePort" ? { nodePort: 30081 } : {}),
+            frontend: { ip, port: 80, protocol: "TCP" },
+            backends: [],
+          });
+          assert.ok(r.status === 200 || r.status === 201, JSON.stringify(r.body));
+        }
+        const started = Date.now();
+        const fromPod = await lab.exec(client.netns, [
+          "curl",
+          "-s",
+          "-m",
+          "3",
+          "http://10.96.0.30/",
+        ]);
+        assert.equal(fromPod.code, 7, "curl: connection refused (not a timeout, 28)");
+        const outside = await fromOutside(`http://${n1.ip}:30081/`, 1);
+        assert.deepEqual(outside, ["curl exit 7"]);
+        assert.ok(Date.now() - started < 2500, `answered at once: ${Date.now() - started} ms`);
+      },
+    );
+
+    await t.step(
+      "--node-port-mode dsr (native routing): the remote backend answers directly",
+      async () => {
+        cluster.routingMode = "native";
+        cluster.agentArgs = ["--node-port-mode", "dsr"];
+        for (const n of [n1, n2]) await n.stopAgent();
+        for (const n of [n1, n2]) await n.startAgent();
+        let got: string[] = [];
+        await waitFor("both backends through node-1", async () => {
+          got = [...got, ...await fromOutside(`http://${n1.ip}:30080/`, 6)];
+          return got.includes(`b1 ${OUTSIDE}`) && got.includes(`b2 ${OUTSIDE}`);
+        }, 20_000).catch(() => assert.fail(`DSR through node-1: ${JSON.stringify(got)}`));
+        assert.ok(
+          got.every((x) => x === `b1 ${OUTSIDE}` || x === `b2 ${OUTSIDE}`),
+          JSON.stringify(got),
+        );
+      },
+    );
+  } finally {
+    for (const c of children) {
+      try {
+        c.kill("SIGKILL");
+      } catch { /* gone */ }
+      await c.output().catch(() => {});
+    }
+  }
+});
+
+async function waitFor(what: string, fn: () => Promise<boolean>, ms = 10_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await fn()) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`Timed out after ${ms} ms waiting for ${what}`);
+}
