@@ -9,19 +9,9 @@
 import assert from "node:assert/strict";
 import { CiliaNode, root, type TestPod } from "../cni/_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
+import { denoIn, NAME_SERVER } from "./_services_lab.ts";
 
 const VIP = "10.96.1.10", DNS_VIP = "10.96.1.53";
-
-const SERVER = `
-const [name, port] = Deno.args;
-const enc = new TextEncoder();
-for await (const c of Deno.listen({ hostname: "0.0.0.0", port: Number(port) })) {
-  (async () => {
-    const buf = new Uint8Array(64);
-    try { while ((await c.read(buf)) !== null) await c.write(enc.encode(name + "\\n")); } catch {}
-    try { c.close(); } catch {}
-  })();
-}`;
 
 // stdin commands, one answer line each: "open" → the connection's index (or ERR);
 // "ask I" → the name connection I answers with (or ERR); "burst N" → a JSON array of the names
@@ -126,25 +116,12 @@ Deno.test({
   const servers: Deno.ChildProcess[] = [];
   let client: Client | undefined;
   try {
-    await Deno.writeTextFile(`${n.dir}/server.js`, SERVER);
+    await Deno.writeTextFile(`${n.dir}/server.js`, NAME_SERVER);
     await Deno.writeTextFile(`${n.dir}/client.js`, CLIENT);
     const inNetns = (netns: string, script: string, args: string[], piped = false) =>
-      new Deno.Command("ip", {
-        args: [
-          "netns",
-          "exec",
-          netns,
-          Deno.execPath(),
-          "run",
-          "-A",
-          "--no-config",
-          script,
-          ...args,
-        ],
-        env: { DENO_NO_UPDATE_CHECK: "1" },
+      denoIn(netns, script, args, {
         stdin: piped ? "piped" : "null",
         stdout: piped ? "piped" : "null",
-        stderr: "inherit",
       });
     const backends: Record<string, TestPod> = {};
     for (const name of ["b1", "b2", "b3"]) {

@@ -10,6 +10,7 @@
 import assert from "node:assert/strict";
 import { CiliaNode, dropText, root, type TestPod } from "../cni/_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
+import { denoIn } from "./_services_lab.ts";
 
 const WEB_VIP = "10.96.0.20", EXT_VIP = "10.96.0.21", EXT2 = "203.0.113.200";
 
@@ -62,24 +63,7 @@ Deno.test({
     await n.lab.run(ext.netns, ["ip", "addr", "add", `${EXT2}/24`, "dev", "eth0"]);
     await Deno.writeTextFile(`${n.dir}/server.js`, SERVER);
     await Deno.writeTextFile(`${n.dir}/client.js`, CLIENT);
-    const inNetns = (netns: string, script: string, args: string[]) =>
-      new Deno.Command("ip", {
-        args: [
-          "netns",
-          "exec",
-          netns,
-          Deno.execPath(),
-          "run",
-          "-A",
-          "--no-config",
-          script,
-          ...args,
-        ],
-        env: { DENO_NO_UPDATE_CHECK: "1" },
-        stdin: "null",
-        stdout: "piped",
-        stderr: "inherit",
-      });
+    const inNetns = (netns: string, script: string, args: string[]) => denoIn(netns, script, args);
     const pods: Record<string, TestPod> = {};
     for (const [name, app] of [["w1", "web"], ["w2", "web"], ["o1", "other"]] as const) {
       pods[name] = await n.addPod(name, { app });

@@ -8,19 +8,9 @@
 import assert from "node:assert/strict";
 import { CiliaNode, dropText, root, type TestPod } from "../cni/_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
+import { denoIn, NAME_SERVER } from "./_services_lab.ts";
 
 const VIP = "10.96.0.10", EMPTY_VIP = "10.96.0.11";
-
-const SERVER = `
-const [name, port] = Deno.args;
-const enc = new TextEncoder();
-for await (const c of Deno.listen({ hostname: "0.0.0.0", port: Number(port) })) {
-  (async () => {
-    const buf = new Uint8Array(64);
-    try { while ((await c.read(buf)) !== null) await c.write(enc.encode(name + "\\n")); } catch {}
-    try { c.close(); } catch {}
-  })();
-}`;
 
 // Prints a JSON array: per connection the names of 3 answers, or null when it failed.
 const CLIENT = `
@@ -54,26 +44,9 @@ Deno.test({
   await using n = await CiliaNode.create();
   const servers: Deno.ChildProcess[] = [];
   try {
-    await Deno.writeTextFile(`${n.dir}/server.js`, SERVER);
+    await Deno.writeTextFile(`${n.dir}/server.js`, NAME_SERVER);
     await Deno.writeTextFile(`${n.dir}/client.js`, CLIENT);
-    const inNetns = (netns: string, script: string, args: string[]) =>
-      new Deno.Command("ip", {
-        args: [
-          "netns",
-          "exec",
-          netns,
-          Deno.execPath(),
-          "run",
-          "-A",
-          "--no-config",
-          script,
-          ...args,
-        ],
-        env: { DENO_NO_UPDATE_CHECK: "1" },
-        stdin: "null",
-        stdout: "piped",
-        stderr: "inherit",
-      });
+    const inNetns = (netns: string, script: string, args: string[]) => denoIn(netns, script, args);
     const backends: Record<string, TestPod> = {};
     for (const name of ["b1", "b2", "b3"]) {
       backends[name] = await n.addPod(name, { app: name });
