@@ -29,7 +29,13 @@ import { countedKvStore } from "./_kv_metrics.ts";
 import { Serial } from "./_serial.ts";
 import type { PrefixWatch } from "./_watch.ts";
 import { NodeLease } from "./node/lease.ts";
-import { hostAddresses, type NodeRecord, NodeRegistry, pickNodeIp } from "./node/registry.ts";
+import {
+  hostAddresses,
+  type NodeRecord,
+  NodeRegistry,
+  pickNodeIp,
+  pickNodeIp6,
+} from "./node/registry.ts";
 import { NodeDiscovery } from "./node/discovery.ts";
 import { NodeRoutes } from "./node/routes.ts";
 import { checkTunnelProtocol, setupOverlay } from "./node/tunnel.ts";
@@ -301,7 +307,7 @@ export class Agent {
           hostMac: dev.mac,
         });
         // Before endpoints are restored: their DNS redirects need the proxy's port.
-        await this.dnsProxy?.start(gw4, c.tofqdnsProxyPort);
+        await this.dnsProxy?.start(gw4, c.tofqdnsProxyPort, gw6);
       }
       const own = [...new Set([...gateways, ...hostAddresses()])];
       await this.regen.updateIpcache(own.map((prefix) => ({ prefix, identity: 1 })));
@@ -314,7 +320,9 @@ export class Agent {
       podCidrs: [c.podCidr, c.podCidrV6].filter((x): x is string => typeof x === "string"),
       nodePortRange: c.nodePortRange,
       nodePortAddresses: [pickNodeIp(c.nodeIp, this.ipam.pools().map((p) => p.gateway))]
+        .flatMap((ip) => [ip, pickNodeIp6(ip)]) // IPv6: bpf/lib/nodeport6.h
         .filter((x): x is string => x !== undefined),
+      nodePortMode: c.nodePortMode,
       // toServices in policies resolves against these records (repository.servicesChanged).
       onChange: () => this.policies.servicesChanged(),
     });
@@ -404,13 +412,21 @@ export class Agent {
     // Before the overlay: its programs share the NAT maps host.o pins.
     if (this.datapath && ip !== undefined) {
       const podCidr = this.ipam.pools().find((p) => p.family === 4)?.cidr;
+      const podCidrV6 = this.ipam.pools().find((p) => p.family === 6)?.cidr;
+      const nodeIp6 = pickNodeIp6(ip);
       const nat = await setupNodeNat({
         nodeIp: ip,
         ...(podCidr ? { podCidr } : {}),
+        ...(nodeIp6 ? { nodeIp6, ...(podCidrV6 ? { podCidrV6 } : {}) } : {}),
         ...(c.ipv4NativeRoutingCidr ? { nativeRoutingCidr: c.ipv4NativeRoutingCidr } : {}),
         masquerade: c.enableIpv4Masquerade,
         nodePort: true,
         dsr: c.nodePortMode === "dsr",
+        // VXLAN passes the underlay hooks untouched, unless a NodePort could take that port.
+        ...(c.routingMode === "tunnel" &&
+            (c.tunnelPort < c.nodePortRange.min || c.tunnelPort > c.nodePortRange.max)
+          ? { tunnelPort: c.tunnelPort }
+          : {}),
         bpffsRoot: c.bpffsRoot,
         buildDir: c.bpfBuildDir,
       });

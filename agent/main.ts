@@ -9,6 +9,7 @@ import { Agent } from "./agent.ts";
 import { Logger } from "./log.ts";
 import { createApi } from "./api/app.ts";
 import { serveApi } from "./api/server.ts";
+import { useShellPool } from "./sys/exec.ts";
 
 export async function main(argv: string[]): Promise<number> {
   let loaded;
@@ -27,6 +28,8 @@ export async function main(argv: string[]): Promise<number> {
   const config = loaded.config;
   const log = new Logger({ level: config.logLevel, fields: { node: config.nodeName } });
   let started: Agent | undefined;
+  // ip, tc and bpftool run in a few long-lived shells: a fork of the agent each costs it more.
+  const shells = await useShellPool();
   try {
     started = await Agent.start({ config, log });
     const server = await serveApi(createApi(started), config.socket, log.child({ subsys: "api" }));
@@ -34,6 +37,7 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     log.error("cannot start the agent", { error: err });
     await started?.close();
+    await shells.close();
     return 1;
   }
   const agent = started;
@@ -55,6 +59,7 @@ export async function main(argv: string[]): Promise<number> {
   const signal = await stopped.promise;
   log.info("stopping", { signal });
   await agent.close();
+  await shells.close();
   for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
   return 0;
 }

@@ -15,6 +15,7 @@ import { AgentClient, socketPath } from "./live_client.ts";
 export const SERVICE_HELP = `cilia service — services (frontend VIP:port → backends)
 
 Usage: cilia service create --frontend IP:PORT[/TCP|UDP] --backends IP:PORT[*WEIGHT],...
+                            (IPv6: [IP]:PORT; one family per service)
                             [--algorithm random|maglev] [--id N] [--name NS/NAME]
                             [--type ClusterIP|NodePort|LoadBalancer] [--node-port N]
                             [--lb-ips IP,...]   (NodePort: <node IP>:N from outside;
@@ -45,7 +46,12 @@ interface ServiceView {
   backends: { ip: string; port: number; weight: number; terminating?: boolean }[];
 }
 
-const frontend = (s: ServiceView) => `${s.frontend.ip}:${s.frontend.port}/${s.frontend.protocol}`;
+/** "10.0.0.1:80", "[fd00::1]:80". */
+const hostPort = (ip: string, port: number) =>
+  ip.includes(":") ? `[${ip}]:${port}` : `${ip}:${port}`;
+
+const frontend = (s: ServiceView) =>
+  `${hostPort(s.frontend.ip, s.frontend.port)}/${s.frontend.protocol}`;
 
 const COLUMNS: Column<ServiceView>[] = [
   { header: "ID", value: (s) => s.id },
@@ -67,7 +73,7 @@ const COLUMNS: Column<ServiceView>[] = [
     header: "BACKENDS",
     value: (s) =>
       s.backends.map((b) =>
-        `${b.ip}:${b.port}${b.weight !== 1 ? `*${b.weight}` : ""}${
+        `${hostPort(b.ip, b.port)}${b.weight !== 1 ? `*${b.weight}` : ""}${
           b.terminating ? "(terminating)" : ""
         }`
       ).join(",") ||
@@ -75,19 +81,27 @@ const COLUMNS: Column<ServiceView>[] = [
   },
 ];
 
-/** "10.96.0.10:80/TCP" → the frontend object. */
+// An IPv4 address, or an IPv6 one in brackets (the agent checks the address itself).
+const HOST = String.raw`(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:.]+\])`;
+const unbracket = (h: string) => h.startsWith("[") ? h.slice(1, -1) : h;
+
+/** "10.96.0.10:80/TCP", "[fd00:96::10]:80/UDP" → the frontend object. */
 export function parseFrontend(text: string): ServiceView["frontend"] {
-  const m = /^(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})(?:\/(tcp|udp))?$/i.exec(text.trim());
-  if (!m) throw new UsageError(`Invalid --frontend "${text}": expected IP:PORT[/TCP|UDP]`);
-  return { ip: m[1]!, port: Number(m[2]), protocol: (m[3] ?? "TCP").toUpperCase() };
+  const m = new RegExp(`^${HOST}:(\\d{1,5})(?:/(tcp|udp))?$`, "i").exec(text.trim());
+  if (!m) {
+    throw new UsageError(`Invalid --frontend "${text}": expected IP:PORT[/TCP|UDP] or [IPv6]:PORT`);
+  }
+  return { ip: unbracket(m[1]!), port: Number(m[2]), protocol: (m[3] ?? "TCP").toUpperCase() };
 }
 
-/** "10.0.0.3:8080,10.0.0.4:8080*2" → backends ("" → none). */
+/** "10.0.0.3:8080,10.0.0.4:8080*2", "[fd00::3]:8080" → backends ("" → none). */
 export function parseBackends(text: string): ServiceView["backends"] {
   return text.split(",").map((s) => s.trim()).filter(Boolean).map((s) => {
-    const m = /^(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})(?:\*(\d{1,3}))?$/.exec(s);
-    if (!m) throw new UsageError(`Invalid backend "${s}": expected IP:PORT[*WEIGHT]`);
-    return { ip: m[1]!, port: Number(m[2]), weight: Number(m[3] ?? 1) };
+    const m = new RegExp(`^${HOST}:(\\d{1,5})(?:\\*(\\d{1,3}))?$`).exec(s);
+    if (!m) {
+      throw new UsageError(`Invalid backend "${s}": expected IP:PORT[*WEIGHT] or [IPv6]:PORT`);
+    }
+    return { ip: unbracket(m[1]!), port: Number(m[2]), weight: Number(m[3] ?? 1) };
   });
 }
 
@@ -126,13 +140,13 @@ function parseLabelList(flag: string, text: string): Record<string, string> {
 /** --terminating IP:PORT,... marks those of the backends; each must be one of them. */
 function markTerminating(backends: ServiceView["backends"], text: string | undefined) {
   if (text === undefined) return backends;
-  const names = new Set(parseBackends(text).map((b) => `${b.ip}:${b.port}`));
+  const names = new Set(parseBackends(text).map((b) => hostPort(b.ip, b.port)));
   for (const n of names) {
-    if (!backends.some((b) => `${b.ip}:${b.port}` === n)) {
+    if (!backends.some((b) => hostPort(b.ip, b.port) === n)) {
       throw new UsageError(`Invalid --terminating "${n}": it is not one of --backends`);
     }
   }
-  return backends.map((b) => names.has(`${b.ip}:${b.port}`) ? { ...b, terminating: true } : b);
+  return backends.map((b) => names.has(hostPort(b.ip, b.port)) ? { ...b, terminating: true } : b);
 }
 
 function parse(argv: string[]) {

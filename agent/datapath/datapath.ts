@@ -51,6 +51,7 @@ import {
 } from "./policy_map.ts";
 import { type MapUpdate, MapWriter } from "./map_writer.ts";
 import { linkIndex, linkNames } from "../sys/links.ts";
+import { ifIndex } from "./ffi.ts";
 
 export type { DatapathEvent, MapFill, MapSizes, PolicyEntry };
 
@@ -158,7 +159,8 @@ export class Datapath implements AsyncDisposable {
     this.mapMax = opts.mapMax;
     const netns = opts.netns;
     this.#bpftool = bpftool;
-    this.#writer = new MapWriter(bpftool);
+    // In process unless asked for bpftool (map_writer.ts; a fault test's fake bpftool).
+    this.#writer = new MapWriter(bpftool, { ffi: Deno.env.get("CILIA_MAP_WRITER") !== "bpftool" });
     this.netns = netns;
   }
 
@@ -194,16 +196,31 @@ export class Datapath implements AsyncDisposable {
   /** Points every known endpoint at the current programs (after a new object was loaded). */
   async #reattachAll(): Promise<void> {
     const names = await linkNames(this.netns);
-    for (const e of await this.#bpftool.mapDump(this.pins.maps.cilia_endpoints)) {
-      const ifindex = num(decode(LAYOUTS.endpointKey, bytesFromHex(e.key)).ifindex);
-      const ifname = names.get(ifindex);
-      if (ifname) await attachEndpoint(this.pins, ifname, this.netns);
-    }
+    const ifnames = (await this.#bpftool.mapDump(this.pins.maps.cilia_endpoints)).flatMap((e) => {
+      const ifname = names.get(num(decode(LAYOUTS.endpointKey, bytesFromHex(e.key)).ifindex));
+      return ifname ? [ifname] : [];
+    });
+    // A few at a time (the agent runs its commands in several shells); stops at the first error
+    // and throws it once every attach under way has ended.
+    let next = 0;
+    let failed: { err: unknown } | undefined;
+    const worker = async () => {
+      while (next < ifnames.length && failed === undefined) {
+        await attachEndpoint(this.pins, ifnames[next++]!, this.netns).catch((err) => {
+          failed ??= { err };
+        });
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(4, ifnames.length) }, worker));
+    if (failed) throw failed.err;
   }
 
   /** Writes the endpoint entry, then attaches both programs (fail closed: entry first). */
   async upsertEndpoint(ep: EndpointEntry): Promise<void> {
-    const ifindex = await linkIndex(ep.ifname, this.netns);
+    // In process when the agent runs in the node's namespace itself (no ip process per ADD).
+    const ifindex = this.netns === undefined
+      ? ifIndex(ep.ifname)
+      : await linkIndex(ep.ifname, this.netns);
     if (ifindex === undefined) throw new Error(`Cannot find link "${ep.ifname}"`);
     const key = encode(LAYOUTS.endpointKey, { ifindex });
     await this.#writer.apply(
@@ -215,26 +232,29 @@ export class Datapath implements AsyncDisposable {
   }
 
   /**
-   * What the kernel holds for endpoint interfaces, read once after a restart (four processes)
+   * What the kernel holds for endpoint interfaces, read once after a restart (five processes)
    * so that restoring an endpoint whose entry and programs are already in place writes nothing:
    * ifindex by link name, endpoint-map values by ifindex, and the interfaces whose ingress and
    * egress both run this datapath's pinned programs (compared by program id).
    */
   async endpointSnapshot(): Promise<EndpointSnapshot> {
-    const names = await linkNames(this.netns);
+    const progId = async (pinned: string) =>
+      (await this.#bpftool.json(["prog", "show", "pinned", pinned], ProgIdSchema)).id;
+    // The five reads at once (the agent runs its commands in several shells).
+    const [names, dump, ingress, egress, net] = await Promise.all([
+      linkNames(this.netns),
+      this.#bpftool.mapDump(this.pins.maps.cilia_endpoints),
+      progId(this.pins.fromContainer),
+      progId(this.pins.toContainer),
+      this.#bpftool.json(["net", "show"], NetShowSchema),
+    ]);
     const values = new Map<number, Uint8Array>();
-    for (const e of await this.#bpftool.mapDump(this.pins.maps.cilia_endpoints)) {
+    for (const e of dump) {
       const k = decode(LAYOUTS.endpointKey, bytesFromHex(e.key));
       if (e.value) values.set(num(k.ifindex), bytesFromHex(e.value));
     }
-    const progId = async (pinned: string) =>
-      (await this.#bpftool.json(["prog", "show", "pinned", pinned], ProgIdSchema)).id;
-    const want = new Map([
-      ["clsact/ingress", await progId(this.pins.fromContainer)],
-      ["clsact/egress", await progId(this.pins.toContainer)],
-    ]);
+    const want = new Map([["clsact/ingress", ingress], ["clsact/egress", egress]]);
     const hooks = new Map<number, number>();
-    const net = await this.#bpftool.json(["net", "show"], NetShowSchema);
     for (const t of (Array.isArray(net) ? net : [net]).flatMap((n) => n.tc ?? [])) {
       if (want.get(t.kind) === t.id) hooks.set(t.ifindex, (hooks.get(t.ifindex) ?? 0) + 1);
     }

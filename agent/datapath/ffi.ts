@@ -1,7 +1,9 @@
 // The one module that calls libbpf and libc through Deno FFI, for what bpftool cannot do well:
 // walking and pruning a map (conntrack GC), reading the event ring buffer (mapped into this
 // process and read in place, no call per record), and reading CLOCK_MONOTONIC (the clock of
-// bpf_ktime_get_ns). Everything else goes through bpftool.
+// bpf_ktime_get_ns), writing map entries for the agent and finding an interface's index
+// (map_writer.ts, datapath.ts: a bpftool or ip process each cost the agent a fork of itself).
+// Everything else goes through bpftool.
 // Libraries are opened on demand and closed when the last user releases them, so no handle
 // outlives its use (Deno's resource sanitizer sees none).
 
@@ -20,6 +22,8 @@ const LIBC_SYMBOLS = {
   mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
   getpagesize: { parameters: [], result: "i32" },
+  strerror: { parameters: ["i32"], result: "pointer" },
+  if_nametoindex: { parameters: ["buffer"], result: "u32" },
 } as const;
 
 let libbpf: Deno.DynamicLibrary<typeof LIBBPF_SYMBOLS> | undefined;
@@ -110,13 +114,37 @@ export function mapDelete(fd: number, key: Uint8Array): boolean {
   return bpf().bpf_map_delete_elem(fd, key) === 0;
 }
 
-/** `struct bpf_map_info` fields: type and max_entries (the kernel fills what fits in 80 bytes). */
-export function mapInfo(fd: number): { type: number; maxEntries: number } {
+/**
+ * The ifindex of a link in this process's network namespace (netlink, as `ip` does: correct
+ * where /sys/class/net is not), or undefined when there is none.
+ */
+export function ifIndex(ifname: string): number | undefined {
+  return withLibs(() => c().if_nametoindex(cstr(ifname)) || undefined);
+}
+
+/** The C library's message for an errno ("No space left on device"). */
+export function errnoText(errno: number): string {
+  const p = c().strerror(errno);
+  return p === null ? `error ${errno}` : Deno.UnsafePointerView.getCString(p);
+}
+
+/**
+ * `struct bpf_map_info` fields: type, key and value size, max_entries (the kernel fills what
+ * fits in 80 bytes).
+ */
+export function mapInfo(
+  fd: number,
+): { type: number; keySize: number; valueSize: number; maxEntries: number } {
   const info = new Uint32Array(20);
   const len = new Uint32Array([info.byteLength]);
   const r = bpf().bpf_obj_get_info_by_fd(fd, info, len);
   if (r !== 0) throw new Error(`Cannot read the map's info: error ${-r}`);
-  return { type: info[0]!, maxEntries: info[4]! };
+  return { type: info[0]!, keySize: info[2]!, valueSize: info[3]!, maxEntries: info[4]! };
+}
+
+/** Deletes one element; 0 or a negative errno (-ENOENT when it was not there). */
+export function mapDeleteErrno(fd: number, key: Uint8Array): number {
+  return bpf().bpf_map_delete_elem(fd, key);
 }
 
 let possibleCpus = 0;

@@ -119,7 +119,15 @@ export class KernelSink implements DatapathSink {
       // What the kernel holds now (after a reload, every endpoint is re-attached to the new
       // programs already): endpoints restored unchanged need no write at all (rule 4).
       sink.#restoredIpcache = new Map((await dp.ipcacheEntries()).map((e) => [e.prefix, e]));
-      sink.#restored = dp.endpointSnapshot().catch((err) => {
+      const t0 = performance.now();
+      sink.#restored = dp.endpointSnapshot().then((snap) => {
+        // The first restored endpoint waits for it: say how long it took.
+        o.log.info("kernel endpoint state read", {
+          interfaces: snap.ifindex.size,
+          ms: Math.round(performance.now() - t0),
+        });
+        return snap;
+      }, (err) => {
         o.log.warn("cannot read the endpoints the kernel holds: restoring rewrites them", {
           error: err,
         });

@@ -1,7 +1,7 @@
 // Builds (cached), loads and attaches the programs of the node's underlay device (bpf/host.c:
 // masquerade and NodePort, bpf/lib/nat.h and nodeport.h) and writes their one-entry config map.
-// host.o shares the node's pinned ipcache, metrics, conntrack and load-balancing maps with the
-// lxc programs (`bpftool prog loadall … map name … pinned …`) and pins its own two maps
+// host.o shares the node's pinned ipcache, endpoints, metrics, conntrack and load-balancing maps
+// with the lxc programs (`bpftool prog loadall … map name … pinned …`) and pins its own two maps
 // (cilia_snat, cilia_nat_cfg) next to them under <root>/maps, reused across restarts so
 // translated connections survive. Programs: <root>/netdev/<object hash>/{cil_from_netdev,
 // cil_to_netdev}; older hashes are removed once the device uses the new ones. It neither picks
@@ -17,6 +17,7 @@ export const PROG_TO_NETDEV = "cil_to_netdev";
 /** Maps host.o shares with lxc.o (pinned by the lxc loader first). */
 const SHARED_MAPS = [
   "cilia_ipcache",
+  "cilia_endpoints", // the local endpoints' veths, native delivery (bpf/lib/nodeport.h, 7.)
   "cilia_metrics",
   "cilia_ct",
   "cilia_lb_services",
@@ -26,8 +27,8 @@ const SHARED_MAPS = [
   "cilia_lb_affinity",
   "cilia_lb_affinity_match",
 ] as const;
-/** Maps only host.o has. */
-export const NAT_MAPS = ["cilia_snat", "cilia_nat_cfg"] as const;
+/** Maps only host.o has (the IPv6 pair: bpf/lib/nodeport6.h). */
+export const NAT_MAPS = ["cilia_snat", "cilia_nat_cfg", "cilia_snat6", "cilia_nat6_cfg"] as const;
 
 /** struct nat_cfg, struct nat_key and struct nat_entry (bpf/lib/nat.h); checked against BTF. */
 export const NAT_LAYOUTS = {
@@ -40,7 +41,8 @@ export const NAT_LAYOUTS = {
       { name: "pod_mask", offset: 8, kind: "bytes", len: 4 },
       { name: "native_net", offset: 12, kind: "bytes", len: 4 },
       { name: "native_mask", offset: 16, kind: "bytes", len: 4 },
-      { name: "flags", offset: 20, kind: "u32" },
+      { name: "flags", offset: 20, kind: "u16" },
+      { name: "tunnel_port", offset: 22, kind: "be16" },
     ],
   },
   natKey: {
@@ -70,6 +72,43 @@ export const NAT_LAYOUTS = {
       { name: "pad", offset: 18, kind: "u16" },
     ],
   },
+  nat6Cfg: {
+    struct: "nat6_cfg",
+    size: 36,
+    fields: [
+      { name: "node_ip", offset: 0, kind: "bytes", len: 16 },
+      { name: "pod_net", offset: 16, kind: "bytes", len: 16 },
+      { name: "pod_prefix", offset: 32, kind: "u8" },
+      { name: "pad", offset: 33, kind: "bytes", len: 3 },
+    ],
+  },
+  nat6Key: {
+    struct: "nat6_key",
+    size: 40,
+    fields: [
+      { name: "saddr", offset: 0, kind: "bytes", len: 16 },
+      { name: "daddr", offset: 16, kind: "bytes", len: 16 },
+      { name: "sport", offset: 32, kind: "be16" },
+      { name: "dport", offset: 34, kind: "be16" },
+      { name: "proto", offset: 36, kind: "u8" },
+      { name: "dir", offset: 37, kind: "u8" },
+      { name: "pad", offset: 38, kind: "u16" },
+    ],
+  },
+  nat6Entry: {
+    struct: "nat6_entry",
+    size: 44,
+    fields: [
+      { name: "daddr", offset: 0, kind: "bytes", len: 16 },
+      { name: "saddr", offset: 16, kind: "bytes", len: 16 },
+      { name: "dport", offset: 32, kind: "be16" },
+      { name: "sport", offset: 34, kind: "be16" },
+      { name: "backend_id", offset: 36, kind: "u32" },
+      { name: "kind", offset: 40, kind: "u8" },
+      { name: "flags", offset: 41, kind: "u8" },
+      { name: "pad", offset: 42, kind: "u16" },
+    ],
+  },
 } as const satisfies Record<string, Layout>;
 
 export const NAT_CFG_F_MASQUERADE = 1 << 0;
@@ -95,6 +134,12 @@ export interface NatSettings {
   nodePort: boolean;
   /** --node-port-mode dsr (bpf/lib/dsr.h). */
   dsr?: boolean;
+  /** Tunnel mode: the overlay's UDP port, whose packets the programs pass untouched. */
+  tunnelPort?: number;
+  /** The node's IPv6 underlay address: IPv6 NodePort/LoadBalancer (none: IPv6 passes). */
+  nodeIp6?: string;
+  /** The node's IPv6 pod CIDR: backends inside it are local (bpf/lib/nodeport6.h, 2.). */
+  podCidrV6?: string;
 }
 
 export interface NetdevPins {
@@ -124,6 +169,26 @@ export function encodeNatConfig(s: NatSettings): Uint8Array {
     native_mask: nativeMask,
     flags: (s.masquerade ? NAT_CFG_F_MASQUERADE : 0) | (s.nodePort ? NAT_CFG_F_NODEPORT : 0) |
       (s.dsr ? NAT_CFG_F_DSR : 0),
+    tunnel_port: s.tunnelPort ?? 0,
+  });
+}
+
+/** The bytes of struct nat6_cfg (bpf/lib/nodeport6.h): all zero without an IPv6 node address. */
+export function encodeNat6Config(s: Pick<NatSettings, "nodeIp6" | "podCidrV6">): Uint8Array {
+  const v6 = (text: string, what: string) => {
+    const p = parsePrefix(text);
+    if (p.family !== 6) throw new RangeError(`Invalid ${what} "${text}": expected IPv6`);
+    return p;
+  };
+  const node = s.nodeIp6 === undefined ? undefined : v6(s.nodeIp6, "node IPv6 address");
+  const pods = s.podCidrV6 === undefined || node === undefined
+    ? undefined
+    : v6(s.podCidrV6, "IPv6 pod CIDR");
+  return encode(NAT_LAYOUTS.nat6Cfg, {
+    node_ip: node?.addr ?? new Uint8Array(16),
+    pod_net: pods?.addr ?? new Uint8Array(16),
+    pod_prefix: pods?.prefixLen ?? 0,
+    pad: new Uint8Array(3),
   });
 }
 
@@ -178,14 +243,22 @@ export async function loadNetdev(
   return pins;
 }
 
-/** Writes the config entry the programs read (before they are attached). */
+/** Writes the config entries the programs read (before they are attached): IPv4, then IPv6. */
 export async function writeNatConfig(bpffsRoot: string, s: NatSettings): Promise<void> {
-  const path = `${bpffsRoot.replace(/\/+$/, "")}/maps/cilia_nat_cfg`;
-  await new BpfTool().run(
-    ["map", "update", "pinned", path, "key", "0", "0", "0", "0", "value", "hex"]
-      .concat(hexArgs(encodeNatConfig(s)).split(" ")),
-    `Cannot write the NAT config to "${path}"`,
-  );
+  const maps = `${bpffsRoot.replace(/\/+$/, "")}/maps`;
+  for (
+    const [map, value] of [
+      ["cilia_nat_cfg", encodeNatConfig(s)],
+      ["cilia_nat6_cfg", encodeNat6Config(s)],
+    ] as const
+  ) {
+    const path = `${maps}/${map}`;
+    await new BpfTool().run(
+      ["map", "update", "pinned", path, "key", "0", "0", "0", "0", "value", "hex"]
+        .concat(hexArgs(value).split(" ")),
+      `Cannot write the NAT config to "${path}"`,
+    );
+  }
 }
 
 /** Attaches (atomically replaces) both programs on the underlay device; drops older objects. */

@@ -4,7 +4,7 @@
 // cilia_proxy_nat before that connection is made. Lookups are per accepted connection, so they go
 // through FFI (one syscall), not bpftool. It decides nothing: the proxy asks the engine.
 // Addresses are IPv4 or IPv6 text; the maps hold 16 bytes and the family.
-import { bytesOf, decode, encode, LAYOUTS, num } from "./codecs.ts";
+import { encode, type Layout, LAYOUTS } from "./codecs.ts";
 import { formatIP, parseIPv4, parseIPv6 } from "./_addr.ts";
 import { acquire, closeFd, mapDelete, mapLookup, mapUpdate, objGet, release } from "./ffi.ts";
 
@@ -48,8 +48,37 @@ function addr16(ip: string): { bytes: Uint8Array; family: 4 | 6 } {
   return { bytes, family: v4 ? 4 : 6 };
 }
 
+/** A field's offset in a layout (the layouts are checked against the object's BTF). */
+const at = (l: Layout, name: string): number => {
+  const f = l.fields.find((f) => f.name === name);
+  if (!f) throw new Error(`No field "${name}" in "${l.struct}"`);
+  return f.offset;
+};
+const OK = LAYOUTS.proxyOrigKey, OV = LAYOUTS.proxyOrigValue;
+const OFF = {
+  clientIp: at(OK, "client_ip"),
+  clientPort: at(OK, "client_port"),
+  proxyPort: at(OK, "proxy_port"),
+  family: at(OK, "family"),
+  origIp: at(OV, "orig_ip"),
+  origPort: at(OV, "orig_port"),
+  epId: at(OV, "ep_id"),
+  dir: at(OV, "dir"),
+  srcIdentity: at(OV, "src_identity"),
+  dstIdentity: at(OV, "dst_identity"),
+  cookie: at(OV, "cookie"),
+};
+
 export class ProxyMaps {
   readonly #fds: { cfg: number; orig: number; nat: number };
+  /**
+   * original() is asked per accepted connection and per DNS datagram: its key is written into
+   * one buffer and parsed client addresses are remembered (bounded), so the per-datagram path
+   * parses and allocates little.
+   */
+  readonly #origKey = new Uint8Array(OK.size);
+  readonly #origKeyView = new DataView(this.#origKey.buffer);
+  readonly #clients = new Map<string, { bytes: Uint8Array; family: 4 | 6 }>();
 
   constructor(pins: { cfg: string; orig: string; nat: string }) {
     acquire();
@@ -80,24 +109,31 @@ export class ProxyMaps {
 
   /** The original destination of an accepted connection, or undefined (fail closed). */
   original(clientIp: string, clientPort: number, proxyPort: number): OrigDestination | undefined {
-    const client = addr16(clientIp);
-    const key = encode(LAYOUTS.proxyOrigKey, {
-      client_ip: client.bytes,
-      client_port: clientPort,
-      proxy_port: proxyPort,
-      family: client.family,
-    });
-    const raw = mapLookup(this.#fds.orig, key, LAYOUTS.proxyOrigValue.size);
+    let client = this.#clients.get(clientIp);
+    if (!client) {
+      client = addr16(clientIp);
+      if (this.#clients.size >= 4096) this.#clients.clear();
+      this.#clients.set(clientIp, client);
+    }
+    const key = this.#origKey, kv = this.#origKeyView;
+    key.set(client.bytes, OFF.clientIp);
+    kv.setUint16(OFF.clientPort, clientPort, false);
+    kv.setUint16(OFF.proxyPort, proxyPort, false);
+    kv.setUint8(OFF.family, client.family);
+    const raw = mapLookup(this.#fds.orig, key, OV.size);
     if (!raw) return undefined;
-    const v = decode(LAYOUTS.proxyOrigValue, raw);
+    const v = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+    const o = OFF.origIp;
     return {
-      ip: formatIP(client.family, bytesOf(v.orig_ip)),
-      port: num(v.orig_port),
-      epId: num(v.ep_id),
-      dir: num(v.dir),
-      srcIdentity: num(v.src_identity),
-      dstIdentity: num(v.dst_identity),
-      cookie: num(v.cookie),
+      ip: client.family === 4
+        ? `${raw[o]}.${raw[o + 1]}.${raw[o + 2]}.${raw[o + 3]}`
+        : formatIP(6, raw.subarray(o, o + 16)),
+      port: v.getUint16(OFF.origPort, false),
+      epId: v.getUint16(OFF.epId, true),
+      dir: v.getUint8(OFF.dir),
+      srcIdentity: v.getUint32(OFF.srcIdentity, true),
+      dstIdentity: v.getUint32(OFF.dstIdentity, true),
+      cookie: v.getUint32(OFF.cookie, true),
     };
   }
 

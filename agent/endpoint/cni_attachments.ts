@@ -118,13 +118,17 @@ export class CniAttachments {
       );
     }
     const spec = this.#spec(req);
+    // Where an ADD's time goes, logged with it (ms since the start of each step).
+    const t = [performance.now()];
     await this.#checkTarget(req);
+    t.push(performance.now());
     const id = this.#reserveId();
     const who = owner(req.containerId, req.ifname);
     const hostIfname = await hostIfnameFor(req.containerId, req.ifname);
     let created = false;
     try {
       const addressing = await this.#allocate(who);
+      t.push(performance.now());
       const hostMac = randomMac(), podMac = randomMac();
       await createPodInterface({
         hostIfname,
@@ -141,13 +145,18 @@ export class CniAttachments {
         ifname: hostIfname,
         mac: podMac,
       });
+      t.push(performance.now());
       const { endpoint } = await this.#o.endpoints.put(id, full);
       created = true;
+      t.push(performance.now());
       await finishHostSide({ hostIfname, addressing });
+      t.push(performance.now());
+      const step = (i: number) => Math.round(t[i + 1]! - t[i]!);
       this.#o.log.info("CNI attachment added", {
         container: req.containerId,
         endpoint: id,
         interface: hostIfname,
+        ms: { check: step(0), ipam: step(1), veth: step(2), endpoint: step(3), up: step(4) },
       });
       return await this.#response(endpoint, hostMac);
     } catch (err) {

@@ -6,7 +6,7 @@
  * stores nothing. `restore()` brings back the records after a restart with fresh references.
  */
 
-import { LabelFilter } from "@cilia/policy-wasm";
+import { type IdentitySpec, LabelFilter } from "@cilia/policy-wasm";
 import type { KvStore } from "../kvstore/kvstore.ts";
 import type { Logger } from "../log.ts";
 import type { Serial } from "../_serial.ts";
@@ -88,16 +88,29 @@ export class EndpointManager {
     return this.#put(id, spec);
   }
 
-  /** `restored`: the record read back at start; kept as is when its identity is unchanged. */
+  /**
+   * `restored`: the record read back at start; kept as is when its identity is unchanged.
+   * `acquired`: its identity, already acquired by the caller (released here on failure).
+   */
   async #put(
     id: number,
     spec: EndpointSpec,
     restored?: EndpointRecord,
+    acquired?: IdentitySpec,
   ): Promise<{ endpoint: EndpointRecord; created: boolean }> {
-    this.#checkAddresses(id, spec); // again below; first so that a conflict allocates nothing
-    const identity = await this.#o.allocator.acquire(this.identityLabels(spec));
+    let identity = acquired;
+    try {
+      this.#checkAddresses(id, spec); // again below; first so that a conflict allocates nothing
+    } catch (err) {
+      if (acquired) await this.#o.allocator.release(acquired.id);
+      throw err;
+    }
+    const t = [performance.now()];
+    identity ??= await this.#o.allocator.acquire(this.identityLabels(spec));
+    t.push(performance.now());
     try {
       return await this.#o.serial.run(async () => {
+        t.push(performance.now());
         this.#checkAddresses(id, spec);
         const prev = this.#eps.get(id);
         const now = new Date().toISOString();
@@ -115,6 +128,7 @@ export class EndpointManager {
         await this.#o.regen.upsertEndpoint(regenEndpoint(record), {
           retry: restored !== undefined,
         });
+        t.push(performance.now());
         try {
           if (!unchanged) {
             await this.#o.store.put(
@@ -133,11 +147,15 @@ export class EndpointManager {
           await this.#releaseAddresses(prev, record);
         }
         await this.#claimAddresses(record);
+        t.push(performance.now());
+        const step = (i: number) => Math.round(t[i + 1]! - t[i]!);
         this.#o.log.info(
           restored ? "endpoint restored" : prev ? "endpoint updated" : "endpoint created",
           {
             endpoint: id,
             identity: identity.id,
+            // Where the time went: identity, waiting for the queue, datapath, kvstore and IPAM.
+            ms: { identity: step(0), queue: step(1), regenerate: step(2), store: step(3) },
           },
         );
         return { endpoint: record, created: prev === undefined };
@@ -173,15 +191,44 @@ export class EndpointManager {
     });
   }
 
-  /** Brings back this node's endpoints from the kvstore (after a restart). */
+  /**
+   * Brings back this node's endpoints from the kvstore (after a restart): one listing, their
+   * identities acquired RESTORE_PARALLEL at a time (a kvstore round trip or two each, which
+   * would otherwise be waited for one endpoint after another), then each endpoint regenerated.
+   */
   async restore(): Promise<number> {
-    let n = 0;
+    const started = performance.now();
+    const records: { key: string; record: EndpointRecord; spec: EndpointSpec }[] = [];
     for (const e of await this.#o.store.list(endpointsPrefix(this.#o.node))) {
-      let record: EndpointRecord;
       try {
-        record = JSON.parse(dec.decode(e.value)) as EndpointRecord;
-        const spec = EndpointSpecSchema.parse(specOf(record));
-        const r = await this.#put(record.id, spec, record);
+        const record = JSON.parse(dec.decode(e.value)) as EndpointRecord;
+        records.push({ key: e.key, record, spec: EndpointSpecSchema.parse(specOf(record)) });
+      } catch (err) {
+        this.#o.log.error("cannot restore endpoint", { key: e.key, error: err });
+      }
+    }
+    const listed = performance.now();
+    const identities = await mapLimit(
+      records,
+      RESTORE_PARALLEL,
+      (r) => this.#o.allocator.acquire(this.identityLabels(r.spec)),
+    );
+    const acquired = performance.now();
+    // The engine learns them all at once (one load of its endpoint list, not one per endpoint).
+    await this.#o.serial.run(() =>
+      this.#o.regen.preloadEndpoints(records.flatMap(({ record }, i) => {
+        const identity = identities[i];
+        return identity instanceof Error || identity?.id !== record.identity
+          ? []
+          : [regenEndpoint(record)];
+      }))
+    ).catch((err) => this.#o.log.warn("cannot preload the restored endpoints", { error: err }));
+    let n = 0;
+    for (const [i, { key, record, spec }] of records.entries()) {
+      try {
+        const identity = identities[i]!;
+        if (identity instanceof Error) throw identity;
+        const r = await this.#put(record.id, spec, record, identity);
         if (r.endpoint.identity !== record.identity) {
           this.#o.log.warn("restored endpoint has a new identity", {
             endpoint: record.id,
@@ -191,15 +238,30 @@ export class EndpointManager {
         }
         n++;
       } catch (err) {
-        this.#o.log.error("cannot restore endpoint", { key: e.key, error: err });
+        this.#o.log.error("cannot restore endpoint", { key, error: err });
       }
     }
+    await this.#o.serial.run(() => this.#o.regen.endPreload());
+    const ms = (a: number, b: number) => Math.round(b - a);
+    this.#o.log.info("endpoints restored", {
+      endpoints: n,
+      ms: {
+        list: ms(started, listed),
+        identities: ms(listed, acquired),
+        regenerate: ms(acquired, performance.now()),
+      },
+    });
     return n;
   }
 
   #checkAddresses(id: number, spec: EndpointSpec): void {
     for (const ip of ipsOf(spec)) {
-      const other = this.list().find((e) => e.id !== id && ipsOf(e).includes(ip));
+      let other: EndpointRecord | undefined;
+      for (const e of this.#eps.values()) {
+        if (e.id !== id && ipsOf(e).includes(ip) && (other === undefined || e.id < other.id)) {
+          other = e;
+        }
+      }
       if (other) {
         throw new EndpointConflictError(
           `Address "${ip}" is already used by endpoint ${other.id} (${other.namespace}/${other.name})`,
@@ -228,6 +290,29 @@ export class EndpointManager {
       );
     }
   }
+}
+
+/** Identities acquired at once while restoring. */
+const RESTORE_PARALLEL = 16;
+
+/** `fn` over `items`, at most `limit` at a time; a failure is returned in its place. */
+async function mapLimit<T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<R>,
+): Promise<(R | Error)[]> {
+  const out: (R | Error)[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]!).catch((err) =>
+        err instanceof Error ? err : new Error(String(err))
+      );
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
 }
 
 function specOf(r: EndpointRecord): EndpointSpec {

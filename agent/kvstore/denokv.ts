@@ -51,6 +51,7 @@ class DenoKvStore implements KvStore {
   #pending = new Set<Promise<unknown>>();
   #waiters = new Set<() => void>();
   #sweepTimer: ReturnType<typeof setTimeout> | undefined;
+  #mutations: Promise<unknown> = Promise.resolve();
 
   constructor(kv: Deno.Kv, name: string, opts: DenoKvOptions) {
     this.#kv = kv;
@@ -225,10 +226,19 @@ class DenoKvStore implements KvStore {
     }
   }
 
-  async #mutate(key: string, decide: Parameters<typeof mutate>[2]) {
-    const result = await mutate(this.#kv, key, decide);
-    if (result.done) this.#wake();
-    return result;
+  /**
+   * One mutation of this process at a time: every commit checks the store's sequence, so
+   * concurrent ones (three CNI ADDs in flight) would mostly lose the race, read again and retry.
+   * Other processes' commits can still win; `mutate` retries those.
+   */
+  #mutate(key: string, decide: Parameters<typeof mutate>[2]) {
+    const run = this.#mutations.then(async () => {
+      const result = await mutate(this.#kv, key, decide);
+      if (result.done) this.#wake();
+      return result;
+    });
+    this.#mutations = run.catch(() => {});
+    return run;
   }
 
   #wake(): void {

@@ -100,12 +100,17 @@ const ADDR_SLOTS = 4096;
 
 /** Appends NDJSON lines for records; `take()` hands the collected bytes over. */
 export class LineWriter {
-  #buf = new Uint8Array(1 << 20);
+  #buf: Uint8Array;
   #pos = 0;
   /** Lines in the buffer. */
   lines = 0;
   readonly #addrKeys = new Float64Array(ADDR_SLOTS).fill(-1);
   readonly #addrText: Uint8Array[] = new Array(ADDR_SLOTS);
+
+  /** `capacity`: the bytes a buffer starts with (it grows for a larger batch of lines). */
+  constructor(capacity = 1 << 20) {
+    this.#buf = new Uint8Array(capacity);
+  }
 
   #put(b: Uint8Array): void {
     this.#buf.set(b, this.#pos);
@@ -195,10 +200,19 @@ export class LineWriter {
     this.#buf = next;
   }
 
-  /** Bytes collected since the last take (a copy), with their line count; undefined if none. */
+  /**
+   * Bytes collected since the last take, with their line count; undefined if none. A buffer at
+   * least half full is handed over as it is (no copy; the writer starts a new one), a smaller
+   * collection is copied out so what the caller holds stays close to what it uses.
+   */
   take(): { bytes: Uint8Array; lines: number } | undefined {
     if (this.lines === 0) return undefined;
-    const out = { bytes: this.#buf.slice(0, this.#pos), lines: this.lines };
+    const full = this.#pos * 2 >= this.#buf.length;
+    const out = {
+      bytes: full ? this.#buf.subarray(0, this.#pos) : this.#buf.slice(0, this.#pos),
+      lines: this.lines,
+    };
+    if (full) this.#buf = new Uint8Array(this.#buf.length);
     this.#pos = 0;
     this.lines = 0;
     return out;

@@ -296,7 +296,11 @@ export function buildDnsFlow(r: DnsInput, ctx: FlowContext): Flow {
   return {
     time: timeOf(ctx.now),
     verdict: ctx.verdict ?? (r.allowed ? "FORWARDED" : "DROPPED"),
-    IP: { source: r.client.ip, destination: r.server.ip, ipVersion: "IPv4" },
+    IP: {
+      source: r.client.ip,
+      destination: r.server.ip,
+      ipVersion: r.server.ip.includes(":") ? "IPv6" : "IPv4",
+    },
     l4: r.tcp
       ? { TCP: { source_port: r.client.port, destination_port: r.server.port } }
       : { UDP: { source_port: r.client.port, destination_port: r.server.port } },

@@ -49,15 +49,23 @@ export class FlowRing<T> {
   }
 }
 
-/** One live reader's queue: bounded, never blocks the writer. */
+/**
+ * One live reader's queue: bounded, never blocks the writer. The bound is in units the owner
+ * picks (flows for object followers, bytes for followers of NDJSON lines): an item stands for
+ * `count` flows (what is counted as lost) and takes `size` units of the bound.
+ */
 export class Follower<T> {
   readonly #queue: T[] = [];
   /** Flows per queued item (a chunk of lines counts as its lines). */
   readonly #weights: number[] = [];
+  /** Units of the bound per queued item. */
+  readonly #sizes: number[] = [];
   readonly #limit: number;
   #head = 0;
   /** Flows queued and not yet taken. */
   #queued = 0;
+  /** Units of the bound queued and not yet taken. */
+  #used = 0;
   #wake: (() => void) | undefined;
   #closed = false;
   /** Items lost for this reader since it last heard of it, by where they were lost. */
@@ -65,31 +73,36 @@ export class Follower<T> {
   /** Items dropped for this reader in total. */
   lost = 0;
 
+  /** `limit`: the units this reader may have queued (flows unless offers say otherwise). */
   constructor(limit: number) {
+    if (!(limit >= 1)) throw new RangeError(`Invalid follower limit ${limit}: expected at least 1`);
     this.#limit = limit;
   }
 
   /**
-   * Queues an item standing for `count` flows (1, or a chunk's lines); false (and all `count`
-   * counted as lost) when they do not fit because the reader is too far behind.
+   * Queues an item standing for `count` flows (1, or a chunk's lines) that takes `size` units of
+   * the bound (default: `count`); false (and all `count` counted as lost) when it does not fit
+   * because the reader is too far behind.
    */
-  offer(item: T, count = 1): boolean {
+  offer(item: T, count = 1, size = count): boolean {
     if (this.#closed) return false;
-    if (this.#queued + count > this.#limit) {
+    if (this.#used + size > this.#limit) {
       this.lost += count;
       this.reportLost("SLOW_READER", count);
       return false;
     }
     this.#queue.push(item);
     this.#weights.push(count);
+    this.#sizes.push(size);
     this.#queued += count;
+    this.#used += size;
     this.#wakeUp();
     return true;
   }
 
-  /** Whether offer() would queue one more flow now (so a caller can skip preparing it). */
+  /** Whether the bound has room left now (so a caller can skip preparing an item). */
   get hasRoom(): boolean {
-    return !this.#closed && this.#queued < this.#limit;
+    return !this.#closed && this.#used < this.#limit;
   }
 
   /** Wakes a waiting take() once (not once per item: a burst costs one wake-up). */
@@ -118,16 +131,19 @@ export class Follower<T> {
     while (this.#queue.length - this.#head === 0 && this.#lostPending.size === 0 && !this.#closed) {
       await new Promise<void>((r) => this.#wake = r);
     }
-    let end = this.#head, flows = 0;
+    let end = this.#head, flows = 0, used = 0;
     while (end < this.#queue.length && (end === this.#head || flows + this.#weights[end]! <= max)) {
+      used += this.#sizes[end]!;
       flows += this.#weights[end++]!;
     }
     const items = this.#queue.slice(this.#head, end);
     this.#head = end;
     this.#queued -= flows;
+    this.#used -= used;
     if (this.#head > 4096 && this.#head * 2 > this.#queue.length) {
       this.#queue.splice(0, this.#head);
       this.#weights.splice(0, this.#head);
+      this.#sizes.splice(0, this.#head);
       this.#head = 0;
     }
     const lost = [...this.#lostPending].map(([source, count]) => ({ source, count }));
@@ -138,6 +154,11 @@ export class Follower<T> {
   /** Flows queued and not yet taken. */
   get pending(): number {
     return this.#queued;
+  }
+
+  /** Units of the bound queued and not yet taken (bytes, for followers of lines). */
+  get pendingSize(): number {
+    return this.#used;
   }
 
   close(): void {

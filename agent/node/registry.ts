@@ -53,6 +53,23 @@ export function pickNodeIp(
   );
 }
 
+/**
+ * The node's IPv6 address for NodePort and LoadBalancer (bpf/lib/nodeport6.h): the first global
+ * (not link-local) IPv6 address on the interface that holds the node IP, if any.
+ */
+export function pickNodeIp6(nodeIp: string | undefined): string | undefined {
+  if (nodeIp === undefined) return undefined;
+  try {
+    const all = Deno.networkInterfaces();
+    const dev = all.find((i) => i.address === nodeIp)?.name;
+    return all.find((i) =>
+      i.name === dev && i.family === "IPv6" && !i.address.toLowerCase().startsWith("fe80:")
+    )?.address;
+  } catch {
+    return undefined;
+  }
+}
+
 export class NodeRegistry {
   #store: KvStore;
   #lease: NodeLease;

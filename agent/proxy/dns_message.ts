@@ -62,6 +62,7 @@ export const fqdnOf = (name: string): string => {
 };
 
 const LABEL = /^[-a-zA-Z0-9_]+$/;
+const utf8 = new TextDecoder();
 
 /** Rule 1: the question name's labels on the wire (no compression in a question). */
 function checkQuestionName(buf: Uint8Array): void {
@@ -71,7 +72,7 @@ function checkQuestionName(buf: Uint8Array): void {
     if (len === undefined) throw new DnsMessageError("The question name runs past the message");
     if (len === 0) return;
     if (len > 63) throw new DnsMessageError("The question name is compressed or malformed");
-    const label = new TextDecoder().decode(buf.subarray(off + 1, off + 1 + len));
+    const label = utf8.decode(buf.subarray(off + 1, off + 1 + len));
     if (label.length !== len || !LABEL.test(label)) {
       throw new DnsMessageError(
         `The question name has a label that is not a DNS label: "${label}"`,

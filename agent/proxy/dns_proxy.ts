@@ -1,14 +1,15 @@
-// The node's DNS proxy, inside the agent: one UDP socket and one TCP listener on the pod gateway,
-// on one port, that the kernel redirects DNS to when a DNS rule covers it (bpf/lib/proxy.h; what
-// it sends back is reverse-NATed, so the pod sees it come from the server it asked). For each
-// query it reads the original destination from the kernel, judges the name with the endpoint's
-// DNS rules, answers a refused name itself (REFUSED, or NXDOMAIN when configured), and forwards an
-// allowed one to the original server over a pooled upstream leg (dns_upstream.ts: UDP per (pod,
-// server), TCP per client connection; a server pod sees the client's address). The answer is
-// checked against the question, its addresses are learned (toFQDNs) and written to the datapath,
-// and only then is it returned, unchanged but for the id the upstream leg restored. Over TCP
-// (RFC 7766) a connection carries several 2-byte length-prefixed queries, answered as they
-// complete (pipelining), and is closed after an idle timeout or on a malformed length.
+// The node's DNS proxy, inside the agent: one UDP socket and one TCP listener on each pod gateway
+// (IPv4, and IPv6 when the node has an IPv6 pod CIDR), all on one port, that the kernel redirects
+// DNS to when a DNS rule covers it (bpf/lib/proxy.h; what it sends back is reverse-NATed, so the
+// pod sees it come from the server it asked). For each query it reads the original destination from
+// the kernel, judges the name with the endpoint's DNS rules, answers a refused name itself
+// (REFUSED, or NXDOMAIN when configured), and forwards an allowed one to the original server over a
+// pooled upstream leg (dns_upstream.ts: UDP per (pod, server), TCP per client connection; a server
+// pod sees the client's address). The answer is checked against the question, its addresses are
+// learned (toFQDNs) and written to the datapath, and only then is it returned, unchanged but for
+// the id the upstream leg restored. Over TCP (RFC 7766) a connection carries several 2-byte
+// length-prefixed queries, answered as they complete (pipelining), and is closed after an idle
+// timeout or on a malformed length.
 //
 // Rules (fail closed):
 // 1. A datagram the kernel did not redirect (no cilia_proxy_orig entry) gets no answer.
@@ -25,8 +26,9 @@ import net from "node:net";
 import type { Buffer } from "node:buffer";
 import type { PolicyEngine } from "@cilia/policy-wasm";
 import type { Logger } from "../log.ts";
-import type { Counter, Histogram, Metrics } from "../metrics.ts";
+import type { Histogram, Metrics } from "../metrics.ts";
 import type { OrigDestination, UpstreamNat } from "../datapath/proxy_maps.ts";
+import { raiseReceiveBuffer } from "../sys/sock_buf.ts";
 import { DnsMessageError, type DnsQuery, makeResponse, parseQuery, RCODE } from "./dns_message.ts";
 import {
   type Forwarded,
@@ -87,13 +89,18 @@ export interface DnsProxyOptions {
   connectTcp?: TcpConnect;
   /** A client TCP connection with nothing in flight for this long is closed (default 10 s). */
   tcpIdleMs?: number;
+  /**
+   * The UDP sockets' receive buffer (bytes; default 1 MiB, 0 = the system's): a burst that
+   * arrives while the event loop is busy waits there instead of being dropped.
+   */
+  receiveBuffer?: number;
   onRecord?: (r: DnsRecord) => void;
 }
 
-/** The engine's verdict on a DNS query of a redirected flow. */
-export function engineJudge(engine: Pick<PolicyEngine, "query">): DnsJudge {
+/** The engine's verdict on a DNS query of a redirected flow (query()'s, without explanation). */
+export function engineJudge(engine: Pick<PolicyEngine, "judgeDns">): DnsJudge {
   return (o, name, proto) => {
-    const r = engine.query({
+    const r = engine.judgeDns({
       endpoint: o.epId,
       direction: "egress",
       peer: o.dstIdentity,
@@ -111,24 +118,36 @@ const u8 = (b: Buffer) => new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
 
 export class DnsProxy {
   readonly #o: DnsProxyOptions;
-  #sock: Deno.DatagramConn | undefined;
-  #tcp: net.Server | undefined;
+  /** The UDP sockets and TCP listeners, one of each per gateway (IPv4, IPv6). */
+  #socks: Deno.DatagramConn[] = [];
+  #tcps: net.Server[] = [];
   readonly #conns = new Set<net.Socket>();
   readonly #udp: UdpUpstreams;
   #port = 0;
   #gateway = "0.0.0.0";
-  readonly #requests: Counter;
+  #gateway6 = "";
+  /** cilia_dns_requests_total by verdict, the label text made once (the per-query path). */
+  readonly #requests: Record<"forwarded" | "refused" | "error", () => void>;
   readonly #latency: Histogram;
   onRecord: ((r: DnsRecord) => void) | undefined;
 
   constructor(o: DnsProxyOptions) {
     this.#o = o;
     this.onRecord = o.onRecord;
-    this.#udp = new UdpUpstreams({ maps: o.maps, timeoutMs: this.#timeout });
-    this.#requests = o.metrics.counter(
+    this.#udp = new UdpUpstreams({
+      maps: o.maps,
+      timeoutMs: this.#timeout,
+      receiveBuffer: this.#receiveBuffer,
+    });
+    const requests = o.metrics.counter(
       "cilia_dns_requests_total",
       "DNS queries judged by the DNS proxy, by verdict (forwarded, refused, error)",
     );
+    this.#requests = {
+      forwarded: requests.bound({ verdict: "forwarded" }),
+      refused: requests.bound({ verdict: "refused" }),
+      error: requests.bound({ verdict: "error" }),
+    };
     this.#latency = o.metrics.histogram(
       "cilia_dns_request_duration_seconds",
       "time from a query to its answer through the DNS proxy (upstream included)",
@@ -141,38 +160,52 @@ export class DnsProxy {
     return this.#port;
   }
 
-  /** Binds UDP and TCP on `gateway` (the pod gateway), one port from `port` upwards (0: any). */
-  async start(gateway: string, port = 10053): Promise<number> {
+  /**
+   * Binds UDP and TCP on `gateway` (the IPv4 pod gateway) and, if given, on `gateway6` (the IPv6
+   * one), all on one port, from `port` upwards (0: any).
+   */
+  async start(gateway: string, port = 10053, gateway6 = ""): Promise<number> {
     this.#gateway = gateway;
+    this.#gateway6 = gateway6;
     this.#udp.gateway = gateway;
+    this.#udp.gateway6 = gateway6;
+    const addrs = gateway6 ? [gateway, gateway6] : [gateway];
     for (let p = port, tries = 0; tries < 100; p = port === 0 ? 0 : p + 1, tries++) {
-      let sock: Deno.DatagramConn | undefined;
-      let tcp: net.Server | undefined;
+      const socks: Deno.DatagramConn[] = [], tcps: net.Server[] = [];
       try {
-        sock = Deno.listenDatagram({ transport: "udp", hostname: gateway, port: p });
-        tcp = net.createServer((c) => this.#serveTcp(c));
-        const srv = tcp, bound = (sock.addr as Deno.NetAddr).port;
-        await new Promise<void>((resolve, reject) => {
-          srv.once("error", reject);
-          srv.listen(bound, gateway, () => resolve());
-        });
+        for (const addr of addrs) {
+          const sock = Deno.listenDatagram({ transport: "udp", hostname: addr, port: p });
+          socks.push(sock);
+          p = (sock.addr as Deno.NetAddr).port; // port 0: the IPv6 pair takes the same port
+          const srv = net.createServer((c) => this.#serveTcp(c));
+          tcps.push(srv);
+          await new Promise<void>((resolve, reject) => {
+            srv.once("error", reject);
+            srv.listen(p, addr, () => resolve());
+          });
+        }
       } catch (err) {
-        sock?.close();
-        tcp?.close();
+        socks.forEach((s) => s.close());
+        tcps.forEach((t) => t.close());
         const inUse = err instanceof Deno.errors.AddrInUse ||
           (err as { code?: string }).code === "EADDRINUSE";
         if (inUse) continue;
         throw err;
       }
-      tcp.on("error", (err) => this.#o.log.warn("DNS proxy TCP listener error", { error: err }));
-      this.#tcp = tcp;
-      this.#sock = sock;
-      this.#port = (sock.addr as Deno.NetAddr).port;
-      this.#receive(sock);
-      this.#o.log.info("DNS proxy listening", { address: gateway, port: this.#port });
-      return this.#port;
+      for (const t of tcps) {
+        t.on("error", (err) => this.#o.log.warn("DNS proxy TCP listener error", { error: err }));
+      }
+      this.#tcps = tcps;
+      this.#socks = socks;
+      this.#port = p;
+      for (const [i, sock] of socks.entries()) {
+        this.#raiseBuffer(p, addrs[i]!.includes(":") ? 6 : 4);
+        this.#receive(sock);
+      }
+      this.#o.log.info("DNS proxy listening", { address: addrs.join(", "), port: p });
+      return p;
     }
-    throw new Error(`No free port for the DNS proxy on "${gateway}" from ${port}`);
+    throw new Error(`No free port for the DNS proxy on "${addrs.join('", "')}" from ${port}`);
   }
 
   /** One client TCP connection (rules 1, 3a): framed queries, answered as they complete. */
@@ -192,7 +225,7 @@ export class DnsProxy {
     this.#conns.add(c);
     c.setNoDelay(true);
     const connect: TcpConnect = this.#o.connectTcp ??
-      ((o) => plainConnect(o, this.#gateway === "0.0.0.0" ? undefined : this.#gateway));
+      ((o) => plainConnect(o, o.ip.includes(":") ? this.#gateway6 : this.#gateway));
     const up = new TcpUpstream(connect, this.#timeout);
     const frames = new Frames();
     let inflight = 0;
@@ -242,7 +275,7 @@ export class DnsProxy {
         const got = await sock.receive(buf);
         [msg, from] = [got[0].slice(), got[1] as Deno.NetAddr];
       } catch (err) {
-        if (this.#sock !== sock) return; // closed
+        if (!this.#socks.includes(sock)) return; // closed
         this.#o.log.warn("DNS proxy socket error", { error: err });
         continue;
       }
@@ -264,7 +297,7 @@ export class DnsProxy {
     const reply = await this.answer(msg, orig, { ip: from.hostname, port: from.port }, {
       started,
     });
-    if (reply && this.#sock === sock) await sock.send(reply, from);
+    if (reply && this.#socks.includes(sock)) await sock.send(reply, from);
   }
 
   /** The response for one redirected query (rules 2–4); undefined: none. */
@@ -293,7 +326,7 @@ export class DnsProxy {
     ) => {
       const latencyMs = performance.now() - started;
       const verdict = extra.error !== undefined ? "error" : r.allowed ? "forwarded" : "refused";
-      this.#requests.inc({ verdict });
+      this.#requests[verdict]();
       this.#latency.observe(latencyMs / 1000);
       this.onRecord?.({ ...base, ...r, ...extra, latencyMs });
       return out;
@@ -335,17 +368,32 @@ export class DnsProxy {
     return done({ ...head, allowed: true, rcode: answer.rcode }, learned, bytes);
   }
 
+  get #receiveBuffer(): number {
+    return this.#o.receiveBuffer ?? 1 << 20;
+  }
+
+  #raiseBuffer(port: number, family: 4 | 6): void {
+    if (this.#receiveBuffer <= 0) return;
+    const got = raiseReceiveBuffer(port, family, this.#receiveBuffer);
+    if (typeof got === "string") {
+      this.#o.log.warn("DNS proxy: cannot raise a UDP receive buffer", { port, error: got });
+    }
+  }
+
   get #timeout(): number {
     return this.#o.upstreamTimeoutMs ?? 2000;
   }
 
   close(): void {
-    try {
-      this.#sock?.close();
-    } catch { /* closed */ }
-    this.#sock = undefined;
-    this.#tcp?.close();
-    this.#tcp = undefined;
+    const socks = this.#socks;
+    this.#socks = [];
+    for (const sock of socks) {
+      try {
+        sock.close();
+      } catch { /* closed */ }
+    }
+    for (const t of this.#tcps) t.close();
+    this.#tcps = [];
     for (const c of this.#conns) c.destroy();
     this.#conns.clear();
     this.#udp.close();
@@ -353,9 +401,10 @@ export class DnsProxy {
 }
 
 /** The TCP leg without the kernel's proxy-NAT (no maps: tests). */
-function plainConnect(o: OrigDestination, localAddress: string | undefined): Promise<net.Socket> {
+function plainConnect(o: OrigDestination, localAddress: string): Promise<net.Socket> {
+  const bind = localAddress && localAddress !== "0.0.0.0" ? { localAddress } : {};
   return new Promise((resolve, reject) => {
-    const s = net.connect({ host: o.ip, port: o.port, ...(localAddress ? { localAddress } : {}) });
+    const s = net.connect({ host: o.ip, port: o.port, ...bind });
     s.setNoDelay(true);
     s.once("connect", () => {
       s.off("error", reject);

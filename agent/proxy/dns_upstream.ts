@@ -20,6 +20,7 @@ import type { Buffer } from "node:buffer";
 import type { OrigDestination } from "../datapath/proxy_maps.ts";
 import { type DnsAnswer, type DnsQuery, parseAnswer } from "./dns_message.ts";
 import type { DnsProxyMaps } from "./dns_proxy.ts";
+import { raiseReceiveBuffer } from "../sys/sock_buf.ts";
 
 export type Forwarded = { answer: DnsAnswer; bytes: Uint8Array } | string;
 
@@ -123,6 +124,8 @@ export interface UdpUpstreamsOptions {
   timeoutMs: number;
   /** A leg with nothing in flight for this long is closed (default 30 s). */
   idleMs?: number;
+  /** Each leg's UDP receive buffer (bytes; 0 or none: the system's). Best effort. */
+  receiveBuffer?: number;
 }
 
 /** The UDP legs, pooled per (client, identity, endpoint, direction, server). */
@@ -130,6 +133,7 @@ export class UdpUpstreams {
   readonly #o: UdpUpstreamsOptions;
   readonly #legs = new Map<string, UdpLeg | Promise<UdpLeg>>();
   #gateway = "0.0.0.0";
+  #gateway6 = "";
   #sweeper: ReturnType<typeof setInterval> | undefined;
 
   constructor(o: UdpUpstreamsOptions) {
@@ -138,6 +142,11 @@ export class UdpUpstreams {
 
   set gateway(ip: string) {
     this.#gateway = ip;
+  }
+
+  /** The IPv6 pod gateway ("" = none: legs to IPv6 servers bind "::"). */
+  set gateway6(ip: string) {
+    this.#gateway6 = ip;
   }
 
   get size(): number {
@@ -171,11 +180,16 @@ export class UdpUpstreams {
 
   // deno-lint-ignore require-await
   async #open(key: string, o: OrigDestination, clientIp: string): Promise<UdpLeg> {
-    const sock = Deno.listenDatagram({ transport: "udp", hostname: this.#gateway, port: 0 });
+    const hostname = o.ip.includes(":") ? this.#gateway6 || "::" : this.#gateway;
+    const sock = Deno.listenDatagram({ transport: "udp", hostname, port: 0 });
     const server = { ip: o.ip, port: o.port };
+    const localPort = (sock.addr as Deno.NetAddr).port;
+    if (this.#o.receiveBuffer) {
+      raiseReceiveBuffer(localPort, o.ip.includes(":") ? 6 : 4, this.#o.receiveBuffer);
+    }
     const leg: UdpLeg = {
       sock,
-      localPort: (sock.addr as Deno.NetAddr).port,
+      localPort,
       server,
       inflight: new InFlight(),
       lastUsed: performance.now(),

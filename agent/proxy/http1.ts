@@ -41,6 +41,10 @@ const TCHAR = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** A buffered reader over a pull function; `pull` returns null at end of stream. */
 export class BufReader {
   #buf: Uint8Array = new Uint8Array(0);
+  /** Where the array #buf is a view of began (what came before it is not ours). */
+  #base = 0;
+  /** How far lineNow() found no LF in #buf. */
+  #scanned = 0;
   #eof = false;
   constructor(readonly pull: () => Promise<Uint8Array | null>) {}
 
@@ -63,6 +67,7 @@ export class BufReader {
       b.set(chunk, this.#buf.length);
       this.#buf = b;
     }
+    this.#base = this.#buf.byteOffset;
     return true;
   }
 
@@ -73,32 +78,73 @@ export class BufReader {
   take(n: number): Uint8Array {
     const out = this.#buf.subarray(0, n);
     this.#buf = this.#buf.subarray(n);
+    this.#scanned = 0;
     return out;
+  }
+
+  /**
+   * The last `n` bytes taken, as they were read, when they all came from one read or buffer
+   * (else undefined): a head and body forwarded unchanged without serialising or copying them.
+   */
+  taken(n: number): Uint8Array | undefined {
+    const off = this.#buf.byteOffset;
+    return off - this.#base >= n ? new Uint8Array(this.#buf.buffer, off - n, n) : undefined;
   }
 
   /** The next CRLF-terminated line (without CRLF) within max bytes; a bare LF/CR is an error. */
   async line(max: number, what: string, tooLong = 400): Promise<string | null> {
-    let from = 0;
     for (;;) {
-      const b = this.#buf;
-      for (let i = from; i < b.length; i++) {
-        if (b[i] === LF) {
-          if (i === 0 || b[i - 1] !== CR) throw new HttpError(400, `Bare LF in ${what}`);
-          for (let j = 0; j < i - 1; j++) {
-            if (b[j] === CR) throw new HttpError(400, `Bare CR in ${what}`);
-          }
-          const text = latin1(b.subarray(0, i - 1));
-          this.take(i + 1);
-          return text;
-        }
-      }
-      from = b.length;
-      if (b.length > max) throw new HttpError(tooLong, `${what} longer than ${max} bytes`);
+      const text = this.lineNow(max, what, tooLong);
+      if (text !== undefined) return text;
       if (!(await this.fill())) {
         if (this.#buf.length === 0) return null;
         throw new HttpError(400, `Connection closed inside ${what}`);
       }
     }
+  }
+
+  /**
+   * line() without waiting: the line when a whole one is buffered, undefined when more must be
+   * read (the same checks; bytes already scanned are not scanned again after a fill).
+   */
+  lineNow(max: number, what: string, tooLong = 400): string | undefined {
+    const b = this.#buf;
+    for (let i = this.#scanned; i < b.length; i++) {
+      if (b[i] === LF) {
+        if (i === 0 || b[i - 1] !== CR) throw new HttpError(400, `Bare LF in ${what}`);
+        for (let j = 0; j < i - 1; j++) {
+          if (b[j] === CR) throw new HttpError(400, `Bare CR in ${what}`);
+        }
+        const text = latin1(b.subarray(0, i - 1));
+        this.take(i + 1);
+        return text;
+      }
+    }
+    this.#scanned = b.length;
+    if (b.length > max) throw new HttpError(tooLong, `${what} longer than ${max} bytes`);
+    return undefined;
+  }
+
+  /**
+   * A whole head (through its empty line) taken as one string in one pass, when the buffer holds
+   * it within `max` bytes and it is plain ASCII with every CR and LF paired as CRLF; else
+   * undefined and nothing is taken (the line-by-line path then reads it, with its precise errors).
+   */
+  wholeHead(max: number): string | undefined {
+    const b = this.#buf, n = Math.min(b.length, max);
+    for (let i = 0; i < n; i++) {
+      const c = b[i]!;
+      if (c >= 0x80) return undefined;
+      if (c === CR && b[i + 1] !== LF) return undefined;
+      if (c !== LF) continue;
+      if (i === 0 || b[i - 1] !== CR) return undefined;
+      if (i >= 3 && b[i - 2] === LF) {
+        const text = ascii.decode(b.subarray(0, i + 1));
+        this.take(i + 1);
+        return text;
+      }
+    }
+    return undefined;
   }
 }
 
@@ -130,24 +176,44 @@ function validValue(v: string): boolean {
   return true;
 }
 
+/** One header line (not the empty one) checked and added to `headers`. */
+function headerLine(line: string, headers: [string, string][], max: number, what: string): void {
+  if (line[0] === " " || line[0] === "\t") throw new HttpError(400, "Obsolete line folding");
+  const colon = line.indexOf(":");
+  const name = colon < 0 ? "" : line.slice(0, colon);
+  if (!TCHAR.test(name)) throw new HttpError(400, `Invalid header line in ${what}`);
+  let from = colon + 1, to = line.length;
+  while (from < to && (line.charCodeAt(from) === 32 || line.charCodeAt(from) === 9)) from++;
+  while (to > from && (line.charCodeAt(to - 1) === 32 || line.charCodeAt(to - 1) === 9)) to--;
+  const value = line.slice(from, to);
+  if (!validValue(value)) throw new HttpError(400, `Invalid value of header "${name}"`);
+  headers.push([name, value]);
+  if (headers.length > max) throw new HttpError(431, `More than ${max} header fields`);
+}
+
+/** The header lines of a whole head's text after its first line (which ends at `at`). */
+function headersOf(text: string, at: number, max: number, what: string): [string, string][] {
+  const headers: [string, string][] = [];
+  for (;;) {
+    const from = at + 2;
+    at = text.indexOf("\r\n", from);
+    if (at === from) return headers;
+    headerLine(text.slice(from, at), headers, max, what);
+  }
+}
+
 /** Reads header lines until the empty line; `budget` is what the head may still use. */
 async function readHeaders(r: BufReader, budget: number, max: number, what: string) {
   const headers: [string, string][] = [];
   let size = 0;
   for (;;) {
-    const line = await r.line(budget - size, what, 431);
+    // Without a wait when the line is buffered already.
+    const line = r.lineNow(budget - size, what, 431) ?? await r.line(budget - size, what, 431);
     if (line === null) throw new HttpError(400, `Connection closed inside ${what}`);
     size += line.length + 2;
     if (size > budget) throw new HttpError(431, `${what} larger than the limit`);
     if (line === "") return { headers, size };
-    if (line[0] === " " || line[0] === "\t") throw new HttpError(400, "Obsolete line folding");
-    const colon = line.indexOf(":");
-    const name = colon < 0 ? "" : line.slice(0, colon);
-    if (!TCHAR.test(name)) throw new HttpError(400, `Invalid header line in ${what}`);
-    const value = line.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, "");
-    if (!validValue(value)) throw new HttpError(400, `Invalid value of header "${name}"`);
-    headers.push([name, value]);
-    if (headers.length > max) throw new HttpError(431, `More than ${max} header fields`);
+    headerLine(line, headers, max, what);
   }
 }
 
@@ -157,31 +223,39 @@ export interface HeadLimits {
   maxHeaders?: number;
 }
 
-/** The next request head, or null when the client closed cleanly between requests. */
-export async function readRequestHead(r: BufReader, o: HeadLimits = {}): Promise<Head | null> {
-  const budget = o.maxHeadBytes ?? 16384;
-  const line = await r.line(budget, "request line", 414);
-  if (line === null) return null;
+/** A request line's method, target and version (errors: 400, 505). */
+function requestLine(line: string): [string, string, "1.0" | "1.1"] {
   const m = /^([^ ]+) ([^ ]+) HTTP\/(\d)\.(\d)$/.exec(line);
   if (!m || !TCHAR.test(m[1]!)) throw new HttpError(400, "Malformed request line");
   if (m[3] !== "1" || (m[4] !== "0" && m[4] !== "1")) {
     throw new HttpError(505, `HTTP version ${m[3]}.${m[4]} is not supported`);
   }
-  const { headers, size } = await readHeaders(
-    r,
-    budget - line.length - 2,
-    o.maxHeaders ?? 100,
-    "request headers",
-  );
-  const head: Head = {
-    method: m[1]!,
-    target: m[2]!,
-    status: 0,
-    reason: "",
-    version: m[4] === "1" ? "1.1" : "1.0",
-    headers,
-    size: line.length + 2 + size,
-  };
+  return [m[1]!, m[2]!, m[4] === "1" ? "1.1" : "1.0"];
+}
+
+/** The next request head, or null when the client closed cleanly between requests. */
+export async function readRequestHead(r: BufReader, o: HeadLimits = {}): Promise<Head | null> {
+  const budget = o.maxHeadBytes ?? 16384, maxHeaders = o.maxHeaders ?? 100;
+  let method: string, target: string, version: "1.0" | "1.1";
+  let headers: [string, string][], size: number;
+  // The common case, a whole head in one read: one pass, one string.
+  if (r.buffered === 0 && !(await r.fill())) return null;
+  const text = r.wholeHead(budget);
+  if (text !== undefined) {
+    const at = text.indexOf("\r\n");
+    [method, target, version] = requestLine(text.slice(0, at));
+    headers = headersOf(text, at, maxHeaders, "request headers");
+    size = text.length;
+  } else {
+    const line = r.lineNow(budget, "request line", 414) ??
+      await r.line(budget, "request line", 414);
+    if (line === null) return null;
+    [method, target, version] = requestLine(line);
+    const rest = await readHeaders(r, budget - line.length - 2, maxHeaders, "request headers");
+    headers = rest.headers;
+    size = line.length + 2 + rest.size;
+  }
+  const head: Head = { method, target, status: 0, reason: "", version, headers, size };
   const hosts = all(head, "host");
   if (hosts.length > 1 || (head.version === "1.1" && hosts.length !== 1)) {
     throw new HttpError(400, "A request needs exactly one Host header");
@@ -189,26 +263,44 @@ export async function readRequestHead(r: BufReader, o: HeadLimits = {}): Promise
   return head;
 }
 
-/** The next response head from the server (1xx included). */
-export async function readResponseHead(r: BufReader, maxBytes = 65536): Promise<Head> {
-  const line = await r.line(maxBytes, "status line", 502);
-  if (line === null) throw new HttpError(502, "The server closed the connection");
+/** A status line's version, status and reason (error: 502). */
+function statusLine(line: string): ["1.0" | "1.1", number, string] {
   const m = /^HTTP\/1\.([01]) (\d{3})(?: (.*))?$/.exec(line);
   if (!m) throw new HttpError(502, "Malformed status line from the server");
-  const { headers, size } = await readHeaders(r, maxBytes, 200, "response headers").catch(
-    (e) => {
-      throw e instanceof HttpError ? new HttpError(502, e.message) : e;
-    },
-  );
-  return {
-    method: "",
-    target: "",
-    status: Number(m[2]),
-    reason: m[3] ?? "",
-    version: m[1] === "1" ? "1.1" : "1.0",
-    headers,
-    size: line.length + 2 + size,
-  };
+  return [m[1] === "1" ? "1.1" : "1.0", Number(m[2]), m[3] ?? ""];
+}
+
+const badGateway = (e: unknown) => e instanceof HttpError ? new HttpError(502, e.message) : e;
+
+/** The next response head from the server (1xx included). */
+export async function readResponseHead(r: BufReader, maxBytes = 65536): Promise<Head> {
+  let version: "1.0" | "1.1", status: number, reason: string;
+  let headers: [string, string][], size: number;
+  if (r.buffered === 0 && !(await r.fill())) {
+    throw new HttpError(502, "The server closed the connection");
+  }
+  const text = r.wholeHead(maxBytes);
+  if (text !== undefined) {
+    const at = text.indexOf("\r\n");
+    [version, status, reason] = statusLine(text.slice(0, at));
+    try {
+      headers = headersOf(text, at, 200, "response headers");
+    } catch (e) {
+      throw badGateway(e);
+    }
+    size = text.length;
+  } else {
+    const line = r.lineNow(maxBytes, "status line", 502) ??
+      await r.line(maxBytes, "status line", 502);
+    if (line === null) throw new HttpError(502, "The server closed the connection");
+    [version, status, reason] = statusLine(line);
+    const rest = await readHeaders(r, maxBytes, 200, "response headers").catch((e) => {
+      throw badGateway(e);
+    });
+    headers = rest.headers;
+    size = line.length + 2 + rest.size;
+  }
+  return { method: "", target: "", status, reason, version, headers, size };
 }
 
 export function all(h: Head, name: string): string[] {
@@ -266,7 +358,7 @@ export function responseFraming(h: Head, method: string): Framing {
   }
   const cl = all(h, "content-length");
   if (cl.length > 0) {
-    if (new Set(cl).size !== 1 || !/^\d{1,15}$/.test(cl[0]!)) {
+    if (cl.some((v) => v !== cl[0]) || !/^\d{1,15}$/.test(cl[0]!)) {
       throw new HttpError(502, "Invalid Content-Length from the server");
     }
     return { kind: "length", length: Number(cl[0]) };

@@ -189,7 +189,7 @@ export async function serveHttpConnection(client: Stream, o: ConnOptions): Promi
         return;
       }
       if (head === null) return;
-      const again = await serveRequest(head);
+      const again = await serveRequest(head, cr.taken(head.size));
       if (!again) return;
     }
   } catch {
@@ -201,8 +201,8 @@ export async function serveHttpConnection(client: Stream, o: ConnOptions): Promi
     client.close();
   }
 
-  /** One request; true when the connection may carry another. */
-  async function serveRequest(head: Head): Promise<boolean> {
+  /** One request (raw: its head as it was read, when at hand); true for another. */
+  async function serveRequest(head: Head, raw: Uint8Array | undefined): Promise<boolean> {
     const started = performance.now();
     const host = first(head, "host") ?? "";
     const rec = (code: number, allowed: boolean, path: string, error?: string) =>
@@ -247,7 +247,8 @@ export async function serveHttpConnection(client: Stream, o: ConnOptions): Promi
       }
     }
     const u = up;
-    await u.s.write(serializeHead(head, path));
+    // The head as it came when the path needs no change (it was validated as parsed).
+    await u.s.write(raw !== undefined && path === head.target ? raw : serializeHead(head, path));
     let bodyError: unknown;
     const body = copyBody(cr, framing, (b) => u.s.write(b), "request body").catch((e) => {
       bodyError = e; // a bad request body: cut the upstream leg, answer its status below
@@ -258,7 +259,7 @@ export async function serveHttpConnection(client: Stream, o: ConnOptions): Promi
       resp = await readResponseHead(u.r);
       while (resp.status >= 100 && resp.status < 200) {
         if (resp.status === 101) throw new HttpError(502, "Protocol upgrades are not supported");
-        await client.write(serializeHead(resp));
+        await client.write(u.r.taken(resp.size) ?? serializeHead(resp));
         resp = await readResponseHead(u.r);
       }
     } catch (err) {
@@ -273,16 +274,21 @@ export async function serveHttpConnection(client: Stream, o: ConnOptions): Promi
     }
     const latencyMs = performance.now() - started;
     const rf = responseFraming(resp, head.method);
-    const respHead = serializeHead(resp);
-    if (rf.kind === "length" && u.r.buffered >= rf.length) {
-      // The whole body is here already (the common small response): one write, not two.
+    // The response head is forwarded unchanged: the bytes as they came when they are at hand.
+    const rawResp = u.r.taken(resp.size);
+    if (rawResp !== undefined && rf.kind === "length" && u.r.buffered >= rf.length) {
+      // Head and whole body in the bytes read (the common small response): one write, no copy.
+      u.r.take(rf.length);
+      await client.write(u.r.taken(resp.size + rf.length)!);
+    } else if (rf.kind === "length" && u.r.buffered >= rf.length) {
+      const respHead = serializeHead(resp);
       const out = new Uint8Array(respHead.length + rf.length);
       out.set(respHead);
       out.set(u.r.take(rf.length), respHead.length);
       await client.write(out);
     } else {
-      await client.write(respHead);
-      await copyBody(u.r, rf, (b) => client.write(b), "response body");
+      await client.write(rawResp ?? serializeHead(resp));
+      if (rf.kind !== "none") await copyBody(u.r, rf, (b) => client.write(b), "response body");
     }
     await body;
     o.onRequest({

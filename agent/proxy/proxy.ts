@@ -23,7 +23,7 @@ import {
 import { prefaceState, serveH2Connection } from "./h2.ts";
 import { type KafkaRecord, serveKafkaConnection } from "./kafka.ts";
 import type { KafkaRequestInfo } from "./kafka_request.ts";
-import { denoStream, nodeStream } from "./streams.ts";
+import { denoStream, nodeStream, takeOverSocket } from "./streams.ts";
 
 export type Direction = "ingress" | "egress";
 /** What a listener serves: HTTP (HTTP/1.1 and h2c, so gRPC) or Kafka. */
@@ -333,7 +333,7 @@ export class L7Proxy {
         return { allowed: passes(r), cookie: r.cookie || o.cookie, rule: r.l7.rule };
       };
       return serveKafkaConnection(stream, {
-        connect: () => this.#connect(o, client.ip, hop2),
+        connect: () => this.#connect(o, client.ip, { ingressEpId: hop2, like: conn }),
         judge: judgeKafka,
         onRequest: (k) => onRequest(kafkaRequestRecord(k), "kafka", k),
         ...(this.#o.headerTimeoutMs !== undefined
@@ -361,7 +361,7 @@ export class L7Proxy {
       write: stream.write,
       close: stream.close,
     }, {
-      connect: () => this.#connect(o, client.ip, hop2),
+      connect: () => this.#connect(o, client.ip, { ingressEpId: hop2, like: conn }),
       judge,
       onRequest: (rec) => onRequest(rec),
       ...(this.#o.headerTimeoutMs !== undefined
@@ -426,8 +426,14 @@ export class L7Proxy {
     return ep !== undefined && ep !== o.epId ? ep : undefined;
   }
 
-  async #connect(o: OrigDestination, clientIp: string, ingressEpId?: number): Promise<Stream> {
-    return nodeStream(await this.#connectSocket(o, clientIp, { ingressEpId }));
+  /** The upstream leg as a Stream (a Deno connection like the client's `like` when possible). */
+  async #connect(
+    o: OrigDestination,
+    clientIp: string,
+    opts: { ingressEpId: number | undefined; like: Deno.Conn },
+  ): Promise<Stream> {
+    const sock = await this.#connectSocket(o, clientIp, { ingressEpId: opts.ingressEpId });
+    return takeOverSocket(sock, opts.like) ?? nodeStream(sock);
   }
 
   /** The upstream leg for another proxy on this node (the DNS proxy over TCP). */

@@ -3,11 +3,12 @@
 // written, as writes in a safe order (new backends and slots before the services that point at
 // them; deletes of services before the slots and backends they used). Backend ids are stable per address while a
 // backend is in use (conntrack remembers them), and are read back after a restart (restore()).
+// IPv4 and IPv6 share every map: 16-byte addresses (IPv4 in the first 4) with a family field.
 // Pure: no I/O; KernelSink does the writing and calls commit() only after it succeeded.
 import { decode, encode, LAYOUTS, num } from "../datapath/codecs.ts";
-import { formatIP, parseIPv4 } from "../datapath/_addr.ts";
+import { formatIP, parseIPv4, parseIPv6 } from "../datapath/_addr.ts";
 import type { MapUpdate } from "../datapath/map_writer.ts";
-import { backendText, type ServiceSpec } from "./spec.ts";
+import { backendText, hostPort, ipFamily, type ServiceSpec } from "./spec.ts";
 import { maglevTable, weightedSlots } from "./maglev.ts";
 
 export const LB_MAPS = [
@@ -41,9 +42,11 @@ const unhex = (h: string) => {
 };
 const addr16 = (ip: string) => {
   const a = new Uint8Array(16);
-  a.set(parseIPv4(ip)!);
+  a.set(parseIPv4(ip) ?? parseIPv6(ip)!);
   return a;
 };
+/** The map fields of an address: {addr, family}. */
+const addrOf = (ip: string) => ({ addr: addr16(ip), family: ipFamily(ip) ?? 4 });
 
 type Content = Map<string, string>;
 
@@ -60,7 +63,8 @@ export function externalFrontends(
 ): [string, number][] {
   const out: [string, number][] = [];
   if (s.type !== "ClusterIP" && s.nodePort) {
-    for (const ip of nodeAddresses) out.push([ip, s.nodePort]);
+    const family = ipFamily(s.frontend.ip);
+    for (const ip of nodeAddresses) if (ipFamily(ip) === family) out.push([ip, s.nodePort]);
   }
   for (const ip of s.loadBalancerIPs ?? []) out.push([ip, s.frontend.port]);
   return out;
@@ -79,14 +83,14 @@ export class LbState {
     for (const e of entries) {
       const id = num(decode(LAYOUTS.lbBackendKey, e.key).backend_id);
       const v = decode(LAYOUTS.lbBackend, e.value);
-      const ip = formatIP(4, (v.addr as Uint8Array).subarray(0, 4));
-      this.#ids.set(`${ip}:${num(v.port)}/${num(v.proto)}`, id);
+      const ip = formatIP(num(v.family), v.addr as Uint8Array);
+      this.#ids.set(`${hostPort(ip, num(v.port))}/${num(v.proto)}`, id);
     }
   }
 
   /** The backend id of an address in use, if any (for listings). */
   backendId(ip: string, port: number, protocol: "TCP" | "UDP"): number | undefined {
-    return this.#ids.get(`${ip}:${port}/${PROTO[protocol]}`);
+    return this.#ids.get(`${hostPort(ip, port)}/${PROTO[protocol]}`);
   }
 
   /** The writes that turn what was written into `services`; commit() once they succeeded. */
@@ -108,7 +112,7 @@ export class LbState {
         put(
           "cilia_lb_backends",
           encode(LAYOUTS.lbBackendKey, { backend_id: ids.get(`${backendText(b)}/${proto}`)! }),
-          encode(LAYOUTS.lbBackend, { addr: addr16(b.ip), port: b.port, proto, family: 4 }),
+          encode(LAYOUTS.lbBackend, { ...addrOf(b.ip), port: b.port, proto }),
         );
       }
       table.forEach((bi, slot) => {
@@ -122,16 +126,11 @@ export class LbState {
       put(
         "cilia_lb_revnat",
         encode(LAYOUTS.lbRevnatKey, { svc_id: s.id }),
-        encode(LAYOUTS.lbRevnat, { addr: addr16(s.frontend.ip), port: s.frontend.port, family: 4 }),
+        encode(LAYOUTS.lbRevnat, { ...addrOf(s.frontend.ip), port: s.frontend.port }),
       );
       put(
         "cilia_lb_services",
-        encode(LAYOUTS.lbServiceKey, {
-          addr: addr16(s.frontend.ip),
-          port: s.frontend.port,
-          proto,
-          family: 4,
-        }),
+        encode(LAYOUTS.lbServiceKey, { ...addrOf(s.frontend.ip), port: s.frontend.port, proto }),
         encode(LAYOUTS.lbServiceValue, {
           slots: table.length,
           svc_id: s.id,
@@ -154,7 +153,7 @@ export class LbState {
       for (const [ip, port] of externalFrontends(s, opts.nodePortAddresses ?? [])) {
         put(
           "cilia_lb_services",
-          encode(LAYOUTS.lbServiceKey, { addr: addr16(ip), port, proto, family: 4 }),
+          encode(LAYOUTS.lbServiceKey, { ...addrOf(ip), port, proto }),
           encode(LAYOUTS.lbServiceValue, {
             slots: table.length,
             svc_id: s.id,

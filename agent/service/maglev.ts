@@ -62,7 +62,10 @@ export function weightedSlots(backends: readonly SlotBackend[]): number[] {
   return backends.flatMap((b, i) => new Array<number>(b.weight).fill(i));
 }
 
-/** The datapath's slot hash (lb.h lb_hash), for tests and traces: IPv4 addresses, host ports. */
+/**
+ * The datapath's slot hash (lb.h lb_hash), for tests and traces: addresses as 4 (IPv4) or 16
+ * (IPv6) bytes, host-order ports.
+ */
 export function lbHash(t: {
   saddr: Uint8Array;
   daddr: Uint8Array;
@@ -80,7 +83,14 @@ export function lbHash(t: {
     return h >>> 0;
   };
   // The C reads addresses as host-order (little-endian) u32s and ports as network-order u16s.
-  const le = (b: Uint8Array) => (b[0]! | (b[1]! << 8) | (b[2]! << 16) | (b[3]! << 24)) >>> 0;
+  // An address is its four words XORed (lb_fold): IPv4's words 2-4 are 0.
+  const le = (b: Uint8Array) => {
+    let w = 0;
+    for (let i = 0; i + 3 < b.length && i < 16; i += 4) {
+      w ^= b[i]! | (b[i + 1]! << 8) | (b[i + 2]! << 16) | (b[i + 3]! << 24);
+    }
+    return w >>> 0;
+  };
   const be16 = (p: number) => ((p & 0xff) << 8) | (p >>> 8);
   let h = mix(le(t.saddr) ^ 0x9e3779b9);
   h = mix(h ^ le(t.daddr));

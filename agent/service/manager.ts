@@ -10,6 +10,7 @@ import { Serial } from "../_serial.ts";
 import {
   frontendText,
   inCidr,
+  ipFamily,
   MAX_SERVICE_ID,
   normaliseService,
   type ServiceInput,
@@ -77,6 +78,7 @@ export class ServiceManager {
   readonly #podCidrs: string[];
   readonly #nodePortRange: { min: number; max: number };
   readonly #nodePortAddresses: string[];
+  readonly #nodePortMode: "snat" | "dsr";
   readonly #onChange: ((services: readonly ServiceSpec[]) => Promise<void>) | undefined;
   readonly #records = new Map<number, ServiceSpec>();
   readonly #serial = new Serial();
@@ -90,6 +92,8 @@ export class ServiceManager {
     nodePortRange?: { min: number; max: number };
     /** This node's addresses that serve NodePort frontends (its node IP). */
     nodePortAddresses?: string[];
+    /** --node-port-mode: with dsr, IPv6 NodePort/LoadBalancer services are refused. */
+    nodePortMode?: "snat" | "dsr";
     /** Called with the records after every change (the policy's toServices follow them). */
     onChange?: (services: readonly ServiceSpec[]) => Promise<void>;
   }) {
@@ -99,6 +103,7 @@ export class ServiceManager {
     this.#podCidrs = o.podCidrs ?? [];
     this.#nodePortRange = o.nodePortRange ?? DEFAULT_NODE_PORT_RANGE;
     this.#nodePortAddresses = o.nodePortAddresses ?? [];
+    this.#nodePortMode = o.nodePortMode ?? "snat";
     this.#onChange = o.onChange;
   }
 
@@ -130,6 +135,17 @@ export class ServiceManager {
   upsert(input: ServiceInput): Promise<{ service: ServiceSpec; created: boolean }> {
     return this.#serial.run(async () => {
       const parsed = ServiceInputSchema.parse(input);
+      if (
+        this.#nodePortMode === "dsr" && parsed.type !== "ClusterIP" &&
+        ipFamily(parsed.frontend.ip) === 6
+      ) {
+        // bpf/lib/nodeport6.h, 5.: DSR has no IPv6 form yet (no extension header carries it).
+        throw new ServiceError(
+          "invalid",
+          `Invalid type "${parsed.type}" for the IPv6 frontend "${parsed.frontend.ip}": ` +
+            "--node-port-mode dsr does not support IPv6 yet (use --node-port-mode snat)",
+        );
+      }
       for (const ip of [parsed.frontend.ip, ...(parsed.loadBalancerIPs ?? [])]) {
         const clash = this.#podCidrs.find((c) => inCidr(ip, c));
         if (clash) {
@@ -153,7 +169,7 @@ export class ServiceManager {
       const id = parsed.id ?? existing?.id ?? this.#freeId();
       const nodePort = parsed.type === "ClusterIP"
         ? undefined
-        : this.#nodePort(id, parsed.frontend.protocol, parsed.nodePort ?? existing?.nodePort);
+        : this.#nodePort(id, parsed.frontend, parsed.nodePort ?? existing?.nodePort);
       let service: ServiceSpec;
       try {
         service = normaliseService({ ...parsed, id, ...(nodePort ? { nodePort } : {}) });
@@ -185,12 +201,22 @@ export class ServiceManager {
     });
   }
 
-  /** A nodePort in range and not used by another service of the protocol (the lowest free). */
-  #nodePort(id: number, protocol: "TCP" | "UDP", want: number | undefined): number {
+  /**
+   * A nodePort in range and not used by another service of the protocol and address family (the
+   * lowest free): a dual-stack Service's IPv4 and IPv6 records share one, as in Kubernetes.
+   */
+  #nodePort(
+    id: number,
+    frontend: { ip: string; protocol: "TCP" | "UDP" },
+    want: number | undefined,
+  ): number {
     const { min, max } = this.#nodePortRange;
+    const { protocol } = frontend, family = ipFamily(frontend.ip);
     const used = new Map(
-      this.list().filter((s) => s.id !== id && s.frontend.protocol === protocol && s.nodePort)
-        .map((s) => [s.nodePort!, s.id]),
+      this.list().filter((s) =>
+        s.id !== id && s.frontend.protocol === protocol && s.nodePort &&
+        ipFamily(s.frontend.ip) === family
+      ).map((s) => [s.nodePort!, s.id]),
     );
     if (want !== undefined) {
       if (want < min || want > max) {

@@ -5,7 +5,7 @@
 // by a policy and is left out. Pure and deterministic (sorted), so that an unchanged set of
 // services compares equal and the policy is not reloaded for nothing.
 import type { ServiceRef } from "@cilia/policy-wasm";
-import { ipNumber, type ServiceSpec } from "./spec.ts";
+import { compareIp, type ServiceSpec } from "./spec.ts";
 
 export function policyServiceRefs(records: readonly ServiceSpec[]): ServiceRef[] {
   const byName = new Map<string, { ref: ServiceRef; ips: Set<string> }>();
@@ -24,6 +24,6 @@ export function policyServiceRefs(records: readonly ServiceSpec[]): ServiceRef[]
   }
   return [...byName.keys()].sort().map((k) => {
     const { ref, ips } = byName.get(k)!;
-    return { ...ref, backends: [...ips].sort((a, b) => ipNumber(a) - ipNumber(b)) };
+    return { ...ref, backends: [...ips].sort(compareIp) };
   });
 }

@@ -1,19 +1,33 @@
 // Service records (flow 8): the validated, normalised shape of a ClusterIP service — a frontend
 // (VIP:port/protocol) and its backends (ip:port, weight) — as stored under `cilia/services/<id>`
-// and as the API and CLI show it. Pure: zod at the edge, deterministic output (backends sorted),
-// safe to hash and diff. It writes nothing; manager.ts stores, lb_state.ts plans the maps.
+// and as the API and CLI show it. IPv4 or IPv6, one family per service (no NAT46): the backends
+// and LoadBalancer addresses have the frontend's family; IPv6 addresses are kept in their
+// canonical spelling (RFC 5952) and written `[ip]:port`. Pure: zod at the edge, deterministic
+// output (backends sorted), safe to hash and diff. It writes nothing; manager.ts stores,
+// lb_state.ts plans the maps.
 import { z } from "zod";
-import { parseIPv4 } from "../datapath/_addr.ts";
+import { formatIP, parseIPv4, parseIPv6, parsePrefix } from "../datapath/_addr.ts";
 
 /** The most backends one service may have (each is a map entry, and a slot at least). */
 export const MAX_BACKENDS = 10_000;
 /** Service ids are the datapath's reverse-NAT ids (u16, 0 = none). */
 export const MAX_SERVICE_ID = 65535;
 
-const ipv4 = (what: string) =>
-  z.string().refine((s) => parseIPv4(s) !== undefined, {
-    message: `Invalid ${what}: expected an IPv4 address (IPv6 services are not supported yet)`,
-  });
+/** 4 or 6 for an address, undefined for anything else. */
+export function ipFamily(ip: string): 4 | 6 | undefined {
+  return parseIPv4(ip) ? 4 : parseIPv6(ip) ? 6 : undefined;
+}
+
+/** IPv4 as given; IPv6 in its one canonical spelling ("fd00:96:0::010" → "fd00:96::10"). */
+const canonicalIp = (ip: string) => {
+  const v6 = parseIPv4(ip) ? undefined : parseIPv6(ip);
+  return v6 ? formatIP(6, v6) : ip;
+};
+
+const ipAddr = (what: string) =>
+  z.string().refine((s) => ipFamily(s) !== undefined, {
+    message: `Invalid ${what}: expected an IPv4 or IPv6 address`,
+  }).transform(canonicalIp);
 const port = z.number().int().min(1, "Invalid port: expected 1-65535").max(
   65535,
   "Invalid port: expected 1-65535",
@@ -29,7 +43,7 @@ const labelMap = (what: string) =>
   );
 
 export const BackendSchema = z.strictObject({
-  ip: ipv4("backend address"),
+  ip: ipAddr("backend address"),
   port,
   weight: z.number().int().min(1).max(100).default(1),
   /** Finishing its connections: no new ones (EndpointSlice `conditions.terminating`). */
@@ -53,10 +67,10 @@ export const ServiceInputSchema = z.strictObject({
   /** NodePort/LoadBalancer: the port on every node's IP (default: the lowest free in range). */
   nodePort: port.optional(),
   /** LoadBalancer: addresses outside clients use with the frontend port. */
-  loadBalancerIPs: z.array(ipv4("LoadBalancer address")).max(16, "At most 16 addresses")
+  loadBalancerIPs: z.array(ipAddr("LoadBalancer address")).max(16, "At most 16 addresses")
     .optional(),
   frontend: z.strictObject({
-    ip: ipv4("frontend address"),
+    ip: ipAddr("frontend address"),
     port,
     protocol: z.enum(["TCP", "UDP"], {
       message: 'Invalid protocol: expected "TCP" or "UDP"',
@@ -100,16 +114,33 @@ export const ServiceInputSchema = z.strictObject({
       message: 'Invalid loadBalancerIPs: only a "LoadBalancer" service has them',
     });
   }
+  // One family per service: the datapath translates addresses, not families (lb.h 1.).
+  const family = ipFamily(s.frontend.ip);
+  const mixed = (path: (string | number)[], what: string, ip: string) => {
+    if (ipFamily(ip) === family) return;
+    ctx.addIssue({
+      code: "custom",
+      path,
+      message: `Invalid ${what} "${ip}": an IPv${ipFamily(ip)} address for the IPv${family} ` +
+        `frontend "${s.frontend.ip}" (a service has one family)`,
+    });
+  };
+  s.backends.forEach((b, i) => mixed(["backends", i, "ip"], `backends[${i}].ip`, b.ip));
+  s.loadBalancerIPs?.forEach((ip, i) => mixed(["loadBalancerIPs", i], `loadBalancerIPs[${i}]`, ip));
 });
 
 export type ServiceInput = z.input<typeof ServiceInputSchema>;
 export type Backend = z.output<typeof BackendSchema>;
 export type ServiceSpec = Omit<z.output<typeof ServiceInputSchema>, "id"> & { id: number };
 
-export const frontendText = (s: Pick<ServiceSpec, "frontend">): string =>
-  `${s.frontend.ip}:${s.frontend.port}/${s.frontend.protocol}`;
+/** "10.0.0.1:80", "[fd00::1]:80". */
+export const hostPort = (ip: string, port: number): string =>
+  ip.includes(":") ? `[${ip}]:${port}` : `${ip}:${port}`;
 
-export const backendText = (b: Pick<Backend, "ip" | "port">): string => `${b.ip}:${b.port}`;
+export const frontendText = (s: Pick<ServiceSpec, "frontend">): string =>
+  `${hostPort(s.frontend.ip, s.frontend.port)}/${s.frontend.protocol}`;
+
+export const backendText = (b: Pick<Backend, "ip" | "port">): string => hostPort(b.ip, b.port);
 
 /** Sorted backends, duplicates refused: one spelling per service. */
 export function normaliseService(s: ServiceSpec): ServiceSpec {
@@ -119,9 +150,9 @@ export function normaliseService(s: ServiceSpec): ServiceSpec {
     if (seen.has(k)) throw new RangeError(`Duplicate backend "${k}" at backends[${i}]`);
     seen.add(k);
   }
-  const backends = [...s.backends].sort((a, b) =>
-    ipNumber(a.ip) - ipNumber(b.ip) || a.port - b.port
-  ).map(({ terminating, ...b }) => terminating ? { ...b, terminating } : b);
+  const backends = [...s.backends].sort((a, b) => compareIp(a.ip, b.ip) || a.port - b.port).map((
+    { terminating, ...b },
+  ) => terminating ? { ...b, terminating } : b);
   // One spelling: no affinity is no field; ClientIP always carries its timeout.
   const { sessionAffinity, affinityTimeoutSeconds, ...rest } = s;
   const affinity = sessionAffinity === "ClientIP"
@@ -138,11 +169,31 @@ export function ipNumber(ip: string): number {
   return ((b[0]! << 24) >>> 0) + (b[1]! << 16) + (b[2]! << 8) + b[3]!;
 }
 
-/** Is ip inside cidr ("10.200.0.0/24")? IPv4 only; false for anything else. */
+/** Address order: IPv4 before IPv6, then numerically (byte by byte). */
+export function compareIp(a: string, b: string): number {
+  const fa = ipFamily(a) ?? 0, fb = ipFamily(b) ?? 0;
+  if (fa !== fb) return fa - fb;
+  if (fa === 4) return ipNumber(a) - ipNumber(b);
+  const x = parseIPv6(a) ?? new Uint8Array(16), y = parseIPv6(b) ?? new Uint8Array(16);
+  for (let i = 0; i < 16; i++) if (x[i] !== y[i]) return x[i]! - y[i]!;
+  return 0;
+}
+
+/** Is ip inside cidr ("10.200.0.0/24", "fd00:200::/64")? false across families or when malformed. */
 export function inCidr(ip: string, cidr: string): boolean {
-  const [net, bits] = cidr.split("/");
-  if (!net || parseIPv4(net) === undefined || parseIPv4(ip) === undefined) return false;
-  const n = Number(bits ?? 32);
-  const mask = n === 0 ? 0 : (0xffffffff << (32 - n)) >>> 0;
-  return ((ipNumber(ip) & mask) >>> 0) === ((ipNumber(net) & mask) >>> 0);
+  let net, addr;
+  try {
+    net = parsePrefix(cidr);
+    addr = parsePrefix(ip);
+  } catch {
+    return false;
+  }
+  if (net.family !== addr.family || addr.prefixLen !== (addr.family === 4 ? 32 : 128)) {
+    return false;
+  }
+  for (let bit = 0; bit < net.prefixLen; bit++) {
+    const m = 0x80 >> (bit & 7);
+    if ((net.addr[bit >> 3]! & m) !== (addr.addr[bit >> 3]! & m)) return false;
+  }
+  return true;
 }

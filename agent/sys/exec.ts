@@ -3,6 +3,8 @@
 // mounted outside /sys stays visible. It only spawns and collects; callers interpret the output.
 // Shared by the datapath, the endpoint plumbing, the node setup, tests and scripts.
 
+import { ShellPool } from "./_shell_pool.ts";
+
 export interface ExecOptions {
   /** Run in /run/netns/<netns> (nsenter --net); unset = the caller's own network namespace. */
   netns?: string | undefined;
@@ -21,6 +23,24 @@ export interface ExecResult {
 export function netnsArgv(argv: readonly string[], netns?: string): string[] {
   if (!netns) return [...argv];
   return ["nsenter", `--net=/run/netns/${netns}`, "--", ...argv];
+}
+
+let shells: ShellPool | undefined;
+
+/**
+ * From now on, commands run in a few long-lived shells (`_shell_pool.ts`) instead of a fork of
+ * this process each; a direct spawn only when every shell is busy. For the agent, whose heap
+ * makes each fork expensive; close the returned pool on exit.
+ */
+export async function useShellPool(max?: number): Promise<{ close(): Promise<void> }> {
+  const pool = await ShellPool.create(max);
+  shells = pool;
+  return {
+    close: async () => {
+      if (shells === pool) shells = undefined;
+      await pool.close();
+    },
+  };
 }
 
 /** Commands between two full garbage collections (each takes a few ms on the agent's heap). */
@@ -60,8 +80,10 @@ export async function execCommand(
     );
     run = ["sh", "-c", 'exec "$@" <"$0"', file, ...full];
   }
-  collectNow();
   try {
+    const viaShell = await shells?.exec(full, file);
+    if (viaShell !== undefined) return viaShell;
+    collectNow();
     const [cmd, ...args] = run;
     const out = await new Deno.Command(cmd!, { args, stdin: "null" }).output();
     const dec = new TextDecoder();

@@ -17,7 +17,10 @@
  * - reverse: the tuple to the backend → rev_nat = service id (replies are matched against it).
  *
  * Invariants:
- * 1. Only IPv4 TCP and UDP to a service address are translated; everything else is untouched.
+ * 1. Only TCP and UDP (IPv4 or IPv6) to a service address of the packet's family are
+ *    translated; everything else is untouched. A service's backends and reverse-NAT address
+ *    have its frontend's family (the agent refuses mixed families); a backend of another family
+ *    is treated as missing (3.).
  * 2. A connection keeps its backend while the backend exists (the forward entry); a connection
  *    whose backend was removed picks a new one (its TCP peer then resets it): removing a
  *    backend ends only the connections to it.
@@ -27,9 +30,13 @@
  * 4. The reverse NAT rewrites the packet only: conntrack and policy at the client's ingress see
  *    the backend (the tuple the client's egress entry was created with).
  * 5. A rewrite that fails drops (DROP_CSUM_L4); the IP and TCP/UDP checksums are fixed (a UDP
- *    checksum of 0 stays "none").
- * Session affinity and terminating backends: 6. and 7. below; hairpin: 8. and 9.
- * Not yet: IPv6.
+ *    checksum of 0 stays "none"). IPv6 has no header checksum: the TCP/UDP one covers the
+ *    addresses (pseudo header). An IPv6 service packet with extension headers before TCP/UDP is
+ *    dropped (DROP_INVALID_EXTHDR), never passed untranslated.
+ * Session affinity and terminating backends: 6. and 7. below; hairpin: 8. and 9. (IPv4 only).
+ * IPv6 (ClusterIP from pods): the same maps and code, 16-byte addresses with the family field,
+ * ICMPv6 port unreachable for 3. NodePort/LoadBalancer over IPv6: nodeport6.h. Not yet for IPv6:
+ * hairpin.
  */
 #pragma once
 
@@ -142,11 +149,20 @@ static __always_inline __u32 lb_mix(__u32 h)
 	return h;
 }
 
+/* The four words of an address XORed: an IPv4 address is its first word (the rest are 0), so
+ * IPv4 hashes as before IPv6 came; an IPv6 address contributes all 16 bytes. */
+static __always_inline __u32 lb_fold(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return w[0] ^ w[1] ^ w[2] ^ w[3];
+}
+
 static __always_inline __u32 lb_hash(const struct ct_tuple *t)
 {
-	__u32 h = lb_mix(*(const __u32 *)t->saddr ^ 0x9e3779b9);
+	__u32 h = lb_mix(lb_fold(t->saddr) ^ 0x9e3779b9);
 
-	h = lb_mix(h ^ *(const __u32 *)t->daddr);
+	h = lb_mix(h ^ lb_fold(t->daddr));
 	h = lb_mix(h ^ (((__u32)t->sport << 16) | t->dport));
 	return lb_mix(h ^ t->proto);
 }
@@ -173,6 +189,45 @@ static __always_inline int lb_rewrite(struct __sk_buff *skb, int src, __be32 old
 	    bpf_skb_store_bytes(skb, l4 + (src ? 0 : 2), &new_port, 2, 0) < 0)
 		return DROP_CSUM_L4;
 	return 0;
+}
+
+/* 5., IPv6: rewrites the source (src = 1) or destination address and port; the TCP/UDP checksum
+ * gets the address change through its pseudo header. TCP/UDP must follow the fixed header. */
+static __always_inline int lb6_rewrite(struct __sk_buff *skb, int src, const __u8 *old_ip,
+				       const __u8 *new_ip, __be16 old_port, __be16 new_port,
+				       __u8 proto)
+{
+	__u32 l4 = ETH_HLEN + 40, csum_off = proto == PROTO_UDP ? 6 : 16;
+	__u64 mangled = proto == PROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	__u8 from[16], to[16], nh;
+	__s64 sum;
+
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + 6, &nh, 1) < 0 || nh != proto)
+		return DROP_INVALID_EXTHDR;
+	__builtin_memcpy(from, old_ip, 16);
+	__builtin_memcpy(to, new_ip, 16);
+	sum = bpf_csum_diff((__be32 *)from, 16, (__be32 *)to, 16, 0);
+	if (sum < 0 ||
+	    bpf_l4_csum_replace(skb, l4 + csum_off, 0, sum, BPF_F_PSEUDO_HDR | mangled) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + (src ? 8 : 24), to, 16, 0) < 0)
+		return DROP_CSUM_L4;
+	if (old_port == new_port)
+		return 0;
+	if (bpf_l4_csum_replace(skb, l4 + csum_off, old_port, new_port, mangled | 2) < 0 ||
+	    bpf_skb_store_bytes(skb, l4 + (src ? 0 : 2), &new_port, 2, 0) < 0)
+		return DROP_CSUM_L4;
+	return 0;
+}
+
+/* 5.: lb_rewrite or lb6_rewrite by family; addresses as 16 bytes (IPv4: the first 4). */
+static __always_inline int lb_rewrite_addr(struct __sk_buff *skb, int src, const __u8 *old_ip,
+					   const __u8 *new_ip, __be16 old_port, __be16 new_port,
+					   const struct ct_tuple *t)
+{
+	if (t->family == FAMILY_IPV6)
+		return lb6_rewrite(skb, src, old_ip, new_ip, old_port, new_port, t->proto);
+	return lb_rewrite(skb, src, *(const __be32 *)old_ip, *(const __be32 *)new_ip, old_port,
+			  new_port, t->proto);
 }
 
 /* Records a service connection in conntrack (forward and reverse entries). */
@@ -287,12 +342,12 @@ static __always_inline struct lb_backend *lb_choose(const struct lb_service_valu
 						    const struct pkt *p, struct lb_backend_key *bk,
 						    __u64 now)
 {
-	struct lb_affinity_key ak = { .svc_id = svc->svc_id, .family = FAMILY_IPV4 };
+	struct lb_affinity_key ak = { .svc_id = svc->svc_id, .family = p->tuple.family };
 	struct lb_affinity a = { .last_used = now };
 	struct lb_backend *be = 0;
 
 	if (svc->flags & LB_SVC_F_AFFINITY) {
-		*(__u32 *)ak.addr = *(const __u32 *)p->tuple.saddr;
+		__builtin_memcpy(ak.addr, p->tuple.saddr, 16); /* IPv4: the rest is 0 */
 		bk->backend_id = lb_affinity_get(&ak, now);
 		if (bk->backend_id)
 			be = bpf_map_lookup_elem(&cilia_lb_backends, bk);
@@ -372,20 +427,20 @@ static __always_inline int lb_hairpin_reply(struct __sk_buff *skb, struct pkt *p
 static __always_inline int lb_dnat(struct __sk_buff *skb, struct pkt *p, __u16 ep_id)
 {
 	struct lb_service_key sk = { .port = p->tuple.dport, .proto = p->tuple.proto,
-				     .family = FAMILY_IPV4 };
+				     .family = p->tuple.family };
 	struct ct_key key = { .ep_id = ep_id, .dir = DIR_SERVICE };
 	struct lb_service_value *svc;
 	struct lb_backend_key bk = {};
 	struct lb_backend *be = 0;
 	struct ct_entry *e;
 	struct ct_tuple to;
-	__be32 vip = *(const __be32 *)p->tuple.daddr, bip;
+	__be32 bip;
 	__be32 self = *(const __be32 *)p->tuple.saddr;
 	__u64 now;
 	__u16 svc_id;
 	int ret, hairpin;
 
-	*(__be32 *)sk.addr = vip;
+	__builtin_memcpy(sk.addr, p->tuple.daddr, 16); /* IPv4: the rest is 0 */
 	svc = bpf_map_lookup_elem(&cilia_lb_services, &sk);
 	if (!svc || (svc->flags & LB_SVC_F_EXTERNAL))
 		return 0;
@@ -405,11 +460,13 @@ static __always_inline int lb_dnat(struct __sk_buff *skb, struct pkt *p, __u16 e
 			return DROP_NO_SERVICE;
 		e = 0;
 	}
+	if (be->family != p->tuple.family) /* 1. */
+		return DROP_NO_SERVICE;
 	bip = *(const __be32 *)be->addr;
 	to = p->tuple;
-	*(__be32 *)to.daddr = bip;
+	__builtin_memcpy(to.daddr, be->addr, 16);
 	to.dport = be->port;
-	hairpin = bip == self; /* 8. */
+	hairpin = p->tuple.family == FAMILY_IPV4 && bip == self; /* 8. */
 	if (hairpin)
 		*(__be32 *)to.saddr = LB_HAIRPIN_ADDR;
 	if (!e) {
@@ -422,7 +479,7 @@ static __always_inline int lb_dnat(struct __sk_buff *skb, struct pkt *p, __u16 e
 		if (e)
 			ct_update(e, p, 0, skb->len, now);
 	}
-	ret = lb_rewrite(skb, 0, vip, bip, p->tuple.dport, to.dport, p->tuple.proto);
+	ret = lb_rewrite_addr(skb, 0, p->tuple.daddr, to.daddr, p->tuple.dport, to.dport, &p->tuple);
 	if (!ret && hairpin)
 		ret = lb_rewrite(skb, 1, self, LB_HAIRPIN_ADDR, p->tuple.sport, p->tuple.sport,
 				 p->tuple.proto);
@@ -441,7 +498,6 @@ static __always_inline int lb_rev_nat(struct __sk_buff *skb, const struct pkt *p
 	struct lb_revnat *rn;
 	struct ct_entry *e;
 	__u64 now = bpf_ktime_get_ns();
-	__be32 vip;
 	__be16 vport;
 
 	ct_reverse(&key.tuple, &p->tuple);
@@ -451,17 +507,16 @@ static __always_inline int lb_rev_nat(struct __sk_buff *skb, const struct pkt *p
 	ct_update(e, p, 1, skb->len, now);
 	rk.svc_id = e->rev_nat;
 	rn = bpf_map_lookup_elem(&cilia_lb_revnat, &rk);
-	if (!rn)
+	if (!rn || rn->family != p->tuple.family)
 		return 0; /* the service is gone: the client resets the connection */
-	vip = *(const __be32 *)rn->addr;
 	vport = rn->port;
-	*(__be32 *)key.tuple.daddr = vip; /* the forward entry: keep it as fresh */
+	__builtin_memcpy(key.tuple.daddr, rn->addr, 16); /* the forward entry: keep it as fresh */
 	key.tuple.dport = vport;
 	e = ct_find(&key, now);
 	if (e)
 		ct_update(e, p, 1, skb->len, now);
-	return lb_rewrite(skb, 1, *(const __be32 *)p->tuple.saddr, vip, p->tuple.sport, vport,
-			  p->tuple.proto);
+	return lb_rewrite_addr(skb, 1, p->tuple.saddr, key.tuple.daddr, p->tuple.sport, vport,
+			       &p->tuple);
 }
 
 /* The hook enforce.h calls after the source check, before conntrack and policy: 0, a DROP_*, or
@@ -469,21 +524,21 @@ static __always_inline int lb_rev_nat(struct __sk_buff *skb, const struct pkt *p
 static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p, __u16 ep_id,
 					__u8 dir)
 {
-	if (p->tuple.family != FAMILY_IPV4 ||
+	if ((p->tuple.family != FAMILY_IPV4 && p->tuple.family != FAMILY_IPV6) ||
 	    (p->tuple.proto != PROTO_TCP && p->tuple.proto != PROTO_UDP))
 		return 0; /* 1. */
 	if (dir != DIR_EGRESS)
 		return lb_rev_nat(skb, p, ep_id);
-	if (*(const __be32 *)p->tuple.daddr == LB_HAIRPIN_ADDR)
+	if (p->tuple.family == FAMILY_IPV4 && *(const __be32 *)p->tuple.daddr == LB_HAIRPIN_ADDR)
 		return lb_hairpin_reply(skb, p, ep_id);
 	return lb_dnat(skb, p, ep_id);
 }
 
-/* 3.: the packet (from a pod, at its veth's tc ingress) becomes ICMP port unreachable from the
- * service address and goes straight back into the pod (the veth's peer). */
+/* 3.: the packet (from a pod, at its veth's tc ingress) becomes ICMP (IPv6: ICMPv6) port
+ * unreachable from the service address and goes straight back into the pod (the veth's peer). */
 static __always_inline int lb_reject(struct __sk_buff *skb)
 {
-	if (unreach_build(skb))
+	if (skb->protocol == bpf_htons(ETH_P_IPV6) ? unreach6_build(skb) : unreach_build(skb))
 		return TC_ACT_SHOT;
 	return bpf_redirect_peer(skb->ifindex, 0);
 }

@@ -74,7 +74,8 @@ struct nat_cfg {
 	__be32 pod_mask;
 	__be32 native_net;
 	__be32 native_mask; /* 0: no --ipv4-native-routing-cidr */
-	__u32 flags;        /* NAT_CFG_F_* */
+	__u16 flags;        /* NAT_CFG_F_* */
+	__be16 tunnel_port; /* tunnel mode: the overlay's UDP port (nodeport.h, 8.); 0 in native */
 };
 _Static_assert(sizeof(struct nat_cfg) == 24, "nat_cfg size");
 

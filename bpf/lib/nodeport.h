@@ -25,6 +25,15 @@
  *    node's own flows left alone.
  * 6. --node-port-mode dsr replaces 3. (dsr.h): the remote backend gets the client's packet with
  *    the frontend in an IP option and answers the client directly from its own node.
+ * 7. A packet to this node's pod CIDR (native routing: from another node's pod, or from the
+ *    outside; no entry translates it) goes straight out of the endpoint's veth (tunnel.h, 5.):
+ *    the stack's routing and forwarding are skipped, the endpoint's ingress policy at that veth
+ *    is not.
+ * 8. VXLAN packets of the overlay (UDP to the tunnel port, from or to the node IP) pass both
+ *    hooks untouched: no NodePort or masquerade entry can match them (NodePorts and NAT ports
+ *    lie elsewhere), and the tunnel device's programs check them (tunnel.h, 3.).
+ * 9. IPv6 goes to nodeport6.h first (SNAT mode, its own maps); what it does not translate goes
+ *    on through this file unchanged.
  */
 #pragma once
 
@@ -33,6 +42,8 @@
 #include "lb.h"
 #include "unreach.h"
 #include "dsr.h"
+#include "tunnel.h"
+#include "nodeport6.h"
 
 #define AF_INET_ 2
 
@@ -65,6 +76,25 @@ static __always_inline int np_redirect(struct __sk_buff *skb, const struct nat_p
 	if (r == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return bpf_redirect_neigh(f.ifindex, 0, 0, 0);
 	return np_drop(skb, DROP_NO_FIB, DIR_INGRESS);
+}
+
+/* 8.: an unfragmented IPv4 UDP packet to the tunnel port, from (egress) or to (ingress) us. */
+static __always_inline int np_is_overlay(struct __sk_buff *skb, const struct nat_cfg *cfg,
+					 int ingress)
+{
+	__u8 ip[20];
+	__be16 dport;
+
+	if (!cfg->tunnel_port || skb->protocol != bpf_htons(ETH_P_IP) ||
+	    bpf_skb_load_bytes(skb, ETH_HLEN, ip, sizeof(ip)) < 0)
+		return 0;
+	if (ip[0] != 0x45 || ip[9] != PROTO_UDP || (ip[6] & 0x3f) || ip[7])
+		return 0;
+	if (*(__be32 *)&ip[ingress ? 16 : 12] != cfg->node_ip)
+		return 0;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + 22, &dport, sizeof(dport)) < 0)
+		return 0;
+	return dport == cfg->tunnel_port;
 }
 
 /* 4.: is the backend an NP_FWD entry chose still there? */
@@ -148,7 +178,10 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb)
 	__be16 fe_port;
 	int ret, created = 0;
 
-	if (!cfg || nat_parse(skb, &n))
+	if (cfg && skb->protocol == bpf_htons(ETH_P_IPV6) &&
+	    (ret = nodeport6_ingress(skb, cfg->flags)) != NP6_CONTINUE)
+		return ret; /* nodeport6.h */
+	if (!cfg || np_is_overlay(skb, cfg, 1) || nat_parse(skb, &n))
 		return TC_ACT_OK;
 	if (n.p.has_inner && n.daddr == cfg->node_ip) {
 		ret = nat_icmp_error_in(skb, &n); /* nat_icmp.h */
@@ -157,6 +190,8 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb)
 	if (cfg->flags & NAT_CFG_F_DSR)
 		dsr_learn(skb, cfg, &n);
 	nat_track_inbound(cfg, &n); /* nat.h, 7. */
+	if (nat_in_net(n.daddr, cfg->pod_net, cfg->pod_mask))
+		return tunnel_deliver(skb); /* 7. (no entry of this hook has a pod as destination) */
 	nat_key_of(&k, &n, NAT_DIR_INGRESS);
 	e = bpf_map_lookup_elem(&cilia_snat, &k);
 	if (e && e->kind == NAT_K_HOST)
@@ -198,7 +233,10 @@ static __always_inline int netdev_egress(struct __sk_buff *skb)
 	struct nat_key k;
 	int ret;
 
-	if (!cfg || nat_parse(skb, &n))
+	if (cfg && skb->protocol == bpf_htons(ETH_P_IPV6) &&
+	    (ret = nodeport6_egress(skb)) != NP6_CONTINUE)
+		return ret; /* nodeport6.h */
+	if (!cfg || np_is_overlay(skb, cfg, 0) || nat_parse(skb, &n))
 		return TC_ACT_OK;
 	nat_key_of(&k, &n, NAT_DIR_EGRESS);
 	e = bpf_map_lookup_elem(&cilia_snat, &k);

@@ -19,7 +19,7 @@
  * Addresses are 16 bytes (IPv4 in the first 4, the rest zero) and keys carry the family.
  *
  * Invariants (fail closed):
- * 1. Only IPv4 TCP and UDP and IPv6 TCP can be redirected; any other redirected packet drops
+ * 1. Only TCP and UDP (IPv4 or IPv6) can be redirected; any other redirected packet drops
  *    (DROP_PROXY_UNKNOWN_PROTO). The agent gives UDP entries a proxy port only for DNS rules.
  *    An IPv6 redirect needs the IPv6 proxy address, and IPv6 packets with extension headers
  *    cannot be rewritten (DROP_PROXY_SET_FAILED).
@@ -139,9 +139,7 @@ static __always_inline struct proxy_cfg *proxy_config(void)
 /* Is this a packet the proxy can take (invariant 1)? */
 static __always_inline int proxy_proto_ok(const struct pkt *p)
 {
-	if (p->tuple.family == FAMILY_IPV6)
-		return p->tuple.proto == PROTO_TCP;
-	return p->tuple.family == FAMILY_IPV4 &&
+	return (p->tuple.family == FAMILY_IPV4 || p->tuple.family == FAMILY_IPV6) &&
 	       (p->tuple.proto == PROTO_TCP || p->tuple.proto == PROTO_UDP);
 }
 
@@ -157,24 +155,32 @@ static __always_inline int proxy_gw(const struct proxy_cfg *cfg, __u8 family, __
 	return !addr_zero16(gw);
 }
 
-/* IPv6: rewrites the source (src = 1) or destination address and port of a TCP packet without
- * extension headers (1.); the pseudo-header sum changes by the address difference (5.). */
+/* IPv6: rewrites the source (src = 1) or destination address and port of a TCP or UDP packet
+ * without extension headers (1.); the pseudo-header sum changes by the address difference (5.:
+ * the UDP checksum sits at offset 6 and is mandatory over IPv6, so a result of 0 is written as
+ * 0xffff, which BPF_F_MARK_MANGLED_0 does). */
 static __always_inline int proxy_rewrite6(struct __sk_buff *skb, int src, const __u8 *old_ip,
 					  const __u8 *new_ip, __be16 old_port, __be16 new_port)
 {
 	__u32 l4 = ETH_HLEN + 40, csum_off = l4 + 16;
+	__u64 mangled = 0;
 	__u8 nh;
 	__s64 diff;
 
-	if (bpf_skb_load_bytes(skb, ETH_HLEN + 6, &nh, 1) < 0 || nh != PROTO_TCP)
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + 6, &nh, 1) < 0 ||
+	    (nh != PROTO_TCP && nh != PROTO_UDP))
 		return DROP_PROXY_SET_FAILED;
+	if (nh == PROTO_UDP) {
+		csum_off = l4 + 6;
+		mangled = BPF_F_MARK_MANGLED_0;
+	}
 	diff = bpf_csum_diff((__be32 *)old_ip, 16, (__be32 *)new_ip, 16, 0);
-	if (diff < 0 || bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR) < 0 ||
+	if (diff < 0 || bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR | mangled) < 0 ||
 	    bpf_skb_store_bytes(skb, ETH_HLEN + (src ? 8 : 24), new_ip, 16, 0) < 0)
 		return DROP_PROXY_SET_FAILED;
 	if (old_port == new_port)
 		return 0;
-	if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port, 2) < 0 ||
+	if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port, mangled | 2) < 0 ||
 	    bpf_skb_store_bytes(skb, l4 + (src ? 0 : 2), &new_port, 2, 0) < 0)
 		return DROP_PROXY_SET_FAILED;
 	return 0;
@@ -331,7 +337,10 @@ static __always_inline int proxy_alive(struct __sk_buff *skb, const struct pkt *
 		__builtin_memcpy(t.ipv6.daddr, gw, 16);
 		t.ipv6.sport = p->tuple.sport;
 		t.ipv6.dport = proxy_port;
-		sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+		if (p->tuple.proto == PROTO_UDP)
+			sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
+		else
+			sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
 		if (!sk)
 			return 0;
 		bpf_sk_release(sk);

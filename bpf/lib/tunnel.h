@@ -20,11 +20,13 @@
  *    (MARK_MAGIC_IDENTITY). The kernel clears the mark whenever a packet crosses network
  *    namespaces, so a pod cannot forge it. Without the mark (native routing, local traffic) the
  *    ingress identity is the ipcache's for the source address.
- * 5. A decapsulated IPv4 packet whose route (the FIB) leads to a local endpoint's host-side veth
- *    is sent straight out of that veth (bpf_redirect to its egress, TTL decremented, MACs from
- *    the FIB's neighbour entry): the stack's routing and forwarding are skipped, the endpoint's
- *    ingress policy (cil_to_container at that egress) is not. Anything else (the node itself,
- *    no neighbour entry yet, a TTL that would expire, IPv6) goes up the stack as before.
+ * 5. A decapsulated IPv4 packet (or, natively routed, one arriving on the underlay for this
+ *    node's pod CIDR, nodeport.h 7.) whose route (the FIB) leads to a local endpoint's
+ *    host-side veth is sent straight out of that veth (bpf_redirect to its egress, TTL
+ *    decremented, MACs from the FIB's neighbour entry): the stack's routing and forwarding are
+ *    skipped, the endpoint's ingress policy (cil_to_container at that egress) is not. Anything
+ *    else (the node itself, no neighbour entry yet, a TTL that would expire, IPv6) goes up the
+ *    stack as before.
  * 6. Likewise, an IPv4 packet an endpoint's egress policy passed (enforce.h) is sent straight
  *    to the device its route names when it goes to an address with a tunnel endpoint (the
  *    tunnel device, whose egress program encapsulates it as in 1. and 2.) or, in native

@@ -65,9 +65,23 @@ let regexOffset: i32 = 0;
 let curEntry: i32 = 0;
 let curRule: i32 = 0;
 
+// Compiled regexes by flags and pattern: a rules message often repeats a pattern (one L7 rule in
+// many policies), and a reload repeats the last message's. A Regex is immutable but for its lazily
+// built DFA, so sharing one is safe. Only the patterns of the last two messages are kept.
+let regexCache = new Map<string, Regex>();
+let regexCachePrev = new Map<string, Regex>();
+
 function regex(pattern: string | null, field: i32, flags: i32 = 0): Regex | null {
   if (pattern === null) return null;
+  const key = flags.toString() + ":" + pattern;
+  if (regexCache.has(key)) return regexCache.get(key);
+  if (regexCachePrev.has(key)) {
+    const known = regexCachePrev.get(key);
+    regexCache.set(key, known);
+    return known;
+  }
   const re = compileRegexString(pattern, flags);
+  if (re !== null) regexCache.set(key, re);
   if (re === null && !regexFailed) {
     regexFailed = true;
     regexEntry = curEntry;
@@ -227,6 +241,8 @@ export function loadRules(len: i32): i32 {
   const r = Reader.fromInput(len);
   if (!r.header(MSG_RULES)) return ST_BAD_HEADER;
   regexFailed = false;
+  regexCachePrev = regexCache;
+  regexCache = new Map<string, Regex>();
   const opts = new Options();
   opts.enforcement = r.u8();
   opts.allowLocalhost = r.u8() != 0;

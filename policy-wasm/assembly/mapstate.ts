@@ -22,6 +22,7 @@ import {
   identities,
   identityIndex,
   namedPortsByIdentity,
+  selectors,
 } from "./model";
 import {
   clearL7Conflict,
@@ -34,12 +35,14 @@ import {
   l7ConflictB,
   resolveAudited,
 } from "./resolve";
-import { selectedSlots } from "./selectors";
+import { PeerSets } from "./peer_sets";
 import { Interval } from "./ports";
 import { VERDICT_ALLOW, VERDICT_NONE } from "./drop_reasons.generated";
 import { ST_L7_CONFLICT, ST_OK, ST_UNKNOWN_ENDPOINT, Writer } from "./wire";
 
 class Segment {
+  /** Index of the decision's L7 entry set in the output's table, -2 until first emitted. */
+  l7: i32 = -2;
   constructor(public proto: u8, public lo: i32, public hi: i32, public d: Decision) {}
 }
 
@@ -150,18 +153,23 @@ class Output {
     return id;
   }
 
+  /** Writes 20 bytes per segment; segments (shared by identities) belong to this output. */
   emit(dir: u8, identity: u32, segs: Array<Segment>): void {
+    this.w.reserve(segs.length * 20);
     for (let i = 0; i < segs.length; i++) {
-      const s = segs[i];
-      this.w.u8(dir);
-      this.w.u8(s.proto);
-      this.w.u16(<u32> s.lo);
-      this.w.u16(<u32> s.hi);
-      this.w.u8(<u32> s.d.verdict);
-      this.w.u8(0);
-      this.w.u32(identity);
-      this.w.u32(s.d.cookie);
-      this.w.i32(this.l7SetId(s.d.l7));
+      const s = unchecked(segs[i]);
+      if (s.l7 == -2) s.l7 = this.l7SetId(s.d.l7);
+      const p = this.w.end();
+      store<u8>(p, dir);
+      store<u8>(p, s.proto, 1);
+      store<u16>(p, <u16> s.lo, 2);
+      store<u16>(p, <u16> s.hi, 4);
+      store<u8>(p, <u8> s.d.verdict, 6);
+      store<u8>(p, 0, 7);
+      store<u32>(p, identity, 8);
+      store<u32>(p, s.d.cookie, 12);
+      store<i32>(p, s.l7, 16);
+      this.w.len += 20;
       this.count++;
     }
   }
@@ -184,26 +192,45 @@ function writeHeader(ctx: EpContext, w: Writer): void {
   for (let i = 0; i < ctx.selecting.length; i++) w.i32(ctx.selecting[i]);
 }
 
-/** Per identity slot, the non-wildcard entries that select it (ascending entry order). */
-function entriesBySlot(ctx: EpContext, dir: u8): Map<i32, Array<i32>> {
-  const bySlot = new Map<i32, Array<i32>>();
+/**
+ * Files every identity that a non-wildcard entry of `dir` selects under the set of those entries
+ * (peer_sets.ts), in ascending entry order.
+ */
+function groupPeers(ctx: EpContext, dir: u8, sets: PeerSets): void {
   const list = ctx.entriesOf(dir);
-  const slots = new Array<i32>();
   for (let i = 0; i < list.length; i++) {
-    const ei = list[i];
-    const e: Entry = entries[ei];
+    const ei = unchecked(list[i]);
+    const e: Entry = unchecked(entries[ei]);
     if (e.wildcard) continue;
-    slots.length = 0;
-    for (let p = 0; p < e.peers.length; p++) selectedSlots(e.peers[p], slots);
-    for (let k = 0; k < slots.length; k++) {
-      const slot = slots[k];
-      if (!identities[slot].alive || !entryMatchesPeer(ctx, e, slot)) continue;
-      if (!bySlot.has(slot)) bySlot.set(slot, new Array<i32>());
-      const l = bySlot.get(slot);
-      if (l.length == 0 || l[l.length - 1] != ei) l.push(ei);
+    for (let p = 0; p < e.peers.length; p++) {
+      // A slot the peer selects matches unless fromRequires/toRequires narrow it (then another
+      // peer of the entry may still select it).
+      const plain = !unchecked(e.peerRequires[p]);
+      const sel = unchecked(selectors[unchecked(e.peers[p])]);
+      if (!sel.dense) {
+        const slots = sel.slots;
+        for (let k = 0; k < slots.length; k++) {
+          addPeer(ctx, sets, e, ei, plain, unchecked(slots[k]));
+        }
+        continue;
+      }
+      const bits = sel.bits;
+      for (let w = 0; w < bits.length; w++) {
+        let word = unchecked(bits[w]);
+        while (word != 0) {
+          addPeer(ctx, sets, e, ei, plain, (w << 5) + <i32> ctz<u32>(word));
+          word &= word - 1;
+        }
+      }
     }
   }
-  return bySlot;
+}
+
+// @ts-ignore: decorator
+
+function addPeer(ctx: EpContext, sets: PeerSets, e: Entry, ei: i32, plain: bool, slot: i32): void {
+  if (!plain && !entryMatchesPeer(ctx, e, slot)) return;
+  sets.add(slot, ei);
 }
 
 function wildcards(ctx: EpContext, dir: u8): Array<i32> {
@@ -213,15 +240,29 @@ function wildcards(ctx: EpContext, dir: u8): Array<i32> {
   return out;
 }
 
+/** The entries of set `s` and the wildcard entries, ascending (the two never share one). */
+function withWildcards(sets: PeerSets, s: i32, wild: Array<i32>): Array<i32> {
+  const own = new Array<i32>();
+  sets.entriesOf(s, own);
+  const out = new Array<i32>();
+  let i = 0;
+  let j = 0;
+  while (i < own.length || j < wild.length) {
+    if (j >= wild.length || (i < own.length && unchecked(own[i]) < unchecked(wild[j]))) {
+      out.push(unchecked(own[i++]));
+    } else out.push(unchecked(wild[j++]));
+  }
+  return out;
+}
+
 /** Emits one direction: identity 0, then every identity with entries of its own (3.). */
 function emitDirection(ctx: EpContext, dir: u8, out: Output): void {
   const wild = wildcards(ctx, dir);
   out.emit(dir, 0, partition(ctx, dir, wild, false, 0));
-  const bySlot = entriesBySlot(ctx, dir);
+  const sets = new PeerSets();
+  groupPeers(ctx, dir, sets);
   const hostSlot = hostSlotOf();
-  if (dir == DIR_INGRESS && ctx.localhostFallback(dir, 1) && hostSlot >= 0) {
-    if (!bySlot.has(hostSlot)) bySlot.set(hostSlot, new Array<i32>());
-  }
+  if (dir == DIR_INGRESS && ctx.localhostFallback(dir, 1) && hostSlot >= 0) sets.mark(hostSlot);
   // Wildcard egress entries with named ports resolve per peer: every identity that has such a
   // port needs entries of its own (identity 0 cannot resolve a name).
   let wildNamed = false;
@@ -230,37 +271,41 @@ function emitDirection(ctx: EpContext, dir: u8, out: Output): void {
     const withPorts = namedPortsByIdentity.keys();
     for (let i = 0; i < withPorts.length; i++) {
       const id = withPorts[i];
-      if (!identityIndex.has(id)) continue;
-      const slot = identityIndex.get(id);
-      if (!bySlot.has(slot)) bySlot.set(slot, new Array<i32>());
+      if (identityIndex.has(id)) sets.mark(identityIndex.get(id));
     }
   }
-  const slots = bySlot.keys();
-  slots.sort((a, b) => {
-    const x = identities[a].id;
-    const y = identities[b].id;
-    return x < y ? -1 : x > y ? 1 : 0;
-  });
-  const memo = new Map<string, Array<Segment>>();
+  // Per set: its entries with the wildcards, whether one has a peer-dependent named port, and
+  // (computed on first use) its partition, shared by every identity in the set.
+  const merged = new Array<Array<i32> | null>(sets.count);
+  const named = new Array<i8>(sets.count);
+  const memo = new Array<Array<Segment> | null>(sets.count);
+  const slots = sets.takeSlots();
   for (let i = 0; i < slots.length; i++) {
-    const slot = slots[i];
-    const fallback = slot == hostSlot && ctx.localhostFallback(dir, 1);
-    const merged = new Array<i32>();
-    const own = bySlot.get(slot);
-    for (let k = 0; k < own.length; k++) merged.push(own[k]);
-    for (let k = 0; k < wild.length; k++) merged.push(wild[k]);
-    const set = sortedUnique(merged);
-    const peer = identities[slot].id;
-    let named = false;
-    for (let k = 0; k < set.length; k++) if (entries[set[k]].egressNamed) named = true;
-    const key = signature(set, fallback) + (named ? "@" + peer.toString() : "");
-    let segs: Array<Segment>;
-    if (memo.has(key)) segs = memo.get(key);
-    else {
-      segs = partition(ctx, dir, set, fallback, peer);
-      memo.set(key, segs);
+    const slot = unchecked(slots[i]);
+    const id = unchecked(identities[slot]);
+    if (!id.alive) continue; // never in a selector's set (selectors.ts); checked once per peer
+    const s = sets.setOf(slot);
+    let set = unchecked(merged[s]);
+    if (set === null) {
+      set = withWildcards(sets, s, wild);
+      unchecked(merged[s] = set);
+      let n: i8 = 1;
+      for (let k = 0; k < set.length; k++) if (entries[unchecked(set[k])].egressNamed) n = 2;
+      unchecked(named[s] = n);
     }
-    out.emit(dir, identities[slot].id, segs);
+    const peer = id.id;
+    const fallback = slot == hostSlot && ctx.localhostFallback(dir, 1);
+    let segs: Array<Segment>;
+    if (fallback || unchecked(named[s]) == 2) segs = partition(ctx, dir, set, fallback, peer);
+    else {
+      const known = unchecked(memo[s]);
+      if (known !== null) segs = known;
+      else {
+        segs = partition(ctx, dir, set, false, peer);
+        unchecked(memo[s] = segs);
+      }
+    }
+    out.emit(dir, peer, segs);
   }
 }
 

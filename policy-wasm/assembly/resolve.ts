@@ -40,7 +40,7 @@ import {
   Rule,
   rules,
 } from "./model";
-import { selects } from "./selectors";
+import { selectorsSelecting, selects } from "./selectors";
 import { expandPorts, Interval } from "./ports";
 import {
   DROP_POLICY,
@@ -292,6 +292,35 @@ export function contextFor(ep: Endpoint): EpContext {
   return c;
 }
 
+// Endpoint rules by subject selector, for the rules in force (rebuilt when they are replaced).
+let subjectsOf: Array<Rule> | null = null;
+let rulesBySubject = new Map<i32, Array<i32>>();
+
+/** The endpoint rules (not node rules) whose subject selects identity slot `slot`, ascending. */
+function rulesSelecting(slot: i32): Array<i32> {
+  if (subjectsOf !== rules) {
+    rulesBySubject = new Map<i32, Array<i32>>();
+    for (let ri = 0; ri < rules.length; ri++) {
+      const rule = rules[ri];
+      if (rule.nodeSubject || rule.subject < 0) continue;
+      if (!rulesBySubject.has(rule.subject)) rulesBySubject.set(rule.subject, new Array<i32>());
+      rulesBySubject.get(rule.subject).push(ri);
+    }
+    subjectsOf = rules;
+  }
+  const sels = new Array<i32>();
+  selectorsSelecting(slot, sels);
+  const out = new Array<i32>();
+  for (let i = 0; i < sels.length; i++) {
+    const s = unchecked(sels[i]);
+    if (!rulesBySubject.has(s)) continue;
+    const list = rulesBySubject.get(s);
+    for (let k = 0; k < list.length; k++) out.push(unchecked(list[k]));
+  }
+  out.sort((a, b) => a - b);
+  return out;
+}
+
 export function buildContext(ep: Endpoint): EpContext {
   const ctx = new EpContext(ep);
   if (options.enforcement == ENFORCE_NEVER) {
@@ -299,10 +328,10 @@ export function buildContext(ep: Endpoint): EpContext {
     return ctx;
   }
   if (ctx.slot >= 0 && identities[ctx.slot].alive) {
-    for (let ri = 0; ri < rules.length; ri++) {
-      const rule = rules[ri];
-      if (rule.nodeSubject) continue;
-      if (rule.subject >= 0 && selects(rule.subject, ctx.slot)) addRule(ctx, ri, rule);
+    const selecting = rulesSelecting(ctx.slot);
+    for (let i = 0; i < selecting.length; i++) {
+      const ri = unchecked(selecting[i]);
+      addRule(ctx, ri, rules[ri]);
     }
   }
   ctx.entriesIngress.sort((a, b) => a - b);

@@ -22,12 +22,11 @@ import {
   SRC_ANY,
 } from "./model";
 
-function requirementHolds(r: Requirement, id: Identity): bool {
+/** Requirement `r` on the label triples labels[lo..hi) (one identity's). */
+function requirementHolds(r: Requirement, labels: StaticArray<u32>, lo: i32, hi: i32): bool {
   let found = false;
   let valueIn = false;
-  const labels = id.labels;
-  const n = labels.length;
-  for (let i = 0; i < n; i += 3) {
+  for (let i = lo; i < hi; i += 3) {
     if (unchecked(labels[i + 1]) != r.key) continue;
     if (r.src != SRC_ANY && unchecked(labels[i]) != r.src) continue;
     found = true;
@@ -52,8 +51,9 @@ export function selectorMatches(sel: Selector, id: Identity): bool {
   if (!id.alive) return false;
   if (sel.kind == SEL_ALL) return true;
   if (sel.kind == SEL_LABELS) {
+    const labels = id.labels;
     for (let i = 0; i < sel.reqs.length; i++) {
-      if (!requirementHolds(unchecked(sel.reqs[i]), id)) return false;
+      if (!requirementHolds(unchecked(sel.reqs[i]), labels, 0, labels.length)) return false;
     }
     return true;
   }
@@ -300,6 +300,21 @@ function candidatesOf(id: Identity, out: Array<i32>): void {
   }
 }
 
+/**
+ * The selectors whose cached set holds identity slot `slot`, each once (any order): only the
+ * candidates of the identity (3.-5.) can, so the others are not looked at.
+ */
+export function selectorsSelecting(slot: i32, out: Array<i32>): void {
+  const id = unchecked(identities[slot]);
+  if (!id.alive) return;
+  const cand = new Array<i32>();
+  candidatesOf(id, cand);
+  for (let i = 0; i < cand.length; i++) {
+    const s = unchecked(cand[i]);
+    if (selects(s, slot)) out.push(s);
+  }
+}
+
 /** Number of selectors evaluated by the last identity change (the engine's own counter). */
 export let lastCandidates: i32 = 0;
 
@@ -331,56 +346,109 @@ export function cacheUpdateIdentity(slot: i32, old: Identity | null): void {
   if (staleLabels > 64 && staleLabels * 2 > indexedLabels) rebuildLabelIndex();
 }
 
+/** One bit per identity slot: alive. */
+function aliveBits(): StaticArray<u32> {
+  const n = identities.length;
+  const bits = new StaticArray<u32>((n + 31) >> 5);
+  for (let slot = 0; slot < n; slot++) {
+    if (unchecked(identities[slot]).alive) {
+      unchecked(bits[slot >> 5] = bits[slot >> 5] | (1 << (slot & 31)));
+    }
+  }
+  return bits;
+}
+
+// The labels of every live identity copied into one array, slot by slot, for cacheRebuild(): it
+// reads identities in the order of the label lists, and one compact array stays in the CPU's
+// caches where 100k identity objects do not. Rebuilt by each cacheRebuild().
+let flatLabels = new StaticArray<u32>(0);
+let flatStart = new StaticArray<i32>(0);
+
+function flattenLabels(): void {
+  const n = identities.length;
+  let total = 0;
+  for (let slot = 0; slot < n; slot++) {
+    const id = unchecked(identities[slot]);
+    if (id.alive) total += id.labels.length;
+  }
+  flatLabels = new StaticArray<u32>(total);
+  flatStart = new StaticArray<i32>(n + 1);
+  let at = 0;
+  for (let slot = 0; slot < n; slot++) {
+    unchecked(flatStart[slot] = at);
+    const id = unchecked(identities[slot]);
+    if (!id.alive) continue;
+    const labels = id.labels;
+    memory.copy(
+      changetype<usize>(flatLabels) + (<usize> at << 2),
+      changetype<usize>(labels),
+      <usize> labels.length << 2,
+    );
+    at += labels.length;
+  }
+  unchecked(flatStart[n] = at);
+}
+
+/** selectorMatches() of a label selector on a live identity, reading the flat labels. */
+function labelsMatchFlat(sel: Selector, slot: i32): bool {
+  const lo = unchecked(flatStart[slot]);
+  const hi = unchecked(flatStart[slot + 1]);
+  for (let i = 0; i < sel.reqs.length; i++) {
+    if (!requirementHolds(unchecked(sel.reqs[i]), flatLabels, lo, hi)) return false;
+  }
+  return true;
+}
+
 /**
  * Recomputes the whole cache (rules replaced). A label selector with an In requirement is only
  * evaluated on the identities that carry one of that requirement's (key, value) pairs, which
- * every match must; the others are evaluated on every identity.
+ * every match must; the others are evaluated on every identity. Evaluation goes identity by
+ * identity, each against every selector filed under the same label (or every wide selector), so
+ * that an identity is read once per list rather than once per selector.
  */
 export function cacheRebuild(): void {
   rebuildSelectorIndex();
+  const found = new Array<Array<i32> | null>(selectors.length);
+  const wide = new Array<i32>();
   for (let s = 0; s < selectors.length; s++) {
     const sel = unchecked(selectors[s]);
-    const found = new Array<i32>();
-    if (sel.kind == SEL_NONE) {
-      storeSet(sel, found, true);
-      continue;
-    }
-    if (sel.narrow < 0) {
-      for (let slot = 0; slot < identities.length; slot++) {
-        if (selectorMatches(sel, unchecked(identities[slot]))) found.push(slot);
-      }
-      storeSet(sel, found, true);
-      continue;
-    }
-    const q = unchecked(sel.reqs[sel.narrow]);
-    for (let v = 0; v < q.values.length; v++) {
-      const k = labelKey(q.key, unchecked(q.values[v]));
-      if (!labelSlots.has(k)) continue;
-      const list = labelSlots.get(k);
-      for (let i = 0; i < list.length; i++) {
-        const slot = unchecked(list[i]);
-        if (selectorMatches(sel, unchecked(identities[slot]))) found.push(slot);
+    unchecked(found[s] = new Array<i32>());
+    if (sel.kind != SEL_NONE && sel.narrow < 0) wide.push(s);
+  }
+  if (wide.length > 0) {
+    for (let slot = 0; slot < identities.length; slot++) {
+      const id = unchecked(identities[slot]);
+      if (!id.alive) continue;
+      for (let i = 0; i < wide.length; i++) {
+        const s = unchecked(wide[i]);
+        if (selectorMatches(unchecked(selectors[s]), id)) unchecked(found[s])!.push(slot);
       }
     }
-    storeSet(sel, found, false);
   }
-}
-
-/** Calls back for each identity slot selected by `s`, in slot order. */
-export function selectedSlots(s: i32, out: Array<i32>): void {
-  const sel = unchecked(selectors[s]);
-  if (!sel.dense) {
-    for (let i = 0; i < sel.slots.length; i++) out.push(unchecked(sel.slots[i]));
-    return;
-  }
-  const bits = sel.bits;
-  for (let w = 0; w < bits.length; w++) {
-    let word = unchecked(bits[w]);
-    while (word != 0) {
-      const b = ctz<u32>(word);
-      out.push((w << 5) + <i32> b);
-      word &= word - 1;
+  // Only label selectors are filed under a label (3.), and a stale slot's identity is not alive
+  // or no longer has the label, which the requirement it is filed for then rejects.
+  flattenLabels();
+  const alive = aliveBits();
+  const keys = selByLabel.keys();
+  for (let k = 0; k < keys.length; k++) {
+    const key = unchecked(keys[k]);
+    if (!labelSlots.has(key)) continue;
+    const list = labelSlots.get(key);
+    const filed = selByLabel.get(key);
+    for (let i = 0; i < list.length; i++) {
+      const slot = unchecked(list[i]);
+      if ((unchecked(alive[slot >> 5]) & (1 << (slot & 31))) == 0) continue;
+      for (let j = 0; j < filed.length; j++) {
+        const s = unchecked(filed[j]);
+        if (labelsMatchFlat(unchecked(selectors[s]), slot)) unchecked(found[s])!.push(slot);
+      }
     }
+  }
+  flatLabels = new StaticArray<u32>(0);
+  flatStart = new StaticArray<i32>(0);
+  for (let s = 0; s < selectors.length; s++) {
+    const sel = unchecked(selectors[s]);
+    storeSet(sel, unchecked(found[s])!, sel.narrow < 0);
   }
 }
 

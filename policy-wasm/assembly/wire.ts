@@ -117,6 +117,16 @@ export class Writer {
     this.buf = next;
   }
 
+  /** Makes room for `n` more bytes (written at end() by the caller, who then adds n to len). */
+  reserve(n: i32): void {
+    this.grow(n);
+  }
+
+  /** Where the next byte goes (valid until the next write that grows the buffer). */
+  end(): usize {
+    return changetype<usize>(this.buf) + <usize> this.len;
+  }
+
   u8(v: u32): void {
     this.grow(1);
     store<u8>(changetype<usize>(this.buf) + <usize> this.len, <u8> v);

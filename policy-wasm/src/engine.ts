@@ -302,6 +302,16 @@ export class PolicyEngine {
     return this.#httpVerdict.read(this.#x);
   }
 
+  /** The verdict of a DNS query (the DNS proxy's per-query path), as judgeHttp() does it. */
+  judgeDns(q: QueryInput & { dns: string }): HttpVerdict {
+    const st = this.#call(
+      () => this.#x.query_verdict(this.#httpVerdict.writeDns(this.#x, q)),
+      "judge a DNS query",
+    );
+    this.#check(st, `evaluate a query for endpoint ${q.endpoint}`);
+    return this.#httpVerdict.read(this.#x);
+  }
+
   /** Compiles a regex with the engine's RE2 engine; returns an error message, or undefined. */
   checkRegex(pattern: string): string | undefined {
     const bytes = new TextEncoder().encode(pattern);

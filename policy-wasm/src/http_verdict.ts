@@ -1,5 +1,5 @@
-// The L7 proxy's per-request path into the engine: an HTTP query written straight into the
-// engine's input buffer (the same MSG_QUERY bytes encodeQuery() makes, without its intermediate
+// The L7 proxy's per-request path into the engine (and the DNS proxy's, per query): an HTTP (or
+// DNS) query written straight into the engine's input buffer (the same MSG_QUERY bytes encodeQuery() makes, without its intermediate
 // buffers), judged by the `query_verdict` export (query() without the explanation), and a 16-byte
 // result read in place. Same verdicts as query(); nothing here decides anything. This module is
 // browser compatible.
@@ -67,6 +67,24 @@ export class HttpVerdictWriter {
     at += 4;
     for (const [k, v] of headers) at = this.#str(v, this.#str(k, at, end), end);
     return at - ptr;
+  }
+
+  /** Writes `q` as a MSG_QUERY message with a DNS name (the DNS proxy's path); its length. */
+  writeDns(x: HttpVerdictExports, q: QueryInput & { dns: string }): number {
+    const room = 21 + 4 + 3 * q.dns.length;
+    const ptr = x.input_reserve(room);
+    this.#views(x);
+    const dv = this.#dv;
+    dv.setUint32(ptr, MAGIC, true);
+    dv.setUint16(ptr + 4, VERSION, true);
+    dv.setUint16(ptr + 6, MSG.QUERY, true);
+    dv.setUint32(ptr + 8, q.endpoint, true);
+    dv.setUint8(ptr + 12, q.direction === "ingress" ? POLICY_DIR_INGRESS : POLICY_DIR_EGRESS);
+    dv.setUint32(ptr + 13, q.peer, true);
+    dv.setUint8(ptr + 17, q.proto);
+    dv.setUint16(ptr + 18, q.port, true);
+    dv.setUint8(ptr + 20, L7_KIND.dns);
+    return this.#str(q.dns, ptr + 21, ptr + room) - ptr;
   }
 
   /** A u32 byte length and the UTF-8 of `s` at `at`; returns where the next field goes. */

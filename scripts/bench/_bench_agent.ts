@@ -100,16 +100,41 @@ export class BenchAgent {
     await child.status;
   }
 
-  /** CPU time so far (the current process; a restart starts from zero). */
+  /**
+   * CPU time so far (the current process; a restart starts from zero). `children` includes
+   * the agent's live children (its command shells) and what they waited for.
+   */
   async cpu(): Promise<CpuTimes> {
-    const stat = await Deno.readTextFile(`/proc/${this.#pid}/stat`);
-    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ").map(Number);
-    // Fields 14-17 of stat(5) (utime, stime, cutime, cstime), here from field 3 on.
-    return { self: (f[11]! + f[12]!) / HZ, children: (f[13]! + f[14]!) / HZ };
+    const times = async (pid: number | string) => {
+      const stat = await Deno.readTextFile(`/proc/${pid}/stat`).catch(() => "");
+      if (!stat) return [0, 0, 0, 0];
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ").map(Number);
+      // Fields 14-17 of stat(5) (utime, stime, cutime, cstime), here from field 3 on.
+      return [f[11]!, f[12]!, f[13]!, f[14]!];
+    };
+    const own = await times(this.#pid);
+    let children = own[2]! + own[3]!;
+    const kids = await Deno.readTextFile(`/proc/${this.#pid}/task/${this.#pid}/children`)
+      .catch(() => "");
+    for (const k of kids.trim().split(/\s+/).filter(Boolean)) {
+      children += (await times(k)).reduce((a, b) => a + b, 0);
+    }
+    return { self: (own[0]! + own[1]!) / HZ, children: children / HZ };
   }
 
+  /** SIGTERM (a clean stop, which also writes a --cpu-prof profile), SIGKILL after 10 s. */
   async close(): Promise<void> {
-    await this.stop("SIGKILL");
+    const child = this.#child;
+    const timer = setTimeout(() => {
+      try {
+        child?.kill("SIGKILL");
+      } catch { /* gone */ }
+    }, 10_000);
+    try {
+      await this.stop("SIGTERM");
+    } finally {
+      clearTimeout(timer);
+    }
     this.api.close();
   }
 }

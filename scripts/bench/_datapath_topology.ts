@@ -11,7 +11,6 @@ import { policyEntryOf } from "../../agent/datapath/policy_state.ts";
 import type { DatapathEndpoint, EndpointFlags } from "../../agent/endpoint/datapath_sink.ts";
 import { diffEntries, indexEntries } from "../../agent/endpoint/mapstate_diff.ts";
 import { Logger } from "../../agent/log.ts";
-import type { ServiceSpec } from "../../agent/service/spec.ts";
 import {
   compilePolicies,
   type IpcacheEntry,
@@ -163,31 +162,6 @@ export class BenchTopology implements AsyncDisposable {
       String(seconds),
     ]);
     return (JSON.parse(out) as { perSec: number }).perSec;
-  }
-
-  /** New TCP connections per second (connect, 1-byte round trip, close) to host:RR_PORT. */
-  async connectionRate(seconds: number, host = this.server.ipv4): Promise<number> {
-    const out = await this.lab.run(this.client.netns, [
-      "taskset",
-      "-c",
-      String(CPU.rr),
-      Deno.execPath(),
-      "run",
-      "-A",
-      "--no-config",
-      RR_SCRIPT,
-      "connect",
-      host,
-      String(RR_PORT),
-      String(seconds),
-    ]);
-    return (JSON.parse(out) as { perSec: number }).perSec;
-  }
-
-  /** Writes service records through the agent's sink (KernelSink.applyServices, as the agent). */
-  async applyServices(services: readonly ServiceSpec[]): Promise<void> {
-    if (!this.#sink) throw new Error("Cannot apply services: cilia is not attached");
-    await this.#sink.applyServices(services);
   }
 
   /** The endpoint of a pod as the agent describes it to the sink. */

@@ -1,10 +1,21 @@
 // The load generator of `deno task bench dns`, run inside the client pod's netns: sends A
-// queries for one name over UDP to SERVER:53 at a paced RATE for SECONDS, matches each answer
-// to its query by id and prints one JSON line: sent, answered, rcodes, and the round-trip times
-// in ms (p50/p99/max). A warm-up at a fifth of the rate comes first and is not counted. Needs
-// `--unstable-net` (Deno's UDP sockets). Must not touch anything outside its own socket.
+// queries for one name over UDP to port 53 of one or more servers at a paced RATE, each server
+// for SECONDS, interleaved in slices (SLICE ms to the first server, then to the second, and so
+// on), so that every server is measured over the same stretch of time and a change of the
+// machine's load hits all of them alike. It matches each answer to its query by id and prints one
+// JSON line: per server, sent, answered, rcodes, and the round-trip times in ms (p50/p99/max). A
+// warm-up at a fifth of the rate comes first and is not counted. Needs `--unstable-net` (Deno's
+// UDP sockets). Must not touch anything outside its own socket.
 //
-// Usage: deno run -A --unstable-net _dns_load.ts SERVER NAME RATE SECONDS
+// Accuracy: one receive buffer, reused (receive() without one allocates 64 KiB per datagram,
+// and the garbage it makes shows up as client-side latency); the socket's kernel receive buffer
+// raised to 4 MiB (answers that arrive while the client is descheduled wait instead of being
+// dropped and counted as unanswered); the send time is taken right before the send and the answer
+// time right after the receive resolves, before any other work.
+//
+// Usage: deno run -A --unstable-net _dns_load.ts NAME RATE SECONDS SERVER [SERVER...]
+
+import { raiseReceiveBuffer } from "../../agent/sys/sock_buf.ts";
 
 export interface LoadFigures {
   sent: number;
@@ -40,64 +51,100 @@ export function encodeQuery(id: number, name: string): Uint8Array {
 const quantile = (sorted: number[], q: number) =>
   sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! : NaN;
 
-/** Paced load: at any moment `rate × elapsed` queries are out; stragglers get 1 s after. */
+interface Pending {
+  at: number;
+  server: number;
+}
+
+/**
+ * Paced load: at any moment `rate × elapsed` queries are out, query k going to the server whose
+ * slice it falls in; each server gets `rate × seconds` queries; stragglers get 1 s after.
+ */
 export async function load(
   conn: Deno.DatagramConn,
-  opts: { server: string; name: string; rate: number; seconds: number; firstId: number },
-): Promise<LoadFigures> {
-  const total = Math.round(opts.rate * opts.seconds);
-  const sentAt = new Map<number, number>();
-  const rtts: number[] = [];
-  let nonNoError = 0, done = false;
+  opts: {
+    servers: string[];
+    name: string;
+    rate: number;
+    seconds: number;
+    firstId: number;
+    sliceMs?: number;
+  },
+): Promise<LoadFigures[]> {
+  const n = opts.servers.length;
+  const total = Math.round(opts.rate * opts.seconds) * n;
+  const perSlice = Math.max(1, Math.round(opts.rate * (opts.sliceMs ?? 250) / 1000));
+  const pending = new Map<number, Pending>();
+  const rtts: number[][] = opts.servers.map(() => []);
+  const nonNoError = opts.servers.map(() => 0);
+  const sent = opts.servers.map(() => 0);
+  let done = false;
   const receiver = (async () => {
+    const buf = new Uint8Array(4096);
     while (!done) {
-      const [msg] = await conn.receive().catch(() => [new Uint8Array()] as const);
-      if (msg.length < 12) continue;
-      const v = new DataView(msg.buffer, msg.byteOffset);
-      const t0 = sentAt.get(v.getUint16(0));
-      if (t0 === undefined) continue;
-      rtts.push(performance.now() - t0);
-      sentAt.delete(v.getUint16(0));
-      if ((v.getUint16(2) & 0xf) !== 0) nonNoError++;
+      let len = 0;
+      try {
+        len = (await conn.receive(buf))[0].length;
+      } catch {
+        return;
+      }
+      const now = performance.now();
+      if (len < 12) continue;
+      const id = (buf[0]! << 8) | buf[1]!;
+      const p = pending.get(id);
+      if (p === undefined) continue;
+      pending.delete(id);
+      rtts[p.server]!.push(now - p.at);
+      if ((buf[3]! & 0xf) !== 0) nonNoError[p.server]!++;
     }
   })();
-  const addr = { transport: "udp" as const, hostname: opts.server, port: 53 };
+  const addrs = opts.servers.map((hostname) => ({ transport: "udp" as const, hostname, port: 53 }));
+  const msgs = Array.from(
+    { length: total },
+    (_, k) => encodeQuery((opts.firstId + k) & 0xffff, opts.name),
+  );
   const start = performance.now();
-  let sent = 0;
-  while (sent < total) {
+  let k = 0;
+  while (k < total) {
     const due = Math.min(total, Math.floor((performance.now() - start) * opts.rate / 1000));
-    for (; sent < due; sent++) {
-      const id = (opts.firstId + sent) & 0xffff;
-      sentAt.set(id, performance.now());
-      await conn.send(encodeQuery(id, opts.name), addr);
+    for (; k < due; k++) {
+      const id = (opts.firstId + k) & 0xffff;
+      const server = Math.floor(k / perSlice) % n;
+      sent[server]!++;
+      pending.set(id, { at: performance.now(), server });
+      await conn.send(msgs[k]!, addrs[server]!);
     }
     await new Promise((r) => setTimeout(r, 1));
   }
-  const sendSeconds = (performance.now() - start) / 1000;
-  for (let i = 0; i < 100 && sentAt.size > 0; i++) await new Promise((r) => setTimeout(r, 10));
+  const activeSeconds = (performance.now() - start) / 1000 / n;
+  for (let i = 0; i < 100 && pending.size > 0; i++) await new Promise((r) => setTimeout(r, 10));
   done = true;
-  rtts.sort((a, b) => a - b);
-  const figures = {
-    sent,
-    answered: rtts.length,
-    qps: rtts.length / sendSeconds,
-    nonNoError,
-    p50Ms: quantile(rtts, 0.5),
-    p99Ms: quantile(rtts, 0.99),
-    maxMs: rtts.at(-1) ?? NaN,
-  };
+  const figures = opts.servers.map((_, s) => {
+    const r = rtts[s]!.sort((a, b) => a - b);
+    return {
+      sent: sent[s]!,
+      answered: r.length,
+      qps: r.length / activeSeconds,
+      nonNoError: nonNoError[s]!,
+      p50Ms: quantile(r, 0.5),
+      p99Ms: quantile(r, 0.99),
+      maxMs: r.at(-1) ?? NaN,
+    };
+  });
   // Unblock the receiver: one last query whose answer it reads and drops.
-  await conn.send(encodeQuery(0, opts.name), addr);
+  await conn.send(encodeQuery(0, opts.name), addrs[0]!);
   await Promise.race([receiver, new Promise((r) => setTimeout(r, 500))]);
   return figures;
 }
 
 if (import.meta.main) {
-  const [server = "", name = "", rate = "5000", seconds = "3"] = Deno.args;
+  const [name = "", rate = "5000", seconds = "3", ...servers] = Deno.args;
   const conn = Deno.listenDatagram({ transport: "udp", hostname: "0.0.0.0", port: 0 });
-  await load(conn, { server, name, rate: Number(rate) / 5, seconds: 0.5, firstId: 1 });
+  const raised = raiseReceiveBuffer((conn.addr as Deno.NetAddr).port, 4, 4 << 20);
+  if (typeof raised === "string") console.error(`_dns_load: ${raised}`);
+  await load(conn, { servers, name, rate: Number(rate) / 5, seconds: 0.5, firstId: 1 });
   const f = await load(conn, {
-    server,
+    servers,
     name,
     rate: Number(rate),
     seconds: Number(seconds),

@@ -2,8 +2,6 @@
 // every byte back; `client <host> <port> <seconds>` sends 1 byte, waits for it, repeats, and prints
 // {"perSec": round trips per second} as JSON. Nagle is off on both ends, so each round trip is
 // one small packet each way: the figure measures per-packet cost, not bandwidth.
-// `connect <host> <port> <seconds>` opens a new connection per round trip (connect, 1 byte there
-// and back, close) and prints {"perSec": connections per second}: the cost of a new flow.
 
 async function serve(c: Deno.TcpConn): Promise<void> {
   c.setNoDelay(true);
@@ -44,39 +42,15 @@ async function client(hostname: string, port: number, seconds: number): Promise<
   }
 }
 
-async function connections(hostname: string, port: number, seconds: number): Promise<number> {
-  const b = new Uint8Array(1);
-  const once = async () => {
-    const c = await Deno.connect({ hostname, port });
-    try {
-      c.setNoDelay(true);
-      await c.write(b);
-      if (await c.read(b) === null) throw new Error("The RR server closed the connection");
-    } finally {
-      c.close();
-    }
-  };
-  for (let i = 0; i < 50; i++) await once(); // warm-up
-  let n = 0;
-  const start = performance.now(), end = start + seconds * 1000;
-  while (performance.now() < end) {
-    for (let i = 0; i < 20; i++) await once();
-    n += 20;
-  }
-  return n / ((performance.now() - start) / 1000);
-}
-
 if (import.meta.main) {
   const [mode, a, b, c] = Deno.args;
   if (mode === "server") {
     for await (const conn of Deno.listen({ hostname: "::", port: Number(a) })) serve(conn);
   } else if (mode === "client") {
     console.log(JSON.stringify({ perSec: await client(a!, Number(b), Number(c)) }));
-  } else if (mode === "connect") {
-    console.log(JSON.stringify({ perSec: await connections(a!, Number(b), Number(c)) }));
   } else {
     console.error(
-      "Usage: _rr.ts server <port> | client|connect <host> <port> <seconds>",
+      "Usage: _rr.ts server <port> | client <host> <port> <seconds>",
     );
     Deno.exit(2);
   }

@@ -5,10 +5,13 @@
 // and drop events. The baseline, measured in the same run with the agent stopped, is the raw
 // ring-buffer read rate (datapath/events.ts EventReader in this process, decoding each event to
 // an object, no flows, no API; unpaced, so it also shows what the ring holds). Target:
-// ≥ 200k events/s, and no loss at 100k/s. Needs root. Progress to stderr, the table to stdout.
+// ≥ 200k events/s, and no loss at 100k/s. Each row also gives the CPU (user + system, /proc) the
+// agent, the CLI and this reader spent per 100k events: a figure that moves less than rates when
+// other jobs share the machine. Needs root. Progress to stderr, the table to stdout.
 // `--rates 100000,0` picks the offered rates (0: unpaced). CILIA_BENCH_DENO runs the agent and the
 // CLI with another Deno (e.g. a wrapper adding `--cpu-prof`) for profiling.
 import { parseArgs } from "node:util";
+import { cpuUsage } from "node:process";
 import { EventReader } from "../../agent/datapath/events.ts";
 import { CiliaNode, root, type TestPod } from "../../tests/cni/_fixture.ts";
 
@@ -28,6 +31,8 @@ spec:
 `;
 
 const progress = (msg: string) => console.error(`bench monitor: ${msg}`);
+/** Clock ticks per second of /proc/PID/stat's utime and stime (USER_HZ). */
+const TICKS_PER_SEC = 100;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const k = (n: number) => `${(n / 1000).toFixed(0)}k`;
 
@@ -67,6 +72,30 @@ async function pinnedProgram(n: CiliaNode): Promise<string> {
   return best.path;
 }
 
+/** This process's CPU milliseconds (user + system) so far. */
+function selfCpuMs(): number {
+  const u = cpuUsage();
+  return (u.user + u.system) / 1000;
+}
+
+/** CPU milliseconds (user + system) a process has used so far; 0 when it is gone. */
+async function cpuMs(pid: number): Promise<number> {
+  const stat = await Deno.readTextFile(`/proc/${pid}/stat`).catch(() => "");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[11] ?? 0) + Number(f[12] ?? 0)) * 1000 / TICKS_PER_SEC;
+}
+
+/** The agent's process: the one whose command line names its socket (after nsenter and exec). */
+async function agentPid(n: CiliaNode): Promise<number> {
+  for await (const e of Deno.readDir("/proc")) {
+    const pid = Number(e.name);
+    if (!Number.isInteger(pid)) continue;
+    const cmd = await Deno.readTextFile(`/proc/${pid}/cmdline`).catch(() => "");
+    if (cmd.includes(`\0--socket\0${n.socket}\0`) && /deno\0run\0/.test(cmd)) return pid;
+  }
+  throw new Error(`No agent process with socket "${n.socket}"`);
+}
+
 /** Runs the producer in the node netns; returns its runs and duration. */
 async function produce(n: CiliaNode, p: Producer, runsPerSec: number, runs: number) {
   const out = await new Deno.Command("nsenter", {
@@ -92,6 +121,31 @@ async function settle(count: () => number, idleMs = 400, until = Infinity): Prom
     last = count();
     await sleep(idleMs);
   }
+}
+
+const NL = 0x0a;
+
+/**
+ * Calls `onNewline` with the index of each newline of `c`, in order, looking at four bytes at a
+ * time (a word with no newline byte is skipped whole): the reader counts lines of ~800 bytes at
+ * 200k/s and must not take the CPU it measures.
+ */
+function forEachNewline(c: Uint8Array, onNewline: (at: number) => void): void {
+  const head = (4 - (c.byteOffset & 3)) & 3; // bytes before the first whole word
+  if (c.length < head + 4) {
+    for (let i = 0; i < c.length; i++) if (c[i] === NL) onNewline(i);
+    return;
+  }
+  for (let i = 0; i < head; i++) if (c[i] === NL) onNewline(i);
+  const words = new Uint32Array(c.buffer, c.byteOffset + head, (c.length - head) >>> 2);
+  for (let k = 0; k < words.length; k++) {
+    const v = words[k]! ^ 0x0a0a0a0a; // a newline byte becomes a zero byte
+    if (((v - 0x01010101) & ~v & 0x80808080) !== 0) {
+      const b = head + (k << 2);
+      for (let j = b; j < b + 4; j++) if (c[j] === NL) onNewline(j);
+    }
+  }
+  for (let j = head + words.length * 4; j < c.length; j++) if (c[j] === NL) onNewline(j);
 }
 
 /** The raw ring-buffer read rate, agent stopped: events per run and events per second. */
@@ -128,6 +182,11 @@ interface Row {
   /** What the follower was told (`lost_events` lines). */
   lostReported: number;
   rate: number;
+  /**
+   * CPU ms per 100k events while producing and draining: the agent per event ingested, the CLI
+   * and this reader per flow delivered (a load-independent figure to compare changes by).
+   */
+  cpu: { agent: number; cli: number; reader: number };
 }
 
 /** One paced run through the agent to `cilia observe --follow -o json`. */
@@ -149,7 +208,7 @@ async function throughObserve(
   }).spawn();
   let flows = 0, lostLines = 0, first = 0, last = 0;
   // Counted on the bytes, no text per flow line: the reader must not take the CPU it measures.
-  const NL = 0x0a, F = 0x66, dec = new TextDecoder(); // `{"f…`: a flow line
+  const F = 0x66, dec = new TextDecoder(); // `{"f…`: a flow line
   const line = (head: Uint8Array) => {
     const text = dec.decode(head);
     if (text.startsWith('{"lost_events"')) {
@@ -158,27 +217,28 @@ async function throughObserve(
   };
   let carry: number[] | undefined; // the start of a line that began in an earlier chunk
   const reading = (async () => {
-    for await (const chunk of child.stdout) {
-      let at = 0;
-      if (carry) {
-        const nl = chunk.indexOf(NL);
-        const end = nl < 0 ? chunk.length : nl;
-        for (let i = 0; i < end && carry.length < 200; i++) carry.push(chunk[i]!);
-        if (nl < 0) continue;
-        line(new Uint8Array(carry));
-        carry = undefined;
-        at = nl + 1;
-      }
-      while (at < chunk.length) {
-        const nl = chunk.indexOf(NL, at);
-        if (nl < 0) {
-          carry = [...chunk.subarray(at, Math.min(chunk.length, at + 200))];
-          break;
-        }
-        if (nl - at > 2 && chunk[at + 2] === F) {
+    // reads into one reused buffer (no new 64 KiB chunk per read)
+    const reader = child.stdout.getReader({ mode: "byob" });
+    let buf = new ArrayBuffer(1 << 20);
+    for (;;) {
+      const { value: chunk, done } = await reader.read(new Uint8Array(buf));
+      if (done || !chunk) break;
+      buf = chunk.buffer;
+      let at = 0; // where the current line starts in this chunk
+      forEachNewline(chunk, (nl) => {
+        if (carry) {
+          for (let i = 0; i < nl && carry.length < 200; i++) carry.push(chunk[i]!);
+          line(new Uint8Array(carry));
+          carry = undefined;
+        } else if (nl - at > 2 && chunk[at + 2] === F) {
           if (flows++ === 0) first = performance.now();
         } else line(chunk.subarray(at, nl));
         at = nl + 1;
+      });
+      if (carry) {
+        for (let i = 0; i < chunk.length && carry.length < 200; i++) carry.push(chunk[i]!);
+      } else if (at < chunk.length) {
+        carry = [...chunk.subarray(at, Math.min(chunk.length, at + 200))];
       }
       last = performance.now();
     }
@@ -186,6 +246,8 @@ async function throughObserve(
   // the follower connects (a busy machine may take a while to start the CLI)
   for (let i = 0; i < 100 && (await lostCounts(n)).followers <= followers; i++) await sleep(100);
   const before = await lostCounts(n);
+  const pids = { agent: await agentPid(n), cli: child.pid };
+  const cpu0 = { agent: await cpuMs(pids.agent), cli: await cpuMs(pids.cli), reader: selfCpuMs() };
   const runsPerSec = o.eventsPerSec / o.perRun;
   const runs = Math.round((o.eventsPerSec > 0 ? runsPerSec : 150_000) * o.seconds);
   const r = await produce(n, p, runsPerSec, runs);
@@ -193,6 +255,12 @@ async function throughObserve(
   // the stream drains (a busy machine may pause it: up to 2 s without progress)
   await settle(() => flows + lostLines, 2000, expected);
   const after = await lostCounts(n);
+  const per100k = (ms: number, events: number) => ms * 100_000 / Math.max(1, events);
+  const cpu = {
+    agent: per100k(await cpuMs(pids.agent) - cpu0.agent, after.seen - before.seen),
+    cli: per100k(await cpuMs(pids.cli) - cpu0.cli, flows),
+    reader: per100k(selfCpuMs() - cpu0.reader, flows),
+  };
   child.kill("SIGINT");
   await reading;
   await child.status;
@@ -207,6 +275,7 @@ async function throughObserve(
     ingested: after.seen - before.seen,
     lostReported: lostLines,
     rate: flows / ((last - first) / 1000),
+    cpu,
   };
 }
 
@@ -238,6 +307,7 @@ function table(rows: Row[], base: number): string {
     "told",
     "unexplained",
     "ev/s to observe",
+    "CPU ms/100k ev: agent, CLI, reader",
   ];
   const body = rows.map((r) => [
     r.offered > 0 ? k(r.offered) : "max",
@@ -250,6 +320,7 @@ function table(rows: Row[], base: number): string {
     String(r.lostReported),
     String(r.expected - r.delivered - r.lostPerf - r.lostSlow),
     `${k(r.rate)} (${(r.rate / base).toFixed(2)}× baseline)`,
+    `${r.cpu.agent.toFixed(0)}, ${r.cpu.cli.toFixed(0)}, ${r.cpu.reader.toFixed(0)}`,
   ]);
   const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
   const line = (c: string[]) => c.map((x, i) => x.padStart(w[i]!)).join("  ");

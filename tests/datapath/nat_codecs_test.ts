@@ -4,7 +4,11 @@
 import { BpfTool } from "../../agent/datapath/bpftool.ts";
 import { buildObject } from "../../agent/datapath/build.ts";
 import { type Layout } from "../../agent/datapath/codecs.ts";
-import { encodeNatConfig, NAT_LAYOUTS } from "../../agent/datapath/netdev_loader.ts";
+import {
+  encodeNat6Config,
+  encodeNatConfig,
+  NAT_LAYOUTS,
+} from "../../agent/datapath/netdev_loader.ts";
 import { assert, assertEquals } from "./_fixture.ts";
 import { needs } from "../helpers/root.ts";
 
@@ -46,4 +50,36 @@ Deno.test("encodeNatConfig() writes addresses in network order and masks from pr
   ]);
   const off = encodeNatConfig({ nodeIp: "192.0.2.1", masquerade: false, nodePort: false });
   assertEquals(Array.from(off.subarray(4)), new Array(20).fill(0), "no CIDRs, no flags");
+  const tunnel = encodeNatConfig({
+    nodeIp: "192.0.2.1",
+    masquerade: true,
+    nodePort: false,
+    tunnelPort: 8472,
+  });
+  assertEquals(Array.from(tunnel.subarray(20)), [1, 0, 0x21, 0x18], "flags, tunnel port (BE)");
+});
+
+Deno.test("encodeNat6Config(): node IPv6 and pod CIDR (nodeport6.h); none is all zero", () => {
+  const b = encodeNat6Config({ nodeIp6: "2001:db8:200::1", podCidrV6: "fd00:200:1::/64" });
+  assertEquals(Array.from(b), [
+    ...[0x20, 0x01, 0x0d, 0xb8, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+    ...[0xfd, 0, 0x02, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    ...[64, 0, 0, 0],
+  ]);
+  assertEquals(Array.from(encodeNat6Config({})), new Array(36).fill(0), "IPv6 NodePort off");
+  assertEquals(
+    Array.from(encodeNat6Config({ podCidrV6: "fd00:200:1::/64" })),
+    new Array(36).fill(0),
+    "a pod CIDR without a node address: off",
+  );
+  let err: unknown;
+  try {
+    encodeNat6Config({ nodeIp6: "192.0.2.1" });
+  } catch (e) {
+    err = e;
+  }
+  assert(
+    err instanceof RangeError &&
+      /Invalid node IPv6 address "192.0.2.1": expected IPv6/.test(err.message),
+  );
 });

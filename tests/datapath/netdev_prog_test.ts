@@ -2,12 +2,15 @@
 // and truncated packets pass untouched (the underlay carries the node's own traffic), a pod's TCP
 // to the outside leaves from the node IP and a NAT port with a correct checksum, a protocol that
 // cannot be masqueraded is dropped (168), and a SYN to a NodePort frontend without backends is
-// answered with a well-formed ICMP port unreachable (both checksums, the original header inside).
-// The real-packet half is tests/e2e/nat_test.ts.
+// answered with a well-formed ICMP port unreachable (both checksums, the original header inside);
+// VXLAN to or from the node on the configured tunnel port passes both hooks without NAT state or
+// a frontend (bpf/lib/nodeport.h, 8.); IPv6 NodePort (nodeport6.h): DNAT to a local backend and
+// back with valid checksums, an extension header dropped, ICMPv6 port unreachable without
+// backends, other IPv6 untouched. The real-packet half is tests/e2e/nat_test.ts.
 import { BpfTool, hexArgs } from "../../agent/datapath/bpftool.ts";
 import { buildObject } from "../../agent/datapath/build.ts";
 import { encode, LAYOUTS } from "../../agent/datapath/codecs.ts";
-import { encodeNatConfig } from "../../agent/datapath/netdev_loader.ts";
+import { encodeNat6Config, encodeNatConfig } from "../../agent/datapath/netdev_loader.ts";
 import { assert, assertEquals } from "./_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
 
@@ -39,6 +42,31 @@ function packet(src: number[], dst: number[], proto: number, l4: number[]): numb
   }
   return [...MAC, 0x08, 0x00, ...ip, ...body];
 }
+const NODE6 = [0x20, 0x01, 0x0d, 0xb8, ...Array(11).fill(0), 1];
+const CLIENT6 = [0x20, 0x01, 0x0d, 0xb8, ...Array(11).fill(0), 0x99];
+const POD6 = [0xfd, 0, 0x02, 0, 0, 1, ...Array(9).fill(0), 5];
+
+/** Ethernet + IPv6 (+ extension header bytes, next header first) + TCP or UDP, checksummed. */
+function packet6(
+  src: number[],
+  dst: number[],
+  l4: number[],
+  ext: number[] = [],
+  proto = 6,
+): number[] {
+  const len = ext.length + l4.length;
+  const ip = [0x60, 0, 0, 0, len >> 8, len & 0xff, ext.length ? 0 : proto, 64, ...src, ...dst];
+  const body = [...l4], at = proto === 17 ? 6 : 16;
+  const t = csum([...src, ...dst, 0, 0, 0, l4.length, 0, 0, 0, proto, ...body]);
+  body[at] = t >> 8;
+  body[at + 1] = t & 0xff;
+  return [...MAC, 0x86, 0xdd, ...ip, ...ext, ...body];
+}
+const l46Ok = (pkt: number[], proto = 6) => {
+  const src = pkt.slice(22, 38), dst = pkt.slice(38, 54), l4 = pkt.slice(54);
+  return csum([...src, ...dst, 0, 0, 0, l4.length, 0, 0, 0, proto, ...l4]) === 0;
+};
+
 const tcpSyn = (sport: number, dport: number) => [
   ...[sport >> 8, sport & 0xff, dport >> 8, dport & 0xff, 0, 0, 0, 1, 0, 0, 0, 0],
   ...[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0],
@@ -148,6 +176,160 @@ Deno.test(
         const other = await run("cil_from_netdev", packet(OUT, NODE, 6, tcpSyn(40001, 30082)));
         assertEquals(other.retval, TC_ACT_OK, "no frontend there: the node's own business");
       });
+
+      await t.step("VXLAN to the tunnel port passes both hooks without NAT state", async () => {
+        const tunnelCfg = encodeNatConfig({
+          nodeIp: "192.0.2.1",
+          podCidr: "10.200.1.0/24",
+          masquerade: true,
+          nodePort: true,
+          tunnelPort: 30081, // the NodePort's port: a VXLAN packet must not reach the frontend
+        });
+        const udpSvc = encode(LAYOUTS.lbServiceKey, {
+          addr: new Uint8Array([...NODE, ...Array(12).fill(0)]),
+          port: 30081,
+          proto: 17,
+          family: 4,
+        });
+        await bpftool.batch([
+          `map update pinned ${bpffs}/m/cilia_nat_cfg key 0 0 0 0 value hex ${hexArgs(tunnelCfg)}`,
+          `map update pinned ${bpffs}/m/cilia_lb_services key hex ${hexArgs(udpSvc)} value hex ${
+            hexArgs(svcValue)
+          }`,
+        ]);
+        const entries = async () =>
+          (JSON.parse(
+            await bpftool.run(["-j", "map", "dump", "pinned", `${bpffs}/m/cilia_snat`]),
+          ) as unknown[]).length;
+        const udp = (sport: number, dport: number) => [
+          ...[sport >> 8, sport & 0xff, dport >> 8, dport & 0xff, 0, 12, 0, 0, 1, 2, 3, 4],
+        ];
+        const before = await entries();
+        const out = packet(NODE, OUT, 17, udp(40100, 30081));
+        assertEquals((await run("cil_to_netdev", out)).retval, TC_ACT_OK);
+        const into = packet(OUT, NODE, 17, udp(40101, 30081));
+        const r = await run("cil_from_netdev", into);
+        assertEquals([r.retval, r.out], [TC_ACT_OK, into], "not the NodePort frontend's");
+        assertEquals(await entries(), before, "no NAT entry for either");
+        await bpftool.run(["map", "update", "pinned", `${bpffs}/m/cilia_nat_cfg`].concat(
+          ["key", "0", "0", "0", "0", "value", "hex", ...hexArgs(cfg).split(" ")],
+        ));
+        const np = await run("cil_from_netdev", into);
+        assertEquals(np.retval, TC_ACT_REDIRECT, "without a tunnel port the frontend answers");
+        await run("cil_to_netdev", packet(NODE, OUT, 17, udp(40100, 30082)));
+        assertEquals(await entries(), before + 1, "another port: the node's flow is tracked");
+      });
+
+      await t.step(
+        "IPv6 NodePort (nodeport6.h): DNAT, reply, ext headers, no backends",
+        async () => {
+          const svc6 = (port: number) =>
+            encode(LAYOUTS.lbServiceKey, {
+              addr: new Uint8Array(NODE6),
+              port,
+              proto: 6,
+              family: 6,
+            });
+          const hex = (b: Uint8Array) => `hex ${hexArgs(b)}`;
+          const backend = encode(LAYOUTS.lbBackend, {
+            addr: new Uint8Array(POD6),
+            port: 8080,
+            proto: 6,
+            family: 6,
+            flags: 0,
+            pad: new Uint8Array(3),
+          });
+          const cfg6 = encodeNat6Config({ nodeIp6: "2001:db8::1", podCidrV6: "fd00:200:1::/64" });
+          const one = encode(LAYOUTS.lbServiceValue, { slots: 1, svc_id: 10, flags: 0x80 });
+          const none = encode(LAYOUTS.lbServiceValue, { slots: 0, svc_id: 11, flags: 0x80 });
+          const slot = encode(LAYOUTS.lbSlotKey, { svc_id: 10, slot: 0 });
+          const m = `map update pinned ${bpffs}/m`;
+          const syn = packet6(CLIENT6, NODE6, tcpSyn(40000, 30086));
+          // Before the config: IPv6 passes untouched (no IPv6 node address).
+          assertEquals(await run("cil_from_netdev", syn), { retval: TC_ACT_OK, out: syn });
+          await bpftool.batch([
+            `${m}/cilia_nat6_cfg key 0 0 0 0 value ${hex(cfg6)}`,
+            `${m}/cilia_lb_services key ${hex(svc6(30086))} value ${hex(one)}`,
+            `${m}/cilia_lb_services key ${hex(svc6(30087))} value ${hex(none)}`,
+            `${m}/cilia_lb_slots key ${hex(slot)} value 77 0 0 0`,
+            `${m}/cilia_lb_backends key 77 0 0 0 value ${hex(backend)}`,
+          ]);
+          const r = await run("cil_from_netdev", syn);
+          assertEquals(r.retval, TC_ACT_OK, "a local backend: the stack routes it");
+          assertEquals(r.out.slice(22, 38), CLIENT6, "the backend sees the client");
+          assertEquals(r.out.slice(38, 54), POD6, "destination = the backend");
+          assertEquals(r.out.slice(56, 58), [0x1f, 0x90], "port 8080");
+          assert(l46Ok(r.out), "TCP checksum after DNAT");
+          const reply = packet6(POD6, CLIENT6, tcpSyn(8080, 40000));
+          const back = await run("cil_to_netdev", reply);
+          assertEquals(back.retval, TC_ACT_OK);
+          assertEquals(back.out.slice(22, 38), NODE6, "the reply comes from the node address");
+          assertEquals(back.out.slice(54, 56), [0x75, 0x86], "and the nodePort 30086");
+          assert(l46Ok(back.out), "TCP checksum after the reverse translation");
+          // UDP: the same translation, its checksum (mandatory in IPv6) fixed too.
+          const udpSvc = encode(LAYOUTS.lbServiceKey, {
+            addr: new Uint8Array(NODE6),
+            port: 30086,
+            proto: 17,
+            family: 6,
+          });
+          await bpftool.run(
+            ["map", "update", "pinned", `${bpffs}/m/cilia_lb_services`, "key", "hex"]
+              .concat(hexArgs(udpSvc).split(" "), ["value", "hex"], hexArgs(one).split(" ")),
+          );
+          const dgram = [0x9c, 0x41, 0x75, 0x86, 0, 12, 0, 0, 1, 2, 3, 4];
+          const u6 = await run("cil_from_netdev", packet6(CLIENT6, NODE6, dgram, [], 17));
+          assertEquals(u6.retval, TC_ACT_OK);
+          assertEquals(u6.out.slice(38, 54), POD6, "UDP: destination = the backend");
+          assert(l46Ok(u6.out, 17), "UDP checksum after DNAT");
+          // A hop-by-hop header before TCP: never passed untranslated (156).
+          const hbh = [6, 0, 1, 4, 0, 0, 0, 0];
+          const ext = packet6(CLIENT6, NODE6, tcpSyn(40002, 30086), hbh);
+          assertEquals((await run("cil_from_netdev", ext)).retval, TC_ACT_SHOT);
+          // No backends: ICMPv6 port unreachable from the node address, back out.
+          const u = await run("cil_from_netdev", packet6(CLIENT6, NODE6, tcpSyn(40003, 30087)));
+          assertEquals(u.retval, TC_ACT_REDIRECT);
+          assertEquals(u.out.length, 14 + 40 + 8 + 48);
+          assertEquals([u.out[20], ...u.out.slice(22, 54)], [58, ...NODE6, ...CLIENT6]);
+          assertEquals(u.out.slice(54, 56), [1, 4], "destination unreachable, port");
+          const icmp = u.out.slice(54);
+          assertEquals(
+            csum([...NODE6, ...CLIENT6, 0, 0, 0, icmp.length, 0, 0, 0, 58, ...icmp]),
+            0,
+            "ICMPv6 checksum",
+          );
+          // Not this file's: another port, ICMPv6 echo, TCP cut off: passed unchanged.
+          for (
+            const p of [
+              packet6(CLIENT6, NODE6, tcpSyn(40004, 30088)),
+              [
+                ...MAC,
+                0x86,
+                0xdd,
+                0x60,
+                0,
+                0,
+                8,
+                58,
+                64,
+                ...CLIENT6,
+                ...NODE6,
+                128,
+                0,
+                0,
+                0,
+                0,
+                1,
+                0,
+                1,
+              ],
+              [...MAC, 0x86, 0xdd, 0x60, 0, 0, 0, 0, 0, 6, 64, ...CLIENT6, ...NODE6], // TCP cut off
+            ]
+          ) {
+            assertEquals(await run("cil_from_netdev", p), { retval: TC_ACT_OK, out: p });
+          }
+        },
+      );
     } finally {
       if (mounted) await new Deno.Command("umount", { args: [bpffs] }).output();
       await Deno.remove(dir, { recursive: true });

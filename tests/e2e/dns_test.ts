@@ -9,7 +9,10 @@
 // the DNS server's own /32, also named by toCIDR, stays reachable: it is handed back to its CIDR
 // identity). many.example.com (100 A records) does not fit a UDP answer: dig retries over TCP,
 // which the kernel redirects to the proxy's TCP listener. short.example.com (TTL 1 s) expires
-// within two seconds, except while a connection to its address is alive (conntrack). Needs root.
+// within two seconds, except while a connection to its address is alive (conntrack). IPv6: the
+// same dnsmasq also listens on 2001:db8:113::10 and answers AAAA (api.example.com →
+// 2001:db8:113::10, v6.example.com → 2001:db8:113::20); the pod's IPv6 queries over UDP and TCP go
+// through the proxy the same way, and its first IPv6 connect to the answer passes. Needs root.
 import assert from "node:assert/strict";
 import { CiliaNode } from "../cni/_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
@@ -17,7 +20,7 @@ import { needsRoot } from "../helpers/root.ts";
 const root = new URL("../../", import.meta.url).pathname;
 
 const SERVER = `
-const l = Deno.listen({ hostname: "0.0.0.0", port: 8080 });
+const l = Deno.listen({ hostname: "::", port: 8080 }); // IPv4 and IPv6
 for await (const c of l) { c.write(new TextEncoder().encode("hello\\n")).finally(() => c.close()); }
 `;
 
@@ -32,7 +35,9 @@ spec:
     toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
   - toFQDNs: [{matchName: short.example.com}]
     toPorts: [{ports: [{port: "9000", protocol: TCP}]}]
-  - toCIDR: [203.0.113.10/32]
+  - toFQDNs: [{matchName: v6.example.com}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+  - toCIDR: [203.0.113.10/32, "2001:db8:113::10/128"]
     toPorts:
     - ports: [{port: "53", protocol: ANY}]
       rules: {dns: [{matchPattern: "${dns}"}]}
@@ -48,6 +53,7 @@ Deno.test({
   const ext = n.ext!;
   await n.lab.run(ext.netns, ["ip", "addr", "add", "203.0.113.20/24", "dev", "eth0"]);
   await n.lab.run(ext.netns, ["ip", "addr", "add", "203.0.113.30/24", "dev", "eth0"]);
+  await n.lab.run(ext.netns, ["ip", "addr", "add", "2001:db8:113::20/64", "dev", "eth0", "nodad"]);
   await Deno.writeTextFile(`${n.lab.dir}/server.ts`, SERVER);
   // many.example.com has 100 A records: more than a UDP answer holds (TC), so dig retries on TCP.
   const many = Array.from({ length: 100 }, (_, i) => `198.51.100.${i + 1} many.example.com`);
@@ -63,11 +69,14 @@ Deno.test({
     "--no-daemon",
     "--port=53",
     "--listen-address=203.0.113.10",
+    "--listen-address=2001:db8:113::10",
     "--bind-interfaces",
     "--no-resolv",
     "--no-hosts",
     "--local-ttl=60",
     "--address=/api.example.com/203.0.113.10",
+    "--address=/api.example.com/2001:db8:113::10",
+    "--address=/v6.example.com/2001:db8:113::20",
     "--address=/other.example.com/203.0.113.20",
     "--address=/other.net/203.0.113.20",
     `--addn-hosts=${n.lab.dir}/many.hosts`,
@@ -79,21 +88,18 @@ Deno.test({
   try {
     const client = await n.addPod("client", { app: "client" });
     const connect = async (ip: string) =>
-      (await n.lab.run(client.netns, ["curl", "-s", "-m", "1", `telnet://${ip}:8080`]).catch(
-        () => "",
-      )).includes("hello");
-    const dig = async (name: string) => {
+      (await n.lab.run(client.netns, [
+        ...["curl", "-s", "-m", "1", `telnet://${ip.includes(":") ? `[${ip}]` : ip}:8080`],
+      ]).catch(() => "")).includes("hello");
+    /** A lookup from the pod; `v6`: AAAA asked of the server's IPv6 address, `tcp`: over TCP. */
+    const dig = async (name: string, o: { v6?: boolean; tcp?: boolean } = {}) => {
       const start = performance.now();
       const out = await n.lab.run(client.netns, [
-        "dig",
-        "+time=2",
-        "+tries=1",
-        "@203.0.113.10",
-        name,
-        "A",
+        ...["dig", "+time=2", "+tries=1", ...(o.tcp ? ["+tcp"] : [])],
+        ...(o.v6 ? ["-6", "@2001:db8:113::10", name, "AAAA"] : ["@203.0.113.10", name, "A"]),
       ]).catch((e) => String(e));
       const status = /status: (\w+)/.exec(out)?.[1] ?? "NONE";
-      const answer = /^\S+\s+\d+\s+IN\s+A\s+(\S+)$/m.exec(out)?.[1];
+      const answer = /^\S+\s+\d+\s+IN\s+A{1,4}\s+(\S+)$/m.exec(out)?.[1];
       return { status, answer, ms: performance.now() - start };
     };
     const cilia = async (args: string[]) => {
@@ -128,11 +134,46 @@ Deno.test({
       assert.equal(await connect("203.0.113.20"), false);
     });
 
+    await t.step(
+      "IPv6: AAAA over UDP to an IPv6 server, then the first connect passes",
+      async () => {
+        assert.equal(await connect("2001:db8:113::20"), false, "denied before the lookup");
+        const r = await dig("v6.example.com", { v6: true });
+        assert.equal(r.status, "NOERROR");
+        assert.equal(r.answer, "2001:db8:113::20");
+        assert.equal(await connect("2001:db8:113::20"), true);
+        const { flows } = await n.flows({ type: "l7" });
+        const f = flows.find((f) => f.l7?.dns?.query === "v6.example.com.");
+        assert.ok(f?.l4 && "UDP" in f.l4, JSON.stringify(f));
+        assert.equal(f.IP?.destination, "2001:db8:113::10");
+        assert.deepEqual(f.l7?.dns?.ips, ["2001:db8:113::20"]);
+      },
+    );
+
+    await t.step(
+      "IPv6: AAAA over TCP through the proxy, then the first connect passes",
+      async () => {
+        assert.equal(await connect("2001:db8:113::10"), false, "denied before the lookup");
+        const r = await dig("api.example.com", { v6: true, tcp: true });
+        assert.equal(r.status, "NOERROR");
+        assert.equal(r.answer, "2001:db8:113::10");
+        assert.equal(await connect("2001:db8:113::10"), true);
+        const { flows } = await n.flows({ type: "l7" });
+        const f = flows.find((f) =>
+          f.l7?.dns?.query === "api.example.com." && f.l7.dns.qtypes?.[0] === "AAAA"
+        );
+        assert.ok(f?.l4 && "TCP" in f.l4, JSON.stringify(f));
+        assert.deepEqual(f.l7?.dns?.ips, ["2001:db8:113::10"]);
+      },
+    );
+
     await t.step("a name the DNS rules do not allow gets REFUSED quickly", async () => {
       await n.policy(policy("*.example.com"));
       const r = await dig("other.net");
       assert.equal(r.status, "REFUSED");
       assert.ok(r.ms < 1000, `answered in ${r.ms.toFixed(0)} ms`);
+      const r6 = await dig("other.net", { v6: true });
+      assert.equal(r6.status, "REFUSED", "over IPv6 too");
       assert.equal((await dig("api.example.com")).answer, "203.0.113.10");
     });
 

@@ -92,6 +92,8 @@ Deno.test({
       agentEnv: {
         PATH: `${dir}:${Deno.env.get("PATH") ?? "/usr/sbin:/usr/bin:/sbin:/bin"}`,
         CILIA_TEST_FAULT_FILE: faultFile,
+        // Map writes through bpftool (the agent writes in process otherwise), where the fake is.
+        CILIA_MAP_WRITER: "bpftool",
       },
     });
     const a = await n.addPod("a", { app: "a" });

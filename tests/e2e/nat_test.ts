@@ -9,13 +9,19 @@
 // outside the range is refused; a service without endpoints refuses connections at once (ICMP
 // port unreachable, as kube-proxy's REJECT), from a pod and from outside. Last, both agents
 // restart in native routing mode with --node-port-mode dsr: the remote backend sees the client
-// and answers it directly. Needs root.
+// and answers it directly; a new IPv6 NodePort is refused there (no IPv6 DSR yet) and a stored one
+// is served with SNAT. NodePort over IPv6 (bpf/lib/nodeport6.h, SNAT), in tunnel and then in
+// native routing: the outside host (2001:db8:200::fe on the underlay) reaches
+// [node IPv6]:nodePort, the local backend sees the client, the remote one the node's IPv6
+// address, a connection stays on its backend, a LoadBalancer IPv6 address works, and a service
+// without endpoints answers ICMPv6 port unreachable. Needs root.
 import assert from "node:assert/strict";
 import { Cluster, type ClusterNode } from "../helpers/cluster.ts";
 import { KERNEL_TOOLS, needs } from "../helpers/root.ts";
 import { root } from "../cni/_fixture.ts";
 
 const OUTSIDE = "203.0.113.1";
+const OUTSIDE6 = "2001:db8:200::fe";
 const dec = new TextDecoder();
 
 // The outside host: HTTP on 8080 and 8081 answering with the peer's address, UDP echo of the
@@ -29,10 +35,12 @@ const udp = Deno.listenDatagram({ hostname: host, port: 8053, transport: "udp" }
 for await (const [, peer] of udp) await udp.send(new TextEncoder().encode(peer.hostname), peer);
 `;
 
-// A backend pod: HTTP on 8080 answering "<name> <peer address>".
+// A backend pod: HTTP on 8080 (IPv4) and 8086 (IPv6) answering "<name> <peer address>".
 const BACKEND = `
 const name = Deno.args[0];
-Deno.serve({ hostname: "0.0.0.0", port: 8080, onListen() {} }, (_r, info) => new Response(name + " " + info.remoteAddr.hostname));
+const answer = (_r, info) => new Response(name + " " + info.remoteAddr.hostname);
+Deno.serve({ hostname: "0.0.0.0", port: 8080, onListen() {} }, answer);
+Deno.serve({ hostname: "::", port: 8086, onListen() {} }, answer);
 `;
 
 const UDP_CLIENT = `
@@ -271,6 +279,84 @@ spec:
       },
     );
 
+    // NodePort over IPv6 (bpf/lib/nodeport6.h) from the outside host's OUTSIDE6.
+    const put6 = async (body: Record<string, unknown>) => {
+      const r = await n1.call("PUT", "/v1/service", {
+        frontend: { ip: "fd00:96::20", port: 80, protocol: "TCP" },
+        backends: [b1, b2].map((b) => ({ ip: b.ipv6, port: 8086 })),
+        ...body,
+      });
+      assert.ok(r.status === 200 || r.status === 201, JSON.stringify(r.body));
+    };
+    // Each curl a new connection from the outside host; -g: the brackets are the URL's.
+    const from6 = async (url: string, count: number, extra: string[] = []) => {
+      const out: string[] = [];
+      for (let i = 0; i < count; i++) {
+        const r = await lab.exec(ul, ["curl", "-s", "-g", "-m", "2", ...extra, url]);
+        out.push(r.code === 0 ? r.stdout.trim() : `curl exit ${r.code}`);
+      }
+      return out;
+    };
+    const nodePort6 = async () => {
+      await put6({ type: "NodePort", nodePort: 30086 });
+      for (const [n, local, remote] of [[n1, "b1", "b2"], [n2, "b2", "b1"]] as const) {
+        const want = [`${local} ${OUTSIDE6}`, `${remote} ${n.ip6}`];
+        let got: string[] = [];
+        await waitFor(`both IPv6 backends through ${n.name}`, async () => {
+          got = [...got, ...await from6(`http://[${n.ip6}]:30086/`, 6)];
+          return want.every((w) => got.includes(w));
+        }, 20_000).catch(() => assert.fail(`IPv6 through ${n.name}: ${JSON.stringify(got)}`));
+        assert.deepEqual(got.filter((x) => !want.includes(x)), [], JSON.stringify(got));
+      }
+      // One connection, five requests: every answer from the backend it started on.
+      const [keep] = await from6(`http://[${n1.ip6}]:30086/`, 1, [
+        "-w",
+        "\\n",
+        ...Array(4).fill(`http://[${n1.ip6}]:30086/`),
+      ]);
+      const answers = keep!.split("\n").map((x) => x.trim()).filter((x) => x !== "");
+      assert.equal(answers.length, 5, keep);
+      assert.equal(new Set(answers).size, 1, `one backend per connection: ${keep}`);
+      // `cilia bpf nat list` shows the IPv6 translations (cilia_snat6) too.
+      const cli = await new Deno.Command(`${root}bin/cilia`, {
+        args: ["bpf", "nat", "list", "-o", "json", "-H", `unix://${n1.socket}`],
+        env: { CILIA_DENO: Deno.execPath() },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.equal(cli.code, 0, dec.decode(cli.stderr));
+      const rows = JSON.parse(dec.decode(cli.stdout)) as Record<string, string | number>[];
+      assert.ok(
+        rows.some((r) =>
+          r.kind === "nodeport" && r.hook === "ingress" && r.source === OUTSIDE6 &&
+          r.destination === n1.ip6 && r.destinationPort === 30086 &&
+          /^\[fd00:200:[12]::[0-9a-f]+\]:8086$/.test(String(r.newDestination))
+        ),
+        JSON.stringify(rows.filter((r) => String(r.source).includes(":"))),
+      );
+      // A LoadBalancer IPv6 address, routed to node-1.
+      await lab.run(ul, ["ip", "-6", "route", "replace", "2001:db8:96::7/128", "via", n1.ip6]);
+      await put6({ type: "LoadBalancer", nodePort: 30086, loadBalancerIPs: ["2001:db8:96::7"] });
+      const lb = await from6("http://[2001:db8:96::7]:80/", 6);
+      assert.ok(lb.every((x) => /^b[12] /.test(x)), JSON.stringify(lb));
+      // No endpoints: ICMPv6 port unreachable at once (curl: connection refused), not a timeout.
+      const none = await n1.call("PUT", "/v1/service", {
+        type: "NodePort",
+        nodePort: 30087,
+        frontend: { ip: "fd00:96::21", port: 80, protocol: "TCP" },
+        backends: [],
+      });
+      assert.ok(none.status === 200 || none.status === 201, JSON.stringify(none.body));
+      const started = Date.now();
+      assert.deepEqual(await from6(`http://[${n1.ip6}]:30087/`, 1), ["curl exit 7"]);
+      assert.ok(Date.now() - started < 2500, `answered at once: ${Date.now() - started} ms`);
+    };
+
+    await t.step("NodePort over IPv6 (tunnel, SNAT): local and remote backends", async () => {
+      await lab.run(ul, ["ip", "addr", "add", `${OUTSIDE6}/64`, "dev", "br0", "nodad"]);
+      await nodePort6();
+    });
+
     await t.step(
       "--node-port-mode dsr (native routing): the remote backend answers directly",
       async () => {
@@ -287,8 +373,25 @@ spec:
           got.every((x) => x === `b1 ${OUTSIDE}` || x === `b2 ${OUTSIDE}`),
           JSON.stringify(got),
         );
+        const v6 = await n1.call("PUT", "/v1/service", {
+          type: "NodePort",
+          frontend: { ip: "fd00:96::20", port: 80, protocol: "TCP" },
+          backends: [{ ip: b1.ipv6, port: 8086 }],
+        });
+        assert.equal(v6.status, 400, JSON.stringify(v6.body));
+        assert.match(JSON.stringify(v6.body), /--node-port-mode dsr does not support IPv6 yet/);
+        // The IPv6 NodePort stored before the switch is served with SNAT (nodeport6.h, 5.).
+        const stored = await from6(`http://[${n1.ip6}]:30086/`, 4);
+        assert.ok(stored.every((x) => /^b[12] /.test(x)), JSON.stringify(stored));
       },
     );
+
+    await t.step("NodePort over IPv6 (native, SNAT): local and remote backends", async () => {
+      cluster.agentArgs = [];
+      for (const n of [n1, n2]) await n.stopAgent();
+      for (const n of [n1, n2]) await n.startAgent();
+      await nodePort6();
+    });
   } finally {
     for (const c of children) {
       try {

@@ -21,6 +21,7 @@ spec:
 `;
 
 const dec = new TextDecoder();
+type Stats = { followers: number };
 
 async function cli(n: CiliaNode, args: string[], stdin?: string) {
   const out = await new Deno.Command(`${root}bin/cilia`, {
@@ -140,6 +141,34 @@ Deno.test({
     const out = dec.decode(o.stdout);
     assert.equal(o.code, 0, `cilia monitor exits 0 on Ctrl-C: ${dec.decode(o.stderr)}`);
     assert.match(out, /^drop \(Policy denied, 133\) ep=\d+ ingress identity \d+->\d+ TCP /m);
+  });
+
+  await t.step("cilia observe --follow -o json streams new flows as they happen", async () => {
+    const followers = async () => ((await n.flows({ last: "0" })).stats as Stats).followers;
+    const before = await followers();
+    const child = new Deno.Command(`${root}bin/cilia`, {
+      args: ["observe", "--follow", "-o", "json"],
+      env: { CILIA_DENO: Deno.execPath(), CILIA_HOST: `unix://${n.socket}`, NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const output = child.output();
+    for (let i = 0; i < 100 && (await followers()) <= before; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await probe(9090, 300);
+    await new Promise((r) => setTimeout(r, 300));
+    child.kill("SIGINT");
+    const killer = setTimeout(() => child.kill("SIGKILL"), 5000);
+    const o = await output;
+    clearTimeout(killer);
+    assert.equal(o.code, 0, `cilia observe exits 0 on Ctrl-C: ${dec.decode(o.stderr)}`);
+    const drops = json(dec.decode(o.stdout)).filter((l) =>
+      l.flow?.verdict === "DROPPED" && l.flow.l4 && "TCP" in l.flow.l4 &&
+      l.flow.l4.TCP.destination_port === 9090
+    );
+    assert.ok(drops.length > 0, "the new drop reached the follower");
+    assert.equal(drops[0]!.flow!.destination?.pod_name, "backend");
   });
 
   await t.step("cilia bpf policy get, ct list, ipcache list", async () => {

@@ -170,15 +170,30 @@ Deno.test("Monitor turns events into attributed flows", async (t) => {
       monitor.unfollow(fast);
     });
 
+    await t.step("a line follower is bounded by the bytes it holds", async () => {
+      const probe = monitor.followLines();
+      monitor.ingest(event({ type: "trace", epId: 1 }));
+      const line = (await probe.take(10)).items[0] as Uint8Array;
+      monitor.unfollow(probe);
+      const lines = monitor.followLines(undefined, 2 * line.length); // two lines' worth
+      for (let i = 0; i < 5; i++) monitor.ingest(event({ type: "trace", epId: 1 }));
+      assert.equal(lines.pendingSize, 2 * line.length);
+      const got = await lines.take(100);
+      assert.equal(got.items.length, 2);
+      assert.deepStrictEqual(got.lost, [{ source: "SLOW_READER", count: 3 }]);
+      assert.deepStrictEqual(monitor.stats().lost.slowReaders, 6 + 3);
+      monitor.unfollow(lines);
+    });
+
     await t.step("metrics count flows, verdicts and losses", async () => {
       const text = await metrics.scrape();
       assert.match(text, /cilia_flows_processed_total\{type="drop",verdict="DROPPED"\} 1/);
-      assert.match(text, /cilia_flows_processed_total\{type="trace",verdict="FORWARDED"\} 20/);
+      assert.match(text, /cilia_flows_processed_total\{type="trace",verdict="FORWARDED"\} 26/);
       assert.match(
         text,
         /cilia_policy_verdict_total\{action="allow",direction="INGRESS",match="l3-l4"\} 1/,
       );
-      assert.match(text, /cilia_flows_lost_total\{source="slow-reader"\} 6/);
+      assert.match(text, /cilia_flows_lost_total\{source="slow-reader"\} 9/);
     });
   } finally {
     close();

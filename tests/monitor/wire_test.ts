@@ -49,3 +49,20 @@ Deno.test("Follower wakes a waiting take() once per burst and keeps order", asyn
   assert.equal((await f.take(10)).done, true);
   assert.equal(new FlowRing<number>(2).capacity, 2);
 });
+
+Deno.test("Follower bounds what it holds in the units offers name (bytes for lines)", async () => {
+  const f = new Follower<Uint8Array>(1000);
+  assert.equal(f.offer(new Uint8Array(600), 3, 600), true);
+  assert.equal(f.offer(new Uint8Array(600), 3, 600), false); // 1200 bytes: lost, as 3 flows
+  assert.equal(f.offer(new Uint8Array(400), 2, 400), true); // fits exactly
+  assert.equal(f.pendingSize, 1000);
+  assert.equal(f.pending, 5);
+  assert.equal(f.hasRoom, false);
+  const got = await f.take(100);
+  assert.deepEqual(got.items.map((i) => i.length), [600, 400]);
+  assert.deepEqual(got.lost, [{ source: "SLOW_READER", count: 3 }]);
+  assert.equal(f.pendingSize, 0);
+  assert.equal(f.offer(new Uint8Array(900), 4, 900), true); // room again once taken
+  f.close();
+  assert.throws(() => new Follower(0), /Invalid follower limit 0: expected at least 1/);
+});

@@ -142,6 +142,16 @@ Deno.test({ name: "serveHttpConnection() forwards, denies and stays in step" }, 
       }
       assert.deepEqual(upstreamRequests, []);
     });
+    await t.step("an allowed path is forwarded as judged (normalised), not as sent", async () => {
+      upstreamRequests.splice(0);
+      const r = await send(
+        // Pipelined: the second head is whole in the bytes already read (the raw-forwarding case).
+        "GET /public/b HTTP/1.1\r\nHost: s\r\n\r\nGET //public/%7Ea?q=%7E HTTP/1.1\r\nHost: s\r\n" +
+          "Connection: close\r\n\r\n",
+      );
+      assert.deepEqual(statuses(r), [200, 200], r);
+      assert.deepEqual(upstreamRequests, ["GET /public/b", "GET /public/~a?q=%7E"]);
+    });
   });
 });
 

@@ -18,6 +18,32 @@ const backends = (n: number) =>
     (_, i) => ({ ip: `10.${1 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`, port: 8080 }),
   );
 
+Deno.test("ServiceManager: --node-port-mode dsr refuses IPv6 NodePort, LoadBalancer", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cilia-svc-dsr-" });
+  const store = await openKvStore(`denokv://${dir}/kv.sqlite`);
+  const m = new ServiceManager({ store, log: SILENT, nodePortMode: "dsr" });
+  try {
+    const v6 = { ip: "fd00:96::10", port: 53, protocol: "UDP" as const };
+    for (const type of ["NodePort", "LoadBalancer"] as const) {
+      await assert.rejects(
+        () => m.upsert({ frontend: v6, type, backends: [] }),
+        new RegExp(
+          `Invalid type "${type}" for the IPv6 frontend "fd00:96::10": ` +
+            "--node-port-mode dsr does not support IPv6 yet",
+        ),
+      );
+    }
+    assert.deepEqual(m.list(), [], "nothing stored");
+    // IPv6 ClusterIP and IPv4 NodePort are fine in DSR mode.
+    await m.upsert({ frontend: v6, backends: [] });
+    await m.upsert({ frontend, type: "NodePort", backends: [] });
+    assert.equal(m.list().length, 2);
+  } finally {
+    await store.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("ServiceManager: bad input is a clear error, or a defined behaviour", async (t) => {
   const dir = await Deno.makeTempDir({ prefix: "cilia-svc-input-" });
   const store = await openKvStore(`denokv://${dir}/kv.sqlite`);
@@ -25,7 +51,7 @@ Deno.test("ServiceManager: bad input is a clear error, or a defined behaviour", 
   const m = new ServiceManager({
     store,
     log: SILENT,
-    podCidrs: ["10.200.0.0/24"],
+    podCidrs: ["10.200.0.0/24", "fd00:200::/64"],
     sink: { applyServices: (s) => Promise.resolve(void applied.push([...s])) },
   });
   try {
@@ -77,12 +103,62 @@ Deno.test("ServiceManager: bad input is a clear error, or a defined behaviour", 
       );
       await refused(
         { frontend: { ...frontend, ip: "10.96.0.300" }, backends: [] },
-        /Invalid frontend address: expected an IPv4 address/,
+        /Invalid frontend address: expected an IPv4 or IPv6 address/,
       );
       await refused(
         { frontend, backends: [{ ip: "10.1.0.1", port: 80 }, { ip: "10.1.0.1", port: 80 }] },
         /Duplicate backend "10.1.0.1:80"/,
       );
+    });
+    await t.step("IPv6: one spelling, the pod CIDR checked, one family per service", async () => {
+      const v6 = { ip: "fd00:96:0:0::0010", port: 80, protocol: "UDP" as const };
+      const r = await m.upsert({
+        frontend: v6,
+        backends: [{ ip: "FD00:10::4", port: 53 }, { ip: "fd00:10::3", port: 53 }],
+      });
+      assert.equal(r.service.frontend.ip, "fd00:96::10", "canonical spelling");
+      assert.deepEqual(r.service.backends.map((b) => b.ip), ["fd00:10::3", "fd00:10::4"]);
+      const again = await m.upsert({ frontend: { ...v6, ip: "fd00:96::10" }, backends: [] });
+      assert.equal(again.service.id, r.service.id, "the same frontend, spelled differently");
+      await refused(
+        { frontend: { ...v6, ip: "fd00:200::7" }, backends: [] },
+        /Invalid frontend "fd00:200::7": it is inside the pod CIDR "fd00:200::\/64"/,
+      );
+      // Mixed families: the field is named (the API's 400 carries the path backends[1].ip).
+      await refused(
+        { frontend, backends: [{ ip: "10.1.0.1", port: 80 }, { ip: "fd00:10::3", port: 80 }] },
+        /Invalid backends\[1\]\.ip "fd00:10::3": an IPv6 address for the IPv4 frontend/,
+      );
+      await refused(
+        { frontend: v6, backends: [{ ip: "10.1.0.1", port: 53 }] },
+        /Invalid backends\[0\]\.ip "10.1.0.1": an IPv4 address for the IPv6 frontend/,
+      );
+      // NodePort over IPv6 (SNAT mode): its nodePort is free in the IPv6 family even when an
+      // IPv4 service of the protocol holds it (a dual-stack Service's two records share one).
+      const np4 = await m.upsert({
+        frontend: { ...frontend, ip: "10.96.0.40", protocol: "UDP" },
+        type: "NodePort",
+        nodePort: 30100,
+        backends: [],
+      });
+      const np6 = await m.upsert({
+        frontend: { ...v6, ip: "fd00:96::40" },
+        type: "NodePort",
+        nodePort: 30100,
+        backends: [],
+      });
+      assert.deepEqual([np6.service.type, np6.service.nodePort], ["NodePort", 30100]);
+      await refused(
+        { frontend: { ...v6, ip: "fd00:96::41" }, type: "NodePort", nodePort: 30100, backends: [] },
+        new RegExp(`Invalid nodePort 30100: service ${np6.service.id} already uses it for UDP`),
+      );
+      await m.delete(np4.service.id);
+      await m.delete(np6.service.id);
+      await refused(
+        { frontend: { ...v6, ip: "fd00:96::zz" }, backends: [] },
+        /Invalid frontend address: expected an IPv4 or IPv6 address/,
+      );
+      await m.delete(r.service.id);
     });
     await t.step("0 backends: stored with no slots (the datapath drops with 158)", async () => {
       const r = await m.upsert({ frontend: { ...frontend, ip: "10.96.0.11" }, backends: [] });

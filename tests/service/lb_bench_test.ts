@@ -1,0 +1,180 @@
+// `bench lb`'s own code paths (scripts/bench/lb_bench.ts, _lb_lab.ts, _lb_services.ts): the
+// kube-proxy rules it measures against are kube-proxy's shape, wrk reports are read right (errors
+// counted), the targets are judged on per-round ratios; and with root, one short round of a small
+// lab: wrk through kube-proxy's DNAT and through cilia's service really takes those paths.
+import assert from "node:assert/strict";
+import { dumpConntrack } from "../../agent/datapath/conntrack_gc.ts";
+import { DIR_SERVICE } from "../../agent/datapath/codecs.ts";
+import { LbLab, parseWrk, statTicks } from "../../scripts/bench/_lb_lab.ts";
+import { benchServices, kubeProxyRules } from "../../scripts/bench/_lb_services.ts";
+import {
+  main,
+  median,
+  roundRatio,
+  S,
+  type Samples,
+  verdicts,
+} from "../../scripts/bench/lb_bench.ts";
+import { needsRoot } from "../helpers/root.ts";
+
+Deno.test("kubeProxyRules() writes kube-proxy's chains for every service, nothing of its own", () => {
+  const { specs, vip } = benchServices(3, "10.200.1.12");
+  assert.equal(vip, "10.96.0.2", "the measured service is the middle one");
+  const rules = kubeProxyRules(specs).split("\n");
+  const svc = rules.filter((r) => r.startsWith("-A KUBE-SERVICES"));
+  assert.equal(svc.length, 4, "one rule per service, then KUBE-NODEPORTS");
+  assert.match(svc[3]!, /--dst-type LOCAL -j KUBE-NODEPORTS$/);
+  assert.match(
+    svc[1]!,
+    /^-A KUBE-SERVICES -d 10\.96\.0\.2\/32 -p tcp -m tcp --dport 8080 .* -j KUBE-SVC-/,
+  );
+  // Two backends: the first taken with probability 1/2, the second for the rest.
+  const jumps = (i: number) =>
+    rules.filter((r) =>
+      r.startsWith(`-A ${/-j (KUBE-SVC-\S+)/.exec(svc[i]!)![1]} `) && r.includes("KUBE-SEP-")
+    );
+  assert.deepEqual(
+    jumps(0).map((r) => /--probability (\S+)/.exec(r)?.[1] ?? "rest"),
+    ["0.50000000000", "rest"],
+  );
+  assert.equal(jumps(1).length, 1, "the measured service has its one real backend");
+  assert.ok(rules.some((r) => / -j DNAT --to-destination 10\.200\.1\.12:8080$/.test(r)));
+  assert.ok(
+    rules.every((r) => !/ -j (ACCEPT|RETURN)$/.test(r) || r.startsWith("-A KUBE-POSTROUTING")),
+  );
+  assert.deepEqual([rules[0], rules.at(-2)], ["*nat", "COMMIT"]);
+});
+
+Deno.test("parseWrk() reads the rate and counts socket errors and non-2xx answers", () => {
+  const ok = `Running 1s test @ http://10.200.1.12:8081/
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.56ms  320.11us   4.10ms   80.00%
+    Req/Sec    10.12k     1.01k   11.20k    70.00%
+  10104 requests in 1.00s, 0.91MB read
+Requests/sec:  10093.21
+Transfer/sec:      0.91MB
+`;
+  assert.deepEqual(parseWrk(ok), { perSec: 10093.21, requests: 10104, errors: 0 });
+  const bad = ok.replace(
+    "Requests/sec",
+    "  Socket errors: connect 3, read 4, write 0, timeout 1\n  Non-2xx or 3xx responses: 2\nRequests/sec",
+  );
+  assert.equal(parseWrk(bad).errors, 10);
+  assert.throws(
+    () => parseWrk("unable to connect to 10.0.0.1:80 Connection refused"),
+    /Requests\/sec/,
+  );
+});
+
+Deno.test("statTicks() reads utime+stime and cutime+cstime past a command name with spaces", () => {
+  const line = "42 (wrk ) x) S 1 42 42 0 -1 4194304 98 0 0 0 7 5 30 11 20 0 1 0 4397018";
+  assert.equal(statTicks(line, 14), 12);
+  assert.equal(statTicks(line, 16), 41);
+});
+
+Deno.test("verdicts() judge each target on the median of per-round ratios", () => {
+  const x = (conn: number[], rr: number[]): Samples => ({
+    conn,
+    rr,
+    // CPU cost per connection / request: the rate's inverse.
+    cpuConn: conn.map((c) => 1e6 / c),
+    cpuRr: rr.map((r) => 1e6 / r),
+    bpfConn: [],
+    bpfRr: [],
+  });
+  const s = new Map<string, Samples>([
+    // Round 2 is slow for every setup alike: per-round ratios cancel it.
+    [S.bare, x([10_000, 5_000, 10_000], [40_000, 20_000, 40_000])],
+    [S.ciliaDirect, x([9_000, 4_500, 9_000], [36_000, 18_000, 36_000])],
+    [S.cil10, x([8_800, 4_400, 8_800], [35_000, 17_500, 35_000])],
+    [S.cil10k, x([8_600, 4_300, 8_700], [34_000, 17_000, 34_000])],
+    [S.ipt10, x([9_500, 4_700, 9_500], [38_000, 19_000, 38_000])],
+    [S.ipt10k, x([3_000, 1_500, 3_000], [38_000, 19_000, 38_000])],
+  ]);
+  const v = verdicts(s);
+  assert.match(v[0]!, /10,000 vs 10 services, conn\/s: 0\.98× .* met /);
+  assert.match(v[2]!, /vs direct \(cilia attached\), conn\/s: 0\.96× .* met /);
+  assert.match(v[4]!, /vs direct \(bare veth\), conn\/s: 0\.86× .* MISSED /);
+  assert.match(v[6]!, /iptables at 10,000 services, conn\/s: 2\.87× {3}target ≥ 3× {3}MISSED /);
+  assert.match(v[0]!, /\(by CPU cost: 0\.98×\)$/);
+  assert.match(v[8]!, /^bound: a datapath that cost nothing would be 3\.33× iptables/);
+  assert.equal(roundRatio([2, 1, 9], [1, 1, 3]), 2);
+  assert.deepEqual([median([3, 1, 2]), median([4, 1, 2, 3])], [2, 2.5]);
+  assert.throws(() => verdicts(new Map()), /No samples for setup "cilia: 10 services"/);
+});
+
+Deno.test("bench lb refuses bad --rounds and --seconds with the flag's value", async () => {
+  await assert.rejects(() => main(["--rounds", "0"]), /Invalid --rounds "0"/);
+  await assert.rejects(() => main(["--seconds", "0.5"]), /Invalid --seconds "0\.5"/);
+});
+
+Deno.test({
+  name: "bench lb: one round through kube-proxy's DNAT and cilia's service takes those paths",
+  ...needsRoot(["ip", "tc", "bpftool", "clang", "iptables-restore", "wrk", "haproxy", "curl"]),
+  async fn() {
+    await using lab = await LbLab.create([
+      { name: S.bare, kind: "direct", services: 0 },
+      { name: S.ipt10, kind: "iptables", services: 10 },
+      { name: S.cil10, kind: "cilia", services: 10 },
+    ]);
+    const [bare, ipt, cil] = lab.setups as [
+      typeof lab.setups[0],
+      typeof lab.setups[0],
+      typeof lab.setups[0],
+    ];
+    assert.equal(bare.target, bare.server.ipv4);
+    assert.equal(ipt.target, "10.96.0.6");
+    for (const s of lab.setups) {
+      const crr = await lab.wrk(s, { seconds: 1, close: true, connections: 4 });
+      const rr = await lab.wrk(s, { seconds: 1, close: false, connections: 4 });
+      assert.ok(
+        crr.perSec > 100 && rr.perSec > 100,
+        `${s.name}: ${crr.perSec} conn/s, ${rr.perSec} RR/s`,
+      );
+      assert.ok(crr.cpuSeconds! > 0 && rr.cpuSeconds! > 0, `${s.name}: no CPU time measured`);
+      if (s === ipt) {
+        // Every new connection was DNATed by the measured service's KUBE-SEP rule.
+        const nat = await lab.lab.run(s.node.netns, [
+          "iptables",
+          "-t",
+          "nat",
+          "-L",
+          "-v",
+          "-x",
+          "-n",
+        ]);
+        const dnat = nat.split("\n").find((l) =>
+          l.includes(`DNAT`) && l.includes(`to:${s.server.ipv4}:8080`)
+        );
+        assert.ok(dnat, nat);
+        const pkts = Number(dnat.trim().split(/\s+/)[0]);
+        assert.ok(pkts >= crr.requests, `${pkts} DNATed connections for ${crr.requests} requests`);
+      }
+      if (s === cil) {
+        // cilia's service conntrack entries: client → VIP, translated to the server.
+        const ct = dumpConntrack(s.sink!.datapath.pins.maps.cilia_ct)
+          .filter((e) => Number(e.key.dir) === DIR_SERVICE && Number(e.value.rev_nat) !== 0);
+        assert.ok(
+          ct.length >= crr.requests,
+          `${ct.length} service entries for ${crr.requests} connections`,
+        );
+      }
+    }
+    const ns = await lab.bpfRunNs(cil);
+    const statsOn = (await Deno.readTextFile("/proc/sys/kernel/bpf_stats_enabled")).trim() === "1";
+    assert.equal(ns !== undefined, statsOn, `bpf_stats_enabled=${statsOn}, run_time_ns ${ns}`);
+    assert.equal(await lab.bpfRunNs(ipt), undefined, "no cilia programs on the iptables node");
+  },
+});
+
+Deno.test({
+  name: "LbLab.create() refuses a setup that shares a node not created before it",
+  ...needsRoot(["ip"]),
+  async fn() {
+    await assert.rejects(
+      () => LbLab.create([{ name: "d", kind: "cilia", services: 0, sameNodeAs: "nope" }]),
+      /Setup "d": no earlier setup "nope" to share/,
+    );
+  },
+});
