@@ -23,7 +23,9 @@ import { formatIP, parseIPv4, parseIPv6, parseMac, parsePrefix } from "./_addr.t
 import { collectConntrack, type GcResult, startConntrackGc } from "./conntrack_gc.ts";
 import { type DatapathEvent, readEvents } from "./events.ts";
 import {
+  attachedProgramIds,
   attachEndpoint,
+  attachEndpoints,
   checkBpffs,
   detachEndpoint,
   loadPinned,
@@ -108,11 +110,6 @@ export interface EndpointSnapshot {
 }
 
 const ProgIdSchema = z.object({ id: z.number() }).passthrough();
-const NetShowEntry = z.object({
-  tc: z.array(z.object({ ifindex: z.number(), kind: z.string(), id: z.number() }).passthrough())
-    .optional(),
-}).passthrough();
-const NetShowSchema = z.union([z.array(NetShowEntry), NetShowEntry]);
 
 /** The endpoint-map value of an endpoint entry (flags, identity, addresses, MAC). */
 export function endpointValue(ep: EndpointEntry): Uint8Array {
@@ -181,7 +178,10 @@ export class Datapath implements AsyncDisposable {
       sizes: sizesByMap(sizes),
     });
     const mapMax = {} as Record<SizedMap, number>;
-    for (const n of SIZED_MAPS) mapMax[n] = await pinnedMaxEntries(bpftool, res.pins.maps[n]);
+    const max = await Promise.all(
+      SIZED_MAPS.map((n) => pinnedMaxEntries(bpftool, res.pins.maps[n])),
+    );
+    SIZED_MAPS.forEach((n, i) => mapMax[n] = max[i]!);
     const dp = new Datapath(res.pins, res.loaded, bpftool, { netns: opts.netns, mapMax });
     if (res.loaded) await dp.#reattachAll();
     for (const dir of res.stale) await Deno.remove(dir, { recursive: true }).catch(() => {});
@@ -200,19 +200,9 @@ export class Datapath implements AsyncDisposable {
       const ifname = names.get(num(decode(LAYOUTS.endpointKey, bytesFromHex(e.key)).ifindex));
       return ifname ? [ifname] : [];
     });
-    // A few at a time (the agent runs its commands in several shells); stops at the first error
-    // and throws it once every attach under way has ended.
-    let next = 0;
-    let failed: { err: unknown } | undefined;
-    const worker = async () => {
-      while (next < ifnames.length && failed === undefined) {
-        await attachEndpoint(this.pins, ifnames[next++]!, this.netns).catch((err) => {
-          failed ??= { err };
-        });
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(4, ifnames.length) }, worker));
-    if (failed) throw failed.err;
+    // Batches of links per tc process (1,000 processes took seconds under load); stops at the
+    // first error and throws it.
+    await attachEndpoints(this.pins, ifnames, this.netns);
   }
 
   /** Writes the endpoint entry, then attaches both programs (fail closed: entry first). */
@@ -235,34 +225,34 @@ export class Datapath implements AsyncDisposable {
    * What the kernel holds for endpoint interfaces, read once after a restart (five processes)
    * so that restoring an endpoint whose entry and programs are already in place writes nothing:
    * ifindex by link name, endpoint-map values by ifindex, and the interfaces whose ingress and
-   * egress both run this datapath's pinned programs (compared by program id).
+   * egress both run this datapath's pinned programs (compared by program id; one `tc -batch`
+   * over the links the endpoint map names, not `bpftool net show` over every link).
    */
   async endpointSnapshot(): Promise<EndpointSnapshot> {
     const progId = async (pinned: string) =>
       (await this.#bpftool.json(["prog", "show", "pinned", pinned], ProgIdSchema)).id;
-    // The five reads at once (the agent runs its commands in several shells).
-    const [names, dump, ingress, egress, net] = await Promise.all([
+    // Four reads at once (the agent runs its commands in several shells), then the filters.
+    const [names, dump, ingress, egress] = await Promise.all([
       linkNames(this.netns),
       this.#bpftool.mapDump(this.pins.maps.cilia_endpoints),
       progId(this.pins.fromContainer),
       progId(this.pins.toContainer),
-      this.#bpftool.json(["net", "show"], NetShowSchema),
     ]);
     const values = new Map<number, Uint8Array>();
     for (const e of dump) {
       const k = decode(LAYOUTS.endpointKey, bytesFromHex(e.key));
       if (e.value) values.set(num(k.ifindex), bytesFromHex(e.value));
     }
-    const want = new Map([["clsact/ingress", ingress], ["clsact/egress", egress]]);
-    const hooks = new Map<number, number>();
-    for (const t of (Array.isArray(net) ? net : [net]).flatMap((n) => n.tc ?? [])) {
-      if (want.get(t.kind) === t.id) hooks.set(t.ifindex, (hooks.get(t.ifindex) ?? 0) + 1);
+    const ifnames = [...values.keys()].flatMap((i) => names.get(i) ?? []);
+    const progs = await attachedProgramIds(ifnames, this.netns);
+    const ifindex = new Map([...names].map(([index, name]) => [name, index]));
+    const attached = new Set<number>();
+    for (const [name, p] of progs) {
+      if (p.ingress.includes(ingress) && p.egress.includes(egress)) {
+        attached.add(ifindex.get(name)!);
+      }
     }
-    return {
-      ifindex: new Map([...names].map(([index, name]) => [name, index])),
-      values,
-      attached: new Set([...hooks].filter(([, n]) => n === 2).map(([i]) => i)),
-    };
+    return { ifindex, values, attached };
   }
 
   /** Every policy key with its value, by endpoint id (what a restarted agent compares with). */

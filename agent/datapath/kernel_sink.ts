@@ -115,10 +115,12 @@ export class KernelSink implements DatapathSink {
       ...(o.mapSizes === undefined ? {} : { mapSizes: o.mapSizes }),
     });
     try {
-      const sink = new KernelSink(dp, o.log, await dp.policyRows());
+      // The two dumps at once (the agent runs its commands in several shells).
+      const [rows, ipcache] = await Promise.all([dp.policyRows(), dp.ipcacheEntries()]);
+      const sink = new KernelSink(dp, o.log, rows);
       // What the kernel holds now (after a reload, every endpoint is re-attached to the new
       // programs already): endpoints restored unchanged need no write at all (rule 4).
-      sink.#restoredIpcache = new Map((await dp.ipcacheEntries()).map((e) => [e.prefix, e]));
+      sink.#restoredIpcache = new Map(ipcache.map((e) => [e.prefix, e]));
       const t0 = performance.now();
       sink.#restored = dp.endpointSnapshot().then((snap) => {
         // The first restored endpoint waits for it: say how long it took.
@@ -391,9 +393,9 @@ export class KernelSink implements DatapathSink {
    */
   async reconcile(): Promise<{ endpoints: number; policyKeys: number; prefixes: number }> {
     const dp = this.datapath;
-    const names = await linkNames(dp.netns);
+    const [names, entries] = await Promise.all([linkNames(dp.netns), dp.endpointEntries()]);
     let endpoints = 0;
-    for (const e of await dp.endpointEntries()) {
+    for (const e of entries) {
       if (this.#inKernel.get(e.epId) === names.get(e.ifindex)) continue;
       await dp.removeEndpointEntry(e.ifindex, names.get(e.ifindex));
       endpoints++;

@@ -153,9 +153,10 @@ export class Regenerator {
   async addIdentities(list: readonly IdentitySpec[]): Promise<void> {
     const fresh = list.filter((i) => !sameIdentity(this.#engine.identity(i.id), i));
     if (fresh.length === 0) return;
+    const replaced = fresh.some((i) => this.#engine.identity(i.id) !== undefined);
     this.#engine.upsertIdentities(fresh);
     const ids = new Set(fresh.map((i) => i.id));
-    for (const r of this.#eps.values()) {
+    for (const r of this.#affectedBy(ids, replaced)) {
       if (this.#dirty.has(r.ep.id)) continue;
       const diff: MapStateDiff = { adds: [], deletes: [] };
       try {
@@ -177,6 +178,23 @@ export class Regenerator {
       await this.#apply(r, diff, false);
     }
     await this.retryDirty();
+  }
+
+  /**
+   * The endpoints whose map-state new identities `ids` change: for identities new to the engine,
+   * only those the engine finds from the selectors that select them (an endpoint holds no entries
+   * for an identity it did not know); a replaced identity may take entries away: all of them.
+   */
+  #affectedBy(ids: ReadonlySet<number>, replaced: boolean): Iterable<Realized> {
+    if (replaced) return this.#eps.values();
+    const out = new Map<number, Realized>();
+    for (const id of ids) {
+      for (const ep of this.#engine.endpointsAffected(id)) {
+        const r = this.#eps.get(ep);
+        if (r !== undefined) out.set(ep, r);
+      }
+    }
+    return out.values();
   }
 
   /** Identities that went away: deletes the entries keyed by them. */
@@ -206,14 +224,13 @@ export class Regenerator {
     }
     const prev = this.#eps.get(ep.id);
     const prevEp = prev?.ep;
-    const others = this.#engineList(ep.id);
     this.#preloaded.delete(ep.id);
-    this.#setEngineEndpoints([...others, ep]);
+    this.#syncEngine([ep], []);
     let ms: MapState;
     try {
       ms = this.#compute(ep.id);
     } catch (err) {
-      this.#setEngineEndpoints([...others, ...(prevEp ? [prevEp] : [])]);
+      this.#syncEngine(prevEp ? [prevEp] : [], prevEp ? [] : [ep.id]);
       throw err;
     }
     const r: Realized = prev ?? { ep, entries: new Map(), revision: 0, failures: 0 };
@@ -229,7 +246,7 @@ export class Regenerator {
     } else {
       // Back to the spec the store still holds; the kernel keeps dropping until it is written.
       r.ep = prevEp;
-      this.#setEngineEndpoints([...others, prevEp]);
+      this.#syncEngine([prevEp], []);
       await this.#ipcache(ipcacheOf(prevEp), ipcacheOf(ep));
       this.#onDirty?.();
     }
@@ -241,8 +258,7 @@ export class Regenerator {
 
   /**
    * Endpoints about to be upserted one by one (a restore): the engine gets them all now, in one
-   * load of its endpoint list instead of one per endpoint (each load costs in proportion to all
-   * endpoints: 13 ms for 1,000). Their policy is written only by their upsertEndpoint();
+   * update of its endpoint list. Their policy is written only by their upsertEndpoint();
    * `endPreload()` drops the ones that never came.
    */
   preloadEndpoints(list: readonly RegenEndpoint[]): void {
@@ -251,38 +267,33 @@ export class Regenerator {
         .map((ep) => [ep.identity, { id: ep.identity, labels: ep.identityLabels }]),
     );
     this.#engine.upsertIdentities([...unknown.values()]);
-    for (const ep of list) if (!this.#eps.has(ep.id)) this.#preloaded.set(ep.id, ep);
+    const fresh = list.filter((ep) => !this.#eps.has(ep.id));
+    for (const ep of fresh) this.#preloaded.set(ep.id, ep);
     try {
-      this.#setEngineEndpoints(this.#engineList());
+      this.#syncEngine(fresh, []);
     } catch (err) {
-      this.#preloaded.clear(); // each upsertEndpoint() loads the list itself then
+      this.#preloaded.clear(); // each upsertEndpoint() updates the engine itself then
       throw err;
     }
   }
 
   endPreload(): void {
+    const gone = [...this.#preloaded.keys()].filter((id) => !this.#eps.has(id));
     this.#preloaded.clear();
-    this.#setEngineEndpoints(this.#engineList());
+    this.#syncEngine([], gone);
   }
 
-  /** What the engine's endpoint list should hold: every endpoint (but `except`), preloaded too. */
-  #engineList(except?: number): RegenEndpoint[] {
-    const out: RegenEndpoint[] = [];
-    for (const r of this.#eps.values()) if (r.ep.id !== except) out.push(r.ep);
-    for (const ep of this.#preloaded.values()) {
-      if (ep.id !== except && !this.#eps.has(ep.id)) out.push(ep);
-    }
-    return out;
-  }
-
-  /** Loads the engine's endpoint list unless it holds exactly these already. */
-  #setEngineEndpoints(list: readonly RegenEndpoint[]): void {
-    const loaded = new Map(list.map((ep) => [ep.id, engineSignature(ep)]));
-    const same = loaded.size === this.#loaded.size &&
-      [...loaded].every(([id, sig]) => this.#loaded.get(id) === sig);
-    if (same) return;
-    this.#engine.setEndpoints(list.map(engineEndpoint));
-    this.#loaded = loaded;
+  /**
+   * Adds, replaces and removes endpoints in the engine's endpoint list, in place (the cost of
+   * the change, not of the endpoints already there); what it holds already is not sent again.
+   */
+  #syncEngine(upserts: readonly RegenEndpoint[], removes: readonly number[]): void {
+    const changed = upserts.filter((ep) => this.#loaded.get(ep.id) !== engineSignature(ep));
+    const gone = removes.filter((id) => this.#loaded.has(id));
+    if (changed.length === 0 && gone.length === 0) return;
+    this.#engine.updateEndpoints(changed.map(engineEndpoint), gone);
+    for (const id of gone) this.#loaded.delete(id);
+    for (const ep of changed) this.#loaded.set(ep.id, engineSignature(ep));
   }
 
   async removeEndpoint(id: number): Promise<void> {
@@ -290,7 +301,7 @@ export class Regenerator {
     if (r === undefined) return;
     this.#eps.delete(id);
     this.#dirty.delete(id);
-    this.#setEngineEndpoints(this.#engineList());
+    this.#syncEngine([], [id]);
     await this.#ipcache([], ipcacheOf(r.ep));
     try {
       await this.#sink.removeEndpoint(r.ep);

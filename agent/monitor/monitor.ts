@@ -278,10 +278,19 @@ export class Monitor {
     });
   }
 
-  /** One query the DNS proxy judged → an L7 DNS flow in the ring and to flow followers. */
+  /**
+   * One query the DNS proxy judged → an L7 DNS flow in the ring and to flow followers; its time
+   * is `r.at` (when the answer went out; the proxy hands records over in batches) if given.
+   */
   ingestDns(
-    r: DnsInput & { epId: number; srcIdentity: number; dstIdentity: number; cookie: number },
-    now = new Date(),
+    r: DnsInput & {
+      epId: number;
+      srcIdentity: number;
+      dstIdentity: number;
+      cookie: number;
+      at?: number;
+    },
+    now = r.at !== undefined ? new Date(r.at) : new Date(),
   ): void {
     const index = this.#endpoints;
     index.refresh();

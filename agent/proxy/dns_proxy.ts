@@ -72,6 +72,8 @@ export interface DnsRecord {
   error?: string;
   /** Over TCP (else UDP). */
   tcp?: boolean;
+  /** When the answer went out (ms since the epoch; records are handed over in batches). */
+  at: number;
 }
 
 export interface DnsProxyOptions {
@@ -96,6 +98,9 @@ export interface DnsProxyOptions {
   receiveBuffer?: number;
   onRecord?: (r: DnsRecord) => void;
 }
+
+/** Records are handed to onRecord in batches, at most this long after their answer went out. */
+const RECORD_BATCH_MS = 5;
 
 /** The engine's verdict on a DNS query of a redirected flow (query()'s, without explanation). */
 export function engineJudge(engine: Pick<PolicyEngine, "judgeDns">): DnsJudge {
@@ -129,6 +134,9 @@ export class DnsProxy {
   /** cilia_dns_requests_total by verdict, the label text made once (the per-query path). */
   readonly #requests: Record<"forwarded" | "refused" | "error", () => void>;
   readonly #latency: Histogram;
+  /** Records not handed over yet (flows: batched off the answer's path, never dropped). */
+  #records: DnsRecord[] = [];
+  #recordTimer: ReturnType<typeof setTimeout> | undefined;
   onRecord: ((r: DnsRecord) => void) | undefined;
 
   constructor(o: DnsProxyOptions) {
@@ -297,7 +305,33 @@ export class DnsProxy {
     const reply = await this.answer(msg, orig, { ip: from.hostname, port: from.port }, {
       started,
     });
-    if (reply && this.#socks.includes(sock)) await sock.send(reply, from);
+    if (reply && this.#socks.includes(sock)) {
+      sock.send(reply, from).catch((err) => {
+        if (this.#socks.includes(sock)) this.#o.log.debug("DNS proxy send failed", { error: err });
+      });
+    }
+  }
+
+  /** Queues a flow record; the batch goes to onRecord after the answers of this turn went out. */
+  #record(r: DnsRecord): void {
+    if (!this.onRecord) return;
+    this.#records.push(r);
+    this.#recordTimer ??= setTimeout(() => this.flushRecords(), RECORD_BATCH_MS);
+  }
+
+  /** Hands every queued record to onRecord now (close() does too: records are never dropped). */
+  flushRecords(): void {
+    clearTimeout(this.#recordTimer);
+    this.#recordTimer = undefined;
+    const batch = this.#records;
+    this.#records = [];
+    for (const r of batch) {
+      try {
+        this.onRecord?.(r);
+      } catch (err) {
+        this.#o.log.warn("DNS proxy: a flow record failed", { error: err });
+      }
+    }
   }
 
   /** The response for one redirected query (rules 2–4); undefined: none. */
@@ -328,7 +362,7 @@ export class DnsProxy {
       const verdict = extra.error !== undefined ? "error" : r.allowed ? "forwarded" : "refused";
       this.#requests[verdict]();
       this.#latency.observe(latencyMs / 1000);
-      this.onRecord?.({ ...base, ...r, ...extra, latencyMs });
+      this.#record({ ...base, ...r, ...extra, latencyMs, at: Date.now() });
       return out;
     };
     let q: DnsQuery;
@@ -385,6 +419,7 @@ export class DnsProxy {
   }
 
   close(): void {
+    this.flushRecords();
     const socks = this.#socks;
     this.#socks = [];
     for (const sock of socks) {

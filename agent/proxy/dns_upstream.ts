@@ -115,6 +115,9 @@ interface UdpLeg {
   sock: Deno.DatagramConn;
   localPort: number;
   server: { ip: string; port: number };
+  /** The server as a send() address and as text (made once per leg, not per query). */
+  addr: Deno.NetAddr;
+  what: string;
   inflight: InFlight;
   lastUsed: number;
 }
@@ -153,29 +156,42 @@ export class UdpUpstreams {
     return this.#legs.size;
   }
 
-  async forward(q: DnsQuery, o: OrigDestination, clientIp: string): Promise<Forwarded> {
+  forward(q: DnsQuery, o: OrigDestination, clientIp: string): Promise<Forwarded> {
     const key = `${clientIp}/${o.srcIdentity}/${o.epId}/${o.dir}/${o.ip}:${o.port}`;
-    let got = this.#legs.get(key);
-    if (!got) {
-      got = this.#open(key, o, clientIp);
-      this.#legs.set(key, got);
-    }
+    const got = this.#legs.get(key);
+    // The hot path: the leg is open, no await before the query is on its way.
+    if (got !== undefined && !(got instanceof Promise)) return this.#send(key, got, q);
+    return this.#forwardOpening(key, got, q, o, clientIp);
+  }
+
+  async #forwardOpening(
+    key: string,
+    pending: Promise<UdpLeg> | undefined,
+    q: DnsQuery,
+    o: OrigDestination,
+    clientIp: string,
+  ): Promise<Forwarded> {
+    const got = pending ?? this.#open(key, o, clientIp);
+    if (!pending) this.#legs.set(key, got);
     let leg: UdpLeg;
     try {
-      leg = got instanceof Promise ? await got : got;
+      leg = await got;
     } catch (err) {
       if (this.#legs.get(key) === got) this.#legs.delete(key);
       return `upstream error: ${(err as Error).message}`;
     }
+    return this.#send(key, leg, q);
+  }
+
+  #send(key: string, leg: UdpLeg, q: DnsQuery): Promise<Forwarded> {
     leg.lastUsed = performance.now();
-    const what = `${o.ip}:${o.port}`;
-    const { bytes, done } = leg.inflight.add(q, this.#o.timeoutMs, what);
+    const { bytes, done } = leg.inflight.add(q, this.#o.timeoutMs, leg.what);
     if (bytes.length > 0) {
-      leg.sock.send(bytes, { transport: "udp", hostname: o.ip, port: o.port }).catch((err) =>
+      leg.sock.send(bytes, leg.addr).catch((err) =>
         this.#drop(key, leg, `upstream error: ${(err as Error).message}`)
       );
     }
-    return await done;
+    return done;
   }
 
   // deno-lint-ignore require-await
@@ -191,6 +207,8 @@ export class UdpUpstreams {
       sock,
       localPort,
       server,
+      addr: { transport: "udp", hostname: o.ip, port: o.port },
+      what: `${o.ip}:${o.port}`,
       inflight: new InFlight(),
       lastUsed: performance.now(),
     };

@@ -3,7 +3,11 @@
 // versions) and, for the request types whose topics Cilium decodes (Produce, Fetch, ListOffsets,
 // Metadata, OffsetCommit, OffsetFetch), every topic with its partitions, plus Produce's acks.
 // Those six are decoded only in the versions listed in TOPIC_VERSIONS (their later versions name
-// topics by id or change layout): another version is refused, never guessed. It decides nothing.
+// topics by id or change layout): another version is refused, never guessed. Their flexible
+// versions (request header v2, compact strings and arrays, tagged-field sections) are read to the
+// last byte: a frame that ends early or has bytes left over is refused. So is ApiVersions v0-3
+// (v3 flexible: header v2, client software name and version); a later ApiVersions is passed on
+// undecoded, as the protocol has the broker answer an unknown one in v0. It decides nothing.
 
 import { KafkaReader, KafkaWireError } from "./kafka_wire.ts";
 
@@ -70,6 +74,7 @@ export function parseKafkaRequest(frame: Uint8Array): KafkaRequestInfo {
     topics: [],
     allTopics: false,
   };
+  if (apiKey === API.apiVersions) return apiVersions(r, info);
   const spec = TOPIC_VERSIONS[apiKey];
   if (!spec) return info;
   if (apiVersion > spec.max) {
@@ -80,7 +85,27 @@ export function parseKafkaRequest(frame: Uint8Array): KafkaRequestInfo {
   const flex = apiVersion >= spec.flexible;
   if (flex) r.skipTags(); // request header v2
   BODY[apiKey]!(r, apiVersion, flex, info);
-  return info;
+  if (flex) r.skipTags(); // the body's own tagged fields
+  return ended(r, info);
+}
+
+function ended(r: KafkaReader, info: KafkaRequestInfo): KafkaRequestInfo {
+  if (r.left === 0) return info;
+  throw new KafkaWireError(
+    `Invalid Kafka request (api key ${info.apiKey} v${info.apiVersion}): ${r.left} bytes after its end`,
+  );
+}
+
+/** ApiVersions v0-2 have an empty body; v3 is flexible, but its response keeps header v0. */
+function apiVersions(r: KafkaReader, info: KafkaRequestInfo): KafkaRequestInfo {
+  if (info.apiVersion > 3) return info;
+  if (info.apiVersion === 3) {
+    r.skipTags(); // request header v2
+    r.string(true); // client_software_name
+    r.string(true); // client_software_version
+    r.skipTags();
+  }
+  return ended(r, info);
 }
 
 type BodyReader = (r: KafkaReader, v: number, flex: boolean, out: KafkaRequestInfo) => void;
@@ -133,6 +158,15 @@ const fetch: BodyReader = (r, v, flex, out) => {
     if (flex) r.skipTags();
     return index;
   });
+  if (v >= 7) { // forgotten_topics_data
+    const n = r.arrayLength(flex);
+    for (let i = 0; i < n; i++) {
+      r.string(flex);
+      r.skip(4 * r.arrayLength(flex), "forgotten partitions");
+      if (flex) r.skipTags();
+    }
+  }
+  if (v >= 11) r.string(flex); // rack_id
 };
 
 const listOffsets: BodyReader = (r, v, flex, out) => {
@@ -148,10 +182,7 @@ const listOffsets: BodyReader = (r, v, flex, out) => {
 
 const metadata: BodyReader = (r, v, flex, out) => {
   const n = r.arrayLength(flex, v >= 1);
-  if (n === -1) {
-    out.allTopics = true;
-    return;
-  }
+  if (n === -1) out.allTopics = true;
   for (let i = 0; i < n; i++) {
     if (v >= 10) r.skip(16, "topic id");
     const name = r.string(flex, v >= 12);
@@ -159,6 +190,9 @@ const metadata: BodyReader = (r, v, flex, out) => {
     if (flex) r.skipTags();
     out.topics.push({ name, partitions: [] });
   }
+  // allow_auto_topic_creation (v4+), include_cluster_authorized_operations (v8-10),
+  // include_topic_authorized_operations (v8+)
+  r.skip((v >= 4 ? 1 : 0) + (v >= 8 && v <= 10 ? 1 : 0) + (v >= 8 ? 1 : 0), "metadata flags");
 };
 
 const offsetCommit: BodyReader = (r, v, flex, out) => {
@@ -181,10 +215,7 @@ const offsetCommit: BodyReader = (r, v, flex, out) => {
 const offsetFetch: BodyReader = (r, v, flex, out) => {
   r.string(flex); // group_id
   const n = r.arrayLength(flex, v >= 2);
-  if (n === -1) {
-    out.allTopics = true;
-    return;
-  }
+  if (n === -1) out.allTopics = true;
   for (let i = 0; i < n; i++) {
     const name = r.string(flex)!;
     const np = r.arrayLength(flex);
@@ -193,6 +224,7 @@ const offsetFetch: BodyReader = (r, v, flex, out) => {
     if (flex) r.skipTags();
     out.topics.push({ name, partitions });
   }
+  if (v >= 7) r.i8(); // require_stable
 };
 
 const BODY: Record<number, BodyReader> = {

@@ -99,11 +99,15 @@ export class KafkaReader {
     return n;
   }
 
-  /** Skips a tagged-field section (flexible versions only). */
+  /** Skips a tagged-field section (flexible versions only): tags strictly ascending. */
   skipTags(): void {
     const n = this.uvarint();
-    for (let i = 0; i < n; i++) {
-      this.uvarint();
+    // Every tagged field takes at least two bytes (tag, size): a count beyond that is a lie.
+    if (n > this.left / 2) throw new KafkaWireError(`${n} tagged fields in ${this.left} bytes`);
+    for (let i = 0, last = -1; i < n; i++) {
+      const tag = this.uvarint();
+      if (tag <= last) throw new KafkaWireError(`Tagged field ${tag} out of order after ${last}`);
+      last = tag;
       this.skip(this.uvarint(), "tagged field");
     }
   }

@@ -2,9 +2,15 @@
 // (policy-wasm/src/engine.ts) calls. Payloads travel through the I/O buffers of io.ts; results
 // are i32 statuses (wire.ts ST_*), never exceptions. No classes or strings cross this boundary.
 
-import { loadEndpoints, loadRules, removeIdentities, upsertIdentities } from "./load";
+import {
+  loadEndpoints,
+  loadRules,
+  removeIdentities,
+  updateEndpoints,
+  upsertIdentities,
+} from "./load";
 import { ipcacheUpdate, ipLookup } from "./ipcache";
-import { mapstateCompute, mapstateForIdentity } from "./mapstate";
+import { endpointsAffected, mapstateCompute, mapstateForIdentity } from "./mapstate";
 import { query as runQuery, queryVerdict } from "./query";
 
 export { input_reserve, output_len, output_ptr } from "./io";
@@ -28,6 +34,16 @@ export function identities_remove(len: i32): i32 {
 
 export function endpoints_load(len: i32): i32 {
   return loadEndpoints(len);
+}
+
+/** Adds, replaces and removes some endpoints; the others stay (MSG_ENDPOINTS_UPDATE). */
+export function endpoints_update(len: i32): i32 {
+  return updateEndpoints(len);
+}
+
+/** The endpoints whose map-state has entries keyed by `identity` (u32 count, u32 ids). */
+export function endpoints_affected(identity: u32): i32 {
+  return endpointsAffected(identity);
 }
 
 export function ipcache_update(len: i32): i32 {

@@ -7,6 +7,7 @@ import {
   DnsRule,
   Endpoint,
   endpoints,
+  endpointsByIdentity,
   Entry,
   HeaderMatch,
   HeaderRule,
@@ -14,6 +15,7 @@ import {
   identities,
   Identity,
   identityIndex,
+  indexEndpoint,
   intern,
   KafkaRule,
   L7_DNS,
@@ -24,21 +26,24 @@ import {
   PortSpec,
   Prefix,
   rebuildNamedPorts,
+  rebuildNamedPortsOf,
   Requirement,
   Rule,
   SEL_ALL,
   SEL_CIDR,
   SEL_LABELS,
   Selector,
+  unindexEndpoint,
 } from "./model";
 import * as model from "./model";
 import { cacheRebuild, cacheUpdateIdentity } from "./selectors";
-import { invalidateContexts, invalidateContextsOf } from "./resolve";
+import { dropContext, invalidateContexts, invalidateContextsOf } from "./resolve";
 import { compileRegexString, lastRegexError, lastRegexErrorOffset, Regex } from "./regex/index";
 import { dnsPatternRegex } from "./dns";
 import { ipcacheRemoveIdentityPrefix, ipcacheSetIdentityPrefix } from "./ipcache";
 import {
   MSG_ENDPOINTS,
+  MSG_ENDPOINTS_UPDATE,
   MSG_IDENTITIES,
   MSG_IDENTITIES_REMOVE,
   MSG_RULES,
@@ -361,30 +366,77 @@ export function removeIdentities(len: i32): i32 {
 
 // ---- endpoints ------------------------------------------------------------------------------
 
+function readEndpoint(r: Reader): Endpoint {
+  const ep = new Endpoint();
+  ep.id = r.u32();
+  ep.identity = r.u32();
+  const np = r.count(7);
+  for (let j = 0; j < np; j++) {
+    const p = new NamedPort();
+    p.name = intern(r.strOrEmpty());
+    p.port = r.u16();
+    p.proto = r.u8();
+    ep.namedPorts.push(p);
+  }
+  return ep;
+}
+
 /** MSG_ENDPOINTS: replaces the set of local endpoints (id, identity, named ports). */
 export function loadEndpoints(len: i32): i32 {
   const r = Reader.fromInput(len);
   if (!r.header(MSG_ENDPOINTS)) return ST_BAD_HEADER;
   const list = new Array<Endpoint>();
   const n = r.count(12);
-  for (let i = 0; i < n && !r.failed; i++) {
-    const ep = new Endpoint();
-    ep.id = r.u32();
-    ep.identity = r.u32();
-    const np = r.count(7);
-    for (let j = 0; j < np; j++) {
-      const p = new NamedPort();
-      p.name = intern(r.strOrEmpty());
-      p.port = r.u16();
-      p.proto = r.u8();
-      ep.namedPorts.push(p);
-    }
-    list.push(ep);
-  }
+  for (let i = 0; i < n && !r.failed; i++) list.push(readEndpoint(r));
   if (r.failed) return ST_TRUNCATED;
   endpoints.clear();
-  for (let i = 0; i < list.length; i++) endpoints.set(list[i].id, list[i]);
+  endpointsByIdentity.clear();
+  for (let i = 0; i < list.length; i++) {
+    if (endpoints.has(list[i].id)) unindexEndpoint(endpoints.get(list[i].id));
+    endpoints.set(list[i].id, list[i]);
+    indexEndpoint(list[i]);
+  }
   rebuildNamedPorts();
   invalidateContexts();
+  return ST_OK;
+}
+
+/**
+ * MSG_ENDPOINTS_UPDATE: endpoints to add or replace (as MSG_ENDPOINTS), then ids to remove; the
+ * other endpoints stay, with their cached contexts. Costs in proportion to the message, not to
+ * the endpoints already there (only an identity whose endpoints have named ports gets them rebuilt).
+ */
+export function updateEndpoints(len: i32): i32 {
+  const r = Reader.fromInput(len);
+  if (!r.header(MSG_ENDPOINTS_UPDATE)) return ST_BAD_HEADER;
+  const list = new Array<Endpoint>();
+  const n = r.count(12);
+  for (let i = 0; i < n && !r.failed; i++) list.push(readEndpoint(r));
+  const nr = r.count(4);
+  const removes = new Array<u32>();
+  for (let i = 0; i < nr && !r.failed; i++) removes.push(r.u32());
+  if (r.failed) return ST_TRUNCATED;
+  const touched = new Array<u32>();
+  for (let i = 0; i < removes.length; i++) {
+    if (!endpoints.has(removes[i])) continue;
+    const old = endpoints.get(removes[i]);
+    if (old.namedPorts.length > 0) touched.push(old.identity);
+    unindexEndpoint(old);
+    endpoints.delete(removes[i]);
+    dropContext(removes[i]);
+  }
+  for (let i = 0; i < list.length; i++) {
+    const ep = list[i];
+    if (endpoints.has(ep.id)) {
+      const old = endpoints.get(ep.id);
+      if (old.namedPorts.length > 0) touched.push(old.identity);
+      unindexEndpoint(old);
+    }
+    if (ep.namedPorts.length > 0) touched.push(ep.identity);
+    endpoints.set(ep.id, ep);
+    indexEndpoint(ep);
+    dropContext(ep.id);
+  }
+  for (let i = 0; i < touched.length; i++) rebuildNamedPortsOf(touched[i]);
   return ST_OK;
 }

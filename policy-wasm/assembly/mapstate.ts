@@ -16,12 +16,15 @@
 import {
   DIR_EGRESS,
   DIR_INGRESS,
+  Endpoint,
   endpoints,
+  endpointsByIdentity,
   entries,
   Entry,
   identities,
   identityIndex,
   namedPortsByIdentity,
+  rules,
   selectors,
 } from "./model";
 import {
@@ -36,6 +39,7 @@ import {
   resolveAudited,
 } from "./resolve";
 import { PeerSets } from "./peer_sets";
+import { selectorsSelecting } from "./selectors";
 import { Interval } from "./ports";
 import { VERDICT_ALLOW, VERDICT_NONE } from "./drop_reasons.generated";
 import { ST_L7_CONFLICT, ST_OK, ST_UNKNOWN_ENDPOINT, Writer } from "./wire";
@@ -336,6 +340,113 @@ function emitDirectionFor(ctx: EpContext, dir: u8, out: Output, slot: i32): void
     return;
   }
   out.emit(dir, id.id, partition(ctx, dir, sortedUnique(set), host, id.id));
+}
+
+/**
+ * Whether emitDirectionFor() writes anything for slot `slot` in either direction: the endpoints
+ * whose map-state a new identity in that slot changes.
+ */
+function hasEntriesFor(ctx: EpContext, slot: i32): bool {
+  if (ctx.enforcementOff) return false;
+  const id = identities[slot];
+  const named = namedPortsByIdentity.has(id.id);
+  for (let d: u8 = DIR_INGRESS; d <= DIR_EGRESS; d++) {
+    if (d == DIR_INGRESS && slot == hostSlotOf() && ctx.localhostFallback(d, 1)) return true;
+    const list = ctx.entriesOf(d);
+    for (let i = 0; i < list.length; i++) {
+      const e: Entry = entries[list[i]];
+      if (e.wildcard) {
+        if (named && e.egressNamed) return true;
+      } else if (entryMatchesPeer(ctx, e, slot)) return true;
+    }
+  }
+  return false;
+}
+
+// For each selector some non-wildcard entry names as a peer: the subject selectors of the
+// endpoint rules holding such entries (rebuilt when the rules are replaced).
+let peersOf: Array<Entry> | null = null;
+let subjectsByPeer = new Map<i32, Array<i32>>();
+
+/** The subject selectors of the endpoint rules with an entry naming one of `sels` as a peer. */
+function subjectsNaming(sels: Array<i32>, out: Map<i32, bool>): void {
+  if (peersOf !== entries) {
+    subjectsByPeer = new Map<i32, Array<i32>>();
+    for (let i = 0; i < entries.length; i++) {
+      const e = entries[i];
+      if (e.wildcard || e.rule < 0 || e.rule >= rules.length) continue;
+      const rule = rules[e.rule];
+      if (rule.nodeSubject) continue;
+      for (let p = 0; p < e.peers.length; p++) {
+        if (!subjectsByPeer.has(e.peers[p])) subjectsByPeer.set(e.peers[p], new Array<i32>());
+        subjectsByPeer.get(e.peers[p]).push(rule.subject);
+      }
+    }
+    peersOf = entries;
+  }
+  for (let i = 0; i < sels.length; i++) {
+    if (!subjectsByPeer.has(sels[i])) continue;
+    const list = subjectsByPeer.get(sels[i]);
+    for (let k = 0; k < list.length; k++) out.set(list[k], true);
+  }
+}
+
+/**
+ * The local endpoints those subject selectors select, through the endpoints-by-identity index;
+ * null when a selector is dense or holds more identities than there are endpoints (then a walk
+ * over the endpoints is cheaper).
+ */
+function endpointsSelectedBy(subjects: Array<i32>): Array<Endpoint> | null {
+  const seen = new Map<u32, bool>();
+  const out = new Array<Endpoint>();
+  let budget = endpoints.size;
+  for (let i = 0; i < subjects.length; i++) {
+    const sel = selectors[subjects[i]];
+    if (sel.dense) return null;
+    budget -= sel.slots.length;
+    if (budget < 0) return null;
+    for (let k = 0; k < sel.slots.length; k++) {
+      const id = identities[sel.slots[k]];
+      if (!id.alive || !endpointsByIdentity.has(id.id)) continue;
+      const eps = endpointsByIdentity.get(id.id);
+      for (let j = 0; j < eps.length; j++) {
+        if (seen.has(eps[j])) continue;
+        seen.set(eps[j], true);
+        out.push(endpoints.get(eps[j]));
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * The local endpoints whose map-state has entries keyed by `identity` (after it was added):
+ * output u32 count, then the endpoint ids. The selector cache says which selectors select it,
+ * the rules which endpoint selectors name those as peers, the endpoints-by-identity index which
+ * endpoints these select: other endpoints are not looked at (unless it is the host, or an
+ * identity with named ports, which every endpoint's wildcard rules may concern).
+ */
+export function endpointsAffected(identity: u32): i32 {
+  const w = new Writer();
+  const ids = new Array<u32>();
+  if (identityIndex.has(identity)) {
+    const slot = identityIndex.get(identity);
+    const sels = new Array<i32>();
+    selectorsSelecting(slot, sels);
+    const subjects = new Map<i32, bool>();
+    subjectsNaming(sels, subjects);
+    let list: Array<Endpoint> | null = new Array<Endpoint>();
+    if (slot == hostSlotOf() || namedPortsByIdentity.has(identity)) list = null;
+    else if (subjects.size > 0) list = endpointsSelectedBy(subjects.keys());
+    if (list === null) list = endpoints.values();
+    for (let i = 0; i < list.length; i++) {
+      if (hasEntriesFor(contextFor(list[i]), slot)) ids.push(list[i].id);
+    }
+  }
+  w.u32(<u32> ids.length);
+  for (let i = 0; i < ids.length; i++) w.u32(ids[i]);
+  w.flush();
+  return ST_OK;
 }
 
 function hostSlotOf(): i32 {

@@ -12,6 +12,7 @@ export const MSG_IPCACHE: u16 = 5;
 export const MSG_QUERY: u16 = 6;
 export const MSG_IP_LOOKUP: u16 = 7;
 export const MSG_L7_CHECK: u16 = 8;
+export const MSG_ENDPOINTS_UPDATE: u16 = 9;
 
 /**
  * A prefix: u8 family (4, 6, or 0 = reserved:world), u8 length, 16 address bytes. Any other

@@ -232,6 +232,25 @@ export class Endpoint {
 
 export const endpoints = new Map<u32, Endpoint>();
 
+/** The ids of the local endpoints of each identity (kept by the endpoint loaders, load.ts). */
+export const endpointsByIdentity = new Map<u32, Array<u32>>();
+
+export function indexEndpoint(ep: Endpoint): void {
+  if (!endpointsByIdentity.has(ep.identity)) endpointsByIdentity.set(ep.identity, new Array<u32>());
+  endpointsByIdentity.get(ep.identity).push(ep.id);
+}
+
+export function unindexEndpoint(ep: Endpoint): void {
+  if (!endpointsByIdentity.has(ep.identity)) return;
+  const list = endpointsByIdentity.get(ep.identity);
+  const at = list.indexOf(ep.id);
+  if (at >= 0) {
+    list[at] = list[list.length - 1];
+    list.pop();
+  }
+  if (list.length == 0) endpointsByIdentity.delete(ep.identity);
+}
+
 /** Named ports of every endpoint, grouped by the endpoint's identity (egress named ports). */
 export let namedPortsByIdentity = new Map<u32, Array<NamedPort>>();
 
@@ -247,4 +266,20 @@ export function rebuildNamedPorts(): void {
     const list = namedPortsByIdentity.get(ep.identity);
     for (let j = 0; j < ep.namedPorts.length; j++) list.push(ep.namedPorts[j]);
   }
+}
+
+/**
+ * Rebuilds the named ports of one identity from the endpoints that have it (after an endpoint
+ * of that identity was added, replaced or removed): the same list rebuildNamedPorts() makes.
+ */
+export function rebuildNamedPortsOf(identity: u32): void {
+  const list = new Array<NamedPort>();
+  const all = endpoints.values();
+  for (let i = 0; i < all.length; i++) {
+    const ep = all[i];
+    if (ep.identity != identity) continue;
+    for (let j = 0; j < ep.namedPorts.length; j++) list.push(ep.namedPorts[j]);
+  }
+  if (list.length > 0) namedPortsByIdentity.set(identity, list);
+  else if (namedPortsByIdentity.has(identity)) namedPortsByIdentity.delete(identity);
 }

@@ -29,6 +29,7 @@ import {
   DIR_EGRESS,
   DIR_INGRESS,
   Endpoint,
+  endpointsByIdentity,
   ENFORCE_ALWAYS,
   ENFORCE_NEVER,
   entries,
@@ -274,11 +275,14 @@ export function invalidateContexts(): void {
  * which rules select it. Peers are read from the selector cache when resolving.
  */
 export function invalidateContextsOf(identity: u32): void {
-  const list = contexts.values();
-  for (let i = 0; i < list.length; i++) {
-    const c = list[i];
-    if (c.ep.identity == identity) contexts.delete(c.ep.id);
-  }
+  if (!endpointsByIdentity.has(identity)) return;
+  const list = endpointsByIdentity.get(identity);
+  for (let i = 0; i < list.length; i++) dropContext(list[i]);
+}
+
+/** Drops the cached context of one endpoint (it was replaced or removed). */
+export function dropContext(epId: u32): void {
+  if (contexts.has(epId)) contexts.delete(epId);
 }
 
 /** The (cached) context of an endpoint. */

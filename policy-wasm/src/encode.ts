@@ -157,11 +157,24 @@ const PORT_PROTO = { TCP: 6, UDP: 17, SCTP: 132 } as const;
 
 export function encodeEndpoints(list: readonly EngineEndpoint[]): Uint8Array {
   const w = new ByteWriter(MSG.ENDPOINTS);
-  w.list(list, (ep) => {
-    w.u32(ep.id).u32(ep.identity);
-    w.list(ep.namedPorts, (p) => w.str(p.name).u16(p.port).u8(PORT_PROTO[p.protocol]));
-  });
+  w.list(list, (ep) => _writeEndpoint(w, ep));
   return w.bytes();
+}
+
+/** MSG_ENDPOINTS_UPDATE: endpoints to add or replace, then ids to remove; the others stay. */
+export function encodeEndpointsUpdate(
+  upserts: readonly EngineEndpoint[],
+  removes: readonly number[],
+): Uint8Array {
+  const w = new ByteWriter(MSG.ENDPOINTS_UPDATE);
+  w.list(upserts, (ep) => _writeEndpoint(w, ep));
+  w.list(removes, (id) => w.u32(id));
+  return w.bytes();
+}
+
+function _writeEndpoint(w: ByteWriter, ep: EngineEndpoint): void {
+  w.u32(ep.id).u32(ep.identity);
+  w.list(ep.namedPorts, (p) => w.str(p.name).u16(p.port).u8(PORT_PROTO[p.protocol]));
 }
 
 export interface IpcacheEntry {

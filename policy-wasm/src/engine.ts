@@ -9,6 +9,7 @@ import type { EngineEndpoint, EngineOptions, EntrySpec, IdentitySpec, PolicySpec
 import { DEFAULT_OPTIONS } from "./ir.ts";
 import {
   encodeEndpoints,
+  encodeEndpointsUpdate,
   encodeIdentities,
   encodeIdentityRemoval,
   encodeIpcache,
@@ -42,6 +43,8 @@ export interface EngineExports extends RegexSetExports, HttpVerdictExports {
   identities_upsert(len: number): number;
   identities_remove(len: number): number;
   endpoints_load(len: number): number;
+  endpoints_update(len: number): number;
+  endpoints_affected(identity: number): number;
   ipcache_update(len: number): number;
   ip_lookup(len: number): number;
   mapstate_compute(ep: number): number;
@@ -73,7 +76,8 @@ export class PolicyEngine {
   #spec: PolicySpec = { policies: [], rules: [] };
   #options: EngineOptions = DEFAULT_OPTIONS;
   #identities = new Map<number, IdentitySpec>();
-  #endpoints?: Uint8Array;
+  /** The engine's endpoint list, by id (replayed after a trap); undefined until first set. */
+  #endpoints?: Map<number, EngineEndpoint>;
   /** The explicit ipcache as the engine holds it: one identity per canonical prefix. */
   #ipcache = new Map<string, IpcacheEntry>();
   #closed = false;
@@ -104,7 +108,9 @@ export class PolicyEngine {
       this.#send(encodeIdentities([...this.#identities.values()]), "identities_upsert", false);
     }
     if (this.#rules) this.#send(this.#rules, "rules_load", false);
-    if (this.#endpoints) this.#send(this.#endpoints, "endpoints_load", false);
+    if (this.#endpoints) {
+      this.#send(encodeEndpoints([...this.#endpoints.values()]), "endpoints_load", false);
+    }
     if (this.#ipcache.size > 0) {
       this.#send(encodeIpcache([...this.#ipcache.values()], []), "ipcache_update", false);
     }
@@ -138,6 +144,7 @@ export class PolicyEngine {
       | "identities_upsert"
       | "identities_remove"
       | "endpoints_load"
+      | "endpoints_update"
       | "ipcache_update"
       | "ip_lookup"
       | "query",
@@ -229,7 +236,38 @@ export class PolicyEngine {
   setEndpoints(list: readonly EngineEndpoint[]): void {
     const bytes = encodeEndpoints(list);
     this.#check(this.#send(bytes, "endpoints_load"), "load endpoints");
-    this.#endpoints = bytes;
+    this.#endpoints = new Map(list.map((ep) => [ep.id, ep]));
+  }
+
+  /**
+   * Adds or replaces `upserts` and removes `removes` (ids) from the endpoint list, leaving the
+   * others as they are: costs in proportion to the change, not to the endpoints already there.
+   * Ends as setEndpoints() with the resulting list would.
+   */
+  updateEndpoints(upserts: readonly EngineEndpoint[], removes: readonly number[] = []): void {
+    if (upserts.length === 0 && removes.length === 0) return;
+    const bytes = encodeEndpointsUpdate(upserts, removes);
+    this.#check(this.#send(bytes, "endpoints_update"), "update endpoints");
+    this.#endpoints ??= new Map();
+    for (const id of removes) this.#endpoints.delete(id);
+    for (const ep of upserts) this.#endpoints.set(ep.id, ep);
+  }
+
+  /**
+   * The endpoints whose map-state has entries keyed by `identity` (those a newly added identity
+   * changes), found from the selectors that select it; other endpoints are not looked at.
+   */
+  endpointsAffected(identity: number): number[] {
+    const st = this.#call(
+      () => this.#x.endpoints_affected(identity),
+      `find the endpoints identity ${identity} affects`,
+    );
+    this.#check(st, `find the endpoints identity ${identity} affects`);
+    const r = new ByteReader(this.#output());
+    const n = r.u32();
+    const out: number[] = [];
+    for (let i = 0; i < n; i++) out.push(r.u32());
+    return out;
   }
 
   updateIpcache(upserts: readonly IpcacheEntry[], deletes: readonly IpcacheEntry[] = []): void {

@@ -17,6 +17,7 @@ export const MSG = {
   IPCACHE: 5,
   QUERY: 6,
   IP_LOOKUP: 7,
+  ENDPOINTS_UPDATE: 9,
 } as const;
 
 const encoder = new TextEncoder();

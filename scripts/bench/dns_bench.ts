@@ -50,8 +50,8 @@ async function waitAnswer(n: CiliaNode, netns: string, ip: string): Promise<void
   throw new Error(`dnsmasq at "${ip}" does not answer "${NAME}" from the client pod`);
 }
 
-/** CPU seconds (user + system) of the agent serving `socket`, from /proc (NaN: not found). */
-async function agentCpu(socket: string): Promise<number> {
+/** CPU seconds [user, system] of the agent serving `socket`, from /proc (NaN: not found). */
+async function agentCpu(socket: string): Promise<[number, number]> {
   for await (const e of Deno.readDir("/proc")) {
     if (!/^\d+$/.test(e.name)) continue;
     try {
@@ -59,10 +59,10 @@ async function agentCpu(socket: string): Promise<number> {
       if (!cmd.includes("agent/main.ts") || !cmd.includes(socket)) continue;
       const stat = await Deno.readTextFile(`/proc/${e.name}/stat`);
       const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+      return [Number(f[11]) / 100, Number(f[12]) / 100]; // utime, stime in ticks (USER_HZ 100)
     } catch { /* gone */ }
   }
-  return NaN;
+  return [NaN, NaN];
 }
 
 const loadAverage = async () =>
@@ -117,7 +117,14 @@ export async function main(args: string[]): Promise<void> {
   await waitAnswer(n, client.netns, DNS_IP);
   await waitAnswer(n, client.netns, DIRECT_IP);
   const loadBefore = await loadAverage();
-  const cpuBefore = await agentCpu(n.socket);
+  // The agent's own background work (event polls, timers), measured idle in this run, so the
+  // per-query figure can also be given net of it.
+  const idle0 = await agentCpu(n.socket), idleT0 = performance.now();
+  await new Promise((r) => setTimeout(r, 2000));
+  const idle1 = await agentCpu(n.socket);
+  const idlePerS = (idle1[0] + idle1[1] - idle0[0] - idle0[1]) /
+    ((performance.now() - idleT0) / 1000);
+  const cpuBefore = await agentCpu(n.socket), loadT0 = performance.now();
   /** One run: [direct, proxied], interleaved. */
   const run = async (rate: number, i: number): Promise<LoadFigures[]> => {
     progress(
@@ -137,7 +144,9 @@ export async function main(args: string[]): Promise<void> {
     proxied.set(rate, medianOf(all.map((r) => r[1]!)));
   }
   const loadAfter = await loadAverage();
-  const cpu = await agentCpu(n.socket) - cpuBefore;
+  const cpuAfter = await agentCpu(n.socket), loadS = (performance.now() - loadT0) / 1000;
+  const [user, sys] = [cpuAfter[0] - cpuBefore[0], cpuAfter[1] - cpuBefore[1]];
+  const cpu = user + sys;
   const { entries } = (await n.call("GET", `/v1/fqdn/cache?name=${NAME}`)).body as {
     entries: unknown[];
   };
@@ -155,7 +164,12 @@ export async function main(args: string[]): Promise<void> {
   const proxiedQueries = runs * rates.reduce((sum, r) => sum + r * (dur + 0.1), 0);
   console.log(
     `agent CPU over all runs ${cpu.toFixed(2)} s, about ` +
-      `${(cpu * 1e6 / proxiedQueries).toFixed(0)} µs per proxied query (warm-up included)`,
+      `${(cpu * 1e6 / proxiedQueries).toFixed(0)} µs per proxied query (warm-up included; ` +
+      `user ${(user * 1e6 / proxiedQueries).toFixed(0)} µs, system ${
+        (sys * 1e6 / proxiedQueries).toFixed(0)
+      } µs); idle agent ${(idlePerS * 1000).toFixed(0)} ms CPU/s, so about ${
+        ((cpu - idlePerS * loadS) * 1e6 / proxiedQueries).toFixed(0)
+      } µs per proxied query net of it`,
   );
   for (const rate of rates) {
     const a = direct.get(rate)!, b = proxied.get(rate)!;

@@ -4,7 +4,11 @@
 // the same policy and reconciles, and established connections keep working. A changed object is
 // loaded and swapped in without losing maps or connections.
 import { BpfTool, ProgShowSchema } from "../../agent/datapath/bpftool.ts";
-import { attachedPrograms } from "../../agent/datapath/loader.ts";
+import {
+  attachedProgramIds,
+  attachedPrograms,
+  detachEndpoint,
+} from "../../agent/datapath/loader.ts";
 import { Datapath, type PolicyEntry } from "../../agent/datapath/datapath.ts";
 import { policyEntryOf } from "../../agent/datapath/policy_state.ts";
 import { type Lab, type Node } from "../helpers/netns.ts";
@@ -148,6 +152,38 @@ Deno.test(
       assertEquals(back.policy, written);
       assert(await pa.send("c", "after the changes"));
     });
+    await t.step(
+      "a restart attaches programs that were detached meanwhile, and only those",
+      async () => {
+        await detachEndpoint(b.ifname, l.node.netns);
+        assertEquals(await attachedPrograms(b.ifname, "egress", l.node.netns), []);
+        const out = await runAgent(l.lab, l.node, {
+          ipcache: [a, b].flatMap((p, i) =>
+            [p.ipv4, p.ipv6].map((prefix) => ({ prefix, identity: ID.a + i }))
+          ),
+          endpoints: [endpointA, endpointB],
+          reconcile: true,
+        });
+        assertEquals(
+          out.ops,
+          { "cilia_endpoints/update/success": 1 },
+          "B's entry and programs only",
+        );
+        for (
+          const [hook, prog] of [["ingress", "cil_from_container"], ["egress", "cil_to_container"]]
+        ) {
+          assertEquals(
+            await attachedPrograms(b.ifname, hook as "ingress" | "egress", l.node.netns),
+            [`${prog}:[*fsobj]`],
+          );
+        }
+        assert(await pa.probe("tcp", b.ipv4, 80));
+        assertNot(await pa.probe("tcp", b.ipv4, 81, 300));
+        // One tc process for many links: it stops at a link that is gone, the rest is unknown.
+        const seen = await attachedProgramIds([a.ifname, "cilia-gone0", b.ifname], l.node.netns);
+        assertEquals([...seen.keys()], [a.ifname]);
+      },
+    );
     await t.step("a changed object is loaded, swapped in, and keeps the maps", async () => {
       const src = `${l.lab.dir}/bpf/`;
       await Deno.mkdir(`${src}lib`, { recursive: true });

@@ -4,7 +4,9 @@
 // allowing produce and consume on topic "orders" only. Allowed produce/consume work end to end;
 // the topic "secret" gets TOPIC_AUTHORIZATION_FAILED (from the proxy: the broker never sees it)
 // and the same producer connection goes on working; each request is an L7 flow and counted.
-// Then the same as an egress rule on the client. Needs root.
+// Flexible versions: kcat's ApiVersions v3, and a flexible client (tests/proxy/_kafka_flex_client.ts:
+// Metadata v12, Produce v9, Fetch v12) with the same allow/deny outcomes and error 29 in the
+// request's own version. Then the same as an egress rule on the client. Needs root.
 import assert from "node:assert/strict";
 import { CiliaNode, root } from "../cni/_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
@@ -37,6 +39,8 @@ spec:
         kafka:
         - {role: produce, topic: audit}
 `;
+
+const FLEX_CLIENT = "tests/proxy/_kafka_flex_client.ts";
 
 interface Out {
   code: number;
@@ -136,6 +140,54 @@ Deno.test({
       assert.equal(r.ok, true, JSON.stringify(r));
       assert.deepEqual(r.messages, ["m1", "m2", "k1", "k1"]);
     });
+
+    await t.step(
+      "kcat's flexible ApiVersions v3 passes the proxy (no fallback to v0)",
+      async () => {
+        const o = await kcat(["-L", "-t", "orders", "-X", "debug=protocol"]);
+        assert.equal(o.code, 0, o.stderr);
+        assert.match(o.stderr, /Received ApiVersionResponse \(v3,/, o.stderr);
+        assert.doesNotMatch(o.stderr, /Sent ApiVersionRequest \(v0,/, o.stderr);
+      },
+    );
+
+    await t.step(
+      "flexible versions: Produce v9, Metadata v12, Fetch v12; denied gets 29",
+      async () => {
+        // kcat (librdkafka 2.0.2) stops at Metadata v4, Produce v7, Fetch v11 and kafkajs has no
+        // flexible versions: this client sends the flexible ones (request header v2, compact fields).
+        const flex = async (...args: string[]) => {
+          const o = await run([Deno.execPath(), "run", "-A", FLEX_CLIENT, ...args]);
+          try {
+            return JSON.parse(o.stdout.trim().split("\n").at(-1) ?? "");
+          } catch {
+            throw new Error(`flexible client: ${o.stdout}${o.stderr}`);
+          }
+        };
+        const p = await flex("produce", addr, "orders,secret,orders", "f1");
+        assert.equal(p.ok, true, JSON.stringify(p));
+        assert.deepEqual(p.versions, { metadata: 12, produce: 9, fetch: 12 });
+        assert.deepEqual(
+          p.results.map((r: { topic: string; error: number }) => [r.topic, r.error]),
+          [["orders", 0], ["secret", 29], ["orders", 0]],
+          "the denial in Produce v9 leaves the connection usable",
+        );
+        assert.equal(p.results[1].metadataError, 29, "Metadata v12 of the denied topic: 29");
+        const c = await flex("consume", addr, "orders", "6");
+        assert.equal(c.ok, true, JSON.stringify(c));
+        assert.deepEqual(c.values, ["m1", "m2", "k1", "k1", "f1", "f1"]);
+        const { flows } = await n.flows({ type: "l7" });
+        const d = flows.find((f) =>
+          f.l7?.kafka?.topic === "secret" && f.l7.kafka.api_version === 9
+        );
+        assert.equal(d?.verdict, "DROPPED", JSON.stringify(flows.slice(-4)));
+        assert.equal(d?.l7?.kafka?.error_code, 29);
+        const ok = flows.find((f) =>
+          f.l7?.kafka?.api_key === "fetch" && f.l7.kafka.api_version === 12
+        );
+        assert.equal(ok?.verdict, "FORWARDED", JSON.stringify(flows.slice(-4)));
+      },
+    );
 
     await t.step("each request is an L7 flow and counted as kafka", async () => {
       const { flows } = await n.flows({ type: "l7" });

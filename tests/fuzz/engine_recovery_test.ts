@@ -41,6 +41,8 @@ const TRAPPABLE = new Set([
   "identities_upsert",
   "identities_remove",
   "endpoints_load",
+  "endpoints_update",
+  "endpoints_affected",
   "ipcache_update",
   "ip_lookup",
   "query",
@@ -149,6 +151,22 @@ Deno.test("PolicyEngine recovers from a trap in any export: later answers equal 
         namedPorts: ep.ports,
       }));
       return { name: `setEndpoints(${JSON.stringify(eps)})`, run: (e) => e.setEndpoints(eps) };
+    },
+    () => {
+      const eps = cluster.endpoints.filter(() => r.chance(0.3)).map((ep) => ({
+        id: ep.id,
+        identity: r.chance(0.8) ? ep.identity : r.pick(idNumbers),
+        namedPorts: ep.ports,
+      }));
+      const gone = seeds.endpointIds.filter(() => r.chance(0.2));
+      return {
+        name: `updateEndpoints(${JSON.stringify(eps)}, ${gone})`,
+        run: (e) => e.updateEndpoints(eps, gone),
+      };
+    },
+    () => {
+      const id = r.pick(idNumbers);
+      return { name: `endpointsAffected(${id})`, run: (e) => e.endpointsAffected(id) };
     },
     () => {
       const ups = Array.from({ length: r.int(3) }, entry);

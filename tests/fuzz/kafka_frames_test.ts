@@ -89,7 +89,7 @@ function seeds(r: Rand): Uint8Array[] {
       ));
     }
   }
-  for (const [apiKey, v] of [[18, 3], [18, 0], [12, 1], [11, 5], [19, 5]]) { // topic-less types
+  for (const [apiKey, v] of [[18, 0], [12, 1], [11, 5], [19, 5]]) { // topic-less types
     out.push(
       requestFrame(
         { apiKey: apiKey!, apiVersion: v!, correlationId: 1, clientId: "c" },
@@ -99,6 +99,12 @@ function seeds(r: Rand): Uint8Array[] {
       ),
     );
   }
+  out.push(requestFrame( // ApiVersions v3: flexible, decoded whole
+    { apiKey: 18, apiVersion: 3, correlationId: 2, clientId: "c" },
+    REQ.apiVersions!(3),
+    { client_software_name: "librdkafka", client_software_version: "2.0.2" },
+    true,
+  ));
   return out;
 }
 

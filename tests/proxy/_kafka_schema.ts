@@ -165,17 +165,19 @@ export class SchemaDecoder {
   }
 }
 
-/** Decodes a response frame (size prefix, header v0 or v1) with a body schema; all bytes used. */
+/** Decodes a response frame (size prefix, header v0 or v1) with a body schema; all bytes used.
+ * `headerFlex` is false for ApiVersions, whose flexible versions keep response header v0. */
 export function decodeResponse(
   frame: Uint8Array,
   schema: Schema,
   flex: boolean,
+  headerFlex = flex,
 ): { correlationId: number; body: Value } {
   const size = new DataView(frame.buffer, frame.byteOffset).getInt32(0);
   if (size !== frame.length - 4) throw new Error(`size ${size} but ${frame.length - 4} bytes`);
   const d = new SchemaDecoder(frame.subarray(4));
   const correlationId = Number(d.field("i32", false));
-  if (flex) d.struct([], true); // response header v1 tags
+  if (headerFlex) d.struct([], true); // response header v1 tags
   const body = d.struct(schema, flex);
   if (!d.done) throw new Error(`${frame.length - 4 - d.pos} bytes left over`);
   return { correlationId, body };
@@ -183,6 +185,8 @@ export function decodeResponse(
 
 /** Request and response schemas, per type, as functions of the version. */
 export const REQ: Record<string, (v: number) => Schema> = {
+  apiVersions: (v) =>
+    v >= 3 ? [["client_software_name", "str"], ["client_software_version", "str"]] : [],
   produce: (v) => [
     ...(v >= 3 ? [["transactional_id", "nstr"]] as Schema : []),
     ["acks", "i16"],
@@ -268,6 +272,11 @@ export const REQ: Record<string, (v: number) => Schema> = {
 };
 
 export const RESP: Record<string, (v: number) => Schema> = {
+  apiVersions: (v) => [
+    ["error_code", "i16"],
+    ["api_keys", { array: [["api_key", "i16"], ["min_version", "i16"], ["max_version", "i16"]] }],
+    ...(v >= 1 ? [["throttle_time_ms", "i32"]] as Schema : []),
+  ],
   produce: (v) => [
     ["topics", {
       array: [["name", "str"], ["partitions", {
@@ -328,7 +337,17 @@ export const RESP: Record<string, (v: number) => Schema> = {
         ["name", "nstr"],
         ...(v >= 10 ? [["topic_id", "uuid"]] as Schema : []),
         ...(v >= 1 ? [["is_internal", "bool"]] as Schema : []),
-        ["partitions", { array: [["error_code", "i16"], ["partition_index", "i32"]] }],
+        ["partitions", {
+          array: [
+            ["error_code", "i16"],
+            ["partition_index", "i32"],
+            ["leader_id", "i32"],
+            ...(v >= 7 ? [["leader_epoch", "i32"]] as Schema : []),
+            ["replica_nodes", { ints: true }],
+            ["isr_nodes", { ints: true }],
+            ...(v >= 5 ? [["offline_replicas", { ints: true }]] as Schema : []),
+          ],
+        }],
         ...(v >= 8 ? [["topic_authorized_operations", "i32"]] as Schema : []),
       ],
     }],
