@@ -167,6 +167,19 @@ static __always_inline __u32 lb_hash(const struct ct_tuple *t)
 	return lb_mix(h ^ t->proto);
 }
 
+/* 5.: the port half of a rewrite (after the address): the source (src = 1) or destination port
+ * at l4 and its TCP/UDP checksum at l4 + csum_off. */
+static __always_inline int lb_rewrite_port(struct __sk_buff *skb, __u32 l4, __u32 csum_off,
+					   __u64 mangled, int src, __be16 old_port,
+					   __be16 new_port)
+{
+	if (old_port == new_port)
+		return 0;
+	if (bpf_l4_csum_replace(skb, l4 + csum_off, old_port, new_port, mangled | 2) < 0 ||
+	    bpf_skb_store_bytes(skb, l4 + (src ? 0 : 2), &new_port, 2, 0) < 0)
+		return DROP_CSUM_L4;
+	return 0;
+}
 /* 5.: rewrites the source (src = 1) or destination address and port of an IPv4 TCP/UDP packet. */
 static __always_inline int lb_rewrite(struct __sk_buff *skb, int src, __be32 old_ip,
 				      __be32 new_ip, __be16 old_port, __be16 new_port, __u8 proto)
@@ -183,12 +196,7 @@ static __always_inline int lb_rewrite(struct __sk_buff *skb, int src, __be32 old
 	    bpf_l3_csum_replace(skb, ETH_HLEN + 10, old_ip, new_ip, 4) < 0 ||
 	    bpf_skb_store_bytes(skb, ETH_HLEN + (src ? 12 : 16), &new_ip, 4, 0) < 0)
 		return DROP_CSUM_L4;
-	if (old_port == new_port)
-		return 0;
-	if (bpf_l4_csum_replace(skb, l4 + csum_off, old_port, new_port, mangled | 2) < 0 ||
-	    bpf_skb_store_bytes(skb, l4 + (src ? 0 : 2), &new_port, 2, 0) < 0)
-		return DROP_CSUM_L4;
-	return 0;
+	return lb_rewrite_port(skb, l4, csum_off, mangled, src, old_port, new_port);
 }
 
 /* 5., IPv6: rewrites the source (src = 1) or destination address and port; the TCP/UDP checksum
@@ -211,12 +219,7 @@ static __always_inline int lb6_rewrite(struct __sk_buff *skb, int src, const __u
 	    bpf_l4_csum_replace(skb, l4 + csum_off, 0, sum, BPF_F_PSEUDO_HDR | mangled) < 0 ||
 	    bpf_skb_store_bytes(skb, ETH_HLEN + (src ? 8 : 24), to, 16, 0) < 0)
 		return DROP_CSUM_L4;
-	if (old_port == new_port)
-		return 0;
-	if (bpf_l4_csum_replace(skb, l4 + csum_off, old_port, new_port, mangled | 2) < 0 ||
-	    bpf_skb_store_bytes(skb, l4 + (src ? 0 : 2), &new_port, 2, 0) < 0)
-		return DROP_CSUM_L4;
-	return 0;
+	return lb_rewrite_port(skb, l4, csum_off, mangled, src, old_port, new_port);
 }
 
 /* 5.: lb_rewrite or lb6_rewrite by family; addresses as 16 bytes (IPv4: the first 4). */

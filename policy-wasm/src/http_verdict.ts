@@ -47,18 +47,8 @@ export class HttpVerdictWriter {
     let chars = len(h.method) + len(h.path) + len(h.host);
     for (const [k, v] of headers) chars += len(k) + len(v);
     const room = 21 + 4 * (4 + 2 * headers.length) + 3 * chars;
-    const ptr = x.input_reserve(room);
-    this.#views(x);
+    const ptr = this.#head(x, q, room, L7_KIND.http);
     const dv = this.#dv;
-    dv.setUint32(ptr, MAGIC, true);
-    dv.setUint16(ptr + 4, VERSION, true);
-    dv.setUint16(ptr + 6, MSG.QUERY, true);
-    dv.setUint32(ptr + 8, q.endpoint, true);
-    dv.setUint8(ptr + 12, q.direction === "ingress" ? POLICY_DIR_INGRESS : POLICY_DIR_EGRESS);
-    dv.setUint32(ptr + 13, q.peer, true);
-    dv.setUint8(ptr + 17, q.proto);
-    dv.setUint16(ptr + 18, q.port, true);
-    dv.setUint8(ptr + 20, L7_KIND.http);
     const end = ptr + room;
     let at = this.#str(h.method, ptr + 21, end);
     at = this.#str(h.path, at, end);
@@ -72,6 +62,12 @@ export class HttpVerdictWriter {
   /** Writes `q` as a MSG_QUERY message with a DNS name (the DNS proxy's path); its length. */
   writeDns(x: HttpVerdictExports, q: QueryInput & { dns: string }): number {
     const room = 21 + 4 + 3 * q.dns.length;
+    const ptr = this.#head(x, q, room, L7_KIND.dns);
+    return this.#str(q.dns, ptr + 21, ptr + room) - ptr;
+  }
+
+  /** Reserves `room` bytes of input and writes the 21-byte MSG_QUERY head; returns where. */
+  #head(x: HttpVerdictExports, q: QueryInput, room: number, kind: number): number {
     const ptr = x.input_reserve(room);
     this.#views(x);
     const dv = this.#dv;
@@ -83,8 +79,8 @@ export class HttpVerdictWriter {
     dv.setUint32(ptr + 13, q.peer, true);
     dv.setUint8(ptr + 17, q.proto);
     dv.setUint16(ptr + 18, q.port, true);
-    dv.setUint8(ptr + 20, L7_KIND.dns);
-    return this.#str(q.dns, ptr + 21, ptr + room) - ptr;
+    dv.setUint8(ptr + 20, kind);
+    return ptr;
   }
 
   /** A u32 byte length and the UTF-8 of `s` at `at`; returns where the next field goes. */

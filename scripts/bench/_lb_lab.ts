@@ -11,6 +11,9 @@ import type { DatapathEndpoint } from "../../agent/endpoint/datapath_sink.ts";
 import { Logger } from "../../agent/log.ts";
 import { Lab, type Node, type Pod } from "../../tests/helpers/netns.ts";
 import { benchServices, kubeProxyRules, ORIGIN_PORT } from "./_lb_services.ts";
+import { haproxyOrigin, parseWrk, waitHttp200, type WrkCounts } from "./_wrk.ts";
+
+export { parseWrk };
 
 const BUILD_DIR = new URL("../../bpf/build", import.meta.url).pathname;
 /** Direct setups connect to DIRECT_PORT of the origin, services to ORIGIN_PORT, so that two
@@ -44,44 +47,14 @@ export interface Setup extends SetupSpec {
   sink?: KernelSink;
 }
 
-/** What wrk measured: requests per second (= connections with Connection: close), errors. */
-export interface WrkResult {
-  perSec: number;
-  requests: number;
-  errors: number;
+/** What wrk measured, and the CPU it took. */
+export interface WrkResult extends WrkCounts {
   /**
    * CPU seconds wrk and the origin used (user + system; with tick accounting the softirq work
    * of the packets they send, the datapath included, is charged to them). Other jobs on the
    * machine do not add to it, unlike to the rate.
    */
   cpuSeconds?: number;
-}
-
-const ORIGIN_CFG = `global
-  nbthread 1
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-frontend origin
-  bind 0.0.0.0:${ORIGIN_PORT}
-  bind 0.0.0.0:${DIRECT_PORT}
-  http-request return status 200 content-type text/plain string "ok"
-`;
-
-/** Parses wrk's report: requests/s, and socket errors plus non-2xx answers. */
-export function parseWrk(out: string): WrkResult {
-  const rps = /Requests\/sec:\s+([\d.]+)/.exec(out);
-  const total = /(\d+) requests in/.exec(out);
-  if (!rps || !total) {
-    throw new Error(`No "Requests/sec" in the wrk report: ${JSON.stringify(out)}`);
-  }
-  const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
-  const non2xx = /Non-2xx or 3xx responses: (\d+)/.exec(out);
-  const errors = (sock ? sock.slice(1).reduce((a, x) => a + Number(x), 0) : 0) +
-    (non2xx ? Number(non2xx[1]) : 0);
-  return { perSec: Number(rps[1]), requests: Number(total[1]), errors };
 }
 
 export class LbLab implements AsyncDisposable {
@@ -127,7 +100,7 @@ export class LbLab implements AsyncDisposable {
       "net.ipv4.ip_local_port_range=1024 65000",
     ]);
     const cfg = `${lab.dir}/origin-${n}.cfg`;
-    await Deno.writeTextFile(cfg, ORIGIN_CFG);
+    await Deno.writeTextFile(cfg, haproxyOrigin([ORIGIN_PORT, DIRECT_PORT]));
     // `ip netns exec` execs haproxy in place: the child's pid is the origin's.
     const originPid = lab.spawn(["ip", "netns", "exec", server.netns, "haproxy", "-f", cfg]).pid;
     const { specs, vip } = benchServices(spec.services, server.ipv4);
@@ -158,22 +131,8 @@ export class LbLab implements AsyncDisposable {
 
   async #waitOrigin(s: Setup): Promise<void> {
     const url = `http://${s.target}:${s.port}/`;
-    for (let i = 0; i < 100; i++) {
-      const r = await this.lab.exec(s.client.netns, [
-        "curl",
-        "-s",
-        "-m",
-        "1",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        url,
-      ]);
-      if (r.stdout.trim() === "200") return;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    throw new Error(`Setup "${s.name}": no answer from the origin at ${url}`);
+    const failure = `Setup "${s.name}": no answer from the origin at ${url}`;
+    await waitHttp200(this.lab, s.client.netns, url, failure, 50);
   }
 
   /**
@@ -197,7 +156,7 @@ export class LbLab implements AsyncDisposable {
       `http://${s.target}:${s.port}/`,
     ]);
     const origin1 = await cpuTicks(s.originPid);
-    const r = parseWrk(out);
+    const r: WrkResult = parseWrk(out);
     const stat = /WRKSTAT (.*)/.exec(out)?.[1];
     if (stat && origin0 !== undefined && origin1 !== undefined) {
       r.cpuSeconds = (statTicks(stat, 16) + origin1 - origin0) / CLK_TCK;

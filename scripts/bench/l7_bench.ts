@@ -10,6 +10,13 @@
 // Needs root and wrk, haproxy; every netns and process is removed at the end.
 import { parseArgs } from "node:util";
 import { CiliaNode } from "../../tests/cni/_fixture.ts";
+import {
+  haproxyOrigin,
+  httpCode,
+  parseWrk as wrkCounts,
+  waitHttp200,
+  wrkLatencyMs,
+} from "./_wrk.ts";
 
 /** Issue 10's target: proxy rps ≥ 1.0× haproxy's and proxy p99 ≤ 2× haproxy's. */
 export const TARGET = { rpsRatio: 1.0, p99Ratio: 2.0 };
@@ -24,18 +31,6 @@ export interface WrkFigures {
 const ORIGIN_PORT = 8080;
 const HAPROXY_PORT = 8081;
 const progress = (msg: string) => console.error(`bench l7: ${msg}`);
-
-const ORIGIN_CFG = `global
-  nbthread 1
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-frontend origin
-  bind 0.0.0.0:${ORIGIN_PORT}
-  http-request return status 200 content-type text/plain string "ok"
-`;
 
 const HAPROXY_CFG = `global
   nbthread 1
@@ -89,22 +84,13 @@ ingress:
   - ports: [{port: "${HAPROXY_PORT}", protocol: TCP}]`,
 );
 
-const UNIT_MS: Record<string, number> = { us: 0.001, ms: 1, s: 1000, m: 60_000 };
-
 /** Parses wrk's `--latency` report. */
 export function parseWrk(out: string): WrkFigures {
-  const ms = (q: string) => {
-    const m = out.match(new RegExp(`^\\s*${q}%\\s+([\\d.]+)(us|ms|s|m)\\s*$`, "m"));
-    if (!m) throw new Error(`No ${q}% latency in the wrk report: ${out}`);
-    return Number(m[1]) * UNIT_MS[m[2]!]!;
-  };
-  const rps = out.match(/^Requests\/sec:\s+([\d.]+)/m);
-  if (!rps) throw new Error(`No Requests/sec in the wrk report: ${out}`);
   const non2xx = out.match(/Non-2xx or 3xx responses:\s+(\d+)/);
   return {
-    rps: Number(rps[1]),
-    p50Ms: ms("50"),
-    p99Ms: ms("99"),
+    rps: wrkCounts(out).perSec,
+    p50Ms: wrkLatencyMs(out, "50"),
+    p99Ms: wrkLatencyMs(out, "99"),
     non2xx: Number(non2xx?.[1] ?? 0),
   };
 }
@@ -132,24 +118,8 @@ async function engineSeconds(n: CiliaNode): Promise<number> {
   return m ? Number(m[1]) : 0;
 }
 
-async function waitReady(n: CiliaNode, netns: string, url: string): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    const r = await n.lab.exec(netns, [
-      "curl",
-      "-s",
-      "-m",
-      "1",
-      "-o",
-      "/dev/null",
-      "-w",
-      "%{http_code}",
-      url,
-    ]);
-    if (r.stdout.trim() === "200") return;
-    await new Promise((res) => setTimeout(res, 100));
-  }
-  throw new Error(`${url} did not answer 200`);
-}
+const waitReady = (n: CiliaNode, netns: string, url: string) =>
+  waitHttp200(n.lab, netns, url, `${url} did not answer 200`);
 
 export async function main(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { duration: { type: "string", default: "5" } } });
@@ -158,7 +128,7 @@ export async function main(args: string[]): Promise<void> {
   const client = await n.addPod("client", { app: "client" });
   const server = await n.addPod("server", { app: "server" });
   const originCfg = `${n.lab.dir}/origin.cfg`, proxyCfg = `${n.lab.dir}/haproxy.cfg`;
-  await Deno.writeTextFile(originCfg, ORIGIN_CFG);
+  await Deno.writeTextFile(originCfg, haproxyOrigin([ORIGIN_PORT]));
   await Deno.writeTextFile(proxyCfg, HAPROXY_CFG);
   n.lab.spawn(["ip", "netns", "exec", server.netns, "haproxy", "-f", originCfg]);
   n.lab.spawn(["ip", "netns", "exec", server.netns, "haproxy", "-f", proxyCfg]);
@@ -183,19 +153,9 @@ export async function main(args: string[]): Promise<void> {
 
   await n.policy(L7_POLICY);
   await waitReady(n, client.netns, direct);
-  const denied = await n.lab.exec(client.netns, [
-    "curl",
-    "-s",
-    "-m",
-    "2",
-    "-o",
-    "/dev/null",
-    "-w",
-    "%{http_code}",
-    direct.replace("/public", "/private"),
-  ]);
-  if (denied.stdout.trim() !== "403") {
-    throw new Error(`The L7 rule is not in force: GET /private gave "${denied.stdout}"`);
+  const denied = await httpCode(n.lab, client.netns, direct.replace("/public", "/private"), 2);
+  if (denied !== "403") {
+    throw new Error(`The L7 rule is not in force: GET /private gave "${denied}"`);
   }
   progress(`cilia proxy (allow GET /public), ${dur} s`);
   await wrk(direct, 1);
