@@ -27,6 +27,7 @@ export function countedKvStore(store: KvStore, counter: Counter): KvStore {
     delete: (key: string) => count("delete", store.delete(key)),
     createIfAbsent: (key: string, value: Uint8Array, opts?: PutOptions) =>
       count("create", store.createIfAbsent(key, value, opts)),
+    createAll: (entries) => count("create_all", store.createAll(entries)),
     compareAndSwap: (key, expected, value, opts) =>
       count("compare_and_swap", store.compareAndSwap(key, expected, value, opts)),
     list: (prefix: string) => count("list", store.list(prefix)),

@@ -183,6 +183,7 @@ export class Agent {
         judge: engineJudge(this.engine),
         maps: this.proxyMaps,
         learn: (ep, names, ips) => this.fqdn.learn(ep, names, ips),
+        knownUntil: (ep, names, ips) => this.fqdn.knownUntil(ep, names, ips),
         log: log.child({ subsys: "dns-proxy" }),
         metrics: this.metrics,
         rejectRcode: c.tofqdnsDnsRejectResponseCode === "nameError"
@@ -192,6 +193,8 @@ export class Agent {
         connectTcp: (o, clientIp) => this.proxy!.connectUpstream(o, clientIp),
       });
       this.#closers.push(this.dnsProxy);
+      // The DNS proxy's Worker caches verdicts: any change of the engine makes them stale.
+      this.engine.onChange(() => this.dnsProxy?.invalidate());
     }
     const options = { ...DEFAULT_OPTIONS, clusterName: c.clusterName };
     const regenLog = log.child({ subsys: "regeneration" });
@@ -252,6 +255,7 @@ export class Agent {
       minTtl: c.tofqdnsMinTtl,
       maxIpsPerName: c.tofqdnsEndpointMaxIpPerHostname,
       path: `${c.stateDir}/fqdn-cache.json`,
+      onChange: () => this.dnsProxy?.invalidate(),
       ...(this.datapath
         ? {
           liveFlows: ((ct: string) => () => liveFlowPeers(ct))(

@@ -1,6 +1,7 @@
 /* Entry points for the node's tunnel device (cilia_vxlan, VXLAN in external mode). Attached
  * with tc: cil_to_overlay at egress (packets the node routed to another node's pods: set the
- * tunnel key, VNI = source identity) and cil_from_overlay at ingress (decapsulated packets: the
+ * tunnel key, VNI = source identity; or write the VXLAN itself and send it out of the underlay,
+ * lib/vxlan.h) and cil_from_overlay at ingress (decapsulated packets: the
  * VNI becomes the source identity the destination endpoint's ingress policy sees). Replies of
  * local NodePort backends to pods on other nodes get their frontend back first (nat.h); the L7
  * proxy's legs to and from other nodes get the addresses they stand for (proxy_overlay.h).
@@ -8,6 +9,7 @@
 #include "lib/tunnel.h"
 #include "lib/nat.h"
 #include "lib/proxy_overlay.h"
+#include "lib/vxlan.h"
 
 SEC("tc")
 int cil_to_overlay(struct __sk_buff *skb)
@@ -16,7 +18,8 @@ int cil_to_overlay(struct __sk_buff *skb)
 
 	if (!ret)
 		ret = proxy_to_overlay(skb);
-	return ret ? tunnel_drop(skb, ret, DIR_EGRESS) : tunnel_encap(skb);
+	/* VXLAN written here and sent out of the underlay, else by the device (vxlan.h). */
+	return ret ? tunnel_drop(skb, ret, DIR_EGRESS) : overlay_send(skb);
 }
 
 SEC("tc")

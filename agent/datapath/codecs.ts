@@ -20,7 +20,12 @@ export interface Layout {
 }
 export type Values = Record<string, number | bigint | Uint8Array>;
 
-function layout(struct: string, size: number, fields: [string, number, FieldKind, number?][]) {
+/** A Layout from [member, offset, kind, len?] rows, in the C struct's order. */
+export function layout(
+  struct: string,
+  size: number,
+  fields: [string, number, FieldKind, number?][],
+) {
   return {
     struct,
     size,

@@ -38,7 +38,7 @@ import {
   type MetricsRow,
 } from "./datapath.ts";
 import { type EncodedEntry, keyId } from "./policy_map.ts";
-import { attachedPrograms, PROG_FROM_CONTAINER, PROG_TO_CONTAINER } from "./loader.ts";
+import { attachedPrograms, PROG_FROM_CONTAINER, PROG_TO_CONTAINER, runsProgram } from "./loader.ts";
 import { linkNames } from "../sys/links.ts";
 import { EndpointPolicyState } from "./policy_state.ts";
 import { LB_MAPS, LbState } from "../service/lb_state.ts";
@@ -196,7 +196,7 @@ export class KernelSink implements DatapathSink {
         hook as "ingress" | "egress",
         this.datapath.netns,
       );
-      if (!progs.some((p) => p.startsWith(prog!))) {
+      if (!progs.some((p) => runsProgram(p, prog!))) {
         return `"${prog}" is not attached at ${hook} of "${ep.ifname}"`;
       }
     }

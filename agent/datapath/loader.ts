@@ -5,11 +5,14 @@
 //   <root>/progs/<object hash>/<prog name>   one directory per loaded object
 // A pinned map whose size differs from the configured one is never reused silently: loading
 // stops with what to do (a map cannot be resized in place, and replacing it would cut every
-// endpoint and overlay program off the entries they use).
-// It does not write map contents (datapath.ts does).
+// endpoint and overlay program off the entries they use). Pins an older cilia left that this
+// version cannot use (another events map type, proxy maps of another layout or name) are removed
+// before loading, so an in-place upgrade starts. It does not write map contents (datapath.ts does).
 import { z } from "zod";
 import type { BpfTool } from "./bpftool.ts";
+import { LAYOUTS } from "./codecs.ts";
 import { execCommand } from "../sys/exec.ts";
+import { ifIndex, tcAttach } from "./ffi.ts";
 
 export const MAP_NAMES = [
   "cilia_endpoints",
@@ -28,6 +31,10 @@ export const MAP_NAMES = [
   "cilia_lb_revnat",
   "cilia_lb_affinity",
   "cilia_lb_affinity_match",
+  // host.o's (netdev_loader.ts), pinned here first: node IP and tunnel port for VXLAN written
+  // by the endpoint's program, NodePort replies left to the tunnel device (bpf/lib/vxlan.h)
+  "cilia_nat_cfg",
+  "cilia_snat",
 ] as const;
 export type MapName = typeof MAP_NAMES[number];
 export const PROG_FROM_CONTAINER = "cil_from_container";
@@ -126,6 +133,44 @@ async function dropOldEventsMap(bpftool: BpfTool, pinned: string): Promise<void>
   if (info.type !== "ringbuf") await Deno.remove(pinned);
 }
 
+const MapKeyValueSchema = z.object({ bytes_key: z.number(), bytes_value: z.number() })
+  .passthrough();
+
+/** Key and value sizes of this version's L7 redirect maps (bpf/lib/proxy.h, via codecs.ts). */
+const PROXY_MAPS: Record<string, { key: number; value: number }> = {
+  cilia_proxy_cfg: { key: 4, value: LAYOUTS.proxyCfg.size },
+  cilia_proxy_orig: { key: LAYOUTS.proxyOrigKey.size, value: LAYOUTS.proxyOrigValue.size },
+  cilia_proxy_nat: { key: LAYOUTS.proxyNatKey.size, value: LAYOUTS.proxyNatValue.size },
+};
+
+/**
+ * `cilia_proxy_*` pins an older cilia left that this version does not use: a name it does not
+ * have, or one of its names with other key or value sizes (the maps grew to IPv6 addresses;
+ * reusing one would fail verification or mis-read every entry). Those pins go, so the new
+ * object makes its own. They hold only the redirects of connections in flight, cut anyway when
+ * the programs are replaced, and the node's proxy addresses, which the proxy writes at start.
+ * Returns the names removed.
+ */
+export async function dropOldProxyMaps(bpftool: BpfTool, mapsDir: string): Promise<string[]> {
+  const dropped: string[] = [];
+  for await (const e of Deno.readDir(mapsDir)) {
+    if (!e.name.startsWith("cilia_proxy_")) continue;
+    const path = `${mapsDir}/${e.name}`;
+    const want = PROXY_MAPS[e.name];
+    if (want) {
+      const have = await bpftool.json(
+        ["map", "show", "pinned", path],
+        MapKeyValueSchema,
+        `Cannot read map "${path}"`,
+      );
+      if (have.bytes_key === want.key && have.bytes_value === want.value) continue;
+    }
+    await Deno.remove(path);
+    dropped.push(e.name);
+  }
+  return dropped.sort();
+}
+
 /** Throws unless every reused map with a configured size has exactly that size. */
 async function checkSizes(
   bpftool: BpfTool,
@@ -162,6 +207,7 @@ export async function loadPinned(
   await Deno.mkdir(`${opts.root}/maps`, { recursive: true });
   await Deno.mkdir(`${opts.root}/progs`, { recursive: true });
   await dropOldEventsMap(bpftool, pins.maps.cilia_events);
+  await dropOldProxyMaps(bpftool, `${opts.root}/maps`);
   const reusedMaps: MapName[] = [];
   for (const n of MAP_NAMES) if (await exists(pins.maps[n])) reusedMaps.push(n);
   if (opts.sizes) await checkSizes(bpftool, pins, { reused: reusedMaps, sizes: opts.sizes });
@@ -207,8 +253,16 @@ async function run(
   return res.stdout;
 }
 
-/** Attaches (or atomically replaces) both programs on an endpoint's host-side veth. */
+/**
+ * Attaches (or atomically replaces) both programs on an endpoint's host-side veth: in process
+ * (libbpf, `tcAttach`) when running in the node's namespace, else with one tc process.
+ */
 export async function attachEndpoint(pins: Pins, ifname: string, netns?: string): Promise<void> {
+  if (netns === undefined) {
+    const index = ifIndex(ifname);
+    if (index === undefined) throw new Error(`Cannot attach to "${ifname}": no such link`);
+    return tcAttach(index, { ingress: pins.fromContainer, egress: pins.toContainer });
+  }
   // One tc process for the qdisc and both filters (`tc -batch`; it stops at the first error).
   const lines = attachLines(pins, ifname);
   await run(["tc", "-batch", "-"], netns, `Cannot attach to "${ifname}"`, lines.join("\n") + "\n");
@@ -273,6 +327,15 @@ export async function detachEndpoint(ifname: string, netns?: string): Promise<vo
 }
 
 /** Names of the BPF programs attached at a hook of a link (for checks and status). */
+/**
+ * Whether a filter's name (`attachedPrograms`) is program `prog`: tc names it after the pin
+ * (`cil_from_container:[*fsobj]`), libbpf after the kernel's name of at most 15 characters and
+ * the id (`cil_from_contai:[42]`).
+ */
+export function runsProgram(filterName: string, prog: string): boolean {
+  return filterName.startsWith(`${prog}:`) || filterName.startsWith(`${prog.slice(0, 15)}:[`);
+}
+
 export async function attachedPrograms(
   ifname: string,
   hook: "ingress" | "egress",

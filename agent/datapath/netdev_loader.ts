@@ -6,9 +6,9 @@
 // translated connections survive. Programs: <root>/netdev/<object hash>/{cil_from_netdev,
 // cil_to_netdev}; older hashes are removed once the device uses the new ones. It neither picks
 // the device nor decides the settings (node/nat.ts does).
-import { BpfTool, hexArgs } from "./bpftool.ts";
+import { BpfTool, bytesFromHex, hexArgs, MapDumpSchema } from "./bpftool.ts";
 import { buildObject } from "./build.ts";
-import { encode, type Layout } from "./codecs.ts";
+import { encode, type Layout, layout } from "./codecs.ts";
 import { parsePrefix } from "./_addr.ts";
 import { execCommand } from "../sys/exec.ts";
 
@@ -26,94 +26,69 @@ const SHARED_MAPS = [
   "cilia_lb_revnat",
   "cilia_lb_affinity",
   "cilia_lb_affinity_match",
+  // VXLAN received in BPF leaves replies to the proxy's upstream legs to the tunnel device
+  // (bpf/lib/vxlan.h, 3.)
+  "cilia_proxy_cfg",
+  "cilia_proxy_orig",
+  "cilia_proxy_nat",
 ] as const;
 /** Maps only host.o has (the IPv6 pair: bpf/lib/nodeport6.h). */
 export const NAT_MAPS = ["cilia_snat", "cilia_nat_cfg", "cilia_snat6", "cilia_nat6_cfg"] as const;
 
-/** struct nat_cfg, struct nat_key and struct nat_entry (bpf/lib/nat.h); checked against BTF. */
+/**
+ * struct nat_key and struct nat_entry (bpf/lib/nat.h) and their IPv6 twins nat6_key and nat6_entry
+ * (bpf/lib/nodeport6.h): the same members, addresses of A bytes (4 or 16).
+ */
+const natKey = (struct: string, a: number) =>
+  layout(struct, 2 * a + 8, [
+    ["saddr", 0, "bytes", a],
+    ["daddr", a, "bytes", a],
+    ["sport", 2 * a, "be16"],
+    ["dport", 2 * a + 2, "be16"],
+    ["proto", 2 * a + 4, "u8"],
+    ["dir", 2 * a + 5, "u8"],
+    ["pad", 2 * a + 6, "u16"],
+  ]);
+const natEntry = (struct: string, a: number) =>
+  layout(struct, 2 * a + 12, [
+    ["daddr", 0, "bytes", a],
+    ["saddr", a, "bytes", a],
+    ["dport", 2 * a, "be16"],
+    ["sport", 2 * a + 2, "be16"],
+    ["backend_id", 2 * a + 4, "u32"],
+    ["kind", 2 * a + 8, "u8"],
+    ["flags", 2 * a + 9, "u8"],
+    ["pad", 2 * a + 10, "u16"],
+  ]);
+
+/** The NAT maps' structs; checked against BTF (tests/datapath/nat_codecs_test.ts). */
 export const NAT_LAYOUTS = {
-  natCfg: {
-    struct: "nat_cfg",
-    size: 24,
-    fields: [
-      { name: "node_ip", offset: 0, kind: "bytes", len: 4 },
-      { name: "pod_net", offset: 4, kind: "bytes", len: 4 },
-      { name: "pod_mask", offset: 8, kind: "bytes", len: 4 },
-      { name: "native_net", offset: 12, kind: "bytes", len: 4 },
-      { name: "native_mask", offset: 16, kind: "bytes", len: 4 },
-      { name: "flags", offset: 20, kind: "u16" },
-      { name: "tunnel_port", offset: 22, kind: "be16" },
-    ],
-  },
-  natKey: {
-    struct: "nat_key",
-    size: 16,
-    fields: [
-      { name: "saddr", offset: 0, kind: "bytes", len: 4 },
-      { name: "daddr", offset: 4, kind: "bytes", len: 4 },
-      { name: "sport", offset: 8, kind: "be16" },
-      { name: "dport", offset: 10, kind: "be16" },
-      { name: "proto", offset: 12, kind: "u8" },
-      { name: "dir", offset: 13, kind: "u8" },
-      { name: "pad", offset: 14, kind: "u16" },
-    ],
-  },
-  natEntry: {
-    struct: "nat_entry",
-    size: 20,
-    fields: [
-      { name: "daddr", offset: 0, kind: "bytes", len: 4 },
-      { name: "saddr", offset: 4, kind: "bytes", len: 4 },
-      { name: "dport", offset: 8, kind: "be16" },
-      { name: "sport", offset: 10, kind: "be16" },
-      { name: "backend_id", offset: 12, kind: "u32" },
-      { name: "kind", offset: 16, kind: "u8" },
-      { name: "flags", offset: 17, kind: "u8" },
-      { name: "pad", offset: 18, kind: "u16" },
-    ],
-  },
-  nat6Cfg: {
-    struct: "nat6_cfg",
-    size: 36,
-    fields: [
-      { name: "node_ip", offset: 0, kind: "bytes", len: 16 },
-      { name: "pod_net", offset: 16, kind: "bytes", len: 16 },
-      { name: "pod_prefix", offset: 32, kind: "u8" },
-      { name: "pad", offset: 33, kind: "bytes", len: 3 },
-    ],
-  },
-  nat6Key: {
-    struct: "nat6_key",
-    size: 40,
-    fields: [
-      { name: "saddr", offset: 0, kind: "bytes", len: 16 },
-      { name: "daddr", offset: 16, kind: "bytes", len: 16 },
-      { name: "sport", offset: 32, kind: "be16" },
-      { name: "dport", offset: 34, kind: "be16" },
-      { name: "proto", offset: 36, kind: "u8" },
-      { name: "dir", offset: 37, kind: "u8" },
-      { name: "pad", offset: 38, kind: "u16" },
-    ],
-  },
-  nat6Entry: {
-    struct: "nat6_entry",
-    size: 44,
-    fields: [
-      { name: "daddr", offset: 0, kind: "bytes", len: 16 },
-      { name: "saddr", offset: 16, kind: "bytes", len: 16 },
-      { name: "dport", offset: 32, kind: "be16" },
-      { name: "sport", offset: 34, kind: "be16" },
-      { name: "backend_id", offset: 36, kind: "u32" },
-      { name: "kind", offset: 40, kind: "u8" },
-      { name: "flags", offset: 41, kind: "u8" },
-      { name: "pad", offset: 42, kind: "u16" },
-    ],
-  },
-} as const satisfies Record<string, Layout>;
+  natCfg: layout("nat_cfg", 24, [
+    ["node_ip", 0, "bytes", 4],
+    ["pod_net", 4, "bytes", 4],
+    ["pod_mask", 8, "bytes", 4],
+    ["native_net", 12, "bytes", 4],
+    ["native_mask", 16, "bytes", 4],
+    ["flags", 20, "u16"],
+    ["tunnel_port", 22, "be16"],
+  ]),
+  natKey: natKey("nat_key", 4),
+  natEntry: natEntry("nat_entry", 4),
+  nat6Cfg: layout("nat6_cfg", 36, [
+    ["node_ip", 0, "bytes", 16],
+    ["pod_net", 16, "bytes", 16],
+    ["pod_prefix", 32, "u8"],
+    ["pad", 33, "bytes", 3],
+  ]),
+  nat6Key: natKey("nat6_key", 16),
+  nat6Entry: natEntry("nat6_entry", 16),
+} satisfies Record<string, Layout>;
 
 export const NAT_CFG_F_MASQUERADE = 1 << 0;
 export const NAT_CFG_F_NODEPORT = 1 << 1;
 export const NAT_CFG_F_DSR = 1 << 2;
+/** VXLAN only through the tunnel device, never written or read by BPF (bpf/lib/vxlan.h, 2.). */
+export const NAT_CFG_F_TUNNEL_NETDEV = 1 << 3;
 /** NAT_K_* of bpf/lib/nat.h, for listings. */
 export const NAT_KINDS: Record<number, string> = {
   1: "masquerade",
@@ -148,10 +123,16 @@ export interface NetdevPins {
   toNetdev: string;
 }
 
+/** text as an address or prefix of family, or a RangeError naming what. */
+function prefixOf(text: string, family: 4 | 6, what: string) {
+  const p = parsePrefix(text);
+  if (p.family !== family) throw new RangeError(`Invalid ${what} "${text}": expected IPv${family}`);
+  return p;
+}
+
 function netAndMask(cidr: string | undefined, what: string): [Uint8Array, Uint8Array] {
   if (cidr === undefined) return [new Uint8Array(4), new Uint8Array(4)];
-  const p = parsePrefix(cidr);
-  if (p.family !== 4) throw new RangeError(`Invalid ${what} "${cidr}": expected IPv4`);
+  const p = prefixOf(cidr, 4, what);
   const mask = new Uint8Array(4);
   for (let bit = 0; bit < p.prefixLen; bit++) mask[bit >> 3]! |= 0x80 >> (bit & 7);
   return [p.addr.slice(0, 4), mask];
@@ -175,15 +156,10 @@ export function encodeNatConfig(s: NatSettings): Uint8Array {
 
 /** The bytes of struct nat6_cfg (bpf/lib/nodeport6.h): all zero without an IPv6 node address. */
 export function encodeNat6Config(s: Pick<NatSettings, "nodeIp6" | "podCidrV6">): Uint8Array {
-  const v6 = (text: string, what: string) => {
-    const p = parsePrefix(text);
-    if (p.family !== 6) throw new RangeError(`Invalid ${what} "${text}": expected IPv6`);
-    return p;
-  };
-  const node = s.nodeIp6 === undefined ? undefined : v6(s.nodeIp6, "node IPv6 address");
+  const node = s.nodeIp6 === undefined ? undefined : prefixOf(s.nodeIp6, 6, "node IPv6 address");
   const pods = s.podCidrV6 === undefined || node === undefined
     ? undefined
-    : v6(s.podCidrV6, "IPv6 pod CIDR");
+    : prefixOf(s.podCidrV6, 6, "IPv6 pod CIDR");
   return encode(NAT_LAYOUTS.nat6Cfg, {
     node_ip: node?.addr ?? new Uint8Array(16),
     pod_net: pods?.addr ?? new Uint8Array(16),
@@ -259,6 +235,27 @@ export async function writeNatConfig(bpffsRoot: string, s: NatSettings): Promise
       `Cannot write the NAT config to "${path}"`,
     );
   }
+}
+
+/**
+ * Sets or clears NAT_CFG_F_TUNNEL_NETDEV in the written config: with it, VXLAN goes through the
+ * tunnel device only (the path before bpf/lib/vxlan.h); for A/B benchmarks and interop tests.
+ */
+export async function setTunnelNetdevOnly(bpffsRoot: string, on: boolean): Promise<void> {
+  const path = `${bpffsRoot.replace(/\/+$/, "")}/maps/cilia_nat_cfg`;
+  const what = `Cannot update the NAT config at "${path}"`;
+  const tool = new BpfTool();
+  const [entry] = await tool.json(["map", "dump", "pinned", path], MapDumpSchema, what);
+  if (entry?.value === undefined) throw new Error(`${what}: the map has no entry 0`);
+  const value = bytesFromHex(entry.value);
+  const view = new DataView(value.buffer);
+  const flags = view.getUint16(20, true);
+  view.setUint16(20, on ? flags | NAT_CFG_F_TUNNEL_NETDEV : flags & ~NAT_CFG_F_TUNNEL_NETDEV, true);
+  await tool.run(
+    ["map", "update", "pinned", path, "key", "0", "0", "0", "0", "value", "hex"]
+      .concat(hexArgs(value).split(" ")),
+    what,
+  );
 }
 
 /** Attaches (atomically replaces) both programs on the underlay device; drops older objects. */

@@ -82,53 +82,64 @@ export class EndpointPolicyState {
     diff: { adds: readonly SinkEntry[]; deletes: readonly MapStateEntry[] },
     opts: { full?: boolean; stale?: readonly Uint8Array[] } = {},
   ): PolicyPlan {
-    const entries = new Map(this.#entries);
-    const slots = new Map([...this.#slots].map(([k, s]) => [k, { ...s }]));
-    const touched = new Set<string>();
+    // Copy on write: only what the diff touches is copied (a diff of one peer identity costs the
+    // same with 10 or 10,000 entries recorded); `undefined` marks a key the plan removes.
+    const entries = new Map<string, MapStateEntry | undefined>();
+    const slots = new Map<string, Slot | undefined>();
+    const entryOf = (k: string) => entries.has(k) ? entries.get(k) : this.#entries.get(k);
+    const slotOf = (id: string): Slot | undefined => {
+      if (slots.has(id)) return slots.get(id);
+      const base = this.#slots.get(id);
+      const s = base && { ...base };
+      slots.set(id, s);
+      return s;
+    };
     const drop = (e: MapStateEntry) => {
       for (const { key } of encodePolicyEntry(this.epId, policyEntryOf(e))) {
-        const id = keyId(key), s = slots.get(id);
-        if (s && --s.refs <= 0) slots.delete(id);
-        touched.add(id);
+        const id = keyId(key), s = slotOf(id);
+        if (s && --s.refs <= 0) slots.set(id, undefined);
       }
     };
     for (const e of diff.deletes) {
-      const old = entries.get(entryKey(e));
+      const k = entryKey(e), old = entryOf(k);
       if (old) drop(old);
-      entries.delete(entryKey(e));
+      entries.set(k, undefined);
     }
     for (const e of diff.adds) {
-      const old = entries.get(entryKey(e));
+      const k = entryKey(e), old = entryOf(k);
       if (old) drop(old);
-      entries.set(entryKey(e), e);
+      entries.set(k, e);
       for (const { key, value } of encodePolicyEntry(this.epId, policyEntryOf(e))) {
-        const id = keyId(key), s = slots.get(id);
+        const id = keyId(key), s = slotOf(id);
         if (s) {
           s.refs++;
           s.value = value;
         } else slots.set(id, { key, value, refs: 1 });
-        touched.add(id);
       }
     }
     const updates: EncodedEntry[] = [];
     const deletes: Uint8Array[] = [];
     if (opts.full) {
-      for (const s of slots.values()) updates.push({ key: s.key, value: s.value });
+      for (const [id, s] of this.#slots) {
+        if (!slots.has(id)) updates.push({ key: s.key, value: s.value });
+      }
+      for (const s of slots.values()) if (s) updates.push({ key: s.key, value: s.value });
     } else {
-      for (const id of touched) {
-        const now = slots.get(id), before = this.#slots.get(id);
+      for (const [id, now] of slots) {
+        const before = this.#slots.get(id);
         if (now && (!before || !sameBytes(before.value, now.value))) {
           updates.push({ key: now.key, value: now.value });
         } else if (!now && before) deletes.push(before.key);
       }
     }
-    for (const key of opts.stale ?? []) if (!slots.has(keyId(key))) deletes.push(key);
+    const holds = (id: string) => slots.has(id) ? slots.get(id) !== undefined : this.#slots.has(id);
+    for (const key of opts.stale ?? []) if (!holds(keyId(key))) deletes.push(key);
     return {
       updates,
       deletes,
       commit: () => {
-        this.#entries = entries;
-        this.#slots = slots;
+        for (const [k, e] of entries) e ? this.#entries.set(k, e) : this.#entries.delete(k);
+        for (const [id, s] of slots) s ? this.#slots.set(id, s) : this.#slots.delete(id);
       },
     };
   }

@@ -80,7 +80,11 @@ export class ProxyMaps {
   readonly #origKeyView = new DataView(this.#origKey.buffer);
   readonly #clients = new Map<string, { bytes: Uint8Array; family: 4 | 6 }>();
 
+  /** The pinned maps' paths (a Worker opens its own fds on them). */
+  readonly pins: { cfg: string; orig: string; nat: string };
+
   constructor(pins: { cfg: string; orig: string; nat: string }) {
+    this.pins = pins;
     acquire();
     const opened: number[] = [];
     try {

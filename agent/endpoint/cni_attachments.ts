@@ -8,6 +8,7 @@
  * the agent was down. An attachment is found by (container id, interface name).
  */
 
+import type { IdentitySpec } from "@cilia/policy-wasm";
 import type { Logger } from "../log.ts";
 import type { Ipam } from "../ipam/ipam.ts";
 import type {
@@ -24,7 +25,8 @@ import { CniAttachmentError } from "./cni_error.ts";
 import type { EndpointManager } from "./manager.ts";
 import { type EndpointRecord, type EndpointSpec, EndpointSpecSchema } from "./spec.ts";
 import {
-  createPodInterface,
+  configurePodInterface,
+  createVethPair,
   deleteHostInterface,
   finishHostSide,
   hostIfnameFor,
@@ -49,6 +51,7 @@ export interface CniAttachmentsOptions {
 const MAX_ENDPOINT_ID = 65535;
 /** Linux interface names: 1-15 bytes, no "/", ":" or whitespace. */
 const IFNAME = /^[^/:\s]{1,15}$/;
+const validIfname = (name: string) => IFNAME.test(name) && name !== "." && name !== "..";
 
 /** A DNS-subdomain endpoint name from a pod name, or one derived from the container id. */
 export function endpointName(podName: string | undefined, containerId: string): string {
@@ -58,6 +61,15 @@ export function endpointName(podName: string | undefined, containerId: string): 
 }
 
 const owner = (containerId: string, ifname: string) => `cni:${containerId}/${ifname}`;
+
+/** A promise that resolves to the value or the error (never rejects: awaited later). */
+const settle = <T>(p: Promise<T>): Promise<T | Error> =>
+  p.catch((err) => err instanceof Error ? err : new Error(String(err)));
+
+function unwrap<T>(r: T | Error): T {
+  if (r instanceof Error) throw r;
+  return r;
+}
 
 export class CniAttachments {
   #o: CniAttachmentsOptions;
@@ -70,9 +82,7 @@ export class CniAttachments {
   }
 
   find(containerId: string, ifname: string): EndpointRecord | undefined {
-    return this.#o.endpoints.list().find((e) =>
-      e.containerId === containerId && (e.containerIfname ?? "eth0") === ifname
-    );
+    return this.#o.endpoints.findContainer(containerId, ifname);
   }
 
   /**
@@ -118,26 +128,31 @@ export class CniAttachments {
       );
     }
     const spec = this.#spec(req);
-    // Where an ADD's time goes, logged with it (ms since the start of each step).
+    // Where an ADD's time goes, logged with it (ms since the start of each step; "ipam" and
+    // "identity" are what was still to wait for after the processes that overlap them).
     const t = [performance.now()];
-    await this.#checkTarget(req);
-    t.push(performance.now());
+    if (!validIfname(req.ifname)) await this.#checkTarget(req); // throws the caller's error
     const id = this.#reserveId();
     const who = owner(req.containerId, req.ifname);
     const hostIfname = await hostIfnameFor(req.containerId, req.ifname);
-    let created = false;
+    let allocating: Promise<PodAddressing | Error> | undefined;
+    let acquiring: Promise<IdentitySpec | Error> | undefined;
+    let handed = false, created = false;
     try {
-      const addressing = await this.#allocate(who);
-      t.push(performance.now());
       const hostMac = randomMac(), podMac = randomMac();
-      await createPodInterface({
-        hostIfname,
-        netns: req.netns,
-        ifname: req.ifname,
-        addressing,
-        hostMac,
-        podMac,
-      });
+      const pair = { hostIfname, netns: req.netns, ifname: req.ifname };
+      await this.#createPair(req, { ...pair, hostMac, podMac });
+      t.push(performance.now());
+      // The kvstore work (addresses, identity) runs while the pod's end is configured: settled
+      // promises, awaited in turn below; whatever was taken is given back if a step fails.
+      allocating = settle(this.#allocate(who));
+      acquiring = settle(this.#o.endpoints.acquireIdentity(spec));
+      const addressing = unwrap(await allocating);
+      t.push(performance.now());
+      await configurePodInterface({ ...pair, addressing });
+      t.push(performance.now());
+      const identity = unwrap(await acquiring);
+      t.push(performance.now());
       const full = EndpointSpecSchema.parse({
         ...spec,
         ...(addressing.ipv4 ? { ipv4: addressing.ipv4 } : {}),
@@ -145,8 +160,8 @@ export class CniAttachments {
         ifname: hostIfname,
         mac: podMac,
       });
-      t.push(performance.now());
-      const { endpoint } = await this.#o.endpoints.put(id, full);
+      handed = true; // put() owns the reference now, and releases it if it fails
+      const { endpoint } = await this.#o.endpoints.put(id, full, { identity });
       created = true;
       t.push(performance.now());
       await finishHostSide({ hostIfname, addressing });
@@ -156,12 +171,24 @@ export class CniAttachments {
         container: req.containerId,
         endpoint: id,
         interface: hostIfname,
-        ms: { check: step(0), ipam: step(1), veth: step(2), endpoint: step(3), up: step(4) },
+        ms: {
+          veth: step(0),
+          ipam: step(1),
+          pod: step(2),
+          identity: step(3),
+          endpoint: step(4),
+          up: step(5),
+        },
       });
       return await this.#response(endpoint, hostMac);
     } catch (err) {
       if (created) await this.#o.endpoints.delete(id).catch(() => {});
       await deleteHostInterface(hostIfname).catch(() => {});
+      // Both kvstore steps end first, so that nothing they took is left behind.
+      const [, acquired] = await Promise.all([allocating, acquiring]);
+      if (!handed && acquired !== undefined && !(acquired instanceof Error)) {
+        await this.#o.endpoints.releaseIdentity(acquired).catch(() => {});
+      }
       await this.#releaseOwned(who);
       throw err;
     } finally {
@@ -236,9 +263,25 @@ export class CniAttachments {
     return n;
   }
 
+  /**
+   * The veth pair in one process when nothing is in the way (the usual case). When `ip link add`
+   * fails, one more process finds out why: not a netns, or an interface name invalid or taken
+   * in it (the caller's errors, thrown), else a host side left by an interrupted ADD, deleted
+   * before the pair is made again.
+   */
+  async #createPair(req: CniAddRequest, o: Parameters<typeof createVethPair>[0]): Promise<void> {
+    try {
+      await createVethPair(o);
+    } catch {
+      await this.#checkTarget(req);
+      await deleteHostInterface(o.hostIfname);
+      await createVethPair(o);
+    }
+  }
+
   /** The netns must be one, and the interface name valid and free in it (caller errors). */
   async #checkTarget(req: CniAddRequest): Promise<void> {
-    const valid = IFNAME.test(req.ifname) && req.ifname !== "." && req.ifname !== "..";
+    const valid = validIfname(req.ifname);
     // One process answers both questions; an invalid name is only checked after the netns.
     const target = await podTarget(req.netns, valid ? req.ifname : "lo");
     if (target === "not-netns") {
@@ -296,9 +339,9 @@ export class CniAttachments {
   }
 
   #reserveId(): number {
-    const used = new Set([...this.#o.endpoints.list().map((e) => e.id), ...this.#reserved]);
+    // The lowest free id (map lookups only: no list of every endpoint per ADD).
     for (let id = 1; id <= MAX_ENDPOINT_ID; id++) {
-      if (!used.has(id)) {
+      if (!this.#o.endpoints.has(id) && !this.#reserved.has(id)) {
         this.#reserved.add(id);
         return id;
       }
@@ -316,10 +359,10 @@ export class CniAttachments {
       );
     }
     const out: PodAddressing = {};
-    for (const p of pools) {
-      const a = await this.#o.ipam.allocate({ family: p.family, owner: who });
-      if (p.family === 4) [out.ipv4, out.gateway4] = [a.ip, p.gateway];
-      else [out.ipv6, out.gateway6] = [a.ip, p.gateway];
+    for (const a of await this.#o.ipam.allocateAll(who)) {
+      const gateway = pools.find((p) => p.family === a.family)!.gateway;
+      if (a.family === 4) [out.ipv4, out.gateway4] = [a.ip, gateway];
+      else [out.ipv6, out.gateway6] = [a.ip, gateway];
     }
     return out;
   }

@@ -50,6 +50,10 @@ export class EndpointManager {
   #o: EndpointManagerOptions;
   #filter: LabelFilter;
   #eps = new Map<number, EndpointRecord>();
+  /** Ids by address, by name and by container interface: lookups that do not scan them all. */
+  #byIp = new Map<string, Set<number>>();
+  #byName = new Map<string, Set<number>>();
+  #byContainer = new Map<string, Set<number>>();
 
   constructor(opts: EndpointManagerOptions) {
     this.#o = opts;
@@ -70,22 +74,71 @@ export class EndpointManager {
     return ep;
   }
 
-  /** By id, `namespace/name` or name (the first with that name). */
+  /** By id, `namespace/name` or name (the first with that name, by id). */
   find(ref: string): EndpointRecord | undefined {
     if (/^\d+$/.test(ref)) return this.#eps.get(Number(ref));
     const slash = ref.indexOf("/");
-    return this.list().find((e) =>
-      slash >= 0 ? `${e.namespace}/${e.name}` === ref : e.name === ref
-    );
+    const name = slash >= 0 ? ref.slice(slash + 1) : ref;
+    let found: EndpointRecord | undefined;
+    for (const id of this.#byName.get(name) ?? []) {
+      const e = this.#eps.get(id)!;
+      if (slash >= 0 && `${e.namespace}/${e.name}` !== ref) continue;
+      if (found === undefined || e.id < found.id) found = e;
+    }
+    return found;
+  }
+
+  /** The endpoint of a container's interface (a CNI attachment), if any. */
+  findContainer(containerId: string, ifname: string): EndpointRecord | undefined {
+    const ids = [...this.#byContainer.get(`${containerId}/${ifname}`) ?? []];
+    return ids.length === 0 ? undefined : this.#eps.get(Math.min(...ids));
+  }
+
+  /** Whether endpoint id `id` is taken. */
+  has(id: number): boolean {
+    return this.#eps.has(id);
+  }
+
+  #index(ep: EndpointRecord, add: boolean): void {
+    const file = (m: Map<string, Set<number>>, k: string) => {
+      const ids = m.get(k) ?? new Set<number>();
+      if (add) ids.add(ep.id);
+      else ids.delete(ep.id);
+      if (ids.size > 0) m.set(k, ids);
+      else m.delete(k);
+    };
+    for (const ip of ipsOf(ep)) file(this.#byIp, ip);
+    file(this.#byName, ep.name);
+    if (ep.containerId !== undefined) {
+      file(this.#byContainer, `${ep.containerId}/${ep.containerIfname ?? "eth0"}`);
+    }
   }
 
   identityLabels(spec: EndpointSpec): string[] {
     return identityLabelsOf(spec, { clusterName: this.#o.clusterName, filter: this.#filter });
   }
 
-  /** Creates or replaces endpoint `id`. */
-  put(id: number, spec: EndpointSpec): Promise<{ endpoint: EndpointRecord; created: boolean }> {
-    return this.#put(id, spec);
+  /**
+   * Creates or replaces endpoint `id`. `identity`: the identity of its labels, taken beforehand
+   * with `acquireIdentity()` (a CNI ADD does that while it builds the interface); `put` owns
+   * that reference from then on and releases it if it fails.
+   */
+  put(
+    id: number,
+    spec: EndpointSpec,
+    opts: { identity?: IdentitySpec } = {},
+  ): Promise<{ endpoint: EndpointRecord; created: boolean }> {
+    return this.#put(id, spec, undefined, opts.identity);
+  }
+
+  /** The identity of `spec`'s labels with one more reference, for `put()`. */
+  acquireIdentity(spec: EndpointSpec): Promise<IdentitySpec> {
+    return this.#o.allocator.acquire(this.identityLabels(spec));
+  }
+
+  /** Drops a reference `acquireIdentity()` took and no `put()` received. */
+  releaseIdentity(identity: IdentitySpec): Promise<void> {
+    return this.#o.allocator.release(identity.id);
   }
 
   /**
@@ -141,7 +194,9 @@ export class EndpointManager {
           else await this.#o.regen.removeEndpoint(id);
           throw err;
         }
+        if (prev) this.#index(prev, false);
         this.#eps.set(id, record);
+        this.#index(record, true);
         if (prev) {
           await this.#o.allocator.release(prev.identity);
           await this.#releaseAddresses(prev, record);
@@ -183,6 +238,7 @@ export class EndpointManager {
       const ep = this.get(id);
       await this.#o.store.delete(endpointKey(this.#o.node, id));
       this.#eps.delete(id);
+      this.#index(ep, false);
       await this.#o.regen.removeEndpoint(id);
       await this.#o.allocator.release(ep.identity);
       await this.#releaseAddresses(ep);
@@ -262,10 +318,9 @@ export class EndpointManager {
   #checkAddresses(id: number, spec: EndpointSpec): void {
     for (const ip of ipsOf(spec)) {
       let other: EndpointRecord | undefined;
-      for (const e of this.#eps.values()) {
-        if (e.id !== id && ipsOf(e).includes(ip) && (other === undefined || e.id < other.id)) {
-          other = e;
-        }
+      for (const o of this.#byIp.get(ip) ?? []) {
+        const e = this.#eps.get(o)!;
+        if (e.id !== id && (other === undefined || e.id < other.id)) other = e;
       }
       if (other) {
         throw new EndpointConflictError(

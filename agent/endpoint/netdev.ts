@@ -54,34 +54,29 @@ export function randomMac(): string {
 }
 
 /**
- * Creates the veth pair with the MACs given and configures the pod's end. Three processes:
- * `ip link add` (again after deleting a leftover of an interrupted ADD, if there was one), and
- * `nsenter … ip -batch` in the pod.
+ * Creates the veth pair with the MACs given, the pod's end in its netns and not configured yet
+ * (`configurePodInterface`; the addresses need not be known): one `ip link add`. It fails when
+ * `netns` is not a network namespace, the pod already has `ifname`, or the host side exists (a
+ * leftover of an interrupted ADD); `podTarget()` tells which.
  */
-export async function createPodInterface(
-  o: {
-    hostIfname: string;
-    netns: string;
-    ifname: string;
-    addressing: PodAddressing;
-    hostMac: string;
-    podMac: string;
-  },
+export async function createVethPair(
+  o: { hostIfname: string; netns: string; ifname: string; hostMac: string; podMac: string },
 ): Promise<void> {
-  const a = o.addressing, dev = o.ifname;
   const add = [
     ...["ip", "link", "add", o.hostIfname, "address", o.hostMac, "type", "veth"],
-    ...["peer", "name", dev, "address", o.podMac, "netns", o.netns],
+    ...["peer", "name", o.ifname, "address", o.podMac, "netns", o.netns],
   ];
-  const what = `Cannot create the veth pair "${o.hostIfname}"/"${dev}"`;
-  const first = await execCommand(add);
-  if (first.code !== 0) {
-    if (!/File exists/.test(first.stderr)) {
-      throw new NetdevError(`${what}: ip exited with status ${first.code}: ${first.stderr.trim()}`);
-    }
-    await deleteHostInterface(o.hostIfname); // a leftover of an interrupted ADD
-    await run(add, what);
-  }
+  await run(add, `Cannot create the veth pair "${o.hostIfname}"/"${o.ifname}"`);
+}
+
+/**
+ * Configures the pod's end of a pair `createVethPair` made (addresses, routes, up) with one
+ * `nsenter … ip -batch`; on failure the pair is deleted.
+ */
+export async function configurePodInterface(
+  o: { hostIfname: string; netns: string; ifname: string; addressing: PodAddressing },
+): Promise<void> {
+  const a = o.addressing, dev = o.ifname;
   const lines = [
     "link set lo up",
     ...(a.ipv4 ? [`addr add ${a.ipv4}/32 dev ${dev}`] : []),

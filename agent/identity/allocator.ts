@@ -128,6 +128,20 @@ export class IdentityAllocator {
     const { min, max } = this.#o.range;
     const size = max - min + 1;
     if (this.#o.cache.size >= size) throw this.#exhausted(labels);
+    if (ix === null) {
+      // Labels nobody indexed (the usual new label set): the id key and its index in one write
+      // when the first number to probe is free; else key by key below, which also meets an
+      // agent that won this race with the same labels.
+      const n = min + (start % size);
+      const both = [
+        { key: idKey(n), value: encodeIdentity(labels) },
+        { key: labelsKey(hex), value: encodeNumber(n) },
+      ];
+      if (await store.createAll(both)) {
+        this.#o.log.info("allocated identity", { identity: n, labels });
+        return n;
+      }
+    }
     for (let i = 0; i < size; i++) {
       const n = min + ((start + i) % size);
       const r = await store.createIfAbsent(idKey(n), encodeIdentity(labels));

@@ -38,6 +38,11 @@ export interface FqdnStateOptions {
    * expiry pass, and a kept record goes at most this long after its last connection ended.
    */
   liveFlowsEveryMs?: number;
+  /**
+   * Called before a change (learned, evicted, expired or cleaned addresses) is written to the
+   * datapath: whoever relies on what the cache held (the DNS proxy's Worker) forgets it.
+   */
+  onChange?: () => void;
 }
 
 export class FqdnState {
@@ -102,6 +107,15 @@ export class FqdnState {
     });
   }
 
+  /** Until when (epoch ms) the endpoint holds every (name, address), if it does (DnsCache). */
+  knownUntil(
+    endpoint: number,
+    names: readonly string[],
+    ips: readonly { ip: string }[],
+  ): number | undefined {
+    return this.#learning === 0 ? this.cache.expiresOf(endpoint, names, ips) : undefined;
+  }
+
   list(f: { name?: string; endpoint?: number } = {}): CacheEntry[] {
     return this.cache.list(f);
   }
@@ -140,6 +154,7 @@ export class FqdnState {
 
   async #update(ips: Set<string>): Promise<string | undefined> {
     if (ips.size === 0) return undefined;
+    this.#o.onChange?.();
     this.#scheduleSave();
     const plan = this.identities.plan(this.cache.known(), ips);
     if (plan.upserts.length === 0 && plan.removes.length === 0) return undefined;

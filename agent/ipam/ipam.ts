@@ -142,6 +142,70 @@ export class Ipam {
     );
   }
 
+  /**
+   * One address of each configured family for `owner` (IPv4 first): in one kvstore write when
+   * the next candidates are free (the usual case), else family by family as `allocate()` does.
+   * On failure nothing stays allocated.
+   */
+  async allocateAll(owner: string): Promise<Allocation[]> {
+    const picks: { f: Family; n: bigint; cursor: bigint; a: Allocation }[] = [];
+    for (const f of this.#families.values()) {
+      const cursor = f.cursor, n = this.#candidate(f);
+      if (n === undefined) break; // full: allocate() below says so
+      picks.push({ f, n, cursor, a: this.#allocation(f, n, owner) });
+    }
+    if (picks.length > 0 && picks.length === this.#families.size) {
+      for (const p of picks) p.f.allocated.set(p.n, "pending");
+      let created = false;
+      try {
+        created = await this.#store.createAll(
+          picks.map((p) => ({
+            key: this.#prefix + p.a.ip,
+            value: enc.encode(JSON.stringify(p.a)),
+          })),
+        );
+      } finally {
+        for (const p of picks) created ? p.f.allocated.set(p.n, p.a) : p.f.allocated.delete(p.n);
+      }
+      if (created) {
+        for (const p of picks) this.#log.info("allocated address", { ip: p.a.ip, owner });
+        return picks.map((p) => p.a);
+      }
+      for (const p of picks) p.f.cursor = p.cursor; // another writer has one: probe again
+    } else for (const p of picks) p.f.cursor = p.cursor;
+    const out: Allocation[] = [];
+    try {
+      for (const f of this.#families.values()) {
+        out.push(await this.allocate({ family: f.pool.family, owner }));
+      }
+    } catch (err) {
+      for (const a of out) await this.release(a.ip).catch(() => {});
+      throw err;
+    }
+    return out;
+  }
+
+  /** The next address from the cursor that is not allocated (the cursor moves past it). */
+  #candidate(f: Family): bigint | undefined {
+    const size = capacity(f.pool);
+    for (let tried = 0n; tried < size && BigInt(f.allocated.size) < size; tried++) {
+      const n = f.cursor;
+      f.cursor = n + 1n > f.pool.last ? f.pool.first : n + 1n;
+      if (!f.allocated.has(n)) return n;
+    }
+    return undefined;
+  }
+
+  #allocation(f: Family, n: bigint, owner: string): Allocation {
+    return {
+      ip: addressText(f.pool.family, n),
+      family: f.pool.family,
+      cidr: f.pool.cidr,
+      owner,
+      allocatedAt: new Date().toISOString(),
+    };
+  }
+
   /** Allocates exactly `ip` for `owner`; returns the existing allocation if it has one. */
   async claim(ip: string, owner: string): Promise<Allocation> {
     const addr = addressNumber(ip);
@@ -159,13 +223,7 @@ export class Ipam {
   /** Creates the allocation key; undefined when another writer had it. */
   async #take(f: Family, n: bigint, owner: string): Promise<Allocation | undefined> {
     f.allocated.set(n, "pending");
-    const a: Allocation = {
-      ip: addressText(f.pool.family, n),
-      family: f.pool.family,
-      cidr: f.pool.cidr,
-      owner,
-      allocatedAt: new Date().toISOString(),
-    };
+    const a = this.#allocation(f, n, owner);
     try {
       const r = await this.#store.createIfAbsent(
         this.#prefix + a.ip,

@@ -78,6 +78,45 @@ export function mutate(
   });
 }
 
+/**
+ * Creates every key of `entries` if none exists, in one commit checked against the sequence
+ * and each key's absence; a change record per key (sequence numbers in order). Starts over when
+ * another writer won the race; `done` is false when a key exists.
+ */
+export function createAll(
+  kv: Deno.Kv,
+  entries: readonly { key: string; value: Uint8Array }[],
+): Promise<{ done: boolean }> {
+  if (entries.length > CREATE_ALL_MAX) {
+    throw new RangeError(
+      `Cannot create ${entries.length} keys in one write: at most ${CREATE_ALL_MAX}`,
+    );
+  }
+  return retrying(async () => {
+    const keys: Deno.KvKey[] = [SEQ, ...entries.map((e) => ["d", e.key])];
+    const reads: Promise<Deno.KvEntryMaybe<unknown>[]>[] = [];
+    for (let i = 0; i < keys.length; i += 10) reads.push(kv.getMany(keys.slice(i, i + 10)));
+    const [seq, ...cur] = (await Promise.all(reads)).flat() as [
+      Deno.KvEntryMaybe<number>,
+      ...Deno.KvEntryMaybe<Stored>[],
+    ];
+    if (cur.some((c) => c.value !== null)) return { done: false };
+    const tx = kv.atomic().check(seq);
+    for (const c of cur) tx.check(c);
+    let next = seq.value ?? 0;
+    const t = Date.now();
+    for (const e of entries) {
+      next++;
+      tx.set(["d", e.key], { v: e.value }).set(["c", next], { k: e.key, v: e.value, t });
+    }
+    const r = await tx.set(SEQ, next).commit();
+    return r.ok ? { done: true } : AGAIN;
+  });
+}
+
+/** Keys one createAll() writes at most (Deno KV allows 100 checks per commit). */
+export const CREATE_ALL_MAX = 64;
+
 export interface LoggedChange {
   seq: number;
   change: Change;

@@ -17,7 +17,16 @@ import { kvError, ValueTooLargeError } from "./errors.ts";
  */
 export const DENOKV_MAX_VALUE_BYTES = 65_024;
 import { isLocked, retrying } from "./_retry.ts";
-import { mutate, readLog, readSeq, type Stored, toEntry, trimLog } from "./_denokv_records.ts";
+import {
+  createAll,
+  mutate,
+  readLog,
+  readSeq,
+  type Stored,
+  toEntry,
+  trimLog,
+} from "./_denokv_records.ts";
+import { distinctKeys } from "./errors.ts";
 import { grantLease, keepAlive, revokeExpired, revokeLease } from "./_denokv_leases.ts";
 
 export interface DenoKvOptions {
@@ -108,6 +117,26 @@ class DenoKvStore implements KvStore {
       if (!r.done) return { created: false, entry: r.current! };
       const stored: Stored = opts.lease === undefined ? { v: value } : { v: value, l: opts.lease };
       return { created: true, entry: toEntry(key, stored, r.revision!) };
+    });
+  }
+
+  createAll(entries: readonly { key: string; value: Uint8Array }[]): Promise<boolean> {
+    const keys = entries.map((e) => e.key).join(", ");
+    const big = entries.find((e) => e.value.length > this.maxValueBytes);
+    if (big) {
+      return Promise.reject(
+        new ValueTooLargeError(
+          big.value.length,
+          this.maxValueBytes,
+          `Cannot create "${big.key}" in ${this.name}: the value is ${big.value.length} bytes, ` +
+            `the limit is ${this.maxValueBytes}`,
+        ),
+      );
+    }
+    return this.#run("create", keys, async () => {
+      distinctKeys(entries);
+      if (entries.length === 0) return true;
+      return (await this.#exclusive(() => createAll(this.#kv, entries))).done;
     });
   }
 
@@ -232,8 +261,13 @@ class DenoKvStore implements KvStore {
    * Other processes' commits can still win; `mutate` retries those.
    */
   #mutate(key: string, decide: Parameters<typeof mutate>[2]) {
+    return this.#exclusive(() => mutate(this.#kv, key, decide));
+  }
+
+  /** Runs one commit of this process at a time (see `#mutate`); wakes the watches if it wrote. */
+  #exclusive<T extends { done: boolean }>(fn: () => Promise<T>): Promise<T> {
     const run = this.#mutations.then(async () => {
-      const result = await mutate(this.#kv, key, decide);
+      const result = await fn();
       if (result.done) this.#wake();
       return result;
     });

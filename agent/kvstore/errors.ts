@@ -57,3 +57,12 @@ export function kvError(op: string, key: string, store: string, cause: unknown):
   if (cause instanceof LeaseGone) return new LeaseExpiredError(cause.lease, message, { cause });
   return new KvStoreError(op, key, message, { cause });
 }
+
+/** Throws a TypeError naming the first key `entries` holds twice (createAll). */
+export function distinctKeys(entries: readonly { key: string }[]): void {
+  const seen = new Set<string>();
+  for (const { key } of entries) {
+    if (seen.has(key)) throw new TypeError(`expected distinct keys, got "${key}" twice`);
+    seen.add(key);
+  }
+}

@@ -6,7 +6,7 @@
  */
 
 import type { KvEntry, KvStore, PutOptions, WatchEvent, WatchOptions } from "./kvstore.ts";
-import { kvError, LeaseGone, WatchCompactedError } from "./errors.ts";
+import { distinctKeys, kvError, LeaseGone, WatchCompactedError } from "./errors.ts";
 import { backoff } from "./_retry.ts";
 import { parseCursor, type WatchPosition, watchStream } from "./_etcd_watch.ts";
 import {
@@ -83,6 +83,23 @@ class EtcdStore implements KvStore {
       const entry: KvEntry = { key, value, revision: String(r.header.revision) };
       if (opts.lease !== undefined) entry.lease = opts.lease;
       return { created: true, entry };
+    });
+  }
+
+  createAll(entries: readonly { key: string; value: Uint8Array }[]): Promise<boolean> {
+    return this.#run("create", entries.map((e) => e.key).join(", "), async () => {
+      distinctKeys(entries);
+      if (entries.length === 0) return true;
+      const r = await this.#client.call("/v3/kv/txn", {
+        compare: entries.map((e) => ({
+          key: b64(e.key),
+          target: "CREATE",
+          result: "EQUAL",
+          create_revision: "0",
+        })),
+        success: entries.map((e) => ({ request_put: putRequest(e.key, e.value, undefined) })),
+      });
+      return r.succeeded === true;
     });
   }
 

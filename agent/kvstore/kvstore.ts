@@ -55,6 +55,12 @@ export interface KvStore {
     opts?: PutOptions,
   ): Promise<{ created: boolean; entry: KvEntry }>;
   /**
+   * Creates every key of `entries` (distinct keys) in one atomic write if none of them exists,
+   * and none of them otherwise; returns whether it wrote. One round trip and one commit where
+   * several `createIfAbsent` calls would each take theirs.
+   */
+  createAll(entries: readonly { key: string; value: Uint8Array }[]): Promise<boolean>;
+  /**
    * Writes `value` (or deletes, if `null`) only if the key's revision is still `expected`
    * (`null`: the key must be absent). Returns whether it wrote.
    */

@@ -87,6 +87,27 @@ export class DnsCache {
   }
 
   /**
+   * Until when every (name, address) of the endpoint is held (the earliest expiry, epoch ms), or
+   * undefined when one is missing or only kept for a live connection.
+   */
+  expiresOf(
+    endpoint: number,
+    names: readonly string[],
+    ips: readonly { ip: string }[],
+  ): number | undefined {
+    let until = Infinity;
+    for (const name of names) {
+      const recs = this.#eps.get(endpoint)?.get(name);
+      for (const { ip } of ips) {
+        const r = recs?.get(ip);
+        if (!r || r.zombie) return undefined;
+        until = Math.min(until, r.expires);
+      }
+    }
+    return until === Infinity ? undefined : until;
+  }
+
+  /**
    * learn() for an answer that brings nothing new: when the endpoint already holds every (name,
    * address), extends their lives (rule 1) and returns true; otherwise changes nothing and
    * returns false (call learn()).

@@ -29,6 +29,8 @@ import type { Logger } from "../log.ts";
 import type { Histogram, Metrics } from "../metrics.ts";
 import type { OrigDestination, UpstreamNat } from "../datapath/proxy_maps.ts";
 import { raiseReceiveBuffer } from "../sys/sock_buf.ts";
+import { bindUdp, EADDRINUSE, libc } from "../sys/sockets_ffi.ts";
+import { DnsUdpPath } from "./dns_udp_path.ts";
 import { DnsMessageError, type DnsQuery, makeResponse, parseQuery, RCODE } from "./dns_message.ts";
 import {
   type Forwarded,
@@ -44,6 +46,11 @@ export interface DnsProxyMaps {
   original(clientIp: string, clientPort: number, proxyPort: number): OrigDestination | undefined;
   writeNat(n: UpstreamNat): void;
   deleteNat(n: { server: { ip: string; port: number }; localPort: number }): void;
+  /**
+   * The pinned maps (ProxyMaps): when given, UDP is served by a Worker (dns_udp_worker.ts) that
+   * opens its own fds on them, off the agent's event loop; without them, on the event loop.
+   */
+  readonly pins?: { cfg: string; orig: string; nat: string };
 }
 
 /** proto: 17 (UDP) or 6 (TCP). */
@@ -82,6 +89,14 @@ export interface DnsProxyOptions {
   learn: (epId: number, names: string[], ips: { ip: string; ttl: number }[]) => Promise<
     string | undefined
   >;
+  /**
+   * Until when (epoch ms) the datapath holds every (name, address) of the endpoint, if it does:
+   * the UDP Worker then releases such an answer without waiting for learn() (none: it always
+   * waits).
+   */
+  knownUntil?: (epId: number, names: string[], ips: { ip: string; ttl: number }[]) =>
+    | number
+    | undefined;
   log: Logger;
   metrics: Metrics;
   /** The rcode of a refused query (REFUSED 5, or NXDOMAIN 3). */
@@ -97,7 +112,16 @@ export interface DnsProxyOptions {
    */
   receiveBuffer?: number;
   onRecord?: (r: DnsRecord) => void;
+  /** The UDP Worker thread's nice value (default UDP_WORKER_NICE; 0: unchanged). */
+  udpWorkerNice?: number;
 }
+
+/**
+ * The UDP Worker thread runs at this nice value: it sleeps in epoll_wait but for the moments a
+ * query is in hand, and on a busy node it then gets a CPU sooner (the added latency is mostly
+ * waiting for one).
+ */
+export const UDP_WORKER_NICE = -10;
 
 /** Records are handed to onRecord in batches, at most this long after their answer went out. */
 const RECORD_BATCH_MS = 5;
@@ -137,6 +161,8 @@ export class DnsProxy {
   /** Records not handed over yet (flows: batched off the answer's path, never dropped). */
   #records: DnsRecord[] = [];
   #recordTimer: ReturnType<typeof setTimeout> | undefined;
+  /** UDP served by a Worker (when the maps are pinned ones). */
+  #udpPath: DnsUdpPath | undefined;
   onRecord: ((r: DnsRecord) => void) | undefined;
 
   constructor(o: DnsProxyOptions) {
@@ -178,13 +204,21 @@ export class DnsProxy {
     this.#udp.gateway = gateway;
     this.#udp.gateway6 = gateway6;
     const addrs = gateway6 ? [gateway, gateway6] : [gateway];
+    const pins = this.#o.maps?.pins;
     for (let p = port, tries = 0; tries < 100; p = port === 0 ? 0 : p + 1, tries++) {
       const socks: Deno.DatagramConn[] = [], tcps: net.Server[] = [];
+      const fds: number[] = [];
       try {
         for (const addr of addrs) {
-          const sock = Deno.listenDatagram({ transport: "udp", hostname: addr, port: p });
-          socks.push(sock);
-          p = (sock.addr as Deno.NetAddr).port; // port 0: the IPv6 pair takes the same port
+          if (pins) {
+            const b = bindUdp(addr, p, { receiveBuffer: this.#receiveBuffer });
+            fds.push(b.fd);
+            p = b.port;
+          } else {
+            const sock = Deno.listenDatagram({ transport: "udp", hostname: addr, port: p });
+            socks.push(sock);
+            p = (sock.addr as Deno.NetAddr).port; // port 0: the IPv6 pair takes the same port
+          }
           const srv = net.createServer((c) => this.#serveTcp(c));
           tcps.push(srv);
           await new Promise<void>((resolve, reject) => {
@@ -194,9 +228,11 @@ export class DnsProxy {
         }
       } catch (err) {
         socks.forEach((s) => s.close());
+        fds.forEach((fd) => libc().close(fd));
         tcps.forEach((t) => t.close());
         const inUse = err instanceof Deno.errors.AddrInUse ||
-          (err as { code?: string }).code === "EADDRINUSE";
+          (err as { code?: string }).code === "EADDRINUSE" ||
+          (err as { errno?: number }).errno === EADDRINUSE;
         if (inUse) continue;
         throw err;
       }
@@ -206,6 +242,7 @@ export class DnsProxy {
       this.#tcps = tcps;
       this.#socks = socks;
       this.#port = p;
+      if (pins) await this.#startWorker(fds, pins);
       for (const [i, sock] of socks.entries()) {
         this.#raiseBuffer(p, addrs[i]!.includes(":") ? 6 : 4);
         this.#receive(sock);
@@ -214,6 +251,47 @@ export class DnsProxy {
       return p;
     }
     throw new Error(`No free port for the DNS proxy on "${addrs.join('", "')}" from ${port}`);
+  }
+
+  /** UDP off the event loop: the Worker owns the bound sockets `fds` from now on. */
+  async #startWorker(fds: number[], pins: { cfg: string; orig: string; nat: string }) {
+    const path = new DnsUdpPath({
+      judge: this.#o.judge,
+      learn: this.#o.learn,
+      ...(this.#o.knownUntil ? { knownUntil: this.#o.knownUntil } : {}),
+      log: this.#o.log,
+      onRecords: (records) => {
+        for (const r of records) {
+          this.#requests[r.error !== undefined ? "error" : r.allowed ? "forwarded" : "refused"]();
+          this.#latency.observe(r.latencyMs / 1000);
+          this.#record(r);
+        }
+      },
+    });
+    this.#udpPath = path;
+    try {
+      await path.start({
+        listeners: fds.map((fd) => ({ fd })),
+        port: this.#port,
+        gateway: this.#gateway,
+        gateway6: this.#gateway6,
+        pins,
+        rejectRcode: this.#o.rejectRcode ?? RCODE.REFUSED,
+        timeoutMs: this.#timeout,
+        idleMs: 30_000,
+        receiveBuffer: this.#receiveBuffer,
+        nice: this.#o.udpWorkerNice ?? UDP_WORKER_NICE,
+      });
+    } catch (err) {
+      this.#udpPath = undefined;
+      await this.close();
+      throw err;
+    }
+  }
+
+  /** What the UDP Worker cached (verdicts, learned addresses) is stale from now on. */
+  invalidate(): void {
+    this.#udpPath?.invalidate();
   }
 
   /** One client TCP connection (rules 1, 3a): framed queries, answered as they complete. */
@@ -418,7 +496,10 @@ export class DnsProxy {
     return this.#o.upstreamTimeoutMs ?? 2000;
   }
 
-  close(): void {
+  async close(): Promise<void> {
+    const udpPath = this.#udpPath;
+    this.#udpPath = undefined;
+    await udpPath?.close();
     this.flushRecords();
     const socks = this.#socks;
     this.#socks = [];

@@ -139,7 +139,8 @@ class Deadline {
   }
 }
 
-function headerRecord(h: Head): Record<string, string> {
+/** A head's headers by lower-cased name, repeated ones joined with ", " (what `judge` gets). */
+export function headerRecord(h: Head): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [n, v] of h.headers) {
     const k = n.toLowerCase();

@@ -55,6 +55,28 @@ function removeDotSegments(path: string): string {
   return "/" + out.join("/");
 }
 
+/**
+ * Whether normalisePath() would return `target` unchanged, decided in one pass without building
+ * strings: a path of allowed characters with no escapes, no `//` and no segment starting with `.`,
+ * then an allowed query. False means only "normalise it", not "bad".
+ */
+export function isNormalPath(target: string): boolean {
+  if (target.charCodeAt(0) !== 47) return false;
+  let i = 0;
+  for (; i < target.length; i++) {
+    const c = target.charCodeAt(i);
+    if (c === 63) break; // "?"
+    if (c === 37 || !allowed(c)) return false;
+    if (c === 47 && (target.charCodeAt(i + 1) === 47 || target.charCodeAt(i + 1) === 46)) {
+      return false;
+    }
+  }
+  for (; i < target.length; i++) {
+    if (!allowed(target.charCodeAt(i)) && target.charCodeAt(i) !== 63) return false;
+  }
+  return true;
+}
+
 /** The normalised origin-form target (`/path?query`); throws PathError on a bad one. */
 export function normalisePath(target: string): string {
   if (!target.startsWith("/")) throw new PathError(`Request target "${target}" is not a path`);

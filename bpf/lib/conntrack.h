@@ -14,6 +14,9 @@
  *    (agent/datapath/conntrack_gc.ts) deletes them, and the LRU evicts under pressure.
  * 5. Lifetimes: TCP established (a reply was seen) 6 h; TCP before a reply 60 s; closing TCP
  *    (RST, or FIN both ways) 10 s; UDP, ICMP and others 60 s.
+ * 6. An entry made by ct_create carries CT_F_REV_NAT_OWN: its rev_nat is the service id whose
+ *    address the flow's replies get back as their source (lb.h, 4.), 0 for none. Entries without
+ *    the flag (made by an older datapath) keep that in a DIR_SERVICE reverse entry.
  */
 #pragma once
 
@@ -31,6 +34,7 @@
 #define CT_F_FIN_FWD (1 << 2)
 #define CT_F_FIN_REV (1 << 3)
 #define CT_F_RST (1 << 4)
+#define CT_F_REV_NAT_OWN (1 << 5) /* 6. */
 
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
@@ -52,7 +56,7 @@ struct ct_entry {
 	__u32 peer_identity; /* at creation */
 	__u8 flags;          /* CT_F_* */
 	__u8 tcp_flags;      /* OR of all TCP flags seen */
-	__u16 rev_nat;       /* DIR_SERVICE entries: the service's reverse-NAT id (lb.h); else 0 */
+	__u16 rev_nat;       /* the service's reverse-NAT id (lb.h; 6.); else 0 */
 };
 _Static_assert(sizeof(struct ct_entry) == 32, "ct_entry size");
 
@@ -151,12 +155,14 @@ static __always_inline int ct_lookup(const struct pkt *p, __u16 ep_id, __u8 dir,
 	return *entry ? CT_RELATED : CT_NEW;
 }
 
-/* Creates (or replaces an expired) entry for a new flow; 0 or DROP_CT_CREATE_FAILED. */
-static __always_inline int ct_create(const struct pkt *p, __u16 ep_id, __u8 dir, __u32 peer,
-				     int redirect, __u32 len, __u64 now)
+/* Creates (or replaces an expired) entry for a new flow whose replies get the address of
+ * service rev_nat back (0: none; 6.); 0 or DROP_CT_CREATE_FAILED. */
+static __always_inline int ct_create_nat(const struct pkt *p, __u16 ep_id, __u8 dir, __u32 peer,
+					 int redirect, __u32 len, __u64 now, __u16 rev_nat)
 {
 	struct ct_key key = { .ep_id = ep_id, .dir = dir };
-	struct ct_entry e = { .peer_identity = peer, .packets = 1, .bytes = len };
+	struct ct_entry e = { .peer_identity = peer, .packets = 1, .bytes = len,
+			      .flags = CT_F_REV_NAT_OWN, .rev_nat = rev_nat };
 
 	key.tuple = p->tuple;
 	if (redirect)
@@ -170,4 +176,11 @@ static __always_inline int ct_create(const struct pkt *p, __u16 ep_id, __u8 dir,
 	}
 	e.expires = now + ct_lifetime(&e);
 	return bpf_map_update_elem(&cilia_ct, &key, &e, BPF_ANY) < 0 ? DROP_CT_CREATE_FAILED : 0;
+}
+
+/* ct_create_nat for a flow that is not a service connection. */
+static __always_inline int ct_create(const struct pkt *p, __u16 ep_id, __u8 dir, __u32 peer,
+				     int redirect, __u32 len, __u64 now)
+{
+	return ct_create_nat(p, ep_id, dir, peer, redirect, len, now, 0);
 }

@@ -23,7 +23,9 @@
  *    packet (DROP_NO_SERVICE, reported) and answers the pod with ICMP port unreachable, as
  *    kube-proxy's REJECT does (lb_reject). Hairpin packets (a backend reaching itself through
  *    its service, lb.h 8. and 9.) go back into the pod once egress policy passed them; its
- *    replies go back in as soon as they are translated (replies of its own connection).
+ *    replies go back in as soon as they are translated (replies of its own connection). A
+ *    reply to a client gets the service address back after conntrack classified it, from the
+ *    client's egress entry (lb_rev_nat_ct), so conntrack still sees the backend.
  */
 #pragma once
 
@@ -37,6 +39,7 @@
 #include "metrics.h"
 #include "proxy.h"
 #include "tunnel.h"
+#include "vxlan.h"
 #include "lb.h"
 
 struct enforce_ctx {
@@ -49,6 +52,7 @@ struct enforce_ctx {
 	__u8 ct_state;
 	__u8 match; /* POLICY_MATCH_*, once policy was looked up */
 	__u8 hairpin; /* lb.h 8.: the pod's connection to itself through a service */
+	__u16 rev_nat; /* lb.h: the service of a connection out to its backend, else 0 */
 };
 
 static __always_inline void event_fill(struct cilia_event *ev, const struct enforce_ctx *c,
@@ -95,14 +99,14 @@ static __always_inline int enforce_pass(struct __sk_buff *skb, const struct enfo
 	return TC_ACT_OK;
 }
 
-/* A packet policy passed: out of the endpoint into the tunnel directly (tunnel.h, 6.). */
+/* A packet policy passed: out of the endpoint into the tunnel directly (tunnel.h, 6.; vxlan.h). */
 static __always_inline int enforce_forward(struct __sk_buff *skb, const struct enforce_ctx *c,
 					   int trace)
 {
 	enforce_pass(skb, c, trace);
 	if (c->hairpin)
 		return lb_hairpin_redirect(skb);
-	return c->dir == DIR_EGRESS ? tunnel_send(skb) : TC_ACT_OK;
+	return c->dir == DIR_EGRESS ? vxlan_send_endpoint(skb, &c->p) : TC_ACT_OK;
 }
 
 /* Invariant 7: a packet of a redirected connection goes to the proxy (counted as forwarded). */
@@ -175,7 +179,8 @@ static __always_inline int enforce(struct __sk_buff *skb, __u8 dir)
 		return enforce_drop(skb, &c, ret);
 	if (dir == DIR_EGRESS && !enforce_source_ok(ep, &c.p))
 		return enforce_drop(skb, &c, DROP_INVALID_SIP);
-	ret = lb_translate(skb, &c.p, c.ep_id, dir); /* invariant 8 */
+	ret = lb_translate(skb, &c.p, c.ep_id, dir, !(ep->flags & EP_F_ENFORCEMENT_DISABLED),
+			   &c.rev_nat); /* invariant 8 */
 	if (ret == LB_HAIRPIN_REPLY) {
 		enforce_pass(skb, &c, 0);
 		return lb_hairpin_redirect(skb);
@@ -210,6 +215,9 @@ static __always_inline int enforce(struct __sk_buff *skb, __u8 dir)
 		int first = !(ct->flags & CT_F_SEEN_REPLY);
 
 		ct_update(ct, &c.p, 1, skb->len, now);
+		ret = dir == DIR_INGRESS ? lb_rev_nat_ct(skb, &c.p, c.ep_id, ct, now) : 0;
+		if (ret)
+			return enforce_drop(skb, &c, ret);
 		return enforce_forward(skb, &c, first);
 	}
 
@@ -226,11 +234,16 @@ static __always_inline int enforce(struct __sk_buff *skb, __u8 dir)
 		return enforce_drop(skb, &c, res.reason);
 	if (c.ct_state == CT_ESTABLISHED) {
 		ct_update(ct, &c.p, 0, skb->len, now);
+		if (dir == DIR_EGRESS) { /* a reused tuple may be a service connection or not now */
+			ct->rev_nat = c.rev_nat;
+			ct->flags |= CT_F_REV_NAT_OWN;
+		}
 		if (res.verdict == VERDICT_REDIRECT)
 			return enforce_to_proxy(skb, &c, res.proxy_port, 0);
 		return enforce_forward(skb, &c, 0);
 	}
-	ret = ct_create(&c.p, c.ep_id, dir, peer, res.verdict == VERDICT_REDIRECT, skb->len, now);
+	ret = ct_create_nat(&c.p, c.ep_id, dir, peer, res.verdict == VERDICT_REDIRECT, skb->len,
+			    now, c.rev_nat);
 	if (ret)
 		return enforce_drop(skb, &c, ret);
 	if (res.verdict == VERDICT_REDIRECT)

@@ -1,9 +1,10 @@
 /* Service load balancing (ClusterIP) for the endpoint programs, per packet with conntrack: a new
  * connection from an endpoint to a service address (VIP:port/proto) picks a backend, is DNATed
  * to it, and the choice is kept in conntrack; the replies get the service address back as their
- * source at the client's hook. It runs before conntrack and policy (enforce.h), so both see the
- * real backend and its identity. It decides no policy. It owns four maps the agent writes as
- * diffs (agent/service/lb_state.ts), and two for session affinity (6. below):
+ * source at the client's hook. DNAT runs before conntrack and policy (enforce.h), reverse NAT
+ * after conntrack classified a reply, so both see the real backend and its identity. It decides
+ * no policy. It owns four maps the agent writes as diffs (agent/service/lb_state.ts), and two
+ * for session affinity (6. below):
  *
  * - cilia_lb_services: {VIP, port, proto, family} → {slot count, service id, flags}.
  * - cilia_lb_slots: {service id, slot} → backend id. The agent fills the slots: a Maglev table
@@ -12,9 +13,16 @@
  * - cilia_lb_backends: backend id → {address, port, proto, family, flags}.
  * - cilia_lb_revnat: service id → {VIP, port}: the source the client's replies get back.
  *
- * Conntrack (DIR_SERVICE entries of cilia_ct, the client endpoint's id):
- * - forward: the tuple to the VIP → peer_identity = backend id, rev_nat = service id;
- * - reverse: the tuple to the backend → rev_nat = service id (replies are matched against it).
+ * Conntrack (cilia_ct, the client endpoint's id):
+ * - forward (DIR_SERVICE): the tuple to the VIP → peer_identity = backend id, rev_nat = service
+ *   id; refreshed by every packet out and by replies that open, close or are not TCP;
+ * - the client's own egress entry (enforce.h) of the tuple to the backend carries rev_nat =
+ *   service id (conntrack.h, 6.): a reply it classifies as CT_REPLY gets the VIP back
+ *   (lb_rev_nat_ct), with no lookup of its own. One entry per connection fewer than a reverse
+ *   DIR_SERVICE entry, and a reply to a pod needs no service lookup at all.
+ * - reverse (DIR_SERVICE): the tuple to the backend → rev_nat = service id, only where the
+ *   client has no conntrack entry of its own: hairpin (8.) and endpoints without enforcement.
+ *   Replies of connections whose egress entry predates conntrack.h's 6. still use theirs.
  *
  * Invariants:
  * 1. Only TCP and UDP (IPv4 or IPv6) to a service address of the packet's family are
@@ -233,7 +241,8 @@ static __always_inline int lb_rewrite_addr(struct __sk_buff *skb, int src, const
 			  new_port, t->proto);
 }
 
-/* Records a service connection in conntrack (forward and reverse entries). */
+/* Records a service connection in conntrack: the forward entry, and the reverse entry when the
+ * client keeps no entry of its own (to_backend set). */
 static __always_inline int lb_ct_create(const struct pkt *p, const struct ct_tuple *to_backend,
 					__u16 ep_id, __u32 backend_id, __u16 svc_id, __u32 len,
 					__u64 now)
@@ -248,6 +257,8 @@ static __always_inline int lb_ct_create(const struct pkt *p, const struct ct_tup
 	key.tuple = p->tuple;
 	if (bpf_map_update_elem(&cilia_ct, &key, &e, BPF_ANY) < 0)
 		return DROP_CT_CREATE_FAILED;
+	if (!to_backend)
+		return 0;
 	key.tuple = *to_backend;
 	e.peer_identity = 0;
 	return bpf_map_update_elem(&cilia_ct, &key, &e, BPF_ANY) < 0 ? DROP_CT_CREATE_FAILED : 0;
@@ -426,8 +437,11 @@ static __always_inline int lb_hairpin_reply(struct __sk_buff *skb, struct pkt *p
 	return ret ? ret : LB_HAIRPIN_REPLY;
 }
 
-/* From the client: a packet to a service address is DNATed to its connection's backend. */
-static __always_inline int lb_dnat(struct __sk_buff *skb, struct pkt *p, __u16 ep_id)
+/* From the client: a packet to a service address is DNATed to its connection's backend. own_ct:
+ * the client keeps conntrack entries of its own (reverse NAT by its egress entry); *rev_nat
+ * gets the service id for that entry (0 for hairpin, which has its reverse entry). */
+static __always_inline int lb_dnat(struct __sk_buff *skb, struct pkt *p, __u16 ep_id, int own_ct,
+				   __u16 *rev_nat)
 {
 	struct lb_service_key sk = { .port = p->tuple.dport, .proto = p->tuple.proto,
 				     .family = p->tuple.family };
@@ -472,11 +486,13 @@ static __always_inline int lb_dnat(struct __sk_buff *skb, struct pkt *p, __u16 e
 	hairpin = p->tuple.family == FAMILY_IPV4 && bip == self; /* 8. */
 	if (hairpin)
 		*(__be32 *)to.saddr = LB_HAIRPIN_ADDR;
+	own_ct = own_ct && !hairpin;
 	if (!e) {
-		ret = lb_ct_create(p, &to, ep_id, bk.backend_id, svc_id, skb->len, now);
+		ret = lb_ct_create(p, own_ct ? 0 : &to, ep_id, bk.backend_id, svc_id, skb->len,
+				   now);
 		if (ret)
 			return ret;
-	} else {
+	} else if (!own_ct) {
 		key.tuple = to; /* keep the reverse entry as fresh as the forward one */
 		e = ct_find(&key, now);
 		if (e)
@@ -490,6 +506,7 @@ static __always_inline int lb_dnat(struct __sk_buff *skb, struct pkt *p, __u16 e
 		return ret;
 	p->tuple = to;
 	p->policy_port = bpf_ntohs(to.dport);
+	*rev_nat = own_ct ? svc_id : 0;
 	return hairpin ? LB_HAIRPIN : 0;
 }
 
@@ -522,19 +539,57 @@ static __always_inline int lb_rev_nat(struct __sk_buff *skb, const struct pkt *p
 			       &p->tuple);
 }
 
-/* The hook enforce.h calls after the source check, before conntrack and policy: 0, a DROP_*, or
- * LB_HAIRPIN / LB_HAIRPIN_REPLY (8., 9.). */
-static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p, __u16 ep_id,
-					__u8 dir)
+/* To the client, after conntrack classified the packet as a reply of ct (its egress entry): the
+ * service address back as the source when the entry says so (4.; conntrack.h, 6.). The forward
+ * entry is refreshed by replies that open or close a TCP connection (its lifetime follows
+ * them) and by every non-TCP reply; TCP's other replies leave it to the packets out. */
+static __always_inline int lb_rev_nat_ct(struct __sk_buff *skb, const struct pkt *p, __u16 ep_id,
+					 const struct ct_entry *ct, __u64 now)
 {
+	struct ct_key key = { .ep_id = ep_id, .dir = DIR_SERVICE };
+	struct lb_revnat_key rk = {};
+	struct lb_revnat *rn;
+	struct ct_entry *e;
+
+	if ((p->tuple.family != FAMILY_IPV4 && p->tuple.family != FAMILY_IPV6) ||
+	    (p->tuple.proto != PROTO_TCP && p->tuple.proto != PROTO_UDP))
+		return 0; /* 1. */
+	if (!(ct->flags & CT_F_REV_NAT_OWN))
+		return lb_rev_nat(skb, p, ep_id); /* an entry of an older datapath */
+	if (!ct->rev_nat)
+		return 0;
+	rk.svc_id = ct->rev_nat;
+	rn = bpf_map_lookup_elem(&cilia_lb_revnat, &rk);
+	if (!rn || rn->family != p->tuple.family)
+		return 0; /* the service is gone: the client resets the connection */
+	ct_reverse(&key.tuple, &p->tuple);
+	__builtin_memcpy(key.tuple.daddr, rn->addr, 16);
+	key.tuple.dport = rn->port;
+	if (p->tuple.proto != PROTO_TCP || (p->tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST))) {
+		e = ct_find(&key, now);
+		if (e)
+			ct_update(e, p, 1, skb->len, now);
+	}
+	return lb_rewrite_addr(skb, 1, p->tuple.saddr, key.tuple.daddr, p->tuple.sport,
+			       key.tuple.dport, &p->tuple);
+}
+
+/* The hook enforce.h calls after the source check, before conntrack and policy: 0, a DROP_*, or
+ * LB_HAIRPIN / LB_HAIRPIN_REPLY (8., 9.). own_ct: the endpoint keeps conntrack entries of its
+ * own; then replies are translated after conntrack (lb_rev_nat_ct) and *rev_nat gets the
+ * service id a new connection's egress entry must carry (0 for none). */
+static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p, __u16 ep_id,
+					__u8 dir, int own_ct, __u16 *rev_nat)
+{
+	*rev_nat = 0;
 	if ((p->tuple.family != FAMILY_IPV4 && p->tuple.family != FAMILY_IPV6) ||
 	    (p->tuple.proto != PROTO_TCP && p->tuple.proto != PROTO_UDP))
 		return 0; /* 1. */
 	if (dir != DIR_EGRESS)
-		return lb_rev_nat(skb, p, ep_id);
+		return own_ct ? 0 : lb_rev_nat(skb, p, ep_id);
 	if (p->tuple.family == FAMILY_IPV4 && *(const __be32 *)p->tuple.daddr == LB_HAIRPIN_ADDR)
 		return lb_hairpin_reply(skb, p, ep_id);
-	return lb_dnat(skb, p, ep_id);
+	return lb_dnat(skb, p, ep_id, own_ct, rev_nat);
 }
 
 /* 3.: the packet (from a pod, at its veth's tc ingress) becomes ICMP (IPv6: ICMPv6) port

@@ -29,9 +29,10 @@
  *    outside; no entry translates it) goes straight out of the endpoint's veth (tunnel.h, 5.):
  *    the stack's routing and forwarding are skipped, the endpoint's ingress policy at that veth
  *    is not.
- * 8. VXLAN packets of the overlay (UDP to the tunnel port, from or to the node IP) pass both
- *    hooks untouched: no NodePort or masquerade entry can match them (NodePorts and NAT ports
- *    lie elsewhere), and the tunnel device's programs check them (tunnel.h, 3.).
+ * 8. VXLAN packets of the overlay (UDP to the tunnel port, from or to the node IP) are never
+ *    translated: no NodePort or masquerade entry can match them (NodePorts and NAT ports lie
+ *    elsewhere). Arriving ones are checked and, for a local endpoint, decapsulated and
+ *    delivered here (vxlan.h, 3.); the rest go to the tunnel device (tunnel.h, 3.).
  * 9. IPv6 goes to nodeport6.h first (SNAT mode, its own maps); what it does not translate goes
  *    on through this file unchanged.
  */
@@ -43,6 +44,7 @@
 #include "unreach.h"
 #include "dsr.h"
 #include "tunnel.h"
+#include "vxlan.h"
 #include "nodeport6.h"
 
 #define AF_INET_ 2
@@ -181,7 +183,9 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb)
 	if (cfg && skb->protocol == bpf_htons(ETH_P_IPV6) &&
 	    (ret = nodeport6_ingress(skb, cfg->flags)) != NP6_CONTINUE)
 		return ret; /* nodeport6.h */
-	if (!cfg || np_is_overlay(skb, cfg, 1) || nat_parse(skb, &n))
+	if (cfg && np_is_overlay(skb, cfg, 1))
+		return overlay_receive(skb); /* 8. (vxlan.h) */
+	if (!cfg || nat_parse(skb, &n))
 		return TC_ACT_OK;
 	if (n.p.has_inner && n.daddr == cfg->node_ip) {
 		ret = nat_icmp_error_in(skb, &n); /* nat_icmp.h */

@@ -3,15 +3,17 @@
  * hooks (proxy.h) never see for a peer on another node. Here, at the tunnel device:
  *
  * Invariants:
- * 1. Into the tunnel (before tunnel_encap), a packet from the proxy's address takes the address
+ * 1. Into the tunnel (before tunnel_dst), a packet from the proxy's address takes the address
  *    it stands for: the original server's (and port) for the proxy's answers to a client on
  *    another node (cilia_proxy_orig), the client's for the upstream leg to a server on another
- *    node (cilia_proxy_nat). tunnel_encap then puts that address's ipcache identity in the VNI,
+ *    node (cilia_proxy_nat). tunnel_dst then puts that address's ipcache identity in the VNI,
  *    so the far side's policy sees the client, never reserved:remote-node, and the client sees
  *    the server it dialled.
  * 2. Out of the tunnel (after tunnel_decap, before routing), a reply to an upstream leg (server
  *    ip:port and the proxy's local port in cilia_proxy_nat, addressed to that entry's client)
  *    takes the proxy's address as destination, so the stack hands it to the proxy's socket.
+ *    VXLAN read by BPF on the underlay (vxlan.h, 3.) leaves such replies to the device
+ *    (proxy_overlay_reply()).
  * 3. Anything else is left as it is; a failed rewrite drops (DROP_PROXY_SET_FAILED).
  */
 #pragma once
@@ -19,22 +21,23 @@
 #include "proxy.h"
 #include "tunnel.h"
 
-/* The L4 ports of a TCP (or IPv4 UDP) packet the proxy may own; -1 for anything else. */
-static __always_inline int proxy_overlay_ports(struct __sk_buff *skb, __u8 family,
+/* The L4 ports of a TCP (or IPv4 UDP) packet the proxy may own, its IP header at `l3`; -1 for
+ * anything else. */
+static __always_inline int proxy_overlay_ports(struct __sk_buff *skb, __u32 l3, __u8 family,
 					       struct l4_ports *ports)
 {
-	__u32 l4 = ETH_HLEN + 40;
+	__u32 l4 = l3 + 40;
 	__u8 h[10];
 
 	if (family == FAMILY_IPV4) {
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, h, sizeof(h)) < 0)
+		if (bpf_skb_load_bytes(skb, l3, h, sizeof(h)) < 0)
 			return -1;
 		if (h[9] != PROTO_TCP && h[9] != PROTO_UDP)
 			return -1;
 		if ((((__u16)h[6] << 8) | h[7]) & 0x3fff)
 			return -1; /* a fragment: no ports to match */
-		l4 = ETH_HLEN + (__u32)(h[0] & 0xf) * 4;
-	} else if (bpf_skb_load_bytes(skb, ETH_HLEN + 6, h, 1) < 0 || h[0] != PROTO_TCP) {
+		l4 = l3 + (__u32)(h[0] & 0xf) * 4;
+	} else if (bpf_skb_load_bytes(skb, l3 + 6, h, 1) < 0 || h[0] != PROTO_TCP) {
 		return -1;
 	}
 	return bpf_skb_load_bytes(skb, l4, ports, sizeof(*ports)) < 0 ? -1 : 0;
@@ -53,7 +56,7 @@ static __always_inline int proxy_overlay_egress(struct __sk_buff *skb, __u8 fami
 	__u8 gw[16];
 
 	if (!cfg || !proxy_gw(cfg, family, gw) || !addr_eq16(saddr, gw) ||
-	    proxy_overlay_ports(skb, family, &ports) < 0)
+	    proxy_overlay_ports(skb, ETH_HLEN, family, &ports) < 0)
 		return 0;
 	addr_copy16(ok.client_ip, daddr);
 	ok.client_port = ports.dport;
@@ -77,34 +80,44 @@ static __always_inline int proxy_overlay_egress(struct __sk_buff *skb, __u8 fami
 	return 0;
 }
 
-/* 2. */
-static __always_inline int proxy_overlay_ingress(struct __sk_buff *skb, __u8 family,
-						 const __u8 *saddr, const __u8 *daddr)
+/* 2.: the upstream leg a packet (its IP header at `l3`) answers, if any. */
+static __always_inline int proxy_overlay_reply(struct __sk_buff *skb, __u32 l3, __u8 family,
+					       const __u8 *saddr, const __u8 *daddr)
 {
 	struct proxy_cfg *cfg = proxy_config();
 	struct proxy_nat_key nk = { .family = family };
 	struct proxy_nat_value *n;
 	struct l4_ports ports;
-	__u8 gw[16];
 
-	if (!cfg || !proxy_gw(cfg, family, gw) || proxy_overlay_ports(skb, family, &ports) < 0)
+	if (!cfg || proxy_overlay_ports(skb, l3, family, &ports) < 0)
 		return 0;
 	addr_copy16(nk.server_ip, saddr);
 	nk.server_port = ports.sport;
 	nk.local_port = ports.dport;
 	n = bpf_map_lookup_elem(&cilia_proxy_nat, &nk);
-	if (!n || !addr_eq16(n->client_ip, daddr))
+	return n && addr_eq16(n->client_ip, daddr);
+}
+
+/* 2. */
+static __always_inline int proxy_overlay_ingress(struct __sk_buff *skb, __u8 family,
+						 const __u8 *saddr, const __u8 *daddr)
+{
+	struct proxy_cfg *cfg = proxy_config();
+	__u8 gw[16];
+
+	if (!cfg || !proxy_gw(cfg, family, gw) ||
+	    !proxy_overlay_reply(skb, ETH_HLEN, family, saddr, daddr))
 		return 0;
 	return proxy_rewrite(skb, family, 0, daddr, gw, 0, 0) ? DROP_PROXY_SET_FAILED : 0;
 }
 
-/* cil_to_overlay: 1. before tunnel_encap; 0 or a DROP_* reason. */
+/* cil_to_overlay: 1. before tunnel_dst; 0 or a DROP_* reason. */
 static __always_inline int proxy_to_overlay(struct __sk_buff *skb)
 {
 	struct tunnel_addrs a;
 
 	if (tunnel_parse(skb, &a) < 0)
-		return 0; /* tunnel_encap drops it */
+		return 0; /* tunnel_dst drops it */
 	return proxy_overlay_egress(skb, a.family, a.saddr, a.daddr);
 }
 

@@ -1,7 +1,8 @@
 /* The overlay between nodes: VXLAN in external (collect-metadata) mode on one `cilia_vxlan`
  * device per node, with the source's security identity carried in the VNI, as Cilium does.
- * overlay.c attaches tunnel_encap() (tc egress) and tunnel_decap() (tc ingress) to that device;
- * the node routes remote pod CIDRs to it. enforce.h asks tunnel_src_identity() for the peer of
+ * overlay.c uses tunnel_dst() and tunnel_set_key() (tc egress) and tunnel_decap() (tc ingress) on
+ * that device; the node routes remote pod CIDRs to it. vxlan.h writes and reads the same VXLAN
+ * in BPF on the underlay for the common case, with the checks of 1. to 4. enforce.h asks tunnel_src_identity() for the peer of
  * an endpoint's ingress policy. It owns no maps: the tunnel endpoint of a destination is the
  * ipcache's (ipcache.h), written by the agent from the other nodes' records.
  *
@@ -29,7 +30,8 @@
  *    stack as before.
  * 6. Likewise, an IPv4 packet an endpoint's egress policy passed (enforce.h) is sent straight
  *    to the device its route names when it goes to an address with a tunnel endpoint (the
- *    tunnel device, whose egress program encapsulates it as in 1. and 2.) or, in native
+ *    tunnel device, whose egress program encapsulates it as in 1. and 2.; vxlan.h does that
+ *    before and sends it straight out of the underlay when it can) or, in native
  *    routing, to another node's pod (a cluster identity in the ipcache; the underlay device,
  *    whose egress programs still run). Other destinations (the world, CIDR identities, this
  *    node, local pods) take the stack, so host firewalling and masquerading apply as before.
@@ -111,99 +113,135 @@ static __always_inline struct ipcache_value *ipcache_entry(__u8 family, const __
 	return bpf_map_lookup_elem(&cilia_ipcache, &key);
 }
 
-/* Invariants 1 and 2: a packet the node routed into the tunnel device. */
-static __always_inline int tunnel_encap(struct __sk_buff *skb)
+/* Invariants 1 and 2: the tunnel endpoint (host order) and VNI of a packet the node routed
+ * into the tunnel device; 0, or the DROP_* reason. */
+static __always_inline int tunnel_dst(struct __sk_buff *skb, __u32 *remote, __u32 *vni)
 {
-	struct bpf_tunnel_key key = {};
 	struct ipcache_value *dst;
 	struct tunnel_addrs a;
-	__u32 identity;
 
 	if (tunnel_parse(skb, &a) < 0)
-		return tunnel_drop(skb, DROP_UNKNOWN_L3, DIR_EGRESS);
+		return DROP_UNKNOWN_L3;
 	dst = ipcache_entry(a.family, a.daddr);
 	if (!dst || dst->tunnel_endpoint == 0)
-		return tunnel_drop(skb, DROP_NO_TUNNEL_ENDPOINT, DIR_EGRESS);
-	identity = ipcache_identity(a.family, a.saddr);
-	if (identity == IDENTITY_HOST)
-		identity = IDENTITY_REMOTE_NODE;
-	key.remote_ipv4 = dst->tunnel_endpoint; /* host order, as the helper wants it */
-	key.tunnel_id = identity;
+		return DROP_NO_TUNNEL_ENDPOINT;
+	*remote = dst->tunnel_endpoint;
+	*vni = ipcache_identity(a.family, a.saddr);
+	if (*vni == IDENTITY_HOST)
+		*vni = IDENTITY_REMOTE_NODE;
+	return 0;
+}
+
+/* The kernel device encapsulates (the key's remote is host order, as the helper wants it). */
+static __always_inline int tunnel_set_key(struct __sk_buff *skb, __u32 remote, __u32 vni)
+{
+	struct bpf_tunnel_key key = {};
+
+	key.remote_ipv4 = remote;
+	key.tunnel_id = vni;
 	key.tunnel_ttl = TUNNEL_TTL;
 	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
 		return tunnel_drop(skb, DROP_WRITE_ERROR, DIR_EGRESS);
 	return TC_ACT_OK;
 }
 
+/* Invariant 3: 0 when a VNI from this outer source (network order) is to be trusted, else the
+ * DROP_* reason. */
+static __always_inline int tunnel_accept(__be32 outer_saddr, __u32 vni)
+{
+	__u8 outer[16] = {};
+	__u32 node;
+
+	*(__be32 *)outer = outer_saddr;
+	node = ipcache_identity(FAMILY_IPV4, outer);
+	if (node != IDENTITY_REMOTE_NODE && node != IDENTITY_KUBE_APISERVER)
+		return DROP_UNKNOWN_SENDER;
+	if (vni == IDENTITY_ANY || vni == IDENTITY_HOST || vni > IDENTITY_GLOBAL_MAX)
+		return DROP_INVALID_VNI;
+	return 0;
+}
+
 /* Invariants 3 and 4: a packet the VXLAN device decapsulated. */
 static __always_inline int tunnel_decap(struct __sk_buff *skb)
 {
 	struct bpf_tunnel_key key = {};
-	__u8 outer[16] = {};
-	__u32 node, identity;
+	int ret;
 
 	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
 		return tunnel_drop(skb, DROP_NO_TUNNEL_KEY, DIR_INGRESS);
-	*(__u32 *)outer = bpf_htonl(key.remote_ipv4);
-	node = ipcache_identity(FAMILY_IPV4, outer);
-	if (node != IDENTITY_REMOTE_NODE && node != IDENTITY_KUBE_APISERVER)
-		return tunnel_drop(skb, DROP_UNKNOWN_SENDER, DIR_INGRESS);
-	identity = key.tunnel_id;
-	if (identity == IDENTITY_ANY || identity == IDENTITY_HOST || identity > IDENTITY_GLOBAL_MAX)
-		return tunnel_drop(skb, DROP_INVALID_VNI, DIR_INGRESS);
-	skb->mark = mark_from_identity(identity);
+	ret = tunnel_accept(bpf_htonl(key.remote_ipv4), key.tunnel_id);
+	if (ret)
+		return tunnel_drop(skb, ret, DIR_INGRESS);
+	skb->mark = mark_from_identity(key.tunnel_id);
 	/* The inner destination MAC is the sender's device's, not ours: take the packet as ours. */
 	bpf_skb_change_type(skb, PACKET_HOST_);
 	return TC_ACT_OK;
 }
 
-/* Invariants 5 and 6: an IPv4 packet out of the device its FIB route names, bypassing the
- * stack; TC_ACT_OK (the stack) for any other packet or route. */
-static __always_inline int tunnel_fib_redirect(struct __sk_buff *skb, int to_endpoint)
+/* Invariants 5 and 6: the FIB route of the IPv4 header `ip` (read at `off`, arriving on
+ * skb->ifindex) when it may bypass the stack: 1, with the next hop in f; 0 for any other packet
+ * or route (the stack). */
+static __always_inline int tunnel_fib_route(struct __sk_buff *skb, __u32 off, __u8 *ip,
+					    struct bpf_fib_lookup *f, int to_endpoint)
 {
-	struct bpf_fib_lookup f = {};
-	__u8 ip[20];
-	__u16 old, new;
-	int r;
-
-	if (skb->protocol != bpf_htons(ETH_P_IP) || bpf_skb_load_bytes(skb, ETH_HLEN_, ip, 20) < 0)
-		return TC_ACT_OK;
+	if (bpf_skb_load_bytes(skb, off, ip, 20) < 0)
+		return 0;
 	if ((ip[0] >> 4) != 4 || ip[8] <= 1)
-		return TC_ACT_OK;
-	f.family = 2; /* AF_INET */
-	f.tos = ip[1];
-	f.l4_protocol = ip[9];
-	f.tot_len = ((__u16)ip[2] << 8) | ip[3];
-	f.ipv4_src = *(__u32 *)&ip[12];
-	f.ipv4_dst = *(__u32 *)&ip[16];
-	f.ifindex = skb->ifindex;
-	r = bpf_fib_lookup(skb, &f, sizeof(f), 0);
-	if (r != BPF_FIB_LKUP_RET_SUCCESS)
-		return TC_ACT_OK;
-	if (to_endpoint) {
-		if (!endpoint_lookup(f.ifindex))
-			return TC_ACT_OK;
-	} else {
+		return 0;
+	f->family = 2; /* AF_INET */
+	f->tos = ip[1];
+	f->l4_protocol = ip[9];
+	/* A GSO packet's length is all its segments': let the helper check the skb instead. */
+	f->tot_len = skb->gso_size ? 0 : ((__u16)ip[2] << 8) | ip[3];
+	f->ipv4_src = *(__u32 *)&ip[12];
+	f->ipv4_dst = *(__u32 *)&ip[16];
+	f->ifindex = skb->ifindex;
+	if (bpf_fib_lookup(skb, f, sizeof(*f), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return 0;
+	if (to_endpoint)
+		return endpoint_lookup(f->ifindex) != 0;
+	{
 		__u8 daddr[16] = {};
 		struct ipcache_value *dst;
 
 		__builtin_memcpy(daddr, &ip[16], 4);
 		dst = ipcache_entry(FAMILY_IPV4, daddr);
-		if (!dst || endpoint_lookup(f.ifindex))
-			return TC_ACT_OK;
+		if (!dst || endpoint_lookup(f->ifindex))
+			return 0;
 		if (dst->tunnel_endpoint == 0 &&
 		    (dst->identity < TUNNEL_FIRST_CLUSTER_ID || dst->identity > IDENTITY_GLOBAL_MAX))
-			return TC_ACT_OK;
+			return 0;
 	}
+	return 1;
+}
+
+/* ... then out of that device: TTL decremented, MACs from the FIB's neighbour entry. The IPv4
+ * header (as tunnel_fib_route read it) is at ETH_HLEN_ now. */
+static __always_inline int tunnel_fib_apply(struct __sk_buff *skb, __u8 *ip,
+					    const struct bpf_fib_lookup *f, __u8 dir)
+{
+	__u16 old, new;
+
 	old = *(__u16 *)&ip[8]; /* TTL and protocol: the checksum's 16-bit word */
 	ip[8]--;
 	new = *(__u16 *)&ip[8];
 	if (bpf_l3_csum_replace(skb, ETH_HLEN_ + 10, old, new, 2) < 0 ||
 	    bpf_skb_store_bytes(skb, ETH_HLEN_ + 8, &ip[8], 1, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, 0, f.dmac, 6, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, 6, f.smac, 6, 0) < 0)
-		return tunnel_drop(skb, DROP_WRITE_ERROR, to_endpoint ? DIR_INGRESS : DIR_EGRESS);
-	return bpf_redirect(f.ifindex, 0);
+	    bpf_skb_store_bytes(skb, 0, f->dmac, 6, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, 6, f->smac, 6, 0) < 0)
+		return tunnel_drop(skb, DROP_WRITE_ERROR, dir);
+	return bpf_redirect(f->ifindex, 0);
+}
+
+static __always_inline int tunnel_fib_redirect(struct __sk_buff *skb, int to_endpoint)
+{
+	struct bpf_fib_lookup f = {};
+	__u8 ip[20];
+
+	if (skb->protocol != bpf_htons(ETH_P_IP) ||
+	    !tunnel_fib_route(skb, ETH_HLEN_, ip, &f, to_endpoint))
+		return TC_ACT_OK;
+	return tunnel_fib_apply(skb, ip, &f, to_endpoint ? DIR_INGRESS : DIR_EGRESS);
 }
 
 /* Invariant 5: after tunnel_decap (and anything that rewrites the destination). */

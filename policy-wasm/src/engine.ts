@@ -82,6 +82,8 @@ export class PolicyEngine {
   #ipcache = new Map<string, IpcacheEntry>();
   #closed = false;
   #httpVerdict = new HttpVerdictWriter();
+  #revision = 0;
+  readonly #onChange = new Set<() => void>();
 
   private constructor(module: WebAssembly.Module) {
     this.#module = module;
@@ -166,8 +168,29 @@ export class PolicyEngine {
     }
   }
 
+  /**
+   * Counts the changes to what the engine judges by (rules, identities, endpoints, ipcache): a
+   * verdict cached at one revision holds only while the revision is unchanged.
+   */
+  get revision(): number {
+    return this.#revision;
+  }
+
+  /** Calls `fn` (synchronously) on every change of the revision; returns the unsubscribe. */
+  onChange(fn: () => void): () => void {
+    this.#onChange.add(fn);
+    return () => this.#onChange.delete(fn);
+  }
+
+  /** Called before each change is made: a verdict cached from then on waits for it. */
+  #changed(): void {
+    this.#revision++;
+    for (const fn of this.#onChange) fn();
+  }
+
   /** Replaces the rules. On any error the previous rules stay in force. */
   setPolicy(spec: PolicySpec, options: EngineOptions = DEFAULT_OPTIONS): void {
+    this.#changed();
     const { bytes, entries } = encodeRules(spec, options);
     const st = this.#send(bytes, "rules_load");
     if (st === -3) throw this.#regexLoadError(entries, spec);
@@ -215,12 +238,14 @@ export class PolicyEngine {
 
   upsertIdentities(list: readonly IdentitySpec[]): void {
     if (list.length === 0) return;
+    this.#changed();
     this.#check(this.#send(encodeIdentities(list), "identities_upsert"), "add identities");
     for (const id of list) this.#identities.set(id.id, id);
   }
 
   removeIdentities(ids: readonly number[]): void {
     if (ids.length === 0) return;
+    this.#changed();
     this.#check(this.#send(encodeIdentityRemoval(ids), "identities_remove"), "remove identities");
     for (const id of ids) this.#identities.delete(id);
   }
@@ -234,6 +259,7 @@ export class PolicyEngine {
   }
 
   setEndpoints(list: readonly EngineEndpoint[]): void {
+    this.#changed();
     const bytes = encodeEndpoints(list);
     this.#check(this.#send(bytes, "endpoints_load"), "load endpoints");
     this.#endpoints = new Map(list.map((ep) => [ep.id, ep]));
@@ -247,6 +273,7 @@ export class PolicyEngine {
   updateEndpoints(upserts: readonly EngineEndpoint[], removes: readonly number[] = []): void {
     if (upserts.length === 0 && removes.length === 0) return;
     const bytes = encodeEndpointsUpdate(upserts, removes);
+    this.#changed();
     this.#check(this.#send(bytes, "endpoints_update"), "update endpoints");
     this.#endpoints ??= new Map();
     for (const id of removes) this.#endpoints.delete(id);
@@ -271,6 +298,7 @@ export class PolicyEngine {
   }
 
   updateIpcache(upserts: readonly IpcacheEntry[], deletes: readonly IpcacheEntry[] = []): void {
+    this.#changed();
     this.#check(
       this.#send(encodeIpcache(upserts, deletes), "ipcache_update"),
       "update the ipcache",

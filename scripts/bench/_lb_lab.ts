@@ -4,13 +4,15 @@
 // kube-proxy's iptables rules for N services, nodes with cilia attached (KernelSink, as the agent)
 // and the same N services. The origin in every server pod is a one-thread haproxy answering
 // `200 ok` itself (`http-request return`: no backend, a few µs per request); the load generator is
-// wrk (C, epoll). The services and kube-proxy's rules come from _lb_services.ts. Sysctls are set in
+// wrk (C, epoll). Beside it, the lean connection tool's server (_connrate.c: 1 byte each way, then
+// close) for new connections per second without HTTP's cost. The services and kube-proxy's rules come from _lb_services.ts. Sysctls are set in
 // the lab's namespaces only; every netns, process and mount goes in close().
 import { KernelSink } from "../../agent/datapath/kernel_sink.ts";
 import type { DatapathEndpoint } from "../../agent/endpoint/datapath_sink.ts";
 import { Logger } from "../../agent/log.ts";
 import { Lab, type Node, type Pod } from "../../tests/helpers/netns.ts";
-import { benchServices, kubeProxyRules, ORIGIN_PORT } from "./_lb_services.ts";
+import { benchServices, CONN_PORT, kubeProxyRules, ORIGIN_PORT } from "./_lb_services.ts";
+import { buildConnrate, type ConnrateResult, parseConnrate } from "./_connrate.ts";
 import { haproxyOrigin, parseWrk, waitHttp200, type WrkCounts } from "./_wrk.ts";
 
 export { parseWrk };
@@ -19,6 +21,8 @@ const BUILD_DIR = new URL("../../bpf/build", import.meta.url).pathname;
 /** Direct setups connect to DIRECT_PORT of the origin, services to ORIGIN_PORT, so that two
  * paths to one server never share a tuple (nor the server's TIME_WAIT sockets). */
 export const DIRECT_PORT = 8081;
+/** The same for the lean connection tool: direct setups connect to CONN_DIRECT_PORT. */
+export const CONN_DIRECT_PORT = 9081;
 
 export type SetupKind = "direct" | "iptables" | "cilia";
 
@@ -40,8 +44,12 @@ export interface Setup extends SetupSpec {
   /** Where the client connects: the measured service's address and port, or the server's. */
   target: string;
   port: number;
+  /** The lean connection tool's port at `target`. */
+  connPort: number;
   /** The origin (haproxy) process. */
   originPid: number;
+  /** The lean connection tool's server process. */
+  connServerPid: number;
   /** Time to install the services (iptables-restore, or KernelSink.applyServices). */
   installMs?: number;
   sink?: KernelSink;
@@ -60,6 +68,8 @@ export interface WrkResult extends WrkCounts {
 export class LbLab implements AsyncDisposable {
   readonly lab: Lab;
   readonly setups: Setup[] = [];
+  /** The lean connection tool's binary (built into the lab's directory). */
+  connrateBin = "";
 
   private constructor(lab: Lab) {
     this.lab = lab;
@@ -68,6 +78,7 @@ export class LbLab implements AsyncDisposable {
   static async create(specs: readonly SetupSpec[]): Promise<LbLab> {
     const l = new LbLab(await Lab.create());
     try {
+      l.connrateBin = await buildConnrate(l.lab.dir);
       for (const s of specs) await l.#add(s);
       for (const s of l.setups) await l.#waitOrigin(s);
       return l;
@@ -86,7 +97,13 @@ export class LbLab implements AsyncDisposable {
       const direct = spec.toServer || spec.kind === "direct";
       const target = direct ? shared.server.ipv4 : shared.target;
       const { installMs: _, ...node } = shared;
-      this.setups.push({ ...node, ...spec, target, port: direct ? DIRECT_PORT : ORIGIN_PORT });
+      this.setups.push({
+        ...node,
+        ...spec,
+        target,
+        port: direct ? DIRECT_PORT : ORIGIN_PORT,
+        connPort: direct ? CONN_DIRECT_PORT : CONN_PORT,
+      });
       return;
     }
     const lab = this.lab, n = this.setups.length;
@@ -103,6 +120,10 @@ export class LbLab implements AsyncDisposable {
     await Deno.writeTextFile(cfg, haproxyOrigin([ORIGIN_PORT, DIRECT_PORT]));
     // `ip netns exec` execs haproxy in place: the child's pid is the origin's.
     const originPid = lab.spawn(["ip", "netns", "exec", server.netns, "haproxy", "-f", cfg]).pid;
+    const connServerPid = lab.spawn([
+      ...["ip", "netns", "exec", server.netns, this.connrateBin, "server"],
+      ...[String(CONN_PORT), String(CONN_DIRECT_PORT)],
+    ]).pid;
     const { specs, vip } = benchServices(spec.services, server.ipv4);
     const direct = spec.toServer || spec.kind === "direct";
     const setup: Setup = {
@@ -111,8 +132,10 @@ export class LbLab implements AsyncDisposable {
       client,
       server,
       originPid,
+      connServerPid,
       target: direct ? server.ipv4 : vip,
       port: direct ? DIRECT_PORT : ORIGIN_PORT,
+      connPort: direct ? CONN_DIRECT_PORT : CONN_PORT,
     };
     if (spec.kind === "iptables") {
       const text = kubeProxyRules(specs);
@@ -133,6 +156,41 @@ export class LbLab implements AsyncDisposable {
     const url = `http://${s.target}:${s.port}/`;
     const failure = `Setup "${s.name}": no answer from the origin at ${url}`;
     await waitHttp200(this.lab, s.client.netns, url, failure, 50);
+    for (let i = 0; i < 50; i++) {
+      const r = await this.connrate(s, { seconds: 0.1, connections: 1 }).catch(() => undefined);
+      if (r && r.connections > 0) return;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error(
+      `Setup "${s.name}": no answer from the connection tool at ` +
+        `${s.target}:${s.connPort}`,
+    );
+  }
+
+  /**
+   * The lean connection tool's client from the client pod for `seconds`, `connections` in
+   * flight: new TCP connections per second, and the CPU the client and its server used.
+   */
+  async connrate(
+    s: Setup,
+    o: { seconds: number; connections: number },
+  ): Promise<ConnrateResult> {
+    const server0 = await cpuTicks(s.connServerPid);
+    const out = await this.lab.run(s.client.netns, [
+      ...[this.connrateBin, "client", s.target, String(s.connPort)],
+      ...[String(o.seconds), String(o.connections)],
+    ]);
+    const server1 = await cpuTicks(s.connServerPid);
+    const r = parseConnrate(out);
+    if (server0 !== undefined && server1 !== undefined) {
+      r.cpuSeconds += (server1 - server0) / CLK_TCK;
+    }
+    if (r.errors > r.connections / 100) {
+      throw new Error(
+        `Setup "${s.name}": ${r.errors} failed connections in ${r.connections}: ${out}`,
+      );
+    }
+    return r;
   }
 
   /**

@@ -1,13 +1,16 @@
 // The services of `bench lb` and kube-proxy's iptables rules for them (pure: no I/O). N ClusterIP
-// services on ORIGIN_PORT; the measured one sits in the middle of the list (and so of
-// KUBE-SERVICES, the average walk) with the real server as its one backend, every other has two
-// decoy backends that are never reached. kubeProxyRules() writes what kube-proxy's iptables mode
+// services on ORIGIN_PORT; the two measured ones sit in the middle of the list (and so of
+// KUBE-SERVICES, the average walk), on one address, with the real server as their one backend:
+// ORIGIN_PORT (HTTP, wrk → haproxy) and CONN_PORT (the lean connection tool, _connrate.c); every
+// other has two decoy backends that are never reached. kubeProxyRules() writes what kube-proxy's iptables mode
 // writes into the nat table for them (PREROUTING/OUTPUT → KUBE-SERVICES → KUBE-SVC-* →
 // KUBE-SEP-* with statistic probabilities, KUBE-NODEPORTS as the last rule, KUBE-POSTROUTING
 // masquerade), no rule of the bench's own: the baseline is neither hobbled nor helped.
 import type { ServiceSpec } from "../../agent/service/spec.ts";
 
 export const ORIGIN_PORT = 8080;
+/** The lean connection tool's port (_connrate.c), on the same service address. */
+export const CONN_PORT = 9080;
 /** Pod CIDR of the lab (tests/helpers/netns.ts): kube-proxy's --cluster-cidr. */
 const CLUSTER_CIDR = "10.200.0.0/16";
 
@@ -16,18 +19,27 @@ const vipOf = (i: number) => `10.96.${(i + 1) >> 8}.${(i + 1) & 0xff}`;
 /** Two decoy backends per other service (never reached). */
 const decoy = (i: number, k: number) => `10.${210 + k}.${i >> 8}.${i & 0xff}`;
 
-/** n services; the measured one (index n/2, the middle of KUBE-SERVICES) has the real server. */
+/**
+ * n services (0, or at least 2); the measured ones (indexes (n - 1)/2 and the next, the middle
+ * of KUBE-SERVICES) have the real server: vip:ORIGIN_PORT and vip:CONN_PORT.
+ */
 export function benchServices(n: number, server: string): { specs: ServiceSpec[]; vip: string } {
-  const mid = Math.floor(n / 2);
-  const specs = Array.from({ length: n }, (_, i): ServiceSpec => ({
-    id: i + 1,
-    type: "ClusterIP",
-    frontend: { ip: vipOf(i), port: ORIGIN_PORT, protocol: "TCP" },
-    algorithm: "random",
-    backends: i === mid
-      ? [{ ip: server, port: ORIGIN_PORT, weight: 1 }]
-      : [0, 1].map((k) => ({ ip: decoy(i, k), port: ORIGIN_PORT, weight: 1 })),
-  }));
+  if (n === 1 || !Number.isInteger(n) || n < 0) {
+    throw new RangeError(`Invalid service count ${n}: expected 0 or an integer ≥ 2`);
+  }
+  const mid = Math.floor((n - 1) / 2);
+  const specs = Array.from({ length: n }, (_, i): ServiceSpec => {
+    const port = i === mid + 1 ? CONN_PORT : ORIGIN_PORT;
+    return {
+      id: i + 1,
+      type: "ClusterIP",
+      frontend: { ip: vipOf(i === mid + 1 ? mid : i), port, protocol: "TCP" },
+      algorithm: "random",
+      backends: i === mid || i === mid + 1
+        ? [{ ip: server, port, weight: 1 }]
+        : [0, 1].map((k) => ({ ip: decoy(i, k), port, weight: 1 })),
+    };
+  });
   return { specs, vip: vipOf(mid) };
 }
 

@@ -7,6 +7,13 @@
 // client pod on `GET /public`. Prints rps and p50/p99 of each run, the proxy/haproxy ratios
 // against issue 10's target (MISSED with the figure when missed), and the engine's share of the
 // agent's CPU during the proxy run (`cilia_l7_engine_seconds_total` over the agent's utime+stime).
+// `--io-prototype` adds the I/O prototype of the next step (_epoll_forwarder.ts: an epoll loop on
+// raw libc calls through FFI in a Worker, in the server pod in front of the same origin, like
+// haproxy) in its four modes, with their CPU per request: "forward" (finds each head's end only),
+// "engine" (strict head parse, judgeHttp in the Worker, flows batched back), "cache" (engine, with
+// verdicts cached by the exact head), "conn" (the proxy's own async connection code,
+// serveHttpConnection, over promise streams on the same epoll loop), "machine" (the synchronous
+// HTTP/1.1 machine, http1_machine.ts, with the engine's verdicts, on the same epoll loop).
 // Needs root and wrk, haproxy; every netns and process is removed at the end.
 import { parseArgs } from "node:util";
 import { CiliaNode } from "../../tests/cni/_fixture.ts";
@@ -30,6 +37,9 @@ export interface WrkFigures {
 
 const ORIGIN_PORT = 8080;
 const HAPROXY_PORT = 8081;
+/** The I/O prototype's modes, one listener each from this port. */
+const PROTO_PORT = 8082;
+const PROTO_MODES = ["forward", "engine", "cache", "conn", "machine"] as const;
 const progress = (msg: string) => console.error(`bench l7: ${msg}`);
 
 const HAPROXY_CFG = `global
@@ -65,7 +75,10 @@ const L4_POLICY = cnp(
 ingress:
 - fromEndpoints: [{matchLabels: {app: client}}]
   toPorts:
-  - ports: [{port: "${ORIGIN_PORT}", protocol: TCP}, {port: "${HAPROXY_PORT}", protocol: TCP}]`,
+  - ports: [{port: "${ORIGIN_PORT}", protocol: TCP}, {port: "${HAPROXY_PORT}", protocol: TCP}]
+  - ports: [{port: "${PROTO_PORT}", endPort: ${
+    PROTO_PORT + PROTO_MODES.length - 1
+  }, protocol: TCP}]`,
 );
 
 /** The same with an allow-GET-/public L7 rule on the origin's port. */
@@ -122,7 +135,13 @@ const waitReady = (n: CiliaNode, netns: string, url: string) =>
   waitHttp200(n.lab, netns, url, `${url} did not answer 200`);
 
 export async function main(args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { duration: { type: "string", default: "5" } } });
+  const { values } = parseArgs({
+    args,
+    options: {
+      duration: { type: "string", default: "5" },
+      "io-prototype": { type: "boolean", default: false },
+    },
+  });
   const dur = Number(values.duration);
   await using n = await CiliaNode.create();
   const client = await n.addPod("client", { app: "client" });
@@ -150,6 +169,9 @@ export async function main(args: string[]): Promise<void> {
   const hcpu0 = await cpuSeconds(["haproxy", proxyCfg], "haproxy");
   const c = await wrk(viaHaproxy, dur);
   const hcpu = (await cpuSeconds(["haproxy", proxyCfg], "haproxy")) - hcpu0;
+  const protos = values["io-prototype"]
+    ? await ioPrototype(n, { netns: server.netns, ip: server.ipv4, client: client.netns, dur, wrk })
+    : [];
 
   await n.policy(L7_POLICY);
   await waitReady(n, client.netns, direct);
@@ -183,6 +205,15 @@ export async function main(args: string[]): Promise<void> {
       verdict(p99Ratio <= TARGET.p99Ratio, `${p99Ratio.toFixed(2)}x`),
   );
   console.log(`proxy/direct rps    ${(b.rps / a.rps).toFixed(2)}x`);
+  const hcpuReq = hcpu * 1e6 / (c.rps * dur);
+  for (const p of protos) {
+    console.log(
+      `${row(`(d) I/O prototype, ${p.mode}`, p.f)}  ${p.cpuUs.toFixed(0)} µs CPU/req  ` +
+        `vs haproxy: rps ${(p.f.rps / c.rps).toFixed(2)}x, p99 ${
+          (p.f.p99Ms / c.p99Ms).toFixed(2)
+        }x, CPU/req ${(p.cpuUs / hcpuReq).toFixed(2)}x`,
+    );
+  }
   console.log(
     `engine share of the agent's CPU during (b): ${(100 * eng / cpu).toFixed(1)}% ` +
       `(${(eng * 1000).toFixed(0)} ms engine of ${(cpu * 1000).toFixed(0)} ms CPU, ` +
@@ -193,4 +224,54 @@ export async function main(args: string[]): Promise<void> {
     `CPU per request: proxy (whole agent) ${(cpu * 1e6 / (b.rps * dur)).toFixed(0)} µs, ` +
       `haproxy ${(hcpu * 1e6 / (c.rps * dur)).toFixed(0)} µs`,
   );
+}
+
+interface ProtoRun {
+  mode: string;
+  f: WrkFigures;
+  cpuUs: number;
+}
+
+/**
+ * The I/O prototype (_epoll_forwarder.ts) in the server pod, one process per mode in front of the
+ * origin, each loaded like haproxy; checks that every request became one flow and that the
+ * allowed ones are the requests wrk made.
+ */
+async function ioPrototype(
+  n: CiliaNode,
+  o: {
+    netns: string;
+    ip: string;
+    client: string;
+    dur: number;
+    wrk: (url: string, seconds: number) => Promise<WrkFigures>;
+  },
+): Promise<ProtoRun[]> {
+  const script = new URL("./_epoll_forwarder.ts", import.meta.url).pathname;
+  const config = new URL("../../deno.json", import.meta.url).pathname;
+  const out: ProtoRun[] = [];
+  for (const [i, mode] of PROTO_MODES.entries()) {
+    const port = String(PROTO_PORT + i);
+    const child = n.lab.spawn([
+      ...["ip", "netns", "exec", o.netns, Deno.execPath(), "run", "-A", "--config", config],
+      ...[script, port, `127.0.0.1:${ORIGIN_PORT}`, mode],
+    ], { stdout: "piped" });
+    const url = `http://${o.ip}:${port}/public`;
+    await waitReady(n, o.client, url);
+    progress(`I/O prototype (${mode}), ${o.dur} s`);
+    await o.wrk(url, 1);
+    const cpu0 = await cpuSeconds([script, port], "I/O prototype");
+    const f = await o.wrk(url, o.dur);
+    const cpu = (await cpuSeconds([script, port], "I/O prototype")) - cpu0;
+    child.kill("SIGTERM");
+    const text = new TextDecoder().decode((await child.output()).stdout);
+    const totals = JSON.parse(text.trim().split("\n").at(-1) ?? "{}");
+    if (
+      mode !== "forward" && (totals.flows !== totals.requests || totals.allowed < f.rps * o.dur)
+    ) {
+      throw new Error(`I/O prototype (${mode}): flows do not match requests: ${text}`);
+    }
+    out.push({ mode, f, cpuUs: cpu * 1e6 / (f.rps * o.dur) });
+  }
+  return out;
 }

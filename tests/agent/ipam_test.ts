@@ -101,3 +101,42 @@ Deno.test("IPAM: no address is handed out twice across a restart or between raci
     }
   });
 });
+
+Deno.test("IPAM: allocateAll() takes both families in one write, probes again when a rival holds one, and leaves nothing on failure", async () => {
+  await withStore(async (url) => {
+    const store = await openKvStore(url);
+    try {
+      const cidrs = { podCidr: "10.7.0.0/28", podCidrV6: "fd00:7::/125" };
+      const ipam = new Ipam({ store, node: "n1", ...cidrs, log: SILENT });
+      const before = Number(await store.cursor());
+      const first = await ipam.allocateAll("pod-a");
+      assert.deepEqual(first.map((a) => [a.ip, a.owner]), [["10.7.0.2", "pod-a"], [
+        "fd00:7::2",
+        "pod-a",
+      ]]);
+      assert.equal(Number(await store.cursor()) - before, 2, "two keys, one change each");
+      // Another process took the next IPv6 address: the write fails, and the family-by-family
+      // path skips that address.
+      const rival = new Ipam({ store, node: "n1", ...cidrs, log: SILENT });
+      await rival.claim("fd00:7::3", "rival");
+      const second = await ipam.allocateAll("pod-b");
+      assert.deepEqual(second.map((a) => a.ip), ["10.7.0.3", "fd00:7::4"]);
+      assert.equal(ipam.get("fd00:7::3")?.owner, "rival");
+      // Room for more IPv4 but no IPv6 (/125: ::2 to ::7): the IPv4 address is given back.
+      await ipam.allocateAll("pod-c"); // ::5
+      await ipam.allocateAll("pod-d"); // ::6
+      await ipam.allocateAll("pod-e"); // ::7
+      const v4 = ipam.list().filter((a) => a.family === 4).length;
+      await assert.rejects(ipam.allocateAll("pod-f"), IpamExhaustedError);
+      assert.equal(ipam.list().filter((a) => a.family === 4).length, v4);
+      assert.ok(!ipam.list().some((a) => a.owner === "pod-f"));
+      assert.ok(
+        !(await store.list("cilia/ipam/n1/")).some((e) =>
+          /pod-f/.test(new TextDecoder().decode(e.value))
+        ),
+      );
+    } finally {
+      await store.close();
+    }
+  });
+});

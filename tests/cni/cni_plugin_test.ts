@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { CiliaNode, dropText, execCni, NETWORK } from "./_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
+import { hostIfnameFor } from "../../agent/endpoint/netdev.ts";
 
 const DB_POLICY = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -173,6 +174,30 @@ Deno.test({
     assert.equal((await n.call("GET", "/v1/endpoint/default/gone")).status, 404);
     const never = await n.cni("DEL", { containerId: "never-added", netns: "" });
     assert.equal(never.code, 0, never.stdout);
+  });
+
+  await t.step("ADD replaces a host side an interrupted ADD left behind", async () => {
+    const netns = `${n.lab.prefix}left`;
+    await sh(["ip", "netns", "add", netns]);
+    const containerId = "left-1";
+    const host = await hostIfnameFor(containerId, "eth0");
+    // What an ADD cut short after `ip link add` leaves: the host side, its peer in the node.
+    await n.lab.run(n.node.netns, [
+      "ip",
+      "link",
+      "add",
+      host,
+      "type",
+      "veth",
+      "peer",
+      "name",
+      "qa15left",
+    ]);
+    const r = await n.cni("ADD", { containerId, netns: `/run/netns/${netns}` });
+    assert.equal(r.code, 0, r.stdout);
+    assert.equal(r.json.interfaces[0].name, host);
+    assert.equal((await n.lab.exec(n.node.netns, ["ip", "link", "show", "qa15left"])).code, 1);
+    assert.equal((await n.cni("DEL", { containerId, netns: `/run/netns/${netns}` })).code, 0);
   });
 
   await t.step("CNI_ARGS namespace and a pod name made DNS-safe; a 0.4.0 result", async () => {

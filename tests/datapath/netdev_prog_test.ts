@@ -4,13 +4,19 @@
 // cannot be masqueraded is dropped (168), and a SYN to a NodePort frontend without backends is
 // answered with a well-formed ICMP port unreachable (both checksums, the original header inside);
 // VXLAN to or from the node on the configured tunnel port passes both hooks without NAT state or
-// a frontend (bpf/lib/nodeport.h, 8.); IPv6 NodePort (nodeport6.h): DNAT to a local backend and
+// a frontend (bpf/lib/nodeport.h, 8.); VXLAN read by BPF (vxlan.h, 3.): an unknown outer source
+// (172) and a bad VNI (183) are dropped, a valid one for no local endpoint is left to the tunnel
+// device unchanged, and nothing is read with NAT_CFG_F_TUNNEL_NETDEV; IPv6 NodePort (nodeport6.h): DNAT to a local backend and
 // back with valid checksums, an extension header dropped, ICMPv6 port unreachable without
 // backends, other IPv6 untouched. The real-packet half is tests/e2e/nat_test.ts.
 import { BpfTool, hexArgs } from "../../agent/datapath/bpftool.ts";
 import { buildObject } from "../../agent/datapath/build.ts";
 import { encode, LAYOUTS } from "../../agent/datapath/codecs.ts";
-import { encodeNat6Config, encodeNatConfig } from "../../agent/datapath/netdev_loader.ts";
+import {
+  encodeNat6Config,
+  encodeNatConfig,
+  NAT_CFG_F_TUNNEL_NETDEV,
+} from "../../agent/datapath/netdev_loader.ts";
 import { assert, assertEquals } from "./_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
 
@@ -218,6 +224,52 @@ Deno.test(
         assertEquals(np.retval, TC_ACT_REDIRECT, "without a tunnel port the frontend answers");
         await run("cil_to_netdev", packet(NODE, OUT, 17, udp(40100, 30082)));
         assertEquals(await entries(), before + 1, "another port: the node's flow is tracked");
+      });
+
+      await t.step("VXLAN read by BPF: only a known node's valid VNI (vxlan.h, 3.)", async () => {
+        const vxCfg = (netdevOnly: boolean) => {
+          const b = encodeNatConfig({
+            nodeIp: "192.0.2.1",
+            podCidr: "10.200.1.0/24",
+            masquerade: true,
+            nodePort: true,
+            tunnelPort: 8472,
+          });
+          if (netdevOnly) b[20] = b[20]! | NAT_CFG_F_TUNNEL_NETDEV;
+          return `map update pinned ${bpffs}/m/cilia_nat_cfg key 0 0 0 0 value hex ${hexArgs(b)}`;
+        };
+        const PEER = [192, 0, 2, 2];
+        await bpftool.batch([
+          vxCfg(false),
+          `map update pinned ${bpffs}/m/cilia_ipcache key hex ${
+            hexArgs(new Uint8Array([64, 0, 0, 0, 4, 0, 0, 0, ...PEER, ...Array(12).fill(0)]))
+          } value hex ${hexArgs(new Uint8Array([6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]))}`,
+        ]);
+        // An inner TCP SYN to a pod this "node" has no endpoint for (the FIB finds no veth).
+        const inner = packet(OUT, POD, 6, tcpSyn(40000, 80));
+        const vxlan = (src: number[], vni: number) => {
+          const body = [0x08, 0, 0, 0, (vni >> 16) & 0xff, (vni >> 8) & 0xff, vni & 0xff, 0];
+          const l4 = [0x9c, 0x40, 0x21, 0x18, 0, 0, 0, 0, ...body, ...inner];
+          l4[4] = l4.length >> 8;
+          l4[5] = l4.length & 0xff;
+          return packet(src, NODE, 17, l4);
+        };
+        const cases: [string, number[], number, number][] = [
+          ["an outer source that is no node: 172", vxlan(OUT, 4242), TC_ACT_SHOT, 0],
+          ["VNI 0 from a node: 183", vxlan(PEER, 0), TC_ACT_SHOT, 0],
+          ["VNI 1 (host) from a node: 183", vxlan(PEER, 1), TC_ACT_SHOT, 0],
+          ["VNI above the cluster range: 183", vxlan(PEER, 0xffffff), TC_ACT_SHOT, 0],
+          ["a valid VNI, no local endpoint: the device's, unchanged", vxlan(PEER, 4242), 0, 1],
+        ];
+        for (const [what, pkt, want, unchanged] of cases) {
+          const r = await run("cil_from_netdev", pkt);
+          assertEquals(r.retval, want, what);
+          if (unchanged) assertEquals(r.out, pkt, what);
+        }
+        await bpftool.batch([vxCfg(true)]);
+        const off = await run("cil_from_netdev", vxlan(OUT, 4242));
+        assertEquals(off.retval, TC_ACT_OK, "device only: the tunnel device's programs decide");
+        await bpftool.batch([vxCfg(false)]);
       });
 
       await t.step(

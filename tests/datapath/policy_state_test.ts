@@ -13,7 +13,7 @@ import {
   VERDICT_REDIRECT,
 } from "../../agent/datapath/codecs.ts";
 import { MapWriter } from "../../agent/datapath/map_writer.ts";
-import { keyId } from "../../agent/datapath/policy_map.ts";
+import { encodePolicyEntry, keyId } from "../../agent/datapath/policy_map.ts";
 import { EndpointPolicyState, policyEntryOf } from "../../agent/datapath/policy_state.ts";
 import { assertEquals, entry } from "./_fixture.ts";
 
@@ -131,4 +131,70 @@ Deno.test("policyEntryOf() maps the engine's entry 1:1, proxy port included", ()
   });
   const { proxyPort: _, ...plain } = e;
   assertEquals("proxyPort" in policyEntryOf(plain), false);
+});
+
+Deno.test("EndpointPolicyState: diff after diff, the kernel ends as one full write of the result (seeded)", () => {
+  let seed = 15;
+  const rnd = (n: number) => { // mulberry32
+    seed = (seed + 0x6d2b79f5) | 0;
+    let x = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
+    return ((x ^ (x >>> 14)) >>> 0) % n;
+  };
+  const verdicts = ["allow", "deny", "redirect", "audit"] as const;
+  // Values follow from the peer, so entries whose blocks overlap agree on them (which of two
+  // different values a shared block holds depends on the order of writes).
+  const randomEntry = () => {
+    const lo = [0, 80, 443, 8080][rnd(4)]!, identity = rnd(12);
+    return entry({
+      direction: rnd(2) ? "ingress" : "egress",
+      identity,
+      portLo: lo,
+      portHi: lo === 0 ? 0 : lo + rnd(3),
+      verdict: verdicts[identity % 4]!,
+      cookie: identity % 3,
+    });
+  };
+  const key = (e: ReturnType<typeof entry>) =>
+    `${e.direction}/${e.identity}/${e.proto}/${e.portLo}-${e.portHi}`;
+  const s = new EndpointPolicyState(3);
+  const kernel = new Map<string, Uint8Array>();
+  const current = new Map<string, ReturnType<typeof entry>>();
+  let kinds = { updates: 0, deletes: 0, shared: 0 };
+  for (let round = 0; round < 300; round++) {
+    const adds = Array.from({ length: rnd(4) }, randomEntry);
+    const deletes = [...current.values()].filter(() => rnd(6) === 0);
+    const plan = s.plan({ adds, deletes });
+    if (rnd(5) === 0) continue; // a write that failed: never committed, the kernel unchanged
+    for (const u of plan.updates) kernel.set(keyId(u.key), u.value);
+    for (const d of plan.deletes) kernel.delete(keyId(d));
+    plan.commit();
+    for (const e of deletes) current.delete(key(e));
+    for (const e of adds) current.set(key(e), e);
+    kinds = {
+      updates: kinds.updates + plan.updates.length,
+      deletes: kinds.deletes + plan.deletes.length,
+      // A deleted entry's block that stays: another entry still needs it.
+      shared: kinds.shared + deletes.filter((e) =>
+        !current.has(key(e)) &&
+        encodePolicyEntry(3, policyEntryOf(e)).some((k) => kernel.has(keyId(k.key)))
+      ).length,
+    };
+    const full = new EndpointPolicyState(3).plan({ adds: [...current.values()], deletes: [] }, {
+      full: true,
+    });
+    const want = new Map(full.updates.map((u) => [keyId(u.key), u.value]));
+    assertEquals(
+      [...kernel].sort(([a], [b]) => a < b ? -1 : 1),
+      [...want].sort(([a], [b]) => a < b ? -1 : 1),
+      `round ${round}`,
+    );
+    assertEquals(
+      new Set(s.keys().map(keyId)),
+      new Set(want.keys()),
+      `recorded keys, round ${round}`,
+    );
+  }
+  // Guard: the walk exercised writes, deletes and keys shared between entries.
+  assertEquals([kinds.updates > 100, kinds.deletes > 30, kinds.shared > 0], [true, true, true]);
 });

@@ -12,7 +12,10 @@
 // within two seconds, except while a connection to its address is alive (conntrack). IPv6: the
 // same dnsmasq also listens on 2001:db8:113::10 and answers AAAA (api.example.com →
 // 2001:db8:113::10, v6.example.com → 2001:db8:113::20); the pod's IPv6 queries over UDP and TCP go
-// through the proxy the same way, and its first IPv6 connect to the answer passes. Needs root.
+// through the proxy the same way, and its first IPv6 connect to the answer passes. UDP is served by
+// the proxy's Worker, which caches verdicts and what was learned: a policy change and a cache
+// clean must end both (a name allowed, then refused; an address cleaned, then learned again).
+// Needs root.
 import assert from "node:assert/strict";
 import { CiliaNode } from "../cni/_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
@@ -168,6 +171,8 @@ Deno.test({
     );
 
     await t.step("a name the DNS rules do not allow gets REFUSED quickly", async () => {
+      // Allowed first: the UDP Worker caches that verdict, and the policy change must end it.
+      assert.equal((await dig("other.net")).status, "NOERROR", "allowed under *");
       await n.policy(policy("*.example.com"));
       const r = await dig("other.net");
       assert.equal(r.status, "REFUSED");
@@ -193,7 +198,9 @@ Deno.test({
 
     await t.step("DNS flows carry the name, the verdict and the policy", async () => {
       const { flows } = await n.flows({ type: "l7" });
-      const refused = flows.find((f) => f.l7?.dns?.query === "other.net.");
+      const refused = flows.find((f) =>
+        f.l7?.dns?.query === "other.net." && f.l7.dns.rcode !== 0 && f.l4 && "UDP" in f.l4
+      );
       assert.ok(refused, JSON.stringify(flows.map((f) => f.Summary)));
       assert.equal(refused.verdict, "DROPPED");
       assert.equal(refused.l7?.dns?.rcode, 5);
@@ -232,6 +239,10 @@ Deno.test({
       const after = await cilia(["list", "--name", "api.example.com", "-o", "json"]);
       assert.deepEqual(JSON.parse(after.out), []);
       assert.equal(await connect("203.0.113.10"), false);
+      // The UDP Worker released this answer at once before; after the clean it must wait until
+      // the address is learned again.
+      assert.equal((await dig("api.example.com")).answer, "203.0.113.10");
+      assert.equal(await connect("203.0.113.10"), true, "learned again after the clean");
     });
 
     await t.step("an expired address stays allowed while a connection uses it", async () => {

@@ -18,7 +18,7 @@
 import assert from "node:assert/strict";
 import { Cluster, type ClusterNode } from "../helpers/cluster.ts";
 import { KERNEL_TOOLS, needs } from "../helpers/root.ts";
-import { root } from "../cni/_fixture.ts";
+import { cilia, killAll, putService, waitFor, waitListening } from "./_services_lab.ts";
 
 const OUTSIDE = "203.0.113.1";
 const OUTSIDE6 = "2001:db8:200::fe";
@@ -89,20 +89,13 @@ Deno.test({
       const r = await lab.exec(netns, ["curl", "-s", "-m", "3", url]);
       return r.code === 0 ? r.stdout.trim() : `curl exit ${r.code}`;
     };
-    await waitFor(
-      "the outside server",
-      async () => (await lab.exec(ul, ["ss", "-Hlun", "sport = :8053"])).stdout.trim() !== "",
-    );
+    await waitListening(lab, ul, "sport = :8053");
 
     const b1 = await n1.addPod("b1", { app: "web" });
     const b2 = await n2.addPod("b2", { app: "web" });
     for (const b of [b1, b2]) {
       children.push(deno(b.netns, `${lab.dir}/backend.js`, [b.name]).spawn());
-      await waitFor(
-        `${b.name} listening`,
-        async () =>
-          (await lab.exec(b.netns, ["ss", "-Htln", "sport = :8080"])).stdout.trim() !== "",
-      );
+      await waitListening(lab, b.netns, "sport = :8080");
     }
     const upsert = (body: Record<string, unknown>) =>
       n1.call("PUT", "/v1/service", {
@@ -110,14 +103,25 @@ Deno.test({
         backends: [b1, b2].map((b) => ({ ip: b.ipv4, port: 8080 })),
         ...body,
       });
-    // Answers from the outside host's 203.0.113.1 to url, one new connection each.
-    const fromOutside = async (url: string, count: number) => {
+    // Answers from the outside host to url, one new connection (curl) each.
+    const curls = async (url: string, count: number, flags: string[]) => {
       const out: string[] = [];
       for (let i = 0; i < count; i++) {
-        const r = await lab.exec(ul, ["curl", "-s", "-m", "2", "--interface", OUTSIDE, url]);
+        const r = await lab.exec(ul, ["curl", "-s", "-m", "2", ...flags, url]);
         out.push(r.code === 0 ? r.stdout.trim() : `curl exit ${r.code}`);
       }
       return out;
+    };
+    const fromOutside = (url: string, count: number) => curls(url, count, ["--interface", OUTSIDE]);
+    // `cilia bpf nat list` on node-1.
+    const natList = async () =>
+      JSON.parse(await cilia(n1.socket, "bpf", "nat", "list", "-o", "json")) as Record<
+        string,
+        string | number
+      >[];
+    const restart = async (...nodes: ClusterNode[]) => {
+      for (const n of nodes) await n.stopAgent();
+      for (const n of nodes) await n.startAgent();
     };
 
     await t.step("masquerade: TCP, UDP and ping leave with the node IP", async () => {
@@ -132,14 +136,7 @@ Deno.test({
       ]);
       assert.match(dig.stdout, /connection refused/, dig.stdout);
       // `cilia bpf nat list` shows the client's TCP flow to the outside host and its reverse.
-      const cli = await new Deno.Command(`${root}bin/cilia`, {
-        args: ["bpf", "nat", "list", "-o", "json", "-H", `unix://${n1.socket}`],
-        env: { CILIA_DENO: Deno.execPath() },
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      assert.equal(cli.code, 0, dec.decode(cli.stderr));
-      const rows = JSON.parse(dec.decode(cli.stdout)) as Record<string, string | number>[];
+      const rows = await natList();
       const out = rows.find((r) =>
         r.kind === "masquerade" && r.hook === "egress" && r.source === client.ipv4 &&
         r.destinationPort === 8080
@@ -183,12 +180,10 @@ spec:
     await t.step("--enable-ipv4-masquerade=false: the outside host sees the pod IP", async () => {
       await lab.run(ul, ["ip", "route", "add", n1.podCidr, "via", n1.ip]);
       cluster.agentArgs = ["--enable-ipv4-masquerade=false"];
-      await n1.stopAgent();
-      await n1.startAgent();
+      await restart(n1);
       assert.equal(await curl(client.netns, `http://${OUTSIDE}:8080/`), client.ipv4);
       cluster.agentArgs = [];
-      await n1.stopAgent();
-      await n1.startAgent();
+      await restart(n1);
       assert.equal(await curl(client.netns, `http://${OUTSIDE}:8080/`), n1.ip);
       // Masquerade on: a connection the outside host opens to a pod keeps the pod's address.
       assert.deepEqual(await fromOutside(`http://${b1.ipv4}:8080/`, 1), [`b1 ${OUTSIDE}`]);
@@ -197,16 +192,10 @@ spec:
 
     await t.step("NodePort: local backend sees the client, remote one the node IP", async () => {
       // deno-fmt-ignore
-      const cli = await new Deno.Command(`${root}bin/cilia`, {
-        args: ["service", "create", "--type", "NodePort", "--node-port", "30080",
-          "--frontend", "10.96.0.20:80/TCP", "--backends", `${b1.ipv4}:8080,${b2.ipv4}:8080`,
-          "-o", "json", "-H", `unix://${n1.socket}`],
-        env: { CILIA_DENO: Deno.execPath() },
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      assert.equal(cli.code, 0, dec.decode(cli.stderr));
-      const created = JSON.parse(dec.decode(cli.stdout)) as { type: string; nodePort: number };
+      const out = await cilia(n1.socket, "service", "create", "--type", "NodePort",
+        "--node-port", "30080", "--frontend", "10.96.0.20:80/TCP",
+        "--backends", `${b1.ipv4}:8080,${b2.ipv4}:8080`, "-o", "json");
+      const created = JSON.parse(out) as { type: string; nodePort: number };
       assert.deepEqual([created.type, created.nodePort], ["NodePort", 30080]);
       for (const [n, local, remote] of [[n1, "b1", "b2"], [n2, "b2", "b1"]] as const) {
         let got: string[] = [];
@@ -256,13 +245,12 @@ spec:
       "no endpoints: refused like kube-proxy (ICMP port unreachable), not dropped",
       async () => {
         for (const [ip, type] of [["10.96.0.30", "ClusterIP"], ["10.96.0.31", "NodePort"]]) {
-          const r = await n1.call("PUT", "/v1/service", {
+          await putService(n1, {
             type,
             ...(type === "NodePort" ? { nodePort: 30081 } : {}),
             frontend: { ip, port: 80, protocol: "TCP" },
             backends: [],
           });
-          assert.ok(r.status === 200 || r.status === 201, JSON.stringify(r.body));
         }
         const started = Date.now();
         const fromPod = await lab.exec(client.netns, [
@@ -280,23 +268,15 @@ spec:
     );
 
     // NodePort over IPv6 (bpf/lib/nodeport6.h) from the outside host's OUTSIDE6.
-    const put6 = async (body: Record<string, unknown>) => {
-      const r = await n1.call("PUT", "/v1/service", {
+    const put6 = (body: Record<string, unknown>) =>
+      putService(n1, {
         frontend: { ip: "fd00:96::20", port: 80, protocol: "TCP" },
         backends: [b1, b2].map((b) => ({ ip: b.ipv6, port: 8086 })),
         ...body,
       });
-      assert.ok(r.status === 200 || r.status === 201, JSON.stringify(r.body));
-    };
-    // Each curl a new connection from the outside host; -g: the brackets are the URL's.
-    const from6 = async (url: string, count: number, extra: string[] = []) => {
-      const out: string[] = [];
-      for (let i = 0; i < count; i++) {
-        const r = await lab.exec(ul, ["curl", "-s", "-g", "-m", "2", ...extra, url]);
-        out.push(r.code === 0 ? r.stdout.trim() : `curl exit ${r.code}`);
-      }
-      return out;
-    };
+    // -g: the brackets are the URL's.
+    const from6 = (url: string, count: number, extra: string[] = []) =>
+      curls(url, count, ["-g", ...extra]);
     const nodePort6 = async () => {
       await put6({ type: "NodePort", nodePort: 30086 });
       for (const [n, local, remote] of [[n1, "b1", "b2"], [n2, "b2", "b1"]] as const) {
@@ -318,14 +298,7 @@ spec:
       assert.equal(answers.length, 5, keep);
       assert.equal(new Set(answers).size, 1, `one backend per connection: ${keep}`);
       // `cilia bpf nat list` shows the IPv6 translations (cilia_snat6) too.
-      const cli = await new Deno.Command(`${root}bin/cilia`, {
-        args: ["bpf", "nat", "list", "-o", "json", "-H", `unix://${n1.socket}`],
-        env: { CILIA_DENO: Deno.execPath() },
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      assert.equal(cli.code, 0, dec.decode(cli.stderr));
-      const rows = JSON.parse(dec.decode(cli.stdout)) as Record<string, string | number>[];
+      const rows = await natList();
       assert.ok(
         rows.some((r) =>
           r.kind === "nodeport" && r.hook === "ingress" && r.source === OUTSIDE6 &&
@@ -340,13 +313,12 @@ spec:
       const lb = await from6("http://[2001:db8:96::7]:80/", 6);
       assert.ok(lb.every((x) => /^b[12] /.test(x)), JSON.stringify(lb));
       // No endpoints: ICMPv6 port unreachable at once (curl: connection refused), not a timeout.
-      const none = await n1.call("PUT", "/v1/service", {
+      await putService(n1, {
         type: "NodePort",
         nodePort: 30087,
         frontend: { ip: "fd00:96::21", port: 80, protocol: "TCP" },
         backends: [],
       });
-      assert.ok(none.status === 200 || none.status === 201, JSON.stringify(none.body));
       const started = Date.now();
       assert.deepEqual(await from6(`http://[${n1.ip6}]:30087/`, 1), ["curl exit 7"]);
       assert.ok(Date.now() - started < 2500, `answered at once: ${Date.now() - started} ms`);
@@ -362,8 +334,7 @@ spec:
       async () => {
         cluster.routingMode = "native";
         cluster.agentArgs = ["--node-port-mode", "dsr"];
-        for (const n of [n1, n2]) await n.stopAgent();
-        for (const n of [n1, n2]) await n.startAgent();
+        await restart(n1, n2);
         let got: string[] = [];
         await waitFor("both backends through node-1", async () => {
           got = [...got, ...await fromOutside(`http://${n1.ip}:30080/`, 6)];
@@ -388,25 +359,10 @@ spec:
 
     await t.step("NodePort over IPv6 (native, SNAT): local and remote backends", async () => {
       cluster.agentArgs = [];
-      for (const n of [n1, n2]) await n.stopAgent();
-      for (const n of [n1, n2]) await n.startAgent();
+      await restart(n1, n2);
       await nodePort6();
     });
   } finally {
-    for (const c of children) {
-      try {
-        c.kill("SIGKILL");
-      } catch { /* gone */ }
-      await c.output().catch(() => {});
-    }
+    await killAll(children);
   }
 });
-
-async function waitFor(what: string, fn: () => Promise<boolean>, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (await fn()) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`Timed out after ${ms} ms waiting for ${what}`);
-}

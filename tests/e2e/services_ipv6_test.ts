@@ -7,9 +7,9 @@
 // and a service mixing families is a 400 naming the field. Services go in through
 // `bin/cilia service create` and the API. Needs root.
 import assert from "node:assert/strict";
-import { CiliaNode, dropText, root, type TestPod } from "../cni/_fixture.ts";
+import { CiliaNode, dropText, type TestPod } from "../cni/_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
-import { denoIn } from "./_services_lab.ts";
+import { cilia, CLIENT_LIB, denoIn, killAll, putService, waitListening } from "./_services_lab.ts";
 
 const VIP = "fd00:96::10", EMPTY_VIP = "fd00:96::11";
 
@@ -32,17 +32,8 @@ for await (const c of Deno.listen({ hostname: "::", port: 8080 })) {
 // Modes (one JSON line each): "tcp HOST PORT N MS" and "udp HOST PORT N MS" → per attempt
 // {name, from} or {err, ms}; "hold HOST PORT N" → the names of N open connections, then after
 // a line on stdin the names the same connections answer with.
-const CLIENT = `
-import dgram from "node:dgram";
+const CLIENT = `import dgram from "node:dgram";${CLIENT_LIB}
 const [mode, host, port, count, ms] = Deno.args;
-const enc = new TextEncoder(), dec = new TextDecoder();
-const within = (p, t) => { p.catch(() => {}); let id; return Promise.race([p, new Promise((_, r) => { id = setTimeout(() => r(new Error("timeout")), t); })]).finally(() => clearTimeout(id)); };
-async function ask(c) {
-  await c.write(enc.encode("x"));
-  let s = ""; const buf = new Uint8Array(64);
-  while (!s.endsWith("\\n")) { const n = await c.read(buf); if (n === null) throw new Error("closed"); s += dec.decode(buf.subarray(0, n)); }
-  return s.trim();
-}
 function udpAsk() {
   const s = dgram.createSocket("udp6");
   return new Promise((ok, fail) => {
@@ -80,8 +71,6 @@ interface Answer {
   ms?: number;
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 Deno.test({
   name: "services: IPv6 ClusterIP (TCP, UDP, reverse NAT, ICMPv6 reject, policy) with real packets",
   ...needsRoot(),
@@ -105,26 +94,13 @@ Deno.test({
     const client = await n.addPod("client", { app: "client" });
     const other = await n.addPod("other", { app: "other" });
     for (const b of Object.values(backends)) {
-      for (let i = 0; i < 200; i++) {
-        const ss = await n.lab.run(b.netns, ["ss", "-Hln", "( sport = :8080 or sport = :5353 )"]);
-        if (ss.trim().split("\n").length >= 2) break;
-        await sleep(50);
-      }
+      await waitListening(n.lab, b.netns, "( sport = :8080 or sport = :5353 )", 2);
     }
     const run = async (pod: TestPod, args: string[]) => {
       const out = await denoIn(pod.netns, `${n.dir}/client6.js`, args).output();
       return JSON.parse(new TextDecoder().decode(out.stdout)) as Answer[];
     };
-    const cli = async (...args: string[]) => {
-      const r = await new Deno.Command(`${root}bin/cilia`, {
-        args: [...args, "-H", `unix://${n.socket}`],
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      const dec = new TextDecoder();
-      assert.equal(r.code, 0, dec.decode(r.stderr));
-      return dec.decode(r.stdout);
-    };
+    const cli = (...args: string[]) => cilia(n.socket, ...args);
     const b6 = (...names: string[]) => names.map((b) => `[${backends[b]!.ipv6}]`);
     const names = (got: Answer[]) => [...new Set(got.map((a) => a.name))].sort();
 
@@ -181,11 +157,10 @@ Deno.test({
       };
       try {
         const before = await line();
-        const r = await n.call("PUT", "/v1/service", {
+        await putService(n, {
           frontend: { ip: VIP, port: 80, protocol: "TCP" },
           backends: ["b1", "b2", "b3"].map((b) => ({ ip: backends[b]!.ipv6, port: 8080 })),
         });
-        assert.equal(r.status, 200, JSON.stringify(r.body));
         const w = hold.stdin.getWriter();
         await w.write(new TextEncoder().encode("go\n"));
         await w.close();
@@ -203,15 +178,13 @@ Deno.test({
     await t.step(
       "Maglev spreads over IPv6 backends; ClientIP affinity keeps a client on one",
       async () => {
-        const upsert = async (extra: Record<string, unknown>) => {
-          const r = await n.call("PUT", "/v1/service", {
+        const upsert = (extra: Record<string, unknown>) =>
+          putService(n, {
             frontend: { ip: VIP, port: 80, protocol: "TCP" },
             algorithm: "maglev",
             backends: ["b1", "b2", "b3"].map((b) => ({ ip: backends[b]!.ipv6, port: 8080 })),
             ...extra,
           });
-          assert.equal(r.status, 200, JSON.stringify(r.body));
-        };
         await upsert({});
         const spread = await run(client, ["tcp", VIP, "80", "20", "1000"]);
         assert.ok(names(spread).length >= 2, `Maglev spreads: ${JSON.stringify(names(spread))}`);
@@ -292,11 +265,6 @@ spec:
       assert.match(out, /\[fd00:96::10\]:80\/TCP/);
     });
   } finally {
-    for (const s of servers) {
-      try {
-        s.kill("SIGKILL");
-      } catch { /* gone */ }
-      await s.status;
-    }
+    await killAll(servers);
   }
 });

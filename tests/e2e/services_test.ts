@@ -6,29 +6,30 @@
 // identity and port); a removed backend gets no new connections; a service without backends drops
 // with 158. Services go in through the API and `bin/cilia service`. Needs root.
 import assert from "node:assert/strict";
-import { CiliaNode, dropText, root, type TestPod } from "../cni/_fixture.ts";
+import { CiliaNode, dropText, type TestPod } from "../cni/_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
-import { denoIn, NAME_SERVER } from "./_services_lab.ts";
+import {
+  cilia,
+  CLIENT_LIB,
+  denoIn,
+  killAll,
+  NAME_SERVER,
+  putService,
+  waitListening,
+} from "./_services_lab.ts";
 
 const VIP = "10.96.0.10", EMPTY_VIP = "10.96.0.11";
 
 // Prints a JSON array: per connection the names of 3 answers, or null when it failed.
-const CLIENT = `
+const CLIENT = `${CLIENT_LIB}
 const [host, port, count, ms] = Deno.args;
-const enc = new TextEncoder(), dec = new TextDecoder();
-const within = (p, t) => { p.catch(() => {}); let id; return Promise.race([p, new Promise((_, r) => { id = setTimeout(() => r(new Error("timeout")), t); })]).finally(() => clearTimeout(id)); };
-async function line(c) {
-  let s = ""; const buf = new Uint8Array(64);
-  while (!s.endsWith("\\n")) { const n = await c.read(buf); if (n === null) throw new Error("closed"); s += dec.decode(buf.subarray(0, n)); }
-  return s.trim();
-}
 const out = [];
 for (let i = 0; i < Number(count); i++) {
   let c;
   try {
     c = await within(Deno.connect({ hostname: host, port: Number(port) }), Number(ms));
     const names = [];
-    for (let k = 0; k < 3; k++) { await c.write(enc.encode("x")); names.push(await within(line(c), Number(ms))); }
+    for (let k = 0; k < 3; k++) names.push(await within(ask(c), Number(ms)));
     out.push(names);
   } catch { out.push(null); }
   try { c?.close(); } catch {}
@@ -46,18 +47,17 @@ Deno.test({
   try {
     await Deno.writeTextFile(`${n.dir}/server.js`, NAME_SERVER);
     await Deno.writeTextFile(`${n.dir}/client.js`, CLIENT);
-    const inNetns = (netns: string, script: string, args: string[]) => denoIn(netns, script, args);
     const backends: Record<string, TestPod> = {};
     for (const name of ["b1", "b2", "b3"]) {
       backends[name] = await n.addPod(name, { app: name });
-      servers.push(inNetns(backends[name].netns, `${n.dir}/server.js`, [name, "8080"]).spawn());
+      servers.push(denoIn(backends[name].netns, `${n.dir}/server.js`, [name, "8080"]).spawn());
     }
     const client = await n.addPod("client", { app: "client" });
     const identity = async (p: TestPod) =>
       ((await n.call("GET", `/v1/endpoint/default/${p.name}`)).body as { identity: number })
         .identity;
     const connect = async (host: string, count: number, ms = 1000) => {
-      const out = await inNetns(client.netns, `${n.dir}/client.js`, [
+      const out = await denoIn(client.netns, `${n.dir}/client.js`, [
         host,
         "80",
         String(count),
@@ -65,21 +65,13 @@ Deno.test({
       ]).output();
       return JSON.parse(new TextDecoder().decode(out.stdout)) as (string[] | null)[];
     };
-    const upsert = async (backendNames: string[], vip = VIP) => {
-      const r = await n.call("PUT", "/v1/service", {
-        frontend: { ip: vip, port: 80, protocol: "TCP" },
+    const upsert = (backendNames: string[]) =>
+      putService(n, {
+        frontend: { ip: VIP, port: 80, protocol: "TCP" },
         backends: backendNames.map((b) => ({ ip: backends[b]!.ipv4, port: 8080 })),
       });
-      assert.ok(r.status === 200 || r.status === 201, JSON.stringify(r.body));
-    };
     // The servers are up once they listen (the peer helper's probe speaks its own protocol).
-    for (const b of Object.values(backends)) {
-      for (let i = 0; i < 100; i++) {
-        const ss = await n.lab.run(b.netns, ["ss", "-Htln", "sport = :8080"]);
-        if (ss.trim() !== "") break;
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    }
+    for (const b of Object.values(backends)) await waitListening(n.lab, b.netns, "sport = :8080");
 
     await t.step("connections spread over the backends; each stays on one", async () => {
       await upsert(["b1", "b2", "b3"]);
@@ -121,19 +113,7 @@ spec:
     });
 
     await t.step("a service without backends drops with 158 (NO_SERVICE)", async () => {
-      const cli = await new Deno.Command(`${root}bin/cilia`, {
-        args: [
-          "service",
-          "create",
-          "--frontend",
-          `${EMPTY_VIP}:80/TCP`,
-          "-H",
-          `unix://${n.socket}`,
-        ],
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      assert.equal(cli.code, 0, new TextDecoder().decode(cli.stderr));
+      await cilia(n.socket, "service", "create", "--frontend", `${EMPTY_VIP}:80/TCP`);
       const { result, events } = await n.withEvents(() => connect(EMPTY_VIP, 1, 400), {
         until: (e) => e.type === "drop" && e.subtype === 158,
       });
@@ -142,11 +122,7 @@ spec:
     });
 
     await t.step("bin/cilia service list shows both services", async () => {
-      const out = await new Deno.Command(`${root}bin/cilia`, {
-        args: ["service", "list", "-o", "json", "-H", `unix://${n.socket}`],
-        stdout: "piped",
-      }).output();
-      const list = JSON.parse(new TextDecoder().decode(out.stdout)) as {
+      const list = JSON.parse(await cilia(n.socket, "service", "list", "-o", "json")) as {
         frontend: { ip: string };
         backends: unknown[];
       }[];
@@ -156,11 +132,6 @@ spec:
       ]]);
     });
   } finally {
-    for (const s of servers) {
-      try {
-        s.kill("SIGKILL");
-      } catch { /* gone */ }
-      await s.status;
-    }
+    await killAll(servers);
   }
 });

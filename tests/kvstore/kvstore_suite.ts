@@ -100,6 +100,43 @@ export async function kvStoreSuite(t: Deno.TestContext, open: OpenStore): Promis
     }
   });
 
+  await step("createAll() writes every key or none, and racing writers never mix", async (s, r) => {
+    const after = await s.cursor();
+    assertEquals(
+      await s.createAll([{ key: `${r}a`, value: bytes("1") }, { key: `${r}b`, value: bytes("2") }]),
+      true,
+    );
+    assertEquals([text(await s.get(`${r}a`)), text(await s.get(`${r}b`))], ["1", "2"]);
+    assertEquals((await s.get(`${r}a`))!.revision, (await s.get(`${r}b`))!.revision, "one write");
+    const events = await take(s, r, { after, count: 2 });
+    assertEquals(events.map((e) => show(r, e)), ["put a=1", "put b=2"]);
+    // One key exists: nothing is written.
+    assertEquals(
+      await s.createAll([{ key: `${r}c`, value: bytes("3") }, { key: `${r}b`, value: bytes("x") }]),
+      false,
+    );
+    assertEquals([text(await s.get(`${r}c`)), text(await s.get(`${r}b`))], [null, "2"]);
+    await assertRejects(
+      s.createAll([{ key: `${r}d`, value: bytes("1") }, { key: `${r}d`, value: bytes("2") }]),
+      /expected distinct keys/,
+    );
+    assertEquals(await s.get(`${r}d`), null);
+    const others = await Promise.all([open(), open()]);
+    try {
+      const stores = [s, ...others];
+      const won = await Promise.all(Array.from({ length: 12 }, (_, i) =>
+        stores[i % 3]!.createAll([
+          { key: `${r}x`, value: bytes(`${i}`) },
+          { key: `${r}y`, value: bytes(`${i}`) },
+        ])));
+      assertEquals(won.filter(Boolean).length, 1);
+      const winner = String(won.indexOf(true));
+      assertEquals([text(await s.get(`${r}x`)), text(await s.get(`${r}y`))], [winner, winner]);
+    } finally {
+      await Promise.all(others.map((o) => o.close()));
+    }
+  });
+
   await step("compareAndSwap() writes only over the expected revision", async (s, r) => {
     const k = `${r}k`;
     assertEquals(await s.compareAndSwap(k, null, bytes("1")), true);

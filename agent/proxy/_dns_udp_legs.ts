@@ -1,0 +1,238 @@
+// The DNS proxy Worker's upstream UDP legs (dns_udp_worker.ts): one non-blocking socket per
+// (client, identity, endpoint, direction, server), bound on the pod gateway with one proxy-NAT
+// entry (so a server pod sees the client's address), registered in the Worker's epoll, closed
+// after it idled. Each query in flight gets an id of the leg's choosing; an answer is handed on
+// only when it comes from the leg's server with such an id (the Worker checks it against the
+// question); a query not answered in time fails. A query without an answer is sent again (the same
+// bytes and id) after `resendMs` and twice that, as resolvers do: a server whose socket buffer
+// overflowed under a burst loses a datagram, not the query. It judges and learns nothing.
+
+import type { OrigDestination, ProxyMaps } from "../datapath/proxy_maps.ts";
+import * as S from "../sys/sockets_ffi.ts";
+import type { DnsAnswer, DnsQuery } from "./dns_message.ts";
+
+/** One query from a pod, from its arrival to its answer. */
+export interface Pending {
+  /** The listener it came in on and the client's sockaddr (where the answer goes). */
+  fd: number;
+  addr: Uint8Array;
+  msg: Uint8Array;
+  o: OrigDestination;
+  client: { ip: string; port: number };
+  started: number;
+  q?: DnsQuery;
+  cookie?: number;
+  answer?: DnsAnswer;
+  bytes?: Uint8Array;
+}
+
+interface InFlight {
+  p: Pending;
+  deadline: number;
+  bytes: Uint8Array;
+  resendAt: number;
+  resends: number;
+}
+
+/** A query is sent at most this many times more. */
+const MAX_RESENDS = 2;
+
+interface Leg {
+  key: string;
+  fd: number;
+  localPort: number;
+  server: { ip: string; port: number };
+  addr: Uint8Array;
+  inflight: Map<number, InFlight>;
+  lastUsed: number;
+}
+
+export interface DnsUdpLegsOptions {
+  maps: Pick<ProxyMaps, "writeNat" | "deleteNat">;
+  gateway: string;
+  gateway6: string;
+  receiveBuffer: number;
+  timeoutMs: number;
+  /** A query without an answer is sent again after this (ms; default 250), then twice that. */
+  resendMs?: number;
+  /** An answer for p from its server, the pod's id restored; false: not p's answer (ignored). */
+  onAnswer: (p: Pending, bytes: Uint8Array) => boolean | void;
+  onFail: (p: Pending, error: string) => void;
+}
+
+export const decodeAddr = (sa: Uint8Array): { ip: string; port: number } => S.decodeSockaddr(sa);
+
+/** Same family, port and address (IPv6 flow label and scope ignored). */
+export function sameAddr(a: Uint8Array, b: Uint8Array): boolean {
+  const n = a[0] === S.AF_INET ? 8 : 24;
+  if (a[0] !== b[0] || a[1] !== b[1] || a[2] !== b[2] || a[3] !== b[3]) return false;
+  for (let i = n === 8 ? 4 : 8; i < n; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+export class DnsUdpLegs {
+  readonly #o: DnsUdpLegsOptions;
+  readonly #legs = new Map<string, Leg>();
+  readonly #byFd = new Map<number, Leg>();
+  #inflight = 0;
+  /** The Worker's epoll instance (legs are added to it). */
+  epoll = -1;
+  readonly #buf = new Uint8Array(65536);
+  readonly #from = new Uint8Array(S.SOCKADDR_SIZE);
+  readonly #fromLen = new Uint32Array(1);
+  readonly #ev = new Uint8Array(S.EPOLL_EVENT_SIZE);
+
+  constructor(o: DnsUdpLegsOptions) {
+    this.#o = o;
+  }
+
+  get inflight(): number {
+    return this.#inflight;
+  }
+
+  /** Sends p's query on its leg (opened on first use); an error text if it cannot. */
+  forward(p: Pending): string | undefined {
+    const o = p.o;
+    const key = `${p.client.ip}/${o.srcIdentity}/${o.epId}/${o.dir}/${o.ip}:${o.port}`;
+    let leg = this.#legs.get(key);
+    if (!leg) {
+      try {
+        leg = this.#open(key, p);
+      } catch (err) {
+        return `upstream error: ${(err as Error).message}`;
+      }
+    }
+    if (leg.inflight.size >= 0x8000) return `too many queries in flight to ${o.ip}:${o.port}`;
+    let id = (Math.random() * 0x10000) | 0;
+    while (leg.inflight.has(id)) id = (id + 1) & 0xffff;
+    const bytes = p.q!.raw.slice();
+    bytes[0] = id >> 8;
+    bytes[1] = id & 0xff;
+    leg.lastUsed = performance.now();
+    const sent = S.libc().sendto(leg.fd, bytes, BigInt(bytes.length), 0, leg.addr, leg.addr.length);
+    if (Number(sent) < 0) return `upstream error: ${S.sysError("sendto").message}`;
+    const now = leg.lastUsed;
+    leg.inflight.set(id, {
+      p,
+      deadline: now + this.#o.timeoutMs,
+      bytes,
+      resendAt: now + this.#resendMs,
+      resends: 0,
+    });
+    this.#inflight++;
+    return undefined;
+  }
+
+  #open(key: string, p: Pending): Leg {
+    const o = p.o, v6 = o.ip.includes(":");
+    const sock = S.bindUdp(v6 ? this.#o.gateway6 || "::" : this.#o.gateway, 0, {
+      receiveBuffer: this.#o.receiveBuffer,
+    });
+    const c = S.libc();
+    const server = { ip: o.ip, port: o.port };
+    const addr = new Uint8Array(S.SOCKADDR_SIZE);
+    const leg: Leg = {
+      key,
+      fd: sock.fd,
+      localPort: sock.port,
+      server,
+      addr: addr.subarray(0, S.encodeSockaddr(addr, o.ip, o.port)),
+      inflight: new Map(),
+      lastUsed: performance.now(),
+    };
+    try {
+      this.#o.maps.writeNat({
+        server,
+        localPort: sock.port,
+        clientIp: p.client.ip,
+        identity: o.srcIdentity,
+        epId: o.epId,
+        dir: o.dir,
+      });
+      const v = new DataView(this.#ev.buffer);
+      v.setUint32(0, S.EPOLLIN, true);
+      v.setUint32(4, sock.fd, true);
+      if (c.epoll_ctl(this.epoll, S.EPOLL_CTL_ADD, sock.fd, this.#ev) !== 0) {
+        throw S.sysError("epoll_ctl");
+      }
+    } catch (err) {
+      c.close(sock.fd);
+      throw err;
+    }
+    this.#legs.set(key, leg);
+    this.#byFd.set(sock.fd, leg);
+    return leg;
+  }
+
+  /** Reads what the leg on `fd` received (rule: its server, an id in flight). */
+  drain(fd: number): void {
+    const leg = this.#byFd.get(fd);
+    if (!leg) return;
+    const c = S.libc(), buf = this.#buf, from = this.#from;
+    const fromLen = new Uint8Array(this.#fromLen.buffer);
+    for (let i = 0; i < 256; i++) {
+      this.#fromLen[0] = S.SOCKADDR_SIZE;
+      const got = Number(c.recvfrom(fd, buf, 65536n, 0, from, fromLen));
+      if (got < 0) return;
+      if (got < 12 || !sameAddr(from, leg.addr)) continue;
+      const id = (buf[0]! << 8) | buf[1]!;
+      const w = leg.inflight.get(id);
+      if (!w) continue;
+      const out = buf.slice(0, got);
+      out[0] = w.p.msg[0]!;
+      out[1] = w.p.msg[1]!;
+      if (this.#o.onAnswer(w.p, out) === false) continue;
+      leg.inflight.delete(id);
+      this.#inflight--;
+    }
+  }
+
+  get #resendMs(): number {
+    return this.#o.resendMs ?? 250;
+  }
+
+  /** Sends again the queries due for it, fails those whose time is up. */
+  expire(now: number): void {
+    if (this.#inflight === 0) return;
+    const c = S.libc();
+    for (const leg of this.#legs.values()) {
+      for (const [id, w] of leg.inflight) {
+        if (w.deadline <= now) {
+          leg.inflight.delete(id);
+          this.#inflight--;
+          const { ip, port } = leg.server;
+          this.#o.onFail(w.p, `no answer from ${ip}:${port} in ${this.#o.timeoutMs} ms`);
+        } else if (w.resendAt <= now && w.resends < MAX_RESENDS) {
+          w.resends++;
+          w.resendAt = now + this.#resendMs * 2 ** w.resends;
+          c.sendto(leg.fd, w.bytes, BigInt(w.bytes.length), 0, leg.addr, leg.addr.length);
+        }
+      }
+    }
+  }
+
+  /** Closes legs with nothing in flight that were not used for `idleMs`. */
+  sweepIdle(now: number, idleMs: number): void {
+    for (const leg of this.#legs.values()) {
+      if (leg.inflight.size === 0 && now - leg.lastUsed >= idleMs) this.#drop(leg, "closed");
+    }
+  }
+
+  #drop(leg: Leg, reason: string): void {
+    this.#legs.delete(leg.key);
+    this.#byFd.delete(leg.fd);
+    for (const w of leg.inflight.values()) this.#o.onFail(w.p, reason);
+    this.#inflight -= leg.inflight.size;
+    leg.inflight.clear();
+    const c = S.libc();
+    c.epoll_ctl(this.epoll, S.EPOLL_CTL_DEL, leg.fd, this.#ev);
+    c.close(leg.fd);
+    try {
+      this.#o.maps.deleteNat({ server: leg.server, localPort: leg.localPort });
+    } catch { /* maps closed */ }
+  }
+
+  close(): void {
+    for (const leg of [...this.#legs.values()]) this.#drop(leg, "the DNS proxy is closed");
+  }
+}

@@ -1,0 +1,323 @@
+// The DNS proxy's UDP data path, in a Worker of its own (dns_udp_path.ts starts it), so that
+// nothing else the agent does delays a query: one loop blocked in epoll_wait over the listener
+// sockets, the upstream legs and a wake-up eventfd, on raw libc calls (agent/sys/sockets_ffi.ts),
+// no Deno socket op. Per datagram: the original destination from the kernel (its own ProxyMaps
+// fds), parse, the verdict from its cache (else asked of the main thread), the pooled upstream
+// leg, the answer checked against the question, and the answer back. Flow records go to the main
+// thread in batches. It judges and learns nothing itself: verdicts and learned addresses come
+// from the main thread, and are dropped when the shared generation moves (the engine or the DNS
+// cache changed).
+//
+// Rules (as dns_proxy.ts, fail closed):
+// 1. A datagram the kernel did not redirect gets no answer; one that does not parse gets FORMERR;
+//    a refused name gets the reject rcode and is never forwarded.
+// 2. A cached verdict is used only while the generation it was judged at is current.
+// 3. An answer with addresses is released at once only when the main thread said, at the current
+//    generation, that the endpoint holds every (name, address) for at least KNOWN_MARGIN_MS more;
+//    otherwise the main thread learns them (datapath written) first. A failed learn → SERVFAIL.
+// 4. An answer is taken only from the leg's server, with an id in flight, matching the question;
+//    a query without an answer is sent again (_dns_udp_legs.ts); none within the timeout →
+//    SERVFAIL.
+
+import { ProxyMaps } from "../datapath/proxy_maps.ts";
+import * as S from "../sys/sockets_ffi.ts";
+import {
+  DnsMessageError,
+  type DnsQuery,
+  makeResponse,
+  parseAnswer,
+  parseQuery,
+  RCODE,
+} from "./dns_message.ts";
+import type { DnsRecord } from "./dns_proxy.ts";
+import { decodeAddr, DnsUdpLegs, type Pending } from "./_dns_udp_legs.ts";
+import {
+  type FromMain,
+  KNOWN_MARGIN_MS,
+  RECORD_BATCH_MS,
+  SHARED,
+  type ToMain,
+  type WorkerStart,
+} from "./_dns_udp_protocol.ts";
+
+const scope = self as unknown as {
+  onmessage: ((e: MessageEvent<FromMain>) => void) | null;
+  postMessage(m: ToMain): void;
+  close(): void;
+};
+
+/** setpriority()'s "which" for one thread (its tid). */
+const PRIO_PROCESS = 0;
+
+let cfg: WorkerStart;
+let shared: Int32Array;
+let maps: ProxyMaps | undefined;
+let legs: DnsUdpLegs;
+/** Messages from the main thread handled so far (the main thread counts what it posted). */
+let received = 0;
+const verdicts = new Map<string, { allowed: boolean; cookie: number }>();
+/** `epId|names|ips` → until when (epoch ms) the datapath holds them (rule 3). */
+const known = new Map<string, number>();
+let generation = 0;
+const waiting = new Map<number, Pending>();
+let nextQid = 1;
+let records: DnsRecord[] = [];
+let refresh: { epId: number; names: string[]; ips: { ip: string; ttl: number }[] }[] = [];
+let recordsSince = 0;
+
+scope.onmessage = (e) => {
+  received++;
+  const m = e.data;
+  try {
+    if (m.t === "start") start(m);
+    else if (m.t === "verdict") verdictFromMain(m);
+    else if (m.t === "learned") learnedFromMain(m);
+  } catch (err) {
+    log("warn", "DNS proxy worker: a message failed", err);
+  }
+};
+
+function log(level: "warn" | "debug", msg: string, err?: unknown): void {
+  scope.postMessage({ t: "log", level, msg, ...(err ? { error: String(err) } : {}) });
+}
+
+function start(m: WorkerStart): void {
+  cfg = m;
+  shared = new Int32Array(m.shared);
+  S.acquire();
+  try {
+    maps = new ProxyMaps(m.pins);
+  } catch (err) {
+    scope.postMessage({ t: "failed", error: String(err) });
+    return;
+  }
+  legs = new DnsUdpLegs({
+    maps,
+    gateway: m.gateway,
+    gateway6: m.gateway6,
+    receiveBuffer: m.receiveBuffer,
+    timeoutMs: m.timeoutMs,
+    onAnswer: answered,
+    onFail: (p, error) => finish(p, { allowed: true, rcode: RCODE.SERVFAIL, error }, true),
+  });
+  loop().catch((err) => scope.postMessage({ t: "failed", error: String(err) }));
+}
+
+/** Lets pending messages from the main thread run (a message event, not a clamped timer). */
+function yieldToMessages(): Promise<void> {
+  return new Promise((resolve) => {
+    const ch = new MessageChannel();
+    ch.port1.onmessage = () => {
+      ch.port1.close();
+      resolve();
+    };
+    ch.port2.postMessage(0);
+  });
+}
+
+async function loop(): Promise<void> {
+  const c = S.libc();
+  const ep = c.epoll_create1(S.SOCK_CLOEXEC); // EPOLL_CLOEXEC has the same value
+  if (ep < 0) throw S.sysError("epoll_create1");
+  legs.epoll = ep;
+  const ev = new Uint8Array(S.EPOLL_EVENT_SIZE), evv = new DataView(ev.buffer);
+  for (const fd of [cfg.wakeFd, ...cfg.listeners.map((l) => l.fd)]) {
+    evv.setUint32(0, S.EPOLLIN, true);
+    evv.setUint32(4, fd, true);
+    if (c.epoll_ctl(ep, S.EPOLL_CTL_ADD, fd, ev) !== 0) throw S.sysError("epoll_ctl");
+  }
+  const listeners = new Set(cfg.listeners.map((l) => l.fd));
+  const evs = new Uint8Array(S.EPOLL_EVENT_SIZE * 64), evsv = new DataView(evs.buffer);
+  const eight = new Uint8Array(8);
+  // Best effort (needs CAP_SYS_NICE): on a busy node this thread then waits less for a CPU.
+  if (cfg.nice !== 0) c.setpriority(PRIO_PROCESS, c.gettid(), cfg.nice);
+  scope.postMessage({ t: "ready" });
+  let lastSweep = performance.now();
+  while (Atomics.load(shared, SHARED.STOP) === 0) {
+    const timeout = records.length > 0 ? RECORD_BATCH_MS : legs.inflight > 0 ? 25 : 1000;
+    const n = c.epoll_wait(ep, evs, 64, timeout);
+    for (let i = 0; i < n; i++) {
+      const fd = evsv.getUint32(S.EPOLL_EVENT_SIZE * i + 4, true);
+      if (fd === cfg.wakeFd) c.read(cfg.wakeFd, eight, 8n);
+      else if (listeners.has(fd)) drainListener(fd);
+      else legs.drain(fd);
+    }
+    const now = performance.now();
+    legs.expire(now);
+    if (now - lastSweep >= 1000) {
+      legs.sweepIdle(now, cfg.idleMs);
+      lastSweep = now;
+    }
+    if (records.length > 0 && (now - recordsSince >= RECORD_BATCH_MS || records.length >= 256)) {
+      flushRecords();
+    }
+    while (Atomics.load(shared, SHARED.POSTED) > received) await yieldToMessages();
+  }
+  flushRecords();
+  legs.close();
+  c.close(ep);
+  for (const l of cfg.listeners) c.close(l.fd);
+  maps?.close();
+  S.release();
+  scope.postMessage({ t: "closed" });
+  scope.close();
+}
+
+const buf = new Uint8Array(65536);
+const from = new Uint8Array(S.SOCKADDR_SIZE);
+const fromLen = new Uint32Array(1);
+const fromLenU8 = new Uint8Array(fromLen.buffer);
+
+function drainListener(fd: number): void {
+  const c = S.libc();
+  for (let i = 0; i < 256; i++) {
+    fromLen[0] = S.SOCKADDR_SIZE;
+    const got = Number(c.recvfrom(fd, buf, 65536n, 0, from, fromLenU8));
+    if (got < 0) return; // EAGAIN (or an error the next datagram repeats)
+    const started = performance.now();
+    try {
+      query(fd, buf.slice(0, got), from.slice(0, fromLen[0]!), started);
+    } catch (err) {
+      log("warn", "DNS proxy worker: a query failed", err);
+    }
+  }
+}
+
+function query(fd: number, msg: Uint8Array, addr: Uint8Array, started: number): void {
+  const client = decodeAddr(addr);
+  let o;
+  try {
+    o = maps!.original(client.ip, client.port, cfg.port);
+  } catch {
+    o = undefined;
+  }
+  if (!o) return; // 1.
+  const p: Pending = { fd, addr, msg, o, client, started };
+  let q: DnsQuery;
+  try {
+    q = parseQuery(msg);
+  } catch (err) {
+    const error = err instanceof DnsMessageError ? err.message : String(err);
+    const out = msg.length >= 12 ? makeResponse(msg, RCODE.FORMERR) : undefined;
+    finish(p, { allowed: false, rcode: RCODE.FORMERR, error }, false, out);
+    return;
+  }
+  p.q = q;
+  checkGeneration();
+  const key = `${o.epId}/${o.dstIdentity}/${o.port}/${q.name}`;
+  const v = verdicts.get(key);
+  if (v) return judged(p, v);
+  if (waiting.size >= 4096) return; // the main thread is far behind: drop (the client retries)
+  const qid = nextQid++;
+  waiting.set(qid, p);
+  scope.postMessage({ t: "judge", qid, o, name: q.name });
+}
+
+function checkGeneration(): void {
+  const g = Atomics.load(shared, SHARED.GENERATION);
+  if (g === generation) return;
+  generation = g;
+  verdicts.clear();
+  known.clear();
+}
+
+function verdictFromMain(m: Extract<FromMain, { t: "verdict" }>): void {
+  const p = waiting.get(m.qid);
+  if (!p) return;
+  waiting.delete(m.qid);
+  checkGeneration();
+  const v = { allowed: m.allowed, cookie: m.cookie };
+  if (m.generation === generation) { // 2.
+    if (verdicts.size >= 10_000) verdicts.clear();
+    verdicts.set(`${p.o.epId}/${p.o.dstIdentity}/${p.o.port}/${p.q!.name}`, v);
+  }
+  judged(p, v);
+}
+
+function judged(p: Pending, v: { allowed: boolean; cookie: number }): void {
+  p.cookie = v.cookie;
+  if (!v.allowed) {
+    const rcode = cfg.rejectRcode;
+    finish(p, { allowed: false, rcode }, false, makeResponse(p.msg, rcode));
+    return;
+  }
+  const error = legs.forward(p);
+  if (error !== undefined) finish(p, { allowed: true, rcode: RCODE.SERVFAIL, error }, true);
+}
+
+const knownKey = (epId: number, names: string[], ips: { ip: string }[]) =>
+  `${epId}|${names.join(" ")}|${ips.map((i) => i.ip).join(" ")}`;
+
+/** An answer from upstream for `p` (rule 3). */
+function answered(p: Pending, bytes: Uint8Array): boolean | void {
+  const answer = parseAnswer(p.q!, bytes);
+  if (!answer) return false; // 4.
+  p.answer = answer;
+  p.bytes = bytes;
+  if (answer.rcode !== RCODE.NOERROR || answer.ips.length === 0) {
+    return finish(p, { allowed: true, rcode: answer.rcode }, false, bytes);
+  }
+  checkGeneration();
+  const until = known.get(knownKey(p.o.epId, answer.names, answer.ips));
+  if (until !== undefined && Date.now() + KNOWN_MARGIN_MS < until) {
+    refresh.push({ epId: p.o.epId, names: answer.names, ips: answer.ips });
+    return finish(p, { allowed: true, rcode: answer.rcode }, false, bytes);
+  }
+  const qid = nextQid++;
+  waiting.set(qid, p);
+  scope.postMessage({ t: "learn", qid, epId: p.o.epId, names: answer.names, ips: answer.ips });
+}
+
+function learnedFromMain(m: Extract<FromMain, { t: "learned" }>): void {
+  const p = waiting.get(m.qid);
+  if (!p?.answer) return;
+  waiting.delete(m.qid);
+  if (m.error !== undefined) {
+    const error = `cannot allow the answer's addresses: ${m.error}`;
+    return finish(p, { allowed: true, rcode: RCODE.SERVFAIL, error }, true);
+  }
+  checkGeneration();
+  if (m.until !== undefined && m.generation === generation) {
+    if (known.size >= 10_000) known.clear();
+    known.set(knownKey(p.o.epId, p.answer.names, p.answer.ips), m.until);
+  }
+  finish(p, { allowed: true, rcode: p.answer.rcode }, false, p.bytes);
+}
+
+/** Sends the reply (a made-up one when `servfail`), and records the query. */
+function finish(
+  p: Pending,
+  r: { allowed: boolean; rcode: number; error?: string },
+  servfail: boolean,
+  out?: Uint8Array,
+): void {
+  const reply = servfail ? makeResponse(p.msg, RCODE.SERVFAIL) : out;
+  if (reply) S.libc().sendto(p.fd, reply, BigInt(reply.length), 0, p.addr, p.addr.length);
+  const a = p.answer;
+  const rec: DnsRecord = {
+    epId: p.o.epId,
+    client: p.client,
+    server: { ip: p.o.ip, port: p.o.port },
+    srcIdentity: p.o.srcIdentity,
+    dstIdentity: p.o.dstIdentity,
+    cookie: p.cookie ?? p.o.cookie,
+    query: p.q?.name ?? "",
+    qtype: p.q?.type ?? "",
+    allowed: r.allowed,
+    rcode: r.rcode,
+    cnames: a ? a.names.slice(1) : [],
+    ips: a ? a.ips.map((i) => i.ip) : [],
+    latencyMs: performance.now() - p.started,
+    ...(r.error !== undefined ? { error: r.error } : {}),
+    at: Date.now(),
+  };
+  if (records.length === 0) recordsSince = performance.now();
+  records.push(rec);
+}
+
+function flushRecords(): void {
+  if (records.length === 0 && refresh.length === 0) return;
+  scope.postMessage({ t: "records", json: JSON.stringify({ records, refresh }) });
+  records = [];
+  refresh = [];
+}

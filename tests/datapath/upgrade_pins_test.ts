@@ -1,0 +1,84 @@
+// An in-place upgrade: the agent starts on the pins an older cilia left. `cilia_proxy_*` pins it
+// no longer uses go before loading (dropOldProxyMaps in agent/datapath/loader.ts): a proxy map
+// of the old, IPv4-only layout is replaced by one of the current layout, which the re-attached
+// programs use, and a proxy pin of a name this version does not have is removed; every other
+// pin is reused as it was. Pins live in the test's own bpffs (the lab's prefix). Needs root.
+import { execCommand } from "../../agent/sys/exec.ts";
+import { LAYOUTS } from "../../agent/datapath/codecs.ts";
+import { assert, assertEquals, nodeLab, openSink } from "./_fixture.ts";
+import { needsRoot } from "../helpers/root.ts";
+
+interface MapInfo {
+  id: number;
+  bytes_key: number;
+  bytes_value: number;
+}
+
+async function json<T>(argv: string[], netns?: string): Promise<T> {
+  const res = await execCommand(argv, { netns });
+  assertEquals(res.code, 0, `${argv.join(" ")}: ${res.stderr}`);
+  return JSON.parse(res.stdout) as T;
+}
+
+const mapInfo = (pin: string) => json<MapInfo>(["bpftool", "-j", "map", "show", "pinned", pin]);
+
+const exists = (path: string) => Deno.lstat(path).then(() => true, () => false);
+
+Deno.test({
+  name: "loadPinned() drops cilia_proxy_* pins of an older version and reuses the rest",
+  ...needsRoot(),
+  sanitizeOps: true,
+  sanitizeResources: true,
+}, async () => {
+  await using t = await nodeLab({ pods: 1 });
+  const maps = `${t.node.bpffs}/cilia/maps`;
+  const before = {
+    ipcache: await mapInfo(`${maps}/cilia_ipcache`),
+    cfg: await mapInfo(`${maps}/cilia_proxy_cfg`),
+    nat: await mapInfo(`${maps}/cilia_proxy_nat`),
+  };
+  // What the older version pinned: cilia_proxy_orig with IPv4 addresses (key 8, value 24 bytes)
+  // and a proxy map this version does not have, named after the lab.
+  const orig = `${maps}/cilia_proxy_orig`;
+  const unused = `${maps}/cilia_proxy_${t.lab.prefix}ports`;
+  await Deno.remove(orig);
+  for (const [pin, key, value, name] of [[orig, 8, 24, "cilia_proxy_ori"], [unused, 4, 4, "old"]]) {
+    const res = await execCommand([
+      ...["bpftool", "map", "create", String(pin), "type", "hash", "key", String(key)],
+      ...["value", String(value), "entries", "64", "name", String(name)],
+    ]);
+    assertEquals(res.code, 0, res.stderr);
+  }
+  const old = await mapInfo(orig);
+  assertEquals([old.bytes_key, old.bytes_value], [8, 24]);
+
+  const again = await openSink(t.node);
+  try {
+    assert(!(await exists(unused)), `"${unused}" is removed`);
+    const now = await mapInfo(orig);
+    assert(now.id !== old.id, "cilia_proxy_orig is a new map");
+    assertEquals(
+      [now.bytes_key, now.bytes_value],
+      [LAYOUTS.proxyOrigKey.size, LAYOUTS.proxyOrigValue.size],
+    );
+    assertEquals(again.datapath.loaded, true, "the programs were loaded again");
+    // Pins of the current layout are kept.
+    assertEquals((await mapInfo(`${maps}/cilia_ipcache`)).id, before.ipcache.id);
+    assertEquals((await mapInfo(`${maps}/cilia_proxy_cfg`)).id, before.cfg.id);
+    assertEquals((await mapInfo(`${maps}/cilia_proxy_nat`)).id, before.nat.id);
+    // The pod's veth runs the new programs, which use the new map and not the old one.
+    const filters = await json<{ options?: { prog?: { id: number } } }[]>(
+      ["tc", "-j", "filter", "show", "dev", t.pods[0]!.ifname, "ingress"],
+      t.node.netns,
+    );
+    const progId = filters.find((f) => f.options?.prog)?.options?.prog?.id;
+    assert(progId !== undefined, JSON.stringify(filters));
+    const prog = await json<{ map_ids: number[] }>(
+      ["bpftool", "-j", "prog", "show", "id", String(progId)],
+    );
+    assert(prog.map_ids.includes(now.id), `program ${progId} uses ${now.id}: ${prog.map_ids}`);
+    assert(!prog.map_ids.includes(old.id), `program ${progId} does not use ${old.id}`);
+  } finally {
+    await again.close();
+  }
+});
