@@ -50,6 +50,7 @@ import { Regenerator } from "./endpoint/regenerator.ts";
 import { RetryLoop } from "./endpoint/retry_loop.ts";
 import { EndpointManager, regenEndpoint } from "./endpoint/manager.ts";
 import { CniAttachments } from "./endpoint/cni_attachments.ts";
+import { CniAttachmentError } from "./endpoint/cni_error.ts";
 import { KernelSink, registerDatapathMetrics } from "./datapath/kernel_sink.ts";
 import { checkDatapath } from "./datapath/preflight.ts";
 import { hostDevice, setupHostNetwork } from "./node/host_net.ts";
@@ -126,6 +127,8 @@ export class Agent {
   #watches: PrefixWatch[] = [];
   #closers: Closer[] = [];
   #closed: Promise<void> | undefined;
+  /** A new pod's veth MTU, known once `#followNodes` has the underlay (see `#podMtu`). */
+  #podMtuKnown: { mtu: number | undefined } | undefined;
 
   private constructor(opts: AgentOptions) {
     this.config = opts.config;
@@ -367,6 +370,7 @@ export class Agent {
       log: log.child({ subsys: "cni" }),
       kernel: this.datapath !== undefined,
       ...(this.datapath ? { checkDatapath: (ep) => this.datapath!.check(regenEndpoint(ep)) } : {}),
+      podMtu: () => this.#podMtu(),
     });
     await this.#replayDeleteQueue();
     // Other nodes' entries are back before reconcile, which deletes what nobody re-applied.
@@ -412,6 +416,7 @@ export class Agent {
     const gw = (f: 4 | 6) => this.ipam.pools().find((p) => p.family === f)?.gateway;
     const ip = pickNodeIp(c.nodeIp, this.ipam.pools().map((p) => p.gateway));
     let tunnel: { ifname: string; mtu: number } | undefined;
+    let underlayMtu = c.mtu || undefined;
     if (this.datapath && c.routingMode === "tunnel") await checkTunnelProtocol(c.tunnelProtocol);
     // Before the overlay: its programs share the NAT maps host.o pins.
     if (this.datapath && ip !== undefined) {
@@ -434,8 +439,10 @@ export class Agent {
         bpffsRoot: c.bpffsRoot,
         buildDir: c.bpfBuildDir,
       });
+      underlayMtu ??= nat.mtu;
       log.info("underlay programs attached", {
         device: nat.ifname,
+        mtu: underlayMtu,
         masquerade: c.enableIpv4Masquerade,
       });
     }
@@ -444,12 +451,17 @@ export class Agent {
         protocol: c.tunnelProtocol,
         port: c.tunnelPort,
         nodeIp: ip,
+        underlayMtu,
         bpffsRoot: c.bpffsRoot,
         buildDir: c.bpfBuildDir,
       });
     } else if (ip === undefined) {
       log.info("no node IP: other nodes cannot reach this node's pods (set --node-ip)");
     }
+    // Pods get the tunnel's MTU (Cilium's): BPF takes their packets past the tunnel route, whose
+    // MTU would tell them nothing, so a full-size non-GSO packet would be lost without a word;
+    // with it TCP's MSS and the pod's own path MTU leave room for the 50 bytes of VXLAN.
+    this.#podMtuKnown = { mtu: tunnel?.mtu ?? underlayMtu };
     const self: NodeRecord = {
       name: c.nodeName,
       addresses: hostAddresses(),
@@ -480,6 +492,23 @@ export class Agent {
     }
     await this.#follow(this.discovery.follow({ signal }));
     return self;
+  }
+
+  /**
+   * A new pod's veth MTU: the tunnel device's (underlay − 50) in tunnel mode, the underlay's
+   * natively, the kernel's default without a node IP. Refused (503) before `#followNodes` knows
+   * it: the API serves ADDs only once `start()` is done, but a pod must never get a wrong MTU.
+   */
+  #podMtu(): number | undefined {
+    if (this.#podMtuKnown === undefined) {
+      throw new CniAttachmentError(
+        "cni_unavailable",
+        "Cannot add a pod yet: the agent is starting (the pods' MTU is known once the tunnel " +
+          "device is up)",
+        503,
+      );
+    }
+    return this.#podMtuKnown.mtu;
   }
 
   /** CNI DELs that arrived while the agent was down (see agent/cni/delete_queue.ts). */

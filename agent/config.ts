@@ -54,6 +54,11 @@ export interface AgentConfig {
   tunnelProtocol: "vxlan" | "geneve";
   /** UDP port of the tunnel (8472, as Cilium). */
   tunnelPort: number;
+  /**
+   * The underlay's MTU (Cilium's --mtu); 0: the MTU of the device holding the node IP. Pods get
+   * it less the VXLAN overhead (50) in tunnel mode, as the tunnel device does; all of it natively.
+   */
+  mtu: number;
   /** This node's IP on the underlay; default: its first IPv4 address that is not cilia's. */
   nodeIp?: string;
   /**
@@ -171,6 +176,12 @@ const Schema = z.strictObject({
   tunnelProtocol: z.enum(["vxlan", "geneve"], { message: `Expected "vxlan" or "geneve"` })
     .default("vxlan"),
   tunnelPort: z.coerce.number().int().min(1).max(65535).default(8472),
+  mtu: z.coerce.number().refine(
+    (v) => v === 0 || (Number.isInteger(v) && v >= 1280 && v <= 65535),
+    {
+      message: "Expected 0 (the underlay device's MTU) or an MTU from 1280 to 65535",
+    },
+  ).default(0),
   nodeIp: z.string().regex(/^\d{1,3}(\.\d{1,3}){3}$/, {
     message: "Expected the node's IPv4 address on the underlay such as 192.0.2.1",
   }).optional(),
@@ -228,6 +239,7 @@ export const FLAGS = {
   "routing-mode": { type: "string" },
   "tunnel-protocol": { type: "string" },
   "tunnel-port": { type: "string" },
+  mtu: { type: "string" },
   "node-ip": { type: "string" },
   "node-grace-period": { type: "string" },
   "enable-ipv4-masquerade": { type: "string" },
@@ -267,6 +279,12 @@ export function resolveConfig(raw: Record<string, unknown>): AgentConfig {
     throw new ConfigError(
       `Invalid agent configuration: "node-port-mode": dsr needs --routing-mode native (the ` +
         `service address travels in an IPv4 option, which the VXLAN tunnel does not carry)`,
+    );
+  }
+  if (c.routingMode === "tunnel" && c.mtu !== 0 && c.mtu - 50 < 1280) {
+    throw new ConfigError(
+      `Invalid agent configuration: "mtu": ${c.mtu} leaves pods ${c.mtu - 50} in tunnel mode ` +
+        `(VXLAN takes 50 bytes) and IPv6 needs 1280: use at least 1330 or --routing-mode native`,
     );
   }
   const stateDir = c.stateDir.replace(/\/+$/, "") || "/";
@@ -355,6 +373,8 @@ Usage: cilia-agent [flags]      (or: deno task agent -- [flags])
                            to each node's pod CIDR via its node IP); default tunnel
   --tunnel-protocol P      vxlan (default); geneve is refused with the reason
   --tunnel-port N          UDP port of the tunnel (default 8472)
+  --mtu N                  the underlay's MTU (default 0: the node IP's device's); pods get
+                           N - 50 in tunnel mode (VXLAN's headers), N in native mode
   --node-ip IP             this node's IPv4 address on the underlay: the other nodes'
                            tunnel endpoint or next hop (default: the first that is not cilia's)
   --node-grace-period DUR  a node whose lease expired keeps its endpoints and routes on the

@@ -5,9 +5,6 @@
 // `--follow`, and `-o compact|table|json|jsonpb`. Lost events are always reported. Output leaves
 // in large chunks; `-o json`/`jsonpb` from the agent passes its lines through unparsed (the agent
 // filters, and writes the same lines this command would), read straight from the socket.
-// stdout is written in place while it takes the bytes (an async write costs about 4× the CPU),
-// and a full pipe is waited for without holding the event loop, so Ctrl-C still ends a follow
-// whose reader stopped (cli/_stdout.ts).
 
 import {
   addCriterion,
@@ -25,7 +22,6 @@ import {
 import { UsageError } from "./output.ts";
 import { AgentClient, socketPath } from "./live_client.ts";
 import { rawGet } from "./_raw_http.ts";
-import { writeStdout } from "./_stdout.ts";
 import { flowLine, flowTable, OBSERVE_FORMATS, type ObserveFormat } from "./flow_render.ts";
 
 export const OBSERVE_HELP =
@@ -130,6 +126,16 @@ function lostNote(s: MonitorStats): string | undefined {
     `${s.lost.slowReaders}); flow buffer ${s.buffer.size}/${s.buffer.capacity}`;
 }
 
+/**
+ * Writes all of `bytes` to stdout (a pipe may take less per write). Synchronous on purpose: an
+ * async stdout write hands every chunk to a helper thread and back, about 4× the CPU of writing
+ * in place, and this command has nothing else to do while its reader catches up (the socket
+ * keeps filling meanwhile).
+ */
+function writeAll(bytes: Uint8Array): void {
+  for (let at = 0; at < bytes.length;) at += Deno.stdout.writeSync(bytes.subarray(at));
+}
+
 const FLUSH_AT = 1 << 16;
 
 class Printer {
@@ -154,15 +160,15 @@ class Printer {
   }
 
   /** Writes what is buffered once it is large (or always, with force). */
-  async flush(force = false): Promise<void> {
+  flush(force = false): void {
     if (this.#out.length === 0 || (!force && this.#out.length < FLUSH_AT)) return;
     const text = this.#out;
     this.#out = "";
-    await writeStdout(this.#enc.encode(text));
+    writeAll(this.#enc.encode(text));
   }
 
-  async end(): Promise<void> {
-    await this.flush(true);
+  end(): void {
+    this.flush(true);
     if (this.#rows.length > 0) console.log(flowTable(this.#rows));
   }
 }
@@ -193,8 +199,8 @@ class PassThrough {
   readonly #dec = new TextDecoder();
   constructor(readonly onStats: (s: MonitorStats) => void) {}
 
-  /** One piece of the body (it may be reused once this resolves). */
-  async push(chunk: Uint8Array): Promise<void> {
+  /** One piece of the body (it may be reused once this returns). */
+  push(chunk: Uint8Array): void {
     const end = chunk.lastIndexOf(NL) + 1;
     if (end === 0) {
       this.#carry = concat(this.#carry, chunk.slice());
@@ -207,23 +213,23 @@ class PassThrough {
       : concat(this.#carry, chunk.subarray(0, end));
     if (startsWithAt(lastLine, 0, STATS_PREFIX)) {
       if (before >= 0) {
-        if (this.#carry.length > 0) await writeStdout(this.#carry);
-        await writeStdout(chunk.subarray(0, before + 1));
+        if (this.#carry.length > 0) writeAll(this.#carry);
+        writeAll(chunk.subarray(0, before + 1));
       }
       this.onStats((JSON.parse(this.#dec.decode(lastLine)) as { stats: MonitorStats }).stats);
     } else {
-      if (this.#carry.length > 0) await writeStdout(this.#carry);
-      await writeStdout(chunk.subarray(0, end));
+      if (this.#carry.length > 0) writeAll(this.#carry);
+      writeAll(chunk.subarray(0, end));
     }
     this.#carry = chunk.slice(end);
   }
 
-  async end(): Promise<void> {
+  end(): void {
     const carry = this.#carry;
     this.#carry = new Uint8Array(0);
     if (carry.length > 0 && startsWithAt(carry, 0, STATS_PREFIX)) {
       this.onStats((JSON.parse(this.#dec.decode(carry)) as { stats: MonitorStats }).stats);
-    } else if (carry.length > 0) await writeStdout(carry);
+    } else if (carry.length > 0) writeAll(carry);
   }
 }
 
@@ -242,13 +248,14 @@ async function rawJson(
   try {
     await rawGet({ path }, `/v1/flows?${query}`, (b) => {
       started = true;
-      return pt.push(b);
+      pt.push(b);
+      return Promise.resolve();
     }, signal);
   } catch (err) {
     if (started) throw err;
     return false;
   }
-  await pt.end();
+  pt.end();
   return true;
 }
 
@@ -286,9 +293,9 @@ async function fromFile(a: ObserveArgs, p: Printer): Promise<number> {
   }
   for (const f of a.last !== undefined ? flows.slice(-a.last) : flows) {
     p.flow(f);
-    await p.flush();
+    p.flush();
   }
-  await p.end();
+  p.end();
   return 0;
 }
 
@@ -317,7 +324,7 @@ export async function observe(argv: string[]): Promise<number> {
     const onStats = (s: MonitorStats) => stats = s;
     const pt = new PassThrough(onStats);
     if (p.json && await rawJson(socketPath(a.host), q, pt, ac.signal)) {
-      await p.end();
+      p.end();
       const note = stats && lostNote(stats);
       if (note) console.error(`cilia observe: ${note}`);
       return 0;
@@ -325,18 +332,18 @@ export async function observe(argv: string[]): Promise<number> {
     const body = await api.stream("/v1/flows", q, ac.signal);
     try {
       if (p.json) {
-        for await (const chunk of body) await pt.push(chunk);
-        await pt.end();
+        for await (const chunk of body) pt.push(chunk);
+        pt.end();
       } else {
         for await (const lines of readLineBatches(body)) {
           for (const line of lines) handle(line, p, onStats);
-          await p.flush(true);
+          p.flush(true);
         }
       }
     } catch (err) {
       if (!ac.signal.aborted) throw err;
     }
-    await p.end();
+    p.end();
     const note = stats && lostNote(stats);
     if (note) console.error(`cilia observe: ${note}`);
     return 0;

@@ -33,12 +33,19 @@ export interface PluginOutput {
 
 const json = (v: unknown) => JSON.stringify(v) + "\n";
 
-/** The result in the configuration's version (before 1.0.0 every IP names its family). */
+/**
+ * The result in the configuration's version: interfaces carry `mtu` from 1.1.0 on, and before
+ * 1.0.0 every IP names its family.
+ */
 export function convertResult(r: CniResult, version: string): Record<string, unknown> {
-  if (compareVersions(version, "1.0.0") >= 0) return { ...r, cniVersion: version };
+  const interfaces = compareVersions(version, "1.1.0") >= 0
+    ? r.interfaces
+    : r.interfaces.map(({ mtu: _mtu, ...i }) => i);
+  if (compareVersions(version, "1.0.0") >= 0) return { ...r, cniVersion: version, interfaces };
   return {
     ...r,
     cniVersion: version,
+    interfaces,
     ips: r.ips.map((ip) => ({ version: ip.address.includes(":") ? "6" : "4", ...ip })),
   };
 }

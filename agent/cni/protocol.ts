@@ -14,6 +14,8 @@ export const CONTAINER_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 export interface CniInterface {
   name: string;
   mac?: string;
+  /** CNI 1.1.0 and later. */
+  mtu?: number;
   sandbox?: string;
 }
 

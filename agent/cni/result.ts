@@ -1,7 +1,8 @@
 /**
  * The CNI 1.0.0 result of an attachment, built from its interfaces and addresses: the host-side
- * interface, the pod's interface in its sandbox, each address as a host route (/32, /128) with
- * its gateway, and default routes through them. Pure; shared by the agent and the plugin.
+ * interface, the pod's interface in its sandbox (both with their MTU, a CNI 1.1 field), each
+ * address as a host route (/32, /128) with its gateway, and default routes through them. Pure;
+ * shared by the agent and the plugin.
  */
 
 import type { CniResult } from "./protocol.ts";
@@ -12,6 +13,8 @@ export interface AttachmentFacts {
   ifname: string;
   mac?: string;
   sandbox: string;
+  /** Both interfaces' MTU (CNI 1.1 `mtu`; convertResult drops it for older versions). */
+  mtu?: number;
   ipv4?: string;
   ipv6?: string;
   gateway4?: string;
@@ -19,11 +22,12 @@ export interface AttachmentFacts {
 }
 
 export function cniResult(a: AttachmentFacts): CniResult {
+  const mtu = a.mtu ? { mtu: a.mtu } : {};
   return {
     cniVersion: "1.0.0",
     interfaces: [
-      { name: a.hostIfname, ...(a.hostMac ? { mac: a.hostMac } : {}) },
-      { name: a.ifname, ...(a.mac ? { mac: a.mac } : {}), sandbox: a.sandbox },
+      { name: a.hostIfname, ...(a.hostMac ? { mac: a.hostMac } : {}), ...mtu },
+      { name: a.ifname, ...(a.mac ? { mac: a.mac } : {}), ...mtu, sandbox: a.sandbox },
     ],
     ips: [
       ...(a.ipv4

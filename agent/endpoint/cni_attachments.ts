@@ -46,6 +46,12 @@ export interface CniAttachmentsOptions {
   kernel: boolean;
   /** The datapath's own check of an attached endpoint (CNI CHECK), e.g. `KernelSink.check`. */
   checkDatapath?: (ep: EndpointRecord) => Promise<string | undefined>;
+  /**
+   * The MTU of a new pod's veth, both ends, asked at each ADD (the agent knows it once the tunnel
+   * is up: underlay − 50 in tunnel mode, the underlay's in native mode); undefined leaves the
+   * kernel's 1500. May throw a CniAttachmentError while it cannot be known yet.
+   */
+  podMtu?: () => number | undefined;
 }
 
 const MAX_ENDPOINT_ID = 65535;
@@ -128,6 +134,7 @@ export class CniAttachments {
       );
     }
     const spec = this.#spec(req);
+    const mtu = this.#o.podMtu?.();
     // Where an ADD's time goes, logged with it (ms since the start of each step; "ipam" and
     // "identity" are what was still to wait for after the processes that overlap them).
     const t = [performance.now()];
@@ -141,7 +148,7 @@ export class CniAttachments {
     try {
       const hostMac = randomMac(), podMac = randomMac();
       const pair = { hostIfname, netns: req.netns, ifname: req.ifname };
-      await this.#createPair(req, { ...pair, hostMac, podMac });
+      await this.#createPair(req, { ...pair, hostMac, podMac, mtu });
       t.push(performance.now());
       // The kvstore work (addresses, identity) runs while the pod's end is configured: settled
       // promises, awaited in turn below; whatever was taken is given back if a step fails.
@@ -180,7 +187,7 @@ export class CniAttachments {
           up: step(5),
         },
       });
-      return await this.#response(endpoint, hostMac);
+      return await this.#response(endpoint, { mac: hostMac, ...(mtu ? { mtu } : {}) });
     } catch (err) {
       if (created) await this.#o.endpoints.delete(id).catch(() => {});
       await deleteHostInterface(hostIfname).catch(() => {});
@@ -373,18 +380,18 @@ export class CniAttachments {
     }
   }
 
-  /** The CNI result; `hostMac` when the caller knows it (else it is read from the link). */
-  async #response(ep: EndpointRecord, hostMac?: string): Promise<CniAddResponse> {
-    const host = hostMac !== undefined
-      ? { mac: hostMac }
-      : ep.ifname
-      ? await hostInterface(ep.ifname)
-      : undefined;
+  /** The CNI result; the host side's MAC and MTU when the caller knows them, else from the link. */
+  async #response(
+    ep: EndpointRecord,
+    known?: { mac: string; mtu?: number },
+  ): Promise<CniAddResponse> {
+    const host = known ?? (ep.ifname ? await hostInterface(ep.ifname) : undefined);
     const gateway4 = this.#o.ipam.pools().find((p) => p.family === 4)?.gateway;
     return {
       result: cniResult({
         hostIfname: ep.ifname!,
         ...(host?.mac ? { hostMac: host.mac } : {}),
+        ...(host?.mtu ? { mtu: host.mtu } : {}),
         ifname: ep.containerIfname ?? "eth0",
         ...(ep.mac ? { mac: ep.mac } : {}),
         sandbox: ep.netns!,

@@ -54,17 +54,24 @@ export function randomMac(): string {
 }
 
 /**
- * Creates the veth pair with the MACs given, the pod's end in its netns and not configured yet
- * (`configurePodInterface`; the addresses need not be known): one `ip link add`. It fails when
+ * Creates the veth pair with the MACs and MTU given, the pod's end in its netns and not configured
+ * yet (`configurePodInterface`; the addresses need not be known): one `ip link add`. It fails when
  * `netns` is not a network namespace, the pod already has `ifname`, or the host side exists (a
  * leftover of an interrupted ADD); `podTarget()` tells which.
  */
-export async function createVethPair(
-  o: { hostIfname: string; netns: string; ifname: string; hostMac: string; podMac: string },
-): Promise<void> {
+export async function createVethPair(o: {
+  hostIfname: string;
+  netns: string;
+  ifname: string;
+  hostMac: string;
+  podMac: string;
+  /** Both ends' MTU (the pod's: underlay − 50 in tunnel mode); absent: the kernel's 1500. */
+  mtu?: number | undefined;
+}): Promise<void> {
+  const mtu = o.mtu !== undefined ? ["mtu", String(o.mtu)] : [];
   const add = [
-    ...["ip", "link", "add", o.hostIfname, "address", o.hostMac, "type", "veth"],
-    ...["peer", "name", o.ifname, "address", o.podMac, "netns", o.netns],
+    ...["ip", "link", "add", o.hostIfname, "address", o.hostMac, ...mtu, "type", "veth"],
+    ...["peer", "name", o.ifname, "address", o.podMac, ...mtu, "netns", o.netns],
   ];
   await run(add, `Cannot create the veth pair "${o.hostIfname}"/"${o.ifname}"`);
 }
@@ -138,6 +145,7 @@ export async function deleteHostInterface(hostIfname: string): Promise<boolean> 
 export interface LinkState {
   up: boolean;
   mac: string;
+  mtu: number;
   addresses: string[];
 }
 
@@ -145,6 +153,7 @@ function linkState(json: string): LinkState | undefined {
   const links = JSON.parse(json) as {
     flags?: string[];
     address?: string;
+    mtu?: number;
     addr_info?: { local: string; scope?: string }[];
   }[];
   const l = links[0];
@@ -152,6 +161,7 @@ function linkState(json: string): LinkState | undefined {
   return {
     up: (l.flags ?? []).includes("UP"),
     mac: l.address ?? "",
+    mtu: l.mtu ?? 0,
     addresses: (l.addr_info ?? []).filter((x) => x.scope !== "link").map((x) => x.local),
   };
 }

@@ -17,11 +17,11 @@ import {
 
 export async function setupNodeNat(
   opts: NatSettings & { bpffsRoot: string; buildDir: string },
-): Promise<{ ifname: string }> {
+): Promise<{ ifname: string; mtu: number }> {
   const { bpffsRoot, buildDir, ...settings } = opts;
   const underlay = await underlayOf(opts.nodeIp);
   const pins = await loadNetdev({ bpffsRoot, buildDir });
   await writeNatConfig(bpffsRoot, settings);
   await attachNetdev(pins, underlay.ifname);
-  return { ifname: underlay.ifname };
+  return underlay;
 }

@@ -106,17 +106,20 @@ async function refuseGeneve(): Promise<never> {
 
 /**
  * Tunnel mode with the kernel datapath: the device, then the overlay programs on it (they use
- * the node's pinned ipcache, so the lxc datapath must be open). Returns the device and its MTU.
+ * the node's pinned ipcache, so the lxc datapath must be open). Returns the device and its MTU
+ * (underlay − 50: the pods' MTU too).
  */
 export async function setupOverlay(opts: {
   protocol: TunnelProtocol;
   port: number;
   nodeIp: string;
+  /** The underlay's MTU (--mtu); absent: that of the device holding the node IP. */
+  underlayMtu?: number | undefined;
   bpffsRoot: string;
   buildDir: string;
 }): Promise<{ ifname: string; mtu: number }> {
-  const underlay = await underlayOf(opts.nodeIp);
-  const dev = await setupTunnelDevice({ ...opts, underlayMtu: underlay.mtu });
+  const underlayMtu = opts.underlayMtu ?? (await underlayOf(opts.nodeIp)).mtu;
+  const dev = await setupTunnelDevice({ ...opts, underlayMtu });
   const pins = await loadOverlay({ bpffsRoot: opts.bpffsRoot, buildDir: opts.buildDir });
   await attachOverlay(pins, dev.ifname);
   return dev;

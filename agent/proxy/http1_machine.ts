@@ -28,7 +28,13 @@ import {
   responseFraming,
   serializeHead,
 } from "./http1.ts";
-import { headerRecord, type HttpRequestInfo, localReply, type RequestRecord } from "./http_conn.ts";
+import {
+  headerRecord,
+  headFailure,
+  type HttpRequestInfo,
+  localReply,
+  type RequestRecord,
+} from "./http_conn.ts";
 import { isNormalPath, normalisePath, PathError } from "./path.ts";
 
 /** What the machine does to the legs; `b` is valid only during the call (write or copy it). */
@@ -239,19 +245,9 @@ export class Http1Machine {
 
   /** A bad or late head: its status, a record, close. */
   #headFailed(err: unknown): void {
-    const status = err instanceof HttpError ? err.status : 400;
-    const msg = (err as Error).message;
-    this.#o.onRequest({
-      method: "",
-      url: "",
-      host: "",
-      protocol: "HTTP/1.1",
-      code: status,
-      allowed: false,
-      latencyMs: 0,
-      error: msg,
-    });
-    this.#io.toClient(localReply(status, `${msg}\r\n`, true));
+    const failed = headFailure(err instanceof HttpError ? err.status : 400, (err as Error).message);
+    this.#o.onRequest(failed.record);
+    this.#io.toClient(failed.reply);
     this.close();
   }
 

@@ -83,6 +83,29 @@ export function localReply(status: number, body: string, close: boolean): Uint8A
   );
 }
 
+/**
+ * A request head that failed (malformed, too large or late): its record (no request, only the
+ * status and why) and the proxy's reply, after which the connection closes.
+ */
+export function headFailure(
+  status: number,
+  error: string,
+): { record: RequestRecord; reply: Uint8Array } {
+  return {
+    record: {
+      method: "",
+      url: "",
+      host: "",
+      protocol: "HTTP/1.1",
+      code: status,
+      allowed: false,
+      latencyMs: 0,
+      error,
+    },
+    reply: localReply(status, `${error}\r\n`, true),
+  };
+}
+
 class Timeout extends Error {}
 
 /**
@@ -176,17 +199,9 @@ export async function serveHttpConnection(client: Stream, o: ConnOptions): Promi
         if (err instanceof Timeout && cr.buffered === 0) return; // sent nothing: just close
         const status = err instanceof Timeout ? 408 : err instanceof HttpError ? err.status : 400;
         const msg = err instanceof Timeout ? "Request header timeout" : (err as Error).message;
-        o.onRequest({
-          method: "",
-          url: "",
-          host: "",
-          protocol: "HTTP/1.1",
-          code: status,
-          allowed: false,
-          latencyMs: 0,
-          error: msg,
-        });
-        await client.write(localReply(status, `${msg}\r\n`, true)).catch(() => {});
+        const failed = headFailure(status, msg);
+        o.onRequest(failed.record);
+        await client.write(failed.reply).catch(() => {});
         return;
       }
       if (head === null) return;

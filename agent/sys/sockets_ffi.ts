@@ -174,6 +174,38 @@ export function decodeSockaddr(b: Uint8Array): { ip: string; port: number } {
   return { ip, port };
 }
 
+/** An int as the bytes setsockopt() takes. */
+const int32 = (n: number) => new Uint8Array(new Int32Array([n]).buffer);
+
+/**
+ * A non-blocking socket of `type` bound to `ip`:`port` (0: any): `before(fd, v6)` runs before the
+ * bind (options) and `after(fd)` after it; any failure closes it again. Returns the fd and the
+ * bound port.
+ */
+function bound(
+  ip: string,
+  port: number,
+  o: { type: number; before: (fd: number, v6: boolean) => void; after: (fd: number) => void },
+): { fd: number; port: number } {
+  const c = libc();
+  const v6 = ip.includes(":");
+  const fd = c.socket(v6 ? AF_INET6 : AF_INET, o.type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw sysError("socket");
+  try {
+    o.before(fd, v6);
+    const sa = new Uint8Array(SOCKADDR_SIZE);
+    const len = encodeSockaddr(sa, ip, port);
+    if (c.bind(fd, sa, len) !== 0) throw sysError(`bind ${v6 ? `[${ip}]` : ip}:${port}`);
+    o.after(fd);
+    const salen = new Uint32Array([SOCKADDR_SIZE]);
+    if (c.getsockname(fd, sa, new Uint8Array(salen.buffer)) !== 0) throw sysError("getsockname");
+    return { fd, port: decodeSockaddr(sa).port };
+  } catch (err) {
+    c.close(fd);
+    throw err;
+  }
+}
+
 /**
  * A non-blocking UDP socket bound to `ip`:`port` (0: any), with SO_RCVBUFFORCE (else SO_RCVBUF)
  * set to `receiveBuffer` bytes when given (best effort). Returns the fd and the bound port.
@@ -184,28 +216,19 @@ export function bindUdp(
   o: { receiveBuffer?: number } = {},
 ): { fd: number; port: number } {
   const c = libc();
-  const v6 = ip.includes(":");
-  const fd = c.socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw sysError("socket");
-  try {
-    const one = new Uint8Array(new Int32Array([1]).buffer);
-    if (v6) c.setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, one, 4);
-    const sa = new Uint8Array(SOCKADDR_SIZE);
-    const len = encodeSockaddr(sa, ip, port);
-    if (c.bind(fd, sa, len) !== 0) throw sysError(`bind ${v6 ? `[${ip}]` : ip}:${port}`);
-    if (o.receiveBuffer) {
-      const size = new Uint8Array(new Int32Array([o.receiveBuffer]).buffer);
+  return bound(ip, port, {
+    type: SOCK_DGRAM,
+    before: (fd, v6) => {
+      if (v6) c.setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, int32(1), 4);
+    },
+    after: (fd) => {
+      if (!o.receiveBuffer) return;
+      const size = int32(o.receiveBuffer);
       if (c.setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, size, 4) !== 0) {
         c.setsockopt(fd, SOL_SOCKET, SO_RCVBUF, size, 4);
       }
-    }
-    const salen = new Uint32Array([SOCKADDR_SIZE]);
-    if (c.getsockname(fd, sa, new Uint8Array(salen.buffer)) !== 0) throw sysError("getsockname");
-    return { fd, port: decodeSockaddr(sa).port };
-  } catch (err) {
-    c.close(fd);
-    throw err;
-  }
+    },
+  });
 }
 
 /** The socket's receive buffer as the kernel reports it (it doubles what was asked). */
@@ -228,21 +251,11 @@ export function receiveBufferOf(fd: number): number {
  */
 export function listenTcp(ip: string, port: number, backlog = 1024): { fd: number; port: number } {
   const c = libc();
-  const v6 = ip.includes(":");
-  const fd = c.socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw sysError("socket");
-  try {
-    const one = new Uint8Array(new Int32Array([1]).buffer);
-    c.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, one, 4);
-    const sa = new Uint8Array(SOCKADDR_SIZE);
-    const len = encodeSockaddr(sa, ip, port);
-    if (c.bind(fd, sa, len) !== 0) throw sysError(`bind ${v6 ? `[${ip}]` : ip}:${port}`);
-    if (c.listen(fd, backlog) !== 0) throw sysError("listen");
-    const salen = new Uint32Array([SOCKADDR_SIZE]);
-    if (c.getsockname(fd, sa, new Uint8Array(salen.buffer)) !== 0) throw sysError("getsockname");
-    return { fd, port: decodeSockaddr(sa).port };
-  } catch (err) {
-    c.close(fd);
-    throw err;
-  }
+  return bound(ip, port, {
+    type: SOCK_STREAM,
+    before: (fd) => c.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, int32(1), 4),
+    after: (fd) => {
+      if (c.listen(fd, backlog) !== 0) throw sysError("listen");
+    },
+  });
 }

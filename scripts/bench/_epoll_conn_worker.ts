@@ -4,58 +4,31 @@
 // (_epoll_streams.ts) instead of Deno's socket ops; judged by the policy engine in this Worker,
 // flows batched back to the main thread. A measurement tool: no kernel maps, no proxy-NAT.
 import { serveHttpConnection } from "../../agent/proxy/http_conn.ts";
-import { compilePolicies, PolicyEngine, SimCluster } from "../../policy-wasm/mod.ts";
+import type { HttpRequest } from "../../policy-wasm/mod.ts";
+import { addFlow, flowsWaiting, postFlows, PrototypeJudge } from "./_epoll_common.ts";
 import { acceptOn, connectTcp, runLoop } from "./_epoll_streams.ts";
 import type { ForwarderStart } from "./_epoll_forwarder_worker.ts";
 
-const flows = { n: 0, allowed: 0, denied: 0, rules: new Int32Array(1024), paths: [] as string[] };
 let requests = 0;
 
-function postFlows(): void {
-  self.postMessage({ flows: { ...flows, rules: flows.rules.subarray(0, flows.n) } });
-  Object.assign(flows, { n: 0, allowed: 0, denied: 0, rules: new Int32Array(1024), paths: [] });
-}
-
 async function start(m: ForwarderStart): Promise<void> {
-  const engine = await PolicyEngine.create();
-  const cluster = new SimCluster({
-    endpoints: ["client", "server"].map((app) => ({ name: app, labels: { app } })),
-  });
-  cluster.load(engine, compilePolicies({ text: m.policy }).spec, engine.options);
-  const server = cluster.endpoint("server")!.id, client = cluster.endpoint("client")!.identity;
-  let lastRule = -1;
+  const judge = await PrototypeJudge.create(m.policy);
   const opts = {
     connect: () => Promise.resolve(connectTcp(m.origin.ip, m.origin.port)),
-    judge: (
-      req: { method: string; path: string; host: string; headers: Record<string, string> },
-    ) => {
-      const r = engine.judgeHttp({
-        endpoint: server,
-        direction: "ingress",
-        peer: client,
-        proto: 6,
-        port: 80,
-        http: req,
-      });
-      lastRule = r.l7.rule;
-      return r.verdict === "allow" || (r.verdict === "redirect" && r.l7.status === "allowed");
-    },
-    onRequest: (rec: { allowed: boolean; url: string }) => {
+    judge: (req: HttpRequest) => judge.judge(req),
+    onRequest: (rec: { allowed: boolean; url: string; code: number; latencyMs: number }) => {
       requests++;
-      flows.rules[flows.n++] = rec.allowed ? lastRule : -1;
-      flows.paths.push(rec.url);
-      if (rec.allowed) flows.allowed++;
-      else flows.denied++;
-      if (flows.n === flows.rules.length) postFlows();
+      const { allowed, code, latencyMs } = rec;
+      addFlow({ rule: allowed ? judge.rule : -1, code, latencyMs, path: rec.url, allowed });
     },
   };
   acceptOn(m.listenFd, (s) => void serveHttpConnection(s, opts));
-  const timer = setInterval(() => flows.n > 0 && postFlows(), 50);
+  const timer = setInterval(() => flowsWaiting() > 0 && postFlows(), 50);
   self.postMessage({ ready: true });
   await runLoop(new Int32Array(m.stop));
   clearInterval(timer);
-  if (flows.n > 0) postFlows();
-  engine.close();
+  if (flowsWaiting() > 0) postFlows();
+  judge.close();
   self.postMessage({ done: { requests } });
 }
 

@@ -9,26 +9,36 @@
 // not the proxy: no request bodies, no response framing, no timeouts, no proxy-NAT, no IPv6.
 import {
   EAGAIN,
-  EINPROGRESS,
   encodeSockaddr,
   EPOLL_CTL_ADD,
   EPOLL_CTL_DEL,
   EPOLL_CTL_MOD,
-  EPOLL_EVENT_SIZE,
   EPOLLERR,
   EPOLLHUP,
   EPOLLIN,
   EPOLLOUT,
   EPOLLRDHUP,
-  IPPROTO_TCP,
-  libc,
-  SOCK_CLOEXEC,
-  SOCK_NONBLOCK,
-  SOCK_STREAM,
   SOCKADDR_SIZE,
-  TCP_NODELAY,
 } from "../../agent/sys/sockets_ffi.ts";
-import { compilePolicies, PolicyEngine, SimCluster } from "../../policy-wasm/mod.ts";
+import {
+  acceptNoDelay,
+  addFlow,
+  BUF,
+  connectNoDelay,
+  ctl,
+  epollClose,
+  epollOpen,
+  epollWait,
+  errnoView,
+  eventsAt,
+  fdAt,
+  flowsWaiting,
+  postFlows,
+  PrototypeJudge,
+  S,
+  scratch,
+  scratchP,
+} from "./_epoll_common.ts";
 
 /** What the main thread sends to start the loop. */
 export interface ForwarderStart {
@@ -41,20 +51,9 @@ export interface ForwarderStart {
   policy: string;
 }
 
-const S = libc();
-const errnoView = new Deno.UnsafePointerView(S.__errno_location()!);
-const BUF = 65536, MAX_HEAD = 16384, MAX_PENDING = 1 << 22, EV_MAX = 256;
-const scratch = new Uint8Array(BUF);
-const scratchP = Deno.UnsafePointer.of(scratch)!;
-const evBuf = new Uint8Array(EPOLL_EVENT_SIZE * EV_MAX);
-const evP = Deno.UnsafePointer.of(evBuf)!;
-const evDv = new DataView(evBuf.buffer);
-const ctlBuf = new Uint8Array(EPOLL_EVENT_SIZE);
-const ctlP = Deno.UnsafePointer.of(ctlBuf)!;
-const ctlDv = new DataView(ctlBuf.buffer);
-const oneP = Deno.UnsafePointer.of(new Int32Array([1]))!;
+const MAX_HEAD = 16384, MAX_PENDING = 1 << 22;
 const origin = new Uint8Array(SOCKADDR_SIZE);
-let originLen = 0, ep = -1, listenFd = -1;
+let originLen = 0, listenFd = -1;
 
 // Per-fd state (fds are small integers): the other leg, which side, queued output, a partial head.
 const peer: (number | undefined)[] = [];
@@ -62,12 +61,6 @@ const upstream: boolean[] = [];
 const connected: boolean[] = [];
 const pending: (Uint8Array | null)[] = [];
 const partial: (Uint8Array | null)[] = [];
-
-function ctl(op: number, fd: number, events: number): void {
-  ctlDv.setUint32(0, events, true);
-  ctlDv.setUint32(4, fd, true);
-  S.epoll_ctl_p(ep, op, fd, ctlP);
-}
 
 function closeFd(fd: number | undefined): void {
   if (fd === undefined || peer[fd] === undefined) return;
@@ -138,22 +131,10 @@ const ascii = new TextDecoder();
 const TCHAR = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const REQUEST_LINE = /^([^ ]+) ([^ ]+) HTTP\/1\.[01]$/;
 
-let engine: PolicyEngine | undefined;
+let engine: PrototypeJudge | undefined;
 /** "cache" mode: verdicts by the exact head text (one policy revision here; bounded). */
 let cache: Map<string, { ok: boolean; rule: number; path: string }> | undefined;
 const CACHE_MAX = 4096;
-let serverId = 0, clientIdentity = 0;
-const FLOW_BATCH = 1024;
-const newFlows = () => ({
-  n: 0,
-  allowed: 0,
-  denied: 0,
-  rules: new Int32Array(FLOW_BATCH),
-  codes: new Uint16Array(FLOW_BATCH),
-  latencyMs: new Float32Array(FLOW_BATCH),
-  paths: [] as string[],
-});
-let flows = newFlows();
 /** Per client fd: its forwarded requests waiting for their response (for the flow's code). */
 const waiting: ({ rule: number; path: string; t0: number }[] | undefined)[] = [];
 /** The client connection whose bytes are being judged. */
@@ -190,16 +171,8 @@ function judgeHead(b: Uint8Array, from: number, end: number): boolean {
     if (lower === "host") host = value;
     headers[name] = value;
   }
-  const r = engine!.judgeHttp({
-    endpoint: serverId,
-    direction: "ingress",
-    peer: clientIdentity,
-    proto: 6,
-    port: 80,
-    http: { method: m[1]!, path: m[2]!, host, headers },
-  });
-  const ok = r.verdict === "allow" || (r.verdict === "redirect" && r.l7.status === "allowed");
-  const v = { ok, rule: r.l7.rule, path: m[2]! };
+  const ok = engine!.judge({ method: m[1]!, path: m[2]!, host, headers });
+  const v = { ok, rule: engine!.rule, path: m[2]! };
   if (cache) {
     if (cache.size >= CACHE_MAX) cache.clear();
     cache.set(text, v);
@@ -216,14 +189,8 @@ function record(ok: boolean, rule: number, path: string, t0: number): boolean {
 
 /** A request's flow, once its response head (or the proxy's own 403) is known. */
 function emit(w: { rule: number; path: string; t0: number }, code: number): void {
-  const i = flows.n++;
-  flows.rules[i] = w.rule;
-  flows.codes[i] = code;
-  flows.latencyMs[i] = performance.now() - w.t0;
-  flows.paths.push(w.path);
-  if (code === 403) flows.denied++;
-  else flows.allowed++;
-  if (flows.n === FLOW_BATCH) postFlows();
+  const latencyMs = performance.now() - w.t0;
+  addFlow({ rule: w.rule, code, latencyMs, path: w.path, allowed: code !== 403 });
 }
 
 /** Upstream bytes: a response head's status ends the oldest waiting request's flow. */
@@ -235,13 +202,6 @@ function onUpstream(fd: number, n: number): void {
     if (w) emit(w, code);
   }
   send(client, scratch.subarray(0, n));
-}
-
-function postFlows(): void {
-  const n = flows.n;
-  const cut = { rules: flows.rules.subarray(0, n), codes: flows.codes.subarray(0, n) };
-  self.postMessage({ flows: { ...flows, ...cut, latencyMs: flows.latencyMs.subarray(0, n) } });
-  flows = newFlows();
 }
 
 /** Client bytes: each whole head judged; allowed runs forwarded as they came, denied answered. */
@@ -277,20 +237,17 @@ function onClient(fd: number, n: number): void {
 
 function onAccept(): void {
   for (;;) {
-    const c = S.accept4(listenFd, null, null, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    const c = acceptNoDelay(listenFd);
     if (c < 0) return;
-    const u = S.socket(origin[0] === 10 ? 10 : 2, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    S.setsockopt_p(c, IPPROTO_TCP, TCP_NODELAY, oneP, 4);
-    S.setsockopt_p(u, IPPROTO_TCP, TCP_NODELAY, oneP, 4);
-    const r = S.connect(u, origin, originLen);
-    if (u < 0 || (r < 0 && errnoView.getInt32() !== EINPROGRESS)) {
+    const up = connectNoDelay(origin, originLen);
+    if (typeof up === "string") {
       S.close(c);
-      if (u >= 0) S.close(u);
       continue;
     }
+    const u = up.fd;
     peer[c] = u, peer[u] = c;
     upstream[c] = false, upstream[u] = true;
-    connected[c] = true, connected[u] = r === 0;
+    connected[c] = true, connected[u] = up.connected;
     pending[c] =
       pending[u] =
       partial[c] =
@@ -316,40 +273,31 @@ function onEvent(fd: number, ev: number): void {
 function loop(stop: Int32Array): void {
   let lastPost = performance.now();
   while (Atomics.load(stop, 0) === 0) {
-    const n = S.epoll_wait_p(ep, evP, EV_MAX, 100);
+    const n = epollWait(100);
     for (let i = 0; i < n; i++) {
-      const ev = evDv.getUint32(i * EPOLL_EVENT_SIZE, true);
-      const fd = evDv.getUint32(i * EPOLL_EVENT_SIZE + 4, true);
+      const fd = fdAt(i);
       if (fd === listenFd) onAccept();
-      else if (peer[fd] !== undefined) onEvent(fd, ev);
+      else if (peer[fd] !== undefined) onEvent(fd, eventsAt(i));
     }
-    if (flows.n > 0 && performance.now() - lastPost > 50) {
+    if (flowsWaiting() > 0 && performance.now() - lastPost > 50) {
       postFlows();
       lastPost = performance.now();
     }
   }
   for (let fd = 0; fd < peer.length; fd++) closeFd(fd);
-  S.close(ep);
+  epollClose();
 }
 
 async function start(m: ForwarderStart): Promise<void> {
   if (m.mode === "cache") cache = new Map();
-  if (m.mode !== "forward") {
-    engine = await PolicyEngine.create();
-    const cluster = new SimCluster({
-      endpoints: ["client", "server"].map((app) => ({ name: app, labels: { app } })),
-    });
-    cluster.load(engine, compilePolicies({ text: m.policy }).spec, engine.options);
-    serverId = cluster.endpoint("server")!.id;
-    clientIdentity = cluster.endpoint("client")!.identity;
-  }
+  if (m.mode !== "forward") engine = await PrototypeJudge.create(m.policy);
   originLen = encodeSockaddr(origin, m.origin.ip, m.origin.port);
   listenFd = m.listenFd;
-  ep = S.epoll_create1(SOCK_CLOEXEC);
+  epollOpen();
   ctl(EPOLL_CTL_ADD, listenFd, EPOLLIN);
   self.postMessage({ ready: true });
   loop(new Int32Array(m.stop));
-  if (flows.n > 0) postFlows();
+  if (flowsWaiting() > 0) postFlows();
   engine?.close();
   self.postMessage({ done: { requests } });
 }

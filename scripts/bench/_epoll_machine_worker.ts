@@ -7,43 +7,43 @@
 import { Http1Machine, type MachineIo } from "../../agent/proxy/http1_machine.ts";
 import {
   EAGAIN,
-  EINPROGRESS,
   encodeSockaddr,
   EPOLL_CTL_ADD,
   EPOLL_CTL_DEL,
   EPOLL_CTL_MOD,
-  EPOLL_EVENT_SIZE,
   EPOLLERR,
   EPOLLHUP,
   EPOLLIN,
   EPOLLOUT,
   EPOLLRDHUP,
-  IPPROTO_TCP,
-  libc,
-  SOCK_CLOEXEC,
-  SOCK_NONBLOCK,
-  SOCK_STREAM,
   SOCKADDR_SIZE,
-  TCP_NODELAY,
 } from "../../agent/sys/sockets_ffi.ts";
-import { compilePolicies, PolicyEngine, SimCluster } from "../../policy-wasm/mod.ts";
+import type { HttpRequest } from "../../policy-wasm/mod.ts";
+import {
+  acceptNoDelay,
+  addFlow,
+  BUF,
+  connectNoDelay,
+  ctl,
+  epollClose,
+  epollOpen,
+  epollWait,
+  errnoView,
+  eventsAt,
+  fdAt,
+  flowsWaiting,
+  postFlows,
+  PrototypeJudge,
+  S,
+  scratch,
+  scratchP,
+} from "./_epoll_common.ts";
 import type { ForwarderStart } from "./_epoll_forwarder_worker.ts";
 
-const S = libc();
-const errnoView = new Deno.UnsafePointerView(S.__errno_location()!);
 /** Queued output above HIGH stops reads of the other leg; above MAX_PENDING closes (a guard). */
-const BUF = 65536, EV_MAX = 256, HIGH = 1 << 20, MAX_PENDING = 1 << 22;
-const scratch = new Uint8Array(BUF);
-const scratchP = Deno.UnsafePointer.of(scratch)!;
-const evBuf = new Uint8Array(EPOLL_EVENT_SIZE * EV_MAX);
-const evP = Deno.UnsafePointer.of(evBuf)!;
-const evDv = new DataView(evBuf.buffer);
-const ctlBuf = new Uint8Array(EPOLL_EVENT_SIZE);
-const ctlP = Deno.UnsafePointer.of(ctlBuf)!;
-const ctlDv = new DataView(ctlBuf.buffer);
-const oneP = Deno.UnsafePointer.of(new Int32Array([1]))!;
+const HIGH = 1 << 20, MAX_PENDING = 1 << 22;
 const origin = new Uint8Array(SOCKADDR_SIZE);
-let originLen = 0, ep = -1, listenFd = -1;
+let originLen = 0, listenFd = -1;
 
 /** One proxied connection: its machine, its legs, their queued output and epoll interest. */
 interface Conn {
@@ -64,12 +64,6 @@ interface Conn {
 }
 const byFd: (Conn | undefined)[] = [];
 const conns = new Set<Conn>();
-
-function ctl(op: number, fd: number, events: number): void {
-  ctlDv.setUint32(0, events, true);
-  ctlDv.setUint32(4, fd, true);
-  S.epoll_ctl_p(ep, op, fd, ctlP);
-}
 
 function closeFd(fd: number): void {
   if (fd < 0) return;
@@ -117,19 +111,12 @@ function ioFor(c: Conn): MachineIo {
       if (c.outUp && c.outUp.length > MAX_PENDING) c.broken = true;
     },
     connect: () => {
-      const u = S.socket(2, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-      if (u < 0) return `socket() failed: errno ${errnoView.getInt32()}`;
-      S.setsockopt_p(u, IPPROTO_TCP, TCP_NODELAY, oneP, 4);
-      const r = S.connect(u, origin, originLen);
-      if (r < 0 && errnoView.getInt32() !== EINPROGRESS) {
-        const e = errnoView.getInt32();
-        S.close(u);
-        return `connect() failed: errno ${e}`;
-      }
-      c.up = u, c.upConnected = r === 0, c.outUp = null, c.upEof = false;
+      const up = connectNoDelay(origin, originLen);
+      if (typeof up === "string") return up;
+      c.up = up.fd, c.upConnected = up.connected, c.outUp = null, c.upEof = false;
       c.upEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP;
-      byFd[u] = c;
-      ctl(EPOLL_CTL_ADD, u, c.upEvents);
+      byFd[up.fd] = c;
+      ctl(EPOLL_CTL_ADD, up.fd, c.upEvents);
       return undefined;
     },
     closeUpstream: () => {
@@ -161,56 +148,15 @@ function settle(c: Conn): void {
   if (uev !== c.upEvents) ctl(EPOLL_CTL_MOD, c.up, uev), c.upEvents = uev;
 }
 
-let engine: PolicyEngine;
-let serverId = 0, clientIdentity = 0, lastRule = -1, requests = 0;
-const FLOW_BATCH = 1024;
-const newFlows = () => ({
-  n: 0,
-  allowed: 0,
-  denied: 0,
-  rules: new Int32Array(FLOW_BATCH),
-  codes: new Uint16Array(FLOW_BATCH),
-  latencyMs: new Float32Array(FLOW_BATCH),
-  paths: [] as string[],
-});
-let flows = newFlows();
-
-function postFlows(): void {
-  const n = flows.n;
-  self.postMessage({
-    flows: {
-      ...flows,
-      rules: flows.rules.subarray(0, n),
-      codes: flows.codes.subarray(0, n),
-      latencyMs: flows.latencyMs.subarray(0, n),
-    },
-  });
-  flows = newFlows();
-}
+let judge: PrototypeJudge;
+let requests = 0;
 
 const machineOptions = {
-  judge: (req: { method: string; path: string; host: string; headers: Record<string, string> }) => {
-    const r = engine.judgeHttp({
-      endpoint: serverId,
-      direction: "ingress",
-      peer: clientIdentity,
-      proto: 6,
-      port: 80,
-      http: req,
-    });
-    lastRule = r.l7.rule;
-    return r.verdict === "allow" || (r.verdict === "redirect" && r.l7.status === "allowed");
-  },
+  judge: (req: HttpRequest) => judge.judge(req),
   onRequest: (rec: { allowed: boolean; url: string; code: number; latencyMs: number }) => {
     requests++;
-    const i = flows.n++;
-    flows.rules[i] = rec.allowed ? lastRule : -1;
-    flows.codes[i] = rec.code;
-    flows.latencyMs[i] = rec.latencyMs;
-    flows.paths.push(rec.url);
-    if (rec.allowed) flows.allowed++;
-    else flows.denied++;
-    if (flows.n === FLOW_BATCH) postFlows();
+    const { allowed, code, latencyMs } = rec;
+    addFlow({ rule: allowed ? judge.rule : -1, code, latencyMs, path: rec.url, allowed });
   },
   headerTimeoutMs: 10_000,
   idleTimeoutMs: 60_000,
@@ -218,9 +164,8 @@ const machineOptions = {
 
 function onAccept(now: number): void {
   for (;;) {
-    const fd = S.accept4(listenFd, null, null, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    const fd = acceptNoDelay(listenFd);
     if (fd < 0) return;
-    S.setsockopt_p(fd, IPPROTO_TCP, TCP_NODELAY, oneP, 4);
     const c: Conn = {
       m: undefined as unknown as Http1Machine,
       client: fd,
@@ -284,46 +229,39 @@ function handle(c: Conn, fd: number, ev: number, now: number): void {
 function loop(stop: Int32Array): void {
   let lastPost = performance.now(), lastTick = lastPost;
   while (Atomics.load(stop, 0) === 0) {
-    const n = S.epoll_wait_p(ep, evP, EV_MAX, 100);
+    const n = epollWait(100);
     const now = performance.now();
     for (let i = 0; i < n; i++) {
-      const ev = evDv.getUint32(i * EPOLL_EVENT_SIZE, true);
-      const fd = evDv.getUint32(i * EPOLL_EVENT_SIZE + 4, true);
+      const fd = fdAt(i);
       if (fd === listenFd) onAccept(now);
       else {
         const c = byFd[fd];
-        if (c) onEvent(c, fd, ev, now);
+        if (c) onEvent(c, fd, eventsAt(i), now);
       }
     }
     if (now - lastTick > 100) {
       for (const c of conns) if (c.m.deadline <= now) c.m.tick(now), settle(c);
       lastTick = now;
     }
-    if (flows.n > 0 && now - lastPost > 50) {
+    if (flowsWaiting() > 0 && now - lastPost > 50) {
       postFlows();
       lastPost = now;
     }
   }
   for (const c of [...conns]) c.m.close();
-  S.close(ep);
+  epollClose();
 }
 
 async function start(m: ForwarderStart): Promise<void> {
-  engine = await PolicyEngine.create();
-  const cluster = new SimCluster({
-    endpoints: ["client", "server"].map((app) => ({ name: app, labels: { app } })),
-  });
-  cluster.load(engine, compilePolicies({ text: m.policy }).spec, engine.options);
-  serverId = cluster.endpoint("server")!.id;
-  clientIdentity = cluster.endpoint("client")!.identity;
+  judge = await PrototypeJudge.create(m.policy);
   originLen = encodeSockaddr(origin, m.origin.ip, m.origin.port);
   listenFd = m.listenFd;
-  ep = S.epoll_create1(SOCK_CLOEXEC);
+  epollOpen();
   ctl(EPOLL_CTL_ADD, listenFd, EPOLLIN);
   self.postMessage({ ready: true });
   loop(new Int32Array(m.stop));
-  if (flows.n > 0) postFlows();
-  engine.close();
+  if (flowsWaiting() > 0) postFlows();
+  judge.close();
   self.postMessage({ done: { requests } });
 }
 

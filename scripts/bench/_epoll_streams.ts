@@ -8,48 +8,37 @@
 import type { Stream } from "../../agent/proxy/http_conn.ts";
 import {
   EAGAIN,
-  EINPROGRESS,
   encodeSockaddr,
   EPOLL_CTL_ADD,
   EPOLL_CTL_DEL,
-  EPOLL_EVENT_SIZE,
   EPOLLERR,
   EPOLLHUP,
   EPOLLIN,
   EPOLLOUT,
   EPOLLRDHUP,
-  IPPROTO_TCP,
-  libc,
-  SOCK_CLOEXEC,
-  SOCK_NONBLOCK,
-  SOCK_STREAM,
   SOCKADDR_SIZE,
-  TCP_NODELAY,
 } from "../../agent/sys/sockets_ffi.ts";
+import {
+  acceptNoDelay,
+  BUF,
+  connectNoDelay,
+  ctl,
+  epollClose,
+  epollOpen,
+  epollWait,
+  errnoView,
+  eventsAt,
+  fdAt,
+  S,
+  scratch,
+  scratchP,
+} from "./_epoll_common.ts";
 
 const EPOLLET = 1 << 31;
-const S = libc();
-const errnoView = new Deno.UnsafePointerView(S.__errno_location()!);
-const BUF = 65536, EV_MAX = 256;
-const scratch = new Uint8Array(BUF);
-const scratchP = Deno.UnsafePointer.of(scratch)!;
-const evBuf = new Uint8Array(EPOLL_EVENT_SIZE * EV_MAX);
-const evP = Deno.UnsafePointer.of(evBuf)!;
-const evDv = new DataView(evBuf.buffer);
-const ctlBuf = new Uint8Array(EPOLL_EVENT_SIZE);
-const ctlP = Deno.UnsafePointer.of(ctlBuf)!;
-const ctlDv = new DataView(ctlBuf.buffer);
-const oneP = Deno.UnsafePointer.of(new Int32Array([1]))!;
 const DONE = Promise.resolve();
-const ep = S.epoll_create1(SOCK_CLOEXEC);
+epollOpen();
 const socks: (FdStream | undefined)[] = [];
 const acceptors = new Map<number, (fd: number) => void>();
-
-function ctl(op: number, fd: number, events: number): void {
-  ctlDv.setUint32(0, events >>> 0, true);
-  ctlDv.setUint32(4, fd, true);
-  S.epoll_ctl_p(ep, op, fd, ctlP);
-}
 
 /** One socket as a Stream; reads and writes wait for epoll edges only when they would block. */
 export class FdStream implements Stream {
@@ -149,25 +138,17 @@ export class FdStream implements Stream {
 /** A non-blocking connect to ip:port (IPv4) as a Stream; writes wait until it is connected. */
 export function connectTcp(ip: string, port: number): FdStream {
   const sa = new Uint8Array(SOCKADDR_SIZE);
-  const len = encodeSockaddr(sa, ip, port);
-  const fd = S.socket(2, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw new Error("socket() failed");
-  S.setsockopt_p(fd, IPPROTO_TCP, TCP_NODELAY, oneP, 4);
-  const r = S.connect(fd, sa, len);
-  if (r < 0 && errnoView.getInt32() !== EINPROGRESS) {
-    S.close(fd);
-    throw new Error(`connect to ${ip}:${port} failed: errno ${errnoView.getInt32()}`);
-  }
-  return new FdStream(fd, r === 0);
+  const up = connectNoDelay(sa, encodeSockaddr(sa, ip, port));
+  if (typeof up === "string") throw new Error(`Cannot connect to ${ip}:${port}: ${up}`);
+  return new FdStream(up.fd, up.connected);
 }
 
 /** Accepts on `listenFd` (made elsewhere; fds are process-wide) and hands each socket over. */
 export function acceptOn(listenFd: number, onStream: (s: FdStream) => void): void {
   acceptors.set(listenFd, () => {
     for (;;) {
-      const c = S.accept4(listenFd, null, null, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      const c = acceptNoDelay(listenFd);
       if (c < 0) return;
-      S.setsockopt_p(c, IPPROTO_TCP, TCP_NODELAY, oneP, 4);
       onStream(new FdStream(c, true));
     }
   });
@@ -188,13 +169,12 @@ const touch = () => activity++;
 export async function runLoop(stop: Int32Array, tickMs = 20, yieldMs = 500): Promise<void> {
   let quiet = 0, seen = activity, lastYield = performance.now();
   while (Atomics.load(stop, 0) === 0) {
-    const n = S.epoll_wait_p(ep, evP, EV_MAX, quiet >= 4 ? tickMs : 0);
+    const n = epollWait(quiet >= 4 ? tickMs : 0);
     for (let i = 0; i < n; i++) {
-      const ev = evDv.getUint32(i * EPOLL_EVENT_SIZE, true);
-      const fd = evDv.getUint32(i * EPOLL_EVENT_SIZE + 4, true);
+      const fd = fdAt(i);
       const a = acceptors.get(fd);
       if (a) a(fd);
-      else socks[fd]?.event(ev);
+      else socks[fd]?.event(eventsAt(i));
     }
     for (let k = 0; k < 4; k++) await null;
     if (n > 0 || activity !== seen) quiet = 0, seen = activity;
@@ -206,5 +186,5 @@ export async function runLoop(stop: Int32Array, tickMs = 20, yieldMs = 500): Pro
     }
   }
   for (const s of socks) s?.close();
-  S.close(ep);
+  epollClose();
 }

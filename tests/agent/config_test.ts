@@ -99,6 +99,26 @@ Deno.test("config: masquerade, native-routing CIDR and NodePort flags", async ()
   }
 });
 
+Deno.test("config: --mtu (0 = the underlay device's) leaves IPv6 pods 1280", async () => {
+  assert.equal(resolveConfig({ nodeName: "n1" }).mtu, 0);
+  assert.equal((await loadConfig(["--node-name", "n1", "--mtu", "9000"])).config!.mtu, 9000);
+  assert.equal(resolveConfig({ routingMode: "native", mtu: 1280 }).mtu, 1280);
+  assert.equal(resolveConfig({ mtu: 1330 }).mtu, 1330);
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ mtu: "big" }, /"mtu": .*expected number/],
+    [{ mtu: 576 }, /"mtu": Expected 0 \(the underlay device's MTU\) or an MTU from 1280/],
+    [{ mtu: 1500.5 }, /"mtu": Expected 0/],
+    [{ mtu: 1329 }, /"mtu": 1329 leaves pods 1279 in tunnel mode .* IPv6 needs 1280/],
+  ];
+  for (const [raw, message] of cases) {
+    assert.throws(
+      () => resolveConfig(raw),
+      (e: Error) => e instanceof ConfigError && message.test(e.message),
+      String(message),
+    );
+  }
+});
+
 Deno.test("config: errors name the key and what was expected", async () => {
   const cases: [Record<string, unknown>, RegExp][] = [
     [{ podCidr: "10.0.0.0" }, /"pod-cidr": Expected an IPv4 CIDR such as 10.200.0.0\/24/],

@@ -1,8 +1,10 @@
-// `cilia observe` writes stdout in place (cli/_stdout.ts), yet a full pipe must not hold it: with
-// `--follow` into a pipe whose reader stopped, Ctrl-C (SIGINT) ends it within a second, exit 0;
-// and a reader that pauses and then reads on gets every byte, in order. The CLI is the real
-// process on a real pipe; the agent is a stand-in on a temp socket that streams flow lines as
-// fast as they are taken (its lines pass through `-o json` unparsed), counting what it sent.
+// `cilia observe` writes stdout in place (synchronous writes: an async write costs about 4× the
+// CPU, `bench monitor`), so a full pipe holds it until the reader reads on: a reader that pauses
+// and then reads gets every byte, in order. The CLI is the real process on a real pipe; the agent
+// is a stand-in on a temp socket that streams flow lines as fast as they are taken (its lines
+// pass through `-o json` unparsed), counting what it sent. Known limit (issue 9's note): while
+// blocked on a pipe whose reader stopped, Ctrl-C cannot end `observe --follow` (a non-blocking
+// write with poll() fixed that but cost 20-40 % of `bench monitor`'s lossless rate: backed out).
 import assert from "node:assert/strict";
 import { root } from "../agent/_fixture.ts";
 
@@ -57,31 +59,10 @@ async function stalled(state: { sent: number }, quietMs: number, limitMs: number
   throw new Error(`The stand-in kept sending for ${limitMs} ms (${state.sent} bytes)`);
 }
 
-Deno.test("cilia observe: Ctrl-C ends a follow blocked on a full pipe; a slow reader gets it all", async (t) => {
+Deno.test("cilia observe: a reader that pauses on a full pipe gets it all, in order", async (t) => {
   const dir = await Deno.makeTempDir({ prefix: "cilia-observe-stdout-" });
   const path = `${dir}/agent.sock`;
   try {
-    await t.step("--follow into a pipe nobody reads: SIGINT exits 0 within a second", async () => {
-      const { state, server } = standIn(path, Infinity);
-      const child = observe(path, ["--follow"]);
-      const killer = setTimeout(() => child.kill("SIGKILL"), 5_000);
-      try {
-        await stalled(state, 500, 20_000);
-        assert.ok(state.sent > 64 * 1024, `more than a pipe's worth was sent: ${state.sent}`);
-        const t0 = performance.now();
-        child.kill("SIGINT");
-        const status = await child.status;
-        const ms = performance.now() - t0;
-        assert.equal(status.code, 0, `exit status ${status.code} (signal ${status.signal})`);
-        assert.ok(ms < 1000, `exited ${Math.round(ms)} ms after SIGINT`);
-      } finally {
-        clearTimeout(killer);
-        await child.stdout.cancel();
-        await child.stderr.cancel();
-        await server.shutdown();
-      }
-    });
-
     await t.step("a reader that pauses, then reads on, gets every line in order", async () => {
       const total = 20_000; // ~3 MiB: many times the pipe
       const { state, server } = standIn(path, total);

@@ -4,6 +4,7 @@
 import assert from "node:assert/strict";
 import "../../agent/cni/main.ts";
 import { convertResult, runPlugin } from "../../agent/cni/plugin.ts";
+import { cniResult } from "../../agent/cni/result.ts";
 import { labelsOf, parseCniArgs, parseNetworkConfig } from "../../agent/cni/config.ts";
 import type { CniResult } from "../../agent/cni/types.ts";
 import { endpointName } from "../../agent/endpoint/cni_attachments.ts";
@@ -58,10 +59,10 @@ Deno.test("CNI_ARGS and labels: the conventions' labels, then CILIA_LABELS", () 
   assert.deepEqual(labelsOf(c, args), { app: "web", env: "p", tier: "1" });
 });
 
-Deno.test("convertResult(): 1.x as is, older versions name each IP's family", () => {
+Deno.test("convertResult(): 1.1 as is, 1.0 without mtu, older versions name each IP's family", () => {
   const r: CniResult = {
     cniVersion: "1.0.0",
-    interfaces: [{ name: "lxc1" }],
+    interfaces: [{ name: "lxc1", mtu: 1450 }, { name: "eth0", mtu: 1450, sandbox: "/run/netns/p" }],
     ips: [{ address: "10.0.0.2/32", gateway: "10.0.0.1", interface: 1 }, {
       address: "fd00::2/128",
     }],
@@ -69,6 +70,20 @@ Deno.test("convertResult(): 1.x as is, older versions name each IP's family", ()
     dns: {},
   };
   assert.equal(convertResult(r, "1.1.0").cniVersion, "1.1.0");
+  assert.deepEqual(convertResult(r, "1.1.0").interfaces, r.interfaces);
+  const made = cniResult({
+    hostIfname: "lxc1",
+    ifname: "eth0",
+    sandbox: "/run/netns/p",
+    mtu: 1450,
+  });
+  assert.deepEqual(made.interfaces, r.interfaces, "cniResult() gives both interfaces the MTU");
+  for (const v of ["1.0.0", "0.4.0", "0.3.1"]) {
+    assert.deepEqual(convertResult(r, v).interfaces, [{ name: "lxc1" }, {
+      name: "eth0",
+      sandbox: "/run/netns/p",
+    }], `no mtu in a ${v} result`);
+  }
   assert.deepEqual(
     (convertResult(r, "0.3.1").ips as { version: string }[]).map((i) => i.version),
     ["4", "6"],

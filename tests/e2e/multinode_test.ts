@@ -3,8 +3,10 @@
 // kvstore (ipcache entries with the node IP as tunnel endpoint); pod-to-pod traffic crosses the
 // VXLAN overlay with the source identity in the VNI, and node 2's ingress policy decides by it:
 // app=a connects, app=c is dropped with reason 133 naming c's identity, even once node 2's
-// ipcache no longer knows c's address. Deleting a pod, and stopping a node (its lease expires),
-// removes the entries on the other node. Then both agents restart in native routing mode: routes
+// ipcache no longer knows c's address. Pods get the tunnel's MTU (underlay − 50): a packet that
+// fits passes, a bigger one with DF fails in the pod ("message too long", no black hole), and
+// UDP datagrams of the pod MTU and a large TCP exchange pass; natively they get the underlay's.
+// Deleting a pod, and stopping a node (its lease expires), removes the entries on the other node. Then both agents restart in native routing mode: routes
 // via the node IP (IPv6 pod CIDRs via the node's IPv6 underlay address), IPv4 sent and received
 // without the nodes' IP forwarding, the same verdicts, for IPv4 and IPv6, from the ipcache by
 // source address. Flows come from the
@@ -81,6 +83,10 @@ Deno.test({
     assert.deepEqual([st.cluster.nodes, st.cluster.remoteEndpoints], [1, 2]);
   });
 
+  const mtu = async (netns: string, dev: string) =>
+    (JSON.parse(await cluster.lab.run(netns, ["ip", "-j", "link", "show", dev])) as {
+      mtu: number;
+    }[])[0]!.mtu;
   const server = n2.cluster.lab.peer(b.netns);
   await server.listen("tcp", 8080);
 
@@ -130,6 +136,77 @@ add rule inet mn_fwd probe ip6 daddr ${b.ipv6} counter
     });
     assert.deepEqual([c1[0], c2[0]], [0, 0], "neither node forwarded an IPv4 packet to b");
     assert.ok(c1[1] > 0 && c2[1] > 0, "both forwarded the IPv6 ones (the counters work)");
+  });
+
+  await t.step("pods get the tunnel's MTU: full-size packets fit or fail loudly", async () => {
+    // Underlay eth0 1500 − VXLAN 50, on both ends of each pod's veth (Cilium's rule).
+    for (const [n, p] of [[n1, a], [n2, b]] as const) {
+      assert.equal(await mtu(p.netns, "eth0"), 1450, `${p.name}'s eth0`);
+      assert.equal(await mtu(n.node.netns, p.result.interfaces[0].name), 1450, `${p.name}'s lxc`);
+    }
+    const ping = (size: number, to = b.ipv4) =>
+      cluster.lab.exec(a.netns, ["ping", "-c1", "-W2", `-s${size}`, "-Mdo", to]);
+    const fits = await ping(1422); // 1422 + 8 (ICMP) + 20 (IPv4) = 1450
+    assert.equal(fits.code, 0, `ping -s 1422 -M do: ${fits.stdout}${fits.stderr}`);
+    const fits6 = await ping(1402, b.ipv6); // + 8 + 40 (IPv6)
+    assert.equal(fits6.code, 0, `IPv6 ping -s 1402 -M do: ${fits6.stdout}${fits6.stderr}`);
+    const big = await ping(1472);
+    assert.notEqual(big.code, 0, "a 1500-byte packet with DF does not leave a");
+    assert.match(`${big.stdout}${big.stderr}`, /message too long/i, "refused in a, not lost");
+    // UDP datagrams up to the pod MTU (1422 + 8 + 20), both ways: b echoes them. (Larger ones
+    // are fragmented in the pod, and the datapath drops fragments: parse.h, 3.)
+    const flags = ["--no-config", "--unstable-net"];
+    const denoEval = (code: string) => [Deno.execPath(), "eval", ...flags, code];
+    const echo = cluster.lab.spawn([
+      ...["ip", "netns", "exec", b.netns],
+      ...denoEval(
+        `const s = Deno.listenDatagram({ transport: "udp", hostname: "0.0.0.0", port: 5302 });
+        const buf = new Uint8Array(65536);
+        for (;;) { const [d, from] = await s.receive(buf); await s.send(d, from); }`,
+      ),
+    ]);
+    try {
+      await sleep(500);
+      const udp = await cluster.lab.exec(
+        a.netns,
+        denoEval(`const s = Deno.listenDatagram({ transport: "udp", hostname: "0.0.0.0", port: 0 });
+          const to = { transport: "udp", hostname: "${b.ipv4}", port: 5302 };
+          const buf = new Uint8Array(65536);
+          for (const n of [1400, 1422]) {
+            const t = setTimeout(() => { console.log("lost " + n); Deno.exit(1); }, 2000);
+            await s.send(new Uint8Array(n).fill(n & 255), to);
+            const [d] = await s.receive(buf);
+            clearTimeout(t);
+            console.log(d.length);
+          }`),
+      );
+      assert.equal(udp.stdout.trim(), "1400\n1422", `UDP echoes: ${udp.stdout}${udp.stderr}`);
+    } finally {
+      try {
+        echo.kill("SIGKILL");
+      } catch { /* gone */ }
+      await echo.status;
+    }
+    // And a large TCP transfer, a to b, in segments of the MSS the MTU gives (b counts).
+    const sink = cluster.lab.spawn([
+      ...["ip", "netns", "exec", b.netns],
+      ...denoEval(`const l = Deno.listen({ port: 5303 }); const c = await l.accept(); let n = 0;
+        for await (const x of c.readable) n += x.length; console.log(n);`),
+    ], { stdout: "piped" });
+    const got = sink.output();
+    await sleep(500);
+    const sent = await cluster.lab.exec(
+      a.netns,
+      denoEval(`const t = setTimeout(() => { console.error("stalled"); Deno.exit(1); }, 10000);
+        const c = await Deno.connect({ hostname: "${b.ipv4}", port: 5303 });
+        const w = c.writable.getWriter(); const chunk = new Uint8Array(1 << 20).fill(7);
+        for (let i = 0; i < 4; i++) await w.write(chunk);
+        await w.close(); clearTimeout(t);`),
+    );
+    if (sent.code !== 0) sink.kill("SIGKILL");
+    assert.equal(sent.code, 0, `a's sender: ${sent.stderr}`);
+    const n = Number(new TextDecoder().decode((await got).stdout).trim());
+    assert.equal(n, 4 << 20, "b received all 4 MiB");
   });
 
   await n2.policy(POLICY);
@@ -204,6 +281,7 @@ add rule inet mn_fwd probe ip6 daddr ${b.ipv6} counter
       await n1.startAgent();
       const d = await n1.addPod("d", { app: "c" });
       const idD = await identity(n1, "d");
+      assert.equal(await mtu(d.netns, "eth0"), 1500, "natively, pods get the underlay's MTU");
       await eventually(
         "node-2 knows a and d, without a tunnel",
         async () =>

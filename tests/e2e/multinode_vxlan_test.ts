@@ -6,25 +6,11 @@
 // path (NAT_CFG_F_TUNNEL_NETDEV) and the other on BPF, in both arrangements, the same verdicts.
 // Fallback: IPv6 is received by the device. Needs root, etcd and nft.
 import assert from "node:assert/strict";
-import { Cluster, type ClusterNode } from "../helpers/cluster.ts";
+import { Cluster, type ClusterNode, eventually, POLICY_B_FROM_A } from "../helpers/cluster.ts";
 import { KERNEL_TOOLS, needs } from "../helpers/root.ts";
 import { setTunnelNetdevOnly } from "../../agent/datapath/netdev_loader.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function eventually(what: string, fn: () => Promise<boolean>, ms = 8000): Promise<void> {
-  for (const end = Date.now() + ms; Date.now() < end; await sleep(100)) if (await fn()) return;
-  assert.fail(`Timed out after ${ms} ms waiting for: ${what}`);
-}
-
-const POLICY = `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: b-from-a, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: b}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: a}}]
-`;
 
 interface Counters {
   /** Packets the tunnel device sent and received, per node. */
@@ -149,7 +135,7 @@ add rule bridge qb_vxlan wire udp dport 8472 counter
     assert.ok(await lab.ping(a.netns, n2.ip, { timeoutSec: 2 }), "ping a → node-2");
   });
 
-  await n2.policy(POLICY);
+  await n2.policy(POLICY_B_FROM_A);
 
   await t.step("node 2 decides by the VNI: a allowed, c dropped with its identity", async () => {
     const d = await delta(() => verdicts("BPF on both"));

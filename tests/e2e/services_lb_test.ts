@@ -9,23 +9,15 @@
 import assert from "node:assert/strict";
 import { CiliaNode, root, type TestPod } from "../cni/_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
-import { denoIn, NAME_SERVER } from "./_services_lab.ts";
+import { CLIENT_LIB, denoIn, NAME_SERVER } from "./_services_lab.ts";
 
 const VIP = "10.96.1.10", DNS_VIP = "10.96.1.53";
 
 // stdin commands, one answer line each: "open" → the connection's index (or ERR);
 // "ask I" → the name connection I answers with (or ERR); "burst N" → a JSON array of the names
 // N fresh connections answer with (null: failed).
-const CLIENT = `
+const CLIENT = `${CLIENT_LIB}
 const [host, port] = Deno.args;
-const enc = new TextEncoder(), dec = new TextDecoder();
-const within = (p, t) => { p.catch(() => {}); let id; return Promise.race([p, new Promise((_, r) => { id = setTimeout(() => r(new Error("timeout")), t); })]).finally(() => clearTimeout(id)); };
-async function ask(c) {
-  await c.write(enc.encode("x"));
-  let s = ""; const buf = new Uint8Array(64);
-  while (!s.endsWith("\\n")) { const n = await c.read(buf); if (n === null) throw new Error("closed"); s += dec.decode(buf.subarray(0, n)); }
-  return s.trim();
-}
 const conns = [];
 const say = (s) => Deno.stdout.write(enc.encode(s + "\\n"));
 let rest = "";

@@ -7,7 +7,7 @@
 // never read from the perf buffer. etcd can be killed and started again on its data
 // (stopEtcd/startEtcd) or blackholed (blockEtcd) for the fault tests. Each node's eth0 also has
 // 2001:db8:200::<i>/64 (native IPv6 routing). close() kills agents and etcd and removes
-// everything.
+// everything. Also what the multi-node tests share: `eventually` and the b-from-a policy.
 import { execCni, root, type TestPod } from "../cni/_fixture.ts";
 import { type Reply, SocketClient } from "../agent/_fixture.ts";
 import type { Flow, MonitorLine } from "../../agent/monitor/mod.ts";
@@ -17,6 +17,18 @@ const UNDERLAY_IP = "192.0.2.254";
 const UNDERLAY_IP6_PREFIX = "2001:db8:200::";
 const dec = new TextDecoder();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export { eventually } from "../agent/_fixture.ts";
+
+/** The multi-node tests' policy: pods with app=b admit what comes from app=a, nothing else. */
+export const POLICY_B_FROM_A = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: b-from-a, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: b}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: a}}]
+`;
 
 export interface ClusterOptions {
   nodes: number;

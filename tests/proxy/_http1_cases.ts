@@ -1,7 +1,7 @@
-// Hand-written HTTP/1.1 proxy cases for http1_machine_test.ts: the client's bytes, the scripted
-// server's replies (each sent once its request came whole; `interim` once its head came), and
-// what must hold of the outcome besides the async and sync paths agreeing. Policy: GET and HEAD
-// on /public*, POST /upload, OPTIONS.
+// Hand-written HTTP/1.1 proxy cases for http1_machine_test.ts (the bad heads also for http1_test.ts
+// and http_conn_test.ts): the client's bytes, the scripted server's replies (each sent once its
+// request came whole; `interim` once its head came), and what must hold of the outcome besides the
+// async and sync paths agreeing. Policy: GET and HEAD on /public*, POST /upload, OPTIONS.
 import assert from "node:assert/strict";
 
 export interface Reply {
@@ -176,31 +176,24 @@ const features: Case[] = [
   },
 ];
 
+/** Replies to `GET /public` that the proxy answers with 502. */
+const badReplies: [string, Reply][] = [
+  ["server upgrades: 502", { final: "HTTP/1.1 101 Switching Protocols\r\n\r\n" }],
+  ["server closes without a reply: 502", { final: "", close: true }],
+  ["malformed status line: 502", { final: "HTTP/1.1 2OO OK\r\n\r\n" }],
+  [
+    "bare LF in response headers: 502",
+    { final: "HTTP/1.1 200 OK\r\nA: b\nContent-Length: 0\r\n\r\n" },
+  ],
+];
+
 const serverFaults: Case[] = [
-  {
-    name: "server upgrades: 502",
+  ...badReplies.map(([name, reply]): Case => ({
+    name,
     input: get("/public"),
-    replies: [{ final: "HTTP/1.1 101 Switching Protocols\r\n\r\n" }],
+    replies: [reply],
     expect: answers(502),
-  },
-  {
-    name: "server closes without a reply: 502",
-    input: get("/public"),
-    replies: [{ final: "", close: true }],
-    expect: answers(502),
-  },
-  {
-    name: "malformed status line: 502",
-    input: get("/public"),
-    replies: [{ final: "HTTP/1.1 2OO OK\r\n\r\n" }],
-    expect: answers(502),
-  },
-  {
-    name: "bare LF in response headers: 502",
-    input: get("/public"),
-    replies: [{ final: "HTTP/1.1 200 OK\r\nA: b\nContent-Length: 0\r\n\r\n" }],
-    expect: answers(502),
-  },
+  })),
   {
     name: "status line cut by close",
     input: get("/public"),
@@ -225,7 +218,11 @@ const serverFaults: Case[] = [
   },
 ];
 
-const badHeads: [string, string, number][] = [
+/**
+ * Request heads the parser (readRequestHead, requestFraming) refuses, with the status answered:
+ * [name, the client's bytes, status]. Also run by http1_test.ts and http_conn_test.ts.
+ */
+export const BAD_HEADS: [string, string, number][] = [
   [
     "CL + TE",
     "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -260,9 +257,13 @@ const badHeads: [string, string, number][] = [
   ["HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505],
   ["truncated", "GET / HTTP/1.1\r\nHost: x\r\n", 400],
   ["truncated request line", "GET / HTT", 400],
+  ["latin-1 value, then a bad one", "GET / HTTP/1.1\r\nHost: x\r\nA: \u00e9\r\nB\r\n\r\n", 400],
+];
+
+/** Heads that parse but whose target the proxy refuses (path.ts), in the same form. */
+export const BAD_TARGETS: [string, string, number][] = [
   ["bad percent-escape", "GET /public/%zz HTTP/1.1\r\nHost: x\r\n\r\n", 400],
   ["target not a path", "GET http://x/public HTTP/1.1\r\nHost: x\r\n\r\n", 400],
-  ["latin-1 value, then a bad one", "GET / HTTP/1.1\r\nHost: x\r\nA: \u00e9\r\nB\r\n\r\n", 400],
 ];
 
 const badBodies: [string, string, number][] = [
@@ -287,7 +288,7 @@ const badBodies: [string, string, number][] = [
 export const CASES: Case[] = [
   ...features,
   ...serverFaults,
-  ...badHeads.map(([name, input, status]): Case => ({
+  ...[...BAD_HEADS, ...BAD_TARGETS].map(([name, input, status]): Case => ({
     name,
     input,
     replies: [],

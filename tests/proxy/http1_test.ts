@@ -2,6 +2,7 @@
 // status the proxy answers, never a request.
 import assert from "node:assert/strict";
 import { BufReader, HttpError, readRequestHead, requestFraming } from "../../agent/proxy/http1.ts";
+import { BAD_HEADS } from "./_http1_cases.ts";
 
 const enc = new TextEncoder();
 function reader(text: string, chunk = 7): BufReader {
@@ -91,40 +92,7 @@ Deno.test("BufReader.taken() gives a head's own bytes only when one read held th
 });
 
 Deno.test("readRequestHead() refuses smuggling and malformed heads with their status", async (t) => {
-  const cases: [string, string, number][] = [
-    [
-      "CL + TE",
-      "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-      400,
-    ],
-    [
-      "duplicate CL",
-      "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
-      400,
-    ],
-    ["CL list", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\n", 400],
-    ["negative CL", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400],
-    ["TE gzip", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501],
-    [
-      "two TE",
-      "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
-      501,
-    ],
-    ["obs-fold", "GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", 400],
-    ["bare LF", "GET / HTTP/1.1\nHost: x\n\n", 400],
-    ["bare LF in headers", "GET / HTTP/1.1\r\nHost: x\nX: y\r\n\r\n", 400],
-    ["bare CR", "GET / HTTP/1.1\r\nHost: x\rX: y\r\n\r\n", 400],
-    ["space before colon", "GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400],
-    ["no colon", "GET / HTTP/1.1\r\nHost x\r\n\r\n", 400],
-    ["NUL in value", "GET / HTTP/1.1\r\nHost: x\r\nX: a\u0000b\r\n\r\n", 400],
-    ["no Host", "GET / HTTP/1.1\r\n\r\n", 400],
-    ["two Hosts", "GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400],
-    ["not HTTP", "SSH-2.0-OpenSSH_9.2\r\n\r\n", 400],
-    ["binary", "\u0016\u0003\u0001\u0002\u0000\u0001\u0000\u0001\u00fc\u0003\u0003\r\n\r\n", 400],
-    ["HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505],
-    ["truncated", "GET / HTTP/1.1\r\nHost: x\r\n", 400],
-  ];
-  for (const [name, text, status] of cases) {
+  for (const [name, text, status] of BAD_HEADS) {
     await t.step(name, async () => {
       const err = await rejection(() => parse(text));
       assert.deepEqual(err.status, status, err.message);
