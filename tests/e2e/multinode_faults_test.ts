@@ -11,19 +11,15 @@
 // A long-lived connection a → b opened first must carry data after every fault. Needs root and
 // etcd.
 import assert from "node:assert/strict";
-import { Cluster, type ClusterNode } from "../helpers/cluster.ts";
+import {
+  Cluster,
+  type ClusterNode,
+  eventually,
+  POLICY_B_FROM_A as POLICY,
+} from "../helpers/cluster.ts";
 import { KERNEL_TOOLS, needs } from "../helpers/root.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function eventually(what: string, fn: () => Promise<boolean>, ms = 8000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (await fn()) return;
-    await sleep(100);
-  }
-  assert.fail(`Timed out after ${ms} ms waiting for: ${what}`);
-}
 
 const has = async (n: ClusterNode, prefix: string, identity?: number) =>
   (await n.ipcache()).some((e) =>
@@ -45,15 +41,6 @@ const GC_GRACE_S = 12;
 const health = async (n: ClusterNode, name: string) =>
   ((await n.call("GET", "/v1/node")).body as { name: string; health: string }[])
     .find((x) => x.name === name)?.health;
-
-const POLICY = `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: b-from-a, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: b}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: a}}]
-`;
 
 Deno.test({
   name: "multinode faults: etcd outage, agent restart under traffic, cross-node identity race",

@@ -12,35 +12,22 @@
 // source address. Flows come from the
 // agents' API. Needs root and etcd.
 import assert from "node:assert/strict";
-import { Cluster, type ClusterNode } from "../helpers/cluster.ts";
+import {
+  Cluster,
+  type ClusterNode,
+  eventually,
+  POLICY_B_FROM_A as POLICY,
+} from "../helpers/cluster.ts";
 import { needs } from "../helpers/root.ts";
 import { KERNEL_TOOLS } from "../helpers/root.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function eventually(what: string, fn: () => Promise<boolean>, ms = 8000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (await fn()) return;
-    await sleep(100);
-  }
-  assert.fail(`Timed out after ${ms} ms waiting for: ${what}`);
-}
 
 const has = async (n: ClusterNode, prefix: string, identity?: number, tunnel?: string) =>
   (await n.ipcache()).some((e) =>
     e.prefix === prefix && (identity === undefined || e.identity === identity) &&
     (tunnel === undefined || e.tunnelEndpoint === tunnel)
   );
-
-const POLICY = `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: b-from-a, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: b}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: a}}]
-`;
 
 Deno.test({
   name: "multinode: pods on two nodes talk over VXLAN, identity in the VNI, policy on the receiver",
