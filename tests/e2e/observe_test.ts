@@ -34,6 +34,20 @@ async function cli(n: CiliaNode, args: string[], stdin?: string) {
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }
 
+/** Ctrl-C for a CLI child: SIGINT, then its output (SIGKILL if it has not ended in 5 s). */
+async function ctrlC(
+  child: Deno.ChildProcess,
+  output: Promise<Deno.CommandOutput>,
+): Promise<Deno.CommandOutput> {
+  child.kill("SIGINT");
+  const killer = setTimeout(() => child.kill("SIGKILL"), 5000);
+  try {
+    return await output;
+  } finally {
+    clearTimeout(killer);
+  }
+}
+
 const json = (text: string) =>
   text.split("\n").filter(Boolean).map((l) => JSON.parse(l) as { flow?: Flow });
 
@@ -134,10 +148,7 @@ Deno.test({
     await new Promise((r) => setTimeout(r, 1000));
     await probe(9090, 300);
     await new Promise((r) => setTimeout(r, 300));
-    child.kill("SIGINT");
-    const killer = setTimeout(() => child.kill("SIGKILL"), 5000);
-    const o = await output;
-    clearTimeout(killer);
+    const o = await ctrlC(child, output);
     const out = dec.decode(o.stdout);
     assert.equal(o.code, 0, `cilia monitor exits 0 on Ctrl-C: ${dec.decode(o.stderr)}`);
     assert.match(out, /^drop \(Policy denied, 133\) ep=\d+ ingress identity \d+->\d+ TCP /m);
@@ -158,10 +169,7 @@ Deno.test({
     }
     await probe(9090, 300);
     await new Promise((r) => setTimeout(r, 300));
-    child.kill("SIGINT");
-    const killer = setTimeout(() => child.kill("SIGKILL"), 5000);
-    const o = await output;
-    clearTimeout(killer);
+    const o = await ctrlC(child, output);
     assert.equal(o.code, 0, `cilia observe exits 0 on Ctrl-C: ${dec.decode(o.stderr)}`);
     const drops = json(dec.decode(o.stdout)).filter((l) =>
       l.flow?.verdict === "DROPPED" && l.flow.l4 && "TCP" in l.flow.l4 &&
