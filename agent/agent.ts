@@ -180,6 +180,7 @@ export class Agent {
         log: log.child({ subsys: "proxy" }),
         metrics: this.metrics,
         portsFile: `${c.stateDir}/proxy-ports.json`,
+        httpIo: c.l7HttpIo,
       });
       this.#closers.push(this.proxy);
       this.dnsProxy = new DnsProxy({

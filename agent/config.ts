@@ -84,6 +84,8 @@ export interface AgentConfig {
   tofqdnsProxyPort: number;
   /** How long the DNS proxy waits for the upstream server before it answers SERVFAIL, seconds. */
   tofqdnsProxyResponseTimeout: number;
+  /** Who serves plain HTTP/1.1 L7 redirects: an epoll Worker or the agent's event loop. */
+  l7HttpIo: "worker" | "event-loop";
 }
 
 export class ConfigError extends Error {
@@ -209,6 +211,9 @@ const Schema = z.strictObject({
   }).default("refused"),
   tofqdnsProxyPort: z.coerce.number().int().min(1).max(65535).default(10053),
   tofqdnsProxyResponseTimeout: duration.default(2),
+  l7HttpIo: z.enum(["worker", "event-loop"], {
+    message: `Expected "worker" (an epoll Worker) or "event-loop" (the agent's event loop)`,
+  }).default("worker"),
 });
 
 const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
@@ -251,6 +256,7 @@ export const FLAGS = {
   "tofqdns-dns-reject-response-code": { type: "string" },
   "tofqdns-proxy-port": { type: "string" },
   "tofqdns-proxy-response-timeout": { type: "string" },
+  "l7-http-io": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -392,4 +398,6 @@ Usage: cilia-agent [flags]      (or: deno task agent -- [flags])
   --tofqdns-endpoint-max-ip-per-hostname N  addresses kept per endpoint and name (default 50)
   --tofqdns-dns-reject-response-code refused|nameError  answer to a refused query (default refused)
   --tofqdns-proxy-port N   first port the DNS proxy tries on the pod gateway (default 10053)
-  --tofqdns-proxy-response-timeout DUR  upstream wait before SERVFAIL (default 2s)`;
+  --tofqdns-proxy-response-timeout DUR  upstream wait before SERVFAIL (default 2s)
+  --l7-http-io worker|event-loop  who serves HTTP/1.1 L7 redirects: an epoll Worker or the
+                           agent's event loop (default worker; h2c and Kafka stay there)`;

@@ -1,11 +1,13 @@
 // `deno task build`: every artifact in order, with progress on stderr — policy.wasm (embedded in
-// the engine), the eBPF objects, the web bundle. Steps whose script does not exist yet are skipped.
+// the engine), the eBPF objects, the web bundle, the CNI plugin's bundle. Steps whose script does
+// not exist yet are skipped.
 
 const root = new URL("../", import.meta.url).pathname;
 const STEPS: [string, string][] = [
   ["policy engine (policy.wasm)", "scripts/build_wasm.ts"],
   ["eBPF objects", "scripts/build_bpf.ts"],
   ["web simulator bundle", "scripts/build_web.ts"],
+  ["CNI plugin bundle", "scripts/build_cni.ts"],
 ];
 
 for (const [what, script] of STEPS) {

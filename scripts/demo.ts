@@ -149,7 +149,8 @@ async function traffic(lab: DemoLab, log: EventLog, n: Names, check: () => void)
     check();
     const from = log.events.length;
     const allowed = await probe(lab, f.from, ip(f.to), f);
-    const drop = allowed ? undefined : await log.dropFor(from, f);
+    const src = f.from === "node" ? undefined : ip(f.from);
+    const drop = allowed ? undefined : await log.dropFor(from, f, { src, dst: ip(f.to) });
     outcomes.push({ flow: f, allowed, drop });
     const as = (allowed ? "allowed" : "denied") === f.expect;
     const why = drop
@@ -181,7 +182,12 @@ async function traffic(lab: DemoLab, log: EventLog, n: Names, check: () => void)
 
 /** The denied connections as `cilia observe` shows them: both pods' labels, reason, policy. */
 async function observe() {
-  const args = ["observe", "--type", "drop", "--from-pod", "default/frontend", "--last", "3"];
+  // Frontend → backend only: the drops toward db and the external host come later and would
+  // fill "the last 3".
+  const args = [
+    ...["observe", "--type", "drop", "--from-pod", "default/frontend"],
+    ...["--to-pod", "default/backend", "--last", "3"],
+  ];
   say();
   say(bold(`  $ cilia ${args.join(" ")}`));
   const out = await new Deno.Command(`${ROOT}bin/cilia`, {

@@ -291,7 +291,7 @@ export class Datapath implements AsyncDisposable {
     const stale = policyKeys ??
       (await this.#policyRows()).filter((r) => r.epId === epId).map((r) => r.key);
     await this.#writer.apply(this.pins.maps.cilia_policy, [], stale);
-    collectConntrack(this.pins.maps.cilia_ct, { remove: (k) => num(k.ep_id) === epId });
+    collectConntrack(this.pins.maps.cilia_ct, { epIds: new Set([epId]) });
   }
 
   /** Deletes one endpoint entry by interface index and detaches from it (stale entries). */

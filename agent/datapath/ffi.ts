@@ -12,6 +12,10 @@ const LIBBPF_SYMBOLS = {
   bpf_map_get_next_key: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   bpf_map_lookup_elem: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   bpf_map_delete_elem: { parameters: ["i32", "buffer"], result: "i32" },
+  bpf_map_lookup_batch: {
+    parameters: ["i32", "buffer", "buffer", "buffer", "buffer", "buffer", "pointer"],
+    result: "i32",
+  },
   bpf_map_update_elem: { parameters: ["i32", "buffer", "buffer", "u64"], result: "i32" },
   libbpf_num_possible_cpus: { parameters: [], result: "i32" },
   bpf_obj_get_info_by_fd: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
@@ -100,6 +104,24 @@ export function mapKeys(fd: number, keySize: number, limit = 1 << 22): Uint8Arra
     prev = next;
   }
   return keys;
+}
+
+/**
+ * One BPF_MAP_LOOKUP_BATCH call: up to `count[0]` entries after the position `inBatch` (null: the
+ * start) into `keys` and `values` (packed, key and value size apart); the kernel writes the next
+ * position into `outBatch` (a hash map's is a u32 bucket index: 8 bytes suffice) and the number
+ * copied into `count[0]`. 0, or a negative errno: -ENOENT once the walk reached the end (entries
+ * may still have been copied), -ENOSPC when one bucket holds more than `count`.
+ */
+export function mapLookupBatch(
+  fd: number,
+  inBatch: Uint8Array | null,
+  outBatch: Uint8Array,
+  keys: Uint8Array,
+  values: Uint8Array,
+  count: Uint32Array,
+): number {
+  return bpf().bpf_map_lookup_batch(fd, inBatch, outBatch, keys, values, count, null);
 }
 
 export function mapLookup(fd: number, key: Uint8Array, valueSize: number): Uint8Array | undefined {

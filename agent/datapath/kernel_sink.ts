@@ -406,7 +406,7 @@ export class KernelSink implements DatapathSink {
     await dp.writePolicyKeys([], keys);
     const gone = new Set(staleKeys.map(([id]) => id));
     if (gone.size > 0) {
-      collectConntrack(dp.pins.maps.cilia_ct, { remove: (k) => gone.has(Number(k.ep_id)) });
+      collectConntrack(dp.pins.maps.cilia_ct, { epIds: gone });
     }
     this.#stale = undefined;
     this.#staleRows = undefined;

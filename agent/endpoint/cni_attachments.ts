@@ -25,8 +25,7 @@ import { CniAttachmentError } from "./cni_error.ts";
 import type { EndpointManager } from "./manager.ts";
 import { type EndpointRecord, type EndpointSpec, EndpointSpecSchema } from "./spec.ts";
 import {
-  configurePodInterface,
-  createVethPair,
+  createPodInterface,
   deleteHostInterface,
   finishHostSide,
   hostIfnameFor,
@@ -135,8 +134,8 @@ export class CniAttachments {
     }
     const spec = this.#spec(req);
     const mtu = this.#o.podMtu?.();
-    // Where an ADD's time goes, logged with it (ms since the start of each step; "ipam" and
-    // "identity" are what was still to wait for after the processes that overlap them).
+    // Where an ADD's time goes, logged with it (ms since the start of each step; "identity" is
+    // what was still to wait for after the pod's process that overlaps it).
     const t = [performance.now()];
     if (!validIfname(req.ifname)) await this.#checkTarget(req); // throws the caller's error
     const id = this.#reserveId();
@@ -147,16 +146,14 @@ export class CniAttachments {
     let handed = false, created = false;
     try {
       const hostMac = randomMac(), podMac = randomMac();
-      const pair = { hostIfname, netns: req.netns, ifname: req.ifname };
-      await this.#createPair(req, { ...pair, hostMac, podMac, mtu });
-      t.push(performance.now());
-      // The kvstore work (addresses, identity) runs while the pod's end is configured: settled
-      // promises, awaited in turn below; whatever was taken is given back if a step fails.
+      // The kvstore work (addresses, identity) runs while the veth is made: settled promises,
+      // awaited in turn below; whatever was taken is given back if a step fails.
       allocating = settle(this.#allocate(who));
       acquiring = settle(this.#o.endpoints.acquireIdentity(spec));
       const addressing = unwrap(await allocating);
       t.push(performance.now());
-      await configurePodInterface({ ...pair, addressing });
+      const pod = { hostIfname, netns: req.netns, ifname: req.ifname, hostMac, podMac, mtu };
+      await this.#createPod(req, { ...pod, addressing });
       t.push(performance.now());
       const identity = unwrap(await acquiring);
       t.push(performance.now());
@@ -178,14 +175,7 @@ export class CniAttachments {
         container: req.containerId,
         endpoint: id,
         interface: hostIfname,
-        ms: {
-          veth: step(0),
-          ipam: step(1),
-          pod: step(2),
-          identity: step(3),
-          endpoint: step(4),
-          up: step(5),
-        },
+        ms: { ipam: step(0), pod: step(1), identity: step(2), endpoint: step(3), up: step(4) },
       });
       return await this.#response(endpoint, { mac: hostMac, ...(mtu ? { mtu } : {}) });
     } catch (err) {
@@ -271,18 +261,20 @@ export class CniAttachments {
   }
 
   /**
-   * The veth pair in one process when nothing is in the way (the usual case). When `ip link add`
-   * fails, one more process finds out why: not a netns, or an interface name invalid or taken
-   * in it (the caller's errors, thrown), else a host side left by an interrupted ADD, deleted
-   * before the pair is made again.
+   * The veth pair and the pod's end in one process when nothing is in the way (the usual case).
+   * When that fails (it deletes the host side, its own or one an interrupted ADD left), one more
+   * process finds out why: not a netns, or an interface name invalid or taken in it (the
+   * caller's errors, thrown); else it is made again, once.
    */
-  async #createPair(req: CniAddRequest, o: Parameters<typeof createVethPair>[0]): Promise<void> {
+  async #createPod(
+    req: CniAddRequest,
+    o: Parameters<typeof createPodInterface>[0],
+  ): Promise<void> {
     try {
-      await createVethPair(o);
+      await createPodInterface(o);
     } catch {
       await this.#checkTarget(req);
-      await deleteHostInterface(o.hostIfname);
-      await createVethPair(o);
+      await createPodInterface(o);
     }
   }
 

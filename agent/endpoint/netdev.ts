@@ -1,14 +1,15 @@
 /**
  * Network plumbing of an endpoint made by the CNI plugin, done by the agent in the node's network
- * namespace with iproute2: a veth pair whose host side (lxc<hash>) stays in the node and whose
- * other end moves into the pod's network namespace (a path, entered with `nsenter --net`), the
- * pod's addresses and routes (IPv4 default via the pod CIDR's gateway on cilia_host, IPv6 via
+ * namespace with iproute2: a veth pair made in the pod's network namespace (a path, entered with
+ * `nsenter --net`) whose host side (lxc<hash>) is created in the node's, the pod's addresses and
+ * routes (IPv4 default via the pod CIDR's gateway on cilia_host, IPv6 via
  * fe80::1 on the host side), and the node's routes to the pod. The host side stays down until
  * `finishHostSide()`, so no packet flows before the datapath is attached. Knows nothing of
  * policy or endpoint records.
  */
 
 import { execCommand } from "../sys/exec.ts";
+import { addrAdd, ifIndex, linkUp, routeReplaceHost, rtnetlink } from "../sys/rtnetlink.ts";
 
 /** The pods' IPv6 gateway: a link-local address on every host-side interface. */
 export const IPV6_GATEWAY = "fe80::1";
@@ -36,14 +37,6 @@ export async function hostIfnameFor(containerId: string, ifname: string): Promis
   return `lxc${hex.slice(0, 11)}`;
 }
 
-async function run(argv: string[], what: string, stdin?: string): Promise<string> {
-  const r = await execCommand(argv, stdin === undefined ? {} : { stdin });
-  if (r.code !== 0) {
-    throw new NetdevError(`${what}: ${argv[0]} exited with status ${r.code}: ${r.stderr.trim()}`);
-  }
-  return r.stdout;
-}
-
 const inPod = (netns: string, argv: string[]) => ["nsenter", `--net=${netns}`, "--", ...argv];
 
 /** A random locally administered unicast MAC address (the agent chooses both ends' MACs). */
@@ -54,12 +47,16 @@ export function randomMac(): string {
 }
 
 /**
- * Creates the veth pair with the MACs and MTU given, the pod's end in its netns and not configured
- * yet (`configurePodInterface`; the addresses need not be known): one `ip link add`. It fails when
- * `netns` is not a network namespace, the pod already has `ifname`, or the host side exists (a
- * leftover of an interrupted ADD); `podTarget()` tells which.
+ * Makes the veth pair and configures the pod's end (addresses, routes, up) in one process: an
+ * `ip -batch` in the pod's netns (`nsenter --net`) whose first line creates the pair there with
+ * the host side made straight in the agent's netns (`peer … netns /proc/<agent>/ns/net`), down
+ * and unconfigured (`finishHostSide`). DAD is off for the pod's end (the netns's default while
+ * the batch runs, put back after): its addresses are ours alone and must be usable at once. It
+ * fails when `netns` is not a network namespace, the pod already has `ifname`, or the host side
+ * exists (a leftover of an interrupted ADD): `podTarget()` tells which. On failure whatever it
+ * made is deleted, and the error names the batch line that failed.
  */
-export async function createVethPair(o: {
+export async function createPodInterface(o: {
   hostIfname: string;
   netns: string;
   ifname: string;
@@ -67,24 +64,13 @@ export async function createVethPair(o: {
   podMac: string;
   /** Both ends' MTU (the pod's: underlay − 50 in tunnel mode); absent: the kernel's 1500. */
   mtu?: number | undefined;
+  addressing: PodAddressing;
 }): Promise<void> {
-  const mtu = o.mtu !== undefined ? ["mtu", String(o.mtu)] : [];
-  const add = [
-    ...["ip", "link", "add", o.hostIfname, "address", o.hostMac, ...mtu, "type", "veth"],
-    ...["peer", "name", o.ifname, "address", o.podMac, ...mtu, "netns", o.netns],
-  ];
-  await run(add, `Cannot create the veth pair "${o.hostIfname}"/"${o.ifname}"`);
-}
-
-/**
- * Configures the pod's end of a pair `createVethPair` made (addresses, routes, up) with one
- * `nsenter … ip -batch`; on failure the pair is deleted.
- */
-export async function configurePodInterface(
-  o: { hostIfname: string; netns: string; ifname: string; addressing: PodAddressing },
-): Promise<void> {
   const a = o.addressing, dev = o.ifname;
+  const mtu = o.mtu !== undefined ? ` mtu ${o.mtu}` : "";
   const lines = [
+    `link add ${dev} address ${o.podMac}${mtu} type veth peer name ${o.hostIfname} ` +
+    `address ${o.hostMac}${mtu} netns /proc/${Deno.pid}/ns/net`,
     "link set lo up",
     ...(a.ipv4 ? [`addr add ${a.ipv4}/32 dev ${dev}`] : []),
     ...(a.ipv6 ? [`addr add ${a.ipv6}/128 dev ${dev} nodad`] : []),
@@ -97,41 +83,52 @@ export async function configurePodInterface(
       : []),
     ...(a.ipv6 ? [`route add default via ${IPV6_GATEWAY} dev ${dev}`] : []),
   ];
-  try {
-    await run(
-      inPod(o.netns, [
-        "sh",
-        "-c",
-        // DAD off first: the addresses are ours alone and must be usable at once.
-        'echo 0 > "/proc/sys/net/ipv6/conf/$0/accept_dad" 2>/dev/null; exec ip -batch -',
-        dev,
-      ]),
-      `Cannot configure "${dev}" in "${o.netns}"`,
-      lines.join("\n") + "\n",
-    );
-  } catch (err) {
-    await deleteHostInterface(o.hostIfname);
-    throw err;
-  }
+  // `read` and `echo` are built into sh: the one child is ip. (dash's `read` of a /proc/sys
+  // file returns 1 even when it read the value: test the value.)
+  const script = "d=/proc/sys/net/ipv6/conf/default/accept_dad; " +
+    'read -r was <"$d" 2>/dev/null; [ -n "$was" ] && echo 0 >"$d"; ip -batch -; s=$?; ' +
+    '[ -n "$was" ] && echo "$was" >"$d"; exit $s';
+  const r = await execCommand(inPod(o.netns, ["sh", "-c", script]), {
+    stdin: lines.join("\n") + "\n",
+  });
+  if (r.code === 0) return;
+  await deleteHostInterface(o.hostIfname).catch(() => {});
+  const err = r.stderr.trim();
+  const line = Number(/Command failed -:(\d+)/.exec(err)?.[1] ?? 0);
+  const what = line === 1
+    ? `Cannot create the veth pair "${o.hostIfname}"/"${dev}" in "${o.netns}"`
+    : line > 1
+    ? `Cannot configure "${dev}" in "${o.netns}" (${lines[line - 1]})`
+    : `Cannot enter "${o.netns}"`;
+  throw new NetdevError(`${what}: exited with status ${r.code}: ${err}`);
 }
 
-/** Brings the host side up with the IPv6 gateway and routes to the pod (one process). */
+/**
+ * Brings the host side up with the IPv6 gateway and routes to the pod: four rtnetlink requests
+ * made in process (`rtnetlink.ts`), no `ip` process; the kernel's part, which grows with the
+ * node's links, runs off the event loop's thread.
+ */
 export async function finishHostSide(
   o: { hostIfname: string; addressing: PodAddressing },
 ): Promise<void> {
   const a = o.addressing, dev = o.hostIfname;
-  await Deno.writeTextFile(`/proc/sys/net/ipv6/conf/${dev}/accept_dad`, "0").catch(() => {});
-  const lines = [
-    `addr add ${IPV6_GATEWAY}/64 dev ${dev} nodad`,
-    `link set ${dev} up`,
-    ...(a.ipv4
-      ? [`route replace ${a.ipv4}/32 dev ${dev}${a.gateway4 ? ` src ${a.gateway4}` : ""}`]
-      : []),
-    ...(a.ipv6
-      ? [`route replace ${a.ipv6}/128 dev ${dev}${a.gateway6 ? ` src ${a.gateway6}` : ""}`]
-      : []),
-  ];
-  await run(["ip", "-batch", "-"], `Cannot configure "${dev}"`, lines.join("\n") + "\n");
+  try {
+    Deno.writeTextFileSync(`/proc/sys/net/ipv6/conf/${dev}/accept_dad`, "0");
+  } catch {
+    // IPv6 off on this node: nothing to turn off
+  }
+  const index = ifIndex(dev);
+  if (index === undefined) throw new NetdevError(`Cannot configure "${dev}": no such interface`);
+  try {
+    await rtnetlink([
+      addrAdd(index, { ip: IPV6_GATEWAY, prefix: 64, nodad: true, name: dev }),
+      linkUp(index, dev),
+      ...(a.ipv4 ? [routeReplaceHost(index, { dst: a.ipv4, src: a.gateway4, name: dev })] : []),
+      ...(a.ipv6 ? [routeReplaceHost(index, { dst: a.ipv6, src: a.gateway6, name: dev })] : []),
+    ]);
+  } catch (err) {
+    throw new NetdevError(`Cannot configure "${dev}": ${(err as Error).message}`, { cause: err });
+  }
 }
 
 /** Deletes the host side (and with it the pod's end); false when it did not exist. */

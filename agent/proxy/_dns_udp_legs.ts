@@ -10,6 +10,7 @@
 import type { OrigDestination, ProxyMaps } from "../datapath/proxy_maps.ts";
 import * as S from "../sys/sockets_ffi.ts";
 import type { DnsAnswer, DnsQuery } from "./dns_message.ts";
+import { type DnsUdpTrace, T } from "./_dns_udp_trace.ts";
 
 /** One query from a pod, from its arrival to its answer. */
 export interface Pending {
@@ -24,6 +25,8 @@ export interface Pending {
   cookie?: number;
   answer?: DnsAnswer;
   bytes?: Uint8Array;
+  /** Its row in the trace (_dns_udp_trace.ts), when tracing. */
+  tr?: number;
 }
 
 interface InFlight {
@@ -58,6 +61,16 @@ export interface DnsUdpLegsOptions {
   /** An answer for p from its server, the pod's id restored; false: not p's answer (ignored). */
   onAnswer: (p: Pending, bytes: Uint8Array) => boolean | void;
   onFail: (p: Pending, error: string) => void;
+  /** A leg's socket was opened (open) or closed: whoever outlives the Worker can clean up after it. */
+  onLeg?: (leg: LegSocket, open: boolean) => void;
+  trace?: DnsUdpTrace;
+}
+
+/** A leg's socket and its proxy-NAT entry. */
+export interface LegSocket {
+  fd: number;
+  server: { ip: string; port: number };
+  localPort: number;
 }
 
 export const decodeAddr = (sa: Uint8Array): { ip: string; port: number } => S.decodeSockaddr(sa);
@@ -161,6 +174,7 @@ export class DnsUdpLegs {
     }
     this.#legs.set(key, leg);
     this.#byFd.set(sock.fd, leg);
+    this.#o.onLeg?.({ fd: sock.fd, server, localPort: sock.port }, true);
     return leg;
   }
 
@@ -178,6 +192,11 @@ export class DnsUdpLegs {
       const id = (buf[0]! << 8) | buf[1]!;
       const w = leg.inflight.get(id);
       if (!w) continue;
+      const t = this.#o.trace;
+      if (t) {
+        t.mark(w.p.tr, T.uread);
+        t.mark(w.p.tr, T.ukin, t.arrival(fd));
+      }
       const out = buf.slice(0, got);
       out[0] = w.p.msg[0]!;
       out[1] = w.p.msg[1]!;
@@ -230,6 +249,7 @@ export class DnsUdpLegs {
     try {
       this.#o.maps.deleteNat({ server: leg.server, localPort: leg.localPort });
     } catch { /* maps closed */ }
+    this.#o.onLeg?.({ fd: leg.fd, server: leg.server, localPort: leg.localPort }, false);
   }
 
   close(): void {

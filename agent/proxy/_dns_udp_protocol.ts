@@ -40,6 +40,8 @@ export interface WorkerStart {
   receiveBuffer: number;
   /** The Worker thread's nice value (0: unchanged). */
   nice: number;
+  /** The Worker thread's SCHED_FIFO priority (0: none, the nice value only). */
+  realtime: number;
 }
 
 export type FromMain =
@@ -61,7 +63,15 @@ export type ToMain =
     ips: { ip: string; ttl: number }[];
   }
   /** RecordBatch as JSON text (cheaper to post than the objects: a structured clone per record). */
-  | { t: "records"; json: string };
+  | { t: "records"; json: string }
+  /** An upstream leg's socket opened or closed (the main thread closes those a failed Worker left). */
+  | {
+    t: "leg";
+    open: boolean;
+    fd: number;
+    server: { ip: string; port: number };
+    localPort: number;
+  };
 
 export interface RecordBatch {
   records: DnsRecord[];

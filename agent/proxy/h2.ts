@@ -14,15 +14,7 @@ import { Duplex } from "node:stream";
 import type { HttpRequestInfo, RequestRecord } from "./http_conn.ts";
 import { normalisePath, PathError } from "./path.ts";
 
-/** The first 24 bytes an h2c prior-knowledge client sends. */
-export const H2_PREFACE = new TextEncoder().encode("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-
-/** Whether bytes are (a prefix of) the HTTP/2 preface; `complete` when all of it is there. */
-export function prefaceState(b: Uint8Array): "no" | "partial" | "complete" {
-  const n = Math.min(b.length, H2_PREFACE.length);
-  for (let i = 0; i < n; i++) if (b[i] !== H2_PREFACE[i]) return "no";
-  return n === H2_PREFACE.length ? "complete" : "partial";
-}
+export { H2_PREFACE, prefaceState } from "./_h2_preface.ts";
 
 export interface H2Options {
   /** The upstream leg: a connected socket from the proxy-NAT port. */
@@ -153,17 +145,19 @@ function serveStream(
   for (const [k, v] of Object.entries(plain)) if (!k.startsWith(":")) judged[k] = v;
   if (!o.judge({ method, path, host, headers: judged })) {
     rec(403, false, path, "Access denied");
-    if (grpc) {
-      stream.respond({
-        ":status": 200,
-        "content-type": "application/grpc",
-        "grpc-status": "7",
-        "grpc-message": "Access denied",
-      }, { endStream: true });
-    } else {
-      stream.respond({ ":status": 403, "content-type": "text/plain" });
-      stream.end("Access denied\r\n");
-    }
+    afterRequest(stream, () => {
+      if (grpc) {
+        stream.respond({
+          ":status": 200,
+          "content-type": "application/grpc",
+          "grpc-status": "7",
+          "grpc-message": "Access denied",
+        }, { endStream: true });
+      } else {
+        stream.respond({ ":status": 403, "content-type": "text/plain" });
+        stream.end("Access denied\r\n");
+      }
+    });
     return;
   }
   forward(
@@ -172,6 +166,26 @@ function serveStream(
     session,
     (code, error) => rec(code, true, path, error),
   );
+}
+
+/**
+ * Runs answer once the request has ended (its body read and dropped), or after 1 s for a client
+ * that keeps sending: node:http2 (Deno's) can reset a stream that ends while the client's DATA is
+ * still arriving, and the client then sees no answer at all (curl: exit 92, no headers).
+ */
+function afterRequest(stream: http2.ServerHttp2Stream, answer: () => void): void {
+  let done = false;
+  const once = () => {
+    if (done || stream.destroyed) return;
+    done = true;
+    clearTimeout(timer);
+    answer();
+  };
+  const timer = setTimeout(once, 1000);
+  stream.resume();
+  if (stream.readableEnded) once();
+  else stream.once("end", once);
+  stream.once("close", () => clearTimeout(timer));
 }
 
 function forward(

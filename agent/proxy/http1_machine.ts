@@ -50,8 +50,11 @@ export interface MachineIo {
 }
 
 export interface MachineOptions {
-  /** The verdict on a request (as ConnOptions.judge), with its parsed head. */
-  judge(req: HttpRequestInfo, head: Head): boolean;
+  /**
+   * The verdict on a request (as ConnOptions.judge), with its parsed head; undefined when it is
+   * not known yet: the request waits (its bytes held) until verdict() gives it.
+   */
+  judge(req: HttpRequestInfo, head: Head): boolean | undefined;
   onRequest(rec: RequestRecord): void;
   headerTimeoutMs?: number;
   idleTimeoutMs?: number;
@@ -61,8 +64,9 @@ export interface MachineOptions {
 }
 
 class Timeout extends Error {}
-// Client side: reading a head, a request body, waiting for the response; upstream side.
-const HEAD = 0, BODY = 1, WAIT = 2;
+// Client side: reading a head, a request body, waiting for the response, for a verdict;
+// upstream side.
+const HEAD = 0, BODY = 1, WAIT = 2, JUDGE = 3;
 const IDLE = 0, RESP_HEAD = 1, RESP_BODY = 2, RESP_DONE = 3;
 const DENY = localReply(403, "Access denied\r\n", false);
 const DENY_CLOSE = localReply(403, "Access denied\r\n", true);
@@ -98,6 +102,8 @@ export class Http1Machine {
   #upSince = 0;
   #hasUp = false;
   #req: InFlight | undefined;
+  /** The request waiting for its verdict (JUDGE). */
+  #judging: { r: InFlight; framing: Framing } | undefined;
   #bodyError: Error | undefined;
   #respError: Error | undefined;
   #closed = false;
@@ -116,7 +122,8 @@ export class Http1Machine {
   /** Whether the caller should read the client now (false: a request is in flight, enough held). */
   get wantsClient(): boolean {
     return !this.#closed &&
-      (this.#c !== WAIT || this.#cin.length < (this.#o.maxHeldBytes ?? 65536));
+      ((this.#c !== WAIT && this.#c !== JUDGE) ||
+        this.#cin.length < (this.#o.maxHeldBytes ?? 65536));
   }
 
   /** When tick() has something to do (Infinity: nothing is waited for). */
@@ -124,7 +131,7 @@ export class Http1Machine {
     if (this.#closed) return Infinity;
     let at = Infinity;
     if (this.#c === HEAD) at = Math.min(this.#headBy, this.#clientSince + this.#idle);
-    else if (this.#c === BODY) at = this.#clientSince + this.#idle;
+    else if (this.#c === BODY || this.#c === JUDGE) at = this.#clientSince + this.#idle;
     if (this.#upWaits()) at = Math.min(at, this.#upSince + this.#idle);
     return at;
   }
@@ -166,6 +173,20 @@ export class Http1Machine {
     this.#connectFailed(this.#req, reason, now);
   }
 
+  /** Whether a request waits for its verdict (judge() returned undefined). */
+  get judging(): boolean {
+    return !this.#closed && this.#c === JUDGE;
+  }
+
+  /** The verdict judge() did not know; the waiting request goes on. */
+  verdict(allowed: boolean, now: number): void {
+    if (this.#closed || this.#c !== JUDGE) return;
+    this.#c = HEAD;
+    this.#judged(allowed, now);
+    this.#run(now);
+    this.#cin.keep();
+  }
+
   /** Fires the deadlines that passed by `now`. */
   tick(now: number): void {
     if (this.#closed || now < this.deadline) return;
@@ -174,6 +195,7 @@ export class Http1Machine {
       if (!this.#reqHead.started(this.#cin)) return this.close();
       return this.#headFailed(new HttpError(408, "Request header timeout"));
     }
+    if (this.#c === JUDGE && now >= this.#clientSince + this.#idle) return this.close();
     if (this.#c === BODY && now >= this.#clientSince + this.#idle) {
       this.#bodyFailed(new Timeout("Request body timeout"), now);
     }
@@ -265,7 +287,6 @@ export class Http1Machine {
   }
 
   #request(head: Head, now: number): void {
-    const raw = this.#cin.take(head.size);
     const r: InFlight = { head, path: head.target, host: first(head, "host") ?? "", started: now };
     let framing: Framing;
     try {
@@ -279,8 +300,27 @@ export class Http1Machine {
       this.#io.toClient(localReply(status, `${msg}\r\n`, true));
       return this.close();
     }
-    const req = { method: head.method, path: r.path, host: r.host, headers: headerRecord(head) };
-    if (!this.#o.judge(req, head)) {
+    // (The headers as a record only when the judge reads them: a cached verdict does not.)
+    const req = {
+      method: head.method,
+      path: r.path,
+      host: r.host,
+      get headers() {
+        return headerRecord(head);
+      },
+    };
+    this.#judging = { r, framing };
+    const allowed = this.#o.judge(req, head);
+    if (allowed === undefined) this.#c = JUDGE; // (the head's bytes stay in the input)
+    else this.#judged(allowed, now);
+  }
+
+  /** The request's verdict is known: its head leaves the input, denied or forwarded. */
+  #judged(allowed: boolean, now: number): void {
+    const { r, framing } = this.#judging!, head = r.head;
+    this.#judging = undefined;
+    const raw = this.#cin.take(head.size);
+    if (!allowed) {
       // Cilium's answer. A body the client may still send is not read: close after it.
       const close = framing.kind !== "none" || !keepAlive(head);
       this.#record(r, 403, false, { now, error: "Access denied" });

@@ -7,6 +7,11 @@
 // and makes the upstream connection from a port it picks after writing the proxy-NAT entry, so
 // the kernel gives that leg the client's address and identity. Each request becomes an L7 record
 // (for flows) and metrics. It owns its listeners and sockets, not policy.
+//
+// With `httpIo: "worker"` (agent option --l7-http-io) plain HTTP listeners are made here through
+// libc and served by a Worker (http_worker_path.ts, http_worker.ts: the synchronous HTTP/1.1
+// machine on epoll); verdicts still come from this thread's engine (judgeRequest), records come
+// back in batches. Kafka listeners, and h2c, stay on this event loop.
 
 import net from "node:net";
 import type { PolicyEngine } from "@cilia/policy-wasm";
@@ -24,6 +29,9 @@ import { prefaceState, serveH2Connection } from "./h2.ts";
 import { type KafkaRecord, serveKafkaConnection } from "./kafka.ts";
 import type { KafkaRequestInfo } from "./kafka_request.ts";
 import { denoStream, nodeStream, takeOverSocket } from "./streams.ts";
+import { UpstreamPorts } from "./_upstream_ports.ts";
+import { type HttpVerdict, HttpWorkerPath } from "./http_worker_path.ts";
+import { EADDRINUSE, libc, listenTcp } from "../sys/sockets_ffi.ts";
 
 export type Direction = "ingress" | "egress";
 /** What a listener serves: HTTP (HTTP/1.1 and h2c, so gRPC) or Kafka. */
@@ -62,11 +70,19 @@ export interface L7ProxyOptions {
   headerTimeoutMs?: number;
   idleTimeoutMs?: number;
   onRecord?: (r: L7Record) => void;
+  /**
+   * Who serves plain HTTP listeners: "worker" (the HTTP/1.1 machine in an epoll Worker; needs
+   * pinned maps; the agent's default) or "event-loop" (serveHttpConnection on the agent's loop;
+   * the default here, for tests that build an L7Proxy).
+   */
+  httpIo?: "worker" | "event-loop";
 }
 
 interface Listener {
   port: number;
-  listener: Deno.Listener;
+  /** A Deno listener (this event loop), or the fd of one the HTTP Worker serves. */
+  listener?: Deno.Listener;
+  fd?: number;
   epId: number;
   protocol: L7Protocol;
 }
@@ -90,15 +106,22 @@ export class L7Proxy {
   readonly #saved = new Map<string, number>();
   /** The local endpoint holding an address, for the second L7 hop (undefined: not local). */
   localEndpoint: ((ip: string) => number | undefined) | undefined;
-  #nextUpstream: number;
-  readonly #busyUpstream = new Set<number>();
+  readonly #upstreamPorts: UpstreamPorts;
+  /** The HTTP Worker (httpIo "worker"), started with the first HTTP listener. */
+  #httpWorker: Promise<HttpWorkerPath> | undefined;
+  #path: HttpWorkerPath | undefined;
+  /** Where the HTTP Worker relays h2c connections (a unix socket only root can reach). */
+  #relay: { listener: Deno.Listener; path: string } | undefined;
+  readonly #unsubscribe: () => void;
   #closed = false;
   onRecord: ((r: L7Record) => void) | undefined;
 
   constructor(o: L7ProxyOptions) {
     this.#o = o;
     this.onRecord = o.onRecord;
-    this.#nextUpstream = (o.upstreamPorts ?? [61000, 65535])[0];
+    this.#upstreamPorts = new UpstreamPorts(o.upstreamPorts ?? [61000, 65535]);
+    // The HTTP Worker caches verdicts: any change of the engine makes them stale (before it).
+    this.#unsubscribe = o.engine.onChange(() => this.#path?.invalidate());
     for (const [k, v] of Object.entries(readPorts(o.portsFile))) this.#saved.set(k, v);
     this.#requests = o.metrics.counter(
       "cilia_l7_requests_total",
@@ -114,6 +137,11 @@ export class L7Proxy {
       "wall time the L7 proxy spent in the policy engine deciding requests, by protocol",
     );
     this.#engineHttp = this.#engineSeconds.bound({ protocol: "http" });
+  }
+
+  /** The Worker serving HTTP listeners (httpIo "worker", once one was opened). */
+  get httpWorker(): HttpWorkerPath | undefined {
+    return this.#path;
   }
 
   /** The address upstream connections are made from (the pod gateway on cilia_host). */
@@ -151,7 +179,6 @@ export class L7Proxy {
     return p;
   }
 
-  // deno-lint-ignore require-await
   async #open(key: string, epId: number, protocol: L7Protocol): Promise<number> {
     if (this.#closed) throw new Error("The L7 proxy is closed");
     const used = new Set([...this.#listeners.values()].map((l) => l.port));
@@ -163,18 +190,31 @@ export class L7Proxy {
     for (let port = base; port < 30000; port++) {
       if (!used.has(port) && !reserved.has(port) && port !== before) candidates.push(port);
     }
+    const worker = protocol === "http" ? await this.#worker() : undefined;
     for (const port of candidates) {
-      let listener: Deno.Listener;
+      let l: Listener;
       try {
         // "::" takes IPv4 too (dual stack): one socket for both families of redirects.
-        listener = Deno.listen({ hostname: "::", port, transport: "tcp" });
+        if (worker) {
+          const { fd } = listenTcp("::", port);
+          l = { port, fd, epId, protocol };
+          try {
+            worker.listen(fd, port, { gateway: this.#gateway, gateway6: this.#gateway6 });
+          } catch (err) {
+            libc().close(fd); // (the Worker died meanwhile)
+            throw err;
+          }
+        } else {
+          const listener = Deno.listen({ hostname: "::", port, transport: "tcp" });
+          l = { port, listener, epId, protocol };
+        }
       } catch (err) {
         if (err instanceof Deno.errors.AddrInUse) continue;
+        if ((err as { errno?: number }).errno === EADDRINUSE) continue;
         throw err;
       }
-      const l = { port, listener, epId, protocol };
       this.#listeners.set(key, l);
-      this.#accept(l);
+      if (l.listener) this.#accept(l);
       if (before !== port) this.#savePort(key, port);
       this.#o.log.info("L7 proxy listening", { listener: key, port });
       return port;
@@ -187,7 +227,7 @@ export class L7Proxy {
     for (const [key, l] of this.#listeners) {
       if (l.epId !== epId) continue;
       this.#listeners.delete(key);
-      l.listener.close();
+      this.#closeListener(l);
       this.#savePort(key, undefined);
     }
   }
@@ -219,7 +259,7 @@ export class L7Proxy {
 
   async #accept(l: Listener): Promise<void> {
     try {
-      for await (const conn of l.listener) {
+      for await (const conn of l.listener!) {
         this.#handle(conn, l.port, l.protocol).catch(() => {});
       }
     } catch {
@@ -227,7 +267,7 @@ export class L7Proxy {
     }
   }
 
-  async #handle(conn: Deno.Conn, proxyPort: number, protocol: L7Protocol): Promise<void> {
+  #handle(conn: Deno.Conn, proxyPort: number, protocol: L7Protocol): Promise<void> {
     const addr = conn.remoteAddr as Deno.NetAddr;
     // The dual-stack listener shows IPv4 clients as "::ffff:a.b.c.d".
     const remote = { hostname: addr.hostname.replace(/^::ffff:(?=\d+\.)/i, ""), port: addr.port };
@@ -239,56 +279,37 @@ export class L7Proxy {
     }
     if (!orig) { // not redirected by the kernel: nothing to judge it by (fail closed)
       conn.close();
-      return;
+      return Promise.resolve();
     }
-    const o = orig;
+    return this.#serve(conn, orig, { ip: remote.hostname, port: remote.port }, protocol);
+  }
+
+  /**
+   * One redirected connection from `client` to `o`; `first`: its first bytes, an h2c preface
+   * the HTTP Worker saw (the connection is its relay).
+   */
+  async #serve(
+    conn: Deno.Conn,
+    o: OrigDestination,
+    client: { ip: string; port: number },
+    protocol: L7Protocol,
+    relayed?: Uint8Array,
+  ): Promise<void> {
     // Head and body go out in separate writes: without this Nagle holds the second until the
     // client's delayed ACK (40 ms a response on keep-alive connections).
     (conn as Deno.TcpConn).setNoDelay?.(true);
     const direction: Direction = o.dir === DIR_EGRESS ? "egress" : "ingress";
-    const client = { ip: remote.hostname, port: remote.port };
     let last = { cookie: o.cookie, rule: -1 };
     // Two L7 hops: an egress redirect to a server on this node is judged here by the server's
     // ingress policy as well (with the client's identity), and the kernel skips that redirect.
     const hop2 = this.#secondHop(o);
     const judge = (req: HttpRequestInfo) => {
-      const t0 = performance.now();
-      const http = { method: req.method, path: req.path, host: req.host, headers: req.headers };
-      // judgeHttp(): query()'s verdict without the explanation, written and read in place.
-      const r = this.#o.engine.judgeHttp({
-        endpoint: o.epId,
-        direction,
-        peer: direction === "ingress" ? o.srcIdentity : o.dstIdentity,
-        proto: 6,
-        port: o.port,
-        http,
-      });
-      last = { cookie: r.cookie || o.cookie, rule: r.l7.rule };
-      let ok = passes(r);
-      if (ok && hop2 !== undefined) {
-        const r2 = this.#o.engine.judgeHttp({
-          endpoint: hop2,
-          direction: "ingress",
-          peer: o.srcIdentity,
-          proto: 6,
-          port: o.port,
-          http,
-        });
-        ok = passes(r2);
-        if (!ok) last = { cookie: r2.cookie || o.cookie, rule: r2.l7.rule };
-      }
-      this.#engineHttp((performance.now() - t0) / 1000);
-      return ok;
+      const v = this.judgeRequest(o, req, hop2);
+      last = { cookie: v.cookie, rule: v.rule };
+      return v.allowed;
     };
     const onRequest = (rec: RequestRecord, protocol = "http", kafka?: KafkaRecord) => {
-      const verdict = (kafka ? kafka.errorCode === -1 : rec.error !== undefined && rec.code !== 403)
-        ? "error"
-        : rec.allowed
-        ? "forwarded"
-        : "denied";
-      this.#countRequest(protocol, verdict);
-      this.#latency.observe(rec.latencyMs / 1000);
-      this.onRecord?.({
+      this.#emit({
         ...rec,
         client,
         server: { ip: o.ip, port: o.port },
@@ -299,7 +320,7 @@ export class L7Proxy {
         cookie: kafka?.cookie ?? last.cookie,
         rule: rec.allowed ? kafka?.rule ?? last.rule : -1,
         ...(kafka ? { kafka } : {}),
-      });
+      }, protocol);
     };
     const stream = denoStream(conn);
     if (protocol === "kafka") {
@@ -341,7 +362,7 @@ export class L7Proxy {
           : {}),
       });
     }
-    const first = await this.#sniff(stream);
+    const first = relayed ?? await this.#sniff(stream);
     if (first === null) return stream.close();
     if (prefaceState(first) === "complete") {
       return serveH2Connection(conn, first, {
@@ -369,6 +390,172 @@ export class L7Proxy {
         : {}),
       ...(this.#o.idleTimeoutMs !== undefined ? { idleTimeoutMs: this.#o.idleTimeoutMs } : {}),
     });
+  }
+
+  /**
+   * The verdict on one HTTP request of a redirected connection (`hop2`: the server endpoint on
+   * this node whose ingress policy judges it as well), with the deciding entry's cookie and rule.
+   */
+  judgeRequest(o: OrigDestination, req: HttpRequestInfo, hop2: number | undefined): HttpVerdict {
+    const t0 = performance.now();
+    const direction: Direction = o.dir === DIR_EGRESS ? "egress" : "ingress";
+    const http = { method: req.method, path: req.path, host: req.host, headers: req.headers };
+    // judgeHttp(): query()'s verdict without the explanation, written and read in place.
+    const r = this.#o.engine.judgeHttp({
+      endpoint: o.epId,
+      direction,
+      peer: direction === "ingress" ? o.srcIdentity : o.dstIdentity,
+      proto: 6,
+      port: o.port,
+      http,
+    });
+    let v: HttpVerdict = {
+      allowed: passes(r),
+      cookie: r.cookie || o.cookie,
+      rule: r.l7.rule,
+      hop2,
+    };
+    if (v.allowed && hop2 !== undefined) {
+      const r2 = this.#o.engine.judgeHttp({
+        endpoint: hop2,
+        direction: "ingress",
+        peer: o.srcIdentity,
+        proto: 6,
+        port: o.port,
+        http,
+      });
+      if (!passes(r2)) {
+        v = { allowed: false, cookie: r2.cookie || o.cookie, rule: r2.l7.rule, hop2 };
+      }
+    }
+    this.#engineHttp((performance.now() - t0) / 1000);
+    return v;
+  }
+
+  /** One request's record: counted, its latency observed, and on to flows. */
+  #emit(rec: L7Record, protocol = "http"): void {
+    const kafka = rec.kafka;
+    const verdict = (kafka ? kafka.errorCode === -1 : rec.error !== undefined && rec.code !== 403)
+      ? "error"
+      : rec.allowed
+      ? "forwarded"
+      : "denied";
+    this.#countRequest(protocol, verdict);
+    this.#latency.observe(rec.latencyMs / 1000);
+    this.onRecord?.(rec);
+  }
+
+  /** The HTTP Worker (started on first use), or undefined when HTTP stays on this loop. */
+  #worker(): Promise<HttpWorkerPath> | undefined {
+    const pins = this.#o.maps?.pins;
+    if (this.#o.httpIo !== "worker" || !pins) return undefined;
+    if (this.#httpWorker) return this.#httpWorker;
+    const relay = this.#openRelay();
+    const path = new HttpWorkerPath({
+      pins,
+      relay,
+      ports: this.#upstreamPorts,
+      log: this.#o.log,
+      judge: (o, req) => this.judgeRequest(o, req, this.#secondHop(o)),
+      onRecords: (records) => {
+        for (const r of records) this.#emit(r);
+      },
+      onFailed: () => this.#workerFailed(),
+      headerTimeoutMs: this.#o.headerTimeoutMs,
+      idleTimeoutMs: this.#o.idleTimeoutMs,
+    });
+    this.#path = path;
+    this.#httpWorker = path.start().then(() => {
+      this.#o.log.info("L7 proxy: HTTP/1.1 redirects served by a Worker");
+      return path;
+    });
+    this.#httpWorker.catch(() => this.#httpWorker = undefined);
+    return this.#httpWorker;
+  }
+
+  /** The unix socket the Worker relays h2c connections to (its path), accepting. */
+  #openRelay(): string | undefined {
+    if (this.#relay) return this.#relay.path;
+    const dir = this.#o.portsFile
+      ? this.#o.portsFile.slice(0, this.#o.portsFile.lastIndexOf("/") + 1) || "./"
+      : `${Deno.makeTempDirSync({ prefix: "cilia-l7-" })}/`;
+    const path = `${dir}proxy-h2c.sock`;
+    try {
+      Deno.removeSync(path);
+    } catch { /* none */ }
+    let listener: Deno.Listener;
+    try {
+      listener = Deno.listen({ transport: "unix", path });
+      Deno.chmodSync(path, 0o600);
+    } catch (err) {
+      this.#o.log.warn("L7 proxy: no h2c relay for the HTTP Worker (h2c is closed)", {
+        path,
+        error: err,
+      });
+      return undefined;
+    }
+    this.#relay = { listener, path };
+    (async () => {
+      try {
+        for await (const conn of listener) this.#relayed(conn).catch(() => {});
+      } catch { /* closed */ }
+    })();
+    return path;
+  }
+
+  /** An h2c connection the Worker relays: a line with what the kernel said, then its bytes. */
+  async #relayed(conn: Deno.Conn): Promise<void> {
+    let got = new Uint8Array(0), nl = -1;
+    const buf = new Uint8Array(16384);
+    while (nl < 0 || prefaceState(got.subarray(nl + 1)) !== "complete") {
+      const n = await conn.read(buf).catch(() => null);
+      if (n === null || got.length > 65536) return conn.close();
+      const next = new Uint8Array(got.length + n);
+      next.set(got);
+      next.set(buf.subarray(0, n), got.length);
+      got = next;
+      nl = got.indexOf(10);
+    }
+    let ctx: { o: OrigDestination; client: { ip: string; port: number } };
+    try {
+      ctx = JSON.parse(new TextDecoder().decode(got.subarray(0, nl)));
+    } catch {
+      return conn.close();
+    }
+    return this.#serve(conn, ctx.o, ctx.client, "http", got.subarray(nl + 1));
+  }
+
+  /** The Worker died and closed nothing: its listeners are gone (the kernel drops: 178). */
+  #workerFailed(): void {
+    this.#httpWorker = undefined;
+    this.#path = undefined;
+    const lost: [string, Listener][] = [];
+    for (const [key, l] of this.#listeners) {
+      if (l.fd === undefined) continue;
+      this.#listeners.delete(key);
+      lost.push([key, l]);
+    }
+    // A new Worker listens again on the same ports (the kernel's entries name them) after 1 s.
+    setTimeout(() => {
+      for (const [key, l] of lost) {
+        if (this.#closed || this.#listeners.has(key) || this.#pending.has(key)) continue;
+        const p = this.#open(key, l.epId, l.protocol).finally(() => this.#pending.delete(key));
+        this.#pending.set(key, p);
+        p.catch((err) => this.#o.log.error("L7 proxy: cannot listen again", { key, error: err }));
+      }
+    }, 1000);
+  }
+
+  #closeListener(l: Listener): void {
+    if (l.listener) {
+      try {
+        l.listener.close();
+      } catch { /* closed */ }
+    } else if (l.fd !== undefined) {
+      const w = this.#httpWorker;
+      if (w) w.then((p) => p.unlisten(l.port), () => {});
+      else libc().close(l.fd);
+    }
   }
 
   /**
@@ -407,16 +594,7 @@ export class L7Proxy {
   }
 
   #takeUpstreamPort(): number {
-    const [lo, hi] = this.#o.upstreamPorts ?? [61000, 65535];
-    for (let i = 0; i <= hi - lo; i++) {
-      const p = this.#nextUpstream;
-      this.#nextUpstream = p >= hi ? lo : p + 1;
-      if (!this.#busyUpstream.has(p)) {
-        this.#busyUpstream.add(p);
-        return p;
-      }
-    }
-    throw new Error("No free upstream port");
+    return this.#upstreamPorts.take();
   }
 
   /** The server's endpoint when an egress redirect leads to a pod on this node. */
@@ -458,7 +636,7 @@ export class L7Proxy {
         try {
           this.#o.maps?.deleteNat({ server, localPort });
         } catch { /* maps closed */ }
-        this.#busyUpstream.delete(localPort);
+        this.#upstreamPorts.release(localPort);
       }, 2000);
     };
     this.#o.maps?.writeNat({
@@ -495,14 +673,21 @@ export class L7Proxy {
     }
   }
 
-  close(): void {
+  async close(): Promise<void> {
     this.#closed = true;
-    for (const l of this.#listeners.values()) {
-      try {
-        l.listener.close();
-      } catch { /* closed */ }
-    }
+    this.#unsubscribe();
+    for (const l of this.#listeners.values()) if (l.listener) this.#closeListener(l);
     this.#listeners.clear();
+    const w = this.#httpWorker;
+    this.#httpWorker = this.#path = undefined;
+    if (w) await w.then((p) => p.close(), () => {});
+    if (this.#relay) {
+      try {
+        this.#relay.listener.close();
+        Deno.removeSync(this.#relay.path);
+      } catch { /* gone */ }
+      this.#relay = undefined;
+    }
   }
 }
 

@@ -36,6 +36,12 @@ function fdOf(inode: string): number | undefined {
   return undefined;
 }
 
+/** The file descriptor of this process's UDP socket on local `port`, if any. */
+export function udpSocketFd(port: number, family: 4 | 6): number | undefined {
+  const inode = inodeOf(port, family);
+  return inode === undefined ? undefined : fdOf(inode);
+}
+
 /**
  * Sets the receive buffer of this process's UDP socket on local `port` to `bytes`; returns the
  * size the kernel reports afterwards (it doubles the request for bookkeeping), or an error text.
@@ -47,8 +53,7 @@ export function raiseReceiveBuffer(
 ): number | string {
   let lib: Deno.DynamicLibrary<typeof SYMBOLS> | undefined;
   try {
-    const inode = inodeOf(port, family);
-    const fd = inode === undefined ? undefined : fdOf(inode);
+    const fd = udpSocketFd(port, family);
     if (fd === undefined) return `no UDP socket of this process on port ${port}`;
     lib = Deno.dlopen("libc.so.6", SYMBOLS);
     const v = new Int32Array([bytes]);

@@ -1,8 +1,8 @@
 // The demo's traffic and how it is told: the flows it sends (with what the policy should make of
 // each), the datapath's events read through the agent (`GET /v1/events`: the agent owns the
 // perf buffer's one reader) in the background, each
-// flow's drop event found by protocol and port, and the report lines with the drop reason and
-// both identities by their labels. It sends packets only between the demo's namespaces.
+// flow's drop event found by protocol, port and addresses, and the report lines with the drop
+// reason and both identities by their labels. It sends packets only between the demo's namespaces.
 import { DROP_REASONS } from "../../policy-wasm/mod.ts";
 import type { PacketEvent } from "../../agent/datapath/events.ts";
 import { eventFromJson, type MonitorLine, readLines } from "../../agent/monitor/mod.ts";
@@ -69,13 +69,27 @@ export class EventLog {
     this.#listeners.push(l);
   }
 
-  /** The first drop after index `from` for this protocol and port, waiting up to ms. */
-  async dropFor(from: number, flow: Flow, ms = 400): Promise<PacketEvent | undefined> {
+  /**
+   * The first drop after index `from` for this protocol, port and (when given) addresses, waiting
+   * up to ms (generous: a loaded machine delivers events late, and an earlier flow's late event
+   * to the same port must not be taken for this one).
+   */
+  async dropFor(
+    from: number,
+    flow: Flow,
+    addrs: { src?: string | undefined; dst?: string | undefined } = {},
+    ms = 2000,
+  ): Promise<PacketEvent | undefined> {
     const proto = flow.proto === "tcp" ? 6 : 1;
     const deadline = performance.now() + ms;
+    const ours = (e: PacketEvent) => {
+      const a = addresses(e);
+      return (addrs.src === undefined || a?.src === addrs.src) &&
+        (addrs.dst === undefined || a?.dst === addrs.dst);
+    };
     for (;;) {
       const e = this.events.slice(from).find((e) =>
-        e.type === "drop" && e.proto === proto && e.dport === flow.port
+        e.type === "drop" && e.proto === proto && e.dport === flow.port && ours(e)
       );
       if (e || performance.now() > deadline) return e;
       await new Promise((r) => setTimeout(r, 20));
@@ -83,7 +97,7 @@ export class EventLog {
   }
 
   /** Policy-verdict events after index `from` that allowed this flow (waits up to ms). */
-  async allowsFor(from: number, flow: Flow, ms = 200): Promise<PacketEvent[]> {
+  async allowsFor(from: number, flow: Flow, ms = 2000): Promise<PacketEvent[]> {
     const proto = flow.proto === "tcp" ? 6 : 1;
     const deadline = performance.now() + ms;
     const found = () =>

@@ -203,7 +203,8 @@ export async function spawnAgent(
         if (opts.dir === undefined) await Deno.remove(dir, { recursive: true });
       })(),
   };
-  const deadline = Date.now() + 15_000;
+  // Generous: a first start on a loaded machine transpiles the agent (a cold cache) slowly.
+  const deadline = Date.now() + 60_000;
   while (true) {
     if (exit !== undefined) {
       await proc.stop();
@@ -216,7 +217,7 @@ export async function spawnAgent(
     }
     if (Date.now() > deadline) {
       await proc.stop();
-      throw new Error(`Agent ${opts.node} did not become healthy within 15 s:\n${log}`);
+      throw new Error(`Agent ${opts.node} did not become healthy within 60 s:\n${log}`);
     }
     await new Promise((r) => setTimeout(r, 50));
   }

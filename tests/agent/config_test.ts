@@ -18,6 +18,16 @@ Deno.test("config: defaults follow the issue", () => {
   assert.equal(resolveConfig({}).nodeName, Deno.hostname().toLowerCase());
 });
 
+Deno.test("config: --l7-http-io picks who serves HTTP/1.1 redirects (default: the Worker)", async () => {
+  assert.equal(resolveConfig({ nodeName: "n1" }).l7HttpIo, "worker");
+  const { config } = await loadConfig(["--node-name", "n1", "--l7-http-io", "event-loop"]);
+  assert.equal(config!.l7HttpIo, "event-loop");
+  assert.throws(
+    () => resolveConfig({ nodeName: "n1", l7HttpIo: "threads" as "worker" }),
+    /"l7-http-io": Expected "worker" \(an epoll Worker\) or "event-loop"/,
+  );
+});
+
 Deno.test("config: kernel map sizes from --bpf-*-max flags, with defaults", async () => {
   const d = resolveConfig({ nodeName: "n1" });
   assert.deepEqual([d.bpfCtMax, d.bpfPolicyMapMax, d.bpfIpcacheMax], [262144, 1 << 20, 524288]);

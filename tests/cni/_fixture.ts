@@ -103,6 +103,8 @@ export class CiliaNode implements AsyncDisposable {
   #pods = 0;
   /** Extra environment for the agent process (e.g. a PATH with a fault-injecting bpftool). */
   agentEnv: Record<string, string> = {};
+  /** Extra agent options (e.g. `["--l7-http-io", "worker"]`). */
+  agentArgs: string[] = [];
 
   private constructor(lab: Lab, node: Node, ext: External | undefined) {
     this.lab = lab;
@@ -115,7 +117,7 @@ export class CiliaNode implements AsyncDisposable {
 
   /** A lab node (and an external host on 203.0.113.0/24 if asked) with a running agent. */
   static async create(
-    opts: { external?: boolean; agentEnv?: Record<string, string> } = {},
+    opts: { external?: boolean; agentEnv?: Record<string, string>; agentArgs?: string[] } = {},
   ): Promise<CiliaNode> {
     const lab = await Lab.create();
     try {
@@ -123,6 +125,7 @@ export class CiliaNode implements AsyncDisposable {
       const ext = opts.external ? await lab.addExternal(node, "ext") : undefined;
       const n = new CiliaNode(lab, node, ext);
       n.agentEnv = opts.agentEnv ?? {};
+      n.agentArgs = opts.agentArgs ?? [];
       await Deno.mkdir(n.dir);
       await n.startAgent();
       return n;
@@ -156,6 +159,7 @@ export class CiliaNode implements AsyncDisposable {
       POD_CIDR_V6,
       "--lease-ttl",
       "5s",
+      ...this.agentArgs,
     ]);
     const child = new Deno.Command(argv[0]!, {
       args: argv.slice(1),
@@ -170,7 +174,8 @@ export class CiliaNode implements AsyncDisposable {
     })();
     let exited: number | undefined;
     child.status.then((s) => exited = s.code);
-    const deadline = Date.now() + 20_000;
+    // Generous: a first start on a loaded machine transpiles the agent (a cold cache) slowly.
+    const deadline = Date.now() + 60_000;
     for (;;) {
       if (exited !== undefined) {
         await this.#drained;
@@ -290,7 +295,8 @@ export class CiliaNode implements AsyncDisposable {
       if (!res.ok || !res.body) throw new Error(`GET /v1/events: HTTP ${res.status}`);
       const lines = readLines(res.body)[Symbol.asyncIterator]();
       result = await action();
-      timer = setTimeout(() => ac.abort(), opts.timeoutMs ?? 1000);
+      // Generous (every caller stops at `until`): a loaded machine delivers events late.
+      timer = setTimeout(() => ac.abort(), opts.timeoutMs ?? 5000);
       try {
         for (;;) {
           const r = await lines.next();

@@ -117,7 +117,7 @@ Deno.test({
       dropText(drop),
     );
     await n.peer(db.netns).listen("tcp", 5432);
-    assert.ok(await n.peer(`${n.lab.prefix}client`).probe("tcp", db.ipv4, 5432, 1000));
+    assert.ok(await n.peer(`${n.lab.prefix}client`).probe("tcp", db.ipv4, 5432, 3000));
     assert.ok(await n.ping(n.node.netns, db.ipv4), "the node itself is allowed (allow-localhost)");
   });
 

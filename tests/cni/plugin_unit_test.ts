@@ -11,6 +11,7 @@ import { endpointName } from "../../agent/endpoint/cni_attachments.ts";
 import { EndpointPolicyState } from "../../agent/datapath/policy_state.ts";
 import { keyId } from "../../agent/datapath/policy_map.ts";
 import type { MapStateEntry } from "../../policy-wasm/mod.ts";
+import { buildCniBundle } from "../../scripts/build_cni.ts";
 
 const conf = (o: Record<string, unknown> = {}) =>
   JSON.stringify({ cniVersion: "1.0.0", name: "n", type: "cilia-cni", ...o });
@@ -46,6 +47,32 @@ Deno.test("runPlugin(): VERSION, and error objects without reaching an agent", a
       assert.match(out.msg, msg);
       assert.ok(typeof out.cniVersion === "string");
     });
+  }
+});
+
+Deno.test("the plugin's bundle: one module from agent/cni/ alone, importing nothing", async () => {
+  const { text, inputs } = await buildCniBundle({ write: false });
+  // bin/cilia-cni runs the bundle only while no agent/cni/*.ts is newer: that covers every input.
+  assert.deepEqual(inputs.filter((f) => !/^agent\/cni\/[^/]+\.ts$/.test(f)), [], String(inputs));
+  assert.ok(inputs.includes("agent/cni/plugin.ts"), String(inputs));
+  assert.doesNotMatch(text, /^\s*import\b|\bimport\(/m, "no import left: no npm package, no file");
+  const file = await Deno.makeTempFile({ suffix: ".js" });
+  try {
+    await Deno.writeTextFile(file, text);
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "--quiet", "-A", "--no-config", file],
+      env: { CNI_COMMAND: "VERSION" },
+      stdin: "piped",
+      stdout: "piped",
+    }).spawn();
+    const w = child.stdin.getWriter();
+    await w.write(new TextEncoder().encode('{"cniVersion":"0.4.0"}'));
+    await w.close();
+    const out = await child.output();
+    assert.equal(out.code, 0);
+    assert.equal(JSON.parse(new TextDecoder().decode(out.stdout)).cniVersion, "0.4.0");
+  } finally {
+    await Deno.remove(file);
   }
 });
 

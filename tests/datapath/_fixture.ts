@@ -145,7 +145,8 @@ export async function withEvents(
   const it = dp.events(ac.signal)[Symbol.asyncIterator]();
   const seen: PacketEvent[] = [];
   let first: Promise<IteratorResult<DatapathEvent>> | undefined = it.next(); // opens the buffer
-  const timer = setTimeout(() => ac.abort(), opts.timeoutMs ?? 1500);
+  // Generous (every caller stops at `until`): a loaded machine delivers events late.
+  const timer = setTimeout(() => ac.abort(), opts.timeoutMs ?? 5000);
   try {
     await action();
     for (;;) {

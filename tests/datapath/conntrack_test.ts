@@ -18,6 +18,8 @@ import { needsRoot } from "../helpers/root.ts";
 const opts = { ...needsRoot(), sanitizeOps: true, sanitizeResources: true };
 const TCP = 6, UDP = 17, ICMP = 1;
 const SEC = 1_000_000_000n;
+/** A timeout for an exchange that must succeed: generous, as a loaded machine is slow. */
+const OK_MS = 3000;
 
 Deno.test(
   "conntrack passes replies and related ICMP errors when the reverse direction is default deny",
@@ -41,8 +43,8 @@ Deno.test(
         entry({ identity: ID.a, proto: ICMP, portLo: 8, portHi: 8 }),
       ]),
     );
-    assert(await pa.probe("tcp", b.ipv4, 80), "TCP replies pass b's egress and a's ingress");
-    assert(await pa.probe("udp", b.ipv4, 53), "UDP replies pass");
+    assert(await pa.probe("tcp", b.ipv4, 80, OK_MS), "TCP replies pass b's egress and a's ingress");
+    assert(await pa.probe("udp", b.ipv4, 53, OK_MS), "UDP replies pass");
     assert(await t.lab.ping(a.netns, b.ipv4), "echo replies pass");
     assertNot(
       await t.lab.ping(b.netns, a.ipv4, { timeoutSec: 0.3 }),
@@ -82,7 +84,7 @@ Deno.test(
 
     await s.step("removed allow", async () => {
       assert(await pa.open("c1", b.ipv4, 80));
-      assert(await pa.send("c1", "hello"));
+      assert(await pa.send("c1", "hello", OK_MS));
       await t.sink.applyPolicy(2, change([], [allow]));
       const events = await withEvents(t.dp, () => pa.send("c1", "again", 300), {
         until: (e) => e.type === "drop",
@@ -92,7 +94,7 @@ Deno.test(
     await s.step("new deny", async () => {
       await t.sink.applyPolicy(2, change([allow]));
       assert(await pa.open("c2", b.ipv4, 80));
-      assert(await pa.send("c2", "hello"));
+      assert(await pa.send("c2", "hello", OK_MS));
       await t.sink.applyPolicy(2, change([deny])); // a new value for the key: an add, as diffs say
       assertEquals((await t.dp.dumpPolicy(2)).map((e) => e.verdict), [VERDICT_DENY]);
       const events = await withEvents(t.dp, () => pa.send("c2", "again", 300), {
@@ -110,8 +112,8 @@ Deno.test("conntrack garbage collector deletes expired entries only", opts, asyn
   await t.lab.peer(b.netns).listen("tcp", 80);
   await t.lab.peer(b.netns).listen("udp", 53);
   assert(await pa.open("keep", b.ipv4, 80));
-  assert(await pa.send("keep", "x"));
-  assert(await pa.probe("udp", b.ipv4, 53));
+  assert(await pa.send("keep", "x", OK_MS));
+  assert(await pa.probe("udp", b.ipv4, 53, OK_MS));
   const map = t.dp.pins.maps.cilia_ct;
   const count = (proto: number) =>
     dumpConntrack(map).filter((e) => e.key["tuple.proto"] === proto).length;

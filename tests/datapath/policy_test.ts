@@ -16,6 +16,8 @@ import { needsRoot } from "../helpers/root.ts";
 
 const opts = { ...needsRoot(), sanitizeOps: true, sanitizeResources: true };
 const TCP = 6, UDP = 17, ICMP = 1;
+/** A timeout for a connection that must succeed: generous, as a loaded machine is slow. */
+const OK_MS = 3000;
 
 Deno.test(
   "lxc passes traffic when there are no policy entries and no default deny",
@@ -26,7 +28,7 @@ Deno.test(
     await t.lab.peer(b.netns).listen("tcp", 80);
     assert(await t.lab.ping(a.netns, b.ipv4));
     assert(await t.lab.ping(a.netns, b.ipv6));
-    assert(await t.lab.peer(a.netns).probe("tcp", b.ipv4, 80));
+    assert(await t.lab.peer(a.netns).probe("tcp", b.ipv4, 80, OK_MS));
   },
 );
 
@@ -71,7 +73,7 @@ Deno.test("lxc allow entry for TCP 80 admits only TCP 80 from that identity", op
     [verdict.verdict, verdict.cookie, verdict.dport, verdict.match, verdict.direction],
     ["allow", 42, 80, 2, "ingress"],
   );
-  assert(await pa.probe("tcp", b.ipv4, 80));
+  assert(await pa.probe("tcp", b.ipv4, 80, OK_MS));
   assertNot(await pa.probe("tcp", b.ipv4, 81));
   assertNot(await t.lab.ping(a.netns, b.ipv4, { timeoutSec: 0.3 }));
   assertNot(await t.lab.peer(c.netns).probe("tcp", b.ipv4, 80), "other identity");
@@ -87,8 +89,8 @@ Deno.test("lxc protocol-0 (L3) allow admits every protocol from that identity", 
     change([entry({ identity: ID.a, proto: 0, portLo: 0, portHi: 65535, cookie: 1 })]),
   );
   assert(await t.lab.ping(a.netns, b.ipv4));
-  assert(await t.lab.peer(a.netns).probe("tcp", b.ipv4, 8080));
-  assert(await t.lab.peer(a.netns).probe("udp", b.ipv4, 53));
+  assert(await t.lab.peer(a.netns).probe("tcp", b.ipv4, 8080, OK_MS));
+  assert(await t.lab.peer(a.netns).probe("udp", b.ipv4, 53, OK_MS));
 });
 
 Deno.test(
@@ -115,7 +117,8 @@ Deno.test(
           false,
         ]]
       ) {
-        assertEquals(await pa.probe("tcp", b.ipv4, port as number), want, `port ${port}`);
+        const ms = want ? OK_MS : 400;
+        assertEquals(await pa.probe("tcp", b.ipv4, port as number, ms), want, `port ${port}`);
       }
       const dumped = (await l.dp.dumpPolicy(2)).filter((e) =>
         e.identity === 0 && e.portLo === 8000
@@ -129,7 +132,7 @@ Deno.test(
       assertEquals(events.find((e) => e.type === "drop")?.subtype, 181);
     });
     await t.step("no entry for c on 9000: the identity-0 entry applies", async () => {
-      assert(await pc.probe("tcp", b.ipv4, 9000));
+      assert(await pc.probe("tcp", b.ipv4, 9000, OK_MS));
     });
   },
 );
@@ -150,10 +153,10 @@ Deno.test("lxc enforces UDP and IPv6 policy", opts, async () => {
       entry({ identity: ID.a, proto: 58, portLo: 128, portHi: 128 }),
     ]),
   );
-  assert(await pa.probe("udp", b.ipv4, 53));
-  assert(await pa.probe("udp", b.ipv6, 53));
+  assert(await pa.probe("udp", b.ipv4, 53, OK_MS));
+  assert(await pa.probe("udp", b.ipv6, 53, OK_MS));
   assertNot(await pa.probe("udp", b.ipv6, 54, 300));
-  assert(await pa.probe("tcp", b.ipv6, 443));
+  assert(await pa.probe("tcp", b.ipv6, 443, OK_MS));
   assert(await t.lab.ping(a.netns, b.ipv6), "ICMPv6 echo request (type 128) allowed");
   assertNot(await t.lab.ping(a.netns, b.ipv4, { timeoutSec: 0.3 }), "ICMPv4 is not");
 });
@@ -184,7 +187,7 @@ Deno.test("lxc egress policy to a CIDR identity from the ipcache", opts, async (
       }),
     ]),
   );
-  assert(await pa.probe("tcp", ext.ipv4, 443));
+  assert(await pa.probe("tcp", ext.ipv4, 443, OK_MS));
   assertNot(await pa.probe("tcp", ext.ipv6, 443, 300), "the IPv6 address is still world");
   await t.sink.updateIpcache([], [cidr]);
   assertNot(await pa.probe("tcp", ext.ipv4, 443, 300));

@@ -27,6 +27,8 @@ import { needsRoot } from "../helpers/root.ts";
 
 const opts = { ...needsRoot(), sanitizeOps: true, sanitizeResources: true };
 const REPO = new URL("../../", import.meta.url);
+/** A timeout for an exchange that must succeed: generous, as a loaded machine is slow. */
+const OK_MS = 3000;
 
 /**
  * A minimal agent: opens the agent's KernelSink at the default root, writes cfg's ipcache and
@@ -107,7 +109,7 @@ Deno.test(
       const out = await runAgent(l.lab, l.node, { endpoints: [endpointB] });
       assertEquals([out.loaded, out.root, out.policy], [false, "/sys/fs/bpf/cilia", written]);
       assert(await pa.open("c", b.ipv4, 80));
-      assert(await pa.send("c", "before"));
+      assert(await pa.send("c", "before", OK_MS));
       assertNot(await pa.probe("tcp", b.ipv4, 81, 300));
     });
     await t.step(
@@ -124,8 +126,8 @@ Deno.test(
         assertEquals([out.loaded, out.policy], [false, written]);
         assertEquals(out.reconciled, { endpoints: 0, policyKeys: 0, prefixes: 0 });
         await assertRuns(b.ifname, l.node.netns);
-        assert(await pa.send("c", "after restart"));
-        assert(await pa.probe("tcp", b.ipv4, 80));
+        assert(await pa.send("c", "after restart", OK_MS));
+        assert(await pa.probe("tcp", b.ipv4, 80, OK_MS));
         assertNot(await pa.probe("tcp", b.ipv4, 81, 300));
       },
     );
@@ -139,7 +141,7 @@ Deno.test(
         reconcile: true,
       });
       assertEquals(same.ops, {}, "nothing written: entries, programs, policy, ipcache in place");
-      assert(await pa.send("c", "after a restart without writes"));
+      assert(await pa.send("c", "after a restart without writes", OK_MS));
       assertNot(await pa.probe("tcp", b.ipv4, 81, 300));
       // B's policy value (its cookie) and A's flags differ from the kernel's: both are written.
       const changed = entry({ identity: ID.a, cookie: 12 });
@@ -158,7 +160,7 @@ Deno.test(
       assertEquals(out.ops["cilia_ipcache/update/success"], undefined);
       const back = await runAgent(l.lab, l.node, { endpoints: [endpointA, endpointB] });
       assertEquals(back.policy, written);
-      assert(await pa.send("c", "after the changes"));
+      assert(await pa.send("c", "after the changes", OK_MS));
     });
     await t.step(
       "a restart attaches programs that were detached meanwhile, and only those",
@@ -178,7 +180,7 @@ Deno.test(
           "B's entry and programs only",
         );
         await assertRuns(b.ifname, l.node.netns);
-        assert(await pa.probe("tcp", b.ipv4, 80));
+        assert(await pa.probe("tcp", b.ipv4, 80, OK_MS));
         assertNot(await pa.probe("tcp", b.ipv4, 81, 300));
         // One tc process for many links: it stops at a link that is gone, the rest is unknown.
         const seen = await attachedProgramIds([a.ifname, "cilia-gone0", b.ifname], l.node.netns);
@@ -231,7 +233,7 @@ Deno.test(
         );
         assertEquals(attached, [pinned.id], "tc runs the new program");
         assertEquals(await dp.dumpPolicy(2), written);
-        assert(await pa.send("c", "after upgrade"), "conntrack survived the swap");
+        assert(await pa.send("c", "after upgrade", OK_MS), "conntrack survived the swap");
         assertNot(await pa.probe("tcp", b.ipv4, 81, 300), "policy still enforced");
       } finally {
         await dp.close();

@@ -263,11 +263,11 @@ Deno.test({
       try {
         assert.equal((await dig("short.example.com")).answer, "203.0.113.30");
         assert.equal(await peer.open("k", "203.0.113.30", 9000), true);
-        assert.equal(await peer.send("k", "x"), true);
+        assert.equal(await peer.send("k", "x", 3000), true);
         await sleep(2500);
         assert.deepEqual(await cached(), ["203.0.113.30"], "kept while the connection lives");
-        assert.equal(await peer.send("k", "y"), true);
-        assert.equal(await peer.probe("tcp", "203.0.113.30", 9000), true);
+        assert.equal(await peer.send("k", "y", 3000), true);
+        assert.equal(await peer.probe("tcp", "203.0.113.30", 9000, 3000), true);
       } finally {
         await peer.close();
       }

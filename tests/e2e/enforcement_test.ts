@@ -10,7 +10,7 @@ import type { PacketEvent } from "../../agent/datapath/events.ts";
 import { CiliaNode, dropText, root, type TestPod } from "../cni/_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
 
-const OK_MS = 1500, DENY_MS = 400;
+const OK_MS = 3000, DENY_MS = 400; // OK_MS bounds connections that must pass: generous
 
 const cnp = (name: string, spec: string, ns = "default") =>
   `apiVersion: cilium.io/v2

@@ -20,8 +20,14 @@ import {
 } from "../helpers/cluster.ts";
 import { needs } from "../helpers/root.ts";
 import { KERNEL_TOOLS } from "../helpers/root.ts";
+import type { Lab } from "../helpers/netns.ts";
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Waits until `ss -Hln FILTER` in netns lists a socket (a Deno started there is listening). */
+const listening = (lab: Lab, netns: string, filter: string) =>
+  eventually(
+    `a listener on "${filter}" in ${netns}`,
+    async () => (await lab.exec(netns, ["ss", "-Hln", filter])).stdout.trim() !== "",
+  );
 
 const has = async (n: ClusterNode, prefix: string, identity?: number, tunnel?: string) =>
   (await n.ipcache()).some((e) =>
@@ -153,7 +159,7 @@ add rule inet mn_fwd probe ip6 daddr ${b.ipv6} counter
       ),
     ]);
     try {
-      await sleep(500);
+      await listening(cluster.lab, b.netns, "sport = :5302");
       const udp = await cluster.lab.exec(
         a.netns,
         denoEval(`const s = Deno.listenDatagram({ transport: "udp", hostname: "0.0.0.0", port: 0 });
@@ -181,7 +187,7 @@ add rule inet mn_fwd probe ip6 daddr ${b.ipv6} counter
         for await (const x of c.readable) n += x.length; console.log(n);`),
     ], { stdout: "piped" });
     const got = sink.output();
-    await sleep(500);
+    await listening(cluster.lab, b.netns, "sport = :5303");
     const sent = await cluster.lab.exec(
       a.netns,
       denoEval(`const t = setTimeout(() => { console.error("stalled"); Deno.exit(1); }, 10000);

@@ -9,8 +9,14 @@ import assert from "node:assert/strict";
 import { Cluster, type ClusterNode, eventually, POLICY_B_FROM_A } from "../helpers/cluster.ts";
 import { KERNEL_TOOLS, needs } from "../helpers/root.ts";
 import { setTunnelNetdevOnly } from "../../agent/datapath/netdev_loader.ts";
+import type { Lab } from "../helpers/netns.ts";
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Waits until `ss -Hln FILTER` in netns lists a socket (a Deno started there is listening). */
+const listening = (lab: Lab, netns: string, filter: string) =>
+  eventually(
+    `a listener on "${filter}" in ${netns}`,
+    async () => (await lab.exec(netns, ["ss", "-Hln", filter])).stdout.trim() !== "",
+  );
 
 interface Counters {
   /** Packets the tunnel device sent and received, per node. */
@@ -93,7 +99,7 @@ add rule bridge qb_vxlan wire udp dport 8472 counter
         for await (const x of c.readable) n += x.length; console.log(n);`),
     ], { stdout: "piped" });
     const got = sink.output();
-    await sleep(500);
+    await listening(lab, b.netns, "sport = :5301");
     await lab.run(
       a.netns,
       deno(`const c = await Deno.connect({ hostname: "${b.ipv4}", port: 5301 });

@@ -44,14 +44,15 @@ async function agentWithMetrics(n: CiliaNode): Promise<Deno.ChildProcess> {
     stdout: "null",
     stderr: "null",
   }).spawn();
-  for (let i = 0; i < 400; i++) {
+  // Generous: a first start on a loaded machine transpiles the agent (a cold cache) slowly.
+  for (const deadline = Date.now() + 60_000; Date.now() < deadline;) {
     const up = await n.api.call("GET", "/v1/healthz").then((r) => r.status === 200, () => false);
     if (up) return child;
     await sleep(50);
   }
   child.kill("SIGKILL");
   await child.status;
-  throw new Error("The agent with --metrics-addr did not start within 20 s");
+  throw new Error("The agent with --metrics-addr did not start within 60 s");
 }
 
 async function startPrometheus(n: CiliaNode): Promise<Deno.ChildProcess> {

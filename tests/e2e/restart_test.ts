@@ -9,6 +9,9 @@ import { hexArgs } from "../../agent/datapath/bpftool.ts";
 import { encode, LAYOUTS } from "../../agent/datapath/codecs.ts";
 import { needsRoot } from "../helpers/root.ts";
 
+/** A timeout for an exchange that must succeed: generous, as a loaded machine is slow. */
+const OK_MS = 3000;
+
 const POLICY = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: server, namespace: default}
@@ -33,7 +36,7 @@ Deno.test({
   await n.peer(server.netns).listen("tcp", 8080);
   const c = n.peer(client.netns), x = n.peer(intruder.netns);
   assert.ok(await c.open("conn", server.ipv4, 8080), "connection opened");
-  assert.ok(await c.send("conn", "hello"));
+  assert.ok(await c.send("conn", "hello", OK_MS));
 
   const serverIf = (await n.call("GET", "/v1/endpoint/default/server")).body.ifname as string;
   const progIds = async () =>
@@ -52,8 +55,8 @@ Deno.test({
   assert.deepEqual((await status()).datapath.reused, false);
 
   const stillEnforced = async (when: string) => {
-    assert.ok(await c.send("conn", `during ${when}`), `the open connection works ${when}`);
-    assert.ok(await c.probe("tcp", server.ipv4, 8080, 1500), `a new allowed connection ${when}`);
+    assert.ok(await c.send("conn", `during ${when}`, OK_MS), `the open connection works ${when}`);
+    assert.ok(await c.probe("tcp", server.ipv4, 8080, OK_MS), `a new allowed connection ${when}`);
     assert.equal(
       await x.probe("tcp", server.ipv4, 8080, 400),
       false,

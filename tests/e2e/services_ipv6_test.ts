@@ -12,6 +12,8 @@ import { needsRoot } from "../helpers/root.ts";
 import { cilia, CLIENT_LIB, denoIn, killAll, putService, waitListening } from "./_services_lab.ts";
 
 const VIP = "fd00:96::10", EMPTY_VIP = "fd00:96::11";
+/** The per-connection timeout where an answer must come: generous, a loaded machine is slow. */
+const OK_MS = "3000";
 
 // TCP on [::]:8080 and UDP on [::]:5353, both answering with the server's name.
 const SERVER = `
@@ -115,7 +117,7 @@ Deno.test({
           "--backends",
           b6("b1", "b2").map((b) => `${b}:8080`).join(","),
         );
-        const got = await run(client, ["tcp", VIP, "80", "24", "1000"]);
+        const got = await run(client, ["tcp", VIP, "80", "24", OK_MS]);
         assert.ok(got.every((a) => a.name), `every connection answered: ${JSON.stringify(got)}`);
         assert.deepEqual(names(got), ["b1", "b2"], "both backends used");
       },
@@ -132,7 +134,7 @@ Deno.test({
           "--backends",
           b6("b1", "b2").map((b) => `${b}:5353`).join(","),
         );
-        const got = await run(client, ["udp", VIP, "53", "24", "1000"]);
+        const got = await run(client, ["udp", VIP, "53", "24", OK_MS]);
         assert.ok(got.every((a) => a.name), `every datagram answered: ${JSON.stringify(got)}`);
         assert.deepEqual(names(got), ["b1", "b2"], "both backends used");
         assert.ok(got.every((a) => a.from === VIP), `reply source: ${JSON.stringify(got)}`);
@@ -165,7 +167,7 @@ Deno.test({
         await w.write(new TextEncoder().encode("go\n"));
         await w.close();
         assert.deepEqual(await line(), before, "each connection keeps its backend");
-        const fresh = await run(client, ["tcp", VIP, "80", "30", "1000"]);
+        const fresh = await run(client, ["tcp", VIP, "80", "30", OK_MS]);
         assert.deepEqual(names(fresh), ["b1", "b2", "b3"], "new connections use the new one");
       } finally {
         try {
@@ -186,10 +188,10 @@ Deno.test({
             ...extra,
           });
         await upsert({});
-        const spread = await run(client, ["tcp", VIP, "80", "20", "1000"]);
+        const spread = await run(client, ["tcp", VIP, "80", "20", OK_MS]);
         assert.ok(names(spread).length >= 2, `Maglev spreads: ${JSON.stringify(names(spread))}`);
         await upsert({ sessionAffinity: "ClientIP", affinityTimeoutSeconds: 60 });
-        const sticky = await run(client, ["tcp", VIP, "80", "20", "1000"]);
+        const sticky = await run(client, ["tcp", VIP, "80", "20", OK_MS]);
         assert.ok(
           sticky.every((a) => a.name),
           `every connection answered: ${JSON.stringify(sticky)}`,
@@ -234,7 +236,7 @@ spec:
       const otherId = ((await n.call("GET", `/v1/endpoint/default/other`)).body as {
         identity: number;
       }).identity;
-      const ok = await run(client, ["tcp", VIP, "80", "6", "1000"]);
+      const ok = await run(client, ["tcp", VIP, "80", "6", OK_MS]);
       assert.ok(ok.every((a) => a.name), `app=client passes: ${JSON.stringify(ok)}`);
       const { result, events } = await n.withEvents(
         () => run(other, ["tcp", VIP, "80", "2", "400"]),

@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { parseAllDocuments, stringify } from "yaml";
 import { CiliaNode, root } from "../cni/_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
+import { eventually } from "../helpers/cluster.ts";
 
 const dec = new TextDecoder();
 
@@ -35,13 +36,20 @@ Deno.test({
   const other = await n.addPod("other", { app: "other" });
   for (const port of [8080, 9090]) await n.peer(backend.netns).listen("tcp", port);
   await n.peer(db.netns).listen("tcp", 5432);
-  const probe = (from: string, ip: string, port: number, ms = 1500) =>
+  const probe = (from: string, ip: string, port: number, ms = 3000) =>
     n.peer(from).probe("tcp", ip, port, ms);
 
   // The observed traffic, with no policy loaded.
   assert.equal(await probe(frontend.netns, backend.ipv4, 8080), true);
   assert.equal(await probe(backend.netns, db.ipv4, 5432), true);
-  await new Promise((r) => setTimeout(r, 200));
+  // Both connections are in the agent's flows before suggest reads them (the monitor may lag).
+  for (const [pod, port] of [["backend", "8080"], ["db", "5432"]] as const) {
+    await eventually(
+      `a flow toward ${pod}:${port}`,
+      async () =>
+        (await n.flows({ port })).flows.some((f) => !f.is_reply && f.destination?.pod_name === pod),
+    );
+  }
 
   const policyFile = `${dir}/suggested.yaml`;
   const scenarioFile = `${dir}/scenario.yaml`;

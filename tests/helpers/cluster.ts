@@ -98,7 +98,8 @@ export class ClusterNode {
     })();
     let exited: number | undefined;
     child.status.then((s) => exited = s.code);
-    const deadline = Date.now() + 20_000;
+    // Generous: a first start on a loaded machine transpiles the agent (a cold cache) slowly.
+    const deadline = Date.now() + 60_000;
     for (;;) {
       if (exited !== undefined) {
         await this.#drained;

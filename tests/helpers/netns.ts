@@ -37,11 +37,14 @@ async function exchange(c, data) {
   while (got < data.length) { const n = await c.read(buf.subarray(got)); if (n === null) throw new Error("closed"); got += n; }
   return dec.decode(buf);
 }
+// The abort closes a connect that timed out: the kernel would retry its SYN for minutes, and each
+// retry would be one more drop event for the tests that come after.
 async function connect(host, port, ms) {
-  const p = Deno.connect({ hostname: host, port });
-  p.then((c) => { if (late) c.close(); }, () => {});
-  let late = false;
-  try { return await within(p, ms); } catch (e) { late = true; throw e; }
+  const ac = new AbortController();
+  const t = setTimeout(() => ac.abort(), ms);
+  try { return await Deno.connect({ hostname: host, port, signal: ac.signal }); }
+  catch (e) { throw ac.signal.aborted ? new Error("timeout") : e; }
+  finally { clearTimeout(t); }
 }
 async function handle(r) {
   if (r.op === "listen" && r.proto === "tcp") { serveTcp(Deno.listen({ hostname: "::", port: r.port })); return {}; }
@@ -146,6 +149,16 @@ function alive(pid: number): boolean {
   }
 }
 
+/** True when path exists and was modified less than ms ago. */
+async function youngerThan(path: string, ms: number): Promise<boolean> {
+  try {
+    const { mtime } = await Deno.stat(path);
+    return mtime !== null && Date.now() - mtime.getTime() < ms;
+  } catch {
+    return false;
+  }
+}
+
 /** Mount points under dir (deepest first), from /proc/self/mountinfo. */
 async function mountsUnder(dir: string): Promise<string[]> {
   const info = await Deno.readTextFile("/proc/self/mountinfo");
@@ -180,6 +193,8 @@ export async function sweepLeftovers(): Promise<string[]> {
     const dir = `${LAB_ROOT}/cilia-lab-${t}`;
     const pid = Number(await Deno.readTextFile(`${dir}/pid`).catch(() => "0"));
     if (pid > 0 && alive(pid)) continue;
+    // No pid yet: another test process may be between create()'s mkdir and its pid write.
+    if (pid === 0 && await youngerThan(dir, 60_000)) continue;
     await removeTagged(`cl${t}-`, dir);
     swept.push(t);
   }

@@ -94,6 +94,8 @@ const statuses = (text: string) =>
   [...text.matchAll(/^HTTP\/1\.1 (\d{3})/gm)].map((m) => Number(m[1]));
 
 Deno.test({ name: "serveHttpConnection() forwards, denies and stays in step" }, async (t) => {
+  // Nothing here waits for a timeout: long ones, so a loaded machine (one stalled read of the
+  // 8 MiB body, or of the answer to it) is no 502.
   await lab(async ({ send, upstreamRequests, records }) => {
     await t.step("pipelined requests are answered in order, each judged", async () => {
       const r = await send(
@@ -158,7 +160,7 @@ Deno.test({ name: "serveHttpConnection() forwards, denies and stays in step" }, 
       assert.deepEqual(statuses(r), [200, 200], r);
       assert.deepEqual(upstreamRequests, ["GET /public/b", "GET /public/~a?q=%7E"]);
     });
-  });
+  }, { headerTimeoutMs: 10_000, idleTimeoutMs: 10_000 });
 });
 
 Deno.test("serveHttpConnection() answers bad input and closes, forwarding nothing", async (t) => {

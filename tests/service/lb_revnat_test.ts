@@ -3,8 +3,9 @@
 // entry (forward) and its egress entry carries the service id; a connection whose egress entry
 // predates that (an older datapath: no CT_F_REV_NAT_OWN, a reverse DIR_SERVICE entry instead)
 // still gets its replies translated — and without that reverse entry it would not, so the
-// fallback is what carries it. The server writes only after a pause, so the reply that is judged
-// follows no packet of the client's that would refresh the entry.
+// fallback is what carries it. The server writes only when the test says so (after any change to
+// the entry), so the reply that is judged follows no packet of the client's that would refresh
+// the entry.
 import assert from "node:assert/strict";
 import { dumpConntrack } from "../../agent/datapath/conntrack_gc.ts";
 import { DIR_EGRESS, DIR_SERVICE, encode, LAYOUTS, num } from "../../agent/datapath/codecs.ts";
@@ -17,14 +18,19 @@ import { needsRoot } from "../helpers/root.ts";
 
 const PORT = 7000, SVC_ID = 100, CT_F_REV_NAT_OWN = 1 << 5, CLIENT_EP = 1;
 
+// Each line on stdin: "hi" to the oldest connection not answered yet (or to the next one accepted),
+// which then closes.
 const SERVER = `
 const l = Deno.listen({ hostname: "0.0.0.0", port: ${PORT} });
-for await (const c of l) {
-  (async () => {
-    await new Promise((r) => setTimeout(r, 1500));
-    await c.write(new TextEncoder().encode("hi\\n")).catch(() => {});
-    try { c.close(); } catch { /* gone */ }
-  })();
+const held = [];
+let owed = 0;
+const answer = async (c) => {
+  await c.write(new TextEncoder().encode("hi\\n")).catch(() => {});
+  try { c.close(); } catch { /* gone */ }
+};
+(async () => { for await (const c of l) owed > 0 ? (owed--, answer(c)) : held.push(c); })();
+for await (const chunk of Deno.stdin.readable) {
+  for (const b of chunk) if (b === 10) held.length > 0 ? answer(held.shift()) : owed++;
 }`;
 
 const CLIENT = `
@@ -32,7 +38,7 @@ const c = await Deno.connect({ hostname: Deno.args[0], port: ${PORT} });
 const buf = new Uint8Array(16);
 const got = await Promise.race([
   c.read(buf).then((n) => n === null ? "closed" : new TextDecoder().decode(buf.subarray(0, n)).trim()),
-  new Promise((r) => setTimeout(() => r("timeout"), 4000)),
+  new Promise((r) => setTimeout(() => r("timeout"), Number(Deno.args[1]))),
 ]);
 console.log(got);
 Deno.exit(0);`;
@@ -54,26 +60,34 @@ Deno.test({
     const dir = lab.lab.dir;
     await Deno.writeTextFile(`${dir}/revnat_server.ts`, SERVER);
     await Deno.writeTextFile(`${dir}/revnat_client.ts`, CLIENT);
-    const server = denoIn(s.server.netns, `${dir}/revnat_server.ts`, [], { stdout: "null" })
-      .spawn();
+    const server = denoIn(s.server.netns, `${dir}/revnat_server.ts`, [], {
+      stdin: "piped",
+      stdout: "null",
+    }).spawn();
+    const say = server.stdin.getWriter();
     const ctMap = s.sink!.datapath.pins.maps.cilia_ct;
     const egress = () =>
       dumpConntrack(ctMap).filter((e) =>
         num(e.key.dir) === DIR_EGRESS && num(e.key.ep_id) === CLIENT_EP &&
         num(e.key["tuple.dport"]) === PORT
       );
-    /** One connection; `tamper` runs on its egress entry before the server writes. */
-    const connect = async (tamper?: (e: ReturnType<typeof egress>[0]) => void) => {
+    /**
+     * One connection; `tamper` runs on its egress entry before the server writes. The client waits
+     * ms for the reply: long where one must come (a loaded machine is slow), short where none may.
+     */
+    const connect = async (tamper?: (e: ReturnType<typeof egress>[0]) => void, ms = 10_000) => {
       const before = new Set(egress().map((e) => num(e.key["tuple.sport"])));
-      const client = denoIn(s.client.netns, `${dir}/revnat_client.ts`, [s.target]).spawn();
+      const client = denoIn(s.client.netns, `${dir}/revnat_client.ts`, [s.target, String(ms)])
+        .spawn();
       const out = client.output();
       let entry: ReturnType<typeof egress>[0] | undefined;
-      for (let i = 0; i < 100 && !entry; i++) {
+      for (const deadline = Date.now() + 10_000; !entry && Date.now() < deadline;) {
         entry = egress().find((e) => !before.has(num(e.key["tuple.sport"])));
         if (!entry) await new Promise((r) => setTimeout(r, 10));
       }
       assert.ok(entry, "the connection's egress entry");
       tamper?.(entry);
+      await say.write(new TextEncoder().encode("go\n"));
       return { entry, got: new TextDecoder().decode((await out).stdout).trim() };
     };
     const write = (key: Uint8Array, value: Uint8Array) =>
@@ -115,9 +129,10 @@ Deno.test({
         },
       );
       await t.step("without that reverse entry the reply is not translated", async () => {
-        assert.notEqual((await connect(asOlder(false))).got, "hi");
+        assert.notEqual((await connect(asOlder(false), 4000)).got, "hi");
       });
     } finally {
+      await say.close().catch(() => {});
       server.kill("SIGKILL");
       await server.status;
     }

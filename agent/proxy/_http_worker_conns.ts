@@ -1,0 +1,414 @@
+// The connections of the L7 proxy's HTTP Worker (http_worker.ts): each one a synchronous
+// Http1Machine with its client leg and, once a request was allowed, its upstream leg (a port of
+// the shared range, bound, the proxy-NAT entry written, then connected: the kernel gives that leg
+// the client's address and identity). It moves bytes between the legs and the machine, keeps
+// what a write could not take (bounded, with backpressure on the other leg), sets each fd's
+// epoll interest, fires deadlines, gives an upstream port and its proxy-NAT entry back 2 s after
+// its leg closed, and marks every fd it owns in the shared fd map (the main thread closes them if
+// the Worker dies). A connection that opens with the HTTP/2 preface (h2c, gRPC) is not served
+// here: it is relayed byte for byte over a unix socket to the main thread's h2 path, after a line
+// that says what the kernel said of it (its original destination and client). It judges
+// nothing: `judge` decides.
+
+import type { OrigDestination, ProxyMaps } from "../datapath/proxy_maps.ts";
+import { DIR_EGRESS } from "../datapath/codecs.ts";
+import * as S from "../sys/sockets_ffi.ts";
+import type { Head } from "./http1.ts";
+import { Http1Machine, type MachineIo } from "./http1_machine.ts";
+import { prefaceState } from "./_h2_preface.ts";
+import type { HttpRequestInfo, RequestRecord } from "./http_conn.ts";
+import type { L7Record } from "./proxy.ts";
+import type { UpstreamPorts } from "./_upstream_ports.ts";
+import * as IO from "./_http_worker_io.ts";
+
+/** Queued output above HIGH stops reads of the other leg; above MAX_PENDING closes (a guard). */
+const HIGH = 1 << 20, MAX_PENDING = 1 << 22;
+/** An upstream port (and its proxy-NAT entry) is given back this long after its leg closed. */
+const RELEASE_MS = 2000;
+const EADDRINUSE = 98, EADDRNOTAVAIL = 99, SO_ERROR = 4;
+const IN = S.EPOLLIN | S.EPOLLRDHUP;
+
+export interface Conn {
+  m: Http1Machine;
+  io: MachineIo;
+  /** The first bytes while they may still be an HTTP/2 preface (null: decided). */
+  sniff: Uint8Array | null;
+  /** Relayed to the main thread (h2c): `up` is the relay socket, the machine is not used. */
+  relay: boolean;
+  o: OrigDestination;
+  client: { ip: string; port: number };
+  direction: "ingress" | "egress";
+  /** The address upstream legs are bound to (the pod gateway of the server's family). */
+  gateway: string;
+  /** The last verdict's cookie and rule, and the server endpoint it judged as a second hop. */
+  cookie: number;
+  rule: number;
+  hop2: number | undefined;
+  /** The part of a verdict's cache key this connection fixes (rule 2 of http_worker.ts). */
+  key: string;
+  cfd: number;
+  up: number;
+  localPort: number;
+  upConnected: boolean;
+  /** Output that did not go at once, per leg (bounded; then the connection is closed). */
+  outClient: Uint8Array | null;
+  outUp: Uint8Array | null;
+  clientEvents: number;
+  upEvents: number;
+  clientEof: boolean;
+  upEof: boolean;
+  broken: boolean;
+}
+
+export interface HttpConnsOptions {
+  maps: ProxyMaps;
+  /** One bit per fd the Worker owns (shared with the main thread). */
+  fds: Int32Array;
+  ports: UpstreamPorts;
+  judge(c: Conn, req: HttpRequestInfo, head: Head): boolean | undefined;
+  onRecord(c: Conn, rec: L7Record): void;
+  headerTimeoutMs?: number;
+  idleTimeoutMs?: number;
+  /** The main thread's unix socket for h2c connections (none: they are closed). */
+  relay?: string;
+}
+
+const EMPTY = new Uint8Array(0);
+const encoder = new TextEncoder();
+
+export class HttpConns {
+  readonly maps: ProxyMaps;
+  readonly #o: HttpConnsOptions;
+  readonly #byFd: (Conn | undefined)[] = [];
+  readonly #conns = new Set<Conn>();
+  #releases: { at: number; server: { ip: string; port: number }; localPort: number }[] = [];
+
+  constructor(o: HttpConnsOptions) {
+    this.#o = o;
+    this.maps = o.maps;
+  }
+
+  /** Marks `fd` as the Worker's in the shared fd map. */
+  own(fd: number): void {
+    if (fd >= 0 && fd < this.#o.fds.length * 32) Atomics.or(this.#o.fds, fd >>> 5, 1 << (fd & 31));
+  }
+
+  /** Unmarks `fd` (before it is closed). */
+  release(fd: number): void {
+    if (fd >= 0 && fd < this.#o.fds.length * 32) {
+      Atomics.and(this.#o.fds, fd >>> 5, ~(1 << (fd & 31)));
+    }
+  }
+
+  #close(fd: number): void {
+    if (fd < 0) return;
+    IO.ctl(S.EPOLL_CTL_DEL, fd, 0);
+    this.release(fd);
+    IO.closeFd(fd);
+    this.#byFd[fd] = undefined;
+  }
+
+  /** A redirected client connection (its original destination known). */
+  add(
+    fd: number,
+    init: { o: OrigDestination; client: { ip: string; port: number }; gateway: string },
+    now: number,
+  ): void {
+    this.own(fd);
+    const c: Conn = {
+      m: undefined as unknown as Http1Machine,
+      io: undefined as unknown as MachineIo,
+      sniff: EMPTY,
+      relay: false,
+      ...init,
+      direction: init.o.dir === DIR_EGRESS ? "egress" : "ingress",
+      cookie: init.o.cookie,
+      rule: -1,
+      hop2: undefined,
+      key: `${init.o.epId}/${init.o.dir}/${init.o.srcIdentity}/${init.o.dstIdentity}/` +
+        `${init.o.ip}/${init.o.port}\n`,
+      cfd: fd,
+      up: -1,
+      localPort: 0,
+      upConnected: false,
+      outClient: null,
+      outUp: null,
+      clientEvents: IN,
+      upEvents: 0,
+      clientEof: false,
+      upEof: false,
+      broken: false,
+    };
+    c.io = this.#io(c);
+    c.m = new Http1Machine(c.io, {
+      judge: (req, head) => this.#o.judge(c, req, head),
+      onRequest: (rec) => this.#o.onRecord(c, this.#record(c, rec)),
+      now,
+      ...(this.#o.headerTimeoutMs !== undefined
+        ? { headerTimeoutMs: this.#o.headerTimeoutMs }
+        : {}),
+      ...(this.#o.idleTimeoutMs !== undefined ? { idleTimeoutMs: this.#o.idleTimeoutMs } : {}),
+    });
+    this.#byFd[fd] = c;
+    this.#conns.add(c);
+    if (IO.ctl(S.EPOLL_CTL_ADD, fd, c.clientEvents) !== 0) c.m.close();
+  }
+
+  #record(c: Conn, rec: RequestRecord): L7Record {
+    const o = c.o;
+    return {
+      ...rec,
+      client: c.client,
+      server: { ip: o.ip, port: o.port },
+      epId: o.epId,
+      direction: c.direction,
+      srcIdentity: o.srcIdentity,
+      dstIdentity: o.dstIdentity,
+      cookie: c.cookie,
+      rule: rec.allowed ? c.rule : -1,
+    };
+  }
+
+  #io(c: Conn): MachineIo {
+    return {
+      toClient: (b) => {
+        if (c.outClient) c.outClient = append(c.outClient, b);
+        else {
+          const left = IO.writeNow(c.cfd, b);
+          if (left === undefined) return void (c.broken = true);
+          c.outClient = left;
+        }
+        if (c.outClient && c.outClient.length > MAX_PENDING) c.broken = true;
+      },
+      toUpstream: (b) => {
+        if (c.up < 0) return;
+        if (c.outUp || !c.upConnected) c.outUp = append(c.outUp, b);
+        else {
+          const left = IO.writeNow(c.up, b);
+          if (left === undefined) return; // (the read side sees the error)
+          c.outUp = left;
+        }
+        if (c.outUp && c.outUp.length > MAX_PENDING) c.broken = true;
+      },
+      connect: () => this.#connect(c),
+      closeUpstream: () => {
+        this.#close(c.up);
+        this.#releaseLater(c);
+        c.up = -1, c.outUp = null;
+      },
+      closeClient: () => {
+        this.#close(c.cfd);
+        this.#conns.delete(c);
+      },
+    };
+  }
+
+  /** The upstream leg: a port of the range bound, the proxy-NAT entry, then the connect. */
+  #connect(c: Conn): string | undefined {
+    const o = c.o, v6 = o.ip.includes(":"), ports = this.#o.ports;
+    for (let attempt = 0; attempt < 16; attempt++) {
+      let port: number;
+      try {
+        port = ports.take();
+      } catch (err) {
+        return (err as Error).message;
+      }
+      const fd = IO.bindTcp(c.gateway, port, v6);
+      if (fd < 0) {
+        ports.release(port);
+        if (-fd === EADDRINUSE) continue;
+        return `bind: ${IO.errnoText(-fd)}`;
+      }
+      const server = { ip: o.ip, port: o.port };
+      try {
+        this.maps.writeNat({
+          server,
+          localPort: port,
+          clientIp: c.client.ip,
+          identity: o.srcIdentity,
+          epId: o.epId,
+          dir: o.dir,
+          ...(c.hop2 !== undefined ? { ingressEpId: c.hop2 } : {}),
+        });
+      } catch (err) {
+        IO.closeFd(fd);
+        ports.release(port);
+        return (err as Error).message; // 3.
+      }
+      const r = IO.connectTo(fd, o.ip, o.port);
+      if (r < 0) {
+        IO.closeFd(fd);
+        this.#releases.push({ at: performance.now() + RELEASE_MS, server, localPort: port });
+        if (-r === EADDRINUSE || -r === EADDRNOTAVAIL) continue;
+        return IO.errnoText(-r);
+      }
+      this.own(fd);
+      c.up = fd, c.localPort = port, c.upConnected = r === 0, c.outUp = null, c.upEof = false;
+      c.upEvents = IN | S.EPOLLOUT;
+      this.#byFd[fd] = c;
+      if (IO.ctl(S.EPOLL_CTL_ADD, fd, c.upEvents) !== 0) c.broken = true;
+      return undefined;
+    }
+    return "no usable upstream port";
+  }
+
+  #releaseLater(c: Conn): void {
+    if (c.localPort === 0) return;
+    const server = { ip: c.o.ip, port: c.o.port };
+    this.#releases.push({ at: performance.now() + RELEASE_MS, server, localPort: c.localPort });
+    c.localPort = 0;
+  }
+
+  /**
+   * After each call into a machine: a broken leg closes the connection; each fd is watched for
+   * writing while its output waits (or it is still connecting), for reading while it has not
+   * ended, the machine wants its bytes and the other leg's queue is below HIGH.
+   */
+  settle(c: Conn): void {
+    if (c.broken) c.m.close();
+    if (c.m.closed) return;
+    const readC = c.m.wantsClient && !c.clientEof && (c.outUp?.length ?? 0) < HIGH;
+    const ev = (readC ? IN : 0) | (c.outClient ? S.EPOLLOUT : 0);
+    if (ev !== c.clientEvents) IO.ctl(S.EPOLL_CTL_MOD, c.cfd, ev), c.clientEvents = ev;
+    if (c.up < 0) return;
+    const readU = !c.upEof && (c.outClient?.length ?? 0) < HIGH;
+    const uev = (readU ? IN : 0) | (c.outUp || !c.upConnected ? S.EPOLLOUT : 0);
+    if (uev !== c.upEvents) IO.ctl(S.EPOLL_CTL_MOD, c.up, uev), c.upEvents = uev;
+  }
+
+  /** An epoll event on a leg's fd. */
+  event(fd: number, ev: number, now: number): void {
+    const c = this.#byFd[fd];
+    if (!c) return;
+    this.#handle(c, fd, ev, now);
+    this.settle(c);
+  }
+
+  #handle(c: Conn, fd: number, ev: number, now: number): void {
+    const isUp = fd === c.up;
+    if (ev & S.EPOLLOUT) {
+      if (isUp) {
+        if (!c.upConnected && ev & (S.EPOLLERR | S.EPOLLHUP)) {
+          return c.m.upstreamFailed(socketError(fd), now);
+        }
+        c.upConnected = true;
+        if (c.outUp) {
+          const left = IO.writeNow(fd, c.outUp);
+          if (left === undefined) return c.m.close();
+          c.outUp = left;
+        }
+      } else if (c.outClient) {
+        const left = IO.writeNow(fd, c.outClient);
+        if (left === undefined) return c.m.close();
+        c.outClient = left;
+      }
+    }
+    if (!(ev & (S.EPOLLIN | S.EPOLLRDHUP | S.EPOLLHUP | S.EPOLLERR)) || this.#byFd[fd] !== c) {
+      return;
+    }
+    // (A paused or ended leg still reports HUP/ERR: read it only when its bytes are wanted.)
+    if (isUp ? c.upEof : !c.m.wantsClient && !(ev & (S.EPOLLHUP | S.EPOLLERR))) return;
+    if (isUp && !c.upConnected) {
+      if (ev & (S.EPOLLERR | S.EPOLLHUP)) return c.m.upstreamFailed(socketError(fd), now);
+      c.upConnected = true;
+    }
+    const n = IO.readScratch(fd);
+    if (n < 0 && (IO.errno() === S.EAGAIN || IO.errno() === S.EINTR)) return;
+    if (c.relay) {
+      if (n <= 0) return this.#endRelay(c);
+      const b = IO.scratch.subarray(0, n);
+      return isUp ? c.io.toClient(b) : c.io.toUpstream(b);
+    }
+    if (isUp) {
+      if (n > 0) return c.m.upstream(IO.scratch.subarray(0, n), now);
+      c.upEof = true; // (read no more; the machine drops the leg when it is done with it)
+      return c.m.upstreamEnd(now);
+    }
+    if (n > 0) {
+      const b = IO.scratch.subarray(0, n);
+      return c.sniff ? this.#sniffed(c, b, now) : c.m.client(b, now);
+    }
+    if (n < 0) return c.m.close();
+    c.clientEof = true;
+    if (c.sniff && c.sniff.length > 0) c.m.client(c.sniff, now);
+    c.sniff = null;
+    c.m.clientEnd(now);
+  }
+
+  /** The first bytes: HTTP/1 goes to the machine, the h2c preface to the relay. */
+  #sniffed(c: Conn, b: Uint8Array, now: number): void {
+    const all = c.sniff!.length > 0 ? concat(c.sniff!, b) : b;
+    const st = prefaceState(all);
+    if (st === "partial") return void (c.sniff = all.slice());
+    c.sniff = null;
+    if (st === "no") return c.m.client(all, now);
+    const fd = this.#o.relay ? IO.connectUnix(this.#o.relay) : -1;
+    if (fd < 0) return c.m.close(); // (no h2 path: closed, never passed unchecked)
+    this.own(fd);
+    c.relay = true, c.up = fd, c.upConnected = true, c.upEvents = IN;
+    this.#byFd[fd] = c;
+    if (IO.ctl(S.EPOLL_CTL_ADD, fd, IN) !== 0) return this.#endRelay(c);
+    const ctx = encoder.encode(`${JSON.stringify({ o: c.o, client: c.client })}\n`);
+    c.io.toUpstream(concat(ctx, all));
+  }
+
+  #endRelay(c: Conn): void {
+    this.#close(c.up);
+    c.up = -1, c.outUp = null;
+    c.m.close();
+  }
+
+  /** Fires the connections' deadlines and gives back upstream ports whose time came. */
+  tick(now: number): void {
+    for (const c of this.#conns) {
+      if (!c.relay && c.m.deadline <= now) c.m.tick(now), this.settle(c);
+    }
+    if (this.#releases.length === 0 || this.#releases[0]!.at > now) return;
+    const due = this.#releases.filter((r) => r.at <= now);
+    this.#releases = this.#releases.filter((r) => r.at > now);
+    for (const r of due) {
+      try {
+        this.maps.deleteNat(r);
+      } catch { /* maps closed */ }
+      this.#o.ports.release(r.localPort);
+    }
+  }
+
+  get size(): number {
+    return this.#conns.size;
+  }
+
+  /** Closes every connection (the Worker stops) and gives back every upstream port. */
+  closeAll(): void {
+    for (const c of [...this.#conns]) c.m.close();
+    this.tick(Infinity);
+  }
+}
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const m = new Uint8Array(a.length + b.length);
+  m.set(a);
+  m.set(b, a.length);
+  return m;
+}
+
+function append(q: Uint8Array | null, b: Uint8Array): Uint8Array {
+  if (!q) return b.slice();
+  const m = new Uint8Array(q.length + b.length);
+  m.set(q);
+  m.set(b, q.length);
+  return m;
+}
+
+/** Why a connect failed (SO_ERROR). */
+function socketError(fd: number): string {
+  const v = new Int32Array(1), len = new Uint32Array([4]);
+  S.libc().getsockopt(
+    fd,
+    S.SOL_SOCKET,
+    SO_ERROR,
+    new Uint8Array(v.buffer),
+    new Uint8Array(len.buffer),
+  );
+  return v[0] ? IO.errnoText(v[0]) : "connection failed";
+}

@@ -1,0 +1,109 @@
+// rtnetlink.ts: the host side's requests made in process. A child Deno inside a test netns sets
+// a veth up with fe80::1 and routes to a pod address through them; `ip -j` then shows what the
+// kernel holds. The kernel's refusals come back as errors naming the request and the errno.
+// Root (netns).
+import assert from "node:assert/strict";
+import { addrAdd, routeReplaceHost } from "../../agent/sys/rtnetlink.ts";
+import { Lab } from "../helpers/netns.ts";
+import { needs } from "../helpers/root.ts";
+
+const MODULE = new URL("../../agent/sys/rtnetlink.ts", import.meta.url).href;
+const CHILD = `
+import { addrAdd, ifIndex, linkUp, routeReplaceHost, rtnetlink } from "${MODULE}";
+const dev = "rta", index = ifIndex(dev);
+const out = { index, missing: ifIndex("nope") ?? null, errors: [] };
+await rtnetlink([
+  addrAdd(index, { ip: "fe80::1", prefix: 64, nodad: true, name: dev }),
+  linkUp(index, dev),
+  routeReplaceHost(index, { dst: "192.0.2.7", src: "192.0.2.1", name: dev }),
+  routeReplaceHost(index, { dst: "2001:db8::7", src: "2001:db8::1", name: dev }),
+  routeReplaceHost(index, { dst: "192.0.2.7", src: "192.0.2.1", name: dev }), // replace: no error
+]);
+for (const r of [
+  addrAdd(index, { ip: "fe80::1", prefix: 64, nodad: true, name: dev }),
+  routeReplaceHost(index, { dst: "192.0.2.8", src: "198.51.100.9", name: dev }),
+]) {
+  try { await rtnetlink([r]); out.errors.push(null); }
+  catch (e) { out.errors.push({ name: e.name, message: e.message, errno: e.errno }); }
+}
+// In one batch a refused request does not stop the next; the first refused is thrown.
+try {
+  await rtnetlink([
+    addrAdd(index, { ip: "fe80::1", prefix: 64, nodad: true, name: dev }),
+    routeReplaceHost(index, { dst: "192.0.2.9", name: dev }),
+  ]);
+  out.batch = null;
+} catch (e) { out.batch = e.message; }
+console.log(JSON.stringify(out));
+`;
+
+Deno.test("rtnetlink request builders: addresses encoded, bad ones refused", () => {
+  const v6 = routeReplaceHost(3, { dst: "2001:db8::7", src: "2001:db8:0:0:0:0:0:1", name: "x" });
+  // rtmsg (12 bytes), then RTA_DST: length 20, type 1, the 16 address bytes.
+  assert.deepEqual([...v6.body.slice(0, 2)], [10, 128]);
+  assert.deepEqual([...v6.body.slice(16, 32)], [32, 1, 13, 184, ...Array(11).fill(0), 7]);
+  assert.equal(v6.what, "route replace 2001:db8::7/128 dev x src 2001:db8:0:0:0:0:0:1");
+  const v4 = routeReplaceHost(3, { dst: "192.0.2.7", name: "x" });
+  assert.deepEqual([...v4.body.slice(0, 8)], [2, 32, 0, 0, 254, 3, 253, 1]);
+  const ll = addrAdd(5, { ip: "fe80::1", prefix: 64, nodad: true, name: "x" });
+  assert.deepEqual([...ll.body.slice(0, 8)], [10, 64, 2, 253, 5, 0, 0, 0]);
+  for (const bad of ["1.2.3", "1.2.3.256", "::1::", "2001:db8::g", "1:2:3:4:5:6:7:8:9"]) {
+    assert.throws(() => routeReplaceHost(1, { dst: bad, name: "x" }), TypeError, bad);
+  }
+  assert.throws(
+    () => routeReplaceHost(1, { dst: "192.0.2.7", src: "2001:db8::1", name: "x" }),
+    /families differ/,
+  );
+});
+
+Deno.test({
+  name: "rtnetlink() sets a link up with an address and routes; refusals name the request",
+  ...needs({ root: true }),
+}, async () => {
+  const lab = await Lab.create();
+  const netns = `${lab.prefix}rt`;
+  try {
+    const setup = "ip link set lo up && ip link add rta type veth peer name rtb && " +
+      "ip addr add 192.0.2.1/32 dev lo && ip addr add 2001:db8::1/128 dev lo nodad";
+    assert.equal(
+      (await new Deno.Command("ip", { args: ["netns", "add", netns] }).output()).code,
+      0,
+    );
+    await lab.run(netns, ["sh", "-c", setup]);
+    const script = `${lab.dir}/rt_child.ts`;
+    await Deno.writeTextFile(script, CHILD);
+    const out = JSON.parse(
+      await lab.run(netns, [Deno.execPath(), "run", "-A", "--no-config", script]),
+    );
+    assert.ok(out.index > 0, JSON.stringify(out));
+    assert.equal(out.missing, null);
+    const [link] = JSON.parse(await lab.run(netns, ["ip", "-j", "addr", "show", "dev", "rta"]));
+    assert.ok(link.flags.includes("UP"), JSON.stringify(link.flags));
+    const ll = link.addr_info.find((a: { local: string }) => a.local === "fe80::1");
+    assert.deepEqual([ll?.prefixlen, ll?.nodad], [64, true], JSON.stringify(link.addr_info));
+    const [r4] = JSON.parse(await lab.run(netns, ["ip", "-j", "route", "show", "192.0.2.7"]));
+    assert.deepEqual([r4.dev, r4.prefsrc, r4.scope], ["rta", "192.0.2.1", "link"]);
+    const [r6] = JSON.parse(
+      await lab.run(netns, ["ip", "-j", "-6", "route", "show", "2001:db8::7"]),
+    );
+    assert.deepEqual([r6.dev, r6.prefsrc], ["rta", "2001:db8::1"]);
+    assert.equal(out.batch, "Cannot addr add fe80::1/64 dev rta nodad: File exists");
+    const [r9] = JSON.parse(await lab.run(netns, ["ip", "-j", "route", "show", "192.0.2.9"]));
+    assert.equal(r9?.dev, "rta", "the request after the refused one was carried out");
+    assert.deepEqual(out.errors, [
+      {
+        name: "RtnetlinkError",
+        message: "Cannot addr add fe80::1/64 dev rta nodad: File exists",
+        errno: 17,
+      },
+      {
+        name: "RtnetlinkError",
+        message: "Cannot route replace 192.0.2.8/32 dev rta src 198.51.100.9: Invalid argument",
+        errno: 22,
+      },
+    ]);
+  } finally {
+    await new Deno.Command("ip", { args: ["netns", "del", netns], stderr: "null" }).output();
+    await lab.close();
+  }
+});
