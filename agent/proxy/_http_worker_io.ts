@@ -2,9 +2,7 @@
 // (agent/sys/sockets_ffi.ts): this thread's epoll set driven through pointers made once (the hot
 // calls are V8 fast calls), one reused read buffer, non-blocking accept with the client's address,
 // upstream sockets bound to a chosen local port before they connect (the proxy-NAT entry is
-// written in between), and writes that return what did not go. The same shape as the I/O
-// prototype's scripts/bench/_epoll_common.ts (copied, not shared: that one is a measurement
-// tool). Module state is per thread; only the Worker imports it. It decides nothing.
+// written in between), and writes that return what did not go. Module state is per thread; only the Worker imports it. It decides nothing.
 
 import * as S from "../sys/sockets_ffi.ts";
 

@@ -18,14 +18,7 @@
 // ratios against issue 10's target (MISSED with the figure when missed), CPU per request of the
 // agent and of both haproxies, and the engine's share of the agent's CPU during the proxy run
 // (`cilia_l7_engine_seconds_total` over the agent's utime+stime).
-// `--io-prototype` adds the I/O prototype of the next step (_epoll_forwarder.ts: an epoll loop on
-// raw libc calls through FFI in a Worker, in the server pod in front of the same origin, like the
-// sidecar haproxy, and compared with that one) in its modes, with their CPU per request:
-// "forward" (finds each head's end only), "engine" (strict head parse, judgeHttp in the Worker,
-// flows batched back), "cache" (engine, with verdicts cached by the exact head), "conn" (the
-// proxy's own async connection code, serveHttpConnection, over promise streams on the same epoll
-// loop), "machine" (the synchronous HTTP/1.1 machine, http1_machine.ts, with the engine's verdicts,
-// on the same epoll loop). `--l7-http-io worker|event-loop` is the agent's option for the proxy run
+// `--l7-http-io worker|event-loop` is the agent's option for the proxy run
 // (b) (default: worker, the agent's default); `--ab` runs (b) once more with the other one after an
 // agent restart, so both ways of serving HTTP/1.1 are measured against the same haproxy runs.
 // Needs root and wrk, haproxy; every netns and process is removed at the end.
@@ -54,9 +47,6 @@ const ORIGIN_PORT = 8080;
 const HAPROXY_PORT = 8081;
 /** The node haproxy's port on the client pod's gateway address (in the node's netns). */
 const NODE_HAPROXY_PORT = 8090;
-/** The I/O prototype's modes, one listener each from this port. */
-const PROTO_PORT = 8082;
-const PROTO_MODES = ["forward", "engine", "cache", "conn", "machine"] as const;
 const progress = (msg: string) => console.error(`bench l7: ${msg}`);
 
 /** The comparison haproxy: one thread, allow GET /public (403 otherwise), in front of `origin`. */
@@ -94,10 +84,7 @@ const L4_POLICY = cnp(
 ingress:
 - fromEndpoints: [{matchLabels: {app: client}}]
   toPorts:
-  - ports: [{port: "${ORIGIN_PORT}", protocol: TCP}, {port: "${HAPROXY_PORT}", protocol: TCP}]
-  - ports: [{port: "${PROTO_PORT}", endPort: ${
-    PROTO_PORT + PROTO_MODES.length - 1
-  }, protocol: TCP}]`,
+  - ports: [{port: "${ORIGIN_PORT}", protocol: TCP}, {port: "${HAPROXY_PORT}", protocol: TCP}]`,
 );
 
 /** The same with an allow-GET-/public L7 rule on the origin's port. */
@@ -158,7 +145,6 @@ export async function main(args: string[]): Promise<void> {
     args,
     options: {
       duration: { type: "string", default: "5" },
-      "io-prototype": { type: "boolean", default: false },
       "l7-http-io": { type: "string" },
       ab: { type: "boolean", default: false },
     },
@@ -223,9 +209,6 @@ export async function main(args: string[]): Promise<void> {
   await serverSaw(n, "node haproxy's upstream", { "from-identity": "1" }, to(ORIGIN_PORT), since);
   const { f: cs, cpu: scpu } = await haproxyRun("sidecar", viaHaproxy, proxyCfg);
   await serverSaw(n, "sidecar's client", { "from-ip": client.ipv4 }, to(HAPROXY_PORT), since);
-  const protos = values["io-prototype"]
-    ? await ioPrototype(n, { netns: server.netns, ip: server.ipv4, client: client.netns, dur, wrk })
-    : [];
 
   await n.policy(L7_POLICY);
   await waitReady(n, client.netns, direct);
@@ -297,15 +280,6 @@ export async function main(args: string[]): Promise<void> {
     );
   }
   const scpuReq = scpu * 1e6 / (cs.rps * dur);
-  for (const p of protos) {
-    // The prototype sits in the server pod like the sidecar haproxy: compared with that one.
-    console.log(
-      `${row(`(d) I/O prototype, ${p.mode}`, p.f)}  ${p.cpuUs.toFixed(0)} µs CPU/req  ` +
-        `vs sidecar haproxy: rps ${(p.f.rps / cs.rps).toFixed(2)}x, p99 ${
-          (p.f.p99Ms / cs.p99Ms).toFixed(2)
-        }x, CPU/req ${(p.cpuUs / scpuReq).toFixed(2)}x`,
-    );
-  }
   console.log(
     `engine share of the agent's CPU during (b): ${(100 * eng / cpu).toFixed(1)}% ` +
       `(${(eng * 1000).toFixed(0)} ms engine of ${(cpu * 1000).toFixed(0)} ms CPU, ` +
@@ -338,54 +312,4 @@ async function serverSaw(
       `No flow ${JSON.stringify(q)}: the ${what} leg did not pass cilia's programs`,
     );
   }
-}
-
-interface ProtoRun {
-  mode: string;
-  f: WrkFigures;
-  cpuUs: number;
-}
-
-/**
- * The I/O prototype (_epoll_forwarder.ts) in the server pod, one process per mode in front of the
- * origin, each loaded like haproxy; checks that every request became one flow and that the
- * allowed ones are the requests wrk made.
- */
-async function ioPrototype(
-  n: CiliaNode,
-  o: {
-    netns: string;
-    ip: string;
-    client: string;
-    dur: number;
-    wrk: (url: string, seconds: number) => Promise<WrkFigures>;
-  },
-): Promise<ProtoRun[]> {
-  const script = new URL("./_epoll_forwarder.ts", import.meta.url).pathname;
-  const config = new URL("../../deno.json", import.meta.url).pathname;
-  const out: ProtoRun[] = [];
-  for (const [i, mode] of PROTO_MODES.entries()) {
-    const port = String(PROTO_PORT + i);
-    const child = n.lab.spawn([
-      ...["ip", "netns", "exec", o.netns, Deno.execPath(), "run", "-A", "--config", config],
-      ...[script, port, `127.0.0.1:${ORIGIN_PORT}`, mode],
-    ], { stdout: "piped" });
-    const url = `http://${o.ip}:${port}/public`;
-    await waitReady(n, o.client, url);
-    progress(`I/O prototype (${mode}), ${o.dur} s`);
-    await o.wrk(url, 1);
-    const cpu0 = await cpuSeconds([script, port], "I/O prototype");
-    const f = await o.wrk(url, o.dur);
-    const cpu = (await cpuSeconds([script, port], "I/O prototype")) - cpu0;
-    child.kill("SIGTERM");
-    const text = new TextDecoder().decode((await child.output()).stdout);
-    const totals = JSON.parse(text.trim().split("\n").at(-1) ?? "{}");
-    if (
-      mode !== "forward" && (totals.flows !== totals.requests || totals.allowed < f.rps * o.dur)
-    ) {
-      throw new Error(`I/O prototype (${mode}): flows do not match requests: ${text}`);
-    }
-    out.push({ mode, f, cpuUs: cpu * 1e6 / (f.rps * o.dur) });
-  }
-  return out;
 }
