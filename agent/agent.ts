@@ -330,7 +330,6 @@ export class Agent {
       nodePortAddresses: [pickNodeIp(c.nodeIp, this.ipam.pools().map((p) => p.gateway))]
         .flatMap((ip) => [ip, pickNodeIp6(ip)]) // IPv6: bpf/lib/nodeport6.h
         .filter((x): x is string => x !== undefined),
-      nodePortMode: c.nodePortMode,
       // toServices in policies resolves against these records (repository.servicesChanged).
       onChange: () => this.policies.servicesChanged(),
     });
@@ -358,6 +357,7 @@ export class Agent {
     this.#closers.push(this.monitor);
     if (this.datapath) this.monitor.start(this.datapath.datapath.pins.maps.cilia_events);
     if (this.proxy) this.proxy.onRecord = (r) => this.monitor.ingestL7(r);
+    if (this.proxy) this.proxy.onBatch = (b) => this.monitor.ingestL7Batch(b);
     if (this.proxy) {
       // The second L7 hop: a redirected connection's server may be a pod on this node.
       this.proxy.localEndpoint = (ip) =>
@@ -365,6 +365,7 @@ export class Agent {
       this.proxy.retainEndpoints(new Set(this.endpoints.list().map((e) => e.id)));
     }
     if (this.dnsProxy) this.dnsProxy.onRecord = (r) => this.monitor.ingestDns(r);
+    if (this.dnsProxy) this.dnsProxy.onBatch = (rs) => this.monitor.ingestDnsBatch(rs);
     this.cni = new CniAttachments({
       endpoints: this.endpoints,
       ipam: this.ipam,

@@ -392,8 +392,8 @@ Usage: cilia-agent [flags]      (or: deno task agent -- [flags])
   --node-port-range MIN-MAX  nodePort values services may use (default 30000-32767)
   --node-port-mode MODE    snat (a backend on another node answers through the node the
                            client reached; default) or dsr (it answers the client directly;
-                           needs --routing-mode native; IPv4 only: IPv6 NodePort and
-                           LoadBalancer services are refused)
+                           the frontend rides in an IPv4 option or an IPv6 extension header;
+                           needs --routing-mode native)
   --tofqdns-min-ttl SEC    learned DNS addresses live at least this long (default 0: the TTL)
   --tofqdns-endpoint-max-ip-per-hostname N  addresses kept per endpoint and name (default 50)
   --tofqdns-dns-reject-response-code refused|nameError  answer to a refused query (default refused)

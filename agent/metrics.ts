@@ -69,6 +69,27 @@ export class Histogram {
     for (let i = 0; i < this.buckets.length; i++) if (value <= this.buckets[i]!) this.#counts[i]!++;
   }
 
+  /**
+   * Observations counted elsewhere: `perBucket[i]` values fell in bucket i alone (above bucket
+   * i-1's bound, at most bucket i's), `perBucket[buckets.length]` above the last bound; `sum` is
+   * their total.
+   */
+  add(perBucket: ArrayLike<number>, sum: number): void {
+    if (perBucket.length !== this.buckets.length + 1) {
+      throw new RangeError(
+        `Invalid bucket counts for "${this.name}": expected ${this.buckets.length + 1}, ` +
+          `got ${perBucket.length}`,
+      );
+    }
+    let below = 0;
+    for (let i = 0; i < this.buckets.length; i++) {
+      below += perBucket[i]!;
+      this.#counts[i]! += below;
+    }
+    this.#count += below + perBucket[this.buckets.length]!;
+    this.#sum += sum;
+  }
+
   get count(): number {
     return this.#count;
   }

@@ -1,5 +1,5 @@
 // Reads the records of the cilia_events ring buffer (mapped in place through ffi.ts, polled on a
-// short timer on the main thread) and the count of events the kernel could not queue
+// short timer on the main thread that backs off while the ring is idle) and the count of events the kernel could not queue
 // (cilia_events_lost), and decodes records into DatapathEvent objects, or hands them over raw to
 // a reader that wants no object per event (the monitor). It interprets no packet bytes beyond the
 // fixed header (the monitor does).
@@ -121,6 +121,12 @@ export function decodeEventSlow(cpu: number, bytes: Uint8Array): PacketEvent {
 
 /** Records handed over per poll before the loop yields to other work (the HTTP streams). */
 const BATCH = 2048;
+/**
+ * The longest pause between polls of an idle ring (the ring holds far more than that much). At
+ * 16 ms the polls alone cost an idle agent ~7 ms of CPU a second; the first record after a quiet
+ * spell reaches observe within this.
+ */
+const IDLE_POLL_MS = 64;
 /** How often the count of events the kernel could not queue is read. */
 const LOST_EVERY_MS = 50;
 
@@ -130,7 +136,8 @@ const lostMapOf = (ringPath: string) => ringPath.replace(/[^/]*$/, "cilia_events
 /**
  * The one reader of the event ring buffer, driven by a timer on the main thread. Each poll hands
  * up to BATCH records over synchronously, so a slow consumer must queue and shed, never block;
- * after a full batch it polls again at once (other work runs in between), else after `pollMs`. `onRecord` gets the
+ * after a full batch it polls again at once (other work runs in between), after `pollMs` when it
+ * handed records over, else after twice the last pause (up to IDLE_POLL_MS). `onRecord` gets the
  * record in place (valid only during the call: `view` and `at`); without it, `onEvent` gets a
  * decoded copy. Events the kernel could not queue go to `onLost`. Only one reader may exist per
  * ring: records are consumed, a second reader would take them away.
@@ -184,10 +191,15 @@ export class EventReader {
     this.#hand = onRecord ? (at, length) => onRecord(view, at, length) : (at, length) => {
       if (length >= EVENT_HEADER_LEN) onEvent?.(decodeEventAt(view, at, length));
     };
+    const base = opts.pollMs ?? 1;
+    let wait = base;
     const poll = () => {
       if (this.#closed) return;
       const n = this.poll(BATCH);
-      this.#timer = setTimeout(poll, n === BATCH ? 0 : opts.pollMs ?? 1);
+      // An idle ring is polled less and less often (up to IDLE_POLL_MS): a 1 ms timer alone cost
+      // the agent ~50 ms of CPU a second. The first record after a quiet spell waits that long.
+      wait = n > 0 ? base : Math.min(wait * 2, Math.max(base, IDLE_POLL_MS));
+      this.#timer = setTimeout(poll, n === BATCH ? 0 : wait);
     };
     if (!opts.manual) poll();
   }

@@ -17,7 +17,7 @@ import {
   POLICY_KEY_DATA_BITS,
   VERDICT_NAMES,
 } from "./codecs.ts";
-import { closeFd, mapKeys, mapLookup, objGet, withLibs } from "./ffi.ts";
+import { closeFd, mapKeys, mapLookup, mapLookupBatch, objGet, withLibs } from "./ffi.ts";
 
 export interface KernelLookup {
   /** The endpoint's entry was found in cilia_endpoints. */
@@ -30,21 +30,61 @@ export interface KernelLookup {
   proxyPort?: number;
 }
 
+/**
+ * The flags of endpoint `epId` in cilia_endpoints (keyed by ifindex): the map read in chunks of
+ * CHUNK entries per BPF_MAP_LOOKUP_BATCH syscall (one for a node's endpoints) and only `ep_id`
+ * and `flags` taken from each value; one get_next_key and one lookup per entry where the kernel
+ * has no batch lookup for the map.
+ */
 export function endpointFlags(endpointsMap: string, epId: number): number | undefined {
+  const KEY = LAYOUTS.endpointKey.size, VALUE = LAYOUTS.endpointInfo.size;
   return withLibs(() => {
     const fd = objGet(endpointsMap);
     try {
-      for (const key of mapKeys(fd, LAYOUTS.endpointKey.size)) {
-        const v = mapLookup(fd, key, LAYOUTS.endpointInfo.size);
-        if (!v) continue;
-        const info = decode(LAYOUTS.endpointInfo, v);
-        if (num(info.ep_id) === epId) return num(info.flags);
+      const keys = new Uint8Array(CHUNK * KEY), values = new Uint8Array(CHUNK * VALUE);
+      const view = new DataView(values.buffer), count = new Uint32Array(1);
+      let pos: Uint8Array | null = null;
+      for (;;) {
+        const next: Uint8Array = new Uint8Array(8);
+        count[0] = CHUNK;
+        const r = mapLookupBatch(fd, pos, next, keys, values, count);
+        if (r !== 0 && r !== -ENOENT) {
+          if (pos === null) return endpointFlagsByKey(fd, epId);
+          throw new Error(`Cannot read ${endpointsMap}: error ${-r}`);
+        }
+        for (let i = 0; i < count[0]!; i++) {
+          if (view.getUint16(i * VALUE + EP_ID_AT, true) === epId) {
+            return view.getUint8(i * VALUE + FLAGS_AT);
+          }
+        }
+        if (r === -ENOENT) return undefined;
+        pos = next;
       }
-      return undefined;
     } finally {
       closeFd(fd);
     }
   });
+}
+
+/** Entries of cilia_endpoints per batch lookup (a hash map's bucket never holds more). */
+const CHUNK = 1024;
+const ENOENT = 2;
+const fieldAt = (name: string) => {
+  const f = LAYOUTS.endpointInfo.fields.find((x) => x.name === name);
+  if (!f) throw new Error(`endpoint_info has no field "${name}"`);
+  return f.offset;
+};
+const EP_ID_AT = fieldAt("ep_id"), FLAGS_AT = fieldAt("flags");
+
+/** endpointFlags() for kernels without batch lookups. */
+function endpointFlagsByKey(fd: number, epId: number): number | undefined {
+  for (const key of mapKeys(fd, LAYOUTS.endpointKey.size)) {
+    const v = mapLookup(fd, key, LAYOUTS.endpointInfo.size);
+    if (!v) continue;
+    const info = decode(LAYOUTS.endpointInfo, v);
+    if (num(info.ep_id) === epId) return num(info.flags);
+  }
+  return undefined;
 }
 
 function lookupOne(fd: number, key: Record<string, number>) {

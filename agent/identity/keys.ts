@@ -11,6 +11,8 @@
  * Pure: no I/O beyond hashing.
  */
 
+import { createHash } from "node:crypto";
+
 export const IDENTITIES_PREFIX = "cilia/identities/";
 export const ID_PREFIX = "cilia/identities/id/";
 export const LABELS_PREFIX = "cilia/identities/labels/";
@@ -71,14 +73,14 @@ export function canonicalLabels(labels: readonly string[]): string[] {
   return [...new Set(labels)].sort();
 }
 
-/** The label set's sha256 (hex, for the index key) and its first 32 bits (the probe start). */
-export async function hashLabels(
+/**
+ * The label set's sha256 (hex, for the index key) and its first 32 bits (the probe start).
+ * Hashed synchronously (node:crypto): WebCrypto's digest is a hop to Deno's thread pool, once
+ * per identity lookup of every CNI ADD.
+ */
+export function hashLabels(
   labels: readonly string[],
 ): Promise<{ hex: string; start: number }> {
-  const digest = new Uint8Array(
-    await crypto.subtle.digest("SHA-256", enc.encode(JSON.stringify(labels))),
-  );
-  const hex = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
-  const start = new DataView(digest.buffer).getUint32(0);
-  return { hex, start };
+  const hex = createHash("sha256").update(JSON.stringify(labels)).digest("hex");
+  return Promise.resolve({ hex, start: parseInt(hex.slice(0, 8), 16) });
 }

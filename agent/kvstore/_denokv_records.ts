@@ -128,6 +128,7 @@ export interface LoggedChange {
 export async function readLog(kv: Deno.Kv, cursor: number, store: string) {
   const newest = await readSeq(kv); // read first: a change after it cannot look like a gap
   const out: LoggedChange[] = [];
+  if (newest <= cursor) return out; // nothing new: one read per idle poll
   const it = kv.list<Change>({ prefix: ["c"], start: ["c", cursor + 1] }, { limit: 256 });
   for await (const e of it) {
     out.push({ seq: e.key[1] as number, change: e.value, revision: e.versionstamp });

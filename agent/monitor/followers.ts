@@ -72,6 +72,11 @@ export class Followers {
     return this.#flowSubs.size + this.#eventSubs.size;
   }
 
+  /** Whether someone follows flows (as objects or lines). */
+  get wantFlows(): boolean {
+    return this.#flowSubs.size > 0;
+  }
+
   follow(filter: FlowFilter | undefined, limit: number): Follower<Flow> {
     const follower = new Follower<Flow>(limit);
     this.#flowSubs.add({ lines: false, follower, match: matcher(filter) });

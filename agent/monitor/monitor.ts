@@ -23,6 +23,7 @@ import {
   type DnsInput,
   eventVerdict,
   type Flow,
+  type FlowContext,
   type L7Input,
 } from "./flow.ts";
 import type { Follower } from "./ring.ts";
@@ -70,12 +71,47 @@ export interface FlowQuery {
   since?: Date;
 }
 
+/** The fields an L7 record's connection fixes (and the cookie of the verdict that decided). */
+export interface L7ContextInput {
+  client: { ip: string; port: number };
+  server: { ip: string; port: number };
+  epId: number;
+  direction: "ingress" | "egress";
+  srcIdentity: number;
+  dstIdentity: number;
+  cookie: number;
+}
+
+/** A batch of L7 records read in place (the HTTP Worker's, agent/proxy/l7_batch.ts). */
+export interface L7Records {
+  readonly size: number;
+  readonly contexts: number;
+  context(j: number): L7ContextInput;
+  /** The context of record i. */
+  contextOf(i: number): number;
+  allowed(i: number): boolean;
+  /** When record i's request ended (ms since the epoch): its flow's time. */
+  timeMs(i: number): number;
+  record(i: number): L7Input;
+}
+
 /** Counters the metrics read (plain numbers: the hot path must not format labels). */
 export interface MonitorCounters {
   /** `${type}/${verdict}` → flows. */
   processed: Map<string, number>;
   /** `${direction}/${match}/${action}` → policy-verdict events. */
   verdicts: Map<string, number>;
+}
+
+type L7Sides = Pick<FlowContext, "source" | "destination" | "policy">;
+
+/** What a DNS record's sides and policy come from. */
+interface DnsSideInput {
+  epId: number;
+  srcIdentity: number;
+  dstIdentity: number;
+  cookie: number;
+  server: { ip: string };
 }
 
 const bump = (m: Map<string, number>, k: string, by = 1) => m.set(k, (m.get(k) ?? 0) + by);
@@ -306,27 +342,102 @@ export class Monitor {
     this.#publish(flow);
   }
 
+  /**
+   * A batch of DNS records, as ingestDns takes each (the same flows, counts and followers): both
+   * sides and the policy are looked up now (once for a run of records alike), a flow object is
+   * made now only when someone follows flows, else when a query first reads it.
+   */
+  ingestDnsBatch(rs: readonly (DnsInput & DnsSideInput & { at: number })[]): void {
+    const n = rs.length;
+    if (n === 0) return;
+    const index = this.#endpoints;
+    index.refresh();
+    const sides: L7Sides[] = [];
+    let last: DnsSideInput | undefined, side: L7Sides | undefined, forwarded = 0;
+    for (const r of rs) {
+      if (r.allowed) forwarded++;
+      if (
+        !last || r.epId !== last.epId || r.srcIdentity !== last.srcIdentity ||
+        r.dstIdentity !== last.dstIdentity || r.cookie !== last.cookie ||
+        r.server.ip !== last.server.ip
+      ) {
+        last = r;
+        side = {
+          source: index.side(r.srcIdentity, index.byId(r.epId)),
+          destination: index.side(r.dstIdentity, index.byIp(r.server.ip)),
+          policy: this.attribution.byCookie(r.cookie, false),
+        };
+      }
+      sides.push(side!);
+    }
+    if (forwarded > 0) bump(this.counters.processed, "l7/FORWARDED", forwarded);
+    if (forwarded < n) bump(this.counters.processed, "l7/DROPPED", n - forwarded);
+    const nodeName = this.#o.nodeName;
+    const make = (i: number) =>
+      buildDnsFlow(rs[i]!, { ...sides[i]!, nodeName, now: new Date(rs[i]!.at) });
+    if (!this.#followers.wantFlows) return this.ring.pushMade(n, make);
+    for (let i = 0; i < n; i++) {
+      const flow = make(i);
+      this.ring.push(flow);
+      this.#followers.flow(flow);
+    }
+    this.#followers.flush();
+  }
+
   /** One request the L7 proxy judged → an L7 flow in the ring and to flow followers. */
   ingestL7(
     r: L7Input & { epId: number; srcIdentity: number; dstIdentity: number; cookie: number },
     now = new Date(),
   ): void {
-    const index = this.#endpoints;
-    index.refresh();
-    const self = index.byId(r.epId);
-    const other = index.byIp(r.direction === "egress" ? r.server.ip : r.client.ip);
-    const src = r.direction === "egress" ? self : other;
-    const dst = r.direction === "egress" ? other : self;
-    const policy = this.attribution.byCookie(r.cookie, false);
-    const flow = buildL7Flow(r, {
-      nodeName: this.#o.nodeName,
-      now,
-      source: index.side(r.srcIdentity, src),
-      destination: index.side(r.dstIdentity, dst),
-      policy,
-    });
+    this.#endpoints.refresh();
+    const flow = buildL7Flow(r, { ...this.#l7Sides(r), nodeName: this.#o.nodeName, now });
     bump(this.counters.processed, `l7/${flow.verdict}`);
     this.#publish(flow);
+  }
+
+  /**
+   * A batch of L7 records, as ingestL7 takes each (the same flows, counts and followers): both
+   * sides and the policy are looked up once per context, now; a flow object is made now only
+   * when someone follows flows, else when a query first reads it (the ring keeps a maker).
+   */
+  ingestL7Batch(b: L7Records): void {
+    const n = b.size;
+    if (n === 0) return;
+    this.#endpoints.refresh();
+    const sides: L7Sides[] = [];
+    for (let j = 0; j < b.contexts; j++) sides.push(this.#l7Sides(b.context(j)));
+    let forwarded = 0;
+    for (let i = 0; i < n; i++) if (b.allowed(i)) forwarded++;
+    if (forwarded > 0) bump(this.counters.processed, "l7/FORWARDED", forwarded);
+    if (forwarded < n) bump(this.counters.processed, "l7/DROPPED", n - forwarded);
+    const nodeName = this.#o.nodeName;
+    const make = (i: number) =>
+      buildL7Flow(b.record(i), {
+        ...sides[b.contextOf(i)]!,
+        nodeName,
+        now: new Date(b.timeMs(i)),
+      });
+    if (!this.#followers.wantFlows) return this.ring.pushMade(n, make);
+    for (let i = 0; i < n; i++) {
+      const flow = make(i);
+      this.ring.push(flow);
+      this.#followers.flow(flow);
+    }
+    this.#followers.flush();
+  }
+
+  /** Both sides of an L7 record's connection and the policy its cookie names. */
+  #l7Sides(c: L7ContextInput): L7Sides {
+    const index = this.#endpoints;
+    const self = index.byId(c.epId);
+    const other = index.byIp(c.direction === "egress" ? c.server.ip : c.client.ip);
+    const src = c.direction === "egress" ? self : other;
+    const dst = c.direction === "egress" ? other : self;
+    return {
+      source: index.side(c.srcIdentity, src),
+      destination: index.side(c.dstIdentity, dst),
+      policy: this.attribution.byCookie(c.cookie, false),
+    };
   }
 
   /** Held flows that match, oldest first, with the counts a reader needs to trust them. */

@@ -1,8 +1,9 @@
 // The monitor's flow history without an object per event: the last `capacity` kernel records are
 // kept as bytes in one slab, with their time and their context (both sides and the policy, shared
 // by many events); a flow object is made only when a query reads it. Flows that come as objects
-// (L7, DNS, tests) are kept as they are. Same counts as FlowRing (seen, size, overwritten). It
-// decides nothing. This module is browser compatible.
+// (DNS, tests) are kept as they are; the L7 proxy's batches come with a maker (pushMade), each
+// flow made when first read. Same counts as FlowRing (seen, size, overwritten). It decides
+// nothing. This module is browser compatible.
 
 import { decodeEventAt } from "../datapath/events.ts";
 import type { EventContext } from "./fast_lines.ts";
@@ -22,6 +23,9 @@ export class RecordRing {
   readonly #times: Float64Array;
   readonly #ctx: (EventContext | undefined)[];
   readonly #flows: (Flow | undefined)[];
+  /** Flows to make on demand: the maker and the argument it takes. */
+  readonly #makers: (((i: number) => Flow) | undefined)[];
+  readonly #makerArgs: Int32Array;
   readonly #nodeName: string;
   #seq = 0;
 
@@ -38,6 +42,8 @@ export class RecordRing {
     this.#times = new Float64Array(capacity);
     this.#ctx = new Array(capacity);
     this.#flows = new Array(capacity);
+    this.#makers = new Array(capacity);
+    this.#makerArgs = new Int32Array(capacity);
   }
 
   /**
@@ -58,12 +64,30 @@ export class RecordRing {
     this.#times[slot] = timeMs;
     this.#ctx[slot] = ctx;
     this.#flows[slot] = undefined;
+    this.#makers[slot] = undefined;
   }
 
   push(flow: Flow): void {
     const slot = this.#seq++ % this.capacity;
     this.#flows[slot] = flow;
     this.#ctx[slot] = undefined;
+    this.#makers[slot] = undefined;
+  }
+
+  /**
+   * `count` flows in order, flow i made by `make(i)` when first read; those that would be
+   * overwritten at once are counted, never made.
+   */
+  pushMade(count: number, make: (i: number) => Flow): void {
+    const skip = Math.max(0, count - this.capacity);
+    this.#seq += skip;
+    for (let i = skip; i < count; i++) {
+      const slot = this.#seq++ % this.capacity;
+      this.#flows[slot] = undefined;
+      this.#ctx[slot] = undefined;
+      this.#makers[slot] = make;
+      this.#makerArgs[slot] = i;
+    }
   }
 
   get seen(): number {
@@ -81,6 +105,13 @@ export class RecordRing {
   #flowAt(slot: number): Flow {
     const kept = this.#flows[slot];
     if (kept) return kept;
+    const make = this.#makers[slot];
+    if (make) {
+      const flow = make(this.#makerArgs[slot]!);
+      this.#flows[slot] = flow;
+      this.#makers[slot] = undefined;
+      return flow;
+    }
     const ctx = this.#ctx[slot]!;
     const e = decodeEventAt(this.#view, slot * RECORD_BYTES, this.#lens[slot]!);
     const flow = buildFlow(e, {

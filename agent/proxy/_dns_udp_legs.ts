@@ -30,6 +30,7 @@ export interface Pending {
 }
 
 interface InFlight {
+  id: number;
   p: Pending;
   deadline: number;
   bytes: Uint8Array;
@@ -88,6 +89,11 @@ export class DnsUdpLegs {
   readonly #legs = new Map<string, Leg>();
   readonly #byFd = new Map<number, Leg>();
   #inflight = 0;
+  /**
+   * No query in flight is due for a resend or its deadline before this (ms): expire() returns at
+   * once until then, instead of walking every query in flight on every wake-up.
+   */
+  #nextDue = Infinity;
   /** The Worker's epoll instance (legs are added to it). */
   epoll = -1;
   readonly #buf = new Uint8Array(65536);
@@ -126,6 +132,7 @@ export class DnsUdpLegs {
     if (Number(sent) < 0) return `upstream error: ${S.sysError("sendto").message}`;
     const now = leg.lastUsed;
     leg.inflight.set(id, {
+      id,
       p,
       deadline: now + this.#o.timeoutMs,
       bytes,
@@ -133,6 +140,7 @@ export class DnsUdpLegs {
       resends: 0,
     });
     this.#inflight++;
+    this.#nextDue = Math.min(this.#nextDue, now + Math.min(this.#resendMs, this.#o.timeoutMs));
     return undefined;
   }
 
@@ -212,22 +220,27 @@ export class DnsUdpLegs {
 
   /** Sends again the queries due for it, fails those whose time is up. */
   expire(now: number): void {
-    if (this.#inflight === 0) return;
+    if (this.#inflight === 0 || now < this.#nextDue) return;
     const c = S.libc();
+    let next = Infinity;
     for (const leg of this.#legs.values()) {
-      for (const [id, w] of leg.inflight) {
+      for (const w of leg.inflight.values()) {
         if (w.deadline <= now) {
-          leg.inflight.delete(id);
+          leg.inflight.delete(w.id);
           this.#inflight--;
           const { ip, port } = leg.server;
           this.#o.onFail(w.p, `no answer from ${ip}:${port} in ${this.#o.timeoutMs} ms`);
-        } else if (w.resendAt <= now && w.resends < MAX_RESENDS) {
+          continue;
+        }
+        if (w.resendAt <= now && w.resends < MAX_RESENDS) {
           w.resends++;
           w.resendAt = now + this.#resendMs * 2 ** w.resends;
           c.sendto(leg.fd, w.bytes, BigInt(w.bytes.length), 0, leg.addr, leg.addr.length);
         }
+        next = Math.min(next, w.deadline, w.resends < MAX_RESENDS ? w.resendAt : Infinity);
       }
     }
+    this.#nextDue = next;
   }
 
   /** Closes legs with nothing in flight that were not used for `idleMs`. */

@@ -15,8 +15,11 @@ export const SHARED = {
   SIZE: 3,
 } as const;
 
-/** Flow records go to the main thread at most this long after their answer went out. */
-export const RECORD_BATCH_MS = 5;
+/**
+ * Flow records go to the main thread at most this long after the batch before them (the first
+ * after a pause at once), so at most this long after their answer went out.
+ */
+export const RECORD_BATCH_MS = 50;
 /**
  * An answer is released without the main thread only if its records stay in the datapath at
  * least this much longer (so the main thread's refresh, a batch later, comes in time).

@@ -17,7 +17,7 @@ import type { Head } from "./http1.ts";
 import { Http1Machine, type MachineIo } from "./http1_machine.ts";
 import { prefaceState } from "./_h2_preface.ts";
 import type { HttpRequestInfo, RequestRecord } from "./http_conn.ts";
-import type { L7Record } from "./proxy.ts";
+import type { L7Source } from "./l7_batch.ts";
 import type { UpstreamPorts } from "./_upstream_ports.ts";
 import * as IO from "./_http_worker_io.ts";
 
@@ -28,7 +28,7 @@ const RELEASE_MS = 2000;
 const EADDRINUSE = 98, EADDRNOTAVAIL = 99, SO_ERROR = 4;
 const IN = S.EPOLLIN | S.EPOLLRDHUP;
 
-export interface Conn {
+export interface Conn extends L7Source {
   m: Http1Machine;
   io: MachineIo;
   /** The first bytes while they may still be an HTTP/2 preface (null: decided). */
@@ -46,6 +46,9 @@ export interface Conn {
   hop2: number | undefined;
   /** The part of a verdict's cache key this connection fixes (rule 2 of http_worker.ts). */
   key: string;
+  /** The last request head judged and its whole cache key (the next head may be that object). */
+  lastHead: Head | undefined;
+  lastKey: string;
   cfd: number;
   up: number;
   localPort: number;
@@ -66,7 +69,8 @@ export interface HttpConnsOptions {
   fds: Int32Array;
   ports: UpstreamPorts;
   judge(c: Conn, req: HttpRequestInfo, head: Head): boolean | undefined;
-  onRecord(c: Conn, rec: L7Record): void;
+  /** A request ended (the connection's fields and last verdict complete its record). */
+  onRecord(c: Conn, rec: RequestRecord): void;
   headerTimeoutMs?: number;
   idleTimeoutMs?: number;
   /** The main thread's unix socket for h2c connections (none: they are closed). */
@@ -138,11 +142,16 @@ export class HttpConns {
       clientEof: false,
       upEof: false,
       broken: false,
+      lastHead: undefined,
+      lastKey: "",
+      l7Batch: 0,
+      l7Ctx: 0,
+      l7Cookie: 0,
     };
     c.io = this.#io(c);
     c.m = new Http1Machine(c.io, {
       judge: (req, head) => this.#o.judge(c, req, head),
-      onRequest: (rec) => this.#o.onRecord(c, this.#record(c, rec)),
+      onRequest: (rec) => this.#o.onRecord(c, rec),
       now,
       ...(this.#o.headerTimeoutMs !== undefined
         ? { headerTimeoutMs: this.#o.headerTimeoutMs }
@@ -152,21 +161,6 @@ export class HttpConns {
     this.#byFd[fd] = c;
     this.#conns.add(c);
     if (IO.ctl(S.EPOLL_CTL_ADD, fd, c.clientEvents) !== 0) c.m.close();
-  }
-
-  #record(c: Conn, rec: RequestRecord): L7Record {
-    const o = c.o;
-    return {
-      ...rec,
-      client: c.client,
-      server: { ip: o.ip, port: o.port },
-      epId: o.epId,
-      direction: c.direction,
-      srcIdentity: o.srcIdentity,
-      dstIdentity: o.dstIdentity,
-      cookie: c.cookie,
-      rule: rec.allowed ? c.rule : -1,
-    };
   }
 
   #io(c: Conn): MachineIo {

@@ -53,8 +53,8 @@ export const epollWait = (ms: number): number => c.epoll_wait_p(ep, evP, EV_MAX,
 export const eventsAt = (i: number): number => evDv.getUint32(i * S.EPOLL_EVENT_SIZE, true);
 export const fdAt = (i: number): number => evDv.getUint32(i * S.EPOLL_EVENT_SIZE + 4, true);
 
-/** Reads into `scratch`: the count, 0 at the end, -1 with errno. */
-export const readScratch = (fd: number): number => c.read_p(fd, scratchP, BUF);
+/** Reads a socket into `scratch`: the count, 0 at the end, -1 with errno. */
+export const readScratch = (fd: number): number => c.recv_p(fd, scratchP, BUF, 0);
 
 export const closeFd = (fd: number): number => c.close(fd);
 
@@ -110,7 +110,7 @@ export function connectTo(fd: number, ip: string, port: number): number {
 /** Writes b to fd now; returns what did not go (a copy), or null; undefined on an error. */
 export function writeNow(fd: number, b: Uint8Array): Uint8Array | null | undefined {
   const p = b.buffer === scratch.buffer && b.byteOffset === 0 ? scratchP : Deno.UnsafePointer.of(b);
-  const w = c.write_p(fd, p, b.length);
+  const w = c.send_p(fd, p, b.length, S.MSG_NOSIGNAL);
   if (w === b.length) return null;
   if (w < 0 && errno() !== S.EAGAIN && errno() !== S.EINTR) return undefined;
   return b.slice(Math.max(w, 0));

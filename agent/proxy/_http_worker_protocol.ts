@@ -3,7 +3,7 @@
 
 import type { OrigDestination } from "../datapath/proxy_maps.ts";
 import type { HttpRequestInfo } from "./http_conn.ts";
-import type { L7Record } from "./proxy.ts";
+import type { L7BatchWire } from "./l7_batch.ts";
 
 /** Int32 slots of the shared control memory. */
 export const SHARED = {
@@ -26,9 +26,6 @@ export const SHARED = {
 
 /** Bits for fds 0..MAX_FD-1 the Worker owns (the main thread closes them if it dies). */
 export const MAX_FD = 1 << 16;
-
-/** Flow records go to the main thread at most this long after their request ended. */
-export const RECORD_BATCH_MS = 5;
 
 export interface WorkerStart {
   t: "start";
@@ -69,7 +66,5 @@ export type ToMain =
   | { t: "closed" }
   | { t: "log"; level: "warn" | "debug"; msg: string; error?: string }
   | { t: "judge"; qid: number; o: OrigDestination; req: HttpRequestInfo }
-  /** L7Record[] as JSON text (cheaper to post than the objects). */
-  | { t: "records"; json: string };
-
-export type WorkerRecord = L7Record;
+  /** Requests served since the last batch, packed (l7_batch.ts; its buffer is transferred). */
+  | { t: "records"; batch: L7BatchWire };

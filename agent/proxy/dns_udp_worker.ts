@@ -67,7 +67,8 @@ const waiting = new Map<number, Pending>();
 let nextQid = 1;
 let records: DnsRecord[] = [];
 let refresh: { epId: number; names: string[]; ips: { ip: string; ttl: number }[] }[] = [];
-let recordsSince = 0;
+/** When the last batch of records went (the first record after a pause goes at once). */
+let flushedAt = -Infinity;
 /** Stage timestamps per query, only when the agent runs with CILIA_DNS_TRACE. */
 const trace = DnsUdpTrace.fromEnv();
 /**
@@ -168,7 +169,11 @@ async function loop(): Promise<void> {
   scope.postMessage({ t: "ready" });
   let lastSweep = performance.now();
   while (Atomics.load(shared, SHARED.STOP) === 0) {
-    const timeout = records.length > 0 ? RECORD_BATCH_MS : legs.inflight > 0 ? 25 : 1000;
+    const timeout = records.length > 0
+      ? Math.max(1, Math.ceil(flushedAt + RECORD_BATCH_MS - performance.now()))
+      : legs.inflight > 0
+      ? 25
+      : 1000;
     const waitFrom = trace?.now() ?? 0;
     const n = c.epoll_wait(ep, evs, 64, timeout);
     if (trace && n > 0) trace.batch(n, waitFrom);
@@ -185,7 +190,7 @@ async function loop(): Promise<void> {
       legs.sweepIdle(now, cfg.idleMs);
       lastSweep = now;
     }
-    if (records.length > 0 && (now - recordsSince >= RECORD_BATCH_MS || records.length >= 256)) {
+    if (records.length > 0 && (now - flushedAt >= RECORD_BATCH_MS || records.length >= 256)) {
       flushRecords();
     }
     while (Atomics.load(shared, SHARED.POSTED) > received) await yieldToMessages();
@@ -365,13 +370,13 @@ function finish(
     ...(r.error !== undefined ? { error: r.error } : {}),
     at: Date.now(),
   };
-  if (records.length === 0) recordsSince = performance.now();
   records.push(rec);
 }
 
 function flushRecords(): void {
   if (records.length === 0 && refresh.length === 0) return;
   scope.postMessage({ t: "records", json: JSON.stringify({ records, refresh }) });
+  flushedAt = performance.now();
   records = [];
   refresh = [];
 }

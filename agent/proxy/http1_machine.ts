@@ -64,6 +64,20 @@ export interface MachineOptions {
 }
 
 class Timeout extends Error {}
+
+/** What a request is judged by; its headers as a record only when the judge reads them. */
+class RequestInfo implements HttpRequestInfo {
+  readonly method: string;
+  readonly path: string;
+  readonly host: string;
+  readonly #head: Head;
+  constructor(head: Head, path: string, host: string) {
+    this.#head = head, this.method = head.method, this.path = path, this.host = host;
+  }
+  get headers(): Record<string, string> {
+    return headerRecord(this.#head);
+  }
+}
 // Client side: reading a head, a request body, waiting for the response, for a verdict;
 // upstream side.
 const HEAD = 0, BODY = 1, WAIT = 2, JUDGE = 3;
@@ -107,6 +121,12 @@ export class Http1Machine {
   #bodyError: Error | undefined;
   #respError: Error | undefined;
   #closed = false;
+  /**
+   * What the last request head and response head gave (HeadReader hands out the same Head object
+   * for the same bytes): reused for the next one while it is that head.
+   */
+  #reqMemo: { head: Head; req: RequestInfo; framing: Framing; again: boolean } | undefined;
+  #respMemo: { resp: Head; method: string; again: boolean; rf: Framing } | undefined;
 
   constructor(io: MachineIo, o: MachineOptions & { now: number }) {
     this.#io = io, this.#o = o;
@@ -278,7 +298,7 @@ export class Http1Machine {
       method: r.head.method,
       url: r.path,
       host: r.host,
-      protocol: `HTTP/${r.head.version}`,
+      protocol: r.head.version === "1.1" ? "HTTP/1.1" : "HTTP/1.0",
       code,
       allowed,
       latencyMs: r.latencyMs ?? o.now - r.started,
@@ -287,6 +307,10 @@ export class Http1Machine {
   }
 
   #request(head: Head, now: number): void {
+    const m = this.#reqMemo;
+    if (m?.head === head) { // (the same head as the last request: what it gave then)
+      return this.#judge({ head, path: m.req.path, host: m.req.host, started: now }, m, now);
+    }
     const r: InFlight = { head, path: head.target, host: first(head, "host") ?? "", started: now };
     let framing: Framing;
     try {
@@ -300,17 +324,14 @@ export class Http1Machine {
       this.#io.toClient(localReply(status, `${msg}\r\n`, true));
       return this.close();
     }
-    // (The headers as a record only when the judge reads them: a cached verdict does not.)
-    const req = {
-      method: head.method,
-      path: r.path,
-      host: r.host,
-      get headers() {
-        return headerRecord(head);
-      },
-    };
-    this.#judging = { r, framing };
-    const allowed = this.#o.judge(req, head);
+    const req = new RequestInfo(head, r.path, r.host);
+    this.#reqMemo = { head, req, framing, again: keepAlive(head) };
+    this.#judge(r, this.#reqMemo, now);
+  }
+
+  #judge(r: InFlight, m: { req: RequestInfo; framing: Framing }, now: number): void {
+    this.#judging = { r, framing: m.framing };
+    const allowed = this.#o.judge(m.req, r.head);
     if (allowed === undefined) this.#c = JUDGE; // (the head's bytes stay in the input)
     else this.#judged(allowed, now);
   }
@@ -375,12 +396,18 @@ export class Http1Machine {
       this.#io.toClient(raw);
       return true;
     }
-    r.resp = resp, r.latencyMs = now - r.started, r.again = keepAlive(resp);
-    try {
-      r.rf = responseFraming(resp, r.head.method);
-    } catch {
-      this.close(); // (as the async path: a bad Content-Length from the server ends it all)
-      return false;
+    r.resp = resp, r.latencyMs = now - r.started;
+    const m = this.#respMemo;
+    if (m?.resp === resp && m.method === r.head.method) r.again = m.again, r.rf = m.rf;
+    else {
+      r.again = keepAlive(resp);
+      try {
+        r.rf = responseFraming(resp, r.head.method);
+      } catch {
+        this.close(); // (as the async path: a bad Content-Length from the server ends it all)
+        return false;
+      }
+      this.#respMemo = { resp, method: r.head.method, again: r.again, rf: r.rf };
     }
     const rf = r.rf;
     if (rf.kind === "length" && this.#uin.length >= rf.length) {
@@ -446,7 +473,8 @@ export class Http1Machine {
     const r = this.#req!, resp = r.resp!;
     this.#record(r, resp.status, true, { now });
     if (!r.again || r.rf!.kind === "close" || this.#uin.eof) this.#dropUpstream();
-    if (!(r.again && keepAlive(r.head))) {
+    const reqAgain = this.#reqMemo?.head === r.head ? this.#reqMemo.again : keepAlive(r.head);
+    if (!(r.again && reqAgain)) {
       this.close();
       return false;
     }

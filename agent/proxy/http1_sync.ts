@@ -89,9 +89,17 @@ interface HeadKind {
   maxHeaders: number;
 }
 
+/** Heads up to this size are remembered for the next head of the connection (see HeadReader). */
+const MEMO_BYTES = 2048;
+
 /**
  * One message head read as readRequestHead/readResponseHead do (a whole head in one pass, else
  * line by line with the same errors), its bytes left in the input until the caller takes them.
+ * The last head read whole is remembered with its bytes (copied into a buffer of the reader's
+ * own, no allocation): a next head of the very same bytes (a keep-alive client repeating its
+ * request, a server its response head) is that same Head object, not parsed again. Heads are
+ * never mutated, and parsing depends on nothing but the bytes and the reader's fixed limits, so
+ * the result is the one a parse would give.
  */
 export class HeadReader {
   /** Bytes of the head parsed as lines so far, from the input's start. */
@@ -100,6 +108,9 @@ export class HeadReader {
   #line: string | undefined;
   #headers: [string, string][] = [];
   #size = 0;
+  #memo = EMPTY;
+  #memoLen = 0;
+  #memoHead: Head | undefined;
 
   /** Bytes of the head already in (for a timeout: did the client send anything of it). */
   started(inp: ByteInput): boolean {
@@ -110,10 +121,16 @@ export class HeadReader {
   read(inp: ByteInput, k: HeadKind): Head | undefined {
     const b = inp.bytes, s = inp.start, end = s + inp.length;
     if (this.#pos === 0 && inp.length > 0) {
+      if (this.#memoHead && inp.length >= this.#memoLen && this.#same(b, s)) {
+        this.reset();
+        return this.#memoHead;
+      }
       const e = wholeHeadEnd(b, s, end, k.max);
       if (e >= 0) {
         this.reset(); // (a partial line scanned before says nothing of the next head)
-        return this.#whole(ascii.decode(b.subarray(s, e)), k);
+        const head = this.#whole(ascii.decode(b.subarray(s, e)), k);
+        this.#remember(b, s, e, head);
+        return head;
       }
     }
     try {
@@ -121,6 +138,20 @@ export class HeadReader {
     } catch (e) {
       throw k.request || this.#line === undefined ? e : badGateway(e);
     }
+  }
+
+  /** Whether b[s…] starts with the remembered head's bytes. */
+  #same(b: Uint8Array, s: number): boolean {
+    const m = this.#memo, n = this.#memoLen;
+    for (let i = 0; i < n; i++) if (b[s + i] !== m[i]) return false;
+    return true;
+  }
+
+  #remember(b: Uint8Array, s: number, e: number, head: Head): void {
+    if (e - s > MEMO_BYTES) return void (this.#memoHead = undefined);
+    if (this.#memo.length === 0) this.#memo = new Uint8Array(MEMO_BYTES);
+    this.#memo.set(b.subarray(s, e));
+    this.#memoLen = e - s, this.#memoHead = head;
   }
 
   /** At the end of the input without a whole head: null (nothing came) or the error to answer. */

@@ -5,8 +5,9 @@
 // Http1Machine (http1_machine.ts: the checks, answers and records of serveHttpConnection). Per
 // connection: the original destination from the kernel (its own ProxyMaps fds), each request's
 // verdict from its cache or else from the main thread (the engine judges there), and the upstream
-// leg bound to a port of the shared range, its proxy-NAT entry written, then connected. Flow
-// records go to the main thread in batches. It judges nothing itself.
+// leg bound to a port of the shared range, its proxy-NAT entry written, then connected. Records
+// go to the main thread packed in batches with their metrics counted (l7_batch.ts): at once after
+// a pause, then at most every L7_BATCH_MS. It judges nothing itself.
 //
 // Rules (as proxy.ts, fail closed):
 // 1. A connection the kernel did not redirect (no original destination) is closed unread.
@@ -20,22 +21,16 @@
 import { type OrigDestination, ProxyMaps } from "../datapath/proxy_maps.ts";
 import * as S from "../sys/sockets_ffi.ts";
 import type { Head } from "./http1.ts";
-import type { HttpRequestInfo } from "./http_conn.ts";
+import type { HttpRequestInfo, RequestRecord } from "./http_conn.ts";
+import { L7_BATCH_MAX, L7_BATCH_MS, L7BatchWriter } from "./l7_batch.ts";
 import { UpstreamPorts } from "./_upstream_ports.ts";
 import { type Conn, HttpConns } from "./_http_worker_conns.ts";
 import * as IO from "./_http_worker_io.ts";
-import {
-  type FromMain,
-  RECORD_BATCH_MS,
-  SHARED,
-  type ToMain,
-  type WorkerRecord,
-  type WorkerStart,
-} from "./_http_worker_protocol.ts";
+import { type FromMain, SHARED, type ToMain, type WorkerStart } from "./_http_worker_protocol.ts";
 
 const scope = self as unknown as {
   onmessage: ((e: MessageEvent<FromMain>) => void) | null;
-  postMessage(m: ToMain): void;
+  postMessage(m: ToMain, transfer?: Transferable[]): void;
   close(): void;
 };
 
@@ -50,8 +45,10 @@ const verdicts = new Map<string, Verdict>();
 let generation = 0;
 const waiting = new Map<number, { conn: Conn; key: string }>();
 let nextQid = 1;
-let records: WorkerRecord[] = [];
-let recordsSince = 0;
+const records = new L7BatchWriter();
+/** When the last batch went (performance.now()), and the wall clock (ms) read once per turn. */
+let flushedAt = -Infinity;
+let epochMs = 0;
 
 interface Verdict {
   allowed: boolean;
@@ -139,9 +136,13 @@ async function loop(): Promise<void> {
   let lastTick = performance.now();
   while (Atomics.load(shared, SHARED.STOP) === 0) {
     Atomics.add(shared, SHARED.BEAT, 1);
-    const n = IO.epollWait(records.length > 0 ? RECORD_BATCH_MS : 100);
+    const wait = records.size > 0
+      ? Math.max(0, Math.ceil(flushedAt + L7_BATCH_MS - performance.now()))
+      : 100;
+    const n = IO.epollWait(wait);
     if (Atomics.load(shared, SHARED.ABORT) !== 0) return scope.close(); // (its fds: the main's)
     const now = performance.now();
+    epochMs = Date.now(); // (not timeOrigin + now: the monotonic clock drifts from the wall clock)
     for (let i = 0; i < n; i++) {
       const fd = IO.fdAt(i);
       if (fd === cfg.wakeFd) IO.drainEventFd(fd);
@@ -155,12 +156,12 @@ async function loop(): Promise<void> {
       conns.tick(now);
       lastTick = now;
     }
-    if (records.length > 0 && (now - recordsSince >= RECORD_BATCH_MS || records.length >= 256)) {
-      flushRecords();
-    }
+    if (
+      records.size > 0 && (now - flushedAt >= L7_BATCH_MS || records.size >= L7_BATCH_MAX)
+    ) flushRecords(now);
     while (Atomics.load(shared, SHARED.POSTED) > received) await yieldToMessages();
   }
-  flushRecords();
+  flushRecords(performance.now());
   conns.closeAll();
   for (const fd of listeners.keys()) conns.release(fd), IO.closeFd(fd);
   listeners.clear();
@@ -203,8 +204,13 @@ function checkGeneration(): void {
 
 /** The verdict on one request of `conn` (rule 2); undefined: asked of the main thread. */
 function judge(conn: Conn, req: HttpRequestInfo, head: Head): boolean | undefined {
-  let key = conn.key + `${req.method} ${req.path}\n${req.host}`;
-  for (const [n, v] of head.headers) key += `\n${n}:${v}`;
+  let key: string;
+  if (conn.lastHead === head) key = conn.lastKey; // (the same head: the same fields)
+  else {
+    key = conn.key + `${req.method} ${req.path}\n${req.host}`;
+    for (const [n, v] of head.headers) key += `\n${n}:${v}`;
+    conn.lastHead = head, conn.lastKey = key;
+  }
   checkGeneration();
   const v = verdicts.get(key);
   if (v) return apply(conn, v);
@@ -238,13 +244,13 @@ function verdictFromMain(m: Extract<FromMain, { t: "verdict" }>): void {
   conns.settle(w.conn);
 }
 
-function onRecord(_conn: Conn, rec: WorkerRecord): void {
-  if (records.length === 0) recordsSince = performance.now();
-  records.push(rec);
+function onRecord(conn: Conn, rec: RequestRecord): void {
+  records.add(conn, rec, epochMs);
 }
 
-function flushRecords(): void {
-  if (records.length === 0) return;
-  scope.postMessage({ t: "records", json: JSON.stringify(records) });
-  records = [];
+function flushRecords(now: number): void {
+  const batch = records.take();
+  if (!batch) return;
+  flushedAt = now;
+  scope.postMessage({ t: "records", batch }, [batch.nums.buffer]);
 }

@@ -1,7 +1,7 @@
 // The main thread's side of the L7 proxy's HTTP/1.1 Worker (http_worker.ts; issue 10): it starts
 // the Worker, hands it each HTTP listener socket the proxy made (fds are process-wide), answers
-// the verdicts the Worker has not cached (the engine judges here: one evaluator), takes the flow
-// records it batches, and moves the shared generation whenever the engine changes, so the Worker
+// the verdicts the Worker has not cached (the engine judges here: one evaluator), takes the
+// batches of records it packs (l7_batch.ts), and moves the shared generation whenever the engine changes, so the Worker
 // drops what it cached. If the Worker fails, every fd it owned (listeners, clients, upstream
 // legs) is closed: redirected SYNs then find no listener and the kernel drops them (178), and no
 // request passes unchecked (fail closed). A Worker whose loop has not turned for WATCHDOG_MS is
@@ -11,7 +11,7 @@ import type { Logger } from "../log.ts";
 import type { OrigDestination } from "../datapath/proxy_maps.ts";
 import * as S from "../sys/sockets_ffi.ts";
 import type { HttpRequestInfo } from "./http_conn.ts";
-import type { L7Record } from "./proxy.ts";
+import type { L7BatchWire } from "./l7_batch.ts";
 import type { UpstreamPorts } from "./_upstream_ports.ts";
 import { type FromMain, MAX_FD, SHARED, type ToMain } from "./_http_worker_protocol.ts";
 import { stopWorker } from "./_worker_stop.ts";
@@ -34,7 +34,8 @@ export interface HttpWorkerPathOptions {
   ports: UpstreamPorts;
   log: Logger;
   judge(o: OrigDestination, req: HttpRequestInfo): HttpVerdict;
-  onRecords(records: L7Record[]): void;
+  /** A batch of the Worker's records, its metrics counted (l7_batch.ts). */
+  onRecords(batch: L7BatchWire): void;
   /** The Worker failed and its fds are closed (called once). */
   onFailed(error: string): void;
   headerTimeoutMs?: number | undefined;
@@ -151,7 +152,13 @@ export class HttpWorkerPath {
         return;
       }
       case "records":
-        this.#o.onRecords(JSON.parse(m.json) as L7Record[]);
+        try {
+          this.#o.onRecords(m.batch);
+        } catch (err) {
+          this.#o.log.warn("L7 proxy: a batch of records from the HTTP worker failed", {
+            error: err,
+          });
+        }
         return;
       case "log":
         this.#o.log[m.level](m.msg, m.error !== undefined ? { error: m.error } : {});

@@ -11,7 +11,9 @@
 // With `httpIo: "worker"` (agent option --l7-http-io) plain HTTP listeners are made here through
 // libc and served by a Worker (http_worker_path.ts, http_worker.ts: the synchronous HTTP/1.1
 // machine on epoll); verdicts still come from this thread's engine (judgeRequest), records come
-// back in batches. Kafka listeners, and h2c, stay on this event loop.
+// back packed in batches with their metrics counted (l7_batch.ts): `onBatch` takes them whole
+// (the monitor makes flows only when read), else each becomes an `onRecord` call. Kafka
+// listeners, and h2c, stay on this event loop.
 
 import net from "node:net";
 import type { PolicyEngine } from "@cilia/policy-wasm";
@@ -31,6 +33,7 @@ import type { KafkaRequestInfo } from "./kafka_request.ts";
 import { denoStream, nodeStream, takeOverSocket } from "./streams.ts";
 import { UpstreamPorts } from "./_upstream_ports.ts";
 import { type HttpVerdict, HttpWorkerPath } from "./http_worker_path.ts";
+import { L7_LATENCY_BUCKETS, L7_VERDICTS, L7Batch } from "./l7_batch.ts";
 import { EADDRINUSE, libc, listenTcp } from "../sys/sockets_ffi.ts";
 
 export type Direction = "ingress" | "egress";
@@ -115,6 +118,8 @@ export class L7Proxy {
   readonly #unsubscribe: () => void;
   #closed = false;
   onRecord: ((r: L7Record) => void) | undefined;
+  /** Takes the HTTP Worker's batches whole (else each of their records goes to onRecord). */
+  onBatch: ((b: L7Batch) => void) | undefined;
 
   constructor(o: L7ProxyOptions) {
     this.#o = o;
@@ -130,7 +135,7 @@ export class L7Proxy {
     this.#latency = o.metrics.histogram(
       "cilia_l7_request_duration_seconds",
       "time from a request's head to its response's head through the L7 proxy",
-      [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      L7_LATENCY_BUCKETS,
     );
     this.#engineSeconds = o.metrics.counter(
       "cilia_l7_engine_seconds_total",
@@ -445,6 +450,15 @@ export class L7Proxy {
     this.onRecord?.(rec);
   }
 
+  /** A batch of the HTTP Worker's records: its counts to the metrics, it to flows. */
+  #emitBatch(b: L7Batch): void {
+    const w = b.wire;
+    w.verdicts.forEach((n, i) => n > 0 && this.#countRequest("http", L7_VERDICTS[i]!, n));
+    this.#latency.add(w.latency, w.latencySum);
+    if (this.onBatch) return this.onBatch(b);
+    if (this.onRecord) { for (let i = 0; i < b.size; i++) this.onRecord(b.record(i)); }
+  }
+
   /** The HTTP Worker (started on first use), or undefined when HTTP stays on this loop. */
   #worker(): Promise<HttpWorkerPath> | undefined {
     const pins = this.#o.maps?.pins;
@@ -457,9 +471,7 @@ export class L7Proxy {
       ports: this.#upstreamPorts,
       log: this.#o.log,
       judge: (o, req) => this.judgeRequest(o, req, this.#secondHop(o)),
-      onRecords: (records) => {
-        for (const r of records) this.#emit(r);
-      },
+      onRecords: (wire) => this.#emitBatch(new L7Batch(wire)),
       onFailed: () => this.#workerFailed(),
       headerTimeoutMs: this.#o.headerTimeoutMs,
       idleTimeoutMs: this.#o.idleTimeoutMs,
@@ -583,14 +595,14 @@ export class L7Proxy {
     return got;
   }
 
-  #countRequest(protocol: string, verdict: string): void {
+  #countRequest(protocol: string, verdict: string, by = 1): void {
     const key = `${protocol}/${verdict}`;
     let inc = this.#requestsBy.get(key);
     if (!inc) {
       inc = this.#requests.bound({ protocol, verdict });
       this.#requestsBy.set(key, inc);
     }
-    inc();
+    inc(by);
   }
 
   #takeUpstreamPort(): number {

@@ -78,7 +78,6 @@ export class ServiceManager {
   readonly #podCidrs: string[];
   readonly #nodePortRange: { min: number; max: number };
   readonly #nodePortAddresses: string[];
-  readonly #nodePortMode: "snat" | "dsr";
   readonly #onChange: ((services: readonly ServiceSpec[]) => Promise<void>) | undefined;
   readonly #records = new Map<number, ServiceSpec>();
   readonly #serial = new Serial();
@@ -92,8 +91,6 @@ export class ServiceManager {
     nodePortRange?: { min: number; max: number };
     /** This node's addresses that serve NodePort frontends (its node IP). */
     nodePortAddresses?: string[];
-    /** --node-port-mode: with dsr, IPv6 NodePort/LoadBalancer services are refused. */
-    nodePortMode?: "snat" | "dsr";
     /** Called with the records after every change (the policy's toServices follow them). */
     onChange?: (services: readonly ServiceSpec[]) => Promise<void>;
   }) {
@@ -103,7 +100,6 @@ export class ServiceManager {
     this.#podCidrs = o.podCidrs ?? [];
     this.#nodePortRange = o.nodePortRange ?? DEFAULT_NODE_PORT_RANGE;
     this.#nodePortAddresses = o.nodePortAddresses ?? [];
-    this.#nodePortMode = o.nodePortMode ?? "snat";
     this.#onChange = o.onChange;
   }
 
@@ -135,17 +131,6 @@ export class ServiceManager {
   upsert(input: ServiceInput): Promise<{ service: ServiceSpec; created: boolean }> {
     return this.#serial.run(async () => {
       const parsed = ServiceInputSchema.parse(input);
-      if (
-        this.#nodePortMode === "dsr" && parsed.type !== "ClusterIP" &&
-        ipFamily(parsed.frontend.ip) === 6
-      ) {
-        // bpf/lib/nodeport6.h, 5.: DSR has no IPv6 form yet (no extension header carries it).
-        throw new ServiceError(
-          "invalid",
-          `Invalid type "${parsed.type}" for the IPv6 frontend "${parsed.frontend.ip}": ` +
-            "--node-port-mode dsr does not support IPv6 yet (use --node-port-mode snat)",
-        );
-      }
       for (const ip of [parsed.frontend.ip, ...(parsed.loadBalancerIPs ?? [])]) {
         const clash = this.#podCidrs.find((c) => inCidr(ip, c));
         if (clash) {
@@ -176,8 +161,9 @@ export class ServiceManager {
       } catch (err) {
         throw new ServiceError("invalid", (err as Error).message);
       }
-      await this.#store.put(`${SERVICE_PREFIX}${id}`, enc.encode(JSON.stringify(service)));
+      // Decided before the write: the store's watch may deliver this very record first.
       const created = !this.#records.has(id);
+      await this.#store.put(`${SERVICE_PREFIX}${id}`, enc.encode(JSON.stringify(service)));
       this.#records.set(id, service);
       await this.#apply();
       this.#log.info(created ? "service created" : "service updated", {

@@ -10,6 +10,22 @@
 
 import type { ExecResult } from "./exec.ts";
 
+/**
+ * Where the short-lived files of a command go (its standard input; the shell pool's output
+ * files): /dev/shm when it is there (tmpfs: creating, writing and removing a file take
+ * microseconds, where the disk's file system took milliseconds a file under load), else the
+ * system's temporary directory.
+ */
+export const scratch: { dir?: string } = (() => {
+  try {
+    return Deno.statSync("/dev/shm").isDirectory ? { dir: "/dev/shm" } : {};
+  } catch {
+    return {};
+  }
+})();
+
+const exists = (path: string) => Deno.stat(path).then(() => true, () => false);
+
 const quote = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
 
 interface Pending {
@@ -87,9 +103,20 @@ export class ShellPool {
     this.#max = max;
   }
 
-  /** A pool of at most `max` shells (started on demand), with its output directory. */
+  /**
+   * A pool of at most `max` shells (started on demand), with its output directory, named after
+   * this process; the directories of pools whose process is gone (killed before close) are
+   * removed first, so that none piles up in /dev/shm's memory.
+   */
   static async create(max = 4): Promise<ShellPool> {
-    return new ShellPool(await Deno.makeTempDir({ prefix: "cilia-sh-" }), max);
+    const base = scratch.dir ?? Deno.env.get("TMPDIR") ?? "/tmp";
+    for await (const e of Deno.readDir(base)) {
+      const pid = /^cilia-sh-(\d+)-/.exec(e.name)?.[1];
+      if (pid === undefined || !e.isDirectory || (await exists(`/proc/${pid}`))) continue;
+      await Deno.remove(`${base}/${e.name}`, { recursive: true }).catch(() => {});
+    }
+    const dir = await Deno.makeTempDir({ prefix: `cilia-sh-${Deno.pid}-`, dir: base });
+    return new ShellPool(dir, max);
   }
 
   /**

@@ -3,7 +3,7 @@
 // mounted outside /sys stays visible. It only spawns and collects; callers interpret the output.
 // Shared by the datapath, the endpoint plumbing, the node setup, tests and scripts.
 
-import { ShellPool } from "./_shell_pool.ts";
+import { scratch, ShellPool } from "./_shell_pool.ts";
 
 export interface ExecOptions {
   /** Run in /run/netns/<netns> (nsenter --net); unset = the caller's own network namespace. */
@@ -73,7 +73,7 @@ export async function execCommand(
   let file: string | undefined;
   let run = full;
   if (opts.stdin !== undefined) {
-    file = await Deno.makeTempFile({ prefix: "cilia-stdin-" });
+    file = await Deno.makeTempFile({ prefix: "cilia-stdin-", ...scratch });
     await Deno.writeFile(
       file,
       typeof opts.stdin === "string" ? new TextEncoder().encode(opts.stdin) : opts.stdin,

@@ -33,8 +33,8 @@
  *    translated: no NodePort or masquerade entry can match them (NodePorts and NAT ports lie
  *    elsewhere). Arriving ones are checked and, for a local endpoint, decapsulated and
  *    delivered here (vxlan.h, 3.); the rest go to the tunnel device (tunnel.h, 3.).
- * 9. IPv6 goes to nodeport6.h first (SNAT mode, its own maps); what it does not translate goes
- *    on through this file unchanged.
+ * 9. IPv6 goes to nodeport6.h first (its own maps; DSR with an extension header, dsr6.h); what
+ *    it does not translate goes on through this file unchanged.
  */
 #pragma once
 

@@ -25,191 +25,28 @@
  * 4. A packet to a frontend with extension headers before TCP/UDP is dropped
  *    (DROP_INVALID_EXTHDR), never passed untranslated; fragments never get here (parse.h 3.:
  *    they are left to the stack like every packet parse_packet refuses).
- * 5. --node-port-mode dsr has no IPv6 form yet (no extension header carries the frontend): the
- *    agent refuses IPv6 NodePort/LoadBalancer services in that mode, and one stored before
- *    the switch is served with SNAT (2.), never half translated.
+ * 5. --node-port-mode dsr replaces 2.'s remote case (dsr6.h): the remote backend gets the
+ *    client's packet DNATed only, with the frontend in a Destination Options header on the first
+ *    packet and every SYN (NP_FWD flagged NAT_F_DSR, no NP_REV); its node learns an NP_LOCAL
+ *    egress entry from that header at this hook and answers the client directly. A connection
+ *    opened before a switch keeps its SNAT entries.
  * 6. A rewrite that fails drops (DROP_CSUM_L4); IPv6 has no header checksum, the TCP/UDP one
  *    covers the addresses (lb6_rewrite).
+ * 7. An ICMPv6 error about a translated flow is translated with the flow's entry (nat_icmp6.h):
+ *    a local or DSR backend's error leaves with the frontend in it (egress, NP_LOCAL), a remote
+ *    SNAT backend's error reaches the client (ingress, NP_REV).
  */
 #pragma once
 
-#include "nat.h"
-#include "lb.h"
+#include "nat6.h"
 #include "unreach.h"
-
-#define AF_INET6_ 10
-#define NP6_CONTINUE -1 /* not an IPv6 NodePort packet: the hook goes on */
-
-struct nat6_cfg {
-	__u8 node_ip[16]; /* the node's IPv6 underlay address; all zero: IPv6 NodePort off */
-	__u8 pod_net[16]; /* the node's IPv6 pod CIDR */
-	__u8 pod_prefix;  /* its length; 0: none */
-	__u8 pad[3];
-};
-_Static_assert(sizeof(struct nat6_cfg) == 36, "nat6_cfg size");
-
-struct nat6_key {
-	__u8 saddr[16];
-	__u8 daddr[16];
-	__be16 sport;
-	__be16 dport;
-	__u8 proto;
-	__u8 dir; /* NAT_DIR_* */
-	__u16 pad;
-};
-_Static_assert(sizeof(struct nat6_key) == 40, "nat6_key size");
-
-struct nat6_entry {
-	__u8 daddr[16]; /* new destination (all zero: keep) */
-	__u8 saddr[16]; /* new source (all zero: keep) */
-	__be16 dport;
-	__be16 sport;
-	__u32 backend_id; /* NP_FWD: the backend chosen, to notice its removal */
-	__u8 kind;        /* NAT_K_* (nat.h) */
-	__u8 flags;       /* NAT_F_* (nat.h) */
-	__u16 pad;
-};
-_Static_assert(sizeof(struct nat6_entry) == 44, "nat6_entry size");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__type(key, __u32);
-	__type(value, struct nat6_cfg);
-	__uint(max_entries, 1);
-} cilia_nat6_cfg SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct nat6_key);
-	__type(value, struct nat6_entry);
-	__uint(max_entries, CILIA_NAT_MAX);
-} cilia_snat6 SEC(".maps");
-
-/* The working set of one packet, off the stack: the hook's IPv4 path already holds most of the
- * 512 bytes the verifier allows for the whole call chain. */
-struct np6_scratch {
-	struct pkt p;
-	struct nat6_key k;
-	struct nat6_key rk;
-	struct nat6_entry fwd;
-	struct nat6_entry rev;
-	struct bpf_fib_lookup f;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__type(key, __u32);
-	__type(value, struct np6_scratch);
-	__uint(max_entries, 1);
-} cilia_np6_scratch SEC(".maps");
-
-static __always_inline int np6_drop(struct __sk_buff *skb, int reason, __u8 dir)
-{
-	metrics_count(reason, dir, skb->len);
-	return TC_ACT_SHOT;
-}
-
-static __always_inline void nat6_key_of(struct nat6_key *k, const struct ct_tuple *t, __u8 dir)
-{
-	addr_copy16(k->saddr, t->saddr);
-	addr_copy16(k->daddr, t->daddr);
-	k->sport = t->sport;
-	k->dport = t->dport;
-	k->proto = t->proto;
-	k->dir = dir;
-	k->pad = 0;
-}
-
-/* 2.: is addr in the node's IPv6 pod CIDR? Word by word, each with its part of the prefix. */
-static __always_inline int nat6_in_pods(const struct nat6_cfg *cfg, const __u8 *addr)
-{
-	const __u32 *a = (const __u32 *)addr, *net = (const __u32 *)cfg->pod_net;
-	int i, bits;
-
-	if (cfg->pod_prefix == 0 || cfg->pod_prefix > 128)
-		return 0;
-#pragma unroll
-	for (i = 0; i < 4; i++) {
-		__u32 mask;
-
-		bits = (int)cfg->pod_prefix - 32 * i;
-		if (bits <= 0)
-			break;
-		mask = bits >= 32 ? 0xffffffff : ~((1U << (32 - bits)) - 1);
-		if ((a[i] ^ net[i]) & bpf_htonl(mask))
-			return 0;
-	}
-	return 1;
-}
-
-/* 6.: destination first, then source; the tuple follows the packet. */
-static __always_inline int nat6_apply(struct __sk_buff *skb, struct ct_tuple *t,
-				      const struct nat6_entry *e)
-{
-	int ret;
-
-	if (!addr_zero16(e->daddr)) {
-		ret = lb6_rewrite(skb, 0, t->daddr, e->daddr, t->dport, e->dport, t->proto);
-		if (ret)
-			return ret;
-		addr_copy16(t->daddr, e->daddr);
-		t->dport = e->dport;
-	}
-	if (!addr_zero16(e->saddr)) {
-		ret = lb6_rewrite(skb, 1, t->saddr, e->saddr, t->sport, e->sport, t->proto);
-		if (ret)
-			return ret;
-		addr_copy16(t->saddr, e->saddr);
-		t->sport = e->sport;
-	}
-	return 0;
-}
-
-/* 2.: inserts rv at rk = {B:b → node6:?} for a free port (nat.h 3.); the port or 0. */
-static __always_inline __be16 nat6_alloc(struct nat6_key *rk, const struct nat6_entry *rv,
-					 __u32 seed)
-{
-	const __u32 size = NAT_PORT_MAX - NAT_PORT_MIN + 1;
-	__u32 i, pick = seed;
-
-	for (i = 0; i < NAT_RETRIES; i++) {
-		rk->dport = bpf_htons((__u16)(NAT_PORT_MIN + pick % size));
-		if (bpf_map_update_elem(&cilia_snat6, rk, rv, BPF_NOEXIST) == 0)
-			return rk->dport;
-		pick = bpf_get_prandom_u32();
-	}
-	return 0;
-}
-
-/* 2.: the packet goes to its (new) destination by the FIB's next hop. */
-static __always_inline int np6_redirect(struct __sk_buff *skb, struct np6_scratch *w)
-{
-	struct bpf_fib_lookup *f = &w->f;
-	int r;
-
-	__builtin_memset(f, 0, sizeof(*f));
-	f->family = AF_INET6_;
-	f->l4_protocol = w->p.tuple.proto;
-	f->sport = w->p.tuple.sport;
-	f->dport = w->p.tuple.dport;
-	__builtin_memcpy(f->ipv6_src, w->p.tuple.saddr, 16);
-	__builtin_memcpy(f->ipv6_dst, w->p.tuple.daddr, 16);
-	f->ifindex = skb->ifindex;
-	r = bpf_fib_lookup(skb, f, sizeof(*f), 0);
-	if (r == BPF_FIB_LKUP_RET_SUCCESS) {
-		if (bpf_skb_store_bytes(skb, 0, f->dmac, 6, 0) < 0 ||
-		    bpf_skb_store_bytes(skb, 6, f->smac, 6, 0) < 0)
-			return np6_drop(skb, DROP_WRITE_ERROR, DIR_INGRESS);
-		return bpf_redirect(f->ifindex, 0);
-	}
-	if (r == BPF_FIB_LKUP_RET_NO_NEIGH)
-		return bpf_redirect_neigh(f->ifindex, 0, 0, 0);
-	return np6_drop(skb, DROP_NO_FIB, DIR_INGRESS);
-}
+#include "dsr6.h"
+#include "nat_icmp6.h"
 
 /* A new connection to an external IPv6 frontend: 1 if w->fwd is its new entry, 0 if the
  * destination is no frontend, or -DROP_*. */
-static __always_inline int np6_new(const struct nat6_cfg *cfg, struct np6_scratch *w, int exthdr)
+static __always_inline int np6_new(const struct nat6_cfg *cfg, struct np6_scratch *w, int exthdr,
+				   __u16 nat_flags)
 {
 	struct lb_service_key sk = { .port = w->p.tuple.dport, .proto = w->p.tuple.proto,
 				     .family = FAMILY_IPV6 };
@@ -248,7 +85,9 @@ static __always_inline int np6_new(const struct nat6_cfg *cfg, struct np6_scratc
 		rk->dir = NAT_DIR_EGRESS;
 		if (bpf_map_update_elem(&cilia_snat6, rk, rev, BPF_ANY) < 0)
 			return -DROP_NAT_NO_MAPPING;
-	} else { /* 2., remote (and 5.) */
+	} else if (nat_flags & NAT_CFG_F_DSR) { /* 5.: DNAT only, the frontend in dsr6.h's header */
+		fwd->flags = NAT_F_REDIRECT | NAT_F_DSR;
+	} else { /* 2., remote */
 		rev->kind = NAT_K_NP_REV;
 		rev->flags = NAT_F_REDIRECT;
 		addr_copy16(rev->daddr, w->p.tuple.saddr);
@@ -269,7 +108,8 @@ static __always_inline int np6_new(const struct nat6_cfg *cfg, struct np6_scratc
 }
 
 /* The IPv6 TCP/UDP packet of the hook in w->p and its key for dir in w->k, whether extension
- * headers come first; 0, or NP6_CONTINUE for a packet that is not this file's. */
+ * headers come first; 0, NP6_ICMP_ERROR for an ICMPv6 error (7., only w->p filled), or
+ * NP6_CONTINUE for a packet that is not this file's. */
 static __always_inline int np6_parse(struct __sk_buff *skb, struct np6_scratch **w,
 				     struct nat6_cfg **cfg, int *exthdr, __u8 dir)
 {
@@ -280,13 +120,39 @@ static __always_inline int np6_parse(struct __sk_buff *skb, struct np6_scratch *
 	*w = bpf_map_lookup_elem(&cilia_np6_scratch, &zero);
 	if (!*cfg || !*w || addr_zero16((*cfg)->node_ip))
 		return NP6_CONTINUE;
-	if (parse_packet(skb, &(*w)->p) != PARSE_OK || (*w)->p.tuple.family != FAMILY_IPV6 ||
-	    ((*w)->p.tuple.proto != PROTO_TCP && (*w)->p.tuple.proto != PROTO_UDP) ||
+	if (parse_packet(skb, &(*w)->p) != PARSE_OK || (*w)->p.tuple.family != FAMILY_IPV6)
+		return NP6_CONTINUE;
+	if ((*w)->p.tuple.proto == PROTO_ICMPV6 && (*w)->p.has_inner)
+		return NP6_ICMP_ERROR;
+	if (((*w)->p.tuple.proto != PROTO_TCP && (*w)->p.tuple.proto != PROTO_UDP) ||
 	    bpf_skb_load_bytes(skb, ETH_HLEN + 6, &nh, 1) < 0)
 		return NP6_CONTINUE;
 	*exthdr = nh != (*w)->p.tuple.proto;
 	nat6_key_of(&(*w)->k, &(*w)->p.tuple, dir);
 	return 0;
+}
+
+/* 5. (dsr6.h 3.): a packet carrying the frontend to a pod of this node leaves the egress entry
+ * that gives its replies the frontend as source. */
+static __always_inline void dsr6_learn(struct __sk_buff *skb, const struct nat6_cfg *cfg,
+				       struct np6_scratch *w)
+{
+	struct nat6_entry *local = &w->rev;
+	struct nat6_key *rk = &w->rk;
+
+	if (!dsr6_read(skb, w->ext, w->p.tuple.proto) || !nat6_in_pods(cfg, w->p.tuple.daddr) ||
+	    !dsr6_trusted(w->ext, w->p.tuple.proto))
+		return;
+	__builtin_memset(local, 0, sizeof(*local));
+	local->kind = NAT_K_NP_LOCAL;
+	addr_copy16(local->saddr, &w->ext[4]);
+	__builtin_memcpy(&local->sport, &w->ext[20], 2);
+	nat6_key_of(rk, &w->p.tuple, NAT_DIR_EGRESS);
+	addr_copy16(rk->saddr, w->p.tuple.daddr);
+	addr_copy16(rk->daddr, w->p.tuple.saddr);
+	rk->sport = w->p.tuple.dport;
+	rk->dport = w->p.tuple.sport;
+	bpf_map_update_elem(&cilia_snat6, rk, local, BPF_ANY);
 }
 
 /* tc ingress of the underlay device, IPv6: a verdict, or NP6_CONTINUE (1.). Inlined: the
@@ -297,10 +163,20 @@ static __always_inline int nodeport6_ingress(struct __sk_buff *skb, __u16 nat_fl
 	struct np6_scratch *w;
 	struct nat6_entry *e;
 	struct nat6_cfg *cfg;
-	int exthdr = 0, ret;
+	int exthdr = 0, ret, created = 0;
 
-	if (np6_parse(skb, &w, &cfg, &exthdr, NAT_DIR_INGRESS))
+	ret = np6_parse(skb, &w, &cfg, &exthdr, NAT_DIR_INGRESS);
+	if (ret == NP6_ICMP_ERROR) { /* 7. */
+		e = nat6_icmp_entry(skb, w, NAT_DIR_INGRESS);
+		if (!e)
+			return NP6_CONTINUE;
+		ret = nat6_icmp_rewrite(skb, w, e);
+		return ret ? np6_drop(skb, ret, DIR_INGRESS) : np6_redirect(skb, w);
+	}
+	if (ret)
 		return NP6_CONTINUE;
+	if (exthdr && (nat_flags & NAT_CFG_F_DSR))
+		dsr6_learn(skb, cfg, w); /* 5. */
 	e = bpf_map_lookup_elem(&cilia_snat6, &w->k);
 	if (e && e->kind == NAT_K_HOST)
 		return NP6_CONTINUE;
@@ -313,7 +189,7 @@ static __always_inline int nodeport6_ingress(struct __sk_buff *skb, __u16 nat_fl
 	if (!e) {
 		if (!(nat_flags & NAT_CFG_F_NODEPORT))
 			return NP6_CONTINUE;
-		ret = np6_new(cfg, w, exthdr);
+		ret = np6_new(cfg, w, exthdr, nat_flags);
 		if (ret == -DROP_NO_SERVICE) { /* 3. */
 			np6_drop(skb, DROP_NO_SERVICE, DIR_INGRESS);
 			return unreach6_build(skb) ? TC_ACT_SHOT : bpf_redirect(skb->ifindex, 0);
@@ -323,8 +199,24 @@ static __always_inline int nodeport6_ingress(struct __sk_buff *skb, __u16 nat_fl
 		if (ret == 0)
 			return NP6_CONTINUE;
 		e = &w->fwd;
+		created = 1;
 	}
-	ret = nat6_apply(skb, &w->p.tuple, e);
+	if ((e->flags & NAT_F_DSR) && (created || (w->p.tcp_flags & TCP_SYN))) { /* dsr6.h 1. */
+		if (dsr6_too_big(skb, &w->mtu)) { /* dsr6.h 2. */
+			if (created)
+				bpf_map_delete_elem(&cilia_snat6, &w->k);
+			np6_drop(skb, DROP_FRAG_NEEDED, DIR_INGRESS);
+			return icmp6_error_build(skb, 2, 0, w->mtu - DSR6_EXT_LEN) ?
+				       TC_ACT_SHOT :
+				       bpf_redirect(skb->ifindex, 0);
+		}
+		dsr6_ext_of(w->ext, w->p.tuple.daddr, w->p.tuple.dport);
+		ret = nat6_apply(skb, &w->p.tuple, e);
+		if (!ret)
+			ret = dsr6_add_ext(skb, w->ext);
+	} else {
+		ret = nat6_apply(skb, &w->p.tuple, e);
+	}
 	if (ret)
 		return np6_drop(skb, ret, DIR_INGRESS);
 	return (e->flags & NAT_F_REDIRECT) ? np6_redirect(skb, w) : TC_ACT_OK;
@@ -340,7 +232,15 @@ static __always_inline int nodeport6_egress(struct __sk_buff *skb)
 	int exthdr = 0, ret;
 	__u16 sport;
 
-	if (np6_parse(skb, &w, &cfg, &exthdr, NAT_DIR_EGRESS))
+	ret = np6_parse(skb, &w, &cfg, &exthdr, NAT_DIR_EGRESS);
+	if (ret == NP6_ICMP_ERROR) { /* 7. */
+		e = nat6_icmp_entry(skb, w, NAT_DIR_EGRESS);
+		if (!e)
+			return NP6_CONTINUE;
+		ret = nat6_icmp_rewrite(skb, w, e);
+		return ret ? np6_drop(skb, ret, DIR_EGRESS) : TC_ACT_OK;
+	}
+	if (ret)
 		return NP6_CONTINUE;
 	e = bpf_map_lookup_elem(&cilia_snat6, &w->k);
 	if (e) {

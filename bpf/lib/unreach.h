@@ -2,7 +2,8 @@
  * endpoints: an ICMP (ICMPv6) destination unreachable (port unreachable) from the address the
  * packet was sent to, back to its sender, built in place over the packet (lb.h for ClusterIP from
  * a pod, nodeport.h for NodePort and LoadBalancer from outside). The caller sends it on
- * (redirect). It owns no maps.
+ * (redirect). The IPv6 builder also answers ICMPv6 Packet Too Big for dsr6.h (a packet that the
+ * DSR extension header would push over the device's MTU). It owns no maps.
  *
  * Invariants:
  * 1. Only a packet that is not itself an ICMP error is answered (no ICMP storms between two
@@ -100,8 +101,10 @@ struct unreach6_pkt {
 	__u8 pad[2];
 };
 
-/* The IPv6 twin of unreach_build: ICMPv6 destination unreachable, port unreachable (1/4). */
-static __always_inline int unreach6_build(struct __sk_buff *skb)
+/* The IPv6 twin of unreach_build, for any ICMPv6 error type/code; info is the 32-bit field after
+ * the checksum (Packet Too Big: the MTU, dsr6.h), host order. */
+static __always_inline int icmp6_error_build(struct __sk_buff *skb, __u8 type, __u8 code,
+					     __u32 info)
 {
 	struct unreach6_pkt u = {};
 	__u8 eth[14], pseudo[8] = { 0, 0, 0, 56, 0, 0, 0, PROTO_ICMPV6 };
@@ -121,8 +124,12 @@ static __always_inline int unreach6_build(struct __sk_buff *skb)
 	u.ip[7] = 64;
 	__builtin_memcpy(&u.ip[8], &u.orig[24], 16);
 	__builtin_memcpy(&u.ip[24], &u.orig[8], 16);
-	u.icmp[0] = 1; /* destination unreachable */
-	u.icmp[1] = 4; /* port unreachable */
+	u.icmp[0] = type;
+	u.icmp[1] = code;
+	u.icmp[4] = info >> 24;
+	u.icmp[5] = (info >> 16) & 0xff;
+	u.icmp[6] = (info >> 8) & 0xff;
+	u.icmp[7] = info & 0xff;
 	sum = bpf_csum_diff(0, 0, (__be32 *)&u.ip[8], 32, 0);
 	sum = bpf_csum_diff(0, 0, (__be32 *)pseudo, 8, (__u32)sum);
 	sum = bpf_csum_diff(0, 0, (__be32 *)u.icmp, 56, (__u32)sum);
@@ -133,4 +140,10 @@ static __always_inline int unreach6_build(struct __sk_buff *skb)
 	    bpf_skb_store_bytes(skb, 0, &u, UNREACH6_LEN, 0) < 0)
 		return DROP_WRITE_ERROR;
 	return 0;
+}
+
+/* ICMPv6 destination unreachable, port unreachable (1/4). */
+static __always_inline int unreach6_build(struct __sk_buff *skb)
+{
+	return icmp6_error_build(skb, 1, 4, 0);
 }

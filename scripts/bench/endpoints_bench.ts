@@ -1,4 +1,4 @@
-// `deno task bench endpoints [--pods N] [--parallel N] [--agent-log FILE] [--quick] [--no-conntrack]`: issue #15's node-scale figures,
+// `deno task bench endpoints [--pods N] [--parallel N] [--agent-log FILE] [--trace FILE] [--quick] [--no-conntrack]`: issue #15's node-scale figures,
 // each next to its target, on one lab node running `bin/cilia-agent` (kernel datapath, Deno KV,
 // `--bpf-ct-max` 1,048,576) with a server pod and a client policy in force:
 // 1. 1,000 CNI ADDs through bin/cilia-cni, every pod with a label set of its own (a new identity
@@ -14,6 +14,8 @@
 //    established flows a flood of new entries evicts (the LRU, figures reported, no target).
 // Needs root; every netns, mount and process is removed at the end.
 import { parseArgs } from "node:util";
+import { epochMs } from "../../agent/cni/client.ts";
+import { acquire, release } from "../../agent/datapath/ffi.ts";
 import { kernelPolicyLookup } from "../../agent/datapath/kernel_lookup.ts";
 import { execCni } from "../../tests/cni/_fixture.ts";
 import { Lab, type Peer } from "../../tests/helpers/netns.ts";
@@ -61,6 +63,16 @@ function report(what: string, value: string, target: string, ok: boolean): void 
   );
 }
 
+/**
+ * One ADD's stages for `--trace`, in ms: `netns` (the bench's `ip netns add`), then the parts of
+ * `bench cni` (start: exec until the plugin's code runs; plugin; request: the socket round trip
+ * and the agent's queue before its handler; agent; exit), and `lookup` (the bench's endpoint GET);
+ * `at` is the epoch ms of the start, `container` joins it with the agent's log.
+ */
+type AddTrace = Record<"at" | "netns" | "lookup" | keyof ReturnType<typeof partsOf>, number> & {
+  container: string;
+};
+
 interface PodRef {
   name: string;
   netns: string;
@@ -89,8 +101,9 @@ class Bench {
   async add(
     name: string,
     labels: string,
-  ): Promise<{ ms: number; agentMs: number; pod: PodRef }> {
+  ): Promise<{ ms: number; agentMs: number; pod: PodRef; trace: AddTrace }> {
     const netns = `${this.lab.prefix}${name}`;
+    const t0 = epochMs();
     const ns = await new Deno.Command("ip", { args: ["netns", "add", netns], stderr: "null" })
       .output();
     if (ns.code !== 0) throw new Error(`Cannot create netns "${netns}"`);
@@ -106,7 +119,15 @@ class Bench {
       .find((a) => !a.includes(":"))!;
     const pod = { name, netns, id: ep.body.id, identity: ep.body.identity, ipv4 };
     this.#pods.set(name, pod);
-    return { ms: r.ms, agentMs: partsOf(r, marksOf(r.stderr)).agent, pod };
+    const marks = marksOf(r.stderr), parts = partsOf(r, marks);
+    const trace = {
+      container: `bench-${name}`,
+      at: t0,
+      netns: r.startedAt - t0,
+      ...parts,
+      lookup: epochMs() - (r.startedAt + r.ms),
+    };
+    return { ms: r.ms, agentMs: parts.agent, pod, trace };
   }
 
   pod(name: string): PodRef {
@@ -158,12 +179,39 @@ async function pool(n: number, parallel: number, fn: (i: number) => Promise<void
   await Promise.all(Array.from({ length: Math.min(n, parallel) }, worker));
 }
 
-/** Phase 1: `n` ADDs of pods with new label sets. */
-async function churn(b: Bench, n: number, parallel: number): Promise<void> {
+/** The machine's CPU time so far from /proc/stat, in clock ticks: busy (not idle or iowait), all. */
+function machineCpu(): { busy: number; all: number } {
+  const line = Deno.readTextFileSync("/proc/stat").split("\n")[0]!;
+  const t = line.trim().split(/\s+/).slice(1, 9).map(Number); // user … steal
+  const all = t.reduce((a, b) => a + b, 0);
+  return { busy: all - t[3]! - t[4]!, all };
+}
+
+/**
+ * Clock ticks of user + system time so far: this process, the children it waited for (the plugin
+ * processes, `ip netns add`), and the kernel's threads (kworkers: e.g. IPv6 addrconf work).
+ */
+async function processCpu(): Promise<{ bench: number; benchChildren: number; kernel: number }> {
+  const fields = (stat: string) => stat.slice(stat.lastIndexOf(")") + 2).split(" ").map(Number);
+  const own = fields(await Deno.readTextFile(`/proc/${Deno.pid}/stat`));
+  let kernel = 0;
+  for await (const e of Deno.readDir("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    const stat = await Deno.readTextFile(`/proc/${e.name}/stat`).catch(() => "");
+    const f = stat ? fields(stat) : [];
+    if (e.name === "2" || f[1] === 2) kernel += f[11]! + f[12]!; // kthreadd and its children
+  }
+  return { bench: own[11]! + own[12]!, benchChildren: own[13]! + own[14]!, kernel };
+}
+
+/** Phase 1: `n` ADDs of pods with new label sets; with `trace`, one JSON line per ADD there. */
+async function churn(b: Bench, n: number, parallel: number, trace?: string): Promise<void> {
   const server = b.pod("server");
   const ms: number[] = new Array(n), agentMs: number[] = new Array(n);
+  const traces: (AddTrace & { i: number })[] = [];
   const notInForce: string[] = [];
   let failed = 0, packetsOk = 0, packetsTried = 0;
+  const mcpu0 = machineCpu(), pcpu0 = await processCpu();
   const cpu0 = await b.agent.cpu();
   const ids0 = (await b.agent.api.call("GET", "/v1/status")).body.identities.global as number;
   const t0 = performance.now();
@@ -173,6 +221,7 @@ async function churn(b: Bench, n: number, parallel: number): Promise<void> {
       const r = await b.add(name, `role=client,pod=${name}`);
       ms[i] = r.ms;
       agentMs[i] = r.agentMs;
+      traces.push({ i, ...r.trace });
       const bad = b.policyInForce(r.pod, server);
       if (bad) notInForce.push(`${name}: ${bad}`);
       if (i % 50 === 0) {
@@ -186,7 +235,9 @@ async function churn(b: Bench, n: number, parallel: number): Promise<void> {
     if ((i + 1) % 100 === 0) progress(`${i + 1} of ${n} ADDs`);
   });
   const wall = (performance.now() - t0) / 1000;
+  const mcpu1 = machineCpu(), pcpu1 = await processCpu();
   const cpu1 = await b.agent.cpu();
+  if (trace) await Deno.writeTextFile(trace, traces.map((x) => JSON.stringify(x) + "\n").join(""));
   const ids1 = (await b.agent.api.call("GET", "/v1/status")).body.identities.global as number;
   const done = ms.filter((x) => x !== undefined);
   const first = done.slice(0, 50), last = done.slice(-50);
@@ -233,7 +284,20 @@ async function churn(b: Bench, n: number, parallel: number): Promise<void> {
   const self = cpu1.self - cpu0.self, kids = cpu1.children - cpu0.children;
   console.log(
     `  agent CPU: ${f1(self)} s in the agent (${Math.round((self / wall) * 100)} % of a core), ` +
-      `${f1(kids)} s in its subprocesses (ip, tc, bpftool), over ${f1(wall)} s`,
+      `${f1(kids)} s in its subprocesses (ip, tc, bpftool), over ${f1(wall)} s; the machine's ` +
+      `CPUs ${Math.round(((mcpu1.busy - mcpu0.busy) / (mcpu1.all - mcpu0.all)) * 100)} % busy`,
+  );
+  // The machine's busy time per ADD, by whom (clock ticks are 10 ms: per ADD, 1,000 ADDs make
+  // them fine enough); "the rest" is other jobs on the machine and interrupts.
+  const perAdd = (ticks: number) => `${((ticks * 10) / n).toFixed(1)} ms`;
+  const plugin = pcpu1.benchChildren - pcpu0.benchChildren, bench = pcpu1.bench - pcpu0.bench;
+  const kernel = pcpu1.kernel - pcpu0.kernel, busy = mcpu1.busy - mcpu0.busy;
+  const agentTicks = (self + kids) * 100;
+  console.log(
+    `  machine CPU per ADD ${perAdd(busy)}: plugins and the bench's other processes ` +
+      `${perAdd(plugin)}, the bench ${perAdd(bench)}, the agent and its processes ` +
+      `${perAdd(agentTicks)}, kernel threads ${perAdd(kernel)}, the rest ` +
+      `${perAdd(busy - plugin - bench - kernel - agentTicks)}`,
   );
 }
 
@@ -426,6 +490,8 @@ export async function main(args: string[]): Promise<void> {
       pods: { type: "string" },
       parallel: { type: "string", default: "3" },
       "agent-log": { type: "string" },
+      // One JSON line per ADD with the time of each stage (see AddTrace).
+      trace: { type: "string" },
       // Phases 1 and 2 only (while iterating on ADD and restart times).
       "no-conntrack": { type: "boolean", default: false },
     },
@@ -485,7 +551,15 @@ export async function main(args: string[]): Promise<void> {
       }
     }
     progress(`${n} ADDs`);
-    await churn(b, n, parallel);
+    // libbpf and libc stay open while the bench reads the kernel's maps after every ADD (opened
+    // per lookup they cost ~10 ms each on the bench's one thread, while it should be reaping
+    // the plugins and starting the next).
+    acquire();
+    try {
+      await churn(b, n, parallel, flags.values.trace);
+    } finally {
+      release();
+    }
     progress("restart");
     await restart(b, client, server);
     if (!flags.values["no-conntrack"]) {

@@ -8,7 +8,10 @@
 // (172) and a bad VNI (183) are dropped, a valid one for no local endpoint is left to the tunnel
 // device unchanged, and nothing is read with NAT_CFG_F_TUNNEL_NETDEV; IPv6 NodePort (nodeport6.h): DNAT to a local backend and
 // back with valid checksums, an extension header dropped, ICMPv6 port unreachable without
-// backends, other IPv6 untouched. The real-packet half is tests/e2e/nat_test.ts.
+// backends, other IPv6 untouched; IPv6 DSR (dsr6.h): the SYN to a remote backend gets the
+// frontend in a Destination Options header (layout, lengths, checksum), the next packet none, and
+// a backend's node learns the reply's source only from a trusted header. The real-packet half is
+// tests/e2e/nat_test.ts.
 import { BpfTool, hexArgs } from "../../agent/datapath/bpftool.ts";
 import { buildObject } from "../../agent/datapath/build.ts";
 import { encode, LAYOUTS } from "../../agent/datapath/codecs.ts";
@@ -71,6 +74,22 @@ function packet6(
 const l46Ok = (pkt: number[], proto = 6) => {
   const src = pkt.slice(22, 38), dst = pkt.slice(38, 54), l4 = pkt.slice(54);
   return csum([...src, ...dst, 0, 0, 0, l4.length, 0, 0, 0, proto, ...l4]) === 0;
+};
+
+/** An ICMPv6 error [type, code] from src to dst about orig (a whole frame: its IPv6 header, a
+ * DSR header if it has one, and 8 bytes of TCP), checksummed; the MTU field 1400. */
+function icmp6Error(src: number[], dst: number[], typeCode: number[], orig: number[]): number[] {
+  const inner = orig.slice(14, orig[20] === 60 ? 86 : 62);
+  const body = [...typeCode, 0, 0, 0, 0, 0x05, 0x78, ...inner];
+  const c = csum([...src, ...dst, 0, 0, 0, body.length, 0, 0, 0, 58, ...body]);
+  body[2] = c >> 8;
+  body[3] = c & 0xff;
+  const ip = [0x60, 0, 0, 0, 0, body.length, 58, 64, ...src, ...dst];
+  return [...MAC, 0x86, 0xdd, ...ip, ...body];
+}
+const icmp6Ok = (pkt: number[]) => {
+  const body = pkt.slice(54);
+  return csum([...pkt.slice(22, 54), 0, 0, 0, body.length, 0, 0, 0, 58, ...body]) === 0;
 };
 
 const tcpSyn = (sport: number, dport: number) => [
@@ -380,6 +399,121 @@ Deno.test(
           ) {
             assertEquals(await run("cil_from_netdev", p), { retval: TC_ACT_OK, out: p });
           }
+        },
+      );
+
+      await t.step(
+        "IPv6 DSR (dsr6.h): the frontend in a Destination Options header, learnt at the backend",
+        async () => {
+          const hex = (b: Uint8Array) => `hex ${hexArgs(b)}`;
+          const m = `map update pinned ${bpffs}/m`;
+          const REMOTE6 = [0xfd, 0, 0x02, 0, 0, 2, ...Array(9).fill(0), 7];
+          const dsrCfg = encodeNatConfig({
+            nodeIp: "192.0.2.1",
+            podCidr: "10.200.1.0/24",
+            masquerade: true,
+            nodePort: true,
+            dsr: true,
+          });
+          await bpftool.batch([
+            `${m}/cilia_nat_cfg key 0 0 0 0 value ${hex(dsrCfg)}`,
+            `${m}/cilia_lb_services key ${
+              hex(encode(LAYOUTS.lbServiceKey, {
+                addr: new Uint8Array(NODE6),
+                port: 30089,
+                proto: 6,
+                family: 6,
+              }))
+            } value ${hex(encode(LAYOUTS.lbServiceValue, { slots: 1, svc_id: 12, flags: 0x80 }))}`,
+            `${m}/cilia_lb_slots key ${
+              hex(encode(LAYOUTS.lbSlotKey, { svc_id: 12, slot: 0 }))
+            } value 78 0 0 0`,
+            `${m}/cilia_lb_backends key 78 0 0 0 value ${
+              hex(encode(LAYOUTS.lbBackend, {
+                addr: new Uint8Array(REMOTE6),
+                port: 8080,
+                proto: 6,
+                family: 6,
+                flags: 0,
+                pad: new Uint8Array(3),
+              }))
+            }`,
+          ]);
+          // The header dsr6.h writes for [NODE6]:port before a TCP header.
+          const ext = (fe: number[], port: number) => [
+            ...[6, 2, 0x1b, 20, ...fe, port >> 8, port & 0xff, 0, 0],
+          ];
+          const tcpOk = (pkt: number[]) => {
+            const l4 = pkt.slice(78);
+            const pseudo = [...pkt.slice(22, 54), 0, 0, 0, l4.length, 0, 0, 0, 6];
+            return csum([...pseudo, ...l4]) === 0;
+          };
+          // The SYN to a remote backend: DNAT only, the header inserted (the FIB may or may not
+          // route fd00:200:2::/64 on this host: the verdict is not the point here).
+          const syn = await run("cil_from_netdev", packet6(CLIENT6, NODE6, tcpSyn(40010, 30089)));
+          const out = syn.out;
+          assertEquals(out.length, 14 + 40 + 24 + 20, "24 bytes longer");
+          assertEquals([out[18], out[19], out[20]], [0, 44, 60], "payload length, next header");
+          assertEquals(out.slice(22, 38), CLIENT6, "no SNAT: the backend sees the client");
+          assertEquals(out.slice(38, 54), REMOTE6, "destination = the remote backend");
+          assertEquals(out.slice(54, 78), ext(NODE6, 30089), "the frontend in the header");
+          assertEquals(out.slice(80, 82), [0x1f, 0x90], "port 8080");
+          assert(tcpOk(out), "TCP checksum after DNAT and the header");
+          // The next packet of that connection (an ACK): DNAT only, no header.
+          const ack = tcpSyn(40010, 30089);
+          ack[13] = 0x10;
+          const next = await run("cil_from_netdev", packet6(CLIENT6, NODE6, ack));
+          assertEquals([next.out.length, next.out[20]], [14 + 40 + 20, 6]);
+          assertEquals(next.out.slice(38, 54), REMOTE6);
+          assert(l46Ok(next.out), "TCP checksum after DNAT");
+          // At the backend's node: a trusted header (one of its external frontends) leaves the
+          // egress entry that gives the pod's reply the frontend as source.
+          const withExt = (fe: number[], sport: number) => {
+            const p = packet6(CLIENT6, POD6, tcpSyn(sport, 8080), ext(fe, 30086));
+            p[20] = 60;
+            return p;
+          };
+          const learn = withExt(NODE6, 40011);
+          assertEquals(await run("cil_from_netdev", learn), { retval: TC_ACT_OK, out: learn });
+          const reply = await run("cil_to_netdev", packet6(POD6, CLIENT6, tcpSyn(8080, 40011)));
+          assertEquals(reply.out.slice(22, 38), NODE6, "the reply leaves from the frontend");
+          assertEquals(reply.out.slice(54, 56), [0x75, 0x86], "and its port");
+          assert(l46Ok(reply.out), "TCP checksum of the reply");
+          // An untrusted frontend (no node, no frontend of ours) teaches nothing.
+          const liar = [0x20, 0x01, 0x0d, 0xb8, ...Array(11).fill(0), 0x77];
+          await run("cil_from_netdev", withExt(liar, 40012));
+          const plain = packet6(POD6, CLIENT6, tcpSyn(8080, 40012));
+          assertEquals(await run("cil_to_netdev", plain), { retval: TC_ACT_OK, out: plain });
+          // ICMPv6 errors about those flows (nat_icmp6.h): the backend's port unreachable about
+          // {client:40011 → pod:8080} leaves from the frontend, about {client → frontend}.
+          const err = await run("cil_to_netdev", icmp6Error(POD6, CLIENT6, [1, 4], learn));
+          assertEquals(err.retval, TC_ACT_OK);
+          assertEquals(err.out.slice(22, 38), NODE6, "outer source: the frontend");
+          assertEquals(err.out.slice(38, 54), CLIENT6);
+          assertEquals(err.out.slice(70, 86), CLIENT6, "embedded source: the client");
+          assertEquals(err.out.slice(86, 102), NODE6, "embedded destination: the frontend");
+          assertEquals(
+            err.out.slice(126, 130),
+            [0x9c, 0x4b, 0x75, 0x86],
+            "ports after the DSR header",
+          );
+          assert(icmp6Ok(err.out), "ICMPv6 checksum");
+          // SNAT to the remote backend, then its Packet Too Big to the node: to the client,
+          // about the client's own packet to the frontend.
+          await bpftool.batch([`${m}/cilia_nat_cfg key 0 0 0 0 value ${hex(cfg)}`]);
+          const snat = await run("cil_from_netdev", packet6(CLIENT6, NODE6, tcpSyn(40020, 30089)));
+          assertEquals(snat.out.slice(22, 38), NODE6, "SNAT mode: from the node");
+          const toBackend = snat.out.slice(0, 14 + 40 + 20);
+          const ptb = await run("cil_from_netdev", icmp6Error(REMOTE6, NODE6, [2, 0], toBackend));
+          assertEquals(ptb.out.slice(22, 38), NODE6, "outer source: the frontend");
+          assertEquals(ptb.out.slice(38, 54), CLIENT6, "outer destination: the client");
+          assertEquals(ptb.out.slice(70, 86), CLIENT6);
+          assertEquals(ptb.out.slice(86, 102), NODE6);
+          assertEquals(ptb.out.slice(102, 106), [0x9c, 0x54, 0x75, 0x89], "ports 40020 → 30089");
+          assert(icmp6Ok(ptb.out), "ICMPv6 checksum");
+          // An error about no flow of ours passes unchanged.
+          const stray = icmp6Error(POD6, CLIENT6, [1, 4], withExt(NODE6, 40099));
+          assertEquals(await run("cil_to_netdev", stray), { retval: TC_ACT_OK, out: stray });
         },
       );
     } finally {

@@ -184,6 +184,59 @@ ingress:
       assert.match(m, /cilia_l7_request_duration_seconds_count [1-9]/);
     });
 
+    await t.step("a burst: every request counted exactly, its flows shown within 1 s", async () => {
+      const count = (m: string, re: RegExp) => Number(m.match(re)?.[1] ?? 0);
+      const figures = (m: string) => [
+        count(m, /cilia_l7_requests_total\{protocol="http",verdict="forwarded"\} (\d+)/),
+        count(m, /cilia_l7_requests_total\{protocol="http",verdict="denied"\} (\d+)/),
+        count(m, /cilia_l7_request_duration_seconds_count (\d+)/),
+      ];
+      // Settled first: the Worker sends a request's counts within 100 ms (a batch), so the earlier
+      // steps' last requests may still be on their way.
+      let before = figures(await n.metrics());
+      for (let i = 0, same = false; i < 20 && !same; i++) {
+        await new Promise((r) => setTimeout(r, 150));
+        const now = figures(await n.metrics());
+        same = now.every((v, j) => v === before[j]);
+        before = now;
+      }
+      const since = new Date().toISOString();
+      // One keep-alive connection: 120 allowed, 40 denied, then a marker (denied) last.
+      const marker = `/burst-end-${Date.now()}`;
+      const urls = [
+        ...Array.from({ length: 160 }, (_, i) => url(i % 4 === 3 ? "/private" : "/public")),
+        url(marker),
+      ];
+      const out = await n.lab.run(client.netns, [
+        "curl",
+        "-s",
+        "-m",
+        "30",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}\n",
+        ...urls,
+      ]);
+      const codes = out.trim().split("\n");
+      assert.equal(codes.filter((c) => c === "200").length, 120, out);
+      assert.equal(codes.filter((c) => c === "403").length, 41, out);
+      const sent = Date.now();
+      let shown = -1;
+      while (shown < 0 && Date.now() - sent < 1000) {
+        const { flows } = await n.flows({ type: "l7", since });
+        if (flows.some((f) => f.l7?.http?.url === marker)) shown = Date.now() - sent;
+        else await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.ok(shown >= 0, `the burst's last flow was not shown within 1 s`);
+      const { flows } = await n.flows({ type: "l7", since });
+      const burst = flows.filter((f) => f.IP?.source === client.ipv4);
+      assert.equal(burst.filter((f) => f.l7?.http?.url === "/public").length, 120);
+      assert.equal(burst.filter((f) => f.l7?.http?.url === "/private").length, 40);
+      const after = figures(await n.metrics());
+      assert.deepEqual(after.map((v, i) => v - before[i]!), [120, 41, 161]);
+    });
+
     await t.step("egress: the client's own L7 rule, the server still sees the client", async () => {
       await n.clearPolicies();
       await n.policy(cnp(

@@ -9,8 +9,12 @@
 // outside the range is refused; a service without endpoints refuses connections at once (ICMP
 // port unreachable, as kube-proxy's REJECT), from a pod and from outside. Last, both agents
 // restart in native routing mode with --node-port-mode dsr: the remote backend sees the client
-// and answers it directly; a new IPv6 NodePort is refused there (no IPv6 DSR yet) and a stored one
-// is served with SNAT. NodePort over IPv6 (bpf/lib/nodeport6.h, SNAT), in tunnel and then in
+// and answers it directly, over IPv4 (an IP option) and IPv6 (a Destination Options header,
+// bpf/lib/dsr6.h): node-1 keeps no reply translation, node-2 learnt the frontend for the reply,
+// an IPv6 NodePort can be created in that mode, a UDP datagram the header would push over the MTU
+// gets ICMPv6 Packet Too Big (the client's route learns MTU - 24) and one that fits passes, and
+// a local or DSR backend's port unreachable reaches the client about the frontend
+// (bpf/lib/nat_icmp6.h; a remote SNAT backend's too, in the last step). NodePort over IPv6 (bpf/lib/nodeport6.h, SNAT), in tunnel and then in
 // native routing: the outside host (2001:db8:200::fe on the underlay) reaches
 // [node IPv6]:nodePort, the local backend sees the client, the remote one the node's IPv6
 // address, a connection stays on its backend, a LoadBalancer IPv6 address works, and a service
@@ -35,12 +39,30 @@ const udp = Deno.listenDatagram({ hostname: host, port: 8053, transport: "udp" }
 for await (const [, peer] of udp) await udp.send(new TextEncoder().encode(peer.hostname), peer);
 `;
 
-// A backend pod: HTTP on 8080 (IPv4) and 8086 (IPv6) answering "<name> <peer address>".
+// A backend pod: HTTP on 8080 (IPv4) and 8086 (IPv6) answering "<name> <peer address>", UDP on
+// 8087 (IPv6) answering "<name> <peer address> <bytes received>".
 const BACKEND = `
 const name = Deno.args[0];
 const answer = (_r, info) => new Response(name + " " + info.remoteAddr.hostname);
 Deno.serve({ hostname: "0.0.0.0", port: 8080, onListen() {} }, answer);
 Deno.serve({ hostname: "::", port: 8086, onListen() {} }, answer);
+const udp = Deno.listenDatagram({ hostname: "::", port: 8087, transport: "udp" });
+for await (const [data, peer] of udp) {
+  await udp.send(new TextEncoder().encode(name + " " + peer.hostname + " " + data.length), peer);
+}
+`;
+
+// One UDP datagram of SIZE bytes from BIND to HOST:PORT; prints the answer and its sender as
+// JSON, or "timeout" after MS milliseconds.
+const UDP6_CLIENT = `
+const [bind, host, port, size, ms] = Deno.args;
+const s = Deno.listenDatagram({ hostname: bind, port: 0, transport: "udp" });
+await s.send(new Uint8Array(Number(size)), { transport: "udp", hostname: host, port: Number(port) });
+const t = setTimeout(() => { console.log("timeout"); Deno.exit(0); }, Number(ms));
+const [data, peer] = await s.receive();
+clearTimeout(t);
+console.log(JSON.stringify({ answer: new TextDecoder().decode(data), from: peer.hostname, port: peer.port }));
+Deno.exit(0);
 `;
 
 const UDP_CLIENT = `
@@ -79,7 +101,12 @@ Deno.test({
       await lab.run(n.node.netns, ["ip", "route", "add", "203.0.113.0/24", "via", "192.0.2.254"]);
     }
     for (
-      const [name, text] of [["outside", OUTSIDE_SERVER], ["backend", BACKEND], ["udp", UDP_CLIENT]]
+      const [name, text] of [
+        ["outside", OUTSIDE_SERVER],
+        ["backend", BACKEND],
+        ["udp", UDP_CLIENT],
+        ["udp6", UDP6_CLIENT],
+      ]
     ) {
       await Deno.writeTextFile(`${lab.dir}/${name}.js`, text!);
     }
@@ -274,6 +301,12 @@ spec:
         backends: [b1, b2].map((b) => ({ ip: b.ipv6, port: 8086 })),
         ...body,
       });
+    // A DNS query from the outside host to [node-1]:port (UDP, a connected socket).
+    const dig6 = (port: number) =>
+      lab.exec(ul, [
+        ...["dig", "+tries=1", "+time=2", "-b", OUTSIDE6, `@${n1.ip6}`, "-p", String(port)],
+        "example.com",
+      ]);
     // -g: the brackets are the URL's.
     const from6 = (url: string, count: number, extra: string[] = []) =>
       curls(url, count, ["-g", ...extra]);
@@ -344,16 +377,101 @@ spec:
           got.every((x) => x === `b1 ${OUTSIDE}` || x === `b2 ${OUTSIDE}`),
           JSON.stringify(got),
         );
-        const v6 = await n1.call("PUT", "/v1/service", {
+      },
+    );
+
+    await t.step(
+      "--node-port-mode dsr over IPv6: a Destination Options header, the reply direct",
+      async () => {
+        // The stored IPv6 NodePort (b1 on node-1, b2 on node-2), now in DSR mode.
+        await put6({ type: "NodePort", nodePort: 30086 });
+        const want = [`b1 ${OUTSIDE6}`, `b2 ${OUTSIDE6}`];
+        let got: string[] = [];
+        await waitFor("both IPv6 backends through node-1", async () => {
+          got = [...got, ...await from6(`http://[${n1.ip6}]:30086/`, 6)];
+          return want.every((w) => got.includes(w));
+        }, 20_000).catch(() => assert.fail(`IPv6 DSR through node-1: ${JSON.stringify(got)}`));
+        assert.deepEqual(got.filter((x) => !want.includes(x)), [], JSON.stringify(got));
+        // The reply's path: node-1 sent the client's packets to b2 with no SNAT (b2 saw the
+        // client; an SNAT entry of the earlier steps has a new source), so b2's replies cannot
+        // come back through it, and node-2 learnt the frontend from the header: an egress entry
+        // for each of those connections gives b2's replies the source [node-1]:30086, straight
+        // to the client.
+        const b2Addr = `[${b2.ipv6}]:8086`;
+        const rows1 = (await natList()).filter((r) => r.source === OUTSIDE6);
+        const fwd = rows1.filter((r) =>
+          r.kind === "nodeport" && r.newDestination === b2Addr && r.newSource === undefined
+        );
+        assert.ok(fwd.length > 0, `DNAT-only entries to b2: ${JSON.stringify(rows1)}`);
+        const rows2 = JSON.parse(
+          await cilia(n2.socket, "bpf", "nat", "list", "-o", "json"),
+        ) as Record<
+          string,
+          string | number
+        >[];
+        // (node-2's own NodePort entries of the earlier steps give [node-2]:30086.)
+        const learnt = rows2.filter((r) =>
+          r.kind === "nodeport-local-reply" && r.hook === "egress" && r.source === b2.ipv6 &&
+          r.destination === OUTSIDE6 && r.newSource === `[${n1.ip6}]:30086`
+        );
+        for (const r of fwd) {
+          assert.ok(
+            learnt.some((l) => l.destinationPort === r.sourcePort),
+            `node-2 learnt the connection from port ${r.sourcePort}: ${JSON.stringify(learnt)}`,
+          );
+        }
+        // MTU (dsr6.h, 2.): UDP to a remote backend, from the outside host.
+        await putService(n1, {
           type: "NodePort",
-          frontend: { ip: "fd00:96::20", port: 80, protocol: "TCP" },
-          backends: [{ ip: b1.ipv6, port: 8086 }],
+          nodePort: 30088,
+          frontend: { ip: "fd00:96::22", port: 53, protocol: "UDP" },
+          backends: [{ ip: b2.ipv6, port: 8087 }],
         });
-        assert.equal(v6.status, 400, JSON.stringify(v6.body));
-        assert.match(JSON.stringify(v6.body), /--node-port-mode dsr does not support IPv6 yet/);
-        // The IPv6 NodePort stored before the switch is served with SNAT (nodeport6.h, 5.).
-        const stored = await from6(`http://[${n1.ip6}]:30086/`, 4);
-        assert.ok(stored.every((x) => /^b[12] /.test(x)), JSON.stringify(stored));
+        const udp6 = async (size: number, ms: number) => {
+          const args = [OUTSIDE6, n1.ip6, "30088", String(size), String(ms)];
+          const r = await deno(ul, `${lab.dir}/udp6.js`, args).output();
+          return dec.decode(r.stdout).trim() || dec.decode(r.stderr);
+        };
+        let small = "";
+        await waitFor("a small datagram through DSR", async () => {
+          small = await udp6(100, 1000);
+          return small !== "timeout";
+        }, 10_000).catch(() => assert.fail(`UDP over IPv6 DSR: ${small}`));
+        assert.deepEqual(JSON.parse(small), {
+          answer: `b2 ${OUTSIDE6} 100`,
+          from: n1.ip6,
+          port: 30088,
+        });
+        // 1,452 bytes: a 1,500-byte packet, 1,524 with the header. Packet Too Big comes back
+        // (the outside host's route to node-1 learns 1,476), and the largest datagram that fits
+        // passes: the smaller of that and b2's MTU less the header (b2 keeps the tunnel-mode MTU
+        // it was created with), less the IPv6 and UDP headers.
+        await lab.run(ul, ["ip", "-6", "route", "flush", "cache"]);
+        assert.equal(await udp6(1452, 1500), "timeout");
+        const route = await lab.run(ul, ["ip", "-6", "route", "get", n1.ip6, "from", OUTSIDE6]);
+        assert.match(route, /mtu 1476/, route);
+        const [link] = JSON.parse(await lab.run(b2.netns, ["ip", "-j", "link", "show", "eth0"]));
+        const fits = Math.min(1476, (link as { mtu: number }).mtu - 24) - 48;
+        assert.deepEqual(JSON.parse(await udp6(fits, 3000)), {
+          answer: `b2 ${OUTSIDE6} ${fits}`,
+          from: n1.ip6,
+          port: 30088,
+        });
+        await lab.run(ul, ["ip", "-6", "route", "flush", "cache"]);
+        // ICMPv6 errors about NodePort flows (nat_icmp6.h): UDP to a closed port of a local
+        // backend (b1) and of a DSR one (b2, whose error carries the header it got): the
+        // client's connected socket hears "connection refused" about its own packet to the
+        // frontend, not a timeout.
+        for (const [port, b] of [[30090, b1], [30091, b2]] as const) {
+          await putService(n1, {
+            type: "NodePort",
+            nodePort: port,
+            frontend: { ip: `fd00:96::${port - 30000}`, port: 53, protocol: "UDP" },
+            backends: [{ ip: b.ipv6, port: 9 }],
+          });
+          const r = await dig6(port);
+          assert.match(r.stdout, /connection refused/, `through ${b.name}: ${r.stdout}`);
+        }
       },
     );
 
@@ -361,6 +479,9 @@ spec:
       cluster.agentArgs = [];
       await restart(n1, n2);
       await nodePort6();
+      // The remote backend's port unreachable reaches node-1 and goes on to the client.
+      const r = await dig6(30091);
+      assert.match(r.stdout, /connection refused/, `through node-1's SNAT: ${r.stdout}`);
     });
   } finally {
     await killAll(children);

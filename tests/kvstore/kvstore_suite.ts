@@ -200,6 +200,41 @@ export async function kvStoreSuite(t: Deno.TestContext, open: OpenStore): Promis
     },
   );
 
+  await step(
+    "several watches at one position each get every change under their prefix, in order",
+    async (s, r) => {
+      // Five watches woken together by each write (Deno KV reads the change log once for them),
+      // two of them on one prefix: each sees its own events, with bytes of its own.
+      const after = await s.cursor();
+      const prefixes = ["a/", "b/", "c/", "a/", ""];
+      const n = 30;
+      const counts = prefixes.map((p) => p === "" ? 3 * n : n);
+      const watches = prefixes.map((p, i) =>
+        take(s, `${r}${p}`, { after, count: counts[i]!, timeoutMs: 20_000 })
+      );
+      for (let i = 0; i < n; i++) {
+        await Promise.all(["a", "b", "c"].map((k) => s.put(`${r}${k}/${i % 7}`, bytes(`${i}`))));
+      }
+      const got = (await Promise.all(watches)).map((es) => es.map((e) => show(r, e)));
+      for (const [w, p] of prefixes.entries()) {
+        const mine = got[w]!;
+        assertEquals(mine.length, counts[w]);
+        for (const k of p === "" ? ["a", "b", "c"] : [p[0]!]) {
+          assertEquals(
+            mine.filter((e) => e.startsWith(`put ${k}/`)),
+            Array.from({ length: n }, (_, i) => `put ${k}/${i % 7}=${i}`),
+            `watch of "${p}", key ${k}`,
+          );
+        }
+      }
+      const [one, two] = await Promise.all([0, 3].map((i) => watches[i]!));
+      const v1 = (one![0] as { entry: { value: Uint8Array } }).entry.value;
+      const v2 = (two![0] as { entry: { value: Uint8Array } }).entry.value;
+      v1[0] = 0x7a;
+      assertEquals(new TextDecoder().decode(v2), "0");
+    },
+  );
+
   await step("watch() resumes from a cursor with exactly the missed events", async (s, r) => {
     const start = await s.cursor();
     await s.put(`${r}a`, bytes("1"));

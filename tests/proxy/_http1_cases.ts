@@ -149,6 +149,20 @@ const features: Case[] = [
     expect: answers(200, 200),
   },
   {
+    // (The machine reuses what the same head bytes gave the last time: each is still judged,
+    // forwarded or denied, and recorded, and each body still read.)
+    name: "heads repeated byte for byte on one connection",
+    input: get("/public").repeat(3) + get("/private").repeat(2) +
+      "POST /upload HTTP/1.1\r\nHost: s\r\nContent-Length: 5\r\n\r\nhello".repeat(2) +
+      get("/public"),
+    replies: [OK, OK, OK, OK, OK, { final: ok("last") }],
+    expect: (o) => {
+      answers(200, 200, 200, 403, 403, 200, 200, 200)(o);
+      assert.equal(o.records.length, 8);
+      assert.equal(o.upstream.join("").split("hello").length - 1, 2, "both bodies forwarded");
+    },
+  },
+  {
     name: "the server says close",
     input: get("/public") + get("/public"),
     replies: [{ final: ok("x", "Connection: close\r\n"), close: true }, OK],

@@ -13,6 +13,40 @@ import { DnsCache } from "../../agent/proxy/dns_cache.ts";
 import { PolicyEngine } from "@cilia/policy-wasm";
 import { encodeQuery } from "../../scripts/bench/_dns_load.ts";
 
+/** The next datagram on `conn` (a copy), or an error naming `what` after `ms`. */
+async function receiveWithin(
+  conn: Deno.DatagramConn,
+  buf: Uint8Array,
+  what: string,
+  ms = 2000,
+): Promise<[Uint8Array, Deno.Addr]> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const got = conn.receive(buf);
+  got.catch(() => {}); // closed in `finally` after a timeout
+  try {
+    const [m, from] = await Promise.race([
+      got,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`No datagram for ${what} in ${ms} ms`)), ms);
+      }),
+    ]);
+    return [m.slice(), from];
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Waits until `cond()` holds, checking every 5 ms; an error naming `what` after `ms`. */
+async function until(what: string, cond: () => boolean, ms = 3000): Promise<void> {
+  const deadline = performance.now() + ms;
+  while (!cond()) {
+    if (performance.now() > deadline) {
+      throw new Error(`Timed out after ${ms} ms waiting for ${what}`);
+    }
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
 Deno.test("encodeSockaddr() and decodeSockaddr() round-trip IPv4 and IPv6", async (t) => {
   const cases: [string, string][] = [
     ["10.1.2.3", "10.1.2.3"],
@@ -92,10 +126,8 @@ Deno.test("DnsUdpLegs: answers by id from the leg's server only, deadlines, idle
     assert.equal(legs.forward(p2), undefined);
     assert.deepEqual(nat, [`+127.0.0.1:${port}/10.0.0.5`], "one leg, one NAT entry");
     const buf = new Uint8Array(512);
-    const [m1, from] = await server.receive(buf);
-    const q1 = m1.slice();
-    const [m2] = await server.receive(buf);
-    const q2 = m2.slice();
+    const [q1, from] = await receiveWithin(server, buf, "the first query");
+    const [q2] = await receiveWithin(server, buf, "the second query");
     assert.notEqual((q1[0]! << 8) | q1[1]!, (q2[0]! << 8) | q2[1]!, "ids differ on one leg");
     // From another source, and with an id not in flight: ignored.
     await stray.send(q1, from);
@@ -103,22 +135,28 @@ Deno.test("DnsUdpLegs: answers by id from the leg's server only, deadlines, idle
     bad[0] = bad[0]! ^ 0xff;
     await server.send(bad, from);
     await server.send(q1, from); // the real one (an echo is enough: legs do not parse)
-    for (let i = 0; i < 20 && answers.length < 1; i++) poll(50);
+    await until("the answer", () => (poll(0), answers.length >= 1));
+    poll(20); // nothing more comes: the stray and the wrong id were ignored
     assert.equal(answers.length, 1);
     assert.equal(answers[0]![0], p1);
     assert.deepEqual([answers[0]![1][0], answers[0]![1][1]], [0x12, 0x34], "the pod's id");
     assert.equal(legs.inflight, 1);
-    // p2 is never answered: sent again (same bytes) after 60 ms and 120 ms more, then it fails.
-    const resent: Uint8Array[] = [];
+    // p2 is never answered: sent again (same bytes) after 60 ms and 120 ms more, then it fails
+    // at its deadline (300 ms). The test drives expire() as the Worker's loop does.
+    const resent: Uint8Array[] = [], at: number[] = [];
     for (let i = 0; i < 2; i++) {
-      await new Promise((r) => setTimeout(r, 60 * 2 ** i + 10));
-      legs.expire(performance.now());
-      resent.push((await server.receive(buf))[0].slice());
+      let got: Uint8Array | undefined;
+      const next = receiveWithin(server, buf, `resend ${i + 1}`).then(([m]) => got = m);
+      await until(`resend ${i + 1}`, () => (legs.expire(performance.now()), got !== undefined));
+      await next;
+      resent.push(got!);
+      at.push(performance.now() - p2.started);
     }
     assert.deepEqual(resent, [q2, q2]);
+    assert.ok(at[0]! >= 60 && at[1]! >= 180, `resent too early: at ${at.map(Math.round)} ms`);
     assert.equal(fails.length, 0, "not failed before the deadline");
-    await new Promise((r) => setTimeout(r, 350));
-    legs.expire(performance.now());
+    await until("the deadline", () => (legs.expire(performance.now()), fails.length > 0));
+    assert.ok(performance.now() - p2.started >= 300, "failed before its deadline");
     assert.equal(fails.length, 1);
     assert.equal(fails[0]![0], p2);
     assert.match(fails[0]![1], /no answer from 127\.0\.0\.1:\d+ in 300 ms/);

@@ -207,7 +207,10 @@ function viaMachine(c: Case, split: Splitter, defer = false): Outcome {
     closeUpstream: () => (up = -1, pending.length = 0),
     closeClient: () => closed = true,
   }, {
-    judge: (r) => (o.judged.push(r), defer ? (asked = r, undefined) : judge(r)),
+    judge: (r) => {
+      o.judged.push({ ...r, headers: r.headers }); // (a copy: headers are read on demand)
+      return defer ? (asked = r, undefined) : judge(r);
+    },
     onRequest: (r) => o.records.push(strip(r)),
     headerTimeoutMs: ASYNC_TIMEOUT_MS,
     idleTimeoutMs: ASYNC_TIMEOUT_MS,

@@ -18,32 +18,6 @@ const backends = (n: number) =>
     (_, i) => ({ ip: `10.${1 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`, port: 8080 }),
   );
 
-Deno.test("ServiceManager: --node-port-mode dsr refuses IPv6 NodePort, LoadBalancer", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "cilia-svc-dsr-" });
-  const store = await openKvStore(`denokv://${dir}/kv.sqlite`);
-  const m = new ServiceManager({ store, log: SILENT, nodePortMode: "dsr" });
-  try {
-    const v6 = { ip: "fd00:96::10", port: 53, protocol: "UDP" as const };
-    for (const type of ["NodePort", "LoadBalancer"] as const) {
-      await assert.rejects(
-        () => m.upsert({ frontend: v6, type, backends: [] }),
-        new RegExp(
-          `Invalid type "${type}" for the IPv6 frontend "fd00:96::10": ` +
-            "--node-port-mode dsr does not support IPv6 yet",
-        ),
-      );
-    }
-    assert.deepEqual(m.list(), [], "nothing stored");
-    // IPv6 ClusterIP and IPv4 NodePort are fine in DSR mode.
-    await m.upsert({ frontend: v6, backends: [] });
-    await m.upsert({ frontend, type: "NodePort", backends: [] });
-    assert.equal(m.list().length, 2);
-  } finally {
-    await store.close();
-    await Deno.remove(dir, { recursive: true });
-  }
-});
-
 Deno.test("ServiceManager: bad input is a clear error, or a defined behaviour", async (t) => {
   const dir = await Deno.makeTempDir({ prefix: "cilia-svc-input-" });
   const store = await openKvStore(`denokv://${dir}/kv.sqlite`);
