@@ -375,13 +375,7 @@ export class Monitor {
     const nodeName = this.#o.nodeName;
     const make = (i: number) =>
       buildDnsFlow(rs[i]!, { ...sides[i]!, nodeName, now: new Date(rs[i]!.at) });
-    if (!this.#followers.wantFlows) return this.ring.pushMade(n, make);
-    for (let i = 0; i < n; i++) {
-      const flow = make(i);
-      this.ring.push(flow);
-      this.#followers.flow(flow);
-    }
-    this.#followers.flush();
+    this.#pushMade(n, make);
   }
 
   /** One request the L7 proxy judged → an L7 flow in the ring and to flow followers. */
@@ -417,6 +411,11 @@ export class Monitor {
         nodeName,
         now: new Date(b.timeMs(i)),
       });
+    this.#pushMade(n, make);
+  }
+
+  /** N flows of a batch: made now for followers, else kept as makers until a query reads them. */
+  #pushMade(n: number, make: (i: number) => Flow): void {
     if (!this.#followers.wantFlows) return this.ring.pushMade(n, make);
     for (let i = 0; i < n; i++) {
       const flow = make(i);

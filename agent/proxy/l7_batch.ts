@@ -9,6 +9,7 @@
 
 import type { RequestRecord } from "./http_conn.ts";
 import type { L7Record } from "./proxy.ts";
+import type { L7ContextInput } from "../monitor/monitor.ts";
 
 /** Bounds (seconds) of cilia_l7_request_duration_seconds. */
 export const L7_LATENCY_BUCKETS: readonly number[] = [
@@ -36,15 +37,7 @@ export const L7_BATCH_MAX = 8192;
 export const L7_VERDICTS = ["forwarded", "denied", "error"] as const;
 
 /** What a connection fixes for its records (and the cookie of the verdict then current). */
-export interface L7Context {
-  client: { ip: string; port: number };
-  server: { ip: string; port: number };
-  epId: number;
-  direction: "ingress" | "egress";
-  srcIdentity: number;
-  dstIdentity: number;
-  cookie: number;
-}
+export type L7Context = L7ContextInput;
 
 /** A batch as it crosses to the main thread (`nums.buffer` is transferred). */
 export interface L7BatchWire {
