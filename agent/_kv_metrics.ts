@@ -28,6 +28,7 @@ export function countedKvStore(store: KvStore, counter: Counter): KvStore {
     createIfAbsent: (key: string, value: Uint8Array, opts?: PutOptions) =>
       count("create", store.createIfAbsent(key, value, opts)),
     createAll: (entries) => count("create_all", store.createAll(entries)),
+    putAll: (entries, opts) => count("put_all", store.putAll(entries, opts)),
     compareAndSwap: (key, expected, value, opts) =>
       count("compare_and_swap", store.compareAndSwap(key, expected, value, opts)),
     list: (prefix: string) => count("list", store.list(prefix)),

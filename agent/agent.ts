@@ -151,20 +151,45 @@ export class Agent {
     const c = this.config;
     const log = this.log;
     const signal = this.#abort.signal;
-    await Deno.mkdir(c.stateDir, { recursive: true, mode: 0o700 });
-    const raw = await openKvStore(c.kvstore, opts.denokv ? { denokv: opts.denokv } : {});
-    this.store = countedKvStore(raw, this.counters.kvstoreOps);
-    this.#closers.push(this.store);
-    this.engine = await PolicyEngine.create();
-    this.#closers.push(this.engine);
-    if (opts.sink === undefined && c.datapath === "kernel") {
-      await checkDatapath(c.bpffsRoot);
-      this.datapath = await KernelSink.open({
-        bpffsRoot: c.bpffsRoot,
-        buildDir: c.bpfBuildDir,
-        log: log.child({ subsys: "datapath" }),
-        mapSizes: { ctMax: c.bpfCtMax, policyMax: c.bpfPolicyMapMax, ipcacheMax: c.bpfIpcacheMax },
-      });
+    // Where a start's time goes, logged with "agent started" (ms since the process started first).
+    const ms: Record<string, number> = { process: Math.round(performance.now()) };
+    let last = performance.now();
+    const phase = (name: string) => {
+      ms[name] = Math.round(performance.now() - last);
+      last = performance.now();
+    };
+    // The datapath (preflight, object cache key, pins, the kernel's maps read back) opens while
+    // the kvstore and the engine do: none needs another.
+    const opening = opts.sink === undefined && c.datapath === "kernel"
+      ? checkDatapath(c.bpffsRoot).then(() =>
+        KernelSink.open({
+          bpffsRoot: c.bpffsRoot,
+          buildDir: c.bpfBuildDir,
+          log: log.child({ subsys: "datapath" }),
+          mapSizes: {
+            ctMax: c.bpfCtMax,
+            policyMax: c.bpfPolicyMapMax,
+            ipcacheMax: c.bpfIpcacheMax,
+          },
+        })
+      )
+      : undefined;
+    opening?.catch(() => {}); // awaited below: a failure meanwhile is not "unhandled"
+    try {
+      await Deno.mkdir(c.stateDir, { recursive: true, mode: 0o700 });
+      const raw = await openKvStore(c.kvstore, opts.denokv ? { denokv: opts.denokv } : {});
+      this.store = countedKvStore(raw, this.counters.kvstoreOps);
+      this.#closers.push(this.store);
+      phase("kvstore");
+      this.engine = await PolicyEngine.create();
+      this.#closers.push(this.engine);
+      phase("engine");
+    } catch (err) {
+      await opening?.then((dp) => dp.close(), () => {});
+      throw err;
+    }
+    if (opening) {
+      this.datapath = await opening;
       this.#closers.push(this.datapath);
       // The L7 proxy lives in the agent (docs/architecture.md, "L7"): it judges with this engine.
       const m = this.datapath.datapath.pins.maps;
@@ -199,6 +224,7 @@ export class Agent {
       this.#closers.push(this.dnsProxy);
       // The DNS proxy's Worker caches verdicts: any change of the engine makes them stale.
       this.engine.onChange(() => this.dnsProxy?.invalidate());
+      phase("datapath");
     }
     const options = { ...DEFAULT_OPTIONS, clusterName: c.clusterName };
     const regenLog = log.child({ subsys: "regeneration" });
@@ -229,6 +255,7 @@ export class Agent {
     await this.regen.addIdentities(RESERVED_IDENTITIES);
     this.lease = await NodeLease.grant(this.store, c.leaseTtl, log.child({ subsys: "lease" }));
     this.#closers.push(this.lease);
+    phase("lease");
 
     this.identities = new IdentityCache();
     const idLog = log.child({ subsys: "identity" });
@@ -248,6 +275,7 @@ export class Agent {
       })
     );
     await this.#follow(this.identities.follow(this.store, { signal, log: idLog }));
+    phase("identities");
 
     this.localIdentities = new LocalCidrIdentities(`${c.stateDir}/local-identities.json`);
     await this.localIdentities.load();
@@ -290,6 +318,7 @@ export class Agent {
     this.#closers.push(this.policies);
     await this.policies.restoreRevision();
     await this.#follow(this.policies.follow({ signal }));
+    phase("policies");
 
     this.ipam = new Ipam({
       store: this.store,
@@ -334,6 +363,7 @@ export class Agent {
       onChange: () => this.policies.servicesChanged(),
     });
     await this.#follow(this.services.follow({ signal }));
+    phase("hostAndServices");
     this.endpoints = new EndpointManager({
       store: this.store,
       node: c.nodeName,
@@ -346,6 +376,7 @@ export class Agent {
       log: log.child({ subsys: "endpoint" }),
     });
     const restored = await this.endpoints.restore();
+    phase("endpoints");
     this.monitor = new Monitor({
       engine: this.engine,
       endpoints: () => this.endpoints.list(),
@@ -377,13 +408,17 @@ export class Agent {
     await this.#replayDeleteQueue();
     // Other nodes' entries are back before reconcile, which deletes what nobody re-applied.
     const self = await this.#followNodes(signal);
+    phase("nodes");
     if (this.datapath) {
       await this.cni.sweep();
+      phase("sweep");
       await this.datapath.reconcile();
+      phase("reconcile");
     }
 
     this.nodes = new NodeRegistry(this.store, this.lease, self);
     await this.nodes.register();
+    phase("register");
     this.gc = new IdentityGc({
       store: this.store,
       allocator: this.allocator,
@@ -405,6 +440,7 @@ export class Agent {
       policies: this.policies.size,
       endpoints: restored,
       addresses,
+      ms,
     });
   }
 

@@ -47,10 +47,21 @@ async function sourceFiles(dir: string): Promise<string[]> {
   return files.sort();
 }
 
-async function clangVersion(clang: string): Promise<string> {
-  const res = await execCommand([clang, "--version"]);
-  if (res.code !== 0) throw new Error(`Cannot run "${clang}": exited with status ${res.code}`);
-  return res.stdout.split("\n")[0] ?? "";
+/** Versions by compiler path, asked once per process (a start asked twice, a process each). */
+const versions = new Map<string, Promise<string>>();
+
+export function clangVersion(clang: string): Promise<string> {
+  let v = versions.get(clang);
+  if (v === undefined) {
+    v = (async () => {
+      const res = await execCommand([clang, "--version"]);
+      if (res.code !== 0) throw new Error(`Cannot run "${clang}": exited with status ${res.code}`);
+      return res.stdout.split("\n")[0] ?? "";
+    })();
+    versions.set(clang, v);
+    v.catch(() => versions.delete(clang));
+  }
+  return v;
 }
 
 /** The flags including the multiarch include directory for <asm/types.h>. */

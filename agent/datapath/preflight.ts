@@ -3,6 +3,7 @@
 // drives (clang, bpftool, tc, ip). Each failure is one error naming what is missing and how to
 // fix it. It changes nothing (but creates the pin root directory, as checkBpffs does).
 import { execCommand } from "../sys/exec.ts";
+import { clangVersion } from "./build.ts";
 import { checkBpffs } from "./loader.ts";
 
 export class DatapathUnavailableError extends Error {
@@ -46,8 +47,13 @@ export async function checkDatapath(bpffsRoot: string): Promise<void> {
       `run the agent as root, or start it with --datapath none (no enforcement)`,
     );
   }
-  for (const [name, args] of [["clang", ["--version"]], ["bpftool", ["version"]]] as const) {
-    if (!(await tool(name, [...args]))) {
+  // clang's version is the one the object cache key asks for next (build.ts asks once).
+  const found = await Promise.all([
+    clangVersion("clang").then(() => true, () => false),
+    tool("bpftool", ["version"]),
+  ]);
+  for (const [i, name] of ["clang", "bpftool"].entries()) {
+    if (!found[i]) {
       throw new DatapathUnavailableError(
         `Cannot load the kernel datapath: "${name}" is not installed`,
         `run scripts/setup (it installs clang, bpftool and iproute2)`,

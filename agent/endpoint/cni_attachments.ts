@@ -168,7 +168,7 @@ export class CniAttachments {
       const { endpoint } = await this.#o.endpoints.put(id, full, { identity });
       created = true;
       t.push(performance.now());
-      await finishHostSide({ hostIfname, addressing });
+      await finishHostSide({ hostIfname, podMac, addressing });
       t.push(performance.now());
       const step = (i: number) => Math.round(t[i + 1]! - t[i]!);
       this.#o.log.info("CNI attachment added", {

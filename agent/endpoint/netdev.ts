@@ -2,17 +2,31 @@
  * Network plumbing of an endpoint made by the CNI plugin, done by the agent in the node's network
  * namespace with iproute2: a veth pair made in the pod's network namespace (a path, entered with
  * `nsenter --net`) whose host side (lxc<hash>) is created in the node's, the pod's addresses and
- * routes (IPv4 default via the pod CIDR's gateway on cilia_host, IPv6 via
- * fe80::1 on the host side), and the node's routes to the pod. The host side stays down until
- * `finishHostSide()`, so no packet flows before the datapath is attached. Knows nothing of
- * policy or endpoint records.
+ * routes (IPv4 default via the pod CIDR's gateway on cilia_host, IPv6 via fe80::1: a permanent
+ * neighbour entry in the pod naming the host side's MAC), and the node's routes and, for IPv6, a
+ * permanent neighbour entry to the pod. The host side has no IPv6 address at all (address
+ * generation off): every IPv6 route in the node's netns is walked by the kernel whenever any link
+ * comes up, so an endpoint adds two (its /128 and the link's ff00::/8), not six. The host side
+ * stays down until `finishHostSide()`, so no packet flows before the datapath is attached. Knows
+ * nothing of policy or endpoint records.
  */
 
 import { createHash } from "node:crypto";
 import { execCommand } from "../sys/exec.ts";
-import { addrAdd, ifIndex, linkUp, routeReplaceHost, rtnetlink } from "../sys/rtnetlink.ts";
+import {
+  ifIndex,
+  linkAddrGenModeNone,
+  linkUp,
+  neighReplacePermanent,
+  routeReplaceHost,
+  rtnetlink,
+} from "../sys/rtnetlink.ts";
 
-/** The pods' IPv6 gateway: a link-local address on every host-side interface. */
+/**
+ * The pods' IPv6 gateway. No interface has it: each pod resolves it to its host side's MAC with a
+ * permanent neighbour entry, so no neighbour discovery (which would need a link-local address on
+ * the host side) ever asks for it.
+ */
 export const IPV6_GATEWAY = "fe80::1";
 
 export class NetdevError extends Error {
@@ -81,7 +95,12 @@ export async function createPodInterface(o: {
         `route add default via ${a.gateway4} dev ${dev}`,
       ]
       : []),
-    ...(a.ipv6 ? [`route add default via ${IPV6_GATEWAY} dev ${dev}`] : []),
+    ...(a.ipv6
+      ? [
+        `neigh replace ${IPV6_GATEWAY} lladdr ${o.hostMac} dev ${dev} nud permanent`,
+        `route add default via ${IPV6_GATEWAY} dev ${dev}`,
+      ]
+      : []),
   ];
   // `read` and `echo` are built into sh: the one child is ip. (dash's `read` of a /proc/sys
   // file returns 1 even when it read the value: test the value.)
@@ -104,27 +123,28 @@ export async function createPodInterface(o: {
 }
 
 /**
- * Brings the host side up with the IPv6 gateway and routes to the pod: four rtnetlink requests
- * made in process (`rtnetlink.ts`), no `ip` process; the kernel's part, which grows with the
- * node's links, runs off the event loop's thread.
+ * Brings the host side up without IPv6 addresses and routes to the pod (IPv6: with a permanent
+ * neighbour entry for the pod's address, as the host side cannot ask for it): up to five
+ * rtnetlink requests made in process (`rtnetlink.ts`), no `ip` process; the kernel's part, which
+ * grows with the node's IPv6 routes, runs off the event loop's thread.
  */
 export async function finishHostSide(
-  o: { hostIfname: string; addressing: PodAddressing },
+  o: { hostIfname: string; podMac: string; addressing: PodAddressing },
 ): Promise<void> {
   const a = o.addressing, dev = o.hostIfname;
-  try {
-    Deno.writeTextFileSync(`/proc/sys/net/ipv6/conf/${dev}/accept_dad`, "0");
-  } catch {
-    // IPv6 off on this node: nothing to turn off
-  }
   const index = ifIndex(dev);
   if (index === undefined) throw new NetdevError(`Cannot configure "${dev}": no such interface`);
   try {
     await rtnetlink([
-      addrAdd(index, { ip: IPV6_GATEWAY, prefix: 64, nodad: true, name: dev }),
+      linkAddrGenModeNone(index, dev),
       linkUp(index, dev),
       ...(a.ipv4 ? [routeReplaceHost(index, { dst: a.ipv4, src: a.gateway4, name: dev })] : []),
-      ...(a.ipv6 ? [routeReplaceHost(index, { dst: a.ipv6, src: a.gateway6, name: dev })] : []),
+      ...(a.ipv6
+        ? [
+          routeReplaceHost(index, { dst: a.ipv6, src: a.gateway6, name: dev }),
+          neighReplacePermanent(index, { ip: a.ipv6, mac: o.podMac, name: dev }),
+        ]
+        : []),
     ]);
   } catch (err) {
     throw new NetdevError(`Cannot configure "${dev}": ${(err as Error).message}`, { cause: err });

@@ -11,7 +11,7 @@
  */
 
 import type { IdentitySpec } from "@cilia/policy-wasm";
-import type { KvStore } from "../kvstore/kvstore.ts";
+import { type KvStore, PUT_ALL_MAX } from "../kvstore/kvstore.ts";
 import type { Logger } from "../log.ts";
 import type { NodeLease } from "../node/lease.ts";
 import type { IdentityCache } from "./cache.ts";
@@ -47,7 +47,10 @@ const enc = new TextEncoder();
 export class IdentityAllocator {
   #o: AllocatorOptions;
   #refs = new Map<number, number>();
-  #refSync = new Map<number, Promise<void>>();
+  /** Identities whose reference key the next flush makes match the count, with their waiters. */
+  #dirty = new Map<number, PromiseWithResolvers<void>[]>();
+  /** The flush running, if any: it writes batches until nothing is dirty. */
+  #flushing: Promise<void> | undefined;
 
   constructor(opts: AllocatorOptions) {
     this.#o = opts;
@@ -191,26 +194,74 @@ export class IdentityAllocator {
   }
 
   /**
-   * Makes the reference key match the count (present iff > 0). Runs one at a time per identity
-   * and reads the count when it runs, so the last write always reflects the latest count.
+   * Makes the reference key match the count (present iff > 0), in the next flush. Flushes run
+   * one after another and read the count when they run, so the last write always reflects the
+   * latest count; every reference that became dirty while one flush wrote goes into the next
+   * (group commit: a restore's or a burst of ADDs' references take one write per batch).
    */
   #syncRef(id: number): Promise<void> {
-    const prev = this.#refSync.get(id) ?? Promise.resolve();
-    const next = prev.catch(() => {}).then(async () => {
-      const key = refKey(id, this.#o.node);
-      if ((this.#refs.get(id) ?? 0) > 0) {
-        const value = enc.encode(JSON.stringify({ node: this.#o.node }));
-        await this.#o.store.put(key, value, { lease: this.#o.lease.id });
-      } else {
-        await this.#o.store.delete(key);
+    const waiter = Promise.withResolvers<void>();
+    const waiters = this.#dirty.get(id);
+    if (waiters) waiters.push(waiter);
+    else this.#dirty.set(id, [waiter]);
+    this.#flushing ??= this.#flush();
+    return waiter.promise;
+  }
+
+  async #flush(): Promise<void> {
+    await null; // let the caller's synchronous siblings join this batch
+    while (this.#dirty.size > 0) {
+      const batch = this.#dirty;
+      this.#dirty = new Map();
+      const failed = await this.#writeRefs([...batch.keys()]).catch((err) =>
+        new Map([...batch.keys()].map((id) => [id, err]))
+      );
+      for (const [id, waiters] of batch) {
+        const err = failed.get(id);
+        for (const w of waiters) err === undefined ? w.resolve() : w.reject(err);
       }
-    });
-    this.#refSync.set(id, next);
-    const forget = () => {
-      if (this.#refSync.get(id) === next) this.#refSync.delete(id);
-    };
-    next.then(forget, forget);
-    return next;
+    }
+    this.#flushing = undefined; // in the same turn as the last look at #dirty
+  }
+
+  /**
+   * Puts the reference keys of `ids` that are in use, `PUT_ALL_MAX` a write (a batch that fails
+   * is tried again key by key, so one bad key does not fail the others), and deletes the others.
+   * Returns the error of each id that could not be written.
+   */
+  async #writeRefs(ids: number[]): Promise<Map<number, unknown>> {
+    const { store, node } = this.#o;
+    const failed = new Map<number, unknown>();
+    const value = enc.encode(JSON.stringify({ node }));
+    const opts = { lease: this.#o.lease.id };
+    const used = ids.filter((id) => (this.#refs.get(id) ?? 0) > 0);
+    const unused = ids.filter((id) => (this.#refs.get(id) ?? 0) === 0);
+    const one = (id: number, write: Promise<unknown>) =>
+      write.catch((err) => failed.set(id, err)).then(() => {});
+    const chunks: number[][] = [];
+    for (let i = 0; i < used.length; i += PUT_ALL_MAX) chunks.push(used.slice(i, i + PUT_ALL_MAX));
+    await Promise.all([
+      ...chunks.map(async (chunk) => {
+        const entries = chunk.map((id) => ({ key: refKey(id, node), value }));
+        try {
+          await (chunk.length === 1
+            ? store.put(entries[0]!.key, value, opts)
+            : store.putAll(entries, opts));
+        } catch (err) {
+          if (chunk.length === 1) return void failed.set(chunk[0]!, err);
+          this.#o.log.warn(
+            "cannot write identity references in one batch: writing them one by one",
+            {
+              references: chunk.length,
+              error: err,
+            },
+          );
+          await Promise.all(chunk.map((id) => one(id, store.put(refKey(id, node), value, opts))));
+        }
+      }),
+      ...unused.map((id) => one(id, store.delete(refKey(id, node)))),
+    ]);
+    return failed;
   }
 
   async #reputRefs(): Promise<void> {
@@ -219,6 +270,6 @@ export class IdentityAllocator {
 
   /** Waits for reference writes in flight (before the store closes). */
   async settle(): Promise<void> {
-    await Promise.allSettled([...this.#refSync.values()]);
+    while (this.#flushing) await this.#flushing;
   }
 }

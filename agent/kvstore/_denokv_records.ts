@@ -114,6 +114,58 @@ export function createAll(
   });
 }
 
+/**
+ * Puts every entry (with `lease`, if given) in one commit checked against the sequence and the
+ * lease record (every data write moves the sequence, so no other check is needed), with a change
+ * record per key; moves each key's lease bookkeeping as `mutate` does. Starts over when another
+ * writer won the race; throws `LeaseGone` if the lease is gone.
+ */
+export function putAll(
+  kv: Deno.Kv,
+  entries: readonly { key: string; value: Uint8Array }[],
+  lease: string | undefined,
+  max: number,
+): Promise<void> {
+  if (entries.length > max) {
+    throw new RangeError(`Cannot put ${entries.length} keys in one write: at most ${max}`);
+  }
+  return retrying(async () => {
+    const keys: Deno.KvKey[] = [
+      SEQ,
+      ...(lease === undefined ? [] : [["L", lease]]),
+      ...entries.map((e) => ["d", e.key]),
+    ];
+    const reads: Promise<Deno.KvEntryMaybe<unknown>[]>[] = [];
+    for (let i = 0; i < keys.length; i += 10) reads.push(kv.getMany(keys.slice(i, i + 10)));
+    const all = (await Promise.all(reads)).flat();
+    const seq = all.shift() as Deno.KvEntryMaybe<number>;
+    const tx = kv.atomic().check(seq);
+    if (lease !== undefined) {
+      const l = all.shift() as Deno.KvEntryMaybe<LeaseRecord>;
+      if (l.value === null || l.value.exp <= Date.now()) throw new LeaseGone(lease);
+      tx.check(l);
+    }
+    const cur = all as Deno.KvEntryMaybe<Stored>[];
+    const ls = lease === undefined ? {} : { l: lease };
+    let next = seq.value ?? 0;
+    const t = Date.now();
+    for (const [i, e] of entries.entries()) {
+      const old = cur[i]!.value?.l;
+      if (old !== undefined && old !== lease) tx.delete(["K", old, e.key]);
+      if (lease !== undefined) tx.set(["K", lease, e.key], true);
+      next++;
+      tx.set(["d", e.key], { v: e.value, ...ls }).set(["c", next], {
+        k: e.key,
+        v: e.value,
+        ...ls,
+        t,
+      });
+    }
+    const r = await tx.set(SEQ, next).commit();
+    return r.ok ? undefined : AGAIN;
+  });
+}
+
 /** Keys one createAll() writes at most (Deno KV allows 100 checks per commit). */
 export const CREATE_ALL_MAX = 64;
 

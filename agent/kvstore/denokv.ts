@@ -8,7 +8,14 @@
  * locked": it retries.
  */
 
-import type { KvEntry, KvStore, PutOptions, WatchEvent, WatchOptions } from "./kvstore.ts";
+import {
+  type KvEntry,
+  type KvStore,
+  PUT_ALL_MAX,
+  type PutOptions,
+  type WatchEvent,
+  type WatchOptions,
+} from "./kvstore.ts";
 import { kvError, ValueTooLargeError } from "./errors.ts";
 
 /**
@@ -16,11 +23,14 @@ import { kvError, ValueTooLargeError } from "./errors.ts";
  * change record with the key: this leaves room for keys of up to ~400 bytes.
  */
 export const DENOKV_MAX_VALUE_BYTES = 65_024;
+/** What one commit of `putAll` may write, keys and values (Deno KV allows 800 KiB, and more). */
+const DENOKV_MAX_COMMIT_BYTES = 768 * 1024;
 import { isLocked, retrying } from "./_retry.ts";
 import {
   createAll,
   type LoggedChange,
   mutate,
+  putAll,
   readLog,
   readSeq,
   type Stored,
@@ -144,6 +154,39 @@ class DenoKvStore implements KvStore {
       distinctKeys(entries);
       if (entries.length === 0) return true;
       return (await this.#exclusive(() => createAll(this.#kv, entries))).done;
+    });
+  }
+
+  putAll(
+    entries: readonly { key: string; value: Uint8Array }[],
+    opts: PutOptions = {},
+  ): Promise<void> {
+    const keys = entries.map((e) => e.key).join(", ");
+    const big = entries.find((e) => e.value.length > this.maxValueBytes);
+    if (big) {
+      return Promise.reject(
+        new ValueTooLargeError(
+          big.value.length,
+          this.maxValueBytes,
+          `Cannot put "${big.key}" in ${this.name}: the value is ${big.value.length} bytes, ` +
+            `the limit is ${this.maxValueBytes}`,
+        ),
+      );
+    }
+    return this.#run("put", keys, async () => {
+      distinctKeys(entries);
+      if (entries.length === 0) return;
+      // Each value is written twice (the data and its change record) in one commit.
+      const bytes = entries.reduce((n, e) => n + 2 * (e.value.length + e.key.length), 0);
+      if (bytes > DENOKV_MAX_COMMIT_BYTES) {
+        throw new RangeError(
+          `expected at most ${DENOKV_MAX_COMMIT_BYTES} bytes in one write, got ${bytes}`,
+        );
+      }
+      await this.#exclusive(async () => {
+        await putAll(this.#kv, entries, opts.lease, PUT_ALL_MAX);
+        return { done: true };
+      });
     });
   }
 

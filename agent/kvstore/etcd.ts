@@ -5,7 +5,14 @@
  * stream open after `close()`.
  */
 
-import type { KvEntry, KvStore, PutOptions, WatchEvent, WatchOptions } from "./kvstore.ts";
+import {
+  type KvEntry,
+  type KvStore,
+  PUT_ALL_MAX,
+  type PutOptions,
+  type WatchEvent,
+  type WatchOptions,
+} from "./kvstore.ts";
 import { distinctKeys, kvError, LeaseGone, WatchCompactedError } from "./errors.ts";
 import { backoff } from "./_retry.ts";
 import { parseCursor, type WatchPosition, watchStream } from "./_etcd_watch.ts";
@@ -100,6 +107,25 @@ class EtcdStore implements KvStore {
         success: entries.map((e) => ({ request_put: putRequest(e.key, e.value, undefined) })),
       });
       return r.succeeded === true;
+    });
+  }
+
+  putAll(
+    entries: readonly { key: string; value: Uint8Array }[],
+    opts: PutOptions = {},
+  ): Promise<void> {
+    return this.#run("put", entries.map((e) => e.key).join(", "), async () => {
+      distinctKeys(entries);
+      if (entries.length > PUT_ALL_MAX) {
+        throw new RangeError(
+          `expected at most ${PUT_ALL_MAX} keys in one write, got ${entries.length}`,
+        );
+      }
+      if (entries.length === 0) return;
+      await this.#leased(opts.lease, () =>
+        this.#client.call("/v3/kv/txn", {
+          success: entries.map((e) => ({ request_put: putRequest(e.key, e.value, opts.lease) })),
+        }));
     });
   }
 

@@ -61,6 +61,13 @@ export interface KvStore {
    */
   createAll(entries: readonly { key: string; value: Uint8Array }[]): Promise<boolean>;
   /**
+   * Puts every entry of `entries` (distinct keys, at most `PUT_ALL_MAX`), each with `opts.lease`
+   * when given, in one atomic write: all or none. One round trip and one commit where as many
+   * `put` calls would each take theirs. For small values: a backend may cap a write's bytes
+   * (Deno KV: 768 KiB of keys and values, each counted twice).
+   */
+  putAll(entries: readonly { key: string; value: Uint8Array }[], opts?: PutOptions): Promise<void>;
+  /**
    * Writes `value` (or deletes, if `null`) only if the key's revision is still `expected`
    * (`null`: the key must be absent). Returns whether it wrote.
    */
@@ -92,6 +99,9 @@ export interface KvStore {
   /** Ends every watch and timer and releases the connection or file. */
   close(): Promise<void>;
 }
+
+/** Keys one `putAll()` writes at most (etcd's default `--max-txn-ops`). */
+export const PUT_ALL_MAX = 128;
 
 export interface OpenKvStoreOptions {
   /** Deno KV only: timings, made small by tests. */

@@ -11,6 +11,7 @@ import type { OrigDestination, ProxyMaps } from "../datapath/proxy_maps.ts";
 import * as S from "../sys/sockets_ffi.ts";
 import type { DnsAnswer, DnsQuery } from "./dns_message.ts";
 import { type DnsUdpTrace, T } from "./_dns_udp_trace.ts";
+import { Mmsg, SLOTS } from "./_dns_mmsg.ts";
 
 /** One query from a pod, from its arrival to its answer. */
 export interface Pending {
@@ -18,6 +19,8 @@ export interface Pending {
   fd: number;
   addr: Uint8Array;
   msg: Uint8Array;
+  /** A spare copy of msg that forward() sends with the leg's id (made with msg: one allocation). */
+  up?: Uint8Array;
   o: OrigDestination;
   client: { ip: string; port: number };
   started: number;
@@ -59,7 +62,10 @@ export interface DnsUdpLegsOptions {
   timeoutMs: number;
   /** A query without an answer is sent again after this (ms; default 250), then twice that. */
   resendMs?: number;
-  /** An answer for p from its server, the pod's id restored; false: not p's answer (ignored). */
+  /**
+   * An answer for p from its server, the pod's id restored; false: not p's answer (ignored).
+   * `bytes` is valid during the call only (a receive slot): copy what is kept.
+   */
   onAnswer: (p: Pending, bytes: Uint8Array) => boolean | void;
   onFail: (p: Pending, error: string) => void;
   /** A leg's socket was opened (open) or closed: whoever outlives the Worker can clean up after it. */
@@ -96,27 +102,30 @@ export class DnsUdpLegs {
   #nextDue = Infinity;
   /** The Worker's epoll instance (legs are added to it). */
   epoll = -1;
-  readonly #buf = new Uint8Array(65536);
-  readonly #from = new Uint8Array(S.SOCKADDR_SIZE);
-  readonly #fromLen = new Uint32Array(1);
+  /** The legs' batched reads (one recvmmsg per wake-up). */
+  readonly #rx: Mmsg;
   readonly #ev = new Uint8Array(S.EPOLL_EVENT_SIZE);
 
   constructor(o: DnsUdpLegsOptions) {
     this.#o = o;
+    this.#rx = new Mmsg(o.trace ? { timestamps: true } : {});
   }
 
   get inflight(): number {
     return this.#inflight;
   }
 
-  /** Sends p's query on its leg (opened on first use); an error text if it cannot. */
-  forward(p: Pending): string | undefined {
+  /**
+   * Sends p's query on its leg (opened on first use); an error text if it cannot. `now`: the
+   * caller's clock reading (performance.now()), if it has one.
+   */
+  forward(p: Pending, now = performance.now()): string | undefined {
     const o = p.o;
     const key = `${p.client.ip}/${o.srcIdentity}/${o.epId}/${o.dir}/${o.ip}:${o.port}`;
     let leg = this.#legs.get(key);
     if (!leg) {
       try {
-        leg = this.#open(key, p);
+        leg = this.#open(key, p, now);
       } catch (err) {
         return `upstream error: ${(err as Error).message}`;
       }
@@ -124,13 +133,12 @@ export class DnsUdpLegs {
     if (leg.inflight.size >= 0x8000) return `too many queries in flight to ${o.ip}:${o.port}`;
     let id = (Math.random() * 0x10000) | 0;
     while (leg.inflight.has(id)) id = (id + 1) & 0xffff;
-    const bytes = p.q!.raw.slice();
+    const bytes = p.up ?? p.q!.raw.slice();
     bytes[0] = id >> 8;
     bytes[1] = id & 0xff;
-    leg.lastUsed = performance.now();
+    leg.lastUsed = now;
     const sent = S.libc().sendto(leg.fd, bytes, BigInt(bytes.length), 0, leg.addr, leg.addr.length);
     if (Number(sent) < 0) return `upstream error: ${S.sysError("sendto").message}`;
-    const now = leg.lastUsed;
     leg.inflight.set(id, {
       id,
       p,
@@ -144,12 +152,13 @@ export class DnsUdpLegs {
     return undefined;
   }
 
-  #open(key: string, p: Pending): Leg {
+  #open(key: string, p: Pending, now: number): Leg {
     const o = p.o, v6 = o.ip.includes(":");
     const sock = S.bindUdp(v6 ? this.#o.gateway6 || "::" : this.#o.gateway, 0, {
       receiveBuffer: this.#o.receiveBuffer,
     });
     const c = S.libc();
+    if (this.#o.trace) this.#rx.timestamp(sock.fd);
     const server = { ip: o.ip, port: o.port };
     const addr = new Uint8Array(S.SOCKADDR_SIZE);
     const leg: Leg = {
@@ -159,7 +168,7 @@ export class DnsUdpLegs {
       server,
       addr: addr.subarray(0, S.encodeSockaddr(addr, o.ip, o.port)),
       inflight: new Map(),
-      lastUsed: performance.now(),
+      lastUsed: now,
     };
     try {
       this.#o.maps.writeNat({
@@ -190,27 +199,27 @@ export class DnsUdpLegs {
   drain(fd: number): void {
     const leg = this.#byFd.get(fd);
     if (!leg) return;
-    const c = S.libc(), buf = this.#buf, from = this.#from;
-    const fromLen = new Uint8Array(this.#fromLen.buffer);
-    for (let i = 0; i < 256; i++) {
-      this.#fromLen[0] = S.SOCKADDR_SIZE;
-      const got = Number(c.recvfrom(fd, buf, 65536n, 0, from, fromLen));
-      if (got < 0) return;
-      if (got < 12 || !sameAddr(from, leg.addr)) continue;
-      const id = (buf[0]! << 8) | buf[1]!;
-      const w = leg.inflight.get(id);
-      if (!w) continue;
-      const t = this.#o.trace;
-      if (t) {
-        t.mark(w.p.tr, T.uread);
-        t.mark(w.p.tr, T.ukin, t.arrival(fd));
+    const rx = this.#rx, t = this.#o.trace;
+    for (let round = 0; round < 16; round++) {
+      const n = rx.receive(fd);
+      if (n <= 0) return;
+      for (let i = 0; i < n; i++) {
+        const got = rx.data(i);
+        if (!got || got.length < 12 || !sameAddr(rx.from(i), leg.addr)) continue;
+        const id = (got[0]! << 8) | got[1]!;
+        const w = leg.inflight.get(id);
+        if (!w) continue;
+        if (t) {
+          t.mark(w.p.tr, T.uread);
+          t.mark(w.p.tr, T.ukin, rx.arrival(i));
+        }
+        got[0] = w.p.msg[0]!; // the pod's id, in the slot (onAnswer copies what it keeps)
+        got[1] = w.p.msg[1]!;
+        if (this.#o.onAnswer(w.p, got) === false) continue;
+        leg.inflight.delete(id);
+        this.#inflight--;
       }
-      const out = buf.slice(0, got);
-      out[0] = w.p.msg[0]!;
-      out[1] = w.p.msg[1]!;
-      if (this.#o.onAnswer(w.p, out) === false) continue;
-      leg.inflight.delete(id);
-      this.#inflight--;
+      if (n < SLOTS) return; // the socket was empty
     }
   }
 
@@ -267,5 +276,6 @@ export class DnsUdpLegs {
 
   close(): void {
     for (const leg of [...this.#legs.values()]) this.#drop(leg, "the DNS proxy is closed");
+    this.#rx.close();
   }
 }

@@ -2,7 +2,7 @@
 // its latency goes (`deno task bench dns --trace DIR`). Off unless the agent runs with
 // CILIA_DNS_TRACE=FILE: then every query gets one row of CLOCK_REALTIME times in µs since the
 // epoch (the client's own times, taken the same way, join on the DNS id): the kernel's arrival
-// time on the proxy socket (SIOCGSTAMPNS), the Worker's read, the upstream send, the answer's
+// time on the proxy socket (SO_TIMESTAMPNS, read with the datagram: _dns_mmsg.ts), the Worker's read, the upstream send, the answer's
 // kernel arrival on the leg and its read, the reply's send, whether the main thread was asked,
 // and the epoll batch it came in. Rows are appended as JSON lines when the Worker idles (an
 // epoll_wait that timed out) or stops (at most MAX_ROWS kept). It decides nothing.
@@ -25,8 +25,6 @@ export const T = {
   port: 11,
 } as const;
 
-const SIOCGSTAMPNS = 0x8907;
-
 export class DnsUdpTrace {
   readonly #path: string;
   readonly #rows = new Float64Array(COLS * MAX_ROWS);
@@ -35,7 +33,6 @@ export class DnsUdpTrace {
   #written = 0;
   readonly #lib = Deno.dlopen("libc.so.6", {
     clock_gettime: { parameters: ["i32", "pointer"], result: "i32" },
-    ioctl: { parameters: ["i32", "u32", "pointer"], result: "i32" },
   });
   readonly #ts = new BigInt64Array(2);
   readonly #tsp = Deno.UnsafePointer.of(this.#ts);
@@ -63,29 +60,26 @@ export class DnsUdpTrace {
     return Number(this.#ts[0]!) * 1e6 + Number(this.#ts[1]!) / 1e3;
   }
 
-  /** The kernel's arrival time of the datagram last read on fd (µs), 0 if none. */
-  arrival(fd: number): number {
-    if (this.#lib.symbols.ioctl(fd, SIOCGSTAMPNS, this.#tsp) !== 0) return 0;
-    return Number(this.#ts[0]!) * 1e6 + Number(this.#ts[1]!) / 1e3;
-  }
-
   /** An epoll_wait that began at `from` returned `n` events. */
   batch(n: number, from: number): void {
     this.#batch = [n, from, this.now()];
   }
 
-  /** A new row for a query read on `fd` (its first two bytes are the id); -1 when full. */
-  query(fd: number, msg: Uint8Array, port: number): number {
+  /**
+   * A new row for a query (its first two bytes are the id) from the sockaddr `from`, which arrived
+   * at `kin` (the kernel's time stamp, µs); -1 when full.
+   */
+  query(msg: Uint8Array, from: Uint8Array, kin: number): number {
     const read = this.now();
     if (this.#n >= MAX_ROWS) return -1;
     const r = this.#n++ * COLS, rows = this.#rows;
     rows[r + T.id] = msg.length >= 2 ? (msg[0]! << 8) | msg[1]! : -1;
-    rows[r + T.kin] = this.arrival(fd);
+    rows[r + T.kin] = kin;
     rows[r + T.read] = read;
     rows[r + T.batch] = this.#batch[0]!;
     rows[r + T.waitFrom] = this.#batch[1]!;
     rows[r + T.waitTo] = this.#batch[2]!;
-    rows[r + T.port] = port;
+    rows[r + T.port] = (from[2]! << 8) | from[3]!;
     return r;
   }
 

@@ -35,10 +35,12 @@ import {
 import type { DnsRecord } from "./dns_proxy.ts";
 import { decodeAddr, DnsUdpLegs, type Pending } from "./_dns_udp_legs.ts";
 import { DnsUdpTrace, T } from "./_dns_udp_trace.ts";
+import { Mmsg, SLOTS } from "./_dns_mmsg.ts";
 import {
   type FromMain,
   KNOWN_MARGIN_MS,
   RECORD_BATCH_MS,
+  type RecordBatch,
   SHARED,
   type ToMain,
   type WorkerStart,
@@ -66,7 +68,11 @@ let generation = 0;
 const waiting = new Map<number, Pending>();
 let nextQid = 1;
 let records: DnsRecord[] = [];
-let refresh: { epId: number; names: string[]; ips: { ip: string; ttl: number }[] }[] = [];
+/** Answers released at once since the last batch (rule 3), by knownKey: the main thread extends them. */
+const refresh = new Map<
+  string,
+  { epId: number; names: string[]; ips: { ip: string; ttl: number }[] }
+>();
 /** When the last batch of records went (the first record after a pause goes at once). */
 let flushedAt = -Infinity;
 /** Stage timestamps per query, only when the agent runs with CILIA_DNS_TRACE. */
@@ -158,6 +164,7 @@ async function loop(): Promise<void> {
     if (c.epoll_ctl(ep, S.EPOLL_CTL_ADD, fd, ev) !== 0) throw S.sysError("epoll_ctl");
   }
   const listeners = new Set(cfg.listeners.map((l) => l.fd));
+  if (trace) { for (const fd of listeners) rx.timestamp(fd); }
   const evs = new Uint8Array(S.EPOLL_EVENT_SIZE * 64), evsv = new DataView(evs.buffer);
   const eight = new Uint8Array(8);
   // Best effort (needs CAP_SYS_NICE): on a busy node this thread then waits less for a CPU.
@@ -167,10 +174,10 @@ async function loop(): Promise<void> {
   const rt = cfg.realtime > 0 ? setThreadFifo(cfg.realtime) : undefined;
   if (rt !== undefined) log("debug", `DNS proxy worker: no real-time priority: ${rt}`);
   scope.postMessage({ t: "ready" });
-  let lastSweep = performance.now();
+  let now = performance.now(), lastSweep = now;
   while (Atomics.load(shared, SHARED.STOP) === 0) {
     const timeout = records.length > 0
-      ? Math.max(1, Math.ceil(flushedAt + RECORD_BATCH_MS - performance.now()))
+      ? Math.max(1, Math.ceil(flushedAt + RECORD_BATCH_MS - now))
       : legs.inflight > 0
       ? 25
       : 1000;
@@ -178,13 +185,15 @@ async function loop(): Promise<void> {
     const n = c.epoll_wait(ep, evs, 64, timeout);
     if (trace && n > 0) trace.batch(n, waitFrom);
     else if (trace && timeout === 1000) trace.flush(); // idle: nothing waits for this thread
+    // One clock read per wake-up (performance.now() costs ~0.5 µs): this round's queries, legs
+    // and deadlines go by it; they are microseconds apart.
+    now = wokeAt = performance.now();
     for (let i = 0; i < n; i++) {
       const fd = evsv.getUint32(S.EPOLL_EVENT_SIZE * i + 4, true);
       if (fd === cfg.wakeFd) c.read(cfg.wakeFd, eight, 8n);
       else if (listeners.has(fd)) drainListener(fd);
       else legs.drain(fd);
     }
-    const now = performance.now();
     legs.expire(now);
     if (now - lastSweep >= 1000) {
       legs.sweepIdle(now, cfg.idleMs);
@@ -193,7 +202,10 @@ async function loop(): Promise<void> {
     if (records.length > 0 && (now - flushedAt >= RECORD_BATCH_MS || records.length >= 256)) {
       flushRecords();
     }
-    while (Atomics.load(shared, SHARED.POSTED) > received) await yieldToMessages();
+    if (Atomics.load(shared, SHARED.POSTED) > received) {
+      while (Atomics.load(shared, SHARED.POSTED) > received) await yieldToMessages();
+      now = performance.now();
+    }
     if (faulted) throw new Error(`fault injected: a query for "${faultName}"`);
   }
   flushRecords();
@@ -202,29 +214,46 @@ async function loop(): Promise<void> {
   for (const l of cfg.listeners) c.close(l.fd);
   maps?.close();
   trace?.close();
+  rx.close();
   S.release();
   scope.postMessage({ t: "closed" });
   scope.close();
 }
 
-const buf = new Uint8Array(65536);
-const from = new Uint8Array(S.SOCKADDR_SIZE);
-const fromLen = new Uint32Array(1);
-const fromLenU8 = new Uint8Array(fromLen.buffer);
+/** When epoll_wait last returned (performance.now()). */
+let wokeAt = 0;
+/** The listeners' batched reads (one recvmmsg per wake-up; the legs have their own). */
+const rx = new Mmsg(trace ? { timestamps: true } : {});
 
 function drainListener(fd: number): void {
-  const c = S.libc();
-  for (let i = 0; i < 256; i++) {
-    fromLen[0] = S.SOCKADDR_SIZE;
-    const got = Number(c.recvfrom(fd, buf, 65536n, 0, from, fromLenU8));
-    if (got < 0) return; // EAGAIN (or an error the next datagram repeats)
-    const started = performance.now();
-    const tr = trace?.query(fd, buf, (from[2]! << 8) | from[3]!);
-    try {
-      query(fd, buf.slice(0, got), from.slice(0, fromLen[0]!), started, tr);
-    } catch (err) {
-      log("warn", "DNS proxy worker: a query failed", err);
+  for (let round = 0; round < 16; round++) {
+    const n = rx.receive(fd);
+    if (n <= 0) return; // EAGAIN (or an error the next datagram repeats)
+    for (let i = 0; i < n; i++) {
+      const started = wokeAt;
+      const msg = rx.data(i);
+      if (!msg) continue; // truncated: not a DNS query over UDP
+      const from = rx.from(i), len = msg.length;
+      const tr = trace?.query(msg, from, rx.arrival(i));
+      // One allocation per query: the pod's query, a copy for upstream, the pod's address.
+      const own = new Uint8Array(2 * len + from.length);
+      own.set(msg);
+      own.set(msg, len);
+      own.set(from, 2 * len);
+      try {
+        query(
+          fd,
+          own.subarray(0, len),
+          own.subarray(2 * len),
+          started,
+          tr,
+          own.subarray(len, 2 * len),
+        );
+      } catch (err) {
+        log("warn", "DNS proxy worker: a query failed", err);
+      }
     }
+    if (n < SLOTS) return; // the socket was empty
   }
 }
 
@@ -234,6 +263,7 @@ function query(
   addr: Uint8Array,
   started: number,
   tr?: number,
+  up?: Uint8Array,
 ): void {
   const client = decodeAddr(addr);
   let o;
@@ -243,7 +273,9 @@ function query(
     o = undefined;
   }
   if (!o) return; // 1.
-  const p: Pending = { fd, addr, msg, o, client, started, ...(tr !== undefined ? { tr } : {}) };
+  const p: Pending = { fd, addr, msg, o, client, started };
+  if (up !== undefined) p.up = up;
+  if (tr !== undefined) p.tr = tr;
   let q: DnsQuery;
   try {
     q = parseQuery(msg);
@@ -261,7 +293,7 @@ function query(
   checkGeneration();
   const key = `${o.epId}/${o.dstIdentity}/${o.port}/${q.name}`;
   const v = verdicts.get(key);
-  if (v) return judged(p, v);
+  if (v) return judged(p, v, started);
   if (waiting.size >= 4096) return; // the main thread is far behind: drop (the client retries)
   const qid = nextQid++;
   waiting.set(qid, p);
@@ -290,14 +322,15 @@ function verdictFromMain(m: Extract<FromMain, { t: "verdict" }>): void {
   judged(p, v);
 }
 
-function judged(p: Pending, v: { allowed: boolean; cookie: number }): void {
+/** `now`: the clock reading of the wake-up that read the query, when judged in it. */
+function judged(p: Pending, v: { allowed: boolean; cookie: number }, now?: number): void {
   p.cookie = v.cookie;
   if (!v.allowed) {
     const rcode = cfg.rejectRcode;
     finish(p, { allowed: false, rcode }, false, makeResponse(p.msg, rcode));
     return;
   }
-  const error = legs.forward(p);
+  const error = legs.forward(p, now);
   trace?.mark(p.tr, T.fwd);
   if (error !== undefined) finish(p, { allowed: true, rcode: RCODE.SERVFAIL, error }, true);
 }
@@ -310,16 +343,18 @@ function answered(p: Pending, bytes: Uint8Array): boolean | void {
   const answer = parseAnswer(p.q!, bytes);
   if (!answer) return false; // 4.
   p.answer = answer;
-  p.bytes = bytes;
   if (answer.rcode !== RCODE.NOERROR || answer.ips.length === 0) {
     return finish(p, { allowed: true, rcode: answer.rcode }, false, bytes);
   }
   checkGeneration();
-  const until = known.get(knownKey(p.o.epId, answer.names, answer.ips));
+  const key = knownKey(p.o.epId, answer.names, answer.ips);
+  const until = known.get(key);
   if (until !== undefined && Date.now() + KNOWN_MARGIN_MS < until) {
-    refresh.push({ epId: p.o.epId, names: answer.names, ips: answer.ips });
+    // One refresh per answer in a batch: the latest (its TTLs count from now).
+    refresh.set(key, { epId: p.o.epId, names: answer.names, ips: answer.ips });
     return finish(p, { allowed: true, rcode: answer.rcode }, false, bytes);
   }
+  p.bytes = bytes.slice(); // kept until the main thread learned (bytes is a receive slot)
   const qid = nextQid++;
   waiting.set(qid, p);
   trace?.add(p.tr, T.main, 2);
@@ -374,9 +409,10 @@ function finish(
 }
 
 function flushRecords(): void {
-  if (records.length === 0 && refresh.length === 0) return;
-  scope.postMessage({ t: "records", json: JSON.stringify({ records, refresh }) });
+  if (records.length === 0 && refresh.size === 0) return;
+  const batch: RecordBatch = { records, refresh: [...refresh.values()] };
+  scope.postMessage({ t: "records", json: JSON.stringify(batch) });
   flushedAt = performance.now();
   records = [];
-  refresh = [];
+  refresh.clear();
 }

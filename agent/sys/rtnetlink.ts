@@ -1,11 +1,13 @@
 // A few rtnetlink requests made in process through libc FFI, for the agent's hot path where an
 // `ip` process each cost the agent a fork and an exec (the host side of every CNI ADD): set a
-// link up, add an address, replace a route. Each request goes with NLM_F_ACK on a NETLINK_ROUTE
-// socket of the caller's own network namespace, opened and closed per batch; the kernel handles
-// rtnetlink requests while they are sent (off the event loop's thread), so the acknowledgements
-// are read at once (a receive timeout guards against a kernel that does not answer). It decides nothing: a request the
-// kernel refuses is an RtnetlinkError naming the request and the errno. libc stays open from the
-// first call (opening it costs milliseconds, each request microseconds) until closeRtnetlink().
+// link up or its IPv6 address generation off, add an address, replace a route or a permanent
+// neighbour entry. Each request goes with NLM_F_ACK on a NETLINK_ROUTE socket of the caller's own
+// network namespace, opened and closed per batch; the kernel handles rtnetlink requests while they
+// are sent (off the event loop's thread), so the acknowledgements are read at once (a receive
+// timeout guards against a kernel that does not answer). It decides nothing: a request the kernel
+// refuses is an RtnetlinkError naming the request and the errno (unless the request tolerates that
+// errno). libc stays open from the first call (opening it costs milliseconds, each request
+// microseconds) until closeRtnetlink().
 
 const SYMBOLS = {
   socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
@@ -23,7 +25,7 @@ const SYMBOLS = {
 
 const AF_NETLINK = 16, SOCK_RAW = 3, SOCK_CLOEXEC = 0o2000000, NETLINK_ROUTE = 0;
 const SOL_SOCKET = 1, SO_RCVTIMEO = 20, MSG_DONTWAIT = 0x40;
-const NLMSG_ERROR = 2, RTM_NEWLINK = 16, RTM_NEWADDR = 20, RTM_NEWROUTE = 24;
+const NLMSG_ERROR = 2, RTM_NEWLINK = 16, RTM_NEWADDR = 20, RTM_NEWROUTE = 24, RTM_NEWNEIGH = 28;
 const NLM_F_REQUEST = 1, NLM_F_ACK = 4, NLM_F_REPLACE = 0x100, NLM_F_EXCL = 0x200;
 const NLM_F_CREATE = 0x400;
 const IFF_UP = 1, IFA_ADDRESS = 1, IFA_LOCAL = 2, IFA_F_NODAD = 0x02;
@@ -31,6 +33,9 @@ const RTA_DST = 1, RTA_OIF = 4, RTA_PREFSRC = 7;
 const RT_TABLE_MAIN = 254, RTPROT_BOOT = 3, RT_SCOPE_UNIVERSE = 0, RT_SCOPE_LINK = 253;
 const RTN_UNICAST = 1;
 const AF_INET = 2, AF_INET6 = 10;
+const IFLA_AF_SPEC = 26, IFLA_INET6_ADDR_GEN_MODE = 8, IN6_ADDR_GEN_MODE_NONE = 1;
+const NLA_F_NESTED = 0x8000, NDA_DST = 1, NDA_LLADDR = 2, NUD_PERMANENT = 0x80;
+const EAFNOSUPPORT = 97;
 
 export class RtnetlinkError extends Error {
   override name = "RtnetlinkError";
@@ -48,6 +53,8 @@ export interface RtRequest {
   type: number;
   flags: number;
   body: Uint8Array;
+  /** Errnos that mean "nothing to do here" for this request (not thrown). */
+  tolerate?: readonly number[];
 }
 
 /** Bytes of an IPv4 or IPv6 address in text form (no prefix). */
@@ -101,6 +108,53 @@ export function linkUp(ifindex: number, name: string): RtRequest {
   v.setUint32(8, IFF_UP, true);
   v.setUint32(12, IFF_UP, true); // ifi_change
   return { what: `link set ${name} up`, type: RTM_NEWLINK, flags: 0, body: head };
+}
+
+/**
+ * `ip link set dev <ifindex> addrgenmode none`: the link makes no IPv6 link-local address (nor
+ * its routes) when it comes up. Refused with EAFNOSUPPORT when the link has no IPv6 at all, which
+ * is tolerated: there is nothing to turn off.
+ */
+export function linkAddrGenModeNone(ifindex: number, name: string): RtRequest {
+  const head = new Uint8Array(16);
+  new DataView(head.buffer).setInt32(4, ifindex, true);
+  const mode = body(new Uint8Array(0), [[
+    IFLA_INET6_ADDR_GEN_MODE,
+    Uint8Array.of(IN6_ADDR_GEN_MODE_NONE),
+  ]]);
+  const inet6 = body(new Uint8Array(0), [[AF_INET6 | NLA_F_NESTED, mode]]);
+  return {
+    what: `link set ${name} addrgenmode none`,
+    type: RTM_NEWLINK,
+    flags: 0,
+    body: body(head, [[IFLA_AF_SPEC | NLA_F_NESTED, inet6]]),
+    tolerate: [EAFNOSUPPORT],
+  };
+}
+
+/** `ip neigh replace <ip> lladdr <mac> dev <ifindex> nud permanent`. */
+export function neighReplacePermanent(
+  ifindex: number,
+  o: { ip: string; mac: string; name: string },
+): RtRequest {
+  const { family, bytes } = addrBytes(o.ip);
+  const mac = o.mac.split(":");
+  if (mac.length !== 6 || mac.some((x) => !/^[0-9a-fA-F]{2}$/.test(x))) {
+    throw new TypeError(`Invalid MAC address "${o.mac}"`);
+  }
+  const head = new Uint8Array(12), v = new DataView(head.buffer);
+  head[0] = family;
+  v.setInt32(4, ifindex, true);
+  v.setUint16(8, NUD_PERMANENT, true);
+  return {
+    what: `neigh replace ${o.ip} lladdr ${o.mac} dev ${o.name} nud permanent`,
+    type: RTM_NEWNEIGH,
+    flags: NLM_F_CREATE | NLM_F_REPLACE,
+    body: body(head, [[NDA_DST, bytes], [
+      NDA_LLADDR,
+      Uint8Array.from(mac, (x) => parseInt(x, 16)),
+    ]]),
+  };
 }
 
 /** `ip addr add <ip>/<prefix> dev <ifindex> [nodad]`. */
@@ -233,7 +287,7 @@ export async function rtnetlink(requests: readonly RtRequest[]): Promise<void> {
         off += (len + 3) & ~3;
       }
     }
-    const failed = errors.findIndex((e) => e !== 0);
+    const failed = errors.findIndex((e, i) => e !== 0 && !requests[i]!.tolerate?.includes(e!));
     if (failed >= 0) {
       const err = errors[failed]!;
       throw new RtnetlinkError(`Cannot ${requests[failed]!.what}: ${text(err)}`, err);

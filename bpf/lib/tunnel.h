@@ -29,12 +29,15 @@
  *    else (the node itself, no neighbour entry yet, a TTL that would expire, IPv6) goes up the
  *    stack as before.
  * 6. Likewise, an IPv4 packet an endpoint's egress policy passed (enforce.h) is sent straight
- *    to the device its route names when it goes to an address with a tunnel endpoint (the
- *    tunnel device, whose egress program encapsulates it as in 1. and 2.; vxlan.h does that
- *    before and sends it straight out of the underlay when it can) or, in native
- *    routing, to another node's pod (a cluster identity in the ipcache; the underlay device,
- *    whose egress programs still run). Other destinations (the world, CIDR identities, this
- *    node, local pods) take the stack, so host firewalling and masquerading apply as before.
+ *    to the device its route names when that is a local endpoint's host-side veth (as in 5.:
+ *    the destination's ingress policy runs at that veth's egress; the node's IP forwarding and
+ *    netfilter are skipped, as Cilium's host routing skips them), when it goes to an address
+ *    with a tunnel endpoint (the tunnel device, whose egress program encapsulates it as in 1.
+ *    and 2.; vxlan.h does that before and sends it straight out of the underlay when it can)
+ *    or, in native routing, to another node's pod (a cluster identity in the ipcache; the
+ *    underlay device, whose egress programs still run). Other destinations (the world, CIDR
+ *    identities, this node) take the stack, so host firewalling and masquerading apply as
+ *    before.
  */
 #pragma once
 
@@ -198,15 +201,17 @@ static __always_inline int tunnel_fib_route(struct __sk_buff *skb, __u32 off, __
 	f->ifindex = skb->ifindex;
 	if (bpf_fib_lookup(skb, f, sizeof(*f), 0) != BPF_FIB_LKUP_RET_SUCCESS)
 		return 0;
+	if (endpoint_lookup(f->ifindex))
+		return 1; /* 5., and 6.: a local endpoint's veth, whose cil_to_container decides */
 	if (to_endpoint)
-		return endpoint_lookup(f->ifindex) != 0;
+		return 0;
 	{
 		__u8 daddr[16] = {};
 		struct ipcache_value *dst;
 
 		__builtin_memcpy(daddr, &ip[16], 4);
 		dst = ipcache_entry(FAMILY_IPV4, daddr);
-		if (!dst || endpoint_lookup(f->ifindex))
+		if (!dst)
 			return 0;
 		if (dst->tunnel_endpoint == 0 &&
 		    (dst->identity < TUNNEL_FIRST_CLUSTER_ID || dst->identity > IDENTITY_GLOBAL_MAX))

@@ -4,6 +4,7 @@
 
 import assert from "node:assert/strict";
 import { type AgentProcess, endpointBody, POLICY_HTTP, spawnAgent } from "./_fixture.ts";
+import { type KvStore, openKvStore } from "../../agent/kvstore/kvstore.ts";
 
 const CIDR = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -14,6 +15,12 @@ spec:
     - toCIDR: [203.0.113.0/24]
     - toEndpoints: [{matchLabels: {app: backend}}]
 `;
+
+/** This node's identity references: key → lease. */
+async function references(kv: KvStore) {
+  const refs = await kv.list("cilia/identities/refs/");
+  return new Map(refs.filter((e) => e.key.endsWith("/node-r")).map((e) => [e.key, e.lease]));
+}
 
 async function snapshot(agent: AgentProcess) {
   const get = async (path: string) => (await agent.api.call("GET", path)).body;
@@ -36,6 +43,7 @@ Deno.test("restart: a SIGTERM'd agent comes back with identical identities, IPAM
   const dir = await Deno.makeTempDir({ prefix: "cilia-restart-" });
   const args = ["--pod-cidr", "10.210.0.0/24", "--pod-cidr-v6", "fd00:210::/64"];
   let agent: AgentProcess | undefined;
+  let kv: KvStore | undefined;
   try {
     agent = await spawnAgent({ node: "node-r", dir, args });
     const call = (m: string, p: string, b?: unknown) => agent!.api.call(m, p, b);
@@ -56,6 +64,12 @@ Deno.test("restart: a SIGTERM'd agent comes back with identical identities, IPAM
     const before = await snapshot(agent);
     assert.equal(before.endpoints.length, 3);
     assert.ok((before.identities as { scope: string }[]).some((i) => i.scope === "local"));
+    kv = await openKvStore(`denokv://${dir}/state/kv.sqlite`);
+    const refs = [...new Set(before.endpoints.map((e) => e.identity))]
+      .map((id) => `cilia/identities/refs/${id}/node-r`).sort();
+    assert.equal(refs.length, 2);
+    const refsBefore = await references(kv);
+    assert.deepEqual([...refsBefore.keys()].sort(), refs);
 
     assert.equal(await agent.kill("SIGTERM"), 0, agent.log());
     const lines = agent.log().trim().split("\n");
@@ -74,6 +88,12 @@ Deno.test("restart: a SIGTERM'd agent comes back with identical identities, IPAM
     agent = await spawnAgent({ node: "node-r", dir, args });
     const after = await snapshot(agent);
     assert.deepEqual(after, before);
+    // The restore took the references again (one batch), under the new agent's lease.
+    const refsAfter = await references(kv);
+    assert.deepEqual([...refsAfter.keys()].sort(), refs);
+    const leases = new Set(refsAfter.values());
+    assert.equal(leases.size, 1);
+    assert.ok(!leases.has(refsBefore.get(refs[0]!)), "the new agent's lease, not the old one");
     const status = (await agent.api.call("GET", "/v1/status")).body;
     assert.deepEqual([status.endpoints.count, status.policy.count, status.identities.local], [
       3,
@@ -85,6 +105,7 @@ Deno.test("restart: a SIGTERM'd agent comes back with identical identities, IPAM
     const taken = (before.ipam as { allocations: { ip: string }[] }).allocations.map((a) => a.ip);
     assert.ok(!taken.includes(next.body.ip), `${next.body.ip} not in ${taken}`);
   } finally {
+    await kv?.close();
     await agent?.stop();
     await Deno.remove(dir, { recursive: true });
   }

@@ -1,15 +1,23 @@
 // rtnetlink.ts: the host side's requests made in process. A child Deno inside a test netns sets
-// a veth up with fe80::1 and routes to a pod address through them; `ip -j` then shows what the
-// kernel holds. The kernel's refusals come back as errors naming the request and the errno.
-// Root (netns).
+// a veth up with fe80::1 and routes to a pod address through them, and another up without IPv6
+// address generation and with a permanent neighbour entry (a CNI ADD's host side); `ip -j` then
+// shows what the kernel holds. The kernel's refusals come back as errors naming the request and
+// the errno. Root (netns).
 import assert from "node:assert/strict";
-import { addrAdd, routeReplaceHost } from "../../agent/sys/rtnetlink.ts";
+import {
+  addrAdd,
+  linkAddrGenModeNone,
+  neighReplacePermanent,
+  routeReplaceHost,
+} from "../../agent/sys/rtnetlink.ts";
 import { Lab } from "../helpers/netns.ts";
 import { needs } from "../helpers/root.ts";
 
 const MODULE = new URL("../../agent/sys/rtnetlink.ts", import.meta.url).href;
 const CHILD = `
-import { addrAdd, ifIndex, linkUp, routeReplaceHost, rtnetlink } from "${MODULE}";
+import {
+  addrAdd, ifIndex, linkAddrGenModeNone, linkUp, neighReplacePermanent, routeReplaceHost, rtnetlink,
+} from "${MODULE}";
 const dev = "rta", index = ifIndex(dev);
 const out = { index, missing: ifIndex("nope") ?? null, errors: [] };
 await rtnetlink([
@@ -34,6 +42,22 @@ try {
   ]);
   out.batch = null;
 } catch (e) { out.batch = e.message; }
+// A CNI ADD's host side: no IPv6 address generation, up, a /128 and a permanent neighbour; the
+// control link only comes up. Their peers are up, so both links have a carrier when they do.
+const ep = ifIndex("rtc"), control = ifIndex("rte"), small = ifIndex("rtg");
+await rtnetlink([
+  linkAddrGenModeNone(ep, "rtc"),
+  linkUp(ep, "rtc"),
+  routeReplaceHost(ep, { dst: "2001:db8::c", src: "2001:db8::1", name: "rtc" }),
+  neighReplacePermanent(ep, { ip: "2001:db8::c", mac: "02:00:00:00:00:0c", name: "rtc" }),
+  linkUp(control, "rte"),
+]);
+// A link without IPv6 (MTU under 1280) refuses the mode with EAFNOSUPPORT: tolerated.
+try { await rtnetlink([linkAddrGenModeNone(small, "rtg")]); out.small = null; }
+catch (e) { out.small = e.message; }
+const strict = { ...linkAddrGenModeNone(small, "rtg"), tolerate: [] };
+try { await rtnetlink([strict]); out.strict = null; }
+catch (e) { out.strict = e.errno; }
 console.log(JSON.stringify(out));
 `;
 
@@ -54,6 +78,39 @@ Deno.test("rtnetlink request builders: addresses encoded, bad ones refused", () 
     () => routeReplaceHost(1, { dst: "192.0.2.7", src: "2001:db8::1", name: "x" }),
     /families differ/,
   );
+  // ndmsg: family, pad, ifindex 7, state NUD_PERMANENT; NDA_DST (20 bytes), NDA_LLADDR (10).
+  const nb = neighReplacePermanent(7, { ip: "2001:db8::7", mac: "02:0a:0b:0c:0d:ee", name: "x" });
+  assert.deepEqual([...nb.body.slice(0, 10)], [10, 0, 0, 0, 7, 0, 0, 0, 0x80, 0]);
+  assert.deepEqual([...nb.body.slice(12, 16)], [20, 0, 1, 0]);
+  assert.deepEqual([...nb.body.slice(32, 42)], [10, 0, 2, 0, 2, 10, 11, 12, 13, 0xee]);
+  for (const bad of ["02:0a:0b:0c:0d", "02:0a:0b:0c:0d:0g", "020a0b0c0dee"]) {
+    assert.throws(
+      () => neighReplacePermanent(1, { ip: "2001:db8::7", mac: bad, name: "x" }),
+      TypeError,
+      bad,
+    );
+  }
+  // IFLA_AF_SPEC { AF_INET6 { IFLA_INET6_ADDR_GEN_MODE: 1 } }, both nests flagged.
+  const gen = linkAddrGenModeNone(9, "x");
+  assert.deepEqual([...gen.body.slice(16)], [
+    16,
+    0,
+    26,
+    0x80,
+    12,
+    0,
+    10,
+    0x80,
+    5,
+    0,
+    8,
+    0,
+    1,
+    0,
+    0,
+    0,
+  ]);
+  assert.deepEqual(gen.tolerate, [97]);
 });
 
 Deno.test({
@@ -64,7 +121,10 @@ Deno.test({
   const netns = `${lab.prefix}rt`;
   try {
     const setup = "ip link set lo up && ip link add rta type veth peer name rtb && " +
-      "ip addr add 192.0.2.1/32 dev lo && ip addr add 2001:db8::1/128 dev lo nodad";
+      "ip addr add 192.0.2.1/32 dev lo && ip addr add 2001:db8::1/128 dev lo nodad && " +
+      "ip link add rtc type veth peer name rtd && ip link add rte type veth peer name rtf && " +
+      "ip link add rtg mtu 1000 type veth peer name rth mtu 1000 && " +
+      "ip link set rtd up && ip link set rtf up && sysctl -qw net.ipv6.conf.all.accept_dad=0";
     assert.equal(
       (await new Deno.Command("ip", { args: ["netns", "add", netns] }).output()).code,
       0,
@@ -90,6 +150,33 @@ Deno.test({
     assert.equal(out.batch, "Cannot addr add fe80::1/64 dev rta nodad: File exists");
     const [r9] = JSON.parse(await lab.run(netns, ["ip", "-j", "route", "show", "192.0.2.9"]));
     assert.equal(r9?.dev, "rta", "the request after the refused one was carried out");
+    const addrs = async (dev: string) =>
+      (JSON.parse(await lab.run(netns, ["ip", "-j", "-6", "addr", "show", "dev", dev]))[0]
+        ?.addr_info ?? []).map((a: { local: string }) => a.local);
+    assert.deepEqual(await addrs("rtc"), [], "no IPv6 address on the endpoint's host side");
+    assert.match((await addrs("rte")).join(), /^fe80:/, "the control link made its link-local");
+    const [rtc] = JSON.parse(await lab.run(netns, ["ip", "-j", "-d", "link", "show", "rtc"]));
+    assert.deepEqual([rtc.inet6_addr_gen_mode, rtc.flags.includes("UP")], ["none", true]);
+    const routes = await lab.run(netns, [
+      "ip",
+      "-6",
+      "route",
+      "show",
+      "table",
+      "all",
+      "dev",
+      "rtc",
+    ]);
+    assert.deepEqual(
+      routes.trim().split("\n").map((l) => l.replace(/ (src|proto|table|metric) .*/, "")).sort(),
+      ["2001:db8::c", "multicast ff00::/8"],
+      routes,
+    );
+    const [n] = JSON.parse(await lab.run(netns, ["ip", "-j", "-6", "neigh", "show", "dev", "rtc"]));
+    assert.deepEqual([n?.dst, n?.lladdr, n?.state], ["2001:db8::c", "02:00:00:00:00:0c", [
+      "PERMANENT",
+    ]]);
+    assert.deepEqual([out.small, out.strict], [null, 97], "EAFNOSUPPORT, tolerated");
     assert.deepEqual(out.errors, [
       {
         name: "RtnetlinkError",

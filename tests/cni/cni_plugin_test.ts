@@ -83,6 +83,33 @@ Deno.test({
     assert.deepEqual(ep.labels, { app: "client", tier: "web" });
     assert.equal(ep.state, "ready");
     assert.ok(await n.ping(pod.netns, "10.200.0.1"), "the pod reaches its gateway");
+    // IPv6 without neighbour discovery: the host side has no IPv6 address (its only IPv6 routes
+    // are the pod's /128 and the link's multicast one); both ends know each other's MAC.
+    const host = r.interfaces[0];
+    const node = (argv: string[]) => n.lab.run(n.node.netns, argv);
+    const hostAddrs = JSON.parse(await node(["ip", "-j", "-6", "addr", "show", "dev", host.name]));
+    assert.deepEqual(hostAddrs[0]?.addr_info ?? [], [], "no IPv6 address on the host side");
+    const hostRoutes = await node(["ip", "-6", "route", "show", "table", "all", "dev", host.name]);
+    assert.deepEqual(
+      hostRoutes.trim().split("\n").map((l) => l.replace(/ (src|proto|table|metric) .*/, "")),
+      [pod.ipv6, "multicast ff00::/8"],
+      hostRoutes,
+    );
+    const neigh = async (run: (a: string[]) => Promise<string>, dev: string) =>
+      JSON.parse(await run(["ip", "-j", "-6", "neigh", "show", "dev", dev])).map((
+        e: { dst: string; lladdr: string; state: string[] },
+      ) => [e.dst, e.lladdr, e.state.join()]);
+    assert.deepEqual(
+      (await neigh(node, host.name)).filter((e: string[]) => e[0] === pod.ipv6),
+      [[pod.ipv6, r.interfaces[1].mac, "PERMANENT"]],
+    );
+    const inPod = (argv: string[]) => n.lab.run(pod.netns, argv);
+    assert.deepEqual(
+      (await neigh(inPod, "eth0")).filter((e: string[]) => e[0] === "fe80::1"),
+      [["fe80::1", host.mac, "PERMANENT"]],
+    );
+    assert.ok(await n.ping(pod.netns, "fd00:200::1"), "the pod reaches the IPv6 gateway");
+    assert.ok(await n.ping(n.node.netns, pod.ipv6), "the node reaches the pod over IPv6");
     const again = await n.cni("ADD", {
       containerId: pod.containerId,
       netns: `/run/netns/${pod.netns}`,

@@ -209,3 +209,40 @@ Deno.test(
     assert((after.find((r) => r.reason === 133)?.bytes ?? 0n) >= 3n * 98n);
   },
 );
+
+Deno.test(
+  "lxc sends IPv4 between local pods straight to the destination's veth, whose ingress policy decides",
+  opts,
+  async () => {
+    await using t = await nodeLab({ pods: 2, ingressDefaultDeny: [false, true] });
+    const [a, b] = t.pods as [typeof t.pods[0], typeof t.pods[0]];
+    // A counter in the node's netfilter forward hook: packets the programs redirected from veth to
+    // veth (tunnel.h, 6.) never reach it; IPv6 still takes the stack (the counter works).
+    const rules = `add table inet u4_fwd
+add chain inet u4_fwd probe { type filter hook forward priority 0; }
+add rule inet u4_fwd probe ip daddr ${b.ipv4} counter
+add rule inet u4_fwd probe ip6 daddr ${b.ipv6} counter
+`;
+    // The first packet (no neighbour entry for b yet) takes the stack, which resolves b's MAC.
+    assertNot(await t.lab.ping(a.netns, b.ipv4, { timeoutSec: 0.3 }), "b's default deny");
+    const nft = await t.lab.exec(t.node.netns, ["nft", "-f", "-"], rules);
+    assertEquals(nft.code, 0, nft.stderr);
+    try {
+      assertNot(await t.lab.ping(a.netns, b.ipv4, { timeoutSec: 0.3 }), "redirected, then denied");
+      await t.sink.applyPolicy(
+        2,
+        change([entry({ identity: ID.a, proto: 0, portLo: 0, portHi: 65535 })]),
+      );
+      const ping = await t.lab.exec(a.netns, ["ping", "-c1", "-W2", b.ipv4]);
+      assertEquals(ping.code, 0, ping.stdout);
+      assert(/ttl=63/.test(ping.stdout), `one routed hop, TTL decremented: ${ping.stdout}`);
+      assert(await t.lab.ping(a.netns, b.ipv6), "IPv6 through the stack");
+      const out = await t.lab.run(t.node.netns, ["nft", "list", "table", "inet", "u4_fwd"]);
+      const [v4, v6] = [...out.matchAll(/counter packets (\d+)/g)].map((m) => Number(m[1]));
+      assertEquals(v4, 0, `no IPv4 packet to b was forwarded by the node's stack: ${out}`);
+      assert(v6! > 0, `the IPv6 ones were: ${out}`);
+    } finally {
+      await t.lab.exec(t.node.netns, ["nft", "delete", "table", "inet", "u4_fwd"]);
+    }
+  },
+);

@@ -72,6 +72,22 @@ Deno.test("Deno KV store: watch() from a trimmed cursor throws WatchCompactedErr
     }
   }));
 
+Deno.test("Deno KV store: a putAll() larger than one commit holds is refused, writing nothing", async () => {
+  const store = await openKvStore("denokv://:memory:");
+  try {
+    const entries = Array.from({ length: 16 }, (_, i) => ({
+      key: `big/${i}`,
+      value: new Uint8Array(60_000),
+    }));
+    await assertRejects(store.putAll(entries), /expected at most 786432 bytes in one write/);
+    assertEquals(await store.list("big/"), []);
+    await store.putAll(entries.slice(0, 6)); // 720 kB: fits
+    assertEquals((await store.list("big/")).length, 6);
+  } finally {
+    await store.close();
+  }
+});
+
 Deno.test("openKvStore() rejects URLs it cannot use, saying what it expected", async () => {
   await assertRejects(openKvStore("denokv://relative/kv.sqlite"), /expected an absolute path/);
   await assertRejects(openKvStore("etcd://"), /expected "etcd:\/\/host:port/);

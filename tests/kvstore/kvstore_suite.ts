@@ -9,6 +9,7 @@ import {
   type KvEntry,
   type KvStore,
   LeaseExpiredError,
+  PUT_ALL_MAX,
   type WatchEvent,
 } from "../../agent/kvstore/kvstore.ts";
 
@@ -136,6 +137,44 @@ export async function kvStoreSuite(t: Deno.TestContext, open: OpenStore): Promis
       await Promise.all(others.map((o) => o.close()));
     }
   });
+
+  await step(
+    "putAll() writes every key in one write, with the lease, and moves leases",
+    async (s, r) => {
+      const [old, lease] = [await s.grantLease(30), await s.grantLease(30)];
+      await s.put(`${r}a`, bytes("was"), { lease: old });
+      const after = await s.cursor();
+      const n = PUT_ALL_MAX;
+      const entries = Array.from(
+        { length: n },
+        (_, i) => ({ key: `${r}${i ? i : "a"}`, value: bytes(`${i}`) }),
+      );
+      await s.putAll(entries, { lease });
+      const got = await s.list(r);
+      assertEquals(got.length, n);
+      assertEquals(got.every((e) => e.lease === lease), true, "every key has the new lease");
+      assertEquals(new Set(got.map((e) => e.revision)).size, 1, "one write");
+      const events = await take(s, r, { after, count: n });
+      assertEquals(events.filter((e) => e.type === "put").length, n);
+      // The key moved off the old lease: revoking it leaves the key.
+      await s.revokeLease(old);
+      assertEquals(text(await s.get(`${r}a`)), "0");
+      await assertRejects(
+        s.putAll([...entries, { key: `${r}x`, value: bytes("") }]),
+        new RegExp(`at most ${PUT_ALL_MAX}`),
+      );
+      await assertRejects(
+        s.putAll([{ key: `${r}d`, value: bytes("1") }, { key: `${r}d`, value: bytes("2") }]),
+        /expected distinct keys/,
+      );
+      // A lease that is gone: nothing is written.
+      await s.revokeLease(lease);
+      assertEquals(await s.list(r), []);
+      const err = await s.putAll([{ key: `${r}y`, value: bytes("") }], { lease }).catch((e) => e);
+      assert(err instanceof LeaseExpiredError, String(err));
+      assertEquals(await s.get(`${r}y`), null);
+    },
+  );
 
   await step("compareAndSwap() writes only over the expected revision", async (s, r) => {
     const k = `${r}k`;

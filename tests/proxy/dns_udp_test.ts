@@ -3,13 +3,15 @@
 // loopback: the answer is handed on with the pod's id restored, datagrams from another source or
 // with an id not in flight are ignored, a query without an answer is sent again and fails at its
 // deadline, an idle
-// leg is closed and its proxy-NAT entry deleted; and what the Worker's caches rely on: the
-// engine's revision and DnsCache.expiresOf(). The Worker itself runs in tests/e2e/dns_test.ts.
+// leg is closed and its proxy-NAT entry deleted; the batched receive (_dns_mmsg.ts: every queued
+// datagram in one call, with its sender and arrival time); and what the Worker's caches rely on:
+// the engine's revision and DnsCache.expiresOf(). The Worker itself runs in tests/e2e/dns_test.ts.
 import assert from "node:assert/strict";
 import * as S from "../../agent/sys/sockets_ffi.ts";
 import { DnsUdpLegs, type Pending, sameAddr } from "../../agent/proxy/_dns_udp_legs.ts";
 import { parseQuery } from "../../agent/proxy/dns_message.ts";
 import { DnsCache } from "../../agent/proxy/dns_cache.ts";
+import { Mmsg, SLOTS } from "../../agent/proxy/_dns_mmsg.ts";
 import { PolicyEngine } from "@cilia/policy-wasm";
 import { encodeQuery } from "../../scripts/bench/_dns_load.ts";
 
@@ -98,7 +100,7 @@ Deno.test("DnsUdpLegs: answers by id from the leg's server only, deadlines, idle
     receiveBuffer: 1 << 20,
     timeoutMs: 300,
     resendMs: 60,
-    onAnswer: (p, b) => void answers.push([p, b]),
+    onAnswer: (p, b) => void answers.push([p, b.slice()]), // b: valid during the call only
     onFail: (p, e) => void fails.push([p, e]),
   });
   legs.epoll = ep;
@@ -207,5 +209,49 @@ Deno.test("PolicyEngine.revision moves, and onChange() fires, on every change on
     assert.equal(engine.revision - r0, 4);
   } finally {
     engine.close();
+  }
+});
+
+Deno.test("Mmsg: one receive() reads every queued datagram with its sender and arrival", async () => {
+  S.acquire();
+  const sock = S.bindUdp("127.0.0.1", 0, { receiveBuffer: 1 << 20 });
+  const rx = new Mmsg({ timestamps: true });
+  const a = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+  const b = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+  const to = { transport: "udp" as const, hostname: "127.0.0.1", port: sock.port };
+  try {
+    assert.equal(rx.timestamp(sock.fd), true);
+    assert.equal(rx.receive(sock.fd), -1, "nothing queued");
+    assert.equal(S.errno(), S.EAGAIN);
+    const before = Date.now() * 1000;
+    const total = SLOTS + 4;
+    for (let i = 0; i < total; i++) {
+      const body = new Uint8Array(i === 3 ? 4000 : 20).fill(i);
+      await (i % 2 ? b : a).send(body, to);
+    }
+    const ports = [a, b].map((c) => (c.addr as Deno.NetAddr).port);
+    const seen: number[] = [];
+    for (const want of [SLOTS, 4]) {
+      const n = rx.receive(sock.fd);
+      assert.equal(n, want, "a full batch, then the rest");
+      for (let i = 0; i < n; i++) {
+        const k = seen.length;
+        const d = rx.data(i)!;
+        assert.equal(d.length, k === 3 ? 4000 : 20);
+        assert.ok(d.every((x) => x === k), `datagram ${k} in order, whole`);
+        assert.deepEqual(S.decodeSockaddr(rx.from(i)), { ip: "127.0.0.1", port: ports[k % 2] });
+        const at = rx.arrival(i);
+        assert.ok(at >= before - 1000 && at <= Date.now() * 1000 + 1000, `arrival ${at}`);
+        seen.push(k);
+      }
+    }
+    assert.equal(seen.length, total);
+    assert.equal(rx.receive(sock.fd), -1, "drained");
+  } finally {
+    a.close();
+    b.close();
+    rx.close();
+    S.libc().close(sock.fd);
+    S.release();
   }
 });
