@@ -137,19 +137,25 @@ class DenoKvStore implements KvStore {
     });
   }
 
+  /** The error for the first entry whose value is over the limit, if any. */
+  #tooLarge(
+    entries: readonly { key: string; value: Uint8Array }[],
+    verb: string,
+  ): ValueTooLargeError | undefined {
+    const big = entries.find((e) => e.value.length > this.maxValueBytes);
+    if (!big) return undefined;
+    return new ValueTooLargeError(
+      big.value.length,
+      this.maxValueBytes,
+      `Cannot ${verb} "${big.key}" in ${this.name}: the value is ${big.value.length} bytes, ` +
+        `the limit is ${this.maxValueBytes}`,
+    );
+  }
+
   createAll(entries: readonly { key: string; value: Uint8Array }[]): Promise<boolean> {
     const keys = entries.map((e) => e.key).join(", ");
-    const big = entries.find((e) => e.value.length > this.maxValueBytes);
-    if (big) {
-      return Promise.reject(
-        new ValueTooLargeError(
-          big.value.length,
-          this.maxValueBytes,
-          `Cannot create "${big.key}" in ${this.name}: the value is ${big.value.length} bytes, ` +
-            `the limit is ${this.maxValueBytes}`,
-        ),
-      );
-    }
+    const big = this.#tooLarge(entries, "create");
+    if (big) return Promise.reject(big);
     return this.#run("create", keys, async () => {
       distinctKeys(entries);
       if (entries.length === 0) return true;
@@ -162,17 +168,8 @@ class DenoKvStore implements KvStore {
     opts: PutOptions = {},
   ): Promise<void> {
     const keys = entries.map((e) => e.key).join(", ");
-    const big = entries.find((e) => e.value.length > this.maxValueBytes);
-    if (big) {
-      return Promise.reject(
-        new ValueTooLargeError(
-          big.value.length,
-          this.maxValueBytes,
-          `Cannot put "${big.key}" in ${this.name}: the value is ${big.value.length} bytes, ` +
-            `the limit is ${this.maxValueBytes}`,
-        ),
-      );
-    }
+    const big = this.#tooLarge(entries, "put");
+    if (big) return Promise.reject(big);
     return this.#run("put", keys, async () => {
       distinctKeys(entries);
       if (entries.length === 0) return;
