@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { CiliaNode, dropText, execCni, NETWORK } from "./_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
-import { hostIfnameFor } from "../../agent/endpoint/netdev.ts";
+import { hostIfnameFor, linkLocalFor } from "../../agent/endpoint/netdev.ts";
 
 const DB_POLICY = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -73,6 +73,11 @@ Deno.test({
     const local = addrs[0].addr_info.map((a: { local: string }) => a.local);
     assert.ok(local.includes(pod.ipv4) && local.includes(pod.ipv6), JSON.stringify(local));
     assert.equal(addrs[0].address, r.interfaces[1].mac);
+    // The pod's link-local address is the kernel's (from the MAC) and usable at once (no DAD).
+    const ll = addrs[0].addr_info.filter((a: { scope: string }) => a.scope === "link").map((
+      a: { local: string; tentative?: boolean; dadfailed?: boolean },
+    ) => ({ local: a.local, tentative: a.tentative ?? a.dadfailed ?? false }));
+    assert.deepEqual(ll, [{ local: linkLocalFor(r.interfaces[1].mac), tentative: false }]);
     const routes = await n.lab.run(pod.netns, ["ip", "route"]);
     assert.match(routes, /default via 10\.200\.0\.1 dev eth0/);
     assert.match(await n.lab.run(pod.netns, ["ip", "-6", "route"]), /default via fe80::1 dev eth0/);
@@ -407,4 +412,11 @@ Deno.test({
     stdout: "piped",
   }).output();
   assert.notEqual(link.code, 0, "the host-side veth is gone");
+});
+
+Deno.test("linkLocalFor: the modified EUI-64 address of a MAC; a clear error for a bad one", () => {
+  assert.equal(linkLocalFor("02:11:22:33:44:55"), "fe80::11:22ff:fe33:4455");
+  assert.equal(linkLocalFor("aa:bb:cc:dd:ee:ff"), "fe80::a8bb:ccff:fedd:eeff");
+  assert.throws(() => linkLocalFor("02:11:22:33:44"), /"02:11:22:33:44": not a MAC address/);
+  assert.throws(() => linkLocalFor("02:11:22:33:44:zz"), /not a MAC address/);
 });
