@@ -10,6 +10,9 @@
  * 3. store it; a store failure puts the engine back and undoes what was stored;
  * 4. write it to the datapath. An endpoint whose write fails is dropped by the kernel until a
  *    retry succeeds, and the result names it (`realised: false`, `unrealised`).
+ *
+ * Its parts: the policy in force, prepared and committed (_policy_loader.ts), and the kvstore's
+ * side, writes undone on failure and echoes of its own writes (_policy_kv.ts).
  */
 
 import {
@@ -25,9 +28,8 @@ import type { Logger } from "../log.ts";
 import type { Counter } from "../metrics.ts";
 import type { Serial } from "../_serial.ts";
 import { type PrefixWatch, watchPrefix } from "../_watch.ts";
-import type { PreparedPolicy, Regenerator, Unrealised } from "../endpoint/regenerator.ts";
+import type { Regenerator, Unrealised } from "../endpoint/regenerator.ts";
 import type { LocalCidrIdentities } from "../identity/local_cidr.ts";
-import { PolicyCompiler } from "./compiler.ts";
 import {
   joinDocuments,
   matches,
@@ -35,9 +37,12 @@ import {
   type PolicyDocument,
   type PolicyFilter,
   type PolicyRef,
-  readStored,
   refOf,
 } from "./documents.ts";
+import { PolicyLoader } from "./_policy_loader.ts";
+import { PolicyKv, PolicyTooLargeError, type PolicyWrites } from "./_policy_kv.ts";
+
+export { PolicyTooLargeError };
 
 export class PolicyNotFoundError extends Error {
   override name = "PolicyNotFoundError";
@@ -54,11 +59,6 @@ export interface ImportResult extends Realisation {
   changed: boolean;
   policies: PolicyRef[];
   warnings: ValidationIssue[];
-}
-
-/** A policy document the kvstore cannot hold. */
-export class PolicyTooLargeError extends Error {
-  override name = "PolicyTooLargeError";
 }
 
 /** Node-local identities that depend on the policy's toFQDNs selectors. */
@@ -86,52 +86,38 @@ export interface RepositoryOptions {
   services?: () => ServiceRef[];
 }
 
-const enc = new TextEncoder();
-const dec = new TextDecoder();
-const DELETED = "deleted";
-
 export class PolicyRepository {
   #o: RepositoryOptions;
-  #docs = new Map<string, PolicyDocument>();
-  #revision = 0;
-  /** What the previous run saved: its revision and the digest of its documents. */
-  #saved: { revision: number; digest: string } | undefined;
-  /**
-   * Keys this agent wrote whose change the watch has not delivered yet: the revision of a put,
-   * or "deleted". Until the echo arrives, older changes of the key are stale and ignored.
-   */
-  #echo = new Map<string, string>();
-  /** Compiles big policies off the event loop. */
-  #compiler: PolicyCompiler;
-  /** The services the policy in force was resolved against (JSON), for servicesChanged(). */
-  #servicesSeen = "";
+  /** The policy in force, and how documents become it. */
+  readonly #loader: PolicyLoader;
+  readonly #kv: PolicyKv;
 
   constructor(opts: RepositoryOptions) {
     this.#o = opts;
-    const engine = opts.regen.engine;
-    this.#compiler = new PolicyCompiler({
-      clusterName: opts.clusterName,
-      regexCheck: (p) => engine.checkRegex(p),
-      ...(opts.workerMinBytes !== undefined ? { workerMinBytes: opts.workerMinBytes } : {}),
-      ...(opts.services ? { services: opts.services } : {}),
+    this.#loader = new PolicyLoader(opts);
+    this.#kv = new PolicyKv({
+      store: opts.store,
+      compiler: this.#loader.compiler,
+      log: opts.log,
+      maxValueBytes: opts.maxValueBytes,
     });
   }
 
   /** Stops the compiler's worker. */
   close(): void {
-    this.#compiler.close();
+    this.#loader.compiler.close();
   }
 
   get revision(): number {
-    return this.#revision;
+    return this.#loader.revision;
   }
 
   get size(): number {
-    return this.#docs.size;
+    return this.#loader.docs.size;
   }
 
   list(filter: PolicyFilter = {}): PolicyDocument[] {
-    return [...this.#docs.values()].filter((d) => matches(d, filter))
+    return [...this.#loader.docs.values()].filter((d) => matches(d, filter))
       .sort((a, b) => a.key.localeCompare(b.key));
   }
 
@@ -140,70 +126,57 @@ export class PolicyRepository {
   }
 
   /** Reads the revision saved by a previous run; call before `follow()`. */
-  async restoreRevision(): Promise<void> {
-    if (this.#o.revisionFile === undefined) return;
-    try {
-      const saved = JSON.parse(await Deno.readTextFile(this.#o.revisionFile)) as {
-        revision?: unknown;
-        digest?: unknown;
-      };
-      if (Number.isSafeInteger(saved.revision) && (saved.revision as number) > this.#revision) {
-        this.#revision = saved.revision as number;
-        if (typeof saved.digest === "string") {
-          this.#saved = { revision: this.#revision, digest: saved.digest };
-        }
-      }
-    } catch (err) {
-      if (!(err instanceof Deno.errors.NotFound)) {
-        this.#o.log.warn("cannot read the saved policy revision", { error: err });
-      }
-    }
+  restoreRevision(): Promise<void> {
+    return this.#loader.restoreRevision();
   }
 
   /** Validates and imports policy sources (YAML or JSON). Throws PolicyValidationError. */
   import(sources: PolicySource[]): Promise<ImportResult> {
     return this.#o.serial.run(async () => {
-      let warnings: ValidationIssue[];
-      let docs: PolicyDocument[];
-      try {
-        const compiled = await this.#compiler.compile(sources, { split: true });
-        warnings = compiled.warnings;
-        docs = compiled.docs ?? [];
-        if (docs.length === 0) {
-          throw new PolicyValidationError([{ message: "No policy documents to import", path: "" }]);
-        }
-        this.#checkSizes(docs);
-      } catch (err) {
-        this.#o.importErrors?.inc();
-        throw err;
-      }
-      const changed = docs.filter((d) => this.#docs.get(d.key)?.canonical !== d.canonical);
+      const { docs, warnings } = await this.#compileImport(sources);
+      const inForce = this.#loader.docs;
+      const changed = docs.filter((d) => inForce.get(d.key)?.canonical !== d.canonical);
       const policies = docs.map(refOf);
       if (changed.length === 0) {
         // Nothing new to store; a retry of what is not in force yet is due anyway.
         await this.#o.regen.retryDirty();
         return {
-          revision: this.#revision,
+          revision: this.revision,
           changed: false,
           policies,
           warnings,
           ...this.#realisation(),
         };
       }
-      const next = new Map(this.#docs);
+      const next = new Map(inForce);
       for (const d of docs) next.set(d.key, d);
-      const unrealised = await this.#change(next, "import", {
-        puts: changed,
-        deletes: [],
-      });
+      const unrealised = await this.#change(next, "import", { puts: changed, deletes: [] });
       return {
-        revision: this.#revision,
+        revision: this.revision,
         changed: true,
         policies,
         warnings,
         ...realisation(unrealised),
       };
     });
+  }
+
+  /** Step 1 of the module comment: the import on its own, as documents (counted if refused). */
+  async #compileImport(
+    sources: PolicySource[],
+  ): Promise<{ docs: PolicyDocument[]; warnings: ValidationIssue[] }> {
+    try {
+      const compiled = await this.#loader.compiler.compile(sources, { split: true });
+      const docs = compiled.docs ?? [];
+      if (docs.length === 0) {
+        throw new PolicyValidationError([{ message: "No policy documents to import", path: "" }]);
+      }
+      this.#kv.checkSizes(docs);
+      return { docs, warnings: compiled.warnings };
+    } catch (err) {
+      this.#o.importErrors?.inc();
+      throw err;
+    }
   }
 
   /** Deletes the policies that match; throws PolicyNotFoundError when none does. */
@@ -215,10 +188,10 @@ export class PolicyRepository {
       if (gone.length === 0) {
         throw new PolicyNotFoundError(`No policy matches ${describe(filter)}`);
       }
-      const next = new Map(this.#docs);
+      const next = new Map(this.#loader.docs);
       for (const d of gone) next.delete(d.key);
       const unrealised = await this.#change(next, "delete", { puts: [], deletes: gone });
-      return { revision: this.#revision, deleted: gone.map(refOf), ...realisation(unrealised) };
+      return { revision: this.revision, deleted: gone.map(refOf), ...realisation(unrealised) };
     });
   }
 
@@ -229,9 +202,10 @@ export class PolicyRepository {
    */
   servicesChanged(): Promise<void> {
     return this.#o.serial.run(async () => {
-      if (![...this.#docs.values()].some((d) => d.text.includes("toServices"))) return;
-      if (JSON.stringify(this.#o.services?.() ?? []) === this.#servicesSeen) return;
-      await this.#apply(new Map(this.#docs), "services change");
+      const docs = this.#loader.docs;
+      if (![...docs.values()].some((d) => d.text.includes("toServices"))) return;
+      if (!this.#loader.servicesDiffer) return;
+      await this.#apply(new Map(docs), "services change");
     });
   }
 
@@ -244,62 +218,16 @@ export class PolicyRepository {
   async #change(
     next: Map<string, PolicyDocument>,
     why: string,
-    writes: { puts: PolicyDocument[]; deletes: PolicyDocument[] },
+    writes: PolicyWrites,
   ): Promise<Unrealised[]> {
-    const prepared = await this.#prepare(next);
+    const prepared = await this.#loader.prepare(next);
     try {
-      await this.#store(writes);
+      await this.#kv.write(writes, this.#loader.docs);
     } catch (err) {
       prepared.abort();
       throw err;
     }
-    return await this.#commit(prepared, next, why);
-  }
-
-  /** Writes to the kvstore; on a failure undoes the writes already made, then throws. */
-  async #store(w: { puts: PolicyDocument[]; deletes: PolicyDocument[] }): Promise<void> {
-    const done: { key: string; before: PolicyDocument | undefined }[] = [];
-    try {
-      for (const d of w.puts) {
-        const before = this.#docs.get(d.key);
-        this.#echo.set(d.key, await this.#o.store.put(d.key, enc.encode(d.text)));
-        done.push({ key: d.key, before });
-      }
-      for (const d of w.deletes) {
-        if (await this.#o.store.delete(d.key)) this.#echo.set(d.key, DELETED);
-        done.push({ key: d.key, before: d });
-      }
-    } catch (err) {
-      for (const { key, before } of done.reverse()) {
-        try {
-          if (before) this.#echo.set(key, await this.#o.store.put(key, enc.encode(before.text)));
-          else if (await this.#o.store.delete(key)) this.#echo.set(key, DELETED);
-        } catch (undoErr) {
-          // The store holds a change the engine does not: let the watch bring it in.
-          this.#echo.delete(key);
-          this.#o.log.error("cannot undo a policy write after a kvstore failure", {
-            key,
-            error: undoErr,
-          });
-        }
-      }
-      throw err;
-    }
-  }
-
-  /** Deno KV holds at most 64 KiB per value: say so before anything is changed. */
-  #checkSizes(docs: PolicyDocument[]): void {
-    const max = this.#o.maxValueBytes;
-    if (max === undefined) return;
-    for (const d of docs) {
-      const size = enc.encode(d.text).length;
-      if (size <= max) continue;
-      throw new PolicyTooLargeError(
-        `Policy "${d.namespace ? d.namespace + "/" : ""}${d.name}" is ${size} bytes: the ` +
-          `kvstore ${this.#o.store.name} holds at most ${max} bytes per policy document; split ` +
-          `its rules into several policies, or run the agent on etcd (--kvstore etcd://…)`,
-      );
-    }
+    return await this.#loader.commit(prepared, next, why);
   }
 
   /** Lists and watches the stored policies; `ready` settles once they are loaded. */
@@ -310,132 +238,25 @@ export class PolicyRepository {
     }, { signal: opts.signal, log: this.#o.log });
   }
 
-  /** Compiles `docs` and resolves them for every endpoint, writing nothing. */
-  async #prepare(docs: Map<string, PolicyDocument>): Promise<Prepared> {
-    const list = [...docs.values()].sort((a, b) => a.key.localeCompare(b.key));
-    const services = JSON.stringify(this.#o.services?.() ?? []);
-    const { spec } = await this.#compiler.compile(
-      list.map((d) => ({ text: d.text, file: d.key })),
-    );
-    const plan = this.#o.local.plan(spec);
-    const fqdn = this.#o.fqdn?.prepare(spec);
-    const digest = digestOf(docs);
-    // The same documents as before a restart keep their revision; anything else is a new one.
-    const revision = this.#saved?.digest === digest && this.#docs.size === 0 &&
-        this.#saved.revision === this.#revision
-      ? this.#revision
-      : this.#revision + 1;
-    let prepared: PreparedPolicy;
-    try {
-      prepared = await this.#o.regen.preparePolicy(
-        spec,
-        [...plan.identities, ...(fqdn?.identities ?? [])],
-        revision,
-      );
-    } catch (err) {
-      fqdn?.abort();
-      throw err;
-    }
-    return {
-      ...prepared,
-      services,
-      abort: () => {
-        prepared.abort();
-        fqdn?.abort();
-      },
-      plan,
-      ...(fqdn ? { fqdn } : {}),
-      revision,
-      digest,
-    };
-  }
-
-  /** Writes prepared rules to the datapath and adopts `docs` as the policy in force. */
-  async #commit(
-    prepared: Prepared,
-    docs: Map<string, PolicyDocument>,
-    why: string,
-  ): Promise<Unrealised[]> {
-    const unrealised = await prepared.commit();
-    prepared.fqdn?.commit();
-    this.#revision = prepared.revision;
-    this.#servicesSeen = prepared.services;
-    this.#saved = undefined;
-    this.#docs = docs;
-    try {
-      await this.#o.local.commit(prepared.plan.next);
-    } catch (err) {
-      this.#o.log.warn("cannot save local CIDR identities", { error: err });
-    }
-    await this.#saveRevision(prepared.digest);
-    this.#o.log.info("policy loaded", {
-      revision: this.#revision,
-      policies: docs.size,
-      why,
-      ...(unrealised.length > 0 ? { unrealised } : {}),
-    });
-    return unrealised;
-  }
-
-  async #load(docs: Map<string, PolicyDocument>, why: string): Promise<void> {
-    await this.#commit(await this.#prepare(docs), docs, why);
-  }
-
-  async #saveRevision(digest: string): Promise<void> {
-    if (this.#o.revisionFile === undefined) return;
-    const tmp = `${this.#o.revisionFile}.tmp`;
-    try {
-      const saved = { revision: this.#revision, digest };
-      await Deno.writeTextFile(tmp, JSON.stringify(saved) + "\n");
-      await Deno.rename(tmp, this.#o.revisionFile);
-    } catch (err) {
-      this.#o.log.warn("cannot save the policy revision", { error: err });
-    }
-  }
-
-  /** The stored documents that compile on their own (a bad one is logged and left out). */
-  async #readAll(entries: KvEntry[]): Promise<Map<string, PolicyDocument>> {
-    const out = new Map<string, PolicyDocument>();
-    for (const e of entries) {
-      const d = readStored(dec.decode(e.value));
-      if (d === null || d.key !== e.key) {
-        this.#o.log.error("stored policy is not one policy document", { key: e.key });
-        continue;
-      }
-      try {
-        await this.#compiler.compile([{ text: d.text, file: d.key }]);
-        out.set(d.key, d);
-      } catch (err) {
-        this.#o.log.error("stored policy does not compile: left out", { key: e.key, error: err });
-      }
-    }
-    return out;
-  }
-
   async #snapshot(entries: KvEntry[]): Promise<void> {
-    this.#echo.clear();
-    const next = await this.#readAll(entries);
-    const same = next.size === this.#docs.size &&
-      [...next].every(([k, d]) => this.#docs.get(k)?.canonical === d.canonical);
-    if (!same || this.#revision === 0 || this.#o.regen.revision === 0) {
+    this.#kv.clearEchoes();
+    const next = await this.#kv.readAll(entries);
+    const inForce = this.#loader.docs;
+    const same = next.size === inForce.size &&
+      [...next].every(([k, d]) => inForce.get(k)?.canonical === d.canonical);
+    if (!same || this.revision === 0 || this.#o.regen.revision === 0) {
       await this.#apply(next, "kvstore listing");
     }
   }
 
   async #event(e: WatchEvent): Promise<void> {
-    const key = e.type === "put" ? e.entry.key : e.key;
-    const echo = this.#echo.get(key);
-    if (echo !== undefined) {
-      // Our own write is still to come: this change is older than it (or is it).
-      if (echo === (e.type === "put" ? e.entry.revision : DELETED)) this.#echo.delete(key);
-      return;
-    }
-    const next = new Map(this.#docs);
+    if (this.#kv.stale(e)) return;
+    const next = new Map(this.#loader.docs);
     if (e.type === "delete") {
       if (!next.delete(e.key)) return;
     } else {
-      const d = (await this.#readAll([e.entry])).get(e.entry.key);
-      if (d === undefined || this.#docs.get(d.key)?.canonical === d.canonical) return;
+      const d = (await this.#kv.readAll([e.entry])).get(e.entry.key);
+      if (d === undefined || this.#loader.docs.get(d.key)?.canonical === d.canonical) return;
       next.set(d.key, d);
     }
     await this.#apply(next, "kvstore change");
@@ -443,7 +264,7 @@ export class PolicyRepository {
 
   async #apply(next: Map<string, PolicyDocument>, why: string): Promise<void> {
     try {
-      await this.#load(next, why);
+      await this.#loader.load(next, why);
     } catch (err) {
       this.#o.importErrors?.inc();
       const issues = err instanceof PolicyValidationError ? err.issues : undefined;
@@ -453,25 +274,6 @@ export class PolicyRepository {
       });
     }
   }
-}
-
-type Prepared = PreparedPolicy & {
-  plan: ReturnType<LocalCidrIdentities["plan"]>;
-  fqdn?: ReturnType<FqdnIdentitySource["prepare"]>;
-  revision: number;
-  digest: string;
-  /** The services it was resolved against (JSON). */
-  services: string;
-};
-
-/** A digest of a set of documents (FNV-1a over keys and canonical text): equal sets, equal. */
-function digestOf(docs: Map<string, PolicyDocument>): string {
-  let h = 0x811c9dc5;
-  for (const key of [...docs.keys()].sort()) {
-    const text = `${key}\n${docs.get(key)!.canonical}\n`;
-    for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
-  }
-  return `${docs.size}-${(h >>> 0).toString(16)}`;
 }
 
 function realisation(unrealised: Unrealised[]): Realisation {

@@ -1,0 +1,191 @@
+// The kernel's events → flows, for the monitor (monitor.ts owns the ring, followers and counters
+// this writes to). Two paths: a ring-buffer record read in place, kept as bytes with a cached
+// context (contexts.ts) and, for unfiltered line followers, written as a line from its bytes
+// (fast_lines.ts), with no object per event; and the object path (an event, its flow with both
+// sides looked up and the policy attributed) for records the line writer does not cover and for
+// readers that need objects. It decides no verdict: the kernel did, the engine names the rule.
+
+import { decodeEventAt, type PacketEvent } from "../datapath/events.ts";
+import { EVENT_HEADER_LEN } from "../datapath/codecs.ts";
+import { parsePacket } from "./_packet.ts";
+import { buildFlow, type Flow } from "./flow.ts";
+import { encodeContext, type EventContext } from "./fast_lines.ts";
+import { ContextCache } from "./contexts.ts";
+import type { EndpointIndex } from "./endpoint_index.ts";
+import type { RecordRing } from "./record_ring.ts";
+import { CHUNK_BYTES, type Followers } from "./followers.ts";
+import { bump, type MonitorCounters, type MonitorParts, publish } from "./_parts.ts";
+
+export class KernelFlows {
+  readonly #p: MonitorParts;
+  // The parts the record path reads per record, as fields of their own.
+  readonly #ring: RecordRing;
+  readonly #followers: Followers;
+  readonly #counters: MonitorCounters;
+  readonly #endpoints: EndpointIndex;
+  /** Record path: contexts by their header fields (cleared when endpoints or the policy change). */
+  readonly #contexts = new ContextCache();
+  #contextsOf = { generation: -1, spec: undefined as unknown };
+  #bytes: Uint8Array | undefined;
+  #timeBytes = new Uint8Array(0);
+  #timeBytesMs = -1;
+  #clockTick = 0;
+  #clockMs = 0;
+  /** The last millisecond's `time` text, reused by the events of the same millisecond. */
+  #timeMs = -1;
+  #timeText = "";
+
+  constructor(parts: MonitorParts) {
+    this.#p = parts;
+    this.#ring = parts.ring;
+    this.#followers = parts.followers;
+    this.#counters = parts.counters;
+    this.#endpoints = parts.endpoints;
+  }
+
+  /** A reader poll ended: the next poll's first record reads the clock again. */
+  pollDone(): void {
+    this.#clockTick = 0;
+  }
+
+  /** Now as an ISO time (one Date per millisecond, not per event). */
+  #now(): string {
+    const ms = Date.now();
+    if (ms !== this.#timeMs) {
+      this.#timeMs = ms;
+      this.#timeText = new Date(ms).toISOString();
+    }
+    return this.#timeText;
+  }
+
+  /** Now as ISO text bytes (one encoding per millisecond). */
+  #nowBytes(ms: number): Uint8Array {
+    if (ms !== this.#timeBytesMs) {
+      this.#timeBytesMs = ms;
+      this.#timeBytes = new TextEncoder().encode(new Date(ms).toISOString());
+    }
+    return this.#timeBytes;
+  }
+
+  /**
+   * One ring-buffer record (in place: valid during the call only) → the ring (as bytes), the
+   * unfiltered line followers (a line written from the bytes), counters, and, only when someone
+   * needs them, an event object (raw followers) and a flow object (filtered followers). Records
+   * the line writer does not cover (IPv6, odd packets) take the object path. A record's time is
+   * read at the first record of each reader poll and then every 32 records.
+   */
+  ingestRecord(view: DataView, at: number, length: number): void {
+    if (length < EVENT_HEADER_LEN) return;
+    if (this.#bytes?.buffer !== view.buffer) {
+      this.#bytes = new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
+    }
+    const d = this.#bytes, p = at + EVENT_HEADER_LEN, followers = this.#followers;
+    const capLen = Math.min(view.getUint32(at + 32, true), length - EVENT_HEADER_LEN);
+    const ipv4 = capLen >= 34 && d[p + 12] === 0x08 && d[p + 13] === 0x00;
+    if (followers.wantEvents || !ipv4) {
+      this.ingest(decodeEventAt(view, at, length));
+      return;
+    }
+    // The clock and the endpoint index are read at the first record of each poll and then once
+    // per 32 records (a record's time is when the monitor read it; 32 take well under 1 ms).
+    if ((this.#clockTick++ & 31) === 0) {
+      this.#clockMs = Date.now();
+      this.#endpoints.refresh();
+    }
+    const ms = this.#clockMs;
+    const ctx = this.#context(view, at, d, p);
+    const time = this.#nowBytes(ms);
+    if (followers.wantLines) {
+      if (!followers.lines.write(d, p, capLen, ctx, time)) {
+        this.ingest(decodeEventAt(view, at, length));
+        return;
+      }
+      if (followers.lines.size >= CHUNK_BYTES) followers.flush();
+    }
+    this.#ring.pushRecord(d, at, length, ms, ctx);
+    bump(this.#counters.processed, ctx.processedKey);
+    if (ctx.verdictKey) bump(this.#counters.verdicts, ctx.verdictKey);
+    if (followers.wantObjects) this.#followObject(view, at, length, ctx);
+  }
+
+  /** A record of the byte path as a flow object, for the followers that want objects. */
+  #followObject(view: DataView, at: number, length: number, ctx: EventContext): void {
+    const e = decodeEventAt(view, at, length);
+    this.#followers.flow(
+      buildFlow(e, {
+        nodeName: this.#p.nodeName,
+        now: this.#now(),
+        source: ctx.source,
+        destination: ctx.destination,
+        policy: ctx.policy,
+      }),
+      true,
+    );
+  }
+
+  /** The context of an IPv4 record (see contexts.ts), built from its flow on a miss. */
+  #context(view: DataView, at: number, d: Uint8Array, p: number): EventContext {
+    const spec = this.#p.engine.spec, generation = this.#endpoints.generation;
+    if (spec !== this.#contextsOf.spec || generation !== this.#contextsOf.generation) {
+      this.#contextsOf = { generation, spec }; // new endpoints or policy: attribution may differ
+      this.#contexts.clear();
+    }
+    const ipAt = p + (d[at + 16] === 2 ? 30 : 26); // the peer: destination of an egress packet
+    const ip = ((d[ipAt]! << 24) | (d[ipAt + 1]! << 16) | (d[ipAt + 2]! << 8) | d[ipAt + 3]!) >>> 0;
+    const other = this.#endpoints.byIp4(ip)?.id ?? 0;
+    return this.#contexts.get(view, at, d, other, (key) => {
+      const e = decodeEventAt(view, at, EVENT_HEADER_LEN + 34);
+      const flow = this.#flowOf(e);
+      return encodeContext(flow, {
+        source: flow.source,
+        destination: flow.destination,
+        policy: flow.policy,
+        verdict: flow.verdict,
+        type: e.type,
+        processedKey: `${e.type}/${flow.verdict}`,
+        verdictKey: e.type === "policy-verdict"
+          ? `${e.direction}/${e.match}/${e.verdict}`
+          : undefined,
+        key,
+      });
+    });
+  }
+
+  /** One kernel event → raw followers, a flow, the ring, flow followers and counters. */
+  ingest(e: PacketEvent, now?: Date): void {
+    this.#followers.event(e);
+    const flow = this.#flowOf(e, now);
+    bump(this.#counters.processed, `${e.type}/${flow.verdict}`);
+    if (e.type === "policy-verdict") {
+      bump(this.#counters.verdicts, `${e.direction}/${e.match}/${e.verdict}`);
+    }
+    publish(this.#p, flow);
+  }
+
+  /** An event's flow: both sides looked up, the policy attributed. */
+  #flowOf(e: PacketEvent, now?: Date): Flow {
+    const index = this.#endpoints;
+    index.refresh();
+    let self = index.byId(e.epId);
+    if (!self && e.epId !== 0) {
+      index.refresh(true);
+      self = index.byId(e.epId);
+    }
+    const packet = parsePacket(e.data);
+    const ip = packet.IP;
+    const other = ip
+      ? index.byIp(e.direction === "egress" ? ip.destination : ip.source)
+      : undefined;
+    const src = e.direction === "egress" ? self : other;
+    const dst = e.direction === "egress" ? other : self;
+    const audit = e.verdict === "audit";
+    return buildFlow(e, {
+      nodeName: this.#p.nodeName,
+      now: now ?? this.#now(),
+      source: index.side(e.srcIdentity, src),
+      destination: index.side(e.dstIdentity, dst),
+      policy: this.#p.attribution.of(e, self, audit),
+      packet,
+    });
+  }
+}
