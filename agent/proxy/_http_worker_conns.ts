@@ -9,6 +9,9 @@
 // here: it is relayed byte for byte over a unix socket to the main thread's h2 path, after a line
 // that says what the kernel said of it (its original destination and client). It judges
 // nothing: `judge` decides.
+//
+// Its parts: the connection's record and output helpers (_http_worker_conn.ts) and its upstream
+// legs with their ports' delayed release (_http_worker_legs.ts).
 
 import type { OrigDestination, ProxyMaps } from "../datapath/proxy_maps.ts";
 import { DIR_EGRESS } from "../datapath/codecs.ts";
@@ -17,51 +20,16 @@ import type { Head } from "./http1.ts";
 import { Http1Machine, type MachineIo } from "./http1_machine.ts";
 import { prefaceState } from "./_h2_preface.ts";
 import type { HttpRequestInfo, RequestRecord } from "./http_conn.ts";
-import type { L7Source } from "./l7_batch.ts";
 import type { UpstreamPorts } from "./_upstream_ports.ts";
+import { append, concat, type Conn } from "./_http_worker_conn.ts";
+import { socketError, UpstreamLegs } from "./_http_worker_legs.ts";
 import * as IO from "./_http_worker_io.ts";
+
+export type { Conn } from "./_http_worker_conn.ts";
 
 /** Queued output above HIGH stops reads of the other leg; above MAX_PENDING closes (a guard). */
 const HIGH = 1 << 20, MAX_PENDING = 1 << 22;
-/** An upstream port (and its proxy-NAT entry) is given back this long after its leg closed. */
-const RELEASE_MS = 2000;
-const EADDRINUSE = 98, EADDRNOTAVAIL = 99, SO_ERROR = 4;
 const IN = S.EPOLLIN | S.EPOLLRDHUP;
-
-export interface Conn extends L7Source {
-  m: Http1Machine;
-  io: MachineIo;
-  /** The first bytes while they may still be an HTTP/2 preface (null: decided). */
-  sniff: Uint8Array | null;
-  /** Relayed to the main thread (h2c): `up` is the relay socket, the machine is not used. */
-  relay: boolean;
-  o: OrigDestination;
-  client: { ip: string; port: number };
-  direction: "ingress" | "egress";
-  /** The address upstream legs are bound to (the pod gateway of the server's family). */
-  gateway: string;
-  /** The last verdict's cookie and rule, and the server endpoint it judged as a second hop. */
-  cookie: number;
-  rule: number;
-  hop2: number | undefined;
-  /** The part of a verdict's cache key this connection fixes (rule 2 of http_worker.ts). */
-  key: string;
-  /** The last request head judged and its whole cache key (the next head may be that object). */
-  lastHead: Head | undefined;
-  lastKey: string;
-  cfd: number;
-  up: number;
-  localPort: number;
-  upConnected: boolean;
-  /** Output that did not go at once, per leg (bounded; then the connection is closed). */
-  outClient: Uint8Array | null;
-  outUp: Uint8Array | null;
-  clientEvents: number;
-  upEvents: number;
-  clientEof: boolean;
-  upEof: boolean;
-  broken: boolean;
-}
 
 export interface HttpConnsOptions {
   maps: ProxyMaps;
@@ -85,11 +53,12 @@ export class HttpConns {
   readonly #o: HttpConnsOptions;
   readonly #byFd: (Conn | undefined)[] = [];
   readonly #conns = new Set<Conn>();
-  #releases: { at: number; server: { ip: string; port: number }; localPort: number }[] = [];
+  readonly #legs: UpstreamLegs;
 
   constructor(o: HttpConnsOptions) {
     this.#o = o;
     this.maps = o.maps;
+    this.#legs = new UpstreamLegs(o.maps, o.ports);
   }
 
   /** Marks `fd` as the Worker's in the shared fd map. */
@@ -187,7 +156,7 @@ export class HttpConns {
       connect: () => this.#connect(c),
       closeUpstream: () => {
         this.#close(c.up);
-        this.#releaseLater(c);
+        this.#legs.releaseLater(c);
         c.up = -1, c.outUp = null;
       },
       closeClient: () => {
@@ -197,60 +166,15 @@ export class HttpConns {
     };
   }
 
-  /** The upstream leg: a port of the range bound, the proxy-NAT entry, then the connect. */
+  /** The upstream leg connected (_http_worker_legs.ts), then marked and watched. */
   #connect(c: Conn): string | undefined {
-    const o = c.o, v6 = o.ip.includes(":"), ports = this.#o.ports;
-    for (let attempt = 0; attempt < 16; attempt++) {
-      let port: number;
-      try {
-        port = ports.take();
-      } catch (err) {
-        return (err as Error).message;
-      }
-      const fd = IO.bindTcp(c.gateway, port, v6);
-      if (fd < 0) {
-        ports.release(port);
-        if (-fd === EADDRINUSE) continue;
-        return `bind: ${IO.errnoText(-fd)}`;
-      }
-      const server = { ip: o.ip, port: o.port };
-      try {
-        this.maps.writeNat({
-          server,
-          localPort: port,
-          clientIp: c.client.ip,
-          identity: o.srcIdentity,
-          epId: o.epId,
-          dir: o.dir,
-          ...(c.hop2 !== undefined ? { ingressEpId: c.hop2 } : {}),
-        });
-      } catch (err) {
-        IO.closeFd(fd);
-        ports.release(port);
-        return (err as Error).message; // 3.
-      }
-      const r = IO.connectTo(fd, o.ip, o.port);
-      if (r < 0) {
-        IO.closeFd(fd);
-        this.#releases.push({ at: performance.now() + RELEASE_MS, server, localPort: port });
-        if (-r === EADDRINUSE || -r === EADDRNOTAVAIL) continue;
-        return IO.errnoText(-r);
-      }
-      this.own(fd);
-      c.up = fd, c.localPort = port, c.upConnected = r === 0, c.outUp = null, c.upEof = false;
-      c.upEvents = IN | S.EPOLLOUT;
-      this.#byFd[fd] = c;
-      if (IO.ctl(S.EPOLL_CTL_ADD, fd, c.upEvents) !== 0) c.broken = true;
-      return undefined;
-    }
-    return "no usable upstream port";
-  }
-
-  #releaseLater(c: Conn): void {
-    if (c.localPort === 0) return;
-    const server = { ip: c.o.ip, port: c.o.port };
-    this.#releases.push({ at: performance.now() + RELEASE_MS, server, localPort: c.localPort });
-    c.localPort = 0;
+    const failed = this.#legs.connect(c);
+    if (failed !== undefined) return failed;
+    this.own(c.up);
+    c.upEvents = IN | S.EPOLLOUT;
+    this.#byFd[c.up] = c;
+    if (IO.ctl(S.EPOLL_CTL_ADD, c.up, c.upEvents) !== 0) c.broken = true;
+    return undefined;
   }
 
   /**
@@ -357,15 +281,7 @@ export class HttpConns {
     for (const c of this.#conns) {
       if (!c.relay && c.m.deadline <= now) c.m.tick(now), this.settle(c);
     }
-    if (this.#releases.length === 0 || this.#releases[0]!.at > now) return;
-    const due = this.#releases.filter((r) => r.at <= now);
-    this.#releases = this.#releases.filter((r) => r.at > now);
-    for (const r of due) {
-      try {
-        this.maps.deleteNat(r);
-      } catch { /* maps closed */ }
-      this.#o.ports.release(r.localPort);
-    }
+    this.#legs.releaseDue(now);
   }
 
   get size(): number {
@@ -377,32 +293,4 @@ export class HttpConns {
     for (const c of [...this.#conns]) c.m.close();
     this.tick(Infinity);
   }
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const m = new Uint8Array(a.length + b.length);
-  m.set(a);
-  m.set(b, a.length);
-  return m;
-}
-
-function append(q: Uint8Array | null, b: Uint8Array): Uint8Array {
-  if (!q) return b.slice();
-  const m = new Uint8Array(q.length + b.length);
-  m.set(q);
-  m.set(b, q.length);
-  return m;
-}
-
-/** Why a connect failed (SO_ERROR). */
-function socketError(fd: number): string {
-  const v = new Int32Array(1), len = new Uint32Array([4]);
-  S.libc().getsockopt(
-    fd,
-    S.SOL_SOCKET,
-    SO_ERROR,
-    new Uint8Array(v.buffer),
-    new Uint8Array(len.buffer),
-  );
-  return v[0] ? IO.errnoText(v[0]) : "connection failed";
 }
