@@ -63,7 +63,7 @@ export const LAYOUTS = {
     ["pad", 9, "bytes", 3],
   ]),
   endpointKey: layout("endpoint_key", 4, [["ifindex", 0, "u32"]]),
-  endpointInfo: layout("endpoint_info", 36, [
+  endpointInfo: layout("endpoint_info", 40, [
     ["ep_id", 0, "u16"],
     ["flags", 2, "u8"],
     ["pad", 3, "u8"],
@@ -71,7 +71,7 @@ export const LAYOUTS = {
     ["ipv4", 8, "bytes", 4],
     ["ipv6", 12, "bytes", 16],
     ["mac", 28, "bytes", 6],
-    ["pad2", 34, "bytes", 2],
+    ["host_mac", 34, "bytes", 6],
   ]),
   policyKey: layout("policy_key", 16, [
     ["prefixlen", 0, "u32"],

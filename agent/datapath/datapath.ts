@@ -80,6 +80,8 @@ export interface EndpointEntry {
   ipv4?: string;
   ipv6?: string;
   mac?: string;
+  /** The host side's MAC: the pods' IPv6 router answers neighbour solicitations with it (nd.h). */
+  hostMac?: string;
   ingressDefaultDeny: boolean;
   egressDefaultDeny: boolean;
   /** false turns policy off for this endpoint; default true. */
@@ -129,6 +131,7 @@ export function endpointValue(ep: EndpointEntry): Uint8Array {
     ...(v4 ? { ipv4: v4 } : {}),
     ...(v6 ? { ipv6: v6 } : {}),
     ...(ep.mac ? { mac: parseMac(ep.mac) } : {}),
+    ...(ep.hostMac ? { host_mac: parseMac(ep.hostMac) } : {}),
   });
 }
 

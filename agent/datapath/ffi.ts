@@ -129,6 +129,11 @@ export function mapLookup(fd: number, key: Uint8Array, valueSize: number): Uint8
   return bpf().bpf_map_lookup_elem(fd, key, value) === 0 ? value : undefined;
 }
 
+/** Looks `key` up into `value` (reused by the caller); false when there is no such element. */
+export function mapLookupInto(fd: number, key: Uint8Array, value: Uint8Array): boolean {
+  return bpf().bpf_map_lookup_elem(fd, key, value) === 0;
+}
+
 /** Creates or replaces one element (BPF_ANY); 0 or a negative errno. */
 export function mapUpdate(fd: number, key: Uint8Array, value: Uint8Array): number {
   return bpf().bpf_map_update_elem(fd, key, value, 0n);

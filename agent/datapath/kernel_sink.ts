@@ -459,6 +459,7 @@ export class KernelSink implements DatapathSink {
       ...(ipv4 ? { ipv4 } : {}),
       ...(ipv6 ? { ipv6 } : {}),
       ...(ep.mac ? { mac: ep.mac } : {}),
+      ...(ep.hostMac ? { hostMac: ep.hostMac } : {}),
       ingressDefaultDeny: flags.defaultDeny.ingress,
       egressDefaultDeny: flags.defaultDeny.egress,
       enforcement: flags.enforcement,

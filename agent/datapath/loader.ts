@@ -39,6 +39,8 @@ export const MAP_NAMES = [
 export type MapName = typeof MAP_NAMES[number];
 export const PROG_FROM_CONTAINER = "cil_from_container";
 export const PROG_TO_CONTAINER = "cil_to_container";
+/** The lxc object's program array for same-node delivery (bpf/lib/peer.h), pinned in progDir. */
+export const PEER_CALLS_MAP = "cilia_peer_calls";
 
 export interface Pins {
   root: string;
@@ -171,6 +173,22 @@ export async function dropOldProxyMaps(bpftool: BpfTool, mapsDir: string): Promi
   return dropped.sort();
 }
 
+/**
+ * A `cilia_endpoints` pin of an older layout (36-byte values, before the host side's MAC,
+ * bpf/lib/endpoint.h) cannot be reused: the new object would refuse it. Its pin goes, so the new
+ * object makes its own; the agent writes every endpoint's entry again before it re-attaches the
+ * endpoint's programs (KernelSink), and programs still attached keep the old map until then.
+ */
+async function dropOldEndpointsMap(bpftool: BpfTool, pinned: string): Promise<void> {
+  if (!(await exists(pinned))) return;
+  const have = await bpftool.json(
+    ["map", "show", "pinned", pinned],
+    MapKeyValueSchema,
+    `Cannot read map "${pinned}"`,
+  );
+  if (have.bytes_value !== LAYOUTS.endpointInfo.size) await Deno.remove(pinned);
+}
+
 /** Throws unless every reused map with a configured size has exactly that size. */
 async function checkSizes(
   bpftool: BpfTool,
@@ -208,6 +226,7 @@ export async function loadPinned(
   await Deno.mkdir(`${opts.root}/progs`, { recursive: true });
   await dropOldEventsMap(bpftool, pins.maps.cilia_events);
   await dropOldProxyMaps(bpftool, `${opts.root}/maps`);
+  await dropOldEndpointsMap(bpftool, pins.maps.cilia_endpoints);
   const reusedMaps: MapName[] = [];
   for (const n of MAP_NAMES) if (await exists(pins.maps[n])) reusedMaps.push(n);
   if (opts.sizes) await checkSizes(bpftool, pins, { reused: reusedMaps, sizes: opts.sizes });
@@ -231,6 +250,10 @@ export async function loadPinned(
       const staged = `${stagingMaps}/${n}`;
       if (!reusedMaps.includes(n) && await exists(staged)) await Deno.rename(staged, pins.maps[n]);
     }
+    // The object's own tail-call array (bpf/lib/peer.h) lives and goes with its programs: the
+    // kernel empties a program array once nothing holds it, so it stays pinned.
+    const calls = `${stagingMaps}/${PEER_CALLS_MAP}`;
+    if (await exists(calls)) await Deno.rename(calls, `${stagingProgs}/${PEER_CALLS_MAP}`);
     if (await exists(pins.progDir)) await Deno.remove(pins.progDir, { recursive: true });
     await Deno.rename(stagingProgs, pins.progDir);
   } finally {

@@ -6,7 +6,7 @@
 // Addresses are IPv4 or IPv6 text; the maps hold 16 bytes and the family.
 import { encode, type Layout, LAYOUTS } from "./codecs.ts";
 import { formatIP, parseIPv4, parseIPv6 } from "./_addr.ts";
-import { acquire, closeFd, mapDelete, mapLookup, mapUpdate, objGet, release } from "./ffi.ts";
+import { acquire, closeFd, mapDelete, mapLookupInto, mapUpdate, objGet, release } from "./ffi.ts";
 
 export interface OrigDestination {
   /** The server the client dialled. */
@@ -79,6 +79,14 @@ export class ProxyMaps {
   readonly #origKey = new Uint8Array(OK.size);
   readonly #origKeyView = new DataView(this.#origKey.buffer);
   readonly #clients = new Map<string, { bytes: Uint8Array; family: 4 | 6 }>();
+  /**
+   * The lookup's value buffer, and the value the last answer was made from with that answer: a
+   * client asking again (a DNS datagram per query) gets the same frozen object, and nothing is
+   * allocated.
+   */
+  readonly #origValue = new Uint8Array(OV.size);
+  readonly #origPrev = new Uint8Array(OV.size);
+  #origMade: { family: number; o: OrigDestination } | undefined;
 
   /** The pinned maps' paths (a Worker opens its own fds on them). */
   readonly pins: { cfg: string; orig: string; nat: string };
@@ -124,11 +132,17 @@ export class ProxyMaps {
     kv.setUint16(OFF.clientPort, clientPort, false);
     kv.setUint16(OFF.proxyPort, proxyPort, false);
     kv.setUint8(OFF.family, client.family);
-    const raw = mapLookup(this.#fds.orig, key, OV.size);
-    if (!raw) return undefined;
+    const raw = this.#origValue;
+    if (!mapLookupInto(this.#fds.orig, key, raw)) return undefined;
+    const made = this.#origMade, prev = this.#origPrev;
+    if (made?.family === client.family) {
+      let i = 0;
+      while (i < raw.length && raw[i] === prev[i]) i++;
+      if (i === raw.length) return made.o;
+    }
     const v = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
     const o = OFF.origIp;
-    return {
+    const out: OrigDestination = Object.freeze({
       ip: client.family === 4
         ? `${raw[o]}.${raw[o + 1]}.${raw[o + 2]}.${raw[o + 3]}`
         : formatIP(6, raw.subarray(o, o + 16)),
@@ -138,7 +152,10 @@ export class ProxyMaps {
       srcIdentity: v.getUint32(OFF.srcIdentity, true),
       dstIdentity: v.getUint32(OFF.dstIdentity, true),
       cookie: v.getUint32(OFF.cookie, true),
-    };
+    });
+    prev.set(raw);
+    this.#origMade = { family: client.family, o: out };
+    return out;
   }
 
   #natKey(n: { server: { ip: string; port: number }; localPort: number }): Uint8Array {

@@ -163,6 +163,7 @@ export class CniAttachments {
         ...(addressing.ipv6 ? { ipv6: addressing.ipv6 } : {}),
         ifname: hostIfname,
         mac: podMac,
+        hostMac,
       });
       handed = true; // put() owns the reference now, and releases it if it fails
       const { endpoint } = await this.#o.endpoints.put(id, full, { identity });

@@ -27,6 +27,8 @@ export interface DatapathEndpoint {
   netns?: string;
   /** The MAC address of the endpoint's own interface. */
   mac?: string;
+  /** The MAC address of the host side (ifname). */
+  hostMac?: string;
 }
 
 /**

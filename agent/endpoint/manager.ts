@@ -411,5 +411,6 @@ export function regenEndpoint(r: EndpointRecord): RegenEndpoint {
     ...(r.ifname !== undefined ? { ifname: r.ifname } : {}),
     ...(r.netns !== undefined ? { netns: r.netns } : {}),
     ...(r.mac !== undefined ? { mac: r.mac } : {}),
+    ...(r.hostMac !== undefined ? { hostMac: r.hostMac } : {}),
   };
 }

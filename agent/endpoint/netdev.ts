@@ -5,19 +5,23 @@
  * routes (IPv4 default via the pod CIDR's gateway on cilia_host, IPv6 via fe80::1: a permanent
  * neighbour entry in the pod naming the host side's MAC), and the node's routes and, for IPv6, a
  * permanent neighbour entry to the pod. The host side has no IPv6 address at all (address
- * generation off): every IPv6 route in the node's netns is walked by the kernel whenever any link
- * comes up, so an endpoint adds two (its /128 and the link's ff00::/8), not six. The host side
+ * generation off) and its ff00::/8 route is deleted as it comes up: every IPv6 route in the
+ * node's netns is walked by the kernel whenever any link comes up, and the links' ff00::/8 routes
+ * for every multicast packet a pod sends, so an endpoint adds one route (its /128). The host side
  * stays down until `finishHostSide()`, so no packet flows before the datapath is attached. Knows
  * nothing of policy or endpoint records.
  */
 
 import { createHash } from "node:crypto";
+import { deleteMulticastLater } from "./_late_multicast.ts";
 import { execCommand } from "../sys/exec.ts";
 import {
+  ESRCH,
   ifIndex,
   linkAddrGenModeNone,
   linkUp,
   neighReplacePermanent,
+  routeDelMulticast,
   routeReplaceHost,
   rtnetlink,
 } from "../sys/rtnetlink.ts";
@@ -143,9 +147,15 @@ export async function createPodInterface(o: {
 
 /**
  * Brings the host side up without IPv6 addresses and routes to the pod (IPv6: with a permanent
- * neighbour entry for the pod's address, as the host side cannot ask for it): up to five
+ * neighbour entry for the pod's address, as the host side cannot ask for it): up to six
  * rtnetlink requests made in process (`rtnetlink.ts`), no `ip` process; the kernel's part, which
- * grows with the node's IPv6 routes, runs off the event loop's thread.
+ * grows with the node's IPv6 routes, runs off the event loop's thread. The multicast route the
+ * kernel adds when the link comes up is deleted in the same batch: with it, each multicast
+ * packet from any pod (router solicitations, MLD reports) made the kernel walk every endpoint's
+ * such route; without it, nothing here routes or answers a pod's multicast, which nothing needs
+ * (the pod's gateway and the host side's neighbour entries are permanent). When the kernel makes
+ * that route only later (the link was not ready as it came up), it is deleted then
+ * (`_late_multicast.ts`).
  */
 export async function finishHostSide(
   o: { hostIfname: string; podMac: string; addressing: PodAddressing },
@@ -154,9 +164,10 @@ export async function finishHostSide(
   const index = ifIndex(dev);
   if (index === undefined) throw new NetdevError(`Cannot configure "${dev}": no such interface`);
   try {
-    await rtnetlink([
+    const [ipv6, , multicast] = await rtnetlink([
       linkAddrGenModeNone(index, dev),
       linkUp(index, dev),
+      routeDelMulticast(index, dev),
       ...(a.ipv4 ? [routeReplaceHost(index, { dst: a.ipv4, src: a.gateway4, name: dev })] : []),
       ...(a.ipv6
         ? [
@@ -165,6 +176,8 @@ export async function finishHostSide(
         ]
         : []),
     ]);
+    // The link has IPv6 (its mode was set) but no such route yet: the kernel makes it later.
+    if (ipv6 === 0 && multicast === ESRCH) deleteMulticastLater(index, dev);
   } catch (err) {
     throw new NetdevError(`Cannot configure "${dev}": ${(err as Error).message}`, { cause: err });
   }

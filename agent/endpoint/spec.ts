@@ -115,6 +115,10 @@ export const EndpointSpecSchema = z.strictObject({
   mac: z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/, {
     message: "Expected a lower-case MAC address such as 0a:58:0a:c8:00:05",
   }).optional(),
+  /** The MAC address of the host side (ifname): the pods' IPv6 router answers with it. */
+  hostMac: z.string().regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/, {
+    message: "Expected a lower-case MAC address such as 0a:58:0a:c8:00:06",
+  }).optional(),
 });
 
 export type EndpointSpec = z.infer<typeof EndpointSpecSchema>;

@@ -37,8 +37,13 @@ export class Mmsg {
   readonly #hv = new DataView(this.#hdr.buffer);
   readonly #iov = new Uint8Array(SLOTS * 16);
   readonly #hdrPtr = Deno.UnsafePointer.of(this.#hdr);
-  /** Per slot: its payload (the whole slot) and its sender's sockaddr. */
-  readonly #slots: { data: Uint8Array; name: Uint8Array }[] = [];
+  /** Per slot: its payload and sender's sockaddr (whole), and the last views handed out of them. */
+  readonly #slots: {
+    data: Uint8Array;
+    name: Uint8Array;
+    dataView: Uint8Array;
+    nameView: Uint8Array;
+  }[] = [];
   readonly #one = new Int32Array([1]);
   /** Slots the kernel wrote in the last receive() (their lengths are reset before the next). */
   #dirty = SLOTS;
@@ -60,10 +65,9 @@ export class Mmsg {
       this.#hv.setBigUint64(h + O.iov, iov + BigInt(i * 16), true);
       this.#hv.setBigUint64(h + O.iovlen, 1n, true);
       if (control) this.#hv.setBigUint64(h + O.control, control + BigInt(i * CONTROL_BYTES), true);
-      this.#slots.push({
-        data: this.#data.subarray(i * SLOT_BYTES, (i + 1) * SLOT_BYTES),
-        name: this.#names.subarray(i * 32, i * 32 + NAME_BYTES),
-      });
+      const slot = this.#data.subarray(i * SLOT_BYTES, (i + 1) * SLOT_BYTES);
+      const sender = this.#names.subarray(i * 32, i * 32 + NAME_BYTES);
+      this.#slots.push({ data: slot, name: sender, dataView: slot, nameView: sender });
     }
   }
 
@@ -91,16 +95,23 @@ export class Mmsg {
     return n;
   }
 
-  /** Datagram i of the last receive(): its bytes (a view into the slot) or undefined if truncated. */
+  /**
+   * Datagram i of the last receive(): its bytes (a view into the slot) or undefined if truncated.
+   * The view is the slot's last one while the length repeats (no object per datagram).
+   */
   data(i: number): Uint8Array | undefined {
     const h = i * MMSG;
     if ((this.#hv.getInt32(h + O.flags, true) & MSG_TRUNC) !== 0) return undefined;
-    return this.#slots[i]!.data.subarray(0, this.#hv.getUint32(h + MSG_LEN, true));
+    const s = this.#slots[i]!, len = this.#hv.getUint32(h + MSG_LEN, true);
+    if (s.dataView.length !== len) s.dataView = s.data.subarray(0, len);
+    return s.dataView;
   }
 
-  /** The sender of datagram i (a view, its length what the kernel wrote). */
+  /** The sender of datagram i (a view, its length what the kernel wrote; reused as data()'s). */
   from(i: number): Uint8Array {
-    return this.#slots[i]!.name.subarray(0, this.#hv.getUint32(i * MMSG + O.namelen, true));
+    const s = this.#slots[i]!, len = this.#hv.getUint32(i * MMSG + O.namelen, true);
+    if (s.nameView.length !== len) s.nameView = s.name.subarray(0, len);
+    return s.nameView;
   }
 
   /** The kernel's arrival time of datagram i (µs since the epoch), 0 if not recorded. */

@@ -13,32 +13,32 @@ import type { DnsAnswer, DnsQuery } from "./dns_message.ts";
 import { type DnsUdpTrace, T } from "./_dns_udp_trace.ts";
 import { Mmsg, SLOTS } from "./_dns_mmsg.ts";
 
-/** One query from a pod, from its arrival to its answer. */
+/**
+ * One query from a pod, from its arrival to its answer. The Worker takes these from a pool
+ * (_dns_udp_pending.ts) and gives them back once answered: a holder that may outlive that (a
+ * message to the main thread, a query in flight) checks `seq`, `qid` or `upId` first.
+ */
 export interface Pending {
   /** The listener it came in on and the client's sockaddr (where the answer goes). */
   fd: number;
   addr: Uint8Array;
   msg: Uint8Array;
-  /** A spare copy of msg that forward() sends with the leg's id (made with msg: one allocation). */
-  up?: Uint8Array;
   o: OrigDestination;
   client: { ip: string; port: number };
   started: number;
-  q?: DnsQuery;
-  cookie?: number;
-  answer?: DnsAnswer;
-  bytes?: Uint8Array;
+  q?: DnsQuery | undefined;
+  /** The version of the Worker's query memo q came from (_dns_udp_memo.ts). */
+  qv?: number;
+  cookie?: number | undefined;
+  answer?: DnsAnswer | undefined;
+  bytes?: Uint8Array | undefined;
   /** Its row in the trace (_dns_udp_trace.ts), when tracing. */
-  tr?: number;
-}
-
-interface InFlight {
-  id: number;
-  p: Pending;
-  deadline: number;
-  bytes: Uint8Array;
-  resendAt: number;
-  resends: number;
+  tr?: number | undefined;
+  /** In flight on a leg (forward() sets these): the leg's id for it, -1 when not in flight. */
+  upId?: number;
+  deadline?: number;
+  resendAt?: number;
+  resends?: number;
 }
 
 /** A query is sent at most this many times more. */
@@ -50,7 +50,8 @@ interface Leg {
   localPort: number;
   server: { ip: string; port: number };
   addr: Uint8Array;
-  inflight: Map<number, InFlight>;
+  /** By the leg's id: the query itself (no object per query in flight). */
+  inflight: Map<number, Pending>;
   lastUsed: number;
 }
 
@@ -80,7 +81,11 @@ export interface LegSocket {
   localPort: number;
 }
 
-export const decodeAddr = (sa: Uint8Array): { ip: string; port: number } => S.decodeSockaddr(sa);
+const usizes: bigint[] = [];
+/** n as sendto()'s length (a BigInt), made once per length up to 64 KiB: none per datagram. */
+export function usize(n: number): bigint {
+  return n < 65536 ? (usizes[n] ??= BigInt(n)) : BigInt(n);
+}
 
 /** Same family, port and address (IPv6 flow label and scope ignored). */
 export function sameAddr(a: Uint8Array, b: Uint8Array): boolean {
@@ -105,6 +110,12 @@ export class DnsUdpLegs {
   /** The legs' batched reads (one recvmmsg per wake-up). */
   readonly #rx: Mmsg;
   readonly #ev = new Uint8Array(S.EPOLL_EVENT_SIZE);
+  /** The leg the last query went on, by its client and original destination (same objects). */
+  #last: { client: unknown; o: unknown; leg: Leg | undefined } = {
+    client: undefined,
+    o: undefined,
+    leg: undefined,
+  };
 
   constructor(o: DnsUdpLegsOptions) {
     this.#o = o;
@@ -120,36 +131,49 @@ export class DnsUdpLegs {
    * caller's clock reading (performance.now()), if it has one.
    */
   forward(p: Pending, now = performance.now()): string | undefined {
-    const o = p.o;
-    const key = `${p.client.ip}/${o.srcIdentity}/${o.epId}/${o.dir}/${o.ip}:${o.port}`;
-    let leg = this.#legs.get(key);
+    const o = p.o, last = this.#last;
+    // The client's address and the original destination are reused objects while their bytes
+    // repeat (_dns_udp_memo.ts, ProxyMaps.original()): then so is the leg, without a key string.
+    let leg = last.client === p.client && last.o === o ? last.leg : undefined;
     if (!leg) {
-      try {
-        leg = this.#open(key, p, now);
-      } catch (err) {
-        return `upstream error: ${(err as Error).message}`;
+      const key = `${p.client.ip}/${o.srcIdentity}/${o.epId}/${o.dir}/${o.ip}:${o.port}`;
+      leg = this.#legs.get(key);
+      if (!leg) {
+        try {
+          leg = this.#open(key, p, now);
+        } catch (err) {
+          return `upstream error: ${(err as Error).message}`;
+        }
       }
+      this.#last = { client: p.client, o, leg };
     }
     if (leg.inflight.size >= 0x8000) return `too many queries in flight to ${o.ip}:${o.port}`;
     let id = (Math.random() * 0x10000) | 0;
     while (leg.inflight.has(id)) id = (id + 1) & 0xffff;
-    const bytes = p.up ?? p.q!.raw.slice();
-    bytes[0] = id >> 8;
-    bytes[1] = id & 0xff;
     leg.lastUsed = now;
-    const sent = S.libc().sendto(leg.fd, bytes, BigInt(bytes.length), 0, leg.addr, leg.addr.length);
-    if (Number(sent) < 0) return `upstream error: ${S.sysError("sendto").message}`;
-    leg.inflight.set(id, {
-      id,
-      p,
-      deadline: now + this.#o.timeoutMs,
-      bytes,
-      resendAt: now + this.#resendMs,
-      resends: 0,
-    });
+    if (!this.#send(leg, p.msg, id)) return `upstream error: ${S.sysError("sendto").message}`;
+    p.upId = id;
+    p.deadline = now + this.#o.timeoutMs;
+    p.resendAt = now + this.#resendMs;
+    p.resends = 0;
+    leg.inflight.set(id, p);
     this.#inflight++;
     this.#nextDue = Math.min(this.#nextDue, now + Math.min(this.#resendMs, this.#o.timeoutMs));
     return undefined;
+  }
+
+  /**
+   * Sends the pod's query with the leg's id: written over the pod's id for the send (the kernel
+   * copies the datagram) and put back, so no copy of the query is made or kept.
+   */
+  #send(leg: Leg, msg: Uint8Array, id: number): boolean {
+    const hi = msg[0]!, lo = msg[1]!;
+    msg[0] = id >> 8;
+    msg[1] = id & 0xff;
+    const sent = S.libc().sendto(leg.fd, msg, usize(msg.length), 0, leg.addr, leg.addr.length);
+    msg[0] = hi;
+    msg[1] = lo;
+    return Number(sent) >= 0;
   }
 
   #open(key: string, p: Pending, now: number): Leg {
@@ -207,17 +231,23 @@ export class DnsUdpLegs {
         const got = rx.data(i);
         if (!got || got.length < 12 || !sameAddr(rx.from(i), leg.addr)) continue;
         const id = (got[0]! << 8) | got[1]!;
-        const w = leg.inflight.get(id);
-        if (!w) continue;
+        const p = leg.inflight.get(id);
+        if (!p || p.upId !== id) continue; // (a pooled query is in flight under its own id only)
         if (t) {
-          t.mark(w.p.tr, T.uread);
-          t.mark(w.p.tr, T.ukin, rx.arrival(i));
+          t.mark(p.tr, T.uread);
+          t.mark(p.tr, T.ukin, rx.arrival(i));
         }
-        got[0] = w.p.msg[0]!; // the pod's id, in the slot (onAnswer copies what it keeps)
-        got[1] = w.p.msg[1]!;
-        if (this.#o.onAnswer(w.p, got) === false) continue;
+        got[0] = p.msg[0]!; // the pod's id, in the slot (onAnswer copies what it keeps)
+        got[1] = p.msg[1]!;
+        // Out of flight before onAnswer (which may give p back to the pool), back if not its answer.
         leg.inflight.delete(id);
         this.#inflight--;
+        p.upId = -1;
+        if (this.#o.onAnswer(p, got) === false) {
+          leg.inflight.set(id, p);
+          this.#inflight++;
+          p.upId = id;
+        }
       }
       if (n < SLOTS) return; // the socket was empty
     }
@@ -230,23 +260,24 @@ export class DnsUdpLegs {
   /** Sends again the queries due for it, fails those whose time is up. */
   expire(now: number): void {
     if (this.#inflight === 0 || now < this.#nextDue) return;
-    const c = S.libc();
     let next = Infinity;
     for (const leg of this.#legs.values()) {
-      for (const w of leg.inflight.values()) {
-        if (w.deadline <= now) {
-          leg.inflight.delete(w.id);
+      for (const p of leg.inflight.values()) { // (values(): no [id, p] array per query)
+        const id = p.upId!;
+        if (p.deadline! <= now) {
+          leg.inflight.delete(id);
           this.#inflight--;
+          p.upId = -1;
           const { ip, port } = leg.server;
-          this.#o.onFail(w.p, `no answer from ${ip}:${port} in ${this.#o.timeoutMs} ms`);
+          this.#o.onFail(p, `no answer from ${ip}:${port} in ${this.#o.timeoutMs} ms`);
           continue;
         }
-        if (w.resendAt <= now && w.resends < MAX_RESENDS) {
-          w.resends++;
-          w.resendAt = now + this.#resendMs * 2 ** w.resends;
-          c.sendto(leg.fd, w.bytes, BigInt(w.bytes.length), 0, leg.addr, leg.addr.length);
+        if (p.resendAt! <= now && p.resends! < MAX_RESENDS) {
+          p.resends!++;
+          p.resendAt = now + this.#resendMs * 2 ** p.resends!;
+          this.#send(leg, p.msg, id);
         }
-        next = Math.min(next, w.deadline, w.resends < MAX_RESENDS ? w.resendAt : Infinity);
+        next = Math.min(next, p.deadline!, p.resends! < MAX_RESENDS ? p.resendAt! : Infinity);
       }
     }
     this.#nextDue = next;
@@ -260,11 +291,16 @@ export class DnsUdpLegs {
   }
 
   #drop(leg: Leg, reason: string): void {
+    if (this.#last.leg === leg) this.#last = { client: undefined, o: undefined, leg: undefined };
     this.#legs.delete(leg.key);
     this.#byFd.delete(leg.fd);
-    for (const w of leg.inflight.values()) this.#o.onFail(w.p, reason);
+    const inflight = [...leg.inflight.values()];
     this.#inflight -= leg.inflight.size;
     leg.inflight.clear();
+    for (const p of inflight) {
+      p.upId = -1;
+      this.#o.onFail(p, reason);
+    }
     const c = S.libc();
     c.epoll_ctl(this.epoll, S.EPOLL_CTL_DEL, leg.fd, this.#ev);
     c.close(leg.fd);

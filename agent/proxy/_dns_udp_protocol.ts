@@ -2,7 +2,7 @@
 // (dns_udp_worker.ts), and the layout of the memory they share. Types and constants only.
 
 import type { OrigDestination } from "../datapath/proxy_maps.ts";
-import type { DnsRecord } from "./dns_proxy.ts";
+import type { RecordsWire } from "./_dns_udp_records.ts";
 
 /** Int32 slots of the shared memory. */
 export const SHARED = {
@@ -65,8 +65,8 @@ export type ToMain =
     names: string[];
     ips: { ip: string; ttl: number }[];
   }
-  /** RecordBatch as JSON text (cheaper to post than the objects: a structured clone per record). */
-  | { t: "records"; json: string }
+  /** Flow records packed (_dns_udp_records.ts; the rows' buffer is transferred). */
+  | { t: "records"; batch: RecordBatch }
   /** An upstream leg's socket opened or closed (the main thread closes those a failed Worker left). */
   | {
     t: "leg";
@@ -77,7 +77,7 @@ export type ToMain =
   };
 
 export interface RecordBatch {
-  records: DnsRecord[];
+  records: RecordsWire;
   /** Answers released at once (rule 3 of the Worker): the main thread extends their records. */
   refresh: { epId: number; names: string[]; ips: { ip: string; ttl: number }[] }[];
 }

@@ -34,10 +34,11 @@ export class DnsUdpTrace {
   readonly #lib = Deno.dlopen("libc.so.6", {
     clock_gettime: { parameters: ["i32", "pointer"], result: "i32" },
   });
-  readonly #ts = new BigInt64Array(2);
+  /** struct timespec as 32-bit halves: read without a BigInt per clock read (its garbage). */
+  readonly #ts = new Uint32Array(4);
   readonly #tsp = Deno.UnsafePointer.of(this.#ts);
   /** The current epoll batch: size, when the wait began and when it returned. */
-  #batch = [0, 0, 0];
+  readonly #batch = [0, 0, 0];
 
   private constructor(path: string) {
     this.#path = path;
@@ -57,12 +58,16 @@ export class DnsUdpTrace {
   /** CLOCK_REALTIME in µs since the epoch. */
   now(): number {
     this.#lib.symbols.clock_gettime(0, this.#tsp);
-    return Number(this.#ts[0]!) * 1e6 + Number(this.#ts[1]!) / 1e3;
+    const ts = this.#ts;
+    return (ts[0]! + ts[1]! * 2 ** 32) * 1e6 + ts[2]! / 1e3;
   }
 
   /** An epoll_wait that began at `from` returned `n` events. */
   batch(n: number, from: number): void {
-    this.#batch = [n, from, this.now()];
+    const b = this.#batch;
+    b[0] = n;
+    b[1] = from;
+    b[2] = this.now();
   }
 
   /**
@@ -96,15 +101,18 @@ export class DnsUdpTrace {
 
   /** Appends the rows not yet written as JSON lines (call when idle: it blocks). */
   flush(): void {
-    if (this.#written === this.#n) return;
-    const lines: string[] = [];
-    for (let i = this.#written; i < this.#n; i++) {
-      lines.push(JSON.stringify(Array.from(this.#rows.subarray(i * COLS, (i + 1) * COLS))));
+    // In chunks: the text of every row at once outlived the Worker's scavenges (MBs copied).
+    while (this.#written < this.#n) {
+      const end = Math.min(this.#n, this.#written + 1000);
+      let text = "";
+      for (let i = this.#written; i < end; i++) {
+        text += JSON.stringify(Array.from(this.#rows.subarray(i * COLS, (i + 1) * COLS))) + "\n";
+      }
+      this.#written = end;
+      try {
+        Deno.writeTextFileSync(this.#path, text, { append: true });
+      } catch { /* diagnostics only */ }
     }
-    this.#written = this.#n;
-    try {
-      Deno.writeTextFileSync(this.#path, lines.join("\n") + "\n", { append: true });
-    } catch { /* diagnostics only */ }
   }
 
   /** Writes what is left and closes the library. */

@@ -13,13 +13,8 @@
 import type { Logger } from "../log.ts";
 import * as S from "../sys/sockets_ffi.ts";
 import type { DnsJudge, DnsRecord } from "./dns_proxy.ts";
-import {
-  type FromMain,
-  type RecordBatch,
-  SHARED,
-  type ToMain,
-  type WorkerStart,
-} from "./_dns_udp_protocol.ts";
+import { type FromMain, SHARED, type ToMain, type WorkerStart } from "./_dns_udp_protocol.ts";
+import { recordsOf } from "./_dns_udp_records.ts";
 import { stopWorker } from "./_worker_stop.ts";
 
 type Ips = { ip: string; ttl: number }[];
@@ -168,13 +163,13 @@ export class DnsUdpPath {
         return;
       }
       case "records": {
-        const batch = JSON.parse(m.json) as RecordBatch;
+        const batch = m.batch;
         for (const r of batch.refresh) {
           this.#o.learn(r.epId, r.names, r.ips).then((error) => {
             if (error) this.#o.log.warn("DNS proxy: cannot refresh learned addresses", { error });
           }, () => {});
         }
-        this.#o.onRecords(batch.records);
+        this.#o.onRecords(recordsOf(batch.records));
         return;
       }
       case "leg":

@@ -24,16 +24,11 @@
 import { ProxyMaps } from "../datapath/proxy_maps.ts";
 import * as S from "../sys/sockets_ffi.ts";
 import { setThreadFifo } from "../sys/thread_sched.ts";
-import {
-  DnsMessageError,
-  type DnsQuery,
-  makeResponse,
-  parseAnswer,
-  parseQuery,
-  RCODE,
-} from "./dns_message.ts";
-import type { DnsRecord } from "./dns_proxy.ts";
-import { decodeAddr, DnsUdpLegs, type Pending } from "./_dns_udp_legs.ts";
+import { DnsMessageError, type DnsQuery, makeResponse, RCODE } from "./dns_message.ts";
+import { DnsUdpLegs, usize } from "./_dns_udp_legs.ts";
+import { DnsUdpMemo } from "./_dns_udp_memo.ts";
+import { NO_DEST, PendingPool, type PooledPending } from "./_dns_udp_pending.ts";
+import { blankParts, RecordBatcher, type RecordParts } from "./_dns_udp_records.ts";
 import { DnsUdpTrace, T } from "./_dns_udp_trace.ts";
 import { Mmsg, SLOTS } from "./_dns_mmsg.ts";
 import {
@@ -48,7 +43,7 @@ import {
 
 const scope = self as unknown as {
   onmessage: ((e: MessageEvent<FromMain>) => void) | null;
-  postMessage(m: ToMain): void;
+  postMessage(m: ToMain, transfer?: Transferable[]): void;
   close(): void;
 };
 
@@ -65,9 +60,13 @@ const verdicts = new Map<string, { allowed: boolean; cookie: number }>();
 /** `epId|names|ips` → until when (epoch ms) the datapath holds them (rule 3). */
 const known = new Map<string, number>();
 let generation = 0;
-const waiting = new Map<number, Pending>();
+const waiting = new Map<number, PooledPending>();
 let nextQid = 1;
-let records: DnsRecord[] = [];
+/** Parsed queries, answers, addresses and keys reused while their bytes repeat. */
+const memo = new DnsUdpMemo();
+/** Per-query state, reused once a query is answered (_dns_udp_pending.ts). */
+const pool = new PendingPool();
+const records = new RecordBatcher();
 /** Answers released at once since the last batch (rule 3), by knownKey: the main thread extends them. */
 const refresh = new Map<
   string,
@@ -126,8 +125,10 @@ function start(m: WorkerStart): void {
     timeoutMs: m.timeoutMs,
     ...(trace ? { trace } : {}),
     onLeg: (l, open) => scope.postMessage({ t: "leg", open, ...l }),
-    onAnswer: answered,
-    onFail: (p, error) => finish(p, { allowed: true, rcode: RCODE.SERVFAIL, error }, true),
+    // The legs are handed only this Worker's pooled queries.
+    onAnswer: (p, bytes) => answered(p as PooledPending, bytes),
+    onFail: (p, error) =>
+      finish(p as PooledPending, { allowed: true, rcode: RCODE.SERVFAIL, error }, true),
   });
   loop().catch((err) => {
     // What only this thread knows of goes with it; the listeners and the legs' sockets are the
@@ -233,22 +234,13 @@ function drainListener(fd: number): void {
       const started = wokeAt;
       const msg = rx.data(i);
       if (!msg) continue; // truncated: not a DNS query over UDP
-      const from = rx.from(i), len = msg.length;
+      const from = rx.from(i);
       const tr = trace?.query(msg, from, rx.arrival(i));
-      // One allocation per query: the pod's query, a copy for upstream, the pod's address.
-      const own = new Uint8Array(2 * len + from.length);
-      own.set(msg);
-      own.set(msg, len);
-      own.set(from, 2 * len);
+      // No allocation per query: the pod's query and address are copied into pooled buffers.
+      const p = pool.take(fd, msg, from, started);
+      if (tr !== undefined) p.tr = tr;
       try {
-        query(
-          fd,
-          own.subarray(0, len),
-          own.subarray(2 * len),
-          started,
-          tr,
-          own.subarray(len, 2 * len),
-        );
+        query(p, started);
       } catch (err) {
         log("warn", "DNS proxy worker: a query failed", err);
       }
@@ -257,45 +249,36 @@ function drainListener(fd: number): void {
   }
 }
 
-function query(
-  fd: number,
-  msg: Uint8Array,
-  addr: Uint8Array,
-  started: number,
-  tr?: number,
-  up?: Uint8Array,
-): void {
-  const client = decodeAddr(addr);
+function query(p: PooledPending, started: number): void {
+  const client = memo.addrOf(p.addr);
   let o;
   try {
     o = maps!.original(client.ip, client.port, cfg.port);
   } catch {
     o = undefined;
   }
-  if (!o) return; // 1.
-  const p: Pending = { fd, addr, msg, o, client, started };
-  if (up !== undefined) p.up = up;
-  if (tr !== undefined) p.tr = tr;
+  if (!o) return pool.give(p); // 1.
+  p.o = o;
+  p.client = client;
   let q: DnsQuery;
   try {
-    q = parseQuery(msg);
+    p.qv = memo.queryInto(p.msg, p.own);
+    q = p.q = p.own;
   } catch (err) {
     const error = err instanceof DnsMessageError ? err.message : String(err);
-    const out = msg.length >= 12 ? makeResponse(msg, RCODE.FORMERR) : undefined;
+    const out = p.msg.length >= 12 ? makeResponse(p.msg, RCODE.FORMERR) : undefined;
     finish(p, { allowed: false, rcode: RCODE.FORMERR, error }, false, out);
     return;
   }
-  p.q = q;
   if (faultName !== undefined && q.name === faultName) {
     faulted = true; // the loop throws once this round's datagrams are handled
-    return;
+    return pool.give(p);
   }
   checkGeneration();
-  const key = `${o.epId}/${o.dstIdentity}/${o.port}/${q.name}`;
-  const v = verdicts.get(key);
+  const v = verdicts.get(memo.verdictKey(o, q.name));
   if (v) return judged(p, v, started);
-  if (waiting.size >= 4096) return; // the main thread is far behind: drop (the client retries)
-  const qid = nextQid++;
+  if (waiting.size >= 4096) return pool.give(p); // the main thread is far behind: drop (the client retries)
+  const qid = p.qid = nextQid++;
   waiting.set(qid, p);
   trace?.add(p.tr, T.main, 1);
   scope.postMessage({ t: "judge", qid, o, name: q.name });
@@ -311,19 +294,20 @@ function checkGeneration(): void {
 
 function verdictFromMain(m: Extract<FromMain, { t: "verdict" }>): void {
   const p = waiting.get(m.qid);
-  if (!p) return;
+  if (!p || p.qid !== m.qid) return; // (a pooled query awaits one answer: its qid)
   waiting.delete(m.qid);
+  p.qid = 0;
   checkGeneration();
   const v = { allowed: m.allowed, cookie: m.cookie };
   if (m.generation === generation) { // 2.
     if (verdicts.size >= 10_000) verdicts.clear();
-    verdicts.set(`${p.o.epId}/${p.o.dstIdentity}/${p.o.port}/${p.q!.name}`, v);
+    verdicts.set(memo.verdictKey(p.o, p.q!.name), v);
   }
   judged(p, v);
 }
 
 /** `now`: the clock reading of the wake-up that read the query, when judged in it. */
-function judged(p: Pending, v: { allowed: boolean; cookie: number }, now?: number): void {
+function judged(p: PooledPending, v: { allowed: boolean; cookie: number }, now?: number): void {
   p.cookie = v.cookie;
   if (!v.allowed) {
     const rcode = cfg.rejectRcode;
@@ -335,27 +319,26 @@ function judged(p: Pending, v: { allowed: boolean; cookie: number }, now?: numbe
   if (error !== undefined) finish(p, { allowed: true, rcode: RCODE.SERVFAIL, error }, true);
 }
 
-const knownKey = (epId: number, names: string[], ips: { ip: string }[]) =>
-  `${epId}|${names.join(" ")}|${ips.map((i) => i.ip).join(" ")}`;
-
 /** An answer from upstream for `p` (rule 3). */
-function answered(p: Pending, bytes: Uint8Array): boolean | void {
-  const answer = parseAnswer(p.q!, bytes);
+function answered(p: PooledPending, bytes: Uint8Array): boolean | void {
+  const answer = memo.answerOf(p.q!, p.qv ?? -1, bytes);
   if (!answer) return false; // 4.
   p.answer = answer;
   if (answer.rcode !== RCODE.NOERROR || answer.ips.length === 0) {
     return finish(p, { allowed: true, rcode: answer.rcode }, false, bytes);
   }
   checkGeneration();
-  const key = knownKey(p.o.epId, answer.names, answer.ips);
+  const key = memo.knownKey(p.o.epId, answer);
   const until = known.get(key);
   if (until !== undefined && Date.now() + KNOWN_MARGIN_MS < until) {
-    // One refresh per answer in a batch: the latest (its TTLs count from now).
-    refresh.set(key, { epId: p.o.epId, names: answer.names, ips: answer.ips });
+    // One refresh per answer in a batch: the latest (its TTLs count from the main thread's now).
+    if (refresh.get(key)?.ips !== answer.ips) {
+      refresh.set(key, { epId: p.o.epId, names: answer.names, ips: answer.ips });
+    }
     return finish(p, { allowed: true, rcode: answer.rcode }, false, bytes);
   }
   p.bytes = bytes.slice(); // kept until the main thread learned (bytes is a receive slot)
-  const qid = nextQid++;
+  const qid = p.qid = nextQid++;
   waiting.set(qid, p);
   trace?.add(p.tr, T.main, 2);
   scope.postMessage({ t: "learn", qid, epId: p.o.epId, names: answer.names, ips: answer.ips });
@@ -363,8 +346,9 @@ function answered(p: Pending, bytes: Uint8Array): boolean | void {
 
 function learnedFromMain(m: Extract<FromMain, { t: "learned" }>): void {
   const p = waiting.get(m.qid);
-  if (!p?.answer) return;
+  if (!p?.answer || p.qid !== m.qid) return;
   waiting.delete(m.qid);
+  p.qid = 0;
   if (m.error !== undefined) {
     const error = `cannot allow the answer's addresses: ${m.error}`;
     return finish(p, { allowed: true, rcode: RCODE.SERVFAIL, error }, true);
@@ -372,47 +356,41 @@ function learnedFromMain(m: Extract<FromMain, { t: "learned" }>): void {
   checkGeneration();
   if (m.until !== undefined && m.generation === generation) {
     if (known.size >= 10_000) known.clear();
-    known.set(knownKey(p.o.epId, p.answer.names, p.answer.ips), m.until);
+    known.set(memo.knownKey(p.o.epId, p.answer), m.until);
   }
   finish(p, { allowed: true, rcode: p.answer.rcode }, false, p.bytes);
 }
 
+const parts: RecordParts = blankParts(NO_DEST);
+
 /** Sends the reply (a made-up one when `servfail`), and records the query. */
 function finish(
-  p: Pending,
+  p: PooledPending,
   r: { allowed: boolean; rcode: number; error?: string },
   servfail: boolean,
   out?: Uint8Array,
 ): void {
   const reply = servfail ? makeResponse(p.msg, RCODE.SERVFAIL) : out;
-  if (reply) S.libc().sendto(p.fd, reply, BigInt(reply.length), 0, p.addr, p.addr.length);
+  if (reply) S.libc().sendto(p.fd, reply, usize(reply.length), 0, p.addr, p.addr.length);
   trace?.mark(p.tr, T.sent);
-  const a = p.answer;
-  const rec: DnsRecord = {
-    epId: p.o.epId,
-    client: p.client,
-    server: { ip: p.o.ip, port: p.o.port },
-    srcIdentity: p.o.srcIdentity,
-    dstIdentity: p.o.dstIdentity,
-    cookie: p.cookie ?? p.o.cookie,
-    query: p.q?.name ?? "",
-    qtype: p.q?.type ?? "",
-    allowed: r.allowed,
-    rcode: r.rcode,
-    cnames: a ? a.names.slice(1) : [],
-    ips: a ? a.ips.map((i) => i.ip) : [],
-    latencyMs: performance.now() - p.started,
-    ...(r.error !== undefined ? { error: r.error } : {}),
-    at: Date.now(),
-  };
-  records.push(rec);
+  const r0 = parts; // one object, copied by add(): none per query
+  r0.o = p.o;
+  r0.client = p.client;
+  r0.cookie = p.cookie ?? p.o.cookie;
+  r0.query = p.q?.name ?? "";
+  r0.qtype = p.q?.type ?? "";
+  r0.allowed = r.allowed;
+  r0.rcode = r.rcode;
+  r0.answer = p.answer;
+  r0.error = r.error;
+  records.add(r0, performance.now() - p.started, Date.now());
+  pool.give(p); // answered: nothing holds it any more (rules in _dns_udp_pending.ts)
 }
 
 function flushRecords(): void {
   if (records.length === 0 && refresh.size === 0) return;
-  const batch: RecordBatch = { records, refresh: [...refresh.values()] };
-  scope.postMessage({ t: "records", json: JSON.stringify(batch) });
+  const batch: RecordBatch = { records: records.take(), refresh: [...refresh.values()] };
+  scope.postMessage({ t: "records", batch }, [batch.records.rows.buffer]);
   flushedAt = performance.now();
-  records = [];
   refresh.clear();
 }

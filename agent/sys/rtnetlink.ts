@@ -1,13 +1,13 @@
 // A few rtnetlink requests made in process through libc FFI, for the agent's hot path where an
 // `ip` process each cost the agent a fork and an exec (the host side of every CNI ADD): set a
-// link up or its IPv6 address generation off, add an address, replace a route or a permanent
-// neighbour entry. Each request goes with NLM_F_ACK on a NETLINK_ROUTE socket of the caller's own
-// network namespace, opened and closed per batch; the kernel handles rtnetlink requests while they
-// are sent (off the event loop's thread), so the acknowledgements are read at once (a receive
-// timeout guards against a kernel that does not answer). It decides nothing: a request the kernel
-// refuses is an RtnetlinkError naming the request and the errno (unless the request tolerates that
-// errno). libc stays open from the first call (opening it costs milliseconds, each request
-// microseconds) until closeRtnetlink().
+// link up or its IPv6 address generation off, add an address, replace a route, delete a link's
+// multicast route or replace a permanent neighbour entry. Each request goes with NLM_F_ACK on a
+// NETLINK_ROUTE socket of the caller's own network namespace, opened and closed per batch; the
+// kernel handles rtnetlink requests while they are sent (off the event loop's thread), so the
+// acknowledgements are read at once (a receive timeout guards against a kernel that does not
+// answer). It decides nothing: a request the kernel refuses is an RtnetlinkError naming the
+// request and the errno (unless the request tolerates that errno). libc stays open from the first
+// call (opening it costs milliseconds, each request microseconds) until closeRtnetlink().
 
 const SYMBOLS = {
   socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
@@ -25,17 +25,20 @@ const SYMBOLS = {
 
 const AF_NETLINK = 16, SOCK_RAW = 3, SOCK_CLOEXEC = 0o2000000, NETLINK_ROUTE = 0;
 const SOL_SOCKET = 1, SO_RCVTIMEO = 20, MSG_DONTWAIT = 0x40;
-const NLMSG_ERROR = 2, RTM_NEWLINK = 16, RTM_NEWADDR = 20, RTM_NEWROUTE = 24, RTM_NEWNEIGH = 28;
+const NLMSG_ERROR = 2, RTM_NEWLINK = 16, RTM_NEWADDR = 20, RTM_NEWROUTE = 24, RTM_DELROUTE = 25;
+const RTM_NEWNEIGH = 28;
 const NLM_F_REQUEST = 1, NLM_F_ACK = 4, NLM_F_REPLACE = 0x100, NLM_F_EXCL = 0x200;
 const NLM_F_CREATE = 0x400;
 const IFF_UP = 1, IFA_ADDRESS = 1, IFA_LOCAL = 2, IFA_F_NODAD = 0x02;
 const RTA_DST = 1, RTA_OIF = 4, RTA_PREFSRC = 7;
-const RT_TABLE_MAIN = 254, RTPROT_BOOT = 3, RT_SCOPE_UNIVERSE = 0, RT_SCOPE_LINK = 253;
-const RTN_UNICAST = 1;
+const RT_TABLE_MAIN = 254, RT_TABLE_LOCAL = 255, RTPROT_BOOT = 3, RT_SCOPE_UNIVERSE = 0;
+const RT_SCOPE_LINK = 253, RTN_UNICAST = 1, RTN_MULTICAST = 5;
 const AF_INET = 2, AF_INET6 = 10;
 const IFLA_AF_SPEC = 26, IFLA_INET6_ADDR_GEN_MODE = 8, IN6_ADDR_GEN_MODE_NONE = 1;
 const NLA_F_NESTED = 0x8000, NDA_DST = 1, NDA_LLADDR = 2, NUD_PERMANENT = 0x80;
 const EAFNOSUPPORT = 97;
+/** "No such process": what the kernel answers a route delete that finds no such route. */
+export const ESRCH = 3;
 
 export class RtnetlinkError extends Error {
   override name = "RtnetlinkError";
@@ -216,6 +219,26 @@ export function routeReplaceHost(
   };
 }
 
+/**
+ * `ip -6 route del multicast ff00::/8 dev <ifindex> table local`: the route the kernel gives every
+ * IPv6 link when it comes up. All links' such routes sit in one node of the table, and the kernel
+ * walks them one by one to find the arriving link's for each multicast packet a link receives
+ * (a pod's router solicitations, MLD reports): on a node with N endpoints, N routes per packet.
+ * Absent (ESRCH: a link without IPv6, or already deleted) is tolerated.
+ */
+export function routeDelMulticast(ifindex: number, name: string): RtRequest {
+  const head = Uint8Array.of(AF_INET6, 8, 0, 0, RT_TABLE_LOCAL, 0, 0, RTN_MULTICAST, 0, 0, 0, 0);
+  const dst = new Uint8Array(16);
+  dst[0] = 0xff;
+  return {
+    what: `route del multicast ff00::/8 dev ${name} table local`,
+    type: RTM_DELROUTE,
+    flags: 0,
+    body: body(head, [[RTA_DST, dst], [RTA_OIF, u32(ifindex)]]),
+    tolerate: [ESRCH],
+  };
+}
+
 let seq = 0;
 let lib: Deno.DynamicLibrary<typeof SYMBOLS> | undefined;
 
@@ -233,9 +256,10 @@ export function closeRtnetlink(): void {
 /**
  * Sends the requests in one datagram (one hop to Deno's pool): the kernel carries them out in
  * order while it is sent, a refused one not stopping the next, and queues one acknowledgement
- * each; throws an RtnetlinkError for the first refused, in request order.
+ * each; throws an RtnetlinkError for the first refused, in request order. Returns each request's
+ * answer: 0, or the errno it tolerated.
  */
-export async function rtnetlink(requests: readonly RtRequest[]): Promise<void> {
+export async function rtnetlink(requests: readonly RtRequest[]): Promise<number[]> {
   const c = libc();
   const errno = () => new Deno.UnsafePointerView(c.__errno_location()!).getInt32();
   const text = (e: number) => {
@@ -292,6 +316,7 @@ export async function rtnetlink(requests: readonly RtRequest[]): Promise<void> {
       const err = errors[failed]!;
       throw new RtnetlinkError(`Cannot ${requests[failed]!.what}: ${text(err)}`, err);
     }
+    return errors as number[];
   } finally {
     if (fd >= 0) c.close(fd);
   }

@@ -18,9 +18,9 @@ struct endpoint_info {
 	__u32 ipv4; /* network order; 0 = none (no source check) */
 	__u8 ipv6[16]; /* all zero = none (no source check) */
 	__u8 mac[6];
-	__u8 pad2[2];
+	__u8 host_mac[6]; /* the host side's: nd.h answers for the pods' IPv6 router with it */
 };
-_Static_assert(sizeof(struct endpoint_info) == 36, "endpoint_info size");
+_Static_assert(sizeof(struct endpoint_info) == 40, "endpoint_info size");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

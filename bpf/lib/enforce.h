@@ -8,7 +8,8 @@
  *    the agent writes the entry before it attaches the programs and deletes it before detaching.
  * 3. Packets leaving an endpoint must carry one of its addresses (DROP_INVALID_SIP) once the
  *    endpoint has any address, so a pod cannot borrow another pod's identity at the receiver.
- *    ICMPv6 ND/MLD is link-local control traffic and passes without source check or policy.
+ *    ICMPv6 ND/MLD is link-local control traffic and passes without source check or policy,
+ *    but for what nd.h answers (the pods' IPv6 router) or ends (MLD reports, router solicits).
  * 4. Replies and related ICMP errors of tracked flows pass without policy; every packet in a
  *    flow's original direction is checked against the current policy.
  * 5. A flow is tracked only after policy allowed its first packet (AUDIT counts as allowed).
@@ -41,6 +42,8 @@
 #include "tunnel.h"
 #include "vxlan.h"
 #include "lb.h"
+#include "nd.h"
+#include "peer.h"
 
 struct enforce_ctx {
 	struct pkt p;
@@ -99,14 +102,18 @@ static __always_inline int enforce_pass(struct __sk_buff *skb, const struct enfo
 	return TC_ACT_OK;
 }
 
-/* A packet policy passed: out of the endpoint into the tunnel directly (tunnel.h, 6.; vxlan.h). */
+/* A packet policy passed: out of the endpoint into the tunnel directly (tunnel.h, 6.; vxlan.h),
+ * or into a local destination's netns after its ingress enforcement (peer.h). */
 static __always_inline int enforce_forward(struct __sk_buff *skb, const struct enforce_ctx *c,
 					   int trace)
 {
 	enforce_pass(skb, c, trace);
 	if (c->hairpin)
 		return lb_hairpin_redirect(skb);
-	return c->dir == DIR_EGRESS ? vxlan_send_endpoint(skb, &c->p) : TC_ACT_OK;
+	if (c->dir != DIR_EGRESS)
+		return TC_ACT_OK;
+	skb->cb[PEER_CB_IFINDEX] = 0;
+	return peer_send(skb, vxlan_send_endpoint(skb, &c->p));
 }
 
 /* Invariant 7: a packet of a redirected connection goes to the proxy (counted as forwarded). */
@@ -147,10 +154,11 @@ static __always_inline int enforce_source_ok(const struct endpoint_info *ep, con
 	return !addr_zero16(ep->ipv6) && addr_eq16(p->tuple.saddr, ep->ipv6);
 }
 
-static __always_inline int enforce(struct __sk_buff *skb, __u8 dir)
+/* `ifindex`: the endpoint's host-side veth (skb->ifindex, but the destination's in peer.h). */
+static __always_inline int enforce(struct __sk_buff *skb, __u8 dir, __u32 ifindex)
 {
 	struct enforce_ctx c = { .dir = dir };
-	struct endpoint_info *ep = endpoint_lookup(skb->ifindex);
+	struct endpoint_info *ep = endpoint_lookup(ifindex);
 	struct policy_result res;
 	struct proxy_hop hop;
 	struct ct_entry *ct;
@@ -172,8 +180,10 @@ static __always_inline int enforce(struct __sk_buff *skb, __u8 dir)
 		return enforce_drop(skb, &c, ret);
 	if (!ep)
 		return enforce_drop(skb, &c, DROP_NO_CONFIG);
-	if (c.p.is_nd)
-		return enforce_pass(skb, &c, 0);
+	if (c.p.is_nd) { /* answered, ended or passed (nd.h) */
+		ret = dir == DIR_EGRESS ? nd_from_endpoint(skb, ep, ifindex, c.p.icmp_type) : ND_PASS;
+		return ret == ND_PASS ? enforce_pass(skb, &c, 0) : ret;
+	}
 	ret = proxy_restore(skb, &c.p, dir, c.ep_id, &hop); /* invariant 7 */
 	if (ret)
 		return enforce_drop(skb, &c, ret);

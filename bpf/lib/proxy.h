@@ -360,6 +360,24 @@ static __always_inline int proxy_alive(struct __sk_buff *skb, const struct pkt *
 	return 1;
 }
 
+/* 1 when cilia_proxy_orig already holds `v` for `k`: then the datagram writes nothing (every UDP
+ * datagram of a redirected flow used to replace its LRU entry: an element taken and one freed,
+ * per datagram, for the same 36 bytes). */
+static __always_inline int proxy_orig_held(const struct proxy_orig_key *k,
+					   const struct proxy_orig_value *v)
+{
+	const __u32 *cur = bpf_map_lookup_elem(&cilia_proxy_orig, k);
+	const __u32 *want = (const __u32 *)v;
+
+	if (!cur)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*v) / 4); i++)
+		if (cur[i] != want[i])
+			return 0;
+	return 1;
+}
+
 /* Hands a packet of a redirected connection to the proxy: records the original destination on a
  * SYN, DNATs to the proxy, and for packets toward the endpoint (already routed) redirects them
  * into the stack on cilia_host. Sets *action (TC_ACT_*); 0 or a DROP_* reason. */
@@ -386,7 +404,8 @@ static __always_inline int proxy_redirect(struct __sk_buff *skb, const struct pk
 		addr_copy16(v.orig_ip, p->tuple.daddr);
 		if (!proxy_alive(skb, p, gw, proxy_port))
 			return DROP_PROXY_LOOKUP_FAILED;
-		if (bpf_map_update_elem(&cilia_proxy_orig, &k, &v, BPF_ANY) < 0)
+		if (!proxy_orig_held(&k, &v) &&
+		    bpf_map_update_elem(&cilia_proxy_orig, &k, &v, BPF_ANY) < 0)
 			return DROP_PROXY_SET_FAILED;
 	}
 	ifindex = cfg->host_ifindex;

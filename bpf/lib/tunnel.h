@@ -29,9 +29,11 @@
  *    else (the node itself, no neighbour entry yet, a TTL that would expire, IPv6) goes up the
  *    stack as before.
  * 6. Likewise, an IPv4 packet an endpoint's egress policy passed (enforce.h) is sent straight
- *    to the device its route names when that is a local endpoint's host-side veth (as in 5.:
- *    the destination's ingress policy runs at that veth's egress; the node's IP forwarding and
- *    netfilter are skipped, as Cilium's host routing skips them), when it goes to an address
+ *    to the device its route names when that is a local endpoint's host-side veth (as in 5.;
+ *    the node's IP forwarding and netfilter are skipped, as Cilium's host routing skips them;
+ *    then, past the veth pair too, peer.h: the destination's ingress policy runs in a tail call
+ *    at the source's veth and the packet enters the pod with bpf_redirect_peer; at the
+ *    destination veth's egress only when that call cannot run), when it goes to an address
  *    with a tunnel endpoint (the tunnel device, whose egress program encapsulates it as in 1.
  *    and 2.; vxlan.h does that before and sends it straight out of the underlay when it can)
  *    or, in native routing, to another node's pod (a cluster identity in the ipcache; the
@@ -182,8 +184,9 @@ static __always_inline int tunnel_decap(struct __sk_buff *skb)
 }
 
 /* Invariants 5 and 6: the FIB route of the IPv4 header `ip` (read at `off`, arriving on
- * skb->ifindex) when it may bypass the stack: 1, with the next hop in f; 0 for any other packet
- * or route (the stack). */
+ * skb->ifindex) when it may bypass the stack: TUNNEL_ROUTE_ENDPOINT (a local endpoint's veth) or
+ * 1, with the next hop in f; 0 for any other packet or route (the stack). */
+#define TUNNEL_ROUTE_ENDPOINT 2
 static __always_inline int tunnel_fib_route(struct __sk_buff *skb, __u32 off, __u8 *ip,
 					    struct bpf_fib_lookup *f, int to_endpoint)
 {
@@ -202,7 +205,7 @@ static __always_inline int tunnel_fib_route(struct __sk_buff *skb, __u32 off, __
 	if (bpf_fib_lookup(skb, f, sizeof(*f), 0) != BPF_FIB_LKUP_RET_SUCCESS)
 		return 0;
 	if (endpoint_lookup(f->ifindex))
-		return 1; /* 5., and 6.: a local endpoint's veth, whose cil_to_container decides */
+		return TUNNEL_ROUTE_ENDPOINT; /* 5. and 6.: the endpoint's ingress policy decides */
 	if (to_endpoint)
 		return 0;
 	{

@@ -226,7 +226,9 @@ static __always_inline int vxlan_np_local(const struct pkt *p)
  * routed into the tunnel (its FIB route is not the underlay the tunnel endpoint is reached
  * through), is encapsulated here and leaves through the underlay without the tunnel device; a
  * NodePort reply (vxlan_np_local), IPv6 and whatever vxlan_encap() cannot do go to the device
- * their route names, as tunnel_send() does. */
+ * their route names, as tunnel_send() does. One routed to a local endpoint's veth is redirected
+ * there with that veth's ifindex left in skb->cb[0] (the caller clears it first), so that
+ * enforce.h can deliver it into the endpoint's netns instead (peer.h). */
 static __always_inline int vxlan_send_endpoint(struct __sk_buff *skb, const struct pkt *p)
 {
 	struct bpf_fib_lookup f = {};
@@ -234,8 +236,15 @@ static __always_inline int vxlan_send_endpoint(struct __sk_buff *skb, const stru
 	__u8 ip[20];
 	int ret;
 
-	if (skb->protocol != bpf_htons(ETH_P_IP) || !tunnel_fib_route(skb, ETH_HLEN_, ip, &f, 0))
+	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
+	ret = tunnel_fib_route(skb, ETH_HLEN_, ip, &f, 0);
+	if (!ret)
+		return TC_ACT_OK;
+	if (ret == TUNNEL_ROUTE_ENDPOINT) {
+		skb->cb[0] = f.ifindex; /* for enforce.h's delivery into its netns (peer.h) */
+		return tunnel_fib_apply(skb, ip, &f, DIR_EGRESS);
+	}
 	if (p->tuple.family == FAMILY_IPV4 && vxlan_config() && !tunnel_dst(skb, &remote, &vni) &&
 	    !vxlan_np_local(p)) {
 		ret = vxlan_encap(skb, remote, vni, f.ifindex, &f);

@@ -158,15 +158,15 @@ async function measure(
   o: { dur: number; turns: number; trace: string | undefined },
 ): Promise<void> {
   const { dur, turns, trace } = o;
+  // CILIA_BENCH_AGENT_DENO: another Deno for the agent (a wrapper adding V8 flags such as
+  // --trace-gc; V8 prints to stdout, which the fixture discards: the wrapper must redirect it).
+  const agentDeno = Deno.env.get("CILIA_BENCH_AGENT_DENO");
   await using n = await CiliaNode.create({
     external: true,
-    ...(trace !== undefined
-      ? {
-        agentEnv: {
-          CILIA_DNS_TRACE: `${trace}/worker.jsonl`,
-        },
-      }
-      : {}),
+    agentEnv: {
+      ...(trace !== undefined ? { CILIA_DNS_TRACE: `${trace}/worker.jsonl` } : {}),
+      ...(agentDeno ? { CILIA_DENO: agentDeno } : {}),
+    },
   });
   const ext = n.ext!;
   await n.lab.run(ext.netns, ["ip", "addr", "add", `${DIRECT_IP}/24`, "dev", "eth0"]);

@@ -1,11 +1,12 @@
-// `deno task bench endpoints [--pods N] [--parallel N] [--agent-log FILE] [--trace FILE] [--quick] [--no-conntrack]`: issue #15's node-scale figures,
+// `deno task bench endpoints [--pods N] [--parallel N] [--agent-log FILE] [--trace FILE] [--quick] [--no-conntrack] [--idle S]`: issue #15's node-scale figures,
 // each next to its target, on one lab node running `bin/cilia-agent` (kernel datapath, Deno KV,
 // `--bpf-ct-max` 1,048,576) with a server pod and a client policy in force:
 // 1. 1,000 CNI ADDs through bin/cilia-cni, every pod with a label set of its own (a new identity
 //    each: identity churn): wall time, p50/p99 of the first 50 vs the last 50, no failed ADD,
 //    every pod's policy in force when its ADD returned (the kernel's policy map read right after:
 //    the server admits the new identity, the pod may reach the server's port and nothing else;
-//    every 50th pod also connects for real), the agent's CPU (user + system, from /proc).
+//    every 50th pod also connects for real), the agent's CPU (user + system, from /proc); with
+//    --idle, the node's background CPU with no ADD running, before and after the ADDs.
 // 2. Agent restart with those endpoints: SIGTERM, start, time until every endpoint is restored
 //    and realised; long-lived TCP connections pass data during and after it.
 // 3. A million tracked connections: request/response rate of a real established flow with the
@@ -202,6 +203,40 @@ async function processCpu(): Promise<{ bench: number; benchChildren: number; ker
     if (e.name === "2" || f[1] === 2) kernel += f[11]! + f[12]!; // kthreadd and its children
   }
   return { bench: own[11]! + own[12]!, benchChildren: own[13]! + own[14]!, kernel };
+}
+
+/** Clock ticks of user + system time so far of each kernel thread (kthreadd and its children). */
+async function kernelThreadCpu(): Promise<Map<string, number>> {
+  const ticks = new Map<string, number>();
+  for await (const e of Deno.readDir("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    const stat = await Deno.readTextFile(`/proc/${e.name}/stat`).catch(() => "");
+    const f = stat ? stat.slice(stat.lastIndexOf(")") + 2).split(" ").map(Number) : [];
+    if (e.name === "2" || f[1] === 2) ticks.set(e.name, f[11]! + f[12]!);
+  }
+  return ticks;
+}
+
+/**
+ * `--idle S`: the node's background CPU over S seconds with no ADD running (cores used by the
+ * agent with its shells, by kernel threads, in softirq, and by the whole machine, which other
+ * work shares): measured with the first endpoints and again with all of them, so work that grows
+ * with the endpoints and runs beside the ADDs shows.
+ */
+async function idleCpu(b: Bench, seconds: number): Promise<string> {
+  const softirq = () => Number(Deno.readTextFileSync("/proc/stat").split(/\s+/)[7]);
+  const [a0, k0, m0, s0] = [await b.agent.cpu(), await kernelThreadCpu(), machineCpu(), softirq()];
+  progress(`idle for ${seconds} s with ${b.pods.length} endpoints`);
+  await sleep(seconds * 1000);
+  const [a1, k1, m1, s1] = [await b.agent.cpu(), await kernelThreadCpu(), machineCpu(), softirq()];
+  const pct = (ticks: number) => `${(ticks / seconds).toFixed(1)} %`;
+  const agent = (a1.self + a1.children - a0.self - a0.children) * 100;
+  // Threads that ran through the window only: an exiting kworker takes its ticks with it.
+  let kernel = 0;
+  for (const [pid, t] of k1) if (k0.has(pid)) kernel += t - k0.get(pid)!;
+  return `agent ${pct(agent)}, kernel threads ${pct(kernel)}, softirq ${pct(s1 - s0)}, machine ${
+    ((m1.busy - m0.busy) / (m1.all - m0.all) * 200).toFixed(0)
+  } % of 200 %`;
 }
 
 /** Phase 1: `n` ADDs of pods with new label sets; with `trace`, one JSON line per ADD there. */
@@ -494,6 +529,8 @@ export async function main(args: string[]): Promise<void> {
       trace: { type: "string" },
       // Phases 1 and 2 only (while iterating on ADD and restart times).
       "no-conntrack": { type: "boolean", default: false },
+      // Seconds of background CPU measured with no ADD running, before and after the ADDs.
+      idle: { type: "string", default: "0" },
     },
   });
   const n = Number(flags.values.pods ?? (flags.values.quick ? 100 : 1000));
@@ -550,6 +587,8 @@ export async function main(args: string[]): Promise<void> {
         throw new Error("Cannot open an idle connection");
       }
     }
+    const idle = Number(flags.values.idle);
+    const idleBefore = idle > 0 ? `${b.pods.length} endpoints: ${await idleCpu(b, idle)}` : "";
     progress(`${n} ADDs`);
     // libbpf and libc stay open while the bench reads the kernel's maps after every ADD (opened
     // per lookup they cost ~10 ms each on the bench's one thread, while it should be reaping
@@ -559,6 +598,11 @@ export async function main(args: string[]): Promise<void> {
       await churn(b, n, parallel, flags.values.trace);
     } finally {
       release();
+    }
+    if (idle > 0) {
+      const after = await idleCpu(b, idle);
+      console.log(`background CPU over ${idle} s with no ADD running (% of one core)`);
+      console.log(`  ${idleBefore}\n  ${b.pods.length} endpoints: ${after}`);
     }
     progress("restart");
     await restart(b, client, server);

@@ -1,6 +1,7 @@
 // rtnetlink.ts: the host side's requests made in process. A child Deno inside a test netns sets
 // a veth up with fe80::1 and routes to a pod address through them, and another up without IPv6
-// address generation and with a permanent neighbour entry (a CNI ADD's host side); `ip -j` then
+// address generation, without its multicast route and with a permanent neighbour entry (a CNI
+// ADD's host side); `ip -j` then
 // shows what the kernel holds. The kernel's refusals come back as errors naming the request and
 // the errno. Root (netns).
 import assert from "node:assert/strict";
@@ -8,6 +9,7 @@ import {
   addrAdd,
   linkAddrGenModeNone,
   neighReplacePermanent,
+  routeDelMulticast,
   routeReplaceHost,
 } from "../../agent/sys/rtnetlink.ts";
 import { Lab } from "../helpers/netns.ts";
@@ -16,7 +18,8 @@ import { needs } from "../helpers/root.ts";
 const MODULE = new URL("../../agent/sys/rtnetlink.ts", import.meta.url).href;
 const CHILD = `
 import {
-  addrAdd, ifIndex, linkAddrGenModeNone, linkUp, neighReplacePermanent, routeReplaceHost, rtnetlink,
+  addrAdd, ifIndex, linkAddrGenModeNone, linkUp, neighReplacePermanent, routeDelMulticast,
+  routeReplaceHost, rtnetlink,
 } from "${MODULE}";
 const dev = "rta", index = ifIndex(dev);
 const out = { index, missing: ifIndex("nope") ?? null, errors: [] };
@@ -42,12 +45,14 @@ try {
   ]);
   out.batch = null;
 } catch (e) { out.batch = e.message; }
-// A CNI ADD's host side: no IPv6 address generation, up, a /128 and a permanent neighbour; the
-// control link only comes up. Their peers are up, so both links have a carrier when they do.
+// A CNI ADD's host side: no IPv6 address generation, up, no multicast route, a /128 and a
+// permanent neighbour; the control link only comes up. Their peers are up, so both links have a
+// carrier when they do.
 const ep = ifIndex("rtc"), control = ifIndex("rte"), small = ifIndex("rtg");
 await rtnetlink([
   linkAddrGenModeNone(ep, "rtc"),
   linkUp(ep, "rtc"),
+  routeDelMulticast(ep, "rtc"),
   routeReplaceHost(ep, { dst: "2001:db8::c", src: "2001:db8::1", name: "rtc" }),
   neighReplacePermanent(ep, { ip: "2001:db8::c", mac: "02:00:00:00:00:0c", name: "rtc" }),
   linkUp(control, "rte"),
@@ -58,6 +63,10 @@ catch (e) { out.small = e.message; }
 const strict = { ...linkAddrGenModeNone(small, "rtg"), tolerate: [] };
 try { await rtnetlink([strict]); out.strict = null; }
 catch (e) { out.strict = e.errno; }
+// The multicast route already gone (ESRCH) is tolerated; not tolerated, it names the request.
+await rtnetlink([routeDelMulticast(ep, "rtc")]);
+try { await rtnetlink([{ ...routeDelMulticast(ep, "rtc"), tolerate: [] }]); out.gone = null; }
+catch (e) { out.gone = e.message; }
 console.log(JSON.stringify(out));
 `;
 
@@ -111,6 +120,16 @@ Deno.test("rtnetlink request builders: addresses encoded, bad ones refused", () 
     0,
   ]);
   assert.deepEqual(gen.tolerate, [97]);
+  // rtmsg: AF_INET6, /8, table local, any protocol, type RTN_MULTICAST; RTA_DST ff00::, RTA_OIF.
+  const mc = routeDelMulticast(4, "x");
+  assert.deepEqual([...mc.body.slice(0, 8)], [10, 8, 0, 0, 255, 0, 0, 5]);
+  assert.deepEqual([...mc.body.slice(12, 17)], [20, 0, 1, 0, 0xff]);
+  assert.deepEqual([...mc.body.slice(32)], [8, 0, 4, 0, 4, 0, 0, 0]);
+  assert.deepEqual([mc.type, mc.tolerate, mc.what], [
+    25,
+    [3],
+    "route del multicast ff00::/8 dev x table local",
+  ]);
 });
 
 Deno.test({
@@ -169,8 +188,14 @@ Deno.test({
     ]);
     assert.deepEqual(
       routes.trim().split("\n").map((l) => l.replace(/ (src|proto|table|metric) .*/, "")).sort(),
-      ["2001:db8::c", "multicast ff00::/8"],
+      ["2001:db8::c"],
       routes,
+    );
+    const control = await lab.run(netns, ["ip", "-6", "route", "show", "table", "local"]);
+    assert.match(control, /multicast ff00::\/8 dev rte /, "only the endpoint's route was deleted");
+    assert.equal(
+      out.gone,
+      "Cannot route del multicast ff00::/8 dev rtc table local: No such process",
     );
     const [n] = JSON.parse(await lab.run(netns, ["ip", "-j", "-6", "neigh", "show", "dev", "rtc"]));
     assert.deepEqual([n?.dst, n?.lladdr, n?.state], ["2001:db8::c", "02:00:00:00:00:0c", [

@@ -88,8 +88,8 @@ Deno.test({
     assert.deepEqual(ep.labels, { app: "client", tier: "web" });
     assert.equal(ep.state, "ready");
     assert.ok(await n.ping(pod.netns, "10.200.0.1"), "the pod reaches its gateway");
-    // IPv6 without neighbour discovery: the host side has no IPv6 address (its only IPv6 routes
-    // are the pod's /128 and the link's multicast one); both ends know each other's MAC.
+    // IPv6 without neighbour discovery: the host side has no IPv6 address (its only IPv6 route
+    // is the pod's /128: the link's multicast one is deleted); both ends know each other's MAC.
     const host = r.interfaces[0];
     const node = (argv: string[]) => n.lab.run(n.node.netns, argv);
     const hostAddrs = JSON.parse(await node(["ip", "-j", "-6", "addr", "show", "dev", host.name]));
@@ -97,7 +97,7 @@ Deno.test({
     const hostRoutes = await node(["ip", "-6", "route", "show", "table", "all", "dev", host.name]);
     assert.deepEqual(
       hostRoutes.trim().split("\n").map((l) => l.replace(/ (src|proto|table|metric) .*/, "")),
-      [pod.ipv6, "multicast ff00::/8"],
+      [pod.ipv6],
       hostRoutes,
     );
     const neigh = async (run: (a: string[]) => Promise<string>, dev: string) =>

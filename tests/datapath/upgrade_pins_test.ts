@@ -2,10 +2,12 @@
 // no longer uses go before loading (dropOldProxyMaps in agent/datapath/loader.ts): a proxy map
 // of the old, IPv4-only layout is replaced by one of the current layout, which the re-attached
 // programs use, and a proxy pin of a name this version does not have is removed; every other
-// pin is reused as it was. Pins live in the test's own bpffs (the lab's prefix). Needs root.
+// pin is reused as it was. A cilia_endpoints pin of the older layout (36-byte values) is
+// replaced the same way (dropOldEndpointsMap). Pins live in the test's own bpffs (the lab's
+// prefix). Needs root.
 import { execCommand } from "../../agent/sys/exec.ts";
 import { LAYOUTS } from "../../agent/datapath/codecs.ts";
-import { assert, assertEquals, nodeLab, openSink } from "./_fixture.ts";
+import { assert, assertEquals, change, flags, nodeLab, openSink } from "./_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
 
 interface MapInfo {
@@ -78,6 +80,46 @@ Deno.test({
     );
     assert(prog.map_ids.includes(now.id), `program ${progId} uses ${now.id}: ${prog.map_ids}`);
     assert(!prog.map_ids.includes(old.id), `program ${progId} does not use ${old.id}`);
+  } finally {
+    await again.close();
+  }
+});
+
+Deno.test({
+  name: "loadPinned() replaces a cilia_endpoints pin of the older, 36-byte layout",
+  ...needsRoot(),
+  sanitizeOps: true,
+  sanitizeResources: true,
+}, async () => {
+  await using t = await nodeLab({ pods: 1 });
+  const pin = `${t.node.bpffs}/cilia/maps/cilia_endpoints`;
+  // What the older version pinned: values without the host side's MAC (bpf/lib/endpoint.h).
+  await Deno.remove(pin);
+  const res = await execCommand([
+    ...["bpftool", "map", "create", pin, "type", "hash", "key", "4", "value", "36"],
+    ...["entries", "4096", "name", "cilia_endpoints"],
+  ]);
+  assertEquals(res.code, 0, res.stderr);
+  const old = await mapInfo(pin);
+
+  const again = await openSink(t.node);
+  try {
+    const now = await mapInfo(pin);
+    assert(now.id !== old.id, "cilia_endpoints is a new map");
+    assertEquals([now.bytes_key, now.bytes_value], [4, LAYOUTS.endpointInfo.size]);
+    assertEquals(again.datapath.loaded, true, "the programs were loaded again");
+    // Writing the endpoint again points its veth at the new programs, which use the new map.
+    await again.attach(t.endpoints[0]!, flags(false, false), { ...change([]), full: true });
+    const filters = await json<{ options?: { prog?: { id: number } } }[]>(
+      ["tc", "-j", "filter", "show", "dev", t.pods[0]!.ifname, "ingress"],
+      t.node.netns,
+    );
+    const progId = filters.find((f) => f.options?.prog)?.options?.prog?.id;
+    assert(progId !== undefined, JSON.stringify(filters));
+    const prog = await json<{ map_ids: number[] }>(
+      ["bpftool", "-j", "prog", "show", "id", String(progId)],
+    );
+    assert(prog.map_ids.includes(now.id), `program ${progId} uses ${now.id}: ${prog.map_ids}`);
   } finally {
     await again.close();
   }
