@@ -33,6 +33,29 @@ async function pings(lab: Lab, netns: string, ip: string): Promise<number> {
   return Number(/(\d+) received/.exec(r.stdout)?.[1] ?? 0);
 }
 
+type NodeLab = Awaited<ReturnType<typeof nodeLab>>;
+type Pod = NodeLab["pods"][number];
+
+/** A ping from a to b that b's ingress denies: the drop event it makes. */
+async function deniedPing(t: NodeLab, a: Pod, b: Pod) {
+  const events = await withEvents(
+    t.dp,
+    () => t.lab.ping(a.netns, b.ipv4, { timeoutSec: 0.3 }),
+    { until: (e) => e.type === "drop" },
+  );
+  const drop = events.find((e) => e.type === "drop");
+  assert(drop, "a drop event");
+  return drop;
+}
+
+/** b (endpoint 2) lets a in on every port. */
+function allowFromA(t: NodeLab) {
+  return t.sink.applyPolicy(
+    2,
+    change([entry({ identity: ID.a, proto: 0, portLo: 0, portHi: 65535 })]),
+  );
+}
+
 Deno.test(
   "lxc puts IPv4 between local pods into the destination's netns after its ingress policy",
   opts,
@@ -42,23 +65,14 @@ Deno.test(
     // The first packet (no neighbour entry for b yet) takes the stack, which resolves b's MAC.
     assertNot(await t.lab.ping(a.netns, b.ipv4, { timeoutSec: 0.3 }), "b's default deny");
     const aVeth = await link(t.lab, t.node.netns, a.ifname);
-    const events = await withEvents(
-      t.dp,
-      () => t.lab.ping(a.netns, b.ipv4, { timeoutSec: 0.3 }),
-      { until: (e) => e.type === "drop" },
-    );
-    const drop = events.find((e) => e.type === "drop");
-    assert(drop, "a drop event");
+    const drop = await deniedPing(t, a, b);
     // Run at a's veth (the tail call from its cil_from_container), for b (endpoint 2).
     assertEquals(
       [drop.subtype, drop.epId, drop.direction, drop.srcIdentity, drop.dstIdentity, drop.ifindex],
       [133, 2, "ingress", ID.a, ID.b, aVeth.ifindex],
     );
 
-    await t.sink.applyPolicy(
-      2,
-      change([entry({ identity: ID.a, proto: 0, portLo: 0, portHi: 65535 })]),
-    );
+    await allowFromA(t);
     const before = await link(t.lab, t.node.netns, b.ifname);
     const podBefore = await link(t.lab, b.netns, "eth0");
     assertEquals(await pings(t.lab, a.netns, b.ipv4), PINGS, "allowed now");
@@ -99,18 +113,9 @@ Deno.test(
     assertEquals(del.code, 0, del.stderr);
     assertNot(await t.lab.ping(a.netns, b.ipv4, { timeoutSec: 0.3 }), "b's default deny");
     const bVeth = await link(t.lab, t.node.netns, b.ifname);
-    const events = await withEvents(
-      t.dp,
-      () => t.lab.ping(a.netns, b.ipv4, { timeoutSec: 0.3 }),
-      { until: (e) => e.type === "drop" },
-    );
-    const drop = events.find((e) => e.type === "drop");
-    assert(drop, "a drop event");
+    const drop = await deniedPing(t, a, b);
     assertEquals([drop.subtype, drop.epId, drop.ifindex], [133, 2, bVeth.ifindex]);
-    await t.sink.applyPolicy(
-      2,
-      change([entry({ identity: ID.a, proto: 0, portLo: 0, portHi: 65535 })]),
-    );
+    await allowFromA(t);
     assertEquals(await pings(t.lab, a.netns, b.ipv4), PINGS, "allowed now");
     const after = await link(t.lab, t.node.netns, b.ifname);
     assert(after.tx - bVeth.tx >= PINGS, `b's host veth sent ${after.tx - bVeth.tx} packets`);
