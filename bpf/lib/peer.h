@@ -23,9 +23,7 @@
 #pragma once
 
 #include "common.h"
-
-/* skb->cb word carrying the destination's host veth ifindex into the tail call (0: none). */
-#define PEER_CB_IFINDEX 0
+#include "tunnel.h"
 
 int cil_to_container_peer(struct __sk_buff *skb);
 

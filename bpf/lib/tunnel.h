@@ -187,6 +187,9 @@ static __always_inline int tunnel_decap(struct __sk_buff *skb)
  * skb->ifindex) when it may bypass the stack: TUNNEL_ROUTE_ENDPOINT (a local endpoint's veth) or
  * 1, with the next hop in f; 0 for any other packet or route (the stack). */
 #define TUNNEL_ROUTE_ENDPOINT 2
+/* skb->cb word carrying that endpoint's host veth ifindex from vxlan_send_endpoint() into
+ * peer.h's tail call (0: none). */
+#define PEER_CB_IFINDEX 0
 static __always_inline int tunnel_fib_route(struct __sk_buff *skb, __u32 off, __u8 *ip,
 					    struct bpf_fib_lookup *f, int to_endpoint)
 {

@@ -227,8 +227,8 @@ static __always_inline int vxlan_np_local(const struct pkt *p)
  * through), is encapsulated here and leaves through the underlay without the tunnel device; a
  * NodePort reply (vxlan_np_local), IPv6 and whatever vxlan_encap() cannot do go to the device
  * their route names, as tunnel_send() does. One routed to a local endpoint's veth is redirected
- * there with that veth's ifindex left in skb->cb[0] (the caller clears it first), so that
- * enforce.h can deliver it into the endpoint's netns instead (peer.h). */
+ * there with that veth's ifindex left in skb->cb[PEER_CB_IFINDEX] (the caller clears it first),
+ * so that enforce.h can deliver it into the endpoint's netns instead (peer.h). */
 static __always_inline int vxlan_send_endpoint(struct __sk_buff *skb, const struct pkt *p)
 {
 	struct bpf_fib_lookup f = {};
@@ -242,7 +242,7 @@ static __always_inline int vxlan_send_endpoint(struct __sk_buff *skb, const stru
 	if (!ret)
 		return TC_ACT_OK;
 	if (ret == TUNNEL_ROUTE_ENDPOINT) {
-		skb->cb[0] = f.ifindex; /* for enforce.h's delivery into its netns (peer.h) */
+		skb->cb[PEER_CB_IFINDEX] = f.ifindex; /* for enforce.h's delivery into its netns (peer.h) */
 		return tunnel_fib_apply(skb, ip, &f, DIR_EGRESS);
 	}
 	if (p->tuple.family == FAMILY_IPV4 && vxlan_config() && !tunnel_dst(skb, &remote, &vni) &&

@@ -26,6 +26,20 @@ const mapInfo = (pin: string) => json<MapInfo>(["bpftool", "-j", "map", "show", 
 
 const exists = (path: string) => Deno.lstat(path).then(() => true, () => false);
 
+/** The program on the first pod's veth at ingress (the one tc runs), with the maps it uses. */
+async function podIngressProg(t: Awaited<ReturnType<typeof nodeLab>>) {
+  const filters = await json<{ options?: { prog?: { id: number } } }[]>(
+    ["tc", "-j", "filter", "show", "dev", t.pods[0]!.ifname, "ingress"],
+    t.node.netns,
+  );
+  const progId = filters.find((f) => f.options?.prog)?.options?.prog?.id;
+  assert(progId !== undefined, JSON.stringify(filters));
+  const prog = await json<{ map_ids: number[] }>(
+    ["bpftool", "-j", "prog", "show", "id", String(progId)],
+  );
+  return { progId, prog };
+}
+
 Deno.test({
   name: "loadPinned() drops cilia_proxy_* pins of an older version and reuses the rest",
   ...needsRoot(),
@@ -69,15 +83,7 @@ Deno.test({
     assertEquals((await mapInfo(`${maps}/cilia_proxy_cfg`)).id, before.cfg.id);
     assertEquals((await mapInfo(`${maps}/cilia_proxy_nat`)).id, before.nat.id);
     // The pod's veth runs the new programs, which use the new map and not the old one.
-    const filters = await json<{ options?: { prog?: { id: number } } }[]>(
-      ["tc", "-j", "filter", "show", "dev", t.pods[0]!.ifname, "ingress"],
-      t.node.netns,
-    );
-    const progId = filters.find((f) => f.options?.prog)?.options?.prog?.id;
-    assert(progId !== undefined, JSON.stringify(filters));
-    const prog = await json<{ map_ids: number[] }>(
-      ["bpftool", "-j", "prog", "show", "id", String(progId)],
-    );
+    const { progId, prog } = await podIngressProg(t);
     assert(prog.map_ids.includes(now.id), `program ${progId} uses ${now.id}: ${prog.map_ids}`);
     assert(!prog.map_ids.includes(old.id), `program ${progId} does not use ${old.id}`);
   } finally {
@@ -110,15 +116,7 @@ Deno.test({
     assertEquals(again.datapath.loaded, true, "the programs were loaded again");
     // Writing the endpoint again points its veth at the new programs, which use the new map.
     await again.attach(t.endpoints[0]!, flags(false, false), { ...change([]), full: true });
-    const filters = await json<{ options?: { prog?: { id: number } } }[]>(
-      ["tc", "-j", "filter", "show", "dev", t.pods[0]!.ifname, "ingress"],
-      t.node.netns,
-    );
-    const progId = filters.find((f) => f.options?.prog)?.options?.prog?.id;
-    assert(progId !== undefined, JSON.stringify(filters));
-    const prog = await json<{ map_ids: number[] }>(
-      ["bpftool", "-j", "prog", "show", "id", String(progId)],
-    );
+    const { progId, prog } = await podIngressProg(t);
     assert(prog.map_ids.includes(now.id), `program ${progId} uses ${now.id}: ${prog.map_ids}`);
   } finally {
     await again.close();
