@@ -37,6 +37,7 @@ import {
   pickNodeIp6,
 } from "./node/registry.ts";
 import { NodeDiscovery } from "./node/discovery.ts";
+import { HEALTH_PORT, NodeHealth } from "./node/health.ts";
 import { NodeRoutes } from "./node/routes.ts";
 import { checkTunnelProtocol, setupOverlay } from "./node/tunnel.ts";
 import { setupNodeNat } from "./node/nat.ts";
@@ -51,6 +52,7 @@ import { RetryLoop } from "./endpoint/retry_loop.ts";
 import { EndpointManager, regenEndpoint } from "./endpoint/manager.ts";
 import { CniAttachments } from "./endpoint/cni_attachments.ts";
 import { CniAttachmentError } from "./endpoint/cni_error.ts";
+import { restoreHostSides } from "./endpoint/_restore_host_sides.ts";
 import { KernelSink, registerDatapathMetrics } from "./datapath/kernel_sink.ts";
 import { checkDatapath } from "./datapath/preflight.ts";
 import { hostDevice, setupHostNetwork } from "./node/host_net.ts";
@@ -110,6 +112,8 @@ export class Agent {
   nodes!: NodeRegistry;
   /** Other nodes and their pods: ipcache entries, routes, tunnel endpoints. */
   discovery!: NodeDiscovery;
+  /** Probes of the other nodes over the underlay (kernel datapath with a node IP). */
+  nodeHealth: NodeHealth | undefined;
   /** The kernel datapath, when the agent runs it. */
   datapath: KernelSink | undefined;
   /** The node's L7 proxy (kernel datapath only) and its view of the kernel's proxy maps. */
@@ -356,8 +360,10 @@ export class Agent {
       log: log.child({ subsys: "service" }),
       podCidrs: [c.podCidr, c.podCidrV6].filter((x): x is string => typeof x === "string"),
       nodePortRange: c.nodePortRange,
-      nodePortAddresses: [pickNodeIp(c.nodeIp, this.ipam.pools().map((p) => p.gateway))]
-        .flatMap((ip) => [ip, pickNodeIp6(ip)]) // IPv6: bpf/lib/nodeport6.h
+      nodePortAddresses: [
+        pickNodeIp(c.nodeIp, this.ipam.pools().map((p) => p.gateway), { device: c.devices }),
+      ]
+        .flatMap((ip) => [ip, pickNodeIp6(ip, { device: c.devices })]) // bpf/lib/nodeport6.h
         .filter((x): x is string => x !== undefined),
       // toServices in policies resolves against these records (repository.servicesChanged).
       onChange: () => this.policies.servicesChanged(),
@@ -375,7 +381,11 @@ export class Agent {
       identityLabels: c.identityLabels,
       log: log.child({ subsys: "endpoint" }),
     });
-    const restored = await this.endpoints.restore();
+    const restored = await this.endpoints.restore(
+      this.datapath
+        ? { prepare: (eps) => restoreHostSides(eps, log.child({ subsys: "cni" })) }
+        : {},
+    );
     phase("endpoints");
     this.monitor = new Monitor({
       engine: this.engine,
@@ -452,7 +462,9 @@ export class Agent {
     const c = this.config;
     const log = this.log.child({ subsys: "nodes" });
     const gw = (f: 4 | 6) => this.ipam.pools().find((p) => p.family === f)?.gateway;
-    const ip = pickNodeIp(c.nodeIp, this.ipam.pools().map((p) => p.gateway));
+    const ip = pickNodeIp(c.nodeIp, this.ipam.pools().map((p) => p.gateway), {
+      device: c.devices,
+    });
     let tunnel: { ifname: string; mtu: number } | undefined;
     let underlayMtu = c.mtu || undefined;
     if (this.datapath && c.routingMode === "tunnel") await checkTunnelProtocol(c.tunnelProtocol);
@@ -460,9 +472,10 @@ export class Agent {
     if (this.datapath && ip !== undefined) {
       const podCidr = this.ipam.pools().find((p) => p.family === 4)?.cidr;
       const podCidrV6 = this.ipam.pools().find((p) => p.family === 6)?.cidr;
-      const nodeIp6 = pickNodeIp6(ip);
+      const nodeIp6 = pickNodeIp6(ip, { device: c.devices });
       const nat = await setupNodeNat({
         nodeIp: ip,
+        device: c.devices,
         ...(podCidr ? { podCidr } : {}),
         ...(nodeIp6 ? { nodeIp6, ...(podCidrV6 ? { podCidrV6 } : {}) } : {}),
         ...(c.ipv4NativeRoutingCidr ? { nativeRoutingCidr: c.ipv4NativeRoutingCidr } : {}),
@@ -490,6 +503,7 @@ export class Agent {
         port: c.tunnelPort,
         nodeIp: ip,
         underlayMtu,
+        device: c.devices,
         bpffsRoot: c.bpffsRoot,
         buildDir: c.bpfBuildDir,
       });
@@ -529,6 +543,15 @@ export class Agent {
       });
     }
     await this.#follow(this.discovery.follow({ signal }));
+    if (this.datapath && ip !== undefined) {
+      try {
+        this.nodeHealth = new NodeHealth({ ip, peers: () => this.discovery.list(), log });
+        this.#closers.push(this.nodeHealth);
+      } catch (err) {
+        // Reachability is reported, never enforced: the node works on without it.
+        log.warn("cannot answer node health probes", { port: HEALTH_PORT, error: String(err) });
+      }
+    }
     return self;
   }
 

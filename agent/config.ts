@@ -62,6 +62,11 @@ export interface AgentConfig {
   /** This node's IP on the underlay; default: its first IPv4 address that is not cilia's. */
   nodeIp?: string;
   /**
+   * The underlay device (Cilium's --devices, one device here); default: the one holding the
+   * node IP. Without --node-ip, the node IP is this device's first IPv4 address.
+   */
+  devices?: string;
+  /**
    * How long a node whose lease expired keeps its entries (endpoints, routes) on the others,
    * seconds; capped at identityGcGrace, so no identity they name can be released meanwhile.
    */
@@ -187,6 +192,9 @@ const Schema = z.strictObject({
   nodeIp: z.string().regex(/^\d{1,3}(\.\d{1,3}){3}$/, {
     message: "Expected the node's IPv4 address on the underlay such as 192.0.2.1",
   }).optional(),
+  devices: z.string().regex(/^[^\s/,:]{1,15}$/, {
+    message: "Expected one interface name such as eth0 (cilia attaches to one underlay device)",
+  }).optional(),
   // 60 s: an agent restart that outlasts the lease TTL (15 s; a cold eBPF build takes about
   // 30 s on 2 cores) or a short cut from etcd costs no connection, and a dead node's entries
   // are gone within about 75 s of its last renewal, long before identity GC (5 m).
@@ -246,6 +254,7 @@ export const FLAGS = {
   "tunnel-port": { type: "string" },
   mtu: { type: "string" },
   "node-ip": { type: "string" },
+  devices: { type: "string" },
   "node-grace-period": { type: "string" },
   "enable-ipv4-masquerade": { type: "string" },
   "ipv4-native-routing-cidr": { type: "string" },
@@ -294,7 +303,7 @@ export function resolveConfig(raw: Record<string, unknown>): AgentConfig {
     );
   }
   const stateDir = c.stateDir.replace(/\/+$/, "") || "/";
-  const { podCidr, podCidrV6, metricsAddr, nodeIp, ipv4NativeRoutingCidr, ...rest } = c;
+  const { podCidr, podCidrV6, metricsAddr, nodeIp, devices, ipv4NativeRoutingCidr, ...rest } = c;
   return {
     ...rest,
     stateDir,
@@ -304,6 +313,7 @@ export function resolveConfig(raw: Record<string, unknown>): AgentConfig {
     ...(podCidrV6 !== undefined ? { podCidrV6 } : {}),
     ...(metricsAddr !== undefined ? { metricsAddr } : {}),
     ...(nodeIp !== undefined ? { nodeIp } : {}),
+    ...(devices !== undefined ? { devices } : {}),
     ...(ipv4NativeRoutingCidr !== undefined ? { ipv4NativeRoutingCidr } : {}),
   };
 }
@@ -382,7 +392,10 @@ Usage: cilia-agent [flags]      (or: deno task agent -- [flags])
   --mtu N                  the underlay's MTU (default 0: the node IP's device's); pods get
                            N - 50 in tunnel mode (VXLAN's headers), N in native mode
   --node-ip IP             this node's IPv4 address on the underlay: the other nodes'
-                           tunnel endpoint or next hop (default: the first that is not cilia's)
+                           tunnel endpoint or next hop (default: the first that is not cilia's;
+                           with --devices, that device's first)
+  --devices DEV            the underlay device, where the node's programs attach and whose MTU
+                           pods follow (default: the one holding the node IP)
   --node-grace-period DUR  a node whose lease expired keeps its endpoints and routes on the
                            others this long, so one back in time loses nothing (default 60s;
                            0 removes them at once; at most --identity-gc-grace)

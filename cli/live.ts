@@ -244,6 +244,13 @@ async function dispatch(
             return String(n.health ?? "") + (lost ? ` (kept ${lost.remainingSeconds}s more)` : "");
           },
         },
+        {
+          header: "REACHABLE",
+          value: (n) => {
+            const r = n.reachability as { reachable: boolean; rttMs?: number } | undefined;
+            return r === undefined ? "" : r.reachable ? `yes (${r.rttMs} ms)` : "no";
+          },
+        },
         { header: "ENDPOINTS", value: (n) => String(n.endpoints ?? "") },
         { header: "POD-CIDRS", value: (n) => [n.podCidr, n.podCidrV6].filter(Boolean).join(",") },
         { header: "SELF", value: (n) => n.self ? "*" : "" },

@@ -1,7 +1,7 @@
 /**
  * `/v1/healthz`, `/v1/status`, `/v1/config`, `/v1/node` and `/v1/metrics` (Prometheus text, as
  * on `--metrics-addr`): how the agent is, how it is configured, and which nodes the kvstore
- * knows. Read-only.
+ * knows (and whether they answer probes). Read-only.
  */
 
 import type { Hono } from "hono";
@@ -27,7 +27,14 @@ export function registerStatusRoutes(app: Hono, agent: Agent): void {
     });
   });
 
-  app.get("/v1/node", async (c) => c.json(agent.discovery.describe(await agent.nodes.list())));
+  /** Node records with each other node's reachability (node/health.ts), when probed. */
+  const nodes = async () =>
+    agent.discovery.describe(await agent.nodes.list()).map((n) => {
+      const r = n.health === "self" ? undefined : agent.nodeHealth?.of(n.name);
+      return r ? { ...n, reachability: r } : n;
+    });
+
+  app.get("/v1/node", async (c) => c.json(await nodes()));
 
   app.get("/v1/metrics", async (c) =>
     c.body(await agent.metrics.scrape(), 200, {
@@ -36,7 +43,7 @@ export function registerStatusRoutes(app: Hono, agent: Agent): void {
 
   app.get("/v1/node/:name", async (c) => {
     const name = c.req.param("name");
-    const node = agent.discovery.describe(await agent.nodes.list()).find((n) => n.name === name);
+    const node = (await nodes()).find((n) => n.name === name);
     if (node === undefined) {
       throw new ApiError(404, "node_not_found", `Node "${name}" is not in the kvstore`);
     }

@@ -478,8 +478,11 @@ export class KernelSink implements DatapathSink {
   }
 
   /** Stops background work; pins, maps and attached programs stay for the next agent. */
-  close(): Promise<void> {
-    return this.datapath.close();
+  async close(): Promise<void> {
+    // The snapshot open() started may still be reading (bpftool children): wait for it, or a
+    // sink closed right after open() would leave those processes running (it never rejects).
+    await this.#restored;
+    await this.datapath.close();
   }
 }
 

@@ -54,6 +54,8 @@ export class EndpointManager {
   #byIp = new Map<string, Set<number>>();
   #byName = new Map<string, Set<number>>();
   #byContainer = new Map<string, Set<number>>();
+  /** Restored records that `restore()`'s `prepare` changed: stored again by their `#put`. */
+  #rewrite = new Set<number>();
 
   constructor(opts: EndpointManagerOptions) {
     this.#o = opts;
@@ -183,7 +185,7 @@ export class EndpointManager {
         });
         t.push(performance.now());
         try {
-          if (!unchanged) {
+          if (!unchanged || this.#rewrite.delete(id)) {
             await this.#o.store.put(
               endpointKey(this.#o.node, id),
               enc.encode(JSON.stringify(record)),
@@ -256,17 +258,33 @@ export class EndpointManager {
    * regenerated as soon as its identity is back, so the kvstore waits and the regeneration
    * overlap. The engine learns at once the endpoints whose recorded identity it already holds
    * with the same labels (one load of its endpoint list, not one per endpoint); any other goes
-   * the usual way.
+   * the usual way. `prepare` may complete the records read back, in place, before any is used
+   * (`restoreHostSides`); those whose ids it returns are stored again.
    */
-  async restore(): Promise<number> {
+  async restore(
+    opts: { prepare?: (records: EndpointRecord[]) => Promise<Set<number>> } = {},
+  ): Promise<number> {
     const started = performance.now();
-    const records: { key: string; record: EndpointRecord; spec: EndpointSpec }[] = [];
+    const read: { key: string; record: EndpointRecord }[] = [];
     for (const e of await this.#o.store.list(endpointsPrefix(this.#o.node))) {
       try {
-        const record = JSON.parse(dec.decode(e.value)) as EndpointRecord;
-        records.push({ key: e.key, record, spec: EndpointSpecSchema.parse(specOf(record)) });
+        read.push({ key: e.key, record: JSON.parse(dec.decode(e.value)) as EndpointRecord });
       } catch (err) {
         this.#o.log.error("cannot restore endpoint", { key: e.key, error: err });
+      }
+    }
+    if (opts.prepare) {
+      this.#rewrite = await opts.prepare(read.map((r) => r.record)).catch((err) => {
+        this.#o.log.warn("cannot prepare the restored endpoints", { error: err });
+        return new Set<number>();
+      });
+    }
+    const records: { key: string; record: EndpointRecord; spec: EndpointSpec }[] = [];
+    for (const { key, record } of read) {
+      try {
+        records.push({ key, record, spec: EndpointSpecSchema.parse(specOf(record)) });
+      } catch (err) {
+        this.#o.log.error("cannot restore endpoint", { key, error: err });
       }
     }
     const listed = performance.now();
@@ -304,6 +322,7 @@ export class EndpointManager {
         this.#o.log.error("cannot restore endpoint", { key, error: err });
       }
     }
+    this.#rewrite.clear();
     await this.#o.serial.run(() => this.#o.regen.endPreload());
     const ms = (a: number, b: number) => Math.round(b - a);
     this.#o.log.info("endpoints restored", {

@@ -1,5 +1,5 @@
 /**
- * Node-IP SNAT on the underlay device (the interface holding the node IP): masquerade for pods
+ * Node-IP SNAT on the underlay device (--devices, else the interface holding the node IP): masquerade for pods
  * reaching the outside (`--enable-ipv4-masquerade`, `--ipv4-native-routing-cidr`) and NodePort
  * for clients outside the cluster (bpf/lib/nat.h, nodeport.h). Loads bpf/host.c once per node,
  * writes its settings, then attaches it, in either routing mode. Idempotent, and never detached
@@ -16,10 +16,10 @@ import {
 } from "../datapath/netdev_loader.ts";
 
 export async function setupNodeNat(
-  opts: NatSettings & { bpffsRoot: string; buildDir: string },
+  opts: NatSettings & { bpffsRoot: string; buildDir: string; device?: string | undefined },
 ): Promise<{ ifname: string; mtu: number }> {
-  const { bpffsRoot, buildDir, ...settings } = opts;
-  const underlay = await underlayOf(opts.nodeIp);
+  const { bpffsRoot, buildDir, device, ...settings } = opts;
+  const underlay = await underlayOf(opts.nodeIp, { device });
   const pins = await loadNetdev({ bpffsRoot, buildDir });
   await writeNatConfig(bpffsRoot, settings);
   await attachNetdev(pins, underlay.ifname);

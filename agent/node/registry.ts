@@ -41,27 +41,42 @@ export function hostAddresses(): string[] {
 
 /**
  * The node IP: the configured one, else the first IPv4 address that is neither link-local nor
- * one of cilia's own (the pod gateways on cilia_host).
+ * one of cilia's own (the pod gateways on cilia_host); with `device` (--devices), the first
+ * such address on that device.
  */
 export function pickNodeIp(
   configured: string | undefined,
   exclude: readonly string[],
+  opts: { device?: string | undefined } = {},
 ): string | undefined {
   if (configured !== undefined) return configured;
-  return hostAddresses().find((a) =>
-    a.includes(".") && !a.startsWith("169.254.") && !exclude.includes(a)
-  );
+  const usable = (a: string) =>
+    a.includes(".") && !a.startsWith("169.254.") && !exclude.includes(a);
+  if (opts.device !== undefined) return addressesOf(opts.device).find(usable);
+  return hostAddresses().find(usable);
+}
+
+function addressesOf(device: string): string[] {
+  try {
+    return Deno.networkInterfaces().filter((i) => i.name === device).map((i) => i.address);
+  } catch {
+    return [];
+  }
 }
 
 /**
  * The node's IPv6 address for NodePort and LoadBalancer (bpf/lib/nodeport6.h): the first global
- * (not link-local) IPv6 address on the interface that holds the node IP, if any.
+ * (not link-local) IPv6 address on the underlay device (`device`, else the one that holds the
+ * node IP), if any.
  */
-export function pickNodeIp6(nodeIp: string | undefined): string | undefined {
+export function pickNodeIp6(
+  nodeIp: string | undefined,
+  opts: { device?: string | undefined } = {},
+): string | undefined {
   if (nodeIp === undefined) return undefined;
   try {
     const all = Deno.networkInterfaces();
-    const dev = all.find((i) => i.address === nodeIp)?.name;
+    const dev = opts.device ?? all.find((i) => i.address === nodeIp)?.name;
     return all.find((i) =>
       i.name === dev && i.family === "IPv6" && !i.address.toLowerCase().startsWith("fe80:")
     )?.address;

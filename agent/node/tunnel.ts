@@ -28,16 +28,34 @@ async function ip(args: string[], what: string): Promise<string> {
   return r.stdout;
 }
 
-/** The interface holding `address` and its MTU (the underlay). */
-export async function underlayOf(address: string): Promise<{ ifname: string; mtu: number }> {
+/**
+ * The underlay device and its MTU: `device` (--devices) when given, else the interface holding
+ * `address` (the node IP), so --node-ip alone is enough.
+ */
+export async function underlayOf(
+  address: string,
+  opts: { device?: string | undefined } = {},
+): Promise<{ ifname: string; mtu: number }> {
   const links = JSON.parse(await ip(["-j", "addr", "show"], "Cannot list addresses")) as {
     ifname: string;
     mtu: number;
     addr_info?: { local?: string }[];
   }[];
+  if (opts.device !== undefined) {
+    const l = links.find((l) => l.ifname === opts.device);
+    if (l === undefined) {
+      throw new Error(
+        `Cannot find the underlay device: no interface is named "${opts.device}" (--devices)`,
+      );
+    }
+    return { ifname: l.ifname, mtu: l.mtu };
+  }
   const l = links.find((l) => (l.addr_info ?? []).some((a) => a.local === address));
   if (l === undefined) {
-    throw new Error(`Cannot find the underlay device: no interface has the node IP "${address}"`);
+    throw new Error(
+      `Cannot find the underlay device: no interface has the node IP "${address}" ` +
+        `(name it with --devices)`,
+    );
   }
   return { ifname: l.ifname, mtu: l.mtu };
 }
@@ -113,12 +131,15 @@ export async function setupOverlay(opts: {
   protocol: TunnelProtocol;
   port: number;
   nodeIp: string;
-  /** The underlay's MTU (--mtu); absent: that of the device holding the node IP. */
+  /** The underlay's MTU (--mtu); absent: that of the underlay device. */
   underlayMtu?: number | undefined;
+  /** The underlay device (--devices); absent: the one holding the node IP. */
+  device?: string | undefined;
   bpffsRoot: string;
   buildDir: string;
 }): Promise<{ ifname: string; mtu: number }> {
-  const underlayMtu = opts.underlayMtu ?? (await underlayOf(opts.nodeIp)).mtu;
+  const underlayMtu = opts.underlayMtu ??
+    (await underlayOf(opts.nodeIp, { device: opts.device })).mtu;
   const dev = await setupTunnelDevice({ ...opts, underlayMtu });
   const pins = await loadOverlay({ bpffsRoot: opts.bpffsRoot, buildDir: opts.buildDir });
   await attachOverlay(pins, dev.ifname);

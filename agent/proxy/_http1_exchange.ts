@@ -8,7 +8,12 @@
 
 import { BodyReader, ByteInput, HeadReader } from "./http1_sync.ts";
 import { type Framing, type Head, HttpError, keepAlive, responseFraming } from "./http1.ts";
-import { headerRecord, type HttpRequestInfo, localReply, type RequestRecord } from "./http_conn.ts";
+import {
+  headerRecord,
+  type HttpRequestInfo,
+  localReply,
+  type RequestRecord,
+} from "./http_records.ts";
 
 /** What the machine does to the legs; `b` is valid only during the call (write or copy it). */
 export interface MachineIo {

@@ -19,7 +19,7 @@ import * as S from "../sys/sockets_ffi.ts";
 import type { Head } from "./http1.ts";
 import { Http1Machine, type MachineIo } from "./http1_machine.ts";
 import { prefaceState } from "./_h2_preface.ts";
-import type { HttpRequestInfo, RequestRecord } from "./http_conn.ts";
+import type { HttpRequestInfo, RequestRecord } from "./http_records.ts";
 import type { UpstreamPorts } from "./_upstream_ports.ts";
 import { append, concat, type Conn } from "./_http_worker_conn.ts";
 import { socketError, UpstreamLegs } from "./_http_worker_legs.ts";

@@ -2,7 +2,7 @@
 // (http_worker.ts), and the layout of the memory they share. Types and constants only.
 
 import type { OrigDestination } from "../datapath/proxy_maps.ts";
-import type { HttpRequestInfo } from "./http_conn.ts";
+import type { HttpRequestInfo } from "./http_records.ts";
 import type { L7BatchWire } from "./l7_batch.ts";
 
 /** Int32 slots of the shared control memory. */

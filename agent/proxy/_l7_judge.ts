@@ -6,7 +6,7 @@
 import type { PolicyEngine } from "@cilia/policy-wasm";
 import type { OrigDestination } from "../datapath/proxy_maps.ts";
 import { DIR_EGRESS } from "../datapath/codecs.ts";
-import type { HttpRequestInfo } from "./http_conn.ts";
+import type { HttpRequestInfo } from "./http_records.ts";
 import type { HttpVerdict } from "./http_worker_path.ts";
 import type { KafkaRequestInfo } from "./kafka_request.ts";
 import type { Direction } from "./proxy.ts";

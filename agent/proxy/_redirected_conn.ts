@@ -7,12 +7,8 @@
 // module's.
 
 import type { OrigDestination, ProxyMaps } from "../datapath/proxy_maps.ts";
-import {
-  type HttpRequestInfo,
-  type RequestRecord,
-  serveHttpConnection,
-  type Stream,
-} from "./http_conn.ts";
+import { serveHttpConnection, type Stream } from "./http_conn.ts";
+import type { HttpRequestInfo, RequestRecord } from "./http_records.ts";
 import { prefaceState, serveH2Connection } from "./h2.ts";
 import type { HttpVerdict } from "./http_worker_path.ts";
 import { type KafkaRecord, serveKafkaConnection } from "./kafka.ts";

@@ -11,7 +11,7 @@
 import http2 from "node:http2";
 import type net from "node:net";
 import { Duplex } from "node:stream";
-import type { HttpRequestInfo, RequestRecord } from "./http_conn.ts";
+import type { HttpRequestInfo, RequestRecord } from "./http_records.ts";
 import { normalisePath, PathError } from "./path.ts";
 
 export { H2_PREFACE, prefaceState } from "./_h2_preface.ts";

@@ -31,7 +31,7 @@ import {
   requestFraming,
   serializeHead,
 } from "./http1.ts";
-import { headFailure, localReply } from "./http_conn.ts";
+import { headFailure, localReply } from "./http_records.ts";
 import { isNormalPath, normalisePath, PathError } from "./path.ts";
 import {
   BODY,

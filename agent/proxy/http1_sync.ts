@@ -5,10 +5,13 @@
 // chunk line, pipelined bytes waiting their turn) is copied into the input's own buffer, so memory
 // is bounded by a head plus one read. It does no I/O and knows no policy. This module is browser
 // compatible.
+//
+// This module reads heads (HeadReader); the input's buffer is _http1_byte_input.ts's (ByteInput)
+// and body framing _http1_body_reader.ts's (BodyReader), both exported from here too. The
+// classes are used directly (no wrapper), so the split costs nothing per read.
 
 import {
   badGateway,
-  type Framing,
   type Head,
   headerLine,
   headersOf,
@@ -19,69 +22,12 @@ import {
   statusLine,
   wholeHeadEnd,
 } from "./http1.ts";
+import { type ByteInput, EMPTY } from "./_http1_byte_input.ts";
 
-const EMPTY = new Uint8Array(0);
+export { ByteInput } from "./_http1_byte_input.ts";
+export { BodyReader } from "./_http1_body_reader.ts";
+
 const ascii = new TextDecoder();
-
-/** The bytes of one direction not yet parsed: a pushed view, or what was kept of it. */
-export class ByteInput {
-  #own: Uint8Array = EMPTY;
-  #owned = false;
-  /** The bytes at hand are #view[#off, #view.length). */
-  #view: Uint8Array = EMPTY;
-  #off = 0;
-  /** The peer ended its stream. */
-  eof = false;
-
-  get length(): number {
-    return this.#view.length - this.#off;
-  }
-  get bytes(): Uint8Array {
-    return this.#view;
-  }
-  get start(): number {
-    return this.#off;
-  }
-
-  /** The next n bytes, as a view valid until the next push() or keep(). */
-  take(n: number): Uint8Array {
-    const v = this.#view.subarray(this.#off, this.#off + n);
-    this.#off += n;
-    return v;
-  }
-
-  /** New bytes; `b` may be a reused buffer, valid until keep(). */
-  push(b: Uint8Array): void {
-    if (this.length === 0) {
-      this.#view = b, this.#off = 0, this.#owned = false;
-      return;
-    }
-    this.#hold(b);
-  }
-
-  /** Copies what is left into the input's own buffer (the pushed one is about to be reused). */
-  keep(): void {
-    if (this.length === 0) this.#view = EMPTY, this.#off = 0, this.#owned = false;
-    else if (!this.#owned) this.#hold(EMPTY);
-  }
-
-  /** Drops everything (a new upstream leg). */
-  clear(): void {
-    this.#view = EMPTY, this.#off = 0, this.#owned = false, this.eof = false;
-  }
-
-  #hold(more: Uint8Array): void {
-    const left = this.length, need = left + more.length;
-    let own = this.#own;
-    if (need > own.length) {
-      own = new Uint8Array(Math.max(need, own.length * 2, 4096));
-      own.set(this.#view.subarray(this.#off));
-    } else if (this.#owned) own.copyWithin(0, this.#off, this.#view.length);
-    else own.set(this.#view.subarray(this.#off));
-    own.set(more, left);
-    this.#own = own, this.#view = own.subarray(0, need), this.#off = 0, this.#owned = true;
-  }
-}
 
 interface HeadKind {
   request: boolean;
@@ -258,107 +204,4 @@ function checkHost(head: Head): Head {
     throw new HttpError(400, "A request needs exactly one Host header");
   }
   return head;
-}
-
-const SIZE = 0, DATA = 1, DATA_END = 2, TRAILERS = 3, DONE = 4;
-const MAX_CHUNK_LINE = 4096;
-const PART = ["chunk size", "", "chunk end", "trailers"];
-const CHUNK_RE = /^([0-9A-Fa-f]{1,12})(?:[ \t]*;.*)?$/;
-const CRLF = new Uint8Array([13, 10]);
-const LAST_CHUNK = new Uint8Array([48, 13, 10, 13, 10]);
-
-/**
- * One message body streamed by its framing as body.ts's copyBody does: Content-Length bytes as
- * they come, chunked decoded strictly and re-encoded canonically (extensions and trailers
- * dropped), "close" until the end of the input; each piece handed to `out` as a view.
- */
-export class BodyReader {
-  #kind: Framing["kind"] = "none";
-  #left = 0;
-  #state = SIZE;
-  #what = "body";
-  #sizeLine = new Uint8Array(16);
-
-  start(f: Framing, what: string): void {
-    this.#kind = f.kind, this.#what = what, this.#state = SIZE;
-    this.#left = f.kind === "length" ? f.length : 0;
-  }
-
-  /** Streams what the input holds; true when the body is complete. Throws HttpError. */
-  read(inp: ByteInput, out: (b: Uint8Array) => void): boolean {
-    switch (this.#kind) {
-      case "none":
-        return true;
-      case "close":
-        if (inp.length > 0) out(inp.take(inp.length));
-        return inp.eof;
-      case "length": {
-        const n = Math.min(this.#left, inp.length);
-        if (n > 0) out(inp.take(n)), this.#left -= n;
-        return this.#left === 0;
-      }
-    }
-    return this.#chunked(inp, out);
-  }
-
-  /** The error at the end of the input before the body's end (as copyBody's). */
-  endError(inp: ByteInput): HttpError {
-    const w = this.#what;
-    if (this.#kind !== "chunked" || this.#state === DATA) {
-      return new HttpError(400, `Connection closed inside ${w}`);
-    }
-    if (this.#state === DATA_END) {
-      return new HttpError(
-        400,
-        inp.length > 0
-          ? `Connection closed inside ${w} chunk end`
-          : `Missing CRLF after a chunk in ${w}`,
-      );
-    }
-    const part = this.#state === SIZE ? "chunk size" : "trailers";
-    return new HttpError(400, `Connection closed inside ${w}${inp.length > 0 ? ` ${part}` : ""}`);
-  }
-
-  #chunked(inp: ByteInput, out: (b: Uint8Array) => void): boolean {
-    const w = this.#what;
-    for (;;) {
-      if (this.#state === DATA) {
-        const n = Math.min(this.#left, inp.length);
-        if (n > 0) out(inp.take(n)), this.#left -= n;
-        if (this.#left > 0) return false;
-        this.#state = DATA_END;
-      }
-      if (this.#state === DONE) return true;
-      const b = inp.bytes, s = inp.start, end = s + inp.length;
-      const max = this.#state === DATA_END ? 2 : MAX_CHUNK_LINE;
-      const what = `${w} ${PART[this.#state]}`;
-      const e = lineEnd(b, { from: s, end, scanned: s, max, what, tooLong: 400 });
-      if (e < 0) return false;
-      const len = e - s - 2;
-      if (this.#state === SIZE) {
-        const m = CHUNK_RE.exec(latin1(b.subarray(s, s + len)));
-        if (!m) throw new HttpError(400, `Invalid chunk size line in ${w}`);
-        inp.take(e - s);
-        this.#left = parseInt(m[1]!, 16);
-        if (this.#left === 0) this.#state = TRAILERS;
-        else out(this.#hex(this.#left)), this.#state = DATA;
-      } else if (this.#state === DATA_END) {
-        if (len !== 0) throw new HttpError(400, `Missing CRLF after a chunk in ${w}`);
-        inp.take(2);
-        out(CRLF);
-        this.#state = SIZE;
-      } else {
-        inp.take(e - s);
-        if (len === 0) out(LAST_CHUNK), this.#state = DONE;
-      }
-    }
-  }
-
-  /** `size` in hex and CRLF, in a buffer of the reader's own. */
-  #hex(size: number): Uint8Array {
-    const digits = size.toString(16), b = this.#sizeLine;
-    for (let i = 0; i < digits.length; i++) b[i] = digits.charCodeAt(i);
-    b[digits.length] = 13, b[digits.length + 1] = 10;
-    return b.subarray(0, digits.length + 2);
-  }
 }

@@ -4,12 +4,13 @@
 // sees what was judged) over one upstream connection, streaming bodies both ways; then the next
 // request (keep-alive, pipelining: requests are answered in order). Bad input gets its status
 // (400, 408, 431, 501, 505) and the connection is closed; nothing unparsed is ever forwarded.
-// It knows nothing of the kernel: the listener hands it streams and a connect function.
+// It knows nothing of the kernel: the listener hands it streams and a connect function. The
+// request and record types and the proxy's own answers are http_records.ts's (shared with the
+// Worker's machine), the deadlines _deadline.ts's.
 
 import { copyBody } from "./body.ts";
 import {
   BufReader,
-  encodeLatin1,
   first,
   type Framing,
   type Head,
@@ -22,34 +23,20 @@ import {
   serializeHead,
 } from "./http1.ts";
 import { normalisePath, PathError } from "./path.ts";
+import { Deadline, Timeout } from "./_deadline.ts";
+import {
+  headerRecord,
+  headFailure,
+  type HttpRequestInfo,
+  localReply,
+  type RequestRecord,
+} from "./http_records.ts";
 
 export interface Stream {
   /** The next bytes, or null at the end of the stream. */
   read(): Promise<Uint8Array | null>;
   write(b: Uint8Array): Promise<void>;
   close(): void;
-}
-
-export interface HttpRequestInfo {
-  method: string;
-  /** The normalised target (path and query) as forwarded. */
-  path: string;
-  host: string;
-  headers: Record<string, string>;
-}
-
-export interface RequestRecord {
-  method: string;
-  url: string;
-  host: string;
-  protocol: "HTTP/1.0" | "HTTP/1.1" | "HTTP/2";
-  /** The status the client got (the proxy's own for a denial or an error). */
-  code: number;
-  allowed: boolean;
-  /** Request head complete → response head (ms). */
-  latencyMs: number;
-  /** Why the proxy answered itself (denied, or a parse error). */
-  error?: string;
 }
 
 export interface ConnOptions {
@@ -61,115 +48,6 @@ export interface ConnOptions {
   /** …and a keep-alive connection may wait this long for the next one (default 60 s). */
   idleTimeoutMs?: number;
   maxHeadBytes?: number;
-}
-
-const REASONS: Record<number, string> = {
-  400: "Bad Request",
-  403: "Forbidden",
-  408: "Request Timeout",
-  414: "URI Too Long",
-  431: "Request Header Fields Too Large",
-  501: "Not Implemented",
-  502: "Bad Gateway",
-  503: "Service Unavailable",
-  505: "HTTP Version Not Supported",
-};
-
-/** A response of the proxy's own. */
-export function localReply(status: number, body: string, close: boolean): Uint8Array {
-  return encodeLatin1(
-    `HTTP/1.1 ${status} ${REASONS[status] ?? "Error"}\r\ncontent-length: ${body.length}\r\n` +
-      `content-type: text/plain\r\n${close ? "connection: close\r\n" : ""}\r\n${body}`,
-  );
-}
-
-/**
- * A request head that failed (malformed, too large or late): its record (no request, only the
- * status and why) and the proxy's reply, after which the connection closes.
- */
-export function headFailure(
-  status: number,
-  error: string,
-): { record: RequestRecord; reply: Uint8Array } {
-  return {
-    record: {
-      method: "",
-      url: "",
-      host: "",
-      protocol: "HTTP/1.1",
-      code: status,
-      allowed: false,
-      latencyMs: 0,
-      error,
-    },
-    reply: localReply(status, `${error}\r\n`, true),
-  };
-}
-
-class Timeout extends Error {}
-
-/**
- * A time limit on one awaited operation at a time, with one lazily re-armed timer instead of a
- * timer and a Promise.race per read (dropping them took a loopback proxy from about 74 to 59 µs
- * of CPU per keep-alive request): `within()` moves the deadline, the timer fires at the old one, finds it moved and sleeps
- * again; at the deadline the pending operation is rejected with Timeout (it stays pending below:
- * the connection is only fit to be closed then). `stop()` clears the timer.
- */
-class Deadline {
-  #at = 0;
-  #timer: ReturnType<typeof setTimeout> | undefined;
-  #timerAt = 0;
-  #reject: ((e: Timeout) => void) | undefined;
-
-  within<T>(p: Promise<T>, ms: number): Promise<T> {
-    this.#at = Date.now() + ms;
-    if (this.#timer !== undefined && this.#timerAt > this.#at) this.stop(); // a shorter limit
-    if (this.#timer === undefined) this.#arm(ms);
-    return new Promise<T>((resolve, reject) => {
-      this.#reject = reject;
-      p.then((v) => {
-        if (this.#reject === reject) this.#reject = undefined;
-        resolve(v);
-      }, (e) => {
-        if (this.#reject === reject) this.#reject = undefined;
-        reject(e);
-      });
-    });
-  }
-
-  #fire = (): void => {
-    this.#timer = undefined;
-    if (this.#reject === undefined) return; // nothing waits: re-armed by the next within()
-    const left = this.#at - Date.now();
-    if (left > 0) {
-      this.#arm(left);
-      return;
-    }
-    const reject = this.#reject;
-    this.#reject = undefined;
-    reject(new Timeout());
-  };
-
-  #arm(ms: number): void {
-    this.#timerAt = Date.now() + ms;
-    this.#timer = setTimeout(this.#fire, ms);
-  }
-
-  stop(): void {
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
-    this.#reject = undefined;
-  }
-}
-
-/** A head's headers by lower-cased name, repeated ones joined with ", " (what `judge` gets). */
-export function headerRecord(h: Head): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [n, v] of h.headers) {
-    const k = n.toLowerCase();
-    out[k] = k in out ? `${out[k]}, ${v}` : v;
-  }
-  return out;
 }
 
 /** Serves one client connection until it closes, errs or times out; never throws. */

@@ -21,7 +21,7 @@
 import { type OrigDestination, ProxyMaps } from "../datapath/proxy_maps.ts";
 import * as S from "../sys/sockets_ffi.ts";
 import type { Head } from "./http1.ts";
-import type { HttpRequestInfo, RequestRecord } from "./http_conn.ts";
+import type { HttpRequestInfo, RequestRecord } from "./http_records.ts";
 import { L7_BATCH_MAX, L7_BATCH_MS, L7BatchWriter } from "./l7_batch.ts";
 import { UpstreamPorts } from "./_upstream_ports.ts";
 import { type Conn, HttpConns } from "./_http_worker_conns.ts";

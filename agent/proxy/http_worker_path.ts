@@ -10,7 +10,7 @@
 import type { Logger } from "../log.ts";
 import type { OrigDestination } from "../datapath/proxy_maps.ts";
 import * as S from "../sys/sockets_ffi.ts";
-import type { HttpRequestInfo } from "./http_conn.ts";
+import type { HttpRequestInfo } from "./http_records.ts";
 import type { L7BatchWire } from "./l7_batch.ts";
 import type { UpstreamPorts } from "./_upstream_ports.ts";
 import { type FromMain, MAX_FD, SHARED, type ToMain } from "./_http_worker_protocol.ts";

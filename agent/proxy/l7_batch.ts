@@ -7,7 +7,7 @@
 // record only when someone reads it. So the main thread's cost is per batch, not per request.
 // Pure: no I/O, it decides nothing. This module is browser compatible.
 
-import type { RequestRecord } from "./http_conn.ts";
+import type { RequestRecord } from "./http_records.ts";
 import type { L7Record } from "./proxy.ts";
 import type { L7ContextInput } from "../monitor/monitor.ts";
 

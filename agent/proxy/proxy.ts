@@ -26,7 +26,7 @@ import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
 import type { OrigDestination, ProxyMaps } from "../datapath/proxy_maps.ts";
 import { DIR_EGRESS, DIR_INGRESS } from "../datapath/codecs.ts";
-import type { HttpRequestInfo, RequestRecord } from "./http_conn.ts";
+import type { HttpRequestInfo, RequestRecord } from "./http_records.ts";
 import type { KafkaRecord } from "./kafka.ts";
 import { denoStream } from "./streams.ts";
 import { type HttpVerdict, HttpWorkerPath } from "./http_worker_path.ts";

@@ -21,3 +21,13 @@ export async function linkNames(netns?: string): Promise<Map<number, string>> {
   const links = JSON.parse(res.stdout) as { ifindex: number; ifname: string }[];
   return new Map(links.map((l) => [l.ifindex, l.ifname]));
 }
+
+/** name → link-layer address (lower-case `aa:bb:…`) for every link of the namespace that has one. */
+export async function linkMacs(netns?: string): Promise<Map<string, string>> {
+  const res = await execCommand(["ip", "-j", "link", "show"], { netns });
+  if (res.code !== 0) {
+    throw new Error(`Cannot list links: ip exited with status ${res.code}: ${res.stderr.trim()}`);
+  }
+  const links = JSON.parse(res.stdout) as { ifname: string; address?: string }[];
+  return new Map(links.flatMap((l) => l.address ? [[l.ifname, l.address.toLowerCase()]] : []));
+}

@@ -109,6 +109,21 @@ Deno.test("config: masquerade, native-routing CIDR and NodePort flags", async ()
   }
 });
 
+Deno.test("config: --devices names one underlay device", async () => {
+  assert.equal(resolveConfig({ nodeName: "n1" }).devices, undefined);
+  const { config } = await loadConfig(["--node-name", "n1", "--devices", "eth1"]);
+  assert.equal(config!.devices, "eth1");
+  for (const devices of ["eth0,eth1", "", "a-name-longer-than-15"]) {
+    assert.throws(
+      () => resolveConfig({ devices }),
+      (e: Error) =>
+        e instanceof ConfigError &&
+        /"devices": Expected one interface name such as eth0/.test(e.message),
+      devices,
+    );
+  }
+});
+
 Deno.test("config: --mtu (0 = the underlay device's) leaves IPv6 pods 1280", async () => {
   assert.equal(resolveConfig({ nodeName: "n1" }).mtu, 0);
   assert.equal((await loadConfig(["--node-name", "n1", "--mtu", "9000"])).config!.mtu, 9000);

@@ -18,8 +18,9 @@ import {
   eventually,
   POLICY_B_FROM_A as POLICY,
 } from "../helpers/cluster.ts";
-import { needs } from "../helpers/root.ts";
-import { KERNEL_TOOLS } from "../helpers/root.ts";
+import { KERNEL_TOOLS, needs } from "../helpers/root.ts";
+import { parse as parseYaml } from "yaml";
+import { cilia } from "./_services_lab.ts";
 import type { Lab } from "../helpers/netns.ts";
 
 /** Waits until `ss -Hln FILTER` in netns lists a socket (a Deno started there is listening). */
@@ -29,11 +30,29 @@ const listening = (lab: Lab, netns: string, filter: string) =>
     async () => (await lab.exec(netns, ["ss", "-Hln", filter])).stdout.trim() !== "",
   );
 
+/** A pod that only other nodes may reach, and that may reach only other nodes. */
+const ENTITIES = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: node-facing, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: node-facing}}
+  ingress:
+  - fromEntities: [remote-node]
+  egress:
+  - toEntities: [remote-node]
+`;
+
 const has = async (n: ClusterNode, prefix: string, identity?: number, tunnel?: string) =>
   (await n.ipcache()).some((e) =>
     e.prefix === prefix && (identity === undefined || e.identity === identity) &&
     (tunnel === undefined || e.tunnelEndpoint === tunnel)
   );
+
+/** What `n`'s probes say of node `name` (GET /v1/node/<name>), if probed yet. */
+const reachability = async (n: ClusterNode, name: string) =>
+  ((await n.call("GET", `/v1/node/${name}`)).body as {
+    reachability?: { reachable: boolean; rttMs?: number };
+  }).reachability;
 
 Deno.test({
   name: "multinode: pods on two nodes talk over VXLAN, identity in the VNI, policy on the receiver",
@@ -74,6 +93,74 @@ Deno.test({
       cluster: { nodes: number; remoteEndpoints: number };
     };
     assert.deepEqual([st.cluster.nodes, st.cluster.remoteEndpoints], [1, 2]);
+  });
+
+  await t.step(
+    "cilia node list -o json|yaml|table: addresses, CIDRs, health, reachability",
+    async () => {
+      type Row = {
+        name: string;
+        ip: string;
+        addresses: string[];
+        podCidr: string;
+        podCidrV6: string;
+        health: string;
+        reachability?: { reachable: boolean; rttMs?: number };
+      };
+      await eventually(
+        "node-2 probed node-1",
+        async () => (await reachability(n2, "node-1"))?.reachable,
+      );
+      const json = JSON.parse(await cilia(n2.socket, "node", "list", "-o", "json")) as Row[];
+      const yaml = parseYaml(await cilia(n2.socket, "node", "list", "-o", "yaml")) as Row[];
+      // The same model (a probe in between may change a round trip or a time).
+      const stable = (rows: Row[]) =>
+        rows.map(({ reachability: r, ...row }) => [row, r?.reachable]);
+      assert.deepEqual(stable(yaml), stable(json), "-o yaml renders the same model");
+      for (const [n, health] of [[n1, "alive"], [n2, "self"]] as const) {
+        const row = json.find((r) => r.name === n.name);
+        assert.ok(row, `${n.name} listed: ${JSON.stringify(json)}`);
+        assert.equal(row.ip, n.ip);
+        assert.ok(row.addresses.includes(n.ip), `${n.name}'s addresses: ${row.addresses}`);
+        assert.deepEqual([row.podCidr, row.podCidrV6], [
+          n.podCidr,
+          `fd00:200:${n.node.index}::/64`,
+        ]);
+        assert.equal(row.health, health);
+        assert.equal(row.reachability?.reachable, n === n1 ? true : undefined, "probed");
+      }
+      const table = await cilia(n2.socket, "node", "list");
+      assert.match(
+        table,
+        /^node-1\s+192\.0\.2\.1\s+\S*192\.0\.2\.1\S*\s+alive\s+yes \([\d.]+ ms\)\s+2\s+10\.200\.1\.0\/24,fd00:200:1::\/64$/m,
+        table,
+      );
+    },
+  );
+
+  await t.step("an underlay cut shows: node-1 alive (its lease) but not reachable", async () => {
+    // etcd (192.0.2.254) stays reachable: only node-1's packets to node-2's host are dropped.
+    const rules = `add table inet mn_cut
+add chain inet mn_cut input { type filter hook input priority 0; }
+add rule inet mn_cut input ip saddr ${n1.ip} drop
+`;
+    const r = await cluster.lab.exec(n2.node.netns, ["nft", "-f", "-"], rules);
+    assert.equal(r.code, 0, r.stderr);
+    try {
+      await eventually(
+        "node-1 unreachable from node-2",
+        async () => (await reachability(n2, "node-1"))?.reachable === false,
+      );
+      const one = (await n2.call("GET", "/v1/node/node-1")).body as { health: string };
+      assert.equal(one.health, "alive", "its lease is kept all the same");
+      assert.match(await cilia(n2.socket, "node", "list"), /^node-1\s+\S+\s+\S+\s+alive\s+no\s/m);
+    } finally {
+      await cluster.lab.exec(n2.node.netns, ["nft", "delete", "table", "inet", "mn_cut"]);
+    }
+    await eventually(
+      "node-1 reachable again",
+      async () => (await reachability(n2, "node-1"))?.reachable === true,
+    );
   });
 
   const mtu = async (netns: string, dev: string) =>
@@ -202,7 +289,22 @@ add rule inet mn_fwd probe ip6 daddr ${b.ipv6} counter
     assert.equal(n, 4 << 20, "b received all 4 MiB");
   });
 
-  await n2.policy(POLICY);
+  await t.step(
+    "a policy imported through node 1 is in force on node 2 within seconds",
+    async () => {
+      // b's policy goes through the other node's agent: policies are cluster-wide (cilia/policies/).
+      const imported = Date.now();
+      await n1.policy(POLICY);
+      await eventually(
+        "c → b denied on node-2",
+        async () => !(await cluster.lab.peer(c.netns).probe("tcp", b.ipv4, 8080, 300)),
+        5000,
+      );
+      const took = Date.now() - imported;
+      assert.ok(took < 5000, `in force on node-2 after ${took} ms`);
+      assert.ok(await cluster.lab.peer(a.netns).probe("tcp", b.ipv4, 8080, 3000), "a → b allowed");
+    },
+  );
 
   await t.step("node 2 allows app=a and drops app=c with c's real identity", async () => {
     assert.ok(await cluster.lab.peer(a.netns).probe("tcp", b.ipv4, 8080, 3000), "a → b allowed");
@@ -248,6 +350,42 @@ add rule inet mn_fwd probe ip6 daddr ${b.ipv6} counter
       3000,
     );
   });
+
+  await t.step(
+    "entities across nodes: remote-node is the other node, host only this one",
+    async () => {
+      const nf = await n1.addPod("nf", { app: "node-facing" });
+      const [pnf, pb] = [cluster.lab.peer(nf.netns), cluster.lab.peer(b.netns)];
+      const [host1, host2] = [cluster.lab.peer(n1.node.netns), cluster.lab.peer(n2.node.netns)];
+      await pnf.listen("tcp", 9100);
+      await host1.listen("tcp", 9101);
+      await host2.listen("tcp", 9101);
+      await n1.policy(ENTITIES);
+      await eventually(
+        "nf's policy in force",
+        async () => !(await pb.probe("tcp", nf.ipv4, 9100, 300)),
+      );
+      // Node 2's host leaves through the tunnel as reserved:remote-node (tunnel.h, 2.).
+      assert.ok(await host2.probe("tcp", nf.ipv4, 9100, 3000), "node-2's host → nf: remote-node");
+      assert.ok(
+        await host1.probe("tcp", nf.ipv4, 9100, 3000),
+        "node-1's host → nf: allow-localhost",
+      );
+      assert.ok(await pnf.probe("tcp", n2.ip, 9101, 3000), "nf → node-2's IP: remote-node");
+      assert.equal(await pnf.probe("tcp", n1.ip, 9101, 400), false, "nf → node-1's IP: host");
+      assert.equal(await pnf.probe("tcp", b.ipv4, 8080, 400), false, "nf → b: a pod");
+      const idB = await identity(n2, "b");
+      await eventually("node-1's drops: b → nf by b's identity, nf → its own host", async () => {
+        const drops = (await n1.flows({ verdict: "DROPPED" })).filter((f) => f.drop_reason === 133);
+        return drops.some((f) =>
+          f.traffic_direction === "INGRESS" && f.source.identity === idB &&
+          f.destination.identity !== idB
+        ) && drops.some((f) => f.traffic_direction === "EGRESS" && f.destination.identity === 1);
+      }, 3000);
+      assert.equal((await n1.call("DELETE", "/v1/policy?name=node-facing")).status, 200);
+      await n1.delPod(nf);
+    },
+  );
 
   await t.step("deleting a pod on node 1 removes its ipcache entry on node 2", async () => {
     await n1.delPod(c);

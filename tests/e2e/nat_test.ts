@@ -2,7 +2,8 @@
 // tunnel mode and an outside host (the underlay namespace, 203.0.113.1, routed from the nodes).
 // Masquerade: a pod's TCP, UDP and ping reach the outside host from the node IP and get their
 // replies, ICMP errors too; an egress toCIDR policy still decides by the pod's identity (another port drops,
-// 133); with --enable-ipv4-masquerade=false the outside host sees the pod IP. NodePort: the
+// 133); with --enable-ipv4-masquerade=false, or the outside host inside
+// --ipv4-native-routing-cidr, the outside host sees the pod IP. NodePort: the
 // outside host reaches <node IP>:<nodePort> and lands on a backend on that node (it sees the
 // client's address) and on the other node (it sees the node IP: SNAT, the reply comes back
 // through the node that got the request); a LoadBalancer address works the same; a nodePort
@@ -204,9 +205,13 @@ spec:
       assert.equal((await n1.call("DELETE", "/v1/policy?name=client-out")).status, 200);
     });
 
-    await t.step("--enable-ipv4-masquerade=false: the outside host sees the pod IP", async () => {
+    await t.step("masquerade off, or inside the native-routing CIDR: the pod IP", async () => {
       await lab.run(ul, ["ip", "route", "add", n1.podCidr, "via", n1.ip]);
       cluster.agentArgs = ["--enable-ipv4-masquerade=false"];
+      await restart(n1);
+      assert.equal(await curl(client.netns, `http://${OUTSIDE}:8080/`), client.ipv4);
+      // Masquerade on, but the outside host inside --ipv4-native-routing-cidr: no SNAT.
+      cluster.agentArgs = ["--ipv4-native-routing-cidr", "203.0.113.0/24"];
       await restart(n1);
       assert.equal(await curl(client.netns, `http://${OUTSIDE}:8080/`), client.ipv4);
       cluster.agentArgs = [];

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import http2 from "node:http2";
 import net from "node:net";
 import { H2_PREFACE, prefaceState, serveH2Connection } from "../../agent/proxy/h2.ts";
-import type { HttpRequestInfo } from "../../agent/proxy/http_conn.ts";
+import type { HttpRequestInfo } from "../../agent/proxy/http_records.ts";
 
 Deno.test("prefaceState() tells the h2c preface from HTTP/1", async (t) => {
   const enc = (s: string) => new TextEncoder().encode(s);

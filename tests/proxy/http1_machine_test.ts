@@ -8,12 +8,8 @@ import assert from "node:assert/strict";
 import { Http1Machine } from "../../agent/proxy/http1_machine.ts";
 import { ByteInput, HeadReader } from "../../agent/proxy/http1_sync.ts";
 import { HttpError } from "../../agent/proxy/http1.ts";
-import {
-  type HttpRequestInfo,
-  type RequestRecord,
-  serveHttpConnection,
-  type Stream,
-} from "../../agent/proxy/http_conn.ts";
+import { serveHttpConnection, type Stream } from "../../agent/proxy/http_conn.ts";
+import type { HttpRequestInfo, RequestRecord } from "../../agent/proxy/http_records.ts";
 import { isNormalPath, normalisePath } from "../../agent/proxy/path.ts";
 import { type Case, CASES, type Reply } from "./_http1_cases.ts";
 

@@ -3,7 +3,8 @@
 // Keep-alive, pipelining, chunked and large streamed bodies, Expect: 100-continue, and each kind
 // of bad input answered with its status (and never forwarded).
 import assert from "node:assert/strict";
-import { type RequestRecord, serveHttpConnection } from "../../agent/proxy/http_conn.ts";
+import { serveHttpConnection } from "../../agent/proxy/http_conn.ts";
+import type { RequestRecord } from "../../agent/proxy/http_records.ts";
 import { denoStream } from "../../agent/proxy/proxy.ts";
 import { BAD_HEADS, BAD_TARGETS } from "./_http1_cases.ts";
 

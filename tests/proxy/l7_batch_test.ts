@@ -8,7 +8,7 @@ import { Monitor } from "../../agent/monitor/monitor.ts";
 import { Metrics } from "../../agent/metrics.ts";
 import { Logger } from "../../agent/log.ts";
 import type { EndpointRecord } from "../../agent/endpoint/spec.ts";
-import type { RequestRecord } from "../../agent/proxy/http_conn.ts";
+import type { RequestRecord } from "../../agent/proxy/http_records.ts";
 import type { L7Record } from "../../agent/proxy/proxy.ts";
 import {
   L7_LATENCY_BUCKETS,
