@@ -7,6 +7,7 @@
 // on a kernel without it, the missing module. Needs root.
 import assert from "node:assert/strict";
 import { Lab, type Node } from "../helpers/netns.ts";
+import { spawnAgentArgv } from "../helpers/cluster.ts";
 import { KERNEL_TOOLS, needs } from "../helpers/root.ts";
 import { execCni, root } from "../cni/_fixture.ts";
 import { SocketClient } from "../agent/_fixture.ts";
@@ -42,13 +43,7 @@ function spawnAgent(lab: Lab, node: Node, args: string[]): Agent {
     ...["--pod-cidr", `10.200.${node.index}.0/24`, "--log-level", "warn"],
     ...args,
   ]);
-  const child = new Deno.Command(argv[0]!, {
-    args: argv.slice(1),
-    env: { CILIA_DENO: Deno.execPath() },
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
+  const child = spawnAgentArgv(argv);
   const exited = (async () => {
     let log = "";
     for await (const chunk of child.stderr) log += dec.decode(chunk);

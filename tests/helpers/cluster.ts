@@ -85,13 +85,7 @@ export class ClusterNode {
       ...["--node-grace-period", this.cluster.nodeGracePeriod],
       ...this.cluster.agentArgs,
     ]);
-    const child = new Deno.Command(argv[0]!, {
-      args: argv.slice(1),
-      env: { CILIA_DENO: Deno.execPath() },
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
+    const child = spawnAgentArgv(argv);
     this.#agent = child;
     this.#drained = (async () => {
       for await (const chunk of child.stderr) this.#log += dec.decode(chunk);
@@ -321,4 +315,15 @@ export class Cluster implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
+}
+
+/** Starts an agent from its argv (Lab.nodeArgv's), this test's Deno for it, stderr piped. */
+export function spawnAgentArgv(argv: string[]): Deno.ChildProcess {
+  return new Deno.Command(argv[0]!, {
+    args: argv.slice(1),
+    env: { CILIA_DENO: Deno.execPath() },
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
 }
