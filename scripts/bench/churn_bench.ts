@@ -9,6 +9,7 @@
 
 import { parseArgs } from "node:util";
 import { Lab } from "../../tests/helpers/netns.ts";
+import { spawnAgentArgv } from "../../tests/helpers/cluster.ts";
 import { execCni, POD_CIDR, POD_CIDR_V6 } from "../../tests/cni/_fixture.ts";
 import { SocketClient } from "../../tests/agent/_fixture.ts";
 
@@ -89,13 +90,7 @@ export async function measureChurn(
       ...["--pod-cidr", POD_CIDR, "--pod-cidr-v6", POD_CIDR_V6, "--lease-ttl", "5s"],
       ...["--identity-gc-grace", "1s", "--identity-gc-interval", "1s", "--log-level", "warn"],
     ]);
-    agent = new Deno.Command(argv[0]!, {
-      args: argv.slice(1),
-      env: { CILIA_DENO: Deno.execPath() },
-      stdin: "null",
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
+    agent = spawnAgentArgv(argv);
     (async () => {
       for await (const c of agent.stderr) log = (log + new TextDecoder().decode(c)).slice(-20000);
     })();
