@@ -37,7 +37,7 @@ import {
   pickNodeIp6,
 } from "./node/registry.ts";
 import { NodeDiscovery } from "./node/discovery.ts";
-import { HEALTH_PORT, NodeHealth } from "./node/health.ts";
+import { NodeHealth } from "./node/health.ts";
 import { NodeRoutes } from "./node/routes.ts";
 import { checkTunnelProtocol, setupOverlay } from "./node/tunnel.ts";
 import { setupNodeNat } from "./node/nat.ts";
@@ -390,6 +390,7 @@ export class Agent {
     this.monitor = new Monitor({
       engine: this.engine,
       endpoints: () => this.endpoints.list(),
+      endpoint: (id) => this.endpoints.has(id) ? this.endpoints.get(id) : undefined,
       nodeName: c.nodeName,
       bufferSize: c.flowBufferSize,
       log: log.child({ subsys: "monitor" }),
@@ -545,11 +546,19 @@ export class Agent {
     await this.#follow(this.discovery.follow({ signal }));
     if (this.datapath && ip !== undefined) {
       try {
-        this.nodeHealth = new NodeHealth({ ip, peers: () => this.discovery.list(), log });
+        this.nodeHealth = new NodeHealth({
+          ip,
+          port: c.clusterHealthPort,
+          peers: () => this.discovery.list(),
+          log,
+        });
         this.#closers.push(this.nodeHealth);
       } catch (err) {
         // Reachability is reported, never enforced: the node works on without it.
-        log.warn("cannot answer node health probes", { port: HEALTH_PORT, error: String(err) });
+        log.warn("cannot answer node health probes", {
+          port: c.clusterHealthPort,
+          error: String(err),
+        });
       }
     }
     return self;

@@ -10,6 +10,7 @@ import { z } from "zod";
 import { parse as parseYaml } from "yaml";
 import { DEFAULT_LABEL_FILTER, LabelFilter, parsePrefix } from "@cilia/policy-wasm";
 import { LOG_LEVELS, type LogLevel } from "./log.ts";
+import { HEALTH_PORT } from "./node/health.ts";
 
 export interface AgentConfig {
   stateDir: string;
@@ -55,6 +56,11 @@ export interface AgentConfig {
   /** UDP port of the tunnel (8472, as Cilium). */
   tunnelPort: number;
   /**
+   * UDP port of the node reachability probes on the node IP (Cilium's --cluster-health-port,
+   * 4240); every node of a cluster must use the same one (node/health.ts).
+   */
+  clusterHealthPort: number;
+  /**
    * The underlay's MTU (Cilium's --mtu); 0: the MTU of the device holding the node IP. Pods get
    * it less the VXLAN overhead (50) in tunnel mode, as the tunnel device does; all of it natively.
    */
@@ -91,6 +97,11 @@ export interface AgentConfig {
   tofqdnsProxyResponseTimeout: number;
   /** Who serves plain HTTP/1.1 L7 redirects: an epoll Worker or the agent's event loop. */
   l7HttpIo: "worker" | "event-loop";
+  /**
+   * `/v1/debug/gc` (a full V8 collection, then the memory figures) and `/v1/debug/heap-snapshot`
+   * (a V8 heap snapshot in the state dir): for benchmarks and leak hunts; off by default.
+   */
+  debugApi: boolean;
 }
 
 export class ConfigError extends Error {
@@ -138,6 +149,8 @@ function cidr(family: 4 | 6) {
   });
 }
 
+const UDP_PORT = "Expected a UDP port from 1 to 65535";
+
 const Schema = z.strictObject({
   stateDir: z.string().min(1).default("/var/lib/cilia"),
   socket: z.string().min(1).default("/var/run/cilia/cilia.sock"),
@@ -183,6 +196,10 @@ const Schema = z.strictObject({
   tunnelProtocol: z.enum(["vxlan", "geneve"], { message: `Expected "vxlan" or "geneve"` })
     .default("vxlan"),
   tunnelPort: z.coerce.number().int().min(1).max(65535).default(8472),
+  clusterHealthPort: z.union([z.number(), z.string()], { error: UDP_PORT }).refine(
+    (v) => /^\d{1,5}$/.test(String(v).trim()) && Number(v) >= 1 && Number(v) <= 65535,
+    { error: (iss) => `${UDP_PORT}, not ${JSON.stringify(iss.input)}` },
+  ).transform(Number).default(HEALTH_PORT),
   mtu: z.coerce.number().refine(
     (v) => v === 0 || (Number.isInteger(v) && v >= 1280 && v <= 65535),
     {
@@ -222,6 +239,9 @@ const Schema = z.strictObject({
   l7HttpIo: z.enum(["worker", "event-loop"], {
     message: `Expected "worker" (an epoll Worker) or "event-loop" (the agent's event loop)`,
   }).default("worker"),
+  debugApi: z.union([z.boolean(), z.enum(["true", "false"])], {
+    message: `Expected "true" or "false"`,
+  }).transform((v) => v === true || v === "true").default(false),
 });
 
 const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
@@ -252,6 +272,7 @@ export const FLAGS = {
   "routing-mode": { type: "string" },
   "tunnel-protocol": { type: "string" },
   "tunnel-port": { type: "string" },
+  "cluster-health-port": { type: "string" },
   mtu: { type: "string" },
   "node-ip": { type: "string" },
   devices: { type: "string" },
@@ -266,6 +287,7 @@ export const FLAGS = {
   "tofqdns-proxy-port": { type: "string" },
   "tofqdns-proxy-response-timeout": { type: "string" },
   "l7-http-io": { type: "string" },
+  "debug-api": { type: "string" },
   help: { type: "boolean", short: "h" },
 } as const;
 
@@ -294,6 +316,12 @@ export function resolveConfig(raw: Record<string, unknown>): AgentConfig {
     throw new ConfigError(
       `Invalid agent configuration: "node-port-mode": dsr needs --routing-mode native (the ` +
         `service address travels in an IPv4 option, which the VXLAN tunnel does not carry)`,
+    );
+  }
+  if (c.routingMode === "tunnel" && c.clusterHealthPort === c.tunnelPort) {
+    throw new ConfigError(
+      `Invalid agent configuration: "cluster-health-port": ${c.clusterHealthPort} is the ` +
+        `tunnel port too: VXLAN takes every UDP datagram to it on the node IP, so choose another`,
     );
   }
   if (c.routingMode === "tunnel" && c.mtu !== 0 && c.mtu - 50 < 1280) {
@@ -389,6 +417,9 @@ Usage: cilia-agent [flags]      (or: deno task agent -- [flags])
                            to each node's pod CIDR via its node IP); default tunnel
   --tunnel-protocol P      vxlan (default); geneve is refused with the reason
   --tunnel-port N          UDP port of the tunnel (default 8472)
+  --cluster-health-port N  UDP port on the node IP where the agent answers and sends node
+                           reachability probes (default 4240); the same on every node: a
+                           node probed on another port shows unreachable, traffic is unaffected
   --mtu N                  the underlay's MTU (default 0: the node IP's device's); pods get
                            N - 50 in tunnel mode (VXLAN's headers), N in native mode
   --node-ip IP             this node's IPv4 address on the underlay: the other nodes'
@@ -413,4 +444,6 @@ Usage: cilia-agent [flags]      (or: deno task agent -- [flags])
   --tofqdns-proxy-port N   first port the DNS proxy tries on the pod gateway (default 10053)
   --tofqdns-proxy-response-timeout DUR  upstream wait before SERVFAIL (default 2s)
   --l7-http-io worker|event-loop  who serves HTTP/1.1 L7 redirects: an epoll Worker or the
-                           agent's event loop (default worker; h2c and Kafka stay there)`;
+                           agent's event loop (default worker; h2c and Kafka stay there)
+  --debug-api true|false   serve /v1/debug/gc (a full garbage collection, then the memory
+                           figures) and /v1/debug/heap-snapshot (default false)`;

@@ -19,6 +19,7 @@ import { registerFlowRoutes } from "./routes_flows.ts";
 import { registerBpfRoutes } from "./routes_bpf.ts";
 import { registerFqdnRoutes } from "./routes_fqdn.ts";
 import { registerServiceRoutes } from "./routes_service.ts";
+import { registerDebugRoutes } from "./routes_debug.ts";
 
 export function createApi(agent: Agent): Hono {
   const app = new Hono();
@@ -57,6 +58,7 @@ export function createApi(agent: Agent): Hono {
   registerBpfRoutes(app, agent);
   registerFqdnRoutes(app, agent);
   registerServiceRoutes(app, agent);
+  registerDebugRoutes(app, agent);
 
   app.notFound((c) => {
     const body: ErrorBody = {

@@ -12,7 +12,7 @@ import type { IdentitySpec, PolicyEngine } from "@cilia/policy-wasm";
 import type { Counter } from "../metrics.ts";
 import { sameIdentity } from "./_local_identities.ts";
 import type { RealisedState, Realized } from "./_realised_state.ts";
-import { diffEntries, type MapStateDiff } from "./mapstate_diff.ts";
+import { identityDiff, type MapStateDiff } from "./mapstate_diff.ts";
 
 export interface IdentityChanges {
   engine: PolicyEngine;
@@ -30,7 +30,10 @@ export async function addIdentities(
 ): Promise<boolean> {
   const fresh = list.filter((i) => !sameIdentity(c.engine.identity(i.id), i));
   if (fresh.length === 0) return false;
-  const replaced = fresh.some((i) => c.engine.identity(i.id) !== undefined);
+  const known = new Set(
+    fresh.filter((i) => c.engine.identity(i.id) !== undefined).map((i) => i.id),
+  );
+  const replaced = known.size > 0;
   c.engine.upsertIdentities(fresh);
   const ids = new Set(fresh.map((i) => i.id));
   for (const r of affectedBy(c, ids, replaced)) {
@@ -40,11 +43,8 @@ export async function addIdentities(
       for (const id of ids) {
         const ms = c.engine.mapStateForIdentity(r.ep.id, id);
         c.count?.inc({ kind: "incremental" });
-        const d = diffEntries(
-          r.entries,
-          ms.entries.filter((e) => e.identity === id),
-          (e) => e.identity === id,
-        );
+        // A new identity has no entries in the endpoint yet: only its own are looked at.
+        const d = identityDiff(r.entries, ms.entries, { identity: id, fresh: !known.has(id) });
         diff.adds.push(...d.adds);
         diff.deletes.push(...d.deletes);
       }

@@ -350,7 +350,7 @@ export class CniAttachments {
   }
 
   async #allocate(who: string): Promise<PodAddressing> {
-    const pools = this.#o.ipam.pools();
+    const pools = this.#o.ipam.gateways();
     if (pools.length === 0) {
       throw new CniAttachmentError(
         "cni_unavailable",
@@ -379,7 +379,7 @@ export class CniAttachments {
     known?: { mac: string; mtu?: number },
   ): Promise<CniAddResponse> {
     const host = known ?? (ep.ifname ? await hostInterface(ep.ifname) : undefined);
-    const gateway4 = this.#o.ipam.pools().find((p) => p.family === 4)?.gateway;
+    const gateway4 = this.#o.ipam.gateways().find((p) => p.family === 4)?.gateway;
     return {
       result: cniResult({
         hostIfname: ep.ifname!,

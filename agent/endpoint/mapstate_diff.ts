@@ -48,6 +48,26 @@ export function diffEntries(
   return { adds, deletes };
 }
 
+/**
+ * The diff that brings `current` to `next` for one identity's entries (`next`: all of them).
+ * With `fresh` (an identity new to the engine, so `current` holds no entry keyed by it) only
+ * `next` is looked at, by key: the cost is the identity's entries, not the endpoint's, which grow
+ * with every peer it allows. Otherwise `current` is walked for the identity's stale entries.
+ */
+export function identityDiff(
+  current: ReadonlyMap<string, MapStateEntry>,
+  next: readonly MapStateEntry[],
+  o: { identity: number; fresh: boolean },
+): MapStateDiff {
+  const own = next.filter((e) => e.identity === o.identity);
+  if (!o.fresh) return diffEntries(current, own, (e) => e.identity === o.identity);
+  const adds = own.filter((e) => {
+    const old = current.get(entryKey(e));
+    return old === undefined || !sameEntry(old, e);
+  });
+  return { adds, deletes: [] };
+}
+
 export function applyDiff(map: Map<string, MapStateEntry>, diff: MapStateDiff): void {
   for (const e of diff.deletes) map.delete(entryKey(e));
   for (const e of diff.adds) map.set(entryKey(e), e);

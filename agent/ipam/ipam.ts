@@ -83,15 +83,21 @@ export class Ipam {
     return n;
   }
 
-  /** The gateway and CIDR of each configured family. */
+  /** The gateway and CIDR of each configured family, with its allocations counted (status). */
   pools(): { family: 4 | 6; cidr: string; gateway: string; allocated: number; capacity: string }[] {
     return [...this.#families.values()].map((f) => ({
-      family: f.pool.family,
-      cidr: f.pool.cidr,
-      gateway: addressText(f.pool.family, f.pool.gateway),
+      ...gatewayOf(f),
       allocated: [...f.allocated.values()].filter((a) => a !== "pending").length,
       capacity: String(capacity(f.pool)),
     }));
+  }
+
+  /**
+   * The gateway and CIDR of each configured family, without counting the allocations: what a
+   * CNI ADD asks, at a cost that does not grow with the addresses already given out.
+   */
+  gateways(): { family: 4 | 6; cidr: string; gateway: string }[] {
+    return [...this.#families.values()].map(gatewayOf);
   }
 
   list(): Allocation[] {
@@ -254,4 +260,12 @@ export class Ipam {
     this.#log.info("released address", { ip: a.ip, owner: a.owner });
     return a;
   }
+}
+
+function gatewayOf(f: Family): { family: 4 | 6; cidr: string; gateway: string } {
+  return {
+    family: f.pool.family,
+    cidr: f.pool.cidr,
+    gateway: addressText(f.pool.family, f.pool.gateway),
+  };
 }

@@ -167,10 +167,7 @@ export class KernelFlows {
     const index = this.#endpoints;
     index.refresh();
     let self = index.byId(e.epId);
-    if (!self && e.epId !== 0) {
-      index.refresh(true);
-      self = index.byId(e.epId);
-    }
+    if (!self && e.epId !== 0) self = index.learn(e.epId);
     const packet = parsePacket(e.data);
     const ip = packet.IP;
     const other = ip

@@ -1,7 +1,7 @@
 // The monitor's view of the node's endpoints: by id, by address (text, and IPv4 as a number for
 // the record path), and the `source` / `destination` sides of flows, one shared object per
 // (identity, endpoint) that flows never mutate. Rebuilt from the agent's endpoint list at most
-// once a second (or 100 ms when asked to, for an endpoint id it does not know yet); `generation`
+// once a second; an endpoint id it does not know yet is asked for alone (`learn`); `generation`
 // changes whenever a rebuild or a new policy may change what it says, so callers drop what they
 // built on it. It reads no kernel state.
 
@@ -23,9 +23,17 @@ export class EndpointIndex {
   /** Changes whenever what this index says may have changed. */
   generation = 0;
 
-  constructor(endpoints: () => EndpointRecord[], engine: PolicyEngine) {
+  /** One endpoint by id, from the agent (no list of them all): see `learn()`. */
+  readonly #endpoint: ((id: number) => EndpointRecord | undefined) | undefined;
+
+  constructor(
+    endpoints: () => EndpointRecord[],
+    engine: PolicyEngine,
+    opts: { endpoint?: (id: number) => EndpointRecord | undefined } = {},
+  ) {
     this.#endpoints = endpoints;
     this.#engine = engine;
+    this.#endpoint = opts.endpoint;
   }
 
   /** Rebuilds from the endpoint list if the last rebuild is older than 1 s (100 ms if forced). */
@@ -38,15 +46,36 @@ export class EndpointIndex {
     this.#byIp.clear();
     this.#byIp4.clear();
     this.#sides.clear();
-    for (const e of this.#endpoints()) {
-      this.#byId.set(e.id, e);
-      if (e.ipv4) {
-        this.#byIp.set(e.ipv4, e);
-        const b = e.ipv4.split(".").map(Number);
-        this.#byIp4.set(((b[0]! << 24) | (b[1]! << 16) | (b[2]! << 8) | b[3]!) >>> 0, e);
-      }
-      if (e.ipv6) this.#byIp.set(e.ipv6, e);
+    for (const e of this.#endpoints()) this.#add(e);
+  }
+
+  /**
+   * Endpoint `id`, which the index may not hold yet (made since the last rebuild): asked of the
+   * agent by id and added, so a new endpoint's first event costs one lookup, not a rebuild over
+   * every endpoint of the node (each CNI ADD's first events made one, up to 10 a second). Without
+   * a lookup by id, a rebuild at most every 100 ms, as before.
+   */
+  learn(id: number): EndpointRecord | undefined {
+    if (this.#endpoint === undefined) {
+      this.refresh(true);
+      return this.#byId.get(id);
     }
+    const e = this.#endpoint(id);
+    if (e !== undefined) {
+      this.#add(e);
+      this.generation++; // its addresses now name it
+    }
+    return e;
+  }
+
+  #add(e: EndpointRecord): void {
+    this.#byId.set(e.id, e);
+    if (e.ipv4) {
+      this.#byIp.set(e.ipv4, e);
+      const b = e.ipv4.split(".").map(Number);
+      this.#byIp4.set(((b[0]! << 24) | (b[1]! << 16) | (b[2]! << 8) | b[3]!) >>> 0, e);
+    }
+    if (e.ipv6) this.#byIp.set(e.ipv6, e);
   }
 
   byId(id: number): EndpointRecord | undefined {

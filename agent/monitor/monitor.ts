@@ -42,6 +42,8 @@ export const DEFAULT_FLOW_BUFFER_SIZE = 4095;
 export interface MonitorOptions {
   engine: PolicyEngine;
   endpoints: () => EndpointRecord[];
+  /** One endpoint by id: a new endpoint's first event looks it up alone, not every endpoint. */
+  endpoint?: (id: number) => EndpointRecord | undefined;
   nodeName: string;
   bufferSize?: number;
   log: Logger;
@@ -88,7 +90,11 @@ export class Monitor {
       ring: this.ring,
       followers: this.#followers,
       counters: this.counters,
-      endpoints: new EndpointIndex(o.endpoints, o.engine),
+      endpoints: new EndpointIndex(
+        o.endpoints,
+        o.engine,
+        o.endpoint ? { endpoint: o.endpoint } : {},
+      ),
       attribution: this.attribution,
     };
     this.#kernel = new KernelFlows(parts);

@@ -141,9 +141,15 @@ export class NodeDiscovery {
       snapshot: (all) => this.#nodesGone(() => this.#snapshot(this.#nodes, all, nodeOf)),
       event: (e) => this.#nodesGone(() => this.#event(this.#nodes, NODES_PREFIX, e, nodeOf)),
     }, w);
+    // This node's own endpoints are left out: they give no remote entry, and each local CNI ADD
+    // writes one, which would recompute every remote entry (a walk of all endpoints per ADD).
+    const own = `${ENDPOINTS_PREFIX}${this.#o.self.name}/`;
+    const isOwn = (e: WatchEvent) => (e.type === "put" ? e.entry.key : e.key).startsWith(own);
     const eps = watchPrefix(this.#o.store, ENDPOINTS_PREFIX, {
-      snapshot: (all) => this.#snapshot(this.#endpoints, all, endpointOf),
-      event: (e) => this.#event(this.#endpoints, ENDPOINTS_PREFIX, e, endpointOf),
+      snapshot: (all) =>
+        this.#snapshot(this.#endpoints, all.filter((e) => !e.key.startsWith(own)), endpointOf),
+      event: (e) =>
+        isOwn(e) ? undefined : this.#event(this.#endpoints, ENDPOINTS_PREFIX, e, endpointOf),
     }, w);
     opts.signal.addEventListener("abort", () => {
       this.#closed = true;

@@ -1,16 +1,19 @@
 /**
  * Node reachability, the node half of Cilium's cilium-health: each agent echoes UDP probes on
- * its node IP at `HEALTH_PORT` and probes every other node it knows (discovery's list) over the
- * underlay once per interval, so `cilia node list` says whether a node answers, not only whether
+ * its node IP at the health port (`--cluster-health-port`, default `HEALTH_PORT`) and probes
+ * every other node it knows (discovery's list) at that same port over the underlay once per
+ * interval, so `cilia node list` says whether a node answers, not only whether
  * its lease is kept: an agent can renew its lease through etcd while the underlay between two
  * nodes is cut. It decides nothing about traffic (the datapath never reads it) and writes no
  * records. A node is reachable when its latest probe was answered within the timeout; until
- * the first probe of a node has its answer or its timeout, its reachability is unknown.
+ * the first probe of a node has its answer or its timeout, its reachability is unknown. The port
+ * is one per cluster, as in Cilium: node records do not carry it, so a node that listens on
+ * another port than its peers probe is unreachable for them, and they for it.
  */
 
 import type { Logger } from "../log.ts";
 
-/** Cilium's health port (cilium-health listens on TCP 4240); here UDP echoes. */
+/** Cilium's default health port (cilium-health listens on TCP 4240); here UDP echoes. */
 export const HEALTH_PORT = 4240;
 /** "cilh", a probe or an answer, then the probe's sequence number (u32, big endian). */
 const MAGIC = 0x63696c68;
@@ -29,6 +32,7 @@ export interface NodeHealthOptions {
   /** The nodes to probe, asked again at every interval. */
   peers: () => { name: string; ip?: string | undefined }[];
   log: Logger;
+  /** Where this node answers and where it probes the others (default `HEALTH_PORT`). */
   port?: number;
   intervalMs?: number;
   timeoutMs?: number;

@@ -12,6 +12,7 @@ import {
 import { ipcacheUpdate, ipLookup } from "./ipcache";
 import { endpointsAffected, mapstateCompute, mapstateForIdentity } from "./mapstate";
 import { query as runQuery, queryVerdict } from "./query";
+import { internedCount } from "./model";
 
 export { input_reserve, output_len, output_ptr } from "./io";
 
@@ -30,6 +31,11 @@ export function identities_upsert(len: i32): i32 {
 
 export function identities_remove(len: i32): i32 {
   return removeIdentities(len);
+}
+
+/** Strings the engine holds interned (policy's, and the labels of the identities it holds). */
+export function interned_count(): i32 {
+  return internedCount();
 }
 
 export function endpoints_load(len: i32): i32 {

@@ -2,7 +2,7 @@
 // CIDR identities and the addresses the host registers (endpoint IPs, host IPs). An address no
 // prefix covers belongs to reserved:world (identity 2).
 
-import { ID_WORLD, leadingBitsEqual, Prefix } from "./model";
+import { ID_WORLD, Prefix } from "./model";
 import { Reader, ST_BAD_HEADER, ST_OK, ST_TRUNCATED, Writer } from "./wire";
 import { MSG_IP_LOOKUP, MSG_IPCACHE, readPrefix } from "./messages";
 
@@ -10,40 +10,56 @@ class IpEntry {
   constructor(public prefix: Prefix, public identity: u32, public explicit: bool) {}
 }
 
-/** Kept sorted by prefix length, longest first, so the first match is the longest. */
-const table = new Array<IpEntry>();
+// Indexed by family, length and masked address, so an update costs the same with 10 or 100,000
+// prefixes (a linear table made each endpoint's ADD walk every address already there), and a
+// lookup tries only the lengths in use, longest first: explicit registrations (endpoint and host
+// addresses) and CIDR identities' prefixes are kept apart, one entry each per prefix.
+const explicitEntries = new Map<string, IpEntry>();
+const cidrEntries = new Map<string, IpEntry>();
+/** How many entries (both kinds) have each prefix length, per family: [0..32] and [0..128]. */
+const lens4 = new StaticArray<i32>(33);
+const lens6 = new StaticArray<i32>(129);
 
-function samePrefix(a: Prefix, b: Prefix): bool {
-  return a.family == b.family && a.len == b.len && leadingBitsEqual(a.addr, b.addr, a.len);
+const HEX = "0123456789abcdef";
+
+/** The family, the length and the address bits within the length, as a map key. */
+function keyOf(family: u8, len: i32, addr: StaticArray<u8>): string {
+  let k = String.fromCharCode(family) + String.fromCharCode(len);
+  const full = len >> 3;
+  for (let i = 0; i < full; i++) {
+    const b = addr[i];
+    k += HEX.charAt(b >> 4) + HEX.charAt(b & 15);
+  }
+  const rest = len - (full << 3);
+  if (rest > 0) {
+    const b = addr[full] & <u8> (0xff << <u8> (8 - rest));
+    k += HEX.charAt(b >> 4) + HEX.charAt(b & 15);
+  }
+  return k;
+}
+
+function countLen(family: u8, len: u8, delta: i32): void {
+  if (family == 4 && len <= 32) lens4[len] += delta;
+  else if (family == 6 && len <= 128) lens6[len] += delta;
 }
 
 function insert(p: Prefix, identity: u32, explicit: bool): void {
-  for (let i = 0; i < table.length; i++) {
-    const e = table[i];
-    if (e.explicit == explicit && samePrefix(e.prefix, p)) {
-      e.identity = identity;
-      return;
-    }
+  const m = explicit ? explicitEntries : cidrEntries;
+  const k = keyOf(p.family, p.len, p.addr);
+  if (m.has(k)) {
+    m.get(k).identity = identity;
+    return;
   }
-  let at = 0;
-  while (at < table.length && table[at].prefix.len >= p.len) at++;
-  table.push(new IpEntry(p, identity, explicit));
-  // Move the new entry to its sorted place (stable: explicit entries registered later come after).
-  for (let i = table.length - 1; i > at; i--) {
-    const t = table[i];
-    table[i] = table[i - 1];
-    table[i - 1] = t;
-  }
+  m.set(k, new IpEntry(p, identity, explicit));
+  countLen(p.family, p.len, 1);
 }
 
 function remove(p: Prefix, identity: u32, explicit: bool): void {
-  for (let i = 0; i < table.length; i++) {
-    const e = table[i];
-    if (e.explicit == explicit && e.identity == identity && samePrefix(e.prefix, p)) {
-      table.splice(i, 1);
-      return;
-    }
-  }
+  const m = explicit ? explicitEntries : cidrEntries;
+  const k = keyOf(p.family, p.len, p.addr);
+  if (!m.has(k) || m.get(k).identity != identity) return;
+  m.delete(k);
+  countLen(p.family, p.len, -1);
 }
 
 export function ipcacheSetIdentityPrefix(p: Prefix, identity: u32): void {
@@ -57,15 +73,15 @@ export function ipcacheRemoveIdentityPrefix(p: Prefix, identity: u32): void {
 
 /** Longest-prefix match; explicit registrations win over CIDR identities of the same length. */
 export function ipcacheLookup(addr: Prefix): u32 {
-  let best: IpEntry | null = null;
-  for (let i = 0; i < table.length; i++) {
-    const e = table[i];
-    if (e.prefix.family != addr.family) continue;
-    if (best !== null && e.prefix.len < best.prefix.len) break;
-    if (!leadingBitsEqual(e.prefix.addr, addr.addr, e.prefix.len)) continue;
-    if (best === null || (e.explicit && !best.explicit)) best = e;
+  if (addr.family != 4 && addr.family != 6) return ID_WORLD;
+  const lens = addr.family == 4 ? lens4 : lens6;
+  for (let len = lens.length - 1; len >= 0; len--) {
+    if (lens[len] == 0) continue;
+    const k = keyOf(addr.family, len, addr.addr);
+    if (explicitEntries.has(k)) return explicitEntries.get(k).identity;
+    if (cidrEntries.has(k)) return cidrEntries.get(k).identity;
   }
-  return best === null ? ID_WORLD : best.identity;
+  return ID_WORLD;
 }
 
 /** MSG_IPCACHE: explicit upserts (prefix, identity) and deletes (prefix, identity). */

@@ -17,6 +17,7 @@ import {
   identityIndex,
   indexEndpoint,
   intern,
+  internLabel,
   KafkaRule,
   L7_DNS,
   L7_HTTP,
@@ -27,6 +28,7 @@ import {
   Prefix,
   rebuildNamedPorts,
   rebuildNamedPortsOf,
+  releaseLabels,
   Requirement,
   Rule,
   SEL_ALL,
@@ -304,7 +306,7 @@ function readIdentity(r: Reader): Identity {
   if (r.u8() != 0) id.cidr = readPrefix(r);
   const n = r.count(12);
   const labels = new StaticArray<u32>(n * 3);
-  for (let i = 0; i < n * 3; i++) labels[i] = intern(r.strOrEmpty());
+  for (let i = 0; i < n * 3; i++) labels[i] = internLabel(r.strOrEmpty());
   id.labels = labels;
   return id;
 }
@@ -327,6 +329,7 @@ function placeIdentity(id: Identity): void {
   identityIndex.set(id.id, slot);
   if (id.cidr !== null) ipcacheSetIdentityPrefix(id.cidr!, id.id);
   cacheUpdateIdentity(slot, old);
+  if (old !== null) releaseLabels(old.labels);
   invalidateContextsOf(id.id);
 }
 
@@ -337,7 +340,10 @@ export function upsertIdentities(len: i32): i32 {
   const list = new Array<Identity>();
   const n = r.count(9);
   for (let i = 0; i < n && !r.failed; i++) list.push(readIdentity(r));
-  if (r.failed) return ST_TRUNCATED;
+  if (r.failed) {
+    for (let i = 0; i < list.length; i++) releaseLabels(list[i].labels);
+    return ST_TRUNCATED;
+  }
   for (let i = 0; i < list.length; i++) placeIdentity(list[i]);
   return ST_OK;
 }
@@ -358,6 +364,7 @@ export function removeIdentities(len: i32): i32 {
     old.alive = false;
     identityIndex.delete(ids[i]);
     cacheUpdateIdentity(slot, old);
+    releaseLabels(old.labels);
     invalidateContextsOf(ids[i]);
     freeSlots.push(slot);
   }

@@ -45,14 +45,61 @@ export const ID_WORLD: u32 = 2;
 
 const internMap = new Map<string, u32>();
 export const internedStrings = new Array<string>();
+/**
+ * Per interned id: how many identity labels use it, or -1 for a string that policy (selectors,
+ * ports) interned, which stays. A string only identities used is dropped when the last of them
+ * goes and its id reused, so label values unique to a pod (a name, a hash) do not pile up as pods
+ * come and go.
+ */
+const labelRefs = new Array<i32>();
+const freeIds = new Array<u32>();
 
-/** Interns a string; equal strings get equal ids. Id 0 is reserved for "any" (the source). */
-export function intern(s: string): u32 {
-  if (internMap.has(s)) return internMap.get(s);
-  const id = <u32> internedStrings.length;
-  internedStrings.push(s);
+function newId(s: string): u32 {
+  let id: u32;
+  if (freeIds.length > 0) {
+    id = freeIds.pop();
+    internedStrings[id] = s;
+    labelRefs[id] = 0;
+  } else {
+    id = <u32> internedStrings.length;
+    internedStrings.push(s);
+    labelRefs.push(0);
+  }
   internMap.set(s, id);
   return id;
+}
+
+/**
+ * Interns a string for good (policy's strings); equal strings get equal ids. Id 0 is reserved
+ * for "any" (the source).
+ */
+export function intern(s: string): u32 {
+  const id = internMap.has(s) ? internMap.get(s) : newId(s);
+  labelRefs[id] = -1;
+  return id;
+}
+
+/** Interns an identity's label string: one reference, given back by releaseLabels(). */
+export function internLabel(s: string): u32 {
+  const id = internMap.has(s) ? internMap.get(s) : newId(s);
+  if (labelRefs[id] >= 0) labelRefs[id]++;
+  return id;
+}
+
+/** Gives back the references of internLabel() for each id of `labels`. */
+export function releaseLabels(labels: StaticArray<u32>): void {
+  for (let i = 0; i < labels.length; i++) {
+    const id = unchecked(labels[i]);
+    if (labelRefs[id] <= 0 || --labelRefs[id] > 0) continue;
+    internMap.delete(internedStrings[id]);
+    internedStrings[id] = "";
+    freeIds.push(id);
+  }
+}
+
+/** Interned strings held (tests: label values of gone identities must not stay). */
+export function internedCount(): i32 {
+  return internMap.size;
 }
 
 export const SRC_ANY: u32 = intern("any");

@@ -42,6 +42,7 @@ export interface EngineExports extends RegexSetExports, HttpVerdictExports {
   rules_load(len: number): number;
   identities_upsert(len: number): number;
   identities_remove(len: number): number;
+  interned_count(): number;
   endpoints_load(len: number): number;
   endpoints_update(len: number): number;
   endpoints_affected(identity: number): number;
@@ -216,6 +217,14 @@ export class PolicyEngine {
       ...(policy?.file ? { file: policy.file } : {}),
       ...(policy ? { policy: policy.name } : {}),
     }]);
+  }
+
+  /**
+   * Strings the engine holds interned: policy's, and the label strings of the identities it
+   * holds (those go with the last identity that has them).
+   */
+  get internedStrings(): number {
+    return this.#x.interned_count();
   }
 
   /** The size of the engine's linear memory in bytes (it grows, never shrinks). */

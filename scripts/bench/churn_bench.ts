@@ -1,29 +1,27 @@
-// `deno task bench churn [--rounds N] [--pods N] [--parallel N]`: a soak for pod churn. A lab node
-// runs `bin/cilia-agent` (kernel datapath, Deno KV, the three-tier example policy in force, a
-// short identity GC grace); each round adds N pods through the real CNI plugin (every pod with
-// its own identity, so identities come and go and every endpoint regenerates), then deletes them
-// and waits until the identity GC has brought the identities back to the baseline. After each
-// round it prints the agent's RSS (VmRSS of the Deno process), its V8 heap and the policy
-// engine's WASM memory (from /v1/status), with the identity and endpoint counts. Memory must stay
-// flat after the first round. Needs root; every netns, mount and process is removed at the end.
+// `deno task bench churn [--rounds N] [--pods N] [--parallel N] [--snapshots R,R]
+// [--snapshot-dir D]`: a soak for pod churn. A lab node runs `bin/cilia-agent` (kernel datapath,
+// Deno KV, the three-tier example policy in force, a short identity GC grace, `--debug-api true`);
+// each round (8 by default) adds N pods through the real CNI plugin (every pod with its own
+// identity, so identities come and go and every endpoint regenerates), then deletes them and waits
+// until the identity GC has brought the identities back to the baseline. After each round it prints
+// the agent's RSS (VmRSS of the Deno process), its V8 heap, external and WASM memory (from
+// /v1/status), then the same after full collections (POST /v1/debug/gc: heap, external, and RSS
+// after malloc_trim), with the fds, identity and endpoint counts. Memory must stay flat after the
+// first round: that is judged on the figures after the collections (_churn_verdict.ts), since the
+// ones before them follow when V8 last collected. `--snapshots 2,8` copies V8 heap snapshots of the
+// agent after those rounds into `--snapshot-dir`; `_heap_diff.ts A B` says what grew (a snapshot
+// costs the agent RSS: judge memory on a run without them). Needs root; every netns, mount and
+// process is removed at the end.
 
 import { parseArgs } from "node:util";
 import { Lab } from "../../tests/helpers/netns.ts";
 import { spawnAgentArgv } from "../../tests/helpers/cluster.ts";
 import { execCni, POD_CIDR, POD_CIDR_V6 } from "../../tests/cni/_fixture.ts";
 import { SocketClient } from "../../tests/agent/_fixture.ts";
+import { verdicts } from "./_churn_verdict.ts";
 
-export interface RoundFigures {
-  round: number;
-  rssMb: number;
-  heapMb?: number;
-  externalMb?: number;
-  wasmMb?: number;
-  fds: number;
-  identities: number;
-  endpoints: number;
-  seconds: number;
-}
+import type { RoundFigures } from "./_churn_verdict.ts";
+export type { RoundFigures };
 
 const root = new URL("../../", import.meta.url).pathname;
 const progress = (msg: string) => console.error(`bench churn: ${msg}`);
@@ -72,9 +70,15 @@ interface Status {
   memory?: { heapUsed: number; external: number; wasm: number };
 }
 
-export async function measureChurn(
-  o: { rounds: number; pods: number; parallel: number },
-): Promise<RoundFigures[]> {
+export interface ChurnOptions {
+  rounds: number;
+  pods: number;
+  parallel: number;
+  /** Heap snapshots of the agent after these rounds are copied into this directory. */
+  snapshots?: { rounds: number[]; dir: string };
+}
+
+export async function measureChurn(o: ChurnOptions): Promise<RoundFigures[]> {
   if (Deno.uid() !== 0) throw new Error("The churn bench needs root (netns, bpffs, tc)");
   const lab = await Lab.create();
   let agent: Deno.ChildProcess | undefined;
@@ -89,6 +93,7 @@ export async function measureChurn(
       ...["--state-dir", `${dir}/state`, "--socket", api.path, "--node-name", "node-1"],
       ...["--pod-cidr", POD_CIDR, "--pod-cidr-v6", POD_CIDR_V6, "--lease-ttl", "5s"],
       ...["--identity-gc-grace", "1s", "--identity-gc-interval", "1s", "--log-level", "warn"],
+      ...["--debug-api", "true"],
     ]);
     agent = spawnAgentArgv(argv);
     (async () => {
@@ -107,9 +112,20 @@ export async function measureChurn(
     const figures: RoundFigures[] = [];
     const sample = async (round: number, started: number) => {
       const s = await status();
+      const rss = await rssOf(pid);
+      const gc = await api.call("POST", "/v1/debug/gc");
+      if (gc.status !== 200) throw new Error(`POST /v1/debug/gc: ${JSON.stringify(gc)}`);
+      const after = gc.body as {
+        heapUsed: number;
+        external: number;
+        rss: number;
+        rssTrimmed?: number;
+        wasm: number;
+        engineStrings: number;
+      };
       figures.push({
         round,
-        rssMb: mb(await rssOf(pid)),
+        rssMb: mb(rss),
         ...(s.memory
           ? {
             heapMb: mb(s.memory.heapUsed),
@@ -117,12 +133,26 @@ export async function measureChurn(
             wasmMb: mb(s.memory.wasm),
           }
           : {}),
+        gc: {
+          rssMb: mb(after.rssTrimmed ?? after.rss),
+          heapMb: mb(after.heapUsed),
+          externalMb: mb(after.external),
+          wasmMb: mb(after.wasm),
+          engineStrings: after.engineStrings,
+        },
         fds: [...Deno.readDirSync(`/proc/${pid}/fd`)].length,
         identities: s.identities.global,
         endpoints: s.endpoints.count,
         seconds: Math.round((performance.now() - started) / 100) / 10,
       });
       progress(line(figures.at(-1)!));
+      if (o.snapshots?.rounds.includes(round)) {
+        const snap = await api.call("POST", "/v1/debug/heap-snapshot");
+        if (snap.status !== 200) throw new Error(`heap snapshot: ${JSON.stringify(snap)}`);
+        const to = `${o.snapshots.dir}/churn-round${round}.heapsnapshot`;
+        await Deno.copyFile((snap.body as { path: string }).path, to);
+        progress(`round ${round}: heap snapshot in ${to}`);
+      }
     };
     await sample(0, performance.now());
     const apps = ["frontend", "backend", "db"];
@@ -189,6 +219,8 @@ function line(f: RoundFigures): string {
   const opt = (x: number | undefined) => x === undefined ? "     -" : x.toFixed(1).padStart(6);
   return `round ${String(f.round).padStart(2)}   RSS ${f.rssMb.toFixed(1).padStart(6)} MB   ` +
     `heap ${opt(f.heapMb)} MB   external ${opt(f.externalMb)} MB   wasm ${opt(f.wasmMb)} MB   ` +
+    `after GC: heap ${opt(f.gc?.heapMb)} MB external ${opt(f.gc?.externalMb)} MB ` +
+    `RSS ${opt(f.gc?.rssMb)} MB engine strings ${f.gc?.engineStrings ?? "-"}   ` +
     `fds ${f.fds}   identities ${f.identities}   endpoints ${f.endpoints}   ` +
     `${f.seconds.toFixed(1)} s`;
 }
@@ -200,7 +232,9 @@ export function report(f: RoundFigures[], pods: number): string {
   return [
     `Pod churn: ${pods} pods added and deleted per round, agent memory after each round`,
     ...f.map((x) => `  ${line(x)}`),
-    `RSS growth from round 1 to round ${f.length - 1}: ${growth.toFixed(1)} MB`,
+    `RSS growth from round 1 to round ${f.length - 1}: ${growth.toFixed(1)} MB (not judged: it ` +
+    `follows when V8 last collected and the pages V8 and malloc keep; see the lines after GC)`,
+    ...verdicts(f, pods),
   ].join("\n");
 }
 
@@ -208,9 +242,11 @@ export async function main(args: string[]): Promise<void> {
   const flags = parseArgs({
     args,
     options: {
-      rounds: { type: "string", default: "4" },
+      rounds: { type: "string", default: "8" },
       pods: { type: "string", default: "100" },
       parallel: { type: "string", default: "2" },
+      snapshots: { type: "string" },
+      "snapshot-dir": { type: "string", default: "." },
     },
   });
   const num = (name: "rounds" | "pods" | "parallel") => {
@@ -220,7 +256,16 @@ export async function main(args: string[]): Promise<void> {
     }
     return n;
   };
-  const o = { rounds: num("rounds"), pods: num("pods"), parallel: num("parallel") };
+  const o: ChurnOptions = { rounds: num("rounds"), pods: num("pods"), parallel: num("parallel") };
+  if (flags.values.snapshots !== undefined) {
+    const rounds = flags.values.snapshots.split(",").map(Number);
+    if (rounds.some((r) => !Number.isInteger(r) || r < 0 || r > o.rounds)) {
+      throw new RangeError(
+        `Invalid --snapshots "${flags.values.snapshots}": expected rounds such as 2,${o.rounds}`,
+      );
+    }
+    o.snapshots = { rounds, dir: await Deno.realPath(flags.values["snapshot-dir"]!) };
+  }
   progress(`${o.rounds} rounds of ${o.pods} pods (${o.parallel} at a time)`);
   console.log(report(await measureChurn(o), o.pods));
 }

@@ -249,6 +249,12 @@ async function churn(b: Bench, n: number, parallel: number, trace?: string): Pro
   const mcpu0 = machineCpu(), pcpu0 = await processCpu();
   const cpu0 = await b.agent.cpu();
   const ids0 = (await b.agent.api.call("GET", "/v1/status")).body.identities.global as number;
+  // The agent's CPU (with its shells) when the first W and all but the last W ADDs have finished:
+  // its work per ADD at the start and at the end, which the machine's load inflates far less
+  // than wall times (ticks of 10 ms: W ADDs of ~20 ms each make them fine enough).
+  const w = Math.min(50, Math.floor(n / 2));
+  const cpuAt = new Map<number, Promise<{ self: number; children: number }>>();
+  let finished = 0;
   const t0 = performance.now();
   await pool(n, parallel, async (i) => {
     const name = `p${i}`;
@@ -268,6 +274,8 @@ async function churn(b: Bench, n: number, parallel: number, trace?: string): Pro
       if (failed <= 3) progress(String(err));
     }
     if ((i + 1) % 100 === 0) progress(`${i + 1} of ${n} ADDs`);
+    finished++;
+    if (finished === w || finished === n - w) cpuAt.set(finished, b.agent.cpu());
   });
   const wall = (performance.now() - t0) / 1000;
   const mcpu1 = machineCpu(), pcpu1 = await processCpu();
@@ -316,6 +324,16 @@ async function churn(b: Bench, n: number, parallel: number, trace?: string): Pro
     "≤ 1.2×",
     p(last, 0.99) / p(first, 0.99) <= 1.2,
   );
+  const busyMs = (a: { self: number; children: number }, b: { self: number; children: number }) =>
+    ((b.self + b.children - a.self - a.children) * 1000) / w;
+  const [cpuW, cpuNW] = [await cpuAt.get(w), await cpuAt.get(n - w)];
+  if (cpuW && cpuNW) {
+    const a = busyMs(cpu0, cpuW), z = busyMs(cpuNW, cpu1);
+    console.log(
+      `  agent CPU per ADD (with its shells): first ${w} ${f1(a)} ms, last ${w} ${f1(z)} ms ` +
+        `(${(z / a).toFixed(2)}×)`,
+    );
+  }
   const self = cpu1.self - cpu0.self, kids = cpu1.children - cpu0.children;
   console.log(
     `  agent CPU: ${f1(self)} s in the agent (${Math.round((self / wall) * 100)} % of a core), ` +

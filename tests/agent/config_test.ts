@@ -124,6 +124,31 @@ Deno.test("config: --devices names one underlay device", async () => {
   }
 });
 
+Deno.test("config: --cluster-health-port (default 4240, Cilium's) is a UDP port", async () => {
+  assert.equal(resolveConfig({ nodeName: "n1" }).clusterHealthPort, 4240);
+  const { config } = await loadConfig(["--node-name", "n1", "--cluster-health-port", "4250"]);
+  assert.equal(config!.clusterHealthPort, 4250);
+  assert.equal(
+    resolveConfig({ clusterHealthPort: 8472, routingMode: "native" }).clusterHealthPort,
+    8472,
+  );
+  const cases: [unknown, RegExp][] = [
+    ["abc", /"cluster-health-port": Expected a UDP port from 1 to 65535, not "abc"/],
+    [0, /"cluster-health-port": Expected a UDP port from 1 to 65535, not 0/],
+    ["65536", /"cluster-health-port": Expected a UDP port .*, not "65536"/],
+    [4240.5, /"cluster-health-port": Expected a UDP port/],
+    [true, /"cluster-health-port": Expected a UDP port from 1 to 65535/],
+    [8472, /"cluster-health-port": 8472 is the tunnel port too/],
+  ];
+  for (const [clusterHealthPort, message] of cases) {
+    assert.throws(
+      () => resolveConfig({ clusterHealthPort }),
+      (e: Error) => e instanceof ConfigError && message.test(e.message),
+      String(message),
+    );
+  }
+});
+
 Deno.test("config: --mtu (0 = the underlay device's) leaves IPv6 pods 1280", async () => {
   assert.equal(resolveConfig({ nodeName: "n1" }).mtu, 0);
   assert.equal((await loadConfig(["--node-name", "n1", "--mtu", "9000"])).config!.mtu, 9000);
@@ -187,6 +212,7 @@ Deno.test("cilia-agent: bad flags exit 2 naming the problem; --help exits 0", as
   );
   assert.equal(help.code, 0);
   assert.match(new TextDecoder().decode(help.stdout), /--pod-cidr CIDR/);
+  assert.match(new TextDecoder().decode(help.stdout), /--cluster-health-port N .*default 4240/s);
 });
 
 Deno.test("cilia-agent: the kernel datapath without a bpffs is a clear startup error", async () => {

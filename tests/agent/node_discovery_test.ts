@@ -203,3 +203,59 @@ Deno.test("NodeDiscovery routes native IPv6 pod CIDRs via an IPv6 node address, 
     await store.close();
   }
 });
+
+Deno.test("NodeDiscovery does no work per endpoint of this node (a local ADD recomputes nothing)", async () => {
+  const store = await openKvStore("denokv://:memory:");
+  const self = { name: "n1", ip: "192.0.2.1", addresses: ["192.0.2.1"], startedAt: "" };
+  await put(store, "cilia/nodes/n1", self);
+  await put(store, "cilia/nodes/n2", {
+    name: "n2",
+    ip: "192.0.2.2",
+    addresses: ["192.0.2.2"],
+    podCidr: "10.200.2.0/24",
+    startedAt: "",
+  });
+  const table = new Map<string, IpcacheUpsert>();
+  let syncs = 0; // one routes.apply() per recomputation of the remote entries
+  const ac = new AbortController();
+  const d = new NodeDiscovery({
+    store,
+    self,
+    mode: "native",
+    ipcache: (up: IpcacheUpsert[], del: IpcacheEntry[]) => {
+      for (const x of del) table.delete(x.prefix);
+      for (const x of up) table.set(x.prefix, x);
+      return Promise.resolve();
+    },
+    routes: { apply: () => Promise.resolve(void syncs++) },
+    gateways: { v4: "10.200.1.1" },
+    serial: new Serial(),
+    log: new Logger({ level: "error" }),
+  });
+  const w = d.follow({ signal: ac.signal });
+  try {
+    await w.ready;
+    const before = syncs;
+    // Local endpoints come and go (CNI ADDs and DELs), each seen by the watch on its own.
+    for (let i = 1; i <= 5; i++) {
+      await put(store, `cilia/endpoints/n1/${i}`, {
+        node: "n1",
+        identity: 300 + i,
+        ipv4: `10.200.1.${i}`,
+      });
+      await new Promise((r) => setTimeout(r, 30));
+    }
+    await store.delete("cilia/endpoints/n1/1");
+    await new Promise((r) => setTimeout(r, 30));
+    assert.equal(syncs, before, "a local endpoint's change recomputed the remote entries");
+    // A remote endpoint still gets its entry, with one recomputation.
+    await put(store, "cilia/endpoints/n2/1", { node: "n2", identity: 401, ipv4: "10.200.2.10" });
+    await until(() => table.get("10.200.2.10")?.identity === 401);
+    assert.equal(syncs, before + 1);
+    assert.equal(table.has("10.200.1.2"), false);
+  } finally {
+    ac.abort();
+    await w.done;
+    await store.close();
+  }
+});

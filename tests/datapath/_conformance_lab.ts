@@ -92,6 +92,7 @@ export class KernelLab {
   #revision = 0;
   #reader: EventReader | undefined;
   #audits: PacketEvent[] = [];
+  #drops: PacketEvent[] = [];
   #lost = 0;
   #prev: LabCase = { endpoints: [], ipcache: [], outside: [] };
 
@@ -282,30 +283,48 @@ export class KernelLab {
 
   /**
    * The policy-verdict events with verdict AUDIT since the last call (the lab is the one reader
-   * of its node's events; the first call starts reading). Lost events make the answer unreliable:
-   * they throw.
+   * of its node's events; the first call starts reading; it also forgets the drop events probe()
+   * looked at). Lost events make the answer unreliable: they throw.
    */
   takeAudits(): PacketEvent[] {
+    this.#poll();
+    const out = this.#audits;
+    this.#audits = [];
+    this.#drops = [];
+    return out;
+  }
+
+  #poll(): void {
     this.#reader ??= new EventReader(this.#sink.datapath.pins.maps.cilia_events, {
       onEvent: (e) => {
         if (e.type === "policy-verdict" && e.verdict === "audit") this.#audits.push(e);
+        if (e.type === "drop") this.#drops.push(e);
       },
       onLost: (_cpu, n) => this.#lost += n,
     });
     this.#reader.poll();
     if (this.#lost > 0) throw new Error(`The lab lost ${this.#lost} datapath events`);
-    const out = this.#audits;
-    this.#audits = [];
-    return out;
   }
 
-  /** The observed outcome of a probe; a timeout is retried once before it counts as a drop. */
-  async probe(p: Probe): Promise<{ allowed: boolean; attempts: ProbeResult[] }> {
-    const attempts: ProbeResult[] = [];
+  /**
+   * The observed outcome of a probe; a timeout is retried once before it counts as a drop, unless
+   * `isDrop` (given the drop events since the last takeAudits()) says the datapath reported
+   * dropping this probe: the packet is then known lost, not late. The verdict is still the
+   * packet's fate (no reply); the event only spares the retry.
+   */
+  async probe(
+    p: Probe,
+    isDrop?: (drops: readonly PacketEvent[]) => boolean,
+  ): Promise<{ allowed: boolean; attempts: string[] }> {
+    const attempts: string[] = [];
     for (let i = 0; i < 2; i++) {
       const r = await this.#once(p);
       attempts.push(r);
       if (r === "ok") return { allowed: true, attempts };
+      if (r === "timeout" && isDrop) {
+        this.#poll();
+        if (isDrop(this.#drops)) return { allowed: false, attempts: [...attempts, "drop event"] };
+      }
       if (r !== "timeout") {
         throw new Error(
           `Probe ${p.proto} ${p.src} -> ${p.dst}:${p.port} failed: ${r} (a lab problem, not a drop)`,

@@ -2,9 +2,11 @@
 // checks every consumer of the engine (the WASM engine, the CLI, the browser, the kernel datapath)
 // against the same expectations, one `Deno.test` per consumer and one step per file (Hono's shared
 // router test pattern). Expectations are read here from the YAML, never from a consumer, so a
-// consumer cannot grade itself. It must not know how any consumer evaluates a query. A file a
-// consumer cannot run is an ignored step whose name says why (never a green step that ran
-// nothing); a consumer the machine cannot run (no root, no Chromium) is an ignored test.
+// consumer cannot grade itself. It must not know how any consumer evaluates a query. A consumer
+// may run a few files ahead of their steps (`concurrency`) or batch them (`prepare`); each file
+// is still its own step, checked against its own expectations. A file a consumer cannot run is
+// an ignored step whose name says why (never a green step that ran nothing); a consumer the
+// machine cannot run (no root, no Chromium) is an ignored test.
 
 import { parse } from "yaml";
 import { type Needs, needs, skipStep } from "../helpers/root.ts";
@@ -28,6 +30,14 @@ export interface Consumer {
   /** Why this consumer cannot run a file, decided before its step (which is then ignored). */
   skip?(c: PolicyCase): Promise<string | undefined>;
   run(file: string, text: string): Promise<ConsumerResult>;
+  /**
+   * How many run() calls may be in flight at once (default 1: each file runs inside its own
+   * step). Above 1, files are started ahead of their steps in corpus order, at most this many at
+   * a time, and each step still checks its own file's verdicts.
+   */
+  concurrency?: number;
+  /** Told, before the first run(), which files will run (a consumer may batch them). */
+  prepare?(cases: readonly PolicyCase[]): void;
   /** Releases what run() set up (a browser, a lab); called once after the last file. */
   close?(): Promise<void>;
 }
@@ -124,10 +134,17 @@ export async function skipReason(consumer: Consumer, c: PolicyCase): Promise<str
   return await consumer.skip?.(c);
 }
 
-/** Checks one consumer's verdicts for one file; throws a readable diff on mismatch. */
-export async function checkCase(consumer: Consumer, c: PolicyCase): Promise<void> {
+/**
+ * Checks one consumer's verdicts for one file; throws a readable diff on mismatch. `result`: the
+ * consumer's answer when it was started ahead (default: run() now).
+ */
+export async function checkCase(
+  consumer: Consumer,
+  c: PolicyCase,
+  result?: Promise<ConsumerResult>,
+): Promise<void> {
   const want = expectations(c.file, c.text);
-  const got = await consumer.run(c.file, c.text);
+  const got = await (result ?? consumer.run(c.file, c.text));
   if (got.verdicts.length !== want.length) {
     throw new Error(
       `${consumer.name}: expected ${want.length} verdicts for "${c.file}", got ${got.verdicts.length}`,
@@ -150,21 +167,55 @@ export function conformanceTest(consumer: Consumer): void {
     name: `policy conformance: ${consumer.name}`,
     ...needs(consumer.needs ?? {}),
     async fn(t) {
+      const started: Promise<unknown>[] = [];
       try {
-        let ran = 0;
-        for (const c of await listCases()) {
-          const skip = await skipReason(consumer, c);
-          if (skip !== undefined) {
-            await skipStep(t, c.file, skip);
-            continue;
-          }
-          await t.step(c.file, () => checkCase(consumer, c));
-          ran++;
+        const cases: { c: PolicyCase; skip: string | undefined }[] = [];
+        for (const c of await listCases()) cases.push({ c, skip: await skipReason(consumer, c) });
+        const toRun = cases.flatMap((x) => x.skip === undefined ? [x.c] : []);
+        consumer.prepare?.(toRun);
+        const ahead = (consumer.concurrency ?? 1) > 1
+          ? startAhead(consumer, toRun, started)
+          : undefined;
+        for (const { c, skip } of cases) {
+          if (skip !== undefined) await skipStep(t, c.file, skip);
+          // A run started ahead began outside this step: the step cannot own its async ops.
+          else if (ahead) {
+            await t.step({
+              name: c.file,
+              sanitizeOps: false,
+              sanitizeResources: false,
+              fn: () => checkCase(consumer, c, ahead.get(c)),
+            });
+          } else await t.step(c.file, () => checkCase(consumer, c));
         }
-        if (ran === 0) throw new Error(`${consumer.name}: not one case of the corpus ran`);
+        if (toRun.length === 0) throw new Error(`${consumer.name}: not one case of the corpus ran`);
       } finally {
+        await Promise.allSettled(started);
         await consumer.close?.();
       }
     },
   });
+}
+
+/**
+ * Starts consumer.run() for every case in order, at most `consumer.concurrency` at a time; each
+ * promise is handled (its step awaits it later) and also pushed to `started`.
+ */
+function startAhead(
+  consumer: Consumer,
+  cases: readonly PolicyCase[],
+  started: Promise<unknown>[],
+): Map<PolicyCase, Promise<ConsumerResult>> {
+  const out = new Map<PolicyCase, Promise<ConsumerResult>>();
+  const slots: Promise<unknown>[] = [];
+  const limit = consumer.concurrency ?? 1;
+  for (const [i, c] of cases.entries()) {
+    const free = i < limit ? Promise.resolve() : slots[i - limit]!;
+    const p = free.then(() => consumer.run(c.file, c.text));
+    const settled = p.then(() => {}, () => {});
+    slots.push(settled);
+    started.push(settled);
+    out.set(c, p);
+  }
+  return out;
 }
