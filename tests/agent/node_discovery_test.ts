@@ -16,6 +16,15 @@ const enc = new TextEncoder();
 const put = (store: { put(k: string, v: Uint8Array): Promise<unknown> }, k: string, v: unknown) =>
   store.put(k, enc.encode(JSON.stringify(v)));
 
+/** An ipcache sink that keeps the remote entries in `table`, by prefix. */
+function intoTable(table: Map<string, IpcacheUpsert>) {
+  return (up: IpcacheUpsert[], del: IpcacheEntry[]) => {
+    for (const x of del) table.delete(x.prefix);
+    for (const x of up) table.set(x.prefix, x);
+    return Promise.resolve();
+  };
+}
+
 Deno.test("NodeDiscovery keeps remote pods and nodes in the ipcache and forgets them", async () => {
   const store = await openKvStore("denokv://:memory:");
   const self = {
@@ -49,11 +58,7 @@ Deno.test("NodeDiscovery keeps remote pods and nodes in the ipcache and forgets 
     store,
     self,
     mode: "tunnel",
-    ipcache: (up: IpcacheUpsert[], del: IpcacheEntry[]) => {
-      for (const x of del) table.delete(x.prefix);
-      for (const x of up) table.set(x.prefix, x);
-      return Promise.resolve();
-    },
+    ipcache: intoTable(table),
     gateways: { v4: "10.200.1.1" },
     serial: new Serial(),
     log: new Logger({ level: "error" }),
@@ -222,11 +227,7 @@ Deno.test("NodeDiscovery does no work per endpoint of this node (a local ADD rec
     store,
     self,
     mode: "native",
-    ipcache: (up: IpcacheUpsert[], del: IpcacheEntry[]) => {
-      for (const x of del) table.delete(x.prefix);
-      for (const x of up) table.set(x.prefix, x);
-      return Promise.resolve();
-    },
+    ipcache: intoTable(table),
     routes: { apply: () => Promise.resolve(void syncs++) },
     gateways: { v4: "10.200.1.1" },
     serial: new Serial(),

@@ -7,16 +7,7 @@
 // this test keeps that index's answers equal to the linear definition.
 import assert from "node:assert/strict";
 import { PolicyEngine } from "../../policy-wasm/mod.ts";
-
-/** A small deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { prng as rng } from "../helpers/prng.ts";
 
 type Net = { family: 4 | 6; bits: number[]; len: number };
 

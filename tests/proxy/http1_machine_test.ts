@@ -12,6 +12,7 @@ import { serveHttpConnection, type Stream } from "../../agent/proxy/http_conn.ts
 import type { HttpRequestInfo, RequestRecord } from "../../agent/proxy/http_records.ts";
 import { isNormalPath, normalisePath } from "../../agent/proxy/path.ts";
 import { type Case, CASES, type Reply } from "./_http1_cases.ts";
+import { prng as rng } from "../helpers/prng.ts";
 
 interface Outcome {
   client: string;
@@ -31,16 +32,6 @@ const text = (b: Uint8Array) => latin1.decode(b);
 const judge = (r: HttpRequestInfo) =>
   ((r.method === "GET" || r.method === "HEAD") && r.path.startsWith("/public")) ||
   (r.method === "POST" && r.path === "/upload") || r.method === "OPTIONS";
-
-/** A seeded generator (mulberry32), so a failing split can be replayed. */
-function rng(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** `s` cut into pieces: one piece, or random sizes from `rand` (1 byte to a quarter of it). */
 type Splitter = (s: string) => string[];
