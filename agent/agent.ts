@@ -54,6 +54,7 @@ import { CniAttachments } from "./endpoint/cni_attachments.ts";
 import { CniAttachmentError } from "./endpoint/cni_error.ts";
 import { restoreHostSides } from "./endpoint/_restore_host_sides.ts";
 import { KernelSink, registerDatapathMetrics } from "./datapath/kernel_sink.ts";
+import { setupSockLb } from "./datapath/sock_loader.ts";
 import { checkDatapath } from "./datapath/preflight.ts";
 import { hostDevice, setupHostNetwork } from "./node/host_net.ts";
 import { ProxyMaps } from "./datapath/proxy_maps.ts";
@@ -195,6 +196,16 @@ export class Agent {
     if (opening) {
       this.datapath = await opening;
       this.#closers.push(this.datapath);
+      // Socket LB (bpf/sock.c): reads the service maps just pinned, which keep their entries
+      // across a restart, so the new programs replace the old ones with nothing to wait for.
+      await setupSockLb({
+        enabled: c.bpfLbSock,
+        ...(c.cgroupRoot !== undefined ? { cgroupRoot: c.cgroupRoot } : {}),
+        bpffsRoot: c.bpffsRoot,
+        buildDir: c.bpfBuildDir,
+        stateDir: c.stateDir,
+        log: log.child({ subsys: "sock-lb" }),
+      });
       // The L7 proxy lives in the agent (docs/architecture.md, "L7"): it judges with this engine.
       const m = this.datapath.datapath.pins.maps;
       this.proxyMaps = new ProxyMaps({
@@ -483,11 +494,9 @@ export class Agent {
         masquerade: c.enableIpv4Masquerade,
         nodePort: true,
         dsr: c.nodePortMode === "dsr",
-        // VXLAN passes the underlay hooks untouched, unless a NodePort could take that port.
-        ...(c.routingMode === "tunnel" &&
-            (c.tunnelPort < c.nodePortRange.min || c.tunnelPort > c.nodePortRange.max)
-          ? { tunnelPort: c.tunnelPort }
-          : {}),
+        // VXLAN passes the underlay hooks untouched (no NodePort can take that port: config.ts
+        // refuses a tunnel port inside --node-port-range).
+        ...(c.routingMode === "tunnel" ? { tunnelPort: c.tunnelPort } : {}),
         bpffsRoot: c.bpffsRoot,
         buildDir: c.bpfBuildDir,
       });

@@ -85,6 +85,13 @@ export interface AgentConfig {
   nodePortRange: { min: number; max: number };
   /** Remote NodePort backends: SNAT to the node IP, or DSR (native routing only). */
   nodePortMode: "snat" | "dsr";
+  /**
+   * Socket-level load balancing (bpf/sock.c, Cilium's --bpf-lb-sock): cgroup hooks translate a
+   * service address at connect/sendmsg for every process in --cgroup-root and below.
+   */
+  bpfLbSock: boolean;
+  /** The cgroup v2 directory the socket LB attaches to; default the cgroup2 mount. */
+  cgroupRoot?: string;
   /** Learned DNS records live at least this long, seconds (Cilium's --tofqdns-min-ttl). */
   tofqdnsMinTtl: number;
   /** Addresses kept per endpoint and name; the oldest go first. */
@@ -229,6 +236,12 @@ const Schema = z.strictObject({
   nodePortMode: z.enum(["snat", "dsr"], {
     message: `Expected "snat" (replies through this node) or "dsr" (direct server return)`,
   }).default("snat"),
+  bpfLbSock: z.union([z.boolean(), z.enum(["true", "false"])], {
+    message: `Expected "true" or "false"`,
+  }).transform((v) => v === true || v === "true").default(false),
+  cgroupRoot: z.string().regex(/^\/./, {
+    message: "Expected an absolute path to a cgroup v2 directory such as /sys/fs/cgroup",
+  }).optional(),
   tofqdnsMinTtl: z.coerce.number().int().min(0).default(0),
   tofqdnsEndpointMaxIpPerHostname: z.coerce.number().int().min(1).default(50),
   tofqdnsDnsRejectResponseCode: z.enum(["refused", "nameError"], {
@@ -281,6 +294,8 @@ export const FLAGS = {
   "ipv4-native-routing-cidr": { type: "string" },
   "node-port-range": { type: "string" },
   "node-port-mode": { type: "string" },
+  "bpf-lb-sock": { type: "string" },
+  "cgroup-root": { type: "string" },
   "tofqdns-min-ttl": { type: "string" },
   "tofqdns-endpoint-max-ip-per-hostname": { type: "string" },
   "tofqdns-dns-reject-response-code": { type: "string" },
@@ -324,6 +339,21 @@ export function resolveConfig(raw: Record<string, unknown>): AgentConfig {
         `tunnel port too: VXLAN takes every UDP datagram to it on the node IP, so choose another`,
     );
   }
+  // A UDP NodePort takes its port on the node IP before the stack sees it (bpf/lib/nodeport.h),
+  // so the health probes and VXLAN need ports no service can be given.
+  const { min, max } = c.nodePortRange;
+  const ports: [string, number, boolean][] = [
+    ["cluster-health-port", c.clusterHealthPort, true],
+    ["tunnel-port", c.tunnelPort, c.routingMode === "tunnel"],
+  ];
+  for (const [flag, port, used] of ports) {
+    if (!used || port < min || port > max) continue;
+    throw new ConfigError(
+      `Invalid agent configuration: "${flag}": ${port} is inside "node-port-range" ` +
+        `${min}-${max}: a UDP NodePort service could take it, so choose a port outside the range ` +
+        `or another range`,
+    );
+  }
   if (c.routingMode === "tunnel" && c.mtu !== 0 && c.mtu - 50 < 1280) {
     throw new ConfigError(
       `Invalid agent configuration: "mtu": ${c.mtu} leaves pods ${c.mtu - 50} in tunnel mode ` +
@@ -331,7 +361,16 @@ export function resolveConfig(raw: Record<string, unknown>): AgentConfig {
     );
   }
   const stateDir = c.stateDir.replace(/\/+$/, "") || "/";
-  const { podCidr, podCidrV6, metricsAddr, nodeIp, devices, ipv4NativeRoutingCidr, ...rest } = c;
+  const {
+    podCidr,
+    podCidrV6,
+    metricsAddr,
+    nodeIp,
+    devices,
+    ipv4NativeRoutingCidr,
+    cgroupRoot,
+    ...rest
+  } = c;
   return {
     ...rest,
     stateDir,
@@ -343,6 +382,7 @@ export function resolveConfig(raw: Record<string, unknown>): AgentConfig {
     ...(nodeIp !== undefined ? { nodeIp } : {}),
     ...(devices !== undefined ? { devices } : {}),
     ...(ipv4NativeRoutingCidr !== undefined ? { ipv4NativeRoutingCidr } : {}),
+    ...(cgroupRoot !== undefined ? { cgroupRoot: cgroupRoot.replace(/\/+$/, "") } : {}),
   };
 }
 
@@ -416,10 +456,11 @@ Usage: cilia-agent [flags]      (or: deno task agent -- [flags])
   --routing-mode MODE      tunnel (VXLAN, the source identity in the VNI) or native (routes
                            to each node's pod CIDR via its node IP); default tunnel
   --tunnel-protocol P      vxlan (default); geneve is refused with the reason
-  --tunnel-port N          UDP port of the tunnel (default 8472)
+  --tunnel-port N          UDP port of the tunnel (default 8472; outside --node-port-range)
   --cluster-health-port N  UDP port on the node IP where the agent answers and sends node
                            reachability probes (default 4240); the same on every node: a
-                           node probed on another port shows unreachable, traffic is unaffected
+                           node probed on another port shows unreachable, traffic is unaffected;
+                           outside --node-port-range
   --mtu N                  the underlay's MTU (default 0: the node IP's device's); pods get
                            N - 50 in tunnel mode (VXLAN's headers), N in native mode
   --node-ip IP             this node's IPv4 address on the underlay: the other nodes'
@@ -438,6 +479,12 @@ Usage: cilia-agent [flags]      (or: deno task agent -- [flags])
                            client reached; default) or dsr (it answers the client directly;
                            the frontend rides in an IPv4 option or an IPv6 extension header;
                            needs --routing-mode native)
+  --bpf-lb-sock true|false socket-level load balancing: cgroup connect/sendmsg/recvmsg/
+                           getpeername hooks give sockets the backend's address at once, no
+                           per-packet translation (default false: it acts on EVERY process in
+                           --cgroup-root and below, at the default the whole machine's)
+  --cgroup-root PATH       the cgroup v2 directory the socket LB attaches to (default the
+                           cgroup2 mount, e.g. /sys/fs/cgroup/unified on a hybrid v1/v2 host)
   --tofqdns-min-ttl SEC    learned DNS addresses live at least this long (default 0: the TTL)
   --tofqdns-endpoint-max-ip-per-hostname N  addresses kept per endpoint and name (default 50)
   --tofqdns-dns-reject-response-code refused|nameError  answer to a refused query (default refused)

@@ -22,10 +22,7 @@ int cil_to_container(struct __sk_buff *skb)
 SEC("tc")
 int cil_to_container_peer(struct __sk_buff *skb)
 {
-	__u32 ifindex = skb->cb[PEER_CB_IFINDEX];
-	int ret = enforce(skb, DIR_INGRESS, ifindex);
-
-	return ret == TC_ACT_OK ? peer_redirect(skb, ifindex) : ret;
+	return enforce_peer(skb);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,10 +1,12 @@
 // Builds (cached), loads and attaches the programs of the node's underlay device (bpf/host.c:
 // masquerade and NodePort, bpf/lib/nat.h and nodeport.h) and writes their one-entry config map.
-// host.o shares the node's pinned ipcache, endpoints, metrics, conntrack and load-balancing maps
-// with the lxc programs (`bpftool prog loadall … map name … pinned …`) and pins its own two maps
-// (cilia_snat, cilia_nat_cfg) next to them under <root>/maps, reused across restarts so
-// translated connections survive. Programs: <root>/netdev/<object hash>/{cil_from_netdev,
-// cil_to_netdev}; older hashes are removed once the device uses the new ones. It neither picks
+// host.o shares the node's pinned ipcache, endpoints, metrics, conntrack, policy, events and
+// load-balancing maps with the lxc programs (`bpftool prog loadall … map name … pinned …`) and
+// pins its own two maps (cilia_snat, cilia_nat_cfg) next to them under <root>/maps, reused across
+// restarts so translated connections survive. Programs: <root>/netdev/<object hash>/
+// {cil_from_netdev, cil_to_netdev, cil_to_container_peer, cilia_peer_calls} (the last two: a local
+// endpoint's ingress enforcement at the underlay, bpf/lib/peer.h 4.); older hashes are removed
+// once the device uses the new ones. It neither picks
 // the device nor decides the settings (node/nat.ts does).
 import { BpfTool, bytesFromHex, hexArgs, MapDumpSchema } from "./bpftool.ts";
 import { buildObject } from "./build.ts";
@@ -31,7 +33,13 @@ const SHARED_MAPS = [
   "cilia_proxy_cfg",
   "cilia_proxy_orig",
   "cilia_proxy_nat",
+  // a local endpoint's ingress enforcement at the underlay (cil_to_container_peer, bpf/lib/peer.h 4.)
+  "cilia_policy",
+  "cilia_events",
+  "cilia_events_lost",
 ] as const;
+/** host.o's own tail-call array (bpf/lib/peer.h, 4.), pinned with its programs. */
+const PEER_CALLS_MAP = "cilia_peer_calls";
 /** Maps only host.o has (the IPv6 pair: bpf/lib/nodeport6.h). */
 export const NAT_MAPS = ["cilia_snat", "cilia_nat_cfg", "cilia_snat6", "cilia_nat6_cfg"] as const;
 
@@ -210,6 +218,10 @@ export async function loadNetdev(
         await Deno.rename(`${stagingMaps}/${m}`, `${root}/maps/${m}`);
       }
     }
+    // The kernel empties a program array once nothing holds it open: it stays pinned with the
+    // programs, so the underlay's tail call into the endpoint's ingress enforcement can run.
+    const calls = `${stagingMaps}/${PEER_CALLS_MAP}`;
+    if (await exists(calls)) await Deno.rename(calls, `${staging}/${PEER_CALLS_MAP}`);
     await Deno.remove(dir, { recursive: true }).catch(() => {});
     await Deno.rename(staging, dir);
   } finally {

@@ -6,8 +6,10 @@
  * pod CIDRs (reserved:world, so even a pod not yet known is encapsulated), plus routes to their
  * pod CIDRs (routes.ts). A node whose lease expired keeps its entries for the grace period
  * (lost_nodes.ts), then takes its endpoints' entries with it, even though their records stay; a
- * node that returns in time loses nothing. Every change recomputes the desired state and writes
- * only the difference through the agent's one ipcache write path. It writes no records itself.
+ * node that returns in time loses nothing. A change costs what it touches: a remote endpoint's
+ * change makes only its own entries again, a node's change its own entries, routes and (when its
+ * lease or tunnel endpoint changed) its endpoints' entries, and the difference (_claims.ts) goes
+ * through the agent's one ipcache write path. It writes no records itself.
  */
 
 import type { IpcacheEntry } from "@cilia/policy-wasm";
@@ -20,6 +22,8 @@ import type { IpcacheUpsert } from "../datapath/datapath.ts";
 import { parsePrefix } from "../datapath/_addr.ts";
 import { type NodeRecord, NODES_PREFIX } from "./registry.ts";
 import { LostNodes } from "./lost_nodes.ts";
+import { IpcacheClaims } from "./_claims.ts";
+import { endpointOf, nextHop, nodeOf, type RemoteEndpoint, tryParse, within } from "./_records.ts";
 import type { RouteSpec } from "./routes.ts";
 
 export const ENDPOINTS_PREFIX = "cilia/endpoints/";
@@ -57,19 +61,23 @@ export interface RemoteNode extends NodeRecord {
   lost?: { since: string; remainingSeconds: number };
 }
 
-interface RemoteEndpoint {
-  node: string;
-  identity: number;
-  ips: string[];
-}
-
-const dec = new TextDecoder();
-
 export class NodeDiscovery {
   #o: NodeDiscoveryOptions;
   #nodes = new Map<string, RemoteNode>();
+  /** A live node's name → its record's key. */
+  #nodeKeys = new Map<string, string>();
   #endpoints = new Map<string, RemoteEndpoint>();
-  #installed = new Map<string, IpcacheUpsert>();
+  /** A node's name → the keys of its endpoint records. */
+  #endpointsByNode = new Map<string, Set<string>>();
+  /** Nodes (by name) and endpoint records (by key) changed since the last sync. */
+  #dirtyNodes = new Set<string>();
+  #dirtyEndpoints = new Set<string>();
+  /** What a node's endpoints' entries were made with (live or lost, tunnel endpoint), by name. */
+  #endpointContext = new Map<string, string>();
+  #claims = new IpcacheClaims();
+  #routesByNode = new Map<string, { live: boolean; routes: RouteSpec[] }>();
+  /** The routes to other nodes' pod CIDRs; made again only when a node changed. */
+  #routes: RouteSpec[] | undefined = [];
   #pending: Promise<void> | undefined;
   #retry: ReturnType<typeof setTimeout> | undefined;
   #closed = false;
@@ -85,6 +93,7 @@ export class NodeDiscovery {
         node: n.name,
         graceSeconds: (opts.gracePeriodMs ?? 0) / 1000,
       });
+      this.#dirtyNodes.add(n.name);
       this.#schedule();
     });
     this.#local = [opts.self.podCidr, opts.self.podCidrV6].filter((c): c is string => !!c)
@@ -131,25 +140,30 @@ export class NodeDiscovery {
 
   /** Ipcache entries this node holds for other nodes and their pods. */
   entries(): IpcacheUpsert[] {
-    return [...this.#installed.values()];
+    return [...this.#claims.installed()];
   }
 
   /** Watches nodes and endpoints; `ready` once both were listed and applied. */
   follow(opts: { signal: AbortSignal }): PrefixWatch {
     const w = { signal: opts.signal, log: this.#o.log };
     const nodes = watchPrefix(this.#o.store, NODES_PREFIX, {
-      snapshot: (all) => this.#nodesGone(() => this.#snapshot(this.#nodes, all, nodeOf)),
-      event: (e) => this.#nodesGone(() => this.#event(this.#nodes, NODES_PREFIX, e, nodeOf)),
+      snapshot: (all) => this.#relist(this.#nodes, all, nodeOf, (k, n) => this.#setNode(k, n)),
+      event: (e) => this.#change(e, nodeOf, (k, n) => this.#setNode(k, n)),
     }, w);
     // This node's own endpoints are left out: they give no remote entry, and each local CNI ADD
-    // writes one, which would recompute every remote entry (a walk of all endpoints per ADD).
+    // writes one, which would wake a recomputation per ADD for nothing.
     const own = `${ENDPOINTS_PREFIX}${this.#o.self.name}/`;
     const isOwn = (e: WatchEvent) => (e.type === "put" ? e.entry.key : e.key).startsWith(own);
+    const setEndpoint = (k: string, e: RemoteEndpoint | undefined) => this.#setEndpoint(k, e);
     const eps = watchPrefix(this.#o.store, ENDPOINTS_PREFIX, {
       snapshot: (all) =>
-        this.#snapshot(this.#endpoints, all.filter((e) => !e.key.startsWith(own)), endpointOf),
-      event: (e) =>
-        isOwn(e) ? undefined : this.#event(this.#endpoints, ENDPOINTS_PREFIX, e, endpointOf),
+        this.#relist(
+          this.#endpoints,
+          all.filter((e) => !e.key.startsWith(own)),
+          endpointOf,
+          setEndpoint,
+        ),
+      event: (e) => isOwn(e) ? undefined : this.#change(e, endpointOf, setEndpoint),
     }, w);
     opts.signal.addEventListener("abort", () => {
       this.#closed = true;
@@ -162,56 +176,81 @@ export class NodeDiscovery {
     };
   }
 
+  /** A full listing: every key in it is set, every known key not in it goes. */
+  #relist<T>(
+    known: Map<string, T>,
+    all: KvEntry[],
+    parse: (e: KvEntry) => T | undefined,
+    set: (key: string, v: T | undefined) => void,
+  ): Promise<void> {
+    const listed = new Set<string>();
+    for (const e of all) {
+      const v = parse(e);
+      if (v === undefined) continue;
+      listed.add(e.key);
+      set(e.key, v);
+    }
+    for (const key of [...known.keys()]) if (!listed.has(key)) set(key, undefined);
+    return this.#schedule();
+  }
+
+  #change<T>(
+    e: WatchEvent,
+    parse: (e: KvEntry) => T | undefined,
+    set: (key: string, v: T | undefined) => void,
+  ): Promise<void> {
+    if (e.type === "delete") set(e.key, undefined);
+    else set(e.entry.key, parse(e.entry));
+    return this.#schedule();
+  }
+
   /**
-   * Applies a change of the node records: a node whose record went away starts its grace
-   * period (its entries stay), one whose record came back ends it.
+   * A node record changed: a node whose record went away starts its grace period (its entries
+   * stay), one whose record came back ends it. Only that node is recomputed.
    */
-  #nodesGone(apply: () => Promise<void>): Promise<void> {
-    const before = new Map(this.#nodes);
-    const done = apply();
-    for (const [key, n] of before) {
-      if (this.#nodes.has(key) || n.name === this.#o.self.name) continue;
-      if (this.#lost.lose(key, n)) {
+  #setNode(key: string, n: RemoteNode | undefined): void {
+    const old = this.#nodes.get(key);
+    if (old !== undefined) {
+      this.#dirtyNodes.add(old.name);
+      if (this.#nodeKeys.get(old.name) === key) this.#nodeKeys.delete(old.name);
+    }
+    if (n === undefined) {
+      if (old === undefined) return;
+      this.#nodes.delete(key);
+      if (old.name !== this.#o.self.name && this.#lost.lose(key, old)) {
         this.#o.log.warn("node lease gone: keeping its entries for the grace period", {
-          node: n.name,
+          node: old.name,
           graceSeconds: this.#lost.graceMs / 1000,
         });
       }
+      return;
     }
-    for (const key of this.#nodes.keys()) {
-      const l = this.#lost.back(key);
-      if (l) {
-        this.#o.log.info("node back within the grace period: nothing removed", {
-          node: l.node.name,
-          awaySeconds: Math.round((Date.now() - l.since) / 100) / 10,
-        });
-      }
+    this.#nodes.set(key, n);
+    this.#nodeKeys.set(n.name, key);
+    this.#dirtyNodes.add(n.name);
+    const l = this.#lost.back(key);
+    if (l) {
+      this.#o.log.info("node back within the grace period: nothing removed", {
+        node: l.node.name,
+        awaySeconds: Math.round((Date.now() - l.since) / 100) / 10,
+      });
     }
-    return done;
   }
 
-  #snapshot<T>(map: Map<string, T>, all: KvEntry[], parse: (e: KvEntry) => T | undefined) {
-    map.clear();
-    for (const e of all) {
-      const v = parse(e);
-      if (v !== undefined) map.set(e.key, v);
-    }
-    return this.#schedule();
-  }
-
-  #event<T>(
-    map: Map<string, T>,
-    _prefix: string,
-    e: WatchEvent,
-    parse: (e: KvEntry) => T | undefined,
-  ) {
-    if (e.type === "delete") map.delete(e.key);
+  #setEndpoint(key: string, e: RemoteEndpoint | undefined): void {
+    const old = this.#endpoints.get(key);
+    if (old !== undefined) this.#endpointsByNode.get(old.node)?.delete(key);
+    if (e === undefined) this.#endpoints.delete(key);
     else {
-      const v = parse(e.entry);
-      if (v === undefined) map.delete(e.entry.key);
-      else map.set(e.entry.key, v);
+      this.#endpoints.set(key, e);
+      let keys = this.#endpointsByNode.get(e.node);
+      if (keys === undefined) this.#endpointsByNode.set(e.node, keys = new Set());
+      keys.add(key);
     }
-    return this.#schedule();
+    if (old !== undefined && this.#endpointsByNode.get(old.node)?.size === 0) {
+      this.#endpointsByNode.delete(old.node);
+    }
+    this.#dirtyEndpoints.add(key);
   }
 
   /** Coalesces changes: one recomputation runs for every burst of events. */
@@ -230,9 +269,7 @@ export class NodeDiscovery {
   }
 
   #endpointsOf(node: string): number {
-    let n = 0;
-    for (const e of this.#endpoints.values()) if (e.node === node) n++;
-    return n;
+    return this.#endpointsByNode.get(node)?.size ?? 0;
   }
 
   #isLocal(ip: string): boolean {
@@ -242,55 +279,105 @@ export class NodeDiscovery {
     return this.#local.some((l) => l.family === p.family && within(p.addr, l.addr, l.prefixLen));
   }
 
+  /**
+   * Writes what changed since the last sync: the changed nodes' entries and routes, and the
+   * entries of the changed endpoints and of the changed nodes' endpoints, never the others'.
+   */
   async #sync(): Promise<void> {
-    const { self, mode } = this.#o;
-    const want = new Map<string, IpcacheUpsert>();
-    const routes: RouteSpec[] = [];
-    // Lost nodes first: a live node that claims the same addresses or pod CIDR wins.
-    const remote = new Map<string, RemoteNode>();
-    for (const l of this.#lost.values()) {
-      if (l.node.name !== self.name) remote.set(l.node.name, l.node);
-    }
-    for (const n of this.#nodes.values()) if (n.name !== self.name) remote.set(n.name, n);
-    const put = (prefix: string, identity: number, tunnel: string | undefined) => {
-      // A malformed address in another node's record is skipped, never written or thrown.
-      if (typeof prefix !== "string" || tryParse(prefix).length === 0) return;
-      if (!this.#isLocal(prefix.replace(/\/\d+$/, ""))) {
-        want.set(prefix, { prefix, identity, ...(tunnel ? { tunnelEndpoint: tunnel } : {}) });
+    for (const name of this.#dirtyNodes) this.#claimNode(name);
+    this.#dirtyNodes.clear();
+    for (const key of this.#dirtyEndpoints) this.#claimEndpoint(key);
+    this.#dirtyEndpoints.clear();
+    const plan = this.#claims.plan();
+    if (plan.upserts.length > 0 || plan.deletes.length > 0) {
+      try {
+        await this.#o.ipcache(plan.upserts, plan.deletes);
+      } catch (err) {
+        this.#claims.retry(plan);
+        throw err;
       }
-    };
-    for (const n of remote.values()) {
-      const tunnel = mode === "tunnel" && n.ip?.includes(".") ? n.ip : undefined;
-      for (const a of n.addresses) put(a, IDENTITY_REMOTE_NODE, tunnel);
-      for (const cidr of [n.podCidr, n.podCidrV6]) {
-        if (typeof cidr !== "string" || tryParse(cidr).length === 0) continue;
-        if (tunnel) put(cidr, IDENTITY_WORLD, tunnel);
-        routes.push(...this.#routeTo(n, cidr));
-      }
-    }
-    const live = (e: RemoteEndpoint) => this.#nodes.has(NODES_PREFIX + e.node);
-    const eps = [...this.#endpoints.values()];
-    for (const e of [...eps.filter((e) => !live(e)), ...eps.filter(live)]) {
-      const n = remote.get(e.node);
-      if (n === undefined) continue;
-      const tunnel = mode === "tunnel" && n.ip?.includes(".") ? n.ip : undefined;
-      for (const ip of e.ips) put(ip, e.identity, tunnel);
-    }
-    const upserts = [...want.values()].filter((w) => {
-      const had = this.#installed.get(w.prefix);
-      return had === undefined || had.identity !== w.identity ||
-        had.tunnelEndpoint !== w.tunnelEndpoint;
-    });
-    const deletes = [...this.#installed.values()].filter((i) => !want.has(i.prefix));
-    if (upserts.length > 0 || deletes.length > 0) {
-      await this.#o.ipcache(upserts, deletes);
       this.#o.log.debug("remote ipcache entries updated", {
-        upserts: upserts.length,
-        deletes: deletes.length,
+        upserts: plan.upserts.length,
+        deletes: plan.deletes.length,
       });
     }
-    this.#installed = want;
-    await this.#o.routes?.apply(routes);
+    this.#claims.commit(plan);
+    await this.#o.routes?.apply(this.#routes ??= this.#allRoutes());
+  }
+
+  /** Another node as this node serves it: a live record, else a lost one in its grace period. */
+  #remote(name: string): { node: RemoteNode; live: boolean } | undefined {
+    if (name === this.#o.self.name) return undefined;
+    const key = this.#nodeKeys.get(name);
+    const live = key === undefined ? undefined : this.#nodes.get(key);
+    if (live !== undefined) return { node: live, live: true };
+    const lost = this.#lost.values().find((l) => l.node.name === name);
+    return lost && { node: lost.node, live: false };
+  }
+
+  #tunnelOf(n: NodeRecord): string | undefined {
+    return this.#o.mode === "tunnel" && n.ip?.includes(".") ? n.ip : undefined;
+  }
+
+  /**
+   * A node's own entries (its addresses as remote-node; in tunnel mode its pod CIDRs as world)
+   * and routes. A live node's win over a lost one's; its endpoints are made again only when
+   * what their entries depend on changed (whether and how it is served, its tunnel endpoint).
+   */
+  #claimNode(name: string): void {
+    const r = this.#remote(name);
+    const entries: IpcacheUpsert[] = [];
+    const tunnel = r && this.#tunnelOf(r.node);
+    if (r !== undefined) {
+      const routes: RouteSpec[] = [];
+      for (const a of r.node.addresses) this.#want(entries, a, IDENTITY_REMOTE_NODE, tunnel);
+      for (const cidr of [r.node.podCidr, r.node.podCidrV6]) {
+        if (typeof cidr !== "string" || tryParse(cidr).length === 0) continue;
+        if (tunnel) this.#want(entries, cidr, IDENTITY_WORLD, tunnel);
+        routes.push(...this.#routeTo(r.node, cidr));
+      }
+      this.#routesByNode.set(name, { live: r.live, routes });
+    } else this.#routesByNode.delete(name);
+    this.#routes = undefined;
+    this.#claims.set(`${NODES_PREFIX}${name}`, r?.live ? 1 : 0, entries);
+    const context = r && `${r.live} ${tunnel ?? ""}`;
+    if (this.#endpointContext.get(name) === context) return;
+    if (context === undefined) this.#endpointContext.delete(name);
+    else this.#endpointContext.set(name, context);
+    for (const key of this.#endpointsByNode.get(name) ?? []) this.#dirtyEndpoints.add(key);
+  }
+
+  /** An endpoint's entries: its IPs as its identity, while its node is served. */
+  #claimEndpoint(key: string): void {
+    const e = this.#endpoints.get(key);
+    const r = e && this.#remote(e.node);
+    const entries: IpcacheUpsert[] = [];
+    if (r !== undefined) {
+      const tunnel = this.#tunnelOf(r.node);
+      for (const ip of e!.ips) this.#want(entries, ip, e!.identity, tunnel);
+    }
+    this.#claims.set(key, r?.live ? 3 : 2, entries);
+  }
+
+  #want(
+    into: IpcacheUpsert[],
+    prefix: unknown,
+    identity: number,
+    tunnel: string | undefined,
+  ): void {
+    // A malformed address in another node's record is skipped, never written or thrown.
+    if (typeof prefix !== "string" || tryParse(prefix).length === 0) return;
+    if (this.#isLocal(prefix.replace(/\/\d+$/, ""))) return;
+    const entry = { prefix, identity, ...(tunnel ? { tunnelEndpoint: tunnel } : {}) };
+    const i = into.findIndex((e) => e.prefix === prefix);
+    if (i < 0) into.push(entry);
+    else into[i] = entry; // the later of one record's two claims on an address wins
+  }
+
+  /** Lost nodes' routes first: a live node's route to the same CIDR wins. */
+  #allRoutes(): RouteSpec[] {
+    const all = [...this.#routesByNode.values()];
+    return [...all.filter((n) => !n.live), ...all.filter((n) => n.live)].flatMap((n) => n.routes);
   }
 
   #routeTo(n: NodeRecord, cidr: string): RouteSpec[] {
@@ -316,63 +403,4 @@ export class NodeDiscovery {
     this.#noNextHop.delete(cidr);
     return [{ family, cidr, via }];
   }
-}
-
-function json(e: KvEntry): unknown {
-  try {
-    return JSON.parse(dec.decode(e.value));
-  } catch {
-    return undefined;
-  }
-}
-
-function nodeOf(e: KvEntry): RemoteNode | undefined {
-  const r = json(e) as Partial<NodeRecord> | undefined;
-  if (!r || typeof r.name !== "string" || !Array.isArray(r.addresses)) return undefined;
-  return { ...(r as NodeRecord), endpoints: 0, seenAt: new Date().toISOString() };
-}
-
-function endpointOf(e: KvEntry): RemoteEndpoint | undefined {
-  const r = json(e) as
-    | { node?: unknown; identity?: unknown; ipv4?: unknown; ipv6?: unknown }
-    | undefined;
-  if (!r || typeof r.node !== "string" || typeof r.identity !== "number") return undefined;
-  const ips = [r.ipv4, r.ipv6].filter((x): x is string => typeof x === "string");
-  return { node: r.node, identity: r.identity, ips };
-}
-
-/**
- * The next hop to a node's pod CIDR of `family` in native routing: its node IP (IPv4), else its
- * first address of that family outside its own pod CIDRs (the pod gateways on its cilia_host
- * are among its addresses and are no next hop). The kernel has no IPv6 route via an IPv4
- * gateway, so IPv6 pod CIDRs need an IPv6 underlay address on the node.
- */
-function nextHop(n: NodeRecord, family: 4 | 6): string | undefined {
-  if (family === 4 && n.ip?.includes(".")) return n.ip;
-  const pods = [n.podCidr, n.podCidrV6].flatMap((c) => c ? tryParse(c) : []);
-  return n.addresses.find((a) => {
-    const [p] = tryParse(a);
-    if (p === undefined || p.family !== family || p.prefixLen !== (family === 4 ? 32 : 128)) {
-      return false;
-    }
-    if (family === 6 && p.addr[0] === 0xfe && (p.addr[1]! & 0xc0) === 0x80) return false;
-    return !pods.some((c) => c.family === p.family && within(p.addr, c.addr, c.prefixLen));
-  });
-}
-
-/** A record's address or prefix, or none when malformed (a record never breaks the sync). */
-function tryParse(text: string): ReturnType<typeof parsePrefix>[] {
-  try {
-    return [parsePrefix(text)];
-  } catch {
-    return [];
-  }
-}
-
-function within(addr: Uint8Array, net: Uint8Array, len: number): boolean {
-  for (let bit = 0; bit < len; bit++) {
-    const m = 0x80 >> (bit & 7);
-    if ((addr[bit >> 3]! & m) !== (net[bit >> 3]! & m)) return false;
-  }
-  return true;
 }

@@ -18,6 +18,7 @@ export class NodeLease {
   #timer: ReturnType<typeof setTimeout> | undefined;
   #closed = false;
   #inflight: Promise<void> | undefined;
+  #refreshing: Promise<void> | undefined;
   #renewed: ((lease: string) => Promise<void>)[] = [];
 
   private constructor(store: KvStore, ttl: number, log: Logger, id: string) {
@@ -43,8 +44,16 @@ export class NodeLease {
     this.#renewed.push(fn);
   }
 
-  /** Keeps the lease alive now (and grants a new one if it expired). */
-  async refresh(): Promise<void> {
+  /**
+   * Keeps the lease alive now (and grants a new one if it expired). Calls at once share one
+   * refresh, so a lapsed lease is replaced once: two replacements would leave the keys put
+   * with the first on a lease that nobody keeps alive.
+   */
+  refresh(): Promise<void> {
+    return this.#refreshing ??= this.#refresh().finally(() => this.#refreshing = undefined);
+  }
+
+  async #refresh(): Promise<void> {
     try {
       await this.#store.keepAlive(this.#id);
     } catch (err) {

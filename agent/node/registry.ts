@@ -6,6 +6,7 @@
  */
 
 import type { KvStore } from "../kvstore/kvstore.ts";
+import { LeaseExpiredError } from "../kvstore/errors.ts";
 import type { NodeLease } from "./lease.ts";
 
 export const NODES_PREFIX = "cilia/nodes/";
@@ -94,15 +95,30 @@ export class NodeRegistry {
     this.#store = store;
     this.#lease = lease;
     this.self = self;
-    lease.onRenewed(() => this.register());
+    lease.onRenewed((id) => this.#put(id));
   }
 
+  /**
+   * Puts this node's record with the lease. A lease that lapsed before (a start slowed past the
+   * TTL, as when several agents start at once on a loaded machine and the keep-alive could not
+   * run in time) is replaced by `lease.refresh()`, whose renewal puts this record and every
+   * other leased key again, instead of failing the start.
+   */
   async register(): Promise<void> {
-    await this.#store.put(
+    try {
+      await this.#put(this.#lease.id);
+    } catch (err) {
+      if (!(err instanceof LeaseExpiredError)) throw err;
+      await this.#lease.refresh();
+    }
+  }
+
+  #put(lease: string): Promise<void> {
+    return this.#store.put(
       NODES_PREFIX + this.self.name,
       enc.encode(JSON.stringify(this.self)),
-      { lease: this.#lease.id },
-    );
+      { lease },
+    ).then(() => {});
   }
 
   async list(): Promise<(NodeRecord & { self: boolean })[]> {

@@ -40,14 +40,22 @@ export class NodeRoutes {
   /** cidr → the route as written. */
   #installed = new Map<string, RouteSpec>();
   #loaded = false;
+  /** The last `desired` applied in full: the same array again changes nothing. */
+  #applied: readonly RouteSpec[] | undefined;
 
   /** The routes written so far (for status). */
   list(): RouteSpec[] {
     return [...this.#installed.values()];
   }
 
-  /** Makes cilia's routes equal `desired`: replaces what changed, deletes what is not wanted. */
+  /**
+   * Makes cilia's routes equal `desired`: replaces what changed, deletes what is not wanted.
+   * Passing the array last applied without error again returns at once (discovery.ts passes the
+   * same array until a node changes).
+   */
   async apply(desired: readonly RouteSpec[]): Promise<void> {
+    if (desired === this.#applied) return;
+    this.#applied = undefined;
     if (!this.#loaded) {
       for (const r of await ownRoutes()) this.#installed.set(r.cidr, r);
       this.#loaded = true;
@@ -78,6 +86,7 @@ export class NodeRoutes {
     if (errors.length > 0) {
       throw new Error(`Cannot update the routes to other nodes: ${errors.join("; ")}`);
     }
+    this.#applied = desired;
   }
 }
 

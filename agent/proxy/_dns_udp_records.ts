@@ -9,7 +9,7 @@
 
 import type { OrigDestination } from "../datapath/proxy_maps.ts";
 import type { DnsAnswer } from "./dns_message.ts";
-import type { DnsRecord } from "./dns_proxy.ts";
+import type { DnsRecord } from "./_dns_proxy_options.ts";
 
 /** A record without the client's port, its latency and time. */
 export type RecordTemplate = Omit<DnsRecord, "client" | "latencyMs" | "at"> & { clientIp: string };

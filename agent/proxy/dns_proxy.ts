@@ -9,7 +9,9 @@
 // learned (toFQDNs) and written to the datapath, and only then is it returned, unchanged but for
 // the id the upstream leg restored. Over TCP (RFC 7766) a connection carries several 2-byte
 // length-prefixed queries, answered as they complete (pipelining), and is closed after an idle
-// timeout or on a malformed length.
+// timeout or on a malformed length (_dns_proxy_tcp.ts). The listeners, and UDP served on the event
+// loop: _dns_proxy_listen.ts; options and the flow record: _dns_proxy_options.ts; metrics and
+// flow records: _dns_proxy_flows.ts.
 //
 // Rules (fail closed):
 // 1. A datagram the kernel did not redirect (no cilia_proxy_orig entry) gets no answer.
@@ -22,136 +24,31 @@
 // 4. When the learned addresses cannot be written, the pod gets SERVFAIL instead of an answer
 //    whose addresses its policy would drop.
 
-import net from "node:net";
-import type { Buffer } from "node:buffer";
-import type { PolicyEngine } from "@cilia/policy-wasm";
-import type { Logger } from "../log.ts";
-import type { Histogram, Metrics } from "../metrics.ts";
-import type { OrigDestination, UpstreamNat } from "../datapath/proxy_maps.ts";
+import type net from "node:net";
+import type { OrigDestination } from "../datapath/proxy_maps.ts";
 import { raiseReceiveBuffer } from "../sys/sock_buf.ts";
-import { bindUdp, EADDRINUSE, libc } from "../sys/sockets_ffi.ts";
 import { DnsUdpPath } from "./dns_udp_path.ts";
 import { DnsMessageError, type DnsQuery, makeResponse, parseQuery, RCODE } from "./dns_message.ts";
+import { type Forwarded, type TcpUpstream, UdpUpstreams } from "./dns_upstream.ts";
 import {
-  type Forwarded,
-  frame,
-  Frames,
-  type TcpConnect,
-  TcpUpstream,
-  UdpUpstreams,
-} from "./dns_upstream.ts";
+  type DnsProxyOptions,
+  type DnsRecord,
+  UDP_WORKER_NICE,
+  UDP_WORKER_REALTIME,
+} from "./_dns_proxy_options.ts";
+import { DnsFlows } from "./_dns_proxy_flows.ts";
+import { bindDnsListeners, serveDnsUdp } from "./_dns_proxy_listen.ts";
+import { type DnsTcpHost, plainConnect, serveDnsTcp } from "./_dns_proxy_tcp.ts";
 
-/** What the proxy needs of the kernel's proxy maps (ProxyMaps). */
-export interface DnsProxyMaps {
-  original(clientIp: string, clientPort: number, proxyPort: number): OrigDestination | undefined;
-  writeNat(n: UpstreamNat): void;
-  deleteNat(n: { server: { ip: string; port: number }; localPort: number }): void;
-  /**
-   * The pinned maps (ProxyMaps): when given, UDP is served by a Worker (dns_udp_worker.ts) that
-   * opens its own fds on them, off the agent's event loop; without them, on the event loop.
-   */
-  readonly pins?: { cfg: string; orig: string; nat: string };
-}
-
-/** proto: 17 (UDP) or 6 (TCP). */
-export type DnsJudge = (
-  o: OrigDestination,
-  name: string,
-  proto: number,
-) => { allowed: boolean; cookie: number };
-
-/** One DNS request as a flow record. */
-export interface DnsRecord {
-  epId: number;
-  client: { ip: string; port: number };
-  server: { ip: string; port: number };
-  srcIdentity: number;
-  dstIdentity: number;
-  cookie: number;
-  query: string;
-  qtype: string;
-  allowed: boolean;
-  rcode: number;
-  /** The CNAME chain after the question name. */
-  cnames: string[];
-  ips: string[];
-  latencyMs: number;
-  error?: string;
-  /** Over TCP (else UDP). */
-  tcp?: boolean;
-  /** When the answer went out (ms since the epoch; records are handed over in batches). */
-  at: number;
-}
-
-export interface DnsProxyOptions {
-  judge: DnsJudge;
-  maps: DnsProxyMaps | undefined;
-  learn: (epId: number, names: string[], ips: { ip: string; ttl: number }[]) => Promise<
-    string | undefined
-  >;
-  /**
-   * Until when (epoch ms) the datapath holds every (name, address) of the endpoint, if it does:
-   * the UDP Worker then releases such an answer without waiting for learn() (none: it always
-   * waits).
-   */
-  knownUntil?: (epId: number, names: string[], ips: { ip: string; ttl: number }[]) =>
-    | number
-    | undefined;
-  log: Logger;
-  metrics: Metrics;
-  /** The rcode of a refused query (REFUSED 5, or NXDOMAIN 3). */
-  rejectRcode?: number;
-  upstreamTimeoutMs?: number;
-  /** The TCP leg's connect (the L7 proxy's, which writes the proxy-NAT entry first). */
-  connectTcp?: TcpConnect;
-  /** A client TCP connection with nothing in flight for this long is closed (default 10 s). */
-  tcpIdleMs?: number;
-  /**
-   * The UDP sockets' receive buffer (bytes; default 1 MiB, 0 = the system's): a burst that
-   * arrives while the event loop is busy waits there instead of being dropped.
-   */
-  receiveBuffer?: number;
-  onRecord?: (r: DnsRecord) => void;
-  /** The UDP Worker thread's nice value (default UDP_WORKER_NICE; 0: unchanged). */
-  udpWorkerNice?: number;
-  /** The UDP Worker thread's SCHED_FIFO priority (default UDP_WORKER_REALTIME; 0: none). */
-  udpWorkerRealtime?: number;
-}
-
-/**
- * The UDP Worker thread runs at this nice value: it sleeps in epoll_wait but for the moments a
- * query is in hand, and on a busy node it then gets a CPU sooner (the added latency is mostly
- * waiting for one).
- */
-export const UDP_WORKER_NICE = -10;
-/**
- * And in the real-time class at this SCHED_FIFO priority (the lowest), best effort: a datagram
- * then wakes it at once instead of after the node's other runnable tasks (the tail of the added
- * latency on a loaded node). It blocks in epoll_wait between datagrams.
- */
-export const UDP_WORKER_REALTIME = 1;
-
-/** Records are handed to onRecord in batches, at most this long after their answer went out. */
-const RECORD_BATCH_MS = 5;
-
-/** The engine's verdict on a DNS query of a redirected flow (query()'s, without explanation). */
-export function engineJudge(engine: Pick<PolicyEngine, "judgeDns">): DnsJudge {
-  return (o, name, proto) => {
-    const r = engine.judgeDns({
-      endpoint: o.epId,
-      direction: "egress",
-      peer: o.dstIdentity,
-      proto,
-      port: o.port,
-      dns: name,
-    });
-    const allowed = r.verdict === "allow" || r.verdict === "audit" ||
-      (r.verdict === "redirect" && r.l7.status === "allowed");
-    return { allowed, cookie: r.cookie || o.cookie };
-  };
-}
-
-const u8 = (b: Buffer) => new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+export {
+  type DnsJudge,
+  type DnsProxyMaps,
+  type DnsProxyOptions,
+  type DnsRecord,
+  engineJudge,
+  UDP_WORKER_NICE,
+  UDP_WORKER_REALTIME,
+} from "./_dns_proxy_options.ts";
 
 export class DnsProxy {
   readonly #o: DnsProxyOptions;
@@ -159,44 +56,49 @@ export class DnsProxy {
   #socks: Deno.DatagramConn[] = [];
   #tcps: net.Server[] = [];
   readonly #conns = new Set<net.Socket>();
+  /** What the listeners need of the proxy (TCP connections and UDP on the event loop). */
+  readonly #host: DnsTcpHost;
   readonly #udp: UdpUpstreams;
   #port = 0;
   #gateway = "0.0.0.0";
   #gateway6 = "";
-  /** cilia_dns_requests_total by verdict, the label text made once (the per-query path). */
-  readonly #requests: Record<"forwarded" | "refused" | "error", () => void>;
-  readonly #latency: Histogram;
-  /** Records not handed over yet (flows: batched off the answer's path, never dropped). */
-  #records: DnsRecord[] = [];
-  #recordTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Metrics and flow records (batched off the answer's path, never dropped). */
+  readonly #flows: DnsFlows;
   /** UDP served by a Worker (when the maps are pinned ones). */
   #udpPath: DnsUdpPath | undefined;
-  onRecord: ((r: DnsRecord) => void) | undefined;
-  /** When set, records go here a batch at a time instead of to onRecord. */
-  onBatch: ((records: DnsRecord[]) => void) | undefined;
 
   constructor(o: DnsProxyOptions) {
     this.#o = o;
-    this.onRecord = o.onRecord;
     this.#udp = new UdpUpstreams({
       maps: o.maps,
       timeoutMs: this.#timeout,
       receiveBuffer: this.#receiveBuffer,
     });
-    const requests = o.metrics.counter(
-      "cilia_dns_requests_total",
-      "DNS queries judged by the DNS proxy, by verdict (forwarded, refused, error)",
-    );
-    this.#requests = {
-      forwarded: requests.bound({ verdict: "forwarded" }),
-      refused: requests.bound({ verdict: "refused" }),
-      error: requests.bound({ verdict: "error" }),
+    this.#flows = new DnsFlows(o.metrics, o.log, o.onRecord);
+    this.#host = {
+      original: (ip, port) => this.#original(ip, port),
+      answer: (msg, orig, client, opts) => this.answer(msg, orig, client, opts),
+      connect: o.connectTcp ??
+        ((d) => plainConnect(d, d.ip.includes(":") ? this.#gateway6 : this.#gateway)),
+      timeoutMs: this.#timeout,
+      idleMs: o.tcpIdleMs ?? 10_000,
+      log: o.log,
+      conns: this.#conns,
     };
-    this.#latency = o.metrics.histogram(
-      "cilia_dns_request_duration_seconds",
-      "time from a query to its answer through the DNS proxy (upstream included)",
-      [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5],
-    );
+  }
+
+  get onRecord(): ((r: DnsRecord) => void) | undefined {
+    return this.#flows.onRecord;
+  }
+  set onRecord(f: ((r: DnsRecord) => void) | undefined) {
+    this.#flows.onRecord = f;
+  }
+  /** When set, records go here a batch at a time instead of to onRecord. */
+  get onBatch(): ((records: DnsRecord[]) => void) | undefined {
+    return this.#flows.onBatch;
+  }
+  set onBatch(f: ((records: DnsRecord[]) => void) | undefined) {
+    this.#flows.onBatch = f;
   }
 
   /** The port redirects go to (0 until started). */
@@ -215,52 +117,23 @@ export class DnsProxy {
     this.#udp.gateway6 = gateway6;
     const addrs = gateway6 ? [gateway, gateway6] : [gateway];
     const pins = this.#o.maps?.pins;
-    for (let p = port, tries = 0; tries < 100; p = port === 0 ? 0 : p + 1, tries++) {
-      const socks: Deno.DatagramConn[] = [], tcps: net.Server[] = [];
-      const fds: number[] = [];
-      try {
-        for (const addr of addrs) {
-          if (pins) {
-            const b = bindUdp(addr, p, { receiveBuffer: this.#receiveBuffer });
-            fds.push(b.fd);
-            p = b.port;
-          } else {
-            const sock = Deno.listenDatagram({ transport: "udp", hostname: addr, port: p });
-            socks.push(sock);
-            p = (sock.addr as Deno.NetAddr).port; // port 0: the IPv6 pair takes the same port
-          }
-          const srv = net.createServer((c) => this.#serveTcp(c));
-          tcps.push(srv);
-          await new Promise<void>((resolve, reject) => {
-            srv.once("error", reject);
-            srv.listen(p, addr, () => resolve());
-          });
-        }
-      } catch (err) {
-        socks.forEach((s) => s.close());
-        fds.forEach((fd) => libc().close(fd));
-        tcps.forEach((t) => t.close());
-        const inUse = err instanceof Deno.errors.AddrInUse ||
-          (err as { code?: string }).code === "EADDRINUSE" ||
-          (err as { errno?: number }).errno === EADDRINUSE;
-        if (inUse) continue;
-        throw err;
-      }
-      for (const t of tcps) {
-        t.on("error", (err) => this.#o.log.warn("DNS proxy TCP listener error", { error: err }));
-      }
-      this.#tcps = tcps;
-      this.#socks = socks;
-      this.#port = p;
-      if (pins) await this.#startWorker(fds, pins);
-      for (const [i, sock] of socks.entries()) {
-        this.#raiseBuffer(p, addrs[i]!.includes(":") ? 6 : 4);
-        this.#receive(sock);
-      }
-      this.#o.log.info("DNS proxy listening", { address: addrs.join(", "), port: p });
-      return p;
+    const l = await bindDnsListeners(addrs, port, {
+      raw: pins !== undefined,
+      receiveBuffer: this.#receiveBuffer,
+      onTcp: (c) => serveDnsTcp(c, this.#host),
+      log: this.#o.log,
+    });
+    const p = l.port;
+    this.#tcps = l.tcps;
+    this.#socks = l.socks;
+    this.#port = p;
+    if (pins) await this.#startWorker(l.fds, pins);
+    for (const [i, sock] of l.socks.entries()) {
+      this.#raiseBuffer(p, addrs[i]!.includes(":") ? 6 : 4);
+      serveDnsUdp(sock, this.#host, (s) => this.#socks.includes(s));
     }
-    throw new Error(`No free port for the DNS proxy on "${addrs.join('", "')}" from ${port}`);
+    this.#o.log.info("DNS proxy listening", { address: addrs.join(", "), port: p });
+    return p;
   }
 
   /** UDP off the event loop: the Worker owns the bound sockets `fds` from now on. */
@@ -271,14 +144,7 @@ export class DnsProxy {
       ...(this.#o.knownUntil ? { knownUntil: this.#o.knownUntil } : {}),
       deleteNat: (n) => this.#o.maps?.deleteNat(n),
       log: this.#o.log,
-      onRecords: (records) => {
-        for (const r of records) {
-          this.#requests[r.error !== undefined ? "error" : r.allowed ? "forwarded" : "refused"]();
-          this.#latency.observe(r.latencyMs / 1000);
-        }
-        // Already a batch: to the monitor as it is (no second timer, no copy).
-        this.#hand(records);
-      },
+      onRecords: (records) => this.#flows.addBatch(records),
     });
     this.#udpPath = path;
     try {
@@ -307,134 +173,18 @@ export class DnsProxy {
     this.#udpPath?.invalidate();
   }
 
-  /** One client TCP connection (rules 1, 3a): framed queries, answered as they complete. */
-  #serveTcp(c: net.Socket): void {
-    const client = { ip: c.remoteAddress ?? "", port: c.remotePort ?? 0 };
-    let orig: OrigDestination | undefined;
+  /** The kernel's original destination of a redirected client (rule 1: none, no answer). */
+  #original(ip: string, port: number): OrigDestination | undefined {
     try {
-      orig = this.#o.maps?.original(client.ip, client.port, this.#port);
+      return this.#o.maps?.original(ip, port, this.#port);
     } catch {
-      orig = undefined;
+      return undefined;
     }
-    if (!orig) { // 1.
-      c.destroy();
-      return;
-    }
-    const o = orig;
-    this.#conns.add(c);
-    c.setNoDelay(true);
-    const connect: TcpConnect = this.#o.connectTcp ??
-      ((o) => plainConnect(o, o.ip.includes(":") ? this.#gateway6 : this.#gateway));
-    const up = new TcpUpstream(connect, this.#timeout);
-    const frames = new Frames();
-    let inflight = 0;
-    let idle: ReturnType<typeof setTimeout> | undefined;
-    const arm = () => {
-      clearTimeout(idle);
-      idle = inflight === 0
-        ? setTimeout(() => c.destroy(), this.#o.tcpIdleMs ?? 10_000)
-        : undefined;
-    };
-    arm();
-    c.on("data", (chunk: Buffer) => {
-      const msgs = frames.push(u8(chunk));
-      if (msgs === "malformed") { // 3a.
-        this.#o.log.debug("DNS proxy closed a TCP connection: malformed length", { client });
-        c.destroy();
-        return;
-      }
-      for (const m of msgs) {
-        inflight++;
-        if (inflight > 64) c.pause();
-        this.answer(m, o, client, { via: up, proto: 6 }).then((reply) => {
-          if (reply && !c.destroyed) c.write(frame(reply));
-        }).catch((err) => this.#o.log.warn("DNS proxy request failed", { error: err }))
-          .finally(() => {
-            inflight--;
-            if (inflight <= 64 && c.isPaused()) c.resume();
-            arm();
-          });
-      }
-      arm();
-    });
-    c.on("error", () => {});
-    c.on("close", () => {
-      clearTimeout(idle);
-      up.close();
-      this.#conns.delete(c);
-    });
-  }
-
-  /** One receive buffer, reused: receive() without one allocates 64 KiB per datagram. */
-  async #receive(sock: Deno.DatagramConn): Promise<void> {
-    const buf = new Uint8Array(65536);
-    for (;;) {
-      let msg: Uint8Array, from: Deno.NetAddr;
-      try {
-        const got = await sock.receive(buf);
-        [msg, from] = [got[0].slice(), got[1] as Deno.NetAddr];
-      } catch (err) {
-        if (!this.#socks.includes(sock)) return; // closed
-        this.#o.log.warn("DNS proxy socket error", { error: err });
-        continue;
-      }
-      this.#handle(sock, msg, from).catch((err) =>
-        this.#o.log.warn("DNS proxy request failed", { error: err })
-      );
-    }
-  }
-
-  async #handle(sock: Deno.DatagramConn, msg: Uint8Array, from: Deno.NetAddr): Promise<void> {
-    const started = performance.now();
-    let orig: OrigDestination | undefined;
-    try {
-      orig = this.#o.maps?.original(from.hostname, from.port, this.#port);
-    } catch {
-      orig = undefined;
-    }
-    if (!orig) return; // 1.
-    const reply = await this.answer(msg, orig, { ip: from.hostname, port: from.port }, {
-      started,
-    });
-    if (reply && this.#socks.includes(sock)) {
-      sock.send(reply, from).catch((err) => {
-        if (this.#socks.includes(sock)) this.#o.log.debug("DNS proxy send failed", { error: err });
-      });
-    }
-  }
-
-  /** Queues a flow record; the batch goes to onRecord after the answers of this turn went out. */
-  #record(r: DnsRecord): void {
-    if (!this.onRecord && !this.onBatch) return;
-    this.#records.push(r);
-    this.#recordTimer ??= setTimeout(() => this.flushRecords(), RECORD_BATCH_MS);
   }
 
   /** Hands every queued record to onRecord now (close() does too: records are never dropped). */
   flushRecords(): void {
-    clearTimeout(this.#recordTimer);
-    this.#recordTimer = undefined;
-    const batch = this.#records;
-    this.#records = [];
-    this.#hand(batch);
-  }
-
-  #hand(batch: DnsRecord[]): void {
-    if (this.onBatch) {
-      try {
-        if (batch.length > 0) this.onBatch(batch);
-      } catch (err) {
-        this.#o.log.warn("DNS proxy: a batch of flow records failed", { error: err });
-      }
-      return;
-    }
-    for (const r of batch) {
-      try {
-        this.onRecord?.(r);
-      } catch (err) {
-        this.#o.log.warn("DNS proxy: a flow record failed", { error: err });
-      }
-    }
+    this.#flows.flush();
   }
 
   /** The response for one redirected query (rules 2–4); undefined: none. */
@@ -462,10 +212,7 @@ export class DnsProxy {
       out: Uint8Array | undefined,
     ) => {
       const latencyMs = performance.now() - started;
-      const verdict = extra.error !== undefined ? "error" : r.allowed ? "forwarded" : "refused";
-      this.#requests[verdict]();
-      this.#latency.observe(latencyMs / 1000);
-      this.#record({ ...base, ...r, ...extra, latencyMs, at: Date.now() });
+      this.#flows.add({ ...base, ...r, ...extra, latencyMs, at: Date.now() });
       return out;
     };
     let q: DnsQuery;
@@ -539,18 +286,4 @@ export class DnsProxy {
     this.#conns.clear();
     this.#udp.close();
   }
-}
-
-/** The TCP leg without the kernel's proxy-NAT (no maps: tests). */
-function plainConnect(o: OrigDestination, localAddress: string): Promise<net.Socket> {
-  const bind = localAddress && localAddress !== "0.0.0.0" ? { localAddress } : {};
-  return new Promise((resolve, reject) => {
-    const s = net.connect({ host: o.ip, port: o.port, ...bind });
-    s.setNoDelay(true);
-    s.once("connect", () => {
-      s.off("error", reject);
-      resolve(s);
-    });
-    s.once("error", reject);
-  });
 }

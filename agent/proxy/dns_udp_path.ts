@@ -12,7 +12,7 @@
 
 import type { Logger } from "../log.ts";
 import * as S from "../sys/sockets_ffi.ts";
-import type { DnsJudge, DnsRecord } from "./dns_proxy.ts";
+import type { DnsJudge, DnsRecord } from "./_dns_proxy_options.ts";
 import { type FromMain, SHARED, type ToMain, type WorkerStart } from "./_dns_udp_protocol.ts";
 import { recordsOf } from "./_dns_udp_records.ts";
 import { stopWorker } from "./_worker_stop.ts";

@@ -19,12 +19,13 @@ import type net from "node:net";
 import type { Buffer } from "node:buffer";
 import type { OrigDestination } from "../datapath/proxy_maps.ts";
 import { type DnsAnswer, type DnsQuery, parseAnswer } from "./dns_message.ts";
-import type { DnsProxyMaps } from "./dns_proxy.ts";
+import type { DnsProxyMaps } from "./_dns_proxy_options.ts";
 import { raiseReceiveBuffer } from "../sys/sock_buf.ts";
 
 export type Forwarded = { answer: DnsAnswer; bytes: Uint8Array } | string;
 
-const u8 = (b: Buffer) => new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+/** A node Buffer's bytes as a Uint8Array (no copy). */
+export const u8 = (b: Buffer) => new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
 
 interface Waiter {
   q: DnsQuery;

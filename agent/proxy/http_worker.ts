@@ -27,6 +27,7 @@ import { UpstreamPorts } from "./_upstream_ports.ts";
 import { type Conn, HttpConns } from "./_http_worker_conns.ts";
 import * as IO from "./_http_worker_io.ts";
 import { type FromMain, SHARED, type ToMain, type WorkerStart } from "./_http_worker_protocol.ts";
+import { yieldToMessages } from "./_worker_yield.ts";
 
 const scope = self as unknown as {
   onmessage: ((e: MessageEvent<FromMain>) => void) | null;
@@ -117,18 +118,6 @@ function unlisten(port: number): void {
     IO.ctl(S.EPOLL_CTL_DEL, fd, 0);
     IO.closeFd(fd);
   }
-}
-
-/** Lets pending messages from the main thread run (a message event, not a clamped timer). */
-function yieldToMessages(): Promise<void> {
-  return new Promise((resolve) => {
-    const ch = new MessageChannel();
-    ch.port1.onmessage = () => {
-      ch.port1.close();
-      resolve();
-    };
-    ch.port2.postMessage(0);
-  });
 }
 
 async function loop(): Promise<void> {

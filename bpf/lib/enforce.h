@@ -113,7 +113,7 @@ static __always_inline int enforce_forward(struct __sk_buff *skb, const struct e
 	if (c->dir != DIR_EGRESS)
 		return TC_ACT_OK;
 	skb->cb[PEER_CB_IFINDEX] = 0;
-	return peer_send(skb, vxlan_send_endpoint(skb, &c->p));
+	return peer_send(skb, vxlan_send_endpoint(skb, &c->p, c->dst_identity));
 }
 
 /* Invariant 7: a packet of a redirected connection goes to the proxy (counted as forwarded). */
@@ -259,4 +259,14 @@ static __always_inline int enforce(struct __sk_buff *skb, __u8 dir, __u32 ifinde
 	if (res.verdict == VERDICT_REDIRECT)
 		return enforce_to_proxy(skb, &c, res.proxy_port, 1);
 	return enforce_forward(skb, &c, 1);
+}
+
+/* cil_to_container_peer's body (lxc.c, host.c): the ingress enforcement of the endpoint whose
+ * veth is in skb->cb, then into its netns (peer.h, 1., 2. and 4.). */
+static __always_inline int enforce_peer(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->cb[PEER_CB_IFINDEX];
+	int ret = enforce(skb, DIR_INGRESS, ifindex);
+
+	return ret == TC_ACT_OK ? peer_redirect(skb, ifindex) : ret;
 }

@@ -26,13 +26,14 @@
  * 6. --node-port-mode dsr replaces 3. (dsr.h): the remote backend gets the client's packet with
  *    the frontend in an IP option and answers the client directly from its own node.
  * 7. A packet to this node's pod CIDR (native routing: from another node's pod, or from the
- *    outside; no entry translates it) goes straight out of the endpoint's veth (tunnel.h, 5.):
- *    the stack's routing and forwarding are skipped, the endpoint's ingress policy at that veth
- *    is not.
+ *    outside; no entry translates it) goes straight to the endpoint (tunnel.h, 5.): the stack's
+ *    routing and forwarding are skipped, and so is the veth pair: the endpoint's ingress policy
+ *    runs here in a tail call and the packet enters the pod with bpf_redirect_peer (peer.h, 4.;
+ *    when the call cannot run, out of the endpoint's veth, whose ingress policy decides).
  * 8. VXLAN packets of the overlay (UDP to the tunnel port, from or to the node IP) are never
  *    translated: no NodePort or masquerade entry can match them (NodePorts and NAT ports lie
  *    elsewhere). Arriving ones are checked and, for a local endpoint, decapsulated and
- *    delivered here (vxlan.h, 3.); the rest go to the tunnel device (tunnel.h, 3.).
+ *    delivered here as in 7. (vxlan.h, 3.); the rest go to the tunnel device (tunnel.h, 3.).
  * 9. IPv6 goes to nodeport6.h first (its own maps; DSR with an extension header, dsr6.h); what
  *    it does not translate goes on through this file unchanged.
  */
@@ -46,6 +47,7 @@
 #include "tunnel.h"
 #include "vxlan.h"
 #include "nodeport6.h"
+#include "peer.h"
 
 #define AF_INET_ 2
 
@@ -183,8 +185,9 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb)
 	if (cfg && skb->protocol == bpf_htons(ETH_P_IPV6) &&
 	    (ret = nodeport6_ingress(skb, cfg->flags)) != NP6_CONTINUE)
 		return ret; /* nodeport6.h */
+	skb->cb[PEER_CB_IFINDEX] = 0; /* 7. and 8.: set by a redirect to an endpoint's veth */
 	if (cfg && np_is_overlay(skb, cfg, 1))
-		return overlay_receive(skb); /* 8. (vxlan.h) */
+		return peer_send(skb, overlay_receive(skb)); /* 8. (vxlan.h, peer.h 4.) */
 	if (!cfg || nat_parse(skb, &n))
 		return TC_ACT_OK;
 	if (n.p.has_inner && n.daddr == cfg->node_ip) {
@@ -195,7 +198,7 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb)
 		dsr_learn(skb, cfg, &n);
 	nat_track_inbound(cfg, &n); /* nat.h, 7. */
 	if (nat_in_net(n.daddr, cfg->pod_net, cfg->pod_mask))
-		return tunnel_deliver(skb); /* 7. (no entry of this hook has a pod as destination) */
+		return peer_send(skb, tunnel_deliver(skb)); /* 7. (no entry here has a pod as dst) */
 	nat_key_of(&k, &n, NAT_DIR_INGRESS);
 	e = bpf_map_lookup_elem(&cilia_snat, &k);
 	if (e && e->kind == NAT_K_HOST)
@@ -242,6 +245,13 @@ static __always_inline int netdev_egress(struct __sk_buff *skb)
 		return ret; /* nodeport6.h */
 	if (!cfg || np_is_overlay(skb, cfg, 0) || nat_parse(skb, &n))
 		return TC_ACT_OK;
+	if (proxy_is_gw4(n.saddr)) { /* proxy_overlay.h, 4. (IPv4) */
+		ret = proxy_to_netdev(skb);
+		if (ret)
+			return np_drop(skb, ret, DIR_EGRESS);
+		if (nat_parse(skb, &n))
+			return TC_ACT_OK;
+	}
 	nat_key_of(&k, &n, NAT_DIR_EGRESS);
 	e = bpf_map_lookup_elem(&cilia_snat, &k);
 	if (e) {

@@ -19,6 +19,14 @@
  * 3. When the tail call cannot run (the program array empty: an object loaded without its
  *    pinned array), the packet takes the path before this one, unchanged: bpf_redirect to the
  *    destination's host veth, whose cil_to_container decides.
+ * 4. The same at the underlay's ingress (host.c, nodeport.h 7. and 8.): a natively routed
+ *    packet, or VXLAN decapsulated in BPF (vxlan.h, 3.; the sender's identity in skb->mark,
+ *    tunnel.h 4.), redirected to a local endpoint's veth (tunnel.h, 5.) runs that endpoint's
+ *    ingress enforcement there and enters the pod with bpf_redirect_peer. host.o has its own
+ *    copy of cil_to_container_peer and of this array (the same code, compiled from these
+ *    headers; pinned in host.o's program directory): no object reaches into another's array, so
+ *    each array always holds the program of its own build. 1. to 3. hold as above; the events'
+ *    ifindex is the underlay's.
  */
 #pragma once
 
@@ -38,9 +46,10 @@ struct {
 	.values = { [0] = (void *)&cil_to_container_peer },
 };
 
-/* 1. and 3.: the packet vxlan_send_endpoint() redirected to a local endpoint's veth (its
- * ifindex in skb->cb) goes to that endpoint's ingress enforcement instead; `ret` (the
- * redirect to the veth's egress) stands when the tail call does not run. */
+/* 1., 3. and 4.: the packet vxlan_send_endpoint() (at the underlay: tunnel_deliver() or
+ * overlay_receive()) redirected to a local endpoint's veth (its ifindex in skb->cb) goes to
+ * that endpoint's ingress enforcement instead; `ret` (the redirect to the veth's egress) stands
+ * when the tail call does not run. */
 static __always_inline int peer_send(struct __sk_buff *skb, int ret)
 {
 	if (ret == TC_ACT_REDIRECT && skb->cb[PEER_CB_IFINDEX])

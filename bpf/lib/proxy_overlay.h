@@ -15,6 +15,11 @@
  *    VXLAN read by BPF on the underlay (vxlan.h, 3.) leaves such replies to the device
  *    (proxy_overlay_reply()).
  * 3. Anything else is left as it is; a failed rewrite drops (DROP_PROXY_SET_FAILED).
+ * 4. Out of the underlay unencapsulated (host.c's egress: native routing, or a client that is
+ *    a node), the proxy's IPv4 answers to a client on another node take the original server's
+ *    address as in 1. (without it the client sees the gateway's SYN-ACK and resets). Upstream
+ *    legs still leave from the gateway there (no rewrite of 2. on the way back); IPv6 is not
+ *    rewritten there yet.
  */
 #pragma once
 
@@ -43,9 +48,10 @@ static __always_inline int proxy_overlay_ports(struct __sk_buff *skb, __u32 l3, 
 	return bpf_skb_load_bytes(skb, l4, ports, sizeof(*ports)) < 0 ? -1 : 0;
 }
 
-/* 1. saddr/daddr: the packet's 16-byte addresses; saddr is updated when rewritten. */
+/* 1. saddr/daddr: the packet's 16-byte addresses; saddr is updated when rewritten. `legs`: the
+ * upstream legs too (4. leaves them alone). */
 static __always_inline int proxy_overlay_egress(struct __sk_buff *skb, __u8 family, __u8 *saddr,
-						const __u8 *daddr)
+						const __u8 *daddr, int legs)
 {
 	struct proxy_cfg *cfg = proxy_config();
 	struct proxy_orig_value *o;
@@ -68,6 +74,8 @@ static __always_inline int proxy_overlay_egress(struct __sk_buff *skb, __u8 fami
 		addr_copy16(saddr, o->orig_ip);
 		return 0;
 	}
+	if (!legs)
+		return 0;
 	addr_copy16(nk.server_ip, daddr);
 	nk.server_port = ports.dport;
 	nk.local_port = ports.sport;
@@ -118,7 +126,25 @@ static __always_inline int proxy_to_overlay(struct __sk_buff *skb)
 
 	if (tunnel_parse(skb, &a) < 0)
 		return 0; /* tunnel_dst drops it */
-	return proxy_overlay_egress(skb, a.family, a.saddr, a.daddr);
+	return proxy_overlay_egress(skb, a.family, a.saddr, a.daddr, 1);
+}
+
+/* 4.: is this IPv4 source (network order) the proxy's address? */
+static __always_inline int proxy_is_gw4(__be32 saddr)
+{
+	struct proxy_cfg *cfg = proxy_config();
+
+	return cfg && cfg->gw_ipv4 && cfg->gw_ipv4 == saddr;
+}
+
+/* cil_to_netdev: 4. for a packet from the proxy's address; 0 or a DROP_* reason. */
+static __always_inline int proxy_to_netdev(struct __sk_buff *skb)
+{
+	struct tunnel_addrs a;
+
+	if (tunnel_parse(skb, &a) < 0)
+		return 0;
+	return proxy_overlay_egress(skb, a.family, a.saddr, a.daddr, 0);
 }
 
 /* cil_from_overlay: 2. after tunnel_decap; 0 or a DROP_* reason. */

@@ -25,9 +25,13 @@
  *    node's pod CIDR, nodeport.h 7.) whose route (the FIB) leads to a local endpoint's
  *    host-side veth is sent straight out of that veth (bpf_redirect to its egress, TTL
  *    decremented, MACs from the FIB's neighbour entry): the stack's routing and forwarding are
- *    skipped, the endpoint's ingress policy (cil_to_container at that egress) is not. Anything
- *    else (the node itself, no neighbour entry yet, a TTL that would expire, IPv6) goes up the
- *    stack as before.
+ *    skipped, the endpoint's ingress policy (cil_to_container at that egress) is not. At the
+ *    underlay's ingress (host.o: native routing, and VXLAN read by BPF, vxlan.h 3.) the veth
+ *    pair is skipped too, as for local traffic in 6.: the endpoint's ingress policy runs there in
+ *    a tail call and the packet enters the pod with bpf_redirect_peer (peer.h, 4.); at the
+ *    veth's egress only when that call cannot run, and always for what the tunnel device
+ *    decapsulated (overlay.o). Anything else (the node itself, no neighbour entry yet, a TTL
+ *    that would expire, IPv6) goes up the stack as before.
  * 6. Likewise, an IPv4 packet an endpoint's egress policy passed (enforce.h) is sent straight
  *    to the device its route names when that is a local endpoint's host-side veth (as in 5.;
  *    the node's IP forwarding and netfilter are skipped, as Cilium's host routing skips them;
@@ -185,13 +189,15 @@ static __always_inline int tunnel_decap(struct __sk_buff *skb)
 
 /* Invariants 5 and 6: the FIB route of the IPv4 header `ip` (read at `off`, arriving on
  * skb->ifindex) when it may bypass the stack: TUNNEL_ROUTE_ENDPOINT (a local endpoint's veth) or
- * 1, with the next hop in f; 0 for any other packet or route (the stack). */
+ * 1, with the next hop in f; 0 for any other packet or route (the stack). `dst_identity`: the
+ * destination's ipcache identity when the caller has it (saves a second lookup), else 0. */
 #define TUNNEL_ROUTE_ENDPOINT 2
 /* skb->cb word carrying that endpoint's host veth ifindex from vxlan_send_endpoint() into
  * peer.h's tail call (0: none). */
 #define PEER_CB_IFINDEX 0
 static __always_inline int tunnel_fib_route(struct __sk_buff *skb, __u32 off, __u8 *ip,
-					    struct bpf_fib_lookup *f, int to_endpoint)
+					    struct bpf_fib_lookup *f, int to_endpoint,
+					    __u32 dst_identity)
 {
 	if (bpf_skb_load_bytes(skb, off, ip, 20) < 0)
 		return 0;
@@ -211,6 +217,9 @@ static __always_inline int tunnel_fib_route(struct __sk_buff *skb, __u32 off, __
 		return TUNNEL_ROUTE_ENDPOINT; /* 5. and 6.: the endpoint's ingress policy decides */
 	if (to_endpoint)
 		return 0;
+	/* 6.: another node's pod by the identity the caller took from the ipcache (0: unknown) */
+	if (dst_identity >= TUNNEL_FIRST_CLUSTER_ID && dst_identity <= IDENTITY_GLOBAL_MAX)
+		return 1;
 	{
 		__u8 daddr[16] = {};
 		struct ipcache_value *dst;
@@ -250,12 +259,15 @@ static __always_inline int tunnel_fib_redirect(struct __sk_buff *skb, int to_end
 	__u8 ip[20];
 
 	if (skb->protocol != bpf_htons(ETH_P_IP) ||
-	    !tunnel_fib_route(skb, ETH_HLEN_, ip, &f, to_endpoint))
+	    !tunnel_fib_route(skb, ETH_HLEN_, ip, &f, to_endpoint, 0))
 		return TC_ACT_OK;
+	if (to_endpoint)
+		skb->cb[PEER_CB_IFINDEX] = f.ifindex; /* for the underlay's delivery (peer.h, 4.) */
 	return tunnel_fib_apply(skb, ip, &f, to_endpoint ? DIR_INGRESS : DIR_EGRESS);
 }
 
-/* Invariant 5: after tunnel_decap (and anything that rewrites the destination). */
+/* Invariant 5: after tunnel_decap (and anything that rewrites the destination). A redirect to
+ * an endpoint's veth leaves its ifindex in skb->cb[PEER_CB_IFINDEX] (host.o: peer.h, 4.). */
 static __always_inline int tunnel_deliver(struct __sk_buff *skb)
 {
 	return tunnel_fib_redirect(skb, 1);

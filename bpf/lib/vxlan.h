@@ -195,7 +195,7 @@ static __always_inline int overlay_receive(struct __sk_buff *skb)
 	if (ret)
 		return tunnel_drop(skb, ret, DIR_INGRESS);
 	if (inner_proto != bpf_htons(ETH_P_IP) ||
-	    !tunnel_fib_route(skb, VXLAN_INNER_L3, ip, &f, 1))
+	    !tunnel_fib_route(skb, VXLAN_INNER_L3, ip, &f, 1, 0))
 		return TC_ACT_OK;
 	__builtin_memcpy(addr[0], &ip[12], 4);
 	__builtin_memcpy(addr[1], &ip[16], 4);
@@ -205,6 +205,7 @@ static __always_inline int overlay_receive(struct __sk_buff *skb)
 				BPF_F_ADJ_ROOM_FIXED_GSO | VXLAN_ADJ_ROOM_DECAP_L3_IPV4) < 0)
 		return TC_ACT_OK; /* nothing changed yet */
 	skb->mark = mark_from_identity(vni);
+	skb->cb[PEER_CB_IFINDEX] = f.ifindex; /* the caller's delivery into its netns (peer.h, 4.) */
 	return tunnel_fib_apply(skb, ip, &f, DIR_INGRESS);
 }
 
@@ -228,8 +229,10 @@ static __always_inline int vxlan_np_local(const struct pkt *p)
  * NodePort reply (vxlan_np_local), IPv6 and whatever vxlan_encap() cannot do go to the device
  * their route names, as tunnel_send() does. One routed to a local endpoint's veth is redirected
  * there with that veth's ifindex left in skb->cb[PEER_CB_IFINDEX] (the caller clears it first),
- * so that enforce.h can deliver it into the endpoint's netns instead (peer.h). */
-static __always_inline int vxlan_send_endpoint(struct __sk_buff *skb, const struct pkt *p)
+ * so that enforce.h can deliver it into the endpoint's netns instead (peer.h). `dst_identity`:
+ * the destination's ipcache identity, as enforce.h looked it up after any service translation. */
+static __always_inline int vxlan_send_endpoint(struct __sk_buff *skb, const struct pkt *p,
+					       __u32 dst_identity)
 {
 	struct bpf_fib_lookup f = {};
 	__u32 remote = 0, vni = 0;
@@ -238,7 +241,7 @@ static __always_inline int vxlan_send_endpoint(struct __sk_buff *skb, const stru
 
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
-	ret = tunnel_fib_route(skb, ETH_HLEN_, ip, &f, 0);
+	ret = tunnel_fib_route(skb, ETH_HLEN_, ip, &f, 0, dst_identity);
 	if (!ret)
 		return TC_ACT_OK;
 	if (ret == TUNNEL_ROUTE_ENDPOINT) {

@@ -14,6 +14,7 @@ import { Lab, type Node, type Pod } from "../../tests/helpers/netns.ts";
 import { benchServices, CONN_PORT, kubeProxyRules, ORIGIN_PORT } from "./_lb_services.ts";
 import { buildConnrate, type ConnrateResult, parseConnrate } from "./_connrate.ts";
 import { haproxyOrigin, parseWrk, waitHttp200, type WrkCounts } from "./_wrk.ts";
+import { attachSockLb, runInCgroup, type TestCgroup } from "./_lb_sock.ts";
 
 export { parseWrk };
 
@@ -35,6 +36,8 @@ export interface SetupSpec {
   toServer?: boolean;
   /** Share the node of the setup with this name (a second path through one node). */
   sameNodeAs?: string;
+  /** Socket LB (bpf/sock.c): the client runs in a cgroup with the node's programs (_lb_sock.ts). */
+  sock?: boolean;
 }
 
 export interface Setup extends SetupSpec {
@@ -53,6 +56,8 @@ export interface Setup extends SetupSpec {
   /** Time to install the services (iptables-restore, or KernelSink.applyServices). */
   installMs?: number;
   sink?: KernelSink;
+  /** The socket-LB setup's cgroup, where its client's tools run. */
+  cgroup?: TestCgroup;
 }
 
 /** What wrk measured, and the CPU it took. */
@@ -96,13 +101,14 @@ export class LbLab implements AsyncDisposable {
       }
       const direct = spec.toServer || spec.kind === "direct";
       const target = direct ? shared.server.ipv4 : shared.target;
-      const { installMs: _, ...node } = shared;
+      const { installMs: _, cgroup: __, ...node } = shared;
       this.setups.push({
         ...node,
         ...spec,
         target,
         port: direct ? DIRECT_PORT : ORIGIN_PORT,
         connPort: direct ? CONN_DIRECT_PORT : CONN_PORT,
+        ...(spec.sock ? { cgroup: await attachSockLb(shared.node, BUILD_DIR) } : {}),
       });
       return;
     }
@@ -148,6 +154,7 @@ export class LbLab implements AsyncDisposable {
       const t0 = performance.now();
       await sink.applyServices(specs);
       setup.installMs = performance.now() - t0;
+      if (spec.sock) setup.cgroup = await attachSockLb(node, BUILD_DIR);
     }
     this.setups.push(setup);
   }
@@ -176,7 +183,7 @@ export class LbLab implements AsyncDisposable {
     o: { seconds: number; connections: number },
   ): Promise<ConnrateResult> {
     const server0 = await cpuTicks(s.connServerPid);
-    const out = await this.lab.run(s.client.netns, [
+    const out = await this.#run(s, [
       ...[this.connrateBin, "client", s.target, String(s.connPort)],
       ...[String(o.seconds), String(o.connections)],
     ]);
@@ -205,7 +212,7 @@ export class LbLab implements AsyncDisposable {
     if (o.close) argv.push("-H", "Connection: close");
     const origin0 = await cpuTicks(s.originPid);
     // The shell prints its own stat line after wrk: cutime and cstime are wrk's CPU time.
-    const out = await this.lab.run(s.client.netns, [
+    const out = await this.#run(s, [
       "sh",
       "-c",
       '"$@" && echo "WRKSTAT $(cat /proc/$$/stat)"',
@@ -257,7 +264,15 @@ export class LbLab implements AsyncDisposable {
     return total;
   }
 
+  /** argv in the client pod; in the setup's cgroup for socket LB. */
+  #run(s: Setup, argv: string[]): Promise<string> {
+    return s.cgroup
+      ? runInCgroup(s.cgroup, s.client.netns, argv)
+      : this.lab.run(s.client.netns, argv);
+  }
+
   async close(): Promise<void> {
+    for (const s of this.setups) await s.cgroup?.close().catch(() => {});
     const sinks = new Set(this.setups.map((s) => s.sink).filter((s) => s !== undefined));
     for (const s of sinks) await s.close().catch(() => {});
     await this.lab.close();

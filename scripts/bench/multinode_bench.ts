@@ -1,26 +1,32 @@
-// `deno task bench multinode [--quick] [--reps N]`: pod-to-pod traffic across two nodes (issue
+// `deno task bench multinode [--quick] [--rounds N]`: pod-to-pod traffic across two nodes (issue
 // #12), in one run: TCP throughput (iperf3) and 1-byte request/response rate (_rr.ts) over the
 // bare underlay (two node namespaces on the same bridge routing each other's pod subnet, no
 // cilia), over a plain kernel VXLAN between those (a profile row), through cilia in tunnel mode
 // (VXLAN written and read by BPF, identity in the VNI; and, as an A/B row on the same pods, through
 // the kernel's tunnel device only) and in native mode (routes), each with a policy in force on the
-// server; ratios against the bare underlay (medians of 3, interleaved; the RR client and server
-// run SCHED_FIFO). Then the time from a pod's CNI ADD on node 1 until node 2 enforces policy for
-// it: its IP with its identity in node
-// 2's kernel ipcache and node 2's server policy entries for that identity (both read from the
-// pinned maps through node 2's API), p50/p99 over 50 pods with new labels. Targets: native ≥ 0.9×
+// server; ratios against the bare underlay: every round measures every setup, in an order
+// rotated round by round, tunnel and native each right next to a run of the bare underlay, and
+// a ratio is the median of the per-round ratios (5 rounds), so drift in the load of a shared
+// machine cancels out (as bench lb does; _multinode_rounds.ts); the RR client and server run
+// SCHED_FIFO. Then the time from a pod's CNI ADD on node 1 until node 2 enforces policy for it:
+// its IP with its identity in node 2's kernel ipcache and node 2's server policy entries for that
+// identity (both read from the pinned maps through node 2's API), p50/p99 over 50 pods with new
+// labels. Targets: native ≥ 0.9×
 // bare, tunnel ≥ 0.8× bare, remote policy in force < 1 s p99. Needs root, etcd and iperf3.
 // Progress on stderr, the table on stdout; the labs are removed.
 import { parseArgs } from "node:util";
 import { Cluster, type ClusterNode } from "../../tests/helpers/cluster.ts";
 import type { Lab, Node, Pod } from "../../tests/helpers/netns.ts";
 import { setTunnelNetdevOnly } from "../../agent/datapath/netdev_loader.ts";
+import {
+  IPERF_PORT,
+  measureRounds,
+  median,
+  type Path,
+  RR_PORT,
+  startServers,
+} from "./_multinode_rounds.ts";
 
-const RR_SCRIPT = new URL("./_rr.ts", import.meta.url).pathname;
-const IPERF_PORT = 5201, RR_PORT = 5202;
-const CPU = { rr: 0, iperfClient: 0, iperfServer: navigator.hardwareConcurrency > 1 ? 1 : 0 };
-/** RR client and server run SCHED_FIFO: the other work on a loaded machine waits, not them. */
-const RR_PRIO = ["chrt", "-f", "50"];
 const TARGET = { native: 0.9, tunnel: 0.8, remoteP99Ms: 1000 };
 const POLICY = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -34,54 +40,8 @@ spec:
 
 const progress = (msg: string) => console.error(`bench multinode: ${msg}`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const pct = (xs: number[], p: number) =>
   [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.ceil((p / 100) * xs.length) - 1)]!;
-
-/** A client and a server netns on two different nodes, with the bench servers started. */
-interface Path {
-  name: string;
-  lab: Lab;
-  client: string;
-  server: string;
-  serverIp: string;
-  /** Before and after each measurement of this path (the A/B row's datapath switch). */
-  around?: (on: boolean) => Promise<void>;
-}
-
-async function startServers(p: Path): Promise<void> {
-  const pin = (cpu: number) => ["ip", "netns", "exec", p.server, "taskset", "-c", String(cpu)];
-  p.lab.spawn([...pin(CPU.iperfServer), "iperf3", "-s", "-p", String(IPERF_PORT)]);
-  p.lab.spawn([
-    ...pin(CPU.rr),
-    ...RR_PRIO,
-    ...[Deno.execPath(), "run", "-A", "--no-config", RR_SCRIPT, "server", String(RR_PORT)],
-  ]);
-  for (let i = 0; i < 100; i++) {
-    const out = await p.lab.run(p.server, ["ss", "-Htln"]);
-    if ([IPERF_PORT, RR_PORT].every((port) => new RegExp(`:${port}\\s`).test(out))) return;
-    await sleep(50);
-  }
-  throw new Error(`The bench servers in "${p.server}" did not start listening`);
-}
-
-async function throughput(p: Path, seconds: number): Promise<number> {
-  const out = await p.lab.run(p.client, [
-    ...["taskset", "-c", String(CPU.iperfClient), "iperf3", "-c", p.serverIp],
-    ...["-p", String(IPERF_PORT), "-t", String(seconds), "-J"],
-  ]);
-  const j = JSON.parse(out) as { end: { sum_received: { bits_per_second: number } } };
-  return j.end.sum_received.bits_per_second / 1e9;
-}
-
-async function requestResponse(p: Path, seconds: number): Promise<number> {
-  const out = await p.lab.run(p.client, [
-    ...["taskset", "-c", String(CPU.rr), ...RR_PRIO],
-    ...[Deno.execPath(), "run", "-A", "--no-config", RR_SCRIPT],
-    ...["client", p.serverIp, String(RR_PORT), String(seconds)],
-  ]);
-  return (JSON.parse(out) as { perSec: number }).perSec;
-}
 
 /**
  * The bare underlay, in the tunnel cluster's lab: two more node netns on the same bridge, a pod
@@ -215,12 +175,15 @@ async function remotePolicy(cluster: Cluster, count: number) {
 
 interface Row {
   setup: string;
+  /** Medians of the rounds' figures. */
   gbps: number;
   rr: number;
+  /** Medians of the per-round ratios against the bare underlay. */
+  gbpsRatio: number;
+  rrRatio: number;
 }
 
 function table(rows: Row[]): string {
-  const base = rows[0]!;
   const head = ["setup", "Gbit/s", "vs bare", "RR/s", "vs bare", "target"];
   const body = rows.map((r) => {
     const target = r.setup === "cilia native"
@@ -231,9 +194,9 @@ function table(rows: Row[]): string {
     return [
       r.setup,
       r.gbps.toFixed(2),
-      (r.gbps / base.gbps).toFixed(2),
+      r.gbpsRatio.toFixed(2),
       String(Math.round(r.rr)),
-      (r.rr / base.rr).toFixed(2),
+      r.rrRatio.toFixed(2),
       target,
     ];
   });
@@ -245,10 +208,9 @@ function table(rows: Row[]): string {
 }
 
 function verdicts(rows: Row[]): string[] {
-  const base = rows[0]!;
   return rows.filter((r) => r.setup === "cilia tunnel" || r.setup === "cilia native").map((r) => {
     const mode = r.setup.endsWith("native") ? "native" : "tunnel";
-    const g = r.gbps / base.gbps, rr = r.rr / base.rr;
+    const g = r.gbpsRatio, rr = r.rrRatio;
     const ok = g >= TARGET[mode] && rr >= TARGET[mode];
     return `${r.setup}: ${g.toFixed(2)}× throughput, ${rr.toFixed(2)}× RR vs bare (target ≥ ${
       TARGET[mode]
@@ -259,14 +221,19 @@ function verdicts(rows: Row[]): string[] {
 export async function main(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
-    options: { quick: { type: "boolean", default: false }, reps: { type: "string" } },
+    options: {
+      quick: { type: "boolean", default: false },
+      rounds: { type: "string" },
+      reps: { type: "string" }, // the former name of --rounds
+    },
   });
   const quick = values.quick ?? false;
-  const reps = Number(values.reps ?? (quick ? 1 : 3));
-  if (!Number.isInteger(reps) || reps < 1) {
-    throw new RangeError(`Invalid --reps "${values.reps}": expected a positive whole number`);
+  const given = values.rounds ?? values.reps;
+  const rounds = Number(given ?? (quick ? 2 : 5));
+  if (!Number.isInteger(rounds) || rounds < 1) {
+    throw new RangeError(`Invalid --rounds "${given}": expected a positive whole number`);
   }
-  const o = { seconds: quick ? 1 : 3, rrSeconds: quick ? 1 : 2, reps };
+  const o = { seconds: quick ? 1 : 2, rrSeconds: 1, rounds };
   const pods = quick ? 10 : 50;
   const clusters: Cluster[] = [];
   try {
@@ -282,31 +249,22 @@ export async function main(args: string[]): Promise<void> {
       native.path,
     ];
     for (const p of paths.filter((p) => !p.around)) await startServers(p);
-    const gbps = paths.map((): number[] => []), rr = paths.map((): number[] => []);
-    for (let rep = 0; rep < o.reps; rep++) {
-      for (const [i, p] of paths.entries()) {
-        await p.around?.(true);
-        try {
-          gbps[i]!.push(await throughput(p, o.seconds));
-          rr[i]!.push(await requestResponse(p, o.rrSeconds));
-        } finally {
-          await p.around?.(false);
-        }
-        progress(
-          `${p.name} (${rep + 1}/${o.reps}): ${gbps[i]!.at(-1)!.toFixed(2)} Gbit/s, ${
-            Math.round(rr[i]!.at(-1)!)
-          } RR/s`,
-        );
-      }
-    }
+    const samples = await measureRounds(paths, o, [tunnel.path, native.path]);
     const rows = paths.map((p, i) => ({
       setup: p.name,
-      gbps: median(gbps[i]!),
-      rr: median(rr[i]!),
+      gbps: median(samples.gbps[i]!),
+      rr: median(samples.rr[i]!),
+      gbpsRatio: i === 0 ? 1 : median(samples.gbpsRatio[i]!),
+      rrRatio: i === 0 ? 1 : median(samples.rrRatio[i]!),
     }));
     progress(`remote policy: ${pods} pods on node-1, native mode, node-2 polled`);
     const lat = await remotePolicy(native.cluster, pods);
-    console.log(`\nbench multinode: two nodes on one bridge, median of ${o.reps}\n`);
+    console.log(
+      `\nbench multinode: two nodes on one bridge, ${o.rounds} rounds of ${o.seconds} s ` +
+        `(throughput) and ${o.rrSeconds} s (RR) per setup, setups alternated, tunnel and ` +
+        `native next to a bare run each; figures are medians, ratios medians of per-round ` +
+        `ratios\n`,
+    );
     console.log(table(rows));
     console.log();
     for (const v of verdicts(rows)) console.log(v);

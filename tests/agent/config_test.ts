@@ -92,6 +92,13 @@ Deno.test("config: masquerade, native-routing CIDR and NodePort flags", async ()
     [false, "10.0.0.0/8", { min: 31000, max: 31099 }],
   );
   assert.equal(config!.nodePortMode, "dsr");
+  // The ports just outside the range, and the tunnel port in native mode (no VXLAN), are fine.
+  const edge = resolveConfig({ nodePortRange: "4241-8471", clusterHealthPort: 4240 });
+  assert.deepEqual([edge.clusterHealthPort, edge.tunnelPort], [4240, 8472]);
+  assert.equal(
+    resolveConfig({ routingMode: "native", tunnelPort: 31000 }).tunnelPort,
+    31000,
+  );
   const cases: [Record<string, unknown>, RegExp][] = [
     [{ enableIpv4Masquerade: "no" }, /"enable-ipv4-masquerade": Expected "true" or "false"/],
     [{ ipv4NativeRoutingCidr: "fd00::/8" }, /"ipv4-native-routing-cidr": Expected an IPv4 CIDR/],
@@ -99,6 +106,20 @@ Deno.test("config: masquerade, native-routing CIDR and NodePort flags", async ()
     [{ nodePortRange: "30000" }, /"node-port-range": Expected "min-max"/],
     [{ nodePortMode: "hybrid" }, /"node-port-mode": Expected "snat"/],
     [{ nodePortMode: "dsr" }, /"node-port-mode": dsr needs --routing-mode native/],
+    // A UDP NodePort could take the health or tunnel port: both values are named.
+    [
+      { clusterHealthPort: 30500 },
+      /"cluster-health-port": 30500 is inside "node-port-range" 30000-32767: a UDP NodePort/,
+    ],
+    [
+      { clusterHealthPort: "4240", nodePortRange: "4000-4999" },
+      /"cluster-health-port": 4240 is inside "node-port-range" 4000-4999/,
+    ],
+    [{ tunnelPort: 31000 }, /"tunnel-port": 31000 is inside "node-port-range" 30000-32767/],
+    [
+      { tunnelPort: "8472", nodePortRange: "8472-8472" },
+      /"tunnel-port": 8472 is inside "node-port-range" 8472-8472/,
+    ],
   ];
   for (const [raw, message] of cases) {
     assert.throws(
@@ -234,4 +255,20 @@ Deno.test("cilia-agent: the kernel datapath without a bpffs is a clear startup e
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("config: --bpf-lb-sock and --cgroup-root", async () => {
+  const d = resolveConfig({ nodeName: "n1" });
+  assert.deepEqual([d.bpfLbSock, d.cgroupRoot], [false, undefined]);
+  const { config } = await loadConfig([
+    ...["--node-name", "n1", "--bpf-lb-sock", "true"],
+    ...["--cgroup-root", "/sys/fs/cgroup/unified/"],
+  ]);
+  assert.deepEqual([config!.bpfLbSock, config!.cgroupRoot], [true, "/sys/fs/cgroup/unified"]);
+  const cases: [Record<string, unknown>, RegExp][] = [
+    [{ bpfLbSock: "yes" }, /"bpf-lb-sock": Expected "true" or "false"/],
+    [{ cgroupRoot: "sys/fs/cgroup" }, /"cgroup-root": Expected an absolute path to a cgroup v2/],
+    [{ cgroupRoot: "" }, /"cgroup-root": Expected an absolute path/],
+  ];
+  for (const [raw, re] of cases) assert.throws(() => resolveConfig(raw), re);
 });

@@ -5,10 +5,11 @@
 // into one case's cluster (addresses, routes, ipcache, endpoints, the engine's map-state) the way
 // the agent moves from one policy to the next: through the sink, new endpoints attached with
 // their whole policy, kept ones updated and given the diff, gone ones removed. probe() sends real
-// packets. It computes no policy (entries come from the engine) and writes nothing into the
-// kernel's maps itself. The topology (addresses, netns) is _conformance_netns.ts.
+// packets (_conformance_probes.ts). It computes no policy (entries come from the engine) and
+// writes nothing into the kernel's maps itself. The topology (addresses, netns) is
+// _conformance_netns.ts.
 import { collectConntrack } from "../../agent/datapath/conntrack_gc.ts";
-import { EventReader, type PacketEvent } from "../../agent/datapath/events.ts";
+import type { PacketEvent } from "../../agent/datapath/events.ts";
 import type { KernelSink } from "../../agent/datapath/kernel_sink.ts";
 import type { DatapathEndpoint, EndpointFlags } from "../../agent/endpoint/datapath_sink.ts";
 import { diffEntries, indexEntries } from "../../agent/endpoint/mapstate_diff.ts";
@@ -28,7 +29,9 @@ import {
 } from "./_conformance_netns.ts";
 import { openSink } from "./_fixture.ts";
 import { Prober } from "./_prober_client.ts";
-import type { ProbeResult } from "./_prober.ts";
+import { LabProbes, type Probe } from "./_conformance_probes.ts";
+
+export type { Probe } from "./_conformance_probes.ts";
 
 export interface LabEndpoint {
   epId: number;
@@ -51,16 +54,6 @@ export interface LabCase {
   outside: string[];
 }
 
-export interface Probe {
-  proto: "tcp" | "udp" | "icmp";
-  from: Place;
-  to: Place;
-  src: string;
-  dst: string;
-  /** TCP/UDP port, or the ICMP type. */
-  port: number;
-}
-
 interface Pod {
   netns: string;
   ifname: string;
@@ -75,10 +68,8 @@ interface Attached {
   policy: MapStateEntry[];
 }
 
-const TIMEOUT_MS = 400;
-const token = () =>
-  Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, "0"))
-    .join("");
+/** An endpoint's addresses. */
+const addrsOf = (e: LabEndpoint) => [e.ipv4, e.ipv6].filter((a): a is string => !!a);
 
 export class KernelLab {
   readonly #lab: Lab;
@@ -90,10 +81,7 @@ export class KernelLab {
   readonly #pods: Pod[] = [];
   readonly #attached = new Map<number, Attached>();
   #revision = 0;
-  #reader: EventReader | undefined;
-  #audits: PacketEvent[] = [];
-  #drops: PacketEvent[] = [];
-  #lost = 0;
+  readonly #probes: LabProbes;
   #prev: LabCase = { endpoints: [], ipcache: [], outside: [] };
 
   private constructor(
@@ -105,6 +93,10 @@ export class KernelLab {
     this.#sink = o.sink;
     this.#nodeProber = o.nodeP;
     this.#outsideProber = o.outP;
+    this.#probes = new LabProbes(
+      (p) => this.#prober(p),
+      o.sink.datapath.pins.maps.cilia_events,
+    );
   }
 
   static async create(): Promise<KernelLab> {
@@ -161,18 +153,17 @@ export class KernelLab {
     await this.#clear(c);
     const prev = this.#prev;
     this.#prev = c; // from here on, the next apply() undoes whatever of c got written
-    const addrs = (e: LabEndpoint) => [e.ipv4, e.ipv6].filter((a): a is string => !!a);
     await Promise.all(c.endpoints.map((e, i) =>
       ip(
         this.#pods[i]!.netns,
         // Removing a device's last IPv4 address removed its IPv4 routes: add them back.
-        [...addrs(e).map(addrAdd), ...POD_ROUTES],
+        [...addrsOf(e).map(addrAdd), ...POD_ROUTES],
       )
     ));
     await ip(
       this.#node.netns,
       c.endpoints.flatMap((e, i) =>
-        addrs(e).map((a) =>
+        addrsOf(e).map((a) =>
           `route replace ${a}/${plen(a)} dev ${this.#pods[i]!.ifname} src ${
             a.includes(":") ? HOST.v6 : HOST.v4
           }`
@@ -194,7 +185,7 @@ export class KernelLab {
       identity: e.identity,
       name: `pod${e.epId}`,
       namespace: "lab",
-      ips: [e.ipv4, e.ipv6].filter((a): a is string => !!a),
+      ips: addrsOf(e),
       ifname: pod.ifname,
       mac: pod.mac,
     };
@@ -224,11 +215,10 @@ export class KernelLab {
         this.#attached.delete(id);
       }
     }
-    const addrs = (e: LabEndpoint) => [e.ipv4, e.ipv6].filter((a): a is string => !!a);
     await ip(
       this.#node.netns,
       prev.endpoints.flatMap((e, i) =>
-        addrs(e).map((a) => `route del ${a}/${plen(a)} dev ${this.#pods[i]!.ifname}`)
+        addrsOf(e).map((a) => `route del ${a}/${plen(a)} dev ${this.#pods[i]!.ifname}`)
       ),
       true,
     );
@@ -253,32 +243,8 @@ export class KernelLab {
   }
 
   /** Starts the listeners the probes need at their destinations. */
-  async listen(probes: readonly Probe[]): Promise<void> {
-    const done = new Set<string>();
-    await Promise.all(probes.flatMap((p) => {
-      if (p.proto === "icmp") return [];
-      const dst = this.#prober(p.to);
-      const key = `${dst.netns}|${p.proto}|${p.proto === "udp" ? p.dst : ""}|${p.port}`;
-      if (done.has(key)) return [];
-      done.add(key);
-      return [dst.listen(p.proto, p.port, p.proto === "udp" ? p.dst : undefined)];
-    }));
-  }
-
-  /** One attempt: "ok" when the packet (and for TCP, UDP and echo its reply) got through. */
-  async #once(p: Probe): Promise<ProbeResult> {
-    const from = this.#prober(p.from);
-    const base = { src: p.src, dst: p.dst, timeoutMs: TIMEOUT_MS };
-    if (p.proto !== "icmp") return await from.call({ op: p.proto, port: p.port, ...base });
-    const t = token();
-    const sent = await from.call({ op: "icmp", type: p.port, token: t, ...base });
-    if (sent !== "sent") return sent;
-    return await this.#prober(p.to).call({
-      op: "seen",
-      type: p.port,
-      token: t,
-      timeoutMs: TIMEOUT_MS,
-    });
+  listen(probes: readonly Probe[]): Promise<void> {
+    return this.#probes.listen(probes);
   }
 
   /**
@@ -287,23 +253,7 @@ export class KernelLab {
    * looked at). Lost events make the answer unreliable: they throw.
    */
   takeAudits(): PacketEvent[] {
-    this.#poll();
-    const out = this.#audits;
-    this.#audits = [];
-    this.#drops = [];
-    return out;
-  }
-
-  #poll(): void {
-    this.#reader ??= new EventReader(this.#sink.datapath.pins.maps.cilia_events, {
-      onEvent: (e) => {
-        if (e.type === "policy-verdict" && e.verdict === "audit") this.#audits.push(e);
-        if (e.type === "drop") this.#drops.push(e);
-      },
-      onLost: (_cpu, n) => this.#lost += n,
-    });
-    this.#reader.poll();
-    if (this.#lost > 0) throw new Error(`The lab lost ${this.#lost} datapath events`);
+    return this.#probes.takeAudits();
   }
 
   /**
@@ -312,32 +262,17 @@ export class KernelLab {
    * dropping this probe: the packet is then known lost, not late. The verdict is still the
    * packet's fate (no reply); the event only spares the retry.
    */
-  async probe(
+  probe(
     p: Probe,
     isDrop?: (drops: readonly PacketEvent[]) => boolean,
   ): Promise<{ allowed: boolean; attempts: string[] }> {
-    const attempts: string[] = [];
-    for (let i = 0; i < 2; i++) {
-      const r = await this.#once(p);
-      attempts.push(r);
-      if (r === "ok") return { allowed: true, attempts };
-      if (r === "timeout" && isDrop) {
-        this.#poll();
-        if (isDrop(this.#drops)) return { allowed: false, attempts: [...attempts, "drop event"] };
-      }
-      if (r !== "timeout") {
-        throw new Error(
-          `Probe ${p.proto} ${p.src} -> ${p.dst}:${p.port} failed: ${r} (a lab problem, not a drop)`,
-        );
-      }
-    }
-    return { allowed: false, attempts };
+    return this.#probes.probe(p, isDrop);
   }
 
   async close(): Promise<void> {
     const probers = [this.#nodeProber, this.#outsideProber, ...this.#pods.map((p) => p.prober)];
     await Promise.all(probers.map((p) => p.close().catch(() => {})));
-    this.#reader?.close();
+    this.#probes.close();
     await this.#sink.close();
     await this.#lab.close();
   }

@@ -105,6 +105,30 @@ Deno.test(
   },
 );
 
+Deno.test(
+  "a flow's first reply is traced with the peer's identity at both hooks",
+  opts,
+  async () => {
+    await using t = await nodeLab({ pods: 2 });
+    const [a, b] = t.pods as [typeof t.pods[0], typeof t.pods[0]];
+    await t.lab.peer(b.netns).listen("tcp", 80);
+    const isReply = (e: { type: string; ctState: number; dport: number }) =>
+      e.type === "trace" && e.ctState === 2 && e.dport !== 80;
+    const events = await withEvents(
+      t.dp,
+      () => t.lab.peer(a.netns).probe("tcp", b.ipv4, 80, OK_MS),
+      {
+        until: (e) => isReply(e) && e.epId === 1,
+      },
+    );
+    const replies = events.filter(isReply).map((
+      e,
+    ) => [e.epId, e.direction, e.srcIdentity, e.dstIdentity]);
+    // b's egress and a's ingress: the identity looked up for the reply, not the endpoint's own.
+    assertEquals(replies, [[2, "egress", ID.b, ID.a], [1, "ingress", ID.b, ID.a]]);
+  },
+);
+
 Deno.test("conntrack garbage collector deletes expired entries only", opts, async () => {
   await using t = await nodeLab({ pods: 2 });
   const [a, b] = t.pods as [typeof t.pods[0], typeof t.pods[0]];

@@ -1,8 +1,9 @@
 // A cluster of cilia nodes for the multi-node tests: a lab (netns.ts) with an underlay network
 // namespace holding a bridge (192.0.2.254/24) and one real etcd listening on it, N node netns
 // each with eth0 = 192.0.2.<i> on that bridge and its own bpffs, and `bin/cilia-agent` on each
-// node started the MACHINE.md §1 way (--node-ip, pod CIDRs 10.200.<i>.0/24 and
-// fd00:200:<i>::/64, a short lease so that a stopped node expires quickly). Pods come through
+// node (the first alone, then the others at once) started the MACHINE.md §1 way (--node-ip, pod
+// CIDRs 10.200.<i>.0/24 and fd00:200:<i>::/64, a short lease so that a stopped node expires
+// quickly). Pods come through
 // the CNI plugin (tests/cni/_fixture.ts execCni). Flows and events are asked from the agents,
 // never read from the perf buffer. etcd can be killed and started again on its data
 // (stopEtcd/startEtcd) or blackholed (blockEtcd) for the fault tests. Each node's eth0 also has
@@ -224,7 +225,7 @@ export class Cluster implements AsyncDisposable {
         await c.#plug(node);
         c.nodes.push(new ClusterNode(c, node));
       }
-      for (const n of c.nodes) await n.startAgent();
+      await startAll(c.nodes);
       return c;
     } catch (err) {
       await c.close();
@@ -315,6 +316,22 @@ export class Cluster implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
+}
+
+/**
+ * Starts the first node's agent, then the others' at once (they share only etcd, where each
+ * writes its own node record, lease and IPAM keys, and identities are created-if-absent), and
+ * waits for all of them: the first failure is thrown once every start has settled, so close()
+ * finds no start half done. The first goes alone because a cold start builds the eBPF objects
+ * and transpiles the agent: several at once would each do all of it on the same cores. A test
+ * that needs another order starts its agents itself.
+ */
+async function startAll(nodes: ClusterNode[]): Promise<void> {
+  const [first, ...others] = nodes;
+  await first?.startAgent();
+  const started = await Promise.allSettled(others.map((n) => n.startAgent()));
+  const failed = started.find((s): s is PromiseRejectedResult => s.status === "rejected");
+  if (failed) throw failed.reason;
 }
 
 /** Starts an agent from its argv (Lab.nodeArgv's), this test's Deno for it, stderr piped. */

@@ -109,8 +109,11 @@ Deno.test("verdicts() judge each target on the median of per-round ratios", () =
     // Round 2 is slow for every setup alike: per-round ratios cancel it.
     [S.bare, x([10_000, 5_000, 10_000], [40_000, 20_000, 40_000])],
     [S.ciliaDirect, x([9_000, 4_500, 9_000], [36_000, 18_000, 36_000])],
-    [S.cil10, x([8_800, 4_400, 8_800], [35_000, 17_500, 35_000])],
-    [S.cil10k, x([8_600, 4_300, 8_700], [34_000, 17_000, 34_000])],
+    [S.sock10, x([8_800, 4_400, 8_800], [35_000, 17_500, 35_000])],
+    [S.sock10k, x([8_600, 4_300, 8_700], [34_000, 17_000, 34_000])],
+    // The tc path: shown, not judged.
+    [S.cil10, x([8_000, 4_000, 8_000], [33_000, 16_500, 33_000])],
+    [S.cil10k, x([7_000, 3_500, 7_000], [32_000, 16_000, 32_000])],
     [S.ipt10, x([9_500, 4_700, 9_500], [38_000, 19_000, 38_000])],
     [S.ipt10k, x([3_000, 1_500, 3_000], [38_000, 19_000, 38_000])],
   ]);
@@ -124,10 +127,18 @@ Deno.test("verdicts() judge each target on the median of per-round ratios", () =
   assert.ok(at(/iptables at 10,000 services, new conn\/s: 2\.87× {3}target ≥ 3× {3}MISSED /));
   assert.ok(at(/^bound: a datapath that cost nothing would be 3\.33× iptables .* new conn\/s/));
   assert.ok(at(/^bound: .* 3\.33× iptables at 10,000 services in HTTP conn\/s/));
+  assert.match(v[0]!, /^socket LB 10,000 vs 10 services/, "judged on the socket LB");
+  assert.ok(
+    at(/^tc path vs iptables at 10,000 services, new conn\/s: 2\.33× {3}\(shown, no target\)/),
+  );
+  assert.ok(at(/^tc path 10,000 vs 10 services, new conn\/s: 0\.88× {3}\(shown/), v.join("\n"));
   assert.equal(v.filter((l) => / target ≥ /.test(l)).length, 7, "7 targets judged");
   assert.equal(roundRatio([2, 1, 9], [1, 1, 3]), 2);
   assert.deepEqual([median([3, 1, 2]), median([4, 1, 2, 3])], [2, 2.5]);
-  assert.throws(() => verdicts(new Map()), /No samples for setup "cilia: 10 services"/);
+  assert.throws(
+    () => verdicts(new Map()),
+    /No samples for setup "cilia \(socket LB\): 10 services"/,
+  );
 });
 
 Deno.test("bench lb refuses bad --rounds and --seconds with the flag's value", async () => {
@@ -143,15 +154,25 @@ Deno.test({
       { name: S.bare, kind: "direct", services: 0 },
       { name: S.ipt10, kind: "iptables", services: 10 },
       { name: S.cil10, kind: "cilia", services: 10 },
+      { name: S.sock10, kind: "cilia", services: 10, sock: true, sameNodeAs: S.cil10 },
     ]);
-    const [bare, ipt, cil] = lab.setups as [
+    const [bare, ipt, cil, sock] = lab.setups as [
+      typeof lab.setups[0],
       typeof lab.setups[0],
       typeof lab.setups[0],
       typeof lab.setups[0],
     ];
+    assert.ok(sock.cgroup && sock.target === cil.target, "socket LB: the same VIP, a cgroup");
+    // Packets that passed a service conntrack entry (lb.h's per-packet path) so far.
+    const servicePackets = () =>
+      dumpConntrack(cil.sink!.datapath.pins.maps.cilia_ct)
+        .filter((e) => Number(e.key.dir) === DIR_SERVICE)
+        .reduce((n, e) => n + Number(e.value.packets), 0);
+    let beforeSock = 0;
     assert.equal(bare.target, bare.server.ipv4);
     assert.equal(ipt.target, "10.96.0.5");
     for (const s of lab.setups) {
+      if (s === sock) beforeSock = servicePackets();
       const crr = await lab.wrk(s, { seconds: 1, close: true, connections: 4 });
       const rr = await lab.wrk(s, { seconds: 1, close: false, connections: 4 });
       assert.ok(
@@ -215,6 +236,9 @@ Deno.test({
         assert.ok(packets >= 3 * conns, `${packets} service packets for ${conns} connections`);
       }
     }
+    // The socket LB translated at connect: its connections passed no service entry of lb.h.
+    const afterSock = servicePackets();
+    assert.ok(afterSock <= beforeSock, `service packets ${beforeSock} → ${afterSock}`);
     // The switch is machine-wide: another job may flip it (or enable stats through a
     // BPF_ENABLE_STATS fd, which the sysctl does not show), so only a steady "on" is judged.
     const statsOn = async () =>

@@ -1,0 +1,225 @@
+/* Socket-level load balancing (Cilium's "socket LB", bpf_sock), attached to a cgroup v2 by the
+ * agent with --bpf-lb-sock true (agent/datapath/sock_loader.ts): a process in that cgroup that
+ * connects (or sends a UDP datagram) to a service address gets the backend's address in its
+ * socket at once, so its packets carry the backend from the first one: the tc path (lib/lb.h)
+ * finds no service in them, and conntrack and policy see the backend as they do after lb.h's DNAT.
+ *
+ * - cil_sock4_connect / cil_sock6_connect (connect(2), TCP and connected UDP): once per socket.
+ * - cil_sock4_sendmsg / cil_sock6_sendmsg: every datagram of an unconnected UDP socket.
+ * - cil_sock4_recvmsg / cil_sock6_recvmsg: a UDP reply's source back to the service address (a
+ *   DNS client such as dig drops an answer from an address it did not ask).
+ * - cil_sock4_getpeername / cil_sock6_getpeername: the peer a process sees is the service.
+ *
+ * It reads the same maps as lib/lb.h (lib/lb_maps.h: cilia_lb_services, cilia_lb_slots,
+ * cilia_lb_backends), written by the agent as diffs: the same backends, the same slot table
+ * (random: each backend once per weight unit; maglev: the Maglev table), so weights and Maglev
+ * hold as in lb.h. Its own map, cilia_lb_sock_revnat (LRU): {socket cookie, backend address,
+ * port, family} → the service address, for recvmsg and getpeername.
+ *
+ * Invariants:
+ * 1. Only TCP and UDP to a service address:port of the socket's family are translated; anything
+ *    else passes untouched (return 1), to the tc path if it goes to a service after all.
+ * 2. Slot = hash(socket cookie, service address, port, protocol) % slots: a socket keeps one
+ *    backend for all its datagrams to a service while the slots stay, and sockets spread over
+ *    the slots as lb.h's 5-tuple hash spreads connections (the socket's source address and port
+ *    are not known yet at connect). A connection is translated once, so it keeps its backend
+ *    for its lifetime, agent restarts and slot changes included.
+ * 3. A service with no slots, or a slot or backend that is missing or of another family (lb.h's
+ *    3.): the call fails with ECONNREFUSED (bpf_set_retval; Cilium's answer), at once, never a
+ *    hang and never a packet to the service address.
+ * 4. Reverse entries are written before the socket is changed; a missing one (evicted, or the
+ *    socket was translated by an older object with another map) only leaves the backend visible
+ *    to recvmsg/getpeername: TCP is unaffected, a UDP reply then looks foreign to its client.
+ * 5. Programs of two objects may run on one socket (a restart attaches the new ones before it
+ *    detaches the old, agent/datapath/sock_loader.ts): the second sees the backend's address,
+ *    which is no service (1.), and a reply already turned into the service address has no
+ *    reverse entry: each translation happens once.
+ *
+ * Left to the tc path (passed untouched here, translated per packet by lib/lb.h exactly as before):
+ * - services with session affinity (LB_SVC_F_AFFINITY): lb.h keys affinity on the client's IP
+ *   address, which a socket does not have before connect picks its route; a cookie-keyed
+ *   affinity would differ from the tc path's.
+ * - NodePort and LoadBalancer frontends (LB_SVC_F_EXTERNAL): lb.h does not serve them from pods
+ *   either (lib/nodeport.h does, on the underlay).
+ * - IPv4-mapped IPv6 destinations (::ffff:a.b.c.d on an IPv6 socket): their packets are IPv4.
+ * Differs from the tc path: a pod that is a backend of the service it connects to reaches itself
+ * over loopback (the backend sees its own address, Cilium's behaviour), not from lb.h's
+ * 169.254.42.1 (hairpin, lb.h 8.); a connected socket whose backend is removed from the service
+ * keeps talking to that backend while it lives (lb.h resets it: its 2.), as nothing here sees
+ * the connection again; sockets of processes outside the cgroup are not seen at all.
+ */
+#include "lib/lb_maps.h"
+
+#define SOCK_ECONNREFUSED 111
+#define SOCK_IPV6_MAPPED bpf_htonl(0xffff)
+
+struct sock_revnat_key {
+	__u64 cookie;
+	__u8 addr[16]; /* the backend; IPv4: the first 4 bytes */
+	__be16 port;
+	__u8 family;
+	__u8 pad[5];
+};
+_Static_assert(sizeof(struct sock_revnat_key) == 32, "sock_revnat_key size");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct sock_revnat_key);
+	__type(value, struct lb_revnat);
+	__uint(max_entries, 65536);
+} cilia_lb_sock_revnat SEC(".maps");
+
+/* The socket's address (the destination of connect/sendmsg, the source of recvmsg, the peer of
+ * getpeername) as 16 bytes and its port. */
+static __always_inline void sock_addr_get(const struct bpf_sock_addr *ctx, __u8 family,
+					  __u8 *addr, __be16 *port)
+{
+	__u32 *w = (__u32 *)addr;
+
+	if (family == FAMILY_IPV4) {
+		w[0] = ctx->user_ip4;
+	} else {
+		w[0] = ctx->user_ip6[0];
+		w[1] = ctx->user_ip6[1];
+		w[2] = ctx->user_ip6[2];
+		w[3] = ctx->user_ip6[3];
+	}
+	*port = (__be16)ctx->user_port;
+}
+
+static __always_inline void sock_addr_set(struct bpf_sock_addr *ctx, __u8 family,
+					  const __u8 *addr, __be16 port)
+{
+	const __u32 *w = (const __u32 *)addr;
+
+	if (family == FAMILY_IPV4) {
+		ctx->user_ip4 = w[0];
+	} else {
+		ctx->user_ip6[0] = w[0];
+		ctx->user_ip6[1] = w[1];
+		ctx->user_ip6[2] = w[2];
+		ctx->user_ip6[3] = w[3];
+	}
+	ctx->user_port = (__u32)port;
+}
+
+/* 3. */
+static __always_inline int sock_refuse(void)
+{
+	bpf_set_retval(-SOCK_ECONNREFUSED);
+	return 0;
+}
+
+/* connect and sendmsg: a service address becomes its backend (1.–4.). 1 lets the call go on. */
+static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx, __u8 family)
+{
+	struct lb_service_key sk = { .family = family };
+	struct sock_revnat_key rk = { .family = family };
+	struct lb_revnat rn = { .family = family };
+	struct lb_slot_key slot = {};
+	struct lb_service_value *svc;
+	struct lb_backend_key bk;
+	struct lb_backend *be;
+	struct lb_slot_value *sv;
+	__u32 proto = ctx->protocol, h;
+	__u64 cookie;
+
+	if (proto != PROTO_TCP && proto != PROTO_UDP)
+		return 1;
+	sock_addr_get(ctx, family, sk.addr, &sk.port);
+	if (family == FAMILY_IPV6 && ((__u32 *)sk.addr)[0] == 0 && ((__u32 *)sk.addr)[1] == 0 &&
+	    ((__u32 *)sk.addr)[2] == SOCK_IPV6_MAPPED)
+		return 1; /* left to the tc path */
+	sk.proto = proto;
+	svc = bpf_map_lookup_elem(&cilia_lb_services, &sk);
+	if (!svc || (svc->flags & (LB_SVC_F_EXTERNAL | LB_SVC_F_AFFINITY)))
+		return 1;
+	if (svc->slots == 0)
+		return sock_refuse();
+	cookie = bpf_get_socket_cookie(ctx);
+	h = lb_mix(lb_fold(sk.addr) ^ 0x9e3779b9);
+	h = lb_mix(h ^ (__u32)cookie);
+	h = lb_mix(h ^ (__u32)(cookie >> 32));
+	h = lb_mix(h ^ (((__u32)sk.port << 16) | proto));
+	slot.svc_id = svc->svc_id;
+	slot.slot = h % svc->slots;
+	sv = bpf_map_lookup_elem(&cilia_lb_slots, &slot);
+	if (!sv)
+		return sock_refuse();
+	bk.backend_id = sv->backend_id;
+	be = bpf_map_lookup_elem(&cilia_lb_backends, &bk);
+	if (!be || be->family != family)
+		return sock_refuse();
+	rk.cookie = cookie;
+	__builtin_memcpy(rk.addr, be->addr, 16);
+	rk.port = be->port;
+	__builtin_memcpy(rn.addr, sk.addr, 16);
+	rn.port = sk.port;
+	bpf_map_update_elem(&cilia_lb_sock_revnat, &rk, &rn, BPF_ANY);
+	sock_addr_set(ctx, family, be->addr, be->port);
+	return 1;
+}
+
+/* recvmsg and getpeername: a backend this socket was translated to becomes the service again. */
+static __always_inline int sock_xlate_rev(struct bpf_sock_addr *ctx, __u8 family)
+{
+	struct sock_revnat_key rk = { .family = family };
+	struct lb_revnat *rn;
+
+	sock_addr_get(ctx, family, rk.addr, &rk.port);
+	rk.cookie = bpf_get_socket_cookie(ctx);
+	rn = bpf_map_lookup_elem(&cilia_lb_sock_revnat, &rk);
+	if (rn && rn->family == family)
+		sock_addr_set(ctx, family, rn->addr, rn->port);
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int cil_sock4_connect(struct bpf_sock_addr *ctx)
+{
+	return sock_xlate_fwd(ctx, FAMILY_IPV4);
+}
+
+SEC("cgroup/sendmsg4")
+int cil_sock4_sendmsg(struct bpf_sock_addr *ctx)
+{
+	return sock_xlate_fwd(ctx, FAMILY_IPV4);
+}
+
+SEC("cgroup/recvmsg4")
+int cil_sock4_recvmsg(struct bpf_sock_addr *ctx)
+{
+	return sock_xlate_rev(ctx, FAMILY_IPV4);
+}
+
+SEC("cgroup/getpeername4")
+int cil_sock4_getpeername(struct bpf_sock_addr *ctx)
+{
+	return sock_xlate_rev(ctx, FAMILY_IPV4);
+}
+
+SEC("cgroup/connect6")
+int cil_sock6_connect(struct bpf_sock_addr *ctx)
+{
+	return sock_xlate_fwd(ctx, FAMILY_IPV6);
+}
+
+SEC("cgroup/sendmsg6")
+int cil_sock6_sendmsg(struct bpf_sock_addr *ctx)
+{
+	return sock_xlate_fwd(ctx, FAMILY_IPV6);
+}
+
+SEC("cgroup/recvmsg6")
+int cil_sock6_recvmsg(struct bpf_sock_addr *ctx)
+{
+	return sock_xlate_rev(ctx, FAMILY_IPV6);
+}
+
+SEC("cgroup/getpeername6")
+int cil_sock6_getpeername(struct bpf_sock_addr *ctx)
+{
+	return sock_xlate_rev(ctx, FAMILY_IPV6);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

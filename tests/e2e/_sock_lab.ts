@@ -1,0 +1,109 @@
+// What the socket-LB e2e test needs beyond _services_lab.ts: a per-test cgroup v2 directory (never
+// the machine's root: other tests run at the same time with the same VIPs), bind-mounted outside
+// /sys so the agent, which `ip netns exec` gives a fresh /sys, can attach to it; commands run
+// inside the cgroup; the C client (_sock_peer.c) built with clang; and iptables OUTPUT counters in
+// a pod, which count what the pod's own stack sends (the socket's destination, before any tc
+// program): the wire as the client writes it. Needs root.
+import { execCommand } from "../../agent/sys/exec.ts";
+
+/** Where cgroup2 is mounted on this machine (hybrid v1/v2: /sys/fs/cgroup/unified). */
+export async function cgroup2Mount(): Promise<string | undefined> {
+  for (const line of (await Deno.readTextFile("/proc/self/mountinfo")).split("\n")) {
+    const [left, right] = line.split(" - ");
+    if (right?.split(" ")[0] === "cgroup2") return left!.split(" ")[4];
+  }
+  return undefined;
+}
+
+async function run(argv: string[]): Promise<string> {
+  const r = await execCommand(argv);
+  if (r.code !== 0) throw new Error(`${argv.join(" ")}: exit ${r.code}: ${r.stderr.trim()}`);
+  return r.stdout;
+}
+
+/** A cgroup of its own for one test, and the same directory bind-mounted at `agentPath`. */
+export class TestCgroup implements AsyncDisposable {
+  readonly path: string;
+  readonly dir: string;
+  readonly agentPath: string;
+
+  private constructor(path: string, dir: string) {
+    this.path = path;
+    this.dir = dir;
+    this.agentPath = `${dir}/cgroup`;
+  }
+
+  static async create(): Promise<TestCgroup> {
+    const mount = await cgroup2Mount();
+    if (mount === undefined) throw new Error("No cgroup2 mount on this machine");
+    const tag = `cilia-sock-${crypto.randomUUID().slice(0, 8)}`;
+    const dir = await Deno.makeTempDir({ prefix: `${tag}-` });
+    const cg = new TestCgroup(`${mount}/${tag}`, dir);
+    await Deno.mkdir(cg.path);
+    try {
+      await Deno.mkdir(cg.agentPath);
+      await run(["mount", "--bind", cg.path, cg.agentPath]);
+    } catch (err) {
+      await cg.close();
+      throw err;
+    }
+    return cg;
+  }
+
+  /** argv run as a process of this cgroup (its children stay in it). */
+  argv(argv: string[]): string[] {
+    return ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', this.path, ...argv];
+  }
+
+  /** The processes in the cgroup (a test's cleanup kills them before the rmdir). */
+  async pids(): Promise<number[]> {
+    const text = await Deno.readTextFile(`${this.path}/cgroup.procs`).catch(() => "");
+    return text.split("\n").filter((l) => l !== "").map(Number);
+  }
+
+  async close(): Promise<void> {
+    for (const pid of await this.pids()) {
+      try {
+        Deno.kill(pid, "SIGKILL");
+      } catch { /* gone */ }
+    }
+    await execCommand(["umount", "-l", this.agentPath]);
+    for (let i = 0; i < 50; i++) {
+      if (await Deno.remove(this.path).then(() => true, () => false)) break;
+      await new Promise((r) => setTimeout(r, 100)); // the killed processes leave
+    }
+    await Deno.remove(this.dir, { recursive: true }).catch(() => {});
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+/** Builds _sock_peer.c into dir; the binary's path. */
+export async function buildSockPeer(dir: string): Promise<string> {
+  const src = new URL("./_sock_peer.c", import.meta.url).pathname;
+  await run(["clang", "-O2", "-Wall", "-o", `${dir}/sock_peer`, src]);
+  return `${dir}/sock_peer`;
+}
+
+/** iptables (or ip6tables) OUTPUT rules in netns that only count packets to each address. */
+export async function countTo(netns: string, v6: boolean, addrs: string[]): Promise<void> {
+  const tool = v6 ? "ip6tables" : "iptables";
+  for (const a of addrs) {
+    await run(["ip", "netns", "exec", netns, tool, "-w", "-A", "OUTPUT", "-d", a]);
+  }
+}
+
+/** The packets each counting rule saw, by address. */
+export async function counted(netns: string, v6: boolean): Promise<Record<string, number>> {
+  const tool = v6 ? "ip6tables" : "iptables";
+  const out = await run(["ip", "netns", "exec", netns, tool, "-w", "-nvxL", "OUTPUT"]);
+  const got: Record<string, number> = {};
+  for (const line of out.split("\n")) {
+    const f = line.trim().split(/\s+/);
+    if (!/^\d+$/.test(f[0] ?? "") || f.length < 6) continue;
+    got[f.at(-1)!.replace(/\/(32|128)$/, "")] = Number(f[0]); // the destination: last column
+  }
+  return got;
+}

@@ -1,0 +1,261 @@
+// Socket-level load balancing (bpf/sock.c, --bpf-lb-sock true) with real sockets: the agent
+// attaches the cgroup hooks to a cgroup of this test's own (never the machine's root: other tests
+// use the same VIPs at the same time), and the clients run inside it. TCP through the VIP spreads
+// over two backends while the client's stack sends only to the backends (iptables OUTPUT counters
+// in the pod: the socket path ran; the tc path would send to the VIP) and getpeername shows the VIP;
+// dig through a UDP VIP gets dnsmasq's answers (dig drops an answer from an address it did not ask:
+// recvmsg4 must give the VIP back); a service without backends refuses at once (ECONNREFUSED);
+// IPv6 through connect6; policy still decides on the backend's identity (drop 133 toward it); a
+// process outside the cgroup is served by the tc path (its stack sends to the VIP); an agent
+// restart, and a replacement by another object, keep held connections on their backends and
+// fail no new connection meanwhile; --bpf-lb-sock false detaches them again; an agent given a
+// --cgroup-root that is not cgroup2 does not start and names the path. Needs root, clang,
+// dnsmasq, dig, iptables.
+import assert from "node:assert/strict";
+import { CiliaNode, dropText, type TestPod } from "../cni/_fixture.ts";
+import { needsRoot } from "../helpers/root.ts";
+import { execCommand } from "../../agent/sys/exec.ts";
+import { attachSock, loadSock, SOCK_PROGS } from "../../agent/datapath/sock_loader.ts";
+import { killAll, putService, waitListening } from "./_services_lab.ts";
+import { buildSockPeer, counted, countTo, TestCgroup } from "./_sock_lab.ts";
+
+const VIP = "10.96.0.10", DNS_VIP = "10.96.0.53", EMPTY_VIP = "10.96.0.11";
+const VIP6 = "fd00:96::10";
+
+// Answers every read with its name, on [::]:8080 (IPv4 too: a dual-stack socket).
+const SERVER = `
+const [name] = Deno.args;
+const enc = new TextEncoder();
+for await (const c of Deno.listen({ hostname: "::", port: 8080 })) {
+  (async () => {
+    const buf = new Uint8Array(64);
+    try { while ((await c.read(buf)) !== null) await c.write(enc.encode(name + "\\n")); } catch {}
+    try { c.close(); } catch {}
+  })();
+}`;
+
+interface Conn {
+  peer?: string;
+  name?: string;
+  err?: string;
+  ms?: number;
+}
+
+Deno.test({
+  name: "services: socket LB (cgroup connect/sendmsg/recvmsg/getpeername) with real sockets",
+  ...needsRoot(),
+  sanitizeResources: false,
+}, async (t) => {
+  await using cg = await TestCgroup.create();
+  await using n = await CiliaNode.create({
+    agentArgs: ["--bpf-lb-sock", "true", "--cgroup-root", cg.agentPath],
+  });
+  const servers: Deno.ChildProcess[] = [];
+  try {
+    const peerBin = await buildSockPeer(n.dir);
+    await Deno.writeTextFile(`${n.dir}/server.js`, SERVER);
+    const b: TestPod[] = [];
+    for (const [i, name] of ["b1", "b2"].entries()) {
+      const pod = await n.addPod(name, { app: name });
+      b.push(pod);
+      servers.push(
+        new Deno.Command("ip", {
+          args: ["netns", "exec", pod.netns, Deno.execPath(), "run", "-A", "--no-config"]
+            .concat([`${n.dir}/server.js`, name]),
+          stdout: "null",
+          stderr: "inherit",
+        }).spawn(),
+        new Deno.Command("ip", {
+          args: ["netns", "exec", pod.netns, "dnsmasq", "--no-daemon", "--port=53"].concat(
+            [`--listen-address=${pod.ipv4}`, "--bind-interfaces", "--no-resolv", "--no-hosts"],
+            ["--conf-file=/dev/null", "--pid-file=", "--user=root", "--log-facility=-"],
+            [`--address=/svc.test/192.0.2.${i + 1}`],
+          ),
+          stdout: "null",
+          stderr: "null",
+        }).spawn(),
+      );
+    }
+    const [b1, b2] = b as [TestPod, TestPod];
+    const client = await n.addPod("client", { app: "client" });
+    for (const p of b) await waitListening(n.lab, p.netns, "( sport = :8080 or sport = :53 )", 3);
+    const inPod = (argv: string[]) => ["ip", "netns", "exec", client.netns, ...argv];
+    const run = async (argv: string[], inside = true) => {
+      const r = await execCommand(inside ? cg.argv(inPod(argv)) : inPod(argv));
+      assert.equal(r.code, 0, `${argv.join(" ")}: ${r.stderr}`);
+      return r.stdout;
+    };
+    const conns = async (host: string, count: number, ms = 3000, inside = true) =>
+      JSON.parse(
+        await run([peerBin, "count", host, "80", String(count), String(ms)], inside),
+      ) as Conn[];
+    const names = (got: Conn[]) => [...new Set(got.map((c) => c.name))].sort();
+    await countTo(client.netns, false, [VIP, DNS_VIP, EMPTY_VIP, b1.ipv4, b2.ipv4]);
+    await countTo(client.netns, true, [VIP6, b1.ipv6, b2.ipv6]);
+
+    await t.step("TCP: balanced, backends on the wire, getpeername shows the VIP", async () => {
+      await putService(n, {
+        frontend: { ip: VIP, port: 80, protocol: "TCP" },
+        backends: [b1, b2].map((p) => ({ ip: p.ipv4, port: 8080 })),
+      });
+      const got = await conns(VIP, 20);
+      const shown = JSON.stringify(got);
+      assert.ok(got.every((c) => c.peer === `${VIP}:80`), `getpeername: the VIP: ${shown}`);
+      assert.deepEqual(names(got), ["b1", "b2"], `both backends: ${shown}`);
+      const c = await counted(client.netns, false);
+      assert.equal(c[VIP], 0, `nothing sent to the VIP: ${JSON.stringify(c)}`);
+      assert.ok(c[b1.ipv4]! > 0 && c[b2.ipv4]! > 0, `sent to both backends: ${JSON.stringify(c)}`);
+    });
+
+    await t.step("UDP: dig through the VIP gets dnsmasq's answers (recvmsg4)", async () => {
+      await putService(n, {
+        frontend: { ip: DNS_VIP, port: 53, protocol: "UDP" },
+        backends: [b1, b2].map((p) => ({ ip: p.ipv4, port: 53 })),
+      });
+      const out = await run([
+        "sh",
+        "-c",
+        `for i in $(seq 16); do dig @${DNS_VIP} svc.test +short +tries=1 +time=2; done`,
+      ]);
+      const lines = out.trim().split("\n");
+      assert.equal(lines.length, 16, out);
+      assert.ok(lines.every((l) => /^192\.0\.2\.[12]$/.test(l)), `dnsmasq answered: ${out}`);
+      assert.deepEqual([...new Set(lines)].sort(), ["192.0.2.1", "192.0.2.2"], out);
+      assert.equal((await counted(client.netns, false))[DNS_VIP], 0, "nothing sent to the VIP");
+    });
+
+    await t.step("a service without backends: connect fails at once (ECONNREFUSED)", async () => {
+      await putService(n, { frontend: { ip: EMPTY_VIP, port: 80, protocol: "TCP" }, backends: [] });
+      const [got] = await conns(EMPTY_VIP, 1);
+      assert.equal(got?.err, "ECONNREFUSED", JSON.stringify(got));
+      assert.ok(got!.ms! < 500, `at once: ${got!.ms} ms`);
+      assert.equal((await counted(client.netns, false))[EMPTY_VIP], 0, "no packet sent");
+    });
+
+    await t.step("IPv6: connect6 balances, getpeername6 shows the VIP", async () => {
+      await putService(n, {
+        frontend: { ip: VIP6, port: 80, protocol: "TCP" },
+        backends: [b1, b2].map((p) => ({ ip: p.ipv6, port: 8080 })),
+      });
+      const got = await conns(VIP6, 16);
+      const shown = JSON.stringify(got);
+      assert.ok(got.every((c) => c.peer === `[${VIP6}]:80`), `getpeername: the VIP: ${shown}`);
+      assert.deepEqual(names(got), ["b1", "b2"], `both backends: ${shown}`);
+      const c = await counted(client.netns, true);
+      assert.equal(c[VIP6], 0, `nothing sent to the VIP: ${JSON.stringify(c)}`);
+    });
+
+    await t.step("policy decides on the backend's identity (133 toward b2)", async () => {
+      const b2Identity = ((await n.call("GET", `/v1/endpoint/default/b2`)).body as {
+        identity: number;
+      }).identity;
+      await n.policy(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-b1, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+    - toEndpoints: [{matchLabels: {app: b1}}]
+`);
+      try {
+        const { result, events } = await n.withEvents(() => conns(VIP, 10, 1500), {
+          until: (e) => e.type === "drop" && e.subtype === 133,
+        });
+        const shown = JSON.stringify(result);
+        const ok = result.filter((c) => c.name !== undefined);
+        assert.ok(ok.length > 0 && ok.length < result.length, `some pass, some drop: ${shown}`);
+        assert.ok(ok.every((c) => c.name === "b1"), `only b1 answers: ${shown}`);
+        const drop = events.find((e) => e.type === "drop" && e.subtype === 133);
+        assert.ok(drop, `a policy drop: ${events.map(dropText)}`);
+        assert.equal(drop.dstIdentity, b2Identity, `toward b2: ${dropText(drop)}`);
+        assert.equal(drop.dport, 8080, "the backend's port");
+      } finally {
+        await n.clearPolicies();
+      }
+    });
+
+    await t.step("a process outside the cgroup is served by the tc path", async () => {
+      const before = (await counted(client.netns, false))[VIP]!;
+      const got = await conns(VIP, 6, 3000, false);
+      const shown = JSON.stringify(got);
+      assert.ok(got.every((c) => c.peer === `${VIP}:80` && c.name), `served: ${shown}`);
+      const after = (await counted(client.netns, false))[VIP]!;
+      assert.ok(after > before, `its stack sent to the VIP (${before} → ${after})`);
+    });
+
+    await t.step("agent restart and a program replacement: no failed connection", async () => {
+      const hold = new Deno.Command(cg.argv(inPod([peerBin, "hold", VIP, "80", "6"]))[0]!, {
+        args: cg.argv(inPod([peerBin, "hold", VIP, "80", "6"])).slice(1),
+        stdin: "piped",
+        stdout: "piped",
+      }).spawn();
+      const lines = hold.stdout.pipeThrough(new TextDecoderStream()).getReader();
+      const first = JSON.parse((await lines.read()).value!) as string[];
+      assert.ok(first.every((x) => x === "b1" || x === "b2"), JSON.stringify(first));
+      // New connections all along: stop, another object attached over the running one, start.
+      const loop = run([peerBin, "for", VIP, "80", "12000"]);
+      await n.stopAgent();
+      const src = `${n.dir}/bpf-other/`;
+      await execCommand(["cp", "-r", new URL("../../bpf/", import.meta.url).pathname, src]);
+      await Deno.writeTextFile(`${src}sock.c`, "\n/* another object */\n", { append: true });
+      const other = await loadSock({
+        bpffsRoot: n.bpffs,
+        buildDir: `${n.dir}/build2`,
+        sourceDir: src,
+      });
+      await attachSock(other, cg.path);
+      await n.startAgent(); // its own object again: attached first, the other detached
+      const w = hold.stdin.getWriter();
+      await w.write(new TextEncoder().encode("again\n"));
+      await w.close();
+      const second = JSON.parse((await lines.read()).value!) as string[];
+      assert.deepEqual(second, first, "held connections stay on their backends");
+      lines.releaseLock();
+      await hold.status;
+      const r = JSON.parse(await loop) as { ok: number; errors: number; err: string };
+      assert.equal(r.errors, 0, `no new connection failed: ${JSON.stringify(r)}`);
+      assert.ok(r.ok > 0, JSON.stringify(r));
+      const after = await conns(VIP, 16);
+      assert.deepEqual(names(after), ["b1", "b2"], `still balanced: ${JSON.stringify(after)}`);
+      const shown = JSON.parse(
+        (await execCommand(["bpftool", "-j", "cgroup", "show", cg.path])).stdout,
+      ) as { attach_type: string; name: string }[];
+      assert.deepEqual(
+        shown.map((p) => [p.attach_type, p.name]).sort(),
+        Object.entries(SOCK_PROGS).sort(),
+        "one program per hook: the older object detached",
+      );
+    });
+
+    await t.step("--bpf-lb-sock false detaches them: the tc path serves the cgroup", async () => {
+      n.agentArgs = [];
+      await n.stopAgent();
+      await n.startAgent();
+      const shown = (await execCommand(["bpftool", "-j", "cgroup", "show", cg.path])).stdout;
+      assert.ok(shown.trim() === "" || shown.trim() === "[]", `nothing attached: ${shown}`);
+      const before = (await counted(client.netns, false))[VIP]!;
+      const got = await conns(VIP, 4);
+      assert.ok(got.every((c) => c.name), JSON.stringify(got));
+      assert.ok((await counted(client.netns, false))[VIP]! > before, "sent to the VIP now");
+    });
+  } finally {
+    await killAll(servers);
+  }
+});
+
+Deno.test({
+  name: "services: socket LB refuses a --cgroup-root that is not cgroup2, naming it",
+  ...needsRoot(),
+  sanitizeResources: false,
+}, async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cilia-sock-notcg-" });
+  try {
+    await assert.rejects(
+      CiliaNode.create({ agentArgs: ["--bpf-lb-sock", "true", "--cgroup-root", dir] }),
+      // The agent's log is JSON: its quotes come escaped.
+      new RegExp(`Invalid --cgroup-root \\\\?"${dir}\\\\?": it is on .*not cgroup2`),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
