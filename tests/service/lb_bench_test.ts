@@ -225,10 +225,17 @@ Deno.test({
           new Set(es.map((e) => `${e.key["tuple.sport"]}→${e.key["tuple.dport"]}`));
         const ports = clientPorts(fwd);
         assert.ok(ports.size > 1000, `${ports.size} client ports in ${fwd.length} service entries`);
-        assert.deepEqual(
-          clientPorts(clientEgressNat),
-          ports,
-          "each service entry's client port has its egress entry to the backend, and only those",
+        // Each service entry's client port has its egress entry to the backend, and only those.
+        // A closed connection's entries live 10 s after their last packet (conntrack.h, 5.) and
+        // the sink's GC deletes expired ones; the two entries of a connection see different last
+        // packets, so on a slow run a few of either kind may be gone: at most 1 in 1,000.
+        const egress = clientPorts(clientEgressNat);
+        const missing = [...ports].filter((p) => !egress.has(p));
+        const extra = [...egress].filter((p) => !ports.has(p));
+        assert.ok(
+          missing.length + extra.length <= ports.size / 1000,
+          `${missing.length} service ports without an egress entry (${missing.slice(0, 5)}), ` +
+            `${extra.length} egress entries without a service entry (${extra.slice(0, 5)})`,
         );
         // Each connection's SYN, ACK and request passed its service entry at least.
         const packets = fwd.reduce((n, e) => n + Number(e.value.packets), 0);
