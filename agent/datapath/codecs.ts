@@ -106,7 +106,6 @@ export const LAYOUTS = {
     ["tcp_flags", 29, "u8"],
     ["rev_nat", 30, "u16"],
   ]),
-  metricsKey: layout("metrics_key", 4, [["reason", 0, "u8"], ["dir", 1, "u8"], ["pad", 2, "u16"]]),
   metricsValue: layout("metrics_value", 16, [["packets", 0, "u64"], ["bytes", 8, "u64"]]),
   event: layout("cilia_event", 40, [
     ["type", 0, "u8"],

@@ -435,16 +435,18 @@ export class Datapath implements AsyncDisposable {
   async readMetrics(): Promise<MetricsRow[]> {
     const rows: MetricsRow[] = [];
     for (const e of await this.#bpftool.mapDump(this.pins.maps.cilia_metrics)) {
-      const k = decode(LAYOUTS.metricsKey, bytesFromHex(e.key));
+      // A slot of the per-CPU array: reason | dir << 8, little-endian (bpf/lib/metrics.h, 1.).
+      const [reason = 0, dir = 0] = bytesFromHex(e.key);
       let packets = 0n, bytes = 0n;
       for (const c of e.values ?? []) {
         const v = decode(LAYOUTS.metricsValue, bytesFromHex(c.value));
         packets += v.packets as bigint;
         bytes += v.bytes as bigint;
       }
+      if (packets === 0n) continue; // a slot of the array never counted (bpf/lib/metrics.h, 2.)
       rows.push({
-        reason: num(k.reason),
-        dir: num(k.dir) === DIR_EGRESS ? "egress" : "ingress",
+        reason,
+        dir: dir === DIR_EGRESS ? "egress" : "ingress",
         packets,
         bytes,
       });

@@ -6,8 +6,9 @@
 // A pinned map whose size differs from the configured one is never reused silently: loading
 // stops with what to do (a map cannot be resized in place, and replacing it would cut every
 // endpoint and overlay program off the entries they use). Pins an older cilia left that this
-// version cannot use (another events map type, proxy maps of another layout or name) are removed
-// before loading, so an in-place upgrade starts. It does not write map contents (datapath.ts does).
+// version cannot use (another events or metrics map type, proxy maps of another layout or
+// name) are removed before loading, so an in-place upgrade starts. It does not write map
+// contents (datapath.ts does).
 import { z } from "zod";
 import type { BpfTool } from "./bpftool.ts";
 import { LAYOUTS } from "./codecs.ts";
@@ -135,6 +136,22 @@ async function dropOldEventsMap(bpftool: BpfTool, pinned: string): Promise<void>
   if (info.type !== "ringbuf") await Deno.remove(pinned);
 }
 
+/**
+ * A metrics map pinned by an older cilia (a per-CPU hash, now a per-CPU array: bpf/lib/metrics.h)
+ * cannot be reused: its pin goes, so the new object makes an array. It holds counters only
+ * (they start again from zero); programs still attached keep counting into the old map until
+ * they are replaced.
+ */
+async function dropOldMetricsMap(bpftool: BpfTool, pinned: string): Promise<void> {
+  if (!(await exists(pinned))) return;
+  const info = await bpftool.json(
+    ["map", "show", "pinned", pinned],
+    MapTypeSchema,
+    `Cannot read map "${pinned}"`,
+  );
+  if (info.type !== "percpu_array") await Deno.remove(pinned);
+}
+
 const MapKeyValueSchema = z.object({ bytes_key: z.number(), bytes_value: z.number() })
   .passthrough();
 
@@ -225,6 +242,7 @@ export async function loadPinned(
   await Deno.mkdir(`${opts.root}/maps`, { recursive: true });
   await Deno.mkdir(`${opts.root}/progs`, { recursive: true });
   await dropOldEventsMap(bpftool, pins.maps.cilia_events);
+  await dropOldMetricsMap(bpftool, pins.maps.cilia_metrics);
   await dropOldProxyMaps(bpftool, `${opts.root}/maps`);
   await dropOldEndpointsMap(bpftool, pins.maps.cilia_endpoints);
   const reusedMaps: MapName[] = [];

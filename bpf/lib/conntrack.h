@@ -10,7 +10,8 @@
  *    caller checks policy again on every such packet, so a new deny cuts an established flow.
  * 3. A packet whose reversed tuple matches an entry with the opposite dir is CT_REPLY; an ICMP
  *    error whose inner packet belongs to an entry is CT_RELATED. Both pass without policy.
- * 4. Entries past `expires` (bpf_ktime_get_ns) count as absent; the agent's garbage collector
+ * 4. Entries past `expires` (CLOCK_MONOTONIC: bpf_ktime_get_coarse_ns in enforce.h, 10.,
+ *    bpf_ktime_get_ns in lb.h) count as absent; the agent's garbage collector
  *    (agent/datapath/conntrack_gc.ts) deletes them, and the LRU evicts under pressure.
  * 5. Lifetimes: TCP established (a reply was seen) 6 h; TCP before a reply 60 s; closing TCP
  *    (RST, or FIN both ways) 10 s; UDP, ICMP and others 60 s.
@@ -50,7 +51,7 @@ struct ct_key {
 _Static_assert(sizeof(struct ct_key) == 44, "ct_key size");
 
 struct ct_entry {
-	__u64 expires; /* bpf_ktime_get_ns() deadline */
+	__u64 expires; /* CLOCK_MONOTONIC deadline (4.) */
 	__u64 packets; /* both directions */
 	__u64 bytes;
 	__u32 peer_identity; /* at creation */

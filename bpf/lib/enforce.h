@@ -27,6 +27,18 @@
  *    replies go back in as soon as they are translated (replies of its own connection). A
  *    reply to a client gets the service address back after conntrack classified it, from the
  *    client's egress entry (lb_rev_nat_ct), so conntrack still sees the backend.
+ * 9. No stack for the pipeline's state: enforce()'s context, policy result and proxy hop live in
+ *    a per-CPU scratch slot (cilia_enforce_scratch), one per direction, zeroed at its start
+ *    (cil_from_container's frame: 408 of the 512 bytes the verifier allows, was ~504). A slot
+ *    holds one packet's state only while enforce() runs: tc programs of one CPU run one after
+ *    another (softirq or bottom halves disabled; no helper here transmits synchronously), and
+ *    the ingress enforcement peer.h tail-calls inside cil_from_container's invocation uses the
+ *    other slot (the egress one is not read after the tail call either: a tail call that runs
+ *    does not return). Each object gets its own map at load (not pinned: it keeps nothing
+ *    between packets).
+ * 10. Conntrack's clock is CLOCK_MONOTONIC at tick resolution (bpf_ktime_get_coarse_ns, one
+ *    read per packet and direction): lifetimes are seconds to hours (conntrack.h, 5.), and the
+ *    agent's garbage collector compares with the same clock (conntrack.h, 4.).
  */
 #pragma once
 
@@ -57,6 +69,23 @@ struct enforce_ctx {
 	__u8 hairpin; /* lb.h 8.: the pod's connection to itself through a service */
 	__u16 rev_nat; /* lb.h: the service of a connection out to its backend, else 0 */
 };
+
+/* Invariant 9. */
+struct enforce_scratch {
+	struct enforce_ctx c;
+	struct policy_result res;
+	struct proxy_hop hop;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct enforce_scratch);
+	__uint(max_entries, 2);
+} cilia_enforce_scratch SEC(".maps");
+
+static const __u32 enforce_slot_egress = 0;
+static const __u32 enforce_slot_ingress = 1;
 
 static __always_inline void event_fill(struct cilia_event *ev, const struct enforce_ctx *c,
 				       __u8 type, __u8 subtype)
@@ -157,108 +186,120 @@ static __always_inline int enforce_source_ok(const struct endpoint_info *ep, con
 /* `ifindex`: the endpoint's host-side veth (skb->ifindex, but the destination's in peer.h). */
 static __always_inline int enforce(struct __sk_buff *skb, __u8 dir, __u32 ifindex)
 {
-	struct enforce_ctx c = { .dir = dir };
+	struct enforce_scratch *s = bpf_map_lookup_elem(
+		&cilia_enforce_scratch,
+		dir == DIR_EGRESS ? &enforce_slot_egress : &enforce_slot_ingress);
 	struct endpoint_info *ep = endpoint_lookup(ifindex);
-	struct policy_result res;
-	struct proxy_hop hop;
+	struct policy_result *res;
+	struct enforce_ctx *c;
+	struct proxy_hop *hop;
 	struct ct_entry *ct;
 	__u32 peer;
 	__u64 now;
-	int ret, dd;
+	int ret, dd, state;
 
+	if (!s)
+		return TC_ACT_SHOT; /* cannot happen: an array's slots always exist */
+	__builtin_memset(s, 0, sizeof(*s));
+	c = &s->c;
+	res = &s->res;
+	hop = &s->hop;
+	c->dir = dir;
 	if (ep) {
-		c.ep_id = ep->ep_id;
-		c.src_identity = ep->identity;
-		c.dst_identity = ep->identity;
+		c->ep_id = ep->ep_id;
+		c->src_identity = ep->identity;
+		c->dst_identity = ep->identity;
 	}
 	if (ep && (ep->flags & EP_F_NOT_READY))
-		return enforce_drop(skb, &c, DROP_EP_NOT_READY); /* invariant 6 */
-	ret = parse_packet(skb, &c.p);
+		return enforce_drop(skb, c, DROP_EP_NOT_READY); /* invariant 6 */
+	ret = parse_packet(skb, &c->p);
 	if (ret == PARSE_NOT_IP)
-		return ep ? enforce_pass(skb, &c, 0) : enforce_drop(skb, &c, DROP_NO_CONFIG);
+		return ep ? enforce_pass(skb, c, 0) : enforce_drop(skb, c, DROP_NO_CONFIG);
 	if (ret != PARSE_OK)
-		return enforce_drop(skb, &c, ret);
+		return enforce_drop(skb, c, ret);
 	if (!ep)
-		return enforce_drop(skb, &c, DROP_NO_CONFIG);
-	if (c.p.is_nd) { /* answered, ended or passed (nd.h) */
-		ret = dir == DIR_EGRESS ? nd_from_endpoint(skb, ep, ifindex, c.p.icmp_type) : ND_PASS;
-		return ret == ND_PASS ? enforce_pass(skb, &c, 0) : ret;
+		return enforce_drop(skb, c, DROP_NO_CONFIG);
+	if (c->p.is_nd) { /* answered, ended or passed (nd.h) */
+		ret = dir == DIR_EGRESS ? nd_from_endpoint(skb, ep, ifindex, c->p.icmp_type) : ND_PASS;
+		return ret == ND_PASS ? enforce_pass(skb, c, 0) : ret;
 	}
-	ret = proxy_restore(skb, &c.p, dir, c.ep_id, &hop); /* invariant 7 */
+	ret = proxy_restore(skb, &c->p, dir, c->ep_id, hop); /* invariant 7 */
 	if (ret)
-		return enforce_drop(skb, &c, ret);
-	if (dir == DIR_EGRESS && !enforce_source_ok(ep, &c.p))
-		return enforce_drop(skb, &c, DROP_INVALID_SIP);
-	ret = lb_translate(skb, &c.p, c.ep_id, dir, !(ep->flags & EP_F_ENFORCEMENT_DISABLED),
-			   &c.rev_nat); /* invariant 8 */
+		return enforce_drop(skb, c, ret);
+	if (dir == DIR_EGRESS && !enforce_source_ok(ep, &c->p))
+		return enforce_drop(skb, c, DROP_INVALID_SIP);
+	ret = lb_translate(skb, &c->p, c->ep_id, dir, !(ep->flags & EP_F_ENFORCEMENT_DISABLED),
+			   &c->rev_nat); /* invariant 8 */
 	if (ret == LB_HAIRPIN_REPLY) {
-		enforce_pass(skb, &c, 0);
+		enforce_pass(skb, c, 0);
 		return lb_hairpin_redirect(skb);
 	}
-	c.hairpin = ret == LB_HAIRPIN;
-	if (c.hairpin)
+	c->hairpin = ret == LB_HAIRPIN;
+	if (c->hairpin)
 		ret = 0;
 	if (ret == DROP_NO_SERVICE && dir == DIR_EGRESS) {
-		enforce_drop(skb, &c, ret);
+		enforce_drop(skb, c, ret);
 		return lb_reject(skb);
 	}
 	if (ret)
-		return enforce_drop(skb, &c, ret);
+		return enforce_drop(skb, c, ret);
 	if (ep->flags & EP_F_ENFORCEMENT_DISABLED)
-		return enforce_pass(skb, &c, 0);
+		return enforce_pass(skb, c, 0);
 
 	if (dir == DIR_EGRESS) {
-		peer = ipcache_identity(c.p.tuple.family, c.p.tuple.daddr);
-		c.dst_identity = peer;
+		peer = ipcache_identity(c->p.tuple.family, c->p.tuple.daddr);
+		c->dst_identity = peer;
 	} else {
 		/* The overlay's identity (tunnel.h, 4.) before the ipcache's. */
-		peer = hop.from_proxy ? hop.identity
-				      : tunnel_src_identity(skb, c.p.tuple.family, c.p.tuple.saddr);
-		c.src_identity = peer;
+		peer = hop->from_proxy ? hop->identity
+				       : tunnel_src_identity(skb, c->p.tuple.family, c->p.tuple.saddr);
+		c->src_identity = peer;
 	}
 
-	now = bpf_ktime_get_ns();
-	c.ct_state = ct_lookup(&c.p, c.ep_id, dir, now, &ct);
-	if (c.ct_state == CT_RELATED)
-		return enforce_pass(skb, &c, 1); /* ICMP errors are rare: trace each one */
-	if (c.ct_state == CT_REPLY) {
+	now = bpf_ktime_get_coarse_ns(); /* invariant 10 */
+	/* In a register too: the verifier ties ct to it only there (the slot's copy is reread). */
+	state = ct_lookup(&c->p, c->ep_id, dir, now, &ct);
+	c->ct_state = state;
+	if (state == CT_RELATED)
+		return enforce_pass(skb, c, 1); /* ICMP errors are rare: trace each one */
+	if (state == CT_REPLY) {
 		int first = !(ct->flags & CT_F_SEEN_REPLY);
 
-		ct_update(ct, &c.p, 1, skb->len, now);
-		ret = dir == DIR_INGRESS ? lb_rev_nat_ct(skb, &c.p, c.ep_id, ct, now) : 0;
+		ct_update(ct, &c->p, 1, skb->len, now);
+		ret = dir == DIR_INGRESS ? lb_rev_nat_ct(skb, &c->p, c->ep_id, ct, now) : 0;
 		if (ret)
-			return enforce_drop(skb, &c, ret);
-		return enforce_forward(skb, &c, first);
+			return enforce_drop(skb, c, ret);
+		return enforce_forward(skb, c, first);
 	}
 
 	dd = ep->flags & (dir == DIR_EGRESS ? EP_F_EGRESS_DEFAULT_DENY : EP_F_INGRESS_DEFAULT_DENY);
-	policy_decide(&res, c.ep_id, dir == DIR_EGRESS, peer, c.p.tuple.proto, c.p.policy_port,
+	policy_decide(res, c->ep_id, dir == DIR_EGRESS, peer, c->p.tuple.proto, c->p.policy_port,
 		      dd);
-	c.cookie = res.cookie;
-	c.match = res.match;
-	proxy_decide(&res.verdict, &res.reason, res.proxy_port, &c.p, &hop,
-		     c.ct_state == CT_ESTABLISHED, ct && (ct->flags & CT_F_REDIRECT));
-	if (c.ct_state == CT_NEW)
-		enforce_verdict_event(skb, &c, &res);
-	if (res.reason)
-		return enforce_drop(skb, &c, res.reason);
-	if (c.ct_state == CT_ESTABLISHED) {
-		ct_update(ct, &c.p, 0, skb->len, now);
+	c->cookie = res->cookie;
+	c->match = res->match;
+	proxy_decide(&res->verdict, &res->reason, res->proxy_port, &c->p, hop,
+		     state == CT_ESTABLISHED, ct && (ct->flags & CT_F_REDIRECT));
+	if (state == CT_NEW)
+		enforce_verdict_event(skb, c, res);
+	if (res->reason)
+		return enforce_drop(skb, c, res->reason);
+	if (state == CT_ESTABLISHED) {
+		ct_update(ct, &c->p, 0, skb->len, now);
 		if (dir == DIR_EGRESS) { /* a reused tuple may be a service connection or not now */
-			ct->rev_nat = c.rev_nat;
+			ct->rev_nat = c->rev_nat;
 			ct->flags |= CT_F_REV_NAT_OWN;
 		}
-		if (res.verdict == VERDICT_REDIRECT)
-			return enforce_to_proxy(skb, &c, res.proxy_port, 0);
-		return enforce_forward(skb, &c, 0);
+		if (res->verdict == VERDICT_REDIRECT)
+			return enforce_to_proxy(skb, c, res->proxy_port, 0);
+		return enforce_forward(skb, c, 0);
 	}
-	ret = ct_create_nat(&c.p, c.ep_id, dir, peer, res.verdict == VERDICT_REDIRECT, skb->len,
-			    now, c.rev_nat);
+	ret = ct_create_nat(&c->p, c->ep_id, dir, peer, res->verdict == VERDICT_REDIRECT, skb->len,
+			    now, c->rev_nat);
 	if (ret)
-		return enforce_drop(skb, &c, ret);
-	if (res.verdict == VERDICT_REDIRECT)
-		return enforce_to_proxy(skb, &c, res.proxy_port, 1);
-	return enforce_forward(skb, &c, 1);
+		return enforce_drop(skb, c, ret);
+	if (res->verdict == VERDICT_REDIRECT)
+		return enforce_to_proxy(skb, c, res->proxy_port, 1);
+	return enforce_forward(skb, c, 1);
 }
 
 /* cil_to_container_peer's body (lxc.c, host.c): the ingress enforcement of the endpoint whose

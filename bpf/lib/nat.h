@@ -250,21 +250,30 @@ static __always_inline int nat_in_net(__be32 a, __be32 net, __be32 mask)
 	return mask != 0 && (a & mask) == net;
 }
 
-/* 2.: is addr outside the cluster as far as masquerade is concerned? */
-static __always_inline int nat_outside(const struct nat_cfg *cfg, __be32 addr)
+/* 2.: is an address with this ipcache entry (0: none) outside the cluster? */
+static __always_inline int nat_outside_entry(const struct ipcache_value *v)
 {
-	struct ipcache_key key = { .prefixlen = 32 + 128, .family = FAMILY_IPV4 };
-	struct ipcache_value *v;
-
-	if (nat_in_net(addr, cfg->pod_net, cfg->pod_mask) ||
-	    nat_in_net(addr, cfg->native_net, cfg->native_mask))
-		return 0;
-	*(__be32 *)key.addr = addr;
-	v = bpf_map_lookup_elem(&cilia_ipcache, &key);
 	if (!v)
 		return 1;
 	return v->tunnel_endpoint == 0 &&
 	       (v->identity == IDENTITY_WORLD || v->identity > IDENTITY_GLOBAL_MAX);
+}
+
+static __always_inline struct ipcache_value *nat_ipcache(__be32 addr)
+{
+	struct ipcache_key key = { .prefixlen = 32 + 128, .family = FAMILY_IPV4 };
+
+	*(__be32 *)key.addr = addr;
+	return bpf_map_lookup_elem(&cilia_ipcache, &key);
+}
+
+/* 2.: is addr outside the cluster as far as masquerade is concerned? */
+static __always_inline int nat_outside(const struct nat_cfg *cfg, __be32 addr)
+{
+	if (nat_in_net(addr, cfg->pod_net, cfg->pod_mask) ||
+	    nat_in_net(addr, cfg->native_net, cfg->native_mask))
+		return 0;
+	return nat_outside_entry(nat_ipcache(addr));
 }
 
 /* 2.: should a packet from a pod leave with the node IP? */
@@ -274,15 +283,26 @@ static __always_inline int nat_wants_masq(const struct nat_cfg *cfg, const struc
 	       nat_in_net(n->saddr, cfg->pod_net, cfg->pod_mask) && nat_outside(cfg, n->daddr);
 }
 
-/* 7.: an outside host's packet to a pod: its replies keep the pod's address. */
-static __always_inline void nat_track_inbound(const struct nat_cfg *cfg, const struct nat_pkt *n)
+/* 7.: an outside host's packet to a pod: its replies keep the pod's address. Returns the
+ * source's ipcache identity when it had to look it up (nodeport.h, 7.), else NAT_NO_IDENTITY. */
+#define NAT_NO_IDENTITY 0xffffffff
+static __always_inline __u32 nat_track_inbound(const struct nat_cfg *cfg,
+					       const struct nat_pkt *n)
 {
 	struct nat_entry pass = { .kind = NAT_K_PASS };
+	struct ipcache_value *v;
 	struct nat_key rk;
+	__u32 identity;
 
 	if (!(cfg->flags & NAT_CFG_F_MASQUERADE) ||
-	    !nat_in_net(n->daddr, cfg->pod_net, cfg->pod_mask) || !nat_outside(cfg, n->saddr))
-		return;
+	    !nat_in_net(n->daddr, cfg->pod_net, cfg->pod_mask) ||
+	    nat_in_net(n->saddr, cfg->pod_net, cfg->pod_mask) ||
+	    nat_in_net(n->saddr, cfg->native_net, cfg->native_mask))
+		return NAT_NO_IDENTITY;
+	v = nat_ipcache(n->saddr);
+	identity = v ? v->identity : IDENTITY_WORLD;
+	if (!nat_outside_entry(v))
+		return identity;
 	rk.saddr = n->daddr;
 	rk.daddr = n->saddr;
 	rk.sport = n->p.tuple.dport;
@@ -292,6 +312,7 @@ static __always_inline void nat_track_inbound(const struct nat_cfg *cfg, const s
 	rk.pad = 0;
 	if (!bpf_map_lookup_elem(&cilia_snat, &rk))
 		bpf_map_update_elem(&cilia_snat, &rk, &pass, BPF_NOEXIST);
+	return identity;
 }
 
 static __always_inline int nat_masq_proto_ok(const struct nat_pkt *n)

@@ -26,9 +26,9 @@
  *    ff00::/8 route of every endpoint's host side (docs/architecture.md, CNI). They are the
  *    pod's kernel doing its duty on any link, not traffic a policy decided about: no drop
  *    event, no metric, as for a packet the pod never sent.
- * 4. No stack: cil_from_container's frame holds ~504 of the 512 bytes the verifier allows for
- *    the whole call chain. The frame is built in a per-CPU scratch map, whose key is a
- *    read-only constant.
+ * 4. No stack: cil_from_container's frame held ~504 of the 512 bytes the verifier allows for
+ *    the whole call chain (408 since enforce.h, 9.). The frame is built in a per-CPU scratch
+ *    map, whose key is a read-only constant.
  */
 #pragma once
 

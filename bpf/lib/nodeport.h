@@ -29,13 +29,23 @@
  *    outside; no entry translates it) goes straight to the endpoint (tunnel.h, 5.): the stack's
  *    routing and forwarding are skipped, and so is the veth pair: the endpoint's ingress policy
  *    runs here in a tail call and the packet enters the pod with bpf_redirect_peer (peer.h, 4.;
- *    when the call cannot run, out of the endpoint's veth, whose ingress policy decides).
+ *    when the call cannot run, out of the endpoint's veth, whose ingress policy decides). The
+ *    source's identity that nat.h (7.) looked up goes with it in skb->mark (tunnel.h, 4.), so
+ *    the policy looks up the ipcache no second time.
  * 8. VXLAN packets of the overlay (UDP to the tunnel port, from or to the node IP) are never
  *    translated: no NodePort or masquerade entry can match them (NodePorts and NAT ports lie
  *    elsewhere). Arriving ones are checked and, for a local endpoint, decapsulated and
  *    delivered here as in 7. (vxlan.h, 3.); the rest go to the tunnel device (tunnel.h, 3.).
  * 9. IPv6 goes to nodeport6.h first (its own maps; DSR with an extension header, dsr6.h); what
  *    it does not translate goes on through this file unchanged.
+ * 10. A packet with MARK_MAGIC_NATIVE (native routing: set by vxlan_send_endpoint() once a pod's
+ *    egress policy passed an IPv4 packet to another node's pod and sent it here; the kernel
+ *    clears marks between namespaces, so no pod can set it) is, by what marked it, no overlay
+ *    packet, not the proxy's, not the node's own and never masqueraded (its destination is in
+ *    the cluster, nat.h 2.): only an egress entry of cilia_snat can apply (a local NodePort or
+ *    DSR backend's reply to a pod on another node, NP_LOCAL). TCP and UDP without such an entry
+ *    pass after that one lookup, without parsing, the proxy check or the ipcache; the rest takes
+ *    the pipeline below. The mark is cleared either way.
  */
 #pragma once
 
@@ -50,6 +60,8 @@
 #include "peer.h"
 
 #define AF_INET_ 2
+/* 7.: the largest identity skb->mark carries (tunnel.h, 4.: 24 bits) */
+#define NP_MARK_IDENTITY_MAX 0xffffff
 
 static __always_inline int np_drop(struct __sk_buff *skb, int reason, __u8 dir)
 {
@@ -180,6 +192,7 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb)
 	struct nat_key k;
 	__be32 fe_addr;
 	__be16 fe_port;
+	__u32 src_id;
 	int ret, created = 0;
 
 	if (cfg && skb->protocol == bpf_htons(ETH_P_IPV6) &&
@@ -196,9 +209,14 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb)
 	}
 	if (cfg->flags & NAT_CFG_F_DSR)
 		dsr_learn(skb, cfg, &n);
-	nat_track_inbound(cfg, &n); /* nat.h, 7. */
-	if (nat_in_net(n.daddr, cfg->pod_net, cfg->pod_mask))
-		return peer_send(skb, tunnel_deliver(skb)); /* 7. (no entry here has a pod as dst) */
+	src_id = nat_track_inbound(cfg, &n); /* nat.h, 7. */
+	if (nat_in_net(n.daddr, cfg->pod_net, cfg->pod_mask)) {
+		ret = tunnel_deliver(skb); /* 7. (no entry here has a pod as dst) */
+		/* 7.: nat.h gives one only for a source outside the pod CIDR (the proxy's is in it) */
+		if (ret == TC_ACT_REDIRECT && src_id <= NP_MARK_IDENTITY_MAX)
+			skb->mark = mark_from_identity(src_id);
+		return peer_send(skb, ret);
+	}
 	nat_key_of(&k, &n, NAT_DIR_INGRESS);
 	e = bpf_map_lookup_elem(&cilia_snat, &k);
 	if (e && e->kind == NAT_K_HOST)
@@ -231,15 +249,41 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb)
 	return (e->flags & NAT_F_REDIRECT) ? np_redirect(skb, &n) : TC_ACT_OK;
 }
 
+/* 10.: 1 when a packet vxlan_send_endpoint() marked has no egress entry of cilia_snat (TCP or
+ * UDP, IPv4 without options: anything else takes the whole pipeline), 0 otherwise. */
+static __always_inline int np_native_pass(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct nat_key k = { .dir = NAT_DIR_EGRESS };
+	__u8 *ip = data + ETH_HLEN;
+
+	if (skb->protocol != bpf_htons(ETH_P_IP) || (void *)(ip + 24) > end)
+		return 0;
+	if (ip[0] != 0x45 || (ip[9] != PROTO_TCP && ip[9] != PROTO_UDP) || (ip[6] & 0x3f) || ip[7])
+		return 0;
+	k.saddr = *(__be32 *)&ip[12];
+	k.daddr = *(__be32 *)&ip[16];
+	k.sport = *(__be16 *)&ip[20];
+	k.dport = *(__be16 *)&ip[22];
+	k.proto = ip[9];
+	return !bpf_map_lookup_elem(&cilia_snat, &k);
+}
+
 /* tc egress of the underlay device. */
 static __always_inline int netdev_egress(struct __sk_buff *skb)
 {
-	struct nat_cfg *cfg = nat_config();
+	struct nat_cfg *cfg;
 	struct nat_entry *e;
 	struct nat_pkt n;
 	struct nat_key k;
 	int ret;
 
+	if (skb->mark == MARK_MAGIC_NATIVE) {
+		skb->mark = 0;
+		if (np_native_pass(skb))
+			return TC_ACT_OK; /* 10. */
+	}
+	cfg = nat_config();
 	if (cfg && skb->protocol == bpf_htons(ETH_P_IPV6) &&
 	    (ret = nodeport6_egress(skb)) != NP6_CONTINUE)
 		return ret; /* nodeport6.h */

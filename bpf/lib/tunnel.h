@@ -19,8 +19,10 @@
  *    reserved:host or above the cluster-wide identity range is dropped (DROP_INVALID_VNI).
  * 4. The identity travels from the overlay to the endpoint's ingress policy in skb->mark
  *    (MARK_MAGIC_IDENTITY). The kernel clears the mark whenever a packet crosses network
- *    namespaces, so a pod cannot forge it. Without the mark (native routing, local traffic) the
- *    ingress identity is the ipcache's for the source address.
+ *    namespaces, so a pod cannot forge it. Natively routed packets take the same way from the
+ *    underlay's ingress, with the ipcache's identity for the source that nat.h looked up there
+ *    (nodeport.h, 7.). Without the mark (local traffic, the rest of native routing) the ingress
+ *    identity is the ipcache's for the source address.
  * 5. A decapsulated IPv4 packet (or, natively routed, one arriving on the underlay for this
  *    node's pod CIDR, nodeport.h 7.) whose route (the FIB) leads to a local endpoint's
  *    host-side veth is sent straight out of that veth (bpf_redirect to its egress, TTL
@@ -41,7 +43,8 @@
  *    with a tunnel endpoint (the tunnel device, whose egress program encapsulates it as in 1.
  *    and 2.; vxlan.h does that before and sends it straight out of the underlay when it can)
  *    or, in native routing, to another node's pod (a cluster identity in the ipcache; the
- *    underlay device, whose egress programs still run). Other destinations (the world, CIDR
+ *    underlay device, whose egress program then only looks for a NodePort reply's entry:
+ *    MARK_MAGIC_NATIVE, nodeport.h 10.). Other destinations (the world, CIDR
  *    identities, this node) take the stack, so host firewalling and masquerading apply as
  *    before.
  */

@@ -229,7 +229,8 @@ static __always_inline int vxlan_np_local(const struct pkt *p)
  * NodePort reply (vxlan_np_local), IPv6 and whatever vxlan_encap() cannot do go to the device
  * their route names, as tunnel_send() does. One routed to a local endpoint's veth is redirected
  * there with that veth's ifindex left in skb->cb[PEER_CB_IFINDEX] (the caller clears it first),
- * so that enforce.h can deliver it into the endpoint's netns instead (peer.h). `dst_identity`:
+ * so that enforce.h can deliver it into the endpoint's netns instead (peer.h). In native routing
+ * one sent straight to the underlay carries MARK_MAGIC_NATIVE (nodeport.h, 10.). `dst_identity`:
  * the destination's ipcache identity, as enforce.h looked it up after any service translation. */
 static __always_inline int vxlan_send_endpoint(struct __sk_buff *skb, const struct pkt *p,
 					       __u32 dst_identity)
@@ -253,6 +254,12 @@ static __always_inline int vxlan_send_endpoint(struct __sk_buff *skb, const stru
 		ret = vxlan_encap(skb, remote, vni, f.ifindex, &f);
 		/* f is the tunnel endpoint's route now: the device path looks up the packet's again */
 		return ret != TC_ACT_OK ? ret : tunnel_send(skb);
+	}
+	{
+		struct nat_cfg *cfg = nat_config();
+
+		if (cfg && !cfg->tunnel_port) /* native routing: nodeport.h, 10. */
+			skb->mark = MARK_MAGIC_NATIVE;
 	}
 	return tunnel_fib_apply(skb, ip, &f, DIR_EGRESS);
 }

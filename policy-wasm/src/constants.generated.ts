@@ -70,11 +70,13 @@ export const EVENT_TRACE = 3;
 export const TRACE_FROM_ENDPOINT = 1;
 export const TRACE_TO_ENDPOINT = 2;
 
-// Packet marks (skb->mark): the overlay's source identity for ingress policy (tunnel.h).
+// Packet marks (skb->mark; the MARK_MAGIC_MASK bits are cilia's): tunnel.h 4., nodeport.h 10.
 /** the bits that say what the rest of the mark holds */
 export const MARK_MAGIC_MASK = 3840;
 /** bits 16-31: the identity's low 16 bits, bits 0-7: its bits 16-23 (Cilium's layout) */
 export const MARK_MAGIC_IDENTITY = 3840;
+/** a pod's packet to another node's pod its egress policy passed, sent natively (nodeport.h) */
+export const MARK_MAGIC_NATIVE = 3584;
 
 // Reserved identities the datapath itself uses (POLICY-SEMANTICS.md §10).
 /** this node */

@@ -98,13 +98,19 @@ export const CONSTANTS: readonly ConstantGroup[] = [
     ],
   },
   {
-    doc: "Packet marks (skb->mark): the overlay's source identity for ingress policy (tunnel.h).",
+    doc:
+      "Packet marks (skb->mark; the MARK_MAGIC_MASK bits are cilia's): tunnel.h 4., nodeport.h 10.",
     rows: [
       ["MARK_MAGIC_MASK", 0x0f00, "the bits that say what the rest of the mark holds"],
       [
         "MARK_MAGIC_IDENTITY",
         0x0f00,
         "bits 16-31: the identity's low 16 bits, bits 0-7: its bits 16-23 (Cilium's layout)",
+      ],
+      [
+        "MARK_MAGIC_NATIVE",
+        0x0e00,
+        "a pod's packet to another node's pod its egress policy passed, sent natively (nodeport.h)",
       ],
     ],
   },

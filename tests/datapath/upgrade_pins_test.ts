@@ -3,8 +3,9 @@
 // of the old, IPv4-only layout is replaced by one of the current layout, which the re-attached
 // programs use, and a proxy pin of a name this version does not have is removed; every other
 // pin is reused as it was. A cilia_endpoints pin of the older layout (36-byte values) is
-// replaced the same way (dropOldEndpointsMap). Pins live in the test's own bpffs (the lab's
-// prefix). Needs root.
+// replaced the same way (dropOldEndpointsMap), and a cilia_metrics pin of the older type (a
+// per-CPU hash, now a per-CPU array: dropOldMetricsMap). Pins live in the test's own bpffs (the
+// lab's prefix). Needs root.
 import { execCommand } from "../../agent/sys/exec.ts";
 import { LAYOUTS } from "../../agent/datapath/codecs.ts";
 import { assert, assertEquals, change, flags, nodeLab, openSink } from "./_fixture.ts";
@@ -118,6 +119,42 @@ Deno.test({
     await again.attach(t.endpoints[0]!, flags(false, false), { ...change([]), full: true });
     const { progId, prog } = await podIngressProg(t);
     assert(prog.map_ids.includes(now.id), `program ${progId} uses ${now.id}: ${prog.map_ids}`);
+  } finally {
+    await again.close();
+  }
+});
+
+Deno.test({
+  name: "loadPinned() replaces a cilia_metrics pin of the older type (a per-CPU hash)",
+  ...needsRoot(),
+  sanitizeOps: true,
+  sanitizeResources: true,
+}, async () => {
+  await using t = await nodeLab({ pods: 1 });
+  const pin = `${t.node.bpffs}/cilia/maps/cilia_metrics`;
+  await Deno.remove(pin);
+  const res = await execCommand([
+    ...["bpftool", "map", "create", pin, "type", "percpu_hash", "key", "4", "value", "16"],
+    ...["entries", "1024", "name", "cilia_metrics"],
+  ]);
+  assertEquals(res.code, 0, res.stderr);
+  const old = await mapInfo(pin);
+
+  const again = await openSink(t.node);
+  try {
+    const now = await json<MapInfo & { type: string }>(
+      ["bpftool", "-j", "map", "show", "pinned", pin],
+    );
+    assert(now.id !== old.id, "cilia_metrics is a new map");
+    assertEquals(now.type, "percpu_array");
+    assertEquals(again.datapath.loaded, true, "the programs were loaded again");
+    await again.attach(t.endpoints[0]!, flags(false, false), { ...change([]), full: true });
+    const { progId, prog } = await podIngressProg(t);
+    assert(prog.map_ids.includes(now.id), `program ${progId} uses ${now.id}: ${prog.map_ids}`);
+    assert(!prog.map_ids.includes(old.id), `program ${progId} does not use ${old.id}`);
+    // Its rows are the slots counted, as the hash's were.
+    const rows = await again.readMetrics();
+    assert(rows.every((r) => r.packets > 0n), JSON.stringify(rows, (_, v) => String(v)));
   } finally {
     await again.close();
   }

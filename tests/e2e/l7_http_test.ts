@@ -46,11 +46,14 @@ async function drops178(n: CiliaNode): Promise<number> {
   const rows = JSON.parse(out.stdout) as {
     key: number[] | { reason: number };
     values?: { value: { packets: number } }[];
-    formatted?: { key: { reason: number }; values: { value: { packets: number } }[] };
+    formatted?: { key: number | { reason: number }; values: { value: { packets: number } }[] };
   }[];
   let sum = 0;
   for (const r of rows) {
-    if ((r.formatted?.key.reason ?? (r.key as number[])[0]) !== 178) continue;
+    // A slot of the per-CPU array: reason | dir << 8 (bpf/lib/metrics.h, 1.).
+    const k = r.formatted?.key;
+    const reason = typeof k === "number" ? k & 0xff : k?.reason ?? (r.key as number[])[0];
+    if (reason !== 178) continue;
     for (const v of r.formatted?.values ?? r.values ?? []) sum += v.value.packets ?? 0;
   }
   return sum;

@@ -15,7 +15,8 @@
 // an IPv6 NodePort can be created in that mode, a UDP datagram the header would push over the MTU
 // gets ICMPv6 Packet Too Big (the client's route learns MTU - 24) and one that fits passes, and
 // a local or DSR backend's port unreachable reaches the client about the frontend
-// (bpf/lib/nat_icmp6.h; a remote SNAT backend's too, in the last step). NodePort over IPv6 (bpf/lib/nodeport6.h, SNAT), in tunnel and then in
+// (bpf/lib/nat_icmp6.h; a remote SNAT backend's too, in the last step, where a pod on node-1
+// also reaches both backends through node-2 natively: nodeport.h, 10.). NodePort over IPv6 (bpf/lib/nodeport6.h, SNAT), in tunnel and then in
 // native routing: the outside host (2001:db8:200::fe on the underlay) reaches
 // [node IPv6]:nodePort, the local backend sees the client, the remote one the node's IPv6
 // address, a connection stays on its backend, a LoadBalancer IPv6 address works, and a service
@@ -243,7 +244,9 @@ spec:
       }
     });
 
-    await t.step("NodePort from a pod on another node (tunnel): both backends answer", async () => {
+    // The client pod (node-1) through node-2: b2's replies to it keep the frontend as source
+    // (NP_LOCAL), natively too, where they leave node-2's pod as pod-to-pod (nodeport.h, 10.).
+    const fromClientPod = async () => {
       let got: string[] = [];
       await waitFor("both backends through node-2 from the client pod", async () => {
         for (let i = 0; i < 6; i++) got.push(await curl(client.netns, `http://${n2.ip}:30080/`));
@@ -251,6 +254,9 @@ spec:
       }, 20_000).catch(() => assert.fail(`from the client pod: ${JSON.stringify(got)}`));
       got = got.filter((x) => x !== `b2 ${client.ipv4}` && x !== `b1 ${n2.ip}`);
       assert.deepEqual(got, [], "every answer from a backend");
+    };
+    await t.step("NodePort from a pod on another node (tunnel): both backends answer", async () => {
+      await fromClientPod();
     });
 
     await t.step("LoadBalancer address; nodePort range and ClusterIP checks", async () => {
@@ -483,6 +489,7 @@ spec:
     await t.step("NodePort over IPv6 (native, SNAT): local and remote backends", async () => {
       cluster.agentArgs = [];
       await restart(n1, n2);
+      await fromClientPod(); // IPv4, native and SNAT
       await nodePort6();
       // The remote backend's port unreachable reaches node-1 and goes on to the client.
       const r = await dig6(30091);
