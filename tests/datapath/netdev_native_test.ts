@@ -4,58 +4,27 @@
 // 10.200.2.7 (nat.h, 2.): the marked one leaves untouched, which shows the pipeline was skipped;
 // an egress entry (a local NodePort backend's reply, NP_LOCAL) still translates a marked packet;
 // ICMP takes the whole pipeline; the mark is cleared every time. `bpftool prog run`, no netns.
-import { BpfTool, hexArgs } from "../../agent/datapath/bpftool.ts";
-import { buildObject } from "../../agent/datapath/build.ts";
+import { hexArgs } from "../../agent/datapath/bpftool.ts";
 import { encode } from "../../agent/datapath/codecs.ts";
 import { encodeNatConfig, NAT_LAYOUTS } from "../../agent/datapath/netdev_loader.ts";
 import { MARK_MAGIC_NATIVE } from "../../policy-wasm/src/constants.generated.ts";
-import { assert, assertEquals } from "./_fixture.ts";
+import { assertEquals } from "./_fixture.ts";
+import { csum, packet, tcpSyn, withHostObject } from "./_host_obj.ts";
 import { needsRoot } from "../helpers/root.ts";
 
 const TC_ACT_OK = 0;
 const NODE = [192, 0, 2, 1], POD = [10, 200, 1, 5], REMOTE = [10, 200, 2, 7];
-const MAC = [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
 const NAT_K_NP_LOCAL = 5, NAT_DIR_EGRESS = 1;
 
-function csum(bytes: number[]): number {
-  let s = 0;
-  for (let i = 0; i < bytes.length; i += 2) s += (bytes[i]! << 8) | (bytes[i + 1] ?? 0);
-  while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
-  return ~s & 0xffff;
-}
-
 /** Ethernet + IPv4 + a TCP SYN (or an ICMP echo request), both checksummed. */
-function packet(src: number[], dst: number[], sport: number, dport: number, icmp = false) {
-  const l4 = icmp ? [8, 0, 0, 0, 0, 7, 0, 1] : [
-    ...[sport >> 8, sport & 0xff, dport >> 8, dport & 0xff, 0, 0, 0, 1, 0, 0, 0, 0],
-    ...[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0],
-  ];
-  const c = icmp ? csum(l4) : csum([...src, ...dst, 0, 6, 0, l4.length, ...l4]);
-  l4[icmp ? 2 : 16] = c >> 8;
-  l4[icmp ? 3 : 17] = c & 0xff;
-  const len = 20 + l4.length;
-  const ip = [0x45, 0, 0, len, 0, 1, 0x40, 0, 64, icmp ? 1 : 6, 0, 0, ...src, ...dst];
-  const h = csum(ip);
-  ip[10] = h >> 8;
-  ip[11] = h & 0xff;
-  return [...MAC, 0x08, 0x00, ...ip, ...l4];
-}
+const frame = (src: number[], dst: number[], sport: number, dport: number, icmp = false) =>
+  icmp ? packet(src, dst, 1, [8, 0, 0, 0, 0, 7, 0, 1]) : packet(src, dst, 6, tcpSyn(sport, dport));
 
 Deno.test(
   "host.o: a natively sent pod packet (MARK_MAGIC_NATIVE) is checked against cilia_snat only",
   { ...needsRoot(), sanitizeResources: true },
   async (t) => {
-    const dir = await Deno.makeTempDir({ prefix: "cilia-native-" });
-    const bpffs = `${dir}/bpf`;
-    await Deno.mkdir(bpffs);
-    const bpftool = new BpfTool();
-    let mounted = false;
-    try {
-      const obj = await buildObject({ buildDir: `${dir}/build`, name: "host" });
-      const m = await new Deno.Command("mount", { args: ["-t", "bpf", "bpf", bpffs] }).output();
-      assert(m.success, "mount a private bpffs");
-      mounted = true;
-      await bpftool.run(["prog", "loadall", obj.path, `${bpffs}/p`, "pinmaps", `${bpffs}/m`]);
+    await withHostObject("cilia-native-", async ({ dir, bpffs, bpftool }) => {
       const cfg = encodeNatConfig({
         nodeIp: "192.0.2.1",
         podCidr: "10.200.1.0/24",
@@ -87,7 +56,7 @@ Deno.test(
       await t.step(
         "unmarked, the pipeline masquerades a destination it does not know",
         async () => {
-          const r = await run(packet(POD, REMOTE, 40010, 80), 0);
+          const r = await run(frame(POD, REMOTE, 40010, 80), 0);
           assertEquals(r.retval, TC_ACT_OK);
           assertEquals(r.out.slice(26, 30), NODE, "source = node IP");
         },
@@ -96,7 +65,7 @@ Deno.test(
       await t.step(
         "marked TCP without an egress entry leaves untouched, mark cleared",
         async () => {
-          const p = packet(POD, REMOTE, 40011, 80);
+          const p = frame(POD, REMOTE, 40011, 80);
           const r = await run(p, MARK_MAGIC_NATIVE);
           assertEquals([r.retval, r.out, r.mark], [TC_ACT_OK, p, 0]);
           const other = await run(p, MARK_MAGIC_NATIVE | 0x10000);
@@ -129,7 +98,7 @@ Deno.test(
             hexArgs(entry)
           }`,
         ]);
-        const r = await run(packet(POD, REMOTE, 8080, 40012), MARK_MAGIC_NATIVE);
+        const r = await run(frame(POD, REMOTE, 8080, 40012), MARK_MAGIC_NATIVE);
         assertEquals([r.retval, r.mark], [TC_ACT_OK, 0]);
         assertEquals(source(r.out), [...NODE, 30080], "source = the frontend");
         const ip = r.out.slice(14, 34), tcp = r.out.slice(34);
@@ -138,13 +107,10 @@ Deno.test(
       });
 
       await t.step("marked ICMP takes the whole pipeline", async () => {
-        const r = await run(packet(POD, REMOTE, 0, 0, true), MARK_MAGIC_NATIVE);
+        const r = await run(frame(POD, REMOTE, 0, 0, true), MARK_MAGIC_NATIVE);
         assertEquals([r.retval, r.mark], [TC_ACT_OK, 0]);
         assertEquals(r.out.slice(26, 30), NODE, "masqueraded as unmarked");
       });
-    } finally {
-      if (mounted) await new Deno.Command("umount", { args: [bpffs] }).output();
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
-    }
+    });
   },
 );

@@ -12,8 +12,7 @@
 // frontend in a Destination Options header (layout, lengths, checksum), the next packet none, and
 // a backend's node learns the reply's source only from a trusted header. The real-packet half is
 // tests/e2e/nat_test.ts.
-import { BpfTool, hexArgs } from "../../agent/datapath/bpftool.ts";
-import { buildObject } from "../../agent/datapath/build.ts";
+import { hexArgs } from "../../agent/datapath/bpftool.ts";
 import { encode, LAYOUTS } from "../../agent/datapath/codecs.ts";
 import {
   encodeNat6Config,
@@ -21,36 +20,11 @@ import {
   NAT_CFG_F_TUNNEL_NETDEV,
 } from "../../agent/datapath/netdev_loader.ts";
 import { assert, assertEquals } from "./_fixture.ts";
+import { csum, MAC, packet, tcpSyn, withHostObject } from "./_host_obj.ts";
 import { needsRoot } from "../helpers/root.ts";
 
 const TC_ACT_OK = 0, TC_ACT_SHOT = 2, TC_ACT_REDIRECT = 7;
 const NODE = [192, 0, 2, 1], POD = [10, 200, 1, 5], OUT = [203, 0, 113, 1];
-const MAC = [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
-
-function sum16(bytes: number[]): number {
-  let s = 0;
-  for (let i = 0; i < bytes.length; i += 2) s += (bytes[i]! << 8) | (bytes[i + 1] ?? 0);
-  while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
-  return s;
-}
-const csum = (bytes: number[]) => ~sum16(bytes) & 0xffff;
-
-/** Ethernet + IPv4 (checksummed) + L4 with its checksum filled in (TCP/UDP pseudo header). */
-function packet(src: number[], dst: number[], proto: number, l4: number[]): number[] {
-  const len = 20 + l4.length;
-  const ip = [0x45, 0, len >> 8, len & 0xff, 0, 1, 0x40, 0, 64, proto, 0, 0, ...src, ...dst];
-  const c = csum(ip);
-  ip[10] = c >> 8;
-  ip[11] = c & 0xff;
-  const body = [...l4];
-  if (proto === 6) {
-    const pseudo = [...src, ...dst, 0, 6, l4.length >> 8, l4.length & 0xff];
-    const t = csum([...pseudo, ...body]);
-    body[16] = t >> 8;
-    body[17] = t & 0xff;
-  }
-  return [...MAC, 0x08, 0x00, ...ip, ...body];
-}
 const NODE6 = [0x20, 0x01, 0x0d, 0xb8, ...Array(11).fill(0), 1];
 const CLIENT6 = [0x20, 0x01, 0x0d, 0xb8, ...Array(11).fill(0), 0x99];
 const POD6 = [0xfd, 0, 0x02, 0, 0, 1, ...Array(9).fill(0), 5];
@@ -92,26 +66,11 @@ const icmp6Ok = (pkt: number[]) => {
   return csum([...pkt.slice(22, 54), 0, 0, 0, body.length, 0, 0, 0, 58, ...body]) === 0;
 };
 
-const tcpSyn = (sport: number, dport: number) => [
-  ...[sport >> 8, sport & 0xff, dport >> 8, dport & 0xff, 0, 0, 0, 1, 0, 0, 0, 0],
-  ...[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0],
-];
-
 Deno.test(
   "host.o: masquerade and NodePort on single packets",
   { ...needsRoot(), sanitizeResources: true },
   async (t) => {
-    const dir = await Deno.makeTempDir({ prefix: "cilia-netdev-" });
-    const bpffs = `${dir}/bpf`;
-    await Deno.mkdir(bpffs);
-    const bpftool = new BpfTool();
-    let mounted = false;
-    try {
-      const obj = await buildObject({ buildDir: `${dir}/build`, name: "host" });
-      const m = await new Deno.Command("mount", { args: ["-t", "bpf", "bpf", bpffs] }).output();
-      assert(m.success, "mount a private bpffs");
-      mounted = true;
-      await bpftool.run(["prog", "loadall", obj.path, `${bpffs}/p`, "pinmaps", `${bpffs}/m`]);
+    await withHostObject("cilia-netdev-", async ({ dir, bpffs, bpftool }) => {
       const cfg = encodeNatConfig({
         nodeIp: "192.0.2.1",
         podCidr: "10.200.1.0/24",
@@ -516,9 +475,6 @@ Deno.test(
           assertEquals(await run("cil_to_netdev", stray), { retval: TC_ACT_OK, out: stray });
         },
       );
-    } finally {
-      if (mounted) await new Deno.Command("umount", { args: [bpffs] }).output();
-      await Deno.remove(dir, { recursive: true });
-    }
+    });
   },
 );
