@@ -11,6 +11,7 @@ import { Logger } from "../../agent/log.ts";
 import { Serial } from "../../agent/_serial.ts";
 import { NodeDiscovery } from "../../agent/node/discovery.ts";
 import type { IpcacheUpsert } from "../../agent/datapath/datapath.ts";
+import { until } from "../helpers/until.ts";
 
 const enc = new TextEncoder();
 const put = (store: { put(k: string, v: Uint8Array): Promise<unknown> }, k: string, v: unknown) =>
@@ -78,9 +79,12 @@ Deno.test("NodeDiscovery keeps remote pods and nodes in the ipcache and forgets 
     assert.deepEqual(d.list().map((n) => [n.name, n.endpoints]), [["n2", 2]]);
 
     await store.delete("cilia/endpoints/n2/1");
-    await until(() => !table.has("10.200.2.10") && !table.has("fd00::10"));
+    await until(
+      "n2's endpoint to leave the ipcache",
+      () => !table.has("10.200.2.10") && !table.has("fd00::10"),
+    );
     await store.delete("cilia/nodes/n2");
-    await until(() => table.size === 0);
+    await until("the ipcache to empty", () => table.size === 0);
     assert.deepEqual(d.list(), []);
   } finally {
     ac.abort();
@@ -88,14 +92,6 @@ Deno.test("NodeDiscovery keeps remote pods and nodes in the ipcache and forgets 
     await store.close();
   }
 });
-
-async function until(fn: () => boolean, ms = 3000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!fn()) {
-    if (Date.now() > deadline) assert.fail("condition not met in time");
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 Deno.test("NodeDiscovery keeps a lost node's entries for the grace period", async () => {
   const store = await openKvStore("denokv://:memory:");
@@ -128,19 +124,19 @@ Deno.test("NodeDiscovery keeps a lost node's entries for the grace period", asyn
     assert.ok(table.has("10.200.2.10"));
     // Gone and back within the period: nothing is removed.
     await store.delete("cilia/nodes/n2");
-    await until(() => health().length === 1);
+    await until("one health entry", () => health().length === 1);
     assert.deepEqual(health(), [["n2", "lost"]]);
     assert.equal(d.list()[0]?.lost?.remainingSeconds, 1);
     await new Promise((r) => setTimeout(r, 200));
     await put(store, "cilia/nodes/n2", n2);
-    await until(() => health().length === 0);
+    await until("no health entry", () => health().length === 0);
     await new Promise((r) => setTimeout(r, 400)); // past the period had it still run
     assert.equal(deletes, 0, "nothing removed for a node back in time");
     assert.ok(table.has("10.200.2.10"));
     // Gone for longer: the entries go once the period ends, not before.
     await store.delete("cilia/nodes/n2");
     const lostAt = Date.now();
-    await until(() => !table.has("10.200.2.10"));
+    await until("10.200.2.10 to leave the ipcache", () => !table.has("10.200.2.10"));
     assert.ok(Date.now() - lostAt >= 350, `removed after ${Date.now() - lostAt} ms`);
     assert.deepEqual([d.list(), health()], [[], []]);
   } finally {
@@ -251,7 +247,7 @@ Deno.test("NodeDiscovery does no work per endpoint of this node (a local ADD rec
     assert.equal(syncs, before, "a local endpoint's change recomputed the remote entries");
     // A remote endpoint still gets its entry, with one recomputation.
     await put(store, "cilia/endpoints/n2/1", { node: "n2", identity: 401, ipv4: "10.200.2.10" });
-    await until(() => table.get("10.200.2.10")?.identity === 401);
+    await until("10.200.2.10 with identity 401", () => table.get("10.200.2.10")?.identity === 401);
     assert.equal(syncs, before + 1);
     assert.equal(table.has("10.200.1.2"), false);
   } finally {

@@ -14,6 +14,7 @@ import { Serial } from "../../agent/_serial.ts";
 import { NodeDiscovery } from "../../agent/node/discovery.ts";
 import type { IpcacheUpsert } from "../../agent/datapath/datapath.ts";
 import { prng } from "../helpers/prng.ts";
+import { until } from "../helpers/until.ts";
 
 const enc = new TextEncoder();
 type Store = Awaited<ReturnType<typeof openKvStore>>;
@@ -60,7 +61,7 @@ function discovery(store: Store, opts: { gracePeriodMs?: number } = {}) {
   const change = async (op: () => Promise<unknown>) => {
     const before = { ...counts };
     await op();
-    await until(() => counts.syncs > before.syncs);
+    await until("a sync after the change", () => counts.syncs > before.syncs);
     return { checks: counts.checks - before.checks, writes: counts.writes - before.writes };
   };
   return { d, table, change };
@@ -149,7 +150,7 @@ Deno.test("NodeDiscovery: a live node's claims win over a lost one's, which go w
     };
     assert.deepEqual(view(), both);
     // n2's period ends: only what no one else claims goes (its node address).
-    await until(() => !table.has("192.0.2.2"), 2000);
+    await until("192.0.2.2 to leave the ipcache", () => !table.has("192.0.2.2"), 2000);
     const { ["192.0.2.2"]: _gone, ...rest } = both;
     assert.deepEqual(view(), rest);
     // n5's pod leaves: the address is gone too, nothing of n2's comes back.
@@ -226,11 +227,3 @@ Deno.test("NodeDiscovery: a seeded walk of changes always ends in the from-scrat
     await store.close();
   }
 });
-
-async function until(fn: () => boolean, ms = 3000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!fn()) {
-    if (Date.now() > deadline) assert.fail("condition not met in time");
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}

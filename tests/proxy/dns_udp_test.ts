@@ -14,6 +14,7 @@ import { DnsCache } from "../../agent/proxy/dns_cache.ts";
 import { Mmsg, SLOTS } from "../../agent/proxy/_dns_mmsg.ts";
 import { PolicyEngine } from "@cilia/policy-wasm";
 import { encodeQuery } from "../../scripts/bench/_dns_load.ts";
+import { until } from "../helpers/until.ts";
 
 /** The next datagram on `conn` (a copy), or an error naming `what` after `ms`. */
 async function receiveWithin(
@@ -35,17 +36,6 @@ async function receiveWithin(
     return [m.slice(), from];
   } finally {
     clearTimeout(timer);
-  }
-}
-
-/** Waits until `cond()` holds, checking every 5 ms; an error naming `what` after `ms`. */
-async function until(what: string, cond: () => boolean, ms = 3000): Promise<void> {
-  const deadline = performance.now() + ms;
-  while (!cond()) {
-    if (performance.now() > deadline) {
-      throw new Error(`Timed out after ${ms} ms waiting for ${what}`);
-    }
-    await new Promise((r) => setTimeout(r, 5));
   }
 }
 
