@@ -55,6 +55,7 @@ import { CniAttachmentError } from "./endpoint/cni_error.ts";
 import { restoreHostSides } from "./endpoint/_restore_host_sides.ts";
 import { KernelSink, registerDatapathMetrics } from "./datapath/kernel_sink.ts";
 import { setupSockLb } from "./datapath/sock_loader.ts";
+import { type SockTermPins, terminateSockets, type TermResult } from "./datapath/sock_term.ts";
 import { checkDatapath } from "./datapath/preflight.ts";
 import { hostDevice, setupHostNetwork } from "./node/host_net.ts";
 import { ProxyMaps } from "./datapath/proxy_maps.ts";
@@ -65,7 +66,8 @@ import { DnsProxy, engineJudge } from "./proxy/dns_proxy.ts";
 import { RCODE } from "./proxy/dns_message.ts";
 import { FqdnState } from "./identity/fqdn_state.ts";
 import { PolicyRepository } from "./policy/repository.ts";
-import { readServiceRecords, ServiceManager } from "./service/manager.ts";
+import { readServiceRecords, type RemovedBackend, ServiceManager } from "./service/manager.ts";
+import { backendText, frontendText } from "./service/spec.ts";
 import { policyServiceRefs } from "./service/policy_refs.ts";
 import { type AgentStatus, agentStatus, probeKvstore } from "./status.ts";
 import { Monitor } from "./monitor/monitor.ts";
@@ -131,6 +133,8 @@ export class Agent {
   #abort = new AbortController();
   #watches: PrefixWatch[] = [];
   #closers: Closer[] = [];
+  /** Socket termination's pins, when the socket LB is on and the kernel has bpf_sock_destroy. */
+  #sockTerm: SockTermPins | undefined;
   #closed: Promise<void> | undefined;
   /** A new pod's veth MTU, known once `#followNodes` has the underlay (see `#podMtu`). */
   #podMtuKnown: { mtu: number | undefined } | undefined;
@@ -198,14 +202,14 @@ export class Agent {
       this.#closers.push(this.datapath);
       // Socket LB (bpf/sock.c): reads the service maps just pinned, which keep their entries
       // across a restart, so the new programs replace the old ones with nothing to wait for.
-      await setupSockLb({
+      this.#sockTerm = (await setupSockLb({
         enabled: c.bpfLbSock,
         ...(c.cgroupRoot !== undefined ? { cgroupRoot: c.cgroupRoot } : {}),
         bpffsRoot: c.bpffsRoot,
         buildDir: c.bpfBuildDir,
         stateDir: c.stateDir,
         log: log.child({ subsys: "sock-lb" }),
-      });
+      }))?.term;
       // The L7 proxy lives in the agent (docs/architecture.md, "L7"): it judges with this engine.
       const m = this.datapath.datapath.pins.maps;
       this.proxyMaps = new ProxyMaps({
@@ -378,6 +382,8 @@ export class Agent {
         .filter((x): x is string => x !== undefined),
       // toServices in policies resolves against these records (repository.servicesChanged).
       onChange: () => this.policies.servicesChanged(),
+      // Socket LB: a removed backend's translated connections end (bpf/sock_term.c).
+      ...(this.#sockTerm ? { onBackendsRemoved: (r) => this.#endSockets(r) } : {}),
     });
     await this.#follow(this.services.follow({ signal }));
     phase("hostAndServices");
@@ -610,6 +616,39 @@ export class Agent {
         }
       }
       await Deno.remove(q.path).catch(() => {});
+    }
+  }
+
+  /**
+   * Ends the socket LB's connections to removed backends in this node's netns and its pods'. The
+   * walk runs in a Worker (datapath/sock_term.ts); a run that fails, stalls past 30 s or whose
+   * Worker cannot return to its netns is logged here and never fails the service update.
+   */
+  async #endSockets(removed: RemovedBackend[]): Promise<void> {
+    const eps = (this.endpoints as EndpointManager | undefined)?.list() ?? [];
+    const netns = [...new Set(eps.flatMap((e) => e.netns !== undefined ? [e.netns] : []))];
+    const backends = removed.map((x) => `${frontendText(x)} → ${backendText(x.backend)}`);
+    const started = performance.now();
+    const elapsed = () => Math.round(performance.now() - started);
+    let r: TermResult;
+    try {
+      r = await terminateSockets(this.#sockTerm!, removed, netns, { signal: this.#abort.signal });
+    } catch (err) {
+      this.log.warn("socket LB: cannot end the connections of removed backends", {
+        error: err,
+        backends,
+        netns: netns.length + 1,
+        ms: elapsed(),
+      });
+      return;
+    }
+    this.log.info("socket LB: ended the connections of removed backends (walk in a worker)", {
+      backends,
+      netns: r.walked,
+      ms: elapsed(),
+    });
+    for (const f of r.failed) {
+      this.log.warn("socket LB: cannot end connections in a netns", { ...f, backends });
     }
   }
 

@@ -13,8 +13,9 @@
  * It reads the same maps as lib/lb.h (lib/lb_maps.h: cilia_lb_services, cilia_lb_slots,
  * cilia_lb_backends), written by the agent as diffs: the same backends, the same slot table
  * (random: each backend once per weight unit; maglev: the Maglev table), so weights and Maglev
- * hold as in lb.h. Its own map, cilia_lb_sock_revnat (LRU): {socket cookie, backend address,
- * port, family} → the service address, for recvmsg and getpeername.
+ * hold as in lb.h. Its own map, cilia_lb_sock_revnat (LRU, lib/sock_lb.h): {socket cookie, backend
+ * address, port, family} → the service address, for recvmsg and getpeername, and for sock_term.c
+ * to tell a translated connection (TCP or UDP) from a direct one.
  *
  * Invariants:
  * 1. Only TCP and UDP to a service address:port of the socket's family are translated; anything
@@ -44,30 +45,16 @@
  * - IPv4-mapped IPv6 destinations (::ffff:a.b.c.d on an IPv6 socket): their packets are IPv4.
  * Differs from the tc path: a pod that is a backend of the service it connects to reaches itself
  * over loopback (the backend sees its own address, Cilium's behaviour), not from lb.h's
- * 169.254.42.1 (hairpin, lb.h 8.); a connected socket whose backend is removed from the service
- * keeps talking to that backend while it lives (lb.h resets it: its 2.), as nothing here sees
- * the connection again; sockets of processes outside the cgroup are not seen at all.
+ * 169.254.42.1 (hairpin, lb.h 8.); nothing here sees a connection again, so a connected socket
+ * whose backend is removed from the service is ended by sock_term.c (socket iterators and
+ * bpf_sock_destroy, run by the agent in every local network namespace, kernel >= 6.5; without
+ * it, the socket keeps talking to that backend while it lives, where lb.h would reset it: its
+ * 2.); sockets of processes outside the cgroup are not seen at all.
  */
-#include "lib/lb_maps.h"
+#include "lib/sock_lb.h"
 
 #define SOCK_ECONNREFUSED 111
 #define SOCK_IPV6_MAPPED bpf_htonl(0xffff)
-
-struct sock_revnat_key {
-	__u64 cookie;
-	__u8 addr[16]; /* the backend; IPv4: the first 4 bytes */
-	__be16 port;
-	__u8 family;
-	__u8 pad[5];
-};
-_Static_assert(sizeof(struct sock_revnat_key) == 32, "sock_revnat_key size");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct sock_revnat_key);
-	__type(value, struct lb_revnat);
-	__uint(max_entries, 65536);
-} cilia_lb_sock_revnat SEC(".maps");
 
 /* The socket's address (the destination of connect/sendmsg, the source of recvmsg, the peer of
  * getpeername) as 16 bytes and its port. */

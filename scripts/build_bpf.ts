@@ -1,4 +1,4 @@
-// Builds bpf/build/{lxc,overlay,host,sock}.o with the pinned clang flags (cached by source
+// Builds bpf/build/{lxc,overlay,host,sock,sock_term}.o with the pinned clang flags (cached by source
 // hash; see agent/datapath/build.ts). Usage: deno run -A scripts/build_bpf.ts [--force]
 import { buildObject } from "../agent/datapath/build.ts";
 
@@ -10,7 +10,7 @@ if (Deno.args.includes("--force")) {
     if (e.name.endsWith(".o")) await Deno.remove(`${buildDir}/${e.name}`);
   }
 }
-for (const name of ["lxc", "overlay", "host", "sock"]) {
+for (const name of ["lxc", "overlay", "host", "sock", "sock_term"]) {
   const started = performance.now();
   const obj = await buildObject({ sourceDir: `${root}bpf/`, buildDir, name });
   const ms = (performance.now() - started).toFixed(0);

@@ -10,11 +10,15 @@
 // run on a call, which is harmless (bpf/sock.c, 5.: a translated address is no service). The
 // cgroup is noted in <state dir>/sock-lb.json, so an agent started with --bpf-lb-sock false
 // detaches what an earlier one attached. It does not write the service maps (lb_state.ts does).
+// With the socket LB on it also loads socket termination (sock_term.ts, bpf/sock_term.c: the
+// connections of a removed backend end); a kernel without bpf_sock_destroy (< 6.5) gets a warning
+// and the socket LB without it (such connections then keep their backend while they live).
 import { z } from "zod";
 import { BpfTool } from "./bpftool.ts";
 import { buildObject } from "./build.ts";
 import { execCommand } from "../sys/exec.ts";
 import type { Logger } from "../log.ts";
+import { loadSockTerm, SockTermNotSupportedError, type SockTermPins } from "./sock_term.ts";
 
 /** bpftool's attach type → the program of bpf/sock.c attached there. */
 export const SOCK_PROGS = {
@@ -198,10 +202,13 @@ export interface SockLbOptions {
 const NoteSchema = z.object({ cgroup: z.string() });
 
 /**
- * The agent's start: with `enabled`, load and attach (the cgroup checked first); without it,
- * detach what an earlier agent attached (its cgroup is noted in the state dir).
+ * The agent's start: with `enabled`, load and attach (the cgroup checked first) and load socket
+ * termination (its pins, or none when the kernel cannot: warned); without it, detach what an
+ * earlier agent attached (its cgroup is noted in the state dir).
  */
-export async function setupSockLb(o: SockLbOptions): Promise<string | undefined> {
+export async function setupSockLb(
+  o: SockLbOptions,
+): Promise<{ cgroup: string; term: SockTermPins | undefined } | undefined> {
   const note = `${o.stateDir}/sock-lb.json`;
   const root = trim(o.bpffsRoot);
   const text = await Deno.readTextFile(note).catch(() => undefined);
@@ -215,10 +222,25 @@ export async function setupSockLb(o: SockLbOptions): Promise<string | undefined>
     await Deno.remove(note);
     o.log.info("socket LB detached", { cgroup: noted });
   }
-  if (cgroup === undefined) return undefined;
+  if (cgroup === undefined) { // socket termination's iterators serve only the socket LB
+    await Deno.remove(`${root}/sock_term`, { recursive: true }).catch(() => {});
+    return undefined;
+  }
   const pins = await loadSock(o);
   await Deno.writeTextFile(note, JSON.stringify({ cgroup }));
   await attachSock(pins, cgroup);
   o.log.info("socket LB attached", { cgroup, programs: pins.dir });
-  return cgroup;
+  let term: SockTermPins | undefined;
+  try {
+    term = await loadSockTerm(o);
+  } catch (err) {
+    o.log.warn(
+      "socket LB: connections to a removed backend are not ended (they keep their backend " +
+        "while they live): " + (err instanceof SockTermNotSupportedError
+          ? "the kernel lacks bpf_sock_destroy (needs Linux >= 6.5)"
+          : "cannot load socket termination (bpf/sock_term.c)"),
+      { error: err },
+    );
+  }
+  return { cgroup, term };
 }

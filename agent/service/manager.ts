@@ -3,11 +3,15 @@
 // prefix and hands the whole set to its sink (KernelSink.applyServices writes only the diff). A
 // change is applied locally before the call returns, so a service works when the command
 // returns; the watch makes every other agent converge. It decides no backend (the kernel does).
+// After a write it names the (frontend, backend) pairs the write removed (a smaller backend set, a
+// deleted service; a backend only turned terminating is not removed) to onBackendsRemoved, whose
+// failure is logged and never fails the update (the socket LB ends their connections with it).
 import type { KvStore } from "../kvstore/kvstore.ts";
 import type { Logger } from "../log.ts";
 import { type PrefixWatch, watchPrefix } from "../_watch.ts";
 import { Serial } from "../_serial.ts";
 import {
+  backendText,
   frontendText,
   inCidr,
   ipFamily,
@@ -25,6 +29,25 @@ export interface ServiceSink {
     services: readonly ServiceSpec[],
     opts?: { nodePortAddresses?: readonly string[] },
   ): Promise<void>;
+}
+
+/** A backend that left a service's frontend (socket termination ends its connections). */
+export interface RemovedBackend {
+  frontend: { ip: string; port: number; protocol: "TCP" | "UDP" };
+  backend: { ip: string; port: number };
+}
+
+/** Every (frontend, backend) pair of the services, keyed by its text. */
+export function backendPairs(services: readonly ServiceSpec[]): Map<string, RemovedBackend> {
+  const out = new Map<string, RemovedBackend>();
+  for (const s of services) {
+    const frontend = { ip: s.frontend.ip, port: s.frontend.port, protocol: s.frontend.protocol };
+    for (const b of s.backends) {
+      const key = `${frontendText(s)} ${backendText(b)}`;
+      out.set(key, { frontend, backend: { ip: b.ip, port: b.port } });
+    }
+  }
+  return out;
 }
 
 /** Kubernetes' default --service-node-port-range. */
@@ -79,8 +102,11 @@ export class ServiceManager {
   readonly #nodePortRange: { min: number; max: number };
   readonly #nodePortAddresses: string[];
   readonly #onChange: ((services: readonly ServiceSpec[]) => Promise<void>) | undefined;
+  readonly #onBackendsRemoved: ((removed: RemovedBackend[]) => Promise<void>) | undefined;
   readonly #records = new Map<number, ServiceSpec>();
   readonly #serial = new Serial();
+  /** The pairs of the last successful write. */
+  #pairs = new Map<string, RemovedBackend>();
 
   constructor(o: {
     store: KvStore;
@@ -93,6 +119,8 @@ export class ServiceManager {
     nodePortAddresses?: string[];
     /** Called with the records after every change (the policy's toServices follow them). */
     onChange?: (services: readonly ServiceSpec[]) => Promise<void>;
+    /** Called after a write with the pairs it removed (the socket LB's termination). */
+    onBackendsRemoved?: (removed: RemovedBackend[]) => Promise<void>;
   }) {
     this.#store = o.store;
     this.#sink = o.sink;
@@ -101,6 +129,7 @@ export class ServiceManager {
     this.#nodePortRange = o.nodePortRange ?? DEFAULT_NODE_PORT_RANGE;
     this.#nodePortAddresses = o.nodePortAddresses ?? [];
     this.#onChange = o.onChange;
+    this.#onBackendsRemoved = o.onBackendsRemoved;
   }
 
   list(): ServiceSpec[] {
@@ -258,6 +287,19 @@ export class ServiceManager {
     } catch (err) {
       this.#log.error("cannot hand the services to the policy", { error: err });
     }
-    await this.#sink?.applyServices(this.list(), { nodePortAddresses: this.#nodePortAddresses });
+    const services = this.list();
+    await this.#sink?.applyServices(services, { nodePortAddresses: this.#nodePortAddresses });
+    const pairs = backendPairs(services);
+    const removed = [...this.#pairs].filter(([k]) => !pairs.has(k)).map(([, r]) => r);
+    this.#pairs = pairs;
+    if (removed.length === 0 || !this.#onBackendsRemoved) return;
+    try {
+      await this.#onBackendsRemoved(removed);
+    } catch (err) {
+      this.#log.warn("cannot end the connections of removed backends", {
+        error: err,
+        backends: removed.map((r) => `${frontendText(r)} → ${backendText(r.backend)}`),
+      });
+    }
   }
 }

@@ -8,9 +8,13 @@
 // IPv6 through connect6; policy still decides on the backend's identity (drop 133 toward it); a
 // process outside the cgroup is served by the tc path (its stack sends to the VIP); an agent
 // restart, and a replacement by another object, keep held connections on their backends and
-// fail no new connection meanwhile; --bpf-lb-sock false detaches them again; an agent given a
-// --cgroup-root that is not cgroup2 does not start and names the path. Needs root, clang,
-// dnsmasq, dig, iptables.
+// fail no new connection meanwhile; a backend removed from a service has its connections through
+// the service ended (bpf/sock_term.c: TCP aborted, IPv4 and IPv6; a connected UDP socket
+// disconnected; the walk runs in a Worker and the agent logs it) while the other backend's and a
+// direct connection to the same pod go on, and a backend only turned terminating keeps its
+// connection; --bpf-lb-sock false detaches them again; an agent given a --cgroup-root that is not
+// cgroup2 does not start and names the path. Needs root, clang, dnsmasq, dig, iptables, python3
+// (the holding client).
 import assert from "node:assert/strict";
 import { CiliaNode, dropText, type TestPod } from "../cni/_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
@@ -21,11 +25,17 @@ import { buildSockPeer, counted, countTo, TestCgroup } from "./_sock_lab.ts";
 
 const VIP = "10.96.0.10", DNS_VIP = "10.96.0.53", EMPTY_VIP = "10.96.0.11";
 const VIP6 = "fd00:96::10";
+const TERM_VIP = "10.96.0.12", TERM_UDP_VIP = "10.96.0.13", TERM_VIP6 = "fd00:96::12";
 
-// Answers every read with its name, on [::]:8080 (IPv4 too: a dual-stack socket).
+// Answers every read with its name, on [::]:8080 (IPv4 too: a dual-stack socket), and every UDP
+// datagram to 0.0.0.0:8080.
 const SERVER = `
 const [name] = Deno.args;
 const enc = new TextEncoder();
+(async () => {
+  const u = Deno.listenDatagram({ hostname: "0.0.0.0", port: 8080, transport: "udp" });
+  for await (const [, from] of u) await u.send(enc.encode(name + "\\n"), from);
+})();
 for await (const c of Deno.listen({ hostname: "::", port: 8080 })) {
   (async () => {
     const buf = new Uint8Array(64);
@@ -33,6 +43,55 @@ for await (const c of Deno.listen({ hostname: "::", port: 8080 })) {
     try { c.close(); } catch {}
   })();
 }`;
+
+// Holds connections, one per argument "tcp|udp,ADDR,PORT[,NAME]" (with NAME: connects until the
+// answer is NAME). Prints the first answers (a JSON array), then, for each line on stdin, what
+// each connection answers now: a name, "EOF", "timeout" or the errno's name (ECONNABORTED).
+const HOLDER = `
+import errno, json, socket, sys, time
+def ex(s):
+    try:
+        s.send(b"x")
+        d = s.recv(64)
+        return d.decode().strip() if d else "EOF"
+    except socket.timeout:
+        return "timeout"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+conns, first = [], []
+for spec in sys.argv[1:]:
+    kind, host, port, *want = spec.split(",")
+    for _ in range(40):
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+        s.settimeout(2)
+        s.connect((host, int(port)))
+        n = ex(s)
+        if not want or n == want[0]:
+            conns.append(s)
+            first.append(n)
+            break
+        s.close()
+    else:
+        first.append("none")
+print(json.dumps(first), flush=True)
+for line in sys.stdin:
+    t = time.monotonic()
+    got = [ex(s) for s in conns]
+    print(json.dumps({"got": got, "ms": round((time.monotonic() - t) * 1000)}), flush=True)
+`;
+
+/** Text chunks → lines. */
+const splitLines = () => {
+  let rest = "";
+  return new TransformStream<string, string>({
+    transform(chunk, c) {
+      const parts = (rest + chunk).split("\n");
+      rest = parts.pop()!;
+      for (const l of parts) c.enqueue(l);
+    },
+  });
+};
 
 interface Conn {
   peer?: string;
@@ -61,7 +120,7 @@ Deno.test({
       servers.push(
         new Deno.Command("ip", {
           args: ["netns", "exec", pod.netns, Deno.execPath(), "run", "-A", "--no-config"]
-            .concat([`${n.dir}/server.js`, name]),
+            .concat(["--unstable-net", `${n.dir}/server.js`, name]),
           stdout: "null",
           stderr: "inherit",
         }).spawn(),
@@ -181,6 +240,127 @@ spec:
       assert.ok(got.every((c) => c.peer === `${VIP}:80` && c.name), `served: ${shown}`);
       const after = (await counted(client.netns, false))[VIP]!;
       assert.ok(after > before, `its stack sent to the VIP (${before} → ${after})`);
+    });
+
+    // A client holding connections (HOLDER) in the cgroup; ask() has each exchange once more.
+    const holder = async (specs: string[]) => {
+      const argv = cg.argv(inPod(["python3", "-c", HOLDER, ...specs]));
+      const p = new Deno.Command(argv[0]!, { args: argv.slice(1), stdin: "piped", stdout: "piped" })
+        .spawn();
+      const lines = p.stdout.pipeThrough(new TextDecoderStream()).pipeThrough(splitLines())
+        .getReader();
+      const w = p.stdin.getWriter();
+      const first = JSON.parse((await lines.read()).value!) as string[];
+      return {
+        first,
+        async ask() {
+          await w.write(new TextEncoder().encode("\n"));
+          return JSON.parse((await lines.read()).value!) as { got: string[]; ms: number };
+        },
+        async close() {
+          await w.close();
+          lines.releaseLock();
+          await p.stdout.cancel().catch(() => {});
+          await p.status;
+        },
+      };
+    };
+    await t.step(
+      "a removed backend's connections end; the others' and direct ones go on",
+      async () => {
+        const svc = (b1State: "active" | "terminating" | "gone") =>
+          putService(n, {
+            frontend: { ip: TERM_VIP, port: 80, protocol: "TCP" },
+            backends: [
+              ...(b1State === "gone" ? [] : [{
+                ip: b1.ipv4,
+                port: 8080,
+                ...(b1State === "terminating" ? { terminating: true } : {}),
+              }]),
+              { ip: b2.ipv4, port: 8080 },
+            ],
+          });
+        await svc("active");
+        const h = await holder([
+          `tcp,${TERM_VIP},80,b1`,
+          `tcp,${TERM_VIP},80,b2`,
+          `tcp,${b1.ipv4},8080`,
+        ]);
+        try {
+          assert.deepEqual(h.first, ["b1", "b2", "b1"], "one on each backend and a direct one");
+          assert.deepEqual((await h.ask()).got, ["b1", "b2", "b1"], "all pass before");
+          const started = performance.now();
+          await svc("gone");
+          const after = await h.ask();
+          const ms = performance.now() - started;
+          const shown = JSON.stringify(after);
+          // bpf_sock_destroy aborts it: the next send fails with ECONNABORTED.
+          assert.equal(after.got[0], "ECONNABORTED", `b1's connection through it ended: ${shown}`);
+          assert.ok(ms < 1500, `within ~1 s: ${Math.round(ms)} ms`);
+          assert.deepEqual(after.got.slice(1), ["b2", "b1"], `the others pass: ${shown}`);
+          assert.deepEqual((await h.ask()).got.slice(1), ["b2", "b1"], "and still do");
+          const logged = /ended the connections of removed backends \(walk in a worker\)/;
+          for (let i = 0; i < 40 && !logged.test(n.log); i++) {
+            await new Promise((r) => setTimeout(r, 50));
+          }
+          assert.match(n.log, logged, "the agent logged the run");
+        } finally {
+          await h.close();
+        }
+
+        await svc("active");
+        const t2 = await holder([`tcp,${TERM_VIP},80,b1`]);
+        try {
+          assert.deepEqual(t2.first, ["b1"]);
+          await svc("terminating");
+          assert.deepEqual((await t2.ask()).got, ["b1"], "a terminating backend keeps it");
+          const got = await conns(TERM_VIP, 8);
+          assert.deepEqual(names(got), ["b2"], `no new one to b1: ${JSON.stringify(got)}`);
+        } finally {
+          await t2.close();
+        }
+      },
+    );
+
+    await t.step("IPv6: a removed backend's connection ends, the other's goes on", async () => {
+      const svc = (backends: TestPod[]) =>
+        putService(n, {
+          frontend: { ip: TERM_VIP6, port: 80, protocol: "TCP" },
+          backends: backends.map((p) => ({ ip: p.ipv6, port: 8080 })),
+        });
+      await svc([b1, b2]);
+      const h = await holder([`tcp,${TERM_VIP6},80,b1`, `tcp,${TERM_VIP6},80,b2`]);
+      try {
+        assert.deepEqual(h.first, ["b1", "b2"]);
+        await svc([b2]);
+        assert.deepEqual((await h.ask()).got, ["ECONNABORTED", "b2"]);
+      } finally {
+        await h.close();
+      }
+    });
+
+    await t.step("a connected UDP socket to a removed backend is disconnected", async () => {
+      const svc = (backends: TestPod[]) =>
+        putService(n, {
+          frontend: { ip: TERM_UDP_VIP, port: 80, protocol: "UDP" },
+          backends: backends.map((p) => ({ ip: p.ipv4, port: 8080 })),
+        });
+      await svc([b1, b2]);
+      const h = await holder([`udp,${TERM_UDP_VIP},80,b1`, `udp,${TERM_UDP_VIP},80,b2`]);
+      try {
+        assert.deepEqual(h.first, ["b1", "b2"]);
+        await svc([b2]);
+        const after = await h.ask();
+        const shown = JSON.stringify(after);
+        // bpf_sock_destroy on UDP (udp_abort): the socket is disconnected (its pending error,
+        // ECONNABORTED, would come with a recv), so the next send has no peer: EDESTADDRREQ.
+        assert.equal(after.got[0], "EDESTADDRREQ", `b1's socket: ${shown}`);
+        assert.equal(after.got[1], "b2", `b2's socket passes: ${shown}`);
+        const again = await h.ask();
+        assert.equal(again.got[0], "EDESTADDRREQ", `then it has no peer: ${JSON.stringify(again)}`);
+      } finally {
+        await h.close();
+      }
     });
 
     await t.step("agent restart and a program replacement: no failed connection", async () => {
