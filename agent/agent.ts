@@ -66,7 +66,12 @@ import { DnsProxy, engineJudge } from "./proxy/dns_proxy.ts";
 import { RCODE } from "./proxy/dns_message.ts";
 import { FqdnState } from "./identity/fqdn_state.ts";
 import { PolicyRepository } from "./policy/repository.ts";
-import { readServiceRecords, type RemovedBackend, ServiceManager } from "./service/manager.ts";
+import {
+  backendPairs,
+  readServiceRecords,
+  type RemovedBackend,
+  ServiceManager,
+} from "./service/manager.ts";
 import { backendText, frontendText } from "./service/spec.ts";
 import { policyServiceRefs } from "./service/policy_refs.ts";
 import { type AgentStatus, agentStatus, probeKvstore } from "./status.ts";
@@ -135,6 +140,14 @@ export class Agent {
   #closers: Closer[] = [];
   /** Socket termination's pins, when the socket LB is on and the kernel has bpf_sock_destroy. */
   #sockTerm: SockTermPins | undefined;
+  /**
+   * Removed pairs named before the endpoints are restored (the first service write of a start,
+   * compared with what the kernel held): ended once the pods' namespaces are known; undefined
+   * after that.
+   */
+  #termPending: RemovedBackend[] | undefined = [];
+  /** One termination run at a time (they share cilia_lb_sock_term). */
+  #termChain: Promise<void> = Promise.resolve();
   #closed: Promise<void> | undefined;
   /** A new pod's veth MTU, known once `#followNodes` has the underlay (see `#podMtu`). */
   #podMtuKnown: { mtu: number | undefined } | undefined;
@@ -383,7 +396,7 @@ export class Agent {
       // toServices in policies resolves against these records (repository.servicesChanged).
       onChange: () => this.policies.servicesChanged(),
       // Socket LB: a removed backend's translated connections end (bpf/sock_term.c).
-      ...(this.#sockTerm ? { onBackendsRemoved: (r) => this.#endSockets(r) } : {}),
+      ...(this.#sockTerm ? { onBackendsRemoved: (r) => this.#backendsRemoved(r) } : {}),
     });
     await this.#follow(this.services.follow({ signal }));
     phase("hostAndServices");
@@ -404,6 +417,7 @@ export class Agent {
         : {},
     );
     phase("endpoints");
+    this.#endPendingSockets();
     this.monitor = new Monitor({
       engine: this.engine,
       endpoints: () => this.endpoints.list(),
@@ -619,12 +633,45 @@ export class Agent {
     }
   }
 
+  /** A service write removed pairs: end their sockets now, or once the endpoints are restored. */
+  #backendsRemoved(removed: RemovedBackend[]): Promise<void> {
+    if (this.#termPending === undefined) return this.#endSockets(removed);
+    this.#termPending.push(...removed);
+    return Promise.resolve();
+  }
+
+  /**
+   * After the endpoints are restored: pairs removed while the agent was down end in the
+   * background (the start does not wait for the walk; close() does).
+   */
+  #endPendingSockets(): void {
+    // A pair a later write gave back meanwhile is not ended.
+    const now = backendPairs(this.services?.list() ?? []);
+    const pending = (this.#termPending ?? []).filter((x) =>
+      !now.has(`${frontendText(x)} ${backendText(x.backend)}`)
+    );
+    this.#termPending = undefined;
+    if (pending.length === 0) return;
+    this.log.info("socket LB: backends were removed while the agent was down", {
+      backends: pending.map((x) => `${frontendText(x)} → ${backendText(x.backend)}`),
+    });
+    const run = this.#endSockets(pending);
+    this.#closers.push({ close: () => run });
+  }
+
+  /** One run after the other (see #endSocketsNow). */
+  #endSockets(removed: RemovedBackend[]): Promise<void> {
+    const run = this.#termChain.then(() => this.#endSocketsNow(removed));
+    this.#termChain = run.catch(() => {});
+    return run;
+  }
+
   /**
    * Ends the socket LB's connections to removed backends in this node's netns and its pods'. The
    * walk runs in a Worker (datapath/sock_term.ts); a run that fails, stalls past 30 s or whose
    * Worker cannot return to its netns is logged here and never fails the service update.
    */
-  async #endSockets(removed: RemovedBackend[]): Promise<void> {
+  async #endSocketsNow(removed: RemovedBackend[]): Promise<void> {
     const eps = (this.endpoints as EndpointManager | undefined)?.list() ?? [];
     const netns = [...new Set(eps.flatMap((e) => e.netns !== undefined ? [e.netns] : []))];
     const backends = removed.map((x) => `${frontendText(x)} → ${backendText(x.backend)}`);

@@ -43,6 +43,7 @@ import { linkNames } from "../sys/links.ts";
 import { EndpointPolicyState } from "./policy_state.ts";
 import { LB_MAPS, LbState } from "../service/lb_state.ts";
 import type { ServiceSpec } from "../service/spec.ts";
+import type { RemovedBackend } from "../service/manager.ts";
 
 export interface KernelSinkOptions {
   bpffsRoot: string;
@@ -431,14 +432,32 @@ export class KernelSink implements DatapathSink {
     opts: { nodePortAddresses?: readonly string[] } = {},
   ): Promise<void> {
     return this.#lbSerial = this.#lbSerial.catch(() => {}).then(async () => {
-      if (!this.#lbRestored) {
-        for (const m of LB_MAPS) this.#lb.restore(m, await this.datapath.dumpMap(m));
-        this.#lbRestored = true;
-      }
+      await this.#restoreLb();
       const plan = this.#lb.plan(services, opts);
       for (const w of plan.writes) await this.datapath.writeMap(w.map, w.updates, w.deletes);
       plan.commit();
     });
+  }
+
+  /**
+   * The (frontend, backend) pairs the service maps held before this sink's first write (what a
+   * previous agent left; LbState.heldPairs), for socket termination after a restart. Call it
+   * before the first applyServices(); later it returns what was written since.
+   */
+  heldBackendPairs(): Promise<RemovedBackend[]> {
+    const run = this.#lbSerial.catch(() => {}).then(async () => {
+      await this.#restoreLb();
+      return this.#lb.heldPairs();
+    });
+    this.#lbSerial = run.then(() => {}, () => {});
+    return run;
+  }
+
+  /** The first service write (or heldBackendPairs) reads back what a previous agent left. */
+  async #restoreLb(): Promise<void> {
+    if (this.#lbRestored) return;
+    for (const m of LB_MAPS) this.#lb.restore(m, await this.datapath.dumpMap(m));
+    this.#lbRestored = true;
   }
 
   readMetrics(): Promise<MetricsRow[]> {

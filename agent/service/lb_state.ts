@@ -4,12 +4,15 @@
 // them; deletes of services before the slots and backends they used). Backend ids are stable per address while a
 // backend is in use (conntrack remembers them), and are read back after a restart (restore()).
 // IPv4 and IPv6 share every map: 16-byte addresses (IPv4 in the first 4) with a family field.
+// heldPairs() names the (frontend, backend) pairs the maps hold (after restore(): a previous
+// agent's), which socket termination compares the first write of a start with.
 // Pure: no I/O; KernelSink does the writing and calls commit() only after it succeeded.
 import { decode, encode, LAYOUTS, num } from "../datapath/codecs.ts";
 import { formatIP, parseIPv4, parseIPv6 } from "../datapath/_addr.ts";
 import type { MapUpdate } from "../datapath/map_writer.ts";
 import { backendText, hostPort, ipFamily, type ServiceSpec } from "./spec.ts";
 import { maglevTable, weightedSlots } from "./maglev.ts";
+import type { RemovedBackend } from "./manager.ts";
 
 export const LB_MAPS = [
   "cilia_lb_services",
@@ -86,6 +89,51 @@ export class LbState {
       const ip = formatIP(num(v.family), v.addr as Uint8Array);
       this.#ids.set(`${hostPort(ip, num(v.port))}/${num(v.proto)}`, id);
     }
+  }
+
+  /**
+   * The (frontend, backend) pairs of what is written (after restore(): what a previous agent
+   * left), for socket termination after a restart. A backend with a slot pairs with its service's
+   * own frontend (not its NodePort / LoadBalancer ones: the cgroup hooks answer those as the tc
+   * path does). A terminating backend has no slot, so the maps do not say whose it was: it pairs
+   * with every frontend of its protocol, marked `guessed` — a superset, harmless because a socket
+   * ends only when the socket LB translated it for that very pair (bpf/lib/sock_term.h 1.).
+   */
+  heldPairs(): RemovedBackend[] {
+    const w = (m: LbMap) => [...this.#written.get(m)!].map(([k, v]) => [unhex(k), unhex(v)]);
+    const backends = new Map<number, { ip: string; port: number; proto: number }>();
+    for (const [k, v] of w("cilia_lb_backends")) {
+      const b = decode(LAYOUTS.lbBackend, v!);
+      backends.set(num(decode(LAYOUTS.lbBackendKey, k!).backend_id), {
+        ip: formatIP(num(b.family), b.addr as Uint8Array),
+        port: num(b.port),
+        proto: num(b.proto),
+      });
+    }
+    const bySvc = new Map<number, Set<number>>(), slotted = new Set<number>();
+    for (const [k, v] of w("cilia_lb_slots")) {
+      const svc = num(decode(LAYOUTS.lbSlotKey, k!).svc_id);
+      const id = num(decode(LAYOUTS.lbSlotValue, v!).backend_id);
+      bySvc.set(svc, (bySvc.get(svc) ?? new Set()).add(id));
+      slotted.add(id);
+    }
+    const out: RemovedBackend[] = [];
+    for (const [k, v] of w("cilia_lb_services")) {
+      const f = decode(LAYOUTS.lbServiceKey, k!), sv = decode(LAYOUTS.lbServiceValue, v!);
+      const protocol = num(f.proto) === PROTO.TCP ? "TCP" : num(f.proto) === PROTO.UDP ? "UDP" : "";
+      if (protocol === "" || (num(sv.flags) & LB_SVC_F_EXTERNAL) !== 0) continue;
+      const frontend = { ip: formatIP(num(f.family), f.addr as Uint8Array), port: num(f.port) };
+      const own = bySvc.get(num(sv.svc_id)) ?? new Set<number>();
+      for (const [id, b] of backends) {
+        if (b.proto !== num(f.proto) || (slotted.has(id) && !own.has(id))) continue;
+        out.push({
+          frontend: { ...frontend, protocol },
+          backend: { ip: b.ip, port: b.port },
+          ...(slotted.has(id) ? {} : { guessed: true as const }),
+        });
+      }
+    }
+    return out;
   }
 
   /** The backend id of an address in use, if any (for listings). */

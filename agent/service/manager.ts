@@ -6,6 +6,9 @@
 // After a write it names the (frontend, backend) pairs the write removed (a smaller backend set, a
 // deleted service; a backend only turned terminating is not removed) to onBackendsRemoved, whose
 // failure is logged and never fails the update (the socket LB ends their connections with it).
+// The first write after a start compares with what the sink's kernel maps still hold from before
+// (ServiceSink.heldBackendPairs), so a backend removed while the agent was down is named too;
+// without onBackendsRemoved that read is skipped.
 import type { KvStore } from "../kvstore/kvstore.ts";
 import type { Logger } from "../log.ts";
 import { type PrefixWatch, watchPrefix } from "../_watch.ts";
@@ -29,13 +32,22 @@ export interface ServiceSink {
     services: readonly ServiceSpec[],
     opts?: { nodePortAddresses?: readonly string[] },
   ): Promise<void>;
+  /** The pairs the datapath held before the first applyServices (a previous agent's). */
+  heldBackendPairs?(): Promise<RemovedBackend[]>;
 }
 
 /** A backend that left a service's frontend (socket termination ends its connections). */
 export interface RemovedBackend {
   frontend: { ip: string; port: number; protocol: "TCP" | "UDP" };
   backend: { ip: string; port: number };
+  /**
+   * Only in pairs read back from the datapath (heldBackendPairs): the backend had no slot, so it
+   * was terminating wherever it was and its frontend is a guess (every one of its protocol).
+   */
+  guessed?: true;
 }
+
+const pairText = (r: RemovedBackend) => `${frontendText(r)} ${backendText(r.backend)}`;
 
 /** Every (frontend, backend) pair of the services, keyed by its text. */
 export function backendPairs(services: readonly ServiceSpec[]): Map<string, RemovedBackend> {
@@ -43,9 +55,30 @@ export function backendPairs(services: readonly ServiceSpec[]): Map<string, Remo
   for (const s of services) {
     const frontend = { ip: s.frontend.ip, port: s.frontend.port, protocol: s.frontend.protocol };
     for (const b of s.backends) {
-      const key = `${frontendText(s)} ${backendText(b)}`;
-      out.set(key, { frontend, backend: { ip: b.ip, port: b.port } });
+      const r = { frontend, backend: { ip: b.ip, port: b.port } };
+      out.set(pairText(r), r);
     }
+  }
+  return out;
+}
+
+/**
+ * The pairs of `before` that `after` does not keep. A guessed pair (read back from the datapath)
+ * whose backend is still in a service of its protocol is not named: a plain restart names none.
+ */
+function removedPairs(
+  before: Map<string, RemovedBackend>,
+  after: Map<string, RemovedBackend>,
+): RemovedBackend[] {
+  const backendOf = (r: RemovedBackend) => `${backendText(r.backend)}/${r.frontend.protocol}`;
+  let kept: Set<string> | undefined;
+  const out: RemovedBackend[] = [];
+  for (const [k, r] of before) {
+    if (after.has(k)) continue;
+    if (r.guessed && (kept ??= new Set([...after.values()].map(backendOf))).has(backendOf(r))) {
+      continue;
+    }
+    out.push({ frontend: r.frontend, backend: r.backend });
   }
   return out;
 }
@@ -105,8 +138,9 @@ export class ServiceManager {
   readonly #onBackendsRemoved: ((removed: RemovedBackend[]) => Promise<void>) | undefined;
   readonly #records = new Map<number, ServiceSpec>();
   readonly #serial = new Serial();
-  /** The pairs of the last successful write. */
+  /** The pairs of the last successful write (before the first: what the kernel held). */
   #pairs = new Map<string, RemovedBackend>();
+  #heldRead = false;
 
   constructor(o: {
     store: KvStore;
@@ -288,9 +322,20 @@ export class ServiceManager {
       this.#log.error("cannot hand the services to the policy", { error: err });
     }
     const services = this.list();
+    if (!this.#heldRead && this.#onBackendsRemoved && this.#sink?.heldBackendPairs) {
+      this.#heldRead = true;
+      try {
+        this.#pairs = new Map((await this.#sink.heldBackendPairs()).map((r) => [pairText(r), r]));
+      } catch (err) {
+        this.#log.warn(
+          "cannot read the service pairs the datapath holds: connections to backends removed while the agent was down are not ended",
+          { error: err },
+        );
+      }
+    }
     await this.#sink?.applyServices(services, { nodePortAddresses: this.#nodePortAddresses });
     const pairs = backendPairs(services);
-    const removed = [...this.#pairs].filter(([k]) => !pairs.has(k)).map(([, r]) => r);
+    const removed = removedPairs(this.#pairs, pairs);
     this.#pairs = pairs;
     if (removed.length === 0 || !this.#onBackendsRemoved) return;
     try {

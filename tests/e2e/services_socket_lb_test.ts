@@ -12,7 +12,9 @@
 // the service ended (bpf/sock_term.c: TCP aborted, IPv4 and IPv6; a connected UDP socket
 // disconnected; the walk runs in a Worker and the agent logs it) while the other backend's and a
 // direct connection to the same pod go on, and a backend only turned terminating keeps its
-// connection; --bpf-lb-sock false detaches them again; an agent given a --cgroup-root that is not
+// connection; a plain restart ends nothing, and a backend removed from the stored record while
+// the agent was down has its connection ended after the start (the first write compares with
+// the pinned service maps) while the kept backend's goes on; --bpf-lb-sock false detaches them again; an agent given a --cgroup-root that is not
 // cgroup2 does not start and names the path. Needs root, clang, dnsmasq, dig, iptables, python3
 // (the holding client).
 import assert from "node:assert/strict";
@@ -21,11 +23,14 @@ import { needsRoot } from "../helpers/root.ts";
 import { execCommand } from "../../agent/sys/exec.ts";
 import { attachSock, loadSock, SOCK_PROGS } from "../../agent/datapath/sock_loader.ts";
 import { killAll, putService, waitListening } from "./_services_lab.ts";
+import { openKvStore } from "../../agent/kvstore/kvstore.ts";
+import { SERVICE_PREFIX } from "../../agent/service/manager.ts";
 import { buildSockPeer, counted, countTo, TestCgroup } from "./_sock_lab.ts";
 
 const VIP = "10.96.0.10", DNS_VIP = "10.96.0.53", EMPTY_VIP = "10.96.0.11";
 const VIP6 = "fd00:96::10";
 const TERM_VIP = "10.96.0.12", TERM_UDP_VIP = "10.96.0.13", TERM_VIP6 = "fd00:96::12";
+const DOWN_VIP = "10.96.0.14";
 
 // Answers every read with its name, on [::]:8080 (IPv4 too: a dual-stack socket), and every UDP
 // datagram to 0.0.0.0:8080.
@@ -406,6 +411,56 @@ spec:
         "one program per hook: the older object detached",
       );
     });
+
+    await t.step(
+      "a backend removed while the agent was down: its connection ends after the start",
+      async () => {
+        await putService(n, {
+          frontend: { ip: DOWN_VIP, port: 80, protocol: "TCP" },
+          backends: [b1, b2].map((p) => ({ ip: p.ipv4, port: 8080 })),
+        });
+        const h = await holder([`tcp,${DOWN_VIP},80,b1`, `tcp,${DOWN_VIP},80,b2`]);
+        try {
+          assert.deepEqual(h.first, ["b1", "b2"]);
+          await n.stopAgent();
+          await n.startAgent();
+          assert.deepEqual((await h.ask()).got, ["b1", "b2"], "a plain restart ends nothing");
+          assert.doesNotMatch(n.log, /removed while the agent was down/);
+          await n.stopAgent();
+          // Another agent sharing the store would change the record so: the agent's own store
+          // (its default, <state-dir>/kv.sqlite), through the same KvStore API.
+          const store = await openKvStore(`denokv://${n.dir}/state/kv.sqlite`);
+          try {
+            const e = (await store.list(SERVICE_PREFIX)).find((e) =>
+              new TextDecoder().decode(e.value).includes(`"${DOWN_VIP}"`)
+            );
+            assert.ok(e, `the record of ${DOWN_VIP}`);
+            const rec = JSON.parse(new TextDecoder().decode(e.value));
+            rec.backends = rec.backends.filter((x: { ip: string }) => x.ip !== b1.ipv4);
+            assert.equal(rec.backends.length, 1, JSON.stringify(rec));
+            await store.put(e.key, new TextEncoder().encode(JSON.stringify(rec)));
+          } finally {
+            await store.close();
+          }
+          const started = performance.now();
+          await n.startAgent();
+          let after = await h.ask();
+          while (after.got[0] === "b1" && performance.now() - started < 5000) {
+            await new Promise((r) => setTimeout(r, 100));
+            after = await h.ask();
+          }
+          const shown = JSON.stringify(after);
+          assert.equal(after.got[0], "ECONNABORTED", `b1's connection ended: ${shown}`);
+          assert.equal(after.got[1], "b2", `b2's passes: ${shown}`);
+          assert.equal((await h.ask()).got[1], "b2", "and still does");
+          assert.match(n.log, /backends were removed while the agent was down/);
+          const got = await conns(DOWN_VIP, 6);
+          assert.deepEqual(names(got), ["b2"], `new ones go to b2: ${JSON.stringify(got)}`);
+        } finally {
+          await h.close();
+        }
+      },
+    );
 
     await t.step("--bpf-lb-sock false detaches them: the tc path serves the cgroup", async () => {
       n.agentArgs = [];
