@@ -264,6 +264,7 @@ export interface DnsInput {
   qtype: string;
   allowed: boolean;
   rcode: number;
+  /** The CNAME chain after the question name. */
   cnames: string[];
   ips: string[];
   latencyMs: number;

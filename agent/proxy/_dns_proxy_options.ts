@@ -7,6 +7,7 @@ import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
 import type { OrigDestination, UpstreamNat } from "../datapath/proxy_maps.ts";
 import type { TcpConnect, TcpUpstream } from "./dns_upstream.ts";
+import type { DnsInput } from "../monitor/flow.ts";
 
 /** What the proxy needs of the kernel's proxy maps (ProxyMaps). */
 export interface DnsProxyMaps {
@@ -27,25 +28,12 @@ export type DnsJudge = (
   proto: number,
 ) => { allowed: boolean; cookie: number };
 
-/** One DNS request as a flow record. */
-export interface DnsRecord {
+/** One DNS request as a flow record: what the monitor takes (DnsInput) and who asked whom. */
+export interface DnsRecord extends DnsInput {
   epId: number;
-  client: { ip: string; port: number };
-  server: { ip: string; port: number };
   srcIdentity: number;
   dstIdentity: number;
   cookie: number;
-  query: string;
-  qtype: string;
-  allowed: boolean;
-  rcode: number;
-  /** The CNAME chain after the question name. */
-  cnames: string[];
-  ips: string[];
-  latencyMs: number;
-  error?: string;
-  /** Over TCP (else UDP). */
-  tcp?: boolean;
   /** When the answer went out (ms since the epoch; records are handed over in batches). */
   at: number;
 }
