@@ -1,7 +1,7 @@
 /**
  * What node discovery reads from the kvstore and how it judges addresses: node and endpoint
  * records parsed leniently (a malformed record is skipped, never thrown), a native route's next
- * hop, and prefix arithmetic. Pure: no I/O, no state.
+ * hop, whether an address is this node's own, and prefix arithmetic. Pure: no I/O, no state.
  */
 
 import type { KvEntry } from "../kvstore/kvstore.ts";
@@ -58,6 +58,20 @@ export function nextHop(n: NodeRecord, family: 4 | 6): string | undefined {
     if (family === 6 && p.addr[0] === 0xfe && (p.addr[1]! & 0xc0) === 0x80) return false;
     return !pods.some((c) => c.family === p.family && within(p.addr, c.addr, c.prefixLen));
   });
+}
+
+/** This node's own addresses and pod CIDRs (parsed), which no remote record may claim. */
+export interface LocalAddresses {
+  addresses: string[];
+  pods: ReturnType<typeof parsePrefix>[];
+}
+
+/** Whether `ip` is this node's: one of its addresses, IPv4 link-local, or in its pod CIDRs. */
+export function isLocal(ip: string, local: LocalAddresses): boolean {
+  if (local.addresses.includes(ip)) return true;
+  const p = parsePrefix(ip);
+  if (p.family === 4 && p.addr[0] === 169 && p.addr[1] === 254) return true; // link-local
+  return local.pods.some((l) => l.family === p.family && within(p.addr, l.addr, l.prefixLen));
 }
 
 /** A record's address or prefix, or none when malformed (a record never breaks the sync). */
