@@ -122,34 +122,20 @@ export async function pinnedMaxEntries(bpftool: BpfTool, pinned: string): Promis
 const MapTypeSchema = z.object({ type: z.string() }).passthrough();
 
 /**
- * An events map pinned by an older cilia (a perf event array, now a ring buffer) cannot be
- * reused: its pin goes, so the new object makes a ring. It holds no state; programs still
- * attached keep writing to the old map until they are replaced, unread.
+ * A map pinned by an older cilia with another map type cannot be reused: its pin goes, so the new
+ * object makes one of `type`. For maps without state worth keeping: cilia_events (a perf event
+ * array before, a ring buffer now) and cilia_metrics (a per-CPU hash before, a per-CPU array now,
+ * bpf/lib/metrics.h; its counters start again from zero). Programs still attached keep writing to
+ * the old map until they are replaced.
  */
-async function dropOldEventsMap(bpftool: BpfTool, pinned: string): Promise<void> {
+async function dropPinOfOtherType(bpftool: BpfTool, pinned: string, type: string): Promise<void> {
   if (!(await exists(pinned))) return;
   const info = await bpftool.json(
     ["map", "show", "pinned", pinned],
     MapTypeSchema,
     `Cannot read map "${pinned}"`,
   );
-  if (info.type !== "ringbuf") await Deno.remove(pinned);
-}
-
-/**
- * A metrics map pinned by an older cilia (a per-CPU hash, now a per-CPU array: bpf/lib/metrics.h)
- * cannot be reused: its pin goes, so the new object makes an array. It holds counters only
- * (they start again from zero); programs still attached keep counting into the old map until
- * they are replaced.
- */
-async function dropOldMetricsMap(bpftool: BpfTool, pinned: string): Promise<void> {
-  if (!(await exists(pinned))) return;
-  const info = await bpftool.json(
-    ["map", "show", "pinned", pinned],
-    MapTypeSchema,
-    `Cannot read map "${pinned}"`,
-  );
-  if (info.type !== "percpu_array") await Deno.remove(pinned);
+  if (info.type !== type) await Deno.remove(pinned);
 }
 
 const MapKeyValueSchema = z.object({ bytes_key: z.number(), bytes_value: z.number() })
@@ -241,8 +227,8 @@ export async function loadPinned(
   const pins = pinsFor(opts.root, opts.hash);
   await Deno.mkdir(`${opts.root}/maps`, { recursive: true });
   await Deno.mkdir(`${opts.root}/progs`, { recursive: true });
-  await dropOldEventsMap(bpftool, pins.maps.cilia_events);
-  await dropOldMetricsMap(bpftool, pins.maps.cilia_metrics);
+  await dropPinOfOtherType(bpftool, pins.maps.cilia_events, "ringbuf");
+  await dropPinOfOtherType(bpftool, pins.maps.cilia_metrics, "percpu_array");
   await dropOldProxyMaps(bpftool, `${opts.root}/maps`);
   await dropOldEndpointsMap(bpftool, pins.maps.cilia_endpoints);
   const reusedMaps: MapName[] = [];

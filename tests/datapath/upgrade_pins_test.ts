@@ -4,7 +4,7 @@
 // programs use, and a proxy pin of a name this version does not have is removed; every other
 // pin is reused as it was. A cilia_endpoints pin of the older layout (36-byte values) is
 // replaced the same way (dropOldEndpointsMap), and a cilia_metrics pin of the older type (a
-// per-CPU hash, now a per-CPU array: dropOldMetricsMap). Pins live in the test's own bpffs (the
+// per-CPU hash, now a per-CPU array: dropPinOfOtherType). Pins live in the test's own bpffs (the
 // lab's prefix). Needs root.
 import { execCommand } from "../../agent/sys/exec.ts";
 import { LAYOUTS } from "../../agent/datapath/codecs.ts";
