@@ -393,8 +393,13 @@ export class Agent {
       ]
         .flatMap((ip) => [ip, pickNodeIp6(ip, { device: c.devices })]) // bpf/lib/nodeport6.h
         .filter((x): x is string => x !== undefined),
-      // toServices in policies resolves against these records (repository.servicesChanged).
-      onChange: () => this.policies.servicesChanged(),
+      // toServices in policies resolves against these records (repository.servicesChanged);
+      // flows name the services of events by them (the monitor, once it exists: it starts with
+      // the list below).
+      onChange: (s) => {
+        this.monitor?.servicesChanged(s);
+        return this.policies.servicesChanged();
+      },
       // Socket LB: a removed backend's translated connections end (bpf/sock_term.c).
       ...(this.#sockTerm ? { onBackendsRemoved: (r) => this.#backendsRemoved(r) } : {}),
     });
@@ -422,6 +427,7 @@ export class Agent {
       engine: this.engine,
       endpoints: () => this.endpoints.list(),
       endpoint: (id) => this.endpoints.has(id) ? this.endpoints.get(id) : undefined,
+      services: this.services.list(),
       nodeName: c.nodeName,
       bufferSize: c.flowBufferSize,
       log: log.child({ subsys: "monitor" }),

@@ -9,13 +9,16 @@
  * - cil_sock4_recvmsg / cil_sock6_recvmsg: a UDP reply's source back to the service address (a
  *   DNS client such as dig drops an answer from an address it did not ask).
  * - cil_sock4_getpeername / cil_sock6_getpeername: the peer a process sees is the service.
+ * - cil_sock_ops (sockops, BPF_SOCK_OPS_TCP_CONNECT_CB): the trace event of a translated TCP
+ *   connection, once its source address and port are chosen (6.).
  *
  * It reads the same maps as lib/lb.h (lib/lb_maps.h: cilia_lb_services, cilia_lb_slots,
  * cilia_lb_backends), written by the agent as diffs: the same backends, the same slot table
  * (random: each backend once per weight unit; maglev: the Maglev table), so weights and Maglev
  * hold as in lb.h. Its own map, cilia_lb_sock_revnat (LRU, lib/sock_lb.h): {socket cookie, backend
  * address, port, family} → the service address, for recvmsg and getpeername, and for sock_term.c
- * to tell a translated connection (TCP or UDP) from a direct one.
+ * to tell a translated connection (TCP or UDP) from a direct one. It also shares the lxc objects'
+ * cilia_ipcache (read) and cilia_events ring (written: 6.).
  *
  * Invariants:
  * 1. Only TCP and UDP to a service address:port of the socket's family are translated; anything
@@ -35,6 +38,11 @@
  *    detaches the old, agent/datapath/sock_loader.ts): the second sees the backend's address,
  *    which is no service (1.), and a reply already turned into the service address has no
  *    reverse entry: each translation happens once.
+ * 6. Every translation that writes a reverse entry is reported as one trace event into the shared
+ *    cilia_events ring (lib/sock_trace.h: frontend by svc_id, backend, the client as far as it is
+ *    known): TCP by cil_sock_ops, UDP here. A reverse entry that is already there with the same
+ *    service (an unconnected UDP socket's next datagram to the same backend) is neither written
+ *    again nor reported. While two objects run (5.), a TCP connection may be reported twice.
  *
  * Left to the tc path (passed untouched here, translated per packet by lib/lb.h exactly as before):
  * - services with session affinity (LB_SVC_F_AFFINITY): lb.h keys affinity on the client's IP
@@ -51,7 +59,7 @@
  * it, the socket keeps talking to that backend while it lives, where lb.h would reset it: its
  * 2.); sockets of processes outside the cgroup are not seen at all.
  */
-#include "lib/sock_lb.h"
+#include "lib/sock_trace.h"
 
 #define SOCK_ECONNREFUSED 111
 #define SOCK_IPV6_MAPPED bpf_htonl(0xffff)
@@ -104,6 +112,7 @@ static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx, __u8 family
 	struct sock_revnat_key rk = { .family = family };
 	struct lb_revnat rn = { .family = family };
 	struct lb_slot_key slot = {};
+	struct lb_revnat *old;
 	struct lb_service_value *svc;
 	struct lb_backend_key bk;
 	struct lb_backend *be;
@@ -142,7 +151,12 @@ static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx, __u8 family
 	rk.port = be->port;
 	__builtin_memcpy(rn.addr, sk.addr, 16);
 	rn.port = sk.port;
-	bpf_map_update_elem(&cilia_lb_sock_revnat, &rk, &rn, BPF_ANY);
+	old = bpf_map_lookup_elem(&cilia_lb_sock_revnat, &rk);
+	if (!old || !addr_eq16(old->addr, rn.addr) || old->port != rn.port || old->family != family) {
+		bpf_map_update_elem(&cilia_lb_sock_revnat, &rk, &rn, BPF_ANY);
+		if (proto == PROTO_UDP) /* TCP: at BPF_SOCK_OPS_TCP_CONNECT_CB (6.) */
+			sock_trace_udp(ctx, family, &rk, svc->svc_id);
+	}
 	sock_addr_set(ctx, family, be->addr, be->port);
 	return 1;
 }
@@ -207,6 +221,15 @@ SEC("cgroup/getpeername6")
 int cil_sock6_getpeername(struct bpf_sock_addr *ctx)
 {
 	return sock_xlate_rev(ctx, FAMILY_IPV6);
+}
+
+/* 6.: TCP connections, IPv4 and IPv6; 1 lets every operation go on with its defaults. */
+SEC("sockops")
+int cil_sock_ops(struct bpf_sock_ops *ctx)
+{
+	if (ctx->op == BPF_SOCK_OPS_TCP_CONNECT_CB)
+		sock_trace_tcp_connect(ctx);
+	return 1;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,9 +1,10 @@
 // How `cilia observe` prints flows: `compact` (one line: time, both sides with their labels, the
-// verdict with its reason, the summary and the deciding policy), `table`, and `json`/`jsonpb`
+// service a side was reached through, the verdict with its reason, the summary and the deciding
+// policy), `table`, and `json`/`jsonpb`
 // (`{"flow": {...}}` per line, as `hubble observe -o json`). Renders and never filters. This
 // module is browser compatible.
 
-import type { Flow, FlowEndpoint } from "@cilia/agent/monitor";
+import type { Flow, FlowEndpoint, FlowService } from "@cilia/agent/monitor";
 import { flowL4 } from "@cilia/agent/monitor";
 import { type Column, table } from "./output.ts";
 
@@ -27,6 +28,15 @@ function sideText(e: FlowEndpoint, ip: string | undefined, port: number | undefi
   return `${where}${p} (${shortLabels(e.labels)}, ID:${e.identity})`;
 }
 
+/** "default/web 10.96.0.10:80/TCP", "10.96.0.10:80/TCP" (no name), "7 (unknown)" (deleted). */
+export function serviceText(s: FlowService): string {
+  if (s.frontend === "unknown") return `${s.id} (unknown)`;
+  const name = s.name === undefined ? "" : `${s.namespace ? `${s.namespace}/` : ""}${s.name} `;
+  return `${name}${s.frontend}`;
+}
+
+const via = (s: FlowService | undefined) => s ? ` via service ${serviceText(s)}` : "";
+
 function timeText(iso: string): string {
   return iso.slice(11, 23);
 }
@@ -39,11 +49,12 @@ function verdictText(f: Flow): string {
 
 export function compactLine(f: Flow): string {
   const l4 = flowL4(f);
-  const from = sideText(f.source, f.IP?.source, l4.sport);
-  const to = sideText(f.destination, f.IP?.destination, l4.dport);
+  const from = sideText(f.source, f.IP?.source, l4.sport) + via(f.source_service);
+  const to = sideText(f.destination, f.IP?.destination, l4.dport) + via(f.destination_service);
   const by = f.policy ? ` — ${f.policy.text}` : "";
   const dir = f.traffic_direction === "TRAFFIC_DIRECTION_UNKNOWN" ? "" : ` ${f.traffic_direction}`;
-  return `${timeText(f.time)} [${f.node_name}] ${from} -> ${to} ${f.cilia_type}${dir} ` +
+  const sock = f.sock_xlate_point ? " socket-LB" : ""; // the socket LB's translation, no packet
+  return `${timeText(f.time)} [${f.node_name}] ${from} -> ${to} ${f.cilia_type}${sock}${dir} ` +
     `${verdictText(f)} (${f.Summary})${f.is_reply ? " reply" : ""}${by}`;
 }
 
@@ -56,6 +67,13 @@ const COLUMNS: Column<Flow>[] = [
   {
     header: "DESTINATION",
     value: (f) => sideText(f.destination, f.IP?.destination, flowL4(f).dport),
+  },
+  {
+    header: "SERVICE",
+    value: (f) => {
+      const s = f.destination_service ?? f.source_service;
+      return s ? serviceText(s) : "";
+    },
   },
   { header: "TYPE", value: (f) => f.cilia_type },
   { header: "VERDICT", value: verdictText },

@@ -31,7 +31,8 @@ export function eventLine(j: RawEventJson): string {
     : `trace ${e.subtype === 1 ? "from-endpoint" : "to-endpoint"}`;
   const cookie = e.cookie ? ` cookie=0x${e.cookie.toString(16).padStart(8, "0")}` : "";
   return `${what} ep=${e.epId} ${e.direction} identity ${e.srcIdentity}->${e.dstIdentity} ` +
-    `${PROTO[e.proto] ?? `proto ${e.proto}`} ${parsePacketText(e.data)}${cookie} ` +
+    `${PROTO[e.proto] ?? `proto ${e.proto}`} ${parsePacketText(e.data)}${cookie}` +
+    `${e.svcId ? ` service=${e.svcId}` : ""} ` +
     `len=${e.origLen} cpu=${e.cpu}`;
 }
 

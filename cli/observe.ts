@@ -35,6 +35,7 @@ Filters (repeat a flag to OR its values; "--not" negates the next filter):
   --from-ip/--to-ip/--ip IP|CIDR        --from-identity/--to-identity/--identity N
   --namespace NS  --verdict FORWARDED|DROPPED|AUDIT  --type drop|trace|policy-verdict
   --protocol tcp|udp|sctp|icmp|icmpv6   --port/--from-port/--to-port N  --drop-reason 133|NAME
+  --service NS/NAME|NAME|FRONTEND       (flows through a service: 10.96.0.10:80/TCP, its address)
 Output: -o compact (default) | table | json | jsonpb
 Agent: -H/--host unix:///path (or CILIA_HOST)`;
 

@@ -125,7 +125,7 @@ export const LAYOUTS = {
     ["cap_len", 32, "u32"],
     ["family", 36, "u8"],
     ["ct_state", 37, "u8"],
-    ["pad", 38, "u16"],
+    ["svc_id", 38, "u16"],
   ]),
   // bpf/lib/proxy.h: the L7 redirect's maps (addresses and ports in network order).
   proxyCfg: layout("proxy_cfg", 32, [
@@ -293,6 +293,7 @@ export {
   POLICY_PREFIX_L3,
   POLICY_PREFIX_PROTO,
   TRACE_FROM_ENDPOINT,
+  TRACE_SOCK_XLATE,
   TRACE_TO_ENDPOINT,
   VERDICT_ALLOW,
   VERDICT_AUDIT,

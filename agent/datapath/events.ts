@@ -38,6 +38,11 @@ export interface PacketEvent {
   match: number;
   cookie: number;
   ctState: number;
+  /**
+   * The service (lb.h's id) the packet was translated for: a connection's packets to its backend
+   * at the client, replies that got the service address back; 0 for none.
+   */
+  svcId: number;
   origLen: number;
   capLen: number;
   /** The first capLen bytes of the packet, from the Ethernet header on. */
@@ -85,6 +90,7 @@ export function decodeEventAt(dv: DataView, at: number, length: number, cpu = 0)
     match: dv.getUint8(at + 19),
     cookie: dv.getUint32(at + 24, true),
     ctState: dv.getUint8(at + 37),
+    svcId: dv.getUint16(at + 38, true),
     origLen: dv.getUint32(at + 28, true),
     capLen,
     data: new Uint8Array(dv.buffer.slice(start, start + capLen)),
@@ -112,6 +118,7 @@ export function decodeEventSlow(cpu: number, bytes: Uint8Array): PacketEvent {
     match: num(e.match),
     cookie: num(e.cookie),
     ctState: num(e.ct_state),
+    svcId: num(e.svc_id),
     origLen: num(e.orig_len),
     capLen,
     data: bytes.slice(EVENT_HEADER_LEN, EVENT_HEADER_LEN + capLen),

@@ -1,9 +1,11 @@
 // Socket-level load balancing (bpf/sock.c, Cilium's "socket LB"): builds (cached) and loads the
-// cgroup programs, sharing the node's pinned service maps with the tc programs (lxc.o pins them
-// first), and attaches them to a cgroup v2 directory (--cgroup-root) with BPF_F_ALLOW_MULTI.
-// Layout: <root>/sock/<object hash>/<program>; its own map <root>/maps/cilia_lb_sock_revnat is
-// reused across restarts, so UDP replies of sockets translated before a restart still get their
-// service address back.
+// cgroup programs (the sock_addr hooks, and a sockops program for the trace events of TCP
+// connections), sharing the node's pinned service maps, ipcache and event ring with the tc
+// programs (lxc.o pins them first; pinned programs that write to another ring than the one pinned
+// now are loaded again), and attaches them to a cgroup v2 directory (--cgroup-root) with
+// BPF_F_ALLOW_MULTI. Layout: <root>/sock/<object hash>/<program>; its own map
+// <root>/maps/cilia_lb_sock_revnat is reused across restarts, so UDP replies of sockets translated
+// before a restart still get their service address back.
 //
 // Replacing on restart, without a window: the new programs are attached first, then the older
 // objects' programs (found through their pins under <root>/sock/) are detached; meanwhile both
@@ -30,11 +32,26 @@ export const SOCK_PROGS = {
   cgroup_udp6_sendmsg: "cil_sock6_sendmsg",
   cgroup_udp6_recvmsg: "cil_sock6_recvmsg",
   cgroup_inet6_getpeername: "cil_sock6_getpeername",
+  // TCP's trace event, once the source port is chosen (bpf/lib/sock_trace.h)
+  cgroup_sock_ops: "cil_sock_ops",
 } as const;
 export type SockAttachType = keyof typeof SOCK_PROGS;
 
-/** The service maps sock.o reads (lxc.o pins them) and the one it owns. */
-const SHARED_MAPS = ["cilia_lb_services", "cilia_lb_slots", "cilia_lb_backends", "cilia_lb_revnat"];
+/**
+ * The maps sock.o shares with lxc.o (which pins them): the service maps it reads, the ipcache
+ * (the identities in its trace events) and the event ring its trace events go to, so the agent's
+ * one monitor reads them.
+ */
+const SHARED_MAPS = [
+  "cilia_lb_services",
+  "cilia_lb_slots",
+  "cilia_lb_backends",
+  "cilia_lb_revnat",
+  "cilia_ipcache",
+  "cilia_events",
+  "cilia_events_lost",
+];
+const EVENTS_MAP = "cilia_events";
 export const SOCK_REVNAT_MAP = "cilia_lb_sock_revnat";
 
 const exists = (path: string) => Deno.lstat(path).then(() => true, () => false);
@@ -94,11 +111,11 @@ export async function loadSock(
   const pins = { dir, progs };
   const own = `${root}/maps/${SOCK_REVNAT_MAP}`;
   const present = await Promise.all(Object.values(progs).map(exists));
-  if (present.every((x) => x) && await exists(own)) return pins;
+  if (present.every((x) => x) && await exists(own) && await usesRing(progs, root)) return pins;
   const args = ["prog", "loadall", obj.path];
   for (const m of SHARED_MAPS) {
     if (!(await exists(`${root}/maps/${m}`))) {
-      throw new Error(`Cannot load the socket LB: the service map "${root}/maps/${m}" is missing`);
+      throw new Error(`Cannot load the socket LB: the shared map "${root}/maps/${m}" is missing`);
     }
   }
   const tag = crypto.randomUUID().slice(0, 8);
@@ -114,7 +131,9 @@ export async function loadSock(
   try {
     await new BpfTool().run(args, `Cannot load "${obj.path}"`);
     if (!(await exists(own))) await Deno.rename(`${stagingMaps}/${SOCK_REVNAT_MAP}`, own);
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    // Programs of this hash pinned before (their ring was made again since) are moved aside, so
+    // attachSock() detaches them as it does an older object's.
+    if (await exists(dir)) await Deno.rename(dir, `${root}/sock/replaced_${tag}`);
     await Deno.rename(staging, dir);
   } finally {
     await Deno.remove(staging, { recursive: true }).catch(() => {});
@@ -123,10 +142,26 @@ export async function loadSock(
   return pins;
 }
 
+const IdSchema = z.object({ id: z.number() }).passthrough();
+const ProgMapsSchema = z.object({ map_ids: z.array(z.number()).default([]) }).passthrough();
+
+/**
+ * True when the pinned programs send their events to the ring pinned now: a ring made again since
+ * (its pin removed, an upgrade that changed its type) needs a new load, or the monitor would
+ * never see them.
+ */
+async function usesRing(progs: Record<SockAttachType, string>, root: string): Promise<boolean> {
+  const tool = new BpfTool();
+  const ring = await tool.json(["map", "show", "pinned", `${root}/maps/${EVENTS_MAP}`], IdSchema)
+    .catch(() => undefined);
+  if (ring === undefined) return false;
+  const prog = await tool.json(["prog", "show", "pinned", progs.cgroup_sock_ops], ProgMapsSchema);
+  return prog.map_ids.includes(ring.id);
+}
+
 const CgroupShowSchema = z.array(
   z.object({ id: z.number(), attach_type: z.string(), name: z.string() }).passthrough(),
 );
-const IdSchema = z.object({ id: z.number() }).passthrough();
 
 /** What is attached to the cgroup: attach type → program ids. */
 async function attachedIds(tool: BpfTool, cgroup: string): Promise<Map<string, Set<number>>> {

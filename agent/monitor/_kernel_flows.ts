@@ -6,7 +6,7 @@
 // readers that need objects. It decides no verdict: the kernel did, the engine names the rule.
 
 import { decodeEventAt, type PacketEvent } from "../datapath/events.ts";
-import { EVENT_HEADER_LEN } from "../datapath/codecs.ts";
+import { EVENT_HEADER_LEN, EVENT_TRACE, TRACE_SOCK_XLATE } from "../datapath/codecs.ts";
 import { parsePacket } from "./_packet.ts";
 import { buildFlow, type Flow } from "./flow.ts";
 import { encodeContext, type EventContext } from "./fast_lines.ts";
@@ -23,9 +23,9 @@ export class KernelFlows {
   readonly #followers: Followers;
   readonly #counters: MonitorCounters;
   readonly #endpoints: EndpointIndex;
-  /** Record path: contexts by their header fields (cleared when endpoints or the policy change). */
+  /** Record path: contexts by header fields (cleared when endpoints, services or policy change). */
   readonly #contexts = new ContextCache();
-  #contextsOf = { generation: -1, spec: undefined as unknown };
+  #contextsOf = { generation: -1, services: -1, spec: undefined as unknown };
   #bytes: Uint8Array | undefined;
   #timeBytes = new Uint8Array(0);
   #timeBytesMs = -1;
@@ -82,7 +82,9 @@ export class KernelFlows {
     const d = this.#bytes, p = at + EVENT_HEADER_LEN, followers = this.#followers;
     const capLen = Math.min(view.getUint32(at + 32, true), length - EVENT_HEADER_LEN);
     const ipv4 = capLen >= 34 && d[p + 12] === 0x08 && d[p + 13] === 0x00;
-    if (followers.wantEvents || !ipv4) {
+    // A socket LB trace (no packet; its flow has fields of its own, flow.ts) takes the object path.
+    const sock = d[at] === EVENT_TRACE && d[at + 1] === TRACE_SOCK_XLATE;
+    if (followers.wantEvents || !ipv4 || sock) {
       this.ingest(decodeEventAt(view, at, length));
       return;
     }
@@ -118,6 +120,7 @@ export class KernelFlows {
         source: ctx.source,
         destination: ctx.destination,
         policy: ctx.policy,
+        service: ctx.service,
       }),
       true,
     );
@@ -126,20 +129,23 @@ export class KernelFlows {
   /** The context of an IPv4 record (see contexts.ts), built from its flow on a miss. */
   #context(view: DataView, at: number, d: Uint8Array, p: number): EventContext {
     const spec = this.#p.engine.spec, generation = this.#endpoints.generation;
-    if (spec !== this.#contextsOf.spec || generation !== this.#contextsOf.generation) {
-      this.#contextsOf = { generation, spec }; // new endpoints or policy: attribution may differ
+    const services = this.#p.services.generation, of = this.#contextsOf;
+    if (spec !== of.spec || generation !== of.generation || services !== of.services) {
+      // new endpoints, services or policy: sides, services and attribution may differ
+      this.#contextsOf = { generation, services, spec };
       this.#contexts.clear();
     }
     const ipAt = p + (d[at + 16] === 2 ? 30 : 26); // the peer: destination of an egress packet
     const ip = ((d[ipAt]! << 24) | (d[ipAt + 1]! << 16) | (d[ipAt + 2]! << 8) | d[ipAt + 3]!) >>> 0;
     const other = this.#endpoints.byIp4(ip)?.id ?? 0;
-    return this.#contexts.get(view, at, d, other, (key) => {
+    return this.#contexts.get(view, at, other, (key) => {
       const e = decodeEventAt(view, at, EVENT_HEADER_LEN + 34);
       const flow = this.#flowOf(e);
       return encodeContext(flow, {
         source: flow.source,
         destination: flow.destination,
         policy: flow.policy,
+        service: flow.source_service ?? flow.destination_service,
         verdict: flow.verdict,
         type: e.type,
         processedKey: `${e.type}/${flow.verdict}`,
@@ -170,11 +176,12 @@ export class KernelFlows {
     if (!self && e.epId !== 0) self = index.learn(e.epId);
     const packet = parsePacket(e.data);
     const ip = packet.IP;
-    const other = ip
-      ? index.byIp(e.direction === "egress" ? ip.destination : ip.source)
-      : undefined;
-    const src = e.direction === "egress" ? self : other;
-    const dst = e.direction === "egress" ? other : self;
+    // No endpoint in the event (the socket LB's traces): both sides by their addresses.
+    const bySide = (out: boolean) =>
+      ip && (e.epId === 0 || out !== (e.direction === "egress"))
+        ? index.byIp(out ? ip.source : ip.destination)
+        : self;
+    const src = bySide(true), dst = bySide(false);
     const audit = e.verdict === "audit";
     return buildFlow(e, {
       nodeName: this.#p.nodeName,
@@ -182,6 +189,7 @@ export class KernelFlows {
       source: index.side(e.srcIdentity, src),
       destination: index.side(e.dstIdentity, dst),
       policy: this.#p.attribution.of(e, self, audit),
+      service: this.#p.services.of(e.svcId),
       packet,
     });
   }

@@ -1,7 +1,7 @@
 // What the monitor's ingest paths share (the kernel's events, _kernel_flows.ts; the proxies' L7
 // and DNS records, _l7_flows.ts): the ring, the followers, the plain counters the metrics read,
-// the endpoint index and the policy attribution, all owned by the Monitor (monitor.ts). Here only
-// the two steps every path takes: counting and publishing a flow.
+// the endpoint and service indexes and the policy attribution, all owned by the Monitor
+// (monitor.ts). Here only the two steps every path takes: counting and publishing a flow.
 
 import type { PolicyEngine } from "@cilia/policy-wasm";
 import type { Attribution } from "./attribution.ts";
@@ -9,6 +9,7 @@ import type { EndpointIndex } from "./endpoint_index.ts";
 import type { Flow } from "./flow.ts";
 import type { Followers } from "./followers.ts";
 import type { RecordRing } from "./record_ring.ts";
+import type { ServiceIndex } from "./service_index.ts";
 
 /** Counters the metrics read (plain numbers: the hot path must not format labels). */
 export interface MonitorCounters {
@@ -26,6 +27,8 @@ export interface MonitorParts {
   followers: Followers;
   counters: MonitorCounters;
   endpoints: EndpointIndex;
+  /** Service ids of events → the flows' destination_service / source_service. */
+  services: ServiceIndex;
   attribution: Attribution;
 }
 

@@ -7,13 +7,15 @@
 // path (buildFlow + flowNdjson). The bytes equal `flowNdjson(buildFlow(...))` exactly (tested).
 // Lines collect in one buffer until `take()`. This module is browser compatible.
 
-import type { Flow, FlowEndpoint, FlowPolicy, FlowType, FlowVerdict } from "./flow.ts";
+import type { Flow, FlowEndpoint, FlowPolicy, FlowService, FlowType, FlowVerdict } from "./flow.ts";
 
 /** What the events of one context share, and its pre-encoded parts of the line. */
 export interface EventContext {
   source: FlowEndpoint;
   destination: FlowEndpoint;
   policy: FlowPolicy | undefined;
+  /** The service of the context's svc_id (both directions: a reply's is its source's). */
+  service: FlowService | undefined;
   verdict: FlowVerdict;
   type: FlowType;
   /** `${type}/${verdict}` and `${direction}/${match}/${action}` for the monitor's counters. */
@@ -47,6 +49,10 @@ export function encodeContext(
   const mid = `,"source":${JSON.stringify(flow.source)},"destination":` +
     `${JSON.stringify(flow.destination)},"Type":"L3_L4","node_name":` +
     `${JSON.stringify(flow.node_name)},"event_type":${JSON.stringify(flow.event_type)},` +
+    (flow.source_service ? `"source_service":${JSON.stringify(flow.source_service)},` : "") +
+    (flow.destination_service
+      ? `"destination_service":${JSON.stringify(flow.destination_service)},`
+      : "") +
     `"traffic_direction":${JSON.stringify(flow.traffic_direction)},"is_reply":` +
     `${flow.is_reply},"Summary":"`;
   const tail = `"${flow.policy ? `,"policy":${JSON.stringify(flow.policy)}` : ""},"cilia_type":` +

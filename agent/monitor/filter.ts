@@ -1,9 +1,10 @@
 // Flow filters in Hubble's vocabulary (`--from-pod NS/NAME`, `--to-label k=v`, `--ip CIDR`,
-// `--verdict DROPPED`, `--type drop`, `--port 80`, … and `--not`), parsed once and matched per
-// flow. The agent's `/v1/flows` and `cilia observe --input-file` use this one implementation, so
-// a saved file filters exactly as the live agent does. A criterion matches when any of its
-// values does; a flow passes when every include criterion matches and no exclude criterion does.
-// Bad values are errors that name what is accepted. This module is browser compatible.
+// `--verdict DROPPED`, `--type drop`, `--port 80`, `--service NS/NAME|FRONTEND`, … and `--not`),
+// parsed once and matched per flow. The agent's `/v1/flows` and `cilia observe --input-file` use
+// this one implementation, so a saved file filters exactly as the live agent does. A criterion
+// matches when any of its values does; a flow passes when every include criterion matches and no
+// exclude criterion does. Bad values are errors that name what is accepted. This module is browser
+// compatible.
 
 import { parsePrefix, prefixContains } from "@cilia/policy-wasm";
 import {
@@ -14,6 +15,7 @@ import {
   FLOW_VERDICTS,
   type FlowEndpoint,
   flowL4,
+  type FlowService,
 } from "./flow.ts";
 
 export const FILTER_FIELDS = [
@@ -37,6 +39,7 @@ export const FILTER_FIELDS = [
   "to-port",
   "type",
   "drop-reason",
+  "service",
 ] as const;
 export type FilterField = (typeof FILTER_FIELDS)[number];
 
@@ -119,6 +122,21 @@ function ipTest(value: string, which: "from" | "to" | "any"): Test {
   };
 }
 
+/**
+ * A flow through a service (destination_service or source_service) named `NS/NAME`, `NAME` (any
+ * namespace), its frontend (`10.96.0.10:80/TCP`, `[fd00::10]:80`, `10.96.0.10:80`) or address.
+ */
+function serviceTest(value: string): Test {
+  if (value === "") throw new FilterError(`Invalid service "": expected NS/NAME or a frontend`);
+  const is = (s: FlowService | undefined) => {
+    if (!s) return false;
+    const fe = s.frontend, addr = fe.slice(0, fe.lastIndexOf(":")).replace(/^\[|\]$/g, "");
+    return value === fe || value === fe.slice(0, fe.lastIndexOf("/")) || value === addr ||
+      (s.name !== undefined && (value === s.name || value === `${s.namespace}/${s.name}`));
+  };
+  return (f) => is(f.destination_service) || is(f.source_service);
+}
+
 function numberOf(field: string, value: string, max: number): number {
   const n = Number(value);
   if (!/^\d+$/.test(value) || n > max) {
@@ -182,6 +200,8 @@ function testOf(field: FilterField, value: string): Test {
         return (which !== "to" && l.sport === port) || (which !== "from" && l.dport === port);
       };
     }
+    case "service":
+      return serviceTest(value);
     case "drop-reason": {
       const code = dropReasonCode(value);
       if (code === undefined) {

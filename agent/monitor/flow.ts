@@ -1,11 +1,13 @@
 // The flow record: one datapath event as Hubble's flow shows it (`time`, `verdict`,
 // `drop_reason_desc`, `IP`, `l4`, `source`/`destination` with identity, labels, namespace and pod,
-// `traffic_direction`, `is_reply`, `Summary`, `node_name`, `event_type`), plus cilia's `policy`:
-// the policy, rule and YAML path that decided it. `buildFlow()` assembles a record from an event
-// and what the caller looked up; it decides nothing and reads nothing. This module is browser
-// compatible.
+// `traffic_direction`, `is_reply`, `Summary`, `node_name`, `event_type`, `destination_service` /
+// `source_service`), plus cilia's `policy`: the policy, rule and YAML path that decided it, and
+// the service's frontend and id next to Hubble's name and namespace. `buildFlow()` assembles a
+// record from an event and what the caller looked up; it decides nothing and reads nothing. This
+// module is browser compatible.
 
 import { DROP_REASONS, kafkaApiKeyName } from "@cilia/policy-wasm";
+import { TRACE_SOCK_XLATE } from "@cilia/policy-wasm/constants";
 import type { PacketEvent } from "../datapath/events.ts";
 import { type FlowIP, type FlowL4, type ParsedPacket, parsePacket, summaryOf } from "./_packet.ts";
 
@@ -60,6 +62,18 @@ export interface FlowEndpoint {
   pod_name?: string;
 }
 
+/**
+ * Hubble's `destination_service` / `source_service` (name, namespace), plus cilia's `frontend`
+ * ("10.96.0.10:80/TCP", "[fd00::10]:80/TCP"; "unknown" for a service deleted since) and `id`
+ * (the datapath's service id, the event's svcId).
+ */
+export interface FlowService {
+  name?: string;
+  namespace?: string;
+  frontend: string;
+  id: number;
+}
+
 /** Which policy decided, from the rule cookie in the event (or the engine, for a default). */
 export interface FlowPolicy {
   kind: string;
@@ -83,16 +97,25 @@ export interface Flow {
   l4?: FlowL4;
   source: FlowEndpoint;
   destination: FlowEndpoint;
-  Type: "L3_L4" | "L7";
+  /** SOCK: a socket LB translation (no packet), as Hubble's "trace sock" flows. */
+  Type: "L3_L4" | "L7" | "SOCK";
   l7?: FlowL7;
   node_name: string;
   event_type: { type: number; sub_type: number };
+  /** The service a reply came back from (its address was restored as the source). */
+  source_service?: FlowService;
+  /** The service the client connected to (the packet went to its chosen backend). */
+  destination_service?: FlowService;
   traffic_direction: "INGRESS" | "EGRESS" | "TRAFFIC_DIRECTION_UNKNOWN";
   is_reply: boolean;
   Summary: string;
   policy?: FlowPolicy;
   /** cilia's event type name (what `--type` filters on). */
   cilia_type: FlowType;
+  /** Socket LB translations (bpf/lib/sock_trace.h): Hubble's translation point. */
+  sock_xlate_point?: "SOCK_XLATE_POINT_POST_DIRECTION_FWD";
+  /** The translated socket's cookie (its low 32 bits, carried in the event's ifindex). */
+  socket_cookie?: number;
 }
 
 /** What the caller knows about the event's context (from the agent's endpoints and identities). */
@@ -103,6 +126,8 @@ export interface FlowContext {
   source: FlowEndpoint;
   destination: FlowEndpoint;
   policy?: FlowPolicy | undefined;
+  /** The service of the event's svcId (ServiceIndex.of), when it has one. */
+  service?: FlowService | undefined;
   /** Verdict override (audit mode), else from the event. */
   verdict?: FlowVerdict;
   /** The event's packet, if the caller parsed it already. */
@@ -138,6 +163,10 @@ export function dropReasonCode(text: string): number | undefined {
   return REASON_CODES.get(text.toUpperCase());
 }
 
+/** A reply names the service it came from, any other packet the one it went to. */
+const serviceSide = (s: FlowService, reply: boolean) =>
+  reply ? { source_service: s } : { destination_service: s };
+
 export function buildFlow(e: PacketEvent, ctx: FlowContext): Flow {
   const pkt = ctx.packet ?? parsePacket(e.data);
   const verdict = ctx.verdict ?? eventVerdict(e);
@@ -153,6 +182,7 @@ export function buildFlow(e: PacketEvent, ctx: FlowContext): Flow {
     Type: "L3_L4",
     node_name: ctx.nodeName,
     event_type: { type: HUBBLE_TYPE[e.type], sub_type: e.subtype },
+    ...(ctx.service ? serviceSide(ctx.service, e.ctState === 2) : {}),
     traffic_direction: e.direction === "ingress"
       ? "INGRESS"
       : e.direction === "egress"
@@ -163,6 +193,14 @@ export function buildFlow(e: PacketEvent, ctx: FlowContext): Flow {
     ...(ctx.policy ? { policy: ctx.policy } : {}),
     cilia_type: e.type,
   };
+  if (e.type === "trace" && e.subtype === TRACE_SOCK_XLATE) {
+    // The socket LB's translation: Hubble's "trace sock" (monitor type 133) from the client.
+    flow.Type = "SOCK";
+    flow.event_type = { type: 133, sub_type: e.subtype };
+    flow.traffic_direction = "EGRESS";
+    flow.sock_xlate_point = "SOCK_XLATE_POINT_POST_DIRECTION_FWD";
+    flow.socket_cookie = e.ifindex;
+  }
   return flow;
 }
 

@@ -23,6 +23,7 @@ import { RecordRing } from "./record_ring.ts";
 import { compileFilter, type FlowFilter } from "./filter.ts";
 import { registerMonitorMetrics } from "./metrics.ts";
 import { EndpointIndex } from "./endpoint_index.ts";
+import { ServiceIndex, type ServiceRecord } from "./service_index.ts";
 import {
   type AnyFollower,
   FOLLOWER_BYTES,
@@ -44,6 +45,8 @@ export interface MonitorOptions {
   endpoints: () => EndpointRecord[];
   /** One endpoint by id: a new endpoint's first event looks it up alone, not every endpoint. */
   endpoint?: (id: number) => EndpointRecord | undefined;
+  /** The services at start; servicesChanged() hands over every later change. */
+  services?: readonly ServiceRecord[];
   nodeName: string;
   bufferSize?: number;
   log: Logger;
@@ -76,6 +79,7 @@ export class Monitor {
   readonly #followers = new Followers();
   readonly #kernel: KernelFlows;
   readonly #l7: L7Flows;
+  readonly #services: ServiceIndex;
   #reader: EventReader | undefined;
   #error: string | undefined;
   #perfLost = 0;
@@ -84,6 +88,7 @@ export class Monitor {
     this.#o = o;
     this.ring = new RecordRing(o.bufferSize ?? DEFAULT_FLOW_BUFFER_SIZE, o.nodeName);
     this.attribution = new Attribution(o.engine);
+    this.#services = new ServiceIndex(o.services);
     const parts = {
       engine: o.engine,
       nodeName: o.nodeName,
@@ -95,6 +100,7 @@ export class Monitor {
         o.engine,
         o.endpoint ? { endpoint: o.endpoint } : {},
       ),
+      services: this.#services,
       attribution: this.attribution,
     };
     this.#kernel = new KernelFlows(parts);
@@ -122,6 +128,11 @@ export class Monitor {
         error: this.#error,
       });
     }
+  }
+
+  /** The agent's services changed: events name them by these records from now on. */
+  servicesChanged(services: readonly ServiceRecord[]): void {
+    this.#services.update(services);
   }
 
   /**

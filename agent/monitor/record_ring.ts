@@ -120,6 +120,7 @@ export class RecordRing {
       source: ctx.source,
       destination: ctx.destination,
       policy: ctx.policy,
+      service: ctx.service,
       verdict: ctx.verdict,
     });
     this.#flows[slot] = flow; // asked once, kept until overwritten

@@ -42,6 +42,8 @@
 /* Trace points: where a traced packet was observed (subtype of EVENT_TRACE). */
 #define TRACE_FROM_ENDPOINT 1
 #define TRACE_TO_ENDPOINT 2
+/* the socket LB translated a connect/sendmsg to a service (sock.c; no packet) */
+#define TRACE_SOCK_XLATE 3
 
 /* Packet marks (skb->mark; the MARK_MAGIC_MASK bits are cilia's): tunnel.h 4., nodeport.h 10. */
 #define MARK_MAGIC_MASK 3840 /* the bits that say what the rest of the mark holds */

@@ -39,6 +39,11 @@
  * 10. Conntrack's clock is CLOCK_MONOTONIC at tick resolution (bpf_ktime_get_coarse_ns, one
  *    read per packet and direction): lifetimes are seconds to hours (conntrack.h, 5.), and the
  *    agent's garbage collector compares with the same clock (conntrack.h, 4.).
+ * 11. Events name the service a packet was translated for (cilia_event.svc_id; never policy's
+ *    input): at the client's egress every packet lb_dnat sent to a backend, or dropped for a
+ *    service without one (DROP_NO_SERVICE), hairpin included; at its ingress every reply that
+ *    got the service address back (lb_rev_nat_ct, lb_rev_nat). lb.h stores the id in the
+ *    context once per translated packet; events copy it, nothing else reads it.
  */
 #pragma once
 
@@ -68,6 +73,7 @@ struct enforce_ctx {
 	__u8 match; /* POLICY_MATCH_*, once policy was looked up */
 	__u8 hairpin; /* lb.h 8.: the pod's connection to itself through a service */
 	__u16 rev_nat; /* lb.h: the service of a connection out to its backend, else 0 */
+	__u16 svc_id;  /* events only (11.): the service the packet was translated for, else 0 */
 };
 
 /* Invariant 9. */
@@ -104,6 +110,7 @@ static __always_inline void event_fill(struct cilia_event *ev, const struct enfo
 	ev->ct_state = c->ct_state;
 	ev->cookie = c->cookie;
 	ev->match = c->match;
+	ev->svc_id = c->svc_id;
 }
 
 static __always_inline int enforce_drop(struct __sk_buff *skb, const struct enforce_ctx *c,
@@ -229,7 +236,7 @@ static __always_inline int enforce(struct __sk_buff *skb, __u8 dir, __u32 ifinde
 	if (dir == DIR_EGRESS && !enforce_source_ok(ep, &c->p))
 		return enforce_drop(skb, c, DROP_INVALID_SIP);
 	ret = lb_translate(skb, &c->p, c->ep_id, dir, !(ep->flags & EP_F_ENFORCEMENT_DISABLED),
-			   &c->rev_nat); /* invariant 8 */
+			   &c->rev_nat, &c->svc_id); /* invariants 8 and 11 */
 	if (ret == LB_HAIRPIN_REPLY) {
 		enforce_pass(skb, c, 0);
 		return lb_hairpin_redirect(skb);
@@ -266,7 +273,8 @@ static __always_inline int enforce(struct __sk_buff *skb, __u8 dir, __u32 ifinde
 		int first = !(ct->flags & CT_F_SEEN_REPLY);
 
 		ct_update(ct, &c->p, 1, skb->len, now);
-		ret = dir == DIR_INGRESS ? lb_rev_nat_ct(skb, &c->p, c->ep_id, ct, now) : 0;
+		ret = dir == DIR_INGRESS ? lb_rev_nat_ct(skb, &c->p, c->ep_id, ct, now, &c->svc_id)
+					 : 0;
 		if (ret)
 			return enforce_drop(skb, c, ret);
 		return enforce_forward(skb, c, first);

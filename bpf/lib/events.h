@@ -35,7 +35,7 @@ struct cilia_event {
 	__u32 cap_len; /* valid packet bytes in the record's data */
 	__u8 family;
 	__u8 ct_state; /* CT_* */
-	__u16 pad;
+	__u16 svc_id;  /* the service the packet was translated for (lb.h), else 0 */
 };
 _Static_assert(sizeof(struct cilia_event) == 40, "cilia_event size");
 

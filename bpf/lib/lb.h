@@ -326,9 +326,10 @@ static __always_inline int lb_hairpin_reply(struct __sk_buff *skb, struct pkt *p
 
 /* From the client: a packet to a service address is DNATed to its connection's backend. own_ct:
  * the client keeps conntrack entries of its own (reverse NAT by its egress entry); *rev_nat
- * gets the service id for that entry (0 for hairpin, which has its reverse entry). */
+ * gets the service id for that entry (0 for hairpin, which has its reverse entry); *ev_svc the
+ * service's id for events (enforce.h, 11.), drops included. */
 static __always_inline int lb_dnat(struct __sk_buff *skb, struct pkt *p, __u16 ep_id, int own_ct,
-				   __u16 *rev_nat)
+				   __u16 *rev_nat, __u16 *ev_svc)
 {
 	struct lb_service_key sk = { .port = p->tuple.dport, .proto = p->tuple.proto,
 				     .family = p->tuple.family };
@@ -349,6 +350,7 @@ static __always_inline int lb_dnat(struct __sk_buff *skb, struct pkt *p, __u16 e
 	if (!svc || (svc->flags & LB_SVC_F_EXTERNAL))
 		return 0;
 	svc_id = svc->svc_id;
+	*ev_svc = svc_id;
 	now = bpf_ktime_get_ns();
 	key.tuple = p->tuple;
 	e = ct_find(&key, now);
@@ -397,8 +399,10 @@ static __always_inline int lb_dnat(struct __sk_buff *skb, struct pkt *p, __u16 e
 	return hairpin ? LB_HAIRPIN : 0;
 }
 
-/* To the client: a reply of a service connection gets the service address as its source (4.). */
-static __always_inline int lb_rev_nat(struct __sk_buff *skb, const struct pkt *p, __u16 ep_id)
+/* To the client: a reply of a service connection gets the service address as its source (4.);
+ * *ev_svc the service's id for events (enforce.h, 11.). */
+static __always_inline int lb_rev_nat(struct __sk_buff *skb, const struct pkt *p, __u16 ep_id,
+				      __u16 *ev_svc)
 {
 	struct ct_key key = { .ep_id = ep_id, .dir = DIR_SERVICE };
 	struct lb_revnat_key rk = {};
@@ -416,6 +420,7 @@ static __always_inline int lb_rev_nat(struct __sk_buff *skb, const struct pkt *p
 	rn = bpf_map_lookup_elem(&cilia_lb_revnat, &rk);
 	if (!rn || rn->family != p->tuple.family)
 		return 0; /* the service is gone: the client resets the connection */
+	*ev_svc = rk.svc_id;
 	vport = rn->port;
 	__builtin_memcpy(key.tuple.daddr, rn->addr, 16); /* the forward entry: keep it as fresh */
 	key.tuple.dport = vport;
@@ -429,9 +434,10 @@ static __always_inline int lb_rev_nat(struct __sk_buff *skb, const struct pkt *p
 /* To the client, after conntrack classified the packet as a reply of ct (its egress entry): the
  * service address back as the source when the entry says so (4.; conntrack.h, 6.). The forward
  * entry is refreshed by replies that open or close a TCP connection (its lifetime follows
- * them) and by every non-TCP reply; TCP's other replies leave it to the packets out. */
+ * them) and by every non-TCP reply; TCP's other replies leave it to the packets out. *ev_svc:
+ * the service's id for events (enforce.h, 11.). */
 static __always_inline int lb_rev_nat_ct(struct __sk_buff *skb, const struct pkt *p, __u16 ep_id,
-					 const struct ct_entry *ct, __u64 now)
+					 const struct ct_entry *ct, __u64 now, __u16 *ev_svc)
 {
 	struct ct_key key = { .ep_id = ep_id, .dir = DIR_SERVICE };
 	struct lb_revnat_key rk = {};
@@ -442,13 +448,14 @@ static __always_inline int lb_rev_nat_ct(struct __sk_buff *skb, const struct pkt
 	    (p->tuple.proto != PROTO_TCP && p->tuple.proto != PROTO_UDP))
 		return 0; /* 1. */
 	if (!(ct->flags & CT_F_REV_NAT_OWN))
-		return lb_rev_nat(skb, p, ep_id); /* an entry of an older datapath */
+		return lb_rev_nat(skb, p, ep_id, ev_svc); /* an entry of an older datapath */
 	if (!ct->rev_nat)
 		return 0;
 	rk.svc_id = ct->rev_nat;
 	rn = bpf_map_lookup_elem(&cilia_lb_revnat, &rk);
 	if (!rn || rn->family != p->tuple.family)
 		return 0; /* the service is gone: the client resets the connection */
+	*ev_svc = rk.svc_id;
 	ct_reverse(&key.tuple, &p->tuple);
 	__builtin_memcpy(key.tuple.daddr, rn->addr, 16);
 	key.tuple.dport = rn->port;
@@ -464,19 +471,21 @@ static __always_inline int lb_rev_nat_ct(struct __sk_buff *skb, const struct pkt
 /* The hook enforce.h calls after the source check, before conntrack and policy: 0, a DROP_*, or
  * LB_HAIRPIN / LB_HAIRPIN_REPLY (8., 9.). own_ct: the endpoint keeps conntrack entries of its
  * own; then replies are translated after conntrack (lb_rev_nat_ct) and *rev_nat gets the
- * service id a new connection's egress entry must carry (0 for none). */
+ * service id a new connection's egress entry must carry (0 for none). *ev_svc gets the id of
+ * the service the packet was translated for, for events only (enforce.h, 11.); left alone for
+ * the rest. */
 static __always_inline int lb_translate(struct __sk_buff *skb, struct pkt *p, __u16 ep_id,
-					__u8 dir, int own_ct, __u16 *rev_nat)
+					__u8 dir, int own_ct, __u16 *rev_nat, __u16 *ev_svc)
 {
 	*rev_nat = 0;
 	if ((p->tuple.family != FAMILY_IPV4 && p->tuple.family != FAMILY_IPV6) ||
 	    (p->tuple.proto != PROTO_TCP && p->tuple.proto != PROTO_UDP))
 		return 0; /* 1. */
 	if (dir != DIR_EGRESS)
-		return own_ct ? 0 : lb_rev_nat(skb, p, ep_id);
+		return own_ct ? 0 : lb_rev_nat(skb, p, ep_id, ev_svc);
 	if (p->tuple.family == FAMILY_IPV4 && *(const __be32 *)p->tuple.daddr == LB_HAIRPIN_ADDR)
 		return lb_hairpin_reply(skb, p, ep_id);
-	return lb_dnat(skb, p, ep_id, own_ct, rev_nat);
+	return lb_dnat(skb, p, ep_id, own_ct, rev_nat, ev_svc);
 }
 
 /* 3.: the packet (from a pod, at its veth's tc ingress) becomes ICMP (IPv6: ICMPv6) port

@@ -1,7 +1,8 @@
 /* The socket LB's reverse map, shared by its two objects: sock.c (the cgroup hooks, which write
  * cilia_lb_sock_revnat at connect/sendmsg) and sock_term.c (the socket iterators, which read it to
  * tell a translated connection from a direct one). Two objects, not one: sock_term.o needs the kfunc bpf_sock_destroy
- * (kernel >= 6.5), and a kernel without it must still load sock.o. Only these two include it.
+ * (kernel >= 6.5), and a kernel without it must still load sock.o. Only these two include it (sock.c through
+ * sock_trace.h).
  */
 #pragma once
 

@@ -95,6 +95,11 @@ export const CONSTANTS: readonly ConstantGroup[] = [
     rows: [
       ["TRACE_FROM_ENDPOINT", 1, ""],
       ["TRACE_TO_ENDPOINT", 2, ""],
+      [
+        "TRACE_SOCK_XLATE",
+        3,
+        "the socket LB translated a connect/sendmsg to a service (sock.c; no packet)",
+      ],
     ],
   },
   {

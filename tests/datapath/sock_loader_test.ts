@@ -1,8 +1,8 @@
 // The socket LB's cgroup checks (agent/datapath/sock_loader.ts): --cgroup-root must be a cgroup v2
-// directory, and the error names the path and what it is on (stat only, no root); socket
-// termination (root, python3: below).
+// directory, and the error names the path and what it is on (stat only, no root); every program of
+// sock.o has its attach point (its BTF); socket termination (root, python3: below).
 import assert from "node:assert/strict";
-import { checkCgroup2, defaultCgroupRoot } from "../../agent/datapath/sock_loader.ts";
+import { checkCgroup2, defaultCgroupRoot, SOCK_PROGS } from "../../agent/datapath/sock_loader.ts";
 import { encodeTermKey, loadSockTerm, terminateSockets } from "../../agent/datapath/sock_term.ts";
 import { execCommand } from "../../agent/sys/exec.ts";
 import { buildObject } from "../../agent/datapath/build.ts";
@@ -32,6 +32,22 @@ Deno.test("sock LB: the default cgroup root is a cgroup2 mount and passes the ch
   }
   const root = await defaultCgroupRoot();
   await checkCgroup2(root);
+});
+
+Deno.test({
+  name: "sock LB: SOCK_PROGS attaches every program of sock.o (the sockops one included)",
+  ignore: (await execCommand(["sh", "-c", "command -v bpftool clang"])).code !== 0,
+}, async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cilia-sock-btf-" });
+  try {
+    const obj = await buildObject({ buildDir: dir, name: "sock" });
+    const btf = await sh(["bpftool", "btf", "dump", "file", obj.path]);
+    const progs = [...btf.matchAll(/FUNC '(\w+)' type_id=\d+ linkage=global/g)].map((m) => m[1]);
+    assert.deepEqual(progs.sort(), Object.values(SOCK_PROGS).sort());
+    assert.equal(SOCK_PROGS.cgroup_sock_ops, "cil_sock_ops");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 // Socket termination (agent/datapath/sock_term.ts, bpf/sock_term.c) with real sockets: 100

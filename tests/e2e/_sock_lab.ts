@@ -5,6 +5,7 @@
 // a pod, which count what the pod's own stack sends (the socket's destination, before any tc
 // program): the wire as the client writes it. Needs root.
 import { execCommand } from "../../agent/sys/exec.ts";
+import type { CiliaNode, TestPod } from "../cni/_fixture.ts";
 
 /** Where cgroup2 is mounted on this machine (hybrid v1/v2: /sys/fs/cgroup/unified). */
 export async function cgroup2Mount(): Promise<string | undefined> {
@@ -106,4 +107,57 @@ export async function counted(netns: string, v6: boolean): Promise<Record<string
     got[f.at(-1)!.replace(/\/(32|128)$/, "")] = Number(f[0]); // the destination: last column
   }
   return got;
+}
+
+// Answers every read with its name, on [::]:8080 (IPv4 too: a dual-stack socket), and every UDP
+// datagram to 0.0.0.0:8080.
+const SERVER = `
+const [name] = Deno.args;
+const enc = new TextEncoder();
+(async () => {
+  const u = Deno.listenDatagram({ hostname: "0.0.0.0", port: 8080, transport: "udp" });
+  for await (const [, from] of u) await u.send(enc.encode(name + "\\n"), from);
+})();
+for await (const c of Deno.listen({ hostname: "::", port: 8080 })) {
+  (async () => {
+    const buf = new Uint8Array(64);
+    try { while ((await c.read(buf)) !== null) await c.write(enc.encode(name + "\\n")); } catch {}
+    try { c.close(); } catch {}
+  })();
+}`;
+
+/**
+ * Backends b1 and b2 (labels app=b1, app=b2) on node `n`, each answering with its name on
+ * TCP and UDP 8080 (SERVER) and running dnsmasq on its port 53 (svc.test → 192.0.2.1 / .2);
+ * their processes go into `procs` at once, so the caller's `finally` kills them even when a later
+ * start fails.
+ */
+export async function startSockBackends(
+  n: CiliaNode,
+  procs: Deno.ChildProcess[],
+): Promise<[TestPod, TestPod]> {
+  await Deno.writeTextFile(`${n.dir}/server.js`, SERVER);
+  const b: TestPod[] = [];
+  for (const [i, name] of ["b1", "b2"].entries()) {
+    const pod = await n.addPod(name, { app: name });
+    b.push(pod);
+    procs.push(
+      new Deno.Command("ip", {
+        args: ["netns", "exec", pod.netns, Deno.execPath(), "run", "-A", "--no-config"]
+          .concat(["--unstable-net", `${n.dir}/server.js`, name]),
+        stdout: "null",
+        stderr: "inherit",
+      }).spawn(),
+      new Deno.Command("ip", {
+        args: ["netns", "exec", pod.netns, "dnsmasq", "--no-daemon", "--port=53"].concat(
+          [`--listen-address=${pod.ipv4}`, "--bind-interfaces", "--no-resolv", "--no-hosts"],
+          ["--conf-file=/dev/null", "--pid-file=", "--user=root", "--log-facility=-"],
+          [`--address=/svc.test/192.0.2.${i + 1}`],
+        ),
+        stdout: "null",
+        stderr: "null",
+      }).spawn(),
+    );
+  }
+  return b as [TestPod, TestPod];
 }

@@ -222,6 +222,16 @@ Deno.test({
       const drop = events.find((e) => e.type === "drop" && e.subtype === 158);
       assert.ok(drop, `drop 158: ${events.map(dropText)}`);
       assert.equal(drop.family, 6);
+      // The drop names the service (enforce.h, 11.), and so does its flow, in IPv6's spelling.
+      const list = (await n.call("GET", "/v1/service")).body as {
+        id: number;
+        frontend: { ip: string };
+      }[];
+      const id = list.find((s) => s.frontend.ip === EMPTY_VIP)?.id;
+      assert.ok(id !== undefined && drop.svcId === id, `service ${id}: ${drop.svcId}`);
+      const frontend = `[${EMPTY_VIP}]:80/TCP`;
+      const { flows } = await n.flows({ service: frontend, type: "drop" });
+      assert.deepEqual(flows.at(-1)?.destination_service, { frontend, id });
     });
 
     await t.step("an ingress policy on the backends decides by the client's identity", async () => {

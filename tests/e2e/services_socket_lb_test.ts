@@ -25,29 +25,12 @@ import { attachSock, loadSock, SOCK_PROGS } from "../../agent/datapath/sock_load
 import { killAll, putService, waitListening } from "./_services_lab.ts";
 import { openKvStore } from "../../agent/kvstore/kvstore.ts";
 import { SERVICE_PREFIX } from "../../agent/service/manager.ts";
-import { buildSockPeer, counted, countTo, TestCgroup } from "./_sock_lab.ts";
+import { buildSockPeer, counted, countTo, startSockBackends, TestCgroup } from "./_sock_lab.ts";
 
 const VIP = "10.96.0.10", DNS_VIP = "10.96.0.53", EMPTY_VIP = "10.96.0.11";
 const VIP6 = "fd00:96::10";
 const TERM_VIP = "10.96.0.12", TERM_UDP_VIP = "10.96.0.13", TERM_VIP6 = "fd00:96::12";
 const DOWN_VIP = "10.96.0.14";
-
-// Answers every read with its name, on [::]:8080 (IPv4 too: a dual-stack socket), and every UDP
-// datagram to 0.0.0.0:8080.
-const SERVER = `
-const [name] = Deno.args;
-const enc = new TextEncoder();
-(async () => {
-  const u = Deno.listenDatagram({ hostname: "0.0.0.0", port: 8080, transport: "udp" });
-  for await (const [, from] of u) await u.send(enc.encode(name + "\\n"), from);
-})();
-for await (const c of Deno.listen({ hostname: "::", port: 8080 })) {
-  (async () => {
-    const buf = new Uint8Array(64);
-    try { while ((await c.read(buf)) !== null) await c.write(enc.encode(name + "\\n")); } catch {}
-    try { c.close(); } catch {}
-  })();
-}`;
 
 // Holds connections, one per argument "tcp|udp,ADDR,PORT[,NAME]" (with NAME: connects until the
 // answer is NAME). Prints the first answers (a JSON array), then, for each line on stdin, what
@@ -117,30 +100,8 @@ Deno.test({
   const servers: Deno.ChildProcess[] = [];
   try {
     const peerBin = await buildSockPeer(n.dir);
-    await Deno.writeTextFile(`${n.dir}/server.js`, SERVER);
-    const b: TestPod[] = [];
-    for (const [i, name] of ["b1", "b2"].entries()) {
-      const pod = await n.addPod(name, { app: name });
-      b.push(pod);
-      servers.push(
-        new Deno.Command("ip", {
-          args: ["netns", "exec", pod.netns, Deno.execPath(), "run", "-A", "--no-config"]
-            .concat(["--unstable-net", `${n.dir}/server.js`, name]),
-          stdout: "null",
-          stderr: "inherit",
-        }).spawn(),
-        new Deno.Command("ip", {
-          args: ["netns", "exec", pod.netns, "dnsmasq", "--no-daemon", "--port=53"].concat(
-            [`--listen-address=${pod.ipv4}`, "--bind-interfaces", "--no-resolv", "--no-hosts"],
-            ["--conf-file=/dev/null", "--pid-file=", "--user=root", "--log-facility=-"],
-            [`--address=/svc.test/192.0.2.${i + 1}`],
-          ),
-          stdout: "null",
-          stderr: "null",
-        }).spawn(),
-      );
-    }
-    const [b1, b2] = b as [TestPod, TestPod];
+    const [b1, b2] = await startSockBackends(n, servers);
+    const b = [b1, b2];
     const client = await n.addPod("client", { app: "client" });
     for (const p of b) await waitListening(n.lab, p.netns, "( sport = :8080 or sport = :53 )", 3);
     const inPod = (argv: string[]) => ["ip", "netns", "exec", client.netns, ...argv];

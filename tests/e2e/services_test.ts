@@ -3,10 +3,14 @@
 // address. Connections spread over the backends and each stays on one; the replies come from the
 // VIP (a TCP connect succeeds only then); a policy that lets the client reach only app=b1 drops
 // the connections that landed elsewhere (policy sees the real backend, reason 133 with its
-// identity and port); a removed backend gets no new connections; a service without backends drops
-// with 158. Services go in through the API and `bin/cilia service`. Needs root.
+// identity and port; the drop, the verdicts and the traces carry the service's id, and the flows
+// name it: destination_service toward the backend, source_service on the reply); a removed
+// backend gets no new connections; a service without backends drops with 158 (with its id).
+// Services go in through the API and `bin/cilia service`. Needs root.
 import assert from "node:assert/strict";
 import { CiliaNode, dropText, type TestPod } from "../cni/_fixture.ts";
+import type { PacketEvent } from "../../agent/datapath/events.ts";
+import type { Flow } from "../../agent/monitor/flow.ts";
 import { needsRoot } from "../helpers/root.ts";
 import {
   cilia,
@@ -55,9 +59,22 @@ Deno.test({
       servers.push(denoIn(backends[name].netns, `${n.dir}/server.js`, [name, "8080"]).spawn());
     }
     const client = await n.addPod("client", { app: "client" });
-    const identity = async (p: TestPod) =>
-      ((await n.call("GET", `/v1/endpoint/default/${p.name}`)).body as { identity: number })
-        .identity;
+    const endpoint = async (p: TestPod) =>
+      (await n.call("GET", `/v1/endpoint/default/${p.name}`)).body as {
+        id: number;
+        identity: number;
+      };
+    const identity = async (p: TestPod) => (await endpoint(p)).identity;
+    /** The id `cilia service list` shows for a frontend address. */
+    const serviceId = async (ip: string) => {
+      const list = JSON.parse(await cilia(n.socket, "service", "list", "-o", "json")) as {
+        id: number;
+        frontend: { ip: string };
+      }[];
+      const id = list.find((s) => s.frontend.ip === ip)?.id;
+      assert.ok(id, `a service for ${ip}: ${JSON.stringify(list)}`);
+      return id;
+    };
     // 3 s per connection that must answer: a loaded machine is slow.
     const connect = async (host: string, count: number, ms = 3000, mode = "serial") => {
       const out = await denoIn(client.netns, `${n.dir}/client.js`, [
@@ -97,9 +114,29 @@ spec:
 `);
       try {
         const others = [await identity(backends.b2!), await identity(backends.b3!)];
+        const svc = await serviceId(VIP), clientEp = (await endpoint(client)).id;
+        // Each kind of event a connection through the VIP makes at the client's veth (enforce.h,
+        // 11.): the drop, both verdicts, the first packet out and the first reply back.
+        const kindOf = (e: PacketEvent) =>
+          e.epId !== clientEp
+            ? undefined
+            : e.type === "drop"
+            ? (e.subtype === 133 ? "drop" : undefined)
+            : e.type === "policy-verdict"
+            ? (e.subtype === 133 ? "denied" : "allowed")
+            : e.direction === "egress"
+            ? "out"
+            : e.ctState === 2
+            ? "reply"
+            : undefined;
+        const kinds = new Map<string, PacketEvent>();
         // Generous timeout (a loaded CI machine answers slowly); the connections run at once.
         const { result, events } = await n.withEvents(() => connect(VIP, 12, 3000, "parallel"), {
-          until: (e) => e.type === "drop" && e.subtype === 133,
+          until: (e) => {
+            const k = kindOf(e);
+            if (k && !kinds.has(k)) kinds.set(k, e);
+            return kinds.size === 5;
+          },
         });
         const ok = result.filter((c) => c !== null);
         const shown = JSON.stringify(result);
@@ -109,6 +146,31 @@ spec:
         assert.ok(drop, `a policy drop: ${events.map(dropText)}`);
         assert.ok(others.includes(drop.dstIdentity), `dropped toward b2/b3: ${dropText(drop)}`);
         assert.equal(drop.dport, 8080, "the backend's port, not the service's");
+        const shownKinds = JSON.stringify([...kinds].map(([k, e]) => [k, e.svcId]));
+        assert.deepEqual([...kinds.keys()].sort(), ["allowed", "denied", "drop", "out", "reply"]);
+        for (const [k, e] of kinds) assert.equal(e.svcId, svc, `${k} carries the service`);
+        assert.equal(drop.svcId, svc, `the drop names service ${svc}: ${shownKinds}`);
+
+        // The agent's flows name the service: the frontend next to the backend's port 8080.
+        const frontend = `${VIP}:80/TCP`;
+        const { flows } = await n.flows({ service: frontend });
+        const dropped = flows.find((f) => f.drop_reason === 133 && f.cilia_type === "drop");
+        assert.ok(dropped, `a drop flow through ${frontend}: ${flows.length} flows`);
+        assert.deepEqual(dropped.destination_service, { frontend, id: svc });
+        assert.equal(dropped.source_service, undefined);
+        assert.ok(dropped.l4 && "TCP" in dropped.l4);
+        assert.equal(dropped.l4.TCP.destination_port, 8080);
+        const reply = flows.find((f) => f.is_reply && f.traffic_direction === "INGRESS");
+        assert.ok(reply, `a reply flow from ${frontend}`);
+        assert.deepEqual(reply.source_service, { frontend, id: svc });
+        assert.equal(reply.IP?.source, VIP, "the reply after the service address came back");
+        // `cilia observe` shows it in the line and in -o json.
+        const line = await cilia(n.socket, "observe", "--service", VIP, "--type", "drop");
+        assert.match(line, new RegExp(`:8080 \\(.*\\) via service ${frontend} drop`));
+        const json = await cilia(n.socket, "observe", "--service", frontend, "-o", "json");
+        const observed = json.trim().split("\n").map((l) => JSON.parse(l).flow as Flow | undefined);
+        assert.ok(observed.some((f) => f?.destination_service?.id === svc), json.slice(0, 2000));
+        assert.ok(observed.some((f) => f?.source_service?.frontend === frontend));
       } finally {
         await n.clearPolicies(); // the next steps expect no policy, even when this one failed
       }
@@ -127,7 +189,9 @@ spec:
         until: (e) => e.type === "drop" && e.subtype === 158,
       });
       assert.deepEqual(result, [null]);
-      assert.ok(events.some((e) => e.subtype === 158), `drop 158: ${events.map(dropText)}`);
+      const drop = events.find((e) => e.subtype === 158);
+      assert.ok(drop, `drop 158: ${events.map(dropText)}`);
+      assert.equal(drop.svcId, await serviceId(EMPTY_VIP), "the drop names the empty service");
     });
 
     await t.step("bin/cilia service list shows both services", async () => {

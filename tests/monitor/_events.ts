@@ -44,6 +44,7 @@ export function event(p: Partial<PacketEvent> & Pick<PacketEvent, "type">): Pack
     match: 0,
     cookie: 0,
     ctState: 0,
+    svcId: 0,
     origLen: 64,
     capLen: 64,
     data: new Uint8Array(),

@@ -2,8 +2,9 @@
 // as bytes in the ring) must give exactly what the object path gives (decodeEvent → buildFlow →
 // flowNdjson): same lines in the same order, same flows from a query, same counters. Records of
 // every kind the line writer covers (TCP with each flag, UDP, ICMP types, drops, verdicts, audit,
-// traces, both directions, a known and an unknown peer) and ones it does not (IPv6, a fragment, a
-// short capture), which must fall back to the object path in order.
+// traces, both directions, a known and an unknown peer, through a known, a nameless and an unknown
+// service, a reply from one) and ones it does not (IPv6, a fragment, a short capture), which must
+// fall back to the object path in order.
 import assert from "node:assert/strict";
 import { compilePolicies, PolicyEngine } from "../../policy-wasm/mod.ts";
 import { Monitor } from "../../agent/monitor/monitor.ts";
@@ -53,6 +54,10 @@ async function monitor(): Promise<Monitor> {
     nodeName: "node-1",
     bufferSize: 512,
     log: new Logger({ level: "error" }),
+    services: [
+      { id: 7, name: "default/web", frontend: { ip: "10.96.0.10", port: 80, protocol: "TCP" } },
+      { id: 9, frontend: { ip: "10.96.0.11", port: 53, protocol: "UDP" } },
+    ],
   });
 }
 
@@ -67,6 +72,8 @@ interface Rec {
   match: number;
   cookie: number;
   ct: number;
+  /** svc_id (default 0) */
+  svc?: number;
   frame: Uint8Array;
 }
 
@@ -92,6 +99,7 @@ function records(recs: Rec[]): { view: DataView; at: number[]; len: number } {
     dv.setUint32(o + 32, r.frame.length, true);
     dv.setUint8(o + 36, 4);
     dv.setUint8(o + 37, r.ct);
+    dv.setUint16(o + 38, r.svc ?? 0, true);
     buf.set(r.frame, o + 40);
     return o;
   });
@@ -132,6 +140,23 @@ function cases(): Rec[] {
       frame: frame("203.0.113.9", "10.0.0.2", { proto: 1, type: t }),
     });
   }
+  for (const svc of [7, 9, 300]) { // known, nameless, unknown (deleted)
+    const f = frame("10.0.0.1", "10.0.0.2", { proto: 6, sport: 42000, dport: 8080, flags: 2 });
+    out.push({ ...base, type: 3, subtype: 0, verdict: 0, cookie: 0, svc, frame: f });
+    out.push({ ...base, type: 1, subtype: 133, verdict: 0, cookie: 0, svc, frame: f });
+  }
+  out.push({ // a reply that got the service address back, at the client's ingress
+    ...base,
+    type: 3,
+    subtype: 0,
+    verdict: 0,
+    cookie: 0,
+    ct: 2,
+    dir: 1,
+    epId: 1,
+    svc: 7,
+    frame: frame("10.96.0.10", "10.0.0.1", { proto: 6, sport: 80, dport: 42000, flags: 18 }),
+  });
   const v6 = new Uint8Array(64);
   v6.set([0x86, 0xdd], 12);
   v6[20] = 17;
@@ -180,6 +205,12 @@ Deno.test("the record path writes the lines and keeps the flows the object path 
     assert.equal(got.length, want.length + 1);
     assert.deepEqual(got.slice(0, want.length - 1), want.slice(0, -1));
     assert.match(got.at(-2)!, /"query":"example.com."/);
+    const has = (text: string) => got.filter((l) => l.includes(text)).length;
+    const web = '{"name":"web","namespace":"default","frontend":"10.96.0.10:80/TCP","id":7}';
+    assert.equal(has(`"destination_service":${web}`), 6); // trace and drop, 3 rounds
+    assert.equal(has(`"source_service":${web}`), 3);
+    assert.equal(has('"destination_service":{"frontend":"10.96.0.11:53/UDP","id":9}'), 6);
+    assert.equal(has('"destination_service":{"frontend":"unknown","id":300}'), 6);
     const strip = (f: object) => ({ ...f, time: "T" });
     const fastFlows = fast.query().flows.slice(0, -1).map(strip);
     assert.deepEqual(fastFlows, slow.query().flows.map(strip));

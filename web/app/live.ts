@@ -210,6 +210,11 @@ export class LiveView {
       const k = Object.keys(l4)[0];
       return k ? `${k}/${l4[k].destination_port ?? l4[k].type ?? ""}` : "";
     };
+    // The service the flow went through (a client's packets to it, replies from it).
+    const service = (f: Flow) => {
+      const s = f.destination_service ?? f.source_service;
+      return s ? `${s.name ? `${s.namespace}/${s.name} ` : ""}${s.frontend}` : "";
+    };
     const rows = flows.slice().reverse().map((f) =>
       h(
         "tr",
@@ -217,6 +222,7 @@ export class LiveView {
         h("td", {}, String(f.time ?? "").slice(11, 23)),
         h("td", {}, peer(f.source, f.IP?.source)),
         h("td", {}, peer(f.destination, f.IP?.destination)),
+        h("td", {}, service(f)),
         h("td", {}, port(f)),
         h("td", { class: "verdict" }, f.verdict),
         h("td", {}, f.l7?.http ? `${f.l7.http.method} ${f.l7.http.url}` : f.Summary ?? ""),
@@ -234,9 +240,8 @@ export class LiveView {
           h(
             "tr",
             {},
-            ...["TIME", "SOURCE", "DESTINATION", "PORT", "VERDICT", "SUMMARY", "POLICY"].map((c) =>
-              h("th", {}, c)
-            ),
+            ...["TIME", "SOURCE", "DESTINATION", "SERVICE", "PORT", "VERDICT", "SUMMARY", "POLICY"]
+              .map((c) => h("th", {}, c)),
           ),
         ),
         h("tbody", {}, ...rows),
