@@ -382,17 +382,19 @@ export class Agent {
       await this.regen.updateIpcache(own.map((prefix) => ({ prefix, identity: 1 })));
     }
     // Services before endpoints: a restored pod's connections to a VIP keep their backend.
+    // NodePorts listen on these (bpf/lib/nodeport6.h for IPv6); flows name them (the monitor).
+    const nodePortAddresses = [
+      pickNodeIp(c.nodeIp, this.ipam.pools().map((p) => p.gateway), { device: c.devices }),
+    ]
+      .flatMap((ip) => [ip, pickNodeIp6(ip, { device: c.devices })])
+      .filter((x): x is string => x !== undefined);
     this.services = new ServiceManager({
       store: this.store,
       ...(this.datapath ? { sink: this.datapath } : {}),
       log: log.child({ subsys: "service" }),
       podCidrs: [c.podCidr, c.podCidrV6].filter((x): x is string => typeof x === "string"),
       nodePortRange: c.nodePortRange,
-      nodePortAddresses: [
-        pickNodeIp(c.nodeIp, this.ipam.pools().map((p) => p.gateway), { device: c.devices }),
-      ]
-        .flatMap((ip) => [ip, pickNodeIp6(ip, { device: c.devices })]) // bpf/lib/nodeport6.h
-        .filter((x): x is string => x !== undefined),
+      nodePortAddresses,
       // toServices in policies resolves against these records (repository.servicesChanged);
       // flows name the services of events by them (the monitor, once it exists: it starts with
       // the list below).
@@ -428,6 +430,7 @@ export class Agent {
       endpoints: () => this.endpoints.list(),
       endpoint: (id) => this.endpoints.has(id) ? this.endpoints.get(id) : undefined,
       services: this.services.list(),
+      nodeAddresses: nodePortAddresses,
       nodeName: c.nodeName,
       bufferSize: c.flowBufferSize,
       log: log.child({ subsys: "monitor" }),

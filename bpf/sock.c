@@ -15,9 +15,11 @@
  * It reads the same maps as lib/lb.h (lib/lb_maps.h: cilia_lb_services, cilia_lb_slots,
  * cilia_lb_backends), written by the agent as diffs: the same backends, the same slot table
  * (random: each backend once per weight unit; maglev: the Maglev table), so weights and Maglev
- * hold as in lb.h. Its own map, cilia_lb_sock_revnat (LRU, lib/sock_lb.h): {socket cookie, backend
- * address, port, family} → the service address, for recvmsg and getpeername, and for sock_term.c
- * to tell a translated connection (TCP or UDP) from a direct one. It also shares the lxc objects'
+ * hold as in lb.h; and session affinity's maps and code (lib/lb_affinity.h: cilia_lb_affinity,
+ * written here too, and the agent's cilia_lb_affinity_match; 7.). Its own map,
+ * cilia_lb_sock_revnat (LRU, lib/sock_lb.h): {socket cookie, backend address, port, family} →
+ * the service address, for recvmsg and getpeername, and for sock_term.c to tell a translated
+ * connection (TCP or UDP) from a direct one. It also shares the lxc objects'
  * cilia_ipcache (read) and cilia_events ring (written: 6.).
  *
  * Invariants:
@@ -43,11 +45,19 @@
  *    known): TCP by cil_sock_ops, UDP here. A reverse entry that is already there with the same
  *    service (an unconnected UDP socket's next datagram to the same backend) is neither written
  *    again nor reported. While two objects run (5.), a TCP connection may be reported twice.
+ * 7. Session affinity (LB_SVC_F_AFFINITY; lib/lb_affinity.h, 6. and 7.) is keyed by the socket's
+ *    network namespace (bpf_get_netns_cookie: a pod is one), not by a client address, which a
+ *    socket does not have before connect picks its route; the key's family (LB_AFFINITY_NETNS)
+ *    keeps it apart from lb.h's address keys in the same map. A live entry whose backend is still
+ *    matched gives that backend and its time is refreshed in place (no LRU update); otherwise
+ *    the slot is chosen as in 2. (ECONNREFUSED as in 3.) and written as the namespace's entry.
+ *    Every translation counts as a new connection (Cilium's rule): each connect, and each
+ *    datagram of an unconnected UDP socket, so a socket that keeps sending keeps its entry
+ *    alive (lb.h: its conntrack entry keeps the flow). Terminating backends get no new
+ *    connections (not matched, in no slot). A process outside the cgroup, served by lb.h, has
+ *    an address entry of its own and may get another backend.
  *
  * Left to the tc path (passed untouched here, translated per packet by lib/lb.h exactly as before):
- * - services with session affinity (LB_SVC_F_AFFINITY): lb.h keys affinity on the client's IP
- *   address, which a socket does not have before connect picks its route; a cookie-keyed
- *   affinity would differ from the tc path's.
  * - NodePort and LoadBalancer frontends (LB_SVC_F_EXTERNAL): lb.h does not serve them from pods
  *   either (lib/nodeport.h does, on the underlay).
  * - IPv4-mapped IPv6 destinations (::ffff:a.b.c.d on an IPv6 socket): their packets are IPv4.
@@ -60,6 +70,7 @@
  * 2.); sockets of processes outside the cgroup are not seen at all.
  */
 #include "lib/sock_trace.h"
+#include "lib/lb_affinity.h"
 
 #define SOCK_ECONNREFUSED 111
 #define SOCK_IPV6_MAPPED bpf_htonl(0xffff)
@@ -105,19 +116,70 @@ static __always_inline int sock_refuse(void)
 	return 0;
 }
 
-/* connect and sendmsg: a service address becomes its backend (1.–4.). 1 lets the call go on. */
+/* 2.: the slot's backend id, or 0 (3.). */
+static __always_inline __u32 sock_select(const struct lb_service_value *svc,
+					 const struct lb_service_key *sk, __u64 cookie)
+{
+	struct lb_slot_key slot = { .svc_id = svc->svc_id };
+	struct lb_slot_value *sv;
+	__u32 h;
+
+	if (svc->slots == 0)
+		return 0;
+	h = lb_mix(lb_fold(sk->addr) ^ 0x9e3779b9);
+	h = lb_mix(h ^ (__u32)cookie);
+	h = lb_mix(h ^ (__u32)(cookie >> 32));
+	h = lb_mix(h ^ (((__u32)sk->port << 16) | sk->proto));
+	slot.slot = h % svc->slots;
+	sv = bpf_map_lookup_elem(&cilia_lb_slots, &slot);
+	return sv ? sv->backend_id : 0;
+}
+
+/* The backend of this translation: the network namespace's by affinity (7.), else the slot's
+ * (2.); 0 when there is none or it is of another family (3.). */
+static __always_inline struct lb_backend *sock_choose(struct bpf_sock_addr *ctx,
+						      const struct lb_service_value *svc,
+						      const struct lb_service_key *sk, __u64 cookie)
+{
+	struct lb_affinity_key ak = {};
+	struct lb_backend_key bk = {};
+	struct lb_backend *be;
+	struct lb_affinity *a;
+	__u64 now = 0;
+
+	if (svc->flags & LB_SVC_F_AFFINITY) {
+		now = bpf_ktime_get_ns();
+		lb_affinity_netns_key(&ak, bpf_get_netns_cookie(ctx), svc->svc_id);
+		a = lb_affinity_live(&ak, now);
+		if (a) {
+			bk.backend_id = a->backend_id;
+			be = bpf_map_lookup_elem(&cilia_lb_backends, &bk);
+			if (be && be->family == sk->family) {
+				a->last_used = now; /* refreshed in place: no LRU update */
+				return be;
+			}
+		}
+	}
+	bk.backend_id = sock_select(svc, sk, cookie);
+	be = bk.backend_id ? bpf_map_lookup_elem(&cilia_lb_backends, &bk) : 0;
+	if (!be || be->family != sk->family)
+		return 0;
+	if (svc->flags & LB_SVC_F_AFFINITY)
+		lb_affinity_set(&ak, bk.backend_id, now);
+	return be;
+}
+
+/* connect and sendmsg: a service address becomes its backend (1.–4., 7.). 1 lets the call go
+ * on. */
 static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx, __u8 family)
 {
 	struct lb_service_key sk = { .family = family };
 	struct sock_revnat_key rk = { .family = family };
 	struct lb_revnat rn = { .family = family };
-	struct lb_slot_key slot = {};
 	struct lb_revnat *old;
 	struct lb_service_value *svc;
-	struct lb_backend_key bk;
 	struct lb_backend *be;
-	struct lb_slot_value *sv;
-	__u32 proto = ctx->protocol, h;
+	__u32 proto = ctx->protocol;
 	__u64 cookie;
 
 	if (proto != PROTO_TCP && proto != PROTO_UDP)
@@ -128,23 +190,11 @@ static __always_inline int sock_xlate_fwd(struct bpf_sock_addr *ctx, __u8 family
 		return 1; /* left to the tc path */
 	sk.proto = proto;
 	svc = bpf_map_lookup_elem(&cilia_lb_services, &sk);
-	if (!svc || (svc->flags & (LB_SVC_F_EXTERNAL | LB_SVC_F_AFFINITY)))
+	if (!svc || (svc->flags & LB_SVC_F_EXTERNAL))
 		return 1;
-	if (svc->slots == 0)
-		return sock_refuse();
 	cookie = bpf_get_socket_cookie(ctx);
-	h = lb_mix(lb_fold(sk.addr) ^ 0x9e3779b9);
-	h = lb_mix(h ^ (__u32)cookie);
-	h = lb_mix(h ^ (__u32)(cookie >> 32));
-	h = lb_mix(h ^ (((__u32)sk.port << 16) | proto));
-	slot.svc_id = svc->svc_id;
-	slot.slot = h % svc->slots;
-	sv = bpf_map_lookup_elem(&cilia_lb_slots, &slot);
-	if (!sv)
-		return sock_refuse();
-	bk.backend_id = sv->backend_id;
-	be = bpf_map_lookup_elem(&cilia_lb_backends, &bk);
-	if (!be || be->family != family)
+	be = sock_choose(ctx, svc, &sk, cookie);
+	if (!be)
 		return sock_refuse();
 	rk.cookie = cookie;
 	__builtin_memcpy(rk.addr, be->addr, 16);

@@ -28,11 +28,14 @@ function sideText(e: FlowEndpoint, ip: string | undefined, port: number | undefi
   return `${where}${p} (${shortLabels(e.labels)}, ID:${e.identity})`;
 }
 
-/** "default/web 10.96.0.10:80/TCP", "10.96.0.10:80/TCP" (no name), "7 (unknown)" (deleted). */
+/**
+ * "default/web 10.96.0.10:80/TCP", "10.96.0.10:80/TCP" (no name), "7 (unknown)" (deleted),
+ * "default/web NodePort 192.0.2.1:30080/TCP" (an outside client's NodePort or LoadBalancer).
+ */
 export function serviceText(s: FlowService): string {
   if (s.frontend === "unknown") return `${s.id} (unknown)`;
   const name = s.name === undefined ? "" : `${s.namespace ? `${s.namespace}/` : ""}${s.name} `;
-  return `${name}${s.frontend}`;
+  return `${name}${s.type ? `${s.type} ` : ""}${s.frontend}`;
 }
 
 const via = (s: FlowService | undefined) => s ? ` via service ${serviceText(s)}` : "";

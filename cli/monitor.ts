@@ -20,6 +20,13 @@ export const MONITOR_HELP = `cilia monitor — the datapath's raw events, live, 
 Usage: cilia monitor [--type drop|trace|policy-verdict]… [-o json] [-H unix:///path]`;
 
 const PROTO: Record<number, string> = { 1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP" };
+/** TRACE_* (constants.generated.h): where a trace was seen. */
+const TRACE_POINTS: Record<number, string> = {
+  1: "from-endpoint",
+  2: "to-endpoint",
+  3: "sock-xlate",
+  4: "from-network",
+};
 
 /** One raw event as a line: type, reason or verdict, endpoint, identities, addresses. */
 export function eventLine(j: RawEventJson): string {
@@ -28,7 +35,7 @@ export function eventLine(j: RawEventJson): string {
     ? `drop (${DROP_REASONS.get(e.subtype)?.[1] ?? "reason"}, ${e.subtype})`
     : e.type === "policy-verdict"
     ? `policy-verdict ${e.verdict}${e.subtype ? ` (${e.subtype})` : ""} match=${e.match}`
-    : `trace ${e.subtype === 1 ? "from-endpoint" : "to-endpoint"}`;
+    : `trace ${TRACE_POINTS[e.subtype] ?? `point ${e.subtype}`}`;
   const cookie = e.cookie ? ` cookie=0x${e.cookie.toString(16).padStart(8, "0")}` : "";
   return `${what} ep=${e.epId} ${e.direction} identity ${e.srcIdentity}->${e.dstIdentity} ` +
     `${PROTO[e.proto] ?? `proto ${e.proto}`} ${parsePacketText(e.data)}${cookie}` +

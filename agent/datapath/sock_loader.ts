@@ -1,11 +1,11 @@
 // Socket-level load balancing (bpf/sock.c, Cilium's "socket LB"): builds (cached) and loads the
 // cgroup programs (the sock_addr hooks, and a sockops program for the trace events of TCP
-// connections), sharing the node's pinned service maps, ipcache and event ring with the tc
-// programs (lxc.o pins them first; pinned programs that write to another ring than the one pinned
-// now are loaded again), and attaches them to a cgroup v2 directory (--cgroup-root) with
-// BPF_F_ALLOW_MULTI. Layout: <root>/sock/<object hash>/<program>; its own map
-// <root>/maps/cilia_lb_sock_revnat is reused across restarts, so UDP replies of sockets translated
-// before a restart still get their service address back.
+// connections), sharing the node's pinned service and session-affinity maps, ipcache and event
+// ring with the tc programs (lxc.o pins them first; pinned programs that use another ring or
+// affinity map than the one pinned now are loaded again), and attaches them to a cgroup v2
+// directory (--cgroup-root) with BPF_F_ALLOW_MULTI. Layout: <root>/sock/<object hash>/<program>;
+// its own map <root>/maps/cilia_lb_sock_revnat is reused across restarts, so UDP replies of
+// sockets translated before a restart still get their service address back.
 //
 // Replacing on restart, without a window: the new programs are attached first, then the older
 // objects' programs (found through their pins under <root>/sock/) are detached; meanwhile both
@@ -38,20 +38,28 @@ export const SOCK_PROGS = {
 export type SockAttachType = keyof typeof SOCK_PROGS;
 
 /**
- * The maps sock.o shares with lxc.o (which pins them): the service maps it reads, the ipcache
- * (the identities in its trace events) and the event ring its trace events go to, so the agent's
- * one monitor reads them.
+ * The maps sock.o shares with lxc.o (which pins them): the service maps it reads, session
+ * affinity's (bpf/lib/lb_affinity.h: the agent's matches, the LRU both translators write), the
+ * ipcache (the identities in its trace events) and the event ring its trace events go to, so the
+ * agent's one monitor reads them.
  */
 const SHARED_MAPS = [
   "cilia_lb_services",
   "cilia_lb_slots",
   "cilia_lb_backends",
   "cilia_lb_revnat",
+  "cilia_lb_affinity",
+  "cilia_lb_affinity_match",
   "cilia_ipcache",
   "cilia_events",
   "cilia_events_lost",
 ];
-const EVENTS_MAP = "cilia_events";
+/** Shared maps whose pin may be made again (the ring: an upgrade), each with a program using it. */
+const CHECKED_MAPS: [string, SockAttachType][] = [
+  ["cilia_events", "cgroup_sock_ops"],
+  ["cilia_lb_affinity", "cgroup_inet4_connect"],
+  ["cilia_lb_affinity_match", "cgroup_inet4_connect"],
+];
 export const SOCK_REVNAT_MAP = "cilia_lb_sock_revnat";
 
 const exists = (path: string) => Deno.lstat(path).then(() => true, () => false);
@@ -111,7 +119,7 @@ export async function loadSock(
   const pins = { dir, progs };
   const own = `${root}/maps/${SOCK_REVNAT_MAP}`;
   const present = await Promise.all(Object.values(progs).map(exists));
-  if (present.every((x) => x) && await exists(own) && await usesRing(progs, root)) return pins;
+  if (present.every((x) => x) && await exists(own) && await usesPinned(progs, root)) return pins;
   const args = ["prog", "loadall", obj.path];
   for (const m of SHARED_MAPS) {
     if (!(await exists(`${root}/maps/${m}`))) {
@@ -131,8 +139,8 @@ export async function loadSock(
   try {
     await new BpfTool().run(args, `Cannot load "${obj.path}"`);
     if (!(await exists(own))) await Deno.rename(`${stagingMaps}/${SOCK_REVNAT_MAP}`, own);
-    // Programs of this hash pinned before (their ring was made again since) are moved aside, so
-    // attachSock() detaches them as it does an older object's.
+    // Programs of this hash pinned before (a map they share was made again since) are moved
+    // aside, so attachSock() detaches them as it does an older object's.
     if (await exists(dir)) await Deno.rename(dir, `${root}/sock/replaced_${tag}`);
     await Deno.rename(staging, dir);
   } finally {
@@ -146,17 +154,24 @@ const IdSchema = z.object({ id: z.number() }).passthrough();
 const ProgMapsSchema = z.object({ map_ids: z.array(z.number()).default([]) }).passthrough();
 
 /**
- * True when the pinned programs send their events to the ring pinned now: a ring made again since
+ * True when the pinned programs use the maps pinned now (CHECKED_MAPS): a ring made again since
  * (its pin removed, an upgrade that changed its type) needs a new load, or the monitor would
- * never see them.
+ * never see their events; affinity maps made again, or affinity would read matches no one writes.
  */
-async function usesRing(progs: Record<SockAttachType, string>, root: string): Promise<boolean> {
+async function usesPinned(progs: Record<SockAttachType, string>, root: string): Promise<boolean> {
   const tool = new BpfTool();
-  const ring = await tool.json(["map", "show", "pinned", `${root}/maps/${EVENTS_MAP}`], IdSchema)
-    .catch(() => undefined);
-  if (ring === undefined) return false;
-  const prog = await tool.json(["prog", "show", "pinned", progs.cgroup_sock_ops], ProgMapsSchema);
-  return prog.map_ids.includes(ring.id);
+  const ids = new Map<SockAttachType, number[]>();
+  for (const [name, type] of CHECKED_MAPS) {
+    const map = await tool.json(["map", "show", "pinned", `${root}/maps/${name}`], IdSchema)
+      .catch(() => undefined);
+    if (map === undefined) return false;
+    if (!ids.has(type)) {
+      const prog = await tool.json(["prog", "show", "pinned", progs[type]], ProgMapsSchema);
+      ids.set(type, prog.map_ids);
+    }
+    if (!ids.get(type)!.includes(map.id)) return false;
+  }
+  return true;
 }
 
 const CgroupShowSchema = z.array(

@@ -3,12 +3,15 @@
 // context (contexts.ts) and, for unfiltered line followers, written as a line from its bytes
 // (fast_lines.ts), with no object per event; and the object path (an event, its flow with both
 // sides looked up and the policy attributed) for records the line writer does not cover and for
-// readers that need objects. It decides no verdict: the kernel did, the engine names the rule.
+// readers that need objects. Events without an endpoint (ep_id 0: the socket LB's translations,
+// and the underlay device's NodePort/LoadBalancer traces and drops, bpf/lib/np_event.h) take the
+// object path: both sides are looked up by address, which the record path's context key does not
+// hold. It decides no verdict: the kernel did, the engine names the rule.
 
 import { decodeEventAt, type PacketEvent } from "../datapath/events.ts";
-import { EVENT_HEADER_LEN, EVENT_TRACE, TRACE_SOCK_XLATE } from "../datapath/codecs.ts";
-import { parsePacket } from "./_packet.ts";
-import { buildFlow, type Flow } from "./flow.ts";
+import { EVENT_HEADER_LEN, TRACE_SOCK_XLATE } from "../datapath/codecs.ts";
+import { type ParsedPacket, parsePacket } from "./_packet.ts";
+import { buildFlow, type Flow, type FlowService } from "./flow.ts";
 import { encodeContext, type EventContext } from "./fast_lines.ts";
 import { ContextCache } from "./contexts.ts";
 import type { EndpointIndex } from "./endpoint_index.ts";
@@ -82,9 +85,9 @@ export class KernelFlows {
     const d = this.#bytes, p = at + EVENT_HEADER_LEN, followers = this.#followers;
     const capLen = Math.min(view.getUint32(at + 32, true), length - EVENT_HEADER_LEN);
     const ipv4 = capLen >= 34 && d[p + 12] === 0x08 && d[p + 13] === 0x00;
-    // A socket LB trace (no packet; its flow has fields of its own, flow.ts) takes the object path.
-    const sock = d[at] === EVENT_TRACE && d[at + 1] === TRACE_SOCK_XLATE;
-    if (followers.wantEvents || !ipv4 || sock) {
+    // No endpoint (a socket LB trace, the underlay's events): the object path (see above).
+    const noEndpoint = d[at + 2] === 0 && d[at + 3] === 0;
+    if (followers.wantEvents || !ipv4 || noEndpoint) {
       this.ingest(decodeEventAt(view, at, length));
       return;
     }
@@ -183,14 +186,30 @@ export class KernelFlows {
         : self;
     const src = bySide(true), dst = bySide(false);
     const audit = e.verdict === "audit";
+    // The underlay's events (np_event.h) decide no policy; their cookie is the frontend's port.
+    const underlay = e.epId === 0 && !(e.type === "trace" && e.subtype === TRACE_SOCK_XLATE);
     return buildFlow(e, {
       nodeName: this.#p.nodeName,
       now: now ?? this.#now(),
       source: index.side(e.srcIdentity, src),
       destination: index.side(e.dstIdentity, dst),
-      policy: this.#p.attribution.of(e, self, audit),
-      service: this.#p.services.of(e.svcId),
+      policy: underlay ? undefined : this.#p.attribution.of(e, self, audit),
+      service: underlay ? this.#underlayService(e, packet) : this.#p.services.of(e.svcId),
       packet,
     });
+  }
+
+  /** An underlay event's service: its NodePort/LoadBalancer frontend (service_index.ts). */
+  #underlayService(e: PacketEvent, packet: ParsedPacket): FlowService | undefined {
+    if (e.svcId === 0) return undefined;
+    const l4 = packet.l4;
+    const dport = l4 && "TCP" in l4
+      ? l4.TCP.destination_port
+      : l4 && "UDP" in l4
+      ? l4.UDP.destination_port
+      : undefined;
+    // Before translation (a drop for a frontend without backends) the packet names the frontend.
+    const address = dport === e.cookie ? packet.IP?.destination : undefined;
+    return this.#p.services.externalOf(e.svcId, e.cookie, address);
   }
 }

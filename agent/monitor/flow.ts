@@ -65,13 +65,16 @@ export interface FlowEndpoint {
 /**
  * Hubble's `destination_service` / `source_service` (name, namespace), plus cilia's `frontend`
  * ("10.96.0.10:80/TCP", "[fd00::10]:80/TCP"; "unknown" for a service deleted since) and `id`
- * (the datapath's service id, the event's svcId).
+ * (the datapath's service id, the event's svcId), and `type` for a NodePort or LoadBalancer
+ * frontend an outside client used ("NodePort", frontend "192.0.2.1:30080/TCP").
  */
 export interface FlowService {
   name?: string;
   namespace?: string;
   frontend: string;
   id: number;
+  /** The frontend an outside client used on the underlay (bpf/lib/np_event.h); none: ClusterIP. */
+  type?: "NodePort" | "LoadBalancer";
 }
 
 /** Which policy decided, from the rule cookie in the event (or the engine, for a default). */

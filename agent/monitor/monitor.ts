@@ -47,6 +47,8 @@ export interface MonitorOptions {
   endpoint?: (id: number) => EndpointRecord | undefined;
   /** The services at start; servicesChanged() hands over every later change. */
   services?: readonly ServiceRecord[];
+  /** The node's NodePort addresses: flows of the underlay name NodePort frontends with them. */
+  nodeAddresses?: readonly string[];
   nodeName: string;
   bufferSize?: number;
   log: Logger;
@@ -88,7 +90,10 @@ export class Monitor {
     this.#o = o;
     this.ring = new RecordRing(o.bufferSize ?? DEFAULT_FLOW_BUFFER_SIZE, o.nodeName);
     this.attribution = new Attribution(o.engine);
-    this.#services = new ServiceIndex(o.services);
+    this.#services = new ServiceIndex(
+      o.services,
+      o.nodeAddresses ? { nodeAddresses: o.nodeAddresses } : {},
+    );
     const parts = {
       engine: o.engine,
       nodeName: o.nodeName,

@@ -44,6 +44,8 @@
 #define TRACE_TO_ENDPOINT 2
 /* the socket LB translated a connect/sendmsg to a service (sock.c; no packet) */
 #define TRACE_SOCK_XLATE 3
+/* a new NodePort/LoadBalancer connection at the underlay's ingress, translated (np_event.h) */
+#define TRACE_FROM_NETWORK 4
 
 /* Packet marks (skb->mark; the MARK_MAGIC_MASK bits are cilia's): tunnel.h 4., nodeport.h 10. */
 #define MARK_MAGIC_MASK 3840 /* the bits that say what the rest of the mark holds */

@@ -2,10 +2,11 @@
  * policy verdicts for the first packet of a new flow, and traces of forwarded flows. Each record
  * is a fixed header followed by EVENT_CAPTURE_LEN bytes of room for the start of the packet
  * (cap_len says how many are valid), reserved in the ring and filled in place, so nothing but the
- * header is built on the stack. Records are submitted without a wake-up: the agent's one reader
- * polls the ring on a timer and never sleeps in epoll, so a wake-up per event would only cost
- * the sender. An event that finds the ring full is counted per CPU in cilia_events_lost, which
- * the reader reports as lost. Nothing is rate-limited yet.
+ * header is built on the stack (the underlay device's programs send theirs through np_event.h,
+ * which fills the header in the ring too). Records are submitted without a wake-up: the agent's
+ * one reader polls the ring on a timer and never sleeps in epoll, so a wake-up per event would
+ * only cost the sender. An event that finds the ring full is counted per CPU in
+ * cilia_events_lost, which the reader reports as lost. Nothing is rate-limited yet.
  */
 #pragma once
 
@@ -30,7 +31,7 @@ struct cilia_event {
 	__u8 match;   /* POLICY_MATCH_* (policy verdict events) */
 	__u16 sport;  /* host order; ICMP: 0 */
 	__u16 dport;  /* host order; ICMP: the type */
-	__u32 cookie;
+	__u32 cookie; /* policy: the deciding entry's; underlay (np_event.h): a frontend's port */
 	__u32 orig_len;
 	__u32 cap_len; /* valid packet bytes in the record's data */
 	__u8 family;

@@ -3,9 +3,9 @@
  * to it, and the choice is kept in conntrack; the replies get the service address back as their
  * source at the client's hook. DNAT runs before conntrack and policy (enforce.h), reverse NAT
  * after conntrack classified a reply, so both see the real backend and its identity. It decides
- * no policy. It owns four maps the agent writes as diffs (agent/service/lb_state.ts), and two
- * for session affinity (6. below); their layout is in lb_maps.h, which the socket path
- * (bpf/sock.c, --bpf-lb-sock) reads too:
+ * no policy. It owns four maps the agent writes as diffs (agent/service/lb_state.ts); their
+ * layout is in lb_maps.h, which the socket path (bpf/sock.c, --bpf-lb-sock) reads too (as it does
+ * session affinity's two maps and code: lib/lb_affinity.h, 6. and 7.):
  *
  * - cilia_lb_services: {VIP, port, proto, family} → {slot count, service id, flags}.
  * - cilia_lb_slots: {service id, slot} → backend id. The agent fills the slots: a Maglev table
@@ -42,7 +42,8 @@
  *    checksum of 0 stays "none"). IPv6 has no header checksum: the TCP/UDP one covers the
  *    addresses (pseudo header). An IPv6 service packet with extension headers before TCP/UDP is
  *    dropped (DROP_INVALID_EXTHDR), never passed untranslated.
- * Session affinity and terminating backends: 6. and 7. below; hairpin: 8. and 9. (IPv4 only).
+ * Session affinity and terminating backends: 6. and 7. (lib/lb_affinity.h; lb_choose keys the
+ * client by its address); hairpin: 8. and 9. below (IPv4 only).
  * IPv6 (ClusterIP from pods): the same maps and code, 16-byte addresses with the family field,
  * ICMPv6 port unreachable for 3. NodePort/LoadBalancer over IPv6: nodeport6.h. Not yet for IPv6:
  * hairpin.
@@ -54,6 +55,7 @@
 #include "conntrack.h"
 #include "unreach.h"
 #include "lb_maps.h"
+#include "lb_affinity.h"
 
 static __always_inline __u32 lb_hash(const struct ct_tuple *t)
 {
@@ -164,77 +166,6 @@ static __always_inline __u32 lb_select(const struct lb_service_value *svc, const
 	k.slot = lb_hash(&p->tuple) % svc->slots;
 	v = bpf_map_lookup_elem(&cilia_lb_slots, &k);
 	return v ? v->backend_id : 0;
-}
-
-/* Session affinity (sessionAffinity: ClientIP), Cilium's shape:
- * - cilia_lb_affinity (LRU, written by the datapath only): {client address, service id} →
- *   {backend id, time of the client's last new connection to the service}.
- * - cilia_lb_affinity_match (written by the agent): {backend id, service id} → {timeout in
- *   seconds}, one entry per backend of an affinity service that takes new connections.
- * 6. A new connection of a client with a live affinity entry (its last new connection to the
- *    service within the timeout) goes to that backend if {backend, service} is still in
- *    cilia_lb_affinity_match and the backend exists; otherwise (expired, removed from the
- *    service, terminating, gone) a backend is picked as usual and becomes the client's.
- * 7. Terminating backends are in neither the slots nor cilia_lb_affinity_match: they get no
- *    new connections, and keep their established ones (2.).
- */
-struct lb_affinity_key {
-	__u8 addr[16]; /* the client's address; IPv4: the first 4 bytes */
-	__u16 svc_id;
-	__u8 family;
-	__u8 pad;
-};
-_Static_assert(sizeof(struct lb_affinity_key) == 20, "lb_affinity_key size");
-
-struct lb_affinity {
-	__u64 last_used; /* bpf_ktime_get_ns() of the client's last new connection */
-	__u32 backend_id;
-	__u32 pad;
-};
-_Static_assert(sizeof(struct lb_affinity) == 16, "lb_affinity size");
-
-struct lb_affinity_match_key {
-	__u32 backend_id;
-	__u16 svc_id;
-	__u16 pad;
-};
-_Static_assert(sizeof(struct lb_affinity_match_key) == 8, "lb_affinity_match_key size");
-
-struct lb_affinity_match {
-	__u32 timeout_s;
-};
-_Static_assert(sizeof(struct lb_affinity_match) == 4, "lb_affinity_match size");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct lb_affinity_key);
-	__type(value, struct lb_affinity);
-	__uint(max_entries, 65536);
-} cilia_lb_affinity SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct lb_affinity_match_key);
-	__type(value, struct lb_affinity_match);
-	__uint(max_entries, 1 << 18);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} cilia_lb_affinity_match SEC(".maps");
-
-/* 6.: the client's backend by affinity, or 0. */
-static __always_inline __u32 lb_affinity_get(const struct lb_affinity_key *ak, __u64 now)
-{
-	struct lb_affinity_match_key mk = { .svc_id = ak->svc_id };
-	struct lb_affinity_match *m;
-	struct lb_affinity *a;
-
-	a = bpf_map_lookup_elem(&cilia_lb_affinity, ak);
-	if (!a)
-		return 0;
-	mk.backend_id = a->backend_id;
-	m = bpf_map_lookup_elem(&cilia_lb_affinity_match, &mk);
-	if (!m || now - a->last_used > (__u64)m->timeout_s * 1000000000ULL)
-		return 0;
-	return a->backend_id;
 }
 
 /* Picks the backend of a new connection: by affinity (6.), else by slot (lb_select). The

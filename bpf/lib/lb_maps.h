@@ -7,7 +7,7 @@
 
 #include "common.h"
 
-/* Session affinity (sessionAffinity: ClientIP): lb.h, 6. */
+/* Session affinity (sessionAffinity: ClientIP): lb_affinity.h, 6. */
 #define LB_SVC_F_AFFINITY (1 << 0)
 
 struct lb_service_key {

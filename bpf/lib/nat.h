@@ -42,6 +42,7 @@
 #include "parse.h"
 #include "ipcache.h"
 #include "metrics.h"
+#include "np_event.h"
 
 #define NAT_DIR_EGRESS 1
 #define NAT_DIR_INGRESS 2
@@ -194,29 +195,47 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct nat_p
 	return 0;
 }
 
+/* The destination half of an entry, applied to the packet (and to n). */
+static __always_inline int nat_apply_dst(struct __sk_buff *skb, struct nat_pkt *n,
+					 const struct nat_entry *e)
+{
+	int ret;
+
+	if (!e->daddr)
+		return 0;
+	ret = nat_rewrite(skb, n, 0, n->daddr, e->daddr, n->p.tuple.dport, e->dport);
+	if (ret)
+		return ret;
+	n->daddr = e->daddr;
+	n->p.tuple.dport = e->dport;
+	*(__be32 *)n->p.tuple.daddr = e->daddr;
+	return 0;
+}
+
+/* The source half of an entry, applied to the packet (and to n). */
+static __always_inline int nat_apply_src(struct __sk_buff *skb, struct nat_pkt *n,
+					 const struct nat_entry *e)
+{
+	int ret;
+
+	if (!e->saddr)
+		return 0;
+	ret = nat_rewrite(skb, n, 1, n->saddr, e->saddr, n->p.tuple.sport, e->sport);
+	if (ret)
+		return ret;
+	n->saddr = e->saddr;
+	n->p.tuple.sport = e->sport;
+	*(__be32 *)n->p.tuple.saddr = e->saddr;
+	return 0;
+}
+
 /* Applies an entry to the packet (and to n): destination first, then source. */
 static __always_inline int nat_apply(struct __sk_buff *skb, struct nat_pkt *n,
 				     const struct nat_entry *e)
 {
-	int ret;
+	int ret = nat_apply_dst(skb, n, e);
 
-	if (e->daddr) {
-		ret = nat_rewrite(skb, n, 0, n->daddr, e->daddr, n->p.tuple.dport, e->dport);
-		if (ret)
-			return ret;
-		n->daddr = e->daddr;
-		n->p.tuple.dport = e->dport;
-		*(__be32 *)n->p.tuple.daddr = e->daddr;
-	}
-	if (e->saddr) {
-		ret = nat_rewrite(skb, n, 1, n->saddr, e->saddr, n->p.tuple.sport, e->sport);
-		if (ret)
-			return ret;
-		n->saddr = e->saddr;
-		n->p.tuple.sport = e->sport;
-		*(__be32 *)n->p.tuple.saddr = e->saddr;
-	}
-	return 0;
+	return ret ? ret : nat_apply_src(skb, n, e);
 }
 
 static __always_inline __u32 nat_hash(const struct nat_key *k)

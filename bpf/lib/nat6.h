@@ -79,10 +79,10 @@ struct {
 	__uint(max_entries, 1);
 } cilia_np6_scratch SEC(".maps");
 
+/* nodeport.h 11.: counted and sent as an event (np_event.h); the service is not known here. */
 static __always_inline int np6_drop(struct __sk_buff *skb, int reason, __u8 dir)
 {
-	metrics_count(reason, dir, skb->len);
-	return TC_ACT_SHOT;
+	return np_event_drop(skb, reason, dir, 0);
 }
 
 static __always_inline void nat6_key_of(struct nat6_key *k, const struct ct_tuple *t, __u8 dir)
@@ -119,27 +119,45 @@ static __always_inline int nat6_in_pods(const struct nat6_cfg *cfg, const __u8 *
 	return 1;
 }
 
-/* nodeport6.h 6.: destination first, then source; the tuple follows the packet. */
-static __always_inline int nat6_apply(struct __sk_buff *skb, struct ct_tuple *t,
-				      const struct nat6_entry *e)
+/* nodeport6.h 6.: the destination half of an entry; the tuple follows the packet. */
+static __always_inline int nat6_apply_dst(struct __sk_buff *skb, struct ct_tuple *t,
+					  const struct nat6_entry *e)
 {
 	int ret;
 
-	if (!addr_zero16(e->daddr)) {
-		ret = lb6_rewrite(skb, 0, t->daddr, e->daddr, t->dport, e->dport, t->proto);
-		if (ret)
-			return ret;
-		addr_copy16(t->daddr, e->daddr);
-		t->dport = e->dport;
-	}
-	if (!addr_zero16(e->saddr)) {
-		ret = lb6_rewrite(skb, 1, t->saddr, e->saddr, t->sport, e->sport, t->proto);
-		if (ret)
-			return ret;
-		addr_copy16(t->saddr, e->saddr);
-		t->sport = e->sport;
-	}
+	if (addr_zero16(e->daddr))
+		return 0;
+	ret = lb6_rewrite(skb, 0, t->daddr, e->daddr, t->dport, e->dport, t->proto);
+	if (ret)
+		return ret;
+	addr_copy16(t->daddr, e->daddr);
+	t->dport = e->dport;
 	return 0;
+}
+
+/* The source half. */
+static __always_inline int nat6_apply_src(struct __sk_buff *skb, struct ct_tuple *t,
+					  const struct nat6_entry *e)
+{
+	int ret;
+
+	if (addr_zero16(e->saddr))
+		return 0;
+	ret = lb6_rewrite(skb, 1, t->saddr, e->saddr, t->sport, e->sport, t->proto);
+	if (ret)
+		return ret;
+	addr_copy16(t->saddr, e->saddr);
+	t->sport = e->sport;
+	return 0;
+}
+
+/* Destination first, then source. */
+static __always_inline int nat6_apply(struct __sk_buff *skb, struct ct_tuple *t,
+				      const struct nat6_entry *e)
+{
+	int ret = nat6_apply_dst(skb, t, e);
+
+	return ret ? ret : nat6_apply_src(skb, t, e);
 }
 
 /* nodeport6.h 2.: inserts rv at rk = {B:b → node6:?} for a free port (nat.h 3.); the port or
@@ -160,7 +178,7 @@ static __always_inline __be16 nat6_alloc(struct nat6_key *rk, const struct nat6_
 }
 
 /* nodeport6.h 2.: the packet goes to its (new) destination by the FIB's next hop. */
-static __always_inline int np6_redirect(struct __sk_buff *skb, struct np6_scratch *w)
+static __always_inline int np6_redirect(struct __sk_buff *skb, struct np6_scratch *w, __u32 svc)
 {
 	struct bpf_fib_lookup *f = &w->f;
 	int r;
@@ -177,10 +195,10 @@ static __always_inline int np6_redirect(struct __sk_buff *skb, struct np6_scratc
 	if (r == BPF_FIB_LKUP_RET_SUCCESS) {
 		if (bpf_skb_store_bytes(skb, 0, f->dmac, 6, 0) < 0 ||
 		    bpf_skb_store_bytes(skb, 6, f->smac, 6, 0) < 0)
-			return np6_drop(skb, DROP_WRITE_ERROR, DIR_INGRESS);
+			return np_event_drop(skb, DROP_WRITE_ERROR, DIR_INGRESS, svc);
 		return bpf_redirect(f->ifindex, 0);
 	}
 	if (r == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return bpf_redirect_neigh(f->ifindex, 0, 0, 0);
-	return np6_drop(skb, DROP_NO_FIB, DIR_INGRESS);
+	return np_event_drop(skb, DROP_NO_FIB, DIR_INGRESS, svc);
 }

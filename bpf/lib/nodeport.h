@@ -46,6 +46,17 @@
  *    DSR backend's reply to a pod on another node, NP_LOCAL). TCP and UDP without such an entry
  *    pass after that one lookup, without parsing, the proxy check or the ipcache; the rest takes
  *    the pipeline below. The mark is cleared either way.
+ * 11. Events (np_event.h; issue #13's "why was this dropped"): every drop of both hooks is
+ *    counted and sent as a drop event (ep_id 0, the hook's direction, identities from the
+ *    ipcache); a drop of a new connection to a frontend names its service and the frontend's
+ *    port (DROP_NO_SERVICE for a frontend without backends, with the packet as it came). The
+ *    first packet of each new NodePort/LoadBalancer connection (np_new() created its entry) sends
+ *    one trace (TRACE_FROM_NETWORK) with the service and that port, captured after the
+ *    destination was translated and before a remote backend's SNAT, so it reads "client →
+ *    backend": a local backend, a remote one (3.) and a DSR one (6., before the option) alike.
+ *    Nothing else sends: established NodePort packets, masquerade and native pod traffic (7.,
+ *    10.) do no event work, and a connection whose backend went away (4.) sends a new trace
+ *    when it picks again.
  */
 #pragma once
 
@@ -63,14 +74,15 @@
 /* 7.: the largest identity skb->mark carries (tunnel.h, 4.: 24 bits) */
 #define NP_MARK_IDENTITY_MAX 0xffffff
 
+/* 11.: every drop here is counted and sent as an event (np_event.h), with the service when
+ * known (svc: NP_SVC(id, frontend port), else 0). */
 static __always_inline int np_drop(struct __sk_buff *skb, int reason, __u8 dir)
 {
-	metrics_count(reason, dir, skb->len);
-	return TC_ACT_SHOT;
+	return np_event_drop(skb, reason, dir, 0);
 }
 
-/* 3.: sends the packet towards its (new) destination with the FIB's next hop. */
-static __always_inline int np_redirect(struct __sk_buff *skb, const struct nat_pkt *n)
+/* 3.: sends the packet towards its (new) destination with the FIB's next hop. svc: 11. */
+static __always_inline int np_redirect(struct __sk_buff *skb, const struct nat_pkt *n, __u32 svc)
 {
 	struct bpf_fib_lookup f = {};
 	int r;
@@ -86,12 +98,12 @@ static __always_inline int np_redirect(struct __sk_buff *skb, const struct nat_p
 	if (r == BPF_FIB_LKUP_RET_SUCCESS) {
 		if (bpf_skb_store_bytes(skb, 0, f.dmac, 6, 0) < 0 ||
 		    bpf_skb_store_bytes(skb, 6, f.smac, 6, 0) < 0)
-			return np_drop(skb, DROP_WRITE_ERROR, DIR_INGRESS);
+			return np_event_drop(skb, DROP_WRITE_ERROR, DIR_INGRESS, svc);
 		return bpf_redirect(f.ifindex, 0);
 	}
 	if (r == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return bpf_redirect_neigh(f.ifindex, 0, 0, 0);
-	return np_drop(skb, DROP_NO_FIB, DIR_INGRESS);
+	return np_event_drop(skb, DROP_NO_FIB, DIR_INGRESS, svc);
 }
 
 /* 8.: an unfragmented IPv4 UDP packet to the tunnel port, from (egress) or to (ingress) us. */
@@ -121,9 +133,10 @@ static __always_inline int np_backend_alive(const struct nat_entry *e)
 	return bpf_map_lookup_elem(&cilia_lb_backends, &bk) != 0;
 }
 
-/* A new connection to an external frontend: 1 if it was translated, 0 if it is none, or -DROP. */
+/* A new connection to an external frontend: 1 if it was translated, 0 if it is none, or -DROP.
+ * *svc_id: the frontend's service once it is one (11.). */
 static __always_inline int np_new(struct __sk_buff *skb, const struct nat_cfg *cfg,
-				  struct nat_pkt *n, struct nat_entry *fwd)
+				  struct nat_pkt *n, struct nat_entry *fwd, __u32 *svc_id)
 {
 	struct lb_service_key sk = { .port = n->p.tuple.dport, .proto = n->p.tuple.proto,
 				     .family = FAMILY_IPV4 };
@@ -139,6 +152,7 @@ static __always_inline int np_new(struct __sk_buff *skb, const struct nat_cfg *c
 	svc = bpf_map_lookup_elem(&cilia_lb_services, &sk);
 	if (!svc || !(svc->flags & LB_SVC_F_EXTERNAL))
 		return 0; /* 1. */
+	*svc_id = svc->svc_id;
 	bk.backend_id = lb_select(svc, &n->p);
 	be = bk.backend_id ? bpf_map_lookup_elem(&cilia_lb_backends, &bk) : 0;
 	if (!be)
@@ -192,7 +206,7 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb)
 	struct nat_key k;
 	__be32 fe_addr;
 	__be16 fe_port;
-	__u32 src_id;
+	__u32 src_id, svc_id = 0, svc = 0;
 	int ret, created = 0;
 
 	if (cfg && skb->protocol == bpf_htons(ETH_P_IPV6) &&
@@ -226,14 +240,16 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb)
 	if (!e) {
 		if (!(cfg->flags & NAT_CFG_F_NODEPORT))
 			return TC_ACT_OK;
-		ret = np_new(skb, cfg, &n, &fresh);
+		ret = np_new(skb, cfg, &n, &fresh, &svc_id);
+		if (ret != 0)
+			svc = NP_SVC(svc_id, bpf_ntohs(n.p.tuple.dport)); /* 11. */
 		if (ret == -DROP_NO_SERVICE) { /* 4. */
-			np_drop(skb, DROP_NO_SERVICE, DIR_INGRESS);
+			np_event_drop(skb, DROP_NO_SERVICE, DIR_INGRESS, svc);
 			ret = unreach_build(skb);
 			return ret ? TC_ACT_SHOT : bpf_redirect(skb->ifindex, 0);
 		}
 		if (ret < 0)
-			return np_drop(skb, -ret, DIR_INGRESS);
+			return np_event_drop(skb, -ret, DIR_INGRESS, svc);
 		if (ret == 0)
 			return TC_ACT_OK;
 		e = &fresh;
@@ -241,12 +257,20 @@ static __always_inline int netdev_ingress(struct __sk_buff *skb)
 	}
 	fe_addr = n.daddr;
 	fe_port = n.p.tuple.dport;
-	ret = nat_apply(skb, &n, e);
+	if (created) { /* 11.: the trace shows client → backend, before a remote backend's SNAT */
+		ret = nat_apply_dst(skb, &n, e);
+		if (!ret)
+			np_event_new(skb, svc);
+		if (!ret)
+			ret = nat_apply_src(skb, &n, e);
+	} else {
+		ret = nat_apply(skb, &n, e);
+	}
 	if (!ret && (e->flags & NAT_F_DSR) && (created || (n.p.tcp_flags & TCP_SYN)))
 		ret = dsr_add_opt(skb, fe_addr, fe_port); /* 6. */
 	if (ret)
-		return np_drop(skb, ret, DIR_INGRESS);
-	return (e->flags & NAT_F_REDIRECT) ? np_redirect(skb, &n) : TC_ACT_OK;
+		return np_event_drop(skb, ret, DIR_INGRESS, svc);
+	return (e->flags & NAT_F_REDIRECT) ? np_redirect(skb, &n, svc) : TC_ACT_OK;
 }
 
 /* 10.: 1 when a packet vxlan_send_endpoint() marked has no egress entry of cilia_snat (TCP or

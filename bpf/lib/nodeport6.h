@@ -35,6 +35,10 @@
  * 7. An ICMPv6 error about a translated flow is translated with the flow's entry (nat_icmp6.h):
  *    a local or DSR backend's error leaves with the frontend in it (egress, NP_LOCAL), a remote
  *    SNAT backend's error reaches the client (ingress, NP_REV).
+ * 8. Events as nodeport.h's (11.): every drop here is a drop event; a new connection's drop
+ *    names its service and frontend port; its first packet sends one trace after the
+ *    destination's translation, before a remote backend's SNAT or, with DSR, before the
+ *    Destination Options header (so the 64 captured bytes still hold the ports).
  */
 #pragma once
 
@@ -44,9 +48,9 @@
 #include "nat_icmp6.h"
 
 /* A new connection to an external IPv6 frontend: 1 if w->fwd is its new entry, 0 if the
- * destination is no frontend, or -DROP_*. */
+ * destination is no frontend, or -DROP_*. *svc_id: the frontend's service once it is one. */
 static __always_inline int np6_new(const struct nat6_cfg *cfg, struct np6_scratch *w, int exthdr,
-				   __u16 nat_flags)
+				   __u16 nat_flags, __u32 *svc_id)
 {
 	struct lb_service_key sk = { .port = w->p.tuple.dport, .proto = w->p.tuple.proto,
 				     .family = FAMILY_IPV6 };
@@ -60,6 +64,7 @@ static __always_inline int np6_new(const struct nat6_cfg *cfg, struct np6_scratc
 	svc = bpf_map_lookup_elem(&cilia_lb_services, &sk);
 	if (!svc || !(svc->flags & LB_SVC_F_EXTERNAL))
 		return 0; /* 1. */
+	*svc_id = svc->svc_id;
 	if (exthdr)
 		return -DROP_INVALID_EXTHDR; /* 4. */
 	bk.backend_id = lb_select(svc, &w->p);
@@ -164,6 +169,7 @@ static __always_inline int nodeport6_ingress(struct __sk_buff *skb, __u16 nat_fl
 	struct nat6_entry *e;
 	struct nat6_cfg *cfg;
 	int exthdr = 0, ret, created = 0;
+	__u32 svc_id = 0, svc = 0;
 
 	ret = np6_parse(skb, &w, &cfg, &exthdr, NAT_DIR_INGRESS);
 	if (ret == NP6_ICMP_ERROR) { /* 7. */
@@ -171,7 +177,7 @@ static __always_inline int nodeport6_ingress(struct __sk_buff *skb, __u16 nat_fl
 		if (!e)
 			return NP6_CONTINUE;
 		ret = nat6_icmp_rewrite(skb, w, e);
-		return ret ? np6_drop(skb, ret, DIR_INGRESS) : np6_redirect(skb, w);
+		return ret ? np6_drop(skb, ret, DIR_INGRESS) : np6_redirect(skb, w, 0);
 	}
 	if (ret)
 		return NP6_CONTINUE;
@@ -189,13 +195,15 @@ static __always_inline int nodeport6_ingress(struct __sk_buff *skb, __u16 nat_fl
 	if (!e) {
 		if (!(nat_flags & NAT_CFG_F_NODEPORT))
 			return NP6_CONTINUE;
-		ret = np6_new(cfg, w, exthdr, nat_flags);
+		ret = np6_new(cfg, w, exthdr, nat_flags, &svc_id);
+		if (ret != 0)
+			svc = NP_SVC(svc_id, bpf_ntohs(w->p.tuple.dport)); /* 8. */
 		if (ret == -DROP_NO_SERVICE) { /* 3. */
-			np6_drop(skb, DROP_NO_SERVICE, DIR_INGRESS);
+			np_event_drop(skb, DROP_NO_SERVICE, DIR_INGRESS, svc);
 			return unreach6_build(skb) ? TC_ACT_SHOT : bpf_redirect(skb->ifindex, 0);
 		}
 		if (ret < 0)
-			return np6_drop(skb, -ret, DIR_INGRESS);
+			return np_event_drop(skb, -ret, DIR_INGRESS, svc);
 		if (ret == 0)
 			return NP6_CONTINUE;
 		e = &w->fwd;
@@ -205,21 +213,29 @@ static __always_inline int nodeport6_ingress(struct __sk_buff *skb, __u16 nat_fl
 		if (dsr6_too_big(skb, &w->mtu)) { /* dsr6.h 2. */
 			if (created)
 				bpf_map_delete_elem(&cilia_snat6, &w->k);
-			np6_drop(skb, DROP_FRAG_NEEDED, DIR_INGRESS);
+			np_event_drop(skb, DROP_FRAG_NEEDED, DIR_INGRESS, svc);
 			return icmp6_error_build(skb, 2, 0, w->mtu - DSR6_EXT_LEN) ?
 				       TC_ACT_SHOT :
 				       bpf_redirect(skb->ifindex, 0);
 		}
 		dsr6_ext_of(w->ext, w->p.tuple.daddr, w->p.tuple.dport);
 		ret = nat6_apply(skb, &w->p.tuple, e);
+		if (!ret && created) /* 8.: before the header, so the capture shows the ports */
+			np_event_new(skb, svc);
 		if (!ret)
 			ret = dsr6_add_ext(skb, w->ext);
+	} else if (created) { /* 8.: client → backend, before a remote backend's SNAT */
+		ret = nat6_apply_dst(skb, &w->p.tuple, e);
+		if (!ret)
+			np_event_new(skb, svc);
+		if (!ret)
+			ret = nat6_apply_src(skb, &w->p.tuple, e);
 	} else {
 		ret = nat6_apply(skb, &w->p.tuple, e);
 	}
 	if (ret)
-		return np6_drop(skb, ret, DIR_INGRESS);
-	return (e->flags & NAT_F_REDIRECT) ? np6_redirect(skb, w) : TC_ACT_OK;
+		return np_event_drop(skb, ret, DIR_INGRESS, svc);
+	return (e->flags & NAT_F_REDIRECT) ? np6_redirect(skb, w, svc) : TC_ACT_OK;
 }
 
 /* tc egress of the underlay device, IPv6: a local backend's reply gets the frontend (NP_LOCAL);

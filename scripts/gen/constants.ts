@@ -100,6 +100,11 @@ export const CONSTANTS: readonly ConstantGroup[] = [
         3,
         "the socket LB translated a connect/sendmsg to a service (sock.c; no packet)",
       ],
+      [
+        "TRACE_FROM_NETWORK",
+        4,
+        "a new NodePort/LoadBalancer connection at the underlay's ingress, translated (np_event.h)",
+      ],
     ],
   },
   {

@@ -3,7 +3,8 @@
 // /sys so the agent, which `ip netns exec` gives a fresh /sys, can attach to it; commands run
 // inside the cgroup; the C client (_sock_peer.c) built with clang; and iptables OUTPUT counters in
 // a pod, which count what the pod's own stack sends (the socket's destination, before any tc
-// program): the wire as the client writes it. Needs root.
+// program): the wire as the client writes it; the node's session-affinity entries read (and
+// aged) through bpftool, and a netns's cookie. Needs root.
 import { execCommand } from "../../agent/sys/exec.ts";
 import type { CiliaNode, TestPod } from "../cni/_fixture.ts";
 
@@ -160,4 +161,75 @@ export async function startSockBackends(
     );
   }
   return b as [TestPod, TestPod];
+}
+
+const hexBytes = (hex: string[]) => Uint8Array.from(hex.map((h) => parseInt(h, 16)));
+
+/** A pinned map's entries as raw key and value bytes (`bpftool -j map dump`). */
+export async function dumpMap(path: string): Promise<{ key: Uint8Array; value: Uint8Array }[]> {
+  const rows = JSON.parse(await run(["bpftool", "-j", "map", "dump", "pinned", path])) as {
+    key: string[];
+    value: string[];
+  }[];
+  return rows.map((r) => ({ key: hexBytes(r.key), value: hexBytes(r.value) }));
+}
+
+/** lib/lb_affinity.h's LB_AFFINITY_NETNS: the key's family of a socket LB client. */
+export const AFFINITY_NETNS = 0xff;
+
+/** One cilia_lb_affinity entry (bpf/lib/lb_affinity.h's lb_affinity_key → lb_affinity). */
+export interface AffinityEntry {
+  key: Uint8Array;
+  /** The netns cookie (family AFFINITY_NETNS), else undefined. */
+  netns?: bigint;
+  family: number;
+  svcId: number;
+  backendId: number;
+  lastUsed: bigint;
+}
+
+/** The node's session-affinity entries (<bpffs>/maps/cilia_lb_affinity). */
+export async function affinityEntries(bpffs: string): Promise<AffinityEntry[]> {
+  return (await dumpMap(`${bpffs}/maps/cilia_lb_affinity`)).map(({ key, value }) => {
+    const k = new DataView(key.buffer), v = new DataView(value.buffer);
+    const family = key[18]!;
+    return {
+      key,
+      family,
+      svcId: k.getUint16(16, true),
+      backendId: v.getUint32(8, true),
+      lastUsed: v.getBigUint64(0, true),
+      ...(family === AFFINITY_NETNS ? { netns: k.getBigUint64(0, true) } : {}),
+    };
+  });
+}
+
+/** Writes an affinity entry as the datapath would (a test ages or redirects one). */
+export async function writeAffinity(
+  bpffs: string,
+  e: { key: Uint8Array; backendId: number; lastUsed: bigint },
+): Promise<void> {
+  const value = new Uint8Array(16), v = new DataView(value.buffer);
+  v.setBigUint64(0, e.lastUsed, true);
+  v.setUint32(8, e.backendId, true);
+  const hex = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, "0"));
+  await run(["bpftool", "map", "update", "pinned", `${bpffs}/maps/cilia_lb_affinity`, "key", "hex"]
+    .concat(hex(e.key), ["value", "hex"], hex(value)));
+}
+
+/** The IPv4 backends' ids by address, of one protocol (<bpffs>/maps/cilia_lb_backends). */
+export async function backendIds(bpffs: string, proto = 6): Promise<Map<string, number>> {
+  const ids = new Map<string, number>();
+  for (const { key, value } of await dumpMap(`${bpffs}/maps/cilia_lb_backends`)) {
+    if (value[19] !== 4 || value[18] !== proto) continue; // lb_backend.family, .proto
+    ids.set([...value.subarray(0, 4)].join("."), new DataView(key.buffer).getUint32(0, true));
+  }
+  return ids;
+}
+
+/** The cookie of netns (SO_NETNS_COOKIE, what bpf_get_netns_cookie gives its sockets). */
+export async function netnsCookie(netns: string): Promise<bigint> {
+  const py = "import socket; s = socket.socket(); " +
+    'print(int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 71, 8), "little"))';
+  return BigInt((await run(["ip", "netns", "exec", netns, "python3", "-c", py])).trim());
 }
