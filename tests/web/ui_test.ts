@@ -3,7 +3,7 @@
 // the bridge is read-only, live mode loads the agent's endpoints and policies read-only, the
 // service map draws the observed workloads, replay in the browser lists what the CLI's
 // replayTraffic() lists, and "Suggest from traffic" fills a draft whose tests pass.
-// Screenshots: .cache/screenshots/ui-*.png.
+// Screenshots: .cache/screenshots/ui-*.png (ui-live-flows.png: the live flow table).
 
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
@@ -33,6 +33,14 @@ async function lab(): Promise<TestAgent> {
     ids[name] = { id: n, identity: r.body.identity };
   }
   assert.equal((await a.call("PUT", "/v1/policy", THREE_TIER)).status, 200);
+  // The frontend reaches the backend through a ClusterIP service (the live table's SERVICE column).
+  const svc = await a.call("PUT", "/v1/service", {
+    name: "default/backend",
+    frontend: { ip: "10.96.0.10", port: 80, protocol: "TCP" },
+    backends: [{ ip: IPS.backend, port: 8080 }],
+  });
+  assert.equal(svc.status, 201, JSON.stringify(svc.body));
+  const svcId = (svc.body as { id: number }).id;
   const send = (from: string, to: string, dport: number, drop = 0) => {
     for (const direction of ["egress", "ingress"] as const) {
       const self = direction === "egress" ? from : to;
@@ -45,6 +53,8 @@ async function lab(): Promise<TestAgent> {
         srcIdentity: ids[from]!.identity,
         dstIdentity: ids[to]!.identity,
         dport,
+        // At the client's veth, a packet to the backend's 8080 went through the service (lb.h).
+        svcId: direction === "egress" && dport === 8080 ? svcId : 0,
         data: frame(IPS[from as keyof typeof IPS], IPS[to as keyof typeof IPS], {
           proto: 6,
           sport: 40000,
@@ -131,9 +141,26 @@ Deno.test("cilia ui: token required, read-only bridge, live mode, service map, r
         "default/frontend -> default/backend",
       ]);
       assert.ok((await page.locator("[data-testid=live-flows] tbody tr").count()) >= 6);
+      const heads = await page.$$eval(
+        "[data-testid=live-flows] th",
+        (els) => els.map((e) => e.textContent),
+      );
+      const col = heads.indexOf("SERVICE");
+      assert.ok(col > 0, `a SERVICE column: ${heads}`);
+      const cells = await page.$$eval(
+        "[data-testid=live-flows] tbody tr",
+        (trs, i) => trs.map((tr) => tr.children[i as number]?.textContent ?? ""),
+        col,
+      );
+      assert.equal(
+        cells.filter((c) => c === "default/backend 10.96.0.10:80/TCP").length,
+        1,
+        `one flow through the service (the frontend's egress to 8080): ${JSON.stringify(cells)}`,
+      );
       await page.locator("[data-edge='default/frontend -> default/backend'] circle").click();
       await page.waitForSelector("[data-testid=live-edge] li");
       await page.screenshot({ path: `${SHOTS}/ui-live.png`, fullPage: true });
+      await page.getByTestId("live-flows").screenshot({ path: `${SHOTS}/ui-live-flows.png` });
     });
 
     await t.step("replay in the browser lists what the CLI's replay lists", async () => {
