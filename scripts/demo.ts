@@ -2,7 +2,8 @@
 // and removes. Checks the machine, builds a node with its own bpffs, starts bin/cilia-agent in it
 // (Deno KV), adds labelled pods through bin/cilia-cni, imports examples/policies/three-tier.yaml
 // with bin/cilia, sends allowed and denied traffic (TCP connects, pings, an external host on
-// 203.0.113.0/24) and reports each verdict with the datapath's drop reason and identities. Then it
+// 203.0.113.0/24) and reports each verdict with the datapath's drop reason and identities; then the
+// L7 scene, the DNS scene (demo/_dns.ts) and the services scene (demo/_services.ts). Then it
 // prints live drop events until Ctrl-C (with --once it stops after the report, exit 1 when a
 // verdict was not the expected one) and removes everything it made, also after errors.
 import { parseArgs } from "node:util";
@@ -31,6 +32,7 @@ import {
 } from "./demo/_traffic.ts";
 import { runMultinode } from "./demo/_multinode.ts";
 import { dnsScene } from "./demo/_dns.ts";
+import { servicesScene } from "./demo/_services.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const POLICY = "examples/policies/three-tier.yaml";
@@ -294,7 +296,7 @@ async function run(lab: DemoLab, once: boolean, stopped: Promise<void>, check: (
   try {
     const n = await names(lab);
     const wrong = await traffic(lab, log, n, check) + await l7(lab, check) +
-      await dnsScene(lab, check);
+      await dnsScene(lab, check) + await servicesScene(lab, check);
     await lab.closePeers("client"); // denied connects would keep retrying their SYNs
     if (once) return wrong === 0 ? 0 : 1;
     await live(lab, log, n, stopped);

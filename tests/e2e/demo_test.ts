@@ -1,7 +1,8 @@
 // `deno task demo --once`, as README command 1 runs it: the report shows every flow with the
 // verdict the policy gives it (drops with reason and identities), it exits 0, and it leaves no
-// namespace, mount, file or process behind. The demo's policy file and the scenario that
-// `cilia policy test` runs hold the same documents. The demo itself needs root.
+// namespace, mount, file or process behind; its services scene balances 16 connections over two
+// backends and `observe` shows the service next to each. The demo's policy file and the scenario
+// that `cilia policy test` runs hold the same documents. The demo itself needs root.
 import assert from "node:assert/strict";
 import { parse as parseYaml, parseAllDocuments } from "yaml";
 import { needsRoot } from "../helpers/root.ts";
@@ -54,6 +55,10 @@ Deno.test({
       /dns-client → DNS +A api\.example\.com +NOERROR 203\.0\.113\.10/,
       /dns-client → DNS +A www\.other\.net +REFUSED/,
       /dns-client → api\.example\.com TCP 80 \(by name\) +allowed \(203\.0\.113\.10\)/,
+      /policy {5}bin\/cilia policy import examples\/policies\/web-service\.yaml: Imported 1 policy/,
+      /service {4}bin\/cilia service create --frontend 10\.96\.0\.10:80\/TCP --name default\/web --backends 10\.200\.0\.\d+:8080,10\.200\.0\.\d+:8080/,
+      /frontend → 10\.96\.0\.10:80 +HTTP, 16 connections +web-1 ×([1-9]|1[0-5]), web-2 ×([1-9]|1[0-5]) /,
+      /default\/frontend:\d+ \(app=frontend, ID:\d+\) -> default\/web-[12]:8080 \(app=web, ID:\d+\) via service default\/web 10\.96\.0\.10:80\/TCP trace EGRESS FORWARDED .* allowed by CiliumNetworkPolicy default\/frontend-to-web/,
       /removed everything the demo made/,
     ]
   ) assert.match(out, line);
