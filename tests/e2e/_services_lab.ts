@@ -42,12 +42,14 @@ export function denoIn(
 }
 
 /**
- * Script text the client scripts start with: `within(p, ms)` (rejects after ms) and `ask(c)`
- * (writes one byte to the TCP connection c, resolves with the line it answers, trimmed).
+ * Script text the client scripts start with: `within(p, ms)` (rejects after ms, and 250 ms more:
+ * a client process the loaded machine did not run for ms sees its timer and its finished I/O
+ * together when it runs again, and the grace lets the I/O win) and `ask(c)` (writes one byte to
+ * the TCP connection c, resolves with the line it answers, trimmed).
  */
 export const CLIENT_LIB = `
 const enc = new TextEncoder(), dec = new TextDecoder();
-const within = (p, t) => { p.catch(() => {}); let id; return Promise.race([p, new Promise((_, r) => { id = setTimeout(() => r(new Error("timeout")), t); })]).finally(() => clearTimeout(id)); };
+const within = (p, t) => { p.catch(() => {}); let id; return Promise.race([p, new Promise((_, r) => { id = setTimeout(() => { id = setTimeout(() => r(new Error("timeout")), 250); }, t); })]).finally(() => clearTimeout(id)); };
 async function ask(c) {
   await c.write(enc.encode("x"));
   let s = ""; const buf = new Uint8Array(64);
