@@ -57,6 +57,46 @@ async function throughput(p: Path, seconds: number): Promise<number> {
   return j.end.sum_received.bits_per_second / 1e9;
 }
 
+/**
+ * run_time_ns and run_cnt of every loaded program named cil_*, summed by name (both nodes' and
+ * both clusters' copies: only the measured path's run while it is measured), or undefined with
+ * kernel.bpf_stats_enabled=0 (a machine-wide switch the bench leaves as it is).
+ */
+async function bpfStats(): Promise<Map<string, { ns: number; runs: number }> | undefined> {
+  const on = await Deno.readTextFile("/proc/sys/kernel/bpf_stats_enabled").catch(() => "0");
+  if (on.trim() !== "1") return undefined;
+  const o = await new Deno.Command("bpftool", { args: ["-j", "prog", "show"], stderr: "null" })
+    .output();
+  const progs = JSON.parse(new TextDecoder().decode(o.stdout)) as {
+    name?: string;
+    run_time_ns?: number;
+    run_cnt?: number;
+  }[];
+  const out = new Map<string, { ns: number; runs: number }>();
+  for (const p of progs) {
+    if (!p.name?.startsWith("cil_") || p.run_time_ns === undefined) continue;
+    const t = out.get(p.name) ?? { ns: 0, runs: 0 };
+    out.set(p.name, { ns: t.ns + p.run_time_ns, runs: t.runs + (p.run_cnt ?? 0) });
+  }
+  return out;
+}
+
+/** Per program: ns and runs per round trip between two bpfStats() snapshots. */
+export type ProgCost = Map<string, { ns: number; runs: number }>;
+function perRoundTrip(
+  a: Map<string, { ns: number; runs: number }>,
+  b: Map<string, { ns: number; runs: number }>,
+  roundTrips: number,
+): ProgCost {
+  const out: ProgCost = new Map();
+  for (const [name, t] of b) {
+    const f = a.get(name) ?? { ns: 0, runs: 0 };
+    if (t.runs === f.runs) continue;
+    out.set(name, { ns: (t.ns - f.ns) / roundTrips, runs: (t.runs - f.runs) / roundTrips });
+  }
+  return out;
+}
+
 async function requestResponse(p: Path, seconds: number): Promise<number> {
   const out = await p.lab.run(p.client, [
     ...["taskset", "-c", String(CPU.rr), ...RR_PRIO],
@@ -79,13 +119,24 @@ export async function measureRounds(
   targeted: Path[],
 ) {
   const per = () => paths.map((): number[] => []);
-  const out = { gbps: per(), rr: per(), gbpsRatio: per(), rrRatio: per() };
+  const out = {
+    gbps: per(),
+    rr: per(),
+    gbpsRatio: per(),
+    rrRatio: per(),
+    /** Per path and round, with kernel.bpf_stats_enabled=1: cilia's programs per round trip. */
+    progs: paths.map((): ProgCost[] => []),
+  };
   const measure = async (i: number, round: number): Promise<[number, number]> => {
     const p = paths[i]!;
     await p.around?.(true);
     try {
       out.gbps[i]!.push(await throughput(p, o.seconds));
-      out.rr[i]!.push(await requestResponse(p, o.rrSeconds));
+      const before = await bpfStats();
+      const rr = await requestResponse(p, o.rrSeconds);
+      const after = before && await bpfStats();
+      out.rr[i]!.push(rr);
+      if (before && after) out.progs[i]!.push(perRoundTrip(before, after, rr * o.rrSeconds));
     } finally {
       await p.around?.(false);
     }

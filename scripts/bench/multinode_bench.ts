@@ -11,8 +11,10 @@
 // SCHED_FIFO. Then the time from a pod's CNI ADD on node 1 until node 2 enforces policy for it:
 // its IP with its identity in node 2's kernel ipcache and node 2's server policy entries for that
 // identity (both read from the pinned maps through node 2's API), p50/p99 over 50 pods with new
-// labels. Targets: native ≥ 0.9×
-// bare, tunnel ≥ 0.8× bare, remote policy in force < 1 s p99. Needs root, etcd and iperf3.
+// labels. Targets: native ≥ 0.9× bare, tunnel ≥ 0.8× bare, remote policy in force < 1 s p99.
+// With kernel.bpf_stats_enabled=1 (a machine-wide switch the bench leaves as it is) it also prints
+// the time each of cilia's programs ran per RR round trip, both nodes together: a change to the
+// datapath too small for the RR ratio's run-to-run noise shows there. Needs root, etcd and iperf3.
 // Progress on stderr, the table on stdout; the labs are removed.
 import { parseArgs } from "node:util";
 import { Cluster, type ClusterNode } from "../../tests/helpers/cluster.ts";
@@ -23,6 +25,7 @@ import {
   measureRounds,
   median,
   type Path,
+  type ProgCost,
   RR_PORT,
   startServers,
 } from "./_multinode_rounds.ts";
@@ -218,6 +221,34 @@ function verdicts(rows: Row[]): string[] {
   });
 }
 
+/**
+ * cilia's programs per RR round trip (kernel.bpf_stats_enabled=1; medians over the rounds): the
+ * figure to compare when a change to the datapath is too small for the RR ratio's noise.
+ */
+function progCosts(names: string[], progs: ProgCost[][]): string {
+  const lines: string[] = [];
+  names.forEach((name, i) => {
+    const rounds = progs[i] ?? [];
+    // Programs that ran for this path's packets (not a stray ARP or health probe meanwhile).
+    const progNames = [...new Set(rounds.flatMap((r) => [...r.keys()]))].sort().filter((n) =>
+      median(rounds.map((r) => r.get(n)?.runs ?? 0)) >= 0.5
+    );
+    if (progNames.length === 0) return;
+    const cell = (n: string) => {
+      const ns = median(rounds.map((r) => r.get(n)?.ns ?? 0));
+      const runs = median(rounds.map((r) => r.get(n)?.runs ?? 0));
+      return `${n} ${(ns / 1000).toFixed(2)} µs (${runs.toFixed(1)} runs)`;
+    };
+    const total = median(rounds.map((r) => progNames.reduce((a, n) => a + (r.get(n)?.ns ?? 0), 0)));
+    lines.push(`  ${name}: ${(total / 1000).toFixed(2)} µs: ${progNames.map(cell).join(", ")}`);
+  });
+  return lines.length === 0
+    ? "\n(cilia's program time per round trip: enable kernel.bpf_stats_enabled=1 to see it)"
+    : `\ncilia's programs per RR round trip, both nodes (bpf_stats, medians of the rounds):\n${
+      lines.join("\n")
+    }`;
+}
+
 export async function main(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
@@ -268,6 +299,7 @@ export async function main(args: string[]): Promise<void> {
     console.log(table(rows));
     console.log();
     for (const v of verdicts(rows)) console.log(v);
+    console.log(progCosts(paths.map((p) => p.name), samples.progs));
     const ms = (xs: number[]) =>
       `p50 ${Math.round(pct(xs, 50))} ms, p99 ${Math.round(pct(xs, 99))} ms`;
     const judge = (xs: number[]) =>
