@@ -73,6 +73,13 @@ export const LAYOUTS = {
     ["mac", 28, "bytes", 6],
     ["host_mac", 34, "bytes", 6],
   ]),
+  // cilia_lxc_ipv4's value (bpf/lib/endpoint.h); its key is the endpoint's IPv4 address, 4 bytes
+  // in network order.
+  lxcIpv4Info: layout("lxc_ipv4_info", 16, [
+    ["ifindex", 0, "u32"],
+    ["mac", 4, "bytes", 6],
+    ["host_mac", 10, "bytes", 6],
+  ]),
   policyKey: layout("policy_key", 16, [
     ["prefixlen", 0, "u32"],
     ["ep_id", 4, "u16"],

@@ -135,6 +135,30 @@ export function endpointValue(ep: EndpointEntry): Uint8Array {
   });
 }
 
+/**
+ * The cilia_lxc_ipv4 entry (bpf/lib/endpoint.h) of an endpoint-map value on veth `ifindex`: its
+ * IPv4 address to the veth and both MACs; undefined without an address or either MAC (the
+ * receive path asks the FIB then, bpf/lib/tunnel.h 5.).
+ */
+export function lxcIpv4Entry(
+  ifindex: number,
+  info: Uint8Array,
+): { key: Uint8Array; value: Uint8Array } | undefined {
+  const v = decode(LAYOUTS.endpointInfo, info);
+  const ipv4 = v.ipv4 as Uint8Array, mac = v.mac as Uint8Array, hostMac = v.host_mac as Uint8Array;
+  if (ipv4.every((b) => b === 0) || mac.every((b) => b === 0) || hostMac.every((b) => b === 0)) {
+    return undefined;
+  }
+  return {
+    key: ipv4.slice(),
+    value: encode(LAYOUTS.lxcIpv4Info, { ifindex, mac, host_mac: hostMac }),
+  };
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
 export class Datapath implements AsyncDisposable {
   readonly pins: Pins;
   /** Whether open() loaded new programs (false: the pinned ones were reused). */
@@ -216,11 +240,10 @@ export class Datapath implements AsyncDisposable {
       : await linkIndex(ep.ifname, this.netns);
     if (ifindex === undefined) throw new Error(`Cannot find link "${ep.ifname}"`);
     const key = encode(LAYOUTS.endpointKey, { ifindex });
-    await this.#writer.apply(
-      this.pins.maps.cilia_endpoints,
-      [{ key, value: endpointValue(ep) }],
-      [],
-    );
+    const value = endpointValue(ep);
+    await this.#writer.apply(this.pins.maps.cilia_endpoints, [{ key, value }], []);
+    const lxc = lxcIpv4Entry(ifindex, value);
+    if (lxc) await this.#writer.apply(this.pins.maps.cilia_lxc_ipv4, [lxc], []);
     await attachEndpoint(this.pins, ep.ifname, this.netns);
   }
 
@@ -246,6 +269,7 @@ export class Datapath implements AsyncDisposable {
       const k = decode(LAYOUTS.endpointKey, bytesFromHex(e.key));
       if (e.value) values.set(num(k.ifindex), bytesFromHex(e.value));
     }
+    await this.#syncLxcIpv4(values);
     const ifnames = [...values.keys()].flatMap((i) => names.get(i) ?? []);
     const progs = await attachedProgramIds(ifnames, this.netns);
     const ifindex = new Map([...names].map(([index, name]) => [name, index]));
@@ -256,6 +280,38 @@ export class Datapath implements AsyncDisposable {
       }
     }
     return { ifindex, values, attached };
+  }
+
+  /**
+   * Makes cilia_lxc_ipv4 hold exactly the entries of the endpoint-map `values` (by ifindex): a
+   * restart keeps restored endpoints' entries, an upgrade from a build without the map fills
+   * it, entries of gone endpoints go.
+   */
+  async #syncLxcIpv4(values: Map<number, Uint8Array>): Promise<void> {
+    const want = new Map<string, { key: Uint8Array; value: Uint8Array }>();
+    for (const [ifindex, v] of values) {
+      const e = lxcIpv4Entry(ifindex, v);
+      if (e) want.set(e.key.join("."), e);
+    }
+    const deletes: Uint8Array[] = [];
+    for (const e of await this.#bpftool.mapDump(this.pins.maps.cilia_lxc_ipv4)) {
+      const key = bytesFromHex(e.key);
+      const w = want.get(key.join("."));
+      if (!w) deletes.push(key);
+      else if (e.value && sameBytes(bytesFromHex(e.value), w.value)) want.delete(key.join("."));
+    }
+    if (want.size || deletes.length) {
+      await this.#writer.apply(this.pins.maps.cilia_lxc_ipv4, [...want.values()], deletes);
+    }
+  }
+
+  /** The cilia_lxc_ipv4 keys whose entry names one of `ifindexes`. */
+  async #lxcIpv4Keys(ifindexes: ReadonlySet<number>): Promise<Uint8Array[]> {
+    return (await this.#bpftool.mapDump(this.pins.maps.cilia_lxc_ipv4)).flatMap((e) => {
+      if (!e.value) return [];
+      const v = decode(LAYOUTS.lxcIpv4Info, bytesFromHex(e.value));
+      return ifindexes.has(num(v.ifindex)) ? [bytesFromHex(e.key)] : [];
+    });
   }
 
   /** Every policy key with its value, by endpoint id (what a restarted agent compares with). */
@@ -284,11 +340,16 @@ export class Datapath implements AsyncDisposable {
     policyKeys?: readonly Uint8Array[],
   ): Promise<void> {
     const keys: Uint8Array[] = [];
+    const ifindexes = new Set<number>();
     for (const e of await this.#bpftool.mapDump(this.pins.maps.cilia_endpoints)) {
       if (e.value && num(decode(LAYOUTS.endpointInfo, bytesFromHex(e.value)).ep_id) === epId) {
         keys.push(bytesFromHex(e.key));
+        ifindexes.add(num(decode(LAYOUTS.endpointKey, bytesFromHex(e.key)).ifindex));
       }
     }
+    // Its address first: nothing is sent to the veth by it once its entry is gone.
+    const lxc = await this.#lxcIpv4Keys(ifindexes);
+    if (lxc.length) await this.#writer.apply(this.pins.maps.cilia_lxc_ipv4, [], lxc);
     await this.#writer.apply(this.pins.maps.cilia_endpoints, [], keys);
     await detachEndpoint(ifname, this.netns);
     const stale = policyKeys ??
@@ -300,6 +361,8 @@ export class Datapath implements AsyncDisposable {
   /** Deletes one endpoint entry by interface index and detaches from it (stale entries). */
   async removeEndpointEntry(ifindex: number, ifname?: string): Promise<void> {
     const key = encode(LAYOUTS.endpointKey, { ifindex });
+    const lxc = await this.#lxcIpv4Keys(new Set([ifindex]));
+    if (lxc.length) await this.#writer.apply(this.pins.maps.cilia_lxc_ipv4, [], lxc);
     await this.#writer.apply(this.pins.maps.cilia_endpoints, [], [key]);
     if (ifname) await detachEndpoint(ifname, this.netns);
   }

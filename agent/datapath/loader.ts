@@ -17,6 +17,9 @@ import { ifIndex, tcAttach } from "./ffi.ts";
 
 export const MAP_NAMES = [
   "cilia_endpoints",
+  // a local endpoint's veth and MACs by its IPv4 address: host.o's and overlay.o's delivery
+  // (bpf/lib/tunnel.h, 5.)
+  "cilia_lxc_ipv4",
   "cilia_ipcache",
   "cilia_policy",
   "cilia_ct",

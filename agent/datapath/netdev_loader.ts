@@ -20,6 +20,7 @@ export const PROG_TO_NETDEV = "cil_to_netdev";
 const SHARED_MAPS = [
   "cilia_ipcache",
   "cilia_endpoints", // the local endpoints' veths, native delivery (bpf/lib/nodeport.h, 7.)
+  "cilia_lxc_ipv4", // their veths and MACs by IPv4 address, the same delivery (bpf/lib/tunnel.h, 5.)
   "cilia_metrics",
   "cilia_ct",
   "cilia_lb_services",

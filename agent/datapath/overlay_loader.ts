@@ -15,6 +15,7 @@ export const PROG_FROM_OVERLAY = "cil_from_overlay";
 const SHARED_MAPS = [
   "cilia_ipcache",
   "cilia_endpoints", // which devices are local endpoints' veths (bpf/lib/tunnel.h, 5.)
+  "cilia_lxc_ipv4", // their veths and MACs by IPv4 address (bpf/lib/tunnel.h, 5.)
   "cilia_metrics",
   "cilia_proxy_cfg",
   "cilia_proxy_orig",

@@ -24,10 +24,13 @@
  *    (nodeport.h, 7.). Without the mark (local traffic, the rest of native routing) the ingress
  *    identity is the ipcache's for the source address.
  * 5. A decapsulated IPv4 packet (or, natively routed, one arriving on the underlay for this
- *    node's pod CIDR, nodeport.h 7.) whose route (the FIB) leads to a local endpoint's
- *    host-side veth is sent straight out of that veth (bpf_redirect to its egress, TTL
- *    decremented, MACs from the FIB's neighbour entry): the stack's routing and forwarding are
- *    skipped, the endpoint's ingress policy (cil_to_container at that egress) is not. At the
+ *    node's pod CIDR, nodeport.h 7.) for a local endpoint's address (cilia_lxc_ipv4,
+ *    endpoint.h: its veth and MACs, no FIB lookup) or, on a miss there, whose route (the FIB)
+ *    leads to a local endpoint's host-side veth is sent straight out of that veth (bpf_redirect
+ *    to its egress, TTL decremented, MACs from that entry or the FIB's neighbour entry; the
+ *    agent writes the pod's MAC and the veth's, which the neighbour entry holds): the stack's
+ *    routing and forwarding are skipped, the endpoint's ingress policy (cil_to_container at that
+ *    egress) is not. A miss is never a drop. At the
  *    underlay's ingress (host.o: native routing, and VXLAN read by BPF, vxlan.h 3.) the veth
  *    pair is skipped too, as for local traffic in 6.: the endpoint's ingress policy runs there in
  *    a tail call and the packet enters the pod with bpf_redirect_peer (peer.h, 4.); at the
@@ -192,8 +195,10 @@ static __always_inline int tunnel_decap(struct __sk_buff *skb)
 
 /* Invariants 5 and 6: the FIB route of the IPv4 header `ip` (read at `off`, arriving on
  * skb->ifindex) when it may bypass the stack: TUNNEL_ROUTE_ENDPOINT (a local endpoint's veth) or
- * 1, with the next hop in f; 0 for any other packet or route (the stack). `dst_identity`: the
- * destination's ipcache identity when the caller has it (saves a second lookup), else 0. */
+ * 1, with the next hop in f; 0 for any other packet or route (the stack). With `to_endpoint`, a
+ * cilia_lxc_ipv4 hit for the destination answers first (f's ifindex and MACs only, no FIB).
+ * `dst_identity`: the destination's ipcache identity when the caller has it (saves a second
+ * lookup), else 0. */
 #define TUNNEL_ROUTE_ENDPOINT 2
 /* skb->cb word carrying that endpoint's host veth ifindex from vxlan_send_endpoint() into
  * peer.h's tail call (0: none). */
@@ -206,6 +211,17 @@ static __always_inline int tunnel_fib_route(struct __sk_buff *skb, __u32 off, __
 		return 0;
 	if ((ip[0] >> 4) != 4 || ip[8] <= 1)
 		return 0;
+	if (to_endpoint) {
+		/* 5.: a local endpoint's address names its veth and MACs without the FIB */
+		struct lxc_ipv4_info *lxc = lxc_ipv4_lookup(*(__be32 *)&ip[16]);
+
+		if (lxc) {
+			f->ifindex = lxc->ifindex;
+			__builtin_memcpy(f->dmac, lxc->mac, 6);
+			__builtin_memcpy(f->smac, lxc->host_mac, 6);
+			return TUNNEL_ROUTE_ENDPOINT;
+		}
+	}
 	f->family = 2; /* AF_INET */
 	f->tos = ip[1];
 	f->l4_protocol = ip[9];

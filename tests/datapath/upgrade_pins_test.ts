@@ -4,10 +4,12 @@
 // programs use, and a proxy pin of a name this version does not have is removed; every other
 // pin is reused as it was. A cilia_endpoints pin of the older layout (36-byte values) is
 // replaced the same way (dropOldEndpointsMap), and a cilia_metrics pin of the older type (a
-// per-CPU hash, now a per-CPU array: dropPinOfOtherType). Pins live in the test's own bpffs (the
-// lab's prefix). Needs root.
+// per-CPU hash, now a per-CPU array: dropPinOfOtherType). Pins of a build without
+// cilia_lxc_ipv4: the agent pins the new map and fills it with every restored endpoint's entry
+// (bpf/lib/endpoint.h). Pins live in the test's own bpffs (the lab's prefix). Needs root.
 import { execCommand } from "../../agent/sys/exec.ts";
-import { LAYOUTS } from "../../agent/datapath/codecs.ts";
+import { decode, LAYOUTS, num } from "../../agent/datapath/codecs.ts";
+import { BpfTool, bytesFromHex } from "../../agent/datapath/bpftool.ts";
 import { assert, assertEquals, change, flags, nodeLab, openSink } from "./_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
 
@@ -155,6 +157,55 @@ Deno.test({
     // Its rows are the slots counted, as the hash's were.
     const rows = await again.readMetrics();
     assert(rows.every((r) => r.packets > 0n), JSON.stringify(rows, (_, v) => String(v)));
+  } finally {
+    await again.close();
+  }
+});
+
+Deno.test({
+  name: "an agent over pins without cilia_lxc_ipv4 pins it and fills it from the endpoints",
+  ...needsRoot(),
+  sanitizeOps: true,
+  sanitizeResources: true,
+}, async () => {
+  await using t = await nodeLab({ pods: 1 });
+  const pod = t.pods[0]!;
+  const pin = `${t.node.bpffs}/cilia/maps/cilia_lxc_ipv4`;
+  const [veth] = await json<{ ifindex: number; address: string }[]>(
+    ["ip", "-j", "link", "show", "dev", pod.ifname],
+    t.node.netns,
+  );
+  const ep = { ...t.endpoints[0]!, hostMac: veth!.address };
+  const mac = (b: unknown) => [...(b as Uint8Array)].map((x) => x.toString(16).padStart(2, "0"));
+  const entry = async () => {
+    const dump = await new BpfTool().mapDump(pin);
+    const e = dump.find((e) => [...bytesFromHex(e.key)].join(".") === pod.ipv4);
+    if (!e?.value) return undefined;
+    const v = decode(LAYOUTS.lxcIpv4Info, bytesFromHex(e.value));
+    return {
+      ifindex: num(v.ifindex),
+      mac: mac(v.mac).join(":"),
+      hostMac: mac(v.host_mac).join(":"),
+    };
+  };
+  const want = { ifindex: veth!.ifindex, mac: pod.mac, hostMac: veth!.address };
+  await t.sink.attach(ep, flags(false, false), { ...change([]), full: true });
+  assertEquals(await entry(), want, "written with the endpoint");
+  // What an older build left: every pin but this map (and its programs, another object's).
+  await t.sink.close();
+  await Deno.remove(pin);
+  const again = await openSink(t.node);
+  try {
+    assertEquals(again.datapath.loaded, true, "the programs were loaded again");
+    // The restored endpoint needs no write (rule 4): the map is filled from the snapshot.
+    let got;
+    for (let i = 0; i < 50 && !(got = await entry()); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assertEquals(got, want, "filled on start");
+    // Deleting the endpoint deletes its address too.
+    await again.datapath.removeEndpoint(pod.ifname, ep.id);
+    assertEquals(await entry(), undefined, "deleted with the endpoint");
   } finally {
     await again.close();
   }

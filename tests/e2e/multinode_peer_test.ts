@@ -4,12 +4,17 @@
 // host-side veth transmits nothing for it. A denied remote source is still dropped with reason
 // 133 and its identity and labels; an L7-redirected port still reaches node 2's proxy (200 for
 // what the HTTP rule allows, 403 for the rest); with host.o's tail-call array emptied, the path
-// before this one (the veth's egress program) decides, with the same verdicts. Needs root and
-// etcd.
+// before this one (the veth's egress program) decides, with the same verdicts. The way there
+// skips the FIB (bpf/lib/tunnel.h, 5.): node 2's cilia_lxc_ipv4 holds b's address with its
+// veth and MACs while b exists (gone with a deleted pod's), and a ping to b still gets through
+// with a blackhole route for b's address on node 2 (a policy rule), until that entry is deleted
+// by hand; without the route, the FIB delivers again. Needs root and etcd.
 import assert from "node:assert/strict";
 import { Cluster, type ClusterNode, eventually, POLICY_B_FROM_A } from "../helpers/cluster.ts";
 import { KERNEL_TOOLS, needs } from "../helpers/root.ts";
 import type { Lab } from "../helpers/netns.ts";
+import { BpfTool, bytesFromHex } from "../../agent/datapath/bpftool.ts";
+import { decode, LAYOUTS, num } from "../../agent/datapath/codecs.ts";
 
 const PINGS = 10;
 
@@ -40,6 +45,30 @@ async function counters(lab: Lab, netns: string, dev: string) {
   const [l] = JSON.parse(await lab.run(netns, ["ip", "-s", "-j", "link", "show", "dev", dev]));
   const s = l.stats64 ?? l.stats;
   return { rx: s.rx.packets as number, tx: s.tx.packets as number };
+}
+
+/** A link's ifindex and MAC in a netns. */
+async function link(lab: Lab, netns: string, dev: string) {
+  const [l] = JSON.parse(await lab.run(netns, ["ip", "-j", "link", "show", "dev", dev]));
+  return { ifindex: l.ifindex as number, mac: l.address as string };
+}
+
+const macText = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, "0")).join(":");
+
+/** A node's cilia_lxc_ipv4 (bpf/lib/endpoint.h) as address → { ifindex, mac, hostMac }. */
+async function lxcIpv4(node: ClusterNode) {
+  const out = new Map<string, { ifindex: number; mac: string; hostMac: string }>();
+  const dump = await new BpfTool().mapDump(`${node.node.bpffs}/cilia/maps/cilia_lxc_ipv4`);
+  for (const e of dump) {
+    if (!e.value) continue;
+    const v = decode(LAYOUTS.lxcIpv4Info, bytesFromHex(e.value));
+    out.set([...bytesFromHex(e.key)].join("."), {
+      ifindex: num(v.ifindex),
+      mac: macText(v.mac as Uint8Array),
+      hostMac: macText(v.host_mac as Uint8Array),
+    });
+  }
+  return out;
 }
 
 /** The host-side veth of a pod (the CNI result's first interface). */
@@ -132,6 +161,47 @@ Deno.test({
     assert.equal(await curl("/private"), "403", "the proxy's HTTP rule denies");
     await n2.policy(POLICY_B_FROM_A); // every port and ICMP again, no L7
     await eventually("no redirect", async () => await curl("/private") === "200");
+  });
+
+  await t.step("node 2's cilia_lxc_ipv4 holds each local pod while it exists", async () => {
+    const veth = await link(lab, n2.node.netns, bVeth);
+    const pod = await link(lab, b.netns, "eth0");
+    assert.deepEqual((await lxcIpv4(n2)).get(b.ipv4), {
+      ifindex: veth.ifindex,
+      mac: pod.mac,
+      hostMac: veth.mac,
+    });
+    assert.equal((await lxcIpv4(n1)).has(b.ipv4), false, "node 1 does not hold b");
+    const d = await n2.addPod("d", { app: "d" });
+    const dVeth = await link(lab, n2.node.netns, hostVeth(d.result));
+    assert.equal((await lxcIpv4(n2)).get(d.ipv4)?.ifindex, dVeth.ifindex, "d's entry");
+    await n2.delPod(d);
+    assert.equal((await lxcIpv4(n2)).has(d.ipv4), false, "d's entry deleted with d");
+    assert.ok((await lxcIpv4(n2)).has(b.ipv4), "b's entry stays");
+  });
+
+  await t.step("delivery to b takes its cilia_lxc_ipv4 entry, the FIB on a miss", async () => {
+    // A rule ahead of the main table sends b's address to a table that only blackholes.
+    const ip = (...argv: string[]) => lab.run(n2.node.netns, ["ip", ...argv]);
+    await ip("route", "add", "blackhole", "default", "table", "4242");
+    await ip("rule", "add", "to", `${b.ipv4}/32`, "table", "4242", "pref", "10");
+    try {
+      const s = await pingsThrough();
+      assert.equal(s.replies, PINGS, "the entry delivers past a blackhole route");
+      assert.ok(s.vethTx <= 2, `b's host veth sent ${s.vethTx} packets`);
+      const key = b.ipv4.split(".");
+      await new BpfTool().run(
+        ["map", "delete", "pinned", `${n2.node.bpffs}/cilia/maps/cilia_lxc_ipv4`, "key", ...key],
+      );
+      const gone = await pingsThrough();
+      assert.equal(gone.replies, 0, "without the entry the FIB's blackhole route decides");
+    } finally {
+      await ip("rule", "del", "to", `${b.ipv4}/32`, "table", "4242", "pref", "10");
+      await ip("route", "del", "blackhole", "default", "table", "4242");
+    }
+    const fib = await pingsThrough();
+    assert.equal(fib.replies, PINGS, "the FIB delivers");
+    assert.ok(fib.vethTx <= 2, `b's host veth sent ${fib.vethTx} packets`);
   });
 
   await t.step("without host.o's tail-call array the veth's egress program decides", async () => {
