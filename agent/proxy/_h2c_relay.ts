@@ -18,6 +18,8 @@ export type ServeRelayed = (
 export interface H2cRelay {
   listener: Deno.Listener;
   path: string;
+  /** The temporary folder made for the socket (no ports file), removed with it. */
+  tempDir?: string;
 }
 
 /**
@@ -29,9 +31,10 @@ export function openH2cRelay(
   log: Logger,
   serve: ServeRelayed,
 ): H2cRelay | undefined {
+  const tempDir = portsFile ? undefined : Deno.makeTempDirSync({ prefix: "cilia-l7-" });
   const dir = portsFile
     ? portsFile.slice(0, portsFile.lastIndexOf("/") + 1) || "./"
-    : `${Deno.makeTempDirSync({ prefix: "cilia-l7-" })}/`;
+    : `${tempDir}/`;
   const path = `${dir}proxy-h2c.sock`;
   try {
     Deno.removeSync(path);
@@ -45,6 +48,9 @@ export function openH2cRelay(
       path,
       error: err,
     });
+    try {
+      if (tempDir) Deno.removeSync(tempDir, { recursive: true });
+    } catch { /* gone */ }
     return undefined;
   }
   (async () => {
@@ -52,15 +58,20 @@ export function openH2cRelay(
       for await (const conn of listener) relayed(conn, serve).catch(() => {});
     } catch { /* closed */ }
   })();
-  return { listener, path };
+  return { listener, path, ...(tempDir ? { tempDir } : {}) };
 }
 
-/** Stops listening and removes the socket. */
+/** Stops listening and removes the socket (and the temporary folder made for it). */
 export function closeH2cRelay(relay: H2cRelay): void {
   try {
     relay.listener.close();
     Deno.removeSync(relay.path);
   } catch { /* gone */ }
+  if (relay.tempDir) {
+    try {
+      Deno.removeSync(relay.tempDir, { recursive: true });
+    } catch { /* gone */ }
+  }
 }
 
 /** An h2c connection the Worker relays: a line with what the kernel said, then its bytes. */
