@@ -15,6 +15,19 @@ import { LAYOUTS } from "./codecs.ts";
 import { execCommand } from "../sys/exec.ts";
 import { ifIndex, tcAttach } from "./ffi.ts";
 
+/**
+ * The services' maps (bpf/lib/lb_maps.h, lb_affinity.h), pinned here and shared by host.o
+ * (netdev_loader.ts) and sock.o (sock_loader.ts).
+ */
+export const LB_MAPS = [
+  "cilia_lb_services",
+  "cilia_lb_slots",
+  "cilia_lb_backends",
+  "cilia_lb_revnat",
+  "cilia_lb_affinity",
+  "cilia_lb_affinity_match",
+] as const;
+
 export const MAP_NAMES = [
   "cilia_endpoints",
   // a local endpoint's veth and MACs by its IPv4 address: host.o's and overlay.o's delivery
@@ -29,12 +42,7 @@ export const MAP_NAMES = [
   "cilia_proxy_cfg",
   "cilia_proxy_orig",
   "cilia_proxy_nat",
-  "cilia_lb_services",
-  "cilia_lb_slots",
-  "cilia_lb_backends",
-  "cilia_lb_revnat",
-  "cilia_lb_affinity",
-  "cilia_lb_affinity_match",
+  ...LB_MAPS,
   // host.o's (netdev_loader.ts), pinned here first: node IP and tunnel port for VXLAN written
   // by the endpoint's program, NodePort replies left to the tunnel device (bpf/lib/vxlan.h)
   "cilia_nat_cfg",

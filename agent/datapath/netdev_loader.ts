@@ -9,6 +9,7 @@
 // once the device uses the new ones. It neither picks
 // the device nor decides the settings (node/nat.ts does).
 import { BpfTool, bytesFromHex, hexArgs, MapDumpSchema } from "./bpftool.ts";
+import { LB_MAPS } from "./loader.ts";
 import { buildObject } from "./build.ts";
 import { encode, type Layout, layout } from "./codecs.ts";
 import { parsePrefix } from "./_addr.ts";
@@ -23,12 +24,7 @@ const SHARED_MAPS = [
   "cilia_lxc_ipv4", // their veths and MACs by IPv4 address, the same delivery (bpf/lib/tunnel.h, 5.)
   "cilia_metrics",
   "cilia_ct",
-  "cilia_lb_services",
-  "cilia_lb_slots",
-  "cilia_lb_backends",
-  "cilia_lb_revnat",
-  "cilia_lb_affinity",
-  "cilia_lb_affinity_match",
+  ...LB_MAPS,
   // VXLAN received in BPF leaves replies to the proxy's upstream legs to the tunnel device
   // (bpf/lib/vxlan.h, 3.)
   "cilia_proxy_cfg",

@@ -17,6 +17,7 @@
 // and the socket LB without it (such connections then keep their backend while they live).
 import { z } from "zod";
 import { BpfTool } from "./bpftool.ts";
+import { LB_MAPS } from "./loader.ts";
 import { buildObject } from "./build.ts";
 import { execCommand } from "../sys/exec.ts";
 import type { Logger } from "../log.ts";
@@ -44,12 +45,7 @@ export type SockAttachType = keyof typeof SOCK_PROGS;
  * agent's one monitor reads them.
  */
 const SHARED_MAPS = [
-  "cilia_lb_services",
-  "cilia_lb_slots",
-  "cilia_lb_backends",
-  "cilia_lb_revnat",
-  "cilia_lb_affinity",
-  "cilia_lb_affinity_match",
+  ...LB_MAPS,
   "cilia_ipcache",
   "cilia_events",
   "cilia_events_lost",

@@ -7,6 +7,7 @@
 // aged) through bpftool, and a netns's cookie. Needs root.
 import { execCommand } from "../../agent/sys/exec.ts";
 import type { CiliaNode, TestPod } from "../cni/_fixture.ts";
+import { waitListening } from "./_services_lab.ts";
 
 /** Where cgroup2 is mounted on this machine (hybrid v1/v2: /sys/fs/cgroup/unified). */
 export async function cgroup2Mount(): Promise<string | undefined> {
@@ -131,7 +132,7 @@ for await (const c of Deno.listen({ hostname: "::", port: 8080 })) {
  * Backends b1 and b2 (labels app=b1, app=b2) on node `n`, each answering with its name on
  * TCP and UDP 8080 (SERVER) and running dnsmasq on its port 53 (svc.test → 192.0.2.1 / .2);
  * their processes go into `procs` at once, so the caller's `finally` kills them even when a later
- * start fails.
+ * start fails. Returns once all three sockets of each listen.
  */
 export async function startSockBackends(
   n: CiliaNode,
@@ -160,6 +161,7 @@ export async function startSockBackends(
       }).spawn(),
     );
   }
+  for (const p of b) await waitListening(n.lab, p.netns, "( sport = :8080 or sport = :53 )", 3);
   return b as [TestPod, TestPod];
 }
 

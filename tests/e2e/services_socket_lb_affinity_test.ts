@@ -14,7 +14,7 @@ import assert from "node:assert/strict";
 import { CiliaNode, type TestPod } from "../cni/_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
 import { execCommand } from "../../agent/sys/exec.ts";
-import { killAll, putService, waitListening } from "./_services_lab.ts";
+import { killAll, putService } from "./_services_lab.ts";
 import {
   AFFINITY_NETNS,
   affinityEntries,
@@ -70,7 +70,6 @@ Deno.test({
     const [b1, b2] = await startSockBackends(n, servers);
     const client = await n.addPod("client", { app: "client" });
     const client2 = await n.addPod("client2", { app: "client" });
-    for (const p of [b1, b2]) await waitListening(n.lab, p.netns, "( sport = :8080 )", 2);
     const ip: Record<string, string> = { b1: b1.ipv4, b2: b2.ipv4 };
     const other = (name: string) => name === "b1" ? "b2" : "b1";
     const run = async (pod: TestPod, argv: string[]) => {

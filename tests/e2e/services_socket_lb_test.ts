@@ -22,7 +22,7 @@ import { CiliaNode, dropText, type TestPod } from "../cni/_fixture.ts";
 import { needsRoot } from "../helpers/root.ts";
 import { execCommand } from "../../agent/sys/exec.ts";
 import { attachSock, loadSock, SOCK_PROGS } from "../../agent/datapath/sock_loader.ts";
-import { killAll, putService, waitListening } from "./_services_lab.ts";
+import { killAll, putService } from "./_services_lab.ts";
 import { openKvStore } from "../../agent/kvstore/kvstore.ts";
 import { SERVICE_PREFIX } from "../../agent/service/manager.ts";
 import { buildSockPeer, counted, countTo, startSockBackends, TestCgroup } from "./_sock_lab.ts";
@@ -101,9 +101,7 @@ Deno.test({
   try {
     const peerBin = await buildSockPeer(n.dir);
     const [b1, b2] = await startSockBackends(n, servers);
-    const b = [b1, b2];
     const client = await n.addPod("client", { app: "client" });
-    for (const p of b) await waitListening(n.lab, p.netns, "( sport = :8080 or sport = :53 )", 3);
     const inPod = (argv: string[]) => ["ip", "netns", "exec", client.netns, ...argv];
     const run = async (argv: string[], inside = true) => {
       const r = await execCommand(inside ? cg.argv(inPod(argv)) : inPod(argv));

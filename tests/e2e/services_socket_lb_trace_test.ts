@@ -15,7 +15,7 @@ import { TRACE_FROM_ENDPOINT, TRACE_SOCK_XLATE } from "../../agent/datapath/code
 import { SOCK_PROGS } from "../../agent/datapath/sock_loader.ts";
 import { parsePacket } from "../../agent/monitor/_packet.ts";
 import { type Flow, type MonitorLine, readLines } from "../../agent/monitor/mod.ts";
-import { killAll, putService, waitListening } from "./_services_lab.ts";
+import { killAll, putService } from "./_services_lab.ts";
 import { startSockBackends, TestCgroup } from "./_sock_lab.ts";
 
 const VIP = "10.96.1.10", VIP6 = "fd00:96::1:10", DNS_VIP = "10.96.1.53", UDP_VIP = "10.96.1.20";
@@ -61,9 +61,7 @@ Deno.test({
   const servers: Deno.ChildProcess[] = [];
   try {
     const [b1, b2] = await startSockBackends(n, servers);
-    const b = [b1, b2];
     const client = await n.addPod("client", { app: "client" });
-    for (const p of b) await waitListening(n.lab, p.netns, "( sport = :8080 or sport = :53 )", 3);
     const inCgroup = async (argv: string[]) => {
       const r = await execCommand(cg.argv(["ip", "netns", "exec", client.netns, ...argv]));
       assert.equal(r.code, 0, `${argv.join(" ")}: ${r.stderr}`);
