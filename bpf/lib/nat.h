@@ -135,13 +135,9 @@ static __always_inline struct nat_cfg *nat_config(void)
 /* 0 for an IPv4 packet the hooks may translate; -1 for anything to pass unchanged (1.). */
 static __always_inline int nat_parse(struct __sk_buff *skb, struct nat_pkt *n)
 {
-	__u8 vhl;
-
 	if (parse_packet(skb, &n->p) != PARSE_OK || n->p.tuple.family != FAMILY_IPV4)
 		return -1;
-	if (bpf_skb_load_bytes(skb, ETH_HLEN, &vhl, 1) < 0)
-		return -1;
-	n->l4 = ETH_HLEN + (__u32)(vhl & 0xf) * 4;
+	n->l4 = ETH_HLEN + (__u32)n->p.l3_len;
 	n->saddr = *(const __be32 *)n->p.tuple.saddr;
 	n->daddr = *(const __be32 *)n->p.tuple.daddr;
 	return 0;

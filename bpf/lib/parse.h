@@ -1,7 +1,9 @@
 /* Packet parsing for the endpoint programs: Ethernet, IPv4, IPv6 (with extension headers) and
  * the first bytes of TCP, UDP, SCTP, ICMP and ICMPv6, including the inner header of ICMP errors.
- * All reads go through bpf_skb_load_bytes, so a truncated packet is a parse error, never an
- * out-of-bounds read. It decides nothing: callers turn errors into drops.
+ * Reads are bounds-checked (direct packet access for what is in the linear part, else
+ * bpf_skb_load_bytes), so a truncated packet is a parse error, never an out-of-bounds read; an
+ * IPv4/TCP packet takes two (Ethernet + IPv4 header, then TCP's first 14 bytes), without a
+ * helper call when its headers are linear. It decides nothing: callers turn errors into drops.
  *
  * Invariants:
  * 1. Every field of struct pkt is written before parse_packet() returns PARSE_OK.
@@ -44,12 +46,35 @@ struct pkt {
 	__u8 icmp_type;
 	__u8 has_inner;
 	__u8 is_nd; /* ICMPv6 neighbour discovery or MLD: link-local control traffic */
+	__u8 l3_len; /* IPv4: the header's length (IHL × 4); 0 for IPv6 */
 };
 
 struct l4_ports {
 	__be16 sport;
 	__be16 dport;
 };
+
+/* PARSE_DIRECT_MAX: the largest offset parse_read() reads directly (a bound the verifier needs;
+ * IPv4 headers end by ETH_HLEN + 60, IPv6 extension header chains may go further). */
+#define PARSE_DIRECT_MAX 511
+
+/* len bytes at off into buf: straight from the packet when they are in its linear part (no
+ * helper call: the common case), else through bpf_skb_load_bytes, which also reads paged data;
+ * < 0 when the packet is shorter. */
+static __always_inline int parse_read(struct __sk_buff *skb, __u32 off, __u8 *buf, __u32 len)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	void *at;
+
+	if (off <= PARSE_DIRECT_MAX) {
+		at = data + off;
+		if (at + len <= end) {
+			__builtin_memcpy(buf, at, len);
+			return 0;
+		}
+	}
+	return bpf_skb_load_bytes(skb, off, buf, len);
+}
 
 static __always_inline int is_icmp4_error(__u8 type)
 {
@@ -76,7 +101,7 @@ static __always_inline int parse_l4_ports(struct __sk_buff *skb, __u32 off, stru
 	__u8 b[8];
 
 	if (t->proto == PROTO_TCP || t->proto == PROTO_UDP || t->proto == PROTO_SCTP) {
-		if (bpf_skb_load_bytes(skb, off, b, 4) < 0)
+		if (parse_read(skb, off, b, 4) < 0)
 			return DROP_CT_INVALID_HDR;
 		t->sport = *(__be16 *)&b[0];
 		t->dport = *(__be16 *)&b[2];
@@ -129,25 +154,32 @@ static __always_inline void parse_inner6(struct __sk_buff *skb, __u32 off, struc
 		p->has_inner = 1;
 }
 
-/* L4 of the outer packet at off: ports, TCP flags, ICMP type and inner tuple. */
+/* L4 of the outer packet at off: ports, TCP flags, ICMP type and inner tuple. TCP's ports,
+ * data offset and flags come from one read of its first 14 bytes. */
 static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt *p)
 {
 	__u8 b[14];
 	__u8 proto = p->tuple.proto;
 	int ret;
 
+	if (proto == PROTO_TCP) {
+		if (parse_read(skb, off, b, 14) < 0)
+			return DROP_CT_INVALID_HDR;
+		if ((b[12] >> 4) < 5)
+			return DROP_CT_INVALID_HDR;
+		p->tuple.sport = *(__be16 *)&b[0];
+		p->tuple.dport = *(__be16 *)&b[2];
+		p->tcp_flags = b[13];
+		p->policy_port = bpf_ntohs(p->tuple.dport);
+		p->event_sport = bpf_ntohs(p->tuple.sport);
+		return 0;
+	}
 	ret = parse_l4_ports(skb, off, &p->tuple);
 	if (ret)
 		return ret;
 	p->policy_port = bpf_ntohs(p->tuple.dport);
 	p->event_sport = bpf_ntohs(p->tuple.sport);
-	if (proto == PROTO_TCP) {
-		if (bpf_skb_load_bytes(skb, off, b, 14) < 0)
-			return DROP_CT_INVALID_HDR;
-		if ((b[12] >> 4) < 5)
-			return DROP_CT_INVALID_HDR;
-		p->tcp_flags = b[13];
-	} else if (proto == PROTO_ICMP || proto == PROTO_ICMPV6) {
+	if (proto == PROTO_ICMP || proto == PROTO_ICMPV6) {
 		if (bpf_skb_load_bytes(skb, off, b, 1) < 0)
 			return DROP_CT_INVALID_HDR;
 		p->icmp_type = b[0];
@@ -165,14 +197,14 @@ static __always_inline int parse_l4(struct __sk_buff *skb, __u32 off, struct pkt
 	return 0;
 }
 
-static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct pkt *p)
+/* h: the 20 bytes at off (parse_packet read them with the Ethernet header). */
+static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct pkt *p,
+				      const __u8 *h)
 {
-	__u8 h[20], last;
+	__u8 last;
 	__u32 ihl;
 	__u16 tot_len, frag;
 
-	if (bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0)
-		return DROP_INVALID;
 	ihl = (h[0] & 0xf) * 4;
 	tot_len = ((__u16)h[2] << 8) | h[3];
 	if ((h[0] >> 4) != 4 || ihl < 20 || (tot_len != 0 && tot_len < ihl))
@@ -186,6 +218,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct p
 	p->tuple.proto = h[9];
 	__builtin_memcpy(p->tuple.saddr, &h[12], 4);
 	__builtin_memcpy(p->tuple.daddr, &h[16], 4);
+	p->l3_len = ihl;
 	return parse_l4(skb, off + ihl, p);
 }
 
@@ -195,7 +228,7 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct p
 	__u8 nh;
 	int i;
 
-	if (bpf_skb_load_bytes(skb, off, h, sizeof(h)) < 0 || (h[0] >> 4) != 6)
+	if (parse_read(skb, off, h, sizeof(h)) < 0 || (h[0] >> 4) != 6)
 		return DROP_INVALID;
 	p->tuple.family = FAMILY_IPV6;
 	__builtin_memcpy(p->tuple.saddr, &h[8], 16);
@@ -221,18 +254,25 @@ static __always_inline int parse_ipv6(struct __sk_buff *skb, __u32 off, struct p
 	return parse_l4(skb, off, p);
 }
 
-/* PARSE_OK, PARSE_NOT_IP, or a DROP_* reason. */
+/* PARSE_OK, PARSE_NOT_IP, or a DROP_* reason. The Ethernet header and the first 20 bytes after
+ * it are one read (an IPv4 header without options, the common case); a frame too short for
+ * that is read again for its Ethernet header alone: an IP one is then truncated (DROP_INVALID),
+ * anything else is not IP. */
 static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 {
-	__u8 eth[ETH_HLEN];
+	__u8 h[ETH_HLEN + 20];
 	__u16 proto;
 
 	__builtin_memset(p, 0, sizeof(*p));
-	if (bpf_skb_load_bytes(skb, 0, eth, sizeof(eth)) < 0)
-		return DROP_INVALID;
-	proto = ((__u16)eth[12] << 8) | eth[13];
+	if (parse_read(skb, 0, h, sizeof(h)) < 0) {
+		if (bpf_skb_load_bytes(skb, 0, h, ETH_HLEN) < 0)
+			return DROP_INVALID;
+		proto = ((__u16)h[12] << 8) | h[13];
+		return proto == ETH_P_IP || proto == ETH_P_IPV6 ? DROP_INVALID : PARSE_NOT_IP;
+	}
+	proto = ((__u16)h[12] << 8) | h[13];
 	if (proto == ETH_P_IP)
-		return parse_ipv4(skb, ETH_HLEN, p);
+		return parse_ipv4(skb, ETH_HLEN, p, &h[ETH_HLEN]);
 	if (proto == ETH_P_IPV6)
 		return parse_ipv6(skb, ETH_HLEN, p);
 	return PARSE_NOT_IP;

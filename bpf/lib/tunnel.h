@@ -207,7 +207,12 @@ static __always_inline int tunnel_fib_route(struct __sk_buff *skb, __u32 off, __
 					    struct bpf_fib_lookup *f, int to_endpoint,
 					    __u32 dst_identity)
 {
-	if (bpf_skb_load_bytes(skb, off, ip, 20) < 0)
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+
+	/* Read straight from the packet when the header is in its linear part (no helper call). */
+	if (data + off + 20 <= end)
+		__builtin_memcpy(ip, data + off, 20);
+	else if (bpf_skb_load_bytes(skb, off, ip, 20) < 0)
 		return 0;
 	if ((ip[0] >> 4) != 4 || ip[8] <= 1)
 		return 0;
@@ -255,19 +260,32 @@ static __always_inline int tunnel_fib_route(struct __sk_buff *skb, __u32 off, __
 }
 
 /* ... then out of that device: TTL decremented, MACs from the FIB's neighbour entry. The IPv4
- * header (as tunnel_fib_route read it) is at ETH_HLEN_ now. */
+ * header (as tunnel_fib_route read it) is at ETH_HLEN_ now. One write: both MACs, the ethertype
+ * (IPv4, as the caller checked) and the header's first 12 bytes with the TTL decremented and
+ * the checksum updated for it (RFC 1624, as bpf_l3_csum_replace computes it). */
 static __always_inline int tunnel_fib_apply(struct __sk_buff *skb, __u8 *ip,
 					    const struct bpf_fib_lookup *f, __u8 dir)
 {
-	__u16 old, new;
+	__u8 h[ETH_HLEN_ + 12];
+	__u16 old, new, hc;
+	__u32 sum;
 
-	old = *(__u16 *)&ip[8]; /* TTL and protocol: the checksum's 16-bit word */
+	old = ((__u16)ip[8] << 8) | ip[9]; /* TTL and protocol: the checksum's 16-bit word */
 	ip[8]--;
-	new = *(__u16 *)&ip[8];
-	if (bpf_l3_csum_replace(skb, ETH_HLEN_ + 10, old, new, 2) < 0 ||
-	    bpf_skb_store_bytes(skb, ETH_HLEN_ + 8, &ip[8], 1, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, 0, f->dmac, 6, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, 6, f->smac, 6, 0) < 0)
+	new = ((__u16)ip[8] << 8) | ip[9];
+	hc = ((__u16)ip[10] << 8) | ip[11];
+	sum = (__u32)(__u16)~hc + (__u16)~old + new;
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	hc = ~sum;
+	ip[10] = hc >> 8;
+	ip[11] = hc & 0xff;
+	__builtin_memcpy(h, f->dmac, 6);
+	__builtin_memcpy(h + 6, f->smac, 6);
+	h[12] = ETH_P_IP >> 8;
+	h[13] = ETH_P_IP & 0xff;
+	__builtin_memcpy(h + ETH_HLEN_, ip, 12);
+	if (bpf_skb_store_bytes(skb, 0, h, sizeof(h), 0) < 0)
 		return tunnel_drop(skb, DROP_WRITE_ERROR, dir);
 	return bpf_redirect(f->ifindex, 0);
 }
