@@ -49,15 +49,20 @@
 /* Linux 6.3's BPF_F_ADJ_ROOM_DECAP_L3_IPV4 (newer than the uapi headers here). */
 #define VXLAN_ADJ_ROOM_DECAP_L3_IPV4 (1ULL << 7)
 
+/* The frame's first ETH_HLEN_ + VXLAN_ROOM bytes once encapsulated, written in one store from
+ * `eth` on (pad0 keeps the IPv4 header 4-byte aligned for bpf_csum_diff). */
 struct vxlan_outer {
+	__u8 pad0[2]; /* not written */
+	__u8 eth[ETH_HLEN_]; /* outer Ethernet: the next hop's MAC, the underlay's, IPv4 */
 	struct iphdr ip;
 	struct udphdr udp;
 	__be32 vx_flags;
 	__be32 vx_vni; /* VNI << 8 */
 	__u8 inner[ETH_HLEN_];
-	__u8 pad[2]; /* not written: the packet gets VXLAN_ROOM bytes */
+	__u8 pad[2]; /* not written */
 };
-_Static_assert(sizeof(struct vxlan_outer) == VXLAN_ROOM + 2, "vxlan_outer size");
+_Static_assert(sizeof(struct vxlan_outer) == 2 + ETH_HLEN_ + VXLAN_ROOM + 2, "vxlan_outer size");
+_Static_assert(__builtin_offsetof(struct vxlan_outer, ip) == 2 + ETH_HLEN_, "vxlan_outer ip");
 
 static __always_inline __u16 vxlan_csum_fold(__s64 csum)
 {
@@ -109,7 +114,7 @@ static __always_inline int vxlan_encap(struct __sk_buff *skb, __u32 remote, __u3
 	__u64 flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
 		      BPF_F_ADJ_ROOM_ENCAP_L2_ETH | BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN_);
 	__u32 len = skb->len, mtu = 0;
-	__be16 ip_proto = bpf_htons(ETH_P_IP);
+	void *data, *end;
 	int r;
 
 	if (!cfg)
@@ -130,8 +135,16 @@ static __always_inline int vxlan_encap(struct __sk_buff *skb, __u32 remote, __u3
 		return TC_ACT_OK;
 	if (skb->gso_size && vxlan_gso_fits(skb, mtu))
 		flags |= BPF_F_ADJ_ROOM_FIXED_GSO;
-	if (bpf_skb_load_bytes(skb, 0, h.inner, ETH_HLEN_) < 0)
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	if (data + ETH_HLEN_ <= end) /* the inner Ethernet header, without a helper call if linear */
+		__builtin_memcpy(h.inner, data, ETH_HLEN_);
+	else if (bpf_skb_load_bytes(skb, 0, h.inner, ETH_HLEN_) < 0)
 		return TC_ACT_OK;
+	__builtin_memcpy(h.eth, f->dmac, 6);
+	__builtin_memcpy(h.eth + 6, f->smac, 6);
+	h.eth[12] = ETH_P_IP >> 8;
+	h.eth[13] = ETH_P_IP & 0xff;
 	h.ip.version = 4;
 	h.ip.ihl = 5;
 	h.ip.tot_len = bpf_htons(len + VXLAN_ROOM - ETH_HLEN_);
@@ -150,10 +163,7 @@ static __always_inline int vxlan_encap(struct __sk_buff *skb, __u32 remote, __u3
 	h.vx_vni = bpf_htonl(vni << 8);
 	if (bpf_skb_adjust_room(skb, VXLAN_ROOM, BPF_ADJ_ROOM_MAC, flags) < 0)
 		return TC_ACT_OK; /* nothing changed yet */
-	if (bpf_skb_store_bytes(skb, ETH_HLEN_, &h, VXLAN_ROOM, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, 0, f->dmac, 6, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, 6, f->smac, 6, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, 12, &ip_proto, sizeof(ip_proto), 0) < 0)
+	if (bpf_skb_store_bytes(skb, 0, h.eth, ETH_HLEN_ + VXLAN_ROOM, 0) < 0)
 		return tunnel_drop(skb, DROP_WRITE_ERROR, DIR_EGRESS);
 	return bpf_redirect(f->ifindex, 0);
 }
@@ -182,12 +192,19 @@ static __always_inline int overlay_receive(struct __sk_buff *skb)
 	__be16 inner_proto;
 	int ret;
 
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+
 	if (!vxlan_config())
 		return TC_ACT_OK;
-	if (bpf_skb_load_bytes(skb, ETH_HLEN_ + 12, &outer_saddr, 4) < 0 ||
-	    bpf_skb_load_bytes(skb, ETH_HLEN_ + 28, hdr, sizeof(hdr)) < 0 ||
-	    bpf_skb_load_bytes(skb, VXLAN_INNER_L3 - 2, &inner_proto, 2) < 0)
+	if (data + VXLAN_INNER_L3 <= end) { /* the outer headers without a helper call if linear */
+		__builtin_memcpy(&outer_saddr, data + ETH_HLEN_ + 12, 4);
+		__builtin_memcpy(hdr, data + ETH_HLEN_ + 28, sizeof(hdr));
+		__builtin_memcpy(&inner_proto, data + VXLAN_INNER_L3 - 2, 2);
+	} else if (bpf_skb_load_bytes(skb, ETH_HLEN_ + 12, &outer_saddr, 4) < 0 ||
+		   bpf_skb_load_bytes(skb, ETH_HLEN_ + 28, hdr, sizeof(hdr)) < 0 ||
+		   bpf_skb_load_bytes(skb, VXLAN_INNER_L3 - 2, &inner_proto, 2) < 0) {
 		return TC_ACT_OK;
+	}
 	if (!(bpf_ntohl(hdr[0]) & (VXLAN_F_VNI << 24)))
 		return TC_ACT_OK;
 	vni = bpf_ntohl(hdr[1]) >> 8;
