@@ -201,22 +201,27 @@ export class BpfTool {
     );
   }
 
-  /** One test run of a pinned program on the given packet (and optional __sk_buff ctx). */
+  /**
+   * One test run of a pinned program on the given packet (and optional __sk_buff ctx); `out`
+   * is the packet as the program left it.
+   */
   async progRun(
     pinned: string,
     data: Uint8Array,
     opts: { ctx?: Uint8Array; repeat?: number } = {},
-  ): Promise<z.infer<typeof ProgRunSchema>> {
+  ): Promise<z.infer<typeof ProgRunSchema> & { out: Uint8Array }> {
     const dir = await Deno.makeTempDir({ prefix: "cilia-run-" });
     try {
       await Deno.writeFile(`${dir}/data`, data);
       const args = ["prog", "run", "pinned", pinned, "data_in", `${dir}/data`];
+      args.push("data_out", `${dir}/out`);
       if (opts.ctx) {
         await Deno.writeFile(`${dir}/ctx`, opts.ctx);
         args.push("ctx_in", `${dir}/ctx`);
       }
       if (opts.repeat) args.push("repeat", String(opts.repeat));
-      return await this.json(args, ProgRunSchema, `Cannot run program "${pinned}"`);
+      const r = await this.json(args, ProgRunSchema, `Cannot run program "${pinned}"`);
+      return { ...r, out: await Deno.readFile(`${dir}/out`) };
     } finally {
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }

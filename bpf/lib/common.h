@@ -30,6 +30,15 @@
 /* Metrics reason for packets that were passed on. */
 #define REASON_FORWARDED 0
 
+/* The Internet checksum of a ones' complement sum (bpf_csum_diff's, or a 32-bit one): folded to
+ * 16 bits and inverted. */
+static __always_inline __u16 csum_fold(__s64 csum)
+{
+	csum = (csum & 0xffff) + (csum >> 16);
+	csum = (csum & 0xffff) + (csum >> 16);
+	return (__u16)~csum;
+}
+
 static __always_inline int addr_eq16(const __u8 *a, const __u8 *b)
 {
 	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;

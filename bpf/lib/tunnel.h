@@ -275,9 +275,7 @@ static __always_inline int tunnel_fib_apply(struct __sk_buff *skb, __u8 *ip,
 	new = ((__u16)ip[8] << 8) | ip[9];
 	hc = ((__u16)ip[10] << 8) | ip[11];
 	sum = (__u32)(__u16)~hc + (__u16)~old + new;
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	hc = ~sum;
+	hc = csum_fold(sum);
 	ip[10] = hc >> 8;
 	ip[11] = hc & 0xff;
 	__builtin_memcpy(h, f->dmac, 6);

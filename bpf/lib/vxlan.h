@@ -64,13 +64,6 @@ struct vxlan_outer {
 _Static_assert(sizeof(struct vxlan_outer) == 2 + ETH_HLEN_ + VXLAN_ROOM + 2, "vxlan_outer size");
 _Static_assert(__builtin_offsetof(struct vxlan_outer, ip) == 2 + ETH_HLEN_, "vxlan_outer ip");
 
-static __always_inline __u16 vxlan_csum_fold(__s64 csum)
-{
-	csum = (csum & 0xffff) + (csum >> 16);
-	csum = (csum & 0xffff) + (csum >> 16);
-	return (__u16)~csum;
-}
-
 /* The node IP and tunnel port when the BPF path is on (2.), else 0. */
 static __always_inline struct nat_cfg *vxlan_config(void)
 {
@@ -153,7 +146,7 @@ static __always_inline int vxlan_encap(struct __sk_buff *skb, __u32 remote, __u3
 	h.ip.protocol = PROTO_UDP;
 	h.ip.saddr = cfg->node_ip;
 	h.ip.daddr = bpf_htonl(remote);
-	h.ip.check = vxlan_csum_fold(bpf_csum_diff(0, 0, (__be32 *)&h.ip, sizeof(h.ip), 0));
+	h.ip.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&h.ip, sizeof(h.ip), 0));
 	/* Source port from the inner flow's hash, as the device's, so underlay ECMP spreads flows. */
 	h.udp.source = bpf_htons(VXLAN_SPORT_MIN +
 				 (__u16)(((__u64)bpf_get_hash_recalc(skb) * VXLAN_SPORT_SPAN) >> 32));

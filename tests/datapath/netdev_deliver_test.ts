@@ -30,7 +30,7 @@ Deno.test(
   "host.o: a natively routed packet for a local pod leaves with its MACs, TTL − 1, a valid checksum",
   { ...needsRoot(), sanitizeResources: true },
   async (t) => {
-    await withHostObject("cilia-deliver-", async ({ dir, bpffs, bpftool }) => {
+    await withHostObject("cilia-deliver-", async ({ bpffs, bpftool }) => {
       const cfg = encodeNatConfig({
         nodeIp: "192.0.2.2",
         podCidr: "10.200.2.0/24",
@@ -52,14 +52,8 @@ Deno.test(
         `map delete pinned ${bpffs}/m/cilia_peer_calls key 0 0 0 0`,
       ]);
       const run = async (bytes: number[]) => {
-        await Deno.writeFile(`${dir}/in`, new Uint8Array(bytes));
-        await Deno.remove(`${dir}/out`).catch(() => {});
-        const r = JSON.parse(
-          await bpftool.run(["-j", "prog", "run", "pinned", `${bpffs}/p/cil_from_netdev`].concat(
-            ["data_in", `${dir}/in`, "data_out", `${dir}/out`],
-          )),
-        ) as { retval: number };
-        return { retval: r.retval, out: Array.from(await Deno.readFile(`${dir}/out`)) };
+        const r = await bpftool.progRun(`${bpffs}/p/cil_from_netdev`, new Uint8Array(bytes));
+        return { retval: r.retval, out: Array.from(r.out) };
       };
 
       await t.step("MACs, ethertype, TTL and checksum over varied headers", async () => {

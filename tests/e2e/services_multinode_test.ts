@@ -8,8 +8,15 @@
 import assert from "node:assert/strict";
 import { Cluster, type ClusterNode } from "../helpers/cluster.ts";
 import { KERNEL_TOOLS, needs } from "../helpers/root.ts";
-import { CLIENT_LIB, denoIn, killAll, NAME_SERVER, putService, waitFor } from "./_services_lab.ts";
-import { waitListening } from "./_services_lab.ts";
+import {
+  CLIENT_LIB,
+  denoIn,
+  killAll,
+  NAME_SERVER,
+  putService,
+  waitFor,
+  waitListening,
+} from "./_services_lab.ts";
 
 const VIP = "10.96.0.40";
 const POLICY = `apiVersion: cilium.io/v2
